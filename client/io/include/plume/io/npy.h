@@ -1,0 +1,38 @@
+// NumPy .npy files (format versions 1.0, 2.0 and 3.0): little-endian float32
+// ('<f4') and float16 ('<f2') arrays in C order. Malformed input gives an
+// INVALID_ARGUMENT status, never a crash; every size is bounded by the file's.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "plume/io/array.h"
+
+namespace plume::io {
+
+struct NpyHeader {
+  int major_version = 1;
+  ElemType dtype = ElemType::kF32;
+  std::vector<int64_t> shape;
+  int64_t data_offset = 0;  // bytes from the start of the file to the data
+  int64_t data_bytes = 0;
+};
+
+// Parses the header at the start of `prefix` (at least the magic, version,
+// length and header dict) of a file of `file_size` bytes. Checks that the
+// data fills the rest of the file exactly.
+absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_size);
+
+// Parses a whole .npy image held in memory.
+absl::StatusOr<Array> ParseNpy(std::string_view bytes);
+// Reads a .npy file (the header first, then the data straight into the array).
+absl::StatusOr<Array> ReadNpy(const std::string& path);
+
+// Encodes F32 or F16 arrays (BF16 has no .npy dtype: INVALID_ARGUMENT) as a
+// version 1.0 file (2.0 if the header needs it).
+absl::StatusOr<std::string> EncodeNpy(const Array& a);
+absl::Status WriteNpy(const std::string& path, const Array& a);
+
+}  // namespace plume::io

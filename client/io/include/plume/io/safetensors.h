@@ -1,0 +1,52 @@
+// .safetensors files: an 8-byte little-endian header length N, N bytes of
+// JSON {"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...,
+// "__metadata__": {...}}, then the data; offsets are relative to the data.
+// Every entry is validated against the file size; "__metadata__" is ignored.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "plume/io/array.h"
+
+namespace plume::io {
+
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;  // as written: "F32", "F16", "BF16", "I8", ...
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // relative to the data section
+  uint64_t end = 0;
+};
+
+// Parses and validates the JSON header against a data section of
+// `data_size` bytes. Entries come back sorted by name.
+absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(std::string_view json,
+                                                                     uint64_t data_size);
+
+class SafetensorsFile {
+ public:
+  static absl::StatusOr<SafetensorsFile> Open(const std::string& path);
+  // Parses a whole file image held in memory (e.g. for fuzzing).
+  static absl::StatusOr<SafetensorsFile> FromBytes(std::string bytes);
+
+  const std::vector<SafetensorsEntry>& tensors() const { return entries_; }
+  // The tensor named `name` (F32, F16 or BF16 only).
+  absl::StatusOr<Array> Read(const std::string& name) const;
+
+ private:
+  std::string path_;   // empty when constructed from bytes
+  std::string bytes_;  // whole image when constructed from bytes
+  uint64_t data_start_ = 0;
+  std::vector<SafetensorsEntry> entries_;
+};
+
+// Writes F32/F16/BF16 tensors (names must not be "__metadata__").
+absl::StatusOr<std::string> EncodeSafetensors(const std::map<std::string, Array>& tensors);
+absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, Array>& tensors);
+
+}  // namespace plume::io
