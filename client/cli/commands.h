@@ -1,0 +1,50 @@
+// The `plume` subcommands. Each returns the process exit code:
+// 0 success, 1 an RPC failed, 2 a usage or local input error.
+#pragma once
+
+#include <string>
+
+#include "plume/client/client.h"
+
+namespace plume::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRpc = 1;
+inline constexpr int kExitUsage = 2;
+
+struct GlobalFlags {
+  std::string server = "localhost:50051";
+  double timeout_s = 30.0;
+  bool tls = false;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string token;
+  std::string token_file;
+};
+
+struct UploadFlags {
+  std::string name;
+  std::string file;
+  std::string format = "e4m3";
+  std::string scale = "row";
+  std::string tensor;
+  bool non_saturating = false;
+  int chunk_mib = 1;
+};
+
+struct GemvFlags {
+  std::string name;
+  std::string input;
+  std::string output;
+  std::string output_dtype = "f32";
+};
+
+int RunUpload(const GlobalFlags& g, const UploadFlags& f);
+int RunList(const GlobalFlags& g);
+int RunInfo(const GlobalFlags& g, const std::string& name);
+int RunDelete(const GlobalFlags& g, const std::string& name);
+int RunGemv(const GlobalFlags& g, const GemvFlags& f);
+int RunHealth(const GlobalFlags& g, const std::string& service);
+
+}  // namespace plume::cli

@@ -1,0 +1,150 @@
+// plume::Client: a synchronous call per MatrixService RPC, a GemvSession
+// for GemvStream, and a grpc.health.v1 check. Thread-safe: one Client may be
+// shared by any number of threads (it owns one gRPC channel).
+//
+//   plume::ClientOptions opts;
+//   opts.target = "localhost:50051";
+//   auto client = plume::Client::Connect(opts);
+//   if (!client.ok()) ...;
+//   auto y = (*client)->Gemv("w", plume::TensorRef::F32(x.data(), {cols}));
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "plume/client/gemv_session.h"
+#include "plume/client/status.h"
+#include "plume/client/tensor.h"
+#include "plume/v1/plume.grpc.pb.h"
+#include "plume/v1/plume.pb.h"
+
+namespace grpc {
+class Channel;
+class ClientContext;
+}  // namespace grpc
+
+namespace plume {
+
+struct ClientOptions {
+  // gRPC target: "host:port", "dns:///name:port", "unix:///path", ...
+  std::string target = "localhost:50051";
+  // Deadline for each call that does not set its own (CallOptions::timeout).
+  std::chrono::milliseconds default_timeout{std::chrono::seconds(30)};
+  // Largest message sent or received (a GEMV result of B x rows floats must fit).
+  int max_message_bytes = 64 << 20;
+  // Size of the data chunks UploadMatrix / UploadPacked stream (clamped to
+  // [4 KiB, max_message_bytes - 1 KiB]).
+  int64_t upload_chunk_bytes = 1 << 20;
+
+  // TLS: used when `use_tls` is set or any of the files is given. Files hold
+  // PEM. An empty CA file means the system roots; cert + key enable mutual TLS.
+  bool use_tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Overrides the name checked against the server certificate (tests only).
+  std::string tls_server_name_override;
+
+  // When set, every call carries `authorization: Bearer <token>`.
+  std::string bearer_token;
+
+  // Client-side load balancing over the addresses a name resolves to (e.g. a
+  // Kubernetes headless Service): "pick_first" (gRPC's default) or "round_robin".
+  std::string load_balancing_policy;
+  // Retry idempotent calls (Get/List/Delete/Gemv) that fail with UNAVAILABLE,
+  // up to this many attempts in all, via gRPC's retry policy. 1 disables it.
+  int max_attempts = 3;
+};
+
+// Per-call overrides.
+struct CallOptions {
+  // Deadline relative to the call's start; ClientOptions::default_timeout if unset.
+  std::optional<std::chrono::milliseconds> timeout;
+};
+
+// What to upload: the header fields other than rows/cols/source dtype, which
+// come from the tensor.
+struct UploadSpec {
+  std::string name;
+  v1::DType format = v1::DTYPE_E4M3;  // E4M3 or E5M2
+  v1::ScaleMode scale_mode = v1::SCALE_MODE_ROW;
+  bool non_saturating = false;
+};
+
+// Called after each chunk is handed to gRPC, with the payload bytes sent so
+// far and the total, on the calling thread.
+using UploadProgressFn = std::function<void(int64_t sent_bytes, int64_t total_bytes)>;
+
+enum class HealthStatus { kUnknown = 0, kServing = 1, kNotServing = 2, kServiceUnknown = 3 };
+const char* HealthStatusName(HealthStatus s);  // "SERVING", ...
+
+class Client {
+ public:
+  // Builds the channel (it connects lazily, on the first call). Fails only
+  // for bad options, e.g. an unreadable TLS file.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(ClientOptions options);
+  // Wraps an existing channel (e.g. an in-process one in tests).
+  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options);
+  ~Client();
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Uploads a [rows, cols] F32/F16/BF16 matrix: the server quantizes it.
+  absl::StatusOr<v1::MatrixInfo> UploadMatrix(const UploadSpec& spec, const TensorRef& source,
+                                              const UploadProgressFn& progress = nullptr,
+                                              const CallOptions& call = {});
+  // Uploads an already packed matrix: `words` hold rows * padded_cols / 4
+  // uint32 in plume's layout and `scales` the FP32 scales for spec.scale_mode.
+  absl::StatusOr<v1::MatrixInfo> UploadPacked(const UploadSpec& spec, int64_t rows, int64_t cols,
+                                              const uint32_t* words, int64_t num_words,
+                                              const float* scales, int64_t num_scales,
+                                              const UploadProgressFn& progress = nullptr,
+                                              const CallOptions& call = {});
+
+  absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name, const CallOptions& call = {});
+  absl::StatusOr<std::vector<v1::MatrixInfo>> ListMatrices(const CallOptions& call = {});
+  absl::Status DeleteMatrix(const std::string& name, const CallOptions& call = {});
+
+  // y = W . x for each vector: input [cols] -> [rows], [batch, cols] -> [batch, rows].
+  // Optional `input_scale` applies to FP8 inputs only (0 means 1.0).
+  absl::StatusOr<HostTensor> Gemv(const std::string& matrix, const TensorRef& input,
+                                  v1::DType output_dtype = v1::DTYPE_F32,
+                                  const CallOptions& call = {}, float input_scale = 0.0f);
+
+  // Opens a GemvStream on `matrix` (see gemv_session.h).
+  absl::StatusOr<std::unique_ptr<GemvSession>> StartGemvSession(const std::string& matrix,
+                                                                GemvSessionOptions options = {});
+
+  // grpc.health.v1.Health/Check for `service` ("" = the whole server).
+  absl::StatusOr<HealthStatus> CheckHealth(const std::string& service = "",
+                                           const CallOptions& call = {});
+
+  const ClientOptions& options() const { return options_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  // A context with the deadline and the token set.
+  std::unique_ptr<grpc::ClientContext> MakeContext(const CallOptions& call) const;
+  std::unique_ptr<grpc::ClientContext> MakeContext(std::chrono::milliseconds timeout) const;
+  absl::StatusOr<v1::MatrixInfo> Upload(const v1::MatrixHeader& header, std::string_view data,
+                                        std::string_view scales, const UploadProgressFn& progress,
+                                        const CallOptions& call);
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::MatrixService::Stub> stub_;
+};
+
+// The channel arguments (message sizes, LB policy, retry service config)
+// Client::Connect uses; exposed for callers that build their own channel.
+std::string DefaultServiceConfigJson(const ClientOptions& options);
+
+}  // namespace plume

@@ -1,0 +1,330 @@
+#include "plume/client/client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/byte_buffer.h>
+
+#include <algorithm>
+#include <bit>
+#include <future>
+
+#include "absl/strings/str_cat.h"
+#include "gemv_session_impl.h"
+#include "plume/io/array.h"
+
+namespace plume {
+
+static_assert(std::endian::native == std::endian::little,
+              "plume's wire tensors are little-endian; the SDK sends host memory as is");
+
+const char* HealthStatusName(HealthStatus s) {
+  switch (s) {
+    case HealthStatus::kServing: return "SERVING";
+    case HealthStatus::kNotServing: return "NOT_SERVING";
+    case HealthStatus::kServiceUnknown: return "SERVICE_UNKNOWN";
+    default: return "UNKNOWN";
+  }
+}
+
+std::string DefaultServiceConfigJson(const ClientOptions& options) {
+  std::string json = "{";
+  if (!options.load_balancing_policy.empty()) {
+    absl::StrAppend(&json, "\"loadBalancingConfig\": [{\"", options.load_balancing_policy, "\": {}}]");
+  }
+  if (options.max_attempts >= 2) {
+    if (json.size() > 1) json += ", ";
+    // Only calls that are safe to repeat; an upload or delete might have
+    // taken effect before the connection broke.
+    absl::StrAppend(&json,
+                    "\"methodConfig\": [{\"name\": ["
+                    "{\"service\": \"plume.v1.MatrixService\", \"method\": \"GetMatrix\"}, "
+                    "{\"service\": \"plume.v1.MatrixService\", \"method\": \"ListMatrices\"}, "
+                    "{\"service\": \"plume.v1.MatrixService\", \"method\": \"Gemv\"}, "
+                    "{\"service\": \"grpc.health.v1.Health\", \"method\": \"Check\"}], "
+                    "\"retryPolicy\": {\"maxAttempts\": ",
+                    std::min(options.max_attempts, 5),
+                    ", \"initialBackoff\": \"0.1s\", \"maxBackoff\": \"1s\", "
+                    "\"backoffMultiplier\": 2, \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]");
+  }
+  json += "}";
+  return json;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("empty server target");
+  if (options.max_message_bytes < (64 << 10)) {
+    return absl::InvalidArgumentError("max_message_bytes must be at least 64 KiB");
+  }
+  if (options.load_balancing_policy != "" && options.load_balancing_policy != "pick_first" &&
+      options.load_balancing_policy != "round_robin") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown load balancing policy '", options.load_balancing_policy, "'"));
+  }
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  const bool tls = options.use_tls || !options.tls_ca_file.empty() ||
+                   !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (tls) {
+    if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("a TLS client certificate needs its key, and vice versa");
+    }
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_ca_file.empty()) {
+      if (auto s = io::ReadFileToString(options.tls_ca_file, &ssl.pem_root_certs); !s.ok()) return s;
+    }
+    if (!options.tls_cert_file.empty()) {
+      if (auto s = io::ReadFileToString(options.tls_cert_file, &ssl.pem_cert_chain); !s.ok()) return s;
+      if (auto s = io::ReadFileToString(options.tls_key_file, &ssl.pem_private_key); !s.ok()) return s;
+    }
+    creds = grpc::SslCredentials(ssl);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  args.SetServiceConfigJSON(DefaultServiceConfigJson(options));
+  if (tls && !options.tls_server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name_override);
+  }
+  auto channel = grpc::CreateCustomChannel(options.target, creds, args);
+  return std::make_unique<Client>(std::move(channel), std::move(options));
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      stub_(v1::MatrixService::NewStub(channel_)) {}
+
+Client::~Client() = default;
+
+std::unique_ptr<grpc::ClientContext> Client::MakeContext(std::chrono::milliseconds timeout) const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!options_.bearer_token.empty()) {
+    ctx->AddMetadata("authorization", "Bearer " + options_.bearer_token);
+  }
+  return ctx;
+}
+
+std::unique_ptr<grpc::ClientContext> Client::MakeContext(const CallOptions& call) const {
+  return MakeContext(call.timeout.value_or(options_.default_timeout));
+}
+
+absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, std::string_view data,
+                                              std::string_view scales,
+                                              const UploadProgressFn& progress,
+                                              const CallOptions& call) {
+  const int64_t chunk = std::clamp<int64_t>(options_.upload_chunk_bytes, 4 << 10,
+                                            std::max<int64_t>(4 << 10, options_.max_message_bytes - (1 << 10)));
+  auto ctx = MakeContext(call);
+  v1::UploadMatrixResponse resp;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadMatrixRequest>> writer =
+      stub_->UploadMatrix(ctx.get(), &resp);
+  v1::UploadMatrixRequest req;
+  *req.mutable_header() = header;
+  bool ok = writer->Write(req);
+  const int64_t total = static_cast<int64_t>(data.size() + scales.size());
+  int64_t sent = 0;
+  if (ok && progress) progress(0, total);
+  auto send = [&](std::string_view part, bool is_scales) {
+    for (size_t off = 0; ok && off < part.size(); off += static_cast<size_t>(chunk)) {
+      const std::string_view piece = part.substr(off, static_cast<size_t>(chunk));
+      if (is_scales) {
+        req.set_scales(piece.data(), piece.size());
+      } else {
+        req.set_data(piece.data(), piece.size());
+      }
+      ok = writer->Write(req);
+      if (ok) {
+        sent += static_cast<int64_t>(piece.size());
+        if (progress) progress(sent, total);
+      }
+    }
+  };
+  send(data, false);
+  send(scales, true);
+  if (ok) writer->WritesDone();
+  const grpc::Status s = writer->Finish();
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp.matrix();
+}
+
+absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, const TensorRef& source,
+                                                    const UploadProgressFn& progress,
+                                                    const CallOptions& call) {
+  if (auto s = ValidateTensor(source); !s.ok()) return s;
+  if (source.shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a matrix must be 2-D, got ", source.shape.size(), " dimensions"));
+  }
+  if (source.dtype != v1::DTYPE_F32 && source.dtype != v1::DTYPE_F16 &&
+      source.dtype != v1::DTYPE_BF16) {
+    return absl::InvalidArgumentError("UploadMatrix takes F32, F16 or BF16 data; use UploadPacked for FP8");
+  }
+  v1::MatrixHeader h;
+  h.set_name(spec.name);
+  h.set_rows(source.shape[0]);
+  h.set_cols(source.shape[1]);
+  h.set_source_dtype(source.dtype);
+  h.set_format(spec.format);
+  h.set_scale_mode(spec.scale_mode);
+  h.set_non_saturating(spec.non_saturating);
+  return Upload(h, source.bytes, {}, progress, call);
+}
+
+absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int64_t rows, int64_t cols,
+                                                    const uint32_t* words, int64_t num_words,
+                                                    const float* scales, int64_t num_scales,
+                                                    const UploadProgressFn& progress,
+                                                    const CallOptions& call) {
+  if (rows < 0 || cols < 0 || num_words < 0 || num_scales < 0) {
+    return absl::InvalidArgumentError("negative size");
+  }
+  if ((num_words > 0 && words == nullptr) || (num_scales > 0 && scales == nullptr)) {
+    return absl::InvalidArgumentError("null buffer");
+  }
+  v1::MatrixHeader h;
+  h.set_name(spec.name);
+  h.set_rows(rows);
+  h.set_cols(cols);
+  h.set_source_dtype(spec.format);
+  h.set_format(spec.format);
+  h.set_scale_mode(spec.scale_mode);
+  h.set_non_saturating(spec.non_saturating);
+  return Upload(h,
+                std::string_view(reinterpret_cast<const char*>(words), static_cast<size_t>(num_words) * 4),
+                std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4),
+                progress, call);
+}
+
+absl::StatusOr<v1::MatrixInfo> Client::GetMatrix(const std::string& name, const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::GetMatrixRequest req;
+  req.set_name(name);
+  v1::GetMatrixResponse resp;
+  const grpc::Status s = stub_->GetMatrix(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp.matrix();
+}
+
+absl::StatusOr<std::vector<v1::MatrixInfo>> Client::ListMatrices(const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::ListMatricesResponse resp;
+  const grpc::Status s = stub_->ListMatrices(ctx.get(), v1::ListMatricesRequest(), &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return std::vector<v1::MatrixInfo>(resp.matrices().begin(), resp.matrices().end());
+}
+
+absl::Status Client::DeleteMatrix(const std::string& name, const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::DeleteMatrixRequest req;
+  req.set_name(name);
+  v1::DeleteMatrixResponse resp;
+  return FromGrpcStatus(stub_->DeleteMatrix(ctx.get(), req, &resp));
+}
+
+absl::StatusOr<HostTensor> Client::Gemv(const std::string& matrix, const TensorRef& input,
+                                        v1::DType output_dtype, const CallOptions& call,
+                                        float input_scale) {
+  if (auto s = ValidateTensor(input); !s.ok()) return s;
+  v1::GemvRequest req;
+  req.set_matrix(matrix);
+  ToProto(input, req.mutable_input());
+  req.set_output_dtype(output_dtype);
+  req.set_input_scale(input_scale);
+  auto ctx = MakeContext(call);
+  v1::GemvResponse resp;
+  const grpc::Status s = stub_->Gemv(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return FromProto(std::move(*resp.mutable_output()));
+}
+
+absl::StatusOr<std::unique_ptr<GemvSession>> Client::StartGemvSession(const std::string& matrix,
+                                                                      GemvSessionOptions options) {
+  if (options.max_in_flight < 1) return absl::InvalidArgumentError("max_in_flight must be at least 1");
+  auto impl = std::make_unique<GemvSession::Impl>();
+  impl->matrix = matrix;
+  impl->options = options;
+  impl->ctx = MakeContext(options.timeout.value_or(options_.default_timeout));
+  impl->stream = stub_->GemvStream(impl->ctx.get());
+  impl->Start();
+  return std::unique_ptr<GemvSession>(new GemvSession(std::move(impl)));
+}
+
+// grpc.health.v1 is not in Debian's gRPC packages, so the two tiny messages
+// are encoded by hand and sent through the generic stub:
+//   HealthCheckRequest  { string service = 1; }
+//   HealthCheckResponse { ServingStatus status = 1; }  (enum, varint)
+namespace {
+
+bool ReadVarint(std::string_view s, size_t* pos, uint64_t* v) {
+  *v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*pos >= s.size()) return false;
+    const uint8_t b = static_cast<uint8_t>(s[(*pos)++]);
+    *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+void WriteVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+}  // namespace
+
+absl::StatusOr<HealthStatus> Client::CheckHealth(const std::string& service, const CallOptions& call) {
+  std::string req;
+  if (!service.empty()) {
+    req.push_back(0x0a);  // field 1, length-delimited
+    WriteVarint(service.size(), &req);
+    req += service;
+  }
+  grpc::Slice slice(req);
+  grpc::ByteBuffer req_buf(&slice, 1);
+  grpc::ByteBuffer resp_buf;
+  auto ctx = MakeContext(call);
+  grpc::GenericStub stub(channel_);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(ctx.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req_buf,
+                 &resp_buf, [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  const grpc::Status s = done.get_future().get();  // the deadline bounds this wait
+  if (!s.ok()) return FromGrpcStatus(s);
+  std::vector<grpc::Slice> slices;
+  if (!resp_buf.Dump(&slices).ok()) return absl::InternalError("cannot read the health response");
+  std::string resp;
+  for (const auto& sl : slices) resp.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  uint64_t status = 0;
+  size_t pos = 0;
+  while (pos < resp.size()) {
+    uint64_t tag, v;
+    if (!ReadVarint(resp, &pos, &tag)) return absl::InternalError("malformed health response");
+    switch (tag & 7) {
+      case 0:
+        if (!ReadVarint(resp, &pos, &v)) return absl::InternalError("malformed health response");
+        if ((tag >> 3) == 1) status = v;
+        break;
+      case 1: pos += 8; break;
+      case 5: pos += 4; break;
+      case 2:
+        if (!ReadVarint(resp, &pos, &v) || v > resp.size() - std::min(pos, resp.size())) {
+          return absl::InternalError("malformed health response");
+        }
+        pos += v;
+        break;
+      default: return absl::InternalError("malformed health response");
+    }
+    if (pos > resp.size()) return absl::InternalError("malformed health response");
+  }
+  if (status > 3) return HealthStatus::kUnknown;
+  return static_cast<HealthStatus>(status);
+}
+
+}  // namespace plume
