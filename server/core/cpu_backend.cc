@@ -1,0 +1,96 @@
+#include "server/core/cpu_backend.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "plume/reference/api.h"
+#include "plume/reference/thread_pool.h"
+
+namespace plume::core {
+namespace {
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// Packed words and scales in one 64-byte aligned host allocation.
+class CpuMatrix final : public BackendMatrix {
+ public:
+  static absl::StatusOr<std::unique_ptr<CpuMatrix>> Allocate(const MatrixShape& shape) {
+    const int64_t word_bytes = shape.layout().total_words() * int64_t{sizeof(uint32_t)};
+    const int64_t scale_bytes = shape.num_scales() * int64_t{sizeof(float)};
+    const int64_t total = (word_bytes + scale_bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, static_cast<size_t>(total > 0 ? total : 64));
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cpu backend: cannot allocate ", total, " bytes of host memory"));
+    }
+    return std::unique_ptr<CpuMatrix>(new CpuMatrix(shape, p, word_bytes));
+  }
+
+  uint32_t* words() { return static_cast<uint32_t*>(mem_.get()); }
+  float* scales() { return reinterpret_cast<float*>(static_cast<char*>(mem_.get()) + word_bytes_); }
+
+  ref::MatrixView view() const {
+    auto* self = const_cast<CpuMatrix*>(this);
+    return ref::MatrixView{self->words(), self->scales(), shape().layout(), shape().format,
+                           shape().scale_mode};
+  }
+
+ private:
+  CpuMatrix(const MatrixShape& shape, void* mem, int64_t word_bytes)
+      : BackendMatrix(shape), mem_(mem), word_bytes_(word_bytes) {}
+
+  std::unique_ptr<void, FreeDeleter> mem_;
+  int64_t word_bytes_;
+};
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads) : pool_(std::make_unique<ThreadPool>(threads)) {}
+CpuBackend::~CpuBackend() = default;
+
+int64_t CpuBackend::memory_capacity_bytes() const {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return int64_t{1} << 30;
+  // Leave half of physical memory to the process itself and the system.
+  return static_cast<int64_t>(pages) * page_size / 2;
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::Quantize(const MatrixShape& shape,
+                                                                    const void* src,
+                                                                    DType src_dtype) {
+  auto m = CpuMatrix::Allocate(shape);
+  if (!m.ok()) return m.status();
+  ref::QuantizeOptions opts{shape.format, shape.scale_mode, shape.saturate};
+  ref::QuantizePack(src, src_dtype, shape.rows, shape.cols, opts, (*m)->words(), (*m)->scales(),
+                    pool_.get());
+  return std::unique_ptr<BackendMatrix>(std::move(*m));
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::FromPacked(const MatrixShape& shape,
+                                                                      const uint32_t* words,
+                                                                      const float* scales) {
+  auto m = CpuMatrix::Allocate(shape);
+  if (!m.ok()) return m.status();
+  std::memcpy((*m)->words(), words,
+              static_cast<size_t>(shape.layout().total_words()) * sizeof(uint32_t));
+  if (shape.num_scales() > 0) {
+    std::memcpy((*m)->scales(), scales, static_cast<size_t>(shape.num_scales()) * sizeof(float));
+  }
+  return std::unique_ptr<BackendMatrix>(std::move(*m));
+}
+
+absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
+  const auto& m = static_cast<const CpuMatrix&>(w);
+  ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, args.y, args.y_dtype,
+            pool_.get());
+  return absl::OkStatus();
+}
+
+}  // namespace plume::core

@@ -1,0 +1,35 @@
+// The CPU backend: packed FP8 in host memory, GEMV by the multithreaded,
+// vectorized CPU reference (kernels/reference).
+#pragma once
+
+#include <memory>
+
+#include "server/core/backend.h"
+
+namespace plume {
+class ThreadPool;
+}
+
+namespace plume::core {
+
+class CpuBackend final : public Backend {
+ public:
+  // threads <= 0: one per hardware thread.
+  explicit CpuBackend(int threads = 0);
+  ~CpuBackend() override;
+
+  std::string_view name() const override { return "cpu"; }
+  int64_t memory_capacity_bytes() const override;
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
+                                                          const void* src,
+                                                          DType src_dtype) override;
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
+                                                            const uint32_t* words,
+                                                            const float* scales) override;
+  absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
+
+ private:
+  std::unique_ptr<ThreadPool> pool_;
+};
+
+}  // namespace plume::core

@@ -1,0 +1,158 @@
+#include "server/core/matrix_service.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "server/core/metrics.h"
+
+namespace plume::core {
+
+MatrixService::MatrixService(Backend* backend, MatrixStore* store, Metrics* metrics,
+                             const Limits& limits)
+    : backend_(backend), store_(store), metrics_(metrics), limits_(limits) {}
+
+MatrixService::Upload::Upload(MatrixService* service, UploadPlan plan,
+                              MatrixStore::PendingUpload pending)
+    : service_(service), plan_(plan), pending_(std::move(pending)) {}
+
+absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUpload(
+    const v1::MatrixHeader& header) {
+  auto plan = ValidateHeader(header, limits_);
+  if (!plan.ok()) return plan.status();
+  auto pending = store_->BeginUpload(header.name(), plan->shape.resident_bytes());
+  if (!pending.ok()) return pending.status();
+  auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
+  try {
+    upload->data_.reserve(static_cast<size_t>(plan->data_bytes));
+    upload->scales_.reserve(static_cast<size_t>(plan->scale_bytes));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", plan->data_bytes, " bytes to stage the upload"));
+  }
+  return upload;
+}
+
+absl::Status MatrixService::Upload::AddData(std::string_view chunk) {
+  if (static_cast<int64_t>(data_.size() + chunk.size()) > plan_.data_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "upload of \"", pending_.name(), "\" sent more data than its header declares: ",
+        data_.size() + chunk.size(), " bytes, expected ", plan_.data_bytes));
+  }
+  data_.append(chunk);
+  return absl::OkStatus();
+}
+
+absl::Status MatrixService::Upload::AddScales(std::string_view chunk) {
+  if (!plan_.prepacked) {
+    return absl::InvalidArgumentError(
+        "scales may only be sent with pre-packed (E4M3/E5M2 source_dtype) uploads");
+  }
+  if (static_cast<int64_t>(scales_.size() + chunk.size()) > plan_.scale_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload of \"", pending_.name(), "\" sent ", scales_.size() + chunk.size(),
+                     " bytes of scales; scale mode needs ", plan_.scale_bytes));
+  }
+  scales_.append(chunk);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
+  if (static_cast<int64_t>(data_.size()) != plan_.data_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("upload of \"", pending_.name(),
+                                                   "\" ended after ", data_.size(),
+                                                   " bytes of data; expected ", plan_.data_bytes));
+  }
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> data;
+  if (plan_.prepacked) {
+    if (static_cast<int64_t>(scales_.size()) != plan_.scale_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("upload of \"", pending_.name(), "\" ended after ", scales_.size(),
+                       " bytes of scales; expected ", plan_.scale_bytes));
+    }
+    const auto* scales = reinterpret_cast<const float*>(scales_.data());
+    if (absl::Status s = ValidatePackedScales(scales, plan_.shape.num_scales()); !s.ok()) return s;
+    // Padding codes are defined to be zero: clear whatever the client sent there.
+    const PackedLayout l = plan_.shape.layout();
+    for (int64_t r = 0; r < l.rows; ++r) {
+      std::memset(&data_[static_cast<size_t>(r * l.padded_cols() + l.cols)], 0,
+                  static_cast<size_t>(l.padded_cols() - l.cols));
+    }
+    data = service_->backend_->FromPacked(plan_.shape,
+                                          reinterpret_cast<const uint32_t*>(data_.data()), scales);
+  } else {
+    data = service_->backend_->Quantize(plan_.shape, data_.data(), plan_.source_dtype);
+  }
+  if (!data.ok()) return data.status();
+  std::string().swap(data_);  // free the staging copy before publishing
+  auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
+                                    std::move(*data));
+  return service_->Info(*m);
+}
+
+v1::MatrixInfo MatrixService::Info(const Matrix& m) const {
+  v1::MatrixInfo info;
+  info.set_name(m.name);
+  info.set_rows(m.shape.rows);
+  info.set_cols(m.shape.cols);
+  info.set_format(static_cast<v1::DType>(m.shape.format));
+  info.set_scale_mode(static_cast<v1::ScaleMode>(m.shape.scale_mode));
+  info.set_source_dtype(static_cast<v1::DType>(m.source_dtype));
+  info.set_non_saturating(!m.shape.saturate);
+  const PackedLayout l = m.shape.layout();
+  info.mutable_layout()->set_padded_cols(l.padded_cols());
+  info.mutable_layout()->set_row_stride_bytes(l.padded_cols());
+  info.mutable_layout()->set_num_scales(m.shape.num_scales());
+  info.set_resident_bytes(m.shape.resident_bytes());
+  info.set_created_unix_ms(m.created_unix_ms);
+  info.set_backend(std::string(backend_->name()));
+  return info;
+}
+
+absl::StatusOr<v1::MatrixInfo> MatrixService::GetMatrix(const std::string& name) const {
+  if (absl::Status s = ValidateName(name, limits_); !s.ok()) return s;
+  auto m = store_->Get(name);
+  if (!m.ok()) return m.status();
+  return Info(**m);
+}
+
+void MatrixService::ListMatrices(v1::ListMatricesResponse* out) const {
+  for (const auto& m : store_->List()) *out->add_matrices() = Info(*m);
+}
+
+absl::Status MatrixService::DeleteMatrix(const std::string& name) {
+  if (absl::Status s = ValidateName(name, limits_); !s.ok()) return s;
+  return store_->Delete(name);
+}
+
+absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* out) {
+  if (absl::Status s = ValidateName(req.matrix(), limits_); !s.ok()) return s;
+  auto m = store_->Get(req.matrix());  // holds the matrix alive for this call
+  if (!m.ok()) return m.status();
+  const MatrixShape& shape = (*m)->shape;
+  auto plan = ValidateGemv(req, shape, limits_);
+  if (!plan.ok()) return plan.status();
+
+  out->set_request_id(req.request_id());
+  v1::Tensor* y = out->mutable_output();
+  y->set_dtype(static_cast<v1::DType>(plan->y_dtype));
+  if (!plan->input_is_vector) y->add_shape(plan->batch);
+  y->add_shape(shape.rows);
+  std::string* bytes = y->mutable_data();
+  bytes->resize(static_cast<size_t>(plan->batch * shape.rows * DTypeSize(plan->y_dtype)));
+
+  GemvArgs args;
+  args.x = req.input().data().data();
+  args.x_dtype = plan->x_dtype;
+  args.x_scale = plan->x_scale;
+  args.batch = plan->batch;
+  args.y = bytes->data();
+  args.y_dtype = plan->y_dtype;
+  if (absl::Status s = backend_->Gemv(*(*m)->data, args); !s.ok()) {
+    out->clear_output();
+    return s;
+  }
+  if (metrics_ != nullptr) metrics_->RecordGemv(plan->batch, shape.resident_bytes());
+  return absl::OkStatus();
+}
+
+}  // namespace plume::core

@@ -1,0 +1,65 @@
+// The matrix service's logic, independent of gRPC: uploads, lookups and GEMV
+// over the store and a backend. server/grpc adapts it to the wire.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "plume/v1/plume.pb.h"
+#include "server/core/backend.h"
+#include "server/core/limits.h"
+#include "server/core/matrix_store.h"
+#include "server/core/validation.h"
+
+namespace plume::core {
+
+class Metrics;
+
+class MatrixService {
+ public:
+  MatrixService(Backend* backend, MatrixStore* store, Metrics* metrics, const Limits& limits);
+
+  // One UploadMatrix call: a validated header, then data (and, pre-packed,
+  // scale) chunks, then Finish. Dropping it before Finish abandons the upload
+  // and frees its name and budget.
+  class Upload {
+   public:
+    absl::Status AddData(std::string_view chunk);
+    absl::Status AddScales(std::string_view chunk);
+    absl::StatusOr<v1::MatrixInfo> Finish();
+    int64_t received_bytes() const { return data_.size(); }
+
+   private:
+    friend class MatrixService;
+    Upload(MatrixService* service, UploadPlan plan, MatrixStore::PendingUpload pending);
+    MatrixService* service_;
+    UploadPlan plan_;
+    MatrixStore::PendingUpload pending_;
+    std::string data_;
+    std::string scales_;
+  };
+
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const v1::MatrixHeader& header);
+  absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name) const;
+  void ListMatrices(v1::ListMatricesResponse* out) const;
+  absl::Status DeleteMatrix(const std::string& name);
+
+  // Runs one GEMV request; the result goes into `out` (request_id echoed).
+  absl::Status Gemv(const v1::GemvRequest& req, v1::GemvResponse* out);
+
+  const Limits& limits() const { return limits_; }
+  Backend* backend() const { return backend_; }
+
+ private:
+  v1::MatrixInfo Info(const Matrix& m) const;
+
+  Backend* backend_;
+  MatrixStore* store_;
+  Metrics* metrics_;
+  Limits limits_;
+};
+
+}  // namespace plume::core

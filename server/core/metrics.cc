@@ -1,0 +1,117 @@
+#include "server/core/metrics.h"
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace plume::core {
+
+std::string_view MethodName(Method m) {
+  switch (m) {
+    case Method::kUploadMatrix: return "UploadMatrix";
+    case Method::kGetMatrix: return "GetMatrix";
+    case Method::kListMatrices: return "ListMatrices";
+    case Method::kDeleteMatrix: return "DeleteMatrix";
+    case Method::kGemv: return "Gemv";
+    case Method::kGemvStream: return "GemvStream";
+    case Method::kCount: break;
+  }
+  return "unknown";
+}
+
+namespace {
+
+// Latency buckets from 50 us to 60 s, roughly x2.5 apart.
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+          50e-3, 100e-3, 250e-3, 500e-3, 1.0,  2.5,    5.0,  10.0, 30.0, 60.0};
+}
+
+}  // namespace
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& requests = prometheus::BuildCounter()
+                       .Name("plume_requests_total")
+                       .Help("Finished requests (GemvStream: stream items) by method and gRPC code.")
+                       .Register(*registry_);
+  auto& durations = prometheus::BuildHistogram()
+                        .Name("plume_request_duration_seconds")
+                        .Help("Time from a request's arrival to its response, by method.")
+                        .Register(*registry_);
+  for (int m = 0; m < kNumMethods; ++m) {
+    const std::string method(MethodName(static_cast<Method>(m)));
+    for (int c = 0; c < kNumCodes; ++c) {
+      // Created lazily below: a series per code only once it occurs, so
+      // dashboards are not flooded with zeros. OK is created up front.
+      requests_[m][c] = nullptr;
+    }
+    requests_[m][0] = &requests.Add({{"method", method}, {"code", "OK"}});
+    durations_[m] = &durations.Add({{"method", method}}, LatencyBuckets());
+  }
+  vectors_ = &prometheus::BuildCounter()
+                  .Name("plume_vectors_total")
+                  .Help("Vectors multiplied by GEMV.")
+                  .Register(*registry_)
+                  .Add({});
+  weight_bytes_ = &prometheus::BuildCounter()
+                       .Name("plume_weight_bytes_read_total")
+                       .Help("Packed weight bytes (codes plus scales) streamed by GEMV; "
+                             "rate() of it is the achieved weight bandwidth.")
+                       .Register(*registry_)
+                       .Add({});
+  resident_matrices_ = &prometheus::BuildGauge()
+                            .Name("plume_resident_matrices")
+                            .Help("Matrices currently stored.")
+                            .Register(*registry_)
+                            .Add({});
+  resident_bytes_ = &prometheus::BuildGauge()
+                         .Name("plume_resident_bytes")
+                         .Help("Bytes of packed codes and scales of the stored matrices.")
+                         .Register(*registry_)
+                         .Add({});
+  memory_budget_ = &prometheus::BuildGauge()
+                        .Name("plume_memory_budget_bytes")
+                        .Help("Bytes the store may hold (matrices and uploads in progress).")
+                        .Register(*registry_)
+                        .Add({});
+  requests_family_ = &requests;
+}
+
+Metrics::~Metrics() = default;
+
+void Metrics::RecordRequest(Method m, absl::StatusCode code, double seconds) {
+  const int mi = static_cast<int>(m);
+  int ci = static_cast<int>(code);
+  if (ci < 0 || ci >= kNumCodes) ci = static_cast<int>(absl::StatusCode::kUnknown);
+  prometheus::Counter* counter;
+  {
+    absl::MutexLock lock(&mu_);
+    counter = requests_[mi][ci];
+    if (counter == nullptr) {
+      counter = &requests_family_->Add(
+          {{"method", std::string(MethodName(m))},
+           {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(ci))}});
+      requests_[mi][ci] = counter;
+    }
+  }
+  counter->Increment();
+  durations_[mi]->Observe(seconds);
+}
+
+void Metrics::RecordGemv(int64_t vectors, int64_t weight_bytes) {
+  vectors_->Increment(static_cast<double>(vectors));
+  weight_bytes_->Increment(static_cast<double>(weight_bytes));
+}
+
+void Metrics::SetResident(int64_t matrices, int64_t bytes) {
+  resident_matrices_->Set(static_cast<double>(matrices));
+  resident_bytes_->Set(static_cast<double>(bytes));
+}
+
+void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }
+
+}  // namespace plume::core

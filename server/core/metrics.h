@@ -1,0 +1,69 @@
+// Prometheus metrics of one server (prometheus-cpp; no gRPC here).
+// Names follow Prometheus conventions: plume_ prefix, base units, _total on
+// counters. The hot-path handles are resolved once, up front, so recording a
+// request costs a few atomic adds and no label lookups.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+
+namespace prometheus {
+template <typename T>
+class Family;
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace plume::core {
+
+enum class Method : int {
+  kUploadMatrix,
+  kGetMatrix,
+  kListMatrices,
+  kDeleteMatrix,
+  kGemv,
+  kGemvStream,
+  kCount,
+};
+std::string_view MethodName(Method m);
+
+class Metrics {
+ public:
+  Metrics();
+  ~Metrics();
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // One finished request (for GemvStream: one stream item).
+  void RecordRequest(Method m, absl::StatusCode code, double seconds);
+  // One executed GEMV: vectors multiplied and weight bytes streamed.
+  void RecordGemv(int64_t vectors, int64_t weight_bytes);
+  void SetResident(int64_t matrices, int64_t bytes);
+  void SetMemoryBudget(int64_t bytes);
+
+ private:
+  static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
+  static constexpr int kNumMethods = static_cast<int>(Method::kCount);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  absl::Mutex mu_;
+  prometheus::Family<prometheus::Counter>* requests_family_ = nullptr;
+  std::array<std::array<prometheus::Counter*, kNumCodes>, kNumMethods> requests_
+      ABSL_GUARDED_BY(mu_){};
+  std::array<prometheus::Histogram*, kNumMethods> durations_{};
+  prometheus::Counter* vectors_ = nullptr;
+  prometheus::Counter* weight_bytes_ = nullptr;
+  prometheus::Gauge* resident_matrices_ = nullptr;
+  prometheus::Gauge* resident_bytes_ = nullptr;
+  prometheus::Gauge* memory_budget_ = nullptr;
+};
+
+}  // namespace plume::core

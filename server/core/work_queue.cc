@@ -1,0 +1,47 @@
+#include "server/core/work_queue.h"
+
+namespace plume::core {
+
+WorkQueue::WorkQueue(int threads, int64_t max_queued) : max_queued_(max_queued) {
+  if (threads < 1) threads = 1;
+  threads_.reserve(static_cast<size_t>(threads));
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+WorkQueue::~WorkQueue() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (auto& t : threads_) t.join();
+}
+
+bool WorkQueue::Submit(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || static_cast<int64_t>(tasks_.size()) >= max_queued_) return false;
+  tasks_.push_back(std::move(task));
+  return true;
+}
+
+int64_t WorkQueue::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(tasks_.size());
+}
+
+void WorkQueue::Loop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](WorkQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->stopping_ || !q->tasks_.empty(); },
+          this));
+      if (tasks_.empty()) return;  // stopping and drained
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace plume::core

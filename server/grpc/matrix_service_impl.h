@@ -1,0 +1,52 @@
+// gRPC adapter of core::MatrixService, on the callback (reactor) API.
+// Unary lookups run inline; GEMV and the end of an upload run on the work
+// queue, never on a gRPC callback thread.
+#pragma once
+
+#include "plume/v1/plume.grpc.pb.h"
+#include "server/core/matrix_service.h"
+#include "server/core/metrics.h"
+#include "server/core/work_queue.h"
+
+namespace plume::server {
+
+class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
+ public:
+  struct Options {
+    // Items of one GemvStream being computed at once; the stream stops reading
+    // (and so applies HTTP/2 flow control to the client) beyond this.
+    int max_stream_in_flight = 64;
+  };
+
+  MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics, core::WorkQueue* queue,
+                    const Options& options);
+
+  grpc::ServerReadReactor<v1::UploadMatrixRequest>* UploadMatrix(
+      grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) override;
+  grpc::ServerUnaryReactor* GetMatrix(grpc::CallbackServerContext* ctx,
+                                      const v1::GetMatrixRequest* req,
+                                      v1::GetMatrixResponse* resp) override;
+  grpc::ServerUnaryReactor* ListMatrices(grpc::CallbackServerContext* ctx,
+                                         const v1::ListMatricesRequest* req,
+                                         v1::ListMatricesResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteMatrix(grpc::CallbackServerContext* ctx,
+                                         const v1::DeleteMatrixRequest* req,
+                                         v1::DeleteMatrixResponse* resp) override;
+  grpc::ServerUnaryReactor* Gemv(grpc::CallbackServerContext* ctx, const v1::GemvRequest* req,
+                                 v1::GemvResponse* resp) override;
+  grpc::ServerBidiReactor<v1::GemvRequest, v1::GemvResponse>* GemvStream(
+      grpc::CallbackServerContext* ctx) override;
+
+  core::MatrixService* core() const { return core_; }
+  core::Metrics* metrics() const { return metrics_; }
+  core::WorkQueue* queue() const { return queue_; }
+  const Options& options() const { return options_; }
+
+ private:
+  core::MatrixService* core_;
+  core::Metrics* metrics_;
+  core::WorkQueue* queue_;
+  Options options_;
+};
+
+}  // namespace plume::server

@@ -1,0 +1,43 @@
+// plume's gRPC server: an options struct and a Start factory that returns the
+// running server with its real bound port (tests bind port 0).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/core/matrix_service.h"
+#include "server/core/metrics.h"
+
+namespace plume::server {
+
+struct ServerOptions {
+  std::string grpc_address = "0.0.0.0:50051";
+  int max_message_bytes = 64 << 20;
+  int worker_threads = 4;          // threads running GEMV and upload finishing
+  int64_t max_queued_requests = 4096;
+  int max_stream_in_flight = 64;   // per GemvStream
+};
+
+class Server {
+ public:
+  // Builds and starts the server. `core` and `metrics` must outlive it.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
+                                                       core::MatrixService* core,
+                                                       core::Metrics* metrics);
+  ~Server();  // shuts down with no grace period if Shutdown was not called
+
+  int port() const;
+
+  // Health goes NOT_SERVING, then in-flight calls get up to `grace` to
+  // finish before they are cancelled. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace);
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace plume::server

@@ -1,0 +1,137 @@
+// plume-server: serves MatrixService over gRPC and metrics over HTTP.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <prometheus/exposer.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "server/core/cpu_backend.h"
+#include "server/core/matrix_service.h"
+#include "server/core/matrix_store.h"
+#include "server/core/metrics.h"
+#include "server/grpc/server.h"
+
+ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051", "Address the gRPC API listens on (port 0: any free port).");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464", "Address of the Prometheus /metrics endpoint (port 0: any free port).");
+ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto, cpu or cuda. auto picks CUDA when a GPU is present.");
+ABSL_FLAG(int64_t, memory_budget_bytes, 0, "Bytes the matrix store may hold; 0: half of host memory (cpu backend).");
+ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent, in bytes.");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{16} << 30, "Largest source matrix one upload may send, in bytes.");
+ABSL_FLAG(int64_t, max_rows, int64_t{1} << 20, "Most rows a matrix may have.");
+ABSL_FLAG(int64_t, max_cols, int64_t{1} << 20, "Most columns a matrix may have.");
+ABSL_FLAG(int64_t, max_batch, 4096, "Most vectors in one Gemv request.");
+ABSL_FLAG(int32_t, worker_threads, 4, "Threads that run GEMV requests.");
+ABSL_FLAG(int32_t, cpu_threads, 0, "Threads of the CPU backend's GEMV; 0: one per hardware thread.");
+ABSL_FLAG(int64_t, max_queued_requests, 4096, "Requests that may wait for a worker before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, how long in-flight calls may take to finish.");
+ABSL_FLAG(std::string, ready_file, "", "If set, written as JSON {\"grpc_port\":N,\"metrics_port\":M} once serving.");
+ABSL_FLAG(std::string, log_level, "info", "Log level: trace, debug, info, warn, error.");
+
+namespace {
+
+int Fail(const std::string& what) {
+  spdlog::critical("{}", what);
+  return 1;
+}
+
+bool WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << "{\"grpc_port\": " << grpc_port << ", \"metrics_port\": " << metrics_port << "}\n";
+    if (!f.good()) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("plume-server: FP8 GEMV over gRPC. Flags: --helpfull");
+  absl::ParseCommandLine(argc, argv);
+  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  // SIGINT/SIGTERM are taken by sigwait below; block them before any thread
+  // starts so that every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const std::string backend_flag = absl::GetFlag(FLAGS_backend);
+  std::unique_ptr<plume::core::Backend> backend;
+  if (backend_flag == "cpu" || backend_flag == "auto") {
+    // TODO(cuda backend issue): auto picks CUDA once a CudaBackend exists.
+    backend = std::make_unique<plume::core::CpuBackend>(absl::GetFlag(FLAGS_cpu_threads));
+  } else if (backend_flag == "cuda") {
+    return Fail("--backend=cuda: this build has no CUDA backend yet; use --backend=cpu or auto");
+  } else {
+    return Fail(absl::StrCat("--backend must be auto, cpu or cuda, not \"", backend_flag, "\""));
+  }
+
+  plume::core::Limits limits;
+  limits.max_rows = absl::GetFlag(FLAGS_max_rows);
+  limits.max_cols = absl::GetFlag(FLAGS_max_cols);
+  limits.max_batch = absl::GetFlag(FLAGS_max_batch);
+  limits.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+
+  int64_t budget = absl::GetFlag(FLAGS_memory_budget_bytes);
+  if (budget <= 0) budget = backend->memory_capacity_bytes();
+
+  plume::core::Metrics metrics;
+  plume::core::MatrixStore store(budget, &metrics);
+  plume::core::MatrixService service(backend.get(), &store, &metrics, limits);
+
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(absl::GetFlag(FLAGS_metrics_address));
+  } catch (const std::exception& e) {
+    return Fail(absl::StrCat("cannot serve metrics on ", absl::GetFlag(FLAGS_metrics_address),
+                             ": ", e.what()));
+  }
+  exposer->RegisterCollectable(metrics.registry());
+  const std::vector<int> metrics_ports = exposer->GetListeningPorts();
+  const int metrics_port = metrics_ports.empty() ? 0 : metrics_ports.front();
+
+  plume::server::ServerOptions options;
+  options.grpc_address = absl::GetFlag(FLAGS_grpc_address);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  auto server = plume::server::Server::Start(options, &service, &metrics);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+
+  spdlog::info("plume-server ready: gRPC on {} (port {}), metrics on http://{}/metrics (port {})",
+               options.grpc_address, (*server)->port(), absl::GetFlag(FLAGS_metrics_address),
+               metrics_port);
+  spdlog::info("backend {}, memory budget {} bytes, max message {} bytes", backend->name(), budget,
+               options.max_message_bytes);
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+  if (!ready_file.empty() && !WriteReadyFile(ready_file, (*server)->port(), metrics_port)) {
+    return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
+  }
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  const absl::Duration drain = absl::GetFlag(FLAGS_drain_timeout);
+  spdlog::info("received {}, draining for up to {}", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               absl::FormatDuration(drain));
+  (*server)->Shutdown(absl::ToChronoMilliseconds(drain));
+  server->reset();
+  spdlog::info("plume-server stopped");
+  return 0;
+}

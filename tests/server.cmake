@@ -1,0 +1,11 @@
+# server/core unit tests (no gRPC) and in-process server tests through the SDK.
+add_executable(core_test server/core_test.cc)
+target_link_libraries(core_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(core_test DISCOVERY_TIMEOUT 60)
+
+if(TARGET plume_client)
+  add_executable(server_test server/server_test.cc)
+  target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::pull GTest::gtest_main)
+  gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
