@@ -1,0 +1,331 @@
+// The CPU reference: scales, quantization, dequantization, conversions, and
+// GEMV (driver + scalar kernel; vector kernels in gemv_avx2.cc / gemv_avx512.cc).
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "gemv_internal.h"
+#include "plume/kernels/fp8.h"
+#include "plume/kernels/half.h"
+#include "plume/kernels/layout.h"
+#include "plume/reference/api.h"
+#include "plume/reference/internal.h"
+#include "plume/reference/thread_pool.h"
+
+namespace plume {
+
+const char* DTypeName(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+    case DType::kE4M3: return "e4m3";
+    case DType::kE5M2: return "e5m2";
+  }
+  return "unknown";
+}
+
+const char* ScaleModeName(ScaleMode m) {
+  switch (m) {
+    case ScaleMode::kNone: return "none";
+    case ScaleMode::kTensor: return "tensor";
+    case ScaleMode::kRow: return "row";
+    case ScaleMode::kBlock128: return "block128";
+  }
+  return "unknown";
+}
+
+namespace ref {
+namespace {
+
+ThreadPool& PoolOr(ThreadPool* pool) { return pool ? *pool : ThreadPool::Default(); }
+
+float AmaxFinite(const float* p, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(p[i]);
+    if (a <= FLT_MAX && a > m) m = a;  // NaN and inf fail a <= FLT_MAX
+  }
+  return m;
+}
+
+float ScaleFromAmax(float amax, Fp8Format f) {
+  if (!(amax > 0.0f)) return 1.0f;
+  return std::max(amax / fp8::MaxValue(f), FLT_MIN);
+}
+
+// Lookup tables for the scalar path.
+struct DecodeTables {
+  float e4m3[256], e5m2[256];
+  DecodeTables() {
+    for (int c = 0; c < 256; ++c) {
+      e4m3[c] = fp8::DecodeE4M3(static_cast<uint8_t>(c));
+      e5m2[c] = fp8::DecodeE5M2(static_cast<uint8_t>(c));
+    }
+  }
+};
+const DecodeTables& Tables() {
+  static const DecodeTables t;
+  return t;
+}
+
+}  // namespace
+
+void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode, Fp8Format format,
+                   float* scales) {
+  switch (mode) {
+    case ScaleMode::kNone: return;
+    case ScaleMode::kTensor: {
+      float m = 0.0f;
+      for (int64_t r = 0; r < rows; ++r) m = std::max(m, AmaxFinite(src + r * cols, cols));
+      scales[0] = ScaleFromAmax(m, format);
+      return;
+    }
+    case ScaleMode::kRow:
+      for (int64_t r = 0; r < rows; ++r) scales[r] = ScaleFromAmax(AmaxFinite(src + r * cols, cols), format);
+      return;
+    case ScaleMode::kBlock128: {
+      const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t c0 = b * kBlockCols, n = std::min(kBlockCols, cols - c0);
+          scales[r * nb + b] = ScaleFromAmax(AmaxFinite(src + r * cols + c0, n), format);
+        }
+      return;
+    }
+  }
+}
+
+void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
+                  const QuantizeOptions& opts, uint32_t* words, float* scales, ThreadPool* pool) {
+  std::vector<float> converted;
+  const float* f = static_cast<const float*>(src);
+  if (src_dtype != DType::kF32) {
+    converted.resize(static_cast<size_t>(rows * cols));
+    ToFloat(src, src_dtype, 1.0f, rows * cols, converted.data());
+    f = converted.data();
+  }
+  ComputeScales(f, rows, cols, opts.scale_mode, opts.format, scales);
+  const PackedLayout l{rows, cols};
+  const int64_t pc = l.padded_cols();
+  const int64_t nb = l.blocks_per_row();
+  auto body = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint8_t* out = reinterpret_cast<uint8_t*>(words + r * l.words_per_row());
+      std::vector<uint8_t> codes(static_cast<size_t>(pc), 0);
+      for (int64_t c = 0; c < cols; ++c) {
+        const float s = opts.scale_mode == ScaleMode::kNone     ? 1.0f
+                        : opts.scale_mode == ScaleMode::kTensor ? scales[0]
+                        : opts.scale_mode == ScaleMode::kRow    ? scales[r]
+                                                                : scales[r * nb + c / kBlockCols];
+        codes[c] = fp8::Encode(f[r * cols + c] / s, opts.format, opts.saturate);
+      }
+      // Little-endian words: element 4j in bits 0-7 of word j.
+      for (int64_t j = 0; j < pc / 4; ++j) {
+        const uint32_t w = static_cast<uint32_t>(codes[4 * j]) | static_cast<uint32_t>(codes[4 * j + 1]) << 8 |
+                           static_cast<uint32_t>(codes[4 * j + 2]) << 16 |
+                           static_cast<uint32_t>(codes[4 * j + 3]) << 24;
+        std::memcpy(out + 4 * j, &w, 4);
+      }
+    }
+  };
+  PoolOr(pool).ParallelFor(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cols)), body);
+}
+
+void Dequantize(const MatrixView& w, float* out) {
+  const PackedLayout& l = w.layout;
+  for (int64_t r = 0; r < l.rows; ++r)
+    for (int64_t c = 0; c < l.cols; ++c)
+      out[r * l.cols + c] = fp8::Decode(CodeAt(w.words, l, r, c), w.format) *
+                            ScaleAt(w.scales, w.scale_mode, l, r, c);
+}
+
+void ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+    case DType::kF16: {
+      const uint8_t* p = static_cast<const uint8_t*>(src);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        dst[i] = HalfBitsToFloat(h);
+      }
+      return;
+    }
+    case DType::kBF16: {
+      const uint8_t* p = static_cast<const uint8_t*>(src);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        dst[i] = Bf16BitsToFloat(h);
+      }
+      return;
+    }
+    case DType::kE4M3:
+    case DType::kE5M2: {
+      const uint8_t* p = static_cast<const uint8_t*>(src);
+      const Fp8Format f = static_cast<Fp8Format>(dtype);
+      for (int64_t i = 0; i < n; ++i) dst[i] = fp8::Decode(p[i], f) * scale;
+      return;
+    }
+  }
+}
+
+void FromFloat(const float* src, int64_t n, DType dtype, void* dst) {
+  uint8_t* p = static_cast<uint8_t*>(dst);
+  switch (dtype) {
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = FloatToHalfBits(src[i]);
+        std::memcpy(p + 2 * i, &h, 2);
+      }
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = FloatToBf16Bits(src[i]);
+        std::memcpy(p + 2 * i, &h, 2);
+      }
+      return;
+    default: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+  }
+}
+
+namespace detail {
+namespace {
+struct KScalar {
+  static constexpr int RowsFor(int B, bool) { return B <= 2 ? 2 : 1; }
+  template <Fp8Format F, int R, int B, bool kBlock>
+  static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
+                   float* out) {
+    const float* lut = F == Fp8Format::kE4M3 ? Tables().e4m3 : Tables().e5m2;
+    constexpr int L = 16;  // lanes, like the vector kernels
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < B; ++b) {
+        const uint8_t* wr = w + r * pc;
+        const float* xb = x + b * pc;
+        float acc[L] = {};
+        const int64_t step = kBlock ? kBlockCols : pc;
+        for (int64_t c0 = 0, blk = 0; c0 < pc; c0 += step, ++blk) {
+          float part[L] = {};
+          const int64_t end = std::min(pc, c0 + step);
+          for (int64_t c = c0; c < end; c += L)
+            for (int l = 0; l < L; ++l) part[l] += lut[wr[c + l]] * xb[c + l];
+          const float s = kBlock ? bs[r * nblk + blk] : 1.0f;
+          for (int l = 0; l < L; ++l) acc[l] += part[l] * s;
+        }
+        float sum = 0.0f;
+        for (int l = 0; l < L; ++l) sum += acc[l];
+        out[r * B + b] = sum;
+      }
+  }
+};
+}  // namespace
+
+void GemvRowsScalar(const GemvArgs& a, int64_t r0, int64_t r1) { DriveRows<KScalar>(a, r0, r1); }
+}  // namespace detail
+
+namespace internal {
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+bool IsaSupported(Isa isa) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  switch (isa) {
+    case Isa::kScalar: return true;
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+  }
+  return false;
+#else
+  return isa == Isa::kScalar;
+#endif
+}
+
+Isa BestIsa() {
+  static const Isa best = IsaSupported(Isa::kAvx512) ? Isa::kAvx512
+                          : IsaSupported(Isa::kAvx2) ? Isa::kAvx2
+                                                     : Isa::kScalar;
+  return best;
+}
+
+void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
+                ThreadPool* pool) {
+  const PackedLayout& l = w.layout;
+  if (l.rows <= 0 || batch <= 0) return;
+  detail::GemvArgs a;
+  a.codes = reinterpret_cast<const uint8_t*>(w.words);
+  a.rows = l.rows;
+  a.cols = l.cols;
+  a.pc = l.padded_cols();
+  a.nblk = l.blocks_per_row();
+  a.scales = w.scales;
+  a.mode = w.scale_mode;
+  a.fmt = w.format;
+  a.batch = batch;
+  a.y = y;
+  // Zero-padded copy of x, so kernels can read full padded rows (the padding
+  // codes are zero and 0 * 0 adds nothing).
+  std::vector<float> xp(static_cast<size_t>(batch * a.pc), 0.0f);
+  for (int64_t b = 0; b < batch; ++b)
+    std::memcpy(xp.data() + b * a.pc, x + b * l.cols, static_cast<size_t>(l.cols) * 4);
+  a.xp = xp.data();
+  const detail::RowsFn fn = isa == Isa::kAvx512 ? detail::GemvRowsAvx512
+                            : isa == Isa::kAvx2 ? detail::GemvRowsAvx2
+                                                : detail::GemvRowsScalar;
+  const int64_t groups = (l.rows + detail::kRowGroup - 1) / detail::kRowGroup;
+  auto body = [&](int64_t g0, int64_t g1) {
+    fn(a, g0 * detail::kRowGroup, std::min(l.rows, g1 * detail::kRowGroup));
+  };
+  // Work per group of 8 rows ~ 8 * pc * batch multiply-adds; keep chunks >= ~256K.
+  const int64_t per_group = detail::kRowGroup * a.pc * std::min<int64_t>(batch, 8);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_group);
+  if (groups <= grain) {
+    body(0, groups);
+  } else {
+    PoolOr(pool).ParallelFor(groups, grain, body);
+  }
+}
+
+}  // namespace internal
+
+void GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y, ThreadPool* pool) {
+  internal::GemvF32Isa(internal::BestIsa(), w, x, batch, y, pool);
+}
+
+void Gemv(const MatrixView& w, const void* x, DType x_dtype, float x_scale, int64_t batch, void* y,
+          DType y_dtype, ThreadPool* pool) {
+  const int64_t rows = w.layout.rows, cols = w.layout.cols;
+  std::vector<float> xf;
+  const float* xs = static_cast<const float*>(x);
+  if (x_dtype != DType::kF32) {
+    xf.resize(static_cast<size_t>(batch * cols));
+    ToFloat(x, x_dtype, x_scale, batch * cols, xf.data());
+    xs = xf.data();
+  }
+  if (y_dtype == DType::kF32) {
+    GemvF32(w, xs, batch, static_cast<float*>(y), pool);
+    return;
+  }
+  std::vector<float> yf(static_cast<size_t>(batch * rows));
+  GemvF32(w, xs, batch, yf.data(), pool);
+  FromFloat(yf.data(), batch * rows, y_dtype, y);
+}
+
+const char* GemvIsa() { return internal::IsaName(internal::BestIsa()); }
+
+}  // namespace ref
+}  // namespace plume
