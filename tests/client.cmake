@@ -1,0 +1,23 @@
+# Client tests: plume_io, the SDK against an in-process fake server, and (when
+# the server and the CPU reference targets exist) the CLI end to end.
+add_executable(client_io_test client/io_test.cc)
+target_link_libraries(client_io_test PRIVATE plume_io GTest::gtest_main)
+gtest_discover_tests(client_io_test DISCOVERY_TIMEOUT 60)
+
+add_executable(client_sdk_test client/sdk_test.cc)
+target_link_libraries(client_sdk_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
+gtest_discover_tests(client_sdk_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+
+if(TARGET plume-server AND TARGET plume_kernels_ref)
+  add_executable(client_cli_e2e_test client/cli_e2e_test.cc)
+  target_link_libraries(client_cli_e2e_test PRIVATE plume_io plume_kernels_ref nlohmann_json::nlohmann_json
+    GTest::gtest_main)
+  target_compile_definitions(client_cli_e2e_test PRIVATE
+    PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>"
+    PLUME_CLI_BIN="$<TARGET_FILE:plume_cli>")
+  # The test runs the binaries, so building it builds them.
+  add_dependencies(client_cli_e2e_test plume-server plume_cli)
+  gtest_discover_tests(client_cli_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+else()
+  message(STATUS "plume: client_cli_e2e_test skipped (needs targets plume-server and plume_kernels_ref)")
+endif()

@@ -1,0 +1,271 @@
+// End to end through the real binaries: starts plume-server (CPU backend, port
+// 0, ready file), drives the `plume` CLI, and checks GEMV results against the
+// CPU reference's quantization plus an FP64 matvec.
+//
+// Paths come from CMake: PLUME_SERVER_BIN and PLUME_CLI_BIN.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "plume/io/array.h"
+#include "plume/io/npy.h"
+#include "plume/kernels/layout.h"
+#include "plume/reference/api.h"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string Slurp(const std::string& path) {
+  std::string s;
+  (void)plume::io::ReadFileToString(path, &s);
+  return s;
+}
+
+pid_t Spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? pid : -1;
+}
+
+// Waits for `pid` up to `timeout`; kills it (SIGKILL) past that. Returns the
+// exit code, or 128 + signal.
+int WaitFor(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (true) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0) return -1;
+    if (std::chrono::steady_clock::now() > end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+class E2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("plume_cli_e2e_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    StopServer();
+    if (!HasFailure()) {
+      std::error_code ec;
+      fs::remove_all(dir_, ec);
+    } else {
+      std::cerr << "server log:\n" << Slurp(File("server.err")) << Slurp(File("server.out"));
+      std::cerr << "files kept in " << dir_ << "\n";
+    }
+  }
+
+  std::string File(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Starts plume-server and waits for its ready file.
+  void StartServer() {
+    const std::string ready = File("ready.json");
+    server_pid_ = Spawn({PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
+                         "--backend=cpu", "--ready_file=" + ready},
+                        File("server.out"), File("server.err"));
+    ASSERT_GT(server_pid_, 0) << "cannot start " << PLUME_SERVER_BIN;
+    const auto end = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < end) {
+      int status;
+      ASSERT_EQ(waitpid(server_pid_, &status, WNOHANG), 0) << "plume-server exited early:\n"
+                                                           << Slurp(File("server.err"));
+      if (fs::exists(ready)) {
+        auto j = nlohmann::json::parse(Slurp(ready), nullptr, false);
+        if (!j.is_discarded() && j.is_object() && j.contains("grpc_port") && j["grpc_port"].is_number_integer()) {
+          port_ = j["grpc_port"].get<int>();
+          if (port_ > 0) return;
+        }
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    FAIL() << "plume-server wrote no ready file within 30 s:\n" << Slurp(File("server.err"));
+  }
+
+  // SIGTERM (the server drains), then wait; SIGKILL after 20 s. Runs from
+  // TearDown, so the server goes away even when assertions fail.
+  void StopServer() {
+    if (server_pid_ <= 0) return;
+    kill(server_pid_, SIGTERM);
+    const int code = WaitFor(server_pid_, 20s);
+    EXPECT_EQ(code, 0) << "plume-server did not exit cleanly on SIGTERM";
+    server_pid_ = -1;
+  }
+
+  RunResult Cli(std::vector<std::string> args) {
+    std::vector<std::string> full = {PLUME_CLI_BIN, "--server", "127.0.0.1:" + std::to_string(port_),
+                                     "--timeout", "60"};
+    full.insert(full.end(), args.begin(), args.end());
+    RunResult r;
+    const pid_t pid = Spawn(full, File("cli.out"), File("cli.err"));
+    if (pid <= 0) return r;
+    r.exit_code = WaitFor(pid, 120s);
+    r.out = Slurp(File("cli.out"));
+    r.err = Slurp(File("cli.err"));
+    return r;
+  }
+
+  fs::path dir_;
+  pid_t server_pid_ = -1;
+  int port_ = 0;
+};
+
+std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    x = d(rng);
+    if (x == 0.0f) x = scale * 0.01f;
+  }
+  return v;
+}
+
+TEST_F(E2eTest, UploadListInfoGemvDelete) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  const int64_t rows = 300, cols = 1000, batch = 8;
+
+  auto health = Cli({"health"});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_NE(health.out.find("SERVING"), std::string::npos) << health.out;
+
+  // The matrix, with rows of different magnitudes so per-row scales matter.
+  std::vector<float> w = RandomFloats(static_cast<size_t>(rows * cols), 2024, 1.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float m = std::ldexp(1.0f, static_cast<int>(r % 7) - 3);
+    for (int64_t c = 0; c < cols; ++c) w[r * cols + c] *= m;
+  }
+  ASSERT_TRUE(plume::io::WriteNpy(File("w.npy"), plume::io::FromFloats({rows, cols}, w.data())).ok());
+
+  auto up = Cli({"upload", "w1", File("w.npy"), "--format", "e4m3", "--scale", "row"});
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_NE(up.out.find("rows:             300"), std::string::npos) << up.out;
+  EXPECT_NE(up.err.find("100.0%"), std::string::npos) << up.err;  // progress reached the end
+
+  auto list = Cli({"list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("NAME"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("w1"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("e4m3"), std::string::npos) << list.out;
+
+  auto info = Cli({"info", "w1"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("cols:             1000"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("scale_mode:       row"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("format:           e4m3"), std::string::npos) << info.out;
+
+  std::vector<float> x = RandomFloats(static_cast<size_t>(batch * cols), 77, 0.5f);
+  ASSERT_TRUE(plume::io::WriteNpy(File("x.npy"), plume::io::FromFloats({batch, cols}, x.data())).ok());
+  auto gemv = Cli({"gemv", "w1", File("x.npy"), "-o", File("y.npy")});
+  ASSERT_EQ(gemv.exit_code, 0) << gemv.err;
+  auto y = plume::io::ReadNpy(File("y.npy"));
+  ASSERT_TRUE(y.ok()) << y.status();
+  ASSERT_EQ(y->dtype, plume::io::ElemType::kF32);
+  ASSERT_EQ(y->shape, (std::vector<int64_t>{batch, rows}));
+  const std::vector<float> yv = plume::io::ToFloats(*y);
+
+  // Reference: the CPU reference's quantization, then FP64 math.
+  plume::PackedLayout layout{rows, cols};
+  std::vector<uint32_t> words(static_cast<size_t>(layout.total_words()), 0xdeadbeefu);
+  std::vector<float> scales(static_cast<size_t>(plume::NumScales(plume::ScaleMode::kRow, rows, cols)));
+  plume::ref::QuantizeOptions qo;
+  qo.format = plume::Fp8Format::kE4M3;
+  qo.scale_mode = plume::ScaleMode::kRow;
+  qo.saturate = true;
+  plume::ref::QuantizePack(w.data(), plume::DType::kF32, rows, cols, qo, words.data(), scales.data());
+  plume::ref::MatrixView view;
+  view.words = words.data();
+  view.scales = scales.data();
+  view.layout = layout;
+  view.format = plume::Fp8Format::kE4M3;
+  view.scale_mode = plume::ScaleMode::kRow;
+  std::vector<float> wq(static_cast<size_t>(rows * cols));
+  plume::ref::Dequantize(view, wq.data());
+  double err2 = 0, ref2 = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double acc = 0;
+      for (int64_t c = 0; c < cols; ++c) acc += static_cast<double>(wq[r * cols + c]) * x[b * cols + c];
+      const double d = yv[b * rows + r] - acc;
+      err2 += d * d;
+      ref2 += acc * acc;
+    }
+  }
+  ASSERT_GT(ref2, 0.0);
+  EXPECT_LE(std::sqrt(err2 / ref2), 1e-5);
+
+  // Printed form: one line per vector.
+  auto printed = Cli({"gemv", "w1", File("x.npy")});
+  ASSERT_EQ(printed.exit_code, 0) << printed.err;
+  EXPECT_EQ(std::count(printed.out.begin(), printed.out.end(), '\n'), batch);
+  EXPECT_EQ(printed.out.front(), '[');
+
+  // A 1-D input gives a 1-D result.
+  ASSERT_TRUE(plume::io::WriteNpy(File("x1.npy"), plume::io::FromFloats({cols}, x.data())).ok());
+  auto gemv1 = Cli({"gemv", "w1", File("x1.npy"), "-o", File("y1.npy")});
+  ASSERT_EQ(gemv1.exit_code, 0) << gemv1.err;
+  auto y1 = plume::io::ReadNpy(File("y1.npy"));
+  ASSERT_TRUE(y1.ok());
+  EXPECT_EQ(y1->shape, (std::vector<int64_t>{rows}));
+  const std::vector<float> y1v = plume::io::ToFloats(*y1);
+  for (int64_t r = 0; r < rows; ++r) EXPECT_NEAR(y1v[r], yv[r], 1e-4f * (1.0f + std::fabs(yv[r])));
+
+  // Errors: an unknown matrix, then the deleted one.
+  auto unknown = Cli({"gemv", "no_such_matrix", File("x.npy")});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.err.find("error: NOT_FOUND"), std::string::npos) << unknown.err;
+
+  auto del = Cli({"delete", "w1"});
+  ASSERT_EQ(del.exit_code, 0) << del.err;
+  auto gone = Cli({"info", "w1"});
+  EXPECT_NE(gone.exit_code, 0);
+  EXPECT_NE(gone.err.find("NOT_FOUND"), std::string::npos) << gone.err;
+
+  // A usage error: exit code 2, nothing sent.
+  auto usage = Cli({"upload", "w2", File("w.npy"), "--format", "e3m4"});
+  EXPECT_EQ(usage.exit_code, 2) << usage.err;
+}
+
+}  // namespace
