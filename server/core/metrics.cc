@@ -44,11 +44,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                         .Register(*registry_);
   for (int m = 0; m < kNumMethods; ++m) {
     const std::string method(MethodName(static_cast<Method>(m)));
-    for (int c = 0; c < kNumCodes; ++c) {
-      // Created lazily below: a series per code only once it occurs, so
-      // dashboards are not flooded with zeros. OK is created up front.
-      requests_[m][c] = nullptr;
-    }
+    // A series per code appears once that code occurs; OK exists up front.
     requests_[m][0] = &requests.Add({{"method", method}, {"code", "OK"}});
     durations_[m] = &durations.Add({{"method", method}}, LatencyBuckets());
   }
@@ -87,16 +83,13 @@ void Metrics::RecordRequest(Method m, absl::StatusCode code, double seconds) {
   const int mi = static_cast<int>(m);
   int ci = static_cast<int>(code);
   if (ci < 0 || ci >= kNumCodes) ci = static_cast<int>(absl::StatusCode::kUnknown);
-  prometheus::Counter* counter;
-  {
+  prometheus::Counter* counter = requests_[mi][ci].load(std::memory_order_acquire);
+  if (counter == nullptr) {
     absl::MutexLock lock(&mu_);
-    counter = requests_[mi][ci];
-    if (counter == nullptr) {
-      counter = &requests_family_->Add(
-          {{"method", std::string(MethodName(m))},
-           {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(ci))}});
-      requests_[mi][ci] = counter;
-    }
+    counter = &requests_family_->Add(
+        {{"method", std::string(MethodName(m))},
+         {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(ci))}});
+    requests_[mi][ci].store(counter, std::memory_order_release);
   }
   counter->Increment();
   durations_[mi]->Observe(seconds);

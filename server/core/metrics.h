@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -54,10 +55,11 @@ class Metrics {
   static constexpr int kNumMethods = static_cast<int>(Method::kCount);
 
   std::shared_ptr<prometheus::Registry> registry_;
+  // Series per (method, code), created on first use under mu_ and then read
+  // lock-free.
   absl::Mutex mu_;
   prometheus::Family<prometheus::Counter>* requests_family_ = nullptr;
-  std::array<std::array<prometheus::Counter*, kNumCodes>, kNumMethods> requests_
-      ABSL_GUARDED_BY(mu_){};
+  std::array<std::array<std::atomic<prometheus::Counter*>, kNumCodes>, kNumMethods> requests_{};
   std::array<prometheus::Histogram*, kNumMethods> durations_{};
   prometheus::Counter* vectors_ = nullptr;
   prometheus::Counter* weight_bytes_ = nullptr;

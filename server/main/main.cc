@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <prometheus/exposer.h>
+#include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
 #include "absl/flags/flag.h"

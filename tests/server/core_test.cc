@@ -35,7 +35,8 @@ TEST(ValidateName, AcceptsSafeNamesAndRejectsPathsAndJunk) {
   for (const char* ok : {"w", "layer0.attn_q-proj", "A_b-9.c"}) {
     EXPECT_TRUE(ValidateName(ok, limits).ok()) << ok;
   }
-  for (const char* bad : {"", ".", "..", "../etc", "a/b", ".hidden", "sp ace", "tab\t", "nul\0x"}) {
+  for (const std::string& bad : std::vector<std::string>{"", ".", "..", "../etc", "a/b", ".hidden", "sp ace", "tab\t", "ü",
+                          std::string("nul\0x", 5)}) {
     EXPECT_EQ(ValidateName(bad, limits).code(), absl::StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_EQ(ValidateName(std::string(limits.max_name_length + 1, 'x'), limits).code(),
