@@ -33,11 +33,22 @@ struct MatrixView {
 // scale = amax / fp8_max over the finite values of the tensor / row / block;
 // 1.0 where that amax is 0 (or there are no finite values); never below
 // FLT_MIN. Writes NumScales(mode, rows, cols) floats (nothing for NONE).
+//
+// Consequences (tested in tests/kernels/layout_scales_test.cc):
+//  - an all-zero row/block gets scale 1 and codes 0;
+//  - +-inf and NaN do not take part in amax; with saturate, +-inf quantize to
+//    +-max (non-saturating: E4M3 NaN, E5M2 +-inf); NaN stays a NaN code
+//    (E4M3 0x7F|sign, E5M2 0x7E|sign); a group of only inf/NaN gets scale 1;
+//  - one huge value sets the scale of its whole group, so the group's small
+//    values may flush to +-0 or FP8 subnormals (use ROW or BLOCK128 to limit
+//    the damage to one row or 128 columns).
 void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode, Fp8Format format,
                    float* scales);
 
 // Quantizes a row-major source matrix (F32, F16 or BF16, little-endian) to
-// packed FP8: code = Encode(x / scale). Padding codes are zero.
+// packed FP8: code = Encode(x / scale, format, saturate) with IEEE float
+// division. Padding codes are zero. `scales` may be null for NONE.
+// pool == nullptr: ThreadPool::Default() (the same for GemvF32 / Gemv).
 void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
                   const QuantizeOptions& opts, uint32_t* words, float* scales,
                   ThreadPool* pool = nullptr);
@@ -45,7 +56,9 @@ void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
 // Writes the dequantized matrix (rows * cols floats, row-major).
 void Dequantize(const MatrixView& w, float* out);
 
-// y[b][r] = sum_c decode(W[r][c]) * scale(r, c) * x[b][c], FP32 accumulation.
+// y[b][r] = sum_c decode(W[r][c]) * scale(r, c) * x[b][c], FP32 accumulation
+// (TENSOR/ROW: the row's dot product times its scale; BLOCK128: per-block
+// partial sums times the block scale). NaN codes give NaN outputs.
 // x: [batch][cols] floats, y: [batch][rows] floats. Multithreaded and
 // vectorized (AVX-512 / AVX2 chosen at run time, scalar otherwise).
 void GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y,

@@ -1,0 +1,156 @@
+// Times plume::ref::GemvF32 (the CPU backend) on packed FP8 matrices.
+//
+//   plume_cpu_gemv_bench [--json] [--iters N] [--threads T] [--isa scalar|avx2|avx512]
+//                        [--shape RxC] [--batch B] [--format e4m3|e5m2]
+//                        [--scale none|tensor|row|block128] [--no-huge-pages]
+//
+// Without --shape/--batch it runs 8192x8192 and 4096x4096 at batch 1 and 8,
+// E4M3, ROW scales. Each case: warm-up, then the median (and min) over
+// N timed calls; GB/s counts the packed FP8 weight bytes read once per call.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include <sys/mman.h>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "plume/reference/api.h"
+#include "plume/reference/internal.h"
+#include "plume/reference/thread_pool.h"
+
+namespace {
+
+struct Case {
+  int64_t rows, cols, batch;
+};
+
+struct Result {
+  Case c;
+  double median_ms, min_ms, gbps;
+};
+
+double NowMs() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace plume;
+  bool json = false;
+  bool nohuge = false;
+  int iters = 0;
+  int threads = 0;
+  std::string isa_name;
+  std::vector<Case> cases;
+  int64_t shape_r = 0, shape_c = 0, batch = 0;
+  Fp8Format fmt = Fp8Format::kE4M3;
+  ScaleMode mode = ScaleMode::kRow;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "missing value for %s\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--json") json = true;
+    else if (a == "--no-huge-pages") nohuge = true;
+    else if (a == "--iters") iters = std::atoi(next().c_str());
+    else if (a == "--threads") threads = std::atoi(next().c_str());
+    else if (a == "--isa") isa_name = next();
+    else if (a == "--shape") {
+      const std::string s = next();
+      if (std::sscanf(s.c_str(), "%ldx%ld", &shape_r, &shape_c) != 2) return 2;
+    } else if (a == "--batch") batch = std::atoll(next().c_str());
+    else if (a == "--format") fmt = next() == "e5m2" ? Fp8Format::kE5M2 : Fp8Format::kE4M3;
+    else if (a == "--scale") {
+      const std::string s = next();
+      mode = s == "none" ? ScaleMode::kNone : s == "tensor" ? ScaleMode::kTensor
+             : s == "block128" ? ScaleMode::kBlock128 : ScaleMode::kRow;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (shape_r > 0) {
+    if (batch > 0) cases.push_back({shape_r, shape_c, batch});
+    else cases = {{shape_r, shape_c, 1}, {shape_r, shape_c, 8}};
+  } else {
+    const std::vector<int64_t> bs = batch > 0 ? std::vector<int64_t>{batch} : std::vector<int64_t>{1, 8};
+    for (int64_t n : {8192, 4096})
+      for (int64_t b : bs) cases.push_back({n, n, b});
+  }
+  ref::internal::Isa isa = ref::internal::BestIsa();
+  if (isa_name == "scalar") isa = ref::internal::Isa::kScalar;
+  if (isa_name == "avx2") isa = ref::internal::Isa::kAvx2;
+  if (isa_name == "avx512") isa = ref::internal::Isa::kAvx512;
+  if (!ref::internal::IsaSupported(isa)) {
+    std::fprintf(stderr, "ISA %s not supported here\n", ref::internal::IsaName(isa));
+    return 1;
+  }
+  ThreadPool pool(threads);
+
+  std::vector<Result> results;
+  std::mt19937 rng(1234);
+  for (const Case& c : cases) {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> src(static_cast<size_t>(c.rows * c.cols));
+    for (float& v : src) v = nd(rng);
+    PackedLayout l{c.rows, c.cols};
+    // Weights in 2 MiB-aligned memory with transparent huge pages requested
+    // (what a server holding large matrices would do; fewer TLB misses).
+    const size_t wbytes = (static_cast<size_t>(l.code_bytes()) + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    uint32_t* wmem = static_cast<uint32_t*>(std::aligned_alloc(2u << 20, wbytes));
+    if (!nohuge) madvise(wmem, wbytes, MADV_HUGEPAGE);
+    std::memset(wmem, 0, wbytes);
+    std::unique_ptr<uint32_t, decltype(&std::free)> wguard(wmem, &std::free);
+    uint32_t* words_ptr = wmem;
+    std::vector<float> scales(static_cast<size_t>(std::max<int64_t>(1, NumScales(mode, c.rows, c.cols))));
+    ref::QuantizeOptions qo;
+    qo.format = fmt;
+    qo.scale_mode = mode;
+    ref::QuantizePack(src.data(), DType::kF32, c.rows, c.cols, qo, words_ptr, scales.data(), &pool);
+    src.clear();
+    src.shrink_to_fit();
+    ref::MatrixView w{words_ptr, scales.data(), l, fmt, mode};
+    std::vector<float> x(static_cast<size_t>(c.batch * c.cols)), y(static_cast<size_t>(c.batch * c.rows));
+    for (float& v : x) v = nd(rng);
+
+    const double bytes = static_cast<double>(l.code_bytes());
+    int n = iters > 0 ? iters : std::clamp(static_cast<int>(2e9 / bytes), 20, 200);
+    for (int i = 0; i < 5; ++i) ref::internal::GemvF32Isa(isa, w, x.data(), c.batch, y.data(), &pool);
+    std::vector<double> t;
+    t.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      const double t0 = NowMs();
+      ref::internal::GemvF32Isa(isa, w, x.data(), c.batch, y.data(), &pool);
+      t.push_back(NowMs() - t0);
+    }
+    std::sort(t.begin(), t.end());
+    const double med = t[t.size() / 2];
+    results.push_back({c, med, t.front(), bytes / (med * 1e-3) / 1e9});
+    if (!json)
+      std::printf("gemv_f32 %s %s %s %5ldx%-5ld batch %-2ld : median %8.3f ms  min %8.3f ms  %6.1f GB/s (%d runs, %d threads)\n",
+                  ref::internal::IsaName(isa), DTypeName(ToDType(fmt)), ScaleModeName(mode), c.rows,
+                  c.cols, c.batch, med, t.front(), results.back().gbps, n, pool.size());
+  }
+  if (json) {
+    std::printf("{\"isa\": \"%s\", \"threads\": %d, \"format\": \"%s\", \"scale_mode\": \"%s\", \"results\": [",
+                ref::internal::IsaName(isa), pool.size(), DTypeName(ToDType(fmt)), ScaleModeName(mode));
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& r = results[i];
+      std::printf("%s{\"rows\": %ld, \"cols\": %ld, \"batch\": %ld, \"median_ms\": %.4f, \"min_ms\": %.4f, \"weight_gbps\": %.2f}",
+                  i ? ", " : "", r.c.rows, r.c.cols, r.c.batch, r.median_ms, r.min_ms, r.gbps);
+    }
+    std::printf("]}\n");
+  }
+  return 0;
+}

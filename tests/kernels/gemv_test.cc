@@ -1,0 +1,284 @@
+// GemvF32 and the typed Gemv against an FP64 reference computed on the
+// Dequantize()d matrix, on every ISA path this CPU supports.
+//
+// Bounds (relative L2 error over the whole output): 1e-5 for F32 outputs;
+// outputs rounded to F16 get 1e-3 (half a unit in the last place is 2^-11 ~
+// 4.9e-4 relative), BF16 outputs 8e-3 (2^-8 ~ 3.9e-3).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <atomic>
+#include <vector>
+
+#include "plume/kernels/fp8.h"
+#include "plume/kernels/half.h"
+#include "plume/reference/api.h"
+#include "plume/reference/internal.h"
+#include "plume/reference/thread_pool.h"
+
+namespace {
+
+using namespace plume;
+using ref::internal::Isa;
+
+struct Quantized {
+  PackedLayout l;
+  std::vector<uint32_t> words;
+  std::vector<float> scales;
+  std::vector<float> deq;  // rows * cols
+  Fp8Format f;
+  ScaleMode m;
+  ref::MatrixView view() const { return {words.data(), scales.data(), l, f, m}; }
+};
+
+Quantized MakeMatrix(int64_t rows, int64_t cols, Fp8Format f, ScaleMode m, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> mag(-3.0f, 3.0f);
+  std::vector<float> src(rows * cols);
+  // Rows of different magnitudes so that scales differ per row and block.
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) src[r * cols + c] = nd(rng) * std::exp2(mag(rng) + (r % 5));
+  Quantized q;
+  q.l = {rows, cols};
+  q.f = f;
+  q.m = m;
+  q.words.assign(q.l.total_words(), 0);
+  q.scales.assign(std::max<int64_t>(1, NumScales(m, rows, cols)), 1.0f);
+  ref::QuantizePack(src.data(), DType::kF32, rows, cols, {f, m, true}, q.words.data(), q.scales.data());
+  q.deq.resize(rows * cols);
+  ref::Dequantize(q.view(), q.deq.data());
+  return q;
+}
+
+std::vector<double> RefGemv(const Quantized& q, const std::vector<float>& x, int64_t batch) {
+  const int64_t rows = q.l.rows, cols = q.l.cols;
+  std::vector<double> y(batch * rows);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0;
+      for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(q.deq[r * cols + c]) * x[b * cols + c];
+      y[b * rows + r] = s;
+    }
+  return y;
+}
+
+double RelL2(const std::vector<float>& y, const std::vector<double>& ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (y[i] - ref[i]) * (y[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+std::vector<float> RandomX(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (float& v : x) v = nd(rng);
+  return x;
+}
+
+struct Shape {
+  int64_t rows, cols;
+};
+const Shape kShapes[] = {{1, 1},   {1, 5},    {3, 1},    {7, 13},   {17, 33},   {16, 64},  {33, 127},
+                         {5, 128}, {9, 129},  {20, 250}, {11, 256}, {64, 255},  {2, 300},  {300, 1000},
+                         {13, 2055}};
+const int64_t kBatches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17};
+const Fp8Format kFormats[] = {Fp8Format::kE4M3, Fp8Format::kE5M2};
+const ScaleMode kModes[] = {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128};
+
+std::string Name(Fp8Format f, ScaleMode m, Shape s) {
+  return std::string(DTypeName(ToDType(f))) + "/" + ScaleModeName(m) + "/" + std::to_string(s.rows) + "x" +
+         std::to_string(s.cols);
+}
+
+class GemvIsaTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    if (!ref::internal::IsaSupported(GetParam()))
+      GTEST_SKIP() << "this CPU lacks " << ref::internal::IsaName(GetParam());
+  }
+};
+
+TEST_P(GemvIsaTest, MatchesFp64ReferenceAllFormatsModesShapesBatches) {
+  const Isa isa = GetParam();
+  ThreadPool pool(2);
+  uint32_t seed = 100;
+  for (Fp8Format f : kFormats)
+    for (ScaleMode m : kModes)
+      for (Shape s : kShapes) {
+        const Quantized q = MakeMatrix(s.rows, s.cols, f, m, ++seed);
+        const std::vector<float> x = RandomX(17 * s.cols, ++seed);
+        const std::vector<double> yref = RefGemv(q, x, 17);  // batch b uses the first b vectors
+        const bool big = s.rows * s.cols > 100000;
+        for (int64_t batch : kBatches) {
+          if (big && batch != 1 && batch != 8 && batch != 17) continue;
+          std::vector<float> y(batch * s.rows + 3, std::numeric_limits<float>::quiet_NaN());
+          ref::internal::GemvF32Isa(isa, q.view(), x.data(), batch, y.data(), &pool);
+          for (int64_t i = 0; i < batch * s.rows; ++i)
+            ASSERT_TRUE(std::isfinite(y[i])) << Name(f, m, s) << " batch " << batch << " element " << i;
+          for (int i = 0; i < 3; ++i) ASSERT_TRUE(std::isnan(y[batch * s.rows + i]));  // nothing past the end
+          EXPECT_LE(RelL2(y, yref, batch * s.rows), 1e-5) << Name(f, m, s) << " batch " << batch;
+        }
+      }
+}
+
+TEST_P(GemvIsaTest, EveryCodeDecodesExactly) {
+  // Each row holds all non-NaN, finite codes in a rotated order; x is random.
+  const Isa isa = GetParam();
+  for (Fp8Format f : kFormats) {
+    std::vector<uint8_t> finite;
+    for (int c = 0; c < 256; ++c)
+      if (std::isfinite(fp8::Decode(static_cast<uint8_t>(c), f))) finite.push_back(static_cast<uint8_t>(c));
+    const int64_t rows = 9, cols = static_cast<int64_t>(finite.size());
+    PackedLayout l{rows, cols};
+    std::vector<uint32_t> words(l.total_words(), 0);
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(words.data());  // little-endian: byte = element
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) bytes[r * l.padded_cols() + c] = finite[(c + 7 * r) % cols];
+    Quantized q{l, words, {1.0f}, std::vector<float>(rows * cols), f, ScaleMode::kNone};
+    ref::Dequantize(q.view(), q.deq.data());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(q.deq[r * cols + c], fp8::Decode(CodeAt(words.data(), l, r, c), f));
+    // One-hot x picks single weights: exact decode is visible directly.
+    for (int64_t c : {int64_t{0}, int64_t{1}, int64_t{5}, cols / 2, cols - 1}) {
+      std::vector<float> x(cols, 0.0f);
+      x[c] = 1.0f;
+      std::vector<float> y(rows, std::numeric_limits<float>::quiet_NaN());
+      ref::internal::GemvF32Isa(isa, q.view(), x.data(), 1, y.data(), nullptr);
+      for (int64_t r = 0; r < rows; ++r) ASSERT_EQ(y[r], q.deq[r * cols + c]) << r << " " << c;
+    }
+    const std::vector<float> x = RandomX(3 * cols, 77);
+    const std::vector<double> yref = RefGemv(q, x, 3);
+    std::vector<float> y(3 * rows, std::numeric_limits<float>::quiet_NaN());
+    ref::internal::GemvF32Isa(isa, q.view(), x.data(), 3, y.data(), nullptr);
+    EXPECT_LE(RelL2(y, yref, y.size()), 1e-5);
+  }
+}
+
+TEST_P(GemvIsaTest, NanAndInfCodesPropagate) {
+  const Isa isa = GetParam();
+  for (Fp8Format f : kFormats) {
+    const int64_t rows = 12, cols = 200;  // padded 208: 64-code steps, then a 16-code tail
+    Quantized q = MakeMatrix(rows, cols, f, ScaleMode::kRow, 9);
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(q.words.data());
+    const int64_t pc = q.l.padded_cols();
+    const uint8_t nan = f == Fp8Format::kE4M3 ? 0x7F : 0x7E;
+    bytes[3 * pc + 5] = nan;
+    bytes[4 * pc + 70] = nan | 0x80;
+    bytes[5 * pc + 199] = nan;
+    bytes[11 * pc + 130] = nan;
+    if (f == Fp8Format::kE5M2) bytes[7 * pc + 64] = 0x7C;  // +inf
+    for (int64_t batch : {1, 2, 8}) {
+      const std::vector<float> x = RandomX(batch * cols, 3);
+      std::vector<float> y(batch * rows, 0.0f);
+      ref::internal::GemvF32Isa(isa, q.view(), x.data(), batch, y.data(), nullptr);
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t r = 0; r < rows; ++r) {
+          const float v = y[b * rows + r];
+          if (r == 3 || r == 4 || r == 5 || r == 11) EXPECT_TRUE(std::isnan(v)) << r;
+          else if (r == 7 && f == Fp8Format::kE5M2) EXPECT_TRUE(std::isinf(v)) << r;
+          else EXPECT_TRUE(std::isfinite(v)) << r;
+        }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, GemvIsaTest, ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
+                         [](const auto& info) { return std::string(ref::internal::IsaName(info.param)); });
+
+TEST(Gemv, BestIsaIsSupportedAndNamed) {
+  EXPECT_TRUE(ref::internal::IsaSupported(ref::internal::BestIsa()));
+  EXPECT_TRUE(ref::internal::IsaSupported(Isa::kScalar));
+  EXPECT_STREQ(ref::GemvIsa(), ref::internal::IsaName(ref::internal::BestIsa()));
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    EXPECT_STREQ(ref::GemvIsa(), "avx512");
+#endif
+}
+
+// Converts floats to `t` (FP8: codes of x / x_scale) and back, as the typed Gemv sees them.
+std::vector<uint8_t> Encode(const std::vector<float>& x, DType t, float x_scale) {
+  std::vector<uint8_t> out(x.size() * DTypeSize(t));
+  if (IsFp8(t)) {
+    for (size_t i = 0; i < x.size(); ++i) out[i] = fp8::Encode(x[i] / x_scale, static_cast<Fp8Format>(t));
+  } else {
+    ref::FromFloat(x.data(), static_cast<int64_t>(x.size()), t, out.data());
+  }
+  return out;
+}
+
+TEST(Gemv, TypedAllDtypes) {
+  const DType xts[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kE4M3, DType::kE5M2};
+  const DType yts[] = {DType::kF32, DType::kF16, DType::kBF16};
+  const Shape shapes[] = {{1, 1}, {7, 13}, {33, 127}, {9, 129}, {70, 300}};
+  uint32_t seed = 500;
+  for (Fp8Format f : kFormats)
+    for (ScaleMode m : kModes)
+      for (Shape s : shapes) {
+        const Quantized q = MakeMatrix(s.rows, s.cols, f, m, ++seed);
+        for (int64_t batch : {1, 3, 8, 9}) {
+          const std::vector<float> x0 = RandomX(batch * s.cols, ++seed);
+          for (DType xt : xts) {
+            const float x_scale = IsFp8(xt) ? 0.0625f : 1.0f;
+            const std::vector<uint8_t> xb = Encode(x0, xt, x_scale);
+            std::vector<float> xf(x0.size());
+            ref::ToFloat(xb.data(), xt, x_scale, static_cast<int64_t>(xf.size()), xf.data());
+            const std::vector<double> yref = RefGemv(q, xf, batch);
+            for (DType yt : yts) {
+              const int64_t n = batch * s.rows;
+              std::vector<uint8_t> yb(n * DTypeSize(yt) + 8, 0xFF);  // NaN in F32, F16 and BF16
+              ref::Gemv(q.view(), xb.data(), xt, x_scale, batch, yb.data(), yt);
+              std::vector<float> y(n);
+              ref::ToFloat(yb.data(), yt, 1.0f, n, y.data());
+              for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(y[i])) << i;
+              for (int i = 0; i < 8; ++i) ASSERT_EQ(yb[n * DTypeSize(yt) + i], 0xFF);
+              const double bound = yt == DType::kF32 ? 1e-5 : yt == DType::kF16 ? 1e-3 : 8e-3;
+              EXPECT_LE(RelL2(y, yref, n), bound)
+                  << Name(f, m, s) << " batch " << batch << " x " << DTypeName(xt) << " y " << DTypeName(yt);
+              // The typed output is the F32 result rounded once.
+              if (yt != DType::kF32) {
+                std::vector<float> yf(n);
+                ref::GemvF32(q.view(), xf.data(), batch, yf.data());
+                for (int64_t i = 0; i < n; ++i) {
+                  const float want = yt == DType::kF16 ? HalfBitsToFloat(FloatToHalfBits(yf[i]))
+                                                       : Bf16BitsToFloat(FloatToBf16Bits(yf[i]));
+                  ASSERT_EQ(y[i], want);
+                }
+              }
+            }
+          }
+        }
+      }
+}
+
+TEST(Gemv, ConcurrentCallersShareAPool) {
+  ThreadPool pool(2);
+  const Quantized q = MakeMatrix(257, 700, Fp8Format::kE4M3, ScaleMode::kBlock128, 42);
+  const std::vector<float> x = RandomX(4 * 700, 43);
+  std::vector<float> want(4 * 257);
+  ref::GemvF32(q.view(), x.data(), 4, want.data(), &pool);
+  std::vector<std::thread> ts;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&] {
+      for (int i = 0; i < 20; ++i) {
+        std::vector<float> y(4 * 257);
+        ref::GemvF32(q.view(), x.data(), 4, y.data(), &pool);
+        if (y != want) mismatches.fetch_add(1);  // deterministic: same chunks, same order
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+}  // namespace
