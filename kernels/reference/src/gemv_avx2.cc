@@ -14,6 +14,8 @@ namespace plume::ref::detail {
 namespace {
 
 #define PLUME_AI __attribute__((always_inline)) inline
+// Full unrolling keeps the accumulator arrays in registers.
+#define PLUME_UNROLL _Pragma("GCC unroll 16")
 
 template <Fp8Format F>
 PLUME_AI __m256 Decode8(const uint8_t* p, bool any_nan) {
@@ -52,14 +54,14 @@ template <Fp8Format F, int R, int B, int Q>
 PLUME_AI void Step(const uint8_t* w, int64_t pc, const float* x, int64_t c, __m256 (&acc)[R][B]) {
   bool nan[R];
   if constexpr (Q == 4)
-    for (int r = 0; r < R; ++r)
+    PLUME_UNROLL for (int r = 0; r < R; ++r)
       _mm_prefetch(reinterpret_cast<const char*>(w + r * pc + c + 512), _MM_HINT_T0);
-  for (int r = 0; r < R; ++r)
+  PLUME_UNROLL for (int r = 0; r < R; ++r)
     nan[r] = F == Fp8Format::kE4M3 && (Q == 4 ? AnyNan32(w + r * pc + c) : AnyNan16(w + r * pc + c));
-  for (int q = 0; q < Q; ++q) {
-    for (int r = 0; r < R; ++r) {
+  PLUME_UNROLL for (int q = 0; q < Q; ++q) {
+    PLUME_UNROLL for (int r = 0; r < R; ++r) {
       const __m256 wv = Decode8<F>(w + r * pc + c + 8 * q, nan[r]);
-      for (int b = 0; b < B; ++b)
+      PLUME_UNROLL for (int b = 0; b < B; ++b)
         acc[r][b] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + b * pc + c + 8 * q), acc[r][b]);
     }
   }
@@ -73,8 +75,8 @@ struct K256 {
   static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
                    float* out) {
     __m256 acc[R][B];
-    for (int r = 0; r < R; ++r)
-      for (int b = 0; b < B; ++b) acc[r][b] = _mm256_setzero_ps();
+    PLUME_UNROLL for (int r = 0; r < R; ++r)
+      PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm256_setzero_ps();
     int64_t c = 0;
     if constexpr (!kBlock) {
       for (; c + 32 <= pc; c += 32) Step<F, R, B, 4>(w, pc, x, c, acc);
@@ -82,19 +84,19 @@ struct K256 {
     } else {
       for (int64_t blk = 0; blk < nblk; ++blk) {
         __m256 part[R][B];
-        for (int r = 0; r < R; ++r)
-          for (int b = 0; b < B; ++b) part[r][b] = _mm256_setzero_ps();
+        PLUME_UNROLL for (int r = 0; r < R; ++r)
+          PLUME_UNROLL for (int b = 0; b < B; ++b) part[r][b] = _mm256_setzero_ps();
         const int64_t end = c + 128 < pc ? c + 128 : pc;
         for (; c + 32 <= end; c += 32) Step<F, R, B, 4>(w, pc, x, c, part);
         for (; c < end; c += 16) Step<F, R, B, 2>(w, pc, x, c, part);
-        for (int r = 0; r < R; ++r) {
+        PLUME_UNROLL for (int r = 0; r < R; ++r) {
           const __m256 s = _mm256_set1_ps(bs[r * nblk + blk]);
-          for (int b = 0; b < B; ++b) acc[r][b] = _mm256_fmadd_ps(part[r][b], s, acc[r][b]);
+          PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm256_fmadd_ps(part[r][b], s, acc[r][b]);
         }
       }
     }
-    for (int r = 0; r < R; ++r)
-      for (int b = 0; b < B; ++b) {
+    PLUME_UNROLL for (int r = 0; r < R; ++r)
+      PLUME_UNROLL for (int b = 0; b < B; ++b) {
         const __m256 v = acc[r][b];
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
