@@ -88,4 +88,15 @@ PLUME_HD uint8_t Encode(float v, Fp8Format f, bool saturate = true) {
   return f == Fp8Format::kE4M3 ? EncodeE4M3(v, saturate) : EncodeE5M2(v, saturate);
 }
 
+// The scale of a group (tensor, row or 128-column block) whose largest finite
+// magnitude is `amax`: amax / max, so the group's largest value encodes to
+// +-max; 1 when amax is 0 (all zeros, or no finite values); never below
+// FLT_MIN (2^-126), so x / scale stays finite. Shared by the CPU reference
+// and the GPU quantizer, which must agree bit for bit.
+PLUME_HD float ScaleFromAmax(float amax, Fp8Format f) {
+  if (!(amax > 0.0f)) return 1.0f;
+  const float s = amax / MaxValue(f);
+  return s < 1.17549435e-38f ? 1.17549435e-38f : s;
+}
+
 }  // namespace plume::fp8
