@@ -66,11 +66,22 @@ PLUME_AI __mmask16 NanMask16(const uint8_t* p) {
 
 template <Fp8Format F, int R, int B>
 PLUME_AI void Step64(const uint8_t* w, int64_t pc, const float* x, int64_t c, __m512 (&acc)[R][B]) {
-  __mmask64 nm[R];
+  __mmask64 nm[R] = {};
   // Prefetching past the end of the matrix is harmless (prefetches never fault).
   PLUME_UNROLL for (int r = 0; r < R; ++r)
     _mm_prefetch(reinterpret_cast<const char*>(w + r * pc + c + kPrefetchBytes), _MM_HINT_T0);
-  PLUME_UNROLL for (int r = 0; r < R; ++r) nm[r] = F == Fp8Format::kE4M3 ? NanMask64(w + r * pc + c) : 0;
+  if constexpr (F == Fp8Format::kE4M3) {
+    // One test for all R rows: a byte of (code | 0x80) is 0xFF only for the
+    // NaN codes 0x7F / 0xFF, and 0xFF is the largest byte, so the unsigned
+    // maximum over the rows has a 0xFF byte iff some row has a NaN code there.
+    const __m512i hi = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512i mx = _mm512_or_si512(_mm512_loadu_si512(w + c), hi);
+    PLUME_UNROLL for (int r = 1; r < R; ++r)
+      mx = _mm512_max_epu8(mx, _mm512_or_si512(_mm512_loadu_si512(w + r * pc + c), hi));
+    if (__builtin_expect(_mm512_cmpeq_epi8_mask(mx, _mm512_set1_epi8(static_cast<char>(0xFF))) != 0, 0)) {
+      PLUME_UNROLL for (int r = 0; r < R; ++r) nm[r] = NanMask64(w + r * pc + c);
+    }
+  }
   PLUME_UNROLL for (int q = 0; q < 4; ++q) {
     __m512 xv[B];
     PLUME_UNROLL for (int b = 0; b < B; ++b) xv[b] = _mm512_loadu_ps(x + b * pc + c + 16 * q);
