@@ -51,10 +51,8 @@ float AmaxFinite(const float* p, int64_t n) {
   return m;
 }
 
-float ScaleFromAmax(float amax, Fp8Format f) {
-  if (!(amax > 0.0f)) return 1.0f;
-  return std::max(amax / fp8::MaxValue(f), FLT_MIN);
-}
+// One definition shared with the GPU quantizer (plume/kernels/fp8.h).
+float ScaleFromAmax(float amax, Fp8Format f) { return fp8::ScaleFromAmax(amax, f); }
 
 // Lookup tables for the scalar path.
 struct DecodeTables {
