@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds everything (the CUDA
-# kernels and GPU tests too when nvcc is present), and runs every test that
-# needs no GPU. GPU tests run on a GPU machine via scripts/gpu-test.sh.
+# kernels and GPU tests too when nvcc is present) and runs every test that
+# needs no GPU; then builds the CPU code again with AddressSanitizer and
+# UBSan and runs the same tests there (PLUME_TEST_ASAN=0 skips that pass).
+# GPU tests run on a GPU machine via scripts/gpu-test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -10,3 +12,8 @@ jobs=${PLUME_JOBS:-$(nproc)}
 cmake --preset release
 cmake --build --preset release -j "$jobs"
 ctest --preset release -LE gpu -j "$jobs"
+if [ "${PLUME_TEST_ASAN:-1}" = 1 ]; then
+  cmake --preset asan
+  cmake --build --preset asan -j "$jobs"
+  ctest --preset asan -LE gpu -j "$jobs"
+fi
