@@ -1,18 +1,22 @@
 // Times plume::ref::GemvF32 (the CPU backend) on packed FP8 matrices.
 //
-//   plume_cpu_gemv_bench [--json] [--iters N] [--threads T] [--isa scalar|avx2|avx512]
+//   plume_cpu_gemv_bench [--json] [--iters N] [--threads T] [--isa scalar|avx2|avx512|avx512vbmi]
 //                        [--shape RxC] [--batch B] [--format e4m3|e5m2]
 //                        [--scale none|tensor|row|block128] [--no-huge-pages]
 //
 // Without --shape/--batch it runs 8192x8192 and 4096x4096 at batch 1 and 8,
 // E4M3, ROW scales. Each case: warm-up, then the median (and min) over
 // N timed calls; GB/s counts the packed FP8 weight bytes read once per call.
+// Each case also times the "read ceiling": summing the same weight bytes on
+// the same threads (no decode, no FMA), the memory-bound limit of the GEMV.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+
+#include <immintrin.h>
 
 #include <sys/mman.h>
 #include <random>
@@ -32,11 +36,60 @@ struct Case {
 struct Result {
   Case c;
   double median_ms, min_ms, gbps;
+  double read_ms;  // read ceiling for the same weight bytes
 };
 
 double NowMs() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
+}
+
+// The "read ceiling": the time to read a buffer once and sum its bytes on
+// all threads of the pool (equal halves), AVX-512 when the CPU has it. An
+// FP8 GEMV reads the same bytes, so this bounds it from below.
+__attribute__((target("avx512f,avx512bw"))) uint64_t SumBytesAvx512(const uint8_t* p, size_t n) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  const __m512i z = _mm512_setzero_si512();
+  size_t i = 0;
+  for (; i + 256 <= n; i += 256) {
+    a0 = _mm512_add_epi64(a0, _mm512_sad_epu8(_mm512_load_si512(p + i), z));
+    a1 = _mm512_add_epi64(a1, _mm512_sad_epu8(_mm512_load_si512(p + i + 64), z));
+    a2 = _mm512_add_epi64(a2, _mm512_sad_epu8(_mm512_load_si512(p + i + 128), z));
+    a3 = _mm512_add_epi64(a3, _mm512_sad_epu8(_mm512_load_si512(p + i + 192), z));
+  }
+  uint64_t s = _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+uint64_t SumBytes(const uint8_t* p, size_t n) {
+  if (__builtin_cpu_supports("avx512bw")) return SumBytesAvx512(p, n);
+  uint64_t s = 0;
+  for (size_t i = 0; i < n; ++i) s += p[i];
+  return s;
+}
+
+// Median time of `n` parallel reads of buf[0, bytes) (64-byte aligned).
+double ReadCeilingMs(plume::ThreadPool& pool, const uint8_t* buf, size_t bytes, int n) {
+  const int64_t parts = pool.size();
+  const size_t part = (bytes / parts + 255) / 256 * 256;
+  std::vector<uint64_t> sums(static_cast<size_t>(parts));
+  std::vector<double> t;
+  for (int i = 0; i < n + 5; ++i) {
+    const double t0 = NowMs();
+    pool.ParallelFor(parts, 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const size_t lo = std::min(bytes, static_cast<size_t>(k) * part);
+        const size_t hi = std::min(bytes, lo + part);
+        sums[static_cast<size_t>(k)] += SumBytes(buf + lo, hi - lo);
+      }
+    });
+    if (i >= 5) t.push_back(NowMs() - t0);
+  }
+  volatile uint64_t sink = 0;
+  for (uint64_t v : sums) sink = sink + v;
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace
@@ -92,6 +145,7 @@ int main(int argc, char** argv) {
   if (isa_name == "scalar") isa = ref::internal::Isa::kScalar;
   if (isa_name == "avx2") isa = ref::internal::Isa::kAvx2;
   if (isa_name == "avx512") isa = ref::internal::Isa::kAvx512;
+  if (isa_name == "avx512vbmi") isa = ref::internal::Isa::kAvx512Vbmi;
   if (!ref::internal::IsaSupported(isa)) {
     std::fprintf(stderr, "ISA %s not supported here\n", ref::internal::IsaName(isa));
     return 1;
@@ -136,7 +190,12 @@ int main(int argc, char** argv) {
     }
     std::sort(t.begin(), t.end());
     const double med = t[t.size() / 2];
-    results.push_back({c, med, t.front(), bytes / (med * 1e-3) / 1e9});
+    const double rd = ReadCeilingMs(pool, reinterpret_cast<const uint8_t*>(words_ptr),
+                                    static_cast<size_t>(l.code_bytes()), n);
+    results.push_back({c, med, t.front(), bytes / (med * 1e-3) / 1e9, rd});
+    if (!json)
+      std::printf("read ceiling        %5ldx%-5ld          : median %8.3f ms                  %6.1f GB/s (%d runs, %d threads)\n",
+                  c.rows, c.cols, rd, bytes / (rd * 1e-3) / 1e9, n, pool.size());
     if (!json)
       std::printf("gemv_f32 %s %s %s %5ldx%-5ld batch %-2ld : median %8.3f ms  min %8.3f ms  %6.1f GB/s (%d runs, %d threads)\n",
                   ref::internal::IsaName(isa), DTypeName(ToDType(fmt)), ScaleModeName(mode), c.rows,
@@ -147,8 +206,8 @@ int main(int argc, char** argv) {
                 ref::internal::IsaName(isa), pool.size(), DTypeName(ToDType(fmt)), ScaleModeName(mode));
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
-      std::printf("%s{\"rows\": %ld, \"cols\": %ld, \"batch\": %ld, \"median_ms\": %.4f, \"min_ms\": %.4f, \"weight_gbps\": %.2f}",
-                  i ? ", " : "", r.c.rows, r.c.cols, r.c.batch, r.median_ms, r.min_ms, r.gbps);
+      std::printf("%s{\"rows\": %ld, \"cols\": %ld, \"batch\": %ld, \"median_ms\": %.4f, \"min_ms\": %.4f, \"weight_gbps\": %.2f, \"read_ceiling_ms\": %.4f}",
+                  i ? ", " : "", r.c.rows, r.c.cols, r.c.batch, r.median_ms, r.min_ms, r.gbps, r.read_ms);
     }
     std::printf("]}\n");
   }

@@ -32,6 +32,11 @@ using RowsFn = void (*)(const GemvArgs&, int64_t, int64_t);
 
 inline constexpr int kMaxBatchTile = 8;
 inline constexpr int kRowGroup = 8;
+// Isa::kAvx512Vbmi runs batches up to this size; larger ones use Isa::kAvx512.
+#ifndef PLUME_VBMI_MAX_BATCH
+#define PLUME_VBMI_MAX_BATCH 2
+#endif
+inline constexpr int64_t kVbmiMaxBatch = PLUME_VBMI_MAX_BATCH;
 
 
 template <class K, Fp8Format F, int B, bool kBlock>
@@ -99,5 +104,11 @@ void DriveRows(const GemvArgs& a, int64_t r0, int64_t r1) {
 void GemvRowsScalar(const GemvArgs& a, int64_t r0, int64_t r1);
 void GemvRowsAvx2(const GemvArgs& a, int64_t r0, int64_t r1);
 void GemvRowsAvx512(const GemvArgs& a, int64_t r0, int64_t r1);
+void GemvRowsAvx512Vbmi(const GemvArgs& a, int64_t r0, int64_t r1);
+// The VBMI kernel reads the activations of each full 64-column chunk in a
+// permuted order: position p holds column VbmiColumnOrder(p). PermuteXVbmi
+// rearranges a zero-padded [batch][pc] activation copy in place.
+int VbmiColumnOrder(int p);
+void PermuteXVbmi(float* xp, int64_t batch, int64_t pc);
 
 }  // namespace plume::ref::detail

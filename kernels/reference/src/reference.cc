@@ -228,6 +228,7 @@ namespace internal {
 
 const char* IsaName(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Vbmi: return "avx512vbmi";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "scalar";
@@ -241,6 +242,8 @@ bool IsaSupported(Isa isa) {
     case Isa::kAvx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
+    case Isa::kAvx512Vbmi:
+      return IsaSupported(Isa::kAvx512) && __builtin_cpu_supports("avx512vbmi");
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -254,7 +257,8 @@ bool IsaSupported(Isa isa) {
 }
 
 Isa BestIsa() {
-  static const Isa best = IsaSupported(Isa::kAvx512) ? Isa::kAvx512
+  static const Isa best = IsaSupported(Isa::kAvx512Vbmi) ? Isa::kAvx512Vbmi
+                          : IsaSupported(Isa::kAvx512)   ? Isa::kAvx512
                           : IsaSupported(Isa::kAvx2) ? Isa::kAvx2
                                                      : Isa::kScalar;
   return best;
@@ -264,6 +268,9 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
                 ThreadPool* pool) {
   const PackedLayout& l = w.layout;
   if (l.rows <= 0 || batch <= 0) return;
+  // Larger batches are FMA-bound: the decode is shared by the batch tile, and
+  // the shift-decode kernel keeps fewer registers live (see NOTES.md).
+  if (isa == Isa::kAvx512Vbmi && batch > detail::kVbmiMaxBatch) isa = Isa::kAvx512;
   detail::GemvArgs a;
   a.codes = reinterpret_cast<const uint8_t*>(w.words);
   a.rows = l.rows;
@@ -280,8 +287,10 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
   std::vector<float> xp(static_cast<size_t>(batch * a.pc), 0.0f);
   for (int64_t b = 0; b < batch; ++b)
     std::memcpy(xp.data() + b * a.pc, x + b * l.cols, static_cast<size_t>(l.cols) * 4);
+  if (isa == Isa::kAvx512Vbmi) detail::PermuteXVbmi(xp.data(), batch, a.pc);
   a.xp = xp.data();
-  const detail::RowsFn fn = isa == Isa::kAvx512 ? detail::GemvRowsAvx512
+  const detail::RowsFn fn = isa == Isa::kAvx512Vbmi ? detail::GemvRowsAvx512Vbmi
+                            : isa == Isa::kAvx512   ? detail::GemvRowsAvx512
                             : isa == Isa::kAvx2 ? detail::GemvRowsAvx2
                                                 : detail::GemvRowsScalar;
   const int64_t groups = (l.rows + detail::kRowGroup - 1) / detail::kRowGroup;

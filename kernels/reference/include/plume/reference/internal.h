@@ -8,7 +8,8 @@
 
 namespace plume::ref::internal {
 
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Vbmi: AVX-512 plus VBMI (byte-table FP8 decode; Ice Lake, Zen 4 and later).
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vbmi = 3 };
 
 const char* IsaName(Isa isa);
 // Whether this build has the path and this CPU can run it.
