@@ -274,6 +274,48 @@ TEST_F(ServerTest, GemvStreamMatchesRequestIdsAndIsolatesItemErrors) {
   EXPECT_TRUE((*session)->Finish().ok());
 }
 
+TEST_F(ServerTest, StreamsCancelledMidwayLeaveTheServerHealthy) {
+  const int64_t rows = 512, cols = 1024;
+  auto w = Random(rows * cols, 16);
+  ASSERT_TRUE(Upload("c", w, rows, cols).ok());
+  auto x = Random(cols, 17);
+  for (int round = 0; round < 5; ++round) {
+    auto session = client_->StartGemvSession("c", {.max_in_flight = 32});
+    ASSERT_TRUE(session.ok());
+    std::vector<std::future<absl::StatusOr<GemvResult>>> futures;
+    for (int i = 0; i < 100; ++i) futures.push_back((*session)->Push(TensorRef::F32(x.data(), {cols})));
+    (*session)->Cancel();
+    for (auto& f : futures) {
+      auto r = f.get();  // each one finished or was cancelled; none hangs
+      if (!r.ok()) EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+    }
+  }
+  // A stream abandoned with no Finish at all.
+  {
+    auto session = client_->StartGemvSession("c");
+    ASSERT_TRUE(session.ok());
+    for (int i = 0; i < 50; ++i) (*session)->Push(TensorRef::F32(x.data(), {cols}));
+  }
+  auto y = client_->Gemv("c", TensorRef::F32(x.data(), {cols}));
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_LE(Expected(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow).RelErr(x, 1, *y->ToFloats()),
+            1e-5);
+}
+
+TEST_F(ServerTest, ShutdownWithOpenStreamsEndsThem) {
+  const int64_t rows = 64, cols = 64;
+  auto w = Random(rows * cols, 18);
+  ASSERT_TRUE(Upload("d", w, rows, cols).ok());
+  auto x = Random(cols, 19);
+  auto session = client_->StartGemvSession("d");
+  ASSERT_TRUE(session.ok());
+  ASSERT_TRUE((*session)->Push(TensorRef::F32(x.data(), {cols})).get().ok());
+  server_->Shutdown(std::chrono::milliseconds(200));  // the stream is still open
+  auto late = (*session)->Push(TensorRef::F32(x.data(), {cols})).get();
+  EXPECT_FALSE(late.ok());
+  EXPECT_FALSE((*session)->Finish().ok());
+}
+
 TEST_F(ServerTest, ListAndDelete) {
   auto w = Random(16 * 16, 8);
   for (const char* name : {"c", "a", "b"}) ASSERT_TRUE(Upload(name, w, 16, 16).ok());
