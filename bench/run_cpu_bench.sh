@@ -50,10 +50,14 @@ for i in range(1, rounds + 1):
             print(f"  round {i} {src:5} {r['rows']}x{r['cols']} batch {r['batch']}: median {r['median_ms']:.3f} ms")
             d = best.setdefault(key, {})
             d[src] = min(d.get(src, 1e99), r["median_ms"])
+            if "read_ceiling_ms" in r:
+                print(f"  round {i} read  {r['rows']}x{r['cols']} ceiling: median {r['read_ceiling_ms']:.3f} ms")
+                d["read"] = min(d.get("read", 1e99), r["read_ceiling_ms"])
 print()
-print("| shape | batch | plume GemvF32 FP8 (ms) | numpy f32 W@x (ms) | speed-up |")
-print("|---|---|---|---|---|")
+print("| shape | batch | plume GemvF32 FP8 (ms) | numpy f32 W@x (ms) | speed-up | read ceiling (ms) |")
+print("|---|---|---|---|---|---|")
 for (rows, cols, b), d in best.items():
     if "plume" in d and "numpy" in d:
-        print(f"| {rows}x{cols} | {b} | {d['plume']:.3f} | {d['numpy']:.3f} | {d['numpy'] / d['plume']:.2f}x |")
+        rd = f"{d['read']:.3f}" if "read" in d else "-"
+        print(f"| {rows}x{cols} | {b} | {d['plume']:.3f} | {d['numpy']:.3f} | {d['numpy'] / d['plume']:.2f}x | {rd} |")
 PY

@@ -69,7 +69,10 @@ namespace {
 
 #define PLUME_AI __attribute__((always_inline)) inline
 #define PLUME_UNROLL _Pragma("GCC unroll 16")
-constexpr int kPrefetchBytes = 512;
+#ifndef PLUME_VBMI_PREFETCH
+#define PLUME_VBMI_PREFETCH 512
+#endif
+constexpr int kPrefetchBytes = PLUME_VBMI_PREFETCH;
 
 // hi/lo bytes of the bfloat16 of each magnitude code 0..127, as two 64-byte
 // halves each (vpermi2b's two table operands).
