@@ -47,6 +47,12 @@ int Fail(const std::string& what) {
   return 1;
 }
 
+// "host:port" with the port replaced by the one actually bound.
+std::string BoundAddress(const std::string& address, int port) {
+  const size_t colon = address.rfind(':');
+  return absl::StrCat(colon == std::string::npos ? address : address.substr(0, colon), ":", port);
+}
+
 bool WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
   const std::string tmp = path + ".tmp";
   {
@@ -116,9 +122,9 @@ int main(int argc, char** argv) {
   auto server = plume::server::Server::Start(options, &service, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
-  spdlog::info("plume-server ready: gRPC on {} (port {}), metrics on http://{}/metrics (port {})",
-               options.grpc_address, (*server)->port(), absl::GetFlag(FLAGS_metrics_address),
-               metrics_port);
+  spdlog::info("plume-server ready: gRPC on {}, metrics on http://{}/metrics",
+               BoundAddress(options.grpc_address, (*server)->port()),
+               BoundAddress(absl::GetFlag(FLAGS_metrics_address), metrics_port));
   spdlog::info("backend {}, memory budget {} bytes, max message {} bytes", backend->name(), budget,
                options.max_message_bytes);
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
