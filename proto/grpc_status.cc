@@ -1,8 +1,10 @@
-#include "server/grpc/status.h"
+#include "plume/grpc_status.h"
 
 #include <string>
 
-namespace plume::server {
+#include "absl/strings/str_cat.h"
+
+namespace plume {
 
 #define PLUME_SAME_CODE(absl_code, grpc_code)                                     \
   static_assert(static_cast<int>(absl::StatusCode::absl_code) ==                 \
@@ -32,4 +34,16 @@ grpc::Status ToGrpcStatus(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-}  // namespace plume::server
+absl::Status StatusFromCode(int code, std::string message) {
+  if (code == 0) return absl::OkStatus();
+  if (code < 0 || code > 16) {
+    return absl::UnknownError(absl::StrCat("status code ", code, ": ", message));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), message);
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& s) {
+  return StatusFromCode(static_cast<int>(s.error_code()), s.error_message());
+}
+
+}  // namespace plume

@@ -7,7 +7,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/grpc/status.h"
+#include "plume/grpc_status.h"
 
 namespace plume::server {
 namespace {

@@ -36,13 +36,6 @@ std::vector<float> ToFloats(const Array& a);
 // Builds an F32 array from floats.
 Array FromFloats(std::vector<int64_t> shape, const float* values);
 
-// Scalar conversions (IEEE binary16 and bfloat16; float -> half rounds to
-// nearest even, NaN stays NaN).
-float HalfToFloat(uint16_t h);
-uint16_t FloatToHalf(float f);
-float Bf16ToFloat(uint16_t b);
-uint16_t FloatToBf16(float f);
-
 // Reads a whole file into `out` (error statuses name the path).
 absl::Status ReadFileToString(const std::string& path, std::string* out);
 absl::Status WriteStringToFile(const std::string& path, std::string_view data);

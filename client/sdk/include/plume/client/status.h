@@ -4,17 +4,9 @@
 #include <string>
 
 #include "absl/status/status.h"
-
-namespace grpc {
-class Status;
-}
+#include "plume/grpc_status.h"  // FromGrpcStatus, StatusFromCode
 
 namespace plume {
-
-// The absl::Status with the same code and message as a gRPC status.
-absl::Status FromGrpcStatus(const grpc::Status& s);
-// A status from a raw code (e.g. plume.v1.Status in a stream item).
-absl::Status StatusFromCode(int code, std::string message);
 
 // "NOT_FOUND", "UNAVAILABLE", ... (the gRPC code name).
 const char* StatusCodeName(absl::StatusCode code);
