@@ -73,15 +73,22 @@ Array FromFloats(std::vector<int64_t> shape, const float* values) {
   return a;
 }
 
-absl::Status ReadFileToString(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
+absl::StatusOr<uint64_t> OpenForRead(const std::string& path, std::ifstream* in) {
+  in->open(path, std::ios::binary);
+  if (!*in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  in->seekg(0, std::ios::end);
+  const std::streamoff size = in->tellg();
+  in->seekg(0);
   if (size < 0) return absl::InternalError(absl::StrCat("cannot size ", path));
-  in.seekg(0);
-  out->resize(static_cast<size_t>(size));
-  if (size > 0 && !in.read(out->data(), size)) {
+  return static_cast<uint64_t>(size);
+}
+
+absl::Status ReadFileToString(const std::string& path, std::string* out) {
+  std::ifstream in;
+  absl::StatusOr<uint64_t> size = OpenForRead(path, &in);
+  if (!size.ok()) return size.status();
+  out->resize(static_cast<size_t>(*size));
+  if (*size > 0 && !in.read(out->data(), static_cast<std::streamsize>(*size))) {
     return absl::DataLossError(absl::StrCat("short read from ", path));
   }
   return absl::OkStatus();

@@ -238,13 +238,10 @@ absl::StatusOr<Array> ParseNpy(std::string_view bytes) {
 }
 
 absl::StatusOr<Array> ReadNpy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  in.seekg(0);
-  if (size < 0) return absl::InternalError(absl::StrCat("cannot size ", path));
-  const uint64_t file_size = static_cast<uint64_t>(size);
+  std::ifstream in;
+  absl::StatusOr<uint64_t> size = OpenForRead(path, &in);
+  if (!size.ok()) return size.status();
+  const uint64_t file_size = *size;
   // Read the fixed part, then the header it announces, then the data.
   std::string prefix(static_cast<size_t>(std::min<uint64_t>(file_size, 12)), '\0');
   in.read(prefix.data(), static_cast<std::streamsize>(prefix.size()));

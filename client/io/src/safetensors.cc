@@ -99,13 +99,10 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(std::string
 }
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  in.seekg(0);
-  if (size < 0) return absl::InternalError(absl::StrCat("cannot size ", path));
-  const uint64_t file_size = static_cast<uint64_t>(size);
+  std::ifstream in;
+  absl::StatusOr<uint64_t> size = OpenForRead(path, &in);
+  if (!size.ok()) return size.status();
+  const uint64_t file_size = *size;
   if (file_size < 8) return Bad("shorter than the 8-byte header length");
   char lenbuf[8];
   if (!in.read(lenbuf, 8)) return absl::DataLossError(absl::StrCat("short read from ", path));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +37,9 @@ std::vector<float> ToFloats(const Array& a);
 // Builds an F32 array from floats.
 Array FromFloats(std::vector<int64_t> shape, const float* values);
 
+// Opens `path` for binary reading into `in` and returns its size (error
+// statuses name the path).
+absl::StatusOr<uint64_t> OpenForRead(const std::string& path, std::ifstream* in);
 // Reads a whole file into `out` (error statuses name the path).
 absl::Status ReadFileToString(const std::string& path, std::string* out);
 absl::Status WriteStringToFile(const std::string& path, std::string_view data);
