@@ -9,13 +9,11 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 
 namespace plume::ref::detail {
 namespace {
 
-#define PLUME_AI __attribute__((always_inline)) inline
-// Full unrolling keeps the accumulator arrays in registers.
-#define PLUME_UNROLL _Pragma("GCC unroll 16")
 
 template <Fp8Format F>
 PLUME_AI __m256 Decode8(const uint8_t* p, bool any_nan) {
@@ -67,6 +65,19 @@ PLUME_AI void Step(const uint8_t* w, int64_t pc, const float* x, int64_t c, __m2
   }
 }
 
+struct Ops256 {
+  using V = __m256;
+  static PLUME_AI V Zero() { return _mm256_setzero_ps(); }
+  static PLUME_AI V Splat(float f) { return _mm256_set1_ps(f); }
+  static PLUME_AI V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static PLUME_AI float Sum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
 struct K256 {
   static constexpr int RowsFor(int B, bool block) {
     return block ? (B == 1 ? 4 : B == 2 ? 2 : 1) : (B <= 2 ? 4 : B <= 4 ? 2 : 1);
@@ -74,35 +85,10 @@ struct K256 {
   template <Fp8Format F, int R, int B, bool kBlock>
   static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
                    float* out) {
-    __m256 acc[R][B];
-    PLUME_UNROLL for (int r = 0; r < R; ++r)
-      PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm256_setzero_ps();
-    int64_t c = 0;
-    if constexpr (!kBlock) {
-      for (; c + 32 <= pc; c += 32) Step<F, R, B, 4>(w, pc, x, c, acc);
-      for (; c < pc; c += 16) Step<F, R, B, 2>(w, pc, x, c, acc);
-    } else {
-      for (int64_t blk = 0; blk < nblk; ++blk) {
-        __m256 part[R][B];
-        PLUME_UNROLL for (int r = 0; r < R; ++r)
-          PLUME_UNROLL for (int b = 0; b < B; ++b) part[r][b] = _mm256_setzero_ps();
-        const int64_t end = c + 128 < pc ? c + 128 : pc;
-        for (; c + 32 <= end; c += 32) Step<F, R, B, 4>(w, pc, x, c, part);
-        for (; c < end; c += 16) Step<F, R, B, 2>(w, pc, x, c, part);
-        PLUME_UNROLL for (int r = 0; r < R; ++r) {
-          const __m256 s = _mm256_set1_ps(bs[r * nblk + blk]);
-          PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm256_fmadd_ps(part[r][b], s, acc[r][b]);
-        }
-      }
-    }
-    PLUME_UNROLL for (int r = 0; r < R; ++r)
-      PLUME_UNROLL for (int b = 0; b < B; ++b) {
-        const __m256 v = acc[r][b];
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        out[r * B + b] = _mm_cvtss_f32(s);
-      }
+    TileColumns<Ops256, 32, R, B, kBlock>(
+        pc, bs, nblk, out,
+        [&](int64_t c, __m256(&acc)[R][B]) PLUME_LAMBDA_AI { Step<F, R, B, 4>(w, pc, x, c, acc); },
+        [&](int64_t c, __m256(&acc)[R][B]) PLUME_LAMBDA_AI { Step<F, R, B, 2>(w, pc, x, c, acc); });
   }
 };
 

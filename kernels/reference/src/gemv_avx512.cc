@@ -10,6 +10,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 // GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -17,9 +18,6 @@
 namespace plume::ref::detail {
 namespace {
 
-#define PLUME_AI __attribute__((always_inline)) inline
-// Full unrolling keeps the accumulator arrays in registers.
-#define PLUME_UNROLL _Pragma("GCC unroll 16")
 // Software prefetch distance along each row (bytes). With several rows read
 // in an interleaved way the hardware prefetcher alone left DRAM bandwidth
 // unused (8192x8192 E4M3: ~4.3 ms without, ~2.6 ms with, on a quiet 2-core EPYC).
@@ -103,6 +101,14 @@ PLUME_AI void Step16(const uint8_t* w, int64_t pc, const float* x, int64_t c, __
   }
 }
 
+struct Ops512 {
+  using V = __m512;
+  static PLUME_AI V Zero() { return _mm512_setzero_ps(); }
+  static PLUME_AI V Splat(float f) { return _mm512_set1_ps(f); }
+  static PLUME_AI V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static PLUME_AI float Sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+
 struct K512 {
   // Keeps the accumulators (and BLOCK128 partials) within 16 of the 32 registers.
   static constexpr int RowsFor(int B, bool block) {
@@ -111,29 +117,10 @@ struct K512 {
   template <Fp8Format F, int R, int B, bool kBlock>
   static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
                    float* out) {
-    __m512 acc[R][B];
-    PLUME_UNROLL for (int r = 0; r < R; ++r)
-      PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
-    int64_t c = 0;
-    if constexpr (!kBlock) {
-      for (; c + 64 <= pc; c += 64) Step64<F, R, B>(w, pc, x, c, acc);
-      for (; c < pc; c += 16) Step16<F, R, B>(w, pc, x, c, acc);
-    } else {
-      for (int64_t blk = 0; blk < nblk; ++blk) {
-        __m512 part[R][B];
-        PLUME_UNROLL for (int r = 0; r < R; ++r)
-          PLUME_UNROLL for (int b = 0; b < B; ++b) part[r][b] = _mm512_setzero_ps();
-        const int64_t end = c + 128 < pc ? c + 128 : pc;
-        for (; c + 64 <= end; c += 64) Step64<F, R, B>(w, pc, x, c, part);
-        for (; c < end; c += 16) Step16<F, R, B>(w, pc, x, c, part);
-        PLUME_UNROLL for (int r = 0; r < R; ++r) {
-          const __m512 s = _mm512_set1_ps(bs[r * nblk + blk]);
-          PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm512_fmadd_ps(part[r][b], s, acc[r][b]);
-        }
-      }
-    }
-    PLUME_UNROLL for (int r = 0; r < R; ++r)
-      PLUME_UNROLL for (int b = 0; b < B; ++b) out[r * B + b] = _mm512_reduce_add_ps(acc[r][b]);
+    TileColumns<Ops512, 64, R, B, kBlock>(
+        pc, bs, nblk, out,
+        [&](int64_t c, __m512(&acc)[R][B]) PLUME_LAMBDA_AI { Step64<F, R, B>(w, pc, x, c, acc); },
+        [&](int64_t c, __m512(&acc)[R][B]) PLUME_LAMBDA_AI { Step16<F, R, B>(w, pc, x, c, acc); });
   }
 };
 

@@ -61,14 +61,13 @@ void PermuteXVbmi(float* xp, int64_t batch, int64_t pc) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")
+#include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace plume::ref::detail {
 namespace {
 
-#define PLUME_AI __attribute__((always_inline)) inline
-#define PLUME_UNROLL _Pragma("GCC unroll 16")
 #ifndef PLUME_VBMI_PREFETCH
 #define PLUME_VBMI_PREFETCH 512
 #endif
@@ -183,6 +182,14 @@ PLUME_AI void Step16(const uint8_t* w, int64_t pc, const float* x, int64_t c, co
   }
 }
 
+struct Ops512 {
+  using V = __m512;
+  static PLUME_AI V Zero() { return _mm512_setzero_ps(); }
+  static PLUME_AI V Splat(float f) { return _mm512_set1_ps(f); }
+  static PLUME_AI V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static PLUME_AI float Sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+
 struct K512Vbmi {
   static constexpr int RowsFor(int B, bool block) {
     return block ? (B == 1 ? 8 : B == 2 ? 4 : B <= 4 ? 2 : 1) : (B == 1 ? 8 : B <= 4 ? 4 : 2);
@@ -191,29 +198,10 @@ struct K512Vbmi {
   static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
                    float* out) {
     const Tab t = LoadTab(F);
-    __m512 acc[R][B];
-    PLUME_UNROLL for (int r = 0; r < R; ++r)
-      PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
-    int64_t c = 0;
-    if constexpr (!kBlock) {
-      for (; c + 64 <= pc; c += 64) Step64<R, B>(w, pc, x, c, t, acc);
-      for (; c < pc; c += 16) Step16<R, B>(w, pc, x, c, t, acc);
-    } else {
-      for (int64_t blk = 0; blk < nblk; ++blk) {
-        __m512 part[R][B];
-        PLUME_UNROLL for (int r = 0; r < R; ++r)
-          PLUME_UNROLL for (int b = 0; b < B; ++b) part[r][b] = _mm512_setzero_ps();
-        const int64_t end = c + 128 < pc ? c + 128 : pc;
-        for (; c + 64 <= end; c += 64) Step64<R, B>(w, pc, x, c, t, part);
-        for (; c < end; c += 16) Step16<R, B>(w, pc, x, c, t, part);
-        PLUME_UNROLL for (int r = 0; r < R; ++r) {
-          const __m512 s = _mm512_set1_ps(bs[r * nblk + blk]);
-          PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = _mm512_fmadd_ps(part[r][b], s, acc[r][b]);
-        }
-      }
-    }
-    PLUME_UNROLL for (int r = 0; r < R; ++r)
-      PLUME_UNROLL for (int b = 0; b < B; ++b) out[r * B + b] = _mm512_reduce_add_ps(acc[r][b]);
+    TileColumns<Ops512, 64, R, B, kBlock>(
+        pc, bs, nblk, out,
+        [&](int64_t c, __m512(&acc)[R][B]) PLUME_LAMBDA_AI { Step64<R, B>(w, pc, x, c, t, acc); },
+        [&](int64_t c, __m512(&acc)[R][B]) PLUME_LAMBDA_AI { Step16<R, B>(w, pc, x, c, t, acc); });
   }
 };
 

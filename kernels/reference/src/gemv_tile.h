@@ -1,0 +1,52 @@
+// The column loop of one GEMV tile (R rows x B vectors), shared by the SIMD
+// kernels. Include it inside an ISA translation unit's target pragma: it is
+// always inlined into that unit's Tile(), so the accumulators stay in
+// registers.
+#pragma once
+
+#include <cstdint>
+
+#define PLUME_AI __attribute__((always_inline)) inline
+// Full unrolling keeps the accumulator arrays in registers.
+#define PLUME_UNROLL _Pragma("GCC unroll 16")
+// For the step lambdas handed to TileColumns.
+#define PLUME_LAMBDA_AI __attribute__((always_inline))
+
+namespace plume::ref::detail {
+
+// Ops: using V (the vector type), static V Zero(), static V Splat(float),
+// static V Fma(V a, V b, V c) (= a * b + c) and static float Sum(V).
+// wide(c, acc) accumulates kWide columns starting at column c; narrow(c, acc)
+// 16 columns (the padded row length is a multiple of 16). Without kBlock,
+// out[r * B + b] is the row's dot product; with kBlock (BLOCK128), each
+// 128-column block's partial sum is scaled by bs[r * nblk + blk] first.
+template <class Ops, int kWide, int R, int B, bool kBlock, class Wide, class Narrow>
+PLUME_AI void TileColumns(int64_t pc, const float* bs, int64_t nblk, float* out, Wide wide,
+                          Narrow narrow) {
+  using V = typename Ops::V;
+  V acc[R][B];
+  PLUME_UNROLL for (int r = 0; r < R; ++r)
+    PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = Ops::Zero();
+  int64_t c = 0;
+  if constexpr (!kBlock) {
+    for (; c + kWide <= pc; c += kWide) wide(c, acc);
+    for (; c < pc; c += 16) narrow(c, acc);
+  } else {
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      V part[R][B];
+      PLUME_UNROLL for (int r = 0; r < R; ++r)
+        PLUME_UNROLL for (int b = 0; b < B; ++b) part[r][b] = Ops::Zero();
+      const int64_t end = c + 128 < pc ? c + 128 : pc;
+      for (; c + kWide <= end; c += kWide) wide(c, part);
+      for (; c < end; c += 16) narrow(c, part);
+      PLUME_UNROLL for (int r = 0; r < R; ++r) {
+        const V s = Ops::Splat(bs[r * nblk + blk]);
+        PLUME_UNROLL for (int b = 0; b < B; ++b) acc[r][b] = Ops::Fma(part[r][b], s, acc[r][b]);
+      }
+    }
+  }
+  PLUME_UNROLL for (int r = 0; r < R; ++r)
+    PLUME_UNROLL for (int b = 0; b < B; ++b) out[r * B + b] = Ops::Sum(acc[r][b]);
+}
+
+}  // namespace plume::ref::detail
