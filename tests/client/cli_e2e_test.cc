@@ -24,6 +24,7 @@
 #include "plume/io/npy.h"
 #include "plume/kernels/layout.h"
 #include "plume/reference/api.h"
+#include "tests/common/gemv_reference.h"
 
 extern char** environ;
 
@@ -153,14 +154,7 @@ class E2eTest : public ::testing::Test {
 };
 
 std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) {
-    x = d(rng);
-    if (x == 0.0f) x = scale * 0.01f;
-  }
-  return v;
+  return plume::testing::RandomNormal(static_cast<int64_t>(n), seed, scale);
 }
 
 TEST_F(E2eTest, UploadListInfoGemvDelete) {
@@ -207,34 +201,9 @@ TEST_F(E2eTest, UploadListInfoGemvDelete) {
   const std::vector<float> yv = plume::io::ToFloats(*y);
 
   // Reference: the CPU reference's quantization, then FP64 math.
-  plume::PackedLayout layout{rows, cols};
-  std::vector<uint32_t> words(static_cast<size_t>(layout.total_words()), 0xdeadbeefu);
-  std::vector<float> scales(static_cast<size_t>(plume::NumScales(plume::ScaleMode::kRow, rows, cols)));
-  plume::ref::QuantizeOptions qo;
-  qo.format = plume::Fp8Format::kE4M3;
-  qo.scale_mode = plume::ScaleMode::kRow;
-  qo.saturate = true;
-  plume::ref::QuantizePack(w.data(), plume::DType::kF32, rows, cols, qo, words.data(), scales.data());
-  plume::ref::MatrixView view;
-  view.words = words.data();
-  view.scales = scales.data();
-  view.layout = layout;
-  view.format = plume::Fp8Format::kE4M3;
-  view.scale_mode = plume::ScaleMode::kRow;
-  std::vector<float> wq(static_cast<size_t>(rows * cols));
-  plume::ref::Dequantize(view, wq.data());
-  double err2 = 0, ref2 = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t r = 0; r < rows; ++r) {
-      double acc = 0;
-      for (int64_t c = 0; c < cols; ++c) acc += static_cast<double>(wq[r * cols + c]) * x[b * cols + c];
-      const double d = yv[b * rows + r] - acc;
-      err2 += d * d;
-      ref2 += acc * acc;
-    }
-  }
-  ASSERT_GT(ref2, 0.0);
-  EXPECT_LE(std::sqrt(err2 / ref2), 1e-5);
+  const plume::testing::ExpectedGemv expected(w, rows, cols, plume::Fp8Format::kE4M3,
+                                              plume::ScaleMode::kRow);
+  EXPECT_LE(expected.RelErr(x, batch, yv), 1e-5);
 
   // Printed form: one line per vector.
   auto printed = Cli({"gemv", "w1", File("x.npy")});

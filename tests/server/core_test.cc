@@ -1,6 +1,7 @@
 // server/core without gRPC: validation, the store's budget and reference
 // counting, and MatrixService on the CPU backend.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -8,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "plume/reference/api.h"
+#include "tests/common/gemv_reference.h"
 #include "server/core/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
@@ -18,13 +20,7 @@
 namespace plume::core {
 namespace {
 
-std::vector<float> RandomMatrix(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+std::vector<float> RandomMatrix(int64_t n, uint32_t seed) { return testing::RandomNormal(n, seed); }
 
 std::string Bytes(const std::vector<float>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
@@ -171,15 +167,7 @@ TEST(MatrixService, GemvOnCpuBackendMatchesFp64Reference) {
   EXPECT_EQ(info->layout().padded_cols(), 208);
   EXPECT_EQ(info->layout().num_scales(), rows * 2);
 
-  // The expected answer: the same quantization, dequantized, in FP64.
-  std::vector<uint32_t> words(static_cast<size_t>(PackedLayout{rows, cols}.total_words()));
-  std::vector<float> scales(static_cast<size_t>(NumScales(ScaleMode::kBlock128, rows, cols)));
-  ref::QuantizePack(w.data(), DType::kF32, rows, cols,
-                    {Fp8Format::kE4M3, ScaleMode::kBlock128, true}, words.data(), scales.data());
-  std::vector<float> deq(static_cast<size_t>(rows * cols));
-  ref::Dequantize({words.data(), scales.data(), {rows, cols}, Fp8Format::kE4M3,
-                   ScaleMode::kBlock128},
-                  deq.data());
+  testing::ExpectedGemv expected(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kBlock128);
 
   std::vector<float> x = RandomMatrix(batch * cols, 8);
   v1::GemvRequest req;
@@ -196,20 +184,9 @@ TEST(MatrixService, GemvOnCpuBackendMatchesFp64Reference) {
   EXPECT_EQ(resp.output().shape(0), batch);
   EXPECT_EQ(resp.output().shape(1), rows);
   ASSERT_EQ(resp.output().data().size(), static_cast<size_t>(batch * rows * 4));
-  const auto* y = reinterpret_cast<const float*>(resp.output().data().data());
-  double err = 0, norm = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t r = 0; r < rows; ++r) {
-      double want = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        want += double(deq[r * cols + c]) * double(x[b * cols + c]);
-      }
-      err += (y[b * rows + r] - want) * (y[b * rows + r] - want);
-      norm += want * want;
-    }
-  }
-  EXPECT_GT(norm, 0.0);
-  EXPECT_LE(std::sqrt(err / norm), 1e-5);
+  std::vector<float> y(static_cast<size_t>(batch * rows));
+  std::memcpy(y.data(), resp.output().data().data(), y.size() * sizeof(float));
+  EXPECT_LE(expected.RelErr(x, batch, y), 1e-5);
 
   // Bad requests get precise codes and leave the matrix intact.
   v1::GemvRequest bad = req;

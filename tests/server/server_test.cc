@@ -19,6 +19,7 @@
 #include <prometheus/registry.h>
 
 #include "plume/client/client.h"
+#include "tests/common/gemv_reference.h"
 #include "plume/reference/api.h"
 #include "server/core/cpu_backend.h"
 #include "server/core/matrix_service.h"
@@ -29,45 +30,9 @@
 namespace plume {
 namespace {
 
-std::vector<float> Random(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using testing::ExpectedGemv;
 
-// The expected GEMV: the reference quantization, dequantized, in FP64.
-struct Expected {
-  int64_t rows, cols;
-  std::vector<float> deq;
-
-  Expected(const std::vector<float>& w, int64_t rows, int64_t cols, Fp8Format f, ScaleMode m)
-      : rows(rows), cols(cols), deq(static_cast<size_t>(rows * cols)) {
-    std::vector<uint32_t> words(static_cast<size_t>(PackedLayout{rows, cols}.total_words()));
-    std::vector<float> scales(static_cast<size_t>(std::max<int64_t>(1, NumScales(m, rows, cols))));
-    ref::QuantizePack(w.data(), DType::kF32, rows, cols, {f, m, true}, words.data(),
-                      scales.data());
-    ref::Dequantize({words.data(), scales.data(), {rows, cols}, f, m}, deq.data());
-  }
-
-  // Relative L2 error of y ([batch][rows]) against FP64 W x.
-  double RelErr(const std::vector<float>& x, int64_t batch, const std::vector<float>& y) const {
-    double err = 0, norm = 0;
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t r = 0; r < rows; ++r) {
-        double want = 0;
-        for (int64_t c = 0; c < cols; ++c) {
-          want += double(deq[size_t(r * cols + c)]) * double(x[size_t(b * cols + c)]);
-        }
-        const double d = double(y[size_t(b * rows + r)]) - want;
-        err += d * d;
-        norm += want * want;
-      }
-    }
-    return norm > 0 ? std::sqrt(err / norm) : INFINITY;
-  }
-};
+std::vector<float> Random(int64_t n, uint32_t seed) { return testing::RandomNormal(n, seed); }
 
 std::string HttpGet(int port, const std::string& path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -178,7 +143,7 @@ TEST_F(ServerTest, UploadInManyChunksThenGemvMatchesReference) {
   ASSERT_EQ(y->shape, (std::vector<int64_t>{batch, rows}));
   auto yf = y->ToFloats();
   ASSERT_TRUE(yf.ok());
-  Expected e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
+  ExpectedGemv e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
   EXPECT_LE(e.RelErr(x, batch, *yf), 1e-5);
 
   // A 1-D input gives a 1-D output.
@@ -197,7 +162,7 @@ TEST_F(ServerTest, EveryFormatAndScaleModeWithHalfAndBf16Outputs) {
                             v1::SCALE_MODE_BLOCK128}) {
       const std::string name = "m" + std::to_string(i++);
       ASSERT_TRUE(Upload(name, w, rows, cols, m, f).ok()) << name;
-      Expected e(w, rows, cols, static_cast<Fp8Format>(f), static_cast<ScaleMode>(m));
+      ExpectedGemv e(w, rows, cols, static_cast<Fp8Format>(f), static_cast<ScaleMode>(m));
       auto y = client_->Gemv(name, TensorRef::F32(x.data(), {cols}));
       ASSERT_TRUE(y.ok()) << y.status();
       EXPECT_LE(e.RelErr(x, 1, *y->ToFloats()), 1e-5) << name;
@@ -244,7 +209,7 @@ TEST_F(ServerTest, GemvStreamMatchesRequestIdsAndIsolatesItemErrors) {
   const int64_t rows = 64, cols = 96;
   auto w = Random(rows * cols, 7);
   ASSERT_TRUE(Upload("s", w, rows, cols).ok());
-  Expected e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
+  ExpectedGemv e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
 
   auto session = client_->StartGemvSession("s", {.max_in_flight = 16});
   ASSERT_TRUE(session.ok()) << session.status();
@@ -299,7 +264,7 @@ TEST_F(ServerTest, StreamsCancelledMidwayLeaveTheServerHealthy) {
   }
   auto y = client_->Gemv("c", TensorRef::F32(x.data(), {cols}));
   ASSERT_TRUE(y.ok()) << y.status();
-  EXPECT_LE(Expected(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow).RelErr(x, 1, *y->ToFloats()),
+  EXPECT_LE(ExpectedGemv(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow).RelErr(x, 1, *y->ToFloats()),
             1e-5);
 }
 
@@ -406,7 +371,7 @@ TEST_F(ServerTest, ErrorPathsHaveTheirCodes) {
   // And the stored matrix still answers the same.
   auto y = client_->Gemv("w", TensorRef::F32(x.data(), {cols}));
   ASSERT_TRUE(y.ok());
-  EXPECT_LE(Expected(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow).RelErr(x, 1, *y->ToFloats()),
+  EXPECT_LE(ExpectedGemv(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow).RelErr(x, 1, *y->ToFloats()),
             1e-5);
 }
 
@@ -501,7 +466,7 @@ TEST_F(ServerTest, ConcurrentClientsAndDeleteWhileInFlight) {
   const int64_t rows = 256, cols = 512;
   auto w = Random(rows * cols, 14);
   ASSERT_TRUE(Upload("hot", w, rows, cols).ok());
-  Expected e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
+  ExpectedGemv e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
   auto x = Random(2 * cols, 15);
   std::atomic<int> ok{0}, not_found{0}, other{0};
   std::vector<std::thread> threads;
