@@ -9,6 +9,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#define PLUME_TILE_AVX2
 #include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 
 namespace plume::ref::detail {
@@ -64,19 +65,6 @@ PLUME_AI void Step(const uint8_t* w, int64_t pc, const float* x, int64_t c, __m2
     }
   }
 }
-
-struct Ops256 {
-  using V = __m256;
-  static PLUME_AI V Zero() { return _mm256_setzero_ps(); }
-  static PLUME_AI V Splat(float f) { return _mm256_set1_ps(f); }
-  static PLUME_AI V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static PLUME_AI float Sum(V v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
-};
 
 struct K256 {
   static constexpr int RowsFor(int B, bool block) {

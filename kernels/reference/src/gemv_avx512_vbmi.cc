@@ -61,6 +61,7 @@ void PermuteXVbmi(float* xp, int64_t batch, int64_t pc) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c")
+#define PLUME_TILE_AVX512
 #include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -182,18 +183,8 @@ PLUME_AI void Step16(const uint8_t* w, int64_t pc, const float* x, int64_t c, co
   }
 }
 
-struct Ops512 {
-  using V = __m512;
-  static PLUME_AI V Zero() { return _mm512_setzero_ps(); }
-  static PLUME_AI V Splat(float f) { return _mm512_set1_ps(f); }
-  static PLUME_AI V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static PLUME_AI float Sum(V v) { return _mm512_reduce_add_ps(v); }
-};
-
 struct K512Vbmi {
-  static constexpr int RowsFor(int B, bool block) {
-    return block ? (B == 1 ? 8 : B == 2 ? 4 : B <= 4 ? 2 : 1) : (B == 1 ? 8 : B <= 4 ? 4 : 2);
-  }
+  static constexpr int RowsFor(int B, bool block) { return RowsFor512(B, block); }
   template <Fp8Format F, int R, int B, bool kBlock>
   static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
                    float* out) {

@@ -4,6 +4,8 @@
 // registers.
 #pragma once
 
+#include <immintrin.h>
+
 #include <cstdint>
 
 #define PLUME_AI __attribute__((always_inline)) inline
@@ -48,5 +50,36 @@ PLUME_AI void TileColumns(int64_t pc, const float* bs, int64_t nblk, float* out,
   PLUME_UNROLL for (int r = 0; r < R; ++r)
     PLUME_UNROLL for (int b = 0; b < B; ++b) out[r * B + b] = Ops::Sum(acc[r][b]);
 }
+
+// Vector operations for TileColumns, for the ISA the including unit targets:
+// it defines PLUME_TILE_AVX512 or PLUME_TILE_AVX2 before the include.
+#if defined(PLUME_TILE_AVX512)
+struct Ops512 {
+  using V = __m512;
+  static PLUME_AI V Zero() { return _mm512_setzero_ps(); }
+  static PLUME_AI V Splat(float f) { return _mm512_set1_ps(f); }
+  static PLUME_AI V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static PLUME_AI float Sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+
+// Rows per tile that keep the accumulators (and BLOCK128 partials) within 16
+// of the 32 zmm registers.
+constexpr int RowsFor512(int B, bool block) {
+  return block ? (B == 1 ? 8 : B == 2 ? 4 : B <= 4 ? 2 : 1) : (B == 1 ? 8 : B <= 4 ? 4 : 2);
+}
+#elif defined(PLUME_TILE_AVX2)
+struct Ops256 {
+  using V = __m256;
+  static PLUME_AI V Zero() { return _mm256_setzero_ps(); }
+  static PLUME_AI V Splat(float f) { return _mm256_set1_ps(f); }
+  static PLUME_AI V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static PLUME_AI float Sum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+#endif
 
 }  // namespace plume::ref::detail
