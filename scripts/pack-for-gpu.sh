@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gathers GPU test and bench binaries plus the shared libraries they need
-# (all but glibc's) into .gpu-carry/, to be carried to a GPU machine, where
+# (all but glibc's and cuBLAS, which the GPU machine's CUDA provides) into .gpu-carry/, to be carried to a GPU machine, where
 # scripts/gpu-test.sh runs them. Usage: scripts/pack-for-gpu.sh BUILD_DIR
 set -euo pipefail
 build=${1:?usage: scripts/pack-for-gpu.sh BUILD_DIR}
@@ -9,7 +9,7 @@ out="$root/.gpu-carry"
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
 bins=()
-for b in tests/gpu_codec_test server/main/plume-server client/plume; do
+for b in tests/gpu_codec_test tests/gpu_gemv_test server/main/plume-server client/plume; do
   [ -x "$build/$b" ] && bins+=("$build/$b")
 done
 for extra in "$build"/bench/gpu_*; do
@@ -21,6 +21,8 @@ for b in "${bins[@]}"; do
   ldd "$b" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*) ;;
+      # cuBLAS is hundreds of MB: the GPU machine's CUDA install provides it.
+      libcublas.so*|libcublasLt.so*) ;;
       *) cp -nL "$lib" "$out/lib/" ;;
     esac
   done

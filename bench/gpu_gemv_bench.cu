@@ -1,0 +1,501 @@
+// GPU GEMV benchmark: in one run, the read-bandwidth ceiling (a plain read
+// kernel), plume's FP8 GEMV (both decode paths, both formats, every scaling
+// mode), cuBLASLt FP8 GEMM (E4M3, TN, tensor-wise scales), cuBLAS FP16 GEMM
+// and cuBLAS FP32 GEMV/GEMM, on the same shapes and batches.
+//
+// Weights rotate across enough copies that L2 can't hold them; each timed
+// launch is bracketed by CUDA events and the median over --iters launches is
+// reported. bench/run_gpu_bench.sh runs it on a GPU machine.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "plume/cuda/gemv.h"
+
+namespace {
+
+using plume::DType;
+using plume::Fp8Format;
+using plume::ScaleMode;
+using plume::cuda::DecodePath;
+
+#define CHECK_CUDA(expr)                                                                   \
+  do {                                                                                     \
+    const cudaError_t e_ = (expr);                                                         \
+    if (e_ != cudaSuccess) {                                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                   \
+                   cudaGetErrorString(e_));                                                \
+      std::exit(1);                                                                        \
+    }                                                                                      \
+  } while (0)
+#define CHECK_CUBLAS(expr)                                                                  \
+  do {                                                                                      \
+    const cublasStatus_t s_ = (expr);                                                       \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                      \
+      std::fprintf(stderr, "%s:%d: %s: cublas status %d\n", __FILE__, __LINE__, #expr, s_); \
+      std::exit(1);                                                                         \
+    }                                                                                       \
+  } while (0)
+
+struct Options {
+  std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {4096, 4096}, {8192, 8192}, {16384, 16384}, {28672, 8192}};
+  std::vector<int> batches = {1, 4, 16, 64};
+  std::vector<Fp8Format> formats = {Fp8Format::kE4M3, Fp8Format::kE5M2};
+  std::vector<ScaleMode> modes = {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow,
+                                  ScaleMode::kBlock128};
+  std::vector<DecodePath> paths = {DecodePath::kNative, DecodePath::kSoftware};
+  DType x_dtype = DType::kF16;
+  int iters = 200;
+  bool baselines = true;
+  std::string json;
+};
+
+// --------------------------------------------------------------- device fills
+
+__device__ uint32_t Hash(uint64_t i, uint32_t seed) {
+  uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<uint32_t>(z ^ (z >> 31));
+}
+
+// Random FP8 codes with no NaN or infinity (E4M3: low 7 bits != 0x7f;
+// E5M2: exponent != 31).
+__global__ void FillCodes(uint32_t* w, int64_t n, uint32_t seed, bool e4m3) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    uint32_t v = Hash(i, seed), out = 0;
+    for (int b = 0; b < 4; ++b) {
+      uint32_t c = (v >> (8 * b)) & 0xff;
+      if (e4m3 ? (c & 0x7f) == 0x7f : (c & 0x7c) == 0x7c) c &= 0xb3;
+      out |= c << (8 * b);
+    }
+    w[i] = out;
+  }
+}
+
+__device__ float Uniform(uint64_t i, uint32_t seed) {
+  return (Hash(i, seed) >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f;  // [-1, 1)
+}
+
+__global__ void FillHalf(__half* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    p[i] = __float2half(Uniform(i, seed));
+  }
+}
+
+__global__ void FillFloat(float* p, int64_t n, uint32_t seed, float lo) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    p[i] = lo + fabsf(Uniform(i, seed));
+  }
+}
+
+// The read ceiling: every byte read once with 16-byte loads, a value kept so
+// the loads can't be dropped.
+__global__ void ReadKernel(const uint4* p, int64_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) sink[0] = acc;
+}
+
+constexpr int kFillBlocks = 4096;
+
+// ------------------------------------------------------------------ timing
+
+struct Timer {
+  cudaStream_t stream;
+  std::vector<cudaEvent_t> ev;
+  explicit Timer(cudaStream_t s, int iters) : stream(s), ev(2 * static_cast<size_t>(iters)) {
+    for (auto& e : ev) CHECK_CUDA(cudaEventCreate(&e));
+  }
+  ~Timer() {
+    for (auto& e : ev) cudaEventDestroy(e);
+  }
+  // Median microseconds of `iters` launches of fn(i), after warm-up.
+  double Median(const std::function<void(int)>& fn) {
+    const int iters = static_cast<int>(ev.size() / 2);
+    for (int i = 0; i < 10; ++i) fn(i);
+    for (int i = 0; i < iters; ++i) {
+      CHECK_CUDA(cudaEventRecord(ev[2 * i], stream));
+      fn(i);
+      CHECK_CUDA(cudaEventRecord(ev[2 * i + 1], stream));
+    }
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    CHECK_CUDA(cudaGetLastError());
+    std::vector<float> ms(static_cast<size_t>(iters));
+    for (int i = 0; i < iters; ++i) CHECK_CUDA(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    std::nth_element(ms.begin(), ms.begin() + iters / 2, ms.end());
+    return ms[static_cast<size_t>(iters / 2)] * 1000.0;
+  }
+};
+
+struct Row {
+  std::string shape, kernel, variant;
+  int batch;
+  double us, weight_bytes;
+};
+
+std::vector<Row> g_rows;
+
+void Report(const std::string& shape, int batch, const std::string& kernel,
+            const std::string& variant, double us, double bytes) {
+  g_rows.push_back({shape, kernel, variant, batch, us, bytes});
+  std::printf("  %-12s b=%-3d %-14s %-28s %9.2f us %8.1f GB/s\n", shape.c_str(), batch,
+              kernel.c_str(), variant.c_str(), us, bytes / us / 1e3);
+  std::fflush(stdout);
+}
+
+template <typename T>
+T* Alloc(size_t bytes) {
+  void* p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, bytes));
+  return static_cast<T*>(p);
+}
+
+int CopiesFor(size_t bytes) {
+  // At least 1 GiB across the copies (L2 is 50-60 MB), at least two.
+  return static_cast<int>(std::max<size_t>(2, (size_t{1} << 30) / bytes + 1));
+}
+
+std::string FormatName(Fp8Format f) { return f == Fp8Format::kE4M3 ? "e4m3" : "e5m2"; }
+
+void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t stream,
+                cublasHandle_t blas, cublasLtHandle_t lt, uint32_t* sink) {
+  const std::string shape = std::to_string(rows) + "x" + std::to_string(cols);
+  const plume::PackedLayout layout{rows, cols};
+  const size_t code_bytes = static_cast<size_t>(layout.code_bytes());
+  const int copies = CopiesFor(code_bytes);
+  const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+  std::printf("%s: %d rotating copies of %.1f MiB of FP8\n", shape.c_str(), copies,
+              code_bytes / 1048576.0);
+  Timer timer(stream, o.iters);
+
+  std::vector<uint32_t*> words(static_cast<size_t>(copies));
+  for (auto& w : words) w = Alloc<uint32_t>(code_bytes);
+  const int64_t nscales = rows * layout.blocks_per_row();
+  float* scales = Alloc<float>(static_cast<size_t>(nscales) * 4);
+  FillFloat<<<kFillBlocks, 256, 0, stream>>>(scales, nscales, 7, 0.01f);
+  __half* x16 = Alloc<__half>(static_cast<size_t>(max_batch * cols) * 2);
+  FillHalf<<<kFillBlocks, 256, 0, stream>>>(x16, max_batch * cols, 9);
+  float* x32 = Alloc<float>(static_cast<size_t>(max_batch * cols) * 4);
+  FillFloat<<<kFillBlocks, 256, 0, stream>>>(x32, max_batch * cols, 10, -1.0f);
+  void* y = Alloc<void>(static_cast<size_t>(max_batch * rows) * 4);
+  CHECK_CUDA(cudaGetLastError());
+
+  // Read ceiling over the same bytes, rotating the same way.
+  for (int c = 0; c < copies; ++c) {
+    FillCodes<<<kFillBlocks, 256, 0, stream>>>(words[c], layout.total_words(), 100 + c, true);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  int sms = 0, dev = 0;
+  CHECK_CUDA(cudaGetDevice(&dev));
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const double read_us = timer.Median([&](int i) {
+    ReadKernel<<<sms * 8, 512, 0, stream>>>(reinterpret_cast<const uint4*>(words[i % copies]),
+                                             static_cast<int64_t>(code_bytes / 16), sink);
+  });
+  Report(shape, 0, "read", "ceiling", read_us, static_cast<double>(code_bytes));
+
+  // plume
+  const std::string xname = plume::DTypeName(o.x_dtype);
+  void* ws = nullptr;
+  int64_t ws_bytes = 0;
+  for (Fp8Format f : o.formats) {
+    for (int c = 0; c < copies; ++c) {
+      FillCodes<<<kFillBlocks, 256, 0, stream>>>(words[c], layout.total_words(), 100 + c,
+                                                 f == Fp8Format::kE4M3);
+    }
+    CHECK_CUDA(cudaGetLastError());
+    for (DecodePath path : o.paths) {
+      if (path == DecodePath::kNative && plume::cuda::DefaultDecodePath(dev) != DecodePath::kNative) {
+        continue;
+      }
+      for (ScaleMode m : o.modes) {
+        for (int b : o.batches) {
+          plume::cuda::GemvProblem p;
+          p.scales = scales;
+          p.rows = rows;
+          p.cols = cols;
+          p.format = f;
+          p.scale_mode = m;
+          p.x = o.x_dtype == DType::kF16 ? static_cast<const void*>(x16) : x32;
+          p.x_dtype = o.x_dtype;
+          p.batch = b;
+          p.y = y;
+          p.y_dtype = DType::kF32;
+          p.path = path;
+          const int64_t need = plume::cuda::GemvWorkspaceBytes(p, dev);
+          if (need > ws_bytes) {
+            if (ws) CHECK_CUDA(cudaFree(ws));
+            ws = Alloc<void>(static_cast<size_t>(need));
+            CHECK_CUDA(cudaMemset(ws, 0, static_cast<size_t>(need)));
+            ws_bytes = need;
+          }
+          const double us = timer.Median([&](int i) {
+            p.words = words[i % copies];
+            CHECK_CUDA(plume::cuda::Gemv(p, ws, ws_bytes, stream));
+          });
+          Report(shape, b, "plume", FormatName(f) + " " + plume::ScaleModeName(m) + " " +
+                                        plume::cuda::DecodePathName(path) + " x=" + xname,
+                 us, static_cast<double>(code_bytes));
+        }
+      }
+    }
+  }
+  if (ws) CHECK_CUDA(cudaFree(ws));
+
+  if (o.baselines) {
+    // cuBLASLt FP8: D[rows x b] = A^T B with A = W (E4M3, cols x rows column
+    // major, i.e. row-major W), B = x (E4M3), tensor-wise scales, BF16 out.
+    for (int c = 0; c < copies; ++c) {
+      FillCodes<<<kFillBlocks, 256, 0, stream>>>(words[c], layout.total_words(), 100 + c, true);
+    }
+    uint8_t* x8 = Alloc<uint8_t>(static_cast<size_t>(std::max(16, max_batch) * cols));
+    FillCodes<<<kFillBlocks, 256, 0, stream>>>(reinterpret_cast<uint32_t*>(x8),
+                                               std::max(16, max_batch) * cols / 4, 11, true);
+    size_t lt_ws_bytes = 64 << 20;
+    void* lt_ws = Alloc<void>(lt_ws_bytes);
+    for (int b : o.batches) {
+      int n = b;
+      std::string note = "e4m3 tensor TN";
+      for (int attempt = 0; attempt < 2; ++attempt) {
+        cublasLtMatmulDesc_t desc;
+        CHECK_CUBLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+        const float* sp = scales;
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sp, sizeof(sp)));
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sp, sizeof(sp)));
+        cublasLtMatrixLayout_t la, lb, lc;
+        CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, cols, rows, layout.padded_cols()));
+        CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, cols, n, cols));
+        CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, rows, n, rows));
+        cublasLtMatmulPreference_t pref;
+        CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+        CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes, sizeof(lt_ws_bytes)));
+        cublasLtMatmulHeuristicResult_t heur{};
+        int found = 0;
+        const cublasStatus_t hs =
+            cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
+        if (hs == CUBLAS_STATUS_SUCCESS && found > 0) {
+          const float alpha = 1.0f, beta = 0.0f;
+          const double us = timer.Median([&](int i) {
+            CHECK_CUBLAS(cublasLtMatmul(lt, desc, &alpha, words[i % copies], la, x8, lb, &beta, y, lc,
+                                        y, lc, &heur.algo, lt_ws, lt_ws_bytes, stream));
+          });
+          Report(shape, b, "cublasLt-fp8", note, us, static_cast<double>(code_bytes));
+          attempt = 2;
+        } else {
+          std::printf("  cuBLASLt FP8 has no algorithm for n=%d (status %d)\n", n, hs);
+          n = 16;  // FP8 GEMM wants dimensions that are multiples of 16
+          note = "e4m3 tensor TN n=16";
+        }
+        cublasLtMatmulPreferenceDestroy(pref);
+        cublasLtMatrixLayoutDestroy(la);
+        cublasLtMatrixLayoutDestroy(lb);
+        cublasLtMatrixLayoutDestroy(lc);
+        cublasLtMatmulDescDestroy(desc);
+        if (b >= 16) break;
+      }
+    }
+    CHECK_CUDA(cudaFree(lt_ws));
+    CHECK_CUDA(cudaFree(x8));
+  }
+  for (auto& w : words) CHECK_CUDA(cudaFree(w));
+
+  if (o.baselines) {
+    // cuBLAS FP16 and FP32: y = W x with W row-major (so op T on a
+    // column-major cols x rows matrix).
+    const size_t h_bytes = static_cast<size_t>(rows * cols) * 2;
+    const int hc = CopiesFor(h_bytes);
+    std::vector<__half*> wh(static_cast<size_t>(hc));
+    for (int c = 0; c < hc; ++c) {
+      wh[c] = Alloc<__half>(h_bytes);
+      FillHalf<<<kFillBlocks, 256, 0, stream>>>(wh[c], rows * cols, 200 + c);
+    }
+    for (int b : o.batches) {
+      const float alpha = 1.0f, beta = 0.0f;
+      const double us = timer.Median([&](int i) {
+        CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, b, cols, &alpha, wh[i % hc],
+                                  CUDA_R_16F, cols, x16, CUDA_R_16F, cols, &beta, y, CUDA_R_16F,
+                                  rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      });
+      Report(shape, b, "cublas-fp16", "gemm f16 in, f32 acc", us, static_cast<double>(h_bytes));
+    }
+    for (auto* p : wh) CHECK_CUDA(cudaFree(p));
+
+    const size_t f_bytes = static_cast<size_t>(rows * cols) * 4;
+    const int fc = CopiesFor(f_bytes);
+    std::vector<float*> wf(static_cast<size_t>(fc));
+    for (int c = 0; c < fc; ++c) {
+      wf[c] = Alloc<float>(f_bytes);
+      FillFloat<<<kFillBlocks, 256, 0, stream>>>(wf[c], rows * cols, 300 + c, -1.0f);
+    }
+    for (int b : o.batches) {
+      const float alpha = 1.0f, beta = 0.0f;
+      const double us = timer.Median([&](int i) {
+        if (b == 1) {
+          CHECK_CUBLAS(cublasSgemv(blas, CUBLAS_OP_T, cols, rows, &alpha, wf[i % fc], cols, x32, 1,
+                                   &beta, static_cast<float*>(y), 1));
+        } else {
+          CHECK_CUBLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, b, cols, &alpha,
+                                   wf[i % fc], cols, x32, cols, &beta, static_cast<float*>(y), rows));
+        }
+      });
+      Report(shape, b, "cublas-fp32", b == 1 ? "sgemv" : "sgemm", us, static_cast<double>(f_bytes));
+    }
+    for (auto* p : wf) CHECK_CUDA(cudaFree(p));
+  }
+  CHECK_CUDA(cudaFree(scales));
+  CHECK_CUDA(cudaFree(x16));
+  CHECK_CUDA(cudaFree(x32));
+  CHECK_CUDA(cudaFree(y));
+}
+
+template <typename T, typename F>
+std::vector<T> ParseList(const std::string& s, F parse) {
+  std::vector<T> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(parse(item));
+  return out;
+}
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: gpu_gemv_bench [--shapes 4096x4096,...] [--batches 1,4,16,64]\n"
+               "  [--formats e4m3,e5m2] [--modes none,tensor,row,block128]\n"
+               "  [--paths native,software] [--x f16|f32] [--iters N] [--no-baselines]\n"
+               "  [--json FILE]\n");
+  std::exit(2);
+}
+
+Options Parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) Usage();
+      return argv[++i];
+    };
+    if (a == "--shapes") {
+      o.shapes = ParseList<std::pair<int64_t, int64_t>>(next(), [](const std::string& s) {
+        const auto x = s.find('x');
+        if (x == std::string::npos) Usage();
+        return std::make_pair(std::stoll(s.substr(0, x)), std::stoll(s.substr(x + 1)));
+      });
+    } else if (a == "--batches") {
+      o.batches = ParseList<int>(next(), [](const std::string& s) { return std::stoi(s); });
+    } else if (a == "--formats") {
+      o.formats = ParseList<Fp8Format>(next(), [](const std::string& s) {
+        if (s != "e4m3" && s != "e5m2") Usage();
+        return s == "e4m3" ? Fp8Format::kE4M3 : Fp8Format::kE5M2;
+      });
+    } else if (a == "--modes") {
+      o.modes = ParseList<ScaleMode>(next(), [](const std::string& s) {
+        if (s == "none") return ScaleMode::kNone;
+        if (s == "tensor") return ScaleMode::kTensor;
+        if (s == "row") return ScaleMode::kRow;
+        if (s == "block128") return ScaleMode::kBlock128;
+        Usage();
+        return ScaleMode::kNone;
+      });
+    } else if (a == "--paths") {
+      o.paths = ParseList<DecodePath>(next(), [](const std::string& s) {
+        if (s != "native" && s != "software") Usage();
+        return s == "native" ? DecodePath::kNative : DecodePath::kSoftware;
+      });
+    } else if (a == "--x") {
+      const std::string s = next();
+      if (s != "f16" && s != "f32") Usage();
+      o.x_dtype = s == "f16" ? DType::kF16 : DType::kF32;
+    } else if (a == "--iters") {
+      o.iters = std::max(10, std::stoi(next()));
+    } else if (a == "--no-baselines") {
+      o.baselines = false;
+    } else if (a == "--json") {
+      o.json = next();
+    } else {
+      Usage();
+    }
+  }
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = Parse(argc, argv);
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    std::fprintf(stderr, "FAIL: no CUDA device\n");
+    return 1;
+  }
+  std::printf("device: %s, sm_%d%d, %d SMs, L2 %.0f MB; iters %d (median)\n", prop.name,
+              prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize / 1e6, o.iters);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cublasHandle_t blas;
+  CHECK_CUBLAS(cublasCreate(&blas));
+  CHECK_CUBLAS(cublasSetStream(blas, stream));
+  cublasLtHandle_t lt;
+  CHECK_CUBLAS(cublasLtCreate(&lt));
+  uint32_t* sink = Alloc<uint32_t>(4);
+
+  // The asymptotic read ceiling: 4 GiB read once per launch.
+  {
+    const size_t bytes = size_t{4} << 30;
+    uint4* big = Alloc<uint4>(bytes);
+    CHECK_CUDA(cudaMemset(big, 1, bytes));
+    Timer timer(stream, std::min(o.iters, 50));
+    const double us = timer.Median([&](int) {
+      ReadKernel<<<prop.multiProcessorCount * 8, 512, 0, stream>>>(big, bytes / 16, sink);
+    });
+    Report("4GiB", 0, "read", "ceiling", us, static_cast<double>(bytes));
+    CHECK_CUDA(cudaFree(big));
+  }
+  for (const auto& [rows, cols] : o.shapes) BenchShape(o, rows, cols, stream, blas, lt, sink);
+
+  if (!o.json.empty()) {
+    FILE* f = std::fopen(o.json.c_str(), "w");
+    if (f == nullptr) {
+      std::perror(o.json.c_str());
+      return 1;
+    }
+    std::fprintf(f, "{\"device\": \"%s\", \"iters\": %d, \"results\": [\n", prop.name, o.iters);
+    for (size_t i = 0; i < g_rows.size(); ++i) {
+      const Row& r = g_rows[i];
+      std::fprintf(f,
+                   "  {\"shape\": \"%s\", \"batch\": %d, \"kernel\": \"%s\", \"variant\": \"%s\", "
+                   "\"median_us\": %.3f, \"weight_bytes\": %.0f, \"gbps\": %.1f}%s\n",
+                   r.shape.c_str(), r.batch, r.kernel.c_str(), r.variant.c_str(), r.us,
+                   r.weight_bytes, r.weight_bytes / r.us / 1e3, i + 1 < g_rows.size() ? "," : "");
+    }
+    std::fprintf(f, "]}\n");
+    std::fclose(f);
+  }
+  cublasLtDestroy(lt);
+  cublasDestroy(blas);
+  return 0;
+}

@@ -1,0 +1,73 @@
+// FP8 GEMV on the GPU: y[b] = scale . (W x[b]) for packed FP8 W resident in
+// device memory. One launcher, one dispatch point (src/gemv.cu, the only
+// translation unit that instantiates the kernels).
+//
+// How it works (kernels/cuda/NOTES.md has the measurements):
+//  - W is streamed once per batch tile of up to 64 vectors. Each warp owns 16
+//    rows and walks 128-column chunks; every lane loads 32 contiguous bytes of
+//    two rows, decodes them to FP16 in registers (native cvt on sm_89+, bit
+//    tricks elsewhere) and feeds tensor-core mma (m16n8k16; two m16n8k8 on
+//    sm_75). The vectors are the mma's N side: 8, 16, 32 or 64 columns.
+//  - Activations reach the kernel as FP16. F16 inputs whose columns are a
+//    multiple of 128 are read in place; everything else goes through a small
+//    pre-pass: F32 is split into hi + lo FP16 planes (two mma columns per
+//    vector, so F32 accuracy is kept), BF16 and F32 are scaled per vector by a
+//    power of two into FP16 range, FP8 inputs are decoded exactly.
+//  - Columns are split across blocks when rows alone can't fill the GPU; the
+//    last block of a row tile adds the partial sums in a fixed order
+//    (deterministic) and applies scales and the output conversion.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "plume/cuda/fp8_codec.h"
+#include "plume/kernels/layout.h"
+#include "plume/kernels/types.h"
+
+namespace plume::cuda {
+
+struct GemvProblem {
+  // The matrix, device memory.
+  const uint32_t* words = nullptr;  // layout().total_words()
+  const float* scales = nullptr;    // NumScales(scale_mode, rows, cols); unused for NONE
+  // Rows holding an E4M3 NaN code (1 byte per row), or null when there are
+  // none. The software E4M3 decode reads NaN codes as finite numbers, so these
+  // rows' results are set to NaN explicitly (see FindNanRows).
+  const uint8_t* nan_rows = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  Fp8Format format = Fp8Format::kE4M3;
+  ScaleMode scale_mode = ScaleMode::kRow;
+
+  // Activations [batch][cols] and results [batch][rows], device memory.
+  const void* x = nullptr;
+  DType x_dtype = DType::kF32;  // F32, F16, BF16, E4M3 or E5M2
+  float x_scale = 1.0f;         // FP8 activations: x = code value * x_scale
+  int64_t batch = 0;
+  void* y = nullptr;
+  DType y_dtype = DType::kF32;  // F32, F16 or BF16
+
+  DecodePath path = DecodePath::kNative;
+};
+
+// The decode path for a device: native on compute capability 8.9 and later.
+DecodePath DefaultDecodePath(int device);
+
+// Bytes of device workspace Gemv needs for this problem on `device`. The
+// workspace must be zeroed once when allocated (it holds counters that each
+// launch leaves at zero), and used by one stream at a time.
+int64_t GemvWorkspaceBytes(const GemvProblem& p, int device);
+
+// Runs the GEMV on `stream`. Returns cudaErrorInvalidValue for bad arguments
+// and cudaErrorNotSupported for the native path on a device older than sm_89.
+cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
+                 cudaStream_t stream);
+
+// Marks rows of an E4M3 matrix that hold a NaN code: nan_rows[r] = 1, else 0.
+// *any_nan (device int) is set to 1 if there is one, else left as it was.
+cudaError_t FindNanRows(const uint32_t* words, int64_t rows, int64_t cols, uint8_t* nan_rows,
+                        int* any_nan, cudaStream_t stream);
+
+}  // namespace plume::cuda

@@ -1,0 +1,585 @@
+// FP8 GEMV kernels and their launcher: the only translation unit that
+// instantiates them (gemv.h explains the design; NOTES.md the numbers).
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+
+#include "plume/cuda/check.h"
+#include "plume/cuda/gemv.h"
+#include "plume/kernels/fp8.h"
+#include "plume/kernels/half.h"
+
+namespace plume::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 128;                     // columns per chunk (= one BLOCK128 block)
+constexpr int kRowsPerBlock = kWarps * 16;      // each warp owns one 16-row mma tile
+constexpr int kMaxN = 64;                       // mma columns per launch
+constexpr int kPrepThreads = 256;
+
+// How W's codes become FP16 pairs.
+enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
+
+
+struct Params {
+  const uint8_t* w;        // packed codes, row_bytes per row
+  int64_t rows;
+  int64_t row_bytes;       // padded columns (multiple of 16)
+  const float* scales;
+  ScaleMode mode;
+  int64_t blocks_per_row;  // BLOCK128
+  const uint8_t* nan_rows;
+  float decode_factor;     // 2^8 for the software E4M3 decode, else 1
+
+  const __half* x;         // [ncols][x_ld] FP16
+  int64_t x_ld;            // multiple of kChunk
+  int ncols;               // mma columns in use (<= kNT * 8)
+  bool split;              // F32: vector v is columns 2v (hi) + 2v+1 (lo)
+  const float* colmul;     // per column factor, or null for 1
+
+  void* y;                 // [nvec][y_ld]
+  DType y_dtype;
+  int64_t y_ld;
+  int nvec;
+
+  int chunks;              // column chunks in a row
+  int chunks_per_split;
+  int splits;
+  int64_t rows_pad;        // gridDim.x * kRowsPerBlock
+  float* partial;          // [splits][rows_pad][kMaxN]
+  unsigned* counters;      // [gridDim.x], zero between launches
+};
+
+// ------------------------------------------------------------------ decoding
+
+__device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(0u), "r"(sel));
+  return r;
+}
+
+// One 32-bit word of four codes (c0 in the low byte) to two FP16 pairs:
+// lo = (c0, c1), hi = (c2, c3), each pair's first value in the low half.
+template <Dec kDec>
+__device__ __forceinline__ void DecodeWord(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  if constexpr (kDec == Dec::kE5M2Soft) {
+    // An E5M2 code is the high byte of the FP16 with the same value.
+    lo = __byte_perm(w, 0u, 0x1404);
+    hi = __byte_perm(w, 0u, 0x3424);
+  } else if constexpr (kDec == Dec::kE4M3Soft) {
+    // Each code with its sign replicated into the next byte (prmt's sign
+    // mode) is the code as a signed 16-bit number. Shifted left by 7 the
+    // magnitude (exponent and mantissa) lands in FP16 bits 7..13 and the sign
+    // in bit 15; clearing bit 14 leaves the code's value times 2^-8 as an
+    // FP16, subnormals included. decode_factor scales it back. NaN codes read
+    // as 480 * 2^-8; nan_rows fixes their rows.
+    lo = (Prmt(w, 0x9180) << 7) & 0xBF80BF80u;
+    hi = (Prmt(w, 0xB3A2) << 7) & 0xBF80BF80u;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    constexpr bool kE4 = kDec == Dec::kE4M3Native;
+    if constexpr (kE4) {
+      asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n"
+          " cvt.rn.f16x2.e4m3x2 %1, h;\n}"
+          : "=r"(lo), "=r"(hi) : "r"(w));
+    } else {
+      asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e5m2x2 %0, l;\n"
+          " cvt.rn.f16x2.e5m2x2 %1, h;\n}"
+          : "=r"(lo), "=r"(hi) : "r"(w));
+    }
+#else
+    lo = hi = 0;  // never runs: the launcher refuses the native path before sm_89
+#endif
+  }
+}
+
+// d += A (16x16, FP16, row-major) * B (16x8, FP16, column-major), FP32.
+__device__ __forceinline__ void Mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                    uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  // sm_75: the k16 product as two k8 products.
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(b0));
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a2), "r"(a3), "r"(b1));
+#endif
+}
+
+// ------------------------------------------------------------------- output
+
+__device__ __forceinline__ void Store(void* y, DType t, int64_t i, float v) {
+  if (t == DType::kF32) {
+    static_cast<float*>(y)[i] = v;
+  } else if (t == DType::kF16) {
+    static_cast<__half*>(y)[i] = __float2half_rn(v);
+  } else {
+    static_cast<uint16_t*>(y)[i] = FloatToBf16Bits(v);
+  }
+}
+
+// ------------------------------------------------------------------- kernel
+
+// The 32 bytes (two 16-byte pieces) lane t of a warp reads from one row in
+// chunk c; pieces past the row's padding (or rows past the end) read as 0.
+__device__ __forceinline__ void LoadRow(const uint8_t* row, int64_t row_bytes, int c, int t,
+                                        uint4 (&v)[2]) {
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int64_t off = static_cast<int64_t>(c) * kChunk + 32 * t + 16 * q;
+    v[q] = row != nullptr && off < row_bytes
+               ? __ldcs(reinterpret_cast<const uint4*>(row + off))
+               : make_uint4(0, 0, 0, 0);
+  }
+}
+
+__device__ __forceinline__ uint32_t Word(const uint4 (&v)[2], int s) {
+  const uint4& q = v[s >> 2];
+  switch (s & 3) {
+    case 0: return q.x;
+    case 1: return q.y;
+    case 2: return q.z;
+    default: return q.w;
+  }
+}
+
+// Grid: (row tiles of kRowsPerBlock, column splits). Each warp multiplies its
+// 16 rows by the kNT*8 activation columns over its split's chunks, writes the
+// partial sums, and the last block of the row tile to finish reduces them.
+template <Dec kDec, int kNT, bool kBlockScale>
+__global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+  if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
+#endif
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int64_t row_a = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp * 16 + g;
+  const int64_t row_b = row_a + 8;
+  const uint8_t* wa = row_a < p.rows ? p.w + row_a * p.row_bytes : nullptr;
+  const uint8_t* wb = row_b < p.rows ? p.w + row_b * p.row_bytes : nullptr;
+  const int c_begin = blockIdx.y * p.chunks_per_split;
+  const int c_end = min(p.chunks, c_begin + p.chunks_per_split);
+
+  float acc[kNT][4];
+#pragma unroll
+  for (int n = 0; n < kNT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+  uint4 cur_a[2], cur_b[2];
+  LoadRow(wa, p.row_bytes, c_begin, t, cur_a);
+  LoadRow(wb, p.row_bytes, c_begin, t, cur_b);
+  for (int c = c_begin; c < c_end; ++c) {
+    uint4 nxt_a[2], nxt_b[2];  // the next chunk's loads are in flight while this one computes
+    LoadRow(c + 1 < c_end ? wa : nullptr, p.row_bytes, c + 1, t, nxt_a);
+    LoadRow(c + 1 < c_end ? wb : nullptr, p.row_bytes, c + 1, t, nxt_b);
+
+    uint32_t a[8][4];
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      DecodeWord<kDec>(Word(cur_a, s), a[s][0], a[s][2]);
+      DecodeWord<kDec>(Word(cur_b, s), a[s][1], a[s][3]);
+    }
+
+    float part[kNT][4];
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) {
+      const int col = n * 8 + g;
+      uint4 xb[4];
+      const uint4* xp = reinterpret_cast<const uint4*>(p.x + col * p.x_ld +
+                                                       static_cast<int64_t>(c) * kChunk + 32 * t);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xb[i] = col < p.ncols ? __ldg(xp + i) : make_uint4(0, 0, 0, 0);
+      float(&d)[4] = kBlockScale ? part[n] : acc[n];
+      if constexpr (kBlockScale) d[0] = d[1] = d[2] = d[3] = 0.0f;
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        const uint4& q = xb[s >> 1];
+        const uint32_t b0 = (s & 1) ? q.z : q.x;
+        const uint32_t b1 = (s & 1) ? q.w : q.y;
+        Mma(d, a[s][0], a[s][1], a[s][2], a[s][3], b0, b1);
+      }
+    }
+    if constexpr (kBlockScale) {
+      const float sa = row_a < p.rows ? __ldg(p.scales + row_a * p.blocks_per_row + c) : 0.0f;
+      const float sb = row_b < p.rows ? __ldg(p.scales + row_b * p.blocks_per_row + c) : 0.0f;
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+        acc[n][0] = fmaf(part[n][0], sa, acc[n][0]);
+        acc[n][1] = fmaf(part[n][1], sa, acc[n][1]);
+        acc[n][2] = fmaf(part[n][2], sb, acc[n][2]);
+        acc[n][3] = fmaf(part[n][3], sb, acc[n][3]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      cur_a[q] = nxt_a[q];
+      cur_b[q] = nxt_b[q];
+    }
+  }
+
+  // Partial sums: [split][row][column].
+  float* out = p.partial + static_cast<int64_t>(blockIdx.y) * p.rows_pad * kMaxN;
+#pragma unroll
+  for (int n = 0; n < kNT; ++n) {
+    const int col = n * 8 + 2 * t;
+    *reinterpret_cast<float2*>(out + row_a * kMaxN + col) = make_float2(acc[n][0], acc[n][1]);
+    *reinterpret_cast<float2*>(out + row_b * kMaxN + col) = make_float2(acc[n][2], acc[n][3]);
+  }
+
+  // The last block of this row tile to finish does the epilogue.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.counters + blockIdx.x, 1u) == unsigned(p.splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+
+  const int64_t tile_row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock;
+  for (int i = threadIdx.x; i < kRowsPerBlock * p.nvec; i += kThreads) {
+    const int v = i / kRowsPerBlock;
+    const int64_t row = tile_row + i % kRowsPerBlock;
+    if (row >= p.rows) continue;
+    float sum;
+    if (p.split) {
+      float hi = 0.0f, lo = 0.0f;
+      for (int s = 0; s < p.splits; ++s) {
+        const float* src = p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kMaxN;
+        hi += __ldcg(src + 2 * v);
+        lo += __ldcg(src + 2 * v + 1);
+      }
+      sum = (hi + lo) * (p.colmul != nullptr ? p.colmul[2 * v] : 1.0f);
+    } else {
+      sum = 0.0f;
+      for (int s = 0; s < p.splits; ++s) {
+        sum += __ldcg(p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kMaxN + v);
+      }
+      if (p.colmul != nullptr) sum *= p.colmul[v];
+    }
+    float scale = p.decode_factor;
+    if (p.mode == ScaleMode::kTensor) scale *= p.scales[0];
+    if (p.mode == ScaleMode::kRow) scale *= p.scales[row];
+    sum *= scale;
+    if (p.nan_rows != nullptr && p.nan_rows[row] != 0) sum = __int_as_float(0x7fc00000);
+    Store(p.y, p.y_dtype, v * p.y_ld + row, sum);
+  }
+  if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;  // ready for the next launch
+}
+
+// --------------------------------------------------------------- pre-pass
+
+__device__ __forceinline__ float BlockMaxAbs(float v) {
+  __shared__ float part[kPrepThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = part[0];
+  for (int i = 1; i < kPrepThreads / 32; ++i) v = fmaxf(v, part[i]);
+  return v;
+}
+
+template <DType kIn>
+__device__ __forceinline__ float LoadX(const void* x, int64_t i) {
+  if constexpr (kIn == DType::kF32) {
+    return static_cast<const float*>(x)[i];
+  } else if constexpr (kIn == DType::kF16) {
+    return __half2float(static_cast<const __half*>(x)[i]);
+  } else if constexpr (kIn == DType::kBF16) {
+    return Bf16BitsToFloat(static_cast<const uint16_t*>(x)[i]);
+  } else if constexpr (kIn == DType::kE4M3) {
+    return fp8::Decode(static_cast<const uint8_t*>(x)[i], Fp8Format::kE4M3);
+  } else {
+    return fp8::Decode(static_cast<const uint8_t*>(x)[i], Fp8Format::kE5M2);
+  }
+}
+
+// One block per vector: activations to FP16 columns (see gemv.h), zero-padded
+// to x_ld, with the factor that undoes the per-vector scaling in colmul.
+template <DType kIn>
+__global__ void __launch_bounds__(kPrepThreads)
+    PrepKernel(const void* x, int64_t cols, __half* out, int64_t x_ld, float* colmul,
+               float x_scale) {
+  const int v = blockIdx.x;
+  const void* xv = static_cast<const char*>(x) + v * cols * static_cast<int64_t>(DTypeSize(kIn));
+  int e = 0;  // the vector is multiplied by 2^e
+  if constexpr (kIn == DType::kF32 || kIn == DType::kBF16) {
+    float amax = 0.0f;
+    for (int64_t i = threadIdx.x; i < cols; i += kPrepThreads) {
+      const float a = fabsf(LoadX<kIn>(xv, i));
+      if (a <= 3.402823466e38f) amax = fmaxf(amax, a);  // finite values only
+    }
+    amax = BlockMaxAbs(amax);
+    int ex = 0;
+    frexpf(amax, &ex);  // amax < 2^ex
+    e = amax > 0.0f ? min(max(14 - ex, -120), 120) : 0;
+  }
+  constexpr bool kSplit = kIn == DType::kF32;
+  __half* hi = out + (kSplit ? 2 * v : v) * x_ld;
+  __half* lo = hi + x_ld;
+  for (int64_t i = threadIdx.x; i < x_ld; i += kPrepThreads) {
+    const float f = i < cols ? ldexpf(LoadX<kIn>(xv, i), e) : 0.0f;
+    const __half h = __float2half_rn(f);
+    hi[i] = h;
+    if constexpr (kSplit) lo[i] = __float2half_rn(f - __half2float(h));
+  }
+  if (threadIdx.x == 0) {
+    const float m = (kIn == DType::kE4M3 || kIn == DType::kE5M2) ? x_scale : ldexpf(1.0f, -e);
+    colmul[kSplit ? 2 * v : v] = m;
+    if (kSplit) colmul[2 * v + 1] = m;
+  }
+}
+
+__global__ void FindNanRowsKernel(const uint32_t* words, int64_t total, int64_t words_per_row,
+                                  uint8_t* nan_rows, int* any_nan) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const uint32_t w = words[i] & 0x7f7f7f7fu;
+    if (((w + 0x01010101u) & 0x80808080u) != 0) {  // a byte with all seven low bits set
+      nan_rows[i / words_per_row] = 1;
+      *any_nan = 1;
+    }
+  }
+}
+
+// ----------------------------------------------------------------- planning
+
+struct DeviceInfo {
+  int sms = 0;
+  int cc = 0;  // major * 10 + minor
+};
+
+cudaError_t GetDeviceInfo(int device, DeviceInfo* info) {
+  static constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices][2];  // 0 = unknown
+  if (device >= 0 && device < kMaxDevices && cache[device][0].load() != 0) {
+    info->sms = cache[device][0].load();
+    info->cc = cache[device][1].load();
+    return cudaSuccess;
+  }
+  int major = 0, minor = 0, sms = 0;
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  info->sms = sms;
+  info->cc = major * 10 + minor;
+  if (device >= 0 && device < kMaxDevices) {
+    cache[device][1].store(info->cc);
+    cache[device][0].store(sms);
+  }
+  return cudaSuccess;
+}
+
+struct Plan {
+  bool prep = false;       // activations go through PrepKernel
+  bool split = false;      // F32: two FP16 columns per vector
+  int vec_per_tile = 0;    // vectors per launch
+  int chunks = 0;
+  int64_t x_ld = 0;
+  int row_tiles = 0;
+  int splits = 1;
+  int chunks_per_split = 0;
+  // Workspace offsets, bytes.
+  int64_t off_colmul = 0, off_x = 0, off_partial = 0, total = 0;
+};
+
+int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+Plan MakePlan(const GemvProblem& p, const DeviceInfo& info) {
+  Plan pl;
+  pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
+  // F16 rows that start 16-byte aligned and hold whole chunks are read in place.
+  pl.prep = !(p.x_dtype == DType::kF16 && p.cols % kChunk == 0 &&
+              reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
+  pl.split = p.x_dtype == DType::kF32;
+  pl.vec_per_tile = pl.split ? kMaxN / 2 : kMaxN;
+  pl.x_ld = pl.prep ? static_cast<int64_t>(pl.chunks) * kChunk : p.cols;
+  pl.row_tiles = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  // Enough blocks for about eight per multiprocessor; each split keeps at
+  // least two chunks so the loads of one overlap the math of the other.
+  const int64_t target = int64_t{info.sms} * 8;
+  int splits = static_cast<int>(std::min<int64_t>((target + pl.row_tiles - 1) / pl.row_tiles, 32));
+  splits = std::max(1, std::min(splits, pl.chunks / 2));
+  pl.chunks_per_split = (pl.chunks + splits - 1) / splits;
+  pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
+  const int64_t counters = AlignUp(int64_t{pl.row_tiles} * 4, 256);
+  pl.off_colmul = counters;
+  pl.off_x = pl.off_colmul + AlignUp(kMaxN * 4, 256);
+  // Room for the pre-pass output whether or not this call needs it, so the
+  // size doesn't depend on the activations' address.
+  const int64_t x_bytes = AlignUp(int64_t{kMaxN} * pl.chunks * kChunk * 2, 256);
+  pl.off_partial = pl.off_x + x_bytes;
+  pl.total = pl.off_partial +
+             int64_t{pl.splits} * pl.row_tiles * kRowsPerBlock * kMaxN * int64_t{sizeof(float)};
+  return pl;
+}
+
+// ----------------------------------------------------------------- dispatch
+
+using KernelFn = void (*)(Params);
+
+template <Dec kDec, bool kBlock>
+KernelFn PickNT(int nt) {
+  switch (nt) {
+    case 1: return GemvKernel<kDec, 1, kBlock>;
+    case 2: return GemvKernel<kDec, 2, kBlock>;
+    case 4: return GemvKernel<kDec, 4, kBlock>;
+    default: return GemvKernel<kDec, 8, kBlock>;
+  }
+}
+
+template <Dec kDec>
+KernelFn PickBlock(bool block, int nt) {
+  return block ? PickNT<kDec, true>(nt) : PickNT<kDec, false>(nt);
+}
+
+// The one place a kernel is chosen.
+KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int nt) {
+  const bool native = path == DecodePath::kNative;
+  if (format == Fp8Format::kE4M3) {
+    return native ? PickBlock<Dec::kE4M3Native>(block, nt) : PickBlock<Dec::kE4M3Soft>(block, nt);
+  }
+  return native ? PickBlock<Dec::kE5M2Native>(block, nt) : PickBlock<Dec::kE5M2Soft>(block, nt);
+}
+
+cudaError_t LaunchPrep(DType t, int nvec, const void* x, int64_t cols, __half* out, int64_t x_ld,
+                       float* colmul, float x_scale, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(nvec));
+  switch (t) {
+    case DType::kF32:
+      PrepKernel<DType::kF32><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
+      break;
+    case DType::kF16:
+      PrepKernel<DType::kF16><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
+      break;
+    case DType::kBF16:
+      PrepKernel<DType::kBF16><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
+      break;
+    case DType::kE4M3:
+      PrepKernel<DType::kE4M3><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
+      break;
+    case DType::kE5M2:
+      PrepKernel<DType::kE5M2><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  PLUME_CUDA_TRY_LAUNCH();
+  return cudaSuccess;
+}
+
+// Shape and types; the workspace size depends on nothing else.
+bool ValidShape(const GemvProblem& p) {
+  const bool x_ok = p.x_dtype == DType::kF32 || p.x_dtype == DType::kF16 ||
+                    p.x_dtype == DType::kBF16 || p.x_dtype == DType::kE4M3 ||
+                    p.x_dtype == DType::kE5M2;
+  const bool y_ok = p.y_dtype == DType::kF32 || p.y_dtype == DType::kF16 ||
+                    p.y_dtype == DType::kBF16;
+  return p.rows > 0 && p.cols > 0 && x_ok && y_ok && p.rows <= (int64_t{1} << 31) / kMaxN;
+}
+
+bool ValidProblem(const GemvProblem& p) {
+  return ValidShape(p) && p.words != nullptr && p.x != nullptr && p.y != nullptr && p.batch > 0 &&
+         (p.scale_mode == ScaleMode::kNone || p.scales != nullptr);
+}
+
+}  // namespace
+
+DecodePath DefaultDecodePath(int device) {
+  DeviceInfo info;
+  if (GetDeviceInfo(device, &info) != cudaSuccess) return DecodePath::kSoftware;
+  return info.cc >= 89 ? DecodePath::kNative : DecodePath::kSoftware;
+}
+
+int64_t GemvWorkspaceBytes(const GemvProblem& p, int device) {
+  DeviceInfo info;
+  if (!ValidShape(p) || GetDeviceInfo(device, &info) != cudaSuccess) return 0;
+  return MakePlan(p, info).total;
+}
+
+cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
+                 cudaStream_t stream) {
+  if (!ValidProblem(p) || workspace == nullptr) return cudaErrorInvalidValue;
+  int device = 0;
+  PLUME_CUDA_TRY(cudaGetDevice(&device));
+  DeviceInfo info;
+  PLUME_CUDA_TRY(GetDeviceInfo(device, &info));
+  if (p.path == DecodePath::kNative && info.cc < 89) return cudaErrorNotSupported;
+  const Plan pl = MakePlan(p, info);
+  if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
+
+  char* ws = static_cast<char*>(workspace);
+  Params k{};
+  k.w = reinterpret_cast<const uint8_t*>(p.words);
+  k.rows = p.rows;
+  k.row_bytes = PackedLayout{p.rows, p.cols}.padded_cols();
+  k.scales = p.scales;
+  k.mode = p.scale_mode;
+  k.blocks_per_row = PackedLayout{p.rows, p.cols}.blocks_per_row();
+  const bool soft_e4m3 = p.format == Fp8Format::kE4M3 && p.path == DecodePath::kSoftware;
+  k.nan_rows = soft_e4m3 ? p.nan_rows : nullptr;
+  k.decode_factor = soft_e4m3 ? 256.0f : 1.0f;
+  k.x_ld = pl.x_ld;
+  k.split = pl.split;
+  k.colmul = pl.prep ? reinterpret_cast<float*>(ws + pl.off_colmul) : nullptr;
+  k.y_dtype = p.y_dtype;
+  k.y_ld = p.rows;
+  k.chunks = pl.chunks;
+  k.chunks_per_split = pl.chunks_per_split;
+  k.splits = pl.splits;
+  k.rows_pad = int64_t{pl.row_tiles} * kRowsPerBlock;
+  k.partial = reinterpret_cast<float*>(ws + pl.off_partial);
+  k.counters = reinterpret_cast<unsigned*>(ws);
+
+  const int64_t x_elem = DTypeSize(p.x_dtype);
+  const int64_t y_elem = DTypeSize(p.y_dtype);
+  for (int64_t v0 = 0; v0 < p.batch; v0 += pl.vec_per_tile) {
+    const int nvec = static_cast<int>(std::min<int64_t>(pl.vec_per_tile, p.batch - v0));
+    const void* x = static_cast<const char*>(p.x) + v0 * p.cols * x_elem;
+    if (pl.prep) {
+      k.x = reinterpret_cast<const __half*>(ws + pl.off_x);
+      PLUME_CUDA_TRY(LaunchPrep(p.x_dtype, nvec, x, p.cols, reinterpret_cast<__half*>(ws + pl.off_x),
+                                pl.x_ld, reinterpret_cast<float*>(ws + pl.off_colmul), p.x_scale,
+                                stream));
+    } else {
+      k.x = static_cast<const __half*>(x);
+    }
+    k.nvec = nvec;
+    k.ncols = pl.split ? 2 * nvec : nvec;
+    k.y = static_cast<char*>(p.y) + v0 * p.rows * y_elem;
+    const int nt = k.ncols <= 8 ? 1 : k.ncols <= 16 ? 2 : k.ncols <= 32 ? 4 : 8;
+    const KernelFn fn = PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, nt);
+    const dim3 grid(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
+    fn<<<grid, kThreads, 0, stream>>>(k);
+    PLUME_CUDA_TRY_LAUNCH();
+  }
+  return cudaSuccess;
+}
+
+cudaError_t FindNanRows(const uint32_t* words, int64_t rows, int64_t cols, uint8_t* nan_rows,
+                        int* any_nan, cudaStream_t stream) {
+  if (words == nullptr || nan_rows == nullptr || any_nan == nullptr || rows <= 0 || cols <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  const PackedLayout l{rows, cols};
+  PLUME_CUDA_TRY(cudaMemsetAsync(nan_rows, 0, static_cast<size_t>(rows), stream));
+  const int64_t total = l.total_words();
+  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 4096));
+  FindNanRowsKernel<<<blocks, 256, 0, stream>>>(words, total, l.words_per_row(), nan_rows, any_nan);
+  PLUME_CUDA_TRY_LAUNCH();
+  return cudaSuccess;
+}
+
+}  // namespace plume::cuda

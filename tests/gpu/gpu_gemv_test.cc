@@ -1,0 +1,354 @@
+// GPU FP8 GEMV vs the CPU reference: W quantized by the CPU reference and
+// copied to the device, the result compared with FP64 W x on the dequantized
+// matrix. Ragged shapes, both formats, every scaling mode, every activation
+// and output dtype, both decode paths, batches 1..64 and larger. Outputs are
+// poisoned with NaN first, so an element the kernel doesn't write fails.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include "plume/cuda/gemv.h"
+#include "plume/kernels/fp8.h"
+#include "plume/kernels/half.h"
+#include "plume/reference/api.h"
+
+namespace plume::cuda {
+namespace {
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n) {
+    if (cudaMalloc(&p_, std::max<size_t>(n, 1) * sizeof(T)) != cudaSuccess) p_ = nullptr;
+  }
+  ~DeviceBuffer() { cudaFree(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+template <typename T>
+bool ToDevice(DeviceBuffer<T>& d, const std::vector<T>& h) {
+  return d.get() != nullptr &&
+         cudaMemcpy(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess;
+}
+
+// Weights with a wide dynamic range inside each row, so codes near the
+// bottom of the range (E4M3/E5M2 subnormals) occur too.
+std::vector<float> Weights(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> shift(0, 14);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) {
+    x = std::ldexp(normal(rng), -shift(rng));
+    if (x == 0.0f) x = 0.5f;
+  }
+  return v;
+}
+
+std::vector<float> Normal(int64_t n, uint32_t seed, float stddev) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, stddev);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) {
+    x = normal(rng);
+    if (x == 0.0f) x = stddev * 0.01f;
+  }
+  return v;
+}
+
+// A matrix quantized on the CPU, resident on the device, with its FP64
+// dequantized copy.
+struct TestMatrix {
+  int64_t rows, cols;
+  Fp8Format format;
+  ScaleMode mode;
+  std::vector<uint32_t> words;
+  std::vector<float> scales;
+  std::vector<double> deq;
+  DeviceBuffer<uint32_t> d_words;
+  DeviceBuffer<float> d_scales;
+  DeviceBuffer<uint8_t> d_nan_rows;
+  DeviceBuffer<int> d_any_nan;
+
+  TestMatrix(int64_t r, int64_t c, Fp8Format f, ScaleMode m, uint32_t seed)
+      : rows(r), cols(c), format(f), mode(m),
+        words(static_cast<size_t>(PackedLayout{r, c}.total_words())),
+        scales(static_cast<size_t>(std::max<int64_t>(1, NumScales(m, r, c)))),
+        d_words(words.size()), d_scales(scales.size()), d_nan_rows(static_cast<size_t>(r)),
+        d_any_nan(1) {
+    const std::vector<float> w = Weights(r * c, seed);
+    ref::QuantizePack(w.data(), DType::kF32, r, c, {f, m, true}, words.data(), scales.data());
+  }
+
+  // After editing words on the host.
+  bool Upload() {
+    std::vector<float> tmp(static_cast<size_t>(rows * cols));
+    ref::Dequantize({words.data(), scales.data(), {rows, cols}, format, mode}, tmp.data());
+    deq.assign(tmp.begin(), tmp.end());
+    return ToDevice(d_words, words) && ToDevice(d_scales, scales) &&
+           cudaMemset(d_any_nan.get(), 0, sizeof(int)) == cudaSuccess &&
+           FindNanRows(d_words.get(), rows, cols, d_nan_rows.get(), d_any_nan.get(), nullptr) ==
+               cudaSuccess;
+  }
+};
+
+struct RunResult {
+  cudaError_t err = cudaSuccess;
+  std::vector<float> y;     // as floats
+  std::vector<float> x;     // the activations as the kernel sees them
+};
+
+// Random activations of `dtype`; FP8 ones with a scale.
+RunResult RunGemv(const TestMatrix& m, DType x_dtype, DType y_dtype, int64_t batch,
+                  DecodePath path, uint32_t seed) {
+  RunResult out;
+  const int64_t n = batch * m.cols;
+  const float x_scale = IsFp8(x_dtype) ? 0.37f : 1.0f;
+  std::vector<float> xf = Normal(n, seed, IsFp8(x_dtype) ? 4.0f : 1.0f);
+  std::vector<uint8_t> xraw(static_cast<size_t>(n * DTypeSize(x_dtype)));
+  if (IsFp8(x_dtype)) {
+    for (int64_t i = 0; i < n; ++i) {
+      xraw[size_t(i)] = fp8::Encode(xf[size_t(i)], x_dtype == DType::kE4M3 ? Fp8Format::kE4M3
+                                                                            : Fp8Format::kE5M2,
+                                    true);
+    }
+  } else {
+    ref::FromFloat(xf.data(), n, x_dtype, xraw.data());
+  }
+  out.x.resize(size_t(n));
+  ref::ToFloat(xraw.data(), x_dtype, x_scale, n, out.x.data());
+
+  DeviceBuffer<uint8_t> d_x(xraw.size());
+  const size_t y_bytes = size_t(batch * m.rows * DTypeSize(y_dtype));
+  DeviceBuffer<uint8_t> d_y(y_bytes);
+  if (!ToDevice(d_x, xraw) || d_y.get() == nullptr) {
+    out.err = cudaErrorMemoryAllocation;
+    return out;
+  }
+  cudaMemset(d_y.get(), 0xff, y_bytes);  // NaN in every output dtype
+
+  GemvProblem p;
+  p.words = m.d_words.get();
+  p.scales = m.d_scales.get();
+  p.nan_rows = m.d_nan_rows.get();
+  p.rows = m.rows;
+  p.cols = m.cols;
+  p.format = m.format;
+  p.scale_mode = m.mode;
+  p.x = d_x.get();
+  p.x_dtype = x_dtype;
+  p.x_scale = x_scale;
+  p.batch = batch;
+  p.y = d_y.get();
+  p.y_dtype = y_dtype;
+  p.path = path;
+  int device = 0;
+  cudaGetDevice(&device);
+  const int64_t ws_bytes = GemvWorkspaceBytes(p, device);
+  DeviceBuffer<uint8_t> ws{size_t(ws_bytes)};
+  if (ws_bytes <= 0 || ws.get() == nullptr ||
+      cudaMemset(ws.get(), 0, size_t(ws_bytes)) != cudaSuccess) {
+    out.err = cudaErrorMemoryAllocation;
+    return out;
+  }
+  out.err = Gemv(p, ws.get(), ws_bytes, nullptr);
+  if (out.err == cudaSuccess) out.err = cudaDeviceSynchronize();
+  if (out.err != cudaSuccess) return out;
+  std::vector<uint8_t> yraw(y_bytes);
+  out.err = cudaMemcpy(yraw.data(), d_y.get(), y_bytes, cudaMemcpyDeviceToHost);
+  out.y.resize(size_t(batch * m.rows));
+  ref::ToFloat(yraw.data(), y_dtype, 1.0f, batch * m.rows, out.y.data());
+  return out;
+}
+
+// Relative L2 error against FP64 W x; counts outputs left unwritten (NaN).
+struct Check {
+  double rel = INFINITY;
+  int64_t unwritten = 0;
+};
+
+Check Compare(const TestMatrix& m, const RunResult& r, int64_t batch) {
+  Check c;
+  double err = 0, norm = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t row = 0; row < m.rows; ++row) {
+      double want = 0;
+      const double* w = m.deq.data() + row * m.cols;
+      const float* x = r.x.data() + b * m.cols;
+      for (int64_t k = 0; k < m.cols; ++k) want += w[k] * double(x[k]);
+      const float got = r.y[size_t(b * m.rows + row)];
+      if (std::isnan(got)) {
+        ++c.unwritten;
+        continue;
+      }
+      err += (got - want) * (got - want);
+      norm += want * want;
+    }
+  }
+  c.rel = norm > 0 ? std::sqrt(err / norm) : INFINITY;
+  return c;
+}
+
+// The bound by output dtype: the FP32 accumulation is well under 1e-5 for
+// every activation dtype (they all reach the tensor cores exactly: F32 as
+// hi + lo FP16); F16 and BF16 outputs add their own rounding.
+double Bound(DType y_dtype) {
+  return y_dtype == DType::kF32 ? 1e-5 : y_dtype == DType::kF16 ? 1e-3 : 8e-3;
+}
+
+std::vector<DecodePath> Paths() {
+  int device = 0;
+  cudaGetDevice(&device);
+  if (DefaultDecodePath(device) == DecodePath::kNative) {
+    return {DecodePath::kNative, DecodePath::kSoftware};
+  }
+  return {DecodePath::kSoftware};
+}
+
+std::string Name(const TestMatrix& m, DType x, DType y, int64_t batch, DecodePath path) {
+  return std::to_string(m.rows) + "x" + std::to_string(m.cols) + " " +
+         DTypeName(ToDType(m.format)) + " " + ScaleModeName(m.mode) + " x=" + DTypeName(x) +
+         " y=" + DTypeName(y) + " batch=" + std::to_string(batch) + " " + DecodePathName(path);
+}
+
+struct Shape {
+  int64_t rows, cols;
+  int64_t max_batch;  // keeps the FP64 reference quick for the big shapes
+};
+
+TEST(GpuGemv, MatchesReferenceOverTheGrid) {
+  const Shape shapes[] = {{1, 1, 130}, {3, 17, 130}, {17, 129, 130},
+                          {129, 4095, 33}, {4095, 3, 65}, {300, 1000, 17}};
+  const DType xs[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kE4M3, DType::kE5M2};
+  const DType ys[] = {DType::kF32, DType::kF16, DType::kBF16};
+  const int64_t batches[] = {1, 2, 3, 7, 8, 9, 16, 17, 31, 33, 64, 65, 130};
+  int cases = 0;
+  uint32_t seed = 1;
+  for (const Shape& s : shapes) {
+    for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+      for (ScaleMode mode :
+           {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128}) {
+        TestMatrix m(s.rows, s.cols, f, mode, seed++);
+        ASSERT_TRUE(m.Upload());
+        for (DecodePath path : Paths()) {
+          for (DType x : xs) {
+            // Batch and output dtype rotate through their lists across the grid.
+            int64_t batch = batches[cases % std::size(batches)];
+            while (batch > s.max_batch) batch = (batch + 1) / 2;
+            const DType y = ys[cases % std::size(ys)];
+            ++cases;
+            const RunResult r = RunGemv(m, x, y, batch, path, seed++);
+            ASSERT_EQ(r.err, cudaSuccess) << Name(m, x, y, batch, path) << ": "
+                                          << cudaGetErrorString(r.err);
+            const Check c = Compare(m, r, batch);
+            EXPECT_EQ(c.unwritten, 0) << Name(m, x, y, batch, path);
+            EXPECT_LE(c.rel, Bound(y)) << Name(m, x, y, batch, path);
+          }
+        }
+      }
+    }
+  }
+  std::printf("checked %d cases\n", cases);
+}
+
+// Every batch size from 1 to 64 and a few tiled ones, F16 and F32 activations,
+// F32 output, on a shape whose columns are split across blocks.
+TEST(GpuGemv, EveryBatchSize) {
+  TestMatrix m(77, 2304, Fp8Format::kE4M3, ScaleMode::kRow, 99);
+  ASSERT_TRUE(m.Upload());
+  double worst = 0;
+  for (DecodePath path : Paths()) {
+    for (DType x : {DType::kF16, DType::kF32}) {
+      for (int64_t batch = 1; batch <= 200; batch += batch < 64 ? 1 : 67) {
+        const RunResult r = RunGemv(m, x, DType::kF32, batch, path, uint32_t(batch));
+        ASSERT_EQ(r.err, cudaSuccess) << Name(m, x, DType::kF32, batch, path);
+        const Check c = Compare(m, r, batch);
+        EXPECT_EQ(c.unwritten, 0) << Name(m, x, DType::kF32, batch, path);
+        EXPECT_LE(c.rel, 1e-5) << Name(m, x, DType::kF32, batch, path);
+        worst = std::max(worst, c.rel);
+      }
+    }
+  }
+  std::printf("worst rel. L2 error, F32 output: %.3g\n", worst);
+}
+
+// Rows holding an E4M3 NaN code give NaN, as the reference does, on both
+// decode paths; the other rows are unaffected.
+TEST(GpuGemv, NanCodesGiveNanRows) {
+  TestMatrix m(40, 300, Fp8Format::kE4M3, ScaleMode::kRow, 7);
+  const int64_t wpr = PackedLayout{m.rows, m.cols}.words_per_row();
+  m.words[size_t(3 * wpr + 5)] = (m.words[size_t(3 * wpr + 5)] & ~0xff00u) | 0x7f00u;    // +NaN
+  m.words[size_t(21 * wpr + 74)] = (m.words[size_t(21 * wpr + 74)] & ~0xffu) | 0xffu;    // -NaN
+  ASSERT_TRUE(m.Upload());
+  int any = 0;
+  ASSERT_EQ(cudaMemcpy(&any, m.d_any_nan.get(), sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(any, 1);
+  for (DecodePath path : Paths()) {
+    const RunResult r = RunGemv(m, DType::kF32, DType::kF32, 3, path, 5);
+    ASSERT_EQ(r.err, cudaSuccess);
+    for (int64_t b = 0; b < 3; ++b) {
+      for (int64_t row = 0; row < m.rows; ++row) {
+        const float v = r.y[size_t(b * m.rows + row)];
+        if (row == 3 || row == 21) {
+          EXPECT_TRUE(std::isnan(v)) << "row " << row << " " << DecodePathName(path);
+        } else {
+          EXPECT_TRUE(std::isfinite(v)) << "row " << row << " " << DecodePathName(path);
+        }
+      }
+    }
+  }
+}
+
+// The same inputs give bit-identical outputs (the split reduction has a fixed
+// order), and the workspace counters are left ready for the next launch.
+TEST(GpuGemv, Deterministic) {
+  TestMatrix m(200, 8192, Fp8Format::kE5M2, ScaleMode::kBlock128, 11);
+  ASSERT_TRUE(m.Upload());
+  for (DecodePath path : Paths()) {
+    const RunResult a = RunGemv(m, DType::kF32, DType::kF32, 5, path, 3);
+    const RunResult b = RunGemv(m, DType::kF32, DType::kF32, 5, path, 3);
+    ASSERT_EQ(a.err, cudaSuccess);
+    ASSERT_EQ(b.err, cudaSuccess);
+    ASSERT_EQ(a.y.size(), b.y.size());
+    EXPECT_EQ(std::memcmp(a.y.data(), b.y.data(), a.y.size() * sizeof(float)), 0);
+    EXPECT_LE(Compare(m, a, 5).rel, 1e-5);
+  }
+}
+
+TEST(GpuGemv, RejectsBadArguments) {
+  TestMatrix m(8, 16, Fp8Format::kE4M3, ScaleMode::kRow, 1);
+  ASSERT_TRUE(m.Upload());
+  DeviceBuffer<float> x(16), y(8);
+  DeviceBuffer<uint8_t> ws(1 << 20);
+  GemvProblem p;
+  p.words = m.d_words.get();
+  p.scales = m.d_scales.get();
+  p.rows = 8;
+  p.cols = 16;
+  p.x = x.get();
+  p.y = y.get();
+  p.batch = 1;
+  p.batch = 0;
+  EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorInvalidValue);
+  p.batch = 1;
+  p.y_dtype = DType::kE4M3;
+  EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorInvalidValue);
+  p.y_dtype = DType::kF32;
+  EXPECT_EQ(Gemv(p, ws.get(), 1, nullptr), cudaErrorInvalidValue);  // workspace too small
+  p.scales = nullptr;
+  EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace plume::cuda
