@@ -23,3 +23,7 @@ out=${OUT:-/tmp}
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 } | tee "$out/gpu-bench.log"
 "$carry/bin/gpu_gemv_bench" --json "$out/gpu-bench.json" "$@" 2>&1 | tee -a "$out/gpu-bench.log"
+if [ "${PLUME_BENCH_TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
+  echo "## torch._scaled_mm (cuBLASLt FP8 through PyTorch)" | tee -a "$out/gpu-bench.log"
+  python3 "$root/bench/torch_scaled_mm.py" 200 "$out/torch-bench.json" 2>&1 | tee -a "$out/gpu-bench.log"
+fi

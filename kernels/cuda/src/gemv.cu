@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <vector>
 #include <cmath>
 #include <cstdint>
 
@@ -15,11 +17,12 @@
 namespace plume::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 128;                     // columns per chunk (= one BLOCK128 block)
 constexpr int kRowsPerBlock = kWarps * 16;      // each warp owns one 16-row mma tile
 constexpr int kMaxN = 64;                       // mma columns per launch
+constexpr int kXPad = kChunk + 8;               // smem row of one activation column, in halves
 constexpr int kPrepThreads = 256;
 
 // How W's codes become FP16 pairs.
@@ -51,7 +54,7 @@ struct Params {
   int chunks_per_split;
   int splits;
   int64_t rows_pad;        // gridDim.x * kRowsPerBlock
-  float* partial;          // [splits][rows_pad][kMaxN]
+  float* partial;          // [splits][rows_pad][kNT * 8]
   unsigned* counters;      // [gridDim.x], zero between launches
 };
 
@@ -133,13 +136,15 @@ __device__ __forceinline__ void Store(void* y, DType t, int64_t i, float v) {
 
 // ------------------------------------------------------------------- kernel
 
-// The 32 bytes (two 16-byte pieces) lane t of a warp reads from one row in
-// chunk c; pieces past the row's padding (or rows past the end) read as 0.
+// The 32 bytes lane t of a warp reads from one row in chunk c: two 16-byte
+// pieces, columns 16t.. and 64 + 16t.., so each load instruction covers 64
+// contiguous bytes of every row it touches. Pieces past the row's padding
+// (or rows past the end) read as 0.
 __device__ __forceinline__ void LoadRow(const uint8_t* row, int64_t row_bytes, int c, int t,
                                         uint4 (&v)[2]) {
 #pragma unroll
   for (int q = 0; q < 2; ++q) {
-    const int64_t off = static_cast<int64_t>(c) * kChunk + 32 * t + 16 * q;
+    const int64_t off = static_cast<int64_t>(c) * kChunk + 64 * q + 16 * t;
     v[q] = row != nullptr && off < row_bytes
                ? __ldcs(reinterpret_cast<const uint4*>(row + off))
                : make_uint4(0, 0, 0, 0);
@@ -156,6 +161,76 @@ __device__ __forceinline__ uint32_t Word(const uint4 (&v)[2], int s) {
   }
 }
 
+// Activation columns [col][kXPad] of one chunk in shared memory, for batches
+// over 8: the block's warps share them instead of each reading them from L2.
+// The row pad of 16 bytes keeps the warp's 16-byte reads free of bank
+// conflicts.
+template <int kNT>
+struct XStage {
+  static constexpr int kHalves = kNT * 8 * kXPad;
+};
+
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+#else
+  *static_cast<uint4*>(smem) = __ldg(static_cast<const uint4*>(gmem));
+#endif
+}
+__device__ __forceinline__ void CopyAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void CopyAsyncWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending));
+#endif
+}
+
+// Starts copying chunk c of the activation columns in use into `dst`.
+template <int kNT>
+__device__ __forceinline__ void StageX(const Params& p, int c, __half* dst) {
+  constexpr int kPieces = kNT * 8 * (kChunk / 8);  // 16-byte pieces
+  for (int i = threadIdx.x; i < kPieces; i += kThreads) {
+    const int col = i / (kChunk / 8);
+    const int piece = i % (kChunk / 8);
+    if (col < p.ncols) {
+      CopyAsync16(dst + col * kXPad + piece * 8,
+                  p.x + col * p.x_ld + static_cast<int64_t>(c) * kChunk + piece * 8);
+    }
+  }
+  CopyAsyncCommit();
+}
+
+// The 16 activation pairs lane (g, t) needs for chunk c and column n*8+g,
+// matching the W words of LoadRow: columns 16t.. and 64 + 16t...
+template <int kNT>
+__device__ __forceinline__ void LoadX(const Params& p, const __half* stage, int c, int n, int g,
+                                      int t, uint4 (&xb)[4]) {
+  const int col = n * 8 + g;
+  if (col >= p.ncols) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) xb[i] = make_uint4(0, 0, 0, 0);
+    return;
+  }
+  if constexpr (kNT == 1) {
+    const __half* src = p.x + col * p.x_ld + static_cast<int64_t>(c) * kChunk + 16 * t;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      xb[i] = __ldg(reinterpret_cast<const uint4*>(src + (i >> 1) * 64 + (i & 1) * 8));
+    }
+  } else {
+    const __half* src = stage + col * kXPad + 16 * t;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      xb[i] = *reinterpret_cast<const uint4*>(src + (i >> 1) * 64 + (i & 1) * 8);
+    }
+  }
+}
+
 // Grid: (row tiles of kRowsPerBlock, column splits). Each warp multiplies its
 // 16 rows by the kNT*8 activation columns over its split's chunks, writes the
 // partial sums, and the last block of the row tile to finish reduces them.
@@ -164,6 +239,9 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
 #endif
+  constexpr int kN = kNT * 8;
+  constexpr bool kStaged = kNT > 1;
+  extern __shared__ __align__(16) __half stage_mem[];  // 2 * XStage<kNT>::kHalves when staged
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2;
@@ -179,6 +257,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
 #pragma unroll
   for (int n = 0; n < kNT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
+  if constexpr (kStaged) StageX<kNT>(p, c_begin, stage_mem);
   uint4 cur_a[2], cur_b[2];
   LoadRow(wa, p.row_bytes, c_begin, t, cur_a);
   LoadRow(wb, p.row_bytes, c_begin, t, cur_b);
@@ -186,6 +265,16 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
     uint4 nxt_a[2], nxt_b[2];  // the next chunk's loads are in flight while this one computes
     LoadRow(c + 1 < c_end ? wa : nullptr, p.row_bytes, c + 1, t, nxt_a);
     LoadRow(c + 1 < c_end ? wb : nullptr, p.row_bytes, c + 1, t, nxt_b);
+    const __half* stage = stage_mem + ((c - c_begin) & 1) * XStage<kNT>::kHalves;
+    if constexpr (kStaged) {
+      if (c + 1 < c_end) {
+        StageX<kNT>(p, c + 1, stage_mem + ((c + 1 - c_begin) & 1) * XStage<kNT>::kHalves);
+        CopyAsyncWait<1>();
+      } else {
+        CopyAsyncWait<0>();
+      }
+      __syncthreads();
+    }
 
     uint32_t a[8][4];
 #pragma unroll
@@ -197,12 +286,8 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
     float part[kNT][4];
 #pragma unroll
     for (int n = 0; n < kNT; ++n) {
-      const int col = n * 8 + g;
       uint4 xb[4];
-      const uint4* xp = reinterpret_cast<const uint4*>(p.x + col * p.x_ld +
-                                                       static_cast<int64_t>(c) * kChunk + 32 * t);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) xb[i] = col < p.ncols ? __ldg(xp + i) : make_uint4(0, 0, 0, 0);
+      LoadX<kNT>(p, stage, c, n, g, t, xb);
       float(&d)[4] = kBlockScale ? part[n] : acc[n];
       if constexpr (kBlockScale) d[0] = d[1] = d[2] = d[3] = 0.0f;
 #pragma unroll
@@ -213,6 +298,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
         Mma(d, a[s][0], a[s][1], a[s][2], a[s][3], b0, b1);
       }
     }
+    if constexpr (kStaged) __syncthreads();  // the stage is refilled next iteration
     if constexpr (kBlockScale) {
       const float sa = row_a < p.rows ? __ldg(p.scales + row_a * p.blocks_per_row + c) : 0.0f;
       const float sb = row_b < p.rows ? __ldg(p.scales + row_b * p.blocks_per_row + c) : 0.0f;
@@ -232,12 +318,12 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
   }
 
   // Partial sums: [split][row][column].
-  float* out = p.partial + static_cast<int64_t>(blockIdx.y) * p.rows_pad * kMaxN;
+  float* out = p.partial + static_cast<int64_t>(blockIdx.y) * p.rows_pad * kN;
 #pragma unroll
   for (int n = 0; n < kNT; ++n) {
     const int col = n * 8 + 2 * t;
-    *reinterpret_cast<float2*>(out + row_a * kMaxN + col) = make_float2(acc[n][0], acc[n][1]);
-    *reinterpret_cast<float2*>(out + row_b * kMaxN + col) = make_float2(acc[n][2], acc[n][3]);
+    *reinterpret_cast<float2*>(out + row_a * kN + col) = make_float2(acc[n][0], acc[n][1]);
+    *reinterpret_cast<float2*>(out + row_b * kN + col) = make_float2(acc[n][2], acc[n][3]);
   }
 
   // The last block of this row tile to finish does the epilogue.
@@ -258,7 +344,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
     if (p.split) {
       float hi = 0.0f, lo = 0.0f;
       for (int s = 0; s < p.splits; ++s) {
-        const float* src = p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kMaxN;
+        const float* src = p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kN;
         hi += __ldcg(src + 2 * v);
         lo += __ldcg(src + 2 * v + 1);
       }
@@ -266,7 +352,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
     } else {
       sum = 0.0f;
       for (int s = 0; s < p.splits; ++s) {
-        sum += __ldcg(p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kMaxN + v);
+        sum += __ldcg(p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kN + v);
       }
       if (p.colmul != nullptr) sum *= p.colmul[v];
     }
@@ -383,50 +469,6 @@ cudaError_t GetDeviceInfo(int device, DeviceInfo* info) {
   return cudaSuccess;
 }
 
-struct Plan {
-  bool prep = false;       // activations go through PrepKernel
-  bool split = false;      // F32: two FP16 columns per vector
-  int vec_per_tile = 0;    // vectors per launch
-  int chunks = 0;
-  int64_t x_ld = 0;
-  int row_tiles = 0;
-  int splits = 1;
-  int chunks_per_split = 0;
-  // Workspace offsets, bytes.
-  int64_t off_colmul = 0, off_x = 0, off_partial = 0, total = 0;
-};
-
-int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
-
-Plan MakePlan(const GemvProblem& p, const DeviceInfo& info) {
-  Plan pl;
-  pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
-  // F16 rows that start 16-byte aligned and hold whole chunks are read in place.
-  pl.prep = !(p.x_dtype == DType::kF16 && p.cols % kChunk == 0 &&
-              reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
-  pl.split = p.x_dtype == DType::kF32;
-  pl.vec_per_tile = pl.split ? kMaxN / 2 : kMaxN;
-  pl.x_ld = pl.prep ? static_cast<int64_t>(pl.chunks) * kChunk : p.cols;
-  pl.row_tiles = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  // Enough blocks for about eight per multiprocessor; each split keeps at
-  // least two chunks so the loads of one overlap the math of the other.
-  const int64_t target = int64_t{info.sms} * 8;
-  int splits = static_cast<int>(std::min<int64_t>((target + pl.row_tiles - 1) / pl.row_tiles, 32));
-  splits = std::max(1, std::min(splits, pl.chunks / 2));
-  pl.chunks_per_split = (pl.chunks + splits - 1) / splits;
-  pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
-  const int64_t counters = AlignUp(int64_t{pl.row_tiles} * 4, 256);
-  pl.off_colmul = counters;
-  pl.off_x = pl.off_colmul + AlignUp(kMaxN * 4, 256);
-  // Room for the pre-pass output whether or not this call needs it, so the
-  // size doesn't depend on the activations' address.
-  const int64_t x_bytes = AlignUp(int64_t{kMaxN} * pl.chunks * kChunk * 2, 256);
-  pl.off_partial = pl.off_x + x_bytes;
-  pl.total = pl.off_partial +
-             int64_t{pl.splits} * pl.row_tiles * kRowsPerBlock * kMaxN * int64_t{sizeof(float)};
-  return pl;
-}
-
 // ----------------------------------------------------------------- dispatch
 
 using KernelFn = void (*)(Params);
@@ -453,6 +495,87 @@ KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int nt) {
     return native ? PickBlock<Dec::kE4M3Native>(block, nt) : PickBlock<Dec::kE4M3Soft>(block, nt);
   }
   return native ? PickBlock<Dec::kE5M2Native>(block, nt) : PickBlock<Dec::kE5M2Soft>(block, nt);
+}
+
+struct Plan {
+  bool prep = false;       // activations go through PrepKernel
+  bool split = false;      // F32: two FP16 columns per vector
+  int vec_per_tile = 0;    // vectors per launch
+  int nt = 1;              // mma column tiles of 8
+  KernelFn fn = nullptr;
+  size_t smem = 0;         // dynamic shared memory of fn
+  int chunks = 0;
+  int64_t x_ld = 0;
+  int row_tiles = 0;
+  int splits = 1;
+  int chunks_per_split = 0;
+  // Workspace offsets, bytes.
+  int64_t off_colmul = 0, off_x = 0, off_partial = 0, total = 0;
+};
+
+int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+// Resident blocks per multiprocessor of a kernel, asked of the runtime once.
+cudaError_t BlocksPerSm(KernelFn fn, size_t smem, int device, int* out) {
+  struct Entry {
+    KernelFn fn;
+    int device;
+    int blocks;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Entry& e : cache) {
+      if (e.fn == fn && e.device == device) {
+        *out = e.blocks;
+        return cudaSuccess;
+      }
+    }
+  }
+  int blocks = 0;
+  PLUME_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, reinterpret_cast<const void*>(fn), kThreads, smem));
+  std::lock_guard<std::mutex> lock(mu);
+  cache.push_back({fn, device, std::max(blocks, 1)});
+  *out = std::max(blocks, 1);
+  return cudaSuccess;
+}
+
+cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, Plan* out) {
+  Plan pl;
+  pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
+  // F16 rows that start 16-byte aligned and hold whole chunks are read in place.
+  pl.prep = !(p.x_dtype == DType::kF16 && p.cols % kChunk == 0 &&
+              reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
+  pl.split = p.x_dtype == DType::kF32;
+  pl.vec_per_tile = pl.split ? kMaxN / 2 : kMaxN;
+  pl.x_ld = pl.prep ? static_cast<int64_t>(pl.chunks) * kChunk : p.cols;
+  const int64_t ncols = std::min<int64_t>(p.batch, pl.vec_per_tile) * (pl.split ? 2 : 1);
+  pl.nt = ncols <= 8 ? 1 : ncols <= 16 ? 2 : ncols <= 32 ? 4 : 8;
+  pl.fn = PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.nt);
+  pl.smem = pl.nt > 1 ? size_t{2} * pl.nt * 8 * kXPad * sizeof(__half) : 0;
+  int bps = 1;
+  PLUME_CUDA_TRY(BlocksPerSm(pl.fn, pl.smem, device, &bps));
+  pl.row_tiles = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  // Split the columns so that the grid fills the GPU in one wave; each split
+  // keeps at least two chunks so the loads of one overlap the math of the other.
+  const int64_t slots = int64_t{info.sms} * bps;
+  int splits = static_cast<int>(std::min<int64_t>(slots / pl.row_tiles, 32));
+  splits = std::max(1, std::min(splits, pl.chunks / 2));
+  pl.chunks_per_split = (pl.chunks + splits - 1) / splits;
+  pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
+  const int64_t counters = AlignUp(int64_t{pl.row_tiles} * 4, 256);
+  pl.off_colmul = counters;
+  pl.off_x = pl.off_colmul + AlignUp(kMaxN * 4, 256);
+  // Room for the pre-pass output whether or not this call needs it, so the
+  // size doesn't depend on the activations' address.
+  const int64_t x_bytes = AlignUp(int64_t{kMaxN} * pl.chunks * kChunk * 2, 256);
+  pl.off_partial = pl.off_x + x_bytes;
+  pl.total = pl.off_partial + int64_t{pl.splits} * pl.row_tiles * kRowsPerBlock * pl.nt * 8 *
+                                  int64_t{sizeof(float)};
+  *out = pl;
+  return cudaSuccess;
 }
 
 cudaError_t LaunchPrep(DType t, int nvec, const void* x, int64_t cols, __half* out, int64_t x_ld,
@@ -505,8 +628,12 @@ DecodePath DefaultDecodePath(int device) {
 
 int64_t GemvWorkspaceBytes(const GemvProblem& p, int device) {
   DeviceInfo info;
-  if (!ValidShape(p) || GetDeviceInfo(device, &info) != cudaSuccess) return 0;
-  return MakePlan(p, info).total;
+  Plan pl;
+  if (!ValidShape(p) || p.batch <= 0 || GetDeviceInfo(device, &info) != cudaSuccess ||
+      MakePlan(p, device, info, &pl) != cudaSuccess) {
+    return 0;
+  }
+  return pl.total;
 }
 
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
@@ -517,7 +644,8 @@ cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
   DeviceInfo info;
   PLUME_CUDA_TRY(GetDeviceInfo(device, &info));
   if (p.path == DecodePath::kNative && info.cc < 89) return cudaErrorNotSupported;
-  const Plan pl = MakePlan(p, info);
+  Plan pl;
+  PLUME_CUDA_TRY(MakePlan(p, device, info, &pl));
   if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
 
   char* ws = static_cast<char*>(workspace);
@@ -559,10 +687,8 @@ cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
     k.nvec = nvec;
     k.ncols = pl.split ? 2 * nvec : nvec;
     k.y = static_cast<char*>(p.y) + v0 * p.rows * y_elem;
-    const int nt = k.ncols <= 8 ? 1 : k.ncols <= 16 ? 2 : k.ncols <= 32 ? 4 : 8;
-    const KernelFn fn = PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, nt);
     const dim3 grid(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
-    fn<<<grid, kThreads, 0, stream>>>(k);
+    pl.fn<<<grid, kThreads, pl.smem, stream>>>(k);
     PLUME_CUDA_TRY_LAUNCH();
   }
   return cudaSuccess;
