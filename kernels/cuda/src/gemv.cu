@@ -24,6 +24,10 @@ constexpr int kRowsPerBlock = kWarps * 16;      // each warp owns one 16-row mma
 constexpr int kMaxN = 64;                       // mma columns per launch
 constexpr int kXPad = kChunk + 8;               // smem row of one activation column, in halves
 constexpr int kPrepThreads = 256;
+#ifndef PLUME_GEMV_DEPTH
+#define PLUME_GEMV_DEPTH 1
+#endif
+constexpr int kGemvDepth = PLUME_GEMV_DEPTH;  // W chunks in flight ahead of the math
 
 // How W's codes become FP16 pairs.
 enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
@@ -258,14 +262,9 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
   for (int n = 0; n < kNT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
   if constexpr (kStaged) StageX<kNT>(p, c_begin, stage_mem);
-  uint4 cur_a[2], cur_b[2];
-  LoadRow(wa, p.row_bytes, c_begin, t, cur_a);
-  LoadRow(wb, p.row_bytes, c_begin, t, cur_b);
-  for (int c = c_begin; c < c_end; ++c) {
-    uint4 nxt_a[2], nxt_b[2];  // the next chunk's loads are in flight while this one computes
-    LoadRow(c + 1 < c_end ? wa : nullptr, p.row_bytes, c + 1, t, nxt_a);
-    LoadRow(c + 1 < c_end ? wb : nullptr, p.row_bytes, c + 1, t, nxt_b);
-    const __half* stage = stage_mem + ((c - c_begin) & 1) * XStage<kNT>::kHalves;
+
+  // Multiplies chunk c, whose W pieces are w[0..1] (row a) and w[2..3] (row b).
+  auto process = [&](int c, const uint4 (&w)[4]) {
     if constexpr (kStaged) {
       if (c + 1 < c_end) {
         StageX<kNT>(p, c + 1, stage_mem + ((c + 1 - c_begin) & 1) * XStage<kNT>::kHalves);
@@ -275,12 +274,15 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
       }
       __syncthreads();
     }
+    const __half* stage = stage_mem + ((c - c_begin) & 1) * XStage<kNT>::kHalves;
+    const uint4 wa_v[2] = {w[0], w[1]};
+    const uint4 wb_v[2] = {w[2], w[3]};
 
     uint32_t a[8][4];
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
-      DecodeWord<kDec>(Word(cur_a, s), a[s][0], a[s][2]);
-      DecodeWord<kDec>(Word(cur_b, s), a[s][1], a[s][3]);
+      DecodeWord<kDec>(Word(wa_v, s), a[s][0], a[s][2]);
+      DecodeWord<kDec>(Word(wb_v, s), a[s][1], a[s][3]);
     }
 
     float part[kNT][4];
@@ -298,7 +300,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
         Mma(d, a[s][0], a[s][1], a[s][2], a[s][3], b0, b1);
       }
     }
-    if constexpr (kStaged) __syncthreads();  // the stage is refilled next iteration
+    if constexpr (kStaged) __syncthreads();  // the stage is refilled next time
     if constexpr (kBlockScale) {
       const float sa = row_a < p.rows ? __ldg(p.scales + row_a * p.blocks_per_row + c) : 0.0f;
       const float sb = row_b < p.rows ? __ldg(p.scales + row_b * p.blocks_per_row + c) : 0.0f;
@@ -310,10 +312,31 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
         acc[n][3] = fmaf(part[n][3], sb, acc[n][3]);
       }
     }
+  };
+  auto load = [&](int c, uint4 (&w)[4]) {
+    const bool in = c < c_end;
+    uint4 va[2], vb[2];
+    LoadRow(in ? wa : nullptr, p.row_bytes, c, t, va);
+    LoadRow(in ? wb : nullptr, p.row_bytes, c, t, vb);
+    w[0] = va[0];
+    w[1] = va[1];
+    w[2] = vb[0];
+    w[3] = vb[1];
+  };
+
+  // W chunks are loaded kDepth ahead of their use, through a ring of
+  // registers that the unrolled loop indexes with constants only.
+  constexpr int kDepth = kGemvDepth;
+  uint4 ring[kDepth + 1][4];
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      cur_a[q] = nxt_a[q];
-      cur_b[q] = nxt_b[q];
+  for (int d = 0; d < kDepth; ++d) load(c_begin + d, ring[d]);
+  for (int c0 = c_begin; c0 < c_end; c0 += kDepth + 1) {
+#pragma unroll
+    for (int u = 0; u <= kDepth; ++u) {
+      if (c0 + u < c_end) {
+        load(c0 + u + kDepth, ring[(u + kDepth) % (kDepth + 1)]);
+        process(c0 + u, ring[u]);
+      }
     }
   }
 
