@@ -22,5 +22,10 @@ for t in "$carry"/bin/gpu_*_test; do
   echo "exit: $rc" | tee -a "$log"
   [ "$rc" -eq 0 ] || status=1
 done
+echo "## scripts/gpu-e2e.sh (plume-server on the GPU vs the CPU backend, via the CLI)" | tee -a "$log"
+"$root/scripts/gpu-e2e.sh" 2>&1 | tee -a "$log"
+rc=${PIPESTATUS[0]}
+echo "exit: $rc" | tee -a "$log"
+[ "$rc" -eq 0 ] || status=1
 echo "gpu-test: $([ $status -eq 0 ] && echo PASS || echo FAIL)" | tee -a "$log"
 exit $status

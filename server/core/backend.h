@@ -54,11 +54,20 @@ struct GemvArgs {
   DType y_dtype = DType::kF32;
 };
 
+// Device memory of a GPU backend, in bytes.
+struct DeviceMemory {
+  int64_t used = 0;   // in use on the device, by anyone
+  int64_t total = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
 
   virtual std::string_view name() const = 0;
+
+  // GPU backends report their device's memory; others return false.
+  virtual bool device_memory(DeviceMemory* /*out*/) const { return false; }
 
   // Memory this backend can hold matrices in, in bytes (the default budget).
   virtual int64_t memory_capacity_bytes() const = 0;

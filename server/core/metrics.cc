@@ -107,4 +107,23 @@ void Metrics::SetResident(int64_t matrices, int64_t bytes) {
 
 void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }
 
+void Metrics::SetDeviceMemory(int64_t used, int64_t total) {
+  absl::MutexLock lock(&mu_);
+  if (device_used_ == nullptr) {
+    // Created on first use: a server without a GPU has no such series.
+    device_used_ = &prometheus::BuildGauge()
+                        .Name("plume_device_memory_used_bytes")
+                        .Help("Device memory in use on the GPU (by any process).")
+                        .Register(*registry_)
+                        .Add({});
+    device_total_ = &prometheus::BuildGauge()
+                         .Name("plume_device_memory_total_bytes")
+                         .Help("Device memory of the GPU.")
+                         .Register(*registry_)
+                         .Add({});
+  }
+  device_used_->Set(static_cast<double>(used));
+  device_total_->Set(static_cast<double>(total));
+}
+
 }  // namespace plume::core

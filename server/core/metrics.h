@@ -49,6 +49,8 @@ class Metrics {
   void RecordGemv(int64_t vectors, int64_t weight_bytes);
   void SetResident(int64_t matrices, int64_t bytes);
   void SetMemoryBudget(int64_t bytes);
+  // GPU backends: device memory in use and in all.
+  void SetDeviceMemory(int64_t used, int64_t total);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -66,6 +68,8 @@ class Metrics {
   prometheus::Gauge* resident_matrices_ = nullptr;
   prometheus::Gauge* resident_bytes_ = nullptr;
   prometheus::Gauge* memory_budget_ = nullptr;
+  prometheus::Gauge* device_used_ ABSL_GUARDED_BY(mu_) = nullptr;
+  prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace plume::core

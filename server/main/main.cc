@@ -6,6 +6,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <prometheus/exposer.h>
@@ -17,8 +18,12 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/core/cpu_backend.h"
+#if PLUME_HAVE_CUDA_BACKEND
+#include "server/core/cuda_backend.h"
+#endif
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
@@ -27,13 +32,19 @@
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051", "Address the gRPC API listens on (port 0: any free port).");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464", "Address of the Prometheus /metrics endpoint (port 0: any free port).");
 ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto, cpu or cuda. auto picks CUDA when a GPU is present.");
-ABSL_FLAG(int64_t, memory_budget_bytes, 0, "Bytes the matrix store may hold; 0: half of host memory (cpu backend).");
+ABSL_FLAG(int64_t, memory_budget_bytes, 0, "Bytes the matrix store may hold; 0: half of host memory (cpu backend), free device memory less --device_reserve_bytes (cuda backend).");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted or sent, in bytes.");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{16} << 30, "Largest source matrix one upload may send, in bytes.");
 ABSL_FLAG(int64_t, max_rows, int64_t{1} << 20, "Most rows a matrix may have.");
 ABSL_FLAG(int64_t, max_cols, int64_t{1} << 20, "Most columns a matrix may have.");
 ABSL_FLAG(int64_t, max_batch, 4096, "Most vectors in one Gemv request.");
 ABSL_FLAG(int32_t, worker_threads, 4, "Threads that run GEMV requests.");
+ABSL_FLAG(int32_t, device, 0, "CUDA device of the cuda backend.");
+ABSL_FLAG(int64_t, device_reserve_bytes, int64_t{1} << 30,
+          "cuda backend: device memory kept out of the budget (workspaces, staging, the CUDA context).");
+ABSL_FLAG(int32_t, cuda_streams, 4, "cuda backend: GEMVs that run at once, each on its own stream.");
+ABSL_FLAG(std::string, decode_path, "",
+          "cuda backend: FP8 decode, native (sm_89+) or software; empty picks native where the GPU has it.");
 ABSL_FLAG(int32_t, cpu_threads, 0, "Threads of the CPU backend's GEMV; 0: one per hardware thread.");
 ABSL_FLAG(int64_t, max_queued_requests, 4096, "Requests that may wait for a worker before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, how long in-flight calls may take to finish.");
@@ -80,14 +91,32 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const std::string backend_flag = absl::GetFlag(FLAGS_backend);
-  std::unique_ptr<plume::core::Backend> backend;
-  if (backend_flag == "cpu" || backend_flag == "auto") {
-    // TODO(cuda backend issue): auto picks CUDA once a CudaBackend exists.
-    backend = std::make_unique<plume::core::CpuBackend>(absl::GetFlag(FLAGS_cpu_threads));
-  } else if (backend_flag == "cuda") {
-    return Fail("--backend=cuda: this build has no CUDA backend yet; use --backend=cpu or auto");
-  } else {
+  if (backend_flag != "auto" && backend_flag != "cpu" && backend_flag != "cuda") {
     return Fail(absl::StrCat("--backend must be auto, cpu or cuda, not \"", backend_flag, "\""));
+  }
+  std::unique_ptr<plume::core::Backend> backend;
+  std::string backend_description = "cpu";
+#if PLUME_HAVE_CUDA_BACKEND
+  const bool want_cuda =
+      backend_flag == "cuda" || (backend_flag == "auto" && plume::core::CudaDeviceCount() > 0);
+  if (want_cuda) {
+    plume::core::CudaBackendOptions cuda;
+    cuda.device = absl::GetFlag(FLAGS_device);
+    cuda.reserve_bytes = absl::GetFlag(FLAGS_device_reserve_bytes);
+    cuda.lanes = absl::GetFlag(FLAGS_cuda_streams);
+    cuda.decode_path = absl::GetFlag(FLAGS_decode_path);
+    auto cb = plume::core::CudaBackend::Create(cuda);
+    if (!cb.ok()) return Fail(std::string(cb.status().message()));
+    backend_description = (*cb)->description();
+    backend = std::move(*cb);
+  }
+#else
+  if (backend_flag == "cuda") {
+    return Fail("--backend=cuda: this build has no CUDA backend (built without nvcc); use cpu or auto");
+  }
+#endif
+  if (backend == nullptr) {
+    backend = std::make_unique<plume::core::CpuBackend>(absl::GetFlag(FLAGS_cpu_threads));
   }
 
   plume::core::Limits limits;
@@ -125,11 +154,24 @@ int main(int argc, char** argv) {
   spdlog::info("plume-server ready: gRPC on {}, metrics on http://{}/metrics",
                BoundAddress(options.grpc_address, (*server)->port()),
                BoundAddress(absl::GetFlag(FLAGS_metrics_address), metrics_port));
-  spdlog::info("backend {}, memory budget {} bytes, max message {} bytes", backend->name(), budget,
-               options.max_message_bytes);
+  spdlog::info("backend {}, memory budget {} bytes, max message {} bytes", backend_description,
+               budget, options.max_message_bytes);
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty() && !WriteReadyFile(ready_file, (*server)->port(), metrics_port)) {
     return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
+  }
+
+  // GPU backends: device memory gauges, refreshed every second.
+  absl::Notification stop_refresh;
+  std::thread refresher;
+  if (plume::core::DeviceMemory dm; backend->device_memory(&dm)) {
+    metrics.SetDeviceMemory(dm.used, dm.total);
+    refresher = std::thread([&] {
+      while (!stop_refresh.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+        plume::core::DeviceMemory now;
+        if (backend->device_memory(&now)) metrics.SetDeviceMemory(now.used, now.total);
+      }
+    });
   }
 
   int sig = 0;
@@ -138,6 +180,8 @@ int main(int argc, char** argv) {
   spdlog::info("received {}, draining for up to {}", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::FormatDuration(drain));
   (*server)->Shutdown(absl::ToChronoMilliseconds(drain));
+  stop_refresh.Notify();
+  if (refresher.joinable()) refresher.join();
   server->reset();
   spdlog::info("plume-server stopped");
   return 0;

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# End to end on a GPU machine, from binaries carried in .gpu-carry/: starts
+# plume-server with --backend=auto (which must pick CUDA) and another with
+# --backend=cpu, uploads the same matrices to both through the plume CLI,
+# runs GEMV through the CLI, and compares the answers (and both with FP64).
+# Checks /metrics for the device memory gauges. Exit 0 only if all agree.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+carry="$root/.gpu-carry"
+export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+work=$(mktemp -d /tmp/plume-e2e.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+start() {  # name backend
+  "$carry/bin/plume-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+    --backend="$2" --ready_file="$work/$1.json" >"$work/$1.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 300); do
+    [ -s "$work/$1.json" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$1.log"; return 1; }
+    sleep 0.1
+  done
+  echo "$1 did not start"; cat "$work/$1.log"; return 1
+}
+port() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/$1.json" "$2"; }
+
+start gpu auto
+start cpu cpu
+grep -q "backend cuda device" "$work/gpu.log" || { echo "FAIL: --backend=auto did not pick CUDA"; cat "$work/gpu.log"; exit 1; }
+grep "backend " "$work/gpu.log"
+gpu="127.0.0.1:$(port gpu grpc_port)"
+cpu="127.0.0.1:$(port cpu grpc_port)"
+
+python3 - "$work" <<'PY'
+import sys, numpy as np
+d = sys.argv[1]
+rng = np.random.default_rng(1)
+for name, (r, c) in {"a": (4096, 4096), "b": (1000, 3001), "c": (77, 129)}.items():
+    np.save(f"{d}/{name}.npy", rng.standard_normal((r, c), dtype=np.float32))
+    np.save(f"{d}/{name}_x.npy", rng.standard_normal((13, c), dtype=np.float32))
+    np.save(f"{d}/{name}_x16.npy", rng.standard_normal((64, c)).astype(np.float16))
+PY
+status=0
+for spec in "a e4m3 row" "b e5m2 block128" "c e4m3 tensor"; do
+  set -- $spec
+  for s in gpu cpu; do
+    addr=${!s}
+    "$carry/bin/plume" --server "$addr" upload "$1" "$work/$1.npy" --format "$2" --scale "$3" >/dev/null
+    "$carry/bin/plume" --server "$addr" gemv "$1" "$work/$1_x.npy" -o "$work/$1_$s.npy"
+    "$carry/bin/plume" --server "$addr" gemv "$1" "$work/$1_x16.npy" -o "$work/$1_${s}16.npy"
+  done
+  python3 - "$work" "$1" <<'PY' || status=1
+import sys, numpy as np
+d, n = sys.argv[1], sys.argv[2]
+for suffix, tol in (("", 1e-5), ("16", 1e-5)):
+    g = np.load(f"{d}/{n}_gpu{suffix}.npy").astype(np.float64)
+    c = np.load(f"{d}/{n}_cpu{suffix}.npy").astype(np.float64)
+    rel = np.linalg.norm(g - c) / np.linalg.norm(c)
+    ok = rel <= tol and np.isfinite(g).all()
+    print(f"{n} x{suffix or '32'}: gpu vs cpu backend rel. L2 {rel:.3g} (bound {tol}) {'ok' if ok else 'FAIL'}")
+    if not ok:
+        sys.exit(1)
+PY
+done
+metrics=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
+  "http://127.0.0.1:$(port gpu metrics_port)/metrics")
+for m in plume_device_memory_used_bytes plume_device_memory_total_bytes plume_vectors_total; do
+  echo "$metrics" | grep -E "^$m " || { echo "FAIL: /metrics has no $m"; status=1; }
+done
+echo "gpu-e2e: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
+exit $status

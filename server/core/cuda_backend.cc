@@ -1,0 +1,363 @@
+#include "server/core/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "plume/cuda/fp8_codec.h"
+#include "plume/cuda/gemv.h"
+
+namespace plume::core {
+namespace {
+
+absl::Status CudaStatus(cudaError_t e, std::string_view what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  if (e == cudaErrorMemoryAllocation) {
+    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: ", std::string(what), ": out of device memory"));
+  }
+  return absl::InternalError(absl::StrCat("cuda backend: ", std::string(what), ": ", cudaGetErrorName(e), " (",
+                                          cudaGetErrorString(e), ")"));
+}
+
+#define PLUME_RETURN_IF_CUDA(expr, what)                     \
+  do {                                                       \
+    const cudaError_t plume_e_ = (expr);                     \
+    if (plume_e_ != cudaSuccess) return CudaStatus(plume_e_, what); \
+  } while (0)
+
+int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+// Device memory that frees itself.
+struct DeviceAlloc {
+  void* p = nullptr;
+  DeviceAlloc() = default;
+  DeviceAlloc(const DeviceAlloc&) = delete;
+  DeviceAlloc& operator=(const DeviceAlloc&) = delete;
+  ~DeviceAlloc() {
+    if (p != nullptr) cudaFree(p);
+  }
+  cudaError_t Allocate(int64_t bytes) {
+    const cudaError_t e = cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1)));
+    if (e != cudaSuccess) {
+      p = nullptr;
+      cudaGetLastError();  // a failed allocation must not surface at the next launch
+    }
+    return e;
+  }
+};
+
+// Packed words, scales and (E4M3 only) the NaN-row flags in one device
+// allocation.
+class CudaMatrix final : public BackendMatrix {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaMatrix>> Allocate(const MatrixShape& shape) {
+    auto m = std::unique_ptr<CudaMatrix>(new CudaMatrix(shape));
+    const int64_t word_bytes = AlignUp(shape.layout().total_words() * 4, 256);
+    const int64_t scale_bytes = AlignUp(std::max<int64_t>(shape.num_scales(), 1) * 4, 256);
+    const int64_t flag_bytes = shape.format == Fp8Format::kE4M3 ? shape.rows : 0;
+    PLUME_RETURN_IF_CUDA(m->mem_.Allocate(word_bytes + scale_bytes + flag_bytes),
+                         absl::StrCat("allocating a ", shape.rows, "x", shape.cols, " matrix"));
+    char* base = static_cast<char*>(m->mem_.p);
+    m->words_ = reinterpret_cast<uint32_t*>(base);
+    m->scales_ = reinterpret_cast<float*>(base + word_bytes);
+    m->flags_ = flag_bytes > 0 ? reinterpret_cast<uint8_t*>(base + word_bytes + scale_bytes) : nullptr;
+    return m;
+  }
+
+  uint32_t* words() const { return words_; }
+  float* scales() const { return scales_; }
+  uint8_t* flags() const { return flags_; }
+  // Rows with an E4M3 NaN code, or null when there are none.
+  const uint8_t* nan_rows() const { return has_nan_ ? flags_ : nullptr; }
+  void set_has_nan(bool v) { has_nan_ = v; }
+
+ private:
+  explicit CudaMatrix(const MatrixShape& shape) : BackendMatrix(shape) {}
+
+  DeviceAlloc mem_;
+  uint32_t* words_ = nullptr;
+  float* scales_ = nullptr;
+  uint8_t* flags_ = nullptr;
+  bool has_nan_ = false;
+};
+
+}  // namespace
+
+// A CUDA stream with its own staging: pinned host memory for the activations
+// and results, device memory for the same, and the GEMV workspace.
+struct CudaBackend::Lane {
+  absl::Mutex mu;
+  cudaStream_t stream = nullptr;
+  void* pinned = nullptr;
+  int64_t pinned_bytes = 0;
+  DeviceAlloc dev;
+  int64_t dev_bytes = 0;
+  DeviceAlloc ws;
+  int64_t ws_bytes = 0;
+
+  ~Lane() {
+    if (pinned != nullptr) cudaFreeHost(pinned);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  absl::Status EnsurePinned(int64_t bytes) {
+    if (bytes <= pinned_bytes) return absl::OkStatus();
+    if (pinned != nullptr) cudaFreeHost(pinned);
+    pinned = nullptr;
+    pinned_bytes = 0;
+    const int64_t want = std::max(bytes, pinned_bytes * 3 / 2);
+    if (const cudaError_t e = cudaHostAlloc(&pinned, static_cast<size_t>(want), cudaHostAllocDefault);
+        e != cudaSuccess) {
+      pinned = nullptr;
+      cudaGetLastError();
+      return CudaStatus(e, "allocating pinned staging");
+    }
+    pinned_bytes = want;
+    return absl::OkStatus();
+  }
+
+  static absl::Status Ensure(DeviceAlloc& a, int64_t& have, int64_t bytes, bool zero,
+                             cudaStream_t stream) {
+    if (bytes <= have) return absl::OkStatus();
+    if (a.p != nullptr) {
+      PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream), "growing device staging");
+      cudaFree(a.p);
+      a.p = nullptr;
+      have = 0;
+    }
+    const int64_t want = std::max(bytes, have * 3 / 2);
+    PLUME_RETURN_IF_CUDA(a.Allocate(want), "allocating device staging");
+    if (zero) PLUME_RETURN_IF_CUDA(cudaMemsetAsync(a.p, 0, static_cast<size_t>(want), stream), "zeroing workspace");
+    have = want;
+    return absl::OkStatus();
+  }
+};
+
+namespace {
+// Releases a lane that AcquireLane returned locked.
+class LaneGuard {
+ public:
+  explicit LaneGuard(CudaBackend::Lane& l) : lane_(l) {}
+  ~LaneGuard() { lane_.mu.Unlock(); }
+  LaneGuard(const LaneGuard&) = delete;
+  LaneGuard& operator=(const LaneGuard&) = delete;
+
+ private:
+  CudaBackend::Lane& lane_;
+};
+}  // namespace
+
+int CudaDeviceCount() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
+  const int n = CudaDeviceCount();
+  if (n == 0) return absl::FailedPreconditionError("cuda backend: no CUDA device is visible");
+  if (options.device < 0 || options.device >= n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda backend: device ", options.device, " does not exist (", n, " visible)"));
+  }
+  if (options.lanes < 1) return absl::InvalidArgumentError("cuda backend: lanes must be >= 1");
+  auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
+  b->options_ = options;
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options.device), "selecting the device");
+  cudaDeviceProp prop{};
+  PLUME_RETURN_IF_CUDA(cudaGetDeviceProperties(&prop, options.device), "reading device properties");
+  b->device_name_ = prop.name;
+  b->cc_ = prop.major * 10 + prop.minor;
+  size_t free_bytes = 0, total_bytes = 0;
+  PLUME_RETURN_IF_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes), "reading device memory");
+  b->total_ = static_cast<int64_t>(total_bytes);
+  b->capacity_ = std::max<int64_t>(0, static_cast<int64_t>(free_bytes) - options.reserve_bytes);
+
+  cuda::DecodePath path = cuda::DefaultDecodePath(options.device);
+  if (options.decode_path == "software") {
+    path = cuda::DecodePath::kSoftware;
+  } else if (options.decode_path == "native") {
+    if (b->cc_ < 89) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cuda backend: the native FP8 decode needs sm_89 or later; ", prop.name, " is sm_", b->cc_));
+    }
+    path = cuda::DecodePath::kNative;
+  } else if (!options.decode_path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda backend: decode path must be native or software, not \"", options.decode_path, "\""));
+  }
+  b->decode_path_ = static_cast<int>(path);
+
+  for (int i = 0; i < options.lanes; ++i) {
+    auto lane = std::make_unique<Lane>();
+    PLUME_RETURN_IF_CUDA(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking),
+                         "creating a stream");
+    b->lanes_.push_back(std::move(lane));
+  }
+  return b;
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(options_.device);
+  lanes_.clear();
+}
+
+std::string CudaBackend::description() const {
+  return absl::StrCat("cuda device ", options_.device, " (", device_name_, ", sm_", cc_, ", ",
+                      total_ >> 20, " MiB, ",
+                      cuda::DecodePathName(static_cast<cuda::DecodePath>(decode_path_)),
+                      " FP8 decode, ", lanes_.size(), " streams)");
+}
+
+bool CudaBackend::device_memory(DeviceMemory* out) const {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaSetDevice(options_.device) != cudaSuccess ||
+      cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    return false;
+  }
+  out->total = static_cast<int64_t>(total_bytes);
+  out->used = static_cast<int64_t>(total_bytes - free_bytes);
+  return true;
+}
+
+CudaBackend::Lane& CudaBackend::AcquireLane() {
+  static std::atomic<unsigned> next{0};
+  const unsigned start = next.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < lanes_.size(); ++i) {
+    Lane& l = *lanes_[(start + i) % lanes_.size()];
+    if (l.mu.TryLock()) return l;
+  }
+  Lane& l = *lanes_[start % lanes_.size()];
+  l.mu.Lock();
+  return l;
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::Quantize(const MatrixShape& shape,
+                                                                     const void* src,
+                                                                     DType src_dtype) {
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  auto m = CudaMatrix::Allocate(shape);
+  if (!m.ok()) return m.status();
+  // The source goes to the device whole and is quantized there.
+  const int64_t src_bytes = shape.rows * shape.cols * DTypeSize(src_dtype);
+  const int64_t ws_bytes = AlignUp(
+      cuda::QuantizePackWorkspaceBytes(shape.rows, shape.cols, shape.scale_mode), 256);
+  DeviceAlloc tmp;
+  PLUME_RETURN_IF_CUDA(tmp.Allocate(AlignUp(src_bytes, 256) + ws_bytes + 256),
+                       "allocating the upload's source on the device");
+  char* d_src = static_cast<char*>(tmp.p);
+  char* d_ws = d_src + AlignUp(src_bytes, 256);
+  int* d_any = reinterpret_cast<int*>(d_ws + ws_bytes);
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d_src, src, static_cast<size_t>(src_bytes),
+                                       cudaMemcpyHostToDevice, lane.stream),
+                       "copying the upload to the device");
+  PLUME_RETURN_IF_CUDA(cuda::QuantizePack(d_src, src_dtype, shape.rows, shape.cols, shape.format,
+                                          shape.scale_mode, shape.saturate, (*m)->words(),
+                                          (*m)->scales(), d_ws, lane.stream),
+                       "quantizing on the device");
+  int any = 0;
+  if ((*m)->flags() != nullptr) {
+    PLUME_RETURN_IF_CUDA(cudaMemsetAsync(d_any, 0, sizeof(int), lane.stream), "finding NaN codes");
+    PLUME_RETURN_IF_CUDA(cuda::FindNanRows((*m)->words(), shape.rows, shape.cols, (*m)->flags(),
+                                           d_any, lane.stream),
+                         "finding NaN codes");
+    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(&any, d_any, sizeof(int), cudaMemcpyDeviceToHost, lane.stream),
+                         "finding NaN codes");
+  }
+  PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "quantizing on the device");
+  (*m)->set_has_nan(any != 0);
+  return std::unique_ptr<BackendMatrix>(std::move(*m));
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::FromPacked(const MatrixShape& shape,
+                                                                       const uint32_t* words,
+                                                                       const float* scales) {
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  auto m = CudaMatrix::Allocate(shape);
+  if (!m.ok()) return m.status();
+  DeviceAlloc d_any;
+  PLUME_RETURN_IF_CUDA(d_any.Allocate(sizeof(int)), "finding NaN codes");
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync((*m)->words(), words,
+                                       static_cast<size_t>(shape.layout().total_words()) * 4,
+                                       cudaMemcpyHostToDevice, lane.stream),
+                       "copying packed codes to the device");
+  if (shape.num_scales() > 0) {
+    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync((*m)->scales(), scales,
+                                         static_cast<size_t>(shape.num_scales()) * 4,
+                                         cudaMemcpyHostToDevice, lane.stream),
+                         "copying scales to the device");
+  }
+  int any = 0;
+  if ((*m)->flags() != nullptr) {
+    PLUME_RETURN_IF_CUDA(cudaMemsetAsync(d_any.p, 0, sizeof(int), lane.stream), "finding NaN codes");
+    PLUME_RETURN_IF_CUDA(cuda::FindNanRows((*m)->words(), shape.rows, shape.cols, (*m)->flags(),
+                                           static_cast<int*>(d_any.p), lane.stream),
+                         "finding NaN codes");
+    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(&any, d_any.p, sizeof(int), cudaMemcpyDeviceToHost, lane.stream),
+                         "finding NaN codes");
+  }
+  PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "copying a matrix to the device");
+  (*m)->set_has_nan(any != 0);
+  return std::unique_ptr<BackendMatrix>(std::move(*m));
+}
+
+absl::Status CudaBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
+  const auto& m = static_cast<const CudaMatrix&>(w);
+  const MatrixShape& s = m.shape();
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  const int64_t x_bytes = args.batch * s.cols * DTypeSize(args.x_dtype);
+  const int64_t y_bytes = args.batch * s.rows * DTypeSize(args.y_dtype);
+  const int64_t x_off = 0, y_off = AlignUp(x_bytes, 256);
+
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  if (absl::Status st = lane.EnsurePinned(y_off + y_bytes); !st.ok()) return st;
+  if (absl::Status st = Lane::Ensure(lane.dev, lane.dev_bytes, y_off + y_bytes, false, lane.stream);
+      !st.ok()) {
+    return st;
+  }
+  char* h = static_cast<char*>(lane.pinned);
+  char* d = static_cast<char*>(lane.dev.p);
+
+  cuda::GemvProblem p;
+  p.words = m.words();
+  p.scales = m.scales();
+  p.nan_rows = m.nan_rows();
+  p.rows = s.rows;
+  p.cols = s.cols;
+  p.format = s.format;
+  p.scale_mode = s.scale_mode;
+  p.x = d + x_off;
+  p.x_dtype = args.x_dtype;
+  p.x_scale = args.x_scale;
+  p.batch = args.batch;
+  p.y = d + y_off;
+  p.y_dtype = args.y_dtype;
+  p.path = static_cast<cuda::DecodePath>(decode_path_);
+  const int64_t ws_need = cuda::GemvWorkspaceBytes(p, options_.device);
+  if (ws_need <= 0) return absl::InternalError("cuda backend: GEMV workspace size unavailable");
+  if (absl::Status st = Lane::Ensure(lane.ws, lane.ws_bytes, ws_need, true, lane.stream); !st.ok()) {
+    return st;
+  }
+
+  std::memcpy(h + x_off, args.x, static_cast<size_t>(x_bytes));
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d + x_off, h + x_off, static_cast<size_t>(x_bytes),
+                                       cudaMemcpyHostToDevice, lane.stream),
+                       "copying activations to the device");
+  PLUME_RETURN_IF_CUDA(cuda::Gemv(p, lane.ws.p, lane.ws_bytes, lane.stream), "launching the GEMV");
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(h + y_off, d + y_off, static_cast<size_t>(y_bytes),
+                                       cudaMemcpyDeviceToHost, lane.stream),
+                       "copying results from the device");
+  PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "running the GEMV");
+  std::memcpy(args.y, h + y_off, static_cast<size_t>(y_bytes));
+  return absl::OkStatus();
+}
+
+}  // namespace plume::core

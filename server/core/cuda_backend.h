@@ -1,0 +1,68 @@
+// The CUDA backend: packed FP8 matrices resident in device memory
+// (cudaMalloc, never managed memory), quantized on the device, GEMV by the
+// kernels in kernels/cuda. Built only when CUDA is (PLUME_HAVE_CUDA).
+//
+// Requests run on a few lanes, each a CUDA stream with its own pinned host
+// staging and device buffers, so that several GEMVs overlap. Every CUDA call
+// is checked; errors become statuses (out of memory: RESOURCE_EXHAUSTED,
+// anything else: INTERNAL with the CUDA error's name).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/core/backend.h"
+
+namespace plume::core {
+
+struct CudaBackendOptions {
+  int device = 0;
+  // Device memory left out of the matrix budget, for workspaces, staging and
+  // the CUDA context's own needs.
+  int64_t reserve_bytes = int64_t{1} << 30;
+  int lanes = 4;  // concurrent GEMVs (CUDA streams)
+  // Decode path override for tests and benchmarks: "" picks the native path
+  // on sm_89+ and the software one elsewhere; "native" or "software" forces.
+  std::string decode_path;
+};
+
+// Number of CUDA devices usable here (0 when there is no driver or GPU).
+int CudaDeviceCount();
+
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  std::string_view name() const override { return "cuda"; }
+  std::string description() const;
+  int64_t memory_capacity_bytes() const override { return capacity_; }
+  bool device_memory(DeviceMemory* out) const override;
+
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
+                                                          const void* src,
+                                                          DType src_dtype) override;
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
+                                                            const uint32_t* words,
+                                                            const float* scales) override;
+  absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
+
+  struct Lane;
+
+ private:
+  CudaBackend() = default;
+  Lane& AcquireLane();
+
+  CudaBackendOptions options_;
+  int64_t capacity_ = 0;
+  int64_t total_ = 0;
+  std::string device_name_;
+  int cc_ = 0;
+  int decode_path_ = 0;  // cuda::DecodePath
+  std::vector<std::unique_ptr<Lane>> lanes_;
+};
+
+}  // namespace plume::core

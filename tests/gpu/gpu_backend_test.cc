@@ -1,0 +1,161 @@
+// The CUDA backend through the Backend interface, against the CPU backend and
+// the FP64 reference: quantize on the device, packed uploads, NaN codes,
+// concurrent GEMVs on several streams, device memory, bad options.
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "server/core/cpu_backend.h"
+#include "server/core/cuda_backend.h"
+#include "tests/common/gemv_reference.h"
+
+namespace plume::core {
+namespace {
+
+using plume::testing::ExpectedGemv;
+using plume::testing::RandomNormal;
+
+std::unique_ptr<CudaBackend> MakeCuda(const std::string& path = "") {
+  CudaBackendOptions o;
+  o.decode_path = path;
+  auto b = CudaBackend::Create(o);
+  EXPECT_TRUE(b.ok()) << b.status();
+  return b.ok() ? std::move(*b) : nullptr;
+}
+
+std::vector<std::string> Paths() {
+  CudaBackendOptions o;
+  o.decode_path = "native";
+  return CudaBackend::Create(o).ok() ? std::vector<std::string>{"native", "software"}
+                                     : std::vector<std::string>{"software"};
+}
+
+TEST(CudaBackend, QuantizeAndGemvMatchTheCpuBackend) {
+  CpuBackend cpu(2);
+  for (const std::string& path : Paths()) {
+    auto cuda = MakeCuda(path);
+    ASSERT_NE(cuda, nullptr);
+    for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+      for (ScaleMode m : {ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128}) {
+        const MatrixShape shape{300, 517, f, m, true};
+        const auto w = RandomNormal(shape.rows * shape.cols, 3);
+        auto gm = cuda->Quantize(shape, w.data(), DType::kF32);
+        auto cm = cpu.Quantize(shape, w.data(), DType::kF32);
+        ASSERT_TRUE(gm.ok()) << gm.status();
+        ASSERT_TRUE(cm.ok()) << cm.status();
+        for (int64_t batch : {1, 5, 40}) {
+          const auto x = RandomNormal(batch * shape.cols, 4);
+          std::vector<float> yg(size_t(batch * shape.rows), NAN), yc(yg.size(), NAN);
+          GemvArgs a{x.data(), DType::kF32, 1.0f, batch, yg.data(), DType::kF32};
+          ASSERT_TRUE(cuda->Gemv(**gm, a).ok());
+          a.y = yc.data();
+          ASSERT_TRUE(cpu.Gemv(**cm, a).ok());
+          const ExpectedGemv want(w, shape.rows, shape.cols, f, m);
+          EXPECT_LE(want.RelErr(x, batch, yg), 1e-5) << path << " " << ScaleModeName(m);
+          EXPECT_LE(want.RelErr(x, batch, yc), 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaBackend, PackedUploadWithNanCodes) {
+  auto cuda = MakeCuda("software");  // the path that needs the NaN-row fix
+  ASSERT_NE(cuda, nullptr);
+  const MatrixShape shape{20, 64, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  std::vector<uint32_t> words(size_t(shape.layout().total_words()), 0x38383838u);  // all 1.0
+  words[size_t(7 * shape.layout().words_per_row() + 2)] = 0x387f3838u;            // a NaN in row 7
+  std::vector<float> scales(size_t(shape.rows), 0.5f);
+  auto m = cuda->FromPacked(shape, words.data(), scales.data());
+  ASSERT_TRUE(m.ok()) << m.status();
+  const auto x = RandomNormal(shape.cols, 5);
+  double sum = 0;
+  for (float v : x) sum += v;
+  std::vector<float> y(size_t(shape.rows), 0.0f);
+  ASSERT_TRUE(cuda->Gemv(**m, {x.data(), DType::kF32, 1.0f, 1, y.data(), DType::kF32}).ok());
+  for (int64_t r = 0; r < shape.rows; ++r) {
+    if (r == 7) {
+      EXPECT_TRUE(std::isnan(y[size_t(r)]));
+    } else {
+      EXPECT_NEAR(y[size_t(r)], 0.5 * sum, 1e-4 * std::abs(sum) + 1e-5) << r;
+    }
+  }
+}
+
+TEST(CudaBackend, ConcurrentGemvsOnSeveralStreams) {
+  auto cuda = MakeCuda();
+  ASSERT_NE(cuda, nullptr);
+  const MatrixShape shape{1000, 2048, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  const auto w = RandomNormal(shape.rows * shape.cols, 8);
+  auto m = cuda->Quantize(shape, w.data(), DType::kF32);
+  ASSERT_TRUE(m.ok());
+  const ExpectedGemv want(w, shape.rows, shape.cols, shape.format, shape.scale_mode);
+  std::vector<std::thread> threads;
+  std::vector<double> worst(8, 0.0);
+  std::vector<int> failures(8, 0);
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        const int64_t batch = 1 + (t + i) % 9;
+        const auto x = RandomNormal(batch * shape.cols, uint32_t(100 * t + i));
+        std::vector<float> y(size_t(batch * shape.rows), NAN);
+        if (!cuda->Gemv(**m, {x.data(), DType::kF32, 1.0f, batch, y.data(), DType::kF32}).ok()) {
+          ++failures[size_t(t)];
+          continue;
+        }
+        worst[size_t(t)] = std::max(worst[size_t(t)], want.RelErr(x, batch, y));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 8; ++t) {
+    EXPECT_EQ(failures[size_t(t)], 0);
+    EXPECT_LE(worst[size_t(t)], 1e-5);
+  }
+}
+
+TEST(CudaBackend, ReportsDeviceMemoryAndBudget) {
+  auto cuda = MakeCuda();
+  ASSERT_NE(cuda, nullptr);
+  DeviceMemory before;
+  ASSERT_TRUE(cuda->device_memory(&before));
+  EXPECT_GT(before.total, 0);
+  EXPECT_GT(cuda->memory_capacity_bytes(), 0);
+  EXPECT_LT(cuda->memory_capacity_bytes(), before.total);
+  const MatrixShape shape{8192, 8192, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  std::vector<uint32_t> words(size_t(shape.layout().total_words()), 0x38383838u);
+  std::vector<float> scales(size_t(shape.rows), 1.0f);
+  auto m = cuda->FromPacked(shape, words.data(), scales.data());
+  ASSERT_TRUE(m.ok());
+  DeviceMemory after;
+  ASSERT_TRUE(cuda->device_memory(&after));
+  EXPECT_GE(after.used - before.used, 60 << 20);  // the 64 MiB matrix is in device memory
+}
+
+TEST(CudaBackend, BadOptionsAreRejected) {
+  CudaBackendOptions o;
+  o.device = 999;
+  EXPECT_EQ(CudaBackend::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.device = 0;
+  o.decode_path = "magic";
+  EXPECT_EQ(CudaBackend::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.decode_path = "";
+  o.lanes = 0;
+  EXPECT_EQ(CudaBackend::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CudaBackend, OutOfDeviceMemoryIsResourceExhausted) {
+  auto cuda = MakeCuda();
+  ASSERT_NE(cuda, nullptr);
+  // Rows x cols far beyond any GPU's memory: the allocation fails cleanly.
+  const MatrixShape shape{int64_t{1} << 22, int64_t{1} << 20, Fp8Format::kE4M3, ScaleMode::kTensor, true};
+  std::vector<uint32_t> words(1);
+  std::vector<float> scales(1, 1.0f);
+  EXPECT_EQ(cuda->FromPacked(shape, words.data(), scales.data()).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace plume::core
