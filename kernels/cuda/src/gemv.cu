@@ -28,6 +28,12 @@ constexpr int kPrepThreads = 256;
 #define PLUME_GEMV_DEPTH 1
 #endif
 constexpr int kGemvDepth = PLUME_GEMV_DEPTH;  // W chunks in flight ahead of the math
+#ifndef PLUME_GEMV_STAGE_FROM
+#define PLUME_GEMV_STAGE_FROM 2
+#endif
+// Column tiles from which activations are staged in shared memory; below,
+// each warp reads them through L1.
+constexpr int kStageFromNT = PLUME_GEMV_STAGE_FROM;
 
 // How W's codes become FP16 pairs.
 enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
@@ -174,7 +180,7 @@ struct XStage {
   static constexpr int kHalves = kNT * 8 * kXPad;
 };
 
-__device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
+[[maybe_unused]] __device__ __forceinline__ void CopyAsync16(void* smem, const void* gmem) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
@@ -210,28 +216,20 @@ __device__ __forceinline__ void StageX(const Params& p, int c, __half* dst) {
 }
 
 // The 16 activation pairs lane (g, t) needs for chunk c and column n*8+g,
-// matching the W words of LoadRow: columns 16t.. and 64 + 16t...
-template <int kNT>
-__device__ __forceinline__ void LoadX(const Params& p, const __half* stage, int c, int n, int g,
-                                      int t, uint4 (&xb)[4]) {
+// matching the W words of LoadRow: columns 16t.. and 64 + 16t.., read
+// through L1 (the unstaged path).
+__device__ __forceinline__ void LoadX(const Params& p, int c, int n, int g, int t,
+                                      uint4 (&xb)[4]) {
   const int col = n * 8 + g;
   if (col >= p.ncols) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) xb[i] = make_uint4(0, 0, 0, 0);
     return;
   }
-  if constexpr (kNT == 1) {
-    const __half* src = p.x + col * p.x_ld + static_cast<int64_t>(c) * kChunk + 16 * t;
+  const __half* src = p.x + col * p.x_ld + static_cast<int64_t>(c) * kChunk + 16 * t;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      xb[i] = __ldg(reinterpret_cast<const uint4*>(src + (i >> 1) * 64 + (i & 1) * 8));
-    }
-  } else {
-    const __half* src = stage + col * kXPad + 16 * t;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      xb[i] = *reinterpret_cast<const uint4*>(src + (i >> 1) * 64 + (i & 1) * 8);
-    }
+  for (int i = 0; i < 4; ++i) {
+    xb[i] = __ldg(reinterpret_cast<const uint4*>(src + (i >> 1) * 64 + (i & 1) * 8));
   }
 }
 
@@ -244,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
 #endif
   constexpr int kN = kNT * 8;
-  constexpr bool kStaged = kNT > 1;
+  constexpr bool kStaged = kNT >= kStageFromNT;
   extern __shared__ __align__(16) __half stage_mem[];  // 2 * XStage<kNT>::kHalves when staged
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -286,18 +284,37 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
     }
 
     float part[kNT][4];
+    if constexpr (kBlockScale) {
 #pragma unroll
-    for (int n = 0; n < kNT; ++n) {
-      uint4 xb[4];
-      LoadX<kNT>(p, stage, c, n, g, t, xb);
-      float(&d)[4] = kBlockScale ? part[n] : acc[n];
-      if constexpr (kBlockScale) d[0] = d[1] = d[2] = d[3] = 0.0f;
+      for (int n = 0; n < kNT; ++n) part[n][0] = part[n][1] = part[n][2] = part[n][3] = 0.0f;
+    }
+    if constexpr (kStaged) {
+      // Step pairs outside, column tiles inside: consecutive mma feed
+      // different accumulators, so they don't wait on each other.
 #pragma unroll
-      for (int s = 0; s < 8; ++s) {
-        const uint4& q = xb[s >> 1];
-        const uint32_t b0 = (s & 1) ? q.z : q.x;
-        const uint32_t b1 = (s & 1) ? q.w : q.y;
-        Mma(d, a[s][0], a[s][1], a[s][2], a[s][3], b0, b1);
+      for (int s2 = 0; s2 < 4; ++s2) {
+#pragma unroll
+        for (int n = 0; n < kNT; ++n) {
+          const uint4 q = *reinterpret_cast<const uint4*>(
+              stage + (n * 8 + g) * kXPad + 16 * t + (s2 >> 1) * 64 + (s2 & 1) * 8);
+          float(&d)[4] = kBlockScale ? part[n] : acc[n];
+          Mma(d, a[2 * s2][0], a[2 * s2][1], a[2 * s2][2], a[2 * s2][3], q.x, q.y);
+          Mma(d, a[2 * s2 + 1][0], a[2 * s2 + 1][1], a[2 * s2 + 1][2], a[2 * s2 + 1][3], q.z, q.w);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+        uint4 xb[4];
+        LoadX(p, c, n, g, t, xb);
+        float(&d)[4] = kBlockScale ? part[n] : acc[n];
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+          const uint4& q = xb[s >> 1];
+          const uint32_t b0 = (s & 1) ? q.z : q.x;
+          const uint32_t b1 = (s & 1) ? q.w : q.y;
+          Mma(d, a[s][0], a[s][1], a[s][2], a[s][3], b0, b1);
+        }
       }
     }
     if constexpr (kStaged) __syncthreads();  // the stage is refilled next time
@@ -577,7 +594,7 @@ cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, P
   const int64_t ncols = std::min<int64_t>(p.batch, pl.vec_per_tile) * (pl.split ? 2 : 1);
   pl.nt = ncols <= 8 ? 1 : ncols <= 16 ? 2 : ncols <= 32 ? 4 : 8;
   pl.fn = PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.nt);
-  pl.smem = pl.nt > 1 ? size_t{2} * pl.nt * 8 * kXPad * sizeof(__half) : 0;
+  pl.smem = pl.nt >= kStageFromNT ? size_t{2} * pl.nt * 8 * kXPad * sizeof(__half) : 0;
   int bps = 1;
   PLUME_CUDA_TRY(BlocksPerSm(pl.fn, pl.smem, device, &bps));
   pl.row_tiles = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
