@@ -123,6 +123,33 @@ __global__ void ReadKernel(const uint4* p, int64_t n, uint32_t* sink) {
   if (acc == 0x12345678u) sink[0] = acc;
 }
 
+// The same bytes read in plume's GEMV pattern, without the math: each warp
+// reads 16 rows, 128 bytes of each per step (two 16-byte loads per lane),
+// walking its rows' columns; one column split per grid.y.
+__global__ void RowPatternReadKernel(const uint8_t* w, int64_t rows, int64_t row_bytes,
+                                     int splits, uint32_t* sink) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t ra = (int64_t{blockIdx.x} * (blockDim.x / 32) + warp) * 16 + g;
+  const int64_t chunks = row_bytes / 128;
+  const int64_t per = (chunks + splits - 1) / splits;
+  const int64_t c0 = blockIdx.y * per, c1 = min(chunks, c0 + per);
+  uint32_t acc = 0;
+  if (ra + 8 < rows) {
+    const uint8_t* a = w + ra * row_bytes;
+    const uint8_t* b = a + 8 * row_bytes;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t off = c * 128 + 16 * t;
+      const uint4 v0 = __ldcs(reinterpret_cast<const uint4*>(a + off));
+      const uint4 v1 = __ldcs(reinterpret_cast<const uint4*>(a + off + 64));
+      const uint4 v2 = __ldcs(reinterpret_cast<const uint4*>(b + off));
+      const uint4 v3 = __ldcs(reinterpret_cast<const uint4*>(b + off + 64));
+      acc ^= v0.x ^ v1.y ^ v2.z ^ v3.w;
+    }
+  }
+  if (acc == 0x12345678u) sink[0] = acc;
+}
+
 constexpr int kFillBlocks = 4096;
 
 // ------------------------------------------------------------------ timing
@@ -220,6 +247,16 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
                                              static_cast<int64_t>(code_bytes / 16), sink);
   });
   Report(shape, 0, "read", "ceiling", read_us, static_cast<double>(code_bytes));
+  for (int splits : {1, 2, 4, 8}) {
+    const dim3 grid(static_cast<unsigned>((rows + 127) / 128), static_cast<unsigned>(splits));
+    const double us = timer.Median([&](int i) {
+      RowPatternReadKernel<<<grid, 256, 0, stream>>>(
+          reinterpret_cast<const uint8_t*>(words[i % copies]), rows, layout.padded_cols(), splits,
+          sink);
+    });
+    Report(shape, 0, "read", "gemv pattern, splits " + std::to_string(splits), us,
+           static_cast<double>(code_bytes));
+  }
 
   // plume
   const std::string xname = plume::DTypeName(o.x_dtype);
