@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "plume/cuda/fp8_codec.h"
 #include "plume/cuda/gemv.h"
 
 namespace {
@@ -59,6 +60,7 @@ struct Options {
   DType x_dtype = DType::kF16;
   int iters = 200;
   bool baselines = true;
+  bool quantize = true;
   std::string json;
 };
 
@@ -258,6 +260,36 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
            static_cast<double>(code_bytes));
   }
 
+  // GPU quantize-and-pack (uploads): source read, codes and scales written.
+  if (o.quantize) {
+    for (DType src_t : {DType::kF32, DType::kF16, DType::kBF16}) {
+      const size_t src_bytes = static_cast<size_t>(rows * cols) * plume::DTypeSize(src_t);
+      const int sc = CopiesFor(src_bytes);
+      std::vector<void*> src(static_cast<size_t>(sc));
+      for (int c = 0; c < sc; ++c) {
+        src[c] = Alloc<void>(src_bytes);
+        if (src_t == DType::kF32) {
+          FillFloat<<<kFillBlocks, 256, 0, stream>>>(static_cast<float*>(src[c]), rows * cols, 400 + c, -1.0f);
+        } else {  // random 16-bit patterns with a sane exponent work for both F16 and BF16
+          FillHalf<<<kFillBlocks, 256, 0, stream>>>(static_cast<__half*>(src[c]), rows * cols, 400 + c);
+        }
+      }
+      for (ScaleMode m : {ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128}) {
+        const int64_t qws_bytes = plume::cuda::QuantizePackWorkspaceBytes(rows, cols, m);
+        void* qws = Alloc<void>(static_cast<size_t>(std::max<int64_t>(qws_bytes, 16)));
+        const double us = timer.Median([&](int i) {
+          CHECK_CUDA(plume::cuda::QuantizePack(src[i % sc], src_t, rows, cols, Fp8Format::kE4M3, m,
+                                               true, words[0], scales, qws, stream));
+        });
+        Report(shape, 0, "quantize", std::string("e4m3 ") + plume::ScaleModeName(m) + " from " +
+                                         plume::DTypeName(src_t),
+               us, static_cast<double>(src_bytes + code_bytes));
+        CHECK_CUDA(cudaFree(qws));
+      }
+      for (void* p : src) CHECK_CUDA(cudaFree(p));
+    }
+  }
+
   // plume
   const std::string xname = plume::DTypeName(o.x_dtype);
   void* ws = nullptr;
@@ -430,6 +462,7 @@ void Usage() {
                "usage: gpu_gemv_bench [--shapes 4096x4096,...] [--batches 1,4,16,64]\n"
                "  [--formats e4m3,e5m2] [--modes none,tensor,row,block128]\n"
                "  [--paths native,software] [--x f16|f32] [--iters N] [--no-baselines]\n"
+               "  [--no-quantize]\n"
                "  [--json FILE]\n");
   std::exit(2);
 }
@@ -475,6 +508,8 @@ Options Parse(int argc, char** argv) {
       o.x_dtype = s == "f16" ? DType::kF16 : DType::kF32;
     } else if (a == "--iters") {
       o.iters = std::max(10, std::stoi(next()));
+    } else if (a == "--no-quantize") {
+      o.quantize = false;
     } else if (a == "--no-baselines") {
       o.baselines = false;
     } else if (a == "--json") {

@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cfloat>
 
 #include "plume/cuda/check.h"
@@ -78,72 +79,213 @@ __device__ __forceinline__ float BlockMax(float v) {
   v = WarpMax(v);
   if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
   __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? partial[threadIdx.x] : 0.0f;
-  v = WarpMax(v);
+  v = partial[0];
+#pragma unroll
+  for (int i = 1; i < kThreads / 32; ++i) v = fmaxf(v, partial[i]);
   __syncthreads();  // partial may be reused by the caller's next call
   return v;
 }
 
-// One block per row (grid-stride over rows): out[r] = ScaleFromAmax(amax of
-// row r), or the raw amax when kRawAmax (the TENSOR mode's first pass).
-template <DType kSrc, bool kRawAmax>
-__global__ void RowAmaxKernel(const void* src, int64_t rows, int64_t cols, Fp8Format format,
-                              float* out) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    float m = 0.0f;
-    for (int64_t c = threadIdx.x; c < cols; c += kThreads) m = fmaxf(m, FiniteAbs(Load<kSrc>(src, r * cols + c)));
-    m = BlockMax(m);
-    if (threadIdx.x == 0) out[r] = kRawAmax ? m : fp8::ScaleFromAmax(m, format);
+// Quantizing works on groups of 16 consecutive elements of a row: one
+// 16-byte store of codes, never straddling a row (rows are padded to 16
+// codes) or a 128-column block. Rows whose length is a multiple of 16 (and a
+// 16-byte aligned source) are read with 16-byte loads; others element by
+// element. Positions past the row's end encode as 0, the padding code.
+struct Src {
+  const void* p;
+  int64_t rows, cols;
+  bool vec;
+};
+
+template <DType kSrc>
+__device__ __forceinline__ float FromBits(uint32_t b) {
+  if constexpr (kSrc == DType::kF16) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+  } else {
+    return __uint_as_float(b << 16);
   }
 }
 
-// The TENSOR scale from the per-row amaxes (one block).
-__global__ void TensorScaleKernel(const float* row_amax, int64_t rows, Fp8Format format,
-                                  float* scale) {
-  float m = 0.0f;
-  for (int64_t r = threadIdx.x; r < rows; r += kThreads) m = fmaxf(m, row_amax[r]);
-  m = BlockMax(m);
-  if (threadIdx.x == 0) scale[0] = fp8::ScaleFromAmax(m, format);
-}
-
-// One warp per (row, 128-column block).
 template <DType kSrc>
-__global__ void Block128ScaleKernel(const void* src, int64_t rows, int64_t cols, Fp8Format format,
-                                    float* scales) {
-  const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
-  const int64_t warps = rows * nb;
-  const int lane = threadIdx.x & 31;
-  for (int64_t w = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32; w < warps;
-       w += static_cast<int64_t>(gridDim.x) * (kThreads / 32)) {
-    const int64_t r = w / nb, c0 = (w % nb) * kBlockCols;
-    float m = 0.0f;
-    for (int64_t c = c0 + lane; c < c0 + kBlockCols && c < cols; c += 32) {
-      m = fmaxf(m, FiniteAbs(Load<kSrc>(src, r * cols + c)));
-    }
-    m = WarpMax(m);
-    if (lane == 0) scales[w] = fp8::ScaleFromAmax(m, format);
-  }
-}
-
-// One thread per packed word: four codes, element 4j in bits 0-7.
-template <DType kSrc>
-__global__ void PackKernel(const void* src, int64_t rows, int64_t cols, Fp8Format format,
-                           ScaleMode mode, bool saturate, const float* scales, uint32_t* words) {
-  const PackedLayout l{rows, cols};
-  const int64_t wpr = l.words_per_row(), total = l.total_words();
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t r = i / wpr, c0 = (i % wpr) * 4;
-    uint32_t word = 0;
-    for (int k = 0; k < 4; ++k) {
-      const int64_t c = c0 + k;
-      if (c < cols) {
-        const float x = Load<kSrc>(src, r * cols + c);
-        const uint32_t code = fp8::Encode(x / ScaleAt(scales, mode, l, r, c), format, saturate);
-        word |= code << (8 * k);
+__device__ __forceinline__ void LoadGroup(const Src& s, int64_t row, int64_t c0, float (&v)[16]) {
+  const int64_t base = row * s.cols + c0;
+  if (s.vec) {
+    if constexpr (kSrc == DType::kF32) {
+      const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(s.p) + base);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float4 f = __ldcs(q + i);
+        v[4 * i] = f.x;
+        v[4 * i + 1] = f.y;
+        v[4 * i + 2] = f.z;
+        v[4 * i + 3] = f.w;
+      }
+    } else {
+      const uint4* q = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(s.p) + base);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const uint4 u = __ldcs(q + i);
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          v[8 * i + 2 * j] = FromBits<kSrc>(w[j] & 0xffffu);
+          v[8 * i + 2 * j + 1] = FromBits<kSrc>(w[j] >> 16);
+        }
       }
     }
-    words[i] = word;
+  } else {
+#pragma unroll
+    for (int k = 0; k < 16; ++k) v[k] = c0 + k < s.cols ? Load<kSrc>(s.p, base + k) : 0.0f;
+  }
+}
+
+__device__ __forceinline__ float GroupAmax(const float (&v)[16]) {
+  float m = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 16; ++k) m = fmaxf(m, FiniteAbs(v[k]));
+  return m;
+}
+
+// Codes of v / scale, exactly as the reference encodes them, stored as one
+// 16-byte piece of row `row`.
+__device__ __forceinline__ void StoreGroup(const float (&v)[16], float scale, Fp8Format f,
+                                           bool saturate, uint32_t* words, int64_t wpr,
+                                           int64_t row, int64_t c0) {
+  uint32_t w[4] = {0, 0, 0, 0};
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  if (saturate) {
+    // The hardware's saturating round-to-nearest-even conversion, two at a
+    // time. It agrees with fp8::Encode on every finite value and infinity;
+    // NaN keeps its sign in plume's encoding, so NaN is patched.
+    const __nv_fp8_interpretation_t kind = f == Fp8Format::kE4M3 ? __NV_E4M3 : __NV_E5M2;
+    const uint32_t nan = f == Fp8Format::kE4M3 ? 0x7fu : 0x7eu;
+#pragma unroll
+    for (int k = 0; k < 16; k += 2) {
+      const float a = v[k] / scale, b = v[k + 1] / scale;
+      uint32_t pair = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, kind);
+      if (isnan(a)) pair = (pair & 0xff00u) | nan | (signbit(a) ? 0x80u : 0u);
+      if (isnan(b)) pair = (pair & 0x00ffu) | ((nan | (signbit(b) ? 0x80u : 0u)) << 8);
+      w[k >> 2] |= pair << (8 * (k & 3));
+    }
+  } else
+#endif
+  {
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      w[k >> 2] |= static_cast<uint32_t>(fp8::Encode(v[k] / scale, f, saturate)) << (8 * (k & 3));
+    }
+  }
+  *reinterpret_cast<uint4*>(words + row * wpr + c0 / 4) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// NONE and TENSOR: one thread per group. TENSOR takes its scale from the amax
+// the previous kernel left in *amax (and block 0 writes it out).
+template <DType kSrc>
+__global__ void PackKernel(Src s, Fp8Format f, bool saturate, const float* amax, float* scales,
+                           uint32_t* words) {
+  const int64_t wpr = PackedLayout{s.rows, s.cols}.words_per_row();
+  const int64_t gpr = wpr / 4, groups = s.rows * gpr;
+  const float scale = amax != nullptr ? fp8::ScaleFromAmax(*amax, f) : 1.0f;
+  if (amax != nullptr && blockIdx.x == 0 && threadIdx.x == 0) scales[0] = scale;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < groups;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t r = i / gpr, c0 = (i % gpr) * 16;
+    float v[16];
+    LoadGroup<kSrc>(s, r, c0, v);
+    StoreGroup(v, scale, f, saturate, words, wpr, r, c0);
+  }
+}
+
+// TENSOR, first pass: the amax of everything into *amax (zeroed before;
+// non-negative floats order like their bit patterns, so atomicMax on the bits).
+template <DType kSrc>
+__global__ void AmaxKernel(Src s, float* amax) {
+  const int64_t gpr = PackedLayout{s.rows, s.cols}.words_per_row() / 4, groups = s.rows * gpr;
+  float m = 0.0f;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < groups;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    float v[16];
+    LoadGroup<kSrc>(s, i / gpr, (i % gpr) * 16, v);
+    m = fmaxf(m, GroupAmax(v));
+  }
+  m = BlockMax(m);
+  if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned*>(amax), __float_as_uint(m));
+}
+
+// ROW: one block per row, two passes over it; the second finds the row in L2.
+template <DType kSrc>
+__global__ void RowKernel(Src s, Fp8Format f, bool saturate, float* scales, uint32_t* words) {
+  const int64_t wpr = PackedLayout{s.rows, s.cols}.words_per_row(), gpr = wpr / 4;
+  for (int64_t r = blockIdx.x; r < s.rows; r += gridDim.x) {
+    float m = 0.0f;
+    for (int64_t g = threadIdx.x; g < gpr; g += kThreads) {
+      float v[16];
+      LoadGroup<kSrc>(s, r, g * 16, v);
+      m = fmaxf(m, GroupAmax(v));
+    }
+    const float scale = fp8::ScaleFromAmax(BlockMax(m), f);
+    if (threadIdx.x == 0) scales[r] = scale;
+    for (int64_t g = threadIdx.x; g < gpr; g += kThreads) {
+      float v[16];
+      LoadGroup<kSrc>(s, r, g * 16, v);
+      StoreGroup(v, scale, f, saturate, words, wpr, r, g * 16);
+    }
+  }
+}
+
+// ROW for rows of up to kThreads * 16 * kGroups elements: one block per row,
+// the row held in registers between the amax and the encoding, so the source
+// is read from memory exactly once.
+template <DType kSrc, int kGroups>
+__global__ void __launch_bounds__(kThreads)
+    RowInRegistersKernel(Src s, Fp8Format f, bool saturate, float* scales, uint32_t* words) {
+  const int64_t wpr = PackedLayout{s.rows, s.cols}.words_per_row(), gpr = wpr / 4;
+  for (int64_t r = blockIdx.x; r < s.rows; r += gridDim.x) {
+    float v[kGroups][16];
+    float m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) {
+      const int64_t g = threadIdx.x + int64_t{j} * kThreads;
+      if (g < gpr) {
+        LoadGroup<kSrc>(s, r, g * 16, v[j]);
+        m = fmaxf(m, GroupAmax(v[j]));
+      }
+    }
+    const float scale = fp8::ScaleFromAmax(BlockMax(m), f);
+    if (threadIdx.x == 0) scales[r] = scale;
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) {
+      const int64_t g = threadIdx.x + int64_t{j} * kThreads;
+      if (g < gpr) StoreGroup(v[j], scale, f, saturate, words, wpr, r, g * 16);
+    }
+  }
+}
+
+// BLOCK128: eight lanes per (row, 128-column block), one group each, one pass.
+template <DType kSrc>
+__global__ void Block128Kernel(Src s, Fp8Format f, bool saturate, float* scales, uint32_t* words) {
+  const PackedLayout l{s.rows, s.cols};
+  const int64_t wpr = l.words_per_row(), gpr = wpr / 4, nb = l.blocks_per_row();
+  const int64_t blocks = s.rows * nb;
+  const int sub = threadIdx.x & 7;
+  for (int64_t b = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 8;
+       b - (threadIdx.x & 31) / 8 < blocks;  // whole warps iterate together for the shuffles
+       b += static_cast<int64_t>(gridDim.x) * (kThreads / 8)) {
+    const bool live = b < blocks;
+    const int64_t r = live ? b / nb : 0, g = (live ? b % nb : 0) * 8 + sub;
+    const bool in = live && g < gpr;
+    float v[16];
+    if (in) {
+      LoadGroup<kSrc>(s, r, g * 16, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 16; ++k) v[k] = 0.0f;
+    }
+    float m = GroupAmax(v);
+    for (int o = 4; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const float scale = fp8::ScaleFromAmax(m, f);
+    if (live && sub == 0) scales[b] = scale;
+    if (in) StoreGroup(v, scale, f, saturate, words, wpr, r, g * 16);
   }
 }
 
@@ -156,29 +298,46 @@ template <DType kSrc>
 cudaError_t QuantizePackTyped(const void* src, int64_t rows, int64_t cols, Fp8Format format,
                               ScaleMode mode, bool saturate, uint32_t* words, float* scales,
                               void* workspace, cudaStream_t stream) {
+  const Src s{src, rows, cols, cols % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0};
+  const int64_t groups = rows * (PackedLayout{rows, cols}.words_per_row() / 4);
   switch (mode) {
-    case ScaleMode::kNone: break;
+    case ScaleMode::kNone:
+      PackKernel<kSrc><<<GridFor(groups, kThreads), kThreads, 0, stream>>>(s, format, saturate, nullptr, scales, words);
+      break;
     case ScaleMode::kTensor: {
-      auto* row_amax = static_cast<float*>(workspace);
-      RowAmaxKernel<kSrc, true><<<GridFor(rows, 1), kThreads, 0, stream>>>(src, rows, cols, format, row_amax);
+      auto* amax = static_cast<float*>(workspace);
+      PLUME_CUDA_TRY(cudaMemsetAsync(amax, 0, sizeof(float), stream));
+      AmaxKernel<kSrc><<<GridFor(groups, kThreads * 8), kThreads, 0, stream>>>(s, amax);
       PLUME_CUDA_TRY_LAUNCH();
-      TensorScaleKernel<<<1, kThreads, 0, stream>>>(row_amax, rows, format, scales);
-      PLUME_CUDA_TRY_LAUNCH();
+      PackKernel<kSrc><<<GridFor(groups, kThreads), kThreads, 0, stream>>>(s, format, saturate, amax, scales, words);
       break;
     }
-    case ScaleMode::kRow:
-      RowAmaxKernel<kSrc, false><<<GridFor(rows, 1), kThreads, 0, stream>>>(src, rows, cols, format, scales);
-      PLUME_CUDA_TRY_LAUNCH();
+    case ScaleMode::kRow: {
+      int device = 0, sms = 0, l2 = 0;
+      PLUME_CUDA_TRY(cudaGetDevice(&device));
+      PLUME_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      const int64_t gpr = PackedLayout{rows, cols}.words_per_row() / 4;
+      const unsigned resident = static_cast<unsigned>(std::min<int64_t>(rows, int64_t{sms} * 8));
+      if (gpr <= kThreads * 4) {
+        RowInRegistersKernel<kSrc, 4><<<resident, kThreads, 0, stream>>>(s, format, saturate, scales, words);
+      } else if (gpr <= kThreads * 8) {
+        RowInRegistersKernel<kSrc, 8><<<resident, kThreads, 0, stream>>>(s, format, saturate, scales, words);
+      } else {
+        // Longer rows: two passes per row, with few enough rows in flight
+        // that they stay in L2 between the passes.
+        PLUME_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+        const int64_t fit = std::max<int64_t>(1, int64_t{l2} / 2 / (cols * DTypeSize(kSrc)));
+        const int64_t blocks = std::min<int64_t>(rows, std::clamp<int64_t>(fit, 2 * sms, 8 * sms));
+        RowKernel<kSrc><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(s, format, saturate,
+                                                                               scales, words);
+      }
       break;
+    }
     case ScaleMode::kBlock128:
-      Block128ScaleKernel<kSrc><<<GridFor(NumScales(mode, rows, cols), kThreads / 32), kThreads, 0, stream>>>(
-          src, rows, cols, format, scales);
-      PLUME_CUDA_TRY_LAUNCH();
+      Block128Kernel<kSrc><<<GridFor(NumScales(mode, rows, cols), kThreads / 8), kThreads, 0, stream>>>(
+          s, format, saturate, scales, words);
       break;
   }
-  const int64_t total = PackedLayout{rows, cols}.total_words();
-  PackKernel<kSrc><<<GridFor(total, kThreads), kThreads, 0, stream>>>(src, rows, cols, format, mode,
-                                                                   saturate, scales, words);
   PLUME_CUDA_TRY_LAUNCH();
   return cudaSuccess;
 }
@@ -199,8 +358,8 @@ cudaError_t DecodeAllCodes(Fp8Format format, DecodePath path, float* out, cudaSt
   return cudaSuccess;
 }
 
-int64_t QuantizePackWorkspaceBytes(int64_t rows, int64_t, ScaleMode mode) {
-  return mode == ScaleMode::kTensor ? rows * static_cast<int64_t>(sizeof(float)) : 0;
+int64_t QuantizePackWorkspaceBytes(int64_t, int64_t, ScaleMode mode) {
+  return mode == ScaleMode::kTensor ? static_cast<int64_t>(sizeof(float)) : 0;
 }
 
 // The one dispatch point from runtime source dtype to kernel instances.

@@ -598,11 +598,12 @@ cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, P
   int bps = 1;
   PLUME_CUDA_TRY(BlocksPerSm(pl.fn, pl.smem, device, &bps));
   pl.row_tiles = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  // Split the columns so that the grid fills the GPU in one wave; each split
-  // keeps at least two chunks so the loads of one overlap the math of the other.
+  // Split the columns so that the grid fills the GPU in one wave, keeping at
+  // least 4 chunks per split (8 when the activations are staged, whose
+  // pipeline takes longer to fill); measured in docs/bench-raw/gemv-splits.txt.
   const int64_t slots = int64_t{info.sms} * bps;
   int splits = static_cast<int>(std::min<int64_t>(slots / pl.row_tiles, 32));
-  splits = std::max(1, std::min(splits, pl.chunks / 2));
+  splits = std::max(1, std::min(splits, pl.chunks / (pl.nt >= kStageFromNT ? 8 : 4)));
   pl.chunks_per_split = (pl.chunks + splits - 1) / splits;
   pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
   const int64_t counters = AlignUp(int64_t{pl.row_tiles} * 4, 256);
