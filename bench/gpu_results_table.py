@@ -91,6 +91,24 @@ def main():
                            f"{sw:.1f} |" if sw else f"| {r['shape']} | {r['batch']} | "
                            f"{r['median_us']:.1f} | n/a |")
 
+    quant = [r for r in rows if r["kernel"] == "quantize"]
+    if quant and ceiling_4g:
+        peak = 4 * 1024**3 / ceiling_4g / 1e3  # GB/s
+        out.append("")
+        out.append("### GPU quantize-and-pack (uploads): source read once + codes written, "
+                   "against the 4 GiB read ceiling")
+        out.append("")
+        out.append("| shape | source | tensor µs (%) | row µs (%) | block128 µs (%) |")
+        out.append("|---|---|---|---|---|")
+        for sh in shapes:
+            for src in ("f32", "f16", "bf16"):
+                cells = []
+                for m in ("tensor", "row", "block128"):
+                    r = next((q for q in quant if q["shape"] == sh and
+                              q["variant"] == f"e4m3 {m} from {src}"), None)
+                    cells.append(f"{r['median_us']:.0f} ({100 * r['gbps'] / peak:.0f}%)" if r else "n/a")
+                out.append(f"| {sh} | {src} | " + " | ".join(cells) + " |")
+
     # Targets.
     s = "16384x16384"
     ceil = get(s, 0, "read")
@@ -134,6 +152,13 @@ def main():
                     worst = max(worst, v / t - 1)
     line(f"ROW and BLOCK128 cost ≤ 3% over TENSOR (16384², batch 1, worst of formats and paths): "
          f"{100 * worst:+.1f}%", worst <= 0.03)
+    if quant and ceiling_4g:
+        big = [q for q in quant if q["shape"] == "16384x16384"]
+        best = max(big, key=lambda q: q["gbps"])
+        worst = min(big, key=lambda q: q["gbps"])
+        line(f"GPU quantization ≥ 70% of bandwidth (16384²): best {best['variant']} "
+             f"{100 * best['gbps'] / peak:.0f}%, worst {worst['variant']} "
+             f"{100 * worst['gbps'] / peak:.0f}%", worst["gbps"] / peak >= 0.7)
     print("\n".join(out))
 
 
