@@ -9,3 +9,8 @@ if(TARGET plume_client)
     prometheus-cpp::pull GTest::gtest_main)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
+
+# The durable store (issue 7): file format, directory cycle, MatrixService persistence.
+add_executable(store_test server/store_test.cc)
+target_link_libraries(store_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(store_test DISCOVERY_TIMEOUT 60)

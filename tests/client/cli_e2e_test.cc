@@ -105,7 +105,7 @@ class E2eTest : public ::testing::Test {
   void StartServer() {
     const std::string ready = File("ready.json");
     server_pid_ = Spawn({PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-                         "--backend=cpu", "--ready_file=" + ready},
+                         "--backend=cpu", "--ready_file=" + ready, "--store_dir=" + File("store")},
                         File("server.out"), File("server.err"));
     ASSERT_GT(server_pid_, 0) << "cannot start " << PLUME_SERVER_BIN;
     const auto end = std::chrono::steady_clock::now() + 30s;
