@@ -49,6 +49,9 @@ class Metrics {
   void RecordGemv(int64_t vectors, int64_t weight_bytes);
   void SetResident(int64_t matrices, int64_t bytes);
   void SetMemoryBudget(int64_t bytes);
+  // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
+  // or its caller left (CANCELLED).
+  void RecordDropped(absl::StatusCode code);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -66,6 +69,8 @@ class Metrics {
   prometheus::Gauge* resident_matrices_ = nullptr;
   prometheus::Gauge* resident_bytes_ = nullptr;
   prometheus::Gauge* memory_budget_ = nullptr;
+  prometheus::Counter* dropped_deadline_ = nullptr;
+  prometheus::Counter* dropped_cancelled_ = nullptr;
 };
 
 }  // namespace plume::core

@@ -23,13 +23,17 @@ absl::Status Overloaded(const core::WorkQueue& q) {
       absl::StrCat("server overloaded: ", q.queued(), " requests already queued; retry later"));
 }
 
-// A request whose deadline passed or whose caller left is never computed.
-absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx) {
-  if (ctx->IsCancelled()) return absl::CancelledError("request cancelled before it ran");
-  if (ctx->deadline() < std::chrono::system_clock::now()) {
-    return absl::DeadlineExceededError("deadline passed before the request ran");
+// A request whose deadline passed or whose caller left is never computed;
+// plume_requests_dropped_total counts them.
+absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Metrics* metrics) {
+  absl::Status s;
+  if (ctx->IsCancelled()) {
+    s = absl::CancelledError("request cancelled before it ran");
+  } else if (ctx->deadline() < std::chrono::system_clock::now()) {
+    s = absl::DeadlineExceededError("deadline passed before the request ran");
   }
-  return absl::OkStatus();
+  if (!s.ok()) metrics->RecordDropped(s.code());
+  return s;
 }
 
 // Finishes a unary call and records its metrics.
@@ -43,8 +47,13 @@ void FinishUnary(grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core
 
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadMatrixRequest> {
  public:
-  UploadReactor(MatrixServiceImpl* svc, v1::UploadMatrixResponse* resp)
+  UploadReactor(MatrixServiceImpl* svc, grpc::CallbackServerContext* ctx,
+                v1::UploadMatrixResponse* resp)
       : svc_(svc), resp_(resp), t0_(Clock::now()) {
+    if (absl::Status s = svc_->Authorize(ctx); !s.ok()) {
+      Done(s);
+      return;
+    }
     StartRead(&req_);
   }
 
@@ -115,6 +124,11 @@ class GemvStreamReactor final : public grpc::ServerBidiReactor<v1::GemvRequest, 
  public:
   GemvStreamReactor(MatrixServiceImpl* svc, grpc::CallbackServerContext* ctx)
       : svc_(svc), ctx_(ctx) {
+    if (absl::Status s = svc_->Authorize(ctx); !s.ok()) {
+      svc_->metrics()->RecordRequest(core::Method::kGemvStream, s.code(), 0.0);
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     reading_ = true;
     StartRead(&req_);
   }
@@ -160,7 +174,7 @@ class GemvStreamReactor final : public grpc::ServerBidiReactor<v1::GemvRequest, 
  private:
   void Run(const v1::GemvRequest& req, Clock::time_point t0) {
     auto resp = std::make_unique<v1::GemvResponse>();
-    absl::Status s = CheckStillWanted(ctx_);
+    absl::Status s = CheckStillWanted(ctx_, svc_->metrics());
     if (s.ok()) s = svc_->core()->Gemv(req, resp.get());
     Complete(req.request_id(), s, std::move(resp), t0);
   }
@@ -232,14 +246,19 @@ MatrixServiceImpl::MatrixServiceImpl(core::MatrixService* core, core::Metrics* m
     : core_(core), metrics_(metrics), queue_(queue), options_(options) {}
 
 grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatrix(
-    grpc::CallbackServerContext*, v1::UploadMatrixResponse* resp) {
-  return new UploadReactor(this, resp);
+    grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) {
+  return new UploadReactor(this, ctx, resp);
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerContext* ctx,
                                                        const v1::GetMatrixRequest* req,
                                                        v1::GetMatrixResponse* resp) {
   const auto t0 = Clock::now();
+  if (absl::Status s = Authorize(ctx); !s.ok()) {
+    auto* reactor = ctx->DefaultReactor();
+    FinishUnary(reactor, metrics_, core::Method::kGetMatrix, t0, s);
+    return reactor;
+  }
   auto info = core_->GetMatrix(req->name());
   if (info.ok()) *resp->mutable_matrix() = std::move(*info);
   auto* reactor = ctx->DefaultReactor();
@@ -251,9 +270,10 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
                                                           const v1::ListMatricesRequest*,
                                                           v1::ListMatricesResponse* resp) {
   const auto t0 = Clock::now();
-  core_->ListMatrices(resp);
   auto* reactor = ctx->DefaultReactor();
-  FinishUnary(reactor, metrics_, core::Method::kListMatrices, t0, absl::OkStatus());
+  absl::Status s = Authorize(ctx);
+  if (s.ok()) core_->ListMatrices(resp);
+  FinishUnary(reactor, metrics_, core::Method::kListMatrices, t0, s);
   return reactor;
 }
 
@@ -262,7 +282,9 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerCo
                                                           v1::DeleteMatrixResponse*) {
   const auto t0 = Clock::now();
   auto* reactor = ctx->DefaultReactor();
-  FinishUnary(reactor, metrics_, core::Method::kDeleteMatrix, t0, core_->DeleteMatrix(req->name()));
+  absl::Status s = Authorize(ctx);
+  if (s.ok()) s = core_->DeleteMatrix(req->name());
+  FinishUnary(reactor, metrics_, core::Method::kDeleteMatrix, t0, s);
   return reactor;
 }
 
@@ -271,8 +293,12 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* c
                                                   v1::GemvResponse* resp) {
   const auto t0 = Clock::now();
   auto* reactor = ctx->DefaultReactor();
+  if (absl::Status s = Authorize(ctx); !s.ok()) {
+    FinishUnary(reactor, metrics_, core::Method::kGemv, t0, s);
+    return reactor;
+  }
   const bool queued = queue_->Submit([this, ctx, req, resp, reactor, t0] {
-    absl::Status s = CheckStillWanted(ctx);
+    absl::Status s = CheckStillWanted(ctx, metrics_);
     if (s.ok()) s = core_->Gemv(*req, resp);
     FinishUnary(reactor, metrics_, core::Method::kGemv, t0, s);
   });

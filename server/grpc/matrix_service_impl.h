@@ -4,6 +4,7 @@
 #pragma once
 
 #include "plume/v1/plume.grpc.pb.h"
+#include "server/grpc/auth.h"
 #include "server/core/matrix_service.h"
 #include "server/core/metrics.h"
 #include "server/core/work_queue.h"
@@ -16,6 +17,9 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
     // Items of one GemvStream being computed at once; the stream stops reading
     // (and so applies HTTP/2 flow control to the client) beyond this.
     int max_stream_in_flight = 64;
+    // When set, every call must carry its bearer token (UNAUTHENTICATED
+    // otherwise). Not owned.
+    const TokenAuth* auth = nullptr;
   };
 
   MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics, core::WorkQueue* queue,
@@ -41,6 +45,10 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
   core::Metrics* metrics() const { return metrics_; }
   core::WorkQueue* queue() const { return queue_; }
   const Options& options() const { return options_; }
+  // OK when no token is configured or the call carries the right one.
+  absl::Status Authorize(const grpc::CallbackServerContext* ctx) const {
+    return options_.auth == nullptr ? absl::OkStatus() : options_.auth->Check(*ctx);
+  }
 
  private:
   core::MatrixService* core_;
