@@ -22,3 +22,15 @@ if(TARGET plume_client)
     GTest::gtest_main)
   gtest_discover_tests(security_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
+
+# plume-server as a process (issue 7): drain, kill -9 during uploads,
+# corrupt store files, metrics basic auth.
+if(TARGET plume_client AND TARGET plume-server)
+  add_executable(process_test server/process_test.cc)
+  target_include_directories(process_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(process_test PRIVATE plume_client plume_kernels_ref gRPC::grpc++
+    absl::strings nlohmann_json::nlohmann_json GTest::gtest_main)
+  target_compile_definitions(process_test PRIVATE PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>")
+  add_dependencies(process_test plume-server)
+  gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+endif()

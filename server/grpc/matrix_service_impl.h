@@ -3,6 +3,9 @@
 // queue, never on a gRPC callback thread.
 #pragma once
 
+#include <atomic>
+#include <chrono>
+
 #include "plume/v1/plume.grpc.pb.h"
 #include "server/grpc/auth.h"
 #include "server/core/matrix_service.h"
@@ -45,16 +48,25 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
   core::Metrics* metrics() const { return metrics_; }
   core::WorkQueue* queue() const { return queue_; }
   const Options& options() const { return options_; }
-  // OK when no token is configured or the call carries the right one.
-  absl::Status Authorize(const grpc::CallbackServerContext* ctx) const {
-    return options_.auth == nullptr ? absl::OkStatus() : options_.auth->Check(*ctx);
-  }
+  // Every call starts here and ends with one CallDone(), whatever Admit
+  // returns. Admit is OK unless the server is draining (UNAVAILABLE) or the
+  // call lacks the configured bearer token (UNAUTHENTICATED).
+  absl::Status Admit(const grpc::CallbackServerContext* ctx);
+  void CallDone() { active_calls_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  // Graceful drain: from now on new calls get UNAVAILABLE; WaitIdle returns
+  // once the calls already admitted have finished, or at `deadline` (false).
+  void StartDraining() { draining_.store(true, std::memory_order_release); }
+  bool WaitIdle(std::chrono::system_clock::time_point deadline) const;
+  int64_t active_calls() const { return active_calls_.load(std::memory_order_acquire); }
 
  private:
   core::MatrixService* core_;
   core::Metrics* metrics_;
   core::WorkQueue* queue_;
   Options options_;
+  std::atomic<int64_t> active_calls_{0};
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace plume::server

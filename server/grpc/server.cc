@@ -99,8 +99,15 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     if (impl_->shut_down) return;
     impl_->shut_down = true;
   }
+  // Drain: health NOT_SERVING (probes and Watch streams see it), new
+  // MatrixService calls UNAVAILABLE, admitted ones get up to `grace` to
+  // finish; then gRPC shuts down, cancelling whatever is left (e.g. open
+  // health Watch streams, which would otherwise hold the drain to its end).
+  const auto deadline = std::chrono::system_clock::now() + grace;
   if (auto* health = impl_->server->GetHealthCheckService()) health->SetServingStatus(false);
-  impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+  impl_->service->StartDraining();
+  impl_->service->WaitIdle(deadline);
+  impl_->server->Shutdown(std::chrono::system_clock::now());
   impl_->server->Wait();
 }
 
