@@ -34,3 +34,11 @@ if(TARGET plume_client AND TARGET plume-server)
   add_dependencies(process_test plume-server)
   gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
 endif()
+
+# Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit (issue 7).
+if(TARGET plume_client)
+  add_executable(reliability_test server/reliability_test.cc)
+  target_link_libraries(reliability_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(reliability_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 180)
+endif()
