@@ -9,6 +9,7 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy libopenblas0-pthread
   openssl  # security tests make certificates at test time
+  clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
 )
 missing=()
 for p in "${pkgs[@]}"; do

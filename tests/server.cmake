@@ -42,3 +42,12 @@ if(TARGET plume_client)
     prometheus-cpp::core GTest::gtest_main)
   gtest_discover_tests(reliability_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 180)
 endif()
+
+# Soak (issue 7): 10^6 small GEMVs, RSS growth < 5%. Label "soak"; not built
+# under sanitizers, whose allocators keep freed memory by design.
+if(TARGET plume_client AND NOT PLUME_SANITIZE)
+  add_executable(soak_test server/soak_test.cc)
+  target_link_libraries(soak_test PRIVATE plume_grpc_service plume_client plume_core GTest::gtest_main)
+  add_test(NAME soak_test COMMAND soak_test)
+  set_tests_properties(soak_test PROPERTIES LABELS soak TIMEOUT 600)
+endif()
