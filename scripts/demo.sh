@@ -19,7 +19,7 @@ plume() { "$bin/client/plume" --server "127.0.0.1:$grpc_port" "$@"; }
 
 echo "== starting plume-server (log: $work/server.log)"
 "$bin/server/main/plume-server" --grpc_address="127.0.0.1:$grpc_port" \
-  --metrics_address="127.0.0.1:$metrics_port" --backend=auto \
+  --metrics_address="127.0.0.1:$metrics_port" --backend=auto --store_dir="$work/store" \
   --ready_file="$work/ready.json" >"$work/server.log" 2>&1 &
 server_pid=$!
 stop_server() { kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true; }

@@ -8,6 +8,8 @@ pkgs=(
   libabsl-dev prometheus-cpp-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy libopenblas0-pthread
+  openssl  # security tests make certificates at test time
+  clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
 )
 missing=()
 for p in "${pkgs[@]}"; do

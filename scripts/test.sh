@@ -3,6 +3,7 @@
 # kernels and GPU tests too when nvcc is present) and runs every test that
 # needs no GPU; then builds the CPU code again with AddressSanitizer and
 # UBSan and runs the same tests there (PLUME_TEST_ASAN=0 skips that pass).
+# Then runs each fuzzer for a bounded time (scripts/fuzz.sh).
 # GPU tests run on a GPU machine via scripts/gpu-test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,9 @@ if [ "${PLUME_TEST_ASAN:-1}" = 1 ]; then
   cmake --preset asan
   cmake --build --preset asan -j "$jobs"
   ctest --preset asan -LE gpu -j "$jobs"
+fi
+# libFuzzer targets (clang, ASan + UBSan), 20 s each over fuzz/corpus/
+# (PLUME_TEST_FUZZ=0 skips; PLUME_FUZZ_SECONDS changes the time).
+if [ "${PLUME_TEST_FUZZ:-1}" = 1 ]; then
+  scripts/fuzz.sh
 fi

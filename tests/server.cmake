@@ -9,3 +9,45 @@ if(TARGET plume_client)
     prometheus-cpp::pull GTest::gtest_main)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
+
+# The durable store (issue 7): file format, directory cycle, MatrixService persistence.
+add_executable(store_test server/store_test.cc)
+target_link_libraries(store_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(store_test DISCOVERY_TIMEOUT 60)
+
+# Auth and TLS (issue 7): certificates are made at test time with openssl.
+if(TARGET plume_client)
+  add_executable(security_test server/security_test.cc)
+  target_link_libraries(security_test PRIVATE plume_grpc_service plume_client plume_core
+    GTest::gtest_main)
+  gtest_discover_tests(security_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
+
+# plume-server as a process (issue 7): drain, kill -9 during uploads,
+# corrupt store files, metrics basic auth.
+if(TARGET plume_client AND TARGET plume-server)
+  add_executable(process_test server/process_test.cc)
+  target_include_directories(process_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(process_test PRIVATE plume_client plume_kernels_ref gRPC::grpc++
+    absl::strings nlohmann_json::nlohmann_json GTest::gtest_main)
+  target_compile_definitions(process_test PRIVATE PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>")
+  add_dependencies(process_test plume-server)
+  gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+endif()
+
+# Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit (issue 7).
+if(TARGET plume_client)
+  add_executable(reliability_test server/reliability_test.cc)
+  target_link_libraries(reliability_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(reliability_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 180)
+endif()
+
+# Soak (issue 7): 10^6 small GEMVs, RSS growth < 5%. Label "soak"; not built
+# under sanitizers, whose allocators keep freed memory by design.
+if(TARGET plume_client AND NOT PLUME_SANITIZE)
+  add_executable(soak_test server/soak_test.cc)
+  target_link_libraries(soak_test PRIVATE plume_grpc_service plume_client plume_core GTest::gtest_main)
+  add_test(NAME soak_test COMMAND soak_test)
+  set_tests_properties(soak_test PROPERTIES LABELS soak TIMEOUT 600)
+endif()

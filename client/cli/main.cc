@@ -14,12 +14,12 @@ int main(int argc, char** argv) {
   app.add_option("--server", g.server, "server address HOST:PORT")->capture_default_str();
   app.add_option("--timeout", g.timeout_s, "per-call deadline in seconds")->capture_default_str();
   app.add_flag("--tls", g.tls, "use TLS (system roots unless --tls-ca)");
-  app.add_option("--tls-ca", g.tls_ca, "PEM file of CA certificates to trust (implies --tls)");
-  app.add_option("--tls-cert", g.tls_cert, "PEM client certificate for mutual TLS (implies --tls)");
-  app.add_option("--tls-key", g.tls_key, "PEM key of --tls-cert");
+  app.add_option("--tls-ca,--tls_ca", g.tls_ca, "PEM file of CA certificates to trust (implies --tls)");
+  app.add_option("--tls-cert,--tls_cert", g.tls_cert, "PEM client certificate for mutual TLS (implies --tls)");
+  app.add_option("--tls-key,--tls_key", g.tls_key, "PEM key of --tls-cert");
   app.add_option("--token", g.token, "bearer token sent as `authorization: Bearer ...`")
       ->envname("PLUME_TOKEN");
-  app.add_option("--token-file", g.token_file, "file holding the bearer token");
+  app.add_option("--token-file,--token_file", g.token_file, "file holding the bearer token");
 
   int rc = kExitOk;
 

@@ -84,6 +84,13 @@ class Backend {
                                                                     const uint32_t* words,
                                                                     const float* scales) = 0;
 
+  // Copies a matrix's packed words (layout().total_words()) and scales
+  // (num_scales()) to host memory: what the durable store writes to disk.
+  virtual absl::Status ReadPacked(const BackendMatrix& /*m*/, uint32_t* /*words*/,
+                                  float* /*scales*/) {
+    return absl::UnimplementedError("this backend cannot read matrices back");
+  }
+
   // Runs y = W x. Arguments are validated by the caller.
   virtual absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) = 0;
 };

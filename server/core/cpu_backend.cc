@@ -93,6 +93,16 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::FromPacked(const Matr
   return std::unique_ptr<BackendMatrix>(std::move(*m));
 }
 
+absl::Status CpuBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) {
+  const auto& c = static_cast<const CpuMatrix&>(m);
+  const ref::MatrixView v = c.view();
+  std::memcpy(words, v.words, static_cast<size_t>(m.shape().layout().total_words()) * sizeof(uint32_t));
+  if (m.shape().num_scales() > 0) {
+    std::memcpy(scales, v.scales, static_cast<size_t>(m.shape().num_scales()) * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CpuMatrix&>(w);
   ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, args.y, args.y_dtype,

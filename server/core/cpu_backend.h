@@ -26,6 +26,7 @@ class CpuBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
                                                             const uint32_t* words,
                                                             const float* scales) override;
+  absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
 
  private:

@@ -308,6 +308,24 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::FromPacked(const Mat
   return std::unique_ptr<BackendMatrix>(std::move(*m));
 }
 
+absl::Status CudaBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) {
+  const auto& c = static_cast<const CudaMatrix&>(m);
+  const MatrixShape& s = m.shape();
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(words, c.words(), static_cast<size_t>(s.layout().total_words()) * 4,
+                                       cudaMemcpyDeviceToHost, lane.stream),
+                       "copying packed codes from the device");
+  if (s.num_scales() > 0) {
+    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(scales, c.scales(), static_cast<size_t>(s.num_scales()) * 4,
+                                         cudaMemcpyDeviceToHost, lane.stream),
+                         "copying scales from the device");
+  }
+  PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "copying a matrix from the device");
+  return absl::OkStatus();
+}
+
 absl::Status CudaBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CudaMatrix&>(w);
   const MatrixShape& s = m.shape();

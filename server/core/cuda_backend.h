@@ -48,6 +48,7 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
                                                             const uint32_t* words,
                                                             const float* scales) override;
+  absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
 
   struct Lane;

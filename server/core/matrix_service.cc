@@ -1,8 +1,12 @@
 #include "server/core/matrix_service.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/durable_store.h"
 #include "server/core/metrics.h"
 
 namespace plume::core {
@@ -62,14 +66,20 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
                                                    "\" ended after ", data_.size(),
                                                    " bytes of data; expected ", plan_.data_bytes));
   }
+  Persistence* disk = service_->store_->persistence();
   absl::StatusOr<std::unique_ptr<BackendMatrix>> data;
+  // The packed form in host memory, when there is one: what goes to disk.
+  const uint32_t* words = nullptr;
+  const float* scales = nullptr;
+  std::vector<uint32_t> host_words;
+  std::vector<float> host_scales;
   if (plan_.prepacked) {
     if (static_cast<int64_t>(scales_.size()) != plan_.scale_bytes) {
       return absl::InvalidArgumentError(
           absl::StrCat("upload of \"", pending_.name(), "\" ended after ", scales_.size(),
                        " bytes of scales; expected ", plan_.scale_bytes));
     }
-    const auto* scales = reinterpret_cast<const float*>(scales_.data());
+    scales = reinterpret_cast<const float*>(scales_.data());
     if (absl::Status s = ValidatePackedScales(scales, plan_.shape.num_scales()); !s.ok()) return s;
     // Padding codes are defined to be zero: clear whatever the client sent there.
     const PackedLayout l = plan_.shape.layout();
@@ -77,15 +87,41 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
       std::memset(&data_[static_cast<size_t>(r * l.padded_cols() + l.cols)], 0,
                   static_cast<size_t>(l.padded_cols() - l.cols));
     }
-    data = service_->backend_->FromPacked(plan_.shape,
-                                          reinterpret_cast<const uint32_t*>(data_.data()), scales);
+    words = reinterpret_cast<const uint32_t*>(data_.data());
+    data = service_->backend_->FromPacked(plan_.shape, words, scales);
   } else {
+    // The backend quantizes (on the GPU for the CUDA backend); a durable
+    // store then reads the packed form back, so the file holds exactly the
+    // codes the backend serves.
     data = service_->backend_->Quantize(plan_.shape, data_.data(), plan_.source_dtype);
+    std::string().swap(data_);
+    if (data.ok() && disk != nullptr) {
+      try {
+        host_words.resize(static_cast<size_t>(plan_.shape.layout().total_words()));
+        host_scales.resize(static_cast<size_t>(std::max<int64_t>(plan_.shape.num_scales(), 1)));
+      } catch (const std::bad_alloc&) {
+        return absl::ResourceExhaustedError("cannot allocate host memory to store the upload");
+      }
+      if (absl::Status s = service_->backend_->ReadPacked(**data, host_words.data(),
+                                                          host_scales.data());
+          !s.ok()) {
+        return s;
+      }
+      words = host_words.data();
+      scales = host_scales.data();
+    }
   }
   if (!data.ok()) return data.status();
+  const int64_t created_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
+  if (disk != nullptr) {  // acknowledged only once it is on disk
+    StoredMatrixMeta meta{pending_.name(), plan_.shape, plan_.source_dtype, created_ms};
+    if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
+  }
   std::string().swap(data_);  // free the staging copy before publishing
   auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
-                                    std::move(*data));
+                                    std::move(*data), created_ms);
   return service_->Info(*m);
 }
 

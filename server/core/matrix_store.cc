@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/durable_store.h"
 #include "server/core/metrics.h"
 
 namespace plume::core {
@@ -69,14 +70,17 @@ absl::StatusOr<MatrixStore::PendingUpload> MatrixStore::BeginUpload(const std::s
 
 std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const MatrixShape& shape,
                                                   DType source_dtype,
-                                                  std::unique_ptr<BackendMatrix> data) {
+                                                  std::unique_ptr<BackendMatrix> data,
+                                                  int64_t created_unix_ms) {
   auto m = std::make_shared<Matrix>();
   m->name = pending.name_;
   m->shape = shape;
   m->source_dtype = source_dtype;
-  m->created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
+  m->created_unix_ms = created_unix_ms != 0
+                           ? created_unix_ms
+                           : std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
   m->data = std::move(data);
   m->reservation = std::move(pending.reservation_);
   absl::MutexLock lock(&mu_);
@@ -111,6 +115,9 @@ absl::Status MatrixStore::Delete(const std::string& name) {
   auto it = matrices_.find(name);
   if (it == matrices_.end()) {
     return absl::NotFoundError(absl::StrCat("matrix \"", name, "\" not found"));
+  }
+  if (persistence_ != nullptr) {  // under mu_: the name stays taken until the file is gone
+    if (absl::Status s = persistence_->RemoveMatrix(name); !s.ok()) return s;
   }
   victim = std::move(it->second);
   matrices_.erase(it);

@@ -25,6 +25,7 @@
 namespace plume::core {
 
 class Metrics;
+class Persistence;
 
 // Shared accounting of the byte budget. Outlives the store if a matrix does.
 class Budget {
@@ -92,14 +93,22 @@ class MatrixStore {
   // reserves `bytes` (RESOURCE_EXHAUSTED if they do not fit).
   absl::StatusOr<PendingUpload> BeginUpload(const std::string& name, int64_t bytes);
 
-  // Publishes the uploaded matrix under the pending name.
+  // Publishes the uploaded matrix under the pending name. created_unix_ms 0:
+  // now.
   std::shared_ptr<const Matrix> Commit(PendingUpload pending, const MatrixShape& shape,
-                                       DType source_dtype, std::unique_ptr<BackendMatrix> data);
+                                       DType source_dtype, std::unique_ptr<BackendMatrix> data,
+                                       int64_t created_unix_ms = 0);
 
   // NOT_FOUND if there is no such matrix.
   absl::StatusOr<std::shared_ptr<const Matrix>> Get(const std::string& name) const;
   std::vector<std::shared_ptr<const Matrix>> List() const;  // sorted by name
   absl::Status Delete(const std::string& name);
+
+  // The durable store (nullptr: memory only). Set once, before serving.
+  // Delete removes a matrix's file before the name becomes free again, so a
+  // new upload of that name can never lose its file to an older delete.
+  void set_persistence(Persistence* p) { persistence_ = p; }
+  Persistence* persistence() const { return persistence_; }
 
   int64_t budget_bytes() const { return budget_->capacity(); }
   int64_t used_bytes() const { return budget_->used(); }
@@ -110,6 +119,7 @@ class MatrixStore {
 
   std::shared_ptr<Budget> budget_;
   Metrics* metrics_;
+  Persistence* persistence_ = nullptr;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const Matrix>, std::less<>> matrices_ ABSL_GUARDED_BY(mu_);
   std::set<std::string, std::less<>> pending_ ABSL_GUARDED_BY(mu_);

@@ -75,6 +75,13 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                         .Register(*registry_)
                         .Add({});
   requests_family_ = &requests;
+  auto& dropped = prometheus::BuildCounter()
+                      .Name("plume_requests_dropped_total")
+                      .Help("Requests never run because their deadline passed or their caller "
+                            "left before a worker took them, by reason.")
+                      .Register(*registry_);
+  dropped_deadline_ = &dropped.Add({{"reason", "deadline"}});
+  dropped_cancelled_ = &dropped.Add({{"reason", "cancelled"}});
 }
 
 Metrics::~Metrics() = default;
@@ -103,6 +110,10 @@ void Metrics::RecordGemv(int64_t vectors, int64_t weight_bytes) {
 void Metrics::SetResident(int64_t matrices, int64_t bytes) {
   resident_matrices_->Set(static_cast<double>(matrices));
   resident_bytes_->Set(static_cast<double>(bytes));
+}
+
+void Metrics::RecordDropped(absl::StatusCode code) {
+  (code == absl::StatusCode::kCancelled ? dropped_cancelled_ : dropped_deadline_)->Increment();
 }
 
 void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }

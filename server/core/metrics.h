@@ -51,6 +51,9 @@ class Metrics {
   void SetMemoryBudget(int64_t bytes);
   // GPU backends: device memory in use and in all.
   void SetDeviceMemory(int64_t used, int64_t total);
+  // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
+  // or its caller left (CANCELLED).
+  void RecordDropped(absl::StatusCode code);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -70,6 +73,8 @@ class Metrics {
   prometheus::Gauge* memory_budget_ = nullptr;
   prometheus::Gauge* device_used_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;
+  prometheus::Counter* dropped_deadline_ = nullptr;
+  prometheus::Counter* dropped_cancelled_ = nullptr;
 };
 
 }  // namespace plume::core

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -23,19 +24,38 @@ absl::Status Overloaded(const core::WorkQueue& q) {
       absl::StrCat("server overloaded: ", q.queued(), " requests already queued; retry later"));
 }
 
-// A request whose deadline passed or whose caller left is never computed.
-absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx) {
-  if (ctx->IsCancelled()) return absl::CancelledError("request cancelled before it ran");
-  if (ctx->deadline() < std::chrono::system_clock::now()) {
-    return absl::DeadlineExceededError("deadline passed before the request ran");
+// A request whose deadline passed or whose caller left is never computed;
+// plume_requests_dropped_total counts them.
+absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Metrics* metrics) {
+  absl::Status s;
+  if (ctx->IsCancelled()) {
+    s = absl::CancelledError("request cancelled before it ran");
+  } else if (ctx->deadline() < std::chrono::system_clock::now()) {
+    s = absl::DeadlineExceededError("deadline passed before the request ran");
   }
-  return absl::OkStatus();
+  if (!s.ok()) metrics->RecordDropped(s.code());
+  return s;
 }
 
+// A unary reactor that ends the call's admission once gRPC is done with it
+// (its response and status sent), so a drain waits for that too.
+class CountedUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit CountedUnaryReactor(MatrixServiceImpl* svc) : svc_(svc) {}
+  void OnDone() override {
+    MatrixServiceImpl* svc = svc_;
+    delete this;
+    svc->CallDone();
+  }
+
+ private:
+  MatrixServiceImpl* svc_;
+};
+
 // Finishes a unary call and records its metrics.
-void FinishUnary(grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
+void FinishUnary(grpc::ServerUnaryReactor* reactor, MatrixServiceImpl* svc, core::Method m,
                  Clock::time_point t0, const absl::Status& s) {
-  metrics->RecordRequest(m, s.code(), SecondsSince(t0));
+  svc->metrics()->RecordRequest(m, s.code(), SecondsSince(t0));
   reactor->Finish(ToGrpcStatus(s));
 }
 
@@ -43,8 +63,13 @@ void FinishUnary(grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core
 
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadMatrixRequest> {
  public:
-  UploadReactor(MatrixServiceImpl* svc, v1::UploadMatrixResponse* resp)
+  UploadReactor(MatrixServiceImpl* svc, grpc::CallbackServerContext* ctx,
+                v1::UploadMatrixResponse* resp)
       : svc_(svc), resp_(resp), t0_(Clock::now()) {
+    if (absl::Status s = svc_->Admit(ctx); !s.ok()) {
+      Done(s);
+      return;
+    }
     StartRead(&req_);
   }
 
@@ -65,7 +90,11 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadMatrixReque
     StartRead(&req_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    MatrixServiceImpl* svc = svc_;
+    delete this;
+    svc->CallDone();
+  }
 
  private:
   absl::Status Consume() {
@@ -115,6 +144,11 @@ class GemvStreamReactor final : public grpc::ServerBidiReactor<v1::GemvRequest, 
  public:
   GemvStreamReactor(MatrixServiceImpl* svc, grpc::CallbackServerContext* ctx)
       : svc_(svc), ctx_(ctx) {
+    if (absl::Status s = svc_->Admit(ctx); !s.ok()) {
+      svc_->metrics()->RecordRequest(core::Method::kGemvStream, s.code(), 0.0);
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     reading_ = true;
     StartRead(&req_);
   }
@@ -155,12 +189,16 @@ class GemvStreamReactor final : public grpc::ServerBidiReactor<v1::GemvRequest, 
     Advance();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    MatrixServiceImpl* svc = svc_;
+    delete this;
+    svc->CallDone();
+  }
 
  private:
   void Run(const v1::GemvRequest& req, Clock::time_point t0) {
     auto resp = std::make_unique<v1::GemvResponse>();
-    absl::Status s = CheckStillWanted(ctx_);
+    absl::Status s = CheckStillWanted(ctx_, svc_->metrics());
     if (s.ok()) s = svc_->core()->Gemv(req, resp.get());
     Complete(req.request_id(), s, std::move(resp), t0);
   }
@@ -227,23 +265,44 @@ class GemvStreamReactor final : public grpc::ServerBidiReactor<v1::GemvRequest, 
 
 }  // namespace
 
+absl::Status MatrixServiceImpl::Admit(const grpc::CallbackServerContext* ctx) {
+  active_calls_.fetch_add(1, std::memory_order_acq_rel);
+  if (draining_.load(std::memory_order_acquire)) {
+    return absl::UnavailableError("server is shutting down; retry on another replica");
+  }
+  return options_.auth == nullptr ? absl::OkStatus() : options_.auth->Check(*ctx);
+}
+
+bool MatrixServiceImpl::WaitIdle(std::chrono::system_clock::time_point deadline) const {
+  while (active_calls() > 0) {
+    if (std::chrono::system_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 MatrixServiceImpl::MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics,
                                      core::WorkQueue* queue, const Options& options)
     : core_(core), metrics_(metrics), queue_(queue), options_(options) {}
 
 grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatrix(
-    grpc::CallbackServerContext*, v1::UploadMatrixResponse* resp) {
-  return new UploadReactor(this, resp);
+    grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) {
+  return new UploadReactor(this, ctx, resp);
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerContext* ctx,
                                                        const v1::GetMatrixRequest* req,
                                                        v1::GetMatrixResponse* resp) {
   const auto t0 = Clock::now();
+  if (absl::Status s = Admit(ctx); !s.ok()) {
+    auto* reactor = new CountedUnaryReactor(this);
+    FinishUnary(reactor, this, core::Method::kGetMatrix, t0, s);
+    return reactor;
+  }
   auto info = core_->GetMatrix(req->name());
   if (info.ok()) *resp->mutable_matrix() = std::move(*info);
-  auto* reactor = ctx->DefaultReactor();
-  FinishUnary(reactor, metrics_, core::Method::kGetMatrix, t0, info.status());
+  auto* reactor = new CountedUnaryReactor(this);
+  FinishUnary(reactor, this, core::Method::kGetMatrix, t0, info.status());
   return reactor;
 }
 
@@ -251,9 +310,10 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
                                                           const v1::ListMatricesRequest*,
                                                           v1::ListMatricesResponse* resp) {
   const auto t0 = Clock::now();
-  core_->ListMatrices(resp);
-  auto* reactor = ctx->DefaultReactor();
-  FinishUnary(reactor, metrics_, core::Method::kListMatrices, t0, absl::OkStatus());
+  auto* reactor = new CountedUnaryReactor(this);
+  absl::Status s = Admit(ctx);
+  if (s.ok()) core_->ListMatrices(resp);
+  FinishUnary(reactor, this, core::Method::kListMatrices, t0, s);
   return reactor;
 }
 
@@ -261,8 +321,10 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerCo
                                                           const v1::DeleteMatrixRequest* req,
                                                           v1::DeleteMatrixResponse*) {
   const auto t0 = Clock::now();
-  auto* reactor = ctx->DefaultReactor();
-  FinishUnary(reactor, metrics_, core::Method::kDeleteMatrix, t0, core_->DeleteMatrix(req->name()));
+  auto* reactor = new CountedUnaryReactor(this);
+  absl::Status s = Admit(ctx);
+  if (s.ok()) s = core_->DeleteMatrix(req->name());
+  FinishUnary(reactor, this, core::Method::kDeleteMatrix, t0, s);
   return reactor;
 }
 
@@ -270,13 +332,17 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* c
                                                   const v1::GemvRequest* req,
                                                   v1::GemvResponse* resp) {
   const auto t0 = Clock::now();
-  auto* reactor = ctx->DefaultReactor();
+  auto* reactor = new CountedUnaryReactor(this);
+  if (absl::Status s = Admit(ctx); !s.ok()) {
+    FinishUnary(reactor, this, core::Method::kGemv, t0, s);
+    return reactor;
+  }
   const bool queued = queue_->Submit([this, ctx, req, resp, reactor, t0] {
-    absl::Status s = CheckStillWanted(ctx);
+    absl::Status s = CheckStillWanted(ctx, metrics_);
     if (s.ok()) s = core_->Gemv(*req, resp);
-    FinishUnary(reactor, metrics_, core::Method::kGemv, t0, s);
+    FinishUnary(reactor, this, core::Method::kGemv, t0, s);
   });
-  if (!queued) FinishUnary(reactor, metrics_, core::Method::kGemv, t0, Overloaded(*queue_));
+  if (!queued) FinishUnary(reactor, this, core::Method::kGemv, t0, Overloaded(*queue_));
   return reactor;
 }
 

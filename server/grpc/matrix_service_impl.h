@@ -3,7 +3,11 @@
 // queue, never on a gRPC callback thread.
 #pragma once
 
+#include <atomic>
+#include <chrono>
+
 #include "plume/v1/plume.grpc.pb.h"
+#include "server/grpc/auth.h"
 #include "server/core/matrix_service.h"
 #include "server/core/metrics.h"
 #include "server/core/work_queue.h"
@@ -16,6 +20,9 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
     // Items of one GemvStream being computed at once; the stream stops reading
     // (and so applies HTTP/2 flow control to the client) beyond this.
     int max_stream_in_flight = 64;
+    // When set, every call must carry its bearer token (UNAUTHENTICATED
+    // otherwise). Not owned.
+    const TokenAuth* auth = nullptr;
   };
 
   MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics, core::WorkQueue* queue,
@@ -41,12 +48,25 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
   core::Metrics* metrics() const { return metrics_; }
   core::WorkQueue* queue() const { return queue_; }
   const Options& options() const { return options_; }
+  // Every call starts here and ends with one CallDone(), whatever Admit
+  // returns. Admit is OK unless the server is draining (UNAVAILABLE) or the
+  // call lacks the configured bearer token (UNAUTHENTICATED).
+  absl::Status Admit(const grpc::CallbackServerContext* ctx);
+  void CallDone() { active_calls_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  // Graceful drain: from now on new calls get UNAVAILABLE; WaitIdle returns
+  // once the calls already admitted have finished, or at `deadline` (false).
+  void StartDraining() { draining_.store(true, std::memory_order_release); }
+  bool WaitIdle(std::chrono::system_clock::time_point deadline) const;
+  int64_t active_calls() const { return active_calls_.load(std::memory_order_acquire); }
 
  private:
   core::MatrixService* core_;
   core::Metrics* metrics_;
   core::WorkQueue* queue_;
   Options options_;
+  std::atomic<int64_t> active_calls_{0};
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace plume::server

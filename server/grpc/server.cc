@@ -7,18 +7,41 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/core/work_queue.h"
+#include "server/grpc/auth.h"
 #include "server/grpc/matrix_service_impl.h"
 
 namespace plume::server {
 
 struct Server::Impl {
   std::unique_ptr<core::WorkQueue> queue;
+  std::unique_ptr<TokenAuth> auth;
   std::unique_ptr<MatrixServiceImpl> service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   absl::Mutex mu;
   bool shut_down ABSL_GUARDED_BY(mu) = false;
 };
+
+namespace {
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const ServerOptions& o) {
+  if (o.tls_cert_pem.empty()) {
+    if (!o.tls_key_pem.empty() || !o.tls_client_ca_pem.empty()) {
+      return absl::InvalidArgumentError("a TLS key or client CA needs a TLS certificate");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (o.tls_key_pem.empty()) return absl::InvalidArgumentError("a TLS certificate needs its key");
+  grpc::SslServerCredentialsOptions ssl(
+      o.tls_client_ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                  : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = o.tls_client_ca_pem;
+  ssl.pem_key_cert_pairs.push_back({o.tls_key_pem, o.tls_cert_pem});
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
@@ -44,11 +67,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                   options.max_queued_requests);
   MatrixServiceImpl::Options svc_options;
   svc_options.max_stream_in_flight = options.max_stream_in_flight;
+  if (!options.auth_token.empty()) {
+    impl->auth = std::make_unique<TokenAuth>(options.auth_token);
+    svc_options.auth = impl->auth.get();
+  }
   impl->service =
       std::make_unique<MatrixServiceImpl>(core, metrics, impl->queue.get(), svc_options);
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(), &impl->port);
+  auto creds = MakeServerCredentials(options);
+  if (!creds.ok()) return creds.status();
+  builder.AddListeningPort(options.grpc_address, *creds, &impl->port);
+  if (options.max_concurrent_streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  }
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(impl->service.get());
@@ -67,8 +99,15 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     if (impl_->shut_down) return;
     impl_->shut_down = true;
   }
+  // Drain: health NOT_SERVING (probes and Watch streams see it), new
+  // MatrixService calls UNAVAILABLE, admitted ones get up to `grace` to
+  // finish; then gRPC shuts down, cancelling whatever is left (e.g. open
+  // health Watch streams, which would otherwise hold the drain to its end).
+  const auto deadline = std::chrono::system_clock::now() + grace;
   if (auto* health = impl_->server->GetHealthCheckService()) health->SetServingStatus(false);
-  impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+  impl_->service->StartDraining();
+  impl_->service->WaitIdle(deadline);
+  impl_->server->Shutdown(std::chrono::system_clock::now());
   impl_->server->Wait();
 }
 

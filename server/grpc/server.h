@@ -18,6 +18,17 @@ struct ServerOptions {
   int worker_threads = 4;          // threads running GEMV and upload finishing
   int64_t max_queued_requests = 4096;
   int max_stream_in_flight = 64;   // per GemvStream
+
+  // Security and limits (issue 7).
+  // TLS when tls_cert_pem is set (PEM contents, not paths); tls_client_ca_pem
+  // also requires and verifies a client certificate (mutual TLS).
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string tls_client_ca_pem;
+  // When not empty, MatrixService calls need `authorization: Bearer <token>`.
+  std::string auth_token;
+  // HTTP/2 streams (calls) one connection may have open at once; 0: gRPC's default.
+  int max_concurrent_streams = 256;
 };
 
 class Server {

@@ -28,6 +28,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "server/main/hardening.h"  // store, TLS, auth, stream limits (issue 7)
 
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051", "Address the gRPC API listens on (port 0: any free port).");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464", "Address of the Prometheus /metrics endpoint (port 0: any free port).");
@@ -132,12 +133,19 @@ int main(int argc, char** argv) {
   plume::core::MatrixStore store(budget, &metrics);
   plume::core::MatrixService service(backend.get(), &store, &metrics, limits);
 
+  // Durable store: verify and load what is on disk before serving (issue 7).
+  auto durable = plume::server_main::OpenDurableStore(backend.get(), &store);
+  if (!durable.ok()) return Fail(absl::StrCat("--store_dir: ", durable.status().message()));
+
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
     exposer = std::make_unique<prometheus::Exposer>(absl::GetFlag(FLAGS_metrics_address));
   } catch (const std::exception& e) {
     return Fail(absl::StrCat("cannot serve metrics on ", absl::GetFlag(FLAGS_metrics_address),
                              ": ", e.what()));
+  }
+  if (auto s = plume::server_main::ProtectMetrics(exposer.get()); !s.ok()) {
+    return Fail(std::string(s.message()));
   }
   exposer->RegisterCollectable(metrics.registry());
   const std::vector<int> metrics_ports = exposer->GetListeningPorts();
@@ -148,6 +156,9 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  if (auto s = plume::server_main::ApplySecurityFlags(&options); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
   auto server = plume::server::Server::Start(options, &service, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 

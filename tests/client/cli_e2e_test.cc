@@ -25,6 +25,7 @@
 #include "plume/kernels/layout.h"
 #include "plume/reference/api.h"
 #include "tests/common/gemv_reference.h"
+#include "tests/common/process.h"
 
 extern char** environ;
 
@@ -33,47 +34,10 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-std::string Slurp(const std::string& path) {
-  std::string s;
-  (void)plume::io::ReadFileToString(path, &s);
-  return s;
-}
+using plume::testing::Spawn;
+using plume::testing::WaitFor;
 
-pid_t Spawn(const std::vector<std::string>& args, const std::string& out_path, const std::string& err_path) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  return rc == 0 ? pid : -1;
-}
-
-// Waits for `pid` up to `timeout`; kills it (SIGKILL) past that. Returns the
-// exit code, or 128 + signal.
-int WaitFor(pid_t pid, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  int status = 0;
-  while (true) {
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (r < 0) return -1;
-    if (std::chrono::steady_clock::now() > end) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      break;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
+std::string Slurp(const std::string& path) { return plume::testing::SlurpFile(path); }
 
 struct RunResult {
   int exit_code = -1;
@@ -105,24 +69,13 @@ class E2eTest : public ::testing::Test {
   void StartServer() {
     const std::string ready = File("ready.json");
     server_pid_ = Spawn({PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-                         "--backend=cpu", "--ready_file=" + ready},
+                         "--backend=cpu", "--ready_file=" + ready, "--store_dir=" + File("store")},
                         File("server.out"), File("server.err"));
     ASSERT_GT(server_pid_, 0) << "cannot start " << PLUME_SERVER_BIN;
-    const auto end = std::chrono::steady_clock::now() + 30s;
-    while (std::chrono::steady_clock::now() < end) {
-      int status;
-      ASSERT_EQ(waitpid(server_pid_, &status, WNOHANG), 0) << "plume-server exited early:\n"
-                                                           << Slurp(File("server.err"));
-      if (fs::exists(ready)) {
-        auto j = nlohmann::json::parse(Slurp(ready), nullptr, false);
-        if (!j.is_discarded() && j.is_object() && j.contains("grpc_port") && j["grpc_port"].is_number_integer()) {
-          port_ = j["grpc_port"].get<int>();
-          if (port_ > 0) return;
-        }
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    FAIL() << "plume-server wrote no ready file within 30 s:\n" << Slurp(File("server.err"));
+    int metrics_port = 0;
+    std::string why;
+    ASSERT_TRUE(plume::testing::WaitForReadyFile(server_pid_, ready, &port_, &metrics_port, 30s, &why))
+        << why << ":\n" << Slurp(File("server.err"));
   }
 
   // SIGTERM (the server drains), then wait; SIGKILL after 20 s. Runs from

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (the `fuzz` preset: clang, ASan + UBSan) and
+# runs each for PLUME_FUZZ_SECONDS (default 20) seconds, starting from the
+# committed seed corpus in fuzz/corpus/<fuzzer>/ (copied, so the tree is not
+# changed). Fails on the first crash, leak, sanitizer report or broken
+# invariant; the reproducer is left in build/fuzz/artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${PLUME_FUZZ_SECONDS:-20}
+jobs=${PLUME_JOBS:-$(nproc)}
+cmake --preset fuzz >/dev/null
+cmake --build --preset fuzz -j "$jobs"
+bin=build/fuzz/fuzz
+work=$(mktemp -d /tmp/plume-fuzz.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+mkdir -p build/fuzz/artifacts
+for f in fuzz_validators fuzz_store_file fuzz_npy fuzz_safetensors fuzz_fp8; do
+  mkdir -p "$work/$f"
+  cp fuzz/corpus/$f/* "$work/$f/"
+  echo "== $f for ${secs}s ($(ls fuzz/corpus/$f | wc -l) seeds)"
+  "$bin/$f" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -artifact_prefix="build/fuzz/artifacts/$f-" "$work/$f" 2>"$work/$f.log" || {
+    tail -40 "$work/$f.log"
+    echo "fuzz: $f FAILED (reproducer in build/fuzz/artifacts/)"
+    exit 1
+  }
+  grep -E "stat::number_of_executed_units|stat::new_units_added" "$work/$f.log" | tr '\n' ' '
+  echo
+done
+echo "fuzz: all fuzzers ran ${secs}s each without a finding"

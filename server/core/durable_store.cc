@@ -1,0 +1,372 @@
+#include "server/core/durable_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/core/crc32c.h"
+#include "server/core/limits.h"
+#include "server/core/matrix_store.h"
+#include "server/core/validation.h"
+
+namespace plume::core {
+
+static_assert(std::endian::native == std::endian::little,
+              "store files are little-endian and written from host memory as is");
+
+namespace {
+
+constexpr char kMatrixExt[] = ".pmx";
+constexpr char kTempPrefix[] = ".tmp-";
+constexpr char kQuarantineDir[] = "quarantine";
+// Fields at fixed offsets (see the layout in durable_store.h).
+constexpr size_t kCrcOffset = 12;
+constexpr size_t kCrcFrom = 16;
+
+template <typename T>
+void Put(std::string* s, size_t off, T v) {
+  std::memcpy(s->data() + off, &v, sizeof v);
+}
+template <typename T>
+T Get(std::string_view s, size_t off) {
+  T v;
+  std::memcpy(&v, s.data() + off, sizeof v);
+  return v;
+}
+
+int64_t PaddedNameBytes(size_t n) { return static_cast<int64_t>((n + 15) / 16 * 16); }
+
+absl::Status ErrnoStatus(const std::string& what, int err) {
+  const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
+  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+bool WriteAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    const size_t n = std::min<size_t>(data.size(), size_t{1} << 30);
+    const ssize_t w = ::write(fd, data.data(), n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(w));
+  }
+  return true;
+}
+
+absl::Status ReadWholeFile(int dir_fd, const std::string& name, std::string* out) {
+  const int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("open ", name), errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoStatus(absl::StrCat("stat ", name), err);
+  }
+  out->resize(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < out->size()) {
+    const ssize_t r = ::read(fd, out->data() + got, out->size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  out->resize(got);
+  return absl::OkStatus();
+}
+
+bool ValidFormat(uint8_t v) { return v == 4 || v == 5; }
+bool ValidScaleMode(uint8_t v) { return v >= 1 && v <= 4; }
+bool ValidDType(uint8_t v) { return v >= 1 && v <= 5; }
+
+absl::Status Corrupt(absl::string_view what) {
+  return absl::DataLossError(absl::StrCat("store file: ", what));
+}
+
+}  // namespace
+
+std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales,
+                               const uint32_t* words) {
+  const MatrixShape& sh = meta.shape;
+  const int64_t num_scales = sh.num_scales();
+  const int64_t num_words = sh.layout().total_words();
+  const int64_t name_bytes = PaddedNameBytes(meta.name.size());
+  std::string h(static_cast<size_t>(kStoreHeaderBytes + name_bytes), '\0');
+  std::memcpy(h.data(), kStoreMagic, sizeof kStoreMagic);
+  Put<uint32_t>(&h, 8, kStoreVersion);
+  Put<uint64_t>(&h, 16, static_cast<uint64_t>(kStoreHeaderBytes + name_bytes + num_scales * 4 +
+                                              num_words * 4));
+  Put<uint32_t>(&h, 24, static_cast<uint32_t>(RecordKind::kMatrix));
+  Put<uint32_t>(&h, 28, static_cast<uint32_t>(meta.name.size()));
+  Put<int64_t>(&h, 32, sh.rows);
+  Put<int64_t>(&h, 40, sh.cols);
+  h[48] = static_cast<char>(sh.format);
+  h[49] = static_cast<char>(sh.scale_mode);
+  h[50] = sh.saturate ? 1 : 0;
+  h[51] = static_cast<char>(meta.source_dtype);
+  Put<int64_t>(&h, 56, meta.created_unix_ms);
+  Put<uint64_t>(&h, 64, static_cast<uint64_t>(num_scales));
+  Put<uint64_t>(&h, 72, static_cast<uint64_t>(num_words));
+  std::memcpy(h.data() + kStoreHeaderBytes, meta.name.data(), meta.name.size());
+  uint32_t crc = Crc32c(0, h.data() + kCrcFrom, h.size() - kCrcFrom);
+  crc = Crc32c(crc, scales, static_cast<size_t>(num_scales) * 4);
+  crc = Crc32c(crc, words, static_cast<size_t>(num_words) * 4);
+  Put<uint32_t>(&h, kCrcOffset, crc);
+  return h;
+}
+
+std::string EncodeMatrixFile(const StoredMatrixMeta& meta, const float* scales,
+                             const uint32_t* words) {
+  std::string f = EncodeMatrixHeader(meta, scales, words);
+  f.append(reinterpret_cast<const char*>(scales), static_cast<size_t>(meta.shape.num_scales()) * 4);
+  f.append(reinterpret_cast<const char*>(words),
+           static_cast<size_t>(meta.shape.layout().total_words()) * 4);
+  return f;
+}
+
+absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
+  if (b.size() < static_cast<size_t>(kStoreHeaderBytes)) {
+    return Corrupt(absl::StrCat("truncated: ", b.size(), " bytes, shorter than the header"));
+  }
+  if (std::memcmp(b.data(), kStoreMagic, sizeof kStoreMagic) != 0) return Corrupt("bad magic");
+  if (const uint32_t v = Get<uint32_t>(b, 8); v != kStoreVersion) {
+    return Corrupt(absl::StrCat("unsupported version ", v));
+  }
+  if (const uint64_t size = Get<uint64_t>(b, 16); size != b.size()) {
+    return Corrupt(absl::StrCat(size > b.size() ? "truncated" : "trailing bytes", ": header says ",
+                                size, " bytes, file has ", b.size()));
+  }
+  if (Crc32c(0, b.data() + kCrcFrom, b.size() - kCrcFrom) != Get<uint32_t>(b, kCrcOffset)) {
+    return Corrupt("checksum mismatch");
+  }
+  if (Get<uint32_t>(b, 24) != static_cast<uint32_t>(RecordKind::kMatrix)) {
+    return Corrupt(absl::StrCat("not a matrix record (kind ", Get<uint32_t>(b, 24), ")"));
+  }
+  StoredMatrix m;
+  const uint32_t name_len = Get<uint32_t>(b, 28);
+  MatrixShape& sh = m.meta.shape;
+  sh.rows = Get<int64_t>(b, 32);
+  sh.cols = Get<int64_t>(b, 40);
+  const auto fmt = static_cast<uint8_t>(b[48]), mode = static_cast<uint8_t>(b[49]),
+             sat = static_cast<uint8_t>(b[50]), src = static_cast<uint8_t>(b[51]);
+  if (!ValidFormat(fmt) || !ValidScaleMode(mode) || sat > 1 || !ValidDType(src) ||
+      Get<uint32_t>(b, 52) != 0) {
+    return Corrupt("bad format, scale mode, saturate or source dtype byte");
+  }
+  sh.format = static_cast<Fp8Format>(fmt);
+  sh.scale_mode = static_cast<ScaleMode>(mode);
+  sh.saturate = sat == 1;
+  m.meta.source_dtype = static_cast<DType>(src);
+  m.meta.created_unix_ms = Get<int64_t>(b, 56);
+  const Limits limits;  // the largest shapes any server accepts
+  if (sh.rows <= 0 || sh.cols <= 0 || sh.rows > limits.max_rows || sh.cols > limits.max_cols) {
+    return Corrupt(absl::StrCat("bad shape ", sh.rows, "x", sh.cols));
+  }
+  if (name_len == 0 || name_len > static_cast<uint32_t>(limits.max_name_length)) {
+    return Corrupt(absl::StrCat("bad name length ", name_len));
+  }
+  const int64_t name_bytes = PaddedNameBytes(name_len);
+  const int64_t num_scales = sh.num_scales();
+  const int64_t num_words = sh.layout().total_words();
+  if (Get<uint64_t>(b, 64) != static_cast<uint64_t>(num_scales) ||
+      Get<uint64_t>(b, 72) != static_cast<uint64_t>(num_words)) {
+    return Corrupt("scale or word count does not match the shape");
+  }
+  // rows, cols <= 2^20, so these products cannot overflow.
+  if (static_cast<int64_t>(b.size()) != kStoreHeaderBytes + name_bytes + 4 * (num_scales + num_words)) {
+    return Corrupt("payload size does not match the shape");
+  }
+  m.meta.name.assign(b.data() + kStoreHeaderBytes, name_len);
+  if (absl::Status s = ValidateName(m.meta.name, limits); !s.ok()) {
+    return Corrupt(absl::StrCat("bad name: ", s.message()));
+  }
+  for (int64_t i = kStoreHeaderBytes + name_len; i < kStoreHeaderBytes + name_bytes; ++i) {
+    if (b[static_cast<size_t>(i)] != 0) return Corrupt("nonzero name padding");
+  }
+  const char* payload = b.data() + kStoreHeaderBytes + name_bytes;
+  m.scales.resize(static_cast<size_t>(num_scales));
+  m.words.resize(static_cast<size_t>(num_words));
+  std::memcpy(m.scales.data(), payload, m.scales.size() * 4);
+  std::memcpy(m.words.data(), payload + m.scales.size() * 4, m.words.size() * 4);
+  if (absl::Status s = ValidatePackedScales(m.scales.data(), num_scales); !s.ok()) {
+    return Corrupt(s.message());
+  }
+  const PackedLayout l = sh.layout();
+  for (int64_t r = 0; r < l.rows; ++r) {
+    for (int64_t c = l.cols; c < l.padded_cols(); ++c) {
+      if (CodeAt(m.words.data(), l, r, c) != 0) return Corrupt("nonzero padding code");
+    }
+  }
+  return m;
+}
+
+// ------------------------------------------------------------ DirectoryStore
+
+absl::StatusOr<std::unique_ptr<DirectoryStore>> DirectoryStore::Open(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("store directory is empty");
+  // mkdir -p for the directory itself; its parent must exist.
+  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+    return ErrnoStatus(absl::StrCat("cannot create store directory ", dir), errno);
+  }
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("cannot open store directory ", dir), errno);
+  if (::mkdirat(fd, kQuarantineDir, 0750) != 0 && errno != EEXIST) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoStatus(absl::StrCat("cannot create ", dir, "/quarantine"), err);
+  }
+  return std::unique_ptr<DirectoryStore>(new DirectoryStore(dir, fd));
+}
+
+DirectoryStore::DirectoryStore(std::string dir, int dir_fd) : dir_(std::move(dir)), dir_fd_(dir_fd) {}
+
+DirectoryStore::~DirectoryStore() { ::close(dir_fd_); }
+
+std::string DirectoryStore::MatrixFileName(std::string_view name) {
+  return std::string(name) + kMatrixExt;
+}
+
+absl::Status DirectoryStore::WriteFileDurably(const std::string& file_name,
+                                              const std::vector<std::string_view>& parts) {
+  static std::atomic<uint64_t> counter{0};
+  // Names never start with '.', so a temp file can never shadow a record.
+  const std::string tmp = absl::StrCat(kTempPrefix, file_name, ".", ::getpid(), ".",
+                                       counter.fetch_add(1, std::memory_order_relaxed));
+  const int fd = ::openat(dir_fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("cannot create ", dir_, "/", tmp), errno);
+  bool ok = true;
+  for (std::string_view p : parts) ok = ok && WriteAll(fd, p);
+  int err = ok ? 0 : errno;
+  if (ok && ::fsync(fd) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && ::renameat(dir_fd_, tmp.c_str(), dir_fd_, file_name.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlinkat(dir_fd_, tmp.c_str(), 0);
+    return ErrnoStatus(absl::StrCat("cannot write ", dir_, "/", file_name), err);
+  }
+  if (::fsync(dir_fd_) != 0) return ErrnoStatus(absl::StrCat("cannot fsync ", dir_), errno);
+  return absl::OkStatus();
+}
+
+absl::Status DirectoryStore::RemoveFile(const std::string& file_name) {
+  if (::unlinkat(dir_fd_, file_name.c_str(), 0) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoStatus(absl::StrCat("cannot remove ", dir_, "/", file_name), errno);
+  }
+  if (::fsync(dir_fd_) != 0) return ErrnoStatus(absl::StrCat("cannot fsync ", dir_), errno);
+  return absl::OkStatus();
+}
+
+absl::Status DirectoryStore::SaveMatrix(const StoredMatrixMeta& meta, const uint32_t* words,
+                                        const float* scales) {
+  const std::string header = EncodeMatrixHeader(meta, scales, words);
+  return WriteFileDurably(
+      MatrixFileName(meta.name),
+      {header,
+       std::string_view(reinterpret_cast<const char*>(scales),
+                        static_cast<size_t>(meta.shape.num_scales()) * 4),
+       std::string_view(reinterpret_cast<const char*>(words),
+                        static_cast<size_t>(meta.shape.layout().total_words()) * 4)});
+}
+
+absl::Status DirectoryStore::RemoveMatrix(std::string_view name) {
+  return RemoveFile(MatrixFileName(name));
+}
+
+void DirectoryStore::Quarantine(const std::string& file_name, const std::string& reason,
+                                LoadReport* report) {
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  const std::string to = absl::StrCat(kQuarantineDir, "/", file_name, ".", now_ms);
+  std::string line = absl::StrCat(file_name, ": ", reason);
+  if (::renameat(dir_fd_, file_name.c_str(), dir_fd_, to.c_str()) != 0) {
+    absl::StrAppend(&line, " (could not move it to quarantine/: ", std::strerror(errno), ")");
+  } else {
+    absl::StrAppend(&line, " (moved to ", to, ")");
+    ::fsync(dir_fd_);
+  }
+  report->quarantined.push_back(std::move(line));
+}
+
+DirectoryStore::LoadReport DirectoryStore::LoadAll(
+    const std::function<absl::Status(StoredMatrix)>& load) {
+  LoadReport report;
+  std::vector<std::string> names;
+  if (DIR* d = ::fdopendir(::dup(dir_fd_))) {
+    while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& f : names) {
+    if (absl::StartsWith(f, kTempPrefix)) {  // an interrupted write: never acknowledged
+      if (::unlinkat(dir_fd_, f.c_str(), 0) == 0) report.temp_removed.push_back(f);
+      continue;
+    }
+    if (!absl::EndsWith(f, kMatrixExt)) continue;  // quarantine/, KV files, others
+    struct stat st {};
+    if (::fstatat(dir_fd_, f.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
+      Quarantine(f, "not a regular file", &report);
+      continue;
+    }
+    std::string bytes;
+    if (absl::Status s = ReadWholeFile(dir_fd_, f, &bytes); !s.ok()) {
+      report.not_loaded.push_back(absl::StrCat(f, ": ", s.message()));
+      continue;
+    }
+    auto m = DecodeMatrixFile(bytes);
+    std::string().swap(bytes);
+    if (!m.ok()) {
+      Quarantine(f, std::string(m.status().message()), &report);
+      continue;
+    }
+    if (MatrixFileName(m->meta.name) != f) {
+      Quarantine(f, absl::StrCat("holds matrix \"", m->meta.name, "\", not the one its name says"),
+                 &report);
+      continue;
+    }
+    if (absl::Status s = load(*std::move(m)); !s.ok()) {
+      report.not_loaded.push_back(absl::StrCat(f, ": ", s.ToString()));
+      continue;
+    }
+    ++report.loaded;
+  }
+  return report;
+}
+
+DirectoryStore::LoadReport LoadStoredMatrices(DirectoryStore* disk, Backend* backend,
+                                              MatrixStore* store) {
+  return disk->LoadAll([&](StoredMatrix m) -> absl::Status {
+    auto pending = store->BeginUpload(m.meta.name, m.meta.shape.resident_bytes());
+    if (!pending.ok()) return pending.status();
+    auto data = backend->FromPacked(m.meta.shape, m.words.data(), m.scales.data());
+    if (!data.ok()) return data.status();
+    store->Commit(std::move(*pending), m.meta.shape, m.meta.source_dtype, std::move(*data),
+                  m.meta.created_unix_ms);
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace plume::core

@@ -1,0 +1,231 @@
+// Auth and TLS of the real gRPC server on 127.0.0.1:0 through the real SDK.
+// Certificates (a CA, a server certificate for localhost/127.0.0.1, a client
+// certificate, and a second, untrusted CA with its own client certificate)
+// are made at test time with the openssl CLI. Each case asserts its exact code.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "plume/client/client.h"
+#include "server/core/cpu_backend.h"
+#include "server/core/matrix_service.h"
+#include "server/core/matrix_store.h"
+#include "server/core/metrics.h"
+#include "server/grpc/auth.h"
+#include "server/grpc/server.h"
+#include "tests/common/gemv_reference.h"
+
+namespace plume {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr char kToken[] = "plume-test-token-7f3a9c";
+
+std::string Slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Makes the PKI once per test binary.
+class Pki {
+ public:
+  static const Pki& Get() {
+    static const Pki pki;
+    return pki;
+  }
+  ~Pki() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  fs::path dir;
+  bool ok = false;
+  std::string Pem(const std::string& name) const { return Slurp(dir / name); }
+
+ private:
+  Pki() {
+    dir = fs::temp_directory_path() / ("plume_pki_" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string d = dir.string();
+    const std::string script =
+        "set -e; cd '" + d + "'\n"
+        "cat > ext.cnf <<'EOF'\n"
+        "[srv]\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        "[cli]\nextendedKeyUsage=clientAuth\n"
+        "EOF\n"
+        "mkca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-keyout $1.key -out $1.crt -days 2 -subj /CN=$1 2>/dev/null; }\n"
+        "mkcert() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-keyout $1.key -out $1.csr -subj /CN=$3 2>/dev/null; "
+        "openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt "
+        "-days 2 -extfile ext.cnf -extensions $4 2>/dev/null; }\n"
+        "mkca ca; mkca rogue-ca\n"
+        "mkcert server ca localhost srv\n"
+        "mkcert client ca plume-client cli\n"
+        "mkcert rogue-client rogue-ca rogue cli\n";
+    ok = std::system(("bash -c \"$(cat <<'PLUME_EOF'\n" + script + "PLUME_EOF\n)\"").c_str()) == 0 &&
+         fs::exists(dir / "rogue-client.crt");
+  }
+};
+
+struct ServerSetup {
+  bool tls = false;
+  bool mtls = false;
+  std::string token;
+};
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  void StartServer(const ServerSetup& setup) {
+    ASSERT_TRUE(Pki::Get().ok) << "openssl could not make the test certificates";
+    backend_ = std::make_unique<core::CpuBackend>(1);
+    metrics_ = std::make_unique<core::Metrics>();
+    store_ = std::make_unique<core::MatrixStore>(int64_t{1} << 28, metrics_.get());
+    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
+                                                     core::Limits{});
+    server::ServerOptions o;
+    o.grpc_address = "127.0.0.1:0";
+    if (setup.tls) {
+      o.tls_cert_pem = Pki::Get().Pem("server.crt");
+      o.tls_key_pem = Pki::Get().Pem("server.key");
+    }
+    if (setup.mtls) o.tls_client_ca_pem = Pki::Get().Pem("ca.crt");
+    o.auth_token = setup.token;
+    auto s = server::Server::Start(o, service_.get(), metrics_.get());
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+  }
+
+  void TearDown() override {
+    if (server_) server_->Shutdown(std::chrono::milliseconds(100));
+  }
+
+  // A client with the given TLS files (relative to the PKI dir) and token.
+  std::unique_ptr<Client> Connect(bool tls, const std::string& cert = "",
+                                  const std::string& token = "") {
+    ClientOptions o;
+    o.target = "127.0.0.1:" + std::to_string(server_->port());
+    o.default_timeout = std::chrono::seconds(10);
+    o.max_attempts = 1;
+    o.bearer_token = token;
+    if (tls) {
+      o.tls_ca_file = (Pki::Get().dir / "ca.crt").string();
+      if (!cert.empty()) {
+        o.tls_cert_file = (Pki::Get().dir / (cert + ".crt")).string();
+        o.tls_key_file = (Pki::Get().dir / (cert + ".key")).string();
+      }
+    }
+    auto c = Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // One call of every MatrixService kind; returns their codes.
+  std::vector<absl::StatusCode> EveryCall(Client& c) {
+    const int64_t rows = 8, cols = 40;
+    std::vector<float> w = testing::RandomNormal(rows * cols, 11);
+    std::vector<float> x = testing::RandomNormal(cols, 12);
+    std::vector<absl::StatusCode> codes;
+    auto up = c.UploadMatrix({.name = "w" + std::to_string(counter_++)},
+                             TensorRef::F32(w.data(), {rows, cols}));
+    codes.push_back(up.status().code());
+    const std::string name = up.ok() ? up->name() : "w0";
+    codes.push_back(c.ListMatrices().status().code());
+    codes.push_back(c.GetMatrix(name).status().code());
+    codes.push_back(c.Gemv(name, TensorRef::F32(x.data(), {cols})).status().code());
+    auto session = c.StartGemvSession(name);
+    if (session.ok()) {
+      auto f = (*session)->Push(TensorRef::F32(x.data(), {cols}));
+      absl::Status item = f.get().status();
+      absl::Status fin = (*session)->Finish();
+      codes.push_back(fin.ok() ? item.code() : fin.code());
+    } else {
+      codes.push_back(session.status().code());
+    }
+    codes.push_back(c.DeleteMatrix(name).code());
+    return codes;
+  }
+
+  std::unique_ptr<core::CpuBackend> backend_;
+  std::unique_ptr<core::Metrics> metrics_;
+  std::unique_ptr<core::MatrixStore> store_;
+  std::unique_ptr<core::MatrixService> service_;
+  std::unique_ptr<server::Server> server_;
+  int counter_ = 0;
+};
+
+using Codes = std::vector<absl::StatusCode>;
+const Codes kAllOk(6, absl::StatusCode::kOk);
+const Codes kAllUnauthenticated(6, absl::StatusCode::kUnauthenticated);
+
+TEST(ConstantTimeEquals, ComparesWholeStrings) {
+  EXPECT_TRUE(server::ConstantTimeEquals("Bearer abc", "Bearer abc"));
+  EXPECT_FALSE(server::ConstantTimeEquals("Bearer ab", "Bearer abc"));
+  EXPECT_FALSE(server::ConstantTimeEquals("Bearer abcd", "Bearer abc"));
+  EXPECT_FALSE(server::ConstantTimeEquals("Bearer abd", "Bearer abc"));
+  EXPECT_FALSE(server::ConstantTimeEquals("", "Bearer abc"));
+  EXPECT_FALSE(server::ConstantTimeEquals(std::string("Bearer abc\0", 11), "Bearer abc"));
+}
+
+TEST_F(SecurityTest, NoTokenWrongTokenRightToken) {
+  StartServer({.token = kToken});
+  auto none = Connect(false);
+  EXPECT_EQ(EveryCall(*none), kAllUnauthenticated);
+  auto wrong = Connect(false, "", "plume-test-token-7f3a9d");
+  EXPECT_EQ(EveryCall(*wrong), kAllUnauthenticated);
+  auto prefix = Connect(false, "", std::string(kToken).substr(0, 10));
+  EXPECT_EQ(EveryCall(*prefix), kAllUnauthenticated);
+  auto right = Connect(false, "", kToken);
+  EXPECT_EQ(EveryCall(*right), kAllOk);
+  // Health stays open for probes.
+  auto health = none->CheckHealth();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, HealthStatus::kServing);
+  // The refusal names no token, neither the right one nor the one sent.
+  absl::Status s = wrong->ListMatrices().status();
+  EXPECT_EQ(s.message().find("7f3a9"), std::string::npos) << s;
+  EXPECT_EQ(s.message(), "invalid bearer token");
+  EXPECT_EQ(none->ListMatrices().status().message(),
+            "missing `authorization: Bearer <token>` metadata");
+}
+
+TEST_F(SecurityTest, TlsServerAcceptsTlsClientsAndRefusesPlaintext) {
+  StartServer({.tls = true});
+  auto tls = Connect(true);
+  EXPECT_EQ(EveryCall(*tls), kAllOk);
+  auto plain = Connect(false);
+  EXPECT_EQ(plain->ListMatrices().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(plain->CheckHealth().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(SecurityTest, MutualTlsNeedsAClientCertificateFromTheTrustedCa) {
+  StartServer({.tls = true, .mtls = true});
+  auto with_cert = Connect(true, "client");
+  EXPECT_EQ(EveryCall(*with_cert), kAllOk);
+  auto without_cert = Connect(true);
+  EXPECT_EQ(without_cert->ListMatrices().status().code(), absl::StatusCode::kUnavailable);
+  auto rogue = Connect(true, "rogue-client");
+  EXPECT_EQ(rogue->ListMatrices().status().code(), absl::StatusCode::kUnavailable);
+  auto plain = Connect(false);
+  EXPECT_EQ(plain->ListMatrices().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(SecurityTest, TokenAndMutualTlsTogether) {
+  StartServer({.tls = true, .mtls = true, .token = kToken});
+  auto no_token = Connect(true, "client");
+  EXPECT_EQ(EveryCall(*no_token), kAllUnauthenticated);
+  auto both = Connect(true, "client", kToken);
+  EXPECT_EQ(EveryCall(*both), kAllOk);
+}
+
+}  // namespace
+}  // namespace plume
