@@ -32,6 +32,13 @@ enum class Method : int {
   kDeleteMatrix,
   kGemv,
   kGemvStream,
+  kUploadKV,
+  kAppendKV,
+  kGetKV,
+  kListKV,
+  kDeleteKV,
+  kAttention,
+  kAttentionStream,
   kCount,
 };
 std::string_view MethodName(Method m);
@@ -49,6 +56,11 @@ class Metrics {
   void RecordGemv(int64_t vectors, int64_t weight_bytes);
   void SetResident(int64_t matrices, int64_t bytes);
   void SetMemoryBudget(int64_t bytes);
+  // K/V caches stored and their resident bytes.
+  void SetKv(int64_t caches, int64_t bytes);
+  // One executed attention request: query rows (batch * heads * q_len) and
+  // K/V bytes streamed (the pages read, once per kv head and query group).
+  void RecordAttention(int64_t query_rows, int64_t kv_bytes);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -66,6 +78,10 @@ class Metrics {
   prometheus::Gauge* resident_matrices_ = nullptr;
   prometheus::Gauge* resident_bytes_ = nullptr;
   prometheus::Gauge* memory_budget_ = nullptr;
+  prometheus::Gauge* kv_caches_ = nullptr;
+  prometheus::Gauge* kv_bytes_ = nullptr;
+  prometheus::Counter* attention_rows_ = nullptr;
+  prometheus::Counter* kv_bytes_read_ = nullptr;
 };
 
 }  // namespace plume::core

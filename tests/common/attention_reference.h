@@ -1,58 +1,13 @@
-// Test helpers for attention: a host K/V cache built by the CPU reference's
-// appends (what a CPU-backend server stores), a naive FP64 softmax(QK^T)V on
+// Test helpers for attention: a naive FP64 softmax(QK^T)V on
 // dense arrays, and relative L2 errors.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
-#include <memory>
 #include <vector>
 
-#include "plume/kernels/kv_layout.h"
-#include "plume/reference/attention.h"
-
 namespace plume::testing {
-
-class HostKvCache {
- public:
-  HostKvCache(int64_t kv_heads, int64_t head_dim, Fp8Format format, KvScaleMode mode)
-      : layout_{kv_heads, head_dim, mode},
-        format_(format),
-        k_scales_(size_t(layout_.global_scales()) + 1),
-        v_scales_(k_scales_.size()) {}
-
-  // k, v: [kv_heads][tokens][head_dim].
-  void Append(const float* k, const float* v, int64_t tokens) {
-    while (int64_t(pages_.size()) < KvLayout::pages_for(seq_ + tokens)) {
-      void* p = std::aligned_alloc(kKvPageAlign, size_t(layout_.page_bytes()));
-      std::memset(p, 0, size_t(layout_.page_bytes()));
-      pages_.emplace_back(static_cast<uint8_t*>(p));
-      ptrs_.push_back(static_cast<uint8_t*>(p));
-    }
-    ref::KvCacheMut m{layout_, format_, true, ptrs_.data(), k_scales_.data(), v_scales_.data(), seq_};
-    ref::KvAppend(m, k, v, tokens);
-    seq_ += tokens;
-  }
-
-  ref::KvCacheView View() const {
-    return {layout_, format_, ptrs_.data(), k_scales_.data(), v_scales_.data(), seq_};
-  }
-  int64_t seq() const { return seq_; }
-
- private:
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  KvLayout layout_;
-  Fp8Format format_;
-  std::vector<std::unique_ptr<uint8_t, Free>> pages_;
-  std::vector<uint8_t*> ptrs_;
-  std::vector<float> k_scales_, v_scales_;
-  int64_t seq_ = 0;
-};
 
 // softmax(scale * q k^T) v in FP64, straight from the definition (no running
 // maximum: exp of the raw scores, so keep the test's scores moderate).

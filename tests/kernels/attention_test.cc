@@ -25,7 +25,7 @@
 namespace {
 
 using namespace plume;
-using plume::testing::HostKvCache;
+using ref::HostKvCache;
 using plume::testing::NaiveAttention;
 using plume::testing::RandomNormal;
 using plume::testing::RelL2;
@@ -64,7 +64,7 @@ struct Built {
 };
 
 Built Build(const Case& c, int64_t piece = 0) {
-  Built b{HostKvCache(c.kv_heads, c.dim, c.format, c.mode), KvSource(c, c.seed), KvSource(c, c.seed + 1),
+  Built b{HostKvCache({c.kv_heads, c.dim, c.mode}, c.format), KvSource(c, c.seed), KvSource(c, c.seed + 1),
           RandomNormal(c.batch * c.heads * c.q_len * c.dim, c.seed + 2), {}, {}, {}};
   if (piece <= 0) {
     b.cache.Append(b.k.data(), b.v.data(), c.seq);
@@ -84,20 +84,20 @@ Built Build(const Case& c, int64_t piece = 0) {
   }
   b.kd.resize(b.k.size());
   b.vd.resize(b.v.size());
-  ref::KvDequantize(b.cache.View(), b.kd.data(), b.vd.data());
+  ref::KvDequantize(b.cache.view(), b.kd.data(), b.vd.data());
   b.p = {c.batch, c.heads, c.q_len, float(1.0 / std::sqrt(double(c.dim))), c.causal};
   return b;
 }
 
 std::vector<double> Reference(const Built& b) {
   std::vector<double> out(b.q.size(), std::nan(""));
-  ref::AttentionReference(b.cache.View(), b.q.data(), b.p, out.data());
+  ref::AttentionReference(b.cache.view(), b.q.data(), b.p, out.data());
   return out;
 }
 
 std::vector<float> Fast(const Built& b) {
   std::vector<float> out(b.q.size(), std::numeric_limits<float>::quiet_NaN());  // poisoned
-  ref::AttentionF32(b.cache.View(), b.q.data(), b.p, out.data());
+  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, out.data());
   return out;
 }
 
@@ -237,15 +237,15 @@ TEST(Attention, AppendMatchesOneUploadWhereScalesAllowIt) {
 TEST(Attention, TokenBlockScaleGrowsAndReencodes) {
   // One head, D=16: 10 small tokens, then one token 100x larger in the same block.
   const int64_t dim = 16;
-  HostKvCache cache(1, dim, Fp8Format::kE4M3, KvScaleMode::kTokenBlock);
+  HostKvCache cache({1, dim, KvScaleMode::kTokenBlock}, Fp8Format::kE4M3);
   std::vector<float> small = RandomNormal(10 * dim, 5, 0.01f), big = RandomNormal(dim, 6, 1.0f);
   cache.Append(small.data(), small.data(), 10);
-  const float s0 = KvPageScales(cache.View().pages[0], cache.View().layout)[0];
+  const float s0 = KvPageScales(cache.view().pages[0], cache.view().layout)[0];
   cache.Append(big.data(), big.data(), 1);
-  const float s1 = KvPageScales(cache.View().pages[0], cache.View().layout)[0];
+  const float s1 = KvPageScales(cache.view().pages[0], cache.view().layout)[0];
   EXPECT_GT(s1, 50 * s0);
   std::vector<float> k(11 * dim), v(k.size());
-  ref::KvDequantize(cache.View(), k.data(), v.data());
+  ref::KvDequantize(cache.view(), k.data(), v.data());
   // The big token is encoded to FP8 precision with the new scale ...
   for (int64_t d = 0; d < dim; ++d) EXPECT_NEAR(k[size_t(10 * dim + d)], big[size_t(d)], 0.07 * std::fabs(big[size_t(d)]) + 1e-6);
   // ... and the small ones were re-encoded with it (not left on the old scale).
@@ -254,7 +254,7 @@ TEST(Attention, TokenBlockScaleGrowsAndReencodes) {
   EXPECT_LE(small_abs_err, 0.07 * 4.0);
   // Appending smaller values keeps the block's scale.
   cache.Append(small.data(), small.data(), 1);
-  EXPECT_EQ(KvPageScales(cache.View().pages[0], cache.View().layout)[0], s1);
+  EXPECT_EQ(KvPageScales(cache.view().pages[0], cache.view().layout)[0], s1);
 }
 
 TEST(Attention, HugeScoresStayFinite) {
@@ -280,12 +280,12 @@ TEST(Attention, TypedQueriesAndOutputs) {
   const int64_t n = int64_t(b.q.size());
   // F16 output.
   std::vector<uint16_t> h(static_cast<size_t>(n));
-  ref::Attention(b.cache.View(), b.q.data(), DType::kF32, b.p, h.data(), DType::kF16);
+  ref::Attention(b.cache.view(), b.q.data(), DType::kF32, b.p, h.data(), DType::kF16);
   std::vector<float> hf(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) hf[size_t(i)] = HalfBitsToFloat(h[size_t(i)]);
   EXPECT_LE(RelL2(hf, want), 1e-3);
   // BF16 output.
-  ref::Attention(b.cache.View(), b.q.data(), DType::kF32, b.p, h.data(), DType::kBF16);
+  ref::Attention(b.cache.view(), b.q.data(), DType::kF32, b.p, h.data(), DType::kBF16);
   for (int64_t i = 0; i < n; ++i) hf[size_t(i)] = Bf16BitsToFloat(h[size_t(i)]);
   EXPECT_LE(RelL2(hf, want), 8e-3);
   // F16 queries: the same as F32 queries rounded to F16.
@@ -296,7 +296,7 @@ TEST(Attention, TypedQueriesAndOutputs) {
     br.q[size_t(i)] = HalfBitsToFloat(qh[size_t(i)]);
   }
   std::vector<float> out(static_cast<size_t>(n));
-  ref::Attention(b.cache.View(), qh.data(), DType::kF16, b.p, out.data(), DType::kF32);
+  ref::Attention(b.cache.view(), qh.data(), DType::kF16, b.p, out.data(), DType::kF32);
   EXPECT_EQ(out, Fast(br));
 }
 
@@ -308,8 +308,8 @@ TEST(Attention, ExplicitPoolAndDefaultPoolAgree) {
   const Built b = Build(c);
   ThreadPool pool(3);
   std::vector<float> a(b.q.size()), d(b.q.size());
-  ref::AttentionF32(b.cache.View(), b.q.data(), b.p, a.data(), &pool);
-  ref::AttentionF32(b.cache.View(), b.q.data(), b.p, d.data());
+  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, a.data(), &pool);
+  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, d.data());
   EXPECT_EQ(a, d);  // each row is computed by one task, in one order
 }
 

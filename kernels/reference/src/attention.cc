@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -141,6 +142,52 @@ void KvAppend(const KvCacheMut& cache, const float* k, const float* v, int64_t t
   if (tokens <= 0) return;
   AppendOne(cache, false, k, tokens);
   AppendOne(cache, true, v, tokens);
+}
+
+HostKvCache::HostKvCache(KvLayout layout, Fp8Format format, bool saturate)
+    : layout_(layout),
+      format_(format),
+      saturate_(saturate),
+      k_scales_(static_cast<size_t>(layout.global_scales()), 1.0f),
+      v_scales_(k_scales_.size(), 1.0f) {}
+
+HostKvCache::~HostKvCache() {
+  for (uint8_t* p : pages_) std::free(p);
+}
+
+HostKvCache::HostKvCache(HostKvCache&& o) noexcept
+    : layout_(o.layout_),
+      format_(o.format_),
+      saturate_(o.saturate_),
+      pages_(std::move(o.pages_)),
+      k_scales_(std::move(o.k_scales_)),
+      v_scales_(std::move(o.v_scales_)),
+      seq_(o.seq_) {
+  o.pages_.clear();
+  o.seq_ = 0;
+}
+
+bool HostKvCache::Reserve(int64_t tokens) {
+  const size_t bytes = static_cast<size_t>(layout_.page_bytes());
+  while (pages() < KvLayout::pages_for(tokens)) {
+    void* p = std::aligned_alloc(static_cast<size_t>(kKvPageAlign), bytes);
+    if (p == nullptr) return false;
+    std::memset(p, 0, bytes);
+    pages_.push_back(static_cast<uint8_t*>(p));  // the table grows geometrically
+  }
+  return true;
+}
+
+bool HostKvCache::Append(const float* k, const float* v, int64_t tokens) {
+  if (!Reserve(seq_ + tokens)) return false;
+  KvAppend({layout_, format_, saturate_, pages_.data(), k_scales_.data(), v_scales_.data(), seq_}, k, v,
+           tokens);
+  seq_ += tokens;
+  return true;
+}
+
+KvCacheView HostKvCache::view() const {
+  return {layout_, format_, pages_.data(), k_scales_.data(), v_scales_.data(), seq_};
 }
 
 void KvDequantize(const KvCacheView& c, float* k, float* v) {

@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "plume/kernels/kv_layout.h"
 #include "plume/kernels/types.h"
@@ -56,6 +58,37 @@ void KvAppend(const KvCacheMut& cache, const float* k, const float* v, int64_t t
 
 // Writes the dequantized K and V ([kv_heads][seq][head_dim] floats each).
 void KvDequantize(const KvCacheView& cache, float* k, float* v);
+
+// A K/V cache in host memory: page allocations (kKvPageAlign-aligned,
+// zero-filled), the page table and the cache-wide scales. The CPU backend's
+// storage, and the tests'. Not thread-safe: callers order Append against
+// readers of view().
+class HostKvCache {
+ public:
+  HostKvCache(KvLayout layout, Fp8Format format, bool saturate = true);
+  ~HostKvCache();
+  HostKvCache(const HostKvCache&) = delete;
+  HostKvCache& operator=(const HostKvCache&) = delete;
+  HostKvCache(HostKvCache&&) noexcept;
+
+  // Allocates the pages `tokens` tokens need in all; false when out of memory.
+  bool Reserve(int64_t tokens);
+  // Reserve(seq + tokens), then KvAppend. k, v: [kv_heads][tokens][head_dim].
+  bool Append(const float* k, const float* v, int64_t tokens);
+
+  KvCacheView view() const;
+  int64_t seq() const { return seq_; }
+  int64_t pages() const { return static_cast<int64_t>(pages_.size()); }
+  const KvLayout& layout() const { return layout_; }
+
+ private:
+  KvLayout layout_;
+  Fp8Format format_;
+  bool saturate_;
+  std::vector<uint8_t*> pages_;  // owned
+  std::vector<float> k_scales_, v_scales_;
+  int64_t seq_ = 0;
+};
 
 struct AttentionParams {
   int64_t batch = 0;
