@@ -211,7 +211,7 @@ absl::StatusOr<DType> ValidateFloatTensor(const v1::Tensor& t, std::string_view 
   }
   if (t.shape_size() != rank) {
     return absl::InvalidArgumentError(
-        absl::StrCat(std::string(what), " must be ", rank, "-D ", dims, ", got rank ", t.shape_size()));
+        absl::StrCat(std::string(what), " must be ", rank, "-D ", std::string(dims), ", got rank ", t.shape_size()));
   }
   int64_t n = 1;
   for (int i = 0; i < rank; ++i) {
