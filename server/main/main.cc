@@ -18,7 +18,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "server/core/attention_service.h"
 #include "server/core/cpu_backend.h"
+#include "server/core/kv_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
@@ -102,6 +104,8 @@ int main(int argc, char** argv) {
   plume::core::Metrics metrics;
   plume::core::MatrixStore store(budget, &metrics);
   plume::core::MatrixService service(backend.get(), &store, &metrics, limits);
+  plume::core::KvStore kv_store(store.budget(), &metrics);  // K/V caches share the budget
+  plume::core::AttentionService attention(backend.get(), &kv_store, &metrics, limits);
 
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
@@ -119,7 +123,7 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
-  auto server = plume::server::Server::Start(options, &service, &metrics);
+  auto server = plume::server::Server::Start(options, &service, &attention, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
   spdlog::info("plume-server ready: gRPC on {}, metrics on http://{}/metrics",
