@@ -324,8 +324,8 @@ absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req,
                                                    ") must be a multiple of the cache's kv_heads (",
                                                    shape.kv_heads, ")"));
   }
-  if (plan.heads > limits.max_kv_heads * shape.kv_heads ||
-      CheckedMul(CheckedMul(plan.batch, plan.heads), plan.q_len) > limits.max_attention_rows) {
+  const int64_t rows = CheckedMul(CheckedMul(plan.batch, plan.heads), plan.q_len);
+  if (rows < 0 || rows > limits.max_attention_rows) {
     return absl::InvalidArgumentError(absl::StrCat("batch x heads x q_len = ", plan.batch, " x ",
                                                    plan.heads, " x ", plan.q_len,
                                                    " exceeds the limit of ", limits.max_attention_rows,

@@ -35,6 +35,9 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{16} << 30, "Largest source matrix o
 ABSL_FLAG(int64_t, max_rows, int64_t{1} << 20, "Most rows a matrix may have.");
 ABSL_FLAG(int64_t, max_cols, int64_t{1} << 20, "Most columns a matrix may have.");
 ABSL_FLAG(int64_t, max_batch, 4096, "Most vectors in one Gemv request.");
+ABSL_FLAG(int64_t, max_kv_tokens, int64_t{1} << 24, "Most tokens one K/V cache may hold.");
+ABSL_FLAG(int64_t, max_head_dim, 1024, "Largest head_dim of a K/V cache.");
+ABSL_FLAG(int64_t, max_attention_rows, int64_t{1} << 16, "Most query rows (batch x heads x q_len) in one Attention request.");
 ABSL_FLAG(int32_t, worker_threads, 4, "Threads that run GEMV requests.");
 ABSL_FLAG(int32_t, cpu_threads, 0, "Threads of the CPU backend's GEMV; 0: one per hardware thread.");
 ABSL_FLAG(int64_t, max_queued_requests, 4096, "Requests that may wait for a worker before RESOURCE_EXHAUSTED.");
@@ -97,6 +100,9 @@ int main(int argc, char** argv) {
   limits.max_cols = absl::GetFlag(FLAGS_max_cols);
   limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   limits.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  limits.max_kv_seq = absl::GetFlag(FLAGS_max_kv_tokens);
+  limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
+  limits.max_attention_rows = absl::GetFlag(FLAGS_max_attention_rows);
 
   int64_t budget = absl::GetFlag(FLAGS_memory_budget_bytes);
   if (budget <= 0) budget = backend->memory_capacity_bytes();

@@ -81,6 +81,7 @@ class ServerTest : public ::testing::Test {
     store_ = std::make_unique<core::MatrixStore>(budget, metrics_.get());
     core::Limits limits;
     limits.max_batch = 64;
+    limits.max_attention_rows = 4096;
     service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
                                                      limits);
     kv_store_ = std::make_unique<core::KvStore>(store_->budget(), metrics_.get());
@@ -700,6 +701,12 @@ TEST_F(ServerTest, AttentionErrorPathsHaveTheirCodes) {
             absl::StatusCode::kInvalidArgument);
   // A bad name.
   EXPECT_EQ(attend("../e", {1, 2, 1, dim}), absl::StatusCode::kInvalidArgument);
+  // batch x heads x q_len over the limit (4096 here).
+  auto big = Random(4098 * dim, 56);
+  EXPECT_EQ(client_->Attention("e", TensorRef::F32(big.data(), {1, 2, 2049, dim})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client_->Attention("e", TensorRef::F32(big.data(), {1, 2, 2048, dim})).status().code(),
+            absl::StatusCode::kOk);
 
   // Appends: unknown cache, kv_heads / head_dim mismatch, k and v differing.
   const KvData one(2, 1, dim, 52), wrong_heads(3, 1, dim, 53), wrong_dim(2, 1, dim + 1, 54), two(2, 2, dim, 55);
