@@ -297,10 +297,10 @@ void PrintKvInfo(const v1::KVInfo& c) {
 int RunKvUpload(const GlobalFlags& g, const KvUploadFlags& f) {
   KvUploadSpec spec;
   spec.name = f.name;
-  spec.format = f.format == "e5m2" ? v1::DTYPE_E5M2 : v1::DTYPE_E4M3;
   if (f.format != "e4m3" && f.format != "e5m2") {
     return UsageError(absl::StrCat("unknown --format '", f.format, "' (e4m3 or e5m2)"));
   }
+  spec.format = f.format == "e5m2" ? v1::DTYPE_E5M2 : v1::DTYPE_E4M3;
   if (f.scale == "none") {
     spec.scale_mode = v1::KV_SCALE_MODE_NONE;
   } else if (f.scale == "tensor") {
