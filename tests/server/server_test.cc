@@ -801,7 +801,9 @@ TEST_F(ServerTest, KvAppendsDeletesAndAttentionRace) {
         auto out = client_->Attention("race", TensorRef::F32(q.data(), {1, 4, 1, dim}), {.causal = true});
         if (out.ok()) {
           ++attended;
-          for (float x : *out->ToFloats()) ASSERT_TRUE(std::isfinite(x));
+          const auto floats = out->ToFloats();
+          ASSERT_TRUE(floats.ok());
+          for (float x : *floats) ASSERT_TRUE(std::isfinite(x));
         } else {
           ASSERT_EQ(out.status().code(), absl::StatusCode::kNotFound) << out.status();
         }
