@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -119,6 +120,59 @@ absl::StatusOr<v1::DType> ParseFloatDType(const std::string& s) {
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", s, "' (f32, f16 or bf16)"));
 }
 
+// Prints rows as aligned columns: words left-aligned, the `numeric` columns
+// right-aligned.
+void PrintTable(const std::vector<std::vector<std::string>>& rows, const std::set<size_t>& numeric) {
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  }
+  for (const auto& r : rows) {
+    std::string line;
+    for (size_t i = 0; i < r.size(); ++i) {
+      const std::string pad(width[i] - r[i].size(), ' ');
+      absl::StrAppend(&line, i ? "  " : "",
+                      numeric.count(i) ? pad + r[i] : r[i] + (i + 1 < r.size() ? pad : ""));
+    }
+    absl::PrintF("%s\n", line);
+  }
+}
+
+// Writes a result tensor to `output` (.npy) or, when that is empty, prints
+// it one line per last-dimension row.
+int EmitResult(const HostTensor& y, const std::string& output) {
+  io::Array out;
+  out.shape = y.shape;
+  if (y.dtype == v1::DTYPE_F16) {
+    out.dtype = io::ElemType::kF16;
+    out.data = y.data;
+  } else {
+    // F32 as is; BF16 (which .npy cannot hold) widened to F32.
+    auto floats = y.ToFloats();
+    if (!floats.ok()) return Fail(floats.status(), kExitRpc);
+    out = io::FromFloats(y.shape, floats->data());
+  }
+  if (auto s = ValidateTensor(y.ref()); !s.ok()) {
+    return Fail(absl::InternalError(absl::StrCat("malformed result: ", s.message())), kExitRpc);
+  }
+  if (!output.empty()) {
+    if (auto s = io::WriteNpy(output, out); !s.ok()) return Fail(s, kExitUsage);
+    return kExitOk;
+  }
+  const std::vector<float> v = io::ToFloats(out);
+  const int64_t row_len = out.shape.empty() ? 1 : out.shape.back();
+  const int64_t nrows = row_len > 0 ? static_cast<int64_t>(v.size()) / row_len : (out.shape.size() == 2 ? out.shape[0] : 1);
+  for (int64_t r = 0; r < nrows; ++r) {
+    std::string line = "[";
+    for (int64_t c = 0; c < row_len; ++c) {
+      absl::StrAppend(&line, c ? " " : "", absl::StrFormat("%.7g", v[static_cast<size_t>(r * row_len + c)]));
+    }
+    line += "]";
+    absl::PrintF("%s\n", line);
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunUpload(const GlobalFlags& g, const UploadFlags& f) {
@@ -168,20 +222,7 @@ int RunList(const GlobalFlags& g) {
     rows.push_back({m.name(), absl::StrCat(m.rows()), absl::StrCat(m.cols()), DTypeShortName(m.format()),
                     ScaleModeShortName(m.scale_mode()), absl::StrCat(m.resident_bytes())});
   }
-  std::vector<size_t> width(rows[0].size(), 0);
-  for (const auto& r : rows) {
-    for (size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
-  }
-  for (const auto& r : rows) {
-    std::string line;
-    for (size_t i = 0; i < r.size(); ++i) {
-      // Names and words left-aligned, numbers right-aligned.
-      const bool numeric = i == 1 || i == 2 || i == 5;
-      const std::string pad(width[i] - r[i].size(), ' ');
-      absl::StrAppend(&line, i ? "  " : "", numeric ? pad + r[i] : r[i] + (i + 1 < r.size() ? pad : ""));
-    }
-    absl::PrintF("%s\n", line);
-  }
+  PrintTable(rows, {1, 2, 5});
   return kExitOk;
 }
 
@@ -215,36 +256,149 @@ int RunGemv(const GlobalFlags& g, const GemvFlags& f) {
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto y = (*client)->Gemv(f.name, TensorRef{ToWire(input->dtype), input->shape, input->data}, *out_dtype);
   if (!y.ok()) return Fail(y.status(), kExitRpc);
-  io::Array out;
-  out.shape = y->shape;
-  if (y->dtype == v1::DTYPE_F16) {
-    out.dtype = io::ElemType::kF16;
-    out.data = y->data;
+  return EmitResult(*y, f.output);
+}
+
+// ---------------------------------------------------------------- K/V caches
+
+namespace {
+
+// Reads a 3-D [kv_heads, tokens, head_dim] K or V .npy file.
+absl::StatusOr<io::Array> LoadKv(const std::string& path) {
+  auto a = io::ReadNpy(path);
+  if (!a.ok()) return a.status();
+  if (a->shape.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": K/V must be 3-D [kv_heads, tokens, head_dim], got ",
+                                                   a->shape.size(), " dimensions"));
+  }
+  return a;
+}
+
+void PrintKvInfo(const v1::KVInfo& c) {
+  absl::PrintF("name:             %s\n", c.name());
+  absl::PrintF("kv_heads:         %d\n", c.kv_heads());
+  absl::PrintF("seq:              %d\n", c.seq());
+  absl::PrintF("head_dim:         %d\n", c.head_dim());
+  absl::PrintF("format:           %s\n", DTypeShortName(c.format()));
+  absl::PrintF("scale_mode:       %s\n", KvScaleModeShortName(c.scale_mode()));
+  absl::PrintF("source_dtype:     %s\n", DTypeShortName(c.source_dtype()));
+  absl::PrintF("non_saturating:   %s\n", c.non_saturating() ? "true" : "false");
+  absl::PrintF("page_tokens:      %d\n", c.layout().page_tokens());
+  absl::PrintF("row_stride_bytes: %d\n", c.layout().row_stride_bytes());
+  absl::PrintF("pages:            %d\n", c.layout().pages());
+  absl::PrintF("capacity_tokens:  %d\n", c.layout().capacity_tokens());
+  absl::PrintF("resident_bytes:   %d\n", c.resident_bytes());
+  absl::PrintF("created:          %s\n", FormatTime(c.created_unix_ms()));
+  absl::PrintF("backend:          %s\n", c.backend().empty() ? "-" : c.backend());
+}
+
+}  // namespace
+
+int RunKvUpload(const GlobalFlags& g, const KvUploadFlags& f) {
+  KvUploadSpec spec;
+  spec.name = f.name;
+  if (f.format != "e4m3" && f.format != "e5m2") {
+    return UsageError(absl::StrCat("unknown --format '", f.format, "' (e4m3 or e5m2)"));
+  }
+  spec.format = f.format == "e5m2" ? v1::DTYPE_E5M2 : v1::DTYPE_E4M3;
+  if (f.scale == "none") {
+    spec.scale_mode = v1::KV_SCALE_MODE_NONE;
+  } else if (f.scale == "tensor") {
+    spec.scale_mode = v1::KV_SCALE_MODE_TENSOR;
+  } else if (f.scale == "head") {
+    spec.scale_mode = v1::KV_SCALE_MODE_HEAD;
+  } else if (f.scale == "block") {
+    spec.scale_mode = v1::KV_SCALE_MODE_TOKEN_BLOCK;
   } else {
-    // F32 as is; BF16 (which .npy cannot hold) widened to F32.
-    auto floats = y->ToFloats();
-    if (!floats.ok()) return Fail(floats.status(), kExitRpc);
-    out = io::FromFloats(y->shape, floats->data());
+    return UsageError(absl::StrCat("unknown --scale '", f.scale, "' (none, tensor, head or block)"));
   }
-  if (auto s = ValidateTensor(y->ref()); !s.ok()) {
-    return Fail(absl::InternalError(absl::StrCat("malformed GEMV result: ", s.message())), kExitRpc);
+  spec.non_saturating = f.non_saturating;
+  auto k = LoadKv(f.k_file);
+  if (!k.ok()) return Fail(k.status(), kExitUsage);
+  auto v = LoadKv(f.v_file);
+  if (!v.ok()) return Fail(v.status(), kExitUsage);
+  if (k->shape != v->shape || k->dtype != v->dtype) {
+    return UsageError(absl::StrCat(f.k_file, " and ", f.v_file, " must have the same shape and dtype"));
   }
-  if (!f.output.empty()) {
-    if (auto s = io::WriteNpy(f.output, out); !s.ok()) return Fail(s, kExitUsage);
-    return kExitOk;
-  }
-  const std::vector<float> v = io::ToFloats(out);
-  const int64_t row_len = out.shape.empty() ? 1 : out.shape.back();
-  const int64_t nrows = row_len > 0 ? static_cast<int64_t>(v.size()) / row_len : (out.shape.size() == 2 ? out.shape[0] : 1);
-  for (int64_t r = 0; r < nrows; ++r) {
-    std::string line = "[";
-    for (int64_t c = 0; c < row_len; ++c) {
-      absl::StrAppend(&line, c ? " " : "", absl::StrFormat("%.7g", v[static_cast<size_t>(r * row_len + c)]));
-    }
-    line += "]";
-    absl::PrintF("%s\n", line);
-  }
+  auto client = MakeClient(g);
+  if (!client.ok()) return Fail(client.status(), kExitUsage);
+  ProgressDisplay progress(absl::StrCat("upload ", f.name), stderr);
+  auto info = (*client)->UploadKV(spec, TensorRef{ToWire(k->dtype), k->shape, k->data},
+                                  TensorRef{ToWire(v->dtype), v->shape, v->data},
+                                  [&](int64_t sent, int64_t total) { progress.Update(sent, total); });
+  progress.Done();
+  if (!info.ok()) return Fail(info.status(), kExitRpc);
+  PrintKvInfo(*info);
   return kExitOk;
+}
+
+int RunKvAppend(const GlobalFlags& g, const std::string& name, const std::string& k_file,
+                const std::string& v_file) {
+  auto k = LoadKv(k_file);
+  if (!k.ok()) return Fail(k.status(), kExitUsage);
+  auto v = LoadKv(v_file);
+  if (!v.ok()) return Fail(v.status(), kExitUsage);
+  auto client = MakeClient(g);
+  if (!client.ok()) return Fail(client.status(), kExitUsage);
+  auto info = (*client)->AppendKV(name, TensorRef{ToWire(k->dtype), k->shape, k->data},
+                                  TensorRef{ToWire(v->dtype), v->shape, v->data});
+  if (!info.ok()) return Fail(info.status(), kExitRpc);
+  PrintKvInfo(*info);
+  return kExitOk;
+}
+
+int RunKvList(const GlobalFlags& g) {
+  auto client = MakeClient(g);
+  if (!client.ok()) return Fail(client.status(), kExitUsage);
+  auto list = (*client)->ListKV();
+  if (!list.ok()) return Fail(list.status(), kExitRpc);
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "KV_HEADS", "SEQ", "HEAD_DIM", "FORMAT", "SCALE", "RESIDENT_BYTES"}};
+  for (const auto& c : *list) {
+    rows.push_back({c.name(), absl::StrCat(c.kv_heads()), absl::StrCat(c.seq()), absl::StrCat(c.head_dim()),
+                    DTypeShortName(c.format()), KvScaleModeShortName(c.scale_mode()),
+                    absl::StrCat(c.resident_bytes())});
+  }
+  PrintTable(rows, {1, 2, 3, 6});
+  return kExitOk;
+}
+
+int RunKvInfo(const GlobalFlags& g, const std::string& name) {
+  auto client = MakeClient(g);
+  if (!client.ok()) return Fail(client.status(), kExitUsage);
+  auto info = (*client)->GetKV(name);
+  if (!info.ok()) return Fail(info.status(), kExitRpc);
+  PrintKvInfo(*info);
+  return kExitOk;
+}
+
+int RunKvDelete(const GlobalFlags& g, const std::string& name) {
+  auto client = MakeClient(g);
+  if (!client.ok()) return Fail(client.status(), kExitUsage);
+  if (auto s = (*client)->DeleteKV(name); !s.ok()) return Fail(s, kExitRpc);
+  absl::PrintF("deleted %s\n", name);
+  return kExitOk;
+}
+
+int RunAttend(const GlobalFlags& g, const AttendFlags& f) {
+  auto out_dtype = ParseFloatDType(f.output_dtype);
+  if (!out_dtype.ok()) return Fail(out_dtype.status(), kExitUsage);
+  if (!std::isfinite(f.scale)) return UsageError("--scale must be a finite number");
+  auto q = io::ReadNpy(f.input);
+  if (!q.ok()) return Fail(q.status(), kExitUsage);
+  if (q->shape.size() != 4) {
+    return UsageError(absl::StrCat(f.input, ": the query must be 4-D [batch, heads, q_len, head_dim], got ",
+                                   q->shape.size(), " dimensions"));
+  }
+  auto client = MakeClient(g);
+  if (!client.ok()) return Fail(client.status(), kExitUsage);
+  AttentionOptions opts;
+  opts.softmax_scale = static_cast<float>(f.scale);
+  opts.causal = f.causal;
+  opts.output_dtype = *out_dtype;
+  auto out = (*client)->Attention(f.name, TensorRef{ToWire(q->dtype), q->shape, q->data}, opts);
+  if (!out.ok()) return Fail(out.status(), kExitRpc);
+  return EmitResult(*out, f.output);
 }
 
 int RunHealth(const GlobalFlags& g, const std::string& service) {

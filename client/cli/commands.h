@@ -40,11 +40,37 @@ struct GemvFlags {
   std::string output_dtype = "f32";
 };
 
+struct KvUploadFlags {
+  std::string name;
+  std::string k_file;
+  std::string v_file;
+  std::string format = "e4m3";
+  std::string scale = "block";
+  bool non_saturating = false;
+};
+
+struct AttendFlags {
+  std::string name;
+  std::string input;
+  std::string output;
+  std::string output_dtype = "f32";
+  double scale = 0.0;  // 0: 1/sqrt(head_dim)
+  bool causal = false;
+};
+
 int RunUpload(const GlobalFlags& g, const UploadFlags& f);
 int RunList(const GlobalFlags& g);
 int RunInfo(const GlobalFlags& g, const std::string& name);
 int RunDelete(const GlobalFlags& g, const std::string& name);
 int RunGemv(const GlobalFlags& g, const GemvFlags& f);
 int RunHealth(const GlobalFlags& g, const std::string& service);
+// plume kv upload|append|list|info|delete, plume attend.
+int RunKvUpload(const GlobalFlags& g, const KvUploadFlags& f);
+int RunKvAppend(const GlobalFlags& g, const std::string& name, const std::string& k_file,
+                const std::string& v_file);
+int RunKvList(const GlobalFlags& g);
+int RunKvInfo(const GlobalFlags& g, const std::string& name);
+int RunKvDelete(const GlobalFlags& g, const std::string& name);
+int RunAttend(const GlobalFlags& g, const AttendFlags& f);
 
 }  // namespace plume::cli

@@ -63,6 +63,55 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gemv->callback([&] { rc = RunGemv(g, gf); });
 
+  // K/V caches and attention.
+  auto* kv = app.add_subcommand("kv", "K/V caches: upload, append, list, info, delete");
+  kv->require_subcommand(1);
+  KvUploadFlags kvu;
+  auto* kv_upload = kv->add_subcommand("upload", "upload K and V ([kv_heads, seq, head_dim] .npy files) as a new cache");
+  kv_upload->add_option("NAME", kvu.name, "cache name")->required();
+  kv_upload->add_option("K", kvu.k_file, "K .npy (f32/f16, 3-D)")->required()->check(CLI::ExistingFile);
+  kv_upload->add_option("V", kvu.v_file, "V .npy (same shape and dtype as K)")->required()->check(CLI::ExistingFile);
+  kv_upload->add_option("--format", kvu.format, "FP8 format")
+      ->check(CLI::IsMember({"e4m3", "e5m2"}))
+      ->capture_default_str();
+  kv_upload->add_option("--scale", kvu.scale, "scales: none, tensor, head, or block (per head per 64 tokens)")
+      ->check(CLI::IsMember({"none", "tensor", "head", "block"}))
+      ->capture_default_str();
+  kv_upload->add_flag("--non-saturating", kvu.non_saturating,
+                      "overflow becomes NaN (E4M3) / inf (E5M2) instead of saturating");
+  kv_upload->callback([&] { rc = RunKvUpload(g, kvu); });
+
+  std::string kva_name, kva_k, kva_v;
+  auto* kv_append = kv->add_subcommand("append", "append tokens ([kv_heads, tokens, head_dim] .npy files)");
+  kv_append->add_option("NAME", kva_name, "cache name")->required();
+  kv_append->add_option("K", kva_k, "K .npy")->required()->check(CLI::ExistingFile);
+  kv_append->add_option("V", kva_v, "V .npy")->required()->check(CLI::ExistingFile);
+  kv_append->callback([&] { rc = RunKvAppend(g, kva_name, kva_k, kva_v); });
+
+  kv->add_subcommand("list", "list the K/V caches")->callback([&] { rc = RunKvList(g); });
+
+  std::string kv_info_name;
+  auto* kv_info = kv->add_subcommand("info", "show everything about one cache");
+  kv_info->add_option("NAME", kv_info_name, "cache name")->required();
+  kv_info->callback([&] { rc = RunKvInfo(g, kv_info_name); });
+
+  std::string kv_delete_name;
+  auto* kv_delete = kv->add_subcommand("delete", "delete a cache");
+  kv_delete->add_option("NAME", kv_delete_name, "cache name")->required();
+  kv_delete->callback([&] { rc = RunKvDelete(g, kv_delete_name); });
+
+  AttendFlags af;
+  auto* attend = app.add_subcommand("attend", "softmax(scale Q K^T) V for a [batch, heads, q_len, head_dim] .npy query");
+  attend->add_option("NAME", af.name, "cache name")->required();
+  attend->add_option("Q", af.input, "query .npy (f32 or f16, 4-D)")->required()->check(CLI::ExistingFile);
+  attend->add_option("-o,--output", af.output, "write the result to this .npy instead of printing it");
+  attend->add_flag("--causal", af.causal, "the queries are the last q_len positions of the sequence");
+  attend->add_option("--scale", af.scale, "softmax scale (default 1/sqrt(head_dim))");
+  attend->add_option("--out-dtype", af.output_dtype, "result dtype (bf16 results are saved as f32)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
+      ->capture_default_str();
+  attend->callback([&] { rc = RunAttend(g, af); });
+
   std::string health_service;
   auto* health = app.add_subcommand("health", "grpc.health.v1 check; exit 0 when SERVING");
   health->add_option("--service", health_service, "service name (default: the whole server)");

@@ -5,10 +5,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "plume/kernels/kv_layout.h"
 #include "plume/kernels/layout.h"
 #include "plume/kernels/types.h"
 
@@ -60,6 +63,58 @@ struct DeviceMemory {
   int64_t total = 0;
 };
 
+// What a K/V cache is: kv_heads x head_dim per token, FP8 format and scales.
+struct KvShape {
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  Fp8Format format = Fp8Format::kE4M3;
+  KvScaleMode scale_mode = KvScaleMode::kTokenBlock;
+  bool saturate = true;
+
+  KvLayout layout() const { return KvLayout{kv_heads, head_dim, scale_mode}; }
+  // Bytes resident with `seq` tokens (whole pages plus cache-wide scales).
+  int64_t resident_bytes(int64_t seq) const { return layout().resident_bytes(seq); }
+};
+
+// A K/V cache held by a backend, in plume's paged layout (kv_layout.h). Its
+// tokens change only through Backend::AppendKv; the caller (KvStore) keeps an
+// append from running alongside anything else on the same cache.
+class BackendKvCache {
+ public:
+  virtual ~BackendKvCache() = default;
+  const KvShape& shape() const { return shape_; }
+  virtual int64_t seq() const = 0;
+
+ protected:
+  explicit BackendKvCache(const KvShape& shape) : shape_(shape) {}
+
+ private:
+  KvShape shape_;
+};
+
+// New tokens: k and v are [kv_heads][tokens][head_dim] of src_dtype (F32,
+// F16 or BF16), host memory.
+struct KvAppendArgs {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  DType src_dtype = DType::kF32;
+  int64_t tokens = 0;
+};
+
+// One attention call: q [batch][heads][q_len][head_dim] of q_dtype, out the
+// same shape of out_dtype; host memory. heads is a multiple of kv_heads.
+struct AttentionArgs {
+  const void* q = nullptr;
+  DType q_dtype = DType::kF32;
+  int64_t batch = 0;
+  int64_t heads = 0;
+  int64_t q_len = 0;
+  float scale = 1.0f;  // the softmax scale, resolved (never 0)
+  bool causal = false;
+  void* out = nullptr;
+  DType out_dtype = DType::kF32;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -93,6 +148,24 @@ class Backend {
 
   // Runs y = W x. Arguments are validated by the caller.
   virtual absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) = 0;
+
+  // K/V caches and attention. Backends without them answer UNIMPLEMENTED.
+  // Creates an empty cache (seq 0).
+  virtual absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) {
+    (void)shape;
+    return absl::UnimplementedError(absl::StrCat("backend ", std::string(name()), " has no K/V caches"));
+  }
+  // Quantizes and appends tokens (the budget is already reserved for them:
+  // shape().resident_bytes(seq + tokens) in all).
+  virtual absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) {
+    (void)cache, (void)args;
+    return absl::UnimplementedError(absl::StrCat("backend ", std::string(name()), " has no K/V caches"));
+  }
+  // Runs attention over the cache's tokens. Arguments are validated by the caller.
+  virtual absl::Status Attention(const BackendKvCache& cache, const AttentionArgs& args) {
+    (void)cache, (void)args;
+    return absl::UnimplementedError(absl::StrCat("backend ", std::string(name()), " has no attention"));
+  }
 };
 
 }  // namespace plume::core

@@ -6,9 +6,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "plume/reference/api.h"
+#include "plume/reference/attention.h"
 #include "plume/reference/thread_pool.h"
 
 namespace plume::core {
@@ -54,6 +56,19 @@ class CpuMatrix final : public BackendMatrix {
 
   std::unique_ptr<void, FreeDeleter> mem_;
   int64_t word_bytes_;
+};
+
+// A K/V cache in host pages (kernels/reference's HostKvCache).
+class CpuKvCache final : public BackendKvCache {
+ public:
+  explicit CpuKvCache(const KvShape& shape)
+      : BackendKvCache(shape), cache_(shape.layout(), shape.format, shape.saturate) {}
+  int64_t seq() const override { return cache_.seq(); }
+  ref::HostKvCache& cache() { return cache_; }
+  const ref::HostKvCache& cache() const { return cache_; }
+
+ private:
+  ref::HostKvCache cache_;
 };
 
 }  // namespace
@@ -107,6 +122,36 @@ absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CpuMatrix&>(w);
   ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, args.y, args.y_dtype,
             pool_.get());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BackendKvCache>> CpuBackend::CreateKv(const KvShape& shape) {
+  return std::unique_ptr<BackendKvCache>(new CpuKvCache(shape));
+}
+
+absl::Status CpuBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& args) {
+  auto& c = static_cast<CpuKvCache&>(cache).cache();
+  const int64_t n = c.layout().kv_heads * args.tokens * c.layout().head_dim;
+  std::vector<float> k, v;
+  try {
+    k.resize(static_cast<size_t>(n));
+    v.resize(static_cast<size_t>(n));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("cpu backend: cannot stage ", n, " K/V values"));
+  }
+  ref::ToFloat(args.k, args.src_dtype, 1.0f, n, k.data());
+  ref::ToFloat(args.v, args.src_dtype, 1.0f, n, v.data());
+  if (!c.Append(k.data(), v.data(), args.tokens)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cpu backend: cannot allocate the pages of ", args.tokens, " more tokens"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Attention(const BackendKvCache& cache, const AttentionArgs& args) {
+  const auto& c = static_cast<const CpuKvCache&>(cache).cache();
+  const ref::AttentionParams p{args.batch, args.heads, args.q_len, args.scale, args.causal};
+  ref::Attention(c.view(), args.q, args.q_dtype, p, args.out, args.out_dtype, pool_.get());
   return absl::OkStatus();
 }
 

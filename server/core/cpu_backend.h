@@ -1,5 +1,6 @@
 // The CPU backend: packed FP8 in host memory, GEMV by the multithreaded,
-// vectorized CPU reference (kernels/reference).
+// vectorized CPU reference (kernels/reference); K/V caches in host pages and
+// attention by the reference's FP32 path.
 #pragma once
 
 #include <memory>
@@ -28,6 +29,9 @@ class CpuBackend final : public Backend {
                                                             const float* scales) override;
   absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
+  absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
+  absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;
+  absl::Status Attention(const BackendKvCache& cache, const AttentionArgs& args) override;
 
  private:
   std::unique_ptr<ThreadPool> pool_;

@@ -11,6 +11,11 @@ struct Limits {
   int64_t max_batch = 4096;                     // vectors in one Gemv request
   int64_t max_upload_bytes = int64_t{16} << 30; // source bytes of one upload
   int64_t max_name_length = 128;
+  // K/V caches and attention.
+  int64_t max_kv_heads = 1024;                  // kv heads of one cache
+  int64_t max_head_dim = 1024;                  // head_dim of one cache
+  int64_t max_kv_seq = int64_t{1} << 24;        // tokens of one cache
+  int64_t max_attention_rows = int64_t{1} << 16;  // batch * heads * q_len of one request
 };
 
 }  // namespace plume::core

@@ -112,6 +112,8 @@ class MatrixStore {
 
   int64_t budget_bytes() const { return budget_->capacity(); }
   int64_t used_bytes() const { return budget_->used(); }
+  // The budget, shared with the K/V cache store.
+  const std::shared_ptr<Budget>& budget() const { return budget_; }
 
  private:
   void ReleaseName(const std::string& name);

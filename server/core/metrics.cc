@@ -18,6 +18,13 @@ std::string_view MethodName(Method m) {
     case Method::kDeleteMatrix: return "DeleteMatrix";
     case Method::kGemv: return "Gemv";
     case Method::kGemvStream: return "GemvStream";
+    case Method::kUploadKV: return "UploadKV";
+    case Method::kAppendKV: return "AppendKV";
+    case Method::kGetKV: return "GetKV";
+    case Method::kListKV: return "ListKV";
+    case Method::kDeleteKV: return "DeleteKV";
+    case Method::kAttention: return "Attention";
+    case Method::kAttentionStream: return "AttentionStream";
     case Method::kCount: break;
   }
   return "unknown";
@@ -36,7 +43,7 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& requests = prometheus::BuildCounter()
                        .Name("plume_requests_total")
-                       .Help("Finished requests (GemvStream: stream items) by method and gRPC code.")
+                       .Help("Finished requests (GemvStream, AttentionStream: stream items) by method and gRPC code.")
                        .Register(*registry_);
   auto& durations = prometheus::BuildHistogram()
                         .Name("plume_request_duration_seconds")
@@ -72,6 +79,27 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   memory_budget_ = &prometheus::BuildGauge()
                         .Name("plume_memory_budget_bytes")
                         .Help("Bytes the store may hold (matrices and uploads in progress).")
+                        .Register(*registry_)
+                        .Add({});
+  kv_caches_ = &prometheus::BuildGauge()
+                    .Name("plume_kv_caches")
+                    .Help("K/V caches currently stored.")
+                    .Register(*registry_)
+                    .Add({});
+  kv_bytes_ = &prometheus::BuildGauge()
+                   .Name("plume_kv_bytes")
+                   .Help("Bytes of the stored K/V caches (FP8 pages and scales).")
+                   .Register(*registry_)
+                   .Add({});
+  attention_rows_ = &prometheus::BuildCounter()
+                         .Name("plume_attention_queries_total")
+                         .Help("Query rows (batch x heads x q_len) answered by attention.")
+                         .Register(*registry_)
+                         .Add({});
+  kv_bytes_read_ = &prometheus::BuildCounter()
+                        .Name("plume_kv_bytes_read_total")
+                        .Help("K/V cache bytes streamed by attention; rate() of it is the "
+                              "achieved K/V bandwidth.")
                         .Register(*registry_)
                         .Add({});
   requests_family_ = &requests;
@@ -135,6 +163,16 @@ void Metrics::SetDeviceMemory(int64_t used, int64_t total) {
   }
   device_used_->Set(static_cast<double>(used));
   device_total_->Set(static_cast<double>(total));
+}
+
+void Metrics::SetKv(int64_t caches, int64_t bytes) {
+  kv_caches_->Set(static_cast<double>(caches));
+  kv_bytes_->Set(static_cast<double>(bytes));
+}
+
+void Metrics::RecordAttention(int64_t query_rows, int64_t kv_bytes) {
+  attention_rows_->Increment(static_cast<double>(query_rows));
+  kv_bytes_read_->Increment(static_cast<double>(kv_bytes));
 }
 
 }  // namespace plume::core

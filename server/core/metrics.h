@@ -32,6 +32,13 @@ enum class Method : int {
   kDeleteMatrix,
   kGemv,
   kGemvStream,
+  kUploadKV,
+  kAppendKV,
+  kGetKV,
+  kListKV,
+  kDeleteKV,
+  kAttention,
+  kAttentionStream,
   kCount,
 };
 std::string_view MethodName(Method m);
@@ -54,6 +61,11 @@ class Metrics {
   // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
   // or its caller left (CANCELLED).
   void RecordDropped(absl::StatusCode code);
+  // K/V caches stored and their resident bytes.
+  void SetKv(int64_t caches, int64_t bytes);
+  // One executed attention request: query rows (batch * heads * q_len) and
+  // K/V bytes streamed (the pages read, once per kv head and query group).
+  void RecordAttention(int64_t query_rows, int64_t kv_bytes);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -75,6 +87,10 @@ class Metrics {
   prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Counter* dropped_deadline_ = nullptr;
   prometheus::Counter* dropped_cancelled_ = nullptr;
+  prometheus::Gauge* kv_caches_ = nullptr;
+  prometheus::Gauge* kv_bytes_ = nullptr;
+  prometheus::Counter* attention_rows_ = nullptr;
+  prometheus::Counter* kv_bytes_read_ = nullptr;
 };
 
 }  // namespace plume::core

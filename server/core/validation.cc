@@ -31,24 +31,48 @@ int64_t CheckedMul(int64_t a, int64_t b) {
   return a * b;
 }
 
+// The FP8 format of a header: E4M3 (also when unspecified) or E5M2.
+absl::StatusOr<Fp8Format> ParseFormat(v1::DType d) {
+  switch (d) {
+    case v1::DTYPE_UNSPECIFIED:
+    case v1::DTYPE_E4M3: return Fp8Format::kE4M3;
+    case v1::DTYPE_E5M2: return Fp8Format::kE5M2;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("format must be E4M3 or E5M2, got ", DTypeLabel(d)));
+  }
+}
+
+// A result dtype: F32 (also when unspecified), F16 or BF16.
+absl::StatusOr<DType> ParseOutputDType(v1::DType d) {
+  switch (d) {
+    case v1::DTYPE_UNSPECIFIED:
+    case v1::DTYPE_F32: return DType::kF32;
+    case v1::DTYPE_F16: return DType::kF16;
+    case v1::DTYPE_BF16: return DType::kBF16;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("output_dtype must be F32, F16 or BF16, got ", DTypeLabel(d)));
+  }
+}
+
 }  // namespace
 
-absl::Status ValidateName(std::string_view name, const Limits& limits) {
-  if (name.empty()) return absl::InvalidArgumentError("matrix name is empty");
+absl::Status ValidateName(std::string_view name, const Limits& limits, std::string_view what) {
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(std::string(what), " name is empty"));
   if (static_cast<int64_t>(name.size()) > limits.max_name_length) {
-    return absl::InvalidArgumentError(absl::StrCat("matrix name is ", name.size(),
+    return absl::InvalidArgumentError(absl::StrCat(std::string(what), " name is ", name.size(),
                                                    " characters long; the limit is ",
                                                    limits.max_name_length));
   }
   if (name.front() == '.') {
-    return absl::InvalidArgumentError("matrix name must not start with '.'");
+    return absl::InvalidArgumentError(absl::StrCat(std::string(what), " name must not start with '.'"));
   }
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '.' || c == '_' || c == '-';
     if (!ok) {
       return absl::InvalidArgumentError(
-          "matrix name may hold only letters, digits, '.', '_' and '-'");
+          absl::StrCat(std::string(what), " name may hold only letters, digits, '.', '_' and '-'"));
     }
   }
   return absl::OkStatus();
@@ -69,14 +93,9 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
   plan.shape.rows = h.rows();
   plan.shape.cols = h.cols();
 
-  switch (h.format()) {
-    case v1::DTYPE_UNSPECIFIED:
-    case v1::DTYPE_E4M3: plan.shape.format = Fp8Format::kE4M3; break;
-    case v1::DTYPE_E5M2: plan.shape.format = Fp8Format::kE5M2; break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("format must be E4M3 or E5M2, got ", DTypeLabel(h.format())));
-  }
+  auto format = ParseFormat(h.format());
+  if (!format.ok()) return format.status();
+  plan.shape.format = *format;
   switch (h.scale_mode()) {
     case v1::SCALE_MODE_UNSPECIFIED:
     case v1::SCALE_MODE_ROW: plan.shape.scale_mode = ScaleMode::kRow; break;
@@ -171,15 +190,161 @@ absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixSh
     }
     plan.x_scale = s == 0.0f ? 1.0f : s;
   }
-  switch (req.output_dtype()) {
-    case v1::DTYPE_UNSPECIFIED:
-    case v1::DTYPE_F32: plan.y_dtype = DType::kF32; break;
-    case v1::DTYPE_F16: plan.y_dtype = DType::kF16; break;
-    case v1::DTYPE_BF16: plan.y_dtype = DType::kBF16; break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("output_dtype must be F32, F16 or BF16, got ",
-                                                     DTypeLabel(req.output_dtype())));
+  auto y_dtype = ParseOutputDType(req.output_dtype());
+  if (!y_dtype.ok()) return y_dtype.status();
+  plan.y_dtype = *y_dtype;
+  return plan;
+}
+
+// ---------------------------------------------------------------- K/V caches
+
+namespace {
+
+// A float tensor (F32, F16 or BF16) of `rank` positive dimensions whose data
+// holds exactly its elements. `what` names it in messages.
+absl::StatusOr<DType> ValidateFloatTensor(const v1::Tensor& t, std::string_view what, int rank,
+                                          std::string_view dims) {
+  DType dt;
+  if (!ToDType(t.dtype(), &dt) || IsFp8(dt)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(what), " dtype must be F32, F16 or BF16, got ", DTypeLabel(t.dtype())));
   }
+  if (t.shape_size() != rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(what), " must be ", rank, "-D ", std::string(dims), ", got rank ", t.shape_size()));
+  }
+  int64_t n = 1;
+  for (int i = 0; i < rank; ++i) {
+    if (t.shape(i) <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(std::string(what), " dimension ", i, " is ", t.shape(i),
+                                                     "; dimensions must be positive"));
+    }
+    n = CheckedMul(n, t.shape(i));
+  }
+  const int64_t want = CheckedMul(n, DTypeSize(dt));
+  if (want < 0 || static_cast<int64_t>(t.data().size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(what), " data holds ", t.data().size(),
+                                                   " bytes; its shape and dtype need ", want));
+  }
+  return dt;
+}
+
+}  // namespace
+
+absl::StatusOr<KvUploadPlan> ValidateKvHeader(const v1::KVHeader& h, const Limits& limits) {
+  if (absl::Status s = ValidateName(h.name(), limits, "kv cache"); !s.ok()) return s;
+  KvUploadPlan plan;
+  if (h.kv_heads() <= 0 || h.seq() <= 0 || h.head_dim() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_heads, seq and head_dim must be positive, got ",
+                                                   h.kv_heads(), ", ", h.seq(), ", ", h.head_dim()));
+  }
+  if (h.kv_heads() > limits.max_kv_heads || h.head_dim() > limits.max_head_dim ||
+      h.seq() > limits.max_kv_seq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "K/V [", h.kv_heads(), ", ", h.seq(), ", ", h.head_dim(), "] exceeds the limits of ",
+        limits.max_kv_heads, " kv heads, ", limits.max_kv_seq, " tokens and head_dim ",
+        limits.max_head_dim));
+  }
+  plan.shape.kv_heads = h.kv_heads();
+  plan.shape.head_dim = h.head_dim();
+  plan.seq = h.seq();
+  auto format = ParseFormat(h.format());
+  if (!format.ok()) return format.status();
+  plan.shape.format = *format;
+  switch (h.scale_mode()) {
+    case v1::KV_SCALE_MODE_UNSPECIFIED:
+    case v1::KV_SCALE_MODE_TOKEN_BLOCK: plan.shape.scale_mode = KvScaleMode::kTokenBlock; break;
+    case v1::KV_SCALE_MODE_NONE: plan.shape.scale_mode = KvScaleMode::kNone; break;
+    case v1::KV_SCALE_MODE_TENSOR: plan.shape.scale_mode = KvScaleMode::kTensor; break;
+    case v1::KV_SCALE_MODE_HEAD: plan.shape.scale_mode = KvScaleMode::kHead; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown kv scale_mode ", h.scale_mode()));
+  }
+  plan.shape.saturate = !h.non_saturating();
+  if (!ToDType(h.source_dtype(), &plan.source_dtype) || IsFp8(plan.source_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("K/V source_dtype must be F32, F16 or BF16, got ",
+                                                   DTypeLabel(h.source_dtype())));
+  }
+  plan.side_bytes = CheckedMul(CheckedMul(CheckedMul(h.kv_heads(), h.seq()), h.head_dim()),
+                               DTypeSize(plan.source_dtype));
+  if (plan.side_bytes < 0 || plan.side_bytes > limits.max_upload_bytes / 2) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "K/V upload of 2 x [", h.kv_heads(), ", ", h.seq(), ", ", h.head_dim(), "] ",
+        DTypeLabel(h.source_dtype()), " exceeds the upload limit of ", limits.max_upload_bytes, " bytes"));
+  }
+  return plan;
+}
+
+absl::StatusOr<KvAppendPlan> ValidateKvAppend(const v1::AppendKVRequest& req, const KvShape& shape,
+                                              int64_t seq, const Limits& limits) {
+  const std::string_view dims = "[kv_heads, tokens, head_dim]";
+  auto kd = ValidateFloatTensor(req.k(), "k", 3, dims);
+  if (!kd.ok()) return kd.status();
+  auto vd = ValidateFloatTensor(req.v(), "v", 3, dims);
+  if (!vd.ok()) return vd.status();
+  if (*kd != *vd) return absl::InvalidArgumentError("k and v must have the same dtype");
+  for (int i = 0; i < 3; ++i) {
+    if (req.k().shape(i) != req.v().shape(i)) {
+      return absl::InvalidArgumentError(absl::StrCat("k and v shapes differ in dimension ", i, ": ",
+                                                     req.k().shape(i), " vs ", req.v().shape(i)));
+    }
+  }
+  if (req.k().shape(0) != shape.kv_heads || req.k().shape(2) != shape.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k/v are [", req.k().shape(0), ", ", req.k().shape(1), ", ", req.k().shape(2),
+        "]; kv cache \"", req.name(), "\" needs [", shape.kv_heads, ", tokens, ", shape.head_dim, "]"));
+  }
+  KvAppendPlan plan;
+  plan.tokens = req.k().shape(1);
+  plan.src_dtype = *kd;
+  if (plan.tokens > limits.max_kv_seq - seq) {
+    return absl::InvalidArgumentError(absl::StrCat("appending ", plan.tokens, " tokens to ", seq,
+                                                   " exceeds the limit of ", limits.max_kv_seq,
+                                                   " tokens per cache"));
+  }
+  return plan;
+}
+
+absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req, const KvShape& shape,
+                                                int64_t seq, const Limits& limits) {
+  AttentionPlan plan;
+  auto qd = ValidateFloatTensor(req.query(), "query", 4, "[batch, heads, q_len, head_dim]");
+  if (!qd.ok()) return qd.status();
+  plan.q_dtype = *qd;
+  const v1::Tensor& q = req.query();
+  plan.batch = q.shape(0);
+  plan.heads = q.shape(1);
+  plan.q_len = q.shape(2);
+  if (q.shape(3) != shape.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("query head_dim is ", q.shape(3), "; kv cache \"",
+                                                   req.cache(), "\" has head_dim ", shape.head_dim));
+  }
+  if (plan.heads % shape.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("query heads (", plan.heads,
+                                                   ") must be a multiple of the cache's kv_heads (",
+                                                   shape.kv_heads, ")"));
+  }
+  const int64_t rows = CheckedMul(CheckedMul(plan.batch, plan.heads), plan.q_len);
+  if (rows < 0 || rows > limits.max_attention_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("batch x heads x q_len = ", plan.batch, " x ",
+                                                   plan.heads, " x ", plan.q_len,
+                                                   " exceeds the limit of ", limits.max_attention_rows,
+                                                   " query rows per request"));
+  }
+  plan.causal = req.causal();
+  if (plan.causal && plan.q_len > seq) {
+    return absl::InvalidArgumentError(absl::StrCat("causal attention with q_len ", plan.q_len,
+                                                   " needs at least as many cached tokens; kv cache \"",
+                                                   req.cache(), "\" has ", seq));
+  }
+  const float s = req.softmax_scale();
+  if (!std::isfinite(s)) {
+    return absl::InvalidArgumentError(absl::StrCat("softmax_scale is ", s, "; it must be finite (0 means 1/sqrt(head_dim))"));
+  }
+  plan.scale = s != 0.0f ? s : static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)));
+  auto out_dtype = ParseOutputDType(req.output_dtype());
+  if (!out_dtype.ok()) return out_dtype.status();
+  plan.out_dtype = *out_dtype;
   return plan;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "plume/v1/attention.pb.h"
 #include "plume/v1/plume.pb.h"
 #include "server/core/backend.h"
 #include "server/core/limits.h"
@@ -16,7 +17,9 @@ namespace plume::core {
 
 // Names: 1..max_name_length characters of [A-Za-z0-9._-], not starting with
 // '.' (so never "." or ".."), no '/': safe as a file name in the store.
-absl::Status ValidateName(std::string_view name, const Limits& limits);
+// `what` names the thing in messages ("matrix", "kv cache").
+absl::Status ValidateName(std::string_view name, const Limits& limits,
+                          std::string_view what = "matrix");
 
 // What an UploadMatrix header asks for.
 struct UploadPlan {
@@ -41,5 +44,35 @@ struct GemvPlan {
 };
 absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixShape& shape,
                                       const Limits& limits);
+
+// ---------------------------------------------------------------- K/V caches
+
+// What an UploadKV header asks for.
+struct KvUploadPlan {
+  KvShape shape;
+  int64_t seq = 0;
+  DType source_dtype = DType::kF32;
+  int64_t side_bytes = 0;  // bytes of K expected (and of V)
+};
+absl::StatusOr<KvUploadPlan> ValidateKvHeader(const v1::KVHeader& h, const Limits& limits);
+
+// What an AppendKV request adds to a cache of `seq` tokens.
+struct KvAppendPlan {
+  int64_t tokens = 0;
+  DType src_dtype = DType::kF32;
+};
+absl::StatusOr<KvAppendPlan> ValidateKvAppend(const v1::AppendKVRequest& req, const KvShape& shape,
+                                              int64_t seq, const Limits& limits);
+
+// What an Attention request asks of a cache of `seq` tokens.
+struct AttentionPlan {
+  int64_t batch = 0, heads = 0, q_len = 0;
+  DType q_dtype = DType::kF32;
+  DType out_dtype = DType::kF32;
+  float scale = 1.0f;  // resolved: 1/sqrt(head_dim) when the request says 0
+  bool causal = false;
+};
+absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req, const KvShape& shape,
+                                                int64_t seq, const Limits& limits);
 
 }  // namespace plume::core

@@ -13,57 +13,14 @@
 namespace plume::server {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-absl::Status Overloaded(const core::WorkQueue& q) {
-  return absl::ResourceExhaustedError(
-      absl::StrCat("server overloaded: ", q.queued(), " requests already queued; retry later"));
-}
-
-// A request whose deadline passed or whose caller left is never computed;
-// plume_requests_dropped_total counts them.
-absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Metrics* metrics) {
-  absl::Status s;
-  if (ctx->IsCancelled()) {
-    s = absl::CancelledError("request cancelled before it ran");
-  } else if (ctx->deadline() < std::chrono::system_clock::now()) {
-    s = absl::DeadlineExceededError("deadline passed before the request ran");
-  }
-  if (!s.ok()) metrics->RecordDropped(s.code());
-  return s;
-}
-
-// A unary reactor that ends the call's admission once gRPC is done with it
-// (its response and status sent), so a drain waits for that too.
-class CountedUnaryReactor final : public grpc::ServerUnaryReactor {
- public:
-  explicit CountedUnaryReactor(MatrixServiceImpl* svc) : svc_(svc) {}
-  void OnDone() override {
-    MatrixServiceImpl* svc = svc_;
-    delete this;
-    svc->CallDone();
-  }
-
- private:
-  MatrixServiceImpl* svc_;
-};
-
-// Finishes a unary call and records its metrics.
-void FinishUnary(grpc::ServerUnaryReactor* reactor, MatrixServiceImpl* svc, core::Method m,
-                 Clock::time_point t0, const absl::Status& s) {
-  svc->metrics()->RecordRequest(m, s.code(), SecondsSince(t0));
-  reactor->Finish(ToGrpcStatus(s));
-}
+// Clock, SecondsSince, Overloaded, CheckStillWanted, FinishUnary and
+// GatedUnaryReactor come from reactors.h, shared with the AttentionService.
 
 // ---------------------------------------------------------------- UploadMatrix
 
-class UploadReactor final : public grpc::ServerReadReactor<v1::UploadMatrixRequest> {
+class MatrixUploadReactor final : public grpc::ServerReadReactor<v1::UploadMatrixRequest> {
  public:
-  UploadReactor(MatrixServiceImpl* svc, grpc::CallbackServerContext* ctx,
+  MatrixUploadReactor(MatrixServiceImpl* svc, grpc::CallbackServerContext* ctx,
                 v1::UploadMatrixResponse* resp)
       : svc_(svc), resp_(resp), t0_(Clock::now()) {
     if (absl::Status s = svc_->Admit(ctx); !s.ok()) {
@@ -287,7 +244,7 @@ MatrixServiceImpl::MatrixServiceImpl(core::MatrixService* core, core::Metrics* m
 
 grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatrix(
     grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) {
-  return new UploadReactor(this, ctx, resp);
+  return new MatrixUploadReactor(this, ctx, resp);
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerContext* ctx,
@@ -295,14 +252,14 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerConte
                                                        v1::GetMatrixResponse* resp) {
   const auto t0 = Clock::now();
   if (absl::Status s = Admit(ctx); !s.ok()) {
-    auto* reactor = new CountedUnaryReactor(this);
-    FinishUnary(reactor, this, core::Method::kGetMatrix, t0, s);
+    auto* reactor = new GatedUnaryReactor(this);
+    FinishUnary(reactor, metrics_, core::Method::kGetMatrix, t0, s);
     return reactor;
   }
   auto info = core_->GetMatrix(req->name());
   if (info.ok()) *resp->mutable_matrix() = std::move(*info);
-  auto* reactor = new CountedUnaryReactor(this);
-  FinishUnary(reactor, this, core::Method::kGetMatrix, t0, info.status());
+  auto* reactor = new GatedUnaryReactor(this);
+  FinishUnary(reactor, metrics_, core::Method::kGetMatrix, t0, info.status());
   return reactor;
 }
 
@@ -310,10 +267,10 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
                                                           const v1::ListMatricesRequest*,
                                                           v1::ListMatricesResponse* resp) {
   const auto t0 = Clock::now();
-  auto* reactor = new CountedUnaryReactor(this);
+  auto* reactor = new GatedUnaryReactor(this);
   absl::Status s = Admit(ctx);
   if (s.ok()) core_->ListMatrices(resp);
-  FinishUnary(reactor, this, core::Method::kListMatrices, t0, s);
+  FinishUnary(reactor, metrics_, core::Method::kListMatrices, t0, s);
   return reactor;
 }
 
@@ -321,10 +278,10 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerCo
                                                           const v1::DeleteMatrixRequest* req,
                                                           v1::DeleteMatrixResponse*) {
   const auto t0 = Clock::now();
-  auto* reactor = new CountedUnaryReactor(this);
+  auto* reactor = new GatedUnaryReactor(this);
   absl::Status s = Admit(ctx);
   if (s.ok()) s = core_->DeleteMatrix(req->name());
-  FinishUnary(reactor, this, core::Method::kDeleteMatrix, t0, s);
+  FinishUnary(reactor, metrics_, core::Method::kDeleteMatrix, t0, s);
   return reactor;
 }
 
@@ -332,17 +289,17 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* c
                                                   const v1::GemvRequest* req,
                                                   v1::GemvResponse* resp) {
   const auto t0 = Clock::now();
-  auto* reactor = new CountedUnaryReactor(this);
+  auto* reactor = new GatedUnaryReactor(this);
   if (absl::Status s = Admit(ctx); !s.ok()) {
-    FinishUnary(reactor, this, core::Method::kGemv, t0, s);
+    FinishUnary(reactor, metrics_, core::Method::kGemv, t0, s);
     return reactor;
   }
   const bool queued = queue_->Submit([this, ctx, req, resp, reactor, t0] {
     absl::Status s = CheckStillWanted(ctx, metrics_);
     if (s.ok()) s = core_->Gemv(*req, resp);
-    FinishUnary(reactor, this, core::Method::kGemv, t0, s);
+    FinishUnary(reactor, metrics_, core::Method::kGemv, t0, s);
   });
-  if (!queued) FinishUnary(reactor, this, core::Method::kGemv, t0, Overloaded(*queue_));
+  if (!queued) FinishUnary(reactor, metrics_, core::Method::kGemv, t0, Overloaded(*queue_));
   return reactor;
 }
 

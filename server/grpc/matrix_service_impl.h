@@ -8,13 +8,14 @@
 
 #include "plume/v1/plume.grpc.pb.h"
 #include "server/grpc/auth.h"
+#include "server/grpc/reactors.h"
 #include "server/core/matrix_service.h"
 #include "server/core/metrics.h"
 #include "server/core/work_queue.h"
 
 namespace plume::server {
 
-class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
+class MatrixServiceImpl final : public v1::MatrixService::CallbackService, public CallGate {
  public:
   struct Options {
     // Items of one GemvStream being computed at once; the stream stops reading
@@ -51,8 +52,8 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
   // Every call starts here and ends with one CallDone(), whatever Admit
   // returns. Admit is OK unless the server is draining (UNAVAILABLE) or the
   // call lacks the configured bearer token (UNAUTHENTICATED).
-  absl::Status Admit(const grpc::CallbackServerContext* ctx);
-  void CallDone() { active_calls_.fetch_sub(1, std::memory_order_acq_rel); }
+  absl::Status Admit(const grpc::CallbackServerContext* ctx) override;
+  void CallDone() override { active_calls_.fetch_sub(1, std::memory_order_acq_rel); }
 
   // Graceful drain: from now on new calls get UNAVAILABLE; WaitIdle returns
   // once the calls already admitted have finished, or at `deadline` (false).

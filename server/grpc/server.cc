@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/core/work_queue.h"
 #include "server/grpc/auth.h"
+#include "server/grpc/attention_service_impl.h"
 #include "server/grpc/matrix_service_impl.h"
 
 namespace plume::server {
@@ -16,6 +17,7 @@ struct Server::Impl {
   std::unique_ptr<core::WorkQueue> queue;
   std::unique_ptr<TokenAuth> auth;
   std::unique_ptr<MatrixServiceImpl> service;
+  std::unique_ptr<AttentionServiceImpl> attention;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   absl::Mutex mu;
@@ -55,6 +57,13 @@ int Server::port() const { return impl_->port; }
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options,
                                                       core::MatrixService* core,
                                                       core::Metrics* metrics) {
+  return Start(options, core, nullptr, metrics);
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options,
+                                                      core::MatrixService* core,
+                                                      core::AttentionService* attention,
+                                                      core::Metrics* metrics) {
   static const bool reflection = [] {
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     return true;
@@ -84,6 +93,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(impl->service.get());
+  if (attention != nullptr) {
+    AttentionServiceImpl::Options attn_options;
+    attn_options.max_stream_in_flight = options.max_stream_in_flight;
+    attn_options.gate = impl->service.get();
+    impl->attention = std::make_unique<AttentionServiceImpl>(attention, metrics, impl->queue.get(),
+                                                             attn_options);
+    builder.RegisterService(impl->attention.get());
+  }
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(

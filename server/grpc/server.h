@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "server/core/attention_service.h"
 #include "server/core/matrix_service.h"
 #include "server/core/metrics.h"
 
@@ -36,6 +37,12 @@ class Server {
   // Builds and starts the server. `core` and `metrics` must outlive it.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
                                                        core::MatrixService* core,
+                                                       core::Metrics* metrics);
+  // The same, also serving AttentionService when `attention` is not null
+  // (it must outlive the server too).
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
+                                                       core::MatrixService* core,
+                                                       core::AttentionService* attention,
                                                        core::Metrics* metrics);
   ~Server();  // shuts down with no grace period if Shutdown was not called
 

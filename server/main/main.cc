@@ -20,10 +20,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "server/core/attention_service.h"
 #include "server/core/cpu_backend.h"
 #if PLUME_HAVE_CUDA_BACKEND
 #include "server/core/cuda_backend.h"
 #endif
+#include "server/core/kv_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
@@ -39,6 +41,9 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{16} << 30, "Largest source matrix o
 ABSL_FLAG(int64_t, max_rows, int64_t{1} << 20, "Most rows a matrix may have.");
 ABSL_FLAG(int64_t, max_cols, int64_t{1} << 20, "Most columns a matrix may have.");
 ABSL_FLAG(int64_t, max_batch, 4096, "Most vectors in one Gemv request.");
+ABSL_FLAG(int64_t, max_kv_tokens, int64_t{1} << 24, "Most tokens one K/V cache may hold.");
+ABSL_FLAG(int64_t, max_head_dim, 1024, "Largest head_dim of a K/V cache.");
+ABSL_FLAG(int64_t, max_attention_rows, int64_t{1} << 16, "Most query rows (batch x heads x q_len) in one Attention request.");
 ABSL_FLAG(int32_t, worker_threads, 4, "Threads that run GEMV requests.");
 ABSL_FLAG(int32_t, device, 0, "CUDA device of the cuda backend.");
 ABSL_FLAG(int64_t, device_reserve_bytes, int64_t{1} << 30,
@@ -125,6 +130,9 @@ int main(int argc, char** argv) {
   limits.max_cols = absl::GetFlag(FLAGS_max_cols);
   limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   limits.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  limits.max_kv_seq = absl::GetFlag(FLAGS_max_kv_tokens);
+  limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
+  limits.max_attention_rows = absl::GetFlag(FLAGS_max_attention_rows);
 
   int64_t budget = absl::GetFlag(FLAGS_memory_budget_bytes);
   if (budget <= 0) budget = backend->memory_capacity_bytes();
@@ -132,6 +140,8 @@ int main(int argc, char** argv) {
   plume::core::Metrics metrics;
   plume::core::MatrixStore store(budget, &metrics);
   plume::core::MatrixService service(backend.get(), &store, &metrics, limits);
+  plume::core::KvStore kv_store(store.budget(), &metrics);  // K/V caches share the budget
+  plume::core::AttentionService attention(backend.get(), &kv_store, &metrics, limits);
 
   // Durable store: verify and load what is on disk before serving (issue 7).
   auto durable = plume::server_main::OpenDurableStore(backend.get(), &store);
@@ -159,7 +169,7 @@ int main(int argc, char** argv) {
   if (auto s = plume::server_main::ApplySecurityFlags(&options); !s.ok()) {
     return Fail(std::string(s.message()));
   }
-  auto server = plume::server::Server::Start(options, &service, &metrics);
+  auto server = plume::server::Server::Start(options, &service, &attention, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
   spdlog::info("plume-server ready: gRPC on {}, metrics on http://{}/metrics",

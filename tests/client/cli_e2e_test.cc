@@ -24,6 +24,8 @@
 #include "plume/io/npy.h"
 #include "plume/kernels/layout.h"
 #include "plume/reference/api.h"
+#include "plume/reference/attention.h"
+#include "tests/common/attention_reference.h"
 #include "tests/common/gemv_reference.h"
 #include "tests/common/process.h"
 
@@ -188,6 +190,73 @@ TEST_F(E2eTest, UploadListInfoGemvDelete) {
   // A usage error: exit code 2, nothing sent.
   auto usage = Cli({"upload", "w2", File("w.npy"), "--format", "e3m4"});
   EXPECT_EQ(usage.exit_code, 2) << usage.err;
+}
+
+TEST_F(E2eTest, KvUploadAppendAttendListDelete) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  const int64_t kv_heads = 2, heads = 4, dim = 64, seq = 100, extra = 5, q_len = 3;
+  auto save = [&](const std::string& name, std::vector<int64_t> shape, const std::vector<float>& v) {
+    ASSERT_TRUE(plume::io::WriteNpy(File(name), plume::io::FromFloats(std::move(shape), v.data())).ok());
+  };
+  const auto k = RandomFloats(kv_heads * seq * dim, 300, 1.0f), v = RandomFloats(k.size(), 301, 1.0f);
+  const auto k2 = RandomFloats(kv_heads * extra * dim, 302, 1.0f), v2 = RandomFloats(k2.size(), 303, 1.0f);
+  const auto q = RandomFloats(heads * q_len * dim, 304, 1.0f);
+  save("k.npy", {kv_heads, seq, dim}, k);
+  save("v.npy", {kv_heads, seq, dim}, v);
+  save("k2.npy", {kv_heads, extra, dim}, k2);
+  save("v2.npy", {kv_heads, extra, dim}, v2);
+  save("q.npy", {1, heads, q_len, dim}, q);
+
+  auto up = Cli({"kv", "upload", "c1", File("k.npy"), File("v.npy"), "--format", "e4m3", "--scale", "block"});
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_NE(up.out.find("seq:              100"), std::string::npos) << up.out;
+  auto app = Cli({"kv", "append", "c1", File("k2.npy"), File("v2.npy")});
+  ASSERT_EQ(app.exit_code, 0) << app.err;
+  EXPECT_NE(app.out.find("seq:              105"), std::string::npos) << app.out;
+
+  auto list = Cli({"kv", "list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("KV_HEADS"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("c1"), std::string::npos) << list.out;
+  auto info = Cli({"kv", "info", "c1"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("scale_mode:       block"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("pages:            2"), std::string::npos) << info.out;
+
+  auto att = Cli({"attend", "c1", File("q.npy"), "-o", File("o.npy"), "--causal", "--scale", "0.1"});
+  ASSERT_EQ(att.exit_code, 0) << att.err;
+  auto o = plume::io::ReadNpy(File("o.npy"));
+  ASSERT_TRUE(o.ok()) << o.status();
+  ASSERT_EQ(o->shape, (std::vector<int64_t>{1, heads, q_len, dim}));
+  // Expected: the same upload and append through the CPU reference, FP64 attention.
+  plume::ref::HostKvCache cache({kv_heads, dim, plume::KvScaleMode::kTokenBlock}, plume::Fp8Format::kE4M3);
+  ASSERT_TRUE(cache.Append(k.data(), v.data(), seq));
+  ASSERT_TRUE(cache.Append(k2.data(), v2.data(), extra));
+  std::vector<double> want(q.size());
+  plume::ref::AttentionReference(cache.view(), q.data(), {1, heads, q_len, 0.1f, true}, want.data());
+  EXPECT_LE(plume::testing::RelL2(plume::io::ToFloats(*o), want), 1e-5);
+
+  // F16 output, printed: one line per query row.
+  auto printed = Cli({"attend", "c1", File("q.npy"), "--out-dtype", "f16"});
+  ASSERT_EQ(printed.exit_code, 0) << printed.err;
+  EXPECT_EQ(std::count(printed.out.begin(), printed.out.end(), '\n'), heads * q_len);
+
+  // Errors: heads not a multiple of kv_heads, a 3-D query, an unknown cache.
+  save("q3.npy", {1, 3, 1, dim}, q);
+  auto bad_heads = Cli({"attend", "c1", File("q3.npy")});
+  EXPECT_EQ(bad_heads.exit_code, 1);
+  EXPECT_NE(bad_heads.err.find("error: INVALID_ARGUMENT"), std::string::npos) << bad_heads.err;
+  auto bad_rank = Cli({"attend", "c1", File("k.npy")});
+  EXPECT_EQ(bad_rank.exit_code, 2) << bad_rank.err;
+  auto unknown = Cli({"attend", "nope", File("q.npy")});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.err.find("error: NOT_FOUND"), std::string::npos) << unknown.err;
+
+  auto del = Cli({"kv", "delete", "c1"});
+  ASSERT_EQ(del.exit_code, 0) << del.err;
+  auto gone = Cli({"kv", "info", "c1"});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_NE(gone.err.find("NOT_FOUND"), std::string::npos) << gone.err;
 }
 
 }  // namespace

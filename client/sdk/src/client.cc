@@ -11,6 +11,7 @@
 #include <future>
 
 #include "absl/strings/str_cat.h"
+#include "attention_session_impl.h"
 #include "gemv_session_impl.h"
 #include "plume/io/array.h"
 
@@ -42,6 +43,9 @@ std::string DefaultServiceConfigJson(const ClientOptions& options) {
                     "{\"service\": \"plume.v1.MatrixService\", \"method\": \"GetMatrix\"}, "
                     "{\"service\": \"plume.v1.MatrixService\", \"method\": \"ListMatrices\"}, "
                     "{\"service\": \"plume.v1.MatrixService\", \"method\": \"Gemv\"}, "
+                    "{\"service\": \"plume.v1.AttentionService\", \"method\": \"GetKV\"}, "
+                    "{\"service\": \"plume.v1.AttentionService\", \"method\": \"ListKV\"}, "
+                    "{\"service\": \"plume.v1.AttentionService\", \"method\": \"Attention\"}, "
                     "{\"service\": \"grpc.health.v1.Health\", \"method\": \"Check\"}], "
                     "\"retryPolicy\": {\"maxAttempts\": ",
                     std::min(options.max_attempts, 5),
@@ -95,7 +99,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
     : options_(std::move(options)),
       channel_(std::move(channel)),
-      stub_(v1::MatrixService::NewStub(channel_)) {}
+      stub_(v1::MatrixService::NewStub(channel_)),
+      attention_stub_(v1::AttentionService::NewStub(channel_)) {}
 
 Client::~Client() = default;
 
@@ -112,40 +117,56 @@ std::unique_ptr<grpc::ClientContext> Client::MakeContext(const CallOptions& call
   return MakeContext(call.timeout.value_or(options_.default_timeout));
 }
 
-absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, std::string_view data,
-                                              std::string_view scales,
-                                              const UploadProgressFn& progress,
-                                              const CallOptions& call) {
-  const int64_t chunk = std::clamp<int64_t>(options_.upload_chunk_bytes, 4 << 10,
-                                            std::max<int64_t>(4 << 10, options_.max_message_bytes - (1 << 10)));
-  auto ctx = MakeContext(call);
-  v1::UploadMatrixResponse resp;
-  std::unique_ptr<grpc::ClientWriter<v1::UploadMatrixRequest>> writer =
-      stub_->UploadMatrix(ctx.get(), &resp);
-  v1::UploadMatrixRequest req;
-  *req.mutable_header() = header;
+int64_t Client::ChunkBytes() const {
+  return std::clamp<int64_t>(options_.upload_chunk_bytes, 4 << 10,
+                             std::max<int64_t>(4 << 10, options_.max_message_bytes - (1 << 10)));
+}
+
+namespace {
+
+// Streams `parts` after the first message (already in `req`), each in chunks
+// of `chunk` bytes put into `req` by its setter; reports progress over all of
+// them. Returns false once a write fails (Finish then has the status).
+template <class Req>
+bool WriteChunked(grpc::ClientWriter<Req>* writer, Req& req, int64_t chunk,
+                  const std::vector<std::pair<std::string_view, void (*)(Req&, std::string_view)>>& parts,
+                  const UploadProgressFn& progress) {
   bool ok = writer->Write(req);
-  const int64_t total = static_cast<int64_t>(data.size() + scales.size());
-  int64_t sent = 0;
+  int64_t total = 0, sent = 0;
+  for (const auto& part : parts) total += static_cast<int64_t>(part.first.size());
   if (ok && progress) progress(0, total);
-  auto send = [&](std::string_view part, bool is_scales) {
-    for (size_t off = 0; ok && off < part.size(); off += static_cast<size_t>(chunk)) {
-      const std::string_view piece = part.substr(off, static_cast<size_t>(chunk));
-      if (is_scales) {
-        req.set_scales(piece.data(), piece.size());
-      } else {
-        req.set_data(piece.data(), piece.size());
-      }
+  for (const auto& [data, set] : parts) {
+    for (size_t off = 0; ok && off < data.size(); off += static_cast<size_t>(chunk)) {
+      const std::string_view piece = data.substr(off, static_cast<size_t>(chunk));
+      set(req, piece);
       ok = writer->Write(req);
       if (ok) {
         sent += static_cast<int64_t>(piece.size());
         if (progress) progress(sent, total);
       }
     }
-  };
-  send(data, false);
-  send(scales, true);
+  }
   if (ok) writer->WritesDone();
+  return ok;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, std::string_view data,
+                                              std::string_view scales,
+                                              const UploadProgressFn& progress,
+                                              const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::UploadMatrixResponse resp;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadMatrixRequest>> writer =
+      stub_->UploadMatrix(ctx.get(), &resp);
+  v1::UploadMatrixRequest req;
+  *req.mutable_header() = header;
+  using R = v1::UploadMatrixRequest;
+  WriteChunked<R>(writer.get(), req, ChunkBytes(),
+                  {{data, [](R& r, std::string_view p) { r.set_data(p.data(), p.size()); }},
+                   {scales, [](R& r, std::string_view p) { r.set_scales(p.data(), p.size()); }}},
+                  progress);
   const grpc::Status s = writer->Finish();
   if (!s.ok()) return FromGrpcStatus(s);
   return resp.matrix();
@@ -247,10 +268,114 @@ absl::StatusOr<std::unique_ptr<GemvSession>> Client::StartGemvSession(const std:
   auto impl = std::make_unique<GemvSession::Impl>();
   impl->matrix = matrix;
   impl->options = options;
+  impl->stream_name = "GemvStream";
+  impl->max_in_flight = options.max_in_flight;
   impl->ctx = MakeContext(options.timeout.value_or(options_.default_timeout));
   impl->stream = stub_->GemvStream(impl->ctx.get());
   impl->Start();
   return std::unique_ptr<GemvSession>(new GemvSession(std::move(impl)));
+}
+
+// ---------------------------------------------------------------- AttentionService
+
+absl::StatusOr<v1::KVInfo> Client::UploadKV(const KvUploadSpec& spec, const TensorRef& k,
+                                            const TensorRef& v, const UploadProgressFn& progress,
+                                            const CallOptions& call) {
+  for (const TensorRef* t : {&k, &v}) {
+    if (auto s = ValidateTensor(*t); !s.ok()) return s;
+  }
+  if (k.shape.size() != 3 || k.shape != v.shape || k.dtype != v.dtype) {
+    return absl::InvalidArgumentError(
+        "k and v must both be [kv_heads, seq, head_dim] of the same shape and dtype");
+  }
+  v1::UploadKVRequest req;
+  v1::KVHeader* h = req.mutable_header();
+  h->set_name(spec.name);
+  h->set_kv_heads(k.shape[0]);
+  h->set_seq(k.shape[1]);
+  h->set_head_dim(k.shape[2]);
+  h->set_source_dtype(k.dtype);
+  h->set_format(spec.format);
+  h->set_scale_mode(spec.scale_mode);
+  h->set_non_saturating(spec.non_saturating);
+  auto ctx = MakeContext(call);
+  v1::UploadKVResponse resp;
+  auto writer = attention_stub_->UploadKV(ctx.get(), &resp);
+  using R = v1::UploadKVRequest;
+  WriteChunked<R>(writer.get(), req, ChunkBytes(),
+                  {{k.bytes, [](R& r, std::string_view p) { r.set_k(p.data(), p.size()); }},
+                   {v.bytes, [](R& r, std::string_view p) { r.set_v(p.data(), p.size()); }}},
+                  progress);
+  const grpc::Status s = writer->Finish();
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp.cache();
+}
+
+absl::StatusOr<v1::KVInfo> Client::AppendKV(const std::string& name, const TensorRef& k,
+                                            const TensorRef& v, const CallOptions& call) {
+  for (const TensorRef* t : {&k, &v}) {
+    if (auto s = ValidateTensor(*t); !s.ok()) return s;
+  }
+  v1::AppendKVRequest req;
+  req.set_name(name);
+  ToProto(k, req.mutable_k());
+  ToProto(v, req.mutable_v());
+  auto ctx = MakeContext(call);
+  v1::AppendKVResponse resp;
+  const grpc::Status s = attention_stub_->AppendKV(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp.cache();
+}
+
+absl::StatusOr<v1::KVInfo> Client::GetKV(const std::string& name, const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::GetKVRequest req;
+  req.set_name(name);
+  v1::GetKVResponse resp;
+  const grpc::Status s = attention_stub_->GetKV(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp.cache();
+}
+
+absl::StatusOr<std::vector<v1::KVInfo>> Client::ListKV(const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::ListKVResponse resp;
+  const grpc::Status s = attention_stub_->ListKV(ctx.get(), v1::ListKVRequest(), &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return std::vector<v1::KVInfo>(resp.caches().begin(), resp.caches().end());
+}
+
+absl::Status Client::DeleteKV(const std::string& name, const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::DeleteKVRequest req;
+  req.set_name(name);
+  v1::DeleteKVResponse resp;
+  return FromGrpcStatus(attention_stub_->DeleteKV(ctx.get(), req, &resp));
+}
+
+absl::StatusOr<HostTensor> Client::Attention(const std::string& cache, const TensorRef& query,
+                                             const AttentionOptions& options, const CallOptions& call) {
+  if (auto s = ValidateTensor(query); !s.ok()) return s;
+  const v1::AttentionRequest req = MakeAttentionRequest(cache, query, options);
+  auto ctx = MakeContext(call);
+  v1::AttentionResponse resp;
+  const grpc::Status s = attention_stub_->Attention(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return FromProto(std::move(*resp.mutable_output()));
+}
+
+absl::StatusOr<std::unique_ptr<AttentionSession>> Client::StartAttentionSession(
+    const std::string& cache, AttentionSessionOptions options) {
+  if (options.max_in_flight < 1) return absl::InvalidArgumentError("max_in_flight must be at least 1");
+  auto impl = std::make_unique<AttentionSession::Impl>();
+  impl->cache = cache;
+  impl->options = options;
+  impl->stream_name = "AttentionStream";
+  impl->max_in_flight = options.max_in_flight;
+  impl->ctx = MakeContext(options.timeout.value_or(options_.default_timeout));
+  impl->stream = attention_stub_->AttentionStream(impl->ctx.get());
+  impl->Start();
+  return std::unique_ptr<AttentionSession>(new AttentionSession(std::move(impl)));
 }
 
 // grpc.health.v1 is not in Debian's gRPC packages, so the two tiny messages

@@ -47,6 +47,16 @@ const char* ScaleModeShortName(v1::ScaleMode mode) {
   }
 }
 
+const char* KvScaleModeShortName(v1::KVScaleMode mode) {
+  switch (mode) {
+    case v1::KV_SCALE_MODE_NONE: return "none";
+    case v1::KV_SCALE_MODE_TENSOR: return "tensor";
+    case v1::KV_SCALE_MODE_HEAD: return "head";
+    case v1::KV_SCALE_MODE_TOKEN_BLOCK: return "block";
+    default: return "unspecified";
+  }
+}
+
 absl::Status ValidateTensor(const TensorRef& t) {
   const int esize = DTypeBytes(t.dtype);
   if (esize == 0) return absl::InvalidArgumentError("tensor dtype is unspecified or unknown");

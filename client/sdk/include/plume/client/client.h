@@ -1,5 +1,6 @@
-// plume::Client: a synchronous call per MatrixService RPC, a GemvSession
-// for GemvStream, and a grpc.health.v1 check. Thread-safe: one Client may be
+// plume::Client: a synchronous call per MatrixService and AttentionService
+// RPC, a GemvSession for GemvStream, an AttentionSession for
+// AttentionStream, and a grpc.health.v1 check. Thread-safe: one Client may be
 // shared by any number of threads (it owns one gRPC channel).
 //
 //   plume::ClientOptions opts;
@@ -19,9 +20,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "plume/client/attention_session.h"
 #include "plume/client/gemv_session.h"
 #include "plume/client/status.h"
 #include "plume/client/tensor.h"
+#include "plume/v1/attention.grpc.pb.h"
+#include "plume/v1/attention.pb.h"
 #include "plume/v1/plume.grpc.pb.h"
 #include "plume/v1/plume.pb.h"
 
@@ -78,6 +82,15 @@ struct UploadSpec {
   bool non_saturating = false;
 };
 
+// What to upload as a K/V cache: the header fields other than the shape and
+// source dtype, which come from the tensors.
+struct KvUploadSpec {
+  std::string name;
+  v1::DType format = v1::DTYPE_E4M3;  // E4M3 or E5M2
+  v1::KVScaleMode scale_mode = v1::KV_SCALE_MODE_TOKEN_BLOCK;
+  bool non_saturating = false;
+};
+
 // Called after each chunk is handed to gRPC, with the payload bytes sent so
 // far and the total, on the calling thread.
 using UploadProgressFn = std::function<void(int64_t sent_bytes, int64_t total_bytes)>;
@@ -123,6 +136,30 @@ class Client {
   absl::StatusOr<std::unique_ptr<GemvSession>> StartGemvSession(const std::string& matrix,
                                                                 GemvSessionOptions options = {});
 
+  // ---- AttentionService: K/V caches and attention.
+
+  // Uploads K and V, each [kv_heads, seq, head_dim] in F32/F16/BF16 (same
+  // shape and dtype); the server quantizes them into a new cache.
+  absl::StatusOr<v1::KVInfo> UploadKV(const KvUploadSpec& spec, const TensorRef& k, const TensorRef& v,
+                                      const UploadProgressFn& progress = nullptr,
+                                      const CallOptions& call = {});
+  // Appends tokens: k and v [kv_heads, tokens, head_dim] (one unary message,
+  // so it must fit in max_message_bytes).
+  absl::StatusOr<v1::KVInfo> AppendKV(const std::string& name, const TensorRef& k, const TensorRef& v,
+                                      const CallOptions& call = {});
+  absl::StatusOr<v1::KVInfo> GetKV(const std::string& name, const CallOptions& call = {});
+  absl::StatusOr<std::vector<v1::KVInfo>> ListKV(const CallOptions& call = {});
+  absl::Status DeleteKV(const std::string& name, const CallOptions& call = {});
+
+  // softmax(scale * Q K^T) V: query [batch, heads, q_len, head_dim] ->
+  // output of the same shape in options.output_dtype.
+  absl::StatusOr<HostTensor> Attention(const std::string& cache, const TensorRef& query,
+                                       const AttentionOptions& options = {},
+                                       const CallOptions& call = {});
+  // Opens an AttentionStream on `cache` (see attention_session.h).
+  absl::StatusOr<std::unique_ptr<AttentionSession>> StartAttentionSession(
+      const std::string& cache, AttentionSessionOptions options = {});
+
   // grpc.health.v1.Health/Check for `service` ("" = the whole server).
   absl::StatusOr<HealthStatus> CheckHealth(const std::string& service = "",
                                            const CallOptions& call = {});
@@ -134,6 +171,7 @@ class Client {
   // A context with the deadline and the token set.
   std::unique_ptr<grpc::ClientContext> MakeContext(const CallOptions& call) const;
   std::unique_ptr<grpc::ClientContext> MakeContext(std::chrono::milliseconds timeout) const;
+  int64_t ChunkBytes() const;  // upload_chunk_bytes, clamped
   absl::StatusOr<v1::MatrixInfo> Upload(const v1::MatrixHeader& header, std::string_view data,
                                         std::string_view scales, const UploadProgressFn& progress,
                                         const CallOptions& call);
@@ -141,6 +179,7 @@ class Client {
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::MatrixService::Stub> stub_;
+  std::unique_ptr<v1::AttentionService::Stub> attention_stub_;
 };
 
 // The channel arguments (message sizes, LB policy, retry service config)

@@ -1,0 +1,168 @@
+#include "server/core/attention_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/core/metrics.h"
+
+namespace plume::core {
+
+AttentionService::AttentionService(Backend* backend, KvStore* store, Metrics* metrics,
+                                   const Limits& limits)
+    : backend_(backend), store_(store), metrics_(metrics), limits_(limits) {}
+
+AttentionService::Upload::Upload(AttentionService* service, KvUploadPlan plan,
+                                 KvStore::PendingUpload pending)
+    : service_(service), plan_(plan), pending_(std::move(pending)) {}
+
+absl::StatusOr<std::unique_ptr<AttentionService::Upload>> AttentionService::BeginUpload(
+    const v1::KVHeader& header) {
+  auto plan = ValidateKvHeader(header, limits_);
+  if (!plan.ok()) return plan.status();
+  auto pending = store_->BeginUpload(header.name(), plan->shape.resident_bytes(plan->seq));
+  if (!pending.ok()) return pending.status();
+  auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
+  try {
+    upload->k_.reserve(static_cast<size_t>(plan->side_bytes));
+    upload->v_.reserve(static_cast<size_t>(plan->side_bytes));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate 2 x ", plan->side_bytes, " bytes to stage the upload"));
+  }
+  return upload;
+}
+
+absl::Status AttentionService::Upload::Add(std::string* side, std::string_view what,
+                                           std::string_view chunk) {
+  if (static_cast<int64_t>(side->size() + chunk.size()) > plan_.side_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "upload of kv cache \"", pending_.name(), "\" sent more ", std::string(what), " data than its header declares: ",
+        side->size() + chunk.size(), " bytes, expected ", plan_.side_bytes));
+  }
+  side->append(chunk);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::KVInfo> AttentionService::Upload::Finish() {
+  for (const auto& [side, what] : {std::pair{&k_, "k"}, std::pair{&v_, "v"}}) {
+    if (static_cast<int64_t>(side->size()) != plan_.side_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("upload of kv cache \"", pending_.name(),
+                                                     "\" ended after ", side->size(), " bytes of ", what,
+                                                     "; expected ", plan_.side_bytes));
+    }
+  }
+  auto data = service_->backend_->CreateKv(plan_.shape);
+  if (!data.ok()) return data.status();
+  KvAppendArgs args{k_.data(), v_.data(), plan_.source_dtype, plan_.seq};
+  if (absl::Status s = service_->backend_->AppendKv(**data, args); !s.ok()) return s;
+  std::string().swap(k_);  // free the staging copies before publishing
+  std::string().swap(v_);
+  auto c = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
+                                    std::move(*data));
+  return service_->Info(*c);
+}
+
+v1::KVInfo AttentionService::Info(const KvCache& c) const {
+  v1::KVInfo info;
+  int64_t seq;
+  {
+    absl::ReaderMutexLock lock(&c.mu);
+    seq = c.data->seq();
+  }
+  const KvLayout l = c.shape.layout();
+  info.set_name(c.name);
+  info.set_kv_heads(c.shape.kv_heads);
+  info.set_seq(seq);
+  info.set_head_dim(c.shape.head_dim);
+  info.set_format(static_cast<v1::DType>(c.shape.format));
+  info.set_scale_mode(static_cast<v1::KVScaleMode>(c.shape.scale_mode));
+  info.set_source_dtype(static_cast<v1::DType>(c.source_dtype));
+  info.set_non_saturating(!c.shape.saturate);
+  v1::KVLayout* pl = info.mutable_layout();
+  pl->set_page_tokens(kKvPageTokens);
+  pl->set_row_stride_bytes(l.row_bytes());
+  pl->set_page_bytes(l.page_bytes());
+  pl->set_pages(KvLayout::pages_for(seq));
+  pl->set_capacity_tokens(KvLayout::pages_for(seq) * kKvPageTokens);
+  info.set_resident_bytes(c.shape.resident_bytes(seq));
+  info.set_created_unix_ms(c.created_unix_ms);
+  info.set_backend(std::string(backend_->name()));
+  return info;
+}
+
+absl::StatusOr<v1::KVInfo> AttentionService::AppendKV(const v1::AppendKVRequest& req) {
+  if (absl::Status s = ValidateName(req.name(), limits_, "kv cache"); !s.ok()) return s;
+  auto c = store_->Get(req.name());  // holds the cache alive for this call
+  if (!c.ok()) return c.status();
+  int64_t seq;
+  {
+    absl::ReaderMutexLock lock(&(*c)->mu);
+    seq = (*c)->data->seq();
+  }
+  // seq may grow before the append runs; the limit is checked against this
+  // value, and appends are serialized by the cache's lock.
+  auto plan = ValidateKvAppend(req, (*c)->shape, seq, limits_);
+  if (!plan.ok()) return plan.status();
+  KvAppendArgs args{req.k().data().data(), req.v().data().data(), plan->src_dtype, plan->tokens};
+  if (absl::Status s = store_->Append(**c, backend_, args); !s.ok()) return s;
+  return Info(**c);
+}
+
+absl::StatusOr<v1::KVInfo> AttentionService::GetKV(const std::string& name) const {
+  if (absl::Status s = ValidateName(name, limits_, "kv cache"); !s.ok()) return s;
+  auto c = store_->Get(name);
+  if (!c.ok()) return c.status();
+  return Info(**c);
+}
+
+void AttentionService::ListKV(v1::ListKVResponse* out) const {
+  for (const auto& c : store_->List()) *out->add_caches() = Info(*c);
+}
+
+absl::Status AttentionService::DeleteKV(const std::string& name) {
+  if (absl::Status s = ValidateName(name, limits_, "kv cache"); !s.ok()) return s;
+  return store_->Delete(name);
+}
+
+absl::Status AttentionService::Attention(const v1::AttentionRequest& req, v1::AttentionResponse* out) {
+  if (absl::Status s = ValidateName(req.cache(), limits_, "kv cache"); !s.ok()) return s;
+  auto c = store_->Get(req.cache());  // holds the cache alive for this call
+  if (!c.ok()) return c.status();
+  const KvCache& cache = **c;
+  absl::ReaderMutexLock lock(&cache.mu);  // no append runs meanwhile
+  if (cache.deleted) {
+    return absl::NotFoundError(absl::StrCat("kv cache \"", cache.name, "\" not found (deleted)"));
+  }
+  const int64_t seq = cache.data->seq();
+  auto plan = ValidateAttention(req, cache.shape, seq, limits_);
+  if (!plan.ok()) return plan.status();
+
+  out->set_request_id(req.request_id());
+  out->set_seq(seq);
+  v1::Tensor* o = out->mutable_output();
+  o->set_dtype(static_cast<v1::DType>(plan->out_dtype));
+  for (int64_t d : {plan->batch, plan->heads, plan->q_len, cache.shape.head_dim}) o->add_shape(d);
+  const int64_t rows = plan->batch * plan->heads * plan->q_len;
+  std::string* bytes = o->mutable_data();
+  bytes->resize(static_cast<size_t>(rows * cache.shape.head_dim * DTypeSize(plan->out_dtype)));
+
+  AttentionArgs args;
+  args.q = req.query().data().data();
+  args.q_dtype = plan->q_dtype;
+  args.batch = plan->batch;
+  args.heads = plan->heads;
+  args.q_len = plan->q_len;
+  args.scale = plan->scale;
+  args.causal = plan->causal;
+  args.out = bytes->data();
+  args.out_dtype = plan->out_dtype;
+  if (absl::Status s = backend_->Attention(*cache.data, args); !s.ok()) {
+    out->clear_output();
+    return s;
+  }
+  if (metrics_ != nullptr) {
+    // K and V pages of every kv head are read once per query group (GQA) and batch element.
+    metrics_->RecordAttention(rows, cache.shape.resident_bytes(seq));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace plume::core

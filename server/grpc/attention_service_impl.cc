@@ -1,0 +1,104 @@
+#include "server/grpc/attention_service_impl.h"
+
+#include <memory>
+
+#include "server/grpc/reactors.h"
+
+namespace plume::server {
+namespace {
+
+using KvUpload = core::AttentionService::Upload;
+
+// One UploadKV message: the header starts the upload; k and v chunks feed it.
+absl::Status ConsumeUpload(core::AttentionService* core, const v1::UploadKVRequest& req,
+                           std::unique_ptr<KvUpload>* upload) {
+  if (req.payload_case() == v1::UploadKVRequest::kHeader) {
+    if (*upload != nullptr) return absl::InvalidArgumentError("UploadKV sent a second header");
+    auto u = core->BeginUpload(req.header());
+    if (!u.ok()) return u.status();
+    *upload = std::move(*u);
+    return absl::OkStatus();
+  }
+  if (req.payload_case() == v1::UploadKVRequest::PAYLOAD_NOT_SET) {
+    return absl::InvalidArgumentError("UploadKV message has no payload");
+  }
+  if (*upload == nullptr) return absl::InvalidArgumentError("UploadKV sent K/V data before its header");
+  return req.payload_case() == v1::UploadKVRequest::kK ? (*upload)->AddK(req.k()) : (*upload)->AddV(req.v());
+}
+
+}  // namespace
+
+AttentionServiceImpl::AttentionServiceImpl(core::AttentionService* core, core::Metrics* metrics,
+                                           core::WorkQueue* queue, const Options& options)
+    : core_(core), metrics_(metrics), queue_(queue), options_(options) {}
+
+grpc::ServerReadReactor<v1::UploadKVRequest>* AttentionServiceImpl::UploadKV(
+    grpc::CallbackServerContext* ctx, v1::UploadKVResponse* resp) {
+  return new UploadReactor<v1::UploadKVRequest, v1::UploadKVResponse, KvUpload>(
+      ctx, options_.gate, queue_, metrics_, core::Method::kUploadKV, resp,
+      [this](const v1::UploadKVRequest& req, std::unique_ptr<KvUpload>* upload) {
+        return ConsumeUpload(core_, req, upload);
+      },
+      [](KvUpload& upload, v1::UploadKVResponse* r) {
+        auto info = upload.Finish();
+        if (!info.ok()) return info.status();
+        *r->mutable_cache() = std::move(*info);
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::AppendKV(grpc::CallbackServerContext* ctx,
+                                                         const v1::AppendKVRequest* req,
+                                                         v1::AppendKVResponse* resp) {
+  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kAppendKV, [this, req, resp] {
+    auto info = core_->AppendKV(*req);
+    if (!info.ok()) return info.status();
+    *resp->mutable_cache() = std::move(*info);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::GetKV(grpc::CallbackServerContext* ctx,
+                                                      const v1::GetKVRequest* req,
+                                                      v1::GetKVResponse* resp) {
+  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kGetKV, [&] {
+    auto info = core_->GetKV(req->name());
+    if (!info.ok()) return info.status();
+    *resp->mutable_cache() = std::move(*info);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::ListKV(grpc::CallbackServerContext* ctx,
+                                                       const v1::ListKVRequest*,
+                                                       v1::ListKVResponse* resp) {
+  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kListKV, [&] {
+    core_->ListKV(resp);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::DeleteKV(grpc::CallbackServerContext* ctx,
+                                                         const v1::DeleteKVRequest* req,
+                                                         v1::DeleteKVResponse*) {
+  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kDeleteKV,
+                        [&] { return core_->DeleteKV(req->name()); });
+}
+
+grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* ctx,
+                                                          const v1::AttentionRequest* req,
+                                                          v1::AttentionResponse* resp) {
+  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kAttention,
+                         [this, req, resp] { return core_->Attention(*req, resp); });
+}
+
+grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*
+AttentionServiceImpl::AttentionStream(grpc::CallbackServerContext* ctx) {
+  return new ItemStreamReactor<v1::AttentionRequest, v1::AttentionResponse>(
+      ctx, options_.gate, queue_, metrics_, core::Method::kAttentionStream, options_.max_stream_in_flight,
+      [this](const v1::AttentionRequest& req, v1::AttentionResponse* resp) {
+        return core_->Attention(req, resp);
+      });
+}
+
+}  // namespace plume::server

@@ -1,0 +1,50 @@
+// gRPC adapter of core::AttentionService, on the callback (reactor) API.
+// Lookups run inline; appends, attention and the end of an upload run on the
+// work queue, never on a gRPC callback thread.
+#pragma once
+
+#include "plume/v1/attention.grpc.pb.h"
+#include "server/core/attention_service.h"
+#include "server/core/metrics.h"
+#include "server/core/work_queue.h"
+#include "server/grpc/reactors.h"
+
+namespace plume::server {
+
+class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+ public:
+  struct Options {
+    // Items of one AttentionStream being computed at once.
+    int max_stream_in_flight = 64;
+    // Admission (bearer token, drain), shared with the MatrixService. Not
+    // owned; required.
+    CallGate* gate = nullptr;
+  };
+
+  AttentionServiceImpl(core::AttentionService* core, core::Metrics* metrics, core::WorkQueue* queue,
+                       const Options& options);
+
+  grpc::ServerReadReactor<v1::UploadKVRequest>* UploadKV(grpc::CallbackServerContext* ctx,
+                                                         v1::UploadKVResponse* resp) override;
+  grpc::ServerUnaryReactor* AppendKV(grpc::CallbackServerContext* ctx, const v1::AppendKVRequest* req,
+                                     v1::AppendKVResponse* resp) override;
+  grpc::ServerUnaryReactor* GetKV(grpc::CallbackServerContext* ctx, const v1::GetKVRequest* req,
+                                  v1::GetKVResponse* resp) override;
+  grpc::ServerUnaryReactor* ListKV(grpc::CallbackServerContext* ctx, const v1::ListKVRequest* req,
+                                   v1::ListKVResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteKV(grpc::CallbackServerContext* ctx, const v1::DeleteKVRequest* req,
+                                     v1::DeleteKVResponse* resp) override;
+  grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* ctx,
+                                      const v1::AttentionRequest* req,
+                                      v1::AttentionResponse* resp) override;
+  grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>* AttentionStream(
+      grpc::CallbackServerContext* ctx) override;
+
+ private:
+  core::AttentionService* core_;
+  core::Metrics* metrics_;
+  core::WorkQueue* queue_;
+  Options options_;
+};
+
+}  // namespace plume::server

@@ -1,0 +1,327 @@
+// Callback-API pieces shared by plume's gRPC services: unary finishing,
+// a client-streaming upload reactor and a bidirectional per-item stream
+// reactor (GemvStream, AttentionStream), each recording request metrics.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "plume/grpc_status.h"
+#include "server/core/metrics.h"
+#include "server/core/work_queue.h"
+
+namespace plume::server {
+
+using Clock = std::chrono::steady_clock;
+
+inline double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+inline absl::Status Overloaded(const core::WorkQueue& q) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("server overloaded: ", q.queued(), " requests already queued; retry later"));
+}
+
+// Admission of calls, shared by the services of one server: the bearer
+// token and the graceful drain (MatrixServiceImpl implements it). Every call
+// is admitted once and ends with one CallDone(), whatever Admit returned.
+class CallGate {
+ public:
+  virtual ~CallGate() = default;
+  virtual absl::Status Admit(const grpc::CallbackServerContext* ctx) = 0;
+  virtual void CallDone() = 0;
+};
+
+// A request whose deadline passed or whose caller left is never computed;
+// plume_requests_dropped_total counts it.
+inline absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Metrics* metrics) {
+  absl::Status s;
+  if (ctx->IsCancelled()) {
+    s = absl::CancelledError("request cancelled before it ran");
+  } else if (ctx->deadline() < std::chrono::system_clock::now()) {
+    s = absl::DeadlineExceededError("deadline passed before the request ran");
+  }
+  if (!s.ok()) metrics->RecordDropped(s.code());
+  return s;
+}
+
+// A unary reactor that ends its call's admission once gRPC is done with it.
+class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit GatedUnaryReactor(CallGate* gate) : gate_(gate) {}
+  void OnDone() override {
+    CallGate* gate = gate_;
+    delete this;
+    gate->CallDone();
+  }
+
+ private:
+  CallGate* gate_;
+};
+
+// Finishes a unary call and records its metrics.
+inline void FinishUnary(grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
+                        Clock::time_point t0, const absl::Status& s) {
+  metrics->RecordRequest(m, s.code(), SecondsSince(t0));
+  reactor->Finish(ToGrpcStatus(s));
+}
+
+// Runs `fn` inline on the gRPC thread (for quick calls) once admitted.
+inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx, CallGate* gate,
+                                                core::Metrics* metrics, core::Method m,
+                                                const std::function<absl::Status()>& fn) {
+  const auto t0 = Clock::now();
+  auto* reactor = new GatedUnaryReactor(gate);
+  absl::Status s = gate->Admit(ctx);
+  if (s.ok()) s = fn();
+  FinishUnary(reactor, metrics, m, t0, s);
+  return reactor;
+}
+
+// Runs `fn` on the work queue (never on a gRPC thread) unless the caller has
+// left or its deadline passed, and finishes the unary call with its status.
+inline grpc::ServerUnaryReactor* RunUnaryOnQueue(grpc::CallbackServerContext* ctx, CallGate* gate,
+                                                 core::WorkQueue* queue, core::Metrics* metrics,
+                                                 core::Method m, std::function<absl::Status()> fn) {
+  const auto t0 = Clock::now();
+  auto* reactor = new GatedUnaryReactor(gate);
+  if (absl::Status s = gate->Admit(ctx); !s.ok()) {
+    FinishUnary(reactor, metrics, m, t0, s);
+    return reactor;
+  }
+  const bool queued = queue->Submit([ctx, metrics, m, reactor, t0, fn = std::move(fn)] {
+    absl::Status s = CheckStillWanted(ctx, metrics);
+    if (s.ok()) s = fn();
+    FinishUnary(reactor, metrics, m, t0, s);
+  });
+  if (!queued) FinishUnary(reactor, metrics, m, t0, Overloaded(*queue));
+  return reactor;
+}
+
+// A client-streaming upload: `consume` takes each message (creating the
+// upload from the header), and once the client half-closes, `finish` runs on
+// the work queue and fills the response. Dropping the upload on error frees
+// its name and budget at once.
+template <class Req, class Resp, class Upload>
+class UploadReactor final : public grpc::ServerReadReactor<Req> {
+ public:
+  // The upload is null until the header arrives.
+  using ConsumeFn = std::function<absl::Status(const Req&, std::unique_ptr<Upload>*)>;
+  using FinishFn = std::function<absl::Status(Upload&, Resp*)>;
+
+  UploadReactor(grpc::CallbackServerContext* ctx, CallGate* gate, core::WorkQueue* queue,
+                core::Metrics* metrics, core::Method method, Resp* resp, ConsumeFn consume,
+                FinishFn finish)
+      : gate_(gate),
+        queue_(queue),
+        metrics_(metrics),
+        method_(method),
+        resp_(resp),
+        consume_(std::move(consume)),
+        finish_(std::move(finish)),
+        t0_(Clock::now()) {
+    if (absl::Status s = gate_->Admit(ctx); !s.ok()) {
+      Done(s);
+      return;
+    }
+    this->StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client half-closed (or left): finish off-thread
+      if (upload_ == nullptr) {
+        Done(absl::InvalidArgumentError(
+            absl::StrCat(std::string(core::MethodName(method_)), " stream ended before its header")));
+        return;
+      }
+      if (!queue_->Submit([this] {
+            absl::Status s = finish_(*upload_, resp_);
+            Done(s);
+          })) {
+        Done(Overloaded(*queue_));
+      }
+      return;
+    }
+    absl::Status s = consume_(req_, &upload_);
+    if (!s.ok()) {
+      Done(s);
+      return;
+    }
+    this->StartRead(&req_);
+  }
+
+  void OnDone() override {
+    CallGate* gate = gate_;
+    delete this;
+    gate->CallDone();
+  }
+
+ private:
+  void Done(const absl::Status& s) {
+    upload_.reset();  // an abandoned upload frees its name and budget now
+    metrics_->RecordRequest(method_, s.code(), SecondsSince(t0_));
+    this->Finish(ToGrpcStatus(s));
+  }
+
+  CallGate* gate_;
+  core::WorkQueue* queue_;
+  core::Metrics* metrics_;
+  core::Method method_;
+  Resp* resp_;
+  ConsumeFn consume_;
+  FinishFn finish_;
+  Clock::time_point t0_;
+  Req req_;
+  std::unique_ptr<Upload> upload_;
+};
+
+// A bidirectional stream of independent items: each request runs `run` on
+// the work queue, its response (or its own error status, with the request_id
+// echoed) is written as soon as it is ready, so results may go out of order.
+// At most `max_in_flight` items are computed at once; beyond that the stream
+// stops reading, which applies HTTP/2 flow control to the client.
+template <class Req, class Resp>
+class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
+ public:
+  using RunFn = std::function<absl::Status(const Req&, Resp*)>;
+
+  ItemStreamReactor(grpc::CallbackServerContext* ctx, CallGate* gate, core::WorkQueue* queue,
+                    core::Metrics* metrics, core::Method method, int max_in_flight, RunFn run)
+      : gate_(gate),
+        ctx_(ctx),
+        queue_(queue),
+        metrics_(metrics),
+        method_(method),
+        max_in_flight_(max_in_flight),
+        run_(std::move(run)) {
+    if (absl::Status s = gate_->Admit(ctx); !s.ok()) {
+      metrics_->RecordRequest(method_, s.code(), 0.0);
+      this->Finish(ToGrpcStatus(s));
+      return;
+    }
+    reading_ = true;
+    this->StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      {
+        absl::MutexLock lock(&mu_);
+        reading_ = false;
+        reads_done_ = true;
+      }
+      Advance();
+      return;
+    }
+    auto req = std::make_shared<Req>();
+    req->Swap(&req_);
+    const Clock::time_point t0 = Clock::now();
+    bool read_more;
+    {
+      absl::MutexLock lock(&mu_);
+      ++in_flight_;
+      read_more = in_flight_ < max_in_flight_;
+      reading_ = read_more;
+    }
+    if (!queue_->Submit([this, req, t0] { Run(*req, t0); })) {
+      Complete(req->request_id(), Overloaded(*queue_), std::make_unique<Resp>(), t0);
+    }
+    if (read_more) this->StartRead(&req_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_.reset();
+      if (!ok) broken_ = true;  // the client is gone: drop what is left
+    }
+    Advance();
+  }
+
+  void OnDone() override {
+    CallGate* gate = gate_;
+    delete this;
+    gate->CallDone();
+  }
+
+ private:
+  void Run(const Req& req, Clock::time_point t0) {
+    auto resp = std::make_unique<Resp>();
+    absl::Status s = CheckStillWanted(ctx_, metrics_);
+    if (s.ok()) s = run_(req, resp.get());
+    Complete(req.request_id(), s, std::move(resp), t0);
+  }
+
+  // Queues an item's result (or its own error status) for writing.
+  void Complete(uint64_t request_id, const absl::Status& s, std::unique_ptr<Resp> resp,
+                Clock::time_point t0) {
+    metrics_->RecordRequest(method_, s.code(), SecondsSince(t0));
+    if (!s.ok()) {
+      resp->Clear();
+      resp->set_request_id(request_id);
+      resp->mutable_status()->set_code(static_cast<int>(s.code()));
+      resp->mutable_status()->set_message(std::string(s.message()));
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      --in_flight_;
+      if (!broken_) pending_writes_.push_back(std::move(resp));
+    }
+    Advance();
+  }
+
+  // Starts the next write, resumes reading, or finishes: decided under the
+  // lock, done outside it (a reaction may run on this thread).
+  void Advance() {
+    const Resp* to_write = nullptr;
+    bool resume_read = false;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) pending_writes_.clear();
+      if (!writing_ && !pending_writes_.empty()) {
+        writing_ = std::move(pending_writes_.front());
+        pending_writes_.pop_front();
+        to_write = writing_.get();
+      }
+      if (!reading_ && !reads_done_ && !broken_ && in_flight_ < max_in_flight_) {
+        reading_ = resume_read = true;
+      }
+      if (reads_done_ && in_flight_ == 0 && !writing_ && pending_writes_.empty() && !finished_) {
+        finished_ = finish = true;
+      }
+    }
+    if (to_write != nullptr) this->StartWrite(to_write);
+    if (resume_read) this->StartRead(&req_);
+    if (finish) this->Finish(ctx_->IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
+  }
+
+  CallGate* gate_;
+  grpc::CallbackServerContext* ctx_;
+  core::WorkQueue* queue_;
+  core::Metrics* metrics_;
+  core::Method method_;
+  int max_in_flight_;
+  RunFn run_;
+  Req req_;  // the one outstanding read
+  absl::Mutex mu_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<Resp> writing_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<Resp>> pending_writes_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace plume::server
