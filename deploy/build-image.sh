@@ -68,7 +68,7 @@ say "built $image"
 
 say "checking the image config"
 "${B[@]}" inspect --type image --format '{{json .Docker.Config}}' "$image" >"$cache/config.json"
-python3 - "$cache/config.json" <<'PY'
+/usr/bin/python3 - "$cache/config.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 problems = []
@@ -137,7 +137,7 @@ say "host: plume health"
 say "container: the HEALTHCHECK command"
 "${B[@]}" run --isolation chroot --network host "$ctr" -- plume --server 127.0.0.1:"$grpc_port" --timeout 4 health
 say "host: upload a random 96x1000 matrix (E4M3, row scales) and GEMV a batch of 3"
-python3 - "$work" <<'PY'
+/usr/bin/python3 - "$work" <<'PY'
 import sys, numpy as np
 rng = np.random.default_rng(6)
 np.save(f"{sys.argv[1]}/w.npy", rng.standard_normal((96, 1000), dtype=np.float32))
@@ -145,7 +145,7 @@ np.save(f"{sys.argv[1]}/x.npy", rng.standard_normal((3, 1000), dtype=np.float32)
 PY
 "$cli" --server 127.0.0.1:"$grpc_port" upload imagecheck "$work/w.npy" --format e4m3 --scale row
 "$cli" --server 127.0.0.1:"$grpc_port" gemv imagecheck "$work/x.npy" -o "$work/y.npy"
-python3 - "$work" <<'PY'
+/usr/bin/python3 - "$work" <<'PY'
 import sys, numpy as np
 d = sys.argv[1]
 w, x, y = np.load(f"{d}/w.npy"), np.load(f"{d}/x.npy"), np.load(f"{d}/y.npy")
@@ -156,7 +156,7 @@ assert y.shape == (3, 96), y.shape
 assert 0 < err < 0.06, err
 PY
 say "host: /metrics"
-metrics=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://127.0.0.1:$metrics_port/metrics', timeout=5).read().decode())")
+metrics=$(/usr/bin/python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://127.0.0.1:$metrics_port/metrics', timeout=5).read().decode())")
 echo "$metrics" | grep -E '^plume_(vectors_total|resident_matrices) '
 echo "$metrics" | grep -qE '^plume_vectors_total 3$' || { echo "plume_vectors_total is not 3"; exit 1; }
 say "SIGTERM: graceful stop"
