@@ -20,3 +20,11 @@ if(TARGET plume-server AND TARGET plume_cli)
       --fake-nvml $<TARGET_FILE:plume_fake_nvml>)
   set_tests_properties(deploy_prometheus_dashboard PROPERTIES LABELS deploy TIMEOUT 180)
 endif()
+
+# The SDK's round_robin policy over several replicas (the headless Service
+# pattern of deploy/k8s/).
+if(TARGET plume_client)
+  add_executable(client_lb_test client/lb_test.cc)
+  target_link_libraries(client_lb_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
+  gtest_discover_tests(client_lb_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS deploy TIMEOUT 60)
+endif()
