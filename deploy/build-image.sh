@@ -67,10 +67,10 @@ say "built $image"
 [ "$run_check" = 1 ] || exit 0
 
 say "checking the image config"
-"${B[@]}" inspect --type image --format '{{json .Docker.Config}}' "$image" >"$cache/config.json"
-/usr/bin/python3 - "$cache/config.json" <<'PY'
+"${B[@]}" inspect --type image "$image" >"$cache/inspect.json"
+/usr/bin/python3 - "$cache/inspect.json" <<'PY'
 import json, sys
-c = json.load(open(sys.argv[1]))
+c = json.load(open(sys.argv[1]))["Docker"]["config"]
 problems = []
 def want(ok, what):
     if not ok: problems.append(what)

@@ -12,7 +12,7 @@ pkgs=(
 [ "${PLUME_DEPS:-all}" = build ] || pkgs+=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy libopenblas0-pthread
-  prometheus
+  prometheus python3-yaml
 )
 missing=()
 for p in "${pkgs[@]}"; do

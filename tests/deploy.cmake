@@ -1,6 +1,8 @@
-# deploy/ tests (label "deploy"): the NVML exporter against a fake NVML, and
-# the Grafana dashboard's PromQL evaluated by a real Prometheus (Debian
-# package `prometheus`) scraping a live plume-server driven by the CLI.
+# deploy/ tests (label "deploy"): the NVML exporter against a fake NVML; the
+# Grafana dashboard's PromQL evaluated by a real Prometheus (Debian package
+# `prometheus`) scraping a live plume-server driven by the CLI; static checks
+# of the manifests; the SDK's round_robin over replicas. The image build
+# itself is deploy/build-image.sh, not a ctest (it takes minutes).
 add_library(plume_fake_nvml MODULE deploy/fake_nvml.c)
 set_target_properties(plume_fake_nvml PROPERTIES PREFIX "lib" OUTPUT_NAME "fake-nvidia-ml")
 
@@ -28,3 +30,7 @@ if(TARGET plume_client)
   target_link_libraries(client_lb_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
   gtest_discover_tests(client_lb_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS deploy TIMEOUT 60)
 endif()
+
+add_test(NAME deploy_manifests
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/deploy/manifests_test.py ${PROJECT_SOURCE_DIR})
+set_tests_properties(deploy_manifests PROPERTIES LABELS deploy TIMEOUT 30)
