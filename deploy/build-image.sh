@@ -121,8 +121,8 @@ cleanup() {
 trap cleanup EXIT
 say "in the container: id, store volume, entrypoint"
 "${B[@]}" run --isolation chroot "$ctr" -- sh -c 'id; ls -ldn /var/lib/plume' | tee "$work/id.txt"
-grep -q "uid=10001(plume)" "$work/id.txt" || { echo "container does not run as plume (10001)"; exit 1; }
-grep -q "10001 10001" "$work/id.txt" || { echo "/var/lib/plume is not owned by plume"; exit 1; }
+grep -q "uid=10001(plume) gid=10001(plume)" "$work/id.txt" || { echo "container does not run as plume (10001:10001)"; exit 1; }
+grep -q " 10001 10001 " "$work/id.txt" || { echo "/var/lib/plume is not owned by plume (10001:10001)"; exit 1; }
 "${B[@]}" run --isolation chroot --network host "$ctr" -- plume-entrypoint "${args[@]}" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
