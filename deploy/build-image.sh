@@ -159,12 +159,24 @@ say "host: /metrics"
 metrics=$(/usr/bin/python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://127.0.0.1:$metrics_port/metrics', timeout=5).read().decode())")
 echo "$metrics" | grep -E '^plume_(vectors_total|resident_matrices) '
 echo "$metrics" | grep -qE '^plume_vectors_total 3$' || { echo "plume_vectors_total is not 3"; exit 1; }
-say "SIGTERM: graceful stop"
-kill -TERM "$server_pid"
+say "SIGTERM to plume-server in the container: graceful stop"
+# buildah run does not pass SIGTERM on (it ends the container instead), so
+# signal the server process, found among buildah run's descendants.
+server_in() {
+  local c
+  for c in $(pgrep -P "$1"); do
+    if [ "$(cat "/proc/$c/comm" 2>/dev/null)" = plume-server ]; then echo "$c"; return 0; fi
+    server_in "$c" && return 0
+  done
+  return 1
+}
+inner=$(server_in "$server_pid") || { echo "no plume-server process under buildah run"; exit 1; }
+kill -TERM "$inner"
 rc=0
 wait "$server_pid" || rc=$?
 server_pid=""
 tail -2 "$work/server.log"
-[ "$rc" = 0 ] || { echo "server exited $rc after SIGTERM"; exit 1; }
+grep -q "plume-server stopped" "$work/server.log" || { echo "no graceful stop after SIGTERM"; exit 1; }
+[ "$rc" = 0 ] || { echo "buildah run exited $rc after SIGTERM"; exit 1; }
 rm -rf "$work"
 say "image $image builds, runs as plume, serves health, GEMV and metrics: OK"

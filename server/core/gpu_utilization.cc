@@ -47,6 +47,10 @@ std::shared_ptr<GpuUtilizationCollector> GpuUtilizationCollector::Create(const s
                                                                          std::string* why) {
   std::string ignored;
   if (why == nullptr) why = &ignored;
+  if (library.empty()) {
+    *why = "no NVML library given";
+    return nullptr;
+  }
   void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
     const char* err = dlerror();

@@ -21,7 +21,7 @@ class GpuUtilizationCollector final : public prometheus::Collectable {
   static constexpr const char* kMetricName = "plume_gpu_utilization_ratio";
 
   // Loads `library` and initializes NVML. nullptr (and `why`, if given,
-  // says why) when NVML or a GPU is not there.
+  // says why) when NVML or a GPU is not there, or `library` is empty.
   static std::shared_ptr<GpuUtilizationCollector> Create(const std::string& library = kDefaultLibrary,
                                                          std::string* why = nullptr);
   ~GpuUtilizationCollector() override;

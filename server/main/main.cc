@@ -114,12 +114,9 @@ int main(int argc, char** argv) {
                              ": ", e.what()));
   }
   exposer->RegisterCollectable(metrics.registry());
-  std::string nvml_why = "--nvml_library is empty";
-  const std::string nvml_library = absl::GetFlag(FLAGS_nvml_library);
-  std::shared_ptr<plume::core::GpuUtilizationCollector> gpu_utilization;
-  if (!nvml_library.empty()) {
-    gpu_utilization = plume::core::GpuUtilizationCollector::Create(nvml_library, &nvml_why);
-  }
+  std::string nvml_why;
+  const auto gpu_utilization =
+      plume::core::GpuUtilizationCollector::Create(absl::GetFlag(FLAGS_nvml_library), &nvml_why);
   if (gpu_utilization != nullptr) {
     exposer->RegisterCollectable(gpu_utilization);
     spdlog::info("NVML: exporting plume_gpu_utilization_ratio for {} GPU(s)", gpu_utilization->num_devices());

@@ -31,6 +31,12 @@ TEST_F(GpuUtilizationTest, MissingLibraryMeansNoCollectorAndSaysWhy) {
   EXPECT_NE(why.find("cannot load libplume-no-such-nvml.so.1"), std::string::npos) << why;
 }
 
+TEST_F(GpuUtilizationTest, EmptyLibraryNameTurnsItOff) {
+  std::string why;
+  EXPECT_EQ(GpuUtilizationCollector::Create("", &why), nullptr);
+  EXPECT_EQ(why, "no NVML library given");
+}
+
 TEST_F(GpuUtilizationTest, LibraryWithoutNvmlSymbolsIsRejected) {
   std::string why;
   EXPECT_EQ(GpuUtilizationCollector::Create("libm.so.6", &why), nullptr);
