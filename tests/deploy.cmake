@@ -28,7 +28,8 @@ endif()
 if(TARGET plume_client)
   add_executable(client_lb_test client/lb_test.cc)
   target_link_libraries(client_lb_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
-  gtest_discover_tests(client_lb_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS deploy TIMEOUT 60)
+  gtest_discover_tests(client_lb_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS deploy TIMEOUT 60
+    ENVIRONMENT "LSAN_OPTIONS=suppressions=${CMAKE_CURRENT_SOURCE_DIR}/deploy/lsan.supp")
 endif()
 
 add_test(NAME deploy_manifests
