@@ -249,13 +249,15 @@ def main():
             assert r.returncode == 1 and "NOT_FOUND" in r.stderr, r.stderr
 
         # A counter series is born on its first error, and rate() needs two
-        # samples of it: so errors come from the start and throughout.
+        # samples of it: so errors come from the start and every 0.5 s.
         gemvs = 0
-        end = time.monotonic() + 4.0
+        next_error = time.monotonic()
+        end = next_error + 4.0
         while time.monotonic() < end or gemvs < 6:
-            if gemvs % 20 == 0:
+            if time.monotonic() >= next_error:
                 gemv_missing()
                 not_found += 1
+                next_error += 0.5
             name = "dash_row" if gemvs % 2 == 0 else "dash_block"
             out = os.path.join(work, "y.npy")
             cli("gemv", name, os.path.join(work, "x.npy"), "-o", out)
