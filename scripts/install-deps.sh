@@ -6,10 +6,15 @@ pkgs=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
+)
+# Tests, benchmarks and the deploy/ checks; PLUME_DEPS=build (deploy/Dockerfile)
+# installs only what building plume-server and the CLI needs.
+[ "${PLUME_DEPS:-all}" = build ] || pkgs+=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy libopenblas0-pthread
   openssl  # security tests make certificates at test time
   clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
+  prometheus python3-yaml
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -26,6 +26,7 @@
 #include "server/core/cuda_backend.h"
 #endif
 #include "server/core/kv_store.h"
+#include "server/core/gpu_utilization.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
@@ -55,6 +56,8 @@ ABSL_FLAG(int32_t, cpu_threads, 0, "Threads of the CPU backend's GEMV; 0: one pe
 ABSL_FLAG(int64_t, max_queued_requests, 4096, "Requests that may wait for a worker before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, how long in-flight calls may take to finish.");
 ABSL_FLAG(std::string, ready_file, "", "If set, written as JSON {\"grpc_port\":N,\"metrics_port\":M} once serving.");
+ABSL_FLAG(std::string, nvml_library, plume::core::GpuUtilizationCollector::kDefaultLibrary,
+          "NVML library for plume_gpu_utilization_ratio; not loadable (or empty): the metric is absent.");
 ABSL_FLAG(std::string, log_level, "info", "Log level: trace, debug, info, warn, error.");
 
 namespace {
@@ -158,6 +161,15 @@ int main(int argc, char** argv) {
     return Fail(std::string(s.message()));
   }
   exposer->RegisterCollectable(metrics.registry());
+  std::string nvml_why;
+  const auto gpu_utilization =
+      plume::core::GpuUtilizationCollector::Create(absl::GetFlag(FLAGS_nvml_library), &nvml_why);
+  if (gpu_utilization != nullptr) {
+    exposer->RegisterCollectable(gpu_utilization);
+    spdlog::info("NVML: exporting plume_gpu_utilization_ratio for {} GPU(s)", gpu_utilization->num_devices());
+  } else {
+    spdlog::info("no GPU utilization metric: {}", nvml_why);
+  }
   const std::vector<int> metrics_ports = exposer->GetListeningPorts();
   const int metrics_port = metrics_ports.empty() ? 0 : metrics_ports.front();
 

@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""deploy/ against a real Prometheus (CI, CPU, loopback only).
+
+Starts plume-server on the CPU backend (with a fake NVML library, so that the
+GPU utilization path is exercised too), starts Prometheus (Debian package
+`prometheus`) with deploy/prometheus/prometheus.yml pointed at it and a 1 s
+scrape interval, drives traffic with the plume CLI (uploads, GEMVs, errors),
+and then evaluates every PromQL expression in deploy/grafana/plume-dashboard.json
+through Prometheus's HTTP API: each must parse and return data, and some
+values are checked. Also: `promtool check metrics` on /metrics and `promtool
+check config` on the repository's config.
+
+An expression may come back empty only while the server exports none of the
+samples of a metric in ALLOWED_EMPTY (listed with the reason). Once such a
+metric is exported, its panels must return data like every other.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+
+# Metrics that the CPU server does not export (yet), with the reason.
+ALLOWED_EMPTY = {
+    "plume_queue_duration_seconds": "recorded by the batcher (issue 5), not built yet",
+    "plume_kernel_duration_seconds": "recorded by the batcher (issue 5), not built yet",
+    "plume_batch_size": "recorded by the batcher (issue 5), not built yet",
+    "plume_queue_depth": "exported by the batcher (issue 5), not built yet",
+    "plume_requests_dropped_total": "batcher drops (issue 5); series appear on the first drop",
+    "plume_device_memory_used_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
+    "plume_device_memory_total_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
+}
+RATE_INTERVAL = "10s"  # what $__rate_interval stands for: >= 4 scrapes of 1 s
+SCRAPE = "1s"
+# Panels the issue asks for (titles in the dashboard).
+REQUIRED_PANELS = [
+    "Vectors/s", "Requests/s by method", "Achieved weight bandwidth", "GEMV latency p50 / p90 / p99",
+    "Queue vs kernel time", "Batch size distribution", "Queue depth", "Errors by code",
+    "Resident matrices", "Resident bytes and budget", "Device memory used / total", "GPU utilization",
+]
+ROWS, COLS, BATCH = 384, 1000, 4
+SEED = 20250606
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:6.2f}s] {msg}", flush=True)
+
+
+T0 = time.monotonic()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(url, timeout=5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def wait_until(what, fn, timeout_s, interval=0.1):
+    end = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            v = fn()
+            if v:
+                return v
+        except (OSError, ValueError) as e:  # not up yet
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+
+
+class Prom:
+    def __init__(self, port):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def query(self, expr, at=None):
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        url = f"{self.base}/api/v1/query?" + urllib.parse.urlencode(params)
+        try:
+            _, body = http_get(url)
+        except urllib.error.HTTPError as e:  # 400 on a parse error: the body says why
+            body = e.read().decode()
+        return json.loads(body)
+
+
+def dashboard_exprs(dash):
+    """(panel title, refId, expr) for every target of every panel, rows included."""
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            walk(p.get("panels", []))
+            for t in p.get("targets", []):
+                if "expr" in t:
+                    out.append((p.get("title", "?"), t.get("refId", "?"), t["expr"]))
+
+    walk(dash.get("panels", []))
+    return out
+
+
+def metric_names(expr):
+    return set(re.findall(r"\bplume_[a-z0-9_]+", expr))
+
+
+def base_name(sample_name):
+    for suffix in ("_bucket", "_sum", "_count"):
+        if sample_name.endswith(suffix):
+            return sample_name[: -len(suffix)]
+    return sample_name
+
+
+def check_dashboard_structure(repo, dash):
+    problems = []
+    titles = [p.get("title") for p in dash["panels"]]
+    for t in REQUIRED_PANELS:
+        if t not in titles:
+            problems.append(f"panel {t!r} missing")
+    ids = [p.get("id") for p in dash["panels"]]
+    if len(set(ids)) != len(ids):
+        problems.append(f"panel ids not unique: {ids}")
+    with open(os.path.join(repo, "deploy/grafana/provisioning/datasources/prometheus.yaml")) as f:
+        m = re.search(r"^\s*uid:\s*(\S+)", f.read(), re.M)
+    ds_uid = m.group(1) if m else None
+    for p in dash["panels"]:
+        for obj in [p] + p.get("targets", []):
+            ds = obj.get("datasource") or {}
+            if ds.get("uid") != ds_uid or ds.get("type") != "prometheus":
+                problems.append(f"panel {p.get('title')!r}: datasource {ds} is not the provisioned uid {ds_uid!r}")
+    assert not problems, "dashboard: " + "; ".join(problems)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repo", required=True)
+    ap.add_argument("--server", required=True, help="plume-server binary")
+    ap.add_argument("--cli", required=True, help="plume CLI binary")
+    ap.add_argument("--fake-nvml", required=True, help="fake libnvidia-ml for plume_gpu_utilization_ratio")
+    ap.add_argument("--prometheus", default="prometheus")
+    ap.add_argument("--promtool", default="promtool")
+    a = ap.parse_args()
+
+    for tool in (a.prometheus, a.promtool):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
+            sys.exit(f"FAIL: {tool} not found: install the Debian package `prometheus` (scripts/install-deps.sh does)")
+
+    with open(os.path.join(a.repo, "deploy/grafana/plume-dashboard.json")) as f:
+        dash = json.load(f)
+    check_dashboard_structure(a.repo, dash)
+    exprs = dashboard_exprs(dash)
+    assert len(exprs) >= 15, f"only {len(exprs)} expressions found in the dashboard"
+    log(f"dashboard: {len(dash['panels'])} panels, {len(exprs)} PromQL expressions")
+
+    work = tempfile.mkdtemp(prefix="plume_deploy_test_")
+    procs = []
+    try:
+        # --- plume-server on the CPU backend, with the fake NVML.
+        ready = os.path.join(work, "ready.json")
+        server_log = open(os.path.join(work, "server.log"), "w")
+        server = subprocess.Popen(
+            [a.server, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "--backend=cpu",
+             "--cpu_threads=2", f"--ready_file={ready}", f"--nvml_library={a.fake_nvml}"],
+            stdout=server_log, stderr=subprocess.STDOUT, env=dict(os.environ, FAKE_NVML_MODE="ok"))
+        procs.append(server)
+
+        def server_ready():
+            assert server.poll() is None, "plume-server exited:\n" + open(server_log.name).read()
+            return os.path.exists(ready) and json.load(open(ready))
+
+        ports = wait_until("plume-server's ready file", server_ready, 60)
+        grpc, metrics_port = ports["grpc_port"], ports["metrics_port"]
+        log(f"plume-server: gRPC {grpc}, metrics {metrics_port}")
+
+        # --- Prometheus with the repository's scrape config, pointed at it.
+        with open(os.path.join(a.repo, "deploy/prometheus/prometheus.yml")) as f:
+            cfg = f.read()
+        for old, new in ((r'"plume:9464"', f'"127.0.0.1:{metrics_port}"'),
+                         (r"scrape_interval: \S+", f"scrape_interval: {SCRAPE}"),
+                         (r"evaluation_interval: \S+", f"evaluation_interval: {SCRAPE}")):
+            cfg, n = re.subn(old, new, cfg)
+            assert n == 1, f"deploy/prometheus/prometheus.yml: expected one {old!r}, found {n}"
+        cfg_path = os.path.join(work, "prometheus.yml")
+        with open(cfg_path, "w") as f:
+            f.write(cfg)
+        for path in (os.path.join(a.repo, "deploy/prometheus/prometheus.yml"), cfg_path):
+            r = subprocess.run([a.promtool, "check", "config", path], capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, f"promtool check config {path}:\n{r.stdout}{r.stderr}"
+        prom_port = free_port()
+        prom_log = open(os.path.join(work, "prometheus.log"), "w")
+        prometheus = subprocess.Popen(
+            [a.prometheus, f"--config.file={cfg_path}", f"--storage.tsdb.path={work}/tsdb",
+             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+            stdout=prom_log, stderr=subprocess.STDOUT)
+        procs.append(prometheus)
+        prom = Prom(prom_port)
+
+        def prom_ready():
+            assert prometheus.poll() is None, "prometheus exited:\n" + open(prom_log.name).read()
+            return http_get(f"{prom.base}/-/ready", timeout=1)[0] == 200
+
+        wait_until("Prometheus /-/ready", prom_ready, 30)
+
+        def target_up():
+            r = prom.query('up{job="plume"}')
+            return r["status"] == "success" and any(s["value"][1] == "1" for s in r["data"]["result"])
+
+        wait_until("Prometheus to scrape plume (up == 1)", target_up, 20)
+        log(f"Prometheus on {prom_port} scrapes plume")
+
+        # --- traffic through the CLI: uploads, GEMVs for ~4 s, errors.
+        def cli(*args, ok=True):
+            r = subprocess.run([a.cli, "--server", f"127.0.0.1:{grpc}", "--timeout", "20", *args],
+                               capture_output=True, text=True, timeout=60)
+            if ok:
+                assert r.returncode == 0, f"plume {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}"
+            return r
+
+        rng = np.random.default_rng(SEED)
+        w = rng.standard_normal((ROWS, COLS), dtype=np.float32)
+        x = rng.standard_normal((BATCH, COLS), dtype=np.float32)
+        np.save(os.path.join(work, "w.npy"), w)
+        np.save(os.path.join(work, "x.npy"), x)
+        cli("health")
+        cli("upload", "dash_row", os.path.join(work, "w.npy"), "--format", "e4m3", "--scale", "row")
+        cli("upload", "dash_block", os.path.join(work, "w.npy"), "--format", "e5m2", "--scale", "block128")
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+        not_found = 0
+
+        def gemv_missing():
+            r = cli("gemv", "no_such_matrix", os.path.join(work, "x.npy"), ok=False)
+            assert r.returncode == 1 and "NOT_FOUND" in r.stderr, r.stderr
+
+        # A counter series is born on its first error, and rate() needs two
+        # samples of it: so errors come from the start and every 0.5 s.
+        gemvs = 0
+        next_error = time.monotonic()
+        end = next_error + 4.0
+        while time.monotonic() < end or gemvs < 6:
+            if time.monotonic() >= next_error:
+                gemv_missing()
+                not_found += 1
+                next_error += 0.5
+            name = "dash_row" if gemvs % 2 == 0 else "dash_block"
+            out = os.path.join(work, "y.npy")
+            cli("gemv", name, os.path.join(work, "x.npy"), "-o", out)
+            y = np.load(out)
+            err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+            assert y.shape == (BATCH, ROWS) and err < 0.15, f"GEMV on {name}: shape {y.shape}, rel error {err}"
+            gemvs += 1
+        cli("list")
+        vectors = gemvs * BATCH
+        log(f"traffic: 2 uploads, {gemvs} GEMVs of {BATCH} vectors, {not_found} NOT_FOUND errors")
+
+        # --- /metrics: promtool lint, and which metrics the server exports.
+        _, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        r = subprocess.run([a.promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
+            f"promtool check metrics (exit {r.returncode}):\n{r.stdout}{r.stderr}"
+        log(f"promtool check metrics: clean ({len(text.splitlines())} lines)")
+        exported = {base_name(line.split("{")[0].split(" ")[0])
+                    for line in text.splitlines() if line and not line.startswith("#")}
+        assert f"plume_vectors_total {vectors}" in text, f"plume_vectors_total is not {vectors}"
+        assert 'plume_gpu_utilization_ratio{gpu="0"} 0.37' in text, "fake NVML utilization not exported"
+        for m in ALLOWED_EMPTY:
+            if m in exported:
+                log(f"note: {m} is exported now: its panels must return data")
+
+        # --- wait until Prometheus has scraped the final counts, then evaluate.
+        wait_until(f"Prometheus to see plume_vectors_total == {vectors}",
+                   lambda: any(s["value"][1] == str(vectors)
+                               for s in prom.query("plume_vectors_total")["data"]["result"]), 15)
+        at = time.time()
+
+        failures, empty_ok, results = [], [], {}
+        for title, ref_id, expr in exprs:
+            q = expr.replace("$__rate_interval", RATE_INTERVAL)
+            if "$" in q:
+                failures.append(f"{title}/{ref_id}: unknown Grafana variable in {expr!r}")
+                continue
+            r = prom.query(q, at)
+            if r.get("status") != "success":
+                failures.append(f"{title}/{ref_id}: {r.get('errorType')}: {r.get('error')}  [{q}]")
+                continue
+            series = r["data"]["result"]
+            values = [float(s["value"][1]) for s in series]
+            results[(title, ref_id)] = series
+            if any(math.isfinite(v) for v in values):
+                log(f"ok    {title}/{ref_id}: {len(series)} series, e.g. {values[0]:.6g}")
+                continue
+            allowed = [m for m in metric_names(q) if base_name(m) in ALLOWED_EMPTY and base_name(m) not in exported]
+            if allowed:
+                reason = ALLOWED_EMPTY[base_name(allowed[0])]
+                empty_ok.append(f"{title}/{ref_id}")
+                log(f"empty {title}/{ref_id}: allowed, {base_name(allowed[0])} is not exported ({reason})")
+            else:
+                failures.append(f"{title}/{ref_id}: no finite data ({len(series)} series {values})  [{q}]")
+
+        def series_of(title, ref_id="A"):
+            return results.get((title, ref_id), [])
+
+        def value(title, ref_id="A", **labels):
+            for s in series_of(title, ref_id):
+                if all(s["metric"].get(k) == v for k, v in labels.items()):
+                    return float(s["value"][1])
+            return None
+
+        checks = [
+            ("vectors/s > 0", (value("Vectors/s") or 0) > 0),
+            ("Gemv requests/s > 0", (value("Requests/s by method", method="Gemv") or 0) > 0),
+            ("weight bandwidth > 0", (value("Achieved weight bandwidth") or 0) > 0),
+            ("p50 <= p90 <= p99, all > 0",
+             0 < (value("GEMV latency p50 / p90 / p99", "A") or 0) <= (value("GEMV latency p50 / p90 / p99", "B") or 0)
+             <= (value("GEMV latency p50 / p90 / p99", "C") or 0)),
+            ("NOT_FOUND errors on Gemv > 0",
+             (value("Errors by code", method="Gemv", code="NOT_FOUND") or 0) > 0),
+            ("no OK series among the errors",
+             all(s["metric"].get("code") != "OK" for s in series_of("Errors by code"))),
+            ("2 resident matrices", value("Resident matrices") == 2),
+            ("0 < resident bytes < budget",
+             0 < (value("Resident bytes and budget", "A") or 0) < (value("Resident bytes and budget", "B") or 0)),
+            ("GPU utilization from the fake NVML: 0.37 and 0.81",
+             sorted(float(s["value"][1]) for s in series_of("GPU utilization")) == [0.37, 0.81]),
+        ]
+        for what, ok in checks:
+            if not ok:
+                failures.append(f"value check failed: {what}")
+        if failures:
+            print("server log:\n" + open(server_log.name).read()[-4000:])
+            print("prometheus log:\n" + open(prom_log.name).read()[-4000:])
+            sys.exit("FAIL:\n  " + "\n  ".join(failures))
+        log(f"PASS: {len(exprs) - len(empty_ok)} of {len(exprs)} expressions returned data and "
+            f"{len(checks)} value checks hold; allowed empty: {', '.join(empty_ok) or 'none'}")
+
+        # --- SIGTERM stops the server cleanly.
+        server.terminate()
+        rc = server.wait(timeout=30)
+        assert rc == 0, f"plume-server exited {rc} on SIGTERM"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
