@@ -2,8 +2,10 @@
 # End to end on a GPU machine, from binaries carried in .gpu-carry/: starts
 # plume-server with --backend=auto (which must pick CUDA) and another with
 # --backend=cpu, uploads the same matrices to both through the plume CLI,
-# runs GEMV through the CLI, and compares the answers (and both with FP64).
-# Checks /metrics for the device memory gauges. Exit 0 only if all agree.
+# runs GEMV through the CLI, and compares the answers. Each server has its own
+# durable store; the GPU server is then restarted and must serve the same
+# matrices from its store with bit-identical answers. Checks /metrics for the
+# device memory gauges. Exit 0 only if all agree.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 carry="$root/.gpu-carry"
@@ -14,12 +16,14 @@ cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done;
 trap cleanup EXIT
 
 start() {  # name backend
+  rm -f "$work/$1.json"
   "$carry/bin/plume-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
-    --backend="$2" --ready_file="$work/$1.json" >"$work/$1.log" 2>&1 &
-  pids+=($!)
+    --backend="$2" --store_dir="$work/store-$1" --ready_file="$work/$1.json" >>"$work/$1.log" 2>&1 &
+  last_pid=$!
+  pids+=("$last_pid")
   for _ in $(seq 300); do
     [ -s "$work/$1.json" ] && return 0
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$1.log"; return 1; }
+    kill -0 "$last_pid" 2>/dev/null || { cat "$work/$1.log"; return 1; }
     sleep 0.1
   done
   echo "$1 did not start"; cat "$work/$1.log"; return 1
@@ -27,6 +31,7 @@ start() {  # name backend
 port() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/$1.json" "$2"; }
 
 start gpu auto
+gpu_pid=$last_pid
 start cpu cpu
 grep -q "backend cuda device" "$work/gpu.log" || { echo "FAIL: --backend=auto did not pick CUDA"; cat "$work/gpu.log"; exit 1; }
 grep "backend " "$work/gpu.log"
@@ -64,6 +69,23 @@ for suffix, tol in (("", 1e-5), ("16", 1e-5)):
         sys.exit(1)
 PY
 done
+# Restart the GPU server: its store must bring every matrix back, and the
+# answers must be bit-identical to those before the restart.
+kill -TERM "$gpu_pid"; wait "$gpu_pid" 2>/dev/null || true
+start gpu auto
+gpu="127.0.0.1:$(port gpu grpc_port)"
+for n in a b c; do
+  "$carry/bin/plume" --server "$gpu" gemv "$n" "$work/${n}_x.npy" -o "$work/${n}_gpu_again.npy"
+  python3 - "$work" "$n" <<'PY' || status=1
+import sys, numpy as np
+d, n = sys.argv[1], sys.argv[2]
+a, b = np.load(f"{d}/{n}_gpu.npy"), np.load(f"{d}/{n}_gpu_again.npy")
+same = a.shape == b.shape and np.array_equal(a, b)
+print(f"{n}: after a restart from the store: {'bit-identical' if same else 'DIFFERENT'}")
+sys.exit(0 if same else 1)
+PY
+done
+
 metrics=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
   "http://127.0.0.1:$(port gpu metrics_port)/metrics")
 for m in plume_device_memory_used_bytes plume_device_memory_total_bytes plume_vectors_total; do

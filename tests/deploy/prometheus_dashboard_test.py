@@ -177,7 +177,8 @@ def main():
         server_log = open(os.path.join(work, "server.log"), "w")
         server = subprocess.Popen(
             [a.server, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "--backend=cpu",
-             "--cpu_threads=2", f"--ready_file={ready}", f"--nvml_library={a.fake_nvml}"],
+             "--cpu_threads=2", f"--ready_file={ready}", f"--nvml_library={a.fake_nvml}",
+             f"--store_dir={os.path.join(work, 'store')}"],
             stdout=server_log, stderr=subprocess.STDOUT, env=dict(os.environ, FAKE_NVML_MODE="ok"))
         procs.append(server)
 
