@@ -17,6 +17,7 @@
 #include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
 #include "plume/reference/api.h"
+#include "tests/common/gemv_reference.h"
 
 namespace plume::cuda {
 namespace {
@@ -52,17 +53,6 @@ std::vector<float> Weights(int64_t n, uint32_t seed) {
   for (auto& x : v) {
     x = std::ldexp(normal(rng), -shift(rng));
     if (x == 0.0f) x = 0.5f;
-  }
-  return v;
-}
-
-std::vector<float> Normal(int64_t n, uint32_t seed, float stddev) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, stddev);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) {
-    x = normal(rng);
-    if (x == 0.0f) x = stddev * 0.01f;
   }
   return v;
 }
@@ -115,7 +105,7 @@ RunResult RunGemv(const TestMatrix& m, DType x_dtype, DType y_dtype, int64_t bat
   RunResult out;
   const int64_t n = batch * m.cols;
   const float x_scale = IsFp8(x_dtype) ? 0.37f : 1.0f;
-  std::vector<float> xf = Normal(n, seed, IsFp8(x_dtype) ? 4.0f : 1.0f);
+  std::vector<float> xf = plume::testing::RandomNormal(n, seed, IsFp8(x_dtype) ? 4.0f : 1.0f);
   std::vector<uint8_t> xraw(static_cast<size_t>(n * DTypeSize(x_dtype)));
   if (IsFp8(x_dtype)) {
     for (int64_t i = 0; i < n; ++i) {
