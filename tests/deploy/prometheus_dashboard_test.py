@@ -36,7 +36,6 @@ ALLOWED_EMPTY = {
     "plume_kernel_duration_seconds": "recorded by the batcher (issue 5), not built yet",
     "plume_batch_size": "recorded by the batcher (issue 5), not built yet",
     "plume_queue_depth": "exported by the batcher (issue 5), not built yet",
-    "plume_requests_dropped_total": "batcher drops (issue 5); series appear on the first drop",
     "plume_device_memory_used_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
     "plume_device_memory_total_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
 }
