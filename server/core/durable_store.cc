@@ -383,6 +383,25 @@ std::string ApplyKvRecord(std::string_view b, int64_t at, StoredKv* kv, int64_t*
   return "";
 }
 
+// Whether the bad record at `at` can be an append that a crash cut short:
+// it is the last thing in the file and either too short to hold its header,
+// all zeros (a file system that grew the file before writing its blocks), or
+// a header that is whole and fits the cache (the pages are what is missing or
+// bad). A bad record with bytes after it, or with a header that contradicts
+// itself, is corruption.
+bool LooksTorn(std::string_view b, int64_t at, const StoredKv& kv) {
+  const int64_t left = static_cast<int64_t>(b.size()) - at;
+  if (left < kKvRecordHeaderBytes) return true;
+  if (std::all_of(b.begin() + at, b.end(), [](char c) { return c == 0; })) return true;
+  const int64_t page_bytes = kv.meta.shape.layout().page_bytes();
+  const uint64_t size = Get<uint64_t>(b, static_cast<size_t>(at) + 8);
+  const int64_t count = Get<int64_t>(b, static_cast<size_t>(at) + 32);
+  return Get<uint32_t>(b, static_cast<size_t>(at)) == kKvRecordMagic &&
+         size >= static_cast<uint64_t>(left) && count >= 1 && count <= (int64_t{1} << 40) / page_bytes &&
+         size == static_cast<uint64_t>(kKvRecordHeaderBytes + count * page_bytes) &&
+         Get<int64_t>(b, static_cast<size_t>(at) + 24) == kv.seq / kKvPageTokens;
+}
+
 }  // namespace
 
 absl::StatusOr<StoredKv> DecodeKvFile(std::string_view b) {
@@ -397,13 +416,7 @@ absl::StatusOr<StoredKv> DecodeKvFile(std::string_view b) {
       continue;
     }
     if (records == 0) return Corrupt(absl::StrCat("first record: ", why));
-    // A bad record that reaches the end of the file is an append cut short.
-    const uint64_t claimed = static_cast<int64_t>(b.size()) - at >= kKvRecordHeaderBytes
-                                 ? Get<uint64_t>(b, static_cast<size_t>(at) + 8)
-                                 : 0;
-    if (claimed != 0 && claimed < b.size() - static_cast<uint64_t>(at)) {
-      return Corrupt(absl::StrCat("record ", records, " at byte ", at, ": ", why));
-    }
+    if (!LooksTorn(b, at, *kv)) return Corrupt(absl::StrCat("record ", records, " at byte ", at, ": ", why));
     kv->torn_tail = absl::StrCat("record ", records, " at byte ", at, ": ", why);
     break;
   }
@@ -515,6 +528,7 @@ void DirectoryStore::Quarantine(const std::string& file_name, const std::string&
 std::vector<std::string> DirectoryStore::ListRecords(std::string_view ext, LoadReport* report) {
   std::vector<std::string> names, out;
   if (DIR* d = ::fdopendir(::dup(dir_fd_))) {
+    ::rewinddir(d);  // the dup shares dir_fd_'s offset, which an earlier listing left at the end
     while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
     ::closedir(d);
   }

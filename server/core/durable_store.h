@@ -118,9 +118,11 @@ std::string EncodeKvHeader(const StoredKvMeta& meta, const float* k_scales, cons
 std::string EncodeKvRecordHeader(const KvShape& shape, int64_t seq_after, int64_t first_page,
                                  int64_t num_pages, const uint8_t* pages);
 // Parses, verifies and replays a whole K/V file. DATA_LOSS for a bad header,
-// a bad first record or a bad record followed by more bytes; a bad last
-// record (from the second on) is a torn append: the cache is what comes
-// before it, and torn_tail says why.
+// a bad first record, or a bad record followed by more bytes or whose header
+// contradicts itself. A bad last record (from the second on) that is too
+// short for its header, all zeros, or a whole header with missing or bad
+// pages is a torn append: the cache is what comes before it, and torn_tail
+// says why.
 absl::StatusOr<StoredKv> DecodeKvFile(std::string_view bytes);
 
 // The interface MatrixStore and MatrixService persist through.

@@ -69,6 +69,8 @@ struct Server {
     auto d = DirectoryStore::Open(dir);
     EXPECT_TRUE(d.ok()) << d.status();
     disk = std::move(*d);
+    // As plume-server does: matrices first, then K/V caches (two listings).
+    disk->LoadAll([](StoredMatrix) { return absl::OkStatus(); });
     report = LoadStoredKvCaches(disk.get(), &backend, &kv);
     kv.set_disk(disk.get());
   }
