@@ -530,6 +530,64 @@ TEST_F(ProcessTest, CorruptStoreFilesAreQuarantinedAndGoodOnesServed) {
   std::cout << "corruption: 5 bad files quarantined, 4 good ones served bit-identically\n";
 }
 
+// K/V store files flipped, truncated, or ending in a torn append: the bad
+// ones quarantined, the torn one cut back to its last whole append, the good
+// ones served with the same attention results as before the restart.
+TEST_F(ProcessTest, CorruptKvFilesAreQuarantinedAndGoodOnesServed) {
+  constexpr int64_t kHeads = 2, kDim = 32;
+  const std::vector<float> q = testing::RandomNormal(kHeads * kDim, 8);
+  auto attend = [&](Client& c, const std::string& name) {
+    auto out = c.Attention(name, TensorRef::F32(q.data(), {1, kHeads, 1, kDim}));
+    EXPECT_TRUE(out.ok()) << name << ": " << out.status();
+    return out.ok() ? AsFloats(*out) : std::vector<float>{};
+  };
+  std::map<std::string, std::vector<float>> before;
+  ASSERT_NO_FATAL_FAILURE(Start());
+  {
+    auto client = Connect();
+    for (int i = 0; i < 4; ++i) {
+      const std::string name = "c" + std::to_string(i);
+      std::vector<float> k = testing::RandomNormal(kHeads * 50 * kDim, 600 + i);
+      std::vector<float> v = testing::RandomNormal(kHeads * 50 * kDim, 700 + i);
+      ASSERT_TRUE(client->UploadKV({.name = name}, TensorRef::F32(k.data(), {kHeads, 50, kDim}),
+                                   TensorRef::F32(v.data(), {kHeads, 50, kDim}))
+                      .ok());
+      before[name] = attend(*client, name);
+    }
+    std::vector<float> k = testing::RandomNormal(kHeads * 20 * kDim, 800);
+    ASSERT_TRUE(client->AppendKV("c3", TensorRef::F32(k.data(), {kHeads, 20, kDim}),
+                                 TensorRef::F32(k.data(), {kHeads, 20, kDim}))
+                    .ok());
+  }
+  EXPECT_EQ(Stop(), 0);
+  auto path = [&](int i) { return fs::path(StoreDir()) / ("c" + std::to_string(i) + ".pkv"); };
+  auto rewrite = [&](int i, const std::function<void(std::string*)>& f) {
+    std::string b = SlurpFile(path(i).string());
+    f(&b);
+    std::ofstream(path(i), std::ios::binary | std::ios::trunc) << b;
+  };
+  rewrite(1, [](std::string* b) { (*b)[40] ^= 0x04; });         // header byte (head_dim)
+  rewrite(2, [](std::string* b) { b->resize(b->size() / 2); });  // its upload, cut in half
+  rewrite(3, [](std::string* b) { b->resize(b->size() - 100); });  // its append, cut short
+
+  ASSERT_NO_FATAL_FAILURE(Start());
+  auto client = Connect();
+  auto list = client->ListKV();
+  ASSERT_TRUE(list.ok());
+  std::map<std::string, int64_t> listed;
+  for (const auto& c : *list) listed[c.name()] = c.seq();
+  EXPECT_EQ(listed, (std::map<std::string, int64_t>{{"c0", 50}, {"c3", 50}}));
+  EXPECT_EQ(attend(*client, "c0"), before["c0"]);
+  EXPECT_EQ(attend(*client, "c3"), before["c3"]);
+  for (int i : {1, 2}) EXPECT_FALSE(fs::exists(path(i)));
+  EXPECT_EQ(QuarantinedFiles(), 3);  // c1, c2 and the whole of c3 as it was
+  const std::string log = SlurpFile(File("server.err")) + SlurpFile(File("server.out"));
+  EXPECT_NE(log.find("loaded 2 K/V caches, quarantined 3"), std::string::npos) << log;
+  EXPECT_EQ(Stop(), 0);
+  std::cout << "kv corruption: 2 bad K/V files quarantined, 1 torn append cut off (whole file "
+               "kept in quarantine/), 2 caches served with attention bit-identical to before\n";
+}
+
 TEST_F(ProcessTest, MetricsBasicAuthAndTheTokenNeverLogged) {
   const std::string token = "tok-5a1d0c3e-never-log-me";
   std::ofstream(File("token")) << token << "\n";
