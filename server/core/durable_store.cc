@@ -202,7 +202,7 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
   const char* payload = b.data() + kStoreHeaderBytes + name_bytes;
   m.scales.resize(static_cast<size_t>(num_scales));
   m.words.resize(static_cast<size_t>(num_words));
-  std::memcpy(m.scales.data(), payload, m.scales.size() * 4);
+  if (!m.scales.empty()) std::memcpy(m.scales.data(), payload, m.scales.size() * 4);  // NONE: no scales
   std::memcpy(m.words.data(), payload + m.scales.size() * 4, m.words.size() * 4);
   if (absl::Status s = ValidatePackedScales(m.scales.data(), num_scales); !s.ok()) {
     return Corrupt(s.message());
