@@ -175,7 +175,9 @@ class Backend {
   // shape().layout().page_bytes() bytes, num_pages <= pages_for(seq())) to
   // `pages`, and, when k_scales / v_scales are not null, the cache-wide
   // scales (layout().global_scales() floats each). The caller holds the
-  // cache's writer lock, as for AppendKv.
+  // cache's writer lock, as for AppendKv. plume-server stores K/V caches
+  // only when this returns OK for num_pages 0 and null pointers on an empty
+  // cache (its start-up probe); otherwise they stay in memory only.
   virtual absl::Status ReadKv(const BackendKvCache& cache, int64_t first_page, int64_t num_pages,
                               uint8_t* pages, float* k_scales, float* v_scales) {
     (void)cache, (void)first_page, (void)num_pages, (void)pages, (void)k_scales, (void)v_scales;

@@ -61,7 +61,18 @@ absl::StatusOr<std::unique_ptr<core::DirectoryStore>> OpenDurableStore(core::Bac
   }
   auto disk = core::DirectoryStore::Open(dir);
   if (!disk.ok()) return disk.status();
+  // K/V caches are stored only through a backend that can read them back
+  // (Backend::ReadKv; probed on an empty cache, which copies nothing).
+  bool store_kv = false;
+  if (auto probe = backend->CreateKv(core::KvShape{1, 16}); probe.ok()) {
+    store_kv = backend->ReadKv(**probe, 0, 0, nullptr, nullptr, nullptr).ok();
+    if (!store_kv) {
+      spdlog::warn("backend {} cannot store K/V caches: they live in memory only and are lost on exit; "
+                   "K/V files in {} are left alone", backend->name(), dir);
+    }
+  }
   for (const bool kv : {false, true}) {
+    if (kv && !store_kv) break;
     const auto report = kv ? core::LoadStoredKvCaches(disk->get(), backend, kv_store)
                            : core::LoadStoredMatrices(disk->get(), backend, store);
     for (const auto& f : report.temp_removed) spdlog::info("store: removed unfinished write {}", f);
@@ -71,7 +82,7 @@ absl::StatusOr<std::unique_ptr<core::DirectoryStore>> OpenDurableStore(core::Bac
                  kv ? "K/V caches" : "matrices", report.quarantined.size(), report.not_loaded.size());
   }
   store->set_persistence(disk->get());
-  kv_store->set_disk(disk->get());
+  if (store_kv) kv_store->set_disk(disk->get());
   return disk;
 }
 
