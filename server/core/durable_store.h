@@ -62,7 +62,7 @@ class MatrixStore;
 inline constexpr char kStoreMagic[8] = {'P', 'L', 'U', 'M', 'E', 'M', 'X', '\n'};
 inline constexpr uint32_t kStoreVersion = 1;
 inline constexpr int64_t kStoreHeaderBytes = 80;
-enum class RecordKind : uint32_t { kMatrix = 1, kKvCache = 2 /* reserved for issue 4 */ };
+enum class RecordKind : uint32_t { kMatrix = 1, kKvCache = 2 };
 
 // What a matrix file describes besides its payload.
 struct StoredMatrixMeta {
