@@ -102,3 +102,39 @@ specials = [0.0, -0.0, 1.0, -1.0, 448.0, 464.0, 480.0, 57344.0, 61440.0, float("
             float("nan"), 2.0 ** -9, 2.0 ** -10, 2.0 ** -16, 2.0 ** -17, 1.0625, 1.125, 3e38]
 put("fuzz_fp8", "specials", struct.pack("<%df" % len(specials), *specials))
 put("fuzz_fp8", "random", struct.pack("<64f", *[rng.gauss(0, 100) for _ in range(64)]))
+
+# --- K/V cache store files (server/core/durable_store.h, "<name>.pkv"); an
+# own generator so the seeds above stay as they are.
+kv_rng = random.Random(11)
+def kv_page(heads, dim, mode, tokens):
+    row = (dim + 15) // 16 * 16
+    codes = bytearray(2 * heads * 64 * row)
+    for side in range(2):
+        for h in range(heads):
+            for t in range(tokens):
+                o = side * heads * 64 * row + h * 64 * row + t * row
+                codes[o:o + dim] = bytes(kv_rng.randrange(0, 0x7F) for _ in range(dim))
+    scales = struct.pack("<%df" % (2 * heads), *[kv_rng.uniform(0.01, 2) for _ in range(2 * heads)]) if mode == 4 else b""
+    page = bytes(codes) + scales
+    return page + bytes((-len(page)) % 256)
+def kv_file(name, heads, dim, mode, steps, fmt=4, sat=1, src=1):
+    g = {1: 0, 2: 1, 3: heads, 4: 0}[mode]
+    nb = name.encode()
+    npad = (len(nb) + 15) // 16 * 16
+    page_bytes = len(kv_page(heads, dim, mode, 0))
+    hb = 80 + npad + 8 * g
+    tail = struct.pack("<QIIqqBBBBIqQQ", hb, 2, len(nb), heads, dim, fmt, mode, sat, src, 0, 1700000000000,
+                       page_bytes, g) + nb + bytes(npad - len(nb))
+    tail += struct.pack("<%df" % (2 * g), *[kv_rng.uniform(0.01, 2) for _ in range(2 * g)])
+    out = b"PLUMEKV\n" + struct.pack("<II", 1, crc32c(tail)) + tail
+    seq = 0
+    for tokens in steps:
+        first, seq = seq // 64, seq + tokens
+        count = (seq + 63) // 64 - first
+        pages = b"".join(kv_page(heads, dim, mode, min(64, seq - 64 * p)) for p in range(first, first + count))
+        body = struct.pack("<Qqqqq", 48 + len(pages), seq, first, count, 0) + pages
+        out += struct.pack("<II", 0x52564B50, crc32c(body)) + body
+    return out
+put("fuzz_store_file", "kv_block", kv_file("cache", 1, 8, 4, [70, 1]))
+put("fuzz_store_file", "kv_head", kv_file("kv.1", 2, 4, 3, [3, 61, 2]))
+put("fuzz_store_file", "kv_torn", kv_file("t", 1, 8, 2, [5, 64])[:-300])

@@ -51,3 +51,9 @@ if(TARGET plume_client AND NOT PLUME_SANITIZE)
   add_test(NAME soak_test COMMAND soak_test)
   set_tests_properties(soak_test PROPERTIES LABELS soak TIMEOUT 600)
 endif()
+
+# K/V caches in the durable store (issue 7): .pkv format, append log,
+# compaction, restart, quarantine.
+add_executable(kv_store_file_test server/kv_store_file_test.cc)
+target_link_libraries(kv_store_file_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(kv_store_file_test DISCOVERY_TIMEOUT 60)

@@ -1,5 +1,7 @@
 #include "server/core/attention_service.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
 #include "server/core/metrics.h"
 
@@ -55,8 +57,19 @@ absl::StatusOr<v1::KVInfo> AttentionService::Upload::Finish() {
   if (absl::Status s = service_->backend_->AppendKv(**data, args); !s.ok()) return s;
   std::string().swap(k_);  // free the staging copies before publishing
   std::string().swap(v_);
-  auto c = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
-                                    std::move(*data));
+  KvStore* store = service_->store_;
+  const int64_t created_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
+  int64_t file_bytes = 0;
+  if (store->disk() != nullptr) {  // acknowledged only once it is on disk
+    auto size = store->SaveFile(service_->backend_, pending_.name(), plan_.shape, plan_.source_dtype,
+                                created_ms, **data);
+    if (!size.ok()) return size.status();
+    file_bytes = *size;
+  }
+  auto c = store->Commit(std::move(pending_), plan_.shape, plan_.source_dtype, std::move(*data),
+                         created_ms, file_bytes);
   return service_->Info(*c);
 }
 

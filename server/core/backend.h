@@ -166,6 +166,39 @@ class Backend {
     (void)cache, (void)args;
     return absl::UnimplementedError(absl::StrCat("backend ", std::string(name()), " has no attention"));
   }
+
+  // The durable store's two K/V hooks (issue 7; durable_store.h). Both move
+  // whole pages in kv_layout.h's byte layout, host memory on the caller's
+  // side, so what is on disk is exactly what the backend serves.
+  //
+  // Copies pages [first_page, first_page + num_pages) of `cache` (each
+  // shape().layout().page_bytes() bytes, num_pages <= pages_for(seq())) to
+  // `pages`, and, when k_scales / v_scales are not null, the cache-wide
+  // scales (layout().global_scales() floats each). The caller holds the
+  // cache's writer lock, as for AppendKv. plume-server stores K/V caches
+  // only when this returns OK for num_pages 0 and null pointers on an empty
+  // cache (its start-up probe); otherwise they stay in memory only.
+  virtual absl::Status ReadKv(const BackendKvCache& cache, int64_t first_page, int64_t num_pages,
+                              uint8_t* pages, float* k_scales, float* v_scales) {
+    (void)cache, (void)first_page, (void)num_pages, (void)pages, (void)k_scales, (void)v_scales;
+    return absl::UnimplementedError(absl::StrCat(
+        "backend ", std::string(name()),
+        " cannot read K/V caches back for the durable store; run with --store_dir= to keep them "
+        "in memory only"));
+  }
+  // Makes a cache of `seq` tokens from pages_for(seq) pages laid out as
+  // ReadKv writes them and the cache-wide scales (global_scales() floats
+  // each; ignored when there are none), already verified (a store file's
+  // checksum and scales). The budget is reserved by the caller.
+  virtual absl::StatusOr<std::unique_ptr<BackendKvCache>> KvFromPacked(const KvShape& shape,
+                                                                       int64_t seq,
+                                                                       const uint8_t* pages,
+                                                                       const float* k_scales,
+                                                                       const float* v_scales) {
+    (void)shape, (void)seq, (void)pages, (void)k_scales, (void)v_scales;
+    return absl::UnimplementedError(
+        absl::StrCat("backend ", std::string(name()), " cannot load stored K/V caches"));
+  }
 };
 
 }  // namespace plume::core

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -153,6 +154,36 @@ absl::Status CpuBackend::Attention(const BackendKvCache& cache, const AttentionA
   const ref::AttentionParams p{args.batch, args.heads, args.q_len, args.scale, args.causal};
   ref::Attention(c.view(), args.q, args.q_dtype, p, args.out, args.out_dtype, pool_.get());
   return absl::OkStatus();
+}
+
+absl::Status CpuBackend::ReadKv(const BackendKvCache& cache, int64_t first_page,
+                               int64_t num_pages, uint8_t* pages, float* k_scales,
+                               float* v_scales) {
+  const ref::KvCacheView v = static_cast<const CpuKvCache&>(cache).cache().view();
+  if (first_page < 0 || num_pages < 0 || first_page + num_pages > KvLayout::pages_for(v.seq)) {
+    return absl::OutOfRangeError(absl::StrCat("cpu backend: pages [", first_page, ", ",
+                                              first_page + num_pages, ") of a cache of ",
+                                              KvLayout::pages_for(v.seq), " pages"));
+  }
+  const size_t bytes = static_cast<size_t>(v.layout.page_bytes());
+  for (int64_t p = 0; p < num_pages; ++p) {
+    std::memcpy(pages + static_cast<size_t>(p) * bytes, v.pages[first_page + p], bytes);
+  }
+  const size_t n = static_cast<size_t>(v.layout.global_scales());
+  if (k_scales != nullptr) std::copy(v.k_scales, v.k_scales + n, k_scales);
+  if (v_scales != nullptr) std::copy(v.v_scales, v.v_scales + n, v_scales);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BackendKvCache>> CpuBackend::KvFromPacked(
+    const KvShape& shape, int64_t seq, const uint8_t* pages, const float* k_scales,
+    const float* v_scales) {
+  auto c = std::make_unique<CpuKvCache>(shape);
+  if (!c->cache().Restore(seq, pages, k_scales, v_scales)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cpu backend: cannot allocate the pages of ", seq, " tokens"));
+  }
+  return std::unique_ptr<BackendKvCache>(std::move(c));
 }
 
 }  // namespace plume::core

@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/core/crc32c.h"
+#include "server/core/kv_store.h"
 #include "server/core/limits.h"
 #include "server/core/matrix_store.h"
 #include "server/core/validation.h"
@@ -28,6 +29,8 @@ static_assert(std::endian::native == std::endian::little,
 namespace {
 
 constexpr char kMatrixExt[] = ".pmx";
+constexpr char kKvExt[] = ".pkv";
+constexpr uint32_t kKvRecordMagic = 0x52564b50;  // "PKVR"
 constexpr char kTempPrefix[] = ".tmp-";
 constexpr char kQuarantineDir[] = "quarantine";
 // Fields at fixed offsets (see the layout in durable_store.h).
@@ -199,7 +202,7 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
   const char* payload = b.data() + kStoreHeaderBytes + name_bytes;
   m.scales.resize(static_cast<size_t>(num_scales));
   m.words.resize(static_cast<size_t>(num_words));
-  std::memcpy(m.scales.data(), payload, m.scales.size() * 4);
+  if (!m.scales.empty()) std::memcpy(m.scales.data(), payload, m.scales.size() * 4);  // NONE: no scales
   std::memcpy(m.words.data(), payload + m.scales.size() * 4, m.words.size() * 4);
   if (absl::Status s = ValidatePackedScales(m.scales.data(), num_scales); !s.ok()) {
     return Corrupt(s.message());
@@ -211,6 +214,215 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
     }
   }
   return m;
+}
+
+// ------------------------------------------------------------ K/V files
+
+std::string EncodeKvHeader(const StoredKvMeta& meta, const float* k_scales, const float* v_scales) {
+  const KvShape& sh = meta.shape;
+  const KvLayout l = sh.layout();
+  const int64_t g = l.global_scales();
+  const int64_t name_bytes = PaddedNameBytes(meta.name.size());
+  std::string h(static_cast<size_t>(kStoreHeaderBytes + name_bytes + 8 * g), '\0');
+  std::memcpy(h.data(), kKvStoreMagic, sizeof kKvStoreMagic);
+  Put<uint32_t>(&h, 8, kStoreVersion);
+  Put<uint64_t>(&h, 16, h.size());
+  Put<uint32_t>(&h, 24, static_cast<uint32_t>(RecordKind::kKvCache));
+  Put<uint32_t>(&h, 28, static_cast<uint32_t>(meta.name.size()));
+  Put<int64_t>(&h, 32, sh.kv_heads);
+  Put<int64_t>(&h, 40, sh.head_dim);
+  h[48] = static_cast<char>(sh.format);
+  h[49] = static_cast<char>(sh.scale_mode);
+  h[50] = sh.saturate ? 1 : 0;
+  h[51] = static_cast<char>(meta.source_dtype);
+  Put<int64_t>(&h, 56, meta.created_unix_ms);
+  Put<uint64_t>(&h, 64, static_cast<uint64_t>(l.page_bytes()));
+  Put<uint64_t>(&h, 72, static_cast<uint64_t>(g));
+  std::memcpy(h.data() + kStoreHeaderBytes, meta.name.data(), meta.name.size());
+  if (g > 0) {
+    std::memcpy(h.data() + kStoreHeaderBytes + name_bytes, k_scales, static_cast<size_t>(g) * 4);
+    std::memcpy(h.data() + kStoreHeaderBytes + name_bytes + 4 * g, v_scales, static_cast<size_t>(g) * 4);
+  }
+  Put<uint32_t>(&h, kCrcOffset, Crc32c(0, h.data() + kCrcFrom, h.size() - kCrcFrom));
+  return h;
+}
+
+std::string EncodeKvRecordHeader(const KvShape& shape, int64_t seq_after, int64_t first_page,
+                                 int64_t num_pages, const uint8_t* pages) {
+  const size_t page_bytes = static_cast<size_t>(shape.layout().page_bytes());
+  std::string r(static_cast<size_t>(kKvRecordHeaderBytes), '\0');
+  Put<uint32_t>(&r, 0, kKvRecordMagic);
+  Put<uint64_t>(&r, 8, static_cast<uint64_t>(kKvRecordHeaderBytes) + static_cast<uint64_t>(num_pages) * page_bytes);
+  Put<int64_t>(&r, 16, seq_after);
+  Put<int64_t>(&r, 24, first_page);
+  Put<int64_t>(&r, 32, num_pages);
+  uint32_t crc = Crc32c(0, r.data() + 8, r.size() - 8);
+  crc = Crc32c(crc, pages, static_cast<size_t>(num_pages) * page_bytes);
+  Put<uint32_t>(&r, 4, crc);
+  return r;
+}
+
+namespace {
+
+absl::StatusOr<StoredKv> DecodeKvHeader(std::string_view b, int64_t* header_bytes) {
+  if (b.size() < static_cast<size_t>(kStoreHeaderBytes)) {
+    return Corrupt(absl::StrCat("truncated: ", b.size(), " bytes, shorter than the header"));
+  }
+  if (std::memcmp(b.data(), kKvStoreMagic, sizeof kKvStoreMagic) != 0) return Corrupt("bad magic");
+  if (const uint32_t v = Get<uint32_t>(b, 8); v != kStoreVersion) {
+    return Corrupt(absl::StrCat("unsupported version ", v));
+  }
+  const uint64_t hb = Get<uint64_t>(b, 16);
+  if (hb < static_cast<uint64_t>(kStoreHeaderBytes) || hb > b.size()) {
+    return Corrupt(absl::StrCat("truncated or bad header size ", hb, " in a file of ", b.size(), " bytes"));
+  }
+  if (Crc32c(0, b.data() + kCrcFrom, hb - kCrcFrom) != Get<uint32_t>(b, kCrcOffset)) {
+    return Corrupt("header checksum mismatch");
+  }
+  if (Get<uint32_t>(b, 24) != static_cast<uint32_t>(RecordKind::kKvCache)) {
+    return Corrupt(absl::StrCat("not a K/V cache record (kind ", Get<uint32_t>(b, 24), ")"));
+  }
+  StoredKv kv;
+  KvShape& sh = kv.meta.shape;
+  const uint32_t name_len = Get<uint32_t>(b, 28);
+  sh.kv_heads = Get<int64_t>(b, 32);
+  sh.head_dim = Get<int64_t>(b, 40);
+  const auto fmt = static_cast<uint8_t>(b[48]), mode = static_cast<uint8_t>(b[49]),
+             sat = static_cast<uint8_t>(b[50]), src = static_cast<uint8_t>(b[51]);
+  if (!ValidFormat(fmt) || !ValidScaleMode(mode) || sat > 1 || !ValidDType(src) ||
+      IsFp8(static_cast<DType>(src)) || Get<uint32_t>(b, 52) != 0) {
+    return Corrupt("bad format, scale mode, saturate or source dtype byte");
+  }
+  sh.format = static_cast<Fp8Format>(fmt);
+  sh.scale_mode = static_cast<KvScaleMode>(mode);
+  sh.saturate = sat == 1;
+  kv.meta.source_dtype = static_cast<DType>(src);
+  kv.meta.created_unix_ms = Get<int64_t>(b, 56);
+  const Limits limits;
+  if (sh.kv_heads <= 0 || sh.head_dim <= 0 || sh.kv_heads > limits.max_kv_heads ||
+      sh.head_dim > limits.max_head_dim) {
+    return Corrupt(absl::StrCat("bad K/V shape: ", sh.kv_heads, " kv heads, head_dim ", sh.head_dim));
+  }
+  const KvLayout l = sh.layout();
+  const int64_t g = l.global_scales();
+  if (Get<uint64_t>(b, 64) != static_cast<uint64_t>(l.page_bytes()) ||
+      Get<uint64_t>(b, 72) != static_cast<uint64_t>(g)) {
+    return Corrupt("page size or scale count does not match the shape");
+  }
+  if (name_len == 0 || name_len > static_cast<uint32_t>(limits.max_name_length)) {
+    return Corrupt(absl::StrCat("bad name length ", name_len));
+  }
+  const int64_t name_bytes = PaddedNameBytes(name_len);
+  if (static_cast<int64_t>(hb) != kStoreHeaderBytes + name_bytes + 8 * g) {
+    return Corrupt("header size does not match the name and scales");
+  }
+  kv.meta.name.assign(b.data() + kStoreHeaderBytes, name_len);
+  if (absl::Status s = ValidateName(kv.meta.name, limits, "kv cache"); !s.ok()) {
+    return Corrupt(absl::StrCat("bad name: ", s.message()));
+  }
+  for (int64_t i = kStoreHeaderBytes + name_len; i < kStoreHeaderBytes + name_bytes; ++i) {
+    if (b[static_cast<size_t>(i)] != 0) return Corrupt("nonzero name padding");
+  }
+  kv.k_scales.resize(static_cast<size_t>(g));
+  kv.v_scales.resize(static_cast<size_t>(g));
+  if (g > 0) {
+    std::memcpy(kv.k_scales.data(), b.data() + kStoreHeaderBytes + name_bytes, static_cast<size_t>(g) * 4);
+    std::memcpy(kv.v_scales.data(), b.data() + kStoreHeaderBytes + name_bytes + 4 * g, static_cast<size_t>(g) * 4);
+  }
+  if (absl::Status s = ValidatePackedScales(kv.k_scales.data(), g); !s.ok()) return Corrupt(s.message());
+  if (absl::Status s = ValidatePackedScales(kv.v_scales.data(), g); !s.ok()) return Corrupt(s.message());
+  *header_bytes = static_cast<int64_t>(hb);
+  return kv;
+}
+
+// Checks and applies one record at `at` (see the layout): "" when it was
+// applied, else what is wrong with it.
+std::string ApplyKvRecord(std::string_view b, int64_t at, StoredKv* kv, int64_t* record_bytes) {
+  const int64_t left = static_cast<int64_t>(b.size()) - at;
+  if (left < kKvRecordHeaderBytes) return absl::StrCat("a record header cut short after ", left, " bytes");
+  const KvLayout l = kv->meta.shape.layout();
+  const int64_t page_bytes = l.page_bytes();
+  const uint64_t size = Get<uint64_t>(b, static_cast<size_t>(at) + 8);
+  if (size > static_cast<uint64_t>(left)) {
+    return absl::StrCat("a record of ", size, " bytes cut short after ", left);
+  }
+  const char* r = b.data() + at;
+  if (Get<uint32_t>(b, static_cast<size_t>(at)) != kKvRecordMagic ||
+      size < static_cast<uint64_t>(kKvRecordHeaderBytes)) {
+    return "bad record magic or size";
+  }
+  if (Crc32c(0, r + 8, size - 8) != Get<uint32_t>(b, static_cast<size_t>(at) + 4)) {
+    return "record checksum mismatch";
+  }
+  const int64_t seq_after = Get<int64_t>(b, static_cast<size_t>(at) + 16);
+  const int64_t first = Get<int64_t>(b, static_cast<size_t>(at) + 24);
+  const int64_t count = Get<int64_t>(b, static_cast<size_t>(at) + 32);
+  // count * page_bytes <= size checks the page count before any product.
+  if (seq_after <= kv->seq || first != kv->seq / kKvPageTokens || count < 1 ||
+      count > static_cast<int64_t>(size) / page_bytes ||
+      static_cast<int64_t>(size) != kKvRecordHeaderBytes + count * page_bytes ||
+      first + count != KvLayout::pages_for(seq_after) || Get<uint64_t>(b, static_cast<size_t>(at) + 40) != 0) {
+    return absl::StrCat("record does not follow on (seq ", kv->seq, " -> ", seq_after, ", pages ",
+                        first, " + ", count, ")");
+  }
+  const char* pages = r + kKvRecordHeaderBytes;
+  if (l.scale_mode == KvScaleMode::kTokenBlock) {
+    for (int64_t p = 0; p < count; ++p) {
+      float s[2 * 1024];  // 2 * max_kv_heads
+      const int64_t n = l.page_scale_floats();
+      std::memcpy(s, pages + p * page_bytes + 2 * l.codes_bytes(), static_cast<size_t>(n) * 4);
+      if (absl::Status st = ValidatePackedScales(s, n); !st.ok()) {
+        return absl::StrCat("page ", first + p, ": ", st.message());
+      }
+    }
+  }
+  kv->pages.resize(static_cast<size_t>((first + count) * page_bytes));
+  std::memcpy(kv->pages.data() + first * page_bytes, pages, static_cast<size_t>(count * page_bytes));
+  kv->seq = seq_after;
+  *record_bytes = static_cast<int64_t>(size);
+  return "";
+}
+
+// Whether the bad record at `at` can be an append that a crash cut short:
+// it is the last thing in the file and either too short to hold its header,
+// all zeros (a file system that grew the file before writing its blocks), or
+// a header that is whole and fits the cache (the pages are what is missing or
+// bad). A bad record with bytes after it, or with a header that contradicts
+// itself, is corruption.
+bool LooksTorn(std::string_view b, int64_t at, const StoredKv& kv) {
+  const int64_t left = static_cast<int64_t>(b.size()) - at;
+  if (left < kKvRecordHeaderBytes) return true;
+  if (std::all_of(b.begin() + at, b.end(), [](char c) { return c == 0; })) return true;
+  const int64_t page_bytes = kv.meta.shape.layout().page_bytes();
+  const uint64_t size = Get<uint64_t>(b, static_cast<size_t>(at) + 8);
+  const int64_t count = Get<int64_t>(b, static_cast<size_t>(at) + 32);
+  return Get<uint32_t>(b, static_cast<size_t>(at)) == kKvRecordMagic &&
+         size >= static_cast<uint64_t>(left) && count >= 1 && count <= (int64_t{1} << 40) / page_bytes &&
+         size == static_cast<uint64_t>(kKvRecordHeaderBytes + count * page_bytes) &&
+         Get<int64_t>(b, static_cast<size_t>(at) + 24) == kv.seq / kKvPageTokens;
+}
+
+}  // namespace
+
+absl::StatusOr<StoredKv> DecodeKvFile(std::string_view b) {
+  int64_t at = 0;
+  auto kv = DecodeKvHeader(b, &at);
+  if (!kv.ok()) return kv.status();
+  for (int records = 0; at < static_cast<int64_t>(b.size()); ++records) {
+    int64_t size = 0;
+    const std::string why = ApplyKvRecord(b, at, &*kv, &size);
+    if (why.empty()) {
+      at += size;
+      continue;
+    }
+    if (records == 0) return Corrupt(absl::StrCat("first record: ", why));
+    if (!LooksTorn(b, at, *kv)) return Corrupt(absl::StrCat("record ", records, " at byte ", at, ": ", why));
+    kv->torn_tail = absl::StrCat("record ", records, " at byte ", at, ": ", why);
+    break;
+  }
+  if (kv->seq == 0) return Corrupt("no records");
+  kv->valid_bytes = at;
+  return kv;
 }
 
 // ------------------------------------------------------------ DirectoryStore
@@ -238,6 +450,8 @@ DirectoryStore::~DirectoryStore() { ::close(dir_fd_); }
 std::string DirectoryStore::MatrixFileName(std::string_view name) {
   return std::string(name) + kMatrixExt;
 }
+
+std::string DirectoryStore::KvFileName(std::string_view name) { return std::string(name) + kKvExt; }
 
 absl::Status DirectoryStore::WriteFileDurably(const std::string& file_name,
                                               const std::vector<std::string_view>& parts) {
@@ -311,26 +525,34 @@ void DirectoryStore::Quarantine(const std::string& file_name, const std::string&
   report->quarantined.push_back(std::move(line));
 }
 
-DirectoryStore::LoadReport DirectoryStore::LoadAll(
-    const std::function<absl::Status(StoredMatrix)>& load) {
-  LoadReport report;
-  std::vector<std::string> names;
+std::vector<std::string> DirectoryStore::ListRecords(std::string_view ext, LoadReport* report) {
+  std::vector<std::string> names, out;
   if (DIR* d = ::fdopendir(::dup(dir_fd_))) {
+    ::rewinddir(d);  // the dup shares dir_fd_'s offset, which an earlier listing left at the end
     while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
     ::closedir(d);
   }
   std::sort(names.begin(), names.end());
   for (const std::string& f : names) {
     if (absl::StartsWith(f, kTempPrefix)) {  // an interrupted write: never acknowledged
-      if (::unlinkat(dir_fd_, f.c_str(), 0) == 0) report.temp_removed.push_back(f);
+      if (::unlinkat(dir_fd_, f.c_str(), 0) == 0) report->temp_removed.push_back(f);
       continue;
     }
-    if (!absl::EndsWith(f, kMatrixExt)) continue;  // quarantine/, KV files, others
+    if (!absl::EndsWith(f, absl::string_view(ext.data(), ext.size()))) continue;  // quarantine/, the other kind, others
     struct stat st {};
     if (::fstatat(dir_fd_, f.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
-      Quarantine(f, "not a regular file", &report);
+      Quarantine(f, "not a regular file", report);
       continue;
     }
+    out.push_back(f);
+  }
+  return out;
+}
+
+DirectoryStore::LoadReport DirectoryStore::LoadAll(
+    const std::function<absl::Status(StoredMatrix)>& load) {
+  LoadReport report;
+  for (const std::string& f : ListRecords(kMatrixExt, &report)) {
     std::string bytes;
     if (absl::Status s = ReadWholeFile(dir_fd_, f, &bytes); !s.ok()) {
       report.not_loaded.push_back(absl::StrCat(f, ": ", s.message()));
@@ -356,6 +578,71 @@ DirectoryStore::LoadReport DirectoryStore::LoadAll(
   return report;
 }
 
+absl::Status DirectoryStore::AppendKv(std::string_view name, int64_t at,
+                                      const std::vector<std::string_view>& parts, bool* torn) {
+  *torn = false;
+  const std::string f = KvFileName(name);
+  const int fd = ::openat(dir_fd_, f.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("cannot open ", dir_, "/", f), errno);
+  bool ok = ::lseek(fd, at, SEEK_SET) == at;
+  for (std::string_view p : parts) ok = ok && WriteAll(fd, p);
+  ok = ok && ::fdatasync(fd) == 0;  // the data and the new size
+  const int err = errno;
+  if (!ok && (::ftruncate(fd, at) != 0 || ::fdatasync(fd) != 0)) *torn = true;
+  ::close(fd);
+  if (!ok) return ErrnoStatus(absl::StrCat("cannot append to ", dir_, "/", f), err);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StoredKv> DirectoryStore::ReadKv(std::string_view name) {
+  std::string bytes;
+  if (absl::Status s = ReadWholeFile(dir_fd_, KvFileName(name), &bytes); !s.ok()) return s;
+  return DecodeKvFile(bytes);
+}
+
+DirectoryStore::LoadReport DirectoryStore::LoadAllKv(const std::function<absl::Status(StoredKv)>& load) {
+  LoadReport report;
+  for (const std::string& f : ListRecords(kKvExt, &report)) {
+    std::string bytes;
+    if (absl::Status s = ReadWholeFile(dir_fd_, f, &bytes); !s.ok()) {
+      report.not_loaded.push_back(absl::StrCat(f, ": ", s.message()));
+      continue;
+    }
+    auto kv = DecodeKvFile(bytes);
+    if (!kv.ok()) {
+      Quarantine(f, std::string(kv.status().message()), &report);
+      continue;
+    }
+    if (KvFileName(kv->meta.name) != f) {
+      Quarantine(f, absl::StrCat("holds kv cache \"", kv->meta.name, "\", not the one its name says"),
+                 &report);
+      continue;
+    }
+    if (!kv->torn_tail.empty()) {
+      // Keep the whole file for inspection, then cut the live one back to its
+      // last whole record.
+      const std::string copy = absl::StrCat(".torn-", f);
+      absl::Status s = WriteFileDurably(copy, {bytes});
+      const int fd = ::openat(dir_fd_, f.c_str(), O_WRONLY | O_CLOEXEC);
+      const bool cut = fd >= 0 && ::ftruncate(fd, kv->valid_bytes) == 0 && ::fdatasync(fd) == 0;
+      if (fd >= 0) ::close(fd);
+      if (!cut) {
+        report.not_loaded.push_back(absl::StrCat(f, ": cannot cut off a torn record: ", std::strerror(errno)));
+        continue;
+      }
+      if (s.ok()) Quarantine(copy, absl::StrCat(f, " ends in a torn append (", kv->torn_tail,
+                                                "); cut back to its last whole record"), &report);
+    }
+    std::string().swap(bytes);
+    if (absl::Status s = load(*std::move(kv)); !s.ok()) {
+      report.not_loaded.push_back(absl::StrCat(f, ": ", s.ToString()));
+      continue;
+    }
+    ++report.loaded;
+  }
+  return report;
+}
+
 DirectoryStore::LoadReport LoadStoredMatrices(DirectoryStore* disk, Backend* backend,
                                               MatrixStore* store) {
   return disk->LoadAll([&](StoredMatrix m) -> absl::Status {
@@ -365,6 +652,21 @@ DirectoryStore::LoadReport LoadStoredMatrices(DirectoryStore* disk, Backend* bac
     if (!data.ok()) return data.status();
     store->Commit(std::move(*pending), m.meta.shape, m.meta.source_dtype, std::move(*data),
                   m.meta.created_unix_ms);
+    return absl::OkStatus();
+  });
+}
+
+DirectoryStore::LoadReport LoadStoredKvCaches(DirectoryStore* disk, Backend* backend,
+                                              KvStore* store) {
+  return disk->LoadAllKv([&](StoredKv kv) -> absl::Status {
+    const KvShape& shape = kv.meta.shape;
+    auto pending = store->BeginUpload(kv.meta.name, shape.resident_bytes(kv.seq));
+    if (!pending.ok()) return pending.status();
+    auto data = backend->KvFromPacked(shape, kv.seq, kv.pages.data(), kv.k_scales.data(),
+                                      kv.v_scales.data());
+    if (!data.ok()) return data.status();
+    store->Commit(std::move(*pending), shape, kv.meta.source_dtype, std::move(*data),
+                  kv.meta.created_unix_ms, kv.valid_bytes);
     return absl::OkStatus();
   });
 }

@@ -10,6 +10,9 @@
 // - Each cache has a reader/writer lock: attention reads under the reader
 //   side, an append writes under the writer side, so a request sees a
 //   consistent seq and no half-written tokens.
+// - With a durable store (set_disk), an upload, an append and a delete are
+//   acknowledged only once the cache's file says so (durable_store.h); an
+//   append whose write fails is rolled back to what the file holds.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +30,7 @@
 
 namespace plume::core {
 
+class DirectoryStore;
 class Metrics;
 
 struct KvCache {
@@ -40,6 +44,7 @@ struct KvCache {
   std::unique_ptr<BackendKvCache> data ABSL_PT_GUARDED_BY(mu);
   bool deleted ABSL_GUARDED_BY(mu) = false;
   std::vector<Reservation> reservations ABSL_GUARDED_BY(mu);
+  int64_t file_bytes ABSL_GUARDED_BY(mu) = 0;  // size of its store file (durable store only)
 };
 
 class KvStore {
@@ -66,8 +71,19 @@ class KvStore {
   // reserves `bytes` (RESOURCE_EXHAUSTED if they do not fit).
   absl::StatusOr<PendingUpload> BeginUpload(const std::string& name, int64_t bytes);
   // Publishes the uploaded cache (data->seq() tokens) under the pending name.
+  // created_unix_ms 0: now. file_bytes: the size of its store file, if any.
   std::shared_ptr<KvCache> Commit(PendingUpload pending, const KvShape& shape, DType source_dtype,
-                                  std::unique_ptr<BackendKvCache> data);
+                                  std::unique_ptr<BackendKvCache> data, int64_t created_unix_ms = 0,
+                                  int64_t file_bytes = 0);
+
+  // The durable store (nullptr: memory only). Set before serving.
+  void set_disk(DirectoryStore* disk) { disk_ = disk; }
+  DirectoryStore* disk() const { return disk_; }
+  // Writes the whole store file of a cache (an upload, a compaction) through
+  // a temp file and rename; returns its size.
+  absl::StatusOr<int64_t> SaveFile(Backend* backend, const std::string& name, const KvShape& shape,
+                                   DType source_dtype, int64_t created_unix_ms,
+                                   const BackendKvCache& data);
 
   // NOT_FOUND if there is no such cache.
   absl::StatusOr<std::shared_ptr<KvCache>> Get(const std::string& name) const;
@@ -81,11 +97,19 @@ class KvStore {
 
  private:
   void ReleaseName(const std::string& name);
+  // After backend->AppendKv grew `cache` from `seq_before` tokens: one record
+  // at the end of its file, or a compaction when the log is over twice the
+  // live pages. On failure, puts back what the file holds (or, failing that,
+  // stops serving the cache).
+  absl::Status PersistAppend(KvCache& cache, Backend* backend, int64_t seq_before)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache.mu);
+  void RollBack(KvCache& cache, Backend* backend, int64_t seq_before, bool file_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache.mu);
   void AddBytes(int64_t delta);
   absl::Status BudgetExceeded(const std::string& name, int64_t bytes) const;
 
   std::shared_ptr<Budget> budget_;
   Metrics* metrics_;
+  DirectoryStore* disk_ = nullptr;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<KvCache>, std::less<>> caches_ ABSL_GUARDED_BY(mu_);
   std::set<std::string, std::less<>> pending_ ABSL_GUARDED_BY(mu_);

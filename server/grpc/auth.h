@@ -1,7 +1,8 @@
 // Bearer-token authentication of MatrixService calls (--auth_token_file).
 // Each call must carry `authorization: Bearer <token>`; the comparison takes
 // time that depends only on the configured token's length, never on how much
-// of it a caller guessed. Health and reflection are not checked (probes).
+// of it a caller guessed. Health is not checked (probes); server reflection is
+// not offered at all when a token is set (server.cc says why).
 // Neither the token nor what a caller sent is ever logged or echoed.
 #pragma once
 

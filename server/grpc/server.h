@@ -26,7 +26,8 @@ struct ServerOptions {
   std::string tls_cert_pem;
   std::string tls_key_pem;
   std::string tls_client_ca_pem;
-  // When not empty, MatrixService calls need `authorization: Bearer <token>`.
+  // When not empty, MatrixService and AttentionService calls need
+  // `authorization: Bearer <token>`, and server reflection is not offered.
   std::string auth_token;
   // HTTP/2 streams (calls) one connection may have open at once; 0: gRPC's default.
   int max_concurrent_streams = 256;

@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "server/core/backend.h"
 #include "server/core/durable_store.h"
+#include "server/core/kv_store.h"
 #include "server/core/matrix_store.h"
 #include "server/grpc/server.h"
 
@@ -19,11 +20,12 @@ class Exposer;
 namespace plume::server_main {
 
 // --store_dir: opens the directory, loads (and verifies) every stored
-// matrix into `backend` and `store`, logs what was loaded and quarantined,
-// and makes `store` persist from now on. nullptr when --store_dir is empty
-// (memory only).
+// matrix and K/V cache into `backend`, `store` and `kv_store`, logs what was
+// loaded and quarantined, and makes both stores persist from now on. nullptr
+// when --store_dir is empty (memory only).
 absl::StatusOr<std::unique_ptr<core::DirectoryStore>> OpenDurableStore(core::Backend* backend,
-                                                                       core::MatrixStore* store);
+                                                                       core::MatrixStore* store,
+                                                                       core::KvStore* kv_store);
 
 // --tls_cert/--tls_key/--tls_client_ca, --auth_token_file and
 // --max_concurrent_streams into `options` (files are read here).

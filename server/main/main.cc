@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
   plume::core::AttentionService attention(backend.get(), &kv_store, &metrics, limits);
 
   // Durable store: verify and load what is on disk before serving (issue 7).
-  auto durable = plume::server_main::OpenDurableStore(backend.get(), &store);
+  auto durable = plume::server_main::OpenDurableStore(backend.get(), &store, &kv_store);
   if (!durable.ok()) return Fail(absl::StrCat("--store_dir: ", durable.status().message()));
 
   std::unique_ptr<prometheus::Exposer> exposer;

@@ -186,6 +186,19 @@ bool HostKvCache::Append(const float* k, const float* v, int64_t tokens) {
   return true;
 }
 
+bool HostKvCache::Restore(int64_t seq, const uint8_t* pages, const float* k_scales,
+                          const float* v_scales) {
+  if (seq_ != 0 || !Reserve(seq)) return false;
+  const size_t bytes = static_cast<size_t>(layout_.page_bytes());
+  for (int64_t p = 0; p < KvLayout::pages_for(seq); ++p) {
+    std::memcpy(pages_[static_cast<size_t>(p)], pages + static_cast<size_t>(p) * bytes, bytes);
+  }
+  std::copy(k_scales, k_scales + k_scales_.size(), k_scales_.begin());
+  std::copy(v_scales, v_scales + v_scales_.size(), v_scales_.begin());
+  seq_ = seq;
+  return true;
+}
+
 KvCacheView HostKvCache::view() const {
   return {layout_, format_, pages_.data(), k_scales_.data(), v_scales_.data(), seq_};
 }

@@ -77,6 +77,11 @@ class HostKvCache {
   bool Append(const float* k, const float* v, int64_t tokens);
 
   KvCacheView view() const;
+  // Replaces the contents of an empty cache (seq 0) with `seq` tokens: copies
+  // pages_for(seq) pages of layout().page_bytes() bytes each, and the
+  // cache-wide scales (layout().global_scales() floats each). False when out
+  // of memory. For stored caches (the server's durable store).
+  bool Restore(int64_t seq, const uint8_t* pages, const float* k_scales, const float* v_scales);
   int64_t seq() const { return seq_; }
   int64_t pages() const { return static_cast<int64_t>(pages_.size()); }
   const KvLayout& layout() const { return layout_; }
