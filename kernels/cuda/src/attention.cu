@@ -174,6 +174,9 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
   const int b = bk / p.kv_heads;
   const int lr0 = tile * kRows;
   const int nrows = min(kRows, p.rows - lr0);
+  // Tiles of at most kRows / 2 rows (GQA group 4 at q_len 1, say) skip the
+  // upper rows' math.
+  const bool wide = nrows > kRows / 2;
 
   for (int i = tid; i < kRows * kD; i += S::kThreads) {
     const int r = i / kD, d = i % kD;
@@ -237,13 +240,18 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
             for (int j = 0; j < 4; ++j) {
               float k4[4];
               Decode4<kDec>(words[j], k4);
-#pragma unroll
-              for (int r = 0; r < kRows; ++r) {
+              auto dot = [&](int r) {
                 const float4 q4 = *reinterpret_cast<const float4*>(&qs[r][d0 + 4 * j]);
                 s[r] = fmaf(q4.x, k4[0], s[r]);
                 s[r] = fmaf(q4.y, k4[1], s[r]);
                 s[r] = fmaf(q4.z, k4[2], s[r]);
                 s[r] = fmaf(q4.w, k4[3], s[r]);
+              };
+#pragma unroll
+              for (int r = 0; r < kRows / 2; ++r) dot(r);
+              if (wide) {
+#pragma unroll
+                for (int r = kRows / 2; r < kRows; ++r) dot(r);
               }
             }
           }
@@ -306,13 +314,18 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
             vbase + static_cast<int64_t>(t) * p.row_bytes + word * 4));
         float v4[4];
         Decode4<kDec>(w, v4);
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
+        auto axpy = [&](int r) {
           const float pr = pw[r][t];
           acc[r][0] = fmaf(pr, v4[0], acc[r][0]);
           acc[r][1] = fmaf(pr, v4[1], acc[r][1]);
           acc[r][2] = fmaf(pr, v4[2], acc[r][2]);
           acc[r][3] = fmaf(pr, v4[3], acc[r][3]);
+        };
+#pragma unroll
+        for (int r = 0; r < kRows / 2; ++r) axpy(r);
+        if (wide) {
+#pragma unroll
+          for (int r = kRows / 2; r < kRows; ++r) axpy(r);
         }
       }
     }
@@ -635,6 +648,10 @@ KernelFn PickDecodeDim(int kd) {
   }
 }
 
+int DecodeThreads(int kd) {
+  return kd >= 1024 ? DecodeShape<1024>::kThreads : DecodeShape<64>::kThreads;
+}
+
 Dec PickDec(Fp8Format format, DecodePath path) {
   const bool native = path == DecodePath::kNative;
   if (format == Fp8Format::kE4M3) return native ? Dec::kE4M3Native : Dec::kE4M3Soft;
@@ -728,9 +745,13 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.decode = PickDecode(pl.dec, kd);
     pl.row_tiles = static_cast<int>((rows + kRows - 1) / kRows);
     pl.units = p.batch * p.layout.kv_heads * pl.row_tiles;
-    // Enough splits for about four blocks per multiprocessor, each with at
-    // least one page.
-    const int64_t target = int64_t{info.sms} * 4;
+    // Enough splits for one wave of resident blocks, each with at least one
+    // page.
+    int bps = 1;
+    PLUME_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &bps, reinterpret_cast<const void*>(pl.decode),
+        DecodeThreads(kd), 0));
+    const int64_t target = int64_t{info.sms} * std::max(bps, 1);
     int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, 1024});
     splits = std::max<int64_t>(splits, 1);
     pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
@@ -806,7 +827,7 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
     return cudaSuccess;
   }
   const int kd = KernelDim(l.row_bytes());
-  const int threads = kd >= 1024 ? DecodeShape<1024>::kThreads : DecodeShape<64>::kThreads;
+  const int threads = DecodeThreads(kd);
   const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(pl.splits));
   pl.decode<<<grid, threads, 0, stream>>>(k);
   PLUME_CUDA_TRY_LAUNCH();
