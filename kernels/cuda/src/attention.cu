@@ -632,6 +632,60 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(const Params p,
   }
 }
 
+// The kernel head dim (64 ... 1024) that holds a padded row.
+int KernelDim(int64_t row_bytes) {
+  for (int kd : {64, 128, 256, 512, 1024}) {
+    if (row_bytes <= kd) return kd;
+  }
+  return 0;
+}
+
+int DecodeThreads(int kd) {
+  return kd >= 1024 ? DecodeShape<1024>::kThreads : DecodeShape<64>::kThreads;
+}
+
+Dec PickDec(Fp8Format format, DecodePath path) {
+  const bool native = path == DecodePath::kNative;
+  if (format == Fp8Format::kE4M3) return native ? Dec::kE4M3Native : Dec::kE4M3Soft;
+  return native ? Dec::kE5M2Native : Dec::kE5M2Soft;
+}
+
+// The kernels' parameters for a problem; the decode split plan and its
+// workspace (unused by the prefill).
+Params MakeParams(const AttentionProblem& p, Dec dec, int row_tiles, int pages_per_split, int splits,
+                  void* workspace, int64_t off_acc) {
+  const KvLayout& l = p.layout;
+  Params k{};
+  k.pages = p.pages;
+  k.gk = p.k_scales;
+  k.gv = p.v_scales;
+  k.mode = l.scale_mode;
+  k.kv_heads = static_cast<int>(l.kv_heads);
+  k.head_dim = static_cast<int>(l.head_dim);
+  k.row_bytes = static_cast<int>(l.row_bytes());
+  k.head_tile = l.head_tile_bytes();
+  k.codes_bytes = l.codes_bytes();
+  k.seq = p.seq;
+  k.num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
+  k.decode_factor = dec == Dec::kE4M3Soft ? 256.0f : 1.0f;
+  k.q = p.q;
+  k.q_dtype = p.q_dtype;
+  k.heads = static_cast<int>(p.heads);
+  k.q_len = static_cast<int>(p.q_len);
+  k.group = static_cast<int>(p.heads / l.kv_heads);
+  k.rows = k.group * k.q_len;
+  k.row_tiles = row_tiles;
+  k.scale = p.scale;
+  k.causal = p.causal;
+  k.out = p.out;
+  k.out_dtype = p.out_dtype;
+  k.pages_per_split = pages_per_split;
+  k.splits = splits;
+  k.ws_ml = static_cast<float*>(workspace);
+  k.ws_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + off_acc);
+  return k;
+}
+
 // ----------------------------------------------------------------- dispatch
 
 using KernelFn = void (*)(Params);
@@ -646,16 +700,6 @@ KernelFn PickDecodeDim(int kd) {
     case 512: return DecodeKernel<kDec, 512>;
     default: return DecodeKernel<kDec, 1024>;
   }
-}
-
-int DecodeThreads(int kd) {
-  return kd >= 1024 ? DecodeShape<1024>::kThreads : DecodeShape<64>::kThreads;
-}
-
-Dec PickDec(Fp8Format format, DecodePath path) {
-  const bool native = path == DecodePath::kNative;
-  if (format == Fp8Format::kE4M3) return native ? Dec::kE4M3Native : Dec::kE4M3Soft;
-  return native ? Dec::kE5M2Native : Dec::kE5M2Soft;
 }
 
 // The one place a kernel is chosen.
@@ -682,13 +726,6 @@ PrefillPick PickPrefill(int kd) {
     case 512: return {PrefillKernel<512>, PrefillShape<512>::kSmem, PrefillShape<512>::kDv};
     default: return {};
   }
-}
-
-int KernelDim(int64_t row_bytes) {
-  for (int kd : {64, 128, 256, 512, 1024}) {
-    if (row_bytes <= kd) return kd;
-  }
-  return 0;
 }
 
 bool ValidShape(const AttentionProblem& p) {
@@ -787,35 +824,8 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
 
   const KvLayout& l = p.layout;
-  Params k{};
-  k.pages = p.pages;
-  k.gk = p.k_scales;
-  k.gv = p.v_scales;
-  k.mode = l.scale_mode;
-  k.kv_heads = static_cast<int>(l.kv_heads);
-  k.head_dim = static_cast<int>(l.head_dim);
-  k.row_bytes = static_cast<int>(l.row_bytes());
-  k.head_tile = l.head_tile_bytes();
-  k.codes_bytes = l.codes_bytes();
-  k.seq = p.seq;
-  k.num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
-  k.decode_factor = pl.dec == Dec::kE4M3Soft ? 256.0f : 1.0f;
-  k.q = p.q;
-  k.q_dtype = p.q_dtype;
-  k.heads = static_cast<int>(p.heads);
-  k.q_len = static_cast<int>(p.q_len);
-  k.group = static_cast<int>(p.heads / l.kv_heads);
-  k.rows = k.group * k.q_len;
-  k.row_tiles = pl.row_tiles;
-  k.scale = p.scale;
-  k.causal = p.causal;
-  k.out = p.out;
-  k.out_dtype = p.out_dtype;
-  k.pages_per_split = pl.pages_per_split;
-  k.splits = pl.splits;
-  k.ws_ml = static_cast<float*>(workspace);
-  k.ws_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + pl.off_acc);
-
+  const Params k = MakeParams(p, pl.dec, pl.row_tiles, pl.pages_per_split, pl.splits, workspace,
+                              pl.off_acc);
   if (pl.prefill) {
     PLUME_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(pl.pre.fn),
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
