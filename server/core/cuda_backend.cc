@@ -144,20 +144,20 @@ class CudaKvCache final : public BackendKvCache {
                    v_scales_.data(), seq_},
                   k, v, tokens);
 
-    // New pages: one zeroed slab.
+    // New pages: one slab, written whole from the host pages; the partly
+    // filled page goes back where it was.
+    const int64_t fresh = total_pages - have;
     auto slab = std::make_unique<DeviceAlloc>();
     std::vector<uint8_t*> new_pages;
-    if (total_pages > have) {
-      PLUME_RETURN_IF_CUDA(slab->Allocate((total_pages - have) * page_bytes),
-                           absl::StrCat("allocating ", total_pages - have, " K/V pages"));
-      for (int64_t i = 0; i < total_pages - have; ++i) {
-        new_pages.push_back(static_cast<uint8_t*>(slab->p) + i * page_bytes);
-      }
+    if (fresh > 0) {
+      PLUME_RETURN_IF_CUDA(slab->Allocate(fresh * page_bytes), absl::StrCat("allocating ", fresh, " K/V pages"));
+      for (int64_t i = 0; i < fresh; ++i) new_pages.push_back(static_cast<uint8_t*>(slab->p) + i * page_bytes);
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(slab->p, host_pages[have], static_cast<size_t>(fresh * page_bytes),
+                                           cudaMemcpyHostToDevice, stream),
+                           "copying K/V pages to the device");
     }
-    for (int64_t i = 0; i < touched; ++i) {
-      const int64_t pg = first + i;
-      uint8_t* dst = pg < have ? pages_[pg] : new_pages[pg - have];
-      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(dst, host_pages[pg], static_cast<size_t>(page_bytes),
+    if (partial) {
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(pages_[first], host_pages[first], static_cast<size_t>(page_bytes),
                                            cudaMemcpyHostToDevice, stream),
                            "copying K/V pages to the device");
     }
@@ -165,7 +165,8 @@ class CudaKvCache final : public BackendKvCache {
       const size_t n = static_cast<size_t>(l.global_scales()) * 4;
       PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(scales_.p, k_scales_.data(), n, cudaMemcpyHostToDevice, stream),
                            "copying K/V scales to the device");
-      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(const_cast<float*>(v_scales_dev()), v_scales_.data(), n,
+      float* v_dev = static_cast<float*>(scales_.p) + std::max<int64_t>(l.global_scales(), 1);
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(v_dev, v_scales_.data(), n,
                                            cudaMemcpyHostToDevice, stream),
                            "copying K/V scales to the device");
     }
