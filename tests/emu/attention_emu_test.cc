@@ -35,12 +35,15 @@ struct Shape {
 // Runs one problem through the decode kernel + combine or the prefill kernel
 // (output poisoned with NaN) and returns the rel. L2 error against the FP64
 // reference; fails if an element is left unwritten.
-double RunEmulated(const Shape& s, bool prefill) {
+double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given = nullptr,
+                   std::vector<float>* got = nullptr, std::vector<double>* expected = nullptr) {
   const KvLayout l{s.kv_heads, s.dim, s.mode};
-  ref::HostKvCache cache(l, s.format, true);
-  const auto k = Normal(s.kv_heads * s.seq * s.dim, 1), v = Normal(s.kv_heads * s.seq * s.dim, 2);
-  EXPECT_TRUE(cache.Append(k.data(), v.data(), s.seq));
-  const ref::KvCacheView view = cache.view();
+  ref::HostKvCache own(l, s.format, true);
+  if (given == nullptr) {
+    const auto k = Normal(s.kv_heads * s.seq * s.dim, 1), v = Normal(s.kv_heads * s.seq * s.dim, 2);
+    EXPECT_TRUE(own.Append(k.data(), v.data(), s.seq));
+  }
+  const ref::KvCacheView view = (given != nullptr ? *given : own).view();
   const int64_t n = s.batch * s.heads * s.q_len * s.dim;
   const auto q = Normal(n, 3);
   const ref::AttentionParams rp{s.batch, s.heads, s.q_len, 0.11f, s.causal};
@@ -109,6 +112,11 @@ double RunEmulated(const Shape& s, bool prefill) {
     });
     EmuLaunch(static_cast<unsigned>(s.batch * s.heads * s.q_len), 1, kCombineThreads, [&] { CombineKernel(k2); });
   }
+  if (got != nullptr) {
+    *got = out;
+    *expected = want;
+    return 0.0;
+  }
   double num = 0.0, den = 0.0;
   int64_t unwritten = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -165,6 +173,41 @@ TEST(AttentionEmu, PrefillKernel) {
   EXPECT_LE(err, 2e-3);
   std::printf("prefill kernel (emulated): worst rel. L2 error %.3g over %d problems; D=512 %.3g\n",
               std::max(worst, err), i + 1, err);
+}
+
+// An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
+// rows that see its token are NaN, as in the reference, the others finite and
+// right, on every decode path (the software path patches NaN codes back).
+TEST(AttentionEmu, NanCodeInKGivesNanRows) {
+  const KvLayout l{2, 64, KvScaleMode::kTensor};
+  ref::HostKvCache cache(l, Fp8Format::kE4M3, false);
+  auto k = Normal(2 * 200 * 64, 5), v = Normal(2 * 200 * 64, 6);
+  ASSERT_TRUE(cache.Append(k.data(), v.data(), 200));
+  k = Normal(2 * 3 * 64, 7);
+  v = Normal(2 * 3 * 64, 8);
+  k[5] = 1e6f;  // head 0, token 200
+  ASSERT_TRUE(cache.Append(k.data(), v.data(), 3));
+  for (bool prefill : {false, true})
+    for (DecodePath path : kPaths) {
+      const int64_t q_len = prefill ? 20 : 4;
+      const Shape s{64, 203, 2, 4, q_len, 1, true, Fp8Format::kE4M3, KvScaleMode::kTensor, path};
+      std::vector<float> got;
+      std::vector<double> want;
+      RunEmulated(s, prefill, &cache, &got, &want);
+      int64_t nan_rows = 0;
+      double num = 0.0, den = 0.0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "element " << i << " prefill " << prefill;
+        if (std::isnan(want[i])) {
+          nan_rows += i % 64 == 0;
+          continue;
+        }
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+      }
+      EXPECT_EQ(nan_rows, 2 * (prefill ? 3 : 3));  // heads 0 and 1 (kv head 0), queries at 200..202
+      EXPECT_LE(std::sqrt(num / den), prefill ? 2e-3 : 1e-5);
+    }
 }
 
 }  // namespace

@@ -438,6 +438,76 @@ TEST(GpuAttention, BadArgumentsAreRefused) {
   }
 }
 
+// An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
+// rows that see its token are NaN, as in the reference, the others finite and
+// right, on both kernels and every decode path (the software path patches NaN
+// codes back to NaN).
+TEST(GpuAttention, NanCodeInKGivesNanRows) {
+  const KvLayout layout{2, 64, KvScaleMode::kTensor};
+  ref::HostKvCache host(layout, Fp8Format::kE4M3, false);
+  auto k = KvValues(2, 200, 64, 5), v = KvValues(2, 200, 64, 6);
+  ASSERT_TRUE(host.Append(k.data(), v.data(), 200));
+  k = KvValues(2, 3, 64, 7);
+  v = KvValues(2, 3, 64, 8);
+  k[5] = 1e6f;  // kv head 0, token 200
+  ASSERT_TRUE(host.Append(k.data(), v.data(), 3));
+  DeviceKv dev(host);
+  for (AttentionKernel kernel : {AttentionKernel::kDecode, AttentionKernel::kPrefill}) {
+    const int64_t q_len = kernel == AttentionKernel::kPrefill ? 20 : 4;
+    const int64_t n = 4 * q_len * 64;
+    const Queries q = MakeQueries(n, DType::kF32, 9);
+    const ref::AttentionParams rp{1, 4, q_len, 0.125f, true};
+    std::vector<double> want(static_cast<size_t>(n));
+    ref::AttentionReference(host.view(), q.f.data(), rp, want.data());
+    void *d_q = nullptr, *d_out = nullptr, *ws = nullptr;
+    ASSERT_EQ(cudaMalloc(&d_q, static_cast<size_t>(n) * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&d_out, static_cast<size_t>(n) * 4), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(d_q, q.f.data(), static_cast<size_t>(n) * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    for (cuda::DecodePath path : Paths()) {
+      SCOPED_TRACE(std::string(kernel == AttentionKernel::kPrefill ? "prefill " : "decode ") + PathName(path));
+      cuda::AttentionProblem p;
+      p.layout = layout;
+      p.format = Fp8Format::kE4M3;
+      p.pages = dev.table();
+      p.k_scales = dev.k_scales();
+      p.v_scales = dev.v_scales();
+      p.seq = host.seq();
+      p.q = d_q;
+      p.batch = 1;
+      p.heads = 4;
+      p.q_len = q_len;
+      p.scale = rp.scale;
+      p.causal = true;
+      p.out = d_out;
+      p.path = path;
+      p.kernel = kernel;
+      const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
+      ASSERT_GT(ws_bytes, 0);
+      ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
+      ASSERT_EQ(cudaMemset(d_out, 0xff, static_cast<size_t>(n) * 4), cudaSuccess);
+      ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
+      std::vector<float> got(static_cast<size_t>(n));
+      ASSERT_EQ(cudaMemcpy(got.data(), d_out, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      cudaFree(ws);
+      int64_t nan_rows = 0;
+      double num = 0.0, den = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "element " << i;
+        if (std::isnan(want[i])) {
+          nan_rows += i % 64 == 0;
+          continue;
+        }
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+      }
+      EXPECT_EQ(nan_rows, 6);  // heads 0 and 1 (kv head 0) x the queries at 200, 201, 202
+      EXPECT_LE(std::sqrt(num / den), kernel == AttentionKernel::kPrefill ? 2e-3 : 1e-5);
+    }
+    cudaFree(d_q);
+    cudaFree(d_out);
+  }
+}
+
 // Issue 4: state the error at 128k tokens (decode, heads 32 / kv_heads 8, D=128).
 TEST(GpuAttention, Decode128kTokens) {
   Case c{128, 131072, 1, 8, 32, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32,
