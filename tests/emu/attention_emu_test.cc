@@ -135,8 +135,8 @@ constexpr DecodePath kPaths[] = {DecodePath::kNative, DecodePath::kSoftware};
 TEST(AttentionEmu, DecodeKernel) {
   int i = 0;
   double worst = 0.0;
-  for (int64_t dim : {64, 100, 256, 512, 1000})
-    for (int64_t seq : {1, 65, 200})
+  for (int64_t dim : {64, 100, 128, 256, 512, 1000})
+    for (int64_t seq : {1, 63, 64, 65, 1000})
       for (bool gqa : {false, true}) {
         const int64_t q_len = i % 3 == 0 ? 1 : i % 3 == 1 ? 3 : 8;
         const Shape s{dim, seq, 2, gqa ? 8 : 2, q_len, i % 5 == 0 ? 2 : 1, i % 2 == 0 && q_len <= seq,
@@ -154,11 +154,11 @@ TEST(AttentionEmu, DecodeKernel) {
 TEST(AttentionEmu, PrefillKernel) {
   int i = 0;
   double worst = 0.0;
-  for (int64_t dim : {64, 128, 200, 256})
-    for (int64_t seq : {63, 65, 150})
+  for (int64_t dim : {64, 128, 200, 256, 512})
+    for (int64_t seq : {63, 65, 300})
       for (bool gqa : {false, true}) {
-        const int64_t q_len = i % 2 == 0 ? 16 : 61;
-        const Shape s{dim, seq, 1, gqa ? 2 : 1, q_len, 1, i % 3 != 1,
+        const int64_t q_len = i % 3 == 0 ? 16 : i % 3 == 1 || dim > 128 ? 61 : 257;
+        const Shape s{dim, seq, 1, gqa ? 2 : 1, q_len, 1, i % 2 != 1 && q_len <= seq,
                       i % 4 < 2 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 4 % 2]};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len
                                           << " gqa=" << gqa << " case " << i);
@@ -167,12 +167,7 @@ TEST(AttentionEmu, PrefillKernel) {
         worst = std::max(worst, err);
         ++i;
       }
-  // D=512: four column slices of the output.
-  const double err = RunEmulated({512, 100, 1, 1, 70, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock,
-                          DecodePath::kSoftware}, true);
-  EXPECT_LE(err, 2e-3);
-  std::printf("prefill kernel (emulated): worst rel. L2 error %.3g over %d problems; D=512 %.3g\n",
-              std::max(worst, err), i + 1, err);
+  std::printf("prefill kernel (emulated): worst rel. L2 error %.3g over %d problems\n", worst, i);
 }
 
 // An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the

@@ -1,8 +1,10 @@
 // Host emulation of the device helpers of kernels/cuda/src/fp8_regs.cuh and
 // of the CUDA built-ins the attention kernels use, so that their code runs on
-// the CPU: one std::thread per CUDA thread, blocks one after another,
-// __syncthreads and warp shuffles on std::barrier, shared memory as function
-// statics (shared by the block's threads). mma.sync m16n8k16 is emulated as a
+// the CPU: one fiber (ucontext) per CUDA thread on one OS thread, blocks one
+// after another, scheduled round robin; __syncthreads and the warp-collective
+// operations (shuffles, mma) are barriers at which a fiber yields until its
+// block or warp has arrived. Deterministic, and fast even on a loaded
+// machine. Shared memory is function statics (shared by the block's fibers). mma.sync m16n8k16 is emulated as a
 // warp-collective product with the fragment layout of the PTX ISA ("Matrix
 // Fragments for mma.m16n8k16 with floating point type"): A row g / g+8,
 // columns 2t, 2t+1 (+8); B rows 2t, 2t+1 (+8), column g; C row g / g+8,
@@ -12,7 +14,7 @@
 #pragma once
 #include <cuda_fp16.h>
 #include <vector_types.h>
-#include <barrier>
+#include <ucontext.h>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -37,14 +39,32 @@
 #define __align__(n) alignas(n)
 
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
-inline thread_local EmuDim threadIdx, blockIdx;
+inline EmuDim threadIdx, blockIdx;  // of the running fiber
 inline EmuDim blockDim, gridDim;
-inline std::barrier<>* g_block_barrier = nullptr;
-inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_barriers;
 inline __half g_dyn_smem[80000];  // dynamic shared memory (the prefill at D <= 512 uses up to 151,552 bytes)
 inline uint32_t g_xchg[64][32][16];  // per warp, lane, words
-inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
-inline void WarpSync() { g_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+// A barrier of `n` fibers: each arrival yields until the last one arrives.
+struct EmuBarrier {
+  int n = 0, arrived = 0;
+  uint64_t generation = 0;
+};
+inline ucontext_t g_sched;
+inline ucontext_t* g_cur_ctx = nullptr;
+inline void EmuYield() { swapcontext(g_cur_ctx, &g_sched); }
+inline void EmuArrive(EmuBarrier& b) {
+  const uint64_t gen = b.generation;
+  if (++b.arrived == b.n) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  while (b.generation == gen) EmuYield();
+}
+inline EmuBarrier g_block_barrier;
+inline EmuBarrier g_warp_barriers[64];
+inline void __syncthreads() { EmuArrive(g_block_barrier); }
+inline void WarpSync() { EmuArrive(g_warp_barriers[threadIdx.x / 32]); }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
   const int w = threadIdx.x / 32, l = threadIdx.x % 32;
   memcpy(&g_xchg[w][l][0], &v, 4);
@@ -145,24 +165,51 @@ inline bool HasE4M3Nan(uint32_t w) { return (((w & 0x7f7f7f7fu) + 0x01010101u) &
 }  // namespace
 }  // namespace plume::cuda
 
-// Runs fn on a grid, one block at a time, one std::thread per CUDA thread.
+// Runs fn on a grid, one block at a time, one fiber per CUDA thread.
 template <class F>
 void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
+  constexpr size_t kStack = 256 * 1024;
+  struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    bool done = false;
+  };
+  static std::vector<Fiber> fibers;  // reused: stacks are allocated once
+  if (fibers.size() < threads) fibers.resize(threads);
+  static std::function<void()> s_body;
+  static Fiber* s_fiber;
+  s_body = fn;
   gridDim = {gx, gy, 1};
   blockDim = {threads, 1, 1};
   for (unsigned by = 0; by < gy; ++by)
     for (unsigned bx = 0; bx < gx; ++bx) {
-      std::barrier<> bar(threads);
-      g_block_barrier = &bar;
-      g_warp_barriers.clear();
-      for (unsigned w = 0; w < threads / 32; ++w) g_warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
-      std::vector<std::thread> ts;
-      for (unsigned t = 0; t < threads; ++t)
-        ts.emplace_back([&, t] {
+      g_block_barrier = EmuBarrier{static_cast<int>(threads)};
+      for (unsigned w = 0; w < threads / 32; ++w) g_warp_barriers[w] = EmuBarrier{32};
+      for (unsigned t = 0; t < threads; ++t) {
+        Fiber& f = fibers[t];
+        f.stack.resize(kStack);
+        f.done = false;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack.data();
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = &g_sched;
+        makecontext(&f.ctx, [] {
+          s_body();
+          s_fiber->done = true;
+        }, 0);
+      }
+      blockIdx = {bx, by, 0};
+      for (bool running = true; running;) {
+        running = false;
+        for (unsigned t = 0; t < threads; ++t) {
+          Fiber& f = fibers[t];
+          if (f.done) continue;
+          running = true;
           threadIdx = {t, 0, 0};
-          blockIdx = {bx, by, 0};
-          fn();
-        });
-      for (auto& t : ts) t.join();
+          s_fiber = &f;
+          g_cur_ctx = &f.ctx;
+          swapcontext(&g_sched, &f.ctx);
+        }
+      }
     }
 }
