@@ -69,12 +69,12 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
   p.out_dtype = DType::kF32;
   const Dec dec = PickDec(s.format, s.path);
   const int kd = KernelDim(l.row_bytes());
-  const int64_t rows = s.heads / s.kv_heads * s.q_len;
+  const int64_t rows = s.batch * (s.heads / s.kv_heads) * s.q_len;  // of one kv head
   if (prefill) {
     const int tiles = static_cast<int>((rows + kPrefillRows - 1) / kPrefillRows);
     const Params k2 = MakeParams(p, dec, tiles, 0, 1, nullptr, 0);
     const int dv = std::min(kd, kMaxDv);
-    const auto units = static_cast<unsigned>(s.batch * s.kv_heads * tiles);
+    const auto units = static_cast<unsigned>(s.kv_heads * tiles);
     EmuLaunch(units, static_cast<unsigned>((s.dim + dv - 1) / dv), kPrefillThreads, [&] {
       switch (kd) {
         case 64: PrefillKernel<64>(k2, dec); break;
@@ -89,7 +89,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     const int want_splits = std::min(pages, 3);
     const int pps = (pages + want_splits - 1) / want_splits;
     const int splits = (pages + pps - 1) / pps;
-    const auto units = static_cast<unsigned>(s.batch * s.kv_heads * tiles);
+    const auto units = static_cast<unsigned>(s.kv_heads * tiles);
     const int64_t slots = int64_t{units} * splits * kRows;
     std::vector<float> ws(static_cast<size_t>(slots * (2 + s.dim)), NAN);
     const Params k2 = MakeParams(p, dec, tiles, pps, splits, ws.data(), slots * 2 * 4);
@@ -158,7 +158,7 @@ TEST(AttentionEmu, PrefillKernel) {
     for (int64_t seq : {63, 65, 300})
       for (bool gqa : {false, true}) {
         const int64_t q_len = i % 3 == 0 ? 16 : i % 3 == 1 || dim > 128 ? 61 : 257;
-        const Shape s{dim, seq, 1, gqa ? 2 : 1, q_len, 1, i % 2 != 1 && q_len <= seq,
+        const Shape s{dim, seq, 1, gqa ? 2 : 1, q_len, i % 4 == 1 ? 2 : 1, i % 2 != 1 && q_len <= seq,
                       i % 4 < 2 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 4 % 2]};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len
                                           << " gqa=" << gqa << " case " << i);

@@ -38,7 +38,7 @@ struct Params {
   int heads;
   int q_len;
   int group;               // heads / kv_heads
-  int rows;                // group * q_len: query rows of one (batch, kv head)
+  int rows;                // batch * group * q_len: the query rows of one kv head
   int row_tiles;           // tiles of kRows (decode) or kPrefillRows (prefill) rows
   float scale;
   bool causal;
@@ -53,9 +53,13 @@ struct Params {
   float* ws_acc;           // [unit][split][kRows][head_dim]: unnormalized output
 };
 
-// Query row `lr` of (batch b, kv head kvh): its head and position in q_len.
-__device__ __forceinline__ int64_t QueryIndex(const Params& p, int b, int kvh, int lr) {
-  const int h = kvh * p.group + lr / p.q_len;
+// Query row `lr` of kv head kvh (rows are batch-major, then head of the GQA
+// group, then position in q_len: every batch reads the same cache): its index
+// in [batch][heads][q_len].
+__device__ __forceinline__ int64_t QueryIndex(const Params& p, int kvh, int lr) {
+  const int per_batch = p.group * p.q_len;
+  const int b = lr / per_batch;
+  const int h = kvh * p.group + lr % per_batch / p.q_len;
   const int i = lr % p.q_len;
   return (static_cast<int64_t>(b) * p.heads + h) * p.q_len + i;
 }
@@ -151,8 +155,8 @@ struct DecodeShape {
   static_assert(kUnitsPerPart >= 1 && kGroups >= 1 && kPage % kGroups == 0);
 };
 
-// Grid: (units, splits), a unit being (batch, kv head, tile of kRows query
-// rows). Each block runs the online softmax over its split's pages and writes
+// Grid: (units, splits), a unit being (kv head, tile of kRows of its query
+// rows, over the batch, the GQA group and q_len). Each block runs the online softmax over its split's pages and writes
 // its unnormalized output, max and sum for the combine kernel.
 template <Dec kDec, int kD>
 __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(const Params p) {
@@ -169,9 +173,7 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
   const int unit = blockIdx.x;
   const int split = blockIdx.y;
   const int tile = unit % p.row_tiles;
-  const int bk = unit / p.row_tiles;
-  const int kvh = bk % p.kv_heads;
-  const int b = bk / p.kv_heads;
+  const int kvh = unit / p.row_tiles;
   const int lr0 = tile * kRows;
   const int nrows = min(kRows, p.rows - lr0);
   // Tiles of at most kRows / 2 rows (GQA group 4 at q_len 1, say) skip the
@@ -181,7 +183,7 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
   for (int i = tid; i < kRows * kD; i += S::kThreads) {
     const int r = i / kD, d = i % kD;
     qs[r][d] = r < nrows && d < p.head_dim
-                   ? LoadQ(p.q, p.q_dtype, QueryIndex(p, b, kvh, lr0 + r) * p.head_dim + d)
+                   ? LoadQ(p.q, p.q_dtype, QueryIndex(p, kvh, lr0 + r) * p.head_dim + d)
                    : 0.0f;
   }
   if (tid < kRows) {
@@ -368,8 +370,8 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p)
   const int h = static_cast<int>(row / p.q_len % p.heads);
   const int b = static_cast<int>(row / p.q_len / p.heads);
   const int kvh = h / p.group;
-  const int lr = (h % p.group) * p.q_len + i;
-  const int64_t unit = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.row_tiles + lr / kRows;
+  const int lr = (b * p.group + h % p.group) * p.q_len + i;
+  const int64_t unit = static_cast<int64_t>(kvh) * p.row_tiles + lr / kRows;
   const int r = lr % kRows;
   const int64_t base = unit * p.splits;
 
@@ -429,7 +431,7 @@ __device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
   return u;
 }
 
-// Grid: (units, column slices), a unit being (batch, kv head, tile of 64
+// Grid: (units, column slices), a unit being (kv head, tile of 64 of its
 // query rows). Warp w owns rows 16w..16w+15 of the tile; every page's K tile
 // (all head_dim columns) and V tile (the slice's columns, transposed) are
 // decoded to FP16 shared memory, then S = Q K^T and O += P V run on mma.
@@ -451,16 +453,14 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(const Params p,
   const int unit = blockIdx.x;
   const int col0 = blockIdx.y * kDv;
   const int tile = unit % p.row_tiles;
-  const int bk = unit / p.row_tiles;
-  const int kvh = bk % p.kv_heads;
-  const int b = bk / p.kv_heads;
+  const int kvh = unit / p.row_tiles;
   const int lr0 = tile * kPrefillRows;
   const int nrows = min(kPrefillRows, p.rows - lr0);
 
   for (int i = tid; i < kPrefillRows * kD; i += kPrefillThreads) {
     const int r = i / kD, d = i % kD;
     const float v = r < nrows && d < p.head_dim
-                        ? LoadQ(p.q, p.q_dtype, QueryIndex(p, b, kvh, lr0 + r) * p.head_dim + d)
+                        ? LoadQ(p.q, p.q_dtype, QueryIndex(p, kvh, lr0 + r) * p.head_dim + d)
                         : 0.0f;
     qs[r * kLd + d] = __float2half_rn(v);
   }
@@ -618,8 +618,8 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(const Params p,
     l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
   }
   const float fa = vref / l_a, fb = vref / l_b;
-  const int64_t qa_i = ra < nrows ? QueryIndex(p, b, kvh, lr0 + ra) : -1;
-  const int64_t qb_i = rb < nrows ? QueryIndex(p, b, kvh, lr0 + rb) : -1;
+  const int64_t qa_i = ra < nrows ? QueryIndex(p, kvh, lr0 + ra) : -1;
+  const int64_t qb_i = rb < nrows ? QueryIndex(p, kvh, lr0 + rb) : -1;
 #pragma unroll
   for (int nn = 0; nn < kNo; ++nn) {
 #pragma unroll
@@ -673,7 +673,7 @@ Params MakeParams(const AttentionProblem& p, Dec dec, int row_tiles, int pages_p
   k.heads = static_cast<int>(p.heads);
   k.q_len = static_cast<int>(p.q_len);
   k.group = static_cast<int>(p.heads / l.kv_heads);
-  k.rows = k.group * k.q_len;
+  k.rows = static_cast<int>(p.batch) * k.group * k.q_len;
   k.row_tiles = row_tiles;
   k.scale = p.scale;
   k.causal = p.causal;
@@ -739,7 +739,7 @@ bool ValidShape(const AttentionProblem& p) {
          KernelDim(l.row_bytes()) > 0 && p.seq > 0 && p.seq < (int64_t{1} << 37) &&
          p.batch > 0 && p.heads > 0 && p.heads % l.kv_heads == 0 && p.q_len > 0 &&
          (!p.causal || p.q_len <= p.seq) && p.batch * p.heads * p.q_len < (int64_t{1} << 31) &&
-         p.heads / l.kv_heads * p.q_len < (int64_t{1} << 30);
+         p.batch * (p.heads / l.kv_heads) * p.q_len < (int64_t{1} << 30);
 }
 
 struct Plan {
@@ -761,7 +761,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   Plan pl;
   pl.dec = PickDec(p.format, p.path);
   const int kd = KernelDim(p.layout.row_bytes());
-  const int64_t rows = p.heads / p.layout.kv_heads * p.q_len;
+  const int64_t rows = p.batch * (p.heads / p.layout.kv_heads) * p.q_len;
   const int num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
 
   bool prefill = false;
@@ -776,12 +776,12 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   pl.prefill = prefill;
   if (prefill) {
     pl.row_tiles = static_cast<int>((rows + kPrefillRows - 1) / kPrefillRows);
-    pl.units = p.batch * p.layout.kv_heads * pl.row_tiles;
+    pl.units = p.layout.kv_heads * pl.row_tiles;
     pl.total = 256;
   } else {
     pl.decode = PickDecode(pl.dec, kd);
     pl.row_tiles = static_cast<int>((rows + kRows - 1) / kRows);
-    pl.units = p.batch * p.layout.kv_heads * pl.row_tiles;
+    pl.units = p.layout.kv_heads * pl.row_tiles;
     // Enough splits for one wave of resident blocks, each with at least one
     // page.
     int bps = 1;

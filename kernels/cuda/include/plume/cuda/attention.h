@@ -6,8 +6,9 @@
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
 //
 //  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding: the pages are
-//    split across blocks; each block holds up to 8 query rows of one
-//    (batch, kv head) group (GQA rows share the K/V they read), decodes K and
+//    split across blocks; each block holds up to 8 query rows of one kv head
+//    (over the batch, the GQA group and q_len, which all read the same K/V),
+//    decodes K and
 //    V codes in registers (native cvt on sm_89+, bit tricks elsewhere) and
 //    keeps an FP32 online softmax (max, sum, accumulator); a combine kernel
 //    merges the splits with log-sum-exp. FP32 math throughout.
