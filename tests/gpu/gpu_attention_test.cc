@@ -298,7 +298,7 @@ void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed)
       num += (g - want[i]) * (g - want[i]);
       den += want[i] * want[i];
     }
-    ASSERT_EQ(unwritten, 0) << "elements left NaN (unwritten) or non-finite";
+    EXPECT_EQ(unwritten, 0) << "elements left NaN (unwritten) or non-finite";
     const double err = std::sqrt(num / std::max(den, 1e-300));
     EXPECT_LE(err, bound + OutputSlack(c.out_dtype));
     const std::string key = std::string(kernel == AttentionKernel::kPrefill ? "prefill" : "decode") +
@@ -356,7 +356,7 @@ void Sweep(AttentionKernel kernel, std::initializer_list<int64_t> q_lens, double
             c.out_dtype = kDTypes[(idx / 3 + idx) % 3];
             RunCase(c, kernel, bound, 1000 + idx);
             ++idx;
-            if (::testing::Test::HasFatalFailure()) return;
+            if (::testing::Test::HasFatalFailure()) return;  // a CUDA error: later cases would only repeat it
           }
 }
 
