@@ -69,8 +69,10 @@ struct AttentionProblem {
 int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device);
 
 // Runs attention on `stream`. cudaErrorInvalidValue for bad arguments,
-// cudaErrorNotSupported for the native path before sm_89 or the prefill
-// kernel with head_dim over 256.
+// cudaErrorNotSupported for the native path before sm_89, or for
+// AttentionKernel::kPrefill where its shared memory does not fit (padded
+// head_dim over 512; over 256 on sm_86/89, over 128 on sm_75); kAuto then
+// runs the decode kernel instead.
 cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t workspace_bytes,
                       cudaStream_t stream);
 
