@@ -156,8 +156,9 @@ struct DecodeShape {
 };
 
 // Grid: (units, splits), a unit being (kv head, tile of kRows of its query
-// rows, over the batch, the GQA group and q_len). Each block runs the online softmax over its split's pages and writes
-// its unnormalized output, max and sum for the combine kernel.
+// rows, over the batch, the GQA group and q_len). Each block runs the online
+// softmax over its split's pages and writes its unnormalized output, max and
+// sum for the combine kernel.
 template <Dec kDec, int kD>
 __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
@@ -176,8 +177,8 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
   const int kvh = unit / p.row_tiles;
   const int lr0 = tile * kRows;
   const int nrows = min(kRows, p.rows - lr0);
-  // Tiles of at most kRows / 2 rows (GQA group 4 at q_len 1, say) skip the
-  // upper rows' math.
+  // Tiles of at most kRows / 2 rows (batch 1, GQA group 4, q_len 1, say)
+  // skip the upper rows' math.
   const bool wide = nrows > kRows / 2;
 
   for (int i = tid; i < kRows * kD; i += S::kThreads) {
