@@ -2,10 +2,11 @@
 # End to end on a GPU machine, from binaries carried in .gpu-carry/: starts
 # plume-server with --backend=auto (which must pick CUDA) and another with
 # --backend=cpu, uploads the same matrices to both through the plume CLI,
-# runs GEMV through the CLI, and compares the answers. Each server has its own
-# durable store; the GPU server is then restarted and must serve the same
-# matrices from its store with bit-identical answers. Checks /metrics for the
-# device memory gauges. Exit 0 only if all agree.
+# runs GEMV through the CLI, and compares the answers; the same for a K/V
+# cache (upload, append, attend). Each server has its own durable store; the
+# GPU server is then restarted and must serve the same matrices from its
+# store with bit-identical answers. Checks /metrics for the device memory
+# gauges. Exit 0 only if all agree.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 carry="$root/.gpu-carry"
@@ -69,6 +70,40 @@ for suffix, tol in (("", 1e-5), ("16", 1e-5)):
         sys.exit(1)
 PY
 done
+# Attention: the same K/V cache uploaded and appended to on both servers
+# through the CLI; decode (q_len 1, 4) and prefill (q_len 100) queries.
+python3 - "$work" <<'PY'
+import sys, numpy as np
+d = sys.argv[1]
+rng = np.random.default_rng(2)
+np.save(f"{d}/k.npy", rng.standard_normal((4, 1500, 128), dtype=np.float32))
+np.save(f"{d}/v.npy", rng.standard_normal((4, 1500, 128), dtype=np.float32))
+np.save(f"{d}/k1.npy", rng.standard_normal((4, 37, 128), dtype=np.float32))
+np.save(f"{d}/v1.npy", rng.standard_normal((4, 37, 128), dtype=np.float32))
+for q_len in (1, 4, 100):
+    np.save(f"{d}/q{q_len}.npy", rng.standard_normal((2, 16, q_len, 128), dtype=np.float32))
+PY
+for s in gpu cpu; do
+  addr=${!s}
+  "$carry/bin/plume" --server "$addr" kv upload kv0 "$work/k.npy" "$work/v.npy" --format e4m3 --scale block >/dev/null
+  "$carry/bin/plume" --server "$addr" kv append kv0 "$work/k1.npy" "$work/v1.npy" >/dev/null
+  for q_len in 1 4 100; do
+    "$carry/bin/plume" --server "$addr" attend kv0 "$work/q$q_len.npy" -o "$work/o${q_len}_$s.npy" --causal
+  done
+done
+python3 - "$work" <<'PY' || status=1
+import sys, numpy as np
+d = sys.argv[1]
+for q_len, tol in ((1, 2e-5), (4, 2e-5), (100, 2e-3)):
+    g = np.load(f"{d}/o{q_len}_gpu.npy").astype(np.float64)
+    c = np.load(f"{d}/o{q_len}_cpu.npy").astype(np.float64)
+    rel = np.linalg.norm(g - c) / np.linalg.norm(c)
+    ok = rel <= tol and np.isfinite(g).all()
+    print(f"attention q_len {q_len}: gpu vs cpu backend rel. L2 {rel:.3g} (bound {tol}) {'ok' if ok else 'FAIL'}")
+    if not ok:
+        sys.exit(1)
+PY
+
 # Restart the GPU server: its store must bring every matrix back, and the
 # answers must be bit-identical to those before the restart.
 kill -TERM "$gpu_pid"; wait "$gpu_pid" 2>/dev/null || true

@@ -2,6 +2,13 @@
 // (cudaMalloc, never managed memory), quantized on the device, GEMV by the
 // kernels in kernels/cuda. Built only when CUDA is (PLUME_HAVE_CUDA).
 //
+// K/V caches: pages in device memory (kv_layout.h), allocated per append as
+// one slab of the new pages, listed in a device page table that grows
+// geometrically. Appends are quantized on the host by the reference code
+// (the partly filled last page comes back from the device for it) and the
+// touched pages copied up. Attention runs the kernels of plume/cuda/attention.h
+// (decode for q_len <= 8, the tensor-core prefill above).
+//
 // Requests run on a few lanes, each a CUDA stream with its own pinned host
 // staging and device buffers, so that several GEMVs overlap. Every CUDA call
 // is checked; errors become statuses (out of memory: RESOURCE_EXHAUSTED,
@@ -50,6 +57,13 @@ class CudaBackend final : public Backend {
                                                             const float* scales) override;
   absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
+
+  absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
+  absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;
+  absl::Status Attention(const BackendKvCache& cache, const AttentionArgs& args) override;
+  // Attention with a chosen kernel (cuda::AttentionKernel: 0 auto, 1 decode,
+  // 2 prefill), for tests and benchmarks.
+  absl::Status AttentionWith(const BackendKvCache& cache, const AttentionArgs& args, int kernel);
 
   struct Lane;
 

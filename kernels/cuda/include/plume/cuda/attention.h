@@ -1,0 +1,79 @@
+// Attention over a paged FP8 K/V cache resident in device memory
+// (plume/kernels/kv_layout.h), on the GPU. One launcher, one dispatch point
+// (src/attention.cu, the only translation unit that instantiates the kernels).
+// The math is the CPU reference's (plume/reference/attention.h): query head h
+// reads kv head h / (heads / kv_heads); causal queries are the last q_len
+// positions; masked tokens and tokens past seq are -inf scores, never zeros.
+//
+//  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding: the pages are
+//    split across blocks; each block holds up to 8 query rows of one kv head
+//    (over the batch, the GQA group and q_len, which all read the same K/V),
+//    decodes K and
+//    V codes in registers (native cvt on sm_89+, bit tricks elsewhere) and
+//    keeps an FP32 online softmax (max, sum, accumulator); a combine kernel
+//    merges the splits with log-sum-exp. FP32 math throughout.
+//  - Prefill (longer q_len): tiled flash-attention. 64 query rows per block;
+//    each page's K and V tiles are decoded once into FP16 shared memory
+//    (exact: every FP8 value is an FP16), S = Q K^T and O += P V run on
+//    tensor cores (mma.sync m16n8k16, FP32 accumulators), the softmax state
+//    is FP32. Q and P are rounded to FP16, so errors are FP16-sized.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "plume/cuda/fp8_codec.h"
+#include "plume/kernels/kv_layout.h"
+#include "plume/kernels/types.h"
+
+namespace plume::cuda {
+
+inline constexpr int64_t kAttentionDecodeMaxQ = 8;
+
+enum class AttentionKernel : uint8_t {
+  kAuto = 0,     // decode for q_len <= kAttentionDecodeMaxQ, prefill above
+  kDecode = 1,   // FP32 flash-decoding, any q_len
+  kPrefill = 2,  // FP16 tensor-core flash-attention, any q_len
+};
+
+struct AttentionProblem {
+  // The cache, device memory: a device array of device page pointers
+  // (KvLayout::pages_for(seq) of them) and the cache-wide scales
+  // (layout.global_scales() floats each for K and V; unused otherwise).
+  KvLayout layout;
+  Fp8Format format = Fp8Format::kE4M3;
+  const uint8_t* const* pages = nullptr;
+  const float* k_scales = nullptr;
+  const float* v_scales = nullptr;
+  int64_t seq = 0;
+
+  // Queries [batch][heads][q_len][head_dim] and the output of the same shape,
+  // device memory.
+  const void* q = nullptr;
+  DType q_dtype = DType::kF32;  // F32, F16 or BF16
+  int64_t batch = 0;
+  int64_t heads = 0;            // a multiple of layout.kv_heads
+  int64_t q_len = 0;            // <= seq when causal
+  float scale = 1.0f;           // softmax scale
+  bool causal = false;
+  void* out = nullptr;
+  DType out_dtype = DType::kF32;  // F32, F16 or BF16
+
+  DecodePath path = DecodePath::kNative;
+  AttentionKernel kernel = AttentionKernel::kAuto;
+};
+
+// Bytes of device workspace Attention needs for this problem on `device`
+// (0 for an invalid shape). Needs no zeroing; one stream at a time.
+int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device);
+
+// Runs attention on `stream`. cudaErrorInvalidValue for bad arguments,
+// cudaErrorNotSupported for the native path before sm_89, or for
+// AttentionKernel::kPrefill where its shared memory does not fit (padded
+// head_dim over 512; over 256 on sm_86/89, over 128 on sm_75); kAuto then
+// runs the decode kernel instead.
+cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t workspace_bytes,
+                      cudaStream_t stream);
+
+}  // namespace plume::cuda

@@ -1,0 +1,851 @@
+// Attention kernels over the paged FP8 K/V cache and their launcher: the only
+// translation unit that instantiates them (attention.h explains the design).
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "plume/cuda/attention.h"
+#include "plume/cuda/check.h"
+#include "plume/kernels/half.h"
+#include "fp8_regs.cuh"
+
+namespace plume::cuda {
+namespace {
+
+constexpr int kPage = static_cast<int>(kKvPageTokens);  // tokens per page (a K/V tile)
+constexpr int kRows = 8;                                // decode: query rows per block
+constexpr int kCombineThreads = 128;
+
+// Everything the kernels read, by value.
+struct Params {
+  const uint8_t* const* pages;
+  const float* gk;         // cache-wide K scales (TENSOR: [0], HEAD: [kv head])
+  const float* gv;
+  KvScaleMode mode;
+  int kv_heads;
+  int head_dim;
+  int row_bytes;           // padded row (multiple of 16)
+  int64_t head_tile;       // bytes of one kv head's rows in a page
+  int64_t codes_bytes;     // K codes of a page; V codes follow
+  int64_t seq;
+  int num_pages;
+  float decode_factor;     // 2^8 for the software E4M3 decode, else 1
+
+  const void* q;
+  DType q_dtype;
+  int heads;
+  int q_len;
+  int group;               // heads / kv_heads
+  int rows;                // batch * group * q_len: the query rows of one kv head
+  int row_tiles;           // tiles of kRows (decode) or kPrefillRows (prefill) rows
+  float scale;
+  bool causal;
+
+  void* out;
+  DType out_dtype;
+
+  // Decode splits and their partial results.
+  int pages_per_split;
+  int splits;
+  float* ws_ml;            // [unit][split][kRows][2]: running max, sum
+  float* ws_acc;           // [unit][split][kRows][head_dim]: unnormalized output
+};
+
+// Query row `lr` of kv head kvh (rows are batch-major, then head of the GQA
+// group, then position in q_len: every batch reads the same cache): its index
+// in [batch][heads][q_len].
+__device__ __forceinline__ int64_t QueryIndex(const Params& p, int kvh, int lr) {
+  const int per_batch = p.group * p.q_len;
+  const int b = lr / per_batch;
+  const int h = kvh * p.group + lr % per_batch / p.q_len;
+  const int i = lr % p.q_len;
+  return (static_cast<int64_t>(b) * p.heads + h) * p.q_len + i;
+}
+
+// The last token query row `lr` sees.
+__device__ __forceinline__ int64_t LastVisible(const Params& p, int lr) {
+  return p.causal ? p.seq - p.q_len + lr % p.q_len : p.seq - 1;
+}
+
+__device__ __forceinline__ float LoadQ(const void* q, DType t, int64_t i) {
+  if (t == DType::kF32) return static_cast<const float*>(q)[i];
+  if (t == DType::kF16) return __half2float(static_cast<const __half*>(q)[i]);
+  return Bf16BitsToFloat(static_cast<const uint16_t*>(q)[i]);
+}
+
+// The K (is_v false) or V scale of a page for kv head kvh, times the decode
+// factor.
+__device__ __forceinline__ float PageScale(const Params& p, const uint8_t* page, int kvh,
+                                           bool is_v) {
+  float s = 1.0f;
+  const float* g = is_v ? p.gv : p.gk;
+  switch (p.mode) {
+    case KvScaleMode::kTensor: s = g[0]; break;
+    case KvScaleMode::kHead: s = g[kvh]; break;
+    case KvScaleMode::kTokenBlock: {
+      const float* ps = reinterpret_cast<const float*>(page + 2 * p.codes_bytes);
+      s = ps[is_v ? p.kv_heads + kvh : kvh];
+      break;
+    }
+    default: break;
+  }
+  return s * p.decode_factor;
+}
+
+// Four codes (c0 in the low byte) to FP16 pairs, NaN codes kept NaN on every
+// path (the software E4M3 decode alone reads them as finite numbers).
+template <Dec kDec>
+__device__ __forceinline__ void DecodeWordNan(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  DecodeWord<kDec>(w, lo, hi);
+  if constexpr (kDec == Dec::kE4M3Soft) {
+    if (HasE4M3Nan(w)) {
+      if ((w & 0x7fu) == 0x7fu) lo = (lo & 0xffff0000u) | 0x7e00u;
+      if ((w & 0x7f00u) == 0x7f00u) lo = (lo & 0x0000ffffu) | 0x7e000000u;
+      if ((w & 0x7f0000u) == 0x7f0000u) hi = (hi & 0xffff0000u) | 0x7e00u;
+      if ((w & 0x7f000000u) == 0x7f000000u) hi = (hi & 0x0000ffffu) | 0x7e000000u;
+    }
+  }
+}
+
+__device__ __forceinline__ float2 HalvesToFloats(uint32_t h2) {
+  __half2 h;
+  static_assert(sizeof(h) == sizeof(h2));
+  memcpy(&h, &h2, sizeof(h));
+  return __half22float2(h);
+}
+
+template <Dec kDec>
+__device__ __forceinline__ void Decode4(uint32_t w, float (&f)[4]) {
+  uint32_t lo, hi;
+  DecodeWordNan<kDec>(w, lo, hi);
+  const float2 a = HalvesToFloats(lo), b = HalvesToFloats(hi);
+  f[0] = a.x;
+  f[1] = a.y;
+  f[2] = b.x;
+  f[3] = b.y;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+constexpr float kNegInf = -INFINITY;
+
+__device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// --------------------------------------------------------------- decode
+
+template <int kD>
+struct DecodeShape {
+  static constexpr int kThreads = kD >= 1024 ? 256 : 128;
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kParts = kThreads / kPage;       // threads per token for Q.K
+  static constexpr int kUnits = kD / 16;                // 16-byte pieces of a row
+  static constexpr int kUnitsPerPart = kUnits / kParts;
+  static constexpr int kWords = kD / 4;                 // 4-code words of a row
+  static constexpr int kGroups = kThreads / kWords;     // token groups for P.V
+  static constexpr int kTokensPerGroup = kPage / kGroups;
+  static_assert(kUnitsPerPart >= 1 && kGroups >= 1 && kPage % kGroups == 0);
+};
+
+// Grid: (units, splits), a unit being (kv head, tile of kRows of its query
+// rows, over the batch, the GQA group and q_len). Each block runs the online
+// softmax over its split's pages and writes its unnormalized output, max and
+// sum for the combine kernel.
+template <Dec kDec, int kD>
+__global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+  if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
+#endif
+  using S = DecodeShape<kD>;
+  __shared__ __align__(16) float qs[kRows][kD];           // queries, later the P.V reduction
+  __shared__ float part[S::kParts][kRows][kPage];          // partial Q.K per part
+  __shared__ float pw[kRows][kPage];                        // softmax weights times V scale
+  __shared__ float m_s[kRows], l_s[kRows], alpha_s[kRows];
+
+  const int tid = threadIdx.x;
+  const int unit = blockIdx.x;
+  const int split = blockIdx.y;
+  const int tile = unit % p.row_tiles;
+  const int kvh = unit / p.row_tiles;
+  const int lr0 = tile * kRows;
+  const int nrows = min(kRows, p.rows - lr0);
+  // Tiles of at most kRows / 2 rows (batch 1, GQA group 4, q_len 1, say)
+  // skip the upper rows' math.
+  const bool wide = nrows > kRows / 2;
+
+  for (int i = tid; i < kRows * kD; i += S::kThreads) {
+    const int r = i / kD, d = i % kD;
+    qs[r][d] = r < nrows && d < p.head_dim
+                   ? LoadQ(p.q, p.q_dtype, QueryIndex(p, kvh, lr0 + r) * p.head_dim + d)
+                   : 0.0f;
+  }
+  if (tid < kRows) {
+    m_s[tid] = kNegInf;
+    l_s[tid] = 0.0f;
+  }
+  // The last token any row of this tile sees: pages past it are skipped.
+  int64_t last = -1;
+  for (int r = 0; r < nrows; ++r) last = max(last, LastVisible(p, lr0 + r));
+  __syncthreads();
+
+  const int page_begin = split * p.pages_per_split;
+  const int page_end = min(p.num_pages, static_cast<int>(Min64(
+                                            page_begin + p.pages_per_split, last / kPage + 1)));
+
+  float acc[kRows][4];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = 0.0f;
+
+  const int word = tid % S::kWords;  // P.V: this thread's 4 columns
+  const int tgroup = tid / S::kWords;
+  const bool word_in = word * 4 < p.row_bytes;
+
+  for (int pg = page_begin; pg < page_end; ++pg) {
+    const uint8_t* page = p.pages[pg];
+    const int64_t t0 = static_cast<int64_t>(pg) * kPage;
+    const int n = static_cast<int>(Min64(kPage, p.seq - t0));
+    const uint8_t* kbase = page + kvh * p.head_tile;
+    const uint8_t* vbase = page + p.codes_bytes + kvh * p.head_tile;
+
+    // Q.K: thread (part, token) dots its part of the row with every query.
+    {
+      const int t = tid % kPage;
+      const int prt = tid / kPage;
+      float s[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) s[r] = 0.0f;
+      if (t < n) {
+        const uint8_t* row = kbase + static_cast<int64_t>(t) * p.row_bytes;
+        // Two 16-byte pieces in flight per step keep the registers in bounds.
+        constexpr int kStep = S::kUnitsPerPart < 2 ? S::kUnitsPerPart : 2;
+#pragma unroll 1
+        for (int u0 = 0; u0 < S::kUnitsPerPart; u0 += kStep) {
+          uint4 v[kStep];
+#pragma unroll
+          for (int u = 0; u < kStep; ++u) {
+            const int off = (prt * S::kUnitsPerPart + u0 + u) * 16;
+            v[u] = off < p.row_bytes ? __ldg(reinterpret_cast<const uint4*>(row + off))
+                                     : make_uint4(0, 0, 0, 0);
+          }
+#pragma unroll
+          for (int u = 0; u < kStep; ++u) {
+            const int d0 = (prt * S::kUnitsPerPart + u0 + u) * 16;
+            const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              float k4[4];
+              Decode4<kDec>(words[j], k4);
+              auto dot = [&](int r) {
+                const float4 q4 = *reinterpret_cast<const float4*>(&qs[r][d0 + 4 * j]);
+                s[r] = fmaf(q4.x, k4[0], s[r]);
+                s[r] = fmaf(q4.y, k4[1], s[r]);
+                s[r] = fmaf(q4.z, k4[2], s[r]);
+                s[r] = fmaf(q4.w, k4[3], s[r]);
+              };
+#pragma unroll
+              for (int r = 0; r < kRows / 2; ++r) dot(r);
+              if (wide) {
+#pragma unroll
+                for (int r = kRows / 2; r < kRows; ++r) dot(r);
+              }
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) part[prt][r][t] = s[r];
+    }
+    __syncthreads();
+
+    // Online softmax: warp w owns rows w, w + kWarps, ...; lane l tokens l, l + 32.
+    {
+      const float ks = PageScale(p, page, kvh, false) * p.scale;
+      const float vs = PageScale(p, page, kvh, true);
+      const int lane = tid & 31;
+      for (int r = tid >> 5; r < kRows; r += S::kWarps) {
+        const int64_t vis = r < nrows ? LastVisible(p, lr0 + r) : -1;
+        float sc[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int t = lane + 32 * h;
+          float x = 0.0f;
+#pragma unroll
+          for (int q = 0; q < S::kParts; ++q) x += part[q][r][t];
+          sc[h] = t < n && t0 + t <= vis ? x * ks : kNegInf;
+        }
+        const float m_old = m_s[r];
+        const float m_new = fmaxf(m_old, WarpMax(fmaxf(sc[0], sc[1])));
+        float e[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) e[h] = sc[h] == kNegInf ? 0.0f : expf(sc[h] - m_new);
+        const float sum = WarpSum(e[0] + e[1]);
+        pw[r][lane] = e[0] * vs;
+        pw[r][lane + 32] = e[1] * vs;
+        if (lane == 0) {
+          const float alpha = m_old == kNegInf ? 0.0f : expf(m_old - m_new);
+          alpha_s[r] = alpha;
+          l_s[r] = l_s[r] * alpha + sum;
+          m_s[r] = m_new;
+        }
+      }
+    }
+    __syncthreads();
+
+    // P.V: thread (group, word) adds its tokens' V columns, weighted.
+    if (word_in) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const float a = alpha_s[r];
+        acc[r][0] *= a;
+        acc[r][1] *= a;
+        acc[r][2] *= a;
+        acc[r][3] *= a;
+      }
+      const int tb = tgroup * S::kTokensPerGroup;
+      const int te = min(n, tb + S::kTokensPerGroup);
+      const int t_last = static_cast<int>(Min64(te, last - t0 + 1));
+      for (int t = tb; t < t_last; ++t) {
+        const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(
+            vbase + static_cast<int64_t>(t) * p.row_bytes + word * 4));
+        float v4[4];
+        Decode4<kDec>(w, v4);
+        auto axpy = [&](int r) {
+          const float pr = pw[r][t];
+          acc[r][0] = fmaf(pr, v4[0], acc[r][0]);
+          acc[r][1] = fmaf(pr, v4[1], acc[r][1]);
+          acc[r][2] = fmaf(pr, v4[2], acc[r][2]);
+          acc[r][3] = fmaf(pr, v4[3], acc[r][3]);
+        };
+#pragma unroll
+        for (int r = 0; r < kRows / 2; ++r) axpy(r);
+        if (wide) {
+#pragma unroll
+          for (int r = kRows / 2; r < kRows; ++r) axpy(r);
+        }
+      }
+    }
+    // The next page's Q.K writes `part` only, which nobody reads now; its
+    // barrier orders this P.V's reads of pw before the next softmax.
+  }
+  __syncthreads();
+
+  // Token groups add up into qs (reused), in a fixed order.
+  for (int g = 0; g < S::kGroups; ++g) {
+    if (tgroup == g && word_in) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          float& dst = qs[r][word * 4 + c];
+          dst = g == 0 ? acc[r][c] : dst + acc[r][c];
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  const int64_t slot = static_cast<int64_t>(unit) * p.splits + split;
+  for (int i = tid; i < nrows * p.head_dim; i += S::kThreads) {
+    const int r = i / p.head_dim, d = i % p.head_dim;
+    p.ws_acc[(slot * kRows + r) * p.head_dim + d] = qs[r][d];
+  }
+  if (tid < nrows) {
+    p.ws_ml[(slot * kRows + tid) * 2] = m_s[tid];
+    p.ws_ml[(slot * kRows + tid) * 2 + 1] = l_s[tid];
+  }
+}
+
+// One block per query row: merges the splits' partial results,
+// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+__global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p) {
+  const int64_t row = blockIdx.x;  // (b * heads + h) * q_len + i
+  const int i = static_cast<int>(row % p.q_len);
+  const int h = static_cast<int>(row / p.q_len % p.heads);
+  const int b = static_cast<int>(row / p.q_len / p.heads);
+  const int kvh = h / p.group;
+  const int lr = (b * p.group + h % p.group) * p.q_len + i;
+  const int64_t unit = static_cast<int64_t>(kvh) * p.row_tiles + lr / kRows;
+  const int r = lr % kRows;
+  const int64_t base = unit * p.splits;
+
+  float mx = kNegInf;
+  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, p.ws_ml[((base + s) * kRows + r) * 2]);
+  float l = 0.0f;
+  for (int s = 0; s < p.splits; ++s) {
+    const float ms = p.ws_ml[((base + s) * kRows + r) * 2];
+    if (ms != kNegInf) l += p.ws_ml[((base + s) * kRows + r) * 2 + 1] * expf(ms - mx);
+  }
+  const float inv = 1.0f / l;
+  for (int d = threadIdx.x; d < p.head_dim; d += kCombineThreads) {
+    float o = 0.0f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float ms = p.ws_ml[((base + s) * kRows + r) * 2];
+      if (ms != kNegInf) o += p.ws_acc[((base + s) * kRows + r) * p.head_dim + d] * expf(ms - mx);
+    }
+    Store(p.out, p.out_dtype, row * p.head_dim + d, o * inv);
+  }
+}
+
+// -------------------------------------------------------------- prefill
+
+constexpr int kPrefillWarps = 4;
+constexpr int kPrefillThreads = kPrefillWarps * 32;
+constexpr int kPrefillRows = kPrefillWarps * 16;  // query rows per block, 16 per warp
+constexpr int kMaxDv = 128;                       // output columns per block (a column slice)
+constexpr int kVtLd = kPage + 8;                  // row of the transposed V tile, in halves
+
+template <int kD>
+struct PrefillShape {
+  static constexpr int kDv = kD < kMaxDv ? kD : kMaxDv;
+  static constexpr int kLd = kD + 8;  // Q and K rows in shared memory, in halves
+  static constexpr size_t kSmem = (size_t{2} * kPrefillRows * kLd + size_t{kDv} * kVtLd) * 2;
+};
+
+// Runtime-selected decode: the tiles are decoded once per page, so the
+// branch is cheap next to the tensor-core work, and one kernel per head dim
+// serves every path.
+__device__ __forceinline__ void DecodeWordRt(Dec dec, uint32_t w, uint32_t& lo, uint32_t& hi) {
+  switch (dec) {
+    case Dec::kE4M3Soft: DecodeWordNan<Dec::kE4M3Soft>(w, lo, hi); break;
+    case Dec::kE4M3Native: DecodeWordNan<Dec::kE4M3Native>(w, lo, hi); break;
+    case Dec::kE5M2Soft: DecodeWordNan<Dec::kE5M2Soft>(w, lo, hi); break;
+    default: DecodeWordNan<Dec::kE5M2Native>(w, lo, hi); break;
+  }
+}
+
+__device__ __forceinline__ uint32_t Ld32(const __half* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+__device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &h, sizeof(u));
+  return u;
+}
+
+// Grid: (units, column slices), a unit being (kv head, tile of 64 of its
+// query rows). Warp w owns rows 16w..16w+15 of the tile; every page's K tile
+// (all head_dim columns) and V tile (the slice's columns, transposed) are
+// decoded to FP16 shared memory, then S = Q K^T and O += P V run on mma.
+template <int kD>
+__global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(const Params p, const Dec dec) {
+  using S = PrefillShape<kD>;
+  constexpr int kDv = S::kDv;
+  constexpr int kLd = S::kLd;
+  extern __shared__ __align__(16) __half smem[];
+  __half* qs = smem;                          // [64][kLd]
+  __half* ks = qs + kPrefillRows * kLd;       // [64 tokens][kLd]
+  __half* vt = ks + kPage * kLd;              // [kDv columns][kVtLd tokens]
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int unit = blockIdx.x;
+  const int col0 = blockIdx.y * kDv;
+  const int tile = unit % p.row_tiles;
+  const int kvh = unit / p.row_tiles;
+  const int lr0 = tile * kPrefillRows;
+  const int nrows = min(kPrefillRows, p.rows - lr0);
+
+  for (int i = tid; i < kPrefillRows * kD; i += kPrefillThreads) {
+    const int r = i / kD, d = i % kD;
+    const float v = r < nrows && d < p.head_dim
+                        ? LoadQ(p.q, p.q_dtype, QueryIndex(p, kvh, lr0 + r) * p.head_dim + d)
+                        : 0.0f;
+    qs[r * kLd + d] = __float2half_rn(v);
+  }
+  int64_t last = -1;
+  for (int r = 0; r < nrows; ++r) last = max(last, LastVisible(p, lr0 + r));
+  const int page_end = static_cast<int>(Min64(p.num_pages, last / kPage + 1));
+
+  // This lane's two rows (g and g + 8 of the warp's 16) and what they see.
+  const int ra = warp * 16 + g, rb = ra + 8;
+  const int64_t vis_a = ra < nrows ? LastVisible(p, lr0 + ra) : -1;
+  const int64_t vis_b = rb < nrows ? LastVisible(p, lr0 + rb) : -1;
+
+  constexpr int kNo = kDv / 8;  // output n-tiles
+  float o[kNo][4];
+#pragma unroll
+  for (int n = 0; n < kNo; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_a = kNegInf, m_b = kNegInf, l_a = 0.0f, l_b = 0.0f;
+  float vref = 0.0f;  // the true output is o * vref (V scales change per page)
+
+  for (int pg = 0; pg < page_end; ++pg) {
+    const uint8_t* page = p.pages[pg];
+    const int64_t t0 = static_cast<int64_t>(pg) * kPage;
+    const int n = static_cast<int>(Min64(kPage, p.seq - t0));
+    const uint8_t* kbase = page + kvh * p.head_tile;
+    const uint8_t* vbase = page + p.codes_bytes + kvh * p.head_tile;
+
+    __syncthreads();  // the previous page's tiles are no longer read
+    // K: 16 codes per thread and step, rows past n (and columns past the row) zero.
+    for (int i = tid; i < kPage * (kD / 16); i += kPrefillThreads) {
+      const int r = i / (kD / 16), u = i % (kD / 16);
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < n && u * 16 < p.row_bytes) {
+        v = __ldg(reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(r) * p.row_bytes + u * 16));
+      }
+      uint32_t h[8];
+      DecodeWordRt(dec, v.x, h[0], h[1]);
+      DecodeWordRt(dec, v.y, h[2], h[3]);
+      DecodeWordRt(dec, v.z, h[4], h[5]);
+      DecodeWordRt(dec, v.w, h[6], h[7]);
+      uint4* dst = reinterpret_cast<uint4*>(ks + r * kLd + u * 16);
+      dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
+      dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+    }
+    // V: the slice's columns, transposed to [column][token].
+    for (int i = tid; i < kPage * (kDv / 16); i += kPrefillThreads) {
+      const int r = i % kPage, u = i / kPage;
+      const int c = col0 + u * 16;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < n && c < p.row_bytes) {
+        v = __ldg(reinterpret_cast<const uint4*>(vbase + static_cast<int64_t>(r) * p.row_bytes + c));
+      }
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t lo, hi;
+        DecodeWordRt(dec, words[j], lo, hi);
+        __half* col = vt + (u * 16 + 4 * j) * kVtLd + r;
+        col[0] = __ushort_as_half(static_cast<unsigned short>(lo & 0xffffu));
+        col[kVtLd] = __ushort_as_half(static_cast<unsigned short>(lo >> 16));
+        col[2 * kVtLd] = __ushort_as_half(static_cast<unsigned short>(hi & 0xffffu));
+        col[3 * kVtLd] = __ushort_as_half(static_cast<unsigned short>(hi >> 16));
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T for the warp's 16 rows and the page's 64 tokens.
+    float s[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    const __half* qa = qs + ra * kLd + 2 * t;
+    const __half* qb = qs + rb * kLd + 2 * t;
+#pragma unroll 4
+    for (int k0 = 0; k0 < kD; k0 += 16) {
+      const uint32_t a0 = Ld32(qa + k0), a1 = Ld32(qb + k0);
+      const uint32_t a2 = Ld32(qa + k0 + 8), a3 = Ld32(qb + k0 + 8);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const __half* kr = ks + (8 * j + g) * kLd + k0 + 2 * t;
+        Mma(s[j], a0, a1, a2, a3, Ld32(kr), Ld32(kr + 8));
+      }
+    }
+
+    // Online softmax in FP32; masked scores are -inf.
+    const float kscale = PageScale(p, page, kvh, false) * p.scale;
+    const float vs = PageScale(p, page, kvh, true);
+    float mx_a = kNegInf, mx_b = kNegInf;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int tok = 8 * j + 2 * t + e;
+        const bool in = tok < n;
+        s[j][e] = in && t0 + tok <= vis_a ? s[j][e] * kscale : kNegInf;
+        s[j][2 + e] = in && t0 + tok <= vis_b ? s[j][2 + e] * kscale : kNegInf;
+        mx_a = fmaxf(mx_a, s[j][e]);
+        mx_b = fmaxf(mx_b, s[j][2 + e]);
+      }
+    }
+#pragma unroll
+    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+    }
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float al_a = m_a == kNegInf ? 0.0f : expf(m_a - mn_a);
+    const float al_b = m_b == kNegInf ? 0.0f : expf(m_b - mn_b);
+    m_a = mn_a;
+    m_b = mn_b;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[j][e] = s[j][e] == kNegInf ? 0.0f : expf(s[j][e] - mn_a);
+        s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : expf(s[j][2 + e] - mn_b);
+        sum_a += s[j][e];
+        sum_b += s[j][2 + e];
+      }
+    }
+    l_a = l_a * al_a + sum_a;
+    l_b = l_b * al_b + sum_b;
+    // Rescale O to this page's V scale (TOKEN_BLOCK scales change per page).
+    float ratio = 1.0f;
+    if (vs != 0.0f) {
+      if (vref != 0.0f) ratio = vref / vs;
+      vref = vs;
+    }
+#pragma unroll
+    for (int nn = 0; nn < kNo; ++nn) {
+      o[nn][0] *= al_a * ratio;
+      o[nn][1] *= al_a * ratio;
+      o[nn][2] *= al_b * ratio;
+      o[nn][3] *= al_b * ratio;
+    }
+
+    // O += P V: P's accumulator fragments are the A fragments of the next mma.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t a0 = PackHalves(s[2 * kk][0], s[2 * kk][1]);
+      const uint32_t a1 = PackHalves(s[2 * kk][2], s[2 * kk][3]);
+      const uint32_t a2 = PackHalves(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      const uint32_t a3 = PackHalves(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int nn = 0; nn < kNo; ++nn) {
+        const __half* vr = vt + (8 * nn + g) * kVtLd + 16 * kk + 2 * t;
+        Mma(o[nn], a0, a1, a2, a3, Ld32(vr), Ld32(vr + 8));
+      }
+    }
+  }
+
+  // The row sums are spread over the four lanes of a row.
+#pragma unroll
+  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
+  }
+  const float fa = vref / l_a, fb = vref / l_b;
+  const int64_t qa_i = ra < nrows ? QueryIndex(p, kvh, lr0 + ra) : -1;
+  const int64_t qb_i = rb < nrows ? QueryIndex(p, kvh, lr0 + rb) : -1;
+#pragma unroll
+  for (int nn = 0; nn < kNo; ++nn) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = col0 + 8 * nn + 2 * t + e;
+      if (c >= p.head_dim) continue;
+      if (qa_i >= 0) Store(p.out, p.out_dtype, qa_i * p.head_dim + c, o[nn][e] * fa);
+      if (qb_i >= 0) Store(p.out, p.out_dtype, qb_i * p.head_dim + c, o[nn][2 + e] * fb);
+    }
+  }
+}
+
+// The kernel head dim (64 ... 1024) that holds a padded row.
+int KernelDim(int64_t row_bytes) {
+  for (int kd : {64, 128, 256, 512, 1024}) {
+    if (row_bytes <= kd) return kd;
+  }
+  return 0;
+}
+
+int DecodeThreads(int kd) {
+  return kd >= 1024 ? DecodeShape<1024>::kThreads : DecodeShape<64>::kThreads;
+}
+
+Dec PickDec(Fp8Format format, DecodePath path) {
+  const bool native = path == DecodePath::kNative;
+  if (format == Fp8Format::kE4M3) return native ? Dec::kE4M3Native : Dec::kE4M3Soft;
+  return native ? Dec::kE5M2Native : Dec::kE5M2Soft;
+}
+
+// The kernels' parameters for a problem; the decode split plan and its
+// workspace (unused by the prefill).
+Params MakeParams(const AttentionProblem& p, Dec dec, int row_tiles, int pages_per_split, int splits,
+                  void* workspace, int64_t off_acc) {
+  const KvLayout& l = p.layout;
+  Params k{};
+  k.pages = p.pages;
+  k.gk = p.k_scales;
+  k.gv = p.v_scales;
+  k.mode = l.scale_mode;
+  k.kv_heads = static_cast<int>(l.kv_heads);
+  k.head_dim = static_cast<int>(l.head_dim);
+  k.row_bytes = static_cast<int>(l.row_bytes());
+  k.head_tile = l.head_tile_bytes();
+  k.codes_bytes = l.codes_bytes();
+  k.seq = p.seq;
+  k.num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
+  k.decode_factor = dec == Dec::kE4M3Soft ? 256.0f : 1.0f;
+  k.q = p.q;
+  k.q_dtype = p.q_dtype;
+  k.heads = static_cast<int>(p.heads);
+  k.q_len = static_cast<int>(p.q_len);
+  k.group = static_cast<int>(p.heads / l.kv_heads);
+  k.rows = static_cast<int>(p.batch) * k.group * k.q_len;
+  k.row_tiles = row_tiles;
+  k.scale = p.scale;
+  k.causal = p.causal;
+  k.out = p.out;
+  k.out_dtype = p.out_dtype;
+  k.pages_per_split = pages_per_split;
+  k.splits = splits;
+  k.ws_ml = static_cast<float*>(workspace);
+  k.ws_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + off_acc);
+  return k;
+}
+
+// ----------------------------------------------------------------- dispatch
+
+using KernelFn = void (*)(Params);
+using PrefillFn = void (*)(Params, Dec);
+
+template <Dec kDec>
+KernelFn PickDecodeDim(int kd) {
+  switch (kd) {
+    case 64: return DecodeKernel<kDec, 64>;
+    case 128: return DecodeKernel<kDec, 128>;
+    case 256: return DecodeKernel<kDec, 256>;
+    case 512: return DecodeKernel<kDec, 512>;
+    default: return DecodeKernel<kDec, 1024>;
+  }
+}
+
+// The one place a kernel is chosen.
+KernelFn PickDecode(Dec dec, int kd) {
+  switch (dec) {
+    case Dec::kE4M3Soft: return PickDecodeDim<Dec::kE4M3Soft>(kd);
+    case Dec::kE4M3Native: return PickDecodeDim<Dec::kE4M3Native>(kd);
+    case Dec::kE5M2Soft: return PickDecodeDim<Dec::kE5M2Soft>(kd);
+    default: return PickDecodeDim<Dec::kE5M2Native>(kd);
+  }
+}
+
+struct PrefillPick {
+  PrefillFn fn = nullptr;
+  size_t smem = 0;
+  int dv = 0;
+};
+
+PrefillPick PickPrefill(int kd) {
+  switch (kd) {
+    case 64: return {PrefillKernel<64>, PrefillShape<64>::kSmem, PrefillShape<64>::kDv};
+    case 128: return {PrefillKernel<128>, PrefillShape<128>::kSmem, PrefillShape<128>::kDv};
+    case 256: return {PrefillKernel<256>, PrefillShape<256>::kSmem, PrefillShape<256>::kDv};
+    case 512: return {PrefillKernel<512>, PrefillShape<512>::kSmem, PrefillShape<512>::kDv};
+    default: return {};
+  }
+}
+
+bool ValidShape(const AttentionProblem& p) {
+  const bool q_ok = p.q_dtype == DType::kF32 || p.q_dtype == DType::kF16 || p.q_dtype == DType::kBF16;
+  const bool o_ok =
+      p.out_dtype == DType::kF32 || p.out_dtype == DType::kF16 || p.out_dtype == DType::kBF16;
+  const KvLayout& l = p.layout;
+  const bool mode_ok = l.scale_mode == KvScaleMode::kNone || l.scale_mode == KvScaleMode::kTensor ||
+                       l.scale_mode == KvScaleMode::kHead || l.scale_mode == KvScaleMode::kTokenBlock;
+  return q_ok && o_ok && mode_ok && l.kv_heads > 0 && l.kv_heads <= (1 << 20) && l.head_dim > 0 &&
+         KernelDim(l.row_bytes()) > 0 && p.seq > 0 && p.seq < (int64_t{1} << 37) &&
+         p.batch > 0 && p.heads > 0 && p.heads % l.kv_heads == 0 && p.q_len > 0 &&
+         (!p.causal || p.q_len <= p.seq) && p.batch * p.heads * p.q_len < (int64_t{1} << 31) &&
+         p.batch * (p.heads / l.kv_heads) * p.q_len < (int64_t{1} << 30);
+}
+
+struct Plan {
+  bool prefill = false;
+  KernelFn decode = nullptr;
+  PrefillPick pre;
+  Dec dec = Dec::kE4M3Soft;
+  int row_tiles = 0;
+  int64_t units = 0;
+  int splits = 1;
+  int pages_per_split = 0;
+  int64_t off_acc = 0, total = 0;  // workspace, bytes
+};
+
+cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
+  DeviceInfo info;
+  PLUME_CUDA_TRY(GetDeviceInfo(device, &info));
+  if (p.path == DecodePath::kNative && info.cc < 89) return cudaErrorNotSupported;
+  Plan pl;
+  pl.dec = PickDec(p.format, p.path);
+  const int kd = KernelDim(p.layout.row_bytes());
+  const int64_t rows = p.batch * (p.heads / p.layout.kv_heads) * p.q_len;
+  const int num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
+
+  bool prefill = false;
+  if (p.kernel != AttentionKernel::kDecode &&
+      (p.kernel == AttentionKernel::kPrefill || p.q_len > kAttentionDecodeMaxQ)) {
+    pl.pre = PickPrefill(kd);
+    int optin = 0;
+    PLUME_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    prefill = pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(optin);
+    if (!prefill && p.kernel == AttentionKernel::kPrefill) return cudaErrorNotSupported;
+  }
+  pl.prefill = prefill;
+  if (prefill) {
+    pl.row_tiles = static_cast<int>((rows + kPrefillRows - 1) / kPrefillRows);
+    pl.units = p.layout.kv_heads * pl.row_tiles;
+    pl.total = 256;
+  } else {
+    pl.decode = PickDecode(pl.dec, kd);
+    pl.row_tiles = static_cast<int>((rows + kRows - 1) / kRows);
+    pl.units = p.layout.kv_heads * pl.row_tiles;
+    // Enough splits for one wave of resident blocks, each with at least one
+    // page.
+    int bps = 1;
+    PLUME_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &bps, reinterpret_cast<const void*>(pl.decode),
+        DecodeThreads(kd), 0));
+    const int64_t target = int64_t{info.sms} * std::max(bps, 1);
+    int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, 1024});
+    splits = std::max<int64_t>(splits, 1);
+    pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
+    pl.splits = (num_pages + pl.pages_per_split - 1) / pl.pages_per_split;
+    const int64_t slots = pl.units * pl.splits * kRows;
+    pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;
+    pl.total = pl.off_acc + slots * p.layout.head_dim * 4;
+  }
+  if (pl.units >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
+  *out = pl;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device) {
+  Plan pl;
+  if (!ValidShape(p) || MakePlan(p, device, &pl) != cudaSuccess) return 0;
+  return pl.total;
+}
+
+cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t workspace_bytes,
+                      cudaStream_t stream) {
+  if (!ValidShape(p) || p.pages == nullptr || p.q == nullptr || p.out == nullptr ||
+      workspace == nullptr ||
+      (p.layout.global_scales() > 0 && (p.k_scales == nullptr || p.v_scales == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  int device = 0;
+  PLUME_CUDA_TRY(cudaGetDevice(&device));
+  Plan pl;
+  PLUME_CUDA_TRY(MakePlan(p, device, &pl));
+  if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
+
+  const KvLayout& l = p.layout;
+  const Params k = MakeParams(p, pl.dec, pl.row_tiles, pl.pages_per_split, pl.splits, workspace,
+                              pl.off_acc);
+  if (pl.prefill) {
+    PLUME_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(pl.pre.fn),
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(pl.pre.smem)));
+    const int slices = static_cast<int>((l.head_dim + pl.pre.dv - 1) / pl.pre.dv);
+    const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(slices));
+    pl.pre.fn<<<grid, kPrefillThreads, pl.pre.smem, stream>>>(k, pl.dec);
+    PLUME_CUDA_TRY_LAUNCH();
+    return cudaSuccess;
+  }
+  const int kd = KernelDim(l.row_bytes());
+  const int threads = DecodeThreads(kd);
+  const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(pl.splits));
+  pl.decode<<<grid, threads, 0, stream>>>(k);
+  PLUME_CUDA_TRY_LAUNCH();
+  const int64_t out_rows = p.batch * p.heads * p.q_len;
+  CombineKernel<<<static_cast<unsigned>(out_rows), kCombineThreads, 0, stream>>>(k);
+  PLUME_CUDA_TRY_LAUNCH();
+  return cudaSuccess;
+}
+
+}  // namespace plume::cuda

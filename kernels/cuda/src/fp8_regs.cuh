@@ -1,0 +1,135 @@
+// Helpers shared by the CUDA kernels (GEMV, attention): FP8 codes decoded to
+// FP16 pairs in registers, the m16n8k16 tensor-core product, typed stores,
+// and the device's multiprocessor count and compute capability. Included by
+// the .cu files only (internal linkage).
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "plume/cuda/check.h"
+
+#include "plume/kernels/half.h"
+#include "plume/kernels/types.h"
+
+namespace plume::cuda {
+namespace {
+
+// How W's codes become FP16 pairs.
+enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
+
+
+// ------------------------------------------------------------------ decoding
+
+__device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(0u), "r"(sel));
+  return r;
+}
+
+// One 32-bit word of four codes (c0 in the low byte) to two FP16 pairs:
+// lo = (c0, c1), hi = (c2, c3), each pair's first value in the low half.
+template <Dec kDec>
+__device__ __forceinline__ void DecodeWord(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  if constexpr (kDec == Dec::kE5M2Soft) {
+    // An E5M2 code is the high byte of the FP16 with the same value.
+    lo = __byte_perm(w, 0u, 0x1404);
+    hi = __byte_perm(w, 0u, 0x3424);
+  } else if constexpr (kDec == Dec::kE4M3Soft) {
+    // Each code with its sign replicated into the next byte (prmt's sign
+    // mode) is the code as a signed 16-bit number. Shifted left by 7 the
+    // magnitude (exponent and mantissa) lands in FP16 bits 7..13 and the sign
+    // in bit 15; clearing bit 14 leaves the code's value times 2^-8 as an
+    // FP16, subnormals included. decode_factor scales it back. NaN codes read
+    // as 480 * 2^-8; nan_rows fixes their rows.
+    lo = (Prmt(w, 0x9180) << 7) & 0xBF80BF80u;
+    hi = (Prmt(w, 0xB3A2) << 7) & 0xBF80BF80u;
+  } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    constexpr bool kE4 = kDec == Dec::kE4M3Native;
+    if constexpr (kE4) {
+      asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n"
+          " cvt.rn.f16x2.e4m3x2 %1, h;\n}"
+          : "=r"(lo), "=r"(hi) : "r"(w));
+    } else {
+      asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e5m2x2 %0, l;\n"
+          " cvt.rn.f16x2.e5m2x2 %1, h;\n}"
+          : "=r"(lo), "=r"(hi) : "r"(w));
+    }
+#else
+    lo = hi = 0;  // never runs: the launcher refuses the native path before sm_89
+#endif
+  }
+}
+
+// d += A (16x16, FP16, row-major) * B (16x8, FP16, column-major), FP32.
+__device__ __forceinline__ void Mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                    uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  // sm_75: the k16 product as two k8 products.
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(b0));
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a2), "r"(a3), "r"(b1));
+#endif
+}
+
+// ------------------------------------------------------------------- output
+
+__device__ __forceinline__ void Store(void* y, DType t, int64_t i, float v) {
+  if (t == DType::kF32) {
+    static_cast<float*>(y)[i] = v;
+  } else if (t == DType::kF16) {
+    static_cast<__half*>(y)[i] = __float2half_rn(v);
+  } else {
+    static_cast<uint16_t*>(y)[i] = FloatToBf16Bits(v);
+  }
+}
+
+// True when one of the four E4M3 codes of w is a NaN code (all seven low
+// bits set): the software E4M3 decode reads those as finite numbers.
+__device__ __forceinline__ bool HasE4M3Nan(uint32_t w) {
+  return (((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u) != 0;
+}
+
+// ----------------------------------------------------------------- device
+
+struct DeviceInfo {
+  int sms = 0;
+  int cc = 0;  // major * 10 + minor
+};
+
+cudaError_t GetDeviceInfo(int device, DeviceInfo* info) {
+  static constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices][2];  // 0 = unknown
+  if (device >= 0 && device < kMaxDevices && cache[device][0].load() != 0) {
+    info->sms = cache[device][0].load();
+    info->cc = cache[device][1].load();
+    return cudaSuccess;
+  }
+  int major = 0, minor = 0, sms = 0;
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  info->sms = sms;
+  info->cc = major * 10 + minor;
+  if (device >= 0 && device < kMaxDevices) {
+    cache[device][1].store(info->cc);
+    cache[device][0].store(sms);
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+}  // namespace plume::cuda

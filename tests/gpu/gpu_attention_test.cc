@@ -1,0 +1,593 @@
+// The CUDA attention kernels (plume/cuda/attention.h) against the FP64
+// reference on the dequantized cache, over head dims {64, 128, 256, 512},
+// seq {1, 63, 64, 65, 1000, 4097}, q_len {1, 3, 8} (decode) and {16, 100, 257}
+// (prefill), GQA and MHA, causal and not, both FP8 formats, every scale mode,
+// every decode path the device has, F32/F16/BF16 queries and outputs. Outputs
+// are poisoned with NaN first and every element is checked written. Then the
+// CUDA backend through the Backend interface against the CPU backend (upload,
+// appends, attention), and the error at 128k tokens.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include "plume/cuda/attention.h"
+#include "plume/kernels/half.h"
+#include "plume/reference/attention.h"
+#include "server/core/cpu_backend.h"
+#include "server/core/cuda_backend.h"
+
+namespace plume {
+namespace {
+
+using cuda::AttentionKernel;
+
+int DeviceCc() {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 0;
+  return prop.major * 10 + prop.minor;
+}
+
+std::vector<cuda::DecodePath> Paths() {
+  if (DeviceCc() >= 89) return {cuda::DecodePath::kNative, cuda::DecodePath::kSoftware};
+  return {cuda::DecodePath::kSoftware};
+}
+
+const char* PathName(cuda::DecodePath p) { return p == cuda::DecodePath::kNative ? "native" : "software"; }
+const char* DTypeStr(DType t) { return t == DType::kF32 ? "f32" : t == DType::kF16 ? "f16" : "bf16"; }
+
+// K/V values: normal, with a per-head and a slowly varying per-token
+// magnitude so that the scale modes differ, and a few outliers.
+std::vector<float> KvValues(int64_t heads, int64_t seq, int64_t dim, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(heads * seq * dim));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t t = 0; t < seq; ++t) {
+      const float mag = (1.0f + 0.5f * static_cast<float>(h)) * (1.0f + 0.7f * std::sin(0.01f * t));
+      for (int64_t d = 0; d < dim; ++d) {
+        float x = n(rng) * mag;
+        if ((t * 131 + d * 7 + h) % 997 == 0) x *= 8.0f;
+        v[static_cast<size_t>((h * seq + t) * dim + d)] = x;
+      }
+    }
+  return v;
+}
+
+// Queries of dtype t: the values the kernel sees, as floats, and the bytes.
+struct Queries {
+  std::vector<float> f;
+  std::vector<uint8_t> bytes;
+};
+
+Queries MakeQueries(int64_t n, DType t, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Queries q;
+  q.f.resize(static_cast<size_t>(n));
+  q.bytes.resize(static_cast<size_t>(n * DTypeSize(t)));
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = dist(rng);
+    if (t == DType::kF32) {
+      q.f[i] = x;
+      std::memcpy(q.bytes.data() + 4 * i, &x, 4);
+    } else if (t == DType::kF16) {
+      const uint16_t h = FloatToHalfBits(x);
+      q.f[i] = HalfBitsToFloat(h);
+      std::memcpy(q.bytes.data() + 2 * i, &h, 2);
+    } else {
+      const uint16_t h = FloatToBf16Bits(x);
+      q.f[i] = Bf16BitsToFloat(h);
+      std::memcpy(q.bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  return q;
+}
+
+float OutToFloat(const uint8_t* p, DType t, int64_t i) {
+  if (t == DType::kF32) {
+    float f;
+    std::memcpy(&f, p + 4 * i, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, p + 2 * i, 2);
+  return t == DType::kF16 ? HalfBitsToFloat(h) : Bf16BitsToFloat(h);
+}
+
+// FP64 attention on the dequantized cache, the reference's definition
+// (plume/reference/attention.h), threaded over query rows so the big grid
+// stays fast. Checked against ref::AttentionReference below.
+std::vector<double> ParallelReference(const ref::KvCacheView& c, const std::vector<float>& q,
+                                      const ref::AttentionParams& p) {
+  const int64_t kvh = c.layout.kv_heads, dim = c.layout.head_dim, seq = c.seq;
+  std::vector<float> k(static_cast<size_t>(kvh * seq * dim)), v(k.size());
+  ref::KvDequantize(c, k.data(), v.data());
+  const int64_t rows = p.batch * p.heads * p.q_len;
+  std::vector<double> out(static_cast<size_t>(rows * dim));
+  const int64_t group = p.heads / kvh;
+  auto work = [&](int64_t r0, int64_t r1) {
+    std::vector<double> s(static_cast<size_t>(seq));
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t i = row % p.q_len;
+      const int64_t h = row / p.q_len % p.heads;
+      const int64_t kh = h / group;
+      const int64_t visible = p.causal ? seq - p.q_len + i + 1 : seq;
+      const float* qr = q.data() + row * dim;
+      double mx = -INFINITY;
+      for (int64_t t = 0; t < visible; ++t) {
+        const float* kr = k.data() + (kh * seq + t) * dim;
+        double dot = 0.0;
+        for (int64_t d = 0; d < dim; ++d) dot += double{qr[d]} * double{kr[d]};
+        s[t] = dot * double{p.scale};
+        mx = std::max(mx, s[t]);
+      }
+      double sum = 0.0;
+      for (int64_t t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+      double* o = out.data() + row * dim;
+      std::fill(o, o + dim, 0.0);
+      for (int64_t t = 0; t < visible; ++t) {
+        const float* vr = v.data() + (kh * seq + t) * dim;
+        const double w = s[t] / sum;
+        for (int64_t d = 0; d < dim; ++d) o[d] += w * double{vr[d]};
+      }
+    }
+  };
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(rows, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (int64_t j = 0; j < nt; ++j) threads.emplace_back(work, rows * j / nt, rows * (j + 1) / nt);
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+// A host cache copied to the device: one slab of pages, the page table and
+// the cache-wide scales.
+class DeviceKv {
+ public:
+  explicit DeviceKv(const ref::HostKvCache& h) {
+    const KvLayout& l = h.layout();
+    const int64_t pages = h.pages();
+    const ref::KvCacheView v = h.view();
+    const int64_t g = std::max<int64_t>(l.global_scales(), 1);
+    EXPECT_EQ(cudaMalloc(&slab_, static_cast<size_t>(pages * l.page_bytes())), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&table_, static_cast<size_t>(pages) * sizeof(void*)), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(&scales_, static_cast<size_t>(2 * g) * 4), cudaSuccess);
+    std::vector<const uint8_t*> ptrs;
+    for (int64_t i = 0; i < pages; ++i) {
+      uint8_t* dst = static_cast<uint8_t*>(slab_) + i * l.page_bytes();
+      EXPECT_EQ(cudaMemcpy(dst, v.pages[i], static_cast<size_t>(l.page_bytes()), cudaMemcpyHostToDevice),
+                cudaSuccess);
+      ptrs.push_back(dst);
+    }
+    EXPECT_EQ(cudaMemcpy(table_, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    if (l.global_scales() > 0) {
+      EXPECT_EQ(cudaMemcpy(scales_, v.k_scales, static_cast<size_t>(l.global_scales()) * 4,
+                           cudaMemcpyHostToDevice), cudaSuccess);
+      EXPECT_EQ(cudaMemcpy(static_cast<float*>(scales_) + g, v.v_scales,
+                           static_cast<size_t>(l.global_scales()) * 4, cudaMemcpyHostToDevice),
+                cudaSuccess);
+    }
+    g_ = g;
+  }
+  ~DeviceKv() {
+    cudaFree(slab_);
+    cudaFree(table_);
+    cudaFree(scales_);
+  }
+  const uint8_t* const* table() const { return static_cast<const uint8_t* const*>(table_); }
+  const float* k_scales() const { return static_cast<const float*>(scales_); }
+  const float* v_scales() const { return static_cast<const float*>(scales_) + g_; }
+
+ private:
+  void* slab_ = nullptr;
+  void* table_ = nullptr;
+  void* scales_ = nullptr;
+  int64_t g_ = 1;
+};
+
+struct Case {
+  int64_t head_dim, seq, q_len, kv_heads, heads, batch;
+  bool causal;
+  Fp8Format format;
+  KvScaleMode mode;
+  DType q_dtype, out_dtype;
+};
+
+std::string Describe(const Case& c) {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "D=%lld seq=%lld q_len=%lld heads=%lld/%lld batch=%lld %s %s %s q=%s out=%s",
+                static_cast<long long>(c.head_dim), static_cast<long long>(c.seq),
+                static_cast<long long>(c.q_len), static_cast<long long>(c.heads),
+                static_cast<long long>(c.kv_heads), static_cast<long long>(c.batch),
+                c.causal ? "causal" : "full", c.format == Fp8Format::kE4M3 ? "e4m3" : "e5m2",
+                KvScaleModeName(c.mode), DTypeStr(c.q_dtype), DTypeStr(c.out_dtype));
+  return buf;
+}
+
+// Rounding of the output dtype, on top of the kernel's own bound.
+double OutputSlack(DType t) { return t == DType::kF32 ? 0.0 : t == DType::kF16 ? 5e-4 : 4e-3; }
+
+struct Worst {
+  double err = 0.0;
+  std::string where;
+  int runs = 0;
+};
+std::map<std::string, Worst>& WorstErrors() {
+  static std::map<std::string, Worst> w;
+  return w;
+}
+
+// Builds the cache (two appends, so TOKEN_BLOCK re-encodes a partly filled
+// block when seq > 1), runs the kernel on every decode path with poisoned
+// outputs, and checks against the FP64 reference.
+void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed) {
+  SCOPED_TRACE(Describe(c));
+  const KvLayout layout{c.kv_heads, c.head_dim, c.mode};
+  ref::HostKvCache host(layout, c.format, true);
+  const auto k = KvValues(c.kv_heads, c.seq, c.head_dim, seed);
+  const auto v = KvValues(c.kv_heads, c.seq, c.head_dim, seed + 1);
+  const int64_t first = c.seq > 1 ? c.seq * 2 / 3 : c.seq;
+  auto slice = [&](const std::vector<float>& x, int64_t t0, int64_t n) {
+    std::vector<float> s(static_cast<size_t>(c.kv_heads * n * c.head_dim));
+    for (int64_t h = 0; h < c.kv_heads; ++h)
+      std::copy_n(x.begin() + (h * c.seq + t0) * c.head_dim, n * c.head_dim,
+                  s.begin() + h * n * c.head_dim);
+    return s;
+  };
+  ASSERT_TRUE(host.Append(slice(k, 0, first).data(), slice(v, 0, first).data(), first));
+  if (first < c.seq) {
+    ASSERT_TRUE(host.Append(slice(k, first, c.seq - first).data(), slice(v, first, c.seq - first).data(),
+                            c.seq - first));
+  }
+  const int64_t n = c.batch * c.heads * c.q_len * c.head_dim;
+  const Queries q = MakeQueries(n, c.q_dtype, seed + 2);
+  const ref::AttentionParams rp{c.batch, c.heads, c.q_len,
+                                static_cast<float>(1.0 / std::sqrt(double(c.head_dim))) * 1.3f, c.causal};
+  const std::vector<double> want = ParallelReference(host.view(), q.f, rp);
+
+  DeviceKv dev(host);
+  void *d_q = nullptr, *d_out = nullptr, *ws = nullptr;
+  const size_t out_bytes = static_cast<size_t>(n * DTypeSize(c.out_dtype));
+  ASSERT_EQ(cudaMalloc(&d_q, q.bytes.size()), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&d_out, out_bytes), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d_q, q.bytes.data(), q.bytes.size(), cudaMemcpyHostToDevice), cudaSuccess);
+  for (cuda::DecodePath path : Paths()) {
+    SCOPED_TRACE(PathName(path));
+    cuda::AttentionProblem p;
+    p.layout = layout;
+    p.format = c.format;
+    p.pages = dev.table();
+    p.k_scales = dev.k_scales();
+    p.v_scales = dev.v_scales();
+    p.seq = c.seq;
+    p.q = d_q;
+    p.q_dtype = c.q_dtype;
+    p.batch = c.batch;
+    p.heads = c.heads;
+    p.q_len = c.q_len;
+    p.scale = rp.scale;
+    p.causal = c.causal;
+    p.out = d_out;
+    p.out_dtype = c.out_dtype;
+    p.path = path;
+    p.kernel = kernel;
+    const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
+    ASSERT_GT(ws_bytes, 0) << "kernel unavailable for this shape on this device";
+    ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
+    ASSERT_EQ(cudaMemset(d_out, 0xff, out_bytes), cudaSuccess);  // NaN in every dtype
+    ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cudaFree(ws);
+    ws = nullptr;
+    std::vector<uint8_t> got(out_bytes);
+    ASSERT_EQ(cudaMemcpy(got.data(), d_out, out_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    double num = 0.0, den = 0.0;
+    int64_t unwritten = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = OutToFloat(got.data(), c.out_dtype, i);
+      if (!std::isfinite(g)) ++unwritten;
+      num += (g - want[i]) * (g - want[i]);
+      den += want[i] * want[i];
+    }
+    EXPECT_EQ(unwritten, 0) << "elements left NaN (unwritten) or non-finite";
+    const double err = std::sqrt(num / std::max(den, 1e-300));
+    EXPECT_LE(err, bound + OutputSlack(c.out_dtype));
+    const std::string key = std::string(kernel == AttentionKernel::kPrefill ? "prefill" : "decode") +
+                            " " + PathName(path) + " out=" + DTypeStr(c.out_dtype);
+    if (c.seq >= 65536) {
+      std::printf("rel. L2 error at %lld tokens [%s]: %.3g (%s)\n", static_cast<long long>(c.seq),
+                  key.c_str(), err, Describe(c).c_str());
+    }
+    Worst& w = WorstErrors()[key];
+    ++w.runs;
+    if (err >= w.err) {
+      w.err = err;
+      w.where = Describe(c);
+    }
+  }
+  cudaFree(d_q);
+  cudaFree(d_out);
+}
+
+void PrintWorst(const char* kernel) {
+  for (const auto& [k, w] : WorstErrors()) {
+    if (k.rfind(kernel, 0) != 0) continue;
+    std::printf("worst rel. L2 error [%s]: %.3g over %d runs, at %s\n", k.c_str(), w.err, w.runs,
+                w.where.c_str());
+  }
+}
+
+constexpr Fp8Format kFormats[] = {Fp8Format::kE4M3, Fp8Format::kE5M2};
+constexpr KvScaleMode kModes[] = {KvScaleMode::kNone, KvScaleMode::kTensor, KvScaleMode::kHead,
+                                  KvScaleMode::kTokenBlock};
+constexpr DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+
+// The full grid of shapes; format, scale mode and dtypes rotate with the case
+// number so that every combination of them appears across the grid.
+void Sweep(AttentionKernel kernel, std::initializer_list<int64_t> q_lens, double bound) {
+  int idx = 0;
+  for (int64_t dim : {64, 128, 256, 512})
+    for (int64_t seq : {1, 63, 64, 65, 1000, 4097})
+      for (int64_t q_len : q_lens)
+        for (bool causal : {false, true})
+          for (bool gqa : {false, true}) {
+            if (causal && q_len > seq) continue;
+            const bool decode = kernel == AttentionKernel::kDecode;
+            Case c{};
+            c.head_dim = dim;
+            c.seq = seq;
+            c.q_len = q_len;
+            c.kv_heads = 2;
+            c.heads = gqa ? (decode ? 8 : 4) : 2;
+            c.batch = decode ? 2 : 1;
+            c.causal = causal;
+            c.format = kFormats[idx % 2];
+            c.mode = kModes[idx / 2 % 4];
+            c.q_dtype = kDTypes[idx / 8 % 3];
+            c.out_dtype = kDTypes[(idx / 3 + idx) % 3];
+            RunCase(c, kernel, bound, 1000 + idx);
+            ++idx;
+            if (::testing::Test::HasFatalFailure()) return;  // a CUDA error: later cases would only repeat it
+          }
+}
+
+TEST(GpuAttention, ParallelReferenceMatchesTheLibraryReference) {
+  for (bool causal : {false, true}) {
+    const KvLayout l{2, 96, KvScaleMode::kTokenBlock};
+    ref::HostKvCache h(l, Fp8Format::kE4M3);
+    const auto k = KvValues(2, 150, 96, 5), v = KvValues(2, 150, 96, 6);
+    ASSERT_TRUE(h.Append(k.data(), v.data(), 150));
+    const Queries q = MakeQueries(2 * 6 * 5 * 96, DType::kF32, 7);
+    const ref::AttentionParams p{2, 6, 5, 0.1f, causal};
+    std::vector<double> lib(q.f.size());
+    ref::AttentionReference(h.view(), q.f.data(), p, lib.data());
+    const auto mine = ParallelReference(h.view(), q.f, p);
+    for (size_t i = 0; i < lib.size(); ++i) ASSERT_NEAR(mine[i], lib[i], 1e-9 * (1 + std::fabs(lib[i])));
+  }
+}
+
+TEST(GpuAttention, DecodeGrid) {
+  Sweep(AttentionKernel::kDecode, {1, 3, 8}, 1e-5);
+  PrintWorst("decode");
+}
+
+TEST(GpuAttention, PrefillGrid) {
+  Sweep(AttentionKernel::kPrefill, {16, 100, 257}, 2e-3);
+  PrintWorst("prefill");
+}
+
+// Every format x scale mode x causal on both kernels at one ragged shape, and
+// head dims the kernels pad (not a multiple of 16, over 512).
+TEST(GpuAttention, EveryScaleModeAndFormat) {
+  int idx = 0;
+  for (Fp8Format f : kFormats)
+    for (KvScaleMode m : kModes)
+      for (bool causal : {false, true}) {
+        Case c{128, 333, 5, 2, 6, 1, causal, f, m, DType::kF32, DType::kF32};
+        RunCase(c, AttentionKernel::kDecode, 1e-5, 50 + idx);
+        c.q_len = 70;
+        RunCase(c, AttentionKernel::kPrefill, 2e-3, 80 + idx);
+        ++idx;
+      }
+  for (int64_t dim : {40, 100, 200, 1000}) {
+    Case c{dim, 130, 4, 1, 3, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32, DType::kF32};
+    RunCase(c, AttentionKernel::kDecode, 1e-5, 200 + static_cast<uint32_t>(dim));
+    c.q_len = 40;
+    if (dim <= 200) RunCase(c, AttentionKernel::kPrefill, 2e-3, 300 + static_cast<uint32_t>(dim));
+  }
+}
+
+// kAuto: q_len <= 8 runs the decode kernel (FP32 bound), longer the prefill.
+TEST(GpuAttention, AutoPicksByQueryLength) {
+  Case c{128, 500, 8, 2, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kHead, DType::kF16, DType::kF32};
+  RunCase(c, AttentionKernel::kAuto, 1e-5, 900);
+  c.q_len = 9;
+  RunCase(c, AttentionKernel::kAuto, 2e-3, 901);
+}
+
+TEST(GpuAttention, BadArgumentsAreRefused) {
+  cuda::AttentionProblem p;
+  p.layout = KvLayout{2, 64, KvScaleMode::kNone};
+  p.seq = 10;
+  p.batch = 1;
+  p.heads = 3;  // not a multiple of kv_heads
+  p.q_len = 1;
+  EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+  p.heads = 2;
+  p.causal = true;
+  p.q_len = 11;  // longer than seq
+  EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+  p.q_len = 1;
+  p.out_dtype = DType::kE4M3;
+  EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+  p.out_dtype = DType::kF32;
+  char dummy[256];
+  EXPECT_EQ(cuda::Attention(p, dummy, 256, nullptr), cudaErrorInvalidValue);  // null pages
+  if (DeviceCc() < 89) {
+    p.path = cuda::DecodePath::kNative;
+    EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+  }
+}
+
+// An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
+// rows that see its token are NaN, as in the reference, the others finite and
+// right, on both kernels and every decode path (the software path patches NaN
+// codes back to NaN).
+TEST(GpuAttention, NanCodeInKGivesNanRows) {
+  const KvLayout layout{2, 64, KvScaleMode::kTensor};
+  ref::HostKvCache host(layout, Fp8Format::kE4M3, false);
+  auto k = KvValues(2, 200, 64, 5), v = KvValues(2, 200, 64, 6);
+  ASSERT_TRUE(host.Append(k.data(), v.data(), 200));
+  k = KvValues(2, 3, 64, 7);
+  v = KvValues(2, 3, 64, 8);
+  k[5] = 1e6f;  // kv head 0, token 200
+  ASSERT_TRUE(host.Append(k.data(), v.data(), 3));
+  DeviceKv dev(host);
+  for (AttentionKernel kernel : {AttentionKernel::kDecode, AttentionKernel::kPrefill}) {
+    const int64_t q_len = kernel == AttentionKernel::kPrefill ? 20 : 4;
+    const int64_t n = 4 * q_len * 64;
+    const Queries q = MakeQueries(n, DType::kF32, 9);
+    const ref::AttentionParams rp{1, 4, q_len, 0.125f, true};
+    std::vector<double> want(static_cast<size_t>(n));
+    ref::AttentionReference(host.view(), q.f.data(), rp, want.data());
+    void *d_q = nullptr, *d_out = nullptr, *ws = nullptr;
+    ASSERT_EQ(cudaMalloc(&d_q, static_cast<size_t>(n) * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&d_out, static_cast<size_t>(n) * 4), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(d_q, q.f.data(), static_cast<size_t>(n) * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    for (cuda::DecodePath path : Paths()) {
+      SCOPED_TRACE(std::string(kernel == AttentionKernel::kPrefill ? "prefill " : "decode ") + PathName(path));
+      cuda::AttentionProblem p;
+      p.layout = layout;
+      p.format = Fp8Format::kE4M3;
+      p.pages = dev.table();
+      p.k_scales = dev.k_scales();
+      p.v_scales = dev.v_scales();
+      p.seq = host.seq();
+      p.q = d_q;
+      p.batch = 1;
+      p.heads = 4;
+      p.q_len = q_len;
+      p.scale = rp.scale;
+      p.causal = true;
+      p.out = d_out;
+      p.path = path;
+      p.kernel = kernel;
+      const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
+      ASSERT_GT(ws_bytes, 0);
+      ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
+      ASSERT_EQ(cudaMemset(d_out, 0xff, static_cast<size_t>(n) * 4), cudaSuccess);
+      ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
+      std::vector<float> got(static_cast<size_t>(n));
+      ASSERT_EQ(cudaMemcpy(got.data(), d_out, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      cudaFree(ws);
+      int64_t nan_rows = 0;
+      double num = 0.0, den = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "element " << i;
+        if (std::isnan(want[i])) {
+          nan_rows += i % 64 == 0;
+          continue;
+        }
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+      }
+      EXPECT_EQ(nan_rows, 6);  // heads 0 and 1 (kv head 0) x the queries at 200, 201, 202
+      EXPECT_LE(std::sqrt(num / den), kernel == AttentionKernel::kPrefill ? 2e-3 : 1e-5);
+    }
+    cudaFree(d_q);
+    cudaFree(d_out);
+  }
+}
+
+// Issue 4: state the error at 128k tokens (decode, heads 32 / kv_heads 8, D=128).
+TEST(GpuAttention, Decode128kTokens) {
+  Case c{128, 131072, 1, 8, 32, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32,
+         DType::kF32};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4242);  // prints its error per path
+}
+
+// ---------------------------------------------------------------- backend
+
+double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+TEST(GpuAttention, CudaBackendMatchesTheCpuBackend) {
+  core::CpuBackend cpu(4);
+  for (const char* path : {"", "software"}) {
+    core::CudaBackendOptions o;
+    o.decode_path = path;
+    auto cuda_or = core::CudaBackend::Create(o);
+    ASSERT_TRUE(cuda_or.ok()) << cuda_or.status();
+    auto& gpu = **cuda_or;
+    for (KvScaleMode mode : kModes) {
+      SCOPED_TRACE(std::string(path) + " " + KvScaleModeName(mode));
+      const core::KvShape shape{2, 128, Fp8Format::kE4M3, mode, true};
+      auto gc = gpu.CreateKv(shape);
+      auto cc = cpu.CreateKv(shape);
+      ASSERT_TRUE(gc.ok()) << gc.status();
+      ASSERT_TRUE(cc.ok()) << cc.status();
+      ref::HostKvCache host(shape.layout(), shape.format, true);
+      // Upload 1000 tokens, then appends of 1, 100 (F16) and 37 tokens: the
+      // partly filled last page comes back from the device each time.
+      int step = 0;
+      for (int64_t tokens : {1000, 1, 100, 37}) {
+        const auto k = KvValues(2, tokens, 128, 70 + step), v = KvValues(2, tokens, 128, 80 + step);
+        core::KvAppendArgs a{k.data(), v.data(), DType::kF32, tokens};
+        std::vector<uint16_t> k16, v16;
+        std::vector<float> kf = k, vf = v;
+        if (step == 2) {
+          for (size_t i = 0; i < k.size(); ++i) {
+            k16.push_back(FloatToHalfBits(k[i]));
+            v16.push_back(FloatToHalfBits(v[i]));
+            kf[i] = HalfBitsToFloat(k16.back());
+            vf[i] = HalfBitsToFloat(v16.back());
+          }
+          a = {k16.data(), v16.data(), DType::kF16, tokens};
+        }
+        ASSERT_TRUE(gpu.AppendKv(**gc, a).ok());
+        ASSERT_TRUE(cpu.AppendKv(**cc, a).ok());
+        ASSERT_TRUE(host.Append(kf.data(), vf.data(), tokens));
+        ++step;
+        ASSERT_EQ((*gc)->seq(), host.seq());
+        for (int64_t q_len : {1, 8, 100}) {
+          for (bool causal : {false, true}) {
+            const int64_t batch = 2, heads = 4;
+            const int64_t n = batch * heads * q_len * 128;
+            const Queries q = MakeQueries(n, DType::kF32, 90 + static_cast<uint32_t>(q_len));
+            core::AttentionArgs args{q.f.data(), DType::kF32, batch, heads, q_len, 0.09f, causal, nullptr,
+                                     DType::kF32};
+            std::vector<float> og(static_cast<size_t>(n), NAN), oc(og.size(), NAN);
+            args.out = og.data();
+            ASSERT_TRUE(gpu.Attention(**gc, args).ok());
+            args.out = oc.data();
+            ASSERT_TRUE(cpu.Attention(**cc, args).ok());
+            const auto want = ParallelReference(host.view(), q.f, {batch, heads, q_len, 0.09f, causal});
+            std::vector<float> wf(want.begin(), want.end());
+            const double bound = q_len <= 8 ? 1e-5 : 2e-3;
+            EXPECT_LE(RelL2(og, wf), bound) << "seq " << host.seq() << " q_len " << q_len;
+            EXPECT_LE(RelL2(oc, wf), 1e-5);
+            EXPECT_LE(RelL2(og, oc), bound + 1e-5);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace plume
