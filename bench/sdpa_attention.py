@@ -31,11 +31,23 @@ def median_us(fn, iters):
     return statistics.median(times)
 
 
+def SupportsGqa():
+    """Whether SDPA takes enable_gqa (PyTorch >= 2.5); the builtin has no
+    inspectable signature, so ask it with a tiny call."""
+    try:
+        q = torch.zeros(1, 2, 1, 8, device="cuda", dtype=torch.float16)
+        kv = torch.zeros(1, 1, 1, 8, device="cuda", dtype=torch.float16)
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+        return True
+    except TypeError:
+        return False
+
+
 def main():
     iters = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     out = sys.argv[2] if len(sys.argv) > 2 else None
     dev = torch.device("cuda")
-    gqa = "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    gqa = SupportsGqa()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, enable_gqa={gqa}")
     rows = []
     for seq in (1024, 8192, 32768, 131072):
