@@ -7,7 +7,6 @@ it, else K/V repeated to 32 heads (more bytes; the JSON says which). Prefill:
 4-D q/k/v [1, 1, 8192, 512] and [1, 32, 4096, 128] causal. CUDA events,
 medians. Usage: sdpa_attention.py [ITERS] [JSON]
 """
-import inspect
 import json
 import statistics
 import sys
