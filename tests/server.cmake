@@ -49,7 +49,9 @@ if(TARGET plume_client AND NOT PLUME_SANITIZE)
   add_executable(soak_test server/soak_test.cc)
   target_link_libraries(soak_test PRIVATE plume_grpc_service plume_client plume_core GTest::gtest_main)
   add_test(NAME soak_test COMMAND soak_test)
-  set_tests_properties(soak_test PROPERTIES LABELS soak TIMEOUT 600)
+  # RUN_SERIAL: with other tests loading the 2 cores, malloc arenas grow with
+  # thread contention and the ~21 MiB baseline swings by more than 5%.
+  set_tests_properties(soak_test PROPERTIES LABELS soak TIMEOUT 600 RUN_SERIAL TRUE)
 endif()
 
 # K/V caches in the durable store (issue 7): .pkv format, append log,

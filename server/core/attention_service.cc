@@ -167,11 +167,14 @@ absl::Status AttentionService::Attention(const v1::AttentionRequest& req, v1::At
   args.causal = plan->causal;
   args.out = bytes->data();
   args.out_dtype = plan->out_dtype;
+  const auto k0 = std::chrono::steady_clock::now();
   if (absl::Status s = backend_->Attention(*cache.data, args); !s.ok()) {
     out->clear_output();
     return s;
   }
   if (metrics_ != nullptr) {
+    metrics_->RecordKernel(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
     // K and V pages of every kv head are read once per query group (GQA) and batch element.
     metrics_->RecordAttention(rows, cache.shape.resident_bytes(seq));
   }

@@ -183,11 +183,17 @@ absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* o
   args.batch = plan->batch;
   args.y = bytes->data();
   args.y_dtype = plan->y_dtype;
+  const auto k0 = std::chrono::steady_clock::now();
   if (absl::Status s = backend_->Gemv(*(*m)->data, args); !s.ok()) {
     out->clear_output();
     return s;
   }
-  if (metrics_ != nullptr) metrics_->RecordGemv(plan->batch, shape.resident_bytes());
+  if (metrics_ != nullptr) {
+    metrics_->RecordKernel(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
+    metrics_->RecordBatch(plan->batch);
+    metrics_->RecordGemv(plan->batch, shape.resident_bytes());
+  }
   return absl::OkStatus();
 }
 

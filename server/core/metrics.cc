@@ -102,6 +102,28 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                               "achieved K/V bandwidth.")
                         .Register(*registry_)
                         .Add({});
+  queue_duration_ = &prometheus::BuildHistogram()
+                         .Name("plume_queue_duration_seconds")
+                         .Help("Time a request waited in the work queue before a worker took it.")
+                         .Register(*registry_)
+                         .Add({}, LatencyBuckets());
+  queue_depth_ = &prometheus::BuildGauge()
+                      .Name("plume_queue_depth")
+                      .Help("Requests waiting in the work queue.")
+                      .Register(*registry_)
+                      .Add({});
+  kernel_duration_ = &prometheus::BuildHistogram()
+                          .Name("plume_kernel_duration_seconds")
+                          .Help("Time of one backend computation (GEMV or attention), copies to and "
+                                "from the device included.")
+                          .Register(*registry_)
+                          .Add({}, LatencyBuckets());
+  batch_size_ = &prometheus::BuildHistogram()
+                     .Name("plume_batch_size")
+                     .Help("Vectors multiplied by one backend GEMV call.")
+                     .Register(*registry_)
+                     .Add({}, prometheus::Histogram::BucketBoundaries{
+                                  1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
   requests_family_ = &requests;
   auto& dropped = prometheus::BuildCounter()
                       .Name("plume_requests_dropped_total")
@@ -143,6 +165,11 @@ void Metrics::SetResident(int64_t matrices, int64_t bytes) {
 void Metrics::RecordDropped(absl::StatusCode code) {
   (code == absl::StatusCode::kCancelled ? dropped_cancelled_ : dropped_deadline_)->Increment();
 }
+
+void Metrics::RecordQueueWait(double seconds) { queue_duration_->Observe(seconds); }
+void Metrics::SetQueueDepth(int64_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
+void Metrics::RecordKernel(double seconds) { kernel_duration_->Observe(seconds); }
+void Metrics::RecordBatch(int64_t vectors) { batch_size_->Observe(static_cast<double>(vectors)); }
 
 void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }
 

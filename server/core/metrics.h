@@ -56,6 +56,14 @@ class Metrics {
   void RecordGemv(int64_t vectors, int64_t weight_bytes);
   void SetResident(int64_t matrices, int64_t bytes);
   void SetMemoryBudget(int64_t bytes);
+  // The work queue: how long a request waited for a worker, and how many
+  // wait now.
+  void RecordQueueWait(double seconds);
+  void SetQueueDepth(int64_t depth);
+  // One backend computation (a GEMV or attention call): its duration, and
+  // for GEMV the vectors it multiplied at once (the batch size).
+  void RecordKernel(double seconds);
+  void RecordBatch(int64_t vectors);
   // GPU backends: device memory in use and in all.
   void SetDeviceMemory(int64_t used, int64_t total);
   // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
@@ -83,6 +91,10 @@ class Metrics {
   prometheus::Gauge* resident_matrices_ = nullptr;
   prometheus::Gauge* resident_bytes_ = nullptr;
   prometheus::Gauge* memory_budget_ = nullptr;
+  prometheus::Histogram* queue_duration_ = nullptr;
+  prometheus::Gauge* queue_depth_ = nullptr;
+  prometheus::Histogram* kernel_duration_ = nullptr;
+  prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* device_used_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Counter* dropped_deadline_ = nullptr;

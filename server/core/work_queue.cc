@@ -1,8 +1,11 @@
 #include "server/core/work_queue.h"
 
+#include "server/core/metrics.h"
+
 namespace plume::core {
 
-WorkQueue::WorkQueue(int threads, int64_t max_queued) : max_queued_(max_queued) {
+WorkQueue::WorkQueue(int threads, int64_t max_queued, Metrics* metrics)
+    : max_queued_(max_queued), metrics_(metrics) {
   if (threads < 1) threads = 1;
   threads_.reserve(static_cast<size_t>(threads));
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
@@ -19,7 +22,8 @@ WorkQueue::~WorkQueue() {
 bool WorkQueue::Submit(std::function<void()> task) {
   absl::MutexLock lock(&mu_);
   if (stopping_ || static_cast<int64_t>(tasks_.size()) >= max_queued_) return false;
-  tasks_.push_back(std::move(task));
+  tasks_.push_back({std::move(task), std::chrono::steady_clock::now()});
+  if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int64_t>(tasks_.size()));
   return true;
 }
 
@@ -30,7 +34,7 @@ int64_t WorkQueue::queued() const {
 
 void WorkQueue::Loop() {
   for (;;) {
-    std::function<void()> task;
+    Task task;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -39,8 +43,13 @@ void WorkQueue::Loop() {
       if (tasks_.empty()) return;  // stopping and drained
       task = std::move(tasks_.front());
       tasks_.pop_front();
+      if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int64_t>(tasks_.size()));
     }
-    task();
+    if (metrics_ != nullptr) {
+      metrics_->RecordQueueWait(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - task.queued_at).count());
+    }
+    task.fn();
   }
 }
 

@@ -4,6 +4,7 @@
 // gRPC callback thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -15,9 +16,12 @@
 
 namespace plume::core {
 
+class Metrics;
+
 class WorkQueue {
  public:
-  WorkQueue(int threads, int64_t max_queued);
+  // With `metrics`, the wait of every task and the queue's depth are recorded.
+  WorkQueue(int threads, int64_t max_queued, Metrics* metrics = nullptr);
   ~WorkQueue();  // runs what is queued, then joins
 
   // False when the queue is full or shutting down; the task is not run.
@@ -27,9 +31,15 @@ class WorkQueue {
  private:
   void Loop();
 
+  struct Task {
+    std::function<void()> fn;
+    std::chrono::steady_clock::time_point queued_at;
+  };
+
   const int64_t max_queued_;
+  Metrics* const metrics_;
   mutable absl::Mutex mu_;
-  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

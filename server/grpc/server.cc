@@ -97,7 +97,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   auto impl = std::make_unique<Impl>();
   impl->queue = std::make_unique<core::WorkQueue>(options.worker_threads,
-                                                  options.max_queued_requests);
+                                                  options.max_queued_requests, metrics);
   MatrixServiceImpl::Options svc_options;
   svc_options.max_stream_in_flight = options.max_stream_in_flight;
   if (!options.auth_token.empty()) {

@@ -32,10 +32,6 @@ import numpy as np
 
 # Metrics that the CPU server does not export (yet), with the reason.
 ALLOWED_EMPTY = {
-    "plume_queue_duration_seconds": "recorded by the batcher (issue 5), not built yet",
-    "plume_kernel_duration_seconds": "recorded by the batcher (issue 5), not built yet",
-    "plume_batch_size": "recorded by the batcher (issue 5), not built yet",
-    "plume_queue_depth": "exported by the batcher (issue 5), not built yet",
     "plume_device_memory_used_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
     "plume_device_memory_total_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
 }

@@ -483,6 +483,13 @@ TEST_F(ServerTest, MetricsCountTraffic) {
   EXPECT_EQ(Sample(text, "plume_resident_matrices"), 1);
   EXPECT_EQ(Sample(text, "plume_resident_bytes"), rows * cols + rows * 4);
   EXPECT_GT(Sample(text, "plume_memory_budget_bytes"), 0);
+  // Work queue and backend: 3 GEMVs of 4 vectors and 2 attention calls ran.
+  EXPECT_EQ(Sample(text, "plume_batch_size_count"), 3);
+  EXPECT_EQ(Sample(text, "plume_batch_size_sum"), 12);
+  EXPECT_EQ(Sample(text, "plume_kernel_duration_seconds_count"), 5);
+  EXPECT_GT(Sample(text, "plume_kernel_duration_seconds_sum"), 0);
+  EXPECT_GE(Sample(text, "plume_queue_duration_seconds_count"), 4);
+  EXPECT_EQ(Sample(text, "plume_queue_depth"), 0);
   // K/V caches and attention (uploaded and run before the scrape below).
   EXPECT_EQ(Sample(text, "plume_kv_caches"), 1);
   EXPECT_EQ(Sample(text, "plume_kv_bytes"), kv_bytes);
