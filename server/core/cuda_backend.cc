@@ -198,6 +198,65 @@ class CudaKvCache final : public BackendKvCache {
     return absl::OkStatus();
   }
 
+  // Pages [first, first + num) to host memory, and the cache-wide scales.
+  absl::Status Read(int64_t first, int64_t num, uint8_t* pages, float* k_scales, float* v_scales,
+                    cudaStream_t stream) const {
+    const int64_t page_bytes = shape().layout().page_bytes();
+    if (first < 0 || num < 0 || first + num > static_cast<int64_t>(pages_.size())) {
+      return absl::OutOfRangeError(absl::StrCat("cuda backend: pages [", first, ", ", first + num,
+                                                ") of a cache of ", pages_.size(), " pages"));
+    }
+    for (int64_t i = 0; i < num; ++i) {
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(pages + i * page_bytes, pages_[first + i],
+                                           static_cast<size_t>(page_bytes), cudaMemcpyDeviceToHost,
+                                           stream),
+                           "reading K/V pages");
+    }
+    if (k_scales != nullptr) std::copy(k_scales_.begin(), k_scales_.end(), k_scales);
+    if (v_scales != nullptr) std::copy(v_scales_.begin(), v_scales_.end(), v_scales);
+    PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream), "reading K/V pages");
+    return absl::OkStatus();
+  }
+
+  // A fresh cache takes `seq` tokens of stored pages (Read's layout) and the
+  // cache-wide scales.
+  absl::Status Restore(int64_t seq, const uint8_t* pages, const float* k_scales,
+                       const float* v_scales, cudaStream_t stream) {
+    const KvLayout l = shape().layout();
+    const int64_t n_pages = KvLayout::pages_for(seq);
+    const int64_t page_bytes = l.page_bytes();
+    if (l.global_scales() > 0) {
+      std::copy(k_scales, k_scales + l.global_scales(), k_scales_.begin());
+      std::copy(v_scales, v_scales + l.global_scales(), v_scales_.begin());
+      const size_t n = static_cast<size_t>(l.global_scales()) * 4;
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(scales_.p, k_scales_.data(), n, cudaMemcpyHostToDevice, stream),
+                           "copying K/V scales to the device");
+      float* v_dev = static_cast<float*>(scales_.p) + std::max<int64_t>(l.global_scales(), 1);
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(v_dev, v_scales_.data(), n, cudaMemcpyHostToDevice, stream),
+                           "copying K/V scales to the device");
+    }
+    if (n_pages > 0) {
+      auto slab = std::make_unique<DeviceAlloc>();
+      PLUME_RETURN_IF_CUDA(slab->Allocate(n_pages * page_bytes),
+                           absl::StrCat("allocating ", n_pages, " K/V pages"));
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(slab->p, pages, static_cast<size_t>(n_pages * page_bytes),
+                                           cudaMemcpyHostToDevice, stream),
+                           "copying K/V pages to the device");
+      const int64_t cap = std::max<int64_t>(n_pages, 16);
+      PLUME_RETURN_IF_CUDA(table_.Allocate(cap * int64_t{sizeof(uint8_t*)}), "allocating the K/V page table");
+      table_cap_ = cap;
+      for (int64_t i = 0; i < n_pages; ++i) pages_.push_back(static_cast<uint8_t*>(slab->p) + i * page_bytes);
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(table_.p, pages_.data(),
+                                           static_cast<size_t>(n_pages) * sizeof(uint8_t*),
+                                           cudaMemcpyHostToDevice, stream),
+                           "copying the K/V page table");
+      slabs_.push_back(std::move(slab));
+    }
+    PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream), "restoring a K/V cache");
+    seq_ = seq;
+    return absl::OkStatus();
+  }
+
  private:
   std::vector<std::unique_ptr<DeviceAlloc>> slabs_;
   std::vector<uint8_t*> pages_;  // device pointers into slabs_, in token order
@@ -527,6 +586,31 @@ absl::Status CudaBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& ar
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);
   return c.Append(k.data(), v.data(), args.tokens, lane.stream);
+}
+
+absl::Status CudaBackend::ReadKv(const BackendKvCache& cache, int64_t first_page,
+                                int64_t num_pages, uint8_t* pages, float* k_scales,
+                                float* v_scales) {
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  return static_cast<const CudaKvCache&>(cache).Read(first_page, num_pages, pages, k_scales,
+                                                     v_scales, lane.stream);
+}
+
+absl::StatusOr<std::unique_ptr<BackendKvCache>> CudaBackend::KvFromPacked(
+    const KvShape& shape, int64_t seq, const uint8_t* pages, const float* k_scales,
+    const float* v_scales) {
+  auto c = CreateKv(shape);
+  if (!c.ok()) return c.status();
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  if (absl::Status st = static_cast<CudaKvCache&>(**c).Restore(seq, pages, k_scales, v_scales,
+                                                               lane.stream);
+      !st.ok()) {
+    return st;
+  }
+  return c;
 }
 
 absl::Status CudaBackend::Attention(const BackendKvCache& cache, const AttentionArgs& args) {

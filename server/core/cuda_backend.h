@@ -61,6 +61,13 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
   absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;
   absl::Status Attention(const BackendKvCache& cache, const AttentionArgs& args) override;
+  // The durable store's K/V hooks: whole pages between device and host.
+  absl::Status ReadKv(const BackendKvCache& cache, int64_t first_page, int64_t num_pages,
+                      uint8_t* pages, float* k_scales, float* v_scales) override;
+  absl::StatusOr<std::unique_ptr<BackendKvCache>> KvFromPacked(const KvShape& shape, int64_t seq,
+                                                               const uint8_t* pages,
+                                                               const float* k_scales,
+                                                               const float* v_scales) override;
   // Attention with a chosen kernel (cuda::AttentionKernel: 0 auto, 1 decode,
   // 2 prefill), for tests and benchmarks.
   absl::Status AttentionWith(const BackendKvCache& cache, const AttentionArgs& args, int kernel);

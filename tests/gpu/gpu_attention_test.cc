@@ -588,6 +588,38 @@ TEST(GpuAttention, CudaBackendMatchesTheCpuBackend) {
           }
         }
       }
+      // The durable store's hooks: the device pages read back are byte for
+      // byte the CPU backend's (both quantize with the reference), and a
+      // cache made from them answers exactly as the original does.
+      ASSERT_TRUE(gpu.ReadKv(**gc, 0, 0, nullptr, nullptr, nullptr).ok());  // the start-up probe
+      const KvLayout l = shape.layout();
+      const int64_t n_pages = KvLayout::pages_for((*gc)->seq());
+      const size_t bytes = static_cast<size_t>(n_pages * l.page_bytes());
+      const size_t ns = static_cast<size_t>(std::max<int64_t>(l.global_scales(), 1));
+      std::vector<uint8_t> pg(bytes), pc(bytes);
+      std::vector<float> kg(ns), vg(ns), kc(ns), vc(ns);
+      ASSERT_TRUE(gpu.ReadKv(**gc, 0, n_pages, pg.data(), kg.data(), vg.data()).ok());
+      ASSERT_TRUE(cpu.ReadKv(**cc, 0, n_pages, pc.data(), kc.data(), vc.data()).ok());
+      EXPECT_EQ(pg, pc);
+      if (l.global_scales() > 0) {
+        EXPECT_EQ(kg, kc);
+        EXPECT_EQ(vg, vc);
+      }
+      EXPECT_FALSE(gpu.ReadKv(**gc, n_pages, 1, pg.data(), nullptr, nullptr).ok());  // past the end
+      auto restored = gpu.KvFromPacked(shape, (*gc)->seq(), pg.data(), kg.data(), vg.data());
+      ASSERT_TRUE(restored.ok()) << restored.status();
+      ASSERT_EQ((*restored)->seq(), (*gc)->seq());
+      for (int64_t q_len : {1, 100}) {
+        const int64_t n = 2 * 4 * q_len * 128;
+        const Queries q = MakeQueries(n, DType::kF32, 190 + static_cast<uint32_t>(q_len));
+        core::AttentionArgs args{q.f.data(), DType::kF32, 2, 4, q_len, 0.09f, true, nullptr, DType::kF32};
+        std::vector<float> a(static_cast<size_t>(n), NAN), b(a.size(), NAN);
+        args.out = a.data();
+        ASSERT_TRUE(gpu.Attention(**gc, args).ok());
+        args.out = b.data();
+        ASSERT_TRUE(gpu.Attention(**restored, args).ok());
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "q_len " << q_len;
+      }
     }
   }
 }
