@@ -18,37 +18,16 @@
 #include "server/core/cpu_backend.h"
 #include "server/core/durable_store.h"
 #include "server/core/kv_store.h"
+#include "tests/common/files.h"
 
 namespace plume::core {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("plume_kv_store_test_" + std::to_string(getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string str() const { return path_.string(); }
-  fs::path operator/(const std::string& f) const { return path_ / f; }
-
- private:
-  fs::path path_;
-};
-
-std::string ReadFile(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-void WriteFile(const fs::path& p, const std::string& s) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f << s;
-}
+using plume::testing::ReadFile;
+using plume::testing::TempDir;
+using plume::testing::WriteFile;
 
 std::string RandomFloats(std::mt19937& rng, int64_t n, float amp) {
   std::normal_distribution<float> d(0.0f, amp);

@@ -19,6 +19,7 @@
 #include "server/core/durable_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
+#include "tests/common/files.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume::core {
@@ -30,32 +31,9 @@ std::string Bytes(const std::vector<float>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
 }
 
-// A fresh, empty directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("plume_store_test_" + std::to_string(getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string str() const { return path_.string(); }
-  fs::path operator/(const std::string& f) const { return path_ / f; }
-
- private:
-  fs::path path_;
-};
-
-std::string ReadFile(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-void WriteFile(const fs::path& p, const std::string& s) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f << s;
-}
+using plume::testing::ReadFile;
+using plume::testing::TempDir;
+using plume::testing::WriteFile;
 
 // A quantized matrix in host memory.
 StoredMatrix MakeMatrix(const std::string& name, int64_t rows, int64_t cols, ScaleMode mode,
