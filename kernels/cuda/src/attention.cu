@@ -769,10 +769,13 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   if (p.kernel != AttentionKernel::kDecode &&
       (p.kernel == AttentionKernel::kPrefill || p.q_len > kAttentionDecodeMaxQ)) {
     pl.pre = PickPrefill(kd);
-    int optin = 0;
-    PLUME_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    prefill = pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(optin);
+    prefill = pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(info.smem_optin);
     if (!prefill && p.kernel == AttentionKernel::kPrefill) return cudaErrorNotSupported;
+    if (prefill) {  // raises the kernel's shared memory limit, once
+      int unused = 0;
+      PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.pre.fn), kPrefillThreads,
+                                       pl.pre.smem, device, &unused));
+    }
   }
   pl.prefill = prefill;
   if (prefill) {
@@ -786,9 +789,8 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     // Enough splits for one wave of resident blocks, each with at least one
     // page.
     int bps = 1;
-    PLUME_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &bps, reinterpret_cast<const void*>(pl.decode),
-        DecodeThreads(kd), 0));
+    PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd), 0,
+                                     device, &bps));
     const int64_t target = int64_t{info.sms} * std::max(bps, 1);
     int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, 1024});
     splits = std::max<int64_t>(splits, 1);
@@ -828,9 +830,6 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   const Params k = MakeParams(p, pl.dec, pl.row_tiles, pl.pages_per_split, pl.splits, workspace,
                               pl.off_acc);
   if (pl.prefill) {
-    PLUME_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(pl.pre.fn),
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(pl.pre.smem)));
     const int slices = static_cast<int>((l.head_dim + pl.pre.dv - 1) / pl.pre.dv);
     const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(slices));
     pl.pre.fn<<<grid, kPrefillThreads, pl.pre.smem, stream>>>(k, pl.dec);

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 #include "plume/cuda/check.h"
 
@@ -107,26 +108,72 @@ __device__ __forceinline__ bool HasE4M3Nan(uint32_t w) {
 
 struct DeviceInfo {
   int sms = 0;
-  int cc = 0;  // major * 10 + minor
+  int cc = 0;          // major * 10 + minor
+  int smem_optin = 0;  // shared memory a block may opt in to, bytes
 };
 
 cudaError_t GetDeviceInfo(int device, DeviceInfo* info) {
   static constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices][2];  // 0 = unknown
-  if (device >= 0 && device < kMaxDevices && cache[device][0].load() != 0) {
-    info->sms = cache[device][0].load();
-    info->cc = cache[device][1].load();
+  static std::atomic<int> cache[kMaxDevices][3];  // [0] = 0: unknown
+  if (device >= 0 && device < kMaxDevices && cache[device][0].load(std::memory_order_acquire) != 0) {
+    info->cc = cache[device][1].load(std::memory_order_relaxed);
+    info->smem_optin = cache[device][2].load(std::memory_order_relaxed);
+    info->sms = cache[device][0].load(std::memory_order_relaxed);
     return cudaSuccess;
   }
-  int major = 0, minor = 0, sms = 0;
+  int major = 0, minor = 0, sms = 0, optin = 0;
   PLUME_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   PLUME_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   PLUME_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  PLUME_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   info->sms = sms;
   info->cc = major * 10 + minor;
+  info->smem_optin = optin;
   if (device >= 0 && device < kMaxDevices) {
-    cache[device][1].store(info->cc);
-    cache[device][0].store(sms);
+    cache[device][1].store(info->cc, std::memory_order_relaxed);
+    cache[device][2].store(optin, std::memory_order_relaxed);
+    cache[device][0].store(sms, std::memory_order_release);
+  }
+  return cudaSuccess;
+}
+
+// Resident blocks per multiprocessor of a kernel launched with `threads`
+// threads and `smem` bytes of dynamic shared memory, asked of the runtime once
+// per (kernel, device); beyond 48 KB the kernel's dynamic shared memory limit
+// is raised first. Lookups on the request path take no lock.
+cudaError_t KernelBlocksPerSm(const void* fn, int threads, size_t smem, int device, int* out) {
+  struct Entry {
+    std::atomic<const void*> fn{nullptr};
+    std::atomic<int> device{-1};
+    std::atomic<int> blocks{0};
+  };
+  static constexpr int kMaxEntries = 256;
+  static Entry table[kMaxEntries];
+  static std::atomic<int> used{0};
+  static std::mutex mu;  // writers only
+  const int n = used.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) {
+    if (table[i].fn.load(std::memory_order_relaxed) == fn &&
+        table[i].device.load(std::memory_order_relaxed) == device) {
+      *out = table[i].blocks.load(std::memory_order_relaxed);
+      return cudaSuccess;
+    }
+  }
+  if (smem > 48 * 1024) {
+    PLUME_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  }
+  int blocks = 0;
+  PLUME_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, threads, smem));
+  blocks = blocks < 1 ? 1 : blocks;
+  *out = blocks;
+  std::lock_guard<std::mutex> lock(mu);
+  const int i = used.load(std::memory_order_relaxed);
+  if (i < kMaxEntries) {  // a full table only means asking the runtime again
+    table[i].fn.store(fn, std::memory_order_relaxed);
+    table[i].device.store(device, std::memory_order_relaxed);
+    table[i].blocks.store(blocks, std::memory_order_relaxed);
+    used.store(i + 1, std::memory_order_release);
   }
   return cudaSuccess;
 }

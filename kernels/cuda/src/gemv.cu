@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
-#include <vector>
 #include <cmath>
 #include <cstdint>
 
@@ -447,33 +445,6 @@ struct Plan {
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
-// Resident blocks per multiprocessor of a kernel, asked of the runtime once.
-cudaError_t BlocksPerSm(KernelFn fn, size_t smem, int device, int* out) {
-  struct Entry {
-    KernelFn fn;
-    int device;
-    int blocks;
-  };
-  static std::mutex mu;
-  static std::vector<Entry> cache;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (const Entry& e : cache) {
-      if (e.fn == fn && e.device == device) {
-        *out = e.blocks;
-        return cudaSuccess;
-      }
-    }
-  }
-  int blocks = 0;
-  PLUME_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, reinterpret_cast<const void*>(fn), kThreads, smem));
-  std::lock_guard<std::mutex> lock(mu);
-  cache.push_back({fn, device, std::max(blocks, 1)});
-  *out = std::max(blocks, 1);
-  return cudaSuccess;
-}
-
 cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, Plan* out) {
   Plan pl;
   pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
@@ -488,7 +459,7 @@ cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, P
   pl.fn = PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.nt);
   pl.smem = pl.nt >= kStageFromNT ? size_t{2} * pl.nt * 8 * kXPad * sizeof(__half) : 0;
   int bps = 1;
-  PLUME_CUDA_TRY(BlocksPerSm(pl.fn, pl.smem, device, &bps));
+  PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.fn), kThreads, pl.smem, device, &bps));
   pl.row_tiles = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
   // Split the columns so that the grid fills the GPU in one wave, keeping at
   // least 4 chunks per split (8 when the activations are staged, whose
