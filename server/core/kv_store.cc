@@ -8,18 +8,6 @@
 
 namespace plume::core {
 
-KvStore::PendingUpload::PendingUpload(KvStore* store, std::string name, Reservation r)
-    : store_(store), name_(std::move(name)), reservation_(std::move(r)) {}
-
-KvStore::PendingUpload::PendingUpload(PendingUpload&& o) noexcept
-    : store_(o.store_), name_(std::move(o.name_)), reservation_(std::move(o.reservation_)) {
-  o.store_ = nullptr;
-}
-
-KvStore::PendingUpload::~PendingUpload() {
-  if (store_ != nullptr) store_->ReleaseName(name_);
-}
-
 KvStore::KvStore(std::shared_ptr<Budget> budget, Metrics* metrics)
     : budget_(std::move(budget)), metrics_(metrics) {
   if (metrics_ != nullptr) metrics_->SetKv(0, 0);

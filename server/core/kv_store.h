@@ -52,20 +52,7 @@ class KvStore {
   KvStore(std::shared_ptr<Budget> budget, Metrics* metrics);
   ~KvStore();
 
-  // A claimed name plus the budget reserved for an upload in progress.
-  class PendingUpload {
-   public:
-    PendingUpload(PendingUpload&&) noexcept;
-    ~PendingUpload();
-    const std::string& name() const { return name_; }
-
-   private:
-    friend class KvStore;
-    PendingUpload(KvStore* store, std::string name, Reservation r);
-    KvStore* store_;
-    std::string name_;
-    Reservation reservation_;
-  };
+  using PendingUpload = PendingName<KvStore>;
 
   // Claims `name` (ALREADY_EXISTS if a cache or an upload has it) and
   // reserves `bytes` (RESOURCE_EXHAUSTED if they do not fit).
@@ -96,6 +83,7 @@ class KvStore {
   absl::Status Append(KvCache& cache, Backend* backend, const KvAppendArgs& args);
 
  private:
+  friend class PendingName<KvStore>;
   void ReleaseName(const std::string& name);
   // After backend->AppendKv grew `cache` from `seq_before` tokens: one record
   // at the end of its file, or a compaction when the log is over twice the

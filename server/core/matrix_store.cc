@@ -32,18 +32,6 @@ void Reservation::reset() {
   bytes_ = 0;
 }
 
-MatrixStore::PendingUpload::PendingUpload(MatrixStore* store, std::string name, Reservation r)
-    : store_(store), name_(std::move(name)), reservation_(std::move(r)) {}
-
-MatrixStore::PendingUpload::PendingUpload(PendingUpload&& o) noexcept
-    : store_(o.store_), name_(std::move(o.name_)), reservation_(std::move(o.reservation_)) {
-  o.store_ = nullptr;
-}
-
-MatrixStore::PendingUpload::~PendingUpload() {
-  if (store_ != nullptr) store_->ReleaseName(name_);
-}
-
 MatrixStore::MatrixStore(int64_t budget_bytes, Metrics* metrics)
     : budget_(std::make_shared<Budget>(budget_bytes)), metrics_(metrics) {
   if (metrics_ != nullptr) metrics_->SetMemoryBudget(budget_bytes);

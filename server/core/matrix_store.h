@@ -15,6 +15,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -60,6 +61,29 @@ class Reservation {
   int64_t bytes_ = 0;
 };
 
+// A name claimed by an upload in progress, with the budget reserved for it.
+// Dropped before the store commits it, it frees both (Store::ReleaseName).
+template <class Store>
+class PendingName {
+ public:
+  PendingName(PendingName&& o) noexcept
+      : store_(o.store_), name_(std::move(o.name_)), reservation_(std::move(o.reservation_)) {
+    o.store_ = nullptr;
+  }
+  ~PendingName() {
+    if (store_ != nullptr) store_->ReleaseName(name_);
+  }
+  const std::string& name() const { return name_; }
+
+ private:
+  friend Store;
+  PendingName(Store* store, std::string name, Reservation r)
+      : store_(store), name_(std::move(name)), reservation_(std::move(r)) {}
+  Store* store_;
+  std::string name_;
+  Reservation reservation_;
+};
+
 struct Matrix {
   std::string name;
   MatrixShape shape;
@@ -74,20 +98,7 @@ class MatrixStore {
   MatrixStore(int64_t budget_bytes, Metrics* metrics);
   ~MatrixStore();
 
-  // A claimed name plus the budget reserved for an upload in progress.
-  class PendingUpload {
-   public:
-    PendingUpload(PendingUpload&&) noexcept;
-    ~PendingUpload();
-    const std::string& name() const { return name_; }
-
-   private:
-    friend class MatrixStore;
-    PendingUpload(MatrixStore* store, std::string name, Reservation r);
-    MatrixStore* store_;
-    std::string name_;
-    Reservation reservation_;
-  };
+  using PendingUpload = PendingName<MatrixStore>;
 
   // Claims `name` (ALREADY_EXISTS if a matrix or an upload has it) and
   // reserves `bytes` (RESOURCE_EXHAUSTED if they do not fit).
@@ -116,6 +127,7 @@ class MatrixStore {
   const std::shared_ptr<Budget>& budget() const { return budget_; }
 
  private:
+  friend class PendingName<MatrixStore>;
   void ReleaseName(const std::string& name);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
