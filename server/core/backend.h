@@ -115,9 +115,32 @@ struct AttentionArgs {
   DType out_dtype = DType::kF32;
 };
 
+// Host memory a backend moves to and from its device fastest: pinned memory
+// for the CUDA backend, plain aligned heap memory for the CPU backend. The
+// batcher gathers a batch's vectors into one and has the results written to
+// another, so each vector is copied once on its way in and once on its way
+// out. GemvArgs/AttentionArgs may point into such buffers or anywhere else.
+class HostBuffer {
+ public:
+  virtual ~HostBuffer() = default;
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ protected:
+  HostBuffer(void* data, size_t size) : data_(data), size_(size) {}
+
+ private:
+  void* data_;
+  size_t size_;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
+
+  // A host buffer of `bytes` bytes (see HostBuffer). The default is aligned
+  // heap memory; RESOURCE_EXHAUSTED when it cannot be had.
+  virtual absl::StatusOr<std::unique_ptr<HostBuffer>> AllocateHostBuffer(size_t bytes);
 
   virtual std::string_view name() const = 0;
 
