@@ -59,3 +59,9 @@ endif()
 add_executable(kv_store_file_test server/kv_store_file_test.cc)
 target_link_libraries(kv_store_file_test PRIVATE plume_core GTest::gtest_main)
 gtest_discover_tests(kv_store_file_test DISCOVERY_TIMEOUT 60)
+
+# Multi-device placement (issue 5): ShardedBackend over CpuBackend children.
+add_executable(sharded_backend_test server/sharded_backend_test.cc)
+target_include_directories(sharded_backend_test PRIVATE ${PROJECT_SOURCE_DIR})
+target_link_libraries(sharded_backend_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(sharded_backend_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)

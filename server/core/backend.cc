@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <new>
+#include <utility>
 
 namespace plume::core {
 namespace {
@@ -14,6 +15,33 @@ class HeapHostBuffer final : public HostBuffer {
 };
 
 }  // namespace
+
+namespace {
+// A call that ran to completion when it was started.
+class DoneGemv final : public PendingGemv {
+ public:
+  explicit DoneGemv(absl::Status s) : status_(std::move(s)) {}
+  absl::Status Wait() override { return status_; }
+
+ private:
+  absl::Status status_;
+};
+}  // namespace
+
+const char* PlacementName(Placement p) {
+  switch (p) {
+    case Placement::kAuto: return "auto";
+    case Placement::kSingle: return "single";
+    case Placement::kSharded: return "sharded";
+    case Placement::kReplicated: return "replicated";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<PendingGemv>> Backend::StartGemv(const BackendMatrix& w,
+                                                                const GemvArgs& args) {
+  return std::unique_ptr<PendingGemv>(new DoneGemv(Gemv(w, args)));
+}
 
 absl::StatusOr<std::unique_ptr<HostBuffer>> Backend::AllocateHostBuffer(size_t bytes) {
   constexpr size_t kAlign = 64;

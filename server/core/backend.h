@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -17,6 +18,16 @@
 
 namespace plume::core {
 
+// Where a matrix lives when a backend has several devices (ShardedBackend;
+// values match plume.v1.Placement). Single-device backends ignore it.
+enum class Placement : uint8_t {
+  kAuto = 0,        // single device when it fits one, else row-sharded
+  kSingle = 1,      // one device (the one with the most free budget)
+  kSharded = 2,     // rows split across every device, each shard on its own
+  kReplicated = 3,  // a whole copy on every device; requests spread over them
+};
+const char* PlacementName(Placement p);  // "auto", "single", "sharded", "replicated"
+
 // What a matrix is: name-independent shape and encoding.
 struct MatrixShape {
   int64_t rows = 0;
@@ -24,6 +35,7 @@ struct MatrixShape {
   Fp8Format format = Fp8Format::kE4M3;
   ScaleMode scale_mode = ScaleMode::kRow;
   bool saturate = true;
+  Placement placement = Placement::kAuto;  // asked for at upload
 
   PackedLayout layout() const { return PackedLayout{rows, cols}; }
   int64_t num_scales() const { return NumScales(scale_mode, rows, cols); }
@@ -55,6 +67,25 @@ struct GemvArgs {
   int64_t batch = 0;
   void* y = nullptr;        // [batch][rows] of y_dtype
   DType y_dtype = DType::kF32;
+  // Elements from y[b] to y[b + 1]; 0 means rows (packed). A row shard of a
+  // larger matrix writes its rows into the full result this way.
+  int64_t y_stride = 0;
+};
+
+// Where a resident matrix is: its placement (never kAuto) and the devices
+// holding it (for kSharded in shard order, with each shard's rows).
+struct MatrixPlacement {
+  Placement kind = Placement::kSingle;
+  std::vector<int> devices;
+  std::vector<int64_t> shard_rows;  // kSharded only
+};
+
+// A GEMV started by Backend::StartGemv. Wait() returns once y is written (or
+// the call failed); destroying it without Wait() waits too.
+class PendingGemv {
+ public:
+  virtual ~PendingGemv() = default;
+  virtual absl::Status Wait() = 0;
 };
 
 // Device memory of a GPU backend, in bytes.
@@ -171,6 +202,24 @@ class Backend {
 
   // Runs y = W x. Arguments are validated by the caller.
   virtual absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) = 0;
+
+  // Starts y = W x and returns before it is done where the backend can (the
+  // CUDA backend enqueues the copies and the kernel on one of its streams);
+  // the default runs Gemv at once. What args points to must stay alive until
+  // the returned call is waited for. Lets one thread drive several devices.
+  virtual absl::StatusOr<std::unique_ptr<PendingGemv>> StartGemv(const BackendMatrix& w,
+                                                                 const GemvArgs& args);
+
+  // Where a matrix of this backend is (MatrixInfo reports it). The default:
+  // a single device, device_ordinal().
+  virtual MatrixPlacement PlacementOf(const BackendMatrix& /*m*/) const {
+    return MatrixPlacement{Placement::kSingle, {device_ordinal()}, {}};
+  }
+  virtual int device_ordinal() const { return 0; }
+
+  // Budget bytes an upload of `shape` takes (all copies, for a replicated
+  // placement). The default: shape.resident_bytes().
+  virtual int64_t ReservedBytes(const MatrixShape& shape) const { return shape.resident_bytes(); }
 
   // K/V caches and attention. Backends without them answer UNIMPLEMENTED.
   // Creates an empty cache (seq 0).

@@ -121,8 +121,27 @@ absl::Status CpuBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, flo
 
 absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CpuMatrix&>(w);
-  ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, args.y, args.y_dtype,
+  const int64_t rows = m.shape().rows;
+  if (args.y_stride == 0 || args.y_stride == rows || args.batch == 1) {
+    ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, args.y, args.y_dtype,
+              pool_.get());
+    return absl::OkStatus();
+  }
+  // A strided result (a row shard): packed first, then spread out.
+  const size_t row_bytes = static_cast<size_t>(rows * DTypeSize(args.y_dtype));
+  std::vector<char> packed;
+  try {
+    packed.resize(static_cast<size_t>(args.batch) * row_bytes);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("cpu backend: cannot stage the GEMV's results");
+  }
+  ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, packed.data(), args.y_dtype,
             pool_.get());
+  const size_t stride_bytes = static_cast<size_t>(args.y_stride * DTypeSize(args.y_dtype));
+  for (int64_t b = 0; b < args.batch; ++b) {
+    std::memcpy(static_cast<char*>(args.y) + b * stride_bytes, packed.data() + b * row_bytes,
+                row_bytes);
+  }
   return absl::OkStatus();
 }
 

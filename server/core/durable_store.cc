@@ -120,6 +120,7 @@ std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales
   h[49] = static_cast<char>(sh.scale_mode);
   h[50] = sh.saturate ? 1 : 0;
   h[51] = static_cast<char>(meta.source_dtype);
+  h[52] = static_cast<char>(sh.placement);
   Put<int64_t>(&h, 56, meta.created_unix_ms);
   Put<uint64_t>(&h, 64, static_cast<uint64_t>(num_scales));
   Put<uint64_t>(&h, 72, static_cast<uint64_t>(num_words));
@@ -165,10 +166,12 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
   sh.cols = Get<int64_t>(b, 40);
   const auto fmt = static_cast<uint8_t>(b[48]), mode = static_cast<uint8_t>(b[49]),
              sat = static_cast<uint8_t>(b[50]), src = static_cast<uint8_t>(b[51]);
+  const uint32_t placement = Get<uint32_t>(b, 52);  // 0 (AUTO) in files of older servers
   if (!ValidFormat(fmt) || !ValidScaleMode(mode) || sat > 1 || !ValidDType(src) ||
-      Get<uint32_t>(b, 52) != 0) {
-    return Corrupt("bad format, scale mode, saturate or source dtype byte");
+      placement > static_cast<uint32_t>(Placement::kReplicated)) {
+    return Corrupt("bad format, scale mode, saturate, source dtype or placement byte");
   }
+  sh.placement = static_cast<Placement>(placement);
   sh.format = static_cast<Fp8Format>(fmt);
   sh.scale_mode = static_cast<ScaleMode>(mode);
   sh.saturate = sat == 1;
@@ -646,7 +649,7 @@ DirectoryStore::LoadReport DirectoryStore::LoadAllKv(const std::function<absl::S
 DirectoryStore::LoadReport LoadStoredMatrices(DirectoryStore* disk, Backend* backend,
                                               MatrixStore* store) {
   return disk->LoadAll([&](StoredMatrix m) -> absl::Status {
-    auto pending = store->BeginUpload(m.meta.name, m.meta.shape.resident_bytes());
+    auto pending = store->BeginUpload(m.meta.name, backend->ReservedBytes(m.meta.shape));
     if (!pending.ok()) return pending.status();
     auto data = backend->FromPacked(m.meta.shape, m.words.data(), m.scales.data());
     if (!data.ok()) return data.status();

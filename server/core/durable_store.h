@@ -18,7 +18,8 @@
 //  12  u32 crc32c of bytes [16, end) 16  u64 file size
 //  24  u32 kind (1 = matrix)         28  u32 name length
 //  32  i64 rows                      40  i64 cols
-//  48  u8 format, u8 scale mode, u8 saturate, u8 source dtype, u32 zero
+//  48  u8 format, u8 scale mode, u8 saturate, u8 source dtype,
+//      u32 placement asked for at upload (0 AUTO .. 3 REPLICATED; was zero)
 //  56  i64 created (unix ms)         64  u64 number of scales
 //  72  u64 number of packed words    80  name, zero-padded to 16 bytes
 //  then the FP32 scales, then the packed uint32 words (plume's layout).

@@ -23,7 +23,7 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
     const v1::MatrixHeader& header) {
   auto plan = ValidateHeader(header, limits_);
   if (!plan.ok()) return plan.status();
-  auto pending = store_->BeginUpload(header.name(), plan->shape.resident_bytes());
+  auto pending = store_->BeginUpload(header.name(), backend_->ReservedBytes(plan->shape));
   if (!pending.ok()) return pending.status();
   auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
   try {
@@ -141,6 +141,10 @@ v1::MatrixInfo MatrixService::Info(const Matrix& m) const {
   info.set_resident_bytes(m.shape.resident_bytes());
   info.set_created_unix_ms(m.created_unix_ms);
   info.set_backend(std::string(backend_->name()));
+  const MatrixPlacement where = backend_->PlacementOf(*m.data);
+  info.set_placement(static_cast<v1::Placement>(where.kind));
+  for (int d : where.devices) info.add_devices(d);
+  for (int64_t r : where.shard_rows) info.add_shard_rows(r);
   return info;
 }
 

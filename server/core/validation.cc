@@ -106,6 +106,14 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
       return absl::InvalidArgumentError(absl::StrCat("unknown scale_mode ", h.scale_mode()));
   }
   plan.shape.saturate = !h.non_saturating();
+  switch (h.placement()) {
+    case v1::PLACEMENT_AUTO: plan.shape.placement = Placement::kAuto; break;
+    case v1::PLACEMENT_SINGLE: plan.shape.placement = Placement::kSingle; break;
+    case v1::PLACEMENT_SHARDED: plan.shape.placement = Placement::kSharded; break;
+    case v1::PLACEMENT_REPLICATED: plan.shape.placement = Placement::kReplicated; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown placement ", h.placement()));
+  }
 
   if (!ToDType(h.source_dtype(), &plan.source_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(

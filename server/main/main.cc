@@ -30,6 +30,7 @@
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
+#include "server/core/sharded_backend.h"
 #include "server/grpc/server.h"
 #include "server/main/hardening.h"  // store, TLS, auth, stream limits (issue 7)
 
@@ -46,7 +47,16 @@ ABSL_FLAG(int64_t, max_kv_tokens, int64_t{1} << 24, "Most tokens one K/V cache m
 ABSL_FLAG(int64_t, max_head_dim, 1024, "Largest head_dim of a K/V cache.");
 ABSL_FLAG(int64_t, max_attention_rows, int64_t{1} << 16, "Most query rows (batch x heads x q_len) in one Attention request.");
 ABSL_FLAG(int32_t, worker_threads, 4, "Threads that run GEMV requests.");
-ABSL_FLAG(int32_t, device, 0, "CUDA device of the cuda backend.");
+ABSL_FLAG(int32_t, device, -1, "CUDA device of the cuda backend; same as --devices=N (-1: use --devices).");
+ABSL_FLAG(std::string, devices, "all",
+          "cuda backend: the GPUs to use, \"all\" or a list such as 0,1. With several, matrices are "
+          "placed per upload (MatrixHeader.placement): on one GPU, row-sharded across all, or replicated.");
+ABSL_FLAG(int32_t, cpu_shards, 0,
+          "cpu backend: >= 2 runs that many CPU backends as the devices of a multi-device server "
+          "(placement tests without GPUs); 0 or 1: one.");
+ABSL_FLAG(int64_t, device_budget_bytes, 0,
+          "Multi-device servers: bytes each device may hold; 0: its free memory less --device_reserve_bytes "
+          "(cuda) or host memory / --cpu_shards (cpu).");
 ABSL_FLAG(int64_t, device_reserve_bytes, int64_t{1} << 30,
           "cuda backend: device memory kept out of the budget (workspaces, staging, the CUDA context).");
 ABSL_FLAG(int32_t, cuda_streams, 4, "cuda backend: GEMVs that run at once, each on its own stream.");
@@ -105,27 +115,64 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<plume::core::Backend> backend;
   std::string backend_description = "cpu";
+  // Several devices: one child backend each, under a ShardedBackend.
+  std::vector<std::unique_ptr<plume::core::Backend>> devices;
+  std::vector<int> device_ids;
+  bool cpu_devices = false;  // --cpu_shards: they share the host's memory
 #if PLUME_HAVE_CUDA_BACKEND
-  const bool want_cuda =
-      backend_flag == "cuda" || (backend_flag == "auto" && plume::core::CudaDeviceCount() > 0);
+  const int visible = plume::core::CudaDeviceCount();
+  const bool want_cuda = backend_flag == "cuda" || (backend_flag == "auto" && visible > 0);
   if (want_cuda) {
-    plume::core::CudaBackendOptions cuda;
-    cuda.device = absl::GetFlag(FLAGS_device);
-    cuda.reserve_bytes = absl::GetFlag(FLAGS_device_reserve_bytes);
-    cuda.lanes = absl::GetFlag(FLAGS_cuda_streams);
-    cuda.decode_path = absl::GetFlag(FLAGS_decode_path);
-    auto cb = plume::core::CudaBackend::Create(cuda);
-    if (!cb.ok()) return Fail(std::string(cb.status().message()));
-    backend_description = (*cb)->description();
-    backend = std::move(*cb);
+    auto ids = absl::GetFlag(FLAGS_device) >= 0
+                   ? plume::core::ParseDeviceList(absl::StrCat(absl::GetFlag(FLAGS_device)), visible)
+                   : plume::core::ParseDeviceList(absl::GetFlag(FLAGS_devices), visible);
+    if (!ids.ok()) return Fail(absl::StrCat("--devices: ", ids.status().message()));
+    std::vector<std::string> described;
+    for (int id : *ids) {
+      plume::core::CudaBackendOptions cuda;
+      cuda.device = id;
+      cuda.reserve_bytes = absl::GetFlag(FLAGS_device_reserve_bytes);
+      cuda.lanes = absl::GetFlag(FLAGS_cuda_streams);
+      cuda.decode_path = absl::GetFlag(FLAGS_decode_path);
+      auto cb = plume::core::CudaBackend::Create(cuda);
+      if (!cb.ok()) return Fail(std::string(cb.status().message()));
+      described.push_back((*cb)->description());
+      devices.push_back(std::move(*cb));
+    }
+    device_ids = *ids;
+    backend_description = absl::StrJoin(described, "; ");
+    if (devices.size() == 1) backend = std::move(devices.front());
   }
 #else
   if (backend_flag == "cuda") {
     return Fail("--backend=cuda: this build has no CUDA backend (built without nvcc); use cpu or auto");
   }
 #endif
+  if (backend == nullptr && devices.empty()) {
+    const int shards = absl::GetFlag(FLAGS_cpu_shards);
+    if (shards < 0 || shards > 64) return Fail("--cpu_shards must be 0..64");
+    if (shards <= 1) {
+      backend = std::make_unique<plume::core::CpuBackend>(absl::GetFlag(FLAGS_cpu_threads));
+    } else {
+      for (int i = 0; i < shards; ++i) {
+        devices.push_back(std::make_unique<plume::core::CpuBackend>(absl::GetFlag(FLAGS_cpu_threads)));
+        device_ids.push_back(i);
+      }
+      backend_description = absl::StrCat(shards, " cpu devices");
+      cpu_devices = true;
+    }
+  }
   if (backend == nullptr) {
-    backend = std::make_unique<plume::core::CpuBackend>(absl::GetFlag(FLAGS_cpu_threads));
+    plume::core::ShardedBackendOptions sharded;
+    sharded.device_ids = device_ids;
+    sharded.device_budget_bytes = absl::GetFlag(FLAGS_device_budget_bytes);
+    if (sharded.device_budget_bytes <= 0 && cpu_devices) {
+      sharded.device_budget_bytes = devices.front()->memory_capacity_bytes() / static_cast<int64_t>(devices.size());
+    }
+    auto sb = plume::core::ShardedBackend::Create(std::move(devices), sharded);
+    if (!sb.ok()) return Fail(std::string(sb.status().message()));
+    backend_description = absl::StrCat(std::string((*sb)->name()), " (", backend_description, ")");
+    backend = std::move(*sb);
   }
 
   plume::core::Limits limits;
