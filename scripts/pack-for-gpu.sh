@@ -9,7 +9,7 @@ out="$root/.gpu-carry"
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
 bins=()
-for b in tests/gpu_codec_test tests/gpu_gemv_test tests/gpu_backend_test tests/gpu_attention_test server/main/plume-server client/plume; do
+for b in tests/gpu_codec_test tests/gpu_gemv_test tests/gpu_backend_test tests/gpu_attention_test tests/gpu_multi_test server/main/plume-server client/plume; do
   [ -x "$build/$b" ] && bins+=("$build/$b")
 done
 for extra in "$build"/bench/gpu_*; do

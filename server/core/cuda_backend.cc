@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
+#include <map>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -325,14 +328,106 @@ namespace {
 // Releases a lane that AcquireLane returned locked.
 class LaneGuard {
  public:
-  explicit LaneGuard(CudaBackend::Lane& l) : lane_(l) {}
-  ~LaneGuard() { lane_.mu.Unlock(); }
+  explicit LaneGuard(CudaBackend::Lane& l) : lane_(&l) {}
+  ~LaneGuard() {
+    if (lane_ != nullptr) lane_->mu.Unlock();
+  }
   LaneGuard(const LaneGuard&) = delete;
   LaneGuard& operator=(const LaneGuard&) = delete;
+  // Hands the locked lane on (to a call in flight).
+  CudaBackend::Lane* release() { return std::exchange(lane_, nullptr); }
 
  private:
-  CudaBackend::Lane& lane_;
+  CudaBackend::Lane* lane_;
 };
+
+// The pinned host buffers AllocateHostBuffer handed out, in every
+// CudaBackend of the process (they are portable: pinned for every device).
+// A GEMV whose activations or results lie inside one is copied straight
+// between it and the device.
+class PinnedRegistry {
+ public:
+  static PinnedRegistry& Get() {
+    static PinnedRegistry* r = new PinnedRegistry();  // never destroyed: buffers may outlive statics
+    return *r;
+  }
+  void Add(const void* p, size_t n) {
+    absl::MutexLock lock(&mu_);
+    ranges_[reinterpret_cast<uintptr_t>(p)] = n;
+  }
+  void Remove(const void* p) {
+    absl::MutexLock lock(&mu_);
+    ranges_.erase(reinterpret_cast<uintptr_t>(p));
+  }
+  // Whether [p, p + n) lies inside one registered buffer.
+  bool Contains(const void* p, size_t n) const {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = ranges_.upper_bound(a);
+    if (it == ranges_.begin()) return false;
+    --it;
+    return a - it->first <= it->second && n <= it->second - (a - it->first);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<uintptr_t, size_t> ranges_ ABSL_GUARDED_BY(mu_);
+};
+
+class PinnedHostBuffer final : public HostBuffer {
+ public:
+  PinnedHostBuffer(void* data, size_t size) : HostBuffer(data, size) {
+    PinnedRegistry::Get().Add(data, size);
+  }
+  ~PinnedHostBuffer() override {
+    PinnedRegistry::Get().Remove(data());
+    // Nobody to report a failure to here; clear it so that it cannot surface
+    // at an unrelated call.
+    if (cudaFreeHost(data()) != cudaSuccess) cudaGetLastError();
+  }
+};
+
+// A GEMV enqueued on a lane: Wait() synchronizes the lane's stream, copies
+// staged results out (when y is not pinned) and gives the lane back.
+class CudaPendingGemv final : public PendingGemv {
+ public:
+  struct CopyOut {
+    const char* staged = nullptr;  // null: the results went straight to y
+    char* y = nullptr;
+    int64_t batch = 0;
+    size_t row_bytes = 0, stride_bytes = 0;
+  };
+  CudaPendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, CopyOut out)
+      : lane_(lane), stream_(stream), out_(out) {}
+  ~CudaPendingGemv() override { Wait(); }
+
+  absl::Status Wait() override {
+    if (lane_ == nullptr) return status_;
+    status_ = CudaStatus(cudaStreamSynchronize(stream_), "running the GEMV");
+    if (status_.ok() && out_.staged != nullptr) {
+      if (out_.row_bytes == out_.stride_bytes) {
+        std::memcpy(out_.y, out_.staged, out_.row_bytes * static_cast<size_t>(out_.batch));
+      } else {
+        for (int64_t b = 0; b < out_.batch; ++b) {
+          std::memcpy(out_.y + b * out_.stride_bytes, out_.staged + b * out_.row_bytes, out_.row_bytes);
+        }
+      }
+    }
+    Unlock();
+    return status_;
+  }
+
+ private:
+  void Unlock();
+  CudaBackend::Lane* lane_;
+  cudaStream_t stream_;
+  CopyOut out_;
+  absl::Status status_;
+};
+
+void CudaPendingGemv::Unlock() {
+  std::exchange(lane_, nullptr)->mu.Unlock();
+}
 }  // namespace
 
 int CudaDeviceCount() {
@@ -510,17 +605,53 @@ absl::Status CudaBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, fl
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<HostBuffer>> CudaBackend::AllocateHostBuffer(size_t bytes) {
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  void* p = nullptr;
+  if (const cudaError_t e = cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocPortable);
+      e != cudaSuccess) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrCat("cuda backend: cannot allocate ", bytes,
+                                                     " bytes of pinned host memory: ",
+                                                     cudaGetErrorName(e)));
+  }
+  return std::unique_ptr<HostBuffer>(new PinnedHostBuffer(p, bytes));
+}
+
 absl::Status CudaBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
+  auto call = StartGemv(w, args);
+  if (!call.ok()) return call.status();
+  return (*call)->Wait();
+}
+
+absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const BackendMatrix& w,
+                                                                    const GemvArgs& args) {
   const auto& m = static_cast<const CudaMatrix&>(w);
   const MatrixShape& s = m.shape();
   PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  const int64_t y_elem = DTypeSize(args.y_dtype);
+  const int64_t stride = args.y_stride != 0 ? args.y_stride : s.rows;
   const int64_t x_bytes = args.batch * s.cols * DTypeSize(args.x_dtype);
-  const int64_t y_bytes = args.batch * s.rows * DTypeSize(args.y_dtype);
+  const int64_t y_bytes = args.batch * s.rows * y_elem;  // packed, on the device
   const int64_t x_off = 0, y_off = AlignUp(x_bytes, 256);
+  // Activations or results in pinned memory of ours go straight between it
+  // and the device; anything else through the lane's pinned staging.
+  const PinnedRegistry& pinned = PinnedRegistry::Get();
+  const bool x_direct = pinned.Contains(args.x, static_cast<size_t>(x_bytes));
+  const bool y_direct =
+      pinned.Contains(args.y, static_cast<size_t>(((args.batch - 1) * stride + s.rows) * y_elem));
+  if (x_direct && y_direct) zero_copy_gemvs_.fetch_add(1, std::memory_order_relaxed);
 
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);
-  if (absl::Status st = lane.EnsurePinned(y_off + y_bytes); !st.ok()) return st;
+  // Copies already enqueued must finish before the lane is given back.
+  auto fail = [&](absl::Status st) {
+    cudaStreamSynchronize(lane.stream);
+    return st;
+  };
+  if (!x_direct || !y_direct) {
+    if (absl::Status st = lane.EnsurePinned(y_off + y_bytes); !st.ok()) return st;
+  }
   if (absl::Status st = Lane::Ensure(lane.dev, lane.dev_bytes, y_off + y_bytes, false, lane.stream);
       !st.ok()) {
     return st;
@@ -543,23 +674,48 @@ absl::Status CudaBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   p.y = d + y_off;
   p.y_dtype = args.y_dtype;
   p.path = static_cast<cuda::DecodePath>(decode_path_);
-  const int64_t ws_need = cuda::GemvWorkspaceBytes(p, options_.device);
-  if (ws_need <= 0) return absl::InternalError("cuda backend: GEMV workspace size unavailable");
-  if (absl::Status st = Lane::Ensure(lane.ws, lane.ws_bytes, ws_need, true, lane.stream); !st.ok()) {
-    return st;
-  }
 
-  std::memcpy(h + x_off, args.x, static_cast<size_t>(x_bytes));
-  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d + x_off, h + x_off, static_cast<size_t>(x_bytes),
-                                       cudaMemcpyHostToDevice, lane.stream),
-                       "copying activations to the device");
-  PLUME_RETURN_IF_CUDA(cuda::Gemv(p, lane.ws.p, lane.ws_bytes, lane.stream), "launching the GEMV");
-  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(h + y_off, d + y_off, static_cast<size_t>(y_bytes),
-                                       cudaMemcpyDeviceToHost, lane.stream),
-                       "copying results from the device");
-  PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "running the GEMV");
-  std::memcpy(args.y, h + y_off, static_cast<size_t>(y_bytes));
-  return absl::OkStatus();
+  const void* x_src = args.x;
+  if (!x_direct) {
+    std::memcpy(h + x_off, args.x, static_cast<size_t>(x_bytes));
+    x_src = h + x_off;
+  }
+  if (const cudaError_t e = cudaMemcpyAsync(d + x_off, x_src, static_cast<size_t>(x_bytes),
+                                            cudaMemcpyHostToDevice, lane.stream);
+      e != cudaSuccess) {
+    return fail(CudaStatus(e, "copying activations to the device"));
+  }
+  // One plan: the kernel asks for its workspace once it knows the size.
+  absl::Status ws_status;
+  const cudaError_t launched = cuda::Gemv(
+      p,
+      [&](int64_t need) -> void* {
+        ws_status = Lane::Ensure(lane.ws, lane.ws_bytes, need, true, lane.stream);
+        return ws_status.ok() ? lane.ws.p : nullptr;
+      },
+      lane.stream);
+  if (!ws_status.ok()) return fail(ws_status);
+  if (launched != cudaSuccess) return fail(CudaStatus(launched, "launching the GEMV"));
+
+  CudaPendingGemv::CopyOut out;
+  out.y = static_cast<char*>(args.y);
+  out.batch = args.batch;
+  out.row_bytes = static_cast<size_t>(s.rows * y_elem);
+  out.stride_bytes = static_cast<size_t>(stride * y_elem);
+  cudaError_t e;
+  if (!y_direct) {
+    out.staged = h + y_off;
+    e = cudaMemcpyAsync(h + y_off, d + y_off, static_cast<size_t>(y_bytes), cudaMemcpyDeviceToHost,
+                        lane.stream);
+  } else if (stride == s.rows) {
+    e = cudaMemcpyAsync(args.y, d + y_off, static_cast<size_t>(y_bytes), cudaMemcpyDeviceToHost,
+                        lane.stream);
+  } else {  // a row shard: its rows of each result vector
+    e = cudaMemcpy2DAsync(args.y, out.stride_bytes, d + y_off, out.row_bytes, out.row_bytes,
+                          static_cast<size_t>(args.batch), cudaMemcpyDeviceToHost, lane.stream);
+  }
+  if (e != cudaSuccess) return fail(CudaStatus(e, "copying results from the device"));
+  return std::unique_ptr<PendingGemv>(new CudaPendingGemv(guard.release(), lane.stream, out));
 }
 
 absl::StatusOr<std::unique_ptr<BackendKvCache>> CudaBackend::CreateKv(const KvShape& shape) {
@@ -662,17 +818,22 @@ absl::Status CudaBackend::AttentionWith(const BackendKvCache& cache, const Atten
     return st;
   }
 
-  std::memcpy(h + q_off, args.q, static_cast<size_t>(q_bytes));
-  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d + q_off, h + q_off, static_cast<size_t>(q_bytes),
-                                       cudaMemcpyHostToDevice, lane.stream),
+  // Queries and outputs in pinned memory of ours skip the staging copy.
+  const bool q_direct = PinnedRegistry::Get().Contains(args.q, static_cast<size_t>(q_bytes));
+  const bool o_direct = PinnedRegistry::Get().Contains(args.out, static_cast<size_t>(o_bytes));
+  if (!q_direct) std::memcpy(h + q_off, args.q, static_cast<size_t>(q_bytes));
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d + q_off, q_direct ? args.q : h + q_off,
+                                       static_cast<size_t>(q_bytes), cudaMemcpyHostToDevice,
+                                       lane.stream),
                        "copying queries to the device");
   PLUME_RETURN_IF_CUDA(cuda::Attention(p, lane.att_ws.p, lane.att_ws_bytes, lane.stream),
                        "launching attention");
-  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(h + o_off, d + o_off, static_cast<size_t>(o_bytes),
-                                       cudaMemcpyDeviceToHost, lane.stream),
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(o_direct ? args.out : h + o_off, d + o_off,
+                                       static_cast<size_t>(o_bytes), cudaMemcpyDeviceToHost,
+                                       lane.stream),
                        "copying attention output from the device");
   PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "running attention");
-  std::memcpy(args.out, h + o_off, static_cast<size_t>(o_bytes));
+  if (!o_direct) std::memcpy(args.out, h + o_off, static_cast<size_t>(o_bytes));
   return absl::OkStatus();
 }
 

@@ -10,11 +10,16 @@
 // (decode for q_len <= 8, the tensor-core prefill above).
 //
 // Requests run on a few lanes, each a CUDA stream with its own pinned host
-// staging and device buffers, so that several GEMVs overlap. Every CUDA call
-// is checked; errors become statuses (out of memory: RESOURCE_EXHAUSTED,
-// anything else: INTERNAL with the CUDA error's name).
+// staging and device buffers, so that several GEMVs overlap: one call's
+// copies in, kernel and copies out are on its lane's stream, and only that
+// stream is synchronized (no device-wide sync, no lock shared by the lanes).
+// Activations and results in buffers from AllocateHostBuffer (pinned) skip
+// the staging: they are copied straight between them and the device.
+// Every CUDA call is checked; errors become statuses (out of memory:
+// RESOURCE_EXHAUSTED, anything else: INTERNAL with the CUDA error's name).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -57,6 +62,17 @@ class CudaBackend final : public Backend {
                                                             const float* scales) override;
   absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
+  // Enqueues the copies and the kernel on a lane and returns; the lane stays
+  // taken until the call is waited for.
+  absl::StatusOr<std::unique_ptr<PendingGemv>> StartGemv(const BackendMatrix& w,
+                                                         const GemvArgs& args) override;
+  // Pinned (cudaHostAlloc, portable to every device), RESOURCE_EXHAUSTED when
+  // it cannot be had. A GEMV or attention call whose inputs or outputs lie in
+  // such a buffer copies them straight to and from the device.
+  absl::StatusOr<std::unique_ptr<HostBuffer>> AllocateHostBuffer(size_t bytes) override;
+  int device_ordinal() const override { return options_.device; }
+  // GEMVs whose activations and results were both in pinned buffers (tests).
+  int64_t zero_copy_gemvs() const { return zero_copy_gemvs_.load(std::memory_order_relaxed); }
 
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
   absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;
@@ -85,6 +101,7 @@ class CudaBackend final : public Backend {
   int cc_ = 0;
   int decode_path_ = 0;  // cuda::DecodePath
   std::vector<std::unique_ptr<Lane>> lanes_;
+  std::atomic<int64_t> zero_copy_gemvs_{0};
 };
 
 }  // namespace plume::core

@@ -625,3 +625,54 @@ TEST_F(ProcessTest, MetricsBasicAuthAndTheTokenNeverLogged) {
 
 }  // namespace
 }  // namespace plume
+
+namespace plume {
+namespace {
+
+// --cpu_shards (issue 5): a multi-device server without GPUs. A matrix too
+// big for one device's budget is row-sharded, one asked for is replicated;
+// both serve results bit-identical to the CPU reference, keep their
+// placement across a restart, and what fits nowhere is RESOURCE_EXHAUSTED.
+TEST_F(ProcessTest, CpuShardsShardWhatFitsNoDeviceAndKeepPlacementsAcrossRestarts) {
+  // 300 x 256 ROW is 78000 bytes; two devices of 72000 take it as shards of
+  // 256 rows (66560 bytes) and 44 rows, leaving room for two 4000-byte copies.
+  const std::vector<std::string> flags = {"--cpu_shards=2", "--device_budget_bytes=72000"};
+  ASSERT_NO_FATAL_FAILURE(Start(flags));
+  Known big("big", 300, 256, ScaleMode::kRow, 700);
+  Known twin("twin", 40, 96, ScaleMode::kBlock128, 701);
+  {
+    auto client = Connect();
+    auto info = Upload(*client, big);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->placement(), v1::PLACEMENT_SHARDED);
+    EXPECT_EQ(info->backend(), "cpu:0,1");
+    EXPECT_EQ(std::vector<int>(info->devices().begin(), info->devices().end()), (std::vector<int>{0, 1}));
+    auto r = client->UploadMatrix({.name = twin.name, .scale_mode = twin.wire_mode(),
+                                   .placement = v1::PLACEMENT_REPLICATED},
+                                  TensorRef::F32(twin.w.data(), {twin.rows, twin.cols}));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->placement(), v1::PLACEMENT_REPLICATED);
+    for (uint32_t seed : {1u, 2u, 3u}) {
+      ASSERT_NO_FATAL_FAILURE(ExpectServes(*client, big, seed));
+      ASSERT_NO_FATAL_FAILURE(ExpectServes(*client, twin, seed));
+    }
+    Known huge("huge", 600, 256, ScaleMode::kRow, 702);
+    EXPECT_EQ(Upload(*client, huge).status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(Stop(), 0);
+  ASSERT_NO_FATAL_FAILURE(Start(flags));
+  auto client = Connect();
+  auto list = client->ListMatrices();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  for (const auto& m : *list) {
+    EXPECT_EQ(m.placement(), m.name() == "big" ? v1::PLACEMENT_SHARDED : v1::PLACEMENT_REPLICATED)
+        << m.name();
+  }
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(*client, big, 4));
+  ASSERT_NO_FATAL_FAILURE(ExpectServes(*client, twin, 4));
+  EXPECT_EQ(Stop(), 0);
+}
+
+}  // namespace
+}  // namespace plume

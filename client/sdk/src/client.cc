@@ -192,6 +192,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, cons
   h.set_format(spec.format);
   h.set_scale_mode(spec.scale_mode);
   h.set_non_saturating(spec.non_saturating);
+  h.set_placement(spec.placement);
   return Upload(h, source.bytes, {}, progress, call);
 }
 
@@ -214,6 +215,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
   h.set_format(spec.format);
   h.set_scale_mode(spec.scale_mode);
   h.set_non_saturating(spec.non_saturating);
+  h.set_placement(spec.placement);
   return Upload(h,
                 std::string_view(reinterpret_cast<const char*>(words), static_cast<size_t>(num_words) * 4),
                 std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4),

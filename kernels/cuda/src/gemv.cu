@@ -540,18 +540,44 @@ int64_t GemvWorkspaceBytes(const GemvProblem& p, int device) {
   return pl.total;
 }
 
-cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
-                 cudaStream_t stream) {
-  if (!ValidProblem(p) || workspace == nullptr) return cudaErrorInvalidValue;
+namespace {
+
+// Validates p and plans it for the current device.
+cudaError_t PlanCall(const GemvProblem& p, Plan* pl) {
+  if (!ValidProblem(p)) return cudaErrorInvalidValue;
   int device = 0;
   PLUME_CUDA_TRY(cudaGetDevice(&device));
   DeviceInfo info;
   PLUME_CUDA_TRY(GetDeviceInfo(device, &info));
   if (p.path == DecodePath::kNative && info.cc < 89) return cudaErrorNotSupported;
-  Plan pl;
-  PLUME_CUDA_TRY(MakePlan(p, device, info, &pl));
-  if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
+  return MakePlan(p, device, info, pl);
+}
 
+cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream);
+
+}  // namespace
+
+cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
+                 cudaStream_t stream) {
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+  Plan pl;
+  PLUME_CUDA_TRY(PlanCall(p, &pl));
+  if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
+  return Launch(p, pl, workspace, stream);
+}
+
+cudaError_t Gemv(const GemvProblem& p, const std::function<void*(int64_t bytes)>& workspace,
+                 cudaStream_t stream) {
+  Plan pl;
+  PLUME_CUDA_TRY(PlanCall(p, &pl));
+  void* ws = workspace(pl.total);
+  if (ws == nullptr) return cudaErrorMemoryAllocation;
+  return Launch(p, pl, ws, stream);
+}
+
+namespace {
+
+cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream) {
   char* ws = static_cast<char*>(workspace);
   Params k{};
   k.w = reinterpret_cast<const uint8_t*>(p.words);
@@ -597,6 +623,8 @@ cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
   }
   return cudaSuccess;
 }
+
+}  // namespace
 
 cudaError_t FindNanRows(const uint32_t* words, int64_t rows, int64_t cols, uint8_t* nan_rows,
                         int* any_nan, cudaStream_t stream) {

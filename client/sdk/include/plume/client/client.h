@@ -80,6 +80,8 @@ struct UploadSpec {
   v1::DType format = v1::DTYPE_E4M3;  // E4M3 or E5M2
   v1::ScaleMode scale_mode = v1::SCALE_MODE_ROW;
   bool non_saturating = false;
+  // Where a multi-device server keeps it (plume-server --devices).
+  v1::Placement placement = v1::PLACEMENT_AUTO;
 };
 
 // What to upload as a K/V cache: the header fields other than the shape and

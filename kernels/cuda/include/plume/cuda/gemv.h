@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include <cuda_runtime.h>
 
@@ -63,6 +64,13 @@ int64_t GemvWorkspaceBytes(const GemvProblem& p, int device);
 // Runs the GEMV on `stream`. Returns cudaErrorInvalidValue for bad arguments
 // and cudaErrorNotSupported for the native path on a device older than sm_89.
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
+                 cudaStream_t stream);
+
+// The same, planned once: `workspace(bytes)` is asked for a workspace of at
+// least `bytes` (the rules above apply) and returns it, or null when it has
+// none (the call then returns cudaErrorMemoryAllocation and launches
+// nothing). Saves the second plan of GemvWorkspaceBytes + Gemv.
+cudaError_t Gemv(const GemvProblem& p, const std::function<void*(int64_t bytes)>& workspace,
                  cudaStream_t stream);
 
 // Marks rows of an E4M3 matrix that hold a NaN code: nan_rows[r] = 1, else 0.
