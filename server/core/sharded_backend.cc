@@ -1,8 +1,11 @@
 #include "server/core/sharded_backend.h"
 
 #include <algorithm>
+#include <chrono>
+#include <deque>
 #include <cstring>
 #include <new>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -83,6 +86,83 @@ MatrixShape ShardShape(const MatrixShape& s, int64_t rows) {
 
 }  // namespace
 
+namespace {
+// A short pause while spinning.
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+}  // namespace
+
+// A thread that starts GEMVs on one device for callers (Backend::StartGemv),
+// so that the shards of one GEMV start at once rather than one after the
+// other. After each job it spins for kSpin before it sleeps: under load the
+// next job comes sooner than a sleeping thread would wake.
+class ShardedBackend::Launcher {
+ public:
+  struct Job {
+    const BackendMatrix* m = nullptr;
+    GemvArgs args;
+    absl::StatusOr<std::unique_ptr<PendingGemv>> result{absl::UnknownError("not started")};
+    std::atomic<bool> done{false};
+  };
+
+  explicit Launcher(Backend* child) : child_(child), thread_([this] { Run(); }) {}
+  ~Launcher() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+
+  void Post(Job* job) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(job);
+    queued_.fetch_add(1, std::memory_order_release);
+  }
+
+  // Spins until the launcher has started `job` (a few microseconds).
+  static void AwaitStarted(const Job& job) {
+    while (!job.done.load(std::memory_order_acquire)) CpuRelax();
+  }
+
+ private:
+  static constexpr std::chrono::microseconds kSpin{200};
+
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stop_; }
+
+  void Run() {
+    for (;;) {
+      const auto until = std::chrono::steady_clock::now() + kSpin;
+      while (queued_.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < until) {
+        CpuRelax();
+      }
+      Job* job = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &Launcher::ReadyLocked));
+        if (queue_.empty()) return;  // stopped, nothing left
+        job = queue_.front();
+        queue_.pop_front();
+        queued_.fetch_sub(1, std::memory_order_relaxed);
+      }
+      job->result = child_->StartGemv(*job->m, job->args);
+      job->done.store(true, std::memory_order_release);
+    }
+  }
+
+  Backend* const child_;
+  absl::Mutex mu_;
+  std::deque<Job*> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int> queued_{0};
+  std::thread thread_;  // last: starts once the rest is built
+};
+
 struct ShardedBackend::Part {
   int device = 0;        // child index
   int64_t row0 = 0;      // first row (kSharded)
@@ -118,48 +198,78 @@ class ShardedKvCache final : public BackendKvCache {
   Charge charge_;
 };
 
-// Splits `rows` into contiguous ranges of whole 128-row blocks (the last may
-// be partial), one per device with a nonzero share. Shares are even when
-// every device has room for its even share, else proportional to `free`.
+// Splits `rows` into contiguous ranges of whole 128-row blocks (the last
+// shard takes the partial block), in device order, one per device with a
+// nonzero share. Shares are even when every device has room for its even
+// share; otherwise in proportion to `free` (as far as each device's room
+// allows), the remaining blocks one at a time to the device left with the
+// most room. Shards may not fit when the devices have too little room
+// between them; the caller checks.
 std::vector<ShardedBackend::Part> SplitRows(const MatrixShape& s, const std::vector<int64_t>& free) {
-  const int64_t n = static_cast<int64_t>(free.size());
+  const size_t n = free.size();
   const int64_t blocks = (s.rows + kBlockCols - 1) / kBlockCols;
-  auto bytes_of = [&](int64_t b) {
-    return b == 0 ? 0 : ShardShape(s, std::min(s.rows, b * kBlockCols)).resident_bytes();
+  auto bytes_of = [&](int64_t rows) { return ShardShape(s, rows).resident_bytes(); };
+  // Each device's shard rows for `share` blocks each.
+  auto rows_of = [&](const std::vector<int64_t>& share) {
+    std::vector<int64_t> rows(n, 0);
+    int64_t start = 0;
+    for (size_t i = 0; i < n; ++i) {
+      rows[i] = std::min(s.rows, start + share[i] * kBlockCols) - std::min(s.rows, start);
+      start += share[i] * kBlockCols;
+    }
+    return rows;
   };
-  std::vector<int64_t> share(static_cast<size_t>(n), 0);
-  bool fits = true;
-  for (int64_t i = 0; i < n; ++i) {
-    share[i] = blocks / n + (i < blocks % n ? 1 : 0);
-    fits = fits && bytes_of(share[i]) <= free[i];
+  auto all_fit = [&](const std::vector<int64_t>& share) {
+    const std::vector<int64_t> rows = rows_of(share);
+    for (size_t i = 0; i < n; ++i) {
+      if (rows[i] > 0 && bytes_of(rows[i]) > free[i]) return false;
+    }
+    return true;
+  };
+  std::vector<int64_t> share(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    share[i] = blocks / static_cast<int64_t>(n) + (static_cast<int64_t>(i) < blocks % static_cast<int64_t>(n) ? 1 : 0);
   }
-  if (!fits) {
-    // Proportional to free budget, then the leftover blocks one by one to the
-    // device with the most room left.
+  if (!all_fit(share)) {
     int64_t total = 0;
     for (int64_t f : free) total += f;
+    const int64_t fixed = bytes_of(0);                      // TENSOR: its scale
+    const int64_t block_bytes = (bytes_of(1) - fixed) * kBlockCols;
     int64_t given = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      share[i] = total > 0 ? static_cast<int64_t>(static_cast<long double>(blocks) * free[i] / total) : 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t fit = free[i] < fixed ? 0 : (free[i] - fixed) / block_bytes;  // whole blocks
+      const auto fair = total > 0 ? static_cast<int64_t>(static_cast<long double>(blocks) * free[i] / total) : 0;
+      share[i] = std::min(fit, fair);
       given += share[i];
     }
     for (; given < blocks; ++given) {
-      int64_t best = 0;
-      for (int64_t i = 1; i < n; ++i) {
-        if (free[i] - bytes_of(share[i] + 1) > free[best] - bytes_of(share[best] + 1)) best = i;
+      int best = -1;
+      int64_t best_room = 0;
+      for (size_t i = 0; i < n; ++i) {
+        ++share[i];
+        if (all_fit(share)) {
+          const int64_t room = free[i] - bytes_of(rows_of(share)[i]);
+          if (best < 0 || room > best_room) best = static_cast<int>(i), best_room = room;
+        }
+        --share[i];
       }
-      ++share[best];
+      if (best < 0) {
+        share[n - 1] += blocks - given;  // cannot fit: the caller says so
+        break;
+      }
+      ++share[static_cast<size_t>(best)];
     }
   }
+  const std::vector<int64_t> rows = rows_of(share);
   std::vector<ShardedBackend::Part> parts;
-  int64_t block0 = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (share[i] == 0) continue;
+  int64_t row0 = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (rows[i] == 0) continue;
     ShardedBackend::Part p;
     p.device = static_cast<int>(i);
-    p.row0 = block0 * kBlockCols;
-    p.rows = std::min(s.rows, (block0 + share[i]) * kBlockCols) - p.row0;
-    block0 += share[i];
+    p.row0 = row0;
+    p.rows = rows[i];
+    row0 += rows[i];
     parts.push_back(std::move(p));
   }
   return parts;
@@ -215,6 +325,9 @@ absl::StatusOr<std::unique_ptr<ShardedBackend>> ShardedBackend::Create(
   for (size_t i = 0; i < children.size(); ++i) b->in_flight_[i].store(0);
   b->name_ = absl::StrCat(std::string(children[0]->name()), ":", absl::StrJoin(b->device_ids_, ","));
   b->children_ = std::move(children);
+  if (b->children_.size() > 1) {
+    for (auto& c : b->children_) b->launchers_.push_back(std::make_unique<Launcher>(c.get()));
+  }
   return b;
 }
 
@@ -437,26 +550,36 @@ absl::Status ShardedBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) 
     count.fetch_sub(1, std::memory_order_relaxed);
     return st;
   }
-  // Every shard is started before any is waited for, in device order (the
-  // order every caller takes the devices' streams in, so none waits on
-  // another in a cycle).
+  // Every shard is started at once (the first here, the others by their
+  // devices' launchers) before any is waited for. A started shard holds one
+  // of its device's streams until it is waited for; it never waits for
+  // anything but its own GPU work, so callers cannot wait on each other in
+  // a cycle.
   const int64_t y_elem = DTypeSize(args.y_dtype);
   const int64_t stride = args.y_stride != 0 ? args.y_stride : s.shape().rows;
-  std::vector<std::unique_ptr<PendingGemv>> running;
-  running.reserve(parts.size());
-  absl::Status status;
-  for (const Part& p : parts) {
+  auto shard_args = [&](const Part& p) {
     GemvArgs a = args;
     a.y = static_cast<char*>(args.y) + p.row0 * y_elem;
     a.y_stride = stride;
-    auto started = children_[static_cast<size_t>(p.device)]->StartGemv(*p.m, a);
-    if (!started.ok()) {
-      status = started.status();
-      break;
-    }
-    running.push_back(std::move(*started));
+    return a;
+  };
+  std::vector<Launcher::Job> jobs(parts.size() - 1);
+  for (size_t i = 1; i < parts.size(); ++i) {
+    jobs[i - 1].m = parts[i].m.get();
+    jobs[i - 1].args = shard_args(parts[i]);
+    launchers_[static_cast<size_t>(parts[i].device)]->Post(&jobs[i - 1]);
   }
-  for (auto& r : running) status.Update(r->Wait());
+  auto first = children_[static_cast<size_t>(parts[0].device)]->StartGemv(*parts[0].m,
+                                                                         shard_args(parts[0]));
+  absl::Status status = first.status();
+  for (const auto& j : jobs) {
+    Launcher::AwaitStarted(j);
+    status.Update(j.result.status());
+  }
+  if (first.ok()) status.Update((*first)->Wait());
+  for (auto& j : jobs) {
+    if (j.result.ok()) status.Update((*j.result)->Wait());
+  }
   return status;
 }
 

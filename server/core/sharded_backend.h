@@ -8,8 +8,11 @@
 //   multiples of 128 rows, so BLOCK128 scale blocks are never split; TENSOR
 //   matrices are quantized once on the host (kernels/reference) so every
 //   shard has the single scale of the unsharded matrix. A GEMV starts every
-//   shard (Backend::StartGemv: asynchronous on CUDA children) and then waits
-//   for them all, so the shards run at once, each writing its rows of y.
+//   shard at once and then waits for them all, each shard writing its rows
+//   of y: the calling thread starts the first (Backend::StartGemv:
+//   asynchronous on CUDA children), a launcher thread per further device
+//   starts the others in parallel (it spins briefly between calls, so back
+//   to back GEMVs don't pay a thread wake-up, then sleeps).
 //   Shares follow free budget: even when every device has room for its
 //   share, otherwise in proportion to what each has free.
 // - kReplicated: a copy on every device; each GEMV goes to the copy with the
@@ -88,8 +91,9 @@ class ShardedBackend final : public Backend {
                                                                const float* k_scales,
                                                                const float* v_scales) override;
 
-  struct Ledger;  // per-device budget in use, shared with the matrices
-  struct Part;    // one device's piece of a matrix
+  struct Ledger;    // per-device budget in use, shared with the matrices
+  struct Part;      // one device's piece of a matrix
+  class Launcher;   // a thread that starts GEMVs on one device
 
  private:
   ShardedBackend() = default;
@@ -103,6 +107,7 @@ class ShardedBackend final : public Backend {
   std::string name_;
   std::shared_ptr<Ledger> ledger_;
   std::unique_ptr<std::atomic<int>[]> in_flight_;  // calls per device, replicated matrices
+  std::vector<std::unique_ptr<Launcher>> launchers_;  // [i]: device i
   mutable std::atomic<unsigned> turn_{0};
 };
 

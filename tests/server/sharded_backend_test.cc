@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -348,6 +349,40 @@ TEST(ShardedBackend, MatrixServiceReportsThePlacementAndReservesEveryCopy) {
   bad.set_source_dtype(v1::DTYPE_F32);
   bad.set_placement(static_cast<v1::Placement>(9));
   EXPECT_EQ(service.BeginUpload(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ShardedBackend, ConcurrentCallersGetTheirOwnResults) {
+  // Device 0 is full, so the sharded matrix lives on devices 1 and 2 only
+  // (its first shard is not on device 0).
+  const MatrixShape filler = Shape(256, 512, Fp8Format::kE4M3, ScaleMode::kRow, Placement::kSingle);
+  auto b = MakeSharded(3, filler.resident_bytes());
+  CpuBackend single(2);
+  const std::vector<float> wf = testing::RandomNormal(256 * 512, 60);
+  auto full = b->Quantize(filler, wf.data(), DType::kF32);
+  ASSERT_TRUE(full.ok());
+  const int64_t rows = 333, cols = 512;
+  const std::vector<float> w = testing::RandomNormal(rows * cols, 61);
+  auto ms = b->Quantize(Shape(rows, cols, Fp8Format::kE5M2, ScaleMode::kBlock128, Placement::kSharded), w.data(), DType::kF32);
+  ASSERT_TRUE(ms.ok()) << ms.status();
+  EXPECT_EQ(b->PlacementOf(**ms).devices, (std::vector<int>{1, 2}));
+  auto m1 = single.Quantize(Shape(rows, cols, Fp8Format::kE5M2, ScaleMode::kBlock128, Placement::kAuto), w.data(), DType::kF32);
+  ASSERT_TRUE(m1.ok());
+  std::vector<std::vector<char>> xs, want;
+  for (int t = 0; t < 8; ++t) {
+    xs.push_back(Activations((t + 1) * cols, DType::kF32, 70 + t));
+    want.push_back(RunGemv(single, **m1, xs.back(), DType::kF32, t + 1, DType::kF32));
+  }
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 25; ++i) {
+        if (RunGemv(*b, **ms, xs[t], DType::kF32, t + 1, DType::kF32) != want[t]) ++wrong;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 TEST(ParseDeviceList, AllOrDistinctNumbersBelowTheCount) {
