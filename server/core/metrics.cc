@@ -1,5 +1,6 @@
 #include "server/core/metrics.h"
 
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
@@ -190,6 +191,24 @@ void Metrics::SetDeviceMemory(int64_t used, int64_t total) {
   }
   device_used_->Set(static_cast<double>(used));
   device_total_->Set(static_cast<double>(total));
+}
+
+void Metrics::SetDeviceBudget(int device, int64_t used, int64_t budget) {
+  absl::MutexLock lock(&mu_);
+  if (device_budget_used_family_ == nullptr) {
+    // Created on first use: only multi-device servers have these series.
+    device_budget_used_family_ = &prometheus::BuildGauge()
+                                      .Name("plume_device_budget_used_bytes")
+                                      .Help("Bytes of matrices and K/V caches placed on each device.")
+                                      .Register(*registry_);
+    device_budget_family_ = &prometheus::BuildGauge()
+                                 .Name("plume_device_budget_bytes")
+                                 .Help("Placement budget of each device.")
+                                 .Register(*registry_);
+  }
+  const std::map<std::string, std::string> labels = {{"device", std::to_string(device)}};
+  device_budget_used_family_->Add(labels).Set(static_cast<double>(used));
+  device_budget_family_->Add(labels).Set(static_cast<double>(budget));
 }
 
 void Metrics::SetKv(int64_t caches, int64_t bytes) {

@@ -66,6 +66,9 @@ class Metrics {
   void RecordBatch(int64_t vectors);
   // GPU backends: device memory in use and in all.
   void SetDeviceMemory(int64_t used, int64_t total);
+  // Multi-device servers: the placement budget of one device, and how much
+  // of it matrices and K/V caches placed there use.
+  void SetDeviceBudget(int device, int64_t used, int64_t budget);
   // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
   // or its caller left (CANCELLED).
   void RecordDropped(absl::StatusCode code);
@@ -97,6 +100,8 @@ class Metrics {
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* device_used_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_budget_used_family_ ABSL_GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_budget_family_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Counter* dropped_deadline_ = nullptr;
   prometheus::Counter* dropped_cancelled_ = nullptr;
   prometheus::Gauge* kv_caches_ = nullptr;

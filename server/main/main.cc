@@ -241,15 +241,28 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
   }
 
-  // GPU backends: device memory gauges, refreshed every second.
+  // GPU backends: device memory gauges (summed over the devices), and on a
+  // multi-device server each device's placement budget; refreshed every
+  // second.
   absl::Notification stop_refresh;
   std::thread refresher;
-  if (plume::core::DeviceMemory dm; backend->device_memory(&dm)) {
-    metrics.SetDeviceMemory(dm.used, dm.total);
+  const auto* sharded = dynamic_cast<const plume::core::ShardedBackend*>(backend.get());
+  auto refresh_budgets = [&] {
+    for (int i = 0; sharded != nullptr && i < sharded->num_devices(); ++i) {
+      metrics.SetDeviceBudget(device_ids[static_cast<size_t>(i)], sharded->device_used_bytes(i),
+                              sharded->device_budget_bytes(i));
+    }
+  };
+  refresh_budgets();
+  plume::core::DeviceMemory dm;
+  const bool has_device_memory = backend->device_memory(&dm);
+  if (has_device_memory) metrics.SetDeviceMemory(dm.used, dm.total);
+  if (has_device_memory || sharded != nullptr) {
     refresher = std::thread([&] {
       while (!stop_refresh.WaitForNotificationWithTimeout(absl::Seconds(1))) {
         plume::core::DeviceMemory now;
-        if (backend->device_memory(&now)) metrics.SetDeviceMemory(now.used, now.total);
+        if (has_device_memory && backend->device_memory(&now)) metrics.SetDeviceMemory(now.used, now.total);
+        refresh_budgets();
       }
     });
   }

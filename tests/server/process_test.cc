@@ -658,6 +658,18 @@ TEST_F(ProcessTest, CpuShardsShardWhatFitsNoDeviceAndKeepPlacementsAcrossRestart
     }
     Known huge("huge", 600, 256, ScaleMode::kRow, 702);
     EXPECT_EQ(Upload(*client, huge).status().code(), absl::StatusCode::kResourceExhausted);
+    // Each device's placement budget on /metrics (refreshed every second):
+    // device 1 holds the 44-row shard (44 * 256 + 44 * 4 bytes) and a copy
+    // of twin (4000 bytes).
+    std::string body;
+    bool seen = false;
+    for (int i = 0; i < 50 && !seen; ++i) {
+      ASSERT_EQ(HttpGet(metrics_port_, "", &body), 200);
+      seen = body.find("plume_device_budget_used_bytes{device=\"1\"} 15440") != std::string::npos;
+      if (!seen) std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_TRUE(seen) << body;
+    EXPECT_NE(body.find("plume_device_budget_bytes{device=\"0\"} 72000"), std::string::npos);
   }
   EXPECT_EQ(Stop(), 0);
   ASSERT_NO_FATAL_FAILURE(Start(flags));

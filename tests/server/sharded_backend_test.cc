@@ -16,6 +16,7 @@
 
 #include "plume/reference/api.h"
 #include "server/core/cpu_backend.h"
+#include "server/core/durable_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "tests/common/gemv_reference.h"
@@ -383,6 +384,28 @@ TEST(ShardedBackend, ConcurrentCallersGetTheirOwnResults) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(wrong.load(), 0);
+}
+
+TEST(DurableStore, KeepsThePlacementAskedForAndRejectsUnknownOnes) {
+  const MatrixShape s = Shape(3, 20, Fp8Format::kE4M3, ScaleMode::kRow, Placement::kReplicated);
+  std::vector<uint32_t> words(static_cast<size_t>(s.layout().total_words()), 0x38383838u);
+  for (int64_t r = 0; r < s.rows; ++r) {
+    for (int64_t c = s.cols; c < s.layout().padded_cols(); c += 4) {
+      words[static_cast<size_t>(r * s.layout().words_per_row() + c / 4)] = 0;
+    }
+  }
+  const std::vector<float> scales(3, 0.5f);
+  const StoredMatrixMeta meta{"w", s, DType::kF32, 1234};
+  std::string file = EncodeMatrixFile(meta, scales.data(), words.data());
+  auto back = DecodeMatrixFile(file);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->meta.shape.placement, Placement::kReplicated);
+  // An unknown placement byte is corruption (the checksum recomputed so
+  // that only the byte is wrong).
+  MatrixShape bad = s;
+  bad.placement = static_cast<Placement>(7);
+  file = EncodeMatrixFile({"w", bad, DType::kF32, 1234}, scales.data(), words.data());
+  EXPECT_EQ(DecodeMatrixFile(file).status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(ParseDeviceList, AllOrDistinctNumbersBelowTheCount) {
