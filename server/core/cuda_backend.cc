@@ -399,7 +399,7 @@ class CudaPendingGemv final : public PendingGemv {
   };
   CudaPendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, CopyOut out)
       : lane_(lane), stream_(stream), out_(out) {}
-  ~CudaPendingGemv() override { Wait(); }
+  ~CudaPendingGemv() override { Wait().IgnoreError(); }  // dropped unwaited: nobody to tell
 
   absl::Status Wait() override {
     if (lane_ == nullptr) return status_;
@@ -413,21 +413,16 @@ class CudaPendingGemv final : public PendingGemv {
         }
       }
     }
-    Unlock();
+    std::exchange(lane_, nullptr)->mu.Unlock();
     return status_;
   }
 
  private:
-  void Unlock();
   CudaBackend::Lane* lane_;
   cudaStream_t stream_;
   CopyOut out_;
   absl::Status status_;
 };
-
-void CudaPendingGemv::Unlock() {
-  std::exchange(lane_, nullptr)->mu.Unlock();
-}
 }  // namespace
 
 int CudaDeviceCount() {

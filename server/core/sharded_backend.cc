@@ -191,6 +191,7 @@ class ShardedKvCache final : public BackendKvCache {
       : BackendKvCache(inner->shape()), inner_(std::move(inner)), charge_(std::move(charge)) {}
   int64_t seq() const override { return inner_->seq(); }
   BackendKvCache& inner() const { return *inner_; }
+  int device() const { return charge_.device(); }
   Charge& charge() { return charge_; }
 
  private:
@@ -621,7 +622,7 @@ absl::StatusOr<std::unique_ptr<BackendKvCache>> ShardedBackend::CreateKv(const K
 
 absl::Status ShardedBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& args) {
   auto& c = static_cast<ShardedKvCache&>(cache);
-  const int device = c.charge().device();
+  const int device = c.device();
   const int64_t more =
       c.shape().resident_bytes(c.seq() + args.tokens) - c.shape().resident_bytes(c.seq());
   {
@@ -644,15 +645,15 @@ absl::Status ShardedBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs&
 }
 
 absl::Status ShardedBackend::Attention(const BackendKvCache& cache, const AttentionArgs& args) {
-  auto& c = const_cast<ShardedKvCache&>(static_cast<const ShardedKvCache&>(cache));
-  return children_[static_cast<size_t>(c.charge().device())]->Attention(c.inner(), args);
+  const auto& c = static_cast<const ShardedKvCache&>(cache);
+  return children_[static_cast<size_t>(c.device())]->Attention(c.inner(), args);
 }
 
 absl::Status ShardedBackend::ReadKv(const BackendKvCache& cache, int64_t first_page,
                                     int64_t num_pages, uint8_t* pages, float* k_scales,
                                     float* v_scales) {
-  auto& c = const_cast<ShardedKvCache&>(static_cast<const ShardedKvCache&>(cache));
-  return children_[static_cast<size_t>(c.charge().device())]->ReadKv(c.inner(), first_page,
+  const auto& c = static_cast<const ShardedKvCache&>(cache);
+  return children_[static_cast<size_t>(c.device())]->ReadKv(c.inner(), first_page,
                                                                      num_pages, pages, k_scales,
                                                                      v_scales);
 }

@@ -155,6 +155,42 @@ TEST(CudaZeroCopy, PinnedBuffersMatchTheStagingPathBitForBit) {
   }
 }
 
+TEST(CudaZeroCopy, AttentionWithPinnedBuffersMatchesTheStagingPath) {
+  auto cuda = MakeCuda(0);
+  ASSERT_NE(cuda, nullptr);
+  KvShape ks;
+  ks.kv_heads = 2;
+  ks.head_dim = 128;
+  auto cache = cuda->CreateKv(ks);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const int64_t tokens = 300;
+  const auto k = RandomNormal(2 * tokens * 128, 91), v = RandomNormal(2 * tokens * 128, 92);
+  ASSERT_TRUE(cuda->AppendKv(**cache, {k.data(), v.data(), DType::kF32, tokens}).ok());
+  for (int64_t q_len : {1, 20}) {
+    const int64_t n = 8 * q_len * 128;  // batch 1, 8 heads
+    const auto q = RandomNormal(n, 93);
+    std::vector<float> out(size_t(n), NAN);
+    AttentionArgs a;
+    a.q = q.data();
+    a.batch = 1;
+    a.heads = 8;
+    a.q_len = q_len;
+    a.scale = 0.088f;
+    a.causal = q_len > 1;
+    a.out = out.data();
+    ASSERT_TRUE(cuda->Attention(**cache, a).ok());
+    auto pq = cuda->AllocateHostBuffer(size_t(n) * 4), po = cuda->AllocateHostBuffer(size_t(n) * 4);
+    ASSERT_TRUE(pq.ok() && po.ok());
+    std::memcpy((*pq)->data(), q.data(), size_t(n) * 4);
+    std::fill_n(static_cast<float*>((*po)->data()), n, NAN);
+    a.q = (*pq)->data();
+    a.out = (*po)->data();
+    ASSERT_TRUE(cuda->Attention(**cache, a).ok());
+    EXPECT_EQ(std::memcmp((*po)->data(), out.data(), size_t(n) * 4), 0) << "q_len " << q_len;
+    EXPECT_FALSE(std::isnan(out[0]));
+  }
+}
+
 TEST(CudaZeroCopy, PinnedAllocationIsCheckedAndFreed) {
   auto cuda = MakeCuda(0);
   ASSERT_NE(cuda, nullptr);
