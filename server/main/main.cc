@@ -171,7 +171,10 @@ int main(int argc, char** argv) {
     }
     auto sb = plume::core::ShardedBackend::Create(std::move(devices), sharded);
     if (!sb.ok()) return Fail(std::string(sb.status().message()));
-    backend_description = absl::StrCat(std::string((*sb)->name()), " (", backend_description, ")");
+    // Starts as the single-device text does ("cuda device 0 (...); cuda
+    // device 1 (...)"): scripts/gpu-e2e.sh looks for "backend cuda device".
+    backend_description = absl::StrCat(backend_description, ", placed across them as ",
+                                       std::string((*sb)->name()));
     backend = std::move(*sb);
   }
 
