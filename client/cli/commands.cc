@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "plume/io/npy.h"
 #include "plume/io/safetensors.h"
@@ -110,6 +111,14 @@ void PrintInfo(const v1::MatrixInfo& m) {
   absl::PrintF("num_scales:       %d\n", m.layout().num_scales());
   absl::PrintF("resident_bytes:   %d\n", m.resident_bytes());
   absl::PrintF("created:          %s\n", FormatTime(m.created_unix_ms()));
+  if (m.devices_size() > 0) {
+    static constexpr const char* kPlacement[] = {"auto", "single", "sharded", "replicated"};
+    const int p = m.placement();
+    absl::PrintF("placement:        %s on device(s) %s", p >= 0 && p < 4 ? kPlacement[p] : "unknown",
+                 absl::StrJoin(m.devices(), ","));
+    if (m.shard_rows_size() > 0) absl::PrintF(", rows %s", absl::StrJoin(m.shard_rows(), "+"));
+    absl::PrintF("\n");
+  }
   absl::PrintF("backend:          %s\n", m.backend().empty() ? "-" : m.backend());
 }
 
@@ -197,6 +206,18 @@ int RunUpload(const GlobalFlags& g, const UploadFlags& f) {
     return UsageError(absl::StrCat("unknown --scale '", f.scale, "' (none, tensor, row or block128)"));
   }
   spec.non_saturating = f.non_saturating;
+  if (f.placement == "auto") {
+    spec.placement = v1::PLACEMENT_AUTO;
+  } else if (f.placement == "single") {
+    spec.placement = v1::PLACEMENT_SINGLE;
+  } else if (f.placement == "sharded") {
+    spec.placement = v1::PLACEMENT_SHARDED;
+  } else if (f.placement == "replicated") {
+    spec.placement = v1::PLACEMENT_REPLICATED;
+  } else {
+    return UsageError(absl::StrCat("unknown --placement '", f.placement,
+                                   "' (auto, single, sharded or replicated)"));
+  }
   auto matrix = LoadMatrix(f);
   if (!matrix.ok()) return Fail(matrix.status(), kExitUsage);
   auto client = MakeClient(g);

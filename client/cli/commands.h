@@ -31,6 +31,7 @@ struct UploadFlags {
   std::string tensor;
   bool non_saturating = false;
   int chunk_mib = 1;
+  std::string placement = "auto";  // multi-GPU servers
 };
 
 struct GemvFlags {

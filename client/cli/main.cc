@@ -38,6 +38,10 @@ int main(int argc, char** argv) {
   upload->add_option("--tensor", up.tensor, "tensor KEY in a .safetensors file");
   upload->add_flag("--non-saturating", up.non_saturating,
                    "overflow becomes NaN (E4M3) / inf (E5M2) instead of saturating");
+  upload->add_option("--placement", up.placement,
+                     "where a multi-GPU server keeps it: auto, single, sharded or replicated")
+      ->check(CLI::IsMember({"auto", "single", "sharded", "replicated"}))
+      ->capture_default_str();
   upload->callback([&] { rc = RunUpload(g, up); });
 
   auto* list = app.add_subcommand("list", "list the resident matrices");
