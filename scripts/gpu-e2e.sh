@@ -49,11 +49,12 @@ for name, (r, c) in {"a": (4096, 4096), "b": (1000, 3001), "c": (77, 129)}.items
     np.save(f"{d}/{name}_x16.npy", rng.standard_normal((64, c)).astype(np.float16))
 PY
 status=0
-for spec in "a e4m3 row" "b e5m2 block128" "c e4m3 tensor"; do
+# The placement matters only with several GPUs (the CPU server ignores it).
+for spec in "a e4m3 row sharded" "b e5m2 block128 replicated" "c e4m3 tensor auto"; do
   set -- $spec
   for s in gpu cpu; do
     addr=${!s}
-    "$carry/bin/plume" --server "$addr" upload "$1" "$work/$1.npy" --format "$2" --scale "$3" >/dev/null
+    "$carry/bin/plume" --server "$addr" upload "$1" "$work/$1.npy" --format "$2" --scale "$3" --placement "$4" >/dev/null
     "$carry/bin/plume" --server "$addr" gemv "$1" "$work/$1_x.npy" -o "$work/$1_$s.npy"
     "$carry/bin/plume" --server "$addr" gemv "$1" "$work/$1_x16.npy" -o "$work/$1_${s}16.npy"
   done
@@ -70,6 +71,7 @@ for suffix, tol in (("", 1e-5), ("16", 1e-5)):
         sys.exit(1)
 PY
 done
+for n in a b c; do "$carry/bin/plume" --server "$gpu" info "$n" | grep -E "^(name|placement|backend):" || true; done
 # Attention: the same K/V cache uploaded and appended to on both servers
 # through the CLI; decode (q_len 1, 4) and prefill (q_len 100) queries.
 python3 - "$work" <<'PY'
