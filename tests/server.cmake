@@ -59,3 +59,12 @@ endif()
 add_executable(kv_store_file_test server/kv_store_file_test.cc)
 target_link_libraries(kv_store_file_test PRIVATE plume_core GTest::gtest_main)
 gtest_discover_tests(kv_store_file_test DISCOVERY_TIMEOUT 60)
+
+# DiagnosticsService Echo/EchoStream (issue 5): byte-exact round trip, size
+# limit, token, method labels.
+if(TARGET plume_client)
+  add_executable(echo_test server/echo_test.cc)
+  target_link_libraries(echo_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(echo_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
