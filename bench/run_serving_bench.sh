@@ -81,7 +81,7 @@ grep -m1 "backend" "$out/serving-server.log" | tee -a "$log" || true
 
 # Runs the plume CLI, recording the command (with the address generalized).
 plume() {
-  echo "plume $*" | sed "s#$addr#HOST:PORT#g; s#$metrics#http://HOST:MPORT/metrics#g; s#$out/##g" >>"$out/serving-commands.txt"
+  echo "plume $*" | sed "s#$addr#HOST:PORT#g; s#$metrics#http://HOST:MPORT/metrics#g; s#$out/##g; s#$work/##g" >>"$out/serving-commands.txt"
   "$cli_bin" --server "$addr" --timeout 60 "$@"
 }
 
@@ -100,7 +100,7 @@ run() {  # name args...
 run stream w --mode stream --concurrency "$conc"
 run echo-stream w --echo --mode stream --concurrency "$conc"
 # p99 at half of the streaming peak, open loop.
-half=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['steps']; print(max(x['requests_per_s'] or 0 for x in s)/2)" "$out/serving-stream.json" 2>/dev/null || echo 0)
+half=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['steps']; print(int(max(x['requests_per_s'] or 0 for x in s)/2))" "$out/serving-stream.json" 2>/dev/null || echo 0)
 if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)" "$half"; then
   run half-peak w --mode stream --rate "$half"
 fi
