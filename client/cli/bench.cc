@@ -268,8 +268,16 @@ class Load {
       Clock::time_point t0 = Clock::now();
       if (lane.rate > 0) {
         t0 = start + std::chrono::duration_cast<Clock::duration>(interval * (lane.phase + static_cast<double>(sent)));
+        // Sleep to just before the send time (the kernel wakes threads tens
+        // of microseconds late), then yield until it.
         while (!stop_.load(std::memory_order_relaxed) && Clock::now() < t0) {
-          std::this_thread::sleep_until(std::min(t0, Clock::now() + std::chrono::milliseconds(20)));
+          const auto now = Clock::now();
+          if (t0 - now > std::chrono::microseconds(200)) {
+            std::this_thread::sleep_until(std::min(t0 - std::chrono::microseconds(100),
+                                                   now + std::chrono::milliseconds(20)));
+          } else {
+            std::this_thread::yield();
+          }
         }
         if (stop_.load()) {
           lane.free_slots.release();
@@ -622,6 +630,9 @@ int RunBench(const GlobalFlags& g, const BenchFlags& f) {
       const double vps = VectorsPerSecond(win.stats, f.batch);
       const bool dead = win.stats.ok == 0 && win.stats.errors > 0;
       r.windows.push_back(std::move(win));
+      if (r.windows.size() > 4) {  // only the last 3 can be reported: free older latencies
+        std::vector<float>().swap(r.windows[r.windows.size() - 4].stats.latency_us);
+      }
       const int measured = w;  // windows after the warm-up
       std::vector<float> lat = r.windows.back().stats.latency_us;
       std::sort(lat.begin(), lat.end());
