@@ -2,7 +2,8 @@
 // 127.0.0.1:0 through the real SDK: payloads come back byte for byte (unary,
 // callback and streaming forms), the size limit gives RESOURCE_EXHAUSTED
 // (and, in a stream, fails that item only), the bearer token is required
-// when set, and the calls are counted under their method labels.
+// when set, and the calls are counted under their method labels. Also the
+// SDK's non-blocking GemvAsync, which `plume bench --mode unary` uses.
 #include <gtest/gtest.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
@@ -21,6 +22,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "tests/common/gemv_reference.h"
 
 namespace plume {
 namespace {
@@ -152,6 +154,35 @@ TEST_F(EchoTest, AsyncCallsRoundTrip) {
   c->EchoAsync(TensorRef{v1::DTYPE_F32, {2}, "abc"},
                [&](absl::StatusOr<HostTensor> r) { inline_status = r.status(); });
   EXPECT_EQ(inline_status.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EchoTest, GemvAsyncGivesWhatGemvGives) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  const int64_t rows = 37, cols = 150;
+  const std::vector<float> w = testing::RandomNormal(rows * cols, 21);
+  ASSERT_TRUE(c->UploadMatrix({.name = "w"}, TensorRef::F32(w.data(), {rows, cols})).ok());
+  constexpr int kCalls = 16;
+  std::vector<std::vector<float>> xs;
+  for (int i = 0; i < kCalls; ++i) xs.push_back(testing::RandomNormal(2 * cols, 300 + i));
+  std::vector<std::promise<absl::StatusOr<HostTensor>>> done(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    c->GemvAsync("w", TensorRef::F32(xs[i].data(), {2, cols}), v1::DTYPE_F32,
+                 [&done, i](absl::StatusOr<HostTensor> r) { done[i].set_value(std::move(r)); });
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    auto r = done[i].get_future().get();
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status();
+    auto want = c->Gemv("w", TensorRef::F32(xs[i].data(), {2, cols}));
+    ASSERT_TRUE(want.ok()) << want.status();
+    EXPECT_EQ(r->shape, (std::vector<int64_t>{2, rows}));
+    EXPECT_TRUE(r->data == want->data) << "call " << i;
+  }
+  std::promise<absl::Status> missing;
+  c->GemvAsync("nope", TensorRef::F32(xs[0].data(), {cols}), v1::DTYPE_F32,
+               [&](absl::StatusOr<HostTensor> r) { missing.set_value(r.status()); });
+  EXPECT_EQ(missing.get_future().get().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(EchoTest, StreamMatchesByRequestIdAndFailsOnlyTheOversizedItem) {
