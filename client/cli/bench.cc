@@ -467,7 +467,11 @@ class ProgressLine {
   explicit ProgressLine(bool force) : tty_(isatty(fileno(stderr)) != 0), on_(tty_ || force) {}
   void Show(const std::string& s) {
     if (!on_) return;
-    absl::FPrintF(stderr, tty_ ? "\r%s\x1b[K" : "%s\n", s);
+    if (tty_) {
+      absl::FPrintF(stderr, "\r%s\x1b[K", s);
+    } else {
+      absl::FPrintF(stderr, "%s\n", s);
+    }
     std::fflush(stderr);
   }
   void Clear() {
