@@ -15,7 +15,7 @@
 #   PLUME_SERVING_SIZE=8192         rows = cols of the matrix
 #   PLUME_SERVING_CONCURRENCY=1,8,16,32,64,128,256
 #   PLUME_SERVING_UNARY_CONCURRENCY=1,64,256
-#   PLUME_SERVING_MAX_SECONDS=20    cap per step; PLUME_SERVING_WINDOW_MS=1000
+#   PLUME_SERVING_MAX_SECONDS=15    cap per step (21 steps: under 6 min at worst); PLUME_SERVING_WINDOW_MS=1000
 #   PLUME_SERVING_SERVER_FLAGS=""   extra plume-server flags (batcher knobs, ...)
 #   PLUME_BIN=DIR                   take plume-server and plume from DIR instead
 #                                   of .gpu-carry/bin (e.g. build/cpu-release, see below)
@@ -27,7 +27,7 @@ backend=${PLUME_SERVING_BACKEND:-cuda}
 size=${PLUME_SERVING_SIZE:-8192}
 conc=${PLUME_SERVING_CONCURRENCY:-1,8,16,32,64,128,256}
 unary_conc=${PLUME_SERVING_UNARY_CONCURRENCY:-1,64,256}
-max_seconds=${PLUME_SERVING_MAX_SECONDS:-20}
+max_seconds=${PLUME_SERVING_MAX_SECONDS:-15}
 window_ms=${PLUME_SERVING_WINDOW_MS:-1000}
 if [ -n "${PLUME_BIN:-}" ]; then
   server_bin="$PLUME_BIN/plume-server"; cli_bin="$PLUME_BIN/plume"
