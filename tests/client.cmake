@@ -22,3 +22,10 @@ if(TARGET plume-server AND TARGET plume_kernels_ref)
 else()
   message(STATUS "plume: client_cli_e2e_test skipped (needs targets plume-server and plume_kernels_ref)")
 endif()
+
+# `plume bench`'s /metrics reader (issue 5): URL and text-format parsing, GET
+# against a real prometheus-cpp Exposer with and without basic auth.
+add_executable(client_metrics_scrape_test client/metrics_scrape_test.cc)
+target_link_libraries(client_metrics_scrape_test PRIVATE plume_metrics_scrape prometheus-cpp::pull
+  GTest::gtest_main)
+gtest_discover_tests(client_metrics_scrape_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)

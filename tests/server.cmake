@@ -65,3 +65,11 @@ add_executable(sharded_backend_test server/sharded_backend_test.cc)
 target_include_directories(sharded_backend_test PRIVATE ${PROJECT_SOURCE_DIR})
 target_link_libraries(sharded_backend_test PRIVATE plume_core GTest::gtest_main)
 gtest_discover_tests(sharded_backend_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+# DiagnosticsService Echo/EchoStream (issue 5): byte-exact round trip, size
+# limit, token, method labels.
+if(TARGET plume_client)
+  add_executable(echo_test server/echo_test.cc)
+  target_link_libraries(echo_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(echo_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()

@@ -15,7 +15,6 @@
 #include "progress.h"
 
 namespace plume::cli {
-namespace {
 
 int Fail(const absl::Status& s, int exit_code) {
   absl::FPrintF(stderr, "error: %s\n", FormatStatus(s));
@@ -43,6 +42,8 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g) {
   }
   return Client::Connect(std::move(o));
 }
+
+namespace {
 
 v1::DType ToWire(io::ElemType t) {
   switch (t) {
@@ -122,6 +123,8 @@ void PrintInfo(const v1::MatrixInfo& m) {
   absl::PrintF("backend:          %s\n", m.backend().empty() ? "-" : m.backend());
 }
 
+}  // namespace
+
 absl::StatusOr<v1::DType> ParseFloatDType(const std::string& s) {
   if (s == "f32") return v1::DTYPE_F32;
   if (s == "f16") return v1::DTYPE_F16;
@@ -146,6 +149,8 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows, const std::se
     absl::PrintF("%s\n", line);
   }
 }
+
+namespace {
 
 // Writes a result tensor to `output` (.npy) or, when that is empty, prints
 // it one line per last-dimension row.

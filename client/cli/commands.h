@@ -2,8 +2,12 @@
 // 0 success, 1 an RPC failed, 2 a usage or local input error.
 #pragma once
 
+#include <memory>
+#include <set>
 #include <string>
+#include <vector>
 
+#include "absl/status/statusor.h"
 #include "plume/client/client.h"
 
 namespace plume::cli {
@@ -58,6 +62,16 @@ struct AttendFlags {
   double scale = 0.0;  // 0: 1/sqrt(head_dim)
   bool causal = false;
 };
+
+// Helpers shared by the subcommands.
+// Prints "error: CODE: message" to stderr and returns `exit_code`.
+int Fail(const absl::Status& s, int exit_code);
+int UsageError(const std::string& msg);  // Fail(INVALID_ARGUMENT, kExitUsage)
+absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g);
+absl::StatusOr<v1::DType> ParseFloatDType(const std::string& s);  // f32, f16, bf16
+// Prints rows as aligned columns: words left-aligned, the `numeric` columns
+// right-aligned.
+void PrintTable(const std::vector<std::vector<std::string>>& rows, const std::set<size_t>& numeric);
 
 int RunUpload(const GlobalFlags& g, const UploadFlags& f);
 int RunList(const GlobalFlags& g);

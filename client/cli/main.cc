@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include "absl/strings/str_format.h"
+#include "bench.h"
 #include "commands.h"
 
 int main(int argc, char** argv) {
@@ -115,6 +116,46 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
   attend->callback([&] { rc = RunAttend(g, af); });
+
+  BenchFlags bf;
+  auto* bench = app.add_subcommand(
+      "bench", "load generator: throughput, latency percentiles and the server's queue/kernel split");
+  bench->add_option("MATRIX", bf.matrix, "matrix to run GEMV on (with --echo: only its cols are used)");
+  bench->add_option("--mode", bf.mode, "stream (GemvStream/EchoStream) or unary (Gemv/Echo)")
+      ->check(CLI::IsMember({"stream", "unary"}))
+      ->capture_default_str();
+  bench->add_option("--concurrency", bf.concurrency, "closed loop: requests in flight, a comma-separated sweep")
+      ->capture_default_str();
+  bench->add_option("--rate", bf.rate, "open loop: requests/s (comma-separated sweep); overrides --concurrency");
+  bench->add_option("--dtype", bf.dtype, "vector dtype")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
+      ->capture_default_str();
+  bench->add_option("--output_dtype,--output-dtype", bf.output_dtype, "GEMV result dtype (default: --dtype)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  bench->add_option("--batch", bf.batch, "vectors per request")->capture_default_str();
+  bench->add_flag("--echo", bf.echo, "measure the Echo ceiling: the same payloads through DiagnosticsService.Echo");
+  bench->add_option("--cols", bf.cols, "--echo without a MATRIX: elements per vector");
+  bench->add_option("--window_ms,--window-ms", bf.window_ms, "measurement window")->capture_default_str();
+  bench->add_option("--max_windows,--max-windows", bf.max_windows, "measured windows per step at most (warm-up not counted)")
+      ->capture_default_str();
+  bench->add_option("--max_seconds,--max-seconds", bf.max_seconds, "seconds per step at most, warm-up included")
+      ->capture_default_str();
+  bench->add_option("--stability", bf.stability, "a step is stable once its last 3 windows are within this fraction")
+      ->capture_default_str();
+  bench->add_option("--connections", bf.connections, "gRPC connections to spread the load over")->capture_default_str();
+  bench->add_option("--streams", bf.streams, "stream mode: streams per step (0: concurrency/32, 1..8)")
+      ->capture_default_str();
+  bench->add_option("--max_outstanding,--max-outstanding", bf.max_outstanding, "open loop: requests in flight at most")
+      ->capture_default_str();
+  bench->add_option("--seed", bf.seed, "seed of the random input vectors")->capture_default_str();
+  bench->add_option("--metrics_url,--metrics-url", bf.metrics_url,
+                    "server's Prometheus endpoint, http://HOST:PORT/metrics (queue/kernel split, mean batch)");
+  bench->add_option("--metrics_user,--metrics-user", bf.metrics_user, "basic-auth user of --metrics_url");
+  bench->add_option("--metrics_password_file,--metrics-password-file", bf.metrics_password_file,
+                    "file holding the basic-auth password of --metrics_url");
+  bench->add_option("--json", bf.json, "also write every number to this JSON file");
+  bench->add_flag("--progress", bf.progress, "live progress on stderr even when it is not a terminal");
+  bench->callback([&] { rc = RunBench(g, bf); });
 
   std::string health_service;
   auto* health = app.add_subcommand("health", "grpc.health.v1 check; exit 0 when SERVING");

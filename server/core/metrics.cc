@@ -26,6 +26,8 @@ std::string_view MethodName(Method m) {
     case Method::kDeleteKV: return "DeleteKV";
     case Method::kAttention: return "Attention";
     case Method::kAttentionStream: return "AttentionStream";
+    case Method::kEcho: return "Echo";
+    case Method::kEchoStream: return "EchoStream";
     case Method::kCount: break;
   }
   return "unknown";

@@ -39,6 +39,8 @@ enum class Method : int {
   kDeleteKV,
   kAttention,
   kAttentionStream,
+  kEcho,
+  kEchoStream,
   kCount,
 };
 std::string_view MethodName(Method m);

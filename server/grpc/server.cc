@@ -12,6 +12,7 @@
 #include "server/core/work_queue.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/attention_service_impl.h"
+#include "server/grpc/diagnostics_service_impl.h"
 #include "server/grpc/matrix_service_impl.h"
 
 namespace plume::server {
@@ -21,6 +22,7 @@ struct Server::Impl {
   std::unique_ptr<TokenAuth> auth;
   std::unique_ptr<MatrixServiceImpl> service;
   std::unique_ptr<AttentionServiceImpl> attention;
+  std::unique_ptr<DiagnosticsServiceImpl> diagnostics;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   absl::Mutex mu;
@@ -126,6 +128,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                              attn_options);
     builder.RegisterService(impl->attention.get());
   }
+  DiagnosticsServiceImpl::Options diag_options;
+  diag_options.max_echo_bytes = options.max_echo_bytes;
+  diag_options.max_stream_in_flight = options.max_stream_in_flight;
+  diag_options.gate = impl->service.get();
+  impl->diagnostics =
+      std::make_unique<DiagnosticsServiceImpl>(metrics, impl->queue.get(), diag_options);
+  builder.RegisterService(impl->diagnostics.get());
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(

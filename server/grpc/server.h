@@ -31,6 +31,9 @@ struct ServerOptions {
   std::string auth_token;
   // HTTP/2 streams (calls) one connection may have open at once; 0: gRPC's default.
   int max_concurrent_streams = 256;
+
+  // DiagnosticsService (issue 5): largest Echo payload in bytes.
+  int64_t max_echo_bytes = 4 << 20;
 };
 
 class Server {

@@ -68,6 +68,7 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, 
 ABSL_FLAG(std::string, ready_file, "", "If set, written as JSON {\"grpc_port\":N,\"metrics_port\":M} once serving.");
 ABSL_FLAG(std::string, nvml_library, plume::core::GpuUtilizationCollector::kDefaultLibrary,
           "NVML library for plume_gpu_utilization_ratio; not loadable (or empty): the metric is absent.");
+ABSL_FLAG(int64_t, max_echo_bytes, 4 << 20, "Largest DiagnosticsService Echo payload, in bytes (RESOURCE_EXHAUSTED beyond it).");
 ABSL_FLAG(std::string, log_level, "info", "Log level: trace, debug, info, warn, error.");
 
 namespace {
@@ -228,6 +229,7 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  options.max_echo_bytes = absl::GetFlag(FLAGS_max_echo_bytes);
   if (auto s = plume::server_main::ApplySecurityFlags(&options); !s.ok()) {
     return Fail(std::string(s.message()));
   }

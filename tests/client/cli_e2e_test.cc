@@ -68,15 +68,15 @@ class E2eTest : public ::testing::Test {
   std::string File(const std::string& name) const { return (dir_ / name).string(); }
 
   // Starts plume-server and waits for its ready file.
-  void StartServer() {
+  void StartServer(const std::vector<std::string>& extra_flags = {}) {
     const std::string ready = File("ready.json");
-    server_pid_ = Spawn({PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-                         "--backend=cpu", "--ready_file=" + ready, "--store_dir=" + File("store")},
-                        File("server.out"), File("server.err"));
+    std::vector<std::string> args = {PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
+                                     "--backend=cpu", "--ready_file=" + ready, "--store_dir=" + File("store")};
+    args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+    server_pid_ = Spawn(args, File("server.out"), File("server.err"));
     ASSERT_GT(server_pid_, 0) << "cannot start " << PLUME_SERVER_BIN;
-    int metrics_port = 0;
     std::string why;
-    ASSERT_TRUE(plume::testing::WaitForReadyFile(server_pid_, ready, &port_, &metrics_port, 30s, &why))
+    ASSERT_TRUE(plume::testing::WaitForReadyFile(server_pid_, ready, &port_, &metrics_port_, 30s, &why))
         << why << ":\n" << Slurp(File("server.err"));
   }
 
@@ -106,6 +106,7 @@ class E2eTest : public ::testing::Test {
   fs::path dir_;
   pid_t server_pid_ = -1;
   int port_ = 0;
+  int metrics_port_ = 0;
 };
 
 std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale) {
@@ -257,6 +258,140 @@ TEST_F(E2eTest, KvUploadAppendAttendListDelete) {
   auto gone = Cli({"kv", "info", "c1"});
   EXPECT_EQ(gone.exit_code, 1);
   EXPECT_NE(gone.err.find("NOT_FOUND"), std::string::npos) << gone.err;
+}
+
+// ---------------------------------------------------------------- plume bench (issue 5)
+
+// The columns `plume bench` prints, every one of which must be there.
+const std::vector<std::string> kBenchColumns = {"REQ/S",  "VEC/S",     "P50_MS", "P90_MS",        "P99_MS",
+                                                "ERRORS", "QUEUE_MS",  "KERNEL_MS", "BATCH", "KERNEL_US/VEC",
+                                                "WINDOWS", "STABLE"};
+
+class BenchTest : public E2eTest {
+ protected:
+  void SetUp() override {
+    E2eTest::SetUp();
+    std::ofstream(File("metrics_pw")) << "bench-pw\n";
+    ASSERT_NO_FATAL_FAILURE(StartServer({"--metrics_user=prom", "--metrics_password_file=" + File("metrics_pw")}));
+    std::vector<float> w = RandomFloats(static_cast<size_t>(kRows * kCols), 77, 1.0f);
+    ASSERT_TRUE(plume::io::WriteNpy(File("w.npy"), plume::io::FromFloats({kRows, kCols}, w.data())).ok());
+    auto up = Cli({"upload", "w", File("w.npy")});
+    ASSERT_EQ(up.exit_code, 0) << up.err;
+  }
+
+  std::vector<std::string> MetricsFlags() const {
+    return {"--metrics_url", "http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics", "--metrics_user",
+            "prom", "--metrics_password_file", File("metrics_pw")};
+  }
+
+  // Runs `plume bench` with short windows and a cap of about 1.5 s per step;
+  // checks the table's columns and returns the parsed --json.
+  nlohmann::json Run(std::vector<std::string> args, RunResult* out) {
+    args.insert(args.begin(), "bench");
+    for (const char* a : {"--window_ms", "150", "--max_windows", "4", "--max_seconds", "1.5", "--json"}) {
+      args.push_back(a);
+    }
+    args.push_back(File("bench.json"));
+    *out = Cli(args);
+    EXPECT_EQ(out->exit_code, 0) << out->err << out->out;
+    for (const auto& col : kBenchColumns) EXPECT_NE(out->out.find(col), std::string::npos) << col << "\n" << out->out;
+    auto j = nlohmann::json::parse(Slurp(File("bench.json")), nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << "--json did not parse";
+    return j;
+  }
+
+  static constexpr int64_t kRows = 256, kCols = 384;
+};
+
+// Every step of a JSON report: positive throughput, no errors, ordered
+// percentiles, and (when `split`) the server's split present.
+void CheckSteps(const nlohmann::json& j, size_t steps, bool gemv_split) {
+  ASSERT_TRUE(j.contains("steps") && j["steps"].is_array());
+  ASSERT_EQ(j["steps"].size(), steps) << j.dump(1);
+  for (const auto& s : j["steps"]) {
+    EXPECT_GT(s["requests"].get<int64_t>(), 0) << s.dump(1);
+    EXPECT_GT(s["vectors_per_s"].get<double>(), 0) << s.dump(1);
+    EXPECT_GT(s["requests_per_s"].get<double>(), 0) << s.dump(1);
+    EXPECT_EQ(s["errors"].get<int64_t>(), 0) << s.dump(1);
+    const auto& l = s["latency_ms"];
+    EXPECT_GT(l["p50"].get<double>(), 0);
+    EXPECT_LE(l["p50"].get<double>(), l["p90"].get<double>());
+    EXPECT_LE(l["p90"].get<double>(), l["p99"].get<double>());
+    EXPECT_LE(l["p99"].get<double>(), l["max"].get<double>());
+    EXPECT_GE(s["windows_used"].get<int>(), 1);
+    ASSERT_TRUE(s["server"].is_object()) << "no server split: " << s.dump(1);
+    EXPECT_GE(s["server"]["queue_ms_mean"].get<double>(), 0) << s.dump(1);
+    if (gemv_split) {
+      EXPECT_GT(s["server"]["kernel_ms_mean"].get<double>(), 0) << s.dump(1);
+      EXPECT_GE(s["server"]["batch_mean"].get<double>(), 1) << s.dump(1);
+      EXPECT_GT(s["server"]["kernel_us_per_vector"].get<double>(), 0) << s.dump(1);
+      EXPECT_GT(s["server"]["vectors"].get<double>(), 0) << s.dump(1);
+    } else {  // Echo runs no kernel
+      EXPECT_TRUE(s["server"]["kernel_ms_mean"].is_null()) << s.dump(1);
+      EXPECT_TRUE(s["server"]["batch_mean"].is_null()) << s.dump(1);
+    }
+  }
+}
+
+TEST_F(BenchTest, UnaryAndStreamSweepsReportEveryColumn) {
+  RunResult r;
+  for (const std::string mode : {"unary", "stream"}) {
+    std::vector<std::string> args = {"w", "--mode", mode, "--concurrency", "1,4", "--dtype", "f16"};
+    for (const auto& a : MetricsFlags()) args.push_back(a);
+    auto j = Run(args, &r);
+    EXPECT_EQ(j["method"], mode == "unary" ? "Gemv" : "GemvStream");
+    EXPECT_EQ(j["request_bytes"].get<int64_t>(), kCols * 2);  // f16
+    EXPECT_EQ(j["result_bytes"].get<int64_t>(), kRows * 2);   // f16 result by default
+    CheckSteps(j, 2, true);
+    EXPECT_EQ(j["steps"][0]["concurrency"], 1);
+    EXPECT_EQ(j["steps"][1]["concurrency"], 4);
+    // The table has a row per step.
+    EXPECT_NE(r.out.find("\n          1 "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\n          4 "), std::string::npos) << r.out;
+  }
+}
+
+TEST_F(BenchTest, EchoCeilingWithTheSamePayload) {
+  RunResult r;
+  std::vector<std::string> args = {"w", "--echo", "--concurrency", "1,4", "--batch", "3"};
+  for (const auto& a : MetricsFlags()) args.push_back(a);
+  auto j = Run(args, &r);
+  EXPECT_EQ(j["method"], "EchoStream");
+  EXPECT_EQ(j["request_bytes"].get<int64_t>(), 3 * kCols * 4);
+  EXPECT_EQ(j["result_bytes"].get<int64_t>(), 3 * kCols * 4);
+  CheckSteps(j, 2, false);
+  const auto& s = j["steps"][1];
+  EXPECT_NEAR(s["vectors_per_s"].get<double>(), 3 * s["requests_per_s"].get<double>(), 1e-6);
+  // Without a matrix, --cols gives the payload; unary Echo.
+  auto k = Run({"--echo", "--cols", "100", "--mode", "unary", "--concurrency", "2"}, &r);
+  EXPECT_EQ(k["method"], "Echo");
+  EXPECT_EQ(k["request_bytes"].get<int64_t>(), 400);
+  EXPECT_GT(k["steps"][0]["vectors_per_s"].get<double>(), 0);
+}
+
+TEST_F(BenchTest, OpenLoopRateAndMetricsUnreachable) {
+  RunResult r;
+  // No metrics credentials: the scrape is refused, the split says n/a.
+  auto j = Run({"w", "--rate", "200", "--mode", "unary", "--metrics_url",
+                "http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics"}, &r);
+  EXPECT_NE(r.err.find("cannot read /metrics"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("n/a"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("RATE"), std::string::npos) << r.out;
+  ASSERT_EQ(j["steps"].size(), 1u);
+  EXPECT_TRUE(j["steps"][0]["server"].is_null());
+  EXPECT_EQ(j["loop"], "open");
+  // An open loop sends at the rate asked, whatever the latency.
+  EXPECT_NEAR(j["steps"][0]["requests_per_s"].get<double>(), 200.0, 60.0) << j.dump(1);
+}
+
+TEST_F(BenchTest, UsageAndRpcErrors) {
+  auto none = Cli({"bench", "--concurrency", "1"});
+  EXPECT_EQ(none.exit_code, 2) << none.err;
+  auto bad = Cli({"bench", "w", "--concurrency", "0,4"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  auto missing = Cli({"bench", "nope", "--max_seconds", "1"});
+  EXPECT_EQ(missing.exit_code, 1) << missing.err;
+  EXPECT_NE(missing.err.find("NOT_FOUND"), std::string::npos) << missing.err;
 }
 
 }  // namespace

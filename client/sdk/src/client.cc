@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention_session_impl.h"
+#include "echo_session_impl.h"
 #include "gemv_session_impl.h"
 #include "plume/io/array.h"
 
@@ -46,6 +47,7 @@ std::string DefaultServiceConfigJson(const ClientOptions& options) {
                     "{\"service\": \"plume.v1.AttentionService\", \"method\": \"GetKV\"}, "
                     "{\"service\": \"plume.v1.AttentionService\", \"method\": \"ListKV\"}, "
                     "{\"service\": \"plume.v1.AttentionService\", \"method\": \"Attention\"}, "
+                    "{\"service\": \"plume.v1.DiagnosticsService\", \"method\": \"Echo\"}, "
                     "{\"service\": \"grpc.health.v1.Health\", \"method\": \"Check\"}], "
                     "\"retryPolicy\": {\"maxAttempts\": ",
                     std::min(options.max_attempts, 5),
@@ -89,6 +91,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetServiceConfigJSON(DefaultServiceConfigJson(options));
+  if (options.dedicated_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   if (tls && !options.tls_server_name_override.empty()) {
     args.SetSslTargetNameOverride(options.tls_server_name_override);
   }
@@ -100,7 +103,8 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
     : options_(std::move(options)),
       channel_(std::move(channel)),
       stub_(v1::MatrixService::NewStub(channel_)),
-      attention_stub_(v1::AttentionService::NewStub(channel_)) {}
+      attention_stub_(v1::AttentionService::NewStub(channel_)),
+      diagnostics_stub_(v1::DiagnosticsService::NewStub(channel_)) {}
 
 Client::~Client() = default;
 
@@ -378,6 +382,71 @@ absl::StatusOr<std::unique_ptr<AttentionSession>> Client::StartAttentionSession(
   impl->stream = attention_stub_->AttentionStream(impl->ctx.get());
   impl->Start();
   return std::unique_ptr<AttentionSession>(new AttentionSession(std::move(impl)));
+}
+
+// ---------------------------------------------------------------- DiagnosticsService
+
+absl::StatusOr<HostTensor> Client::Echo(const TensorRef& payload, const CallOptions& call) {
+  if (auto s = ValidateTensor(payload); !s.ok()) return s;
+  v1::EchoRequest req;
+  ToProto(payload, req.mutable_input());
+  auto ctx = MakeContext(call);
+  v1::EchoResponse resp;
+  const grpc::Status s = diagnostics_stub_->Echo(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return FromProto(std::move(*resp.mutable_output()));
+}
+
+absl::StatusOr<std::unique_ptr<EchoSession>> Client::StartEchoSession(EchoSessionOptions options) {
+  if (options.max_in_flight < 1) return absl::InvalidArgumentError("max_in_flight must be at least 1");
+  auto impl = std::make_unique<EchoSession::Impl>();
+  impl->stream_name = "EchoStream";
+  impl->max_in_flight = options.max_in_flight;
+  impl->ctx = MakeContext(options.timeout.value_or(options_.default_timeout));
+  impl->stream = diagnostics_stub_->EchoStream(impl->ctx.get());
+  impl->Start();
+  return std::unique_ptr<EchoSession>(new EchoSession(std::move(impl)));
+}
+
+namespace {
+
+// One call of the callback API: owns its context and messages until gRPC
+// reports the end, then hands the output (or the status) to `done`.
+template <class Req, class Resp>
+struct AsyncCall {
+  std::unique_ptr<grpc::ClientContext> ctx;
+  Req req;
+  Resp resp;
+  Client::AsyncDone done;
+
+  void Finished(const grpc::Status& s) {
+    if (s.ok()) {
+      done(FromProto(std::move(*resp.mutable_output())));
+    } else {
+      done(FromGrpcStatus(s));
+    }
+    delete this;
+  }
+};
+
+}  // namespace
+
+void Client::GemvAsync(const std::string& matrix, const TensorRef& input, v1::DType output_dtype,
+                       AsyncDone done, const CallOptions& call) {
+  if (auto s = ValidateTensor(input); !s.ok()) return done(s);
+  auto* c = new AsyncCall<v1::GemvRequest, v1::GemvResponse>{MakeContext(call), {}, {}, std::move(done)};
+  c->req.set_matrix(matrix);
+  ToProto(input, c->req.mutable_input());
+  c->req.set_output_dtype(output_dtype);
+  stub_->async()->Gemv(c->ctx.get(), &c->req, &c->resp, [c](grpc::Status s) { c->Finished(s); });
+}
+
+void Client::EchoAsync(const TensorRef& payload, AsyncDone done, const CallOptions& call) {
+  if (auto s = ValidateTensor(payload); !s.ok()) return done(s);
+  auto* c = new AsyncCall<v1::EchoRequest, v1::EchoResponse>{MakeContext(call), {}, {}, std::move(done)};
+  ToProto(payload, c->req.mutable_input());
+  diagnostics_stub_->async()->Echo(c->ctx.get(), &c->req, &c->resp,
+                                   [c](grpc::Status s) { c->Finished(s); });
 }
 
 // grpc.health.v1 is not in Debian's gRPC packages, so the two tiny messages

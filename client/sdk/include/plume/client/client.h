@@ -21,11 +21,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "plume/client/attention_session.h"
+#include "plume/client/echo_session.h"
 #include "plume/client/gemv_session.h"
 #include "plume/client/status.h"
 #include "plume/client/tensor.h"
 #include "plume/v1/attention.grpc.pb.h"
 #include "plume/v1/attention.pb.h"
+#include "plume/v1/diagnostics.grpc.pb.h"
 #include "plume/v1/plume.grpc.pb.h"
 #include "plume/v1/plume.pb.h"
 
@@ -65,6 +67,12 @@ struct ClientOptions {
   // Retry idempotent calls (Get/List/Delete/Gemv) that fail with UNAVAILABLE,
   // up to this many attempts in all, via gRPC's retry policy. 1 disables it.
   int max_attempts = 3;
+
+  // Gives this client's channel a TCP connection of its own instead of
+  // sharing one with other channels to the same target in the process (gRPC
+  // shares them by default). A load generator opens several clients with
+  // this set to spread its calls over several connections.
+  bool dedicated_connection = false;
 };
 
 // Per-call overrides.
@@ -162,6 +170,23 @@ class Client {
   absl::StatusOr<std::unique_ptr<AttentionSession>> StartAttentionSession(
       const std::string& cache, AttentionSessionOptions options = {});
 
+  // ---- DiagnosticsService.
+
+  // Sends `payload` and returns what the server sent back (the same bytes).
+  absl::StatusOr<HostTensor> Echo(const TensorRef& payload, const CallOptions& call = {});
+  // Opens an EchoStream (see echo_session.h).
+  absl::StatusOr<std::unique_ptr<EchoSession>> StartEchoSession(EchoSessionOptions options = {});
+
+  // ---- Non-blocking unary calls (gRPC's callback API), for callers that
+  // keep many calls in flight from few threads, e.g. `plume bench`. Each
+  // returns at once; `done` runs exactly once, on a gRPC thread (or inline
+  // when the input is invalid), and must not block. `input` is copied before
+  // the call returns. The Client must outlive every call started this way.
+  using AsyncDone = std::function<void(absl::StatusOr<HostTensor>)>;
+  void GemvAsync(const std::string& matrix, const TensorRef& input, v1::DType output_dtype,
+                 AsyncDone done, const CallOptions& call = {});
+  void EchoAsync(const TensorRef& payload, AsyncDone done, const CallOptions& call = {});
+
   // grpc.health.v1.Health/Check for `service` ("" = the whole server).
   absl::StatusOr<HealthStatus> CheckHealth(const std::string& service = "",
                                            const CallOptions& call = {});
@@ -182,6 +207,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::MatrixService::Stub> stub_;
   std::unique_ptr<v1::AttentionService::Stub> attention_stub_;
+  std::unique_ptr<v1::DiagnosticsService::Stub> diagnostics_stub_;
 };
 
 // The channel arguments (message sizes, LB policy, retry service config)

@@ -1,0 +1,39 @@
+#include "server/grpc/diagnostics_service_impl.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace plume::server {
+
+DiagnosticsServiceImpl::DiagnosticsServiceImpl(core::Metrics* metrics, core::WorkQueue* queue,
+                                               const Options& options)
+    : metrics_(metrics), queue_(queue), options_(options) {}
+
+absl::Status DiagnosticsServiceImpl::RunEcho(const v1::EchoRequest& req,
+                                             v1::EchoResponse* resp) const {
+  const int64_t bytes = static_cast<int64_t>(req.input().data().size());
+  if (bytes > options_.max_echo_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("Echo payload of ", bytes,
+                                                     " bytes is over the server's limit of ",
+                                                     options_.max_echo_bytes, " bytes (--max_echo_bytes)"));
+  }
+  *resp->mutable_output() = req.input();
+  resp->set_request_id(req.request_id());
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* DiagnosticsServiceImpl::Echo(grpc::CallbackServerContext* ctx,
+                                                       const v1::EchoRequest* req,
+                                                       v1::EchoResponse* resp) {
+  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kEcho,
+                         [this, req, resp] { return RunEcho(*req, resp); });
+}
+
+grpc::ServerBidiReactor<v1::EchoRequest, v1::EchoResponse>* DiagnosticsServiceImpl::EchoStream(
+    grpc::CallbackServerContext* ctx) {
+  return new ItemStreamReactor<v1::EchoRequest, v1::EchoResponse>(
+      ctx, options_.gate, queue_, metrics_, core::Method::kEchoStream,
+      options_.max_stream_in_flight,
+      [this](const v1::EchoRequest& req, v1::EchoResponse* resp) { return RunEcho(req, resp); });
+}
+
+}  // namespace plume::server
