@@ -161,6 +161,14 @@ inline void Store(void* y, plume::DType t, int64_t i, float v) {
   else if (t == plume::DType::kF16) static_cast<uint16_t*>(y)[i] = plume::FloatToHalfBits(v);
   else static_cast<uint16_t*>(y)[i] = plume::FloatToBf16Bits(v);
 }
+// cp.async: the copy happens at once (the kernels wait before reading anyway).
+inline void CpAsync16(void* dst, const void* src, bool valid) {
+  if (valid) memcpy(dst, src, 16);
+  else memset(dst, 0, 16);
+}
+inline void CpAsync4(void* dst, const void* src) { memcpy(dst, src, 4); }
+inline void CpAsyncCommit() {}
+template <int kPending> inline void CpAsyncWait() {}
 inline bool HasE4M3Nan(uint32_t w) { return (((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u) != 0; }
 }  // namespace
 }  // namespace plume::cuda
