@@ -75,6 +75,16 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   return r;
 }
 template <class T> T __ldg(const T* p) { return *p; }
+inline int __all_sync(unsigned, int pred) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  g_xchg[w][l][0] = pred != 0;
+  WarpSync();
+  int all = 1;
+  for (int i = 0; i < 32; ++i) all &= g_xchg[w][i][0] != 0;
+  WarpSync();
+  return all;
+}
+
 using std::min;
 using std::max;
 inline uint32_t __byte_perm(uint32_t a, uint32_t b, uint32_t s) {

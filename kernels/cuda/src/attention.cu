@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "plume/cuda/attention.h"
 #include "plume/cuda/check.h"
@@ -365,8 +366,15 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
 }
 
 // One block per query row: merges the splits' partial results,
-// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M). The splits' maxima
+// and weights are read and computed by all threads at once (a thread per
+// split) and kept in shared memory; then each thread sums its columns over
+// the splits with many loads in flight (latency, not bandwidth, bounds this
+// kernel).
+constexpr int kMaxSplits = 1024;
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p) {
+  __shared__ float w_s[kMaxSplits];
+  __shared__ float red[kCombineThreads / 32];
   const int64_t row = blockIdx.x;  // (b * heads + h) * q_len + i
   const int i = static_cast<int>(row % p.q_len);
   const int h = static_cast<int>(row / p.q_len % p.heads);
@@ -376,20 +384,39 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p)
   const int64_t unit = static_cast<int64_t>(kvh) * p.row_tiles + lr / p.tile_rows;
   const int r = lr % p.tile_rows;
   const int64_t base = unit * p.splits;
+  const int tid = threadIdx.x;
+  const float* ml = p.ws_ml + (base * p.tile_rows + r) * 2;  // split s at ml[s * tile_rows * 2]
+  const int64_t ml_step = int64_t{p.tile_rows} * 2;
 
   float mx = kNegInf;
-  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, p.ws_ml[((base + s) * p.tile_rows + r) * 2]);
+  for (int s = tid; s < p.splits; s += kCombineThreads) mx = fmaxf(mx, ml[s * ml_step]);
+  mx = WarpMax(mx);
+  if ((tid & 31) == 0) red[tid >> 5] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < kCombineThreads / 32; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();  // red is reused below
   float l = 0.0f;
-  for (int s = 0; s < p.splits; ++s) {
-    const float ms = p.ws_ml[((base + s) * p.tile_rows + r) * 2];
-    if (ms != kNegInf) l += p.ws_ml[((base + s) * p.tile_rows + r) * 2 + 1] * expf(ms - mx);
+  for (int s = tid; s < p.splits; s += kCombineThreads) {
+    const float ms = ml[s * ml_step];
+    const float e = ms == kNegInf ? 0.0f : expf(ms - mx);
+    w_s[s] = e;
+    if (e != 0.0f) l += ml[s * ml_step + 1] * e;
   }
+  l = WarpSum(l);
+  if ((tid & 31) == 0) red[tid >> 5] = l;
+  __syncthreads();
+  l = 0.0f;
+  for (int w = 0; w < kCombineThreads / 32; ++w) l += red[w];
   const float inv = 1.0f / l;
-  for (int d = threadIdx.x; d < p.head_dim; d += kCombineThreads) {
+  const float* acc = p.ws_acc + (base * p.tile_rows + r) * p.head_dim;
+  const int64_t acc_step = int64_t{p.tile_rows} * p.head_dim;
+  for (int d = tid; d < p.head_dim; d += kCombineThreads) {
     float o = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < p.splits; ++s) {
-      const float ms = p.ws_ml[((base + s) * p.tile_rows + r) * 2];
-      if (ms != kNegInf) o += p.ws_acc[((base + s) * p.tile_rows + r) * p.head_dim + d] * expf(ms - mx);
+      const float a = acc[s * acc_step + d], e = w_s[s];  // loads independent of e
+      o += e != 0.0f ? a * e : 0.0f;
     }
     Store(p.out, p.out_dtype, row * p.head_dim + d, o * inv);
   }
@@ -429,9 +456,12 @@ constexpr int kMmaStages = 3;
 constexpr int kMmaTile = kPage * kMmaDim;                   // bytes of a K or V tile
 constexpr int kMmaRing = kMmaStages * 2 * kMmaTile;         // the code ring, bytes
 constexpr int kMmaOutLd = kMmaDim + 4;                      // epilogue row, floats
-constexpr size_t kMmaSmem = kMmaRing + kMmaStages * 16;     // + page scales per stage
+constexpr int kMmaQlo = kMmaWarps * 8 * 32 * 16;            // FP32 queries' lo fragments
+constexpr size_t kMmaSmem = kMmaRing + kMmaQlo;              // 64 KB: fits sm_75 too
 static_assert(kMmaWarps * 16 * kMmaOutLd * 4 + kMmaWarps * 16 * 2 * 4 <= kMmaRing);
 constexpr float kPScale = 1024.0f;  // P is split as P * 2^10
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
@@ -455,13 +485,13 @@ __device__ __forceinline__ int VChunk(int r, int c) {
 }
 
 template <Dec kDec>
-__global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
+__global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
 #endif
   extern __shared__ __align__(16) __half smem[];
   uint8_t* const ring = reinterpret_cast<uint8_t*>(smem);
-  float* const page_scales = reinterpret_cast<float*>(ring + kMmaRing);  // [stage][4]
+  uint4* const qlo_s = reinterpret_cast<uint4*>(ring + kMmaRing);  // [warp][k-step][lane]
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -487,20 +517,47 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
   const int64_t vis_a = active && ra < nrows ? LastVisible(p, lr0 + ra) : -1;
   const int64_t vis_b = active && rb < nrows ? LastVisible(p, lr0 + rb) : -1;
   const bool q_lo = p.q_dtype == DType::kF32;  // FP16 and BF16 queries are exact in hi
-  uint32_t qh[8][4], ql[8][4];
+  uint32_t qh[8][4];  // the lo parts go to shared memory (qlo_s): registers are short
   float qf_a = 1.0f, qf_b = 1.0f;  // 2^e: the rows' scale back
   {
     const int64_t ia = vis_a >= 0 ? QueryIndex(p, kvh, lr0 + ra) * p.head_dim : -1;
     const int64_t ib = vis_b >= 0 ? QueryIndex(p, kvh, lr0 + rb) * p.head_dim : -1;
-    auto q_at = [&](int64_t base, int d) {
-      return base >= 0 && d < p.head_dim ? LoadQ(p.q, p.q_dtype, base + d) : 0.0f;
+    // The lane's 32 values of each row, four consecutive ones per k-step
+    // (one vector load where the row is aligned), loaded once.
+    const bool vec = p.head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(p.q) & 15) == 0;
+    auto q4 = [&](int64_t base, int d, float (&v)[4]) {
+      v[0] = v[1] = v[2] = v[3] = 0.0f;
+      if (base < 0 || d >= p.head_dim) return;
+      if (vec && p.q_dtype == DType::kF32) {
+        const float4 x = *reinterpret_cast<const float4*>(static_cast<const float*>(p.q) + base + d);
+        v[0] = x.x;
+        v[1] = x.y;
+        v[2] = x.z;
+        v[3] = x.w;
+      } else if (vec) {
+        const uint2 x = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p.q) + base + d);
+        const uint32_t w[2] = {x.x, x.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const uint16_t h = static_cast<uint16_t>(w[e / 2] >> (16 * (e % 2)));
+          v[e] = p.q_dtype == DType::kF16 ? __half2float(__ushort_as_half(h)) : Bf16BitsToFloat(h);
+        }
+      } else {
+        for (int e = 0; e < 4 && d + e < p.head_dim; ++e) v[e] = LoadQ(p.q, p.q_dtype, base + d + e);
+      }
     };
+    float qa[8][4], qb[8][4];
     float mx_a = 0.0f, mx_b = 0.0f;
 #pragma unroll
-    for (int k = 0; k < 32; ++k) {
-      const int d = 64 * (k >> 4) + 16 * t + (k & 15);
-      mx_a = fmaxf(mx_a, fabsf(q_at(ia, d)));
-      mx_b = fmaxf(mx_b, fabsf(q_at(ib, d)));
+    for (int ks = 0; ks < 8; ++ks) {
+      const int d = 64 * (ks >> 2) + 16 * t + 4 * (ks & 3);
+      q4(ia, d, qa[ks]);
+      q4(ib, d, qb[ks]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        mx_a = fmaxf(mx_a, fabsf(qa[ks][e]));
+        mx_b = fmaxf(mx_b, fabsf(qb[ks][e]));
+      }
     }
 #pragma unroll
     for (int o = 1; o <= 2; o <<= 1) {
@@ -510,21 +567,25 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
     int ea = 0, eb = 0;
     if (mx_a > 0.0f && mx_a <= 3.0e38f) frexpf(mx_a, &ea);
     if (mx_b > 0.0f && mx_b <= 3.0e38f) frexpf(mx_b, &eb);
+    ea = max(ea, -120);  // 2^-ea stays finite
+    eb = max(eb, -120);
     qf_a = ldexpf(1.0f, ea);
     qf_b = ldexpf(1.0f, eb);
+    const float sa = ldexpf(1.0f, -ea), sb = ldexpf(1.0f, -eb);  // exact powers of two
 #pragma unroll
     for (int ks = 0; ks < 8; ++ks) {
-      const int d = 64 * (ks >> 2) + 16 * t + 4 * (ks & 3);
       float a[4], b[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        a[e] = ldexpf(q_at(ia, d + e), -ea);
-        b[e] = ldexpf(q_at(ib, d + e), -eb);
+        a[e] = qa[ks][e] * sa;
+        b[e] = qb[ks][e] * sb;
       }
-      SplitHalves(a[0], a[1], qh[ks][0], ql[ks][0]);
-      SplitHalves(b[0], b[1], qh[ks][1], ql[ks][1]);
-      SplitHalves(a[2], a[3], qh[ks][2], ql[ks][2]);
-      SplitHalves(b[2], b[3], qh[ks][3], ql[ks][3]);
+      uint4 lo;
+      SplitHalves(a[0], a[1], qh[ks][0], lo.x);
+      SplitHalves(b[0], b[1], qh[ks][1], lo.y);
+      SplitHalves(a[2], a[3], qh[ks][2], lo.z);
+      SplitHalves(b[2], b[3], qh[ks][3], lo.w);
+      qlo_s[(warp * 8 + ks) * 32 + lane] = lo;  // read back by this thread only
     }
   }
 
@@ -535,12 +596,11 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
                                             page_begin + p.pages_per_split, last / kPage + 1)));
   const int npg = max(0, page_end - page_begin);
 
-  // Page i of the split into stage i % kMmaStages: 16 bytes per thread and
-  // step, K then V, rows of row_bytes (chunks past it zero).
+  // Page i of the split (at `page`) into stage i % kMmaStages: 16 bytes per
+  // thread and step, K then V, rows of row_bytes (chunks past it zero).
   const int chunks = p.row_bytes >> 4;
-  auto load = [&](int i) {
+  auto load = [&](const uint8_t* page, int i) {
     if (i < npg) {
-      const uint8_t* page = p.pages[page_begin + i];
       uint8_t* st = ring + (i % kMmaStages) * 2 * kMmaTile;
 #pragma unroll
       for (int k = 0; k < 2 * kPage * (kMmaDim / 16) / kMmaThreads; ++k) {
@@ -552,15 +612,32 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
         CpAsync16(st + (is_v ? kMmaTile + VChunk(r, c) : KChunk(r, c)),
                   src + (in ? static_cast<int64_t>(r) * p.row_bytes + c * 16 : 0), in);
       }
-      if (p.mode == KvScaleMode::kTokenBlock && tid < 2) {
-        const float* ps = reinterpret_cast<const float*>(page + 2 * p.codes_bytes);
-        CpAsync4(page_scales + (i % kMmaStages) * 4 + tid, ps + (tid == 0 ? kvh : p.kv_heads + kvh));
-      }
     }
     CpAsyncCommit();  // empty groups too: the wait below counts groups
   };
+  // The K and V scales of a page, times the decode factor; TOKEN_BLOCK ones
+  // are read from the page when its copy starts and kept in registers until
+  // its turn (pages i, i + 1 in flight: sc[0], sc[1]).
+  const bool block_scales = p.mode == KvScaleMode::kTokenBlock;
+  const float2 fixed = block_scales ? make_float2(0.0f, 0.0f)
+                                    : make_float2(PageScale(p, nullptr, kvh, false),
+                                                  PageScale(p, nullptr, kvh, true));
+  auto scales_of = [&](const uint8_t* page) {
+    if (!block_scales || page == nullptr) return fixed;
+    const float* ps = reinterpret_cast<const float*>(page + 2 * p.codes_bytes);
+    return make_float2(__ldg(ps + kvh) * p.decode_factor, __ldg(ps + p.kv_heads + kvh) * p.decode_factor);
+  };
+  static_assert(kMmaStages == 3);
+  float2 sc[2];
 #pragma unroll
-  for (int i = 0; i < kMmaStages - 1; ++i) load(i);
+  for (int i = 0; i < kMmaStages - 1; ++i) {
+    const uint8_t* page = i < npg ? p.pages[page_begin + i] : nullptr;
+    load(page, i);
+    sc[i] = scales_of(page);
+  }
+  // The page table is read one page ahead, so that its latency hides behind
+  // a page's math instead of delaying the next copy.
+  const uint8_t* next = kMmaStages - 1 < npg ? p.pages[page_begin + kMmaStages - 1] : nullptr;
 
   float o[16][4];
 #pragma unroll
@@ -571,22 +648,22 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
   for (int i = 0; i < npg; ++i) {
     CpAsyncWait<kMmaStages - 2>();
     __syncthreads();              // page i is in; every warp is done with page i - 1
-    load(i + kMmaStages - 1);     // into page i - 1's stage
+    load(next, i + kMmaStages - 1);  // into page i - 1's stage
+    const float2 cur = sc[0];
+    sc[0] = sc[1];
+    sc[1] = scales_of(next);
+    next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
     if (!active) continue;
     const uint8_t* kt = ring + (i % kMmaStages) * 2 * kMmaTile;
     const uint8_t* vt = kt + kMmaTile;
     const int64_t t0 = static_cast<int64_t>(page_begin + i) * kPage;
     const int n = static_cast<int>(Min64(kPage, p.seq - t0));
-    float ks, vs;
-    if (p.mode == KvScaleMode::kTokenBlock) {
-      ks = page_scales[(i % kMmaStages) * 4] * p.decode_factor;
-      vs = page_scales[(i % kMmaStages) * 4 + 1] * p.decode_factor;
-    } else {
-      ks = PageScale(p, nullptr, kvh, false);
-      vs = PageScale(p, nullptr, kvh, true);
-    }
-
-    const float ka = ks * p.scale * qf_a, kb = ks * p.scale * qf_b;
+    const float ks = cur.x, vs = cur.y;
+    // Scores in log2 units (exp2 is one instruction).
+    const float ka = ks * p.scale * kLog2e * qf_a, kb = ks * p.scale * kLog2e * qf_b;
+    // Masks: tokens of this page past n, or past what a row sees.
+    const int lim_a = static_cast<int>(max(int64_t{-1}, Min64(n - 1, vis_a - t0)));
+    const int lim_b = static_cast<int>(max(int64_t{-1}, Min64(n - 1, vis_b - t0)));
     // O is kept relative to the current page's V scale (TOKEN_BLOCK scales
     // change per page).
     float ratio = 1.0f;
@@ -598,21 +675,40 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
     // The warp's tokens, 16 at a time (few registers for S).
     for (int c0 = tok0; c0 < tok0 + ntok && c0 < n; c0 += 16) {
       // S = Q K^T for 16 tokens: two n-tiles.
-      float s[2][4];
+      // Two accumulator chains per n-tile (hi / lo, or even / odd k-steps)
+      // halve the dependent mma latency.
+      float s[2][4], s2[2][4];
+      // One copy of the loop per query kind, so that neither pays for the
+      // other's instructions (predicated off, they would still issue).
+      auto qk = [&](auto with_lo) {
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        const int r = c0 + 8 * j + g;
-        const uint4 k0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
-        const uint4 k1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
-        const uint32_t w[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
+        for (int j = 0; j < 2; ++j) {
+          s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+          s2[j][0] = s2[j][1] = s2[j][2] = s2[j][3] = 0.0f;
+          const int r = c0 + 8 * j + g;
+          const uint4 k0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
+          const uint4 k1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
+          const uint32_t w[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
 #pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-          uint32_t b0, b1;
-          DecodeWordNan<kDec>(w[kk], b0, b1);
-          Mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
-          if (q_lo) Mma(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
+          for (int kk = 0; kk < 8; ++kk) {
+            uint32_t b0, b1;
+            DecodeWordNan<kDec>(w[kk], b0, b1);
+            if constexpr (decltype(with_lo)::value) {
+              const uint4 lo = qlo_s[(warp * 8 + kk) * 32 + lane];
+              Mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+              Mma(s2[j], lo.x, lo.y, lo.z, lo.w, b0, b1);
+            } else {
+              Mma(kk & 1 ? s2[j] : s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+            }
+          }
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] += s2[j][e];
         }
+      };
+      if (q_lo) {
+        qk(std::true_type{});
+      } else {
+        qk(std::false_type{});
       }
 
       // Online softmax in FP32; masked scores are -inf.
@@ -622,9 +718,8 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int tok = c0 + 8 * j + 2 * t + e;
-          const bool in = tok < n;
-          s[j][e] = in && t0 + tok <= vis_a ? s[j][e] * ka : kNegInf;
-          s[j][2 + e] = in && t0 + tok <= vis_b ? s[j][2 + e] * kb : kNegInf;
+          s[j][e] = tok <= lim_a ? s[j][e] * ka : kNegInf;
+          s[j][2 + e] = tok <= lim_b ? s[j][2 + e] * kb : kNegInf;
           mx_a = fmaxf(mx_a, s[j][e]);
           mx_b = fmaxf(mx_b, s[j][2 + e]);
         }
@@ -635,8 +730,8 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
       }
       const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-      const float al_a = m_a == kNegInf ? 0.0f : expf(m_a - mn_a);
-      const float al_b = m_b == kNegInf ? 0.0f : expf(m_b - mn_b);
+      const float al_a = m_a == kNegInf ? 0.0f : exp2f(m_a - mn_a);
+      const float al_b = m_b == kNegInf ? 0.0f : exp2f(m_b - mn_b);
       m_a = mn_a;
       m_b = mn_b;
       float sum_a = 0.0f, sum_b = 0.0f;
@@ -644,8 +739,8 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
       for (int j = 0; j < 2; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          s[j][e] = s[j][e] == kNegInf ? 0.0f : expf(s[j][e] - mn_a);
-          s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : expf(s[j][2 + e] - mn_b);
+          s[j][e] = s[j][e] == kNegInf ? 0.0f : exp2f(s[j][e] - mn_a);
+          s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : exp2f(s[j][2 + e] - mn_b);
           sum_a += s[j][e];
           sum_b += s[j][2 + e];
         }
@@ -654,12 +749,14 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
       l_b = l_b * al_b + sum_b;
       const float ca = al_a * ratio, cb = al_b * ratio;
       ratio = 1.0f;
+      if (!__all_sync(0xffffffffu, ca == 1.0f && cb == 1.0f)) {  // most chunks keep the max
 #pragma unroll
-      for (int nn = 0; nn < 16; ++nn) {
-        o[nn][0] *= ca;
-        o[nn][1] *= ca;
-        o[nn][2] *= cb;
-        o[nn][3] *= cb;
+        for (int nn = 0; nn < 16; ++nn) {
+          o[nn][0] *= ca;
+          o[nn][1] *= ca;
+          o[nn][2] *= cb;
+          o[nn][3] *= cb;
+        }
       }
 
       // O += P V: tokens 2t, 2t + 1, 2t + 8, 2t + 9 of the 16, one 16-byte
@@ -743,13 +840,13 @@ __global__ void __launch_bounds__(kMmaThreads) DecodeMmaKernel(const Params p) {
     for (int w = w0; w < w0 + wt; ++w) {
       const float mw = mlb[(w * 16 + r % 16) * 2];
       if (mw == kNegInf) continue;
-      const float e = expf(mw - mx);
+      const float e = exp2f(mw - mx);
       acc += ob[(w * 16 + r % 16) * kMmaOutLd + d + d / 32] * e;
       l += mlb[(w * 16 + r % 16) * 2 + 1] * e;
     }
     if (d < p.head_dim) p.ws_acc[(slot * p.tile_rows + r) * p.head_dim + d] = acc;
-    if (d == 0) {
-      p.ws_ml[(slot * p.tile_rows + r) * 2] = mx;
+    if (d == 0) {  // the combine kernel's max is in natural units
+      p.ws_ml[(slot * p.tile_rows + r) * 2] = mx * kLn2;
       p.ws_ml[(slot * p.tile_rows + r) * 2 + 1] = l;
     }
   }
@@ -1156,7 +1253,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd),
                                      pl.decode_smem, device, &bps));
     const int64_t target = int64_t{info.sms} * std::max(bps, 1);
-    int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, 1024});
+    int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, kMaxSplits});
     splits = std::max<int64_t>(splits, 1);
     pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
     pl.splits = (num_pages + pl.pages_per_split - 1) / pl.pages_per_split;
