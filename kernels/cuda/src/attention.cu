@@ -436,7 +436,7 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p)
 //
 // FP32 accuracy from FP16 tensor cores: a query row is scaled by a power of
 // two to max |q| < 1 and split into FP16 hi + lo (hi + lo carries 22 bits;
-// lo is skipped when the queries are FP16, hi is then exact); P (in [0, 1],
+// lo is skipped for FP16 or BF16 queries, hi is then exact); P (in [0, 1],
 // scaled by 2^10 so small weights stay normal FP16) is split the same way.
 // Each product is two mma, the K/V side being exact FP16.
 //
