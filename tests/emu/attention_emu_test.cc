@@ -72,7 +72,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
   const int64_t rows = s.batch * (s.heads / s.kv_heads) * s.q_len;  // of one kv head
   if (prefill) {
     const int tiles = static_cast<int>((rows + kPrefillRows - 1) / kPrefillRows);
-    const Params k2 = MakeParams(p, dec, tiles, 0, 1, nullptr, 0);
+    const Params k2 = MakeParams(p, dec, kPrefillRows, tiles, 0, 1, nullptr, 0);
     const int dv = std::min(kd, kMaxDv);
     const auto units = static_cast<unsigned>(s.kv_heads * tiles);
     EmuLaunch(units, static_cast<unsigned>((s.dim + dv - 1) / dv), kPrefillThreads, [&] {
@@ -84,20 +84,23 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
       }
     });
   } else {
-    const int tiles = static_cast<int>((rows + kRows - 1) / kRows);
+    // The tensor-core decode serves padded head dim 128, the FP32 one the rest.
+    const bool mma = kd == kMmaDim;
+    const int tile_rows = mma ? static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16)) : kRows;
+    const int tiles = static_cast<int>((rows + tile_rows - 1) / tile_rows);
     const int pages = static_cast<int>(KvLayout::pages_for(s.seq));
     const int want_splits = std::min(pages, 3);
     const int pps = (pages + want_splits - 1) / want_splits;
     const int splits = (pages + pps - 1) / pps;
     const auto units = static_cast<unsigned>(s.kv_heads * tiles);
-    const int64_t slots = int64_t{units} * splits * kRows;
+    const int64_t slots = int64_t{units} * splits * tile_rows;
     std::vector<float> ws(static_cast<size_t>(slots * (2 + s.dim)), NAN);
-    const Params k2 = MakeParams(p, dec, tiles, pps, splits, ws.data(), slots * 2 * 4);
+    const Params k2 = MakeParams(p, dec, tile_rows, tiles, pps, splits, ws.data(), slots * 2 * 4);
     EmuLaunch(units, static_cast<unsigned>(splits), static_cast<unsigned>(DecodeThreads(kd)), [&] {
       auto go = [&]<Dec kDec>() {
         switch (kd) {
           case 64: DecodeKernel<kDec, 64>(k2); break;
-          case 128: DecodeKernel<kDec, 128>(k2); break;
+          case 128: DecodeMmaKernel<kDec>(k2); break;
           case 256: DecodeKernel<kDec, 256>(k2); break;
           case 512: DecodeKernel<kDec, 512>(k2); break;
           default: DecodeKernel<kDec, 1024>(k2); break;

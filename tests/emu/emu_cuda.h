@@ -75,6 +75,16 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   return r;
 }
 template <class T> T __ldg(const T* p) { return *p; }
+inline int __all_sync(unsigned, int pred) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  g_xchg[w][l][0] = pred != 0;
+  WarpSync();
+  int all = 1;
+  for (int i = 0; i < 32; ++i) all &= g_xchg[w][i][0] != 0;
+  WarpSync();
+  return all;
+}
+
 using std::min;
 using std::max;
 inline uint32_t __byte_perm(uint32_t a, uint32_t b, uint32_t s) {
@@ -161,6 +171,14 @@ inline void Store(void* y, plume::DType t, int64_t i, float v) {
   else if (t == plume::DType::kF16) static_cast<uint16_t*>(y)[i] = plume::FloatToHalfBits(v);
   else static_cast<uint16_t*>(y)[i] = plume::FloatToBf16Bits(v);
 }
+// cp.async: the copy happens at once (the kernels wait before reading anyway).
+inline void CpAsync16(void* dst, const void* src, bool valid) {
+  if (valid) memcpy(dst, src, 16);
+  else memset(dst, 0, 16);
+}
+inline void CpAsync4(void* dst, const void* src) { memcpy(dst, src, 4); }
+inline void CpAsyncCommit() {}
+template <int kPending> inline void CpAsyncWait() {}
 inline bool HasE4M3Nan(uint32_t w) { return (((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u) != 0; }
 }  // namespace
 }  // namespace plume::cuda

@@ -511,6 +511,17 @@ TEST(GpuAttention, NanCodeInKGivesNanRows) {
   }
 }
 
+// Many query rows per kv head (the tensor-core decode tiles them by 64):
+// batch 16 at heads 32 / kv_heads 8 (64 rows, FP16 queries, as benchmarked),
+// and 96 rows (a full tile and a half one).
+TEST(GpuAttention, DecodeManyRows) {
+  Case c{128, 8192, 1, 8, 32, 16, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
+         DType::kF32};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4300);
+  c = Case{128, 1000, 8, 2, 8, 3, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kF32, DType::kF32};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4301);
+}
+
 // Issue 4: state the error at 128k tokens (decode, heads 32 / kv_heads 8, D=128).
 TEST(GpuAttention, Decode128kTokens) {
   Case c{128, 131072, 1, 8, 32, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32,

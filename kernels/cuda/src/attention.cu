@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "plume/cuda/attention.h"
 #include "plume/cuda/check.h"
@@ -39,7 +40,8 @@ struct Params {
   int q_len;
   int group;               // heads / kv_heads
   int rows;                // batch * group * q_len: the query rows of one kv head
-  int row_tiles;           // tiles of kRows (decode) or kPrefillRows (prefill) rows
+  int row_tiles;           // tiles of tile_rows query rows
+  int tile_rows;           // kRows (FP32 decode), <= kMmaRows (tensor-core decode), kPrefillRows
   float scale;
   bool causal;
 
@@ -49,8 +51,8 @@ struct Params {
   // Decode splits and their partial results.
   int pages_per_split;
   int splits;
-  float* ws_ml;            // [unit][split][kRows][2]: running max, sum
-  float* ws_acc;           // [unit][split][kRows][head_dim]: unnormalized output
+  float* ws_ml;            // [unit][split][tile_rows][2]: running max, sum
+  float* ws_acc;           // [unit][split][tile_rows][head_dim]: unnormalized output
 };
 
 // Query row `lr` of kv head kvh (rows are batch-major, then head of the GQA
@@ -355,42 +357,498 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
   const int64_t slot = static_cast<int64_t>(unit) * p.splits + split;
   for (int i = tid; i < nrows * p.head_dim; i += S::kThreads) {
     const int r = i / p.head_dim, d = i % p.head_dim;
-    p.ws_acc[(slot * kRows + r) * p.head_dim + d] = qs[r][d];
+    p.ws_acc[(slot * p.tile_rows + r) * p.head_dim + d] = qs[r][d];
   }
   if (tid < nrows) {
-    p.ws_ml[(slot * kRows + tid) * 2] = m_s[tid];
-    p.ws_ml[(slot * kRows + tid) * 2 + 1] = l_s[tid];
+    p.ws_ml[(slot * p.tile_rows + tid) * 2] = m_s[tid];
+    p.ws_ml[(slot * p.tile_rows + tid) * 2 + 1] = l_s[tid];
   }
 }
 
 // One block per query row: merges the splits' partial results,
-// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M). The splits' maxima
+// and weights are read and computed by all threads at once (a thread per
+// split) and kept in shared memory; then each thread sums its columns over
+// the splits with many loads in flight (latency, not bandwidth, bounds this
+// kernel).
+constexpr int kMaxSplits = 1024;
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p) {
+  __shared__ float w_s[kMaxSplits];
+  __shared__ float red[kCombineThreads / 32];
   const int64_t row = blockIdx.x;  // (b * heads + h) * q_len + i
   const int i = static_cast<int>(row % p.q_len);
   const int h = static_cast<int>(row / p.q_len % p.heads);
   const int b = static_cast<int>(row / p.q_len / p.heads);
   const int kvh = h / p.group;
   const int lr = (b * p.group + h % p.group) * p.q_len + i;
-  const int64_t unit = static_cast<int64_t>(kvh) * p.row_tiles + lr / kRows;
-  const int r = lr % kRows;
+  const int64_t unit = static_cast<int64_t>(kvh) * p.row_tiles + lr / p.tile_rows;
+  const int r = lr % p.tile_rows;
   const int64_t base = unit * p.splits;
+  const int tid = threadIdx.x;
+  const float* ml = p.ws_ml + (base * p.tile_rows + r) * 2;  // split s at ml[s * tile_rows * 2]
+  const int64_t ml_step = int64_t{p.tile_rows} * 2;
 
   float mx = kNegInf;
-  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, p.ws_ml[((base + s) * kRows + r) * 2]);
+  for (int s = tid; s < p.splits; s += kCombineThreads) mx = fmaxf(mx, ml[s * ml_step]);
+  mx = WarpMax(mx);
+  if ((tid & 31) == 0) red[tid >> 5] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < kCombineThreads / 32; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();  // red is reused below
   float l = 0.0f;
-  for (int s = 0; s < p.splits; ++s) {
-    const float ms = p.ws_ml[((base + s) * kRows + r) * 2];
-    if (ms != kNegInf) l += p.ws_ml[((base + s) * kRows + r) * 2 + 1] * expf(ms - mx);
+  for (int s = tid; s < p.splits; s += kCombineThreads) {
+    const float ms = ml[s * ml_step];
+    const float e = ms == kNegInf ? 0.0f : expf(ms - mx);
+    w_s[s] = e;
+    if (e != 0.0f) l += ml[s * ml_step + 1] * e;
   }
+  l = WarpSum(l);
+  if ((tid & 31) == 0) red[tid >> 5] = l;
+  __syncthreads();
+  l = 0.0f;
+  for (int w = 0; w < kCombineThreads / 32; ++w) l += red[w];
   const float inv = 1.0f / l;
-  for (int d = threadIdx.x; d < p.head_dim; d += kCombineThreads) {
+  const float* acc = p.ws_acc + (base * p.tile_rows + r) * p.head_dim;
+  const int64_t acc_step = int64_t{p.tile_rows} * p.head_dim;
+  for (int d = tid; d < p.head_dim; d += kCombineThreads) {
     float o = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < p.splits; ++s) {
-      const float ms = p.ws_ml[((base + s) * kRows + r) * 2];
-      if (ms != kNegInf) o += p.ws_acc[((base + s) * kRows + r) * p.head_dim + d] * expf(ms - mx);
+      const float a = acc[s * acc_step + d], e = w_s[s];  // loads independent of e
+      o += e != 0.0f ? a * e : 0.0f;
     }
     Store(p.out, p.out_dtype, row * p.head_dim + d, o * inv);
+  }
+}
+
+// ------------------------------------------------- decode, tensor cores
+
+// The tensor-core decode (head dims whose padded row is 128 bytes, the common
+// LLM shape): one block per (kv head, tile of up to 64 of its query rows,
+// split of the pages), so each K/V page is read once per 64 rows. The four
+// warps split the tile's 16-row m-tiles and, when there are fewer than four
+// m-tiles, the page's tokens (a warp then keeps its own softmax state over
+// its token slice; the block merges them at the end). Pages stream through a
+// kMmaStages-deep cp.async ring in shared memory as FP8 codes; each warp
+// decodes its K and V fragments straight from there to FP16 (exact) and runs
+// S = Q K^T and O += P V on mma.sync m16n8k16 with FP32 accumulators.
+//
+// FP32 accuracy from FP16 tensor cores: a query row is scaled by a power of
+// two to max |q| < 1 and split into FP16 hi + lo (hi + lo carries 22 bits;
+// lo is skipped for FP16 or BF16 queries, hi is then exact); P (in [0, 1],
+// scaled by 2^10 so small weights stay normal FP16) is split the same way.
+// Each product is two mma, the K/V side being exact FP16.
+//
+// Fragment orders: the Q.K reduction index is permuted so that a lane's B
+// fragment for one k-step is one 32-bit word of its K row (lane t reads
+// 16-byte chunks t and t + 4 of the row: codes 16t + 4j .. 16t + 4j + 3 and
+// 64 + ...), and Q's A fragment uses the same permutation. For P.V the output
+// columns are permuted instead: n-tile nn's column g is the row's byte
+// 16g + nn, so a lane reads one 16-byte chunk per V row and holds output
+// columns 32t .. 32t + 31 in the end. Shared memory rows are XOR-swizzled by
+// 16-byte chunk so both reads are free of bank conflicts.
+constexpr int kMmaDim = 128;  // the padded head dim this kernel serves
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block at most
+constexpr int kMmaStages = 3;
+constexpr int kMmaTile = kPage * kMmaDim;                   // bytes of a K or V tile
+constexpr int kMmaRing = kMmaStages * 2 * kMmaTile;         // the code ring, bytes
+constexpr int kMmaOutLd = kMmaDim + 4;                      // epilogue row, floats
+constexpr int kMmaQlo = kMmaWarps * 8 * 32 * 16;            // FP32 queries' lo fragments
+constexpr size_t kMmaSmem = kMmaRing + kMmaQlo;              // 64 KB: fits sm_75 too
+static_assert(kMmaWarps * 16 * kMmaOutLd * 4 + kMmaWarps * 16 * 2 * 4 <= kMmaRing);
+constexpr float kPScale = 1024.0f;  // P is split as P * 2^10
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &h, sizeof(u));
+  return u;
+}
+
+// (a, b) as an FP16 pair hi plus the pair of what it leaves, lo.
+__device__ __forceinline__ void SplitHalves(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const __half2 h = __floats2half2_rn(a, b);
+  const float2 f = __half22float2(h);
+  memcpy(&hi, &h, sizeof(hi));
+  lo = PackHalves(a - f.x, b - f.y);
+}
+
+// Swizzled 16-byte chunk c of row r of a K / V tile in shared memory.
+__device__ __forceinline__ int KChunk(int r, int c) { return r * kMmaDim + ((c ^ ((r & 1) << 2)) << 4); }
+__device__ __forceinline__ int VChunk(int r, int c) {
+  return r * kMmaDim + ((c ^ (((r >> 1) & 3) << 1)) << 4);
+}
+
+template <Dec kDec>
+__global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+  if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
+#endif
+  extern __shared__ __align__(16) __half smem[];
+  uint8_t* const ring = reinterpret_cast<uint8_t*>(smem);
+  uint4* const qlo_s = reinterpret_cast<uint4*>(ring + kMmaRing);  // [warp][k-step][lane]
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int unit = blockIdx.x;
+  const int split = blockIdx.y;
+  const int tile = unit % p.row_tiles;
+  const int kvh = unit / p.row_tiles;
+  const int lr0 = tile * p.tile_rows;
+  const int nrows = min(p.tile_rows, p.rows - lr0);
+  const int mtiles = (nrows + 15) / 16;
+  const int wt = mtiles == 1 ? 4 : mtiles == 2 ? 2 : 1;  // warps (token slices) per m-tile
+  const int mt = warp / wt;
+  const bool active = mt < mtiles;
+  const int ntok = kPage / wt;  // a warp's tokens of each page
+  const int tok0 = warp % wt * ntok;
+
+  // This lane's rows (g and g + 8 of the warp's m-tile), what they see, and
+  // their Q fragments (k-step 4h + j: codes 64h + 16t + 4j + 0..3).
+  const int ra = mt * 16 + g, rb = ra + 8;
+  const int64_t vis_a = active && ra < nrows ? LastVisible(p, lr0 + ra) : -1;
+  const int64_t vis_b = active && rb < nrows ? LastVisible(p, lr0 + rb) : -1;
+  const bool q_lo = p.q_dtype == DType::kF32;  // FP16 and BF16 queries are exact in hi
+  uint32_t qh[8][4];  // the lo parts go to shared memory (qlo_s): registers are short
+  float qf_a = 1.0f, qf_b = 1.0f;  // 2^e: the rows' scale back
+  {
+    const int64_t ia = vis_a >= 0 ? QueryIndex(p, kvh, lr0 + ra) * p.head_dim : -1;
+    const int64_t ib = vis_b >= 0 ? QueryIndex(p, kvh, lr0 + rb) * p.head_dim : -1;
+    // The lane's 32 values of each row, four consecutive ones per k-step
+    // (one vector load where the row is aligned), loaded once.
+    const bool vec = p.head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(p.q) & 15) == 0;
+    auto q4 = [&](int64_t base, int d, float (&v)[4]) {
+      v[0] = v[1] = v[2] = v[3] = 0.0f;
+      if (base < 0 || d >= p.head_dim) return;
+      if (vec && p.q_dtype == DType::kF32) {
+        const float4 x = *reinterpret_cast<const float4*>(static_cast<const float*>(p.q) + base + d);
+        v[0] = x.x;
+        v[1] = x.y;
+        v[2] = x.z;
+        v[3] = x.w;
+      } else if (vec) {
+        const uint2 x = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p.q) + base + d);
+        const uint32_t w[2] = {x.x, x.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const uint16_t h = static_cast<uint16_t>(w[e / 2] >> (16 * (e % 2)));
+          v[e] = p.q_dtype == DType::kF16 ? __half2float(__ushort_as_half(h)) : Bf16BitsToFloat(h);
+        }
+      } else {
+        for (int e = 0; e < 4 && d + e < p.head_dim; ++e) v[e] = LoadQ(p.q, p.q_dtype, base + d + e);
+      }
+    };
+    float qa[8][4], qb[8][4];
+    float mx_a = 0.0f, mx_b = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks) {
+      const int d = 64 * (ks >> 2) + 16 * t + 4 * (ks & 3);
+      q4(ia, d, qa[ks]);
+      q4(ib, d, qb[ks]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        mx_a = fmaxf(mx_a, fabsf(qa[ks][e]));
+        mx_b = fmaxf(mx_b, fabsf(qb[ks][e]));
+      }
+    }
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o));
+    }
+    int ea = 0, eb = 0;
+    if (mx_a > 0.0f && mx_a <= 3.0e38f) frexpf(mx_a, &ea);
+    if (mx_b > 0.0f && mx_b <= 3.0e38f) frexpf(mx_b, &eb);
+    ea = max(ea, -120);  // 2^-ea stays finite
+    eb = max(eb, -120);
+    qf_a = ldexpf(1.0f, ea);
+    qf_b = ldexpf(1.0f, eb);
+    const float sa = ldexpf(1.0f, -ea), sb = ldexpf(1.0f, -eb);  // exact powers of two
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks) {
+      float a[4], b[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        a[e] = qa[ks][e] * sa;
+        b[e] = qb[ks][e] * sb;
+      }
+      uint4 lo;
+      SplitHalves(a[0], a[1], qh[ks][0], lo.x);
+      SplitHalves(b[0], b[1], qh[ks][1], lo.y);
+      SplitHalves(a[2], a[3], qh[ks][2], lo.z);
+      SplitHalves(b[2], b[3], qh[ks][3], lo.w);
+      qlo_s[(warp * 8 + ks) * 32 + lane] = lo;  // read back by this thread only
+    }
+  }
+
+  int64_t last = -1;
+  for (int r = 0; r < nrows; ++r) last = max(last, LastVisible(p, lr0 + r));
+  const int page_begin = split * p.pages_per_split;
+  const int page_end = min(p.num_pages, static_cast<int>(Min64(
+                                            page_begin + p.pages_per_split, last / kPage + 1)));
+  const int npg = max(0, page_end - page_begin);
+
+  // Page i of the split (at `page`) into stage i % kMmaStages: 16 bytes per
+  // thread and step, K then V, rows of row_bytes (chunks past it zero).
+  const int chunks = p.row_bytes >> 4;
+  auto load = [&](const uint8_t* page, int i) {
+    if (i < npg) {
+      uint8_t* st = ring + (i % kMmaStages) * 2 * kMmaTile;
+#pragma unroll
+      for (int k = 0; k < 2 * kPage * (kMmaDim / 16) / kMmaThreads; ++k) {
+        const int idx = tid + k * kMmaThreads;
+        const bool is_v = idx >= kPage * (kMmaDim / 16);
+        const int r = idx / (kMmaDim / 16) % kPage, c = idx % (kMmaDim / 16);
+        const uint8_t* src = page + (is_v ? p.codes_bytes : 0) + kvh * p.head_tile;
+        const bool in = c < chunks;
+        CpAsync16(st + (is_v ? kMmaTile + VChunk(r, c) : KChunk(r, c)),
+                  src + (in ? static_cast<int64_t>(r) * p.row_bytes + c * 16 : 0), in);
+      }
+    }
+    CpAsyncCommit();  // empty groups too: the wait below counts groups
+  };
+  // The K and V scales of a page, times the decode factor; TOKEN_BLOCK ones
+  // are read from the page when its copy starts and kept in registers until
+  // its turn (pages i, i + 1 in flight: sc[0], sc[1]).
+  const bool block_scales = p.mode == KvScaleMode::kTokenBlock;
+  const float2 fixed = block_scales ? make_float2(0.0f, 0.0f)
+                                    : make_float2(PageScale(p, nullptr, kvh, false),
+                                                  PageScale(p, nullptr, kvh, true));
+  auto scales_of = [&](const uint8_t* page) {
+    if (!block_scales || page == nullptr) return fixed;
+    const float* ps = reinterpret_cast<const float*>(page + 2 * p.codes_bytes);
+    return make_float2(__ldg(ps + kvh) * p.decode_factor, __ldg(ps + p.kv_heads + kvh) * p.decode_factor);
+  };
+  static_assert(kMmaStages == 3);
+  float2 sc[2];
+#pragma unroll
+  for (int i = 0; i < kMmaStages - 1; ++i) {
+    const uint8_t* page = i < npg ? p.pages[page_begin + i] : nullptr;
+    load(page, i);
+    sc[i] = scales_of(page);
+  }
+  // The page table is read one page ahead, so that its latency hides behind
+  // a page's math instead of delaying the next copy.
+  const uint8_t* next = kMmaStages - 1 < npg ? p.pages[page_begin + kMmaStages - 1] : nullptr;
+
+  float o[16][4];
+#pragma unroll
+  for (int nn = 0; nn < 16; ++nn) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.0f;
+  float m_a = kNegInf, m_b = kNegInf, l_a = 0.0f, l_b = 0.0f;
+  float vref = 0.0f;  // the true output is o * vref / kPScale (V scales change per page)
+
+  for (int i = 0; i < npg; ++i) {
+    CpAsyncWait<kMmaStages - 2>();
+    __syncthreads();              // page i is in; every warp is done with page i - 1
+    load(next, i + kMmaStages - 1);  // into page i - 1's stage
+    const float2 cur = sc[0];
+    sc[0] = sc[1];
+    sc[1] = scales_of(next);
+    next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
+    if (!active) continue;
+    const uint8_t* kt = ring + (i % kMmaStages) * 2 * kMmaTile;
+    const uint8_t* vt = kt + kMmaTile;
+    const int64_t t0 = static_cast<int64_t>(page_begin + i) * kPage;
+    const int n = static_cast<int>(Min64(kPage, p.seq - t0));
+    const float ks = cur.x, vs = cur.y;
+    // Scores in log2 units (exp2 is one instruction).
+    const float ka = ks * p.scale * kLog2e * qf_a, kb = ks * p.scale * kLog2e * qf_b;
+    // Masks: tokens of this page past n, or past what a row sees.
+    const int lim_a = static_cast<int>(max(int64_t{-1}, Min64(n - 1, vis_a - t0)));
+    const int lim_b = static_cast<int>(max(int64_t{-1}, Min64(n - 1, vis_b - t0)));
+    // O is kept relative to the current page's V scale (TOKEN_BLOCK scales
+    // change per page).
+    float ratio = 1.0f;
+    if (vs != 0.0f) {
+      if (vref != 0.0f) ratio = vref / vs;
+      vref = vs;
+    }
+
+    // The warp's tokens, 16 at a time (few registers for S).
+    for (int c0 = tok0; c0 < tok0 + ntok && c0 < n; c0 += 16) {
+      // S = Q K^T for 16 tokens: two n-tiles.
+      // Two accumulator chains per n-tile (hi / lo, or even / odd k-steps)
+      // halve the dependent mma latency.
+      float s[2][4], s2[2][4];
+      // One copy of the loop per query kind, so that neither pays for the
+      // other's instructions (predicated off, they would still issue).
+      auto qk = [&](auto with_lo) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+          s2[j][0] = s2[j][1] = s2[j][2] = s2[j][3] = 0.0f;
+          const int r = c0 + 8 * j + g;
+          const uint4 k0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
+          const uint4 k1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
+          const uint32_t w[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
+#pragma unroll
+          for (int kk = 0; kk < 8; ++kk) {
+            uint32_t b0, b1;
+            DecodeWordNan<kDec>(w[kk], b0, b1);
+            if constexpr (decltype(with_lo)::value) {
+              const uint4 lo = qlo_s[(warp * 8 + kk) * 32 + lane];
+              Mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+              Mma(s2[j], lo.x, lo.y, lo.z, lo.w, b0, b1);
+            } else {
+              Mma(kk & 1 ? s2[j] : s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+            }
+          }
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] += s2[j][e];
+        }
+      };
+      if (q_lo) {
+        qk(std::true_type{});
+      } else {
+        qk(std::false_type{});
+      }
+
+      // Online softmax in FP32; masked scores are -inf.
+      float mx_a = kNegInf, mx_b = kNegInf;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int tok = c0 + 8 * j + 2 * t + e;
+          s[j][e] = tok <= lim_a ? s[j][e] * ka : kNegInf;
+          s[j][2 + e] = tok <= lim_b ? s[j][2 + e] * kb : kNegInf;
+          mx_a = fmaxf(mx_a, s[j][e]);
+          mx_b = fmaxf(mx_b, s[j][2 + e]);
+        }
+      }
+#pragma unroll
+      for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+      }
+      const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+      const float al_a = m_a == kNegInf ? 0.0f : exp2f(m_a - mn_a);
+      const float al_b = m_b == kNegInf ? 0.0f : exp2f(m_b - mn_b);
+      m_a = mn_a;
+      m_b = mn_b;
+      float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[j][e] = s[j][e] == kNegInf ? 0.0f : exp2f(s[j][e] - mn_a);
+          s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : exp2f(s[j][2 + e] - mn_b);
+          sum_a += s[j][e];
+          sum_b += s[j][2 + e];
+        }
+      }
+      l_a = l_a * al_a + sum_a;
+      l_b = l_b * al_b + sum_b;
+      const float ca = al_a * ratio, cb = al_b * ratio;
+      ratio = 1.0f;
+      if (!__all_sync(0xffffffffu, ca == 1.0f && cb == 1.0f)) {  // most chunks keep the max
+#pragma unroll
+        for (int nn = 0; nn < 16; ++nn) {
+          o[nn][0] *= ca;
+          o[nn][1] *= ca;
+          o[nn][2] *= cb;
+          o[nn][3] *= cb;
+        }
+      }
+
+      // O += P V: tokens 2t, 2t + 1, 2t + 8, 2t + 9 of the 16, one 16-byte
+      // chunk (g) of each V row.
+      uint32_t ph[4], pl[4];
+      SplitHalves(s[0][0] * kPScale, s[0][1] * kPScale, ph[0], pl[0]);
+      SplitHalves(s[0][2] * kPScale, s[0][3] * kPScale, ph[1], pl[1]);
+      SplitHalves(s[1][0] * kPScale, s[1][1] * kPScale, ph[2], pl[2]);
+      SplitHalves(s[1][2] * kPScale, s[1][3] * kPScale, ph[3], pl[3]);
+      const int r = c0 + 2 * t;
+      const uint4 v0 = *reinterpret_cast<const uint4*>(vt + VChunk(r, g));
+      const uint4 v1 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 1, g));
+      const uint4 v8 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 8, g));
+      const uint4 v9 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 9, g));
+      const uint32_t w0[4] = {v0.x, v0.y, v0.z, v0.w}, w1[4] = {v1.x, v1.y, v1.z, v1.w};
+      const uint32_t w8[4] = {v8.x, v8.y, v8.z, v8.w}, w9[4] = {v9.x, v9.y, v9.z, v9.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        uint32_t b0[4], b1[4];  // n-tiles 4q .. 4q + 3
+        DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x5140), b0[0], b0[1]);
+        DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x7362), b0[2], b0[3]);
+        DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x5140), b1[0], b1[1]);
+        DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x7362), b1[2], b1[3]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          Mma(o[4 * q + e], ph[0], ph[1], ph[2], ph[3], b0[e], b1[e]);
+          Mma(o[4 * q + e], pl[0], pl[1], pl[2], pl[3], b0[e], b1[e]);
+        }
+      }
+    }
+    if (ratio != 1.0f) {  // no token of the page in this warp's slice
+#pragma unroll
+      for (int nn = 0; nn < 16; ++nn) {
+        o[nn][0] *= ratio;
+        o[nn][1] *= ratio;
+        o[nn][2] *= ratio;
+        o[nn][3] *= ratio;
+      }
+    }
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // the ring is free: it holds the warps' partial results now
+
+  // Each warp's (m, l, O) per row; then the warps of an m-tile merge in a
+  // fixed order and the block writes the tile's rows for the combine kernel.
+  float* const ob = reinterpret_cast<float*>(ring);     // [warp][16][kMmaOutLd]
+  float* const mlb = ob + kMmaWarps * 16 * kMmaOutLd;   // [warp][16][2]
+  if (active) {
+#pragma unroll
+    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+      l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
+      l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
+    }
+    const float f = vref / kPScale;
+    float* oa = ob + (warp * 16 + g) * kMmaOutLd;
+    float* obr = oa + 8 * kMmaOutLd;
+#pragma unroll
+    for (int nn = 0; nn < 16; ++nn) {
+      // Column c at c + c / 32: the lanes' stores hit distinct banks.
+      const int c0 = 32 * t + nn, c1 = c0 + 16;
+      oa[c0 + t] = o[nn][0] * f;
+      oa[c1 + t] = o[nn][1] * f;
+      obr[c0 + t] = o[nn][2] * f;
+      obr[c1 + t] = o[nn][3] * f;
+    }
+    if (t == 0) {
+      mlb[(warp * 16 + g) * 2] = m_a;
+      mlb[(warp * 16 + g) * 2 + 1] = l_a;
+      mlb[(warp * 16 + g + 8) * 2] = m_b;
+      mlb[(warp * 16 + g + 8) * 2 + 1] = l_b;
+    }
+  }
+  __syncthreads();
+  const int64_t slot = static_cast<int64_t>(unit) * p.splits + split;
+  for (int i = tid; i < nrows * kMmaDim; i += kMmaThreads) {
+    const int r = i / kMmaDim, d = i % kMmaDim;
+    const int w0 = r / 16 * wt;
+    float mx = kNegInf;
+    for (int w = w0; w < w0 + wt; ++w) mx = fmaxf(mx, mlb[(w * 16 + r % 16) * 2]);
+    float acc = 0.0f, l = 0.0f;
+    for (int w = w0; w < w0 + wt; ++w) {
+      const float mw = mlb[(w * 16 + r % 16) * 2];
+      if (mw == kNegInf) continue;
+      const float e = exp2f(mw - mx);
+      acc += ob[(w * 16 + r % 16) * kMmaOutLd + d + d / 32] * e;
+      l += mlb[(w * 16 + r % 16) * 2 + 1] * e;
+    }
+    if (d < p.head_dim) p.ws_acc[(slot * p.tile_rows + r) * p.head_dim + d] = acc;
+    if (d == 0) {  // the combine kernel's max is in natural units
+      p.ws_ml[(slot * p.tile_rows + r) * 2] = mx * kLn2;
+      p.ws_ml[(slot * p.tile_rows + r) * 2 + 1] = l;
+    }
   }
 }
 
@@ -423,13 +881,6 @@ __device__ __forceinline__ void DecodeWordRt(Dec dec, uint32_t w, uint32_t& lo, 
 
 __device__ __forceinline__ uint32_t Ld32(const __half* p) {
   return *reinterpret_cast<const uint32_t*>(p);
-}
-
-__device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, sizeof(u));
-  return u;
 }
 
 // Grid: (units, column slices), a unit being (kv head, tile of 64 of its
@@ -653,8 +1104,8 @@ Dec PickDec(Fp8Format format, DecodePath path) {
 
 // The kernels' parameters for a problem; the decode split plan and its
 // workspace (unused by the prefill).
-Params MakeParams(const AttentionProblem& p, Dec dec, int row_tiles, int pages_per_split, int splits,
-                  void* workspace, int64_t off_acc) {
+Params MakeParams(const AttentionProblem& p, Dec dec, int tile_rows, int row_tiles,
+                  int pages_per_split, int splits, void* workspace, int64_t off_acc) {
   const KvLayout& l = p.layout;
   Params k{};
   k.pages = p.pages;
@@ -676,6 +1127,7 @@ Params MakeParams(const AttentionProblem& p, Dec dec, int row_tiles, int pages_p
   k.group = static_cast<int>(p.heads / l.kv_heads);
   k.rows = static_cast<int>(p.batch) * k.group * k.q_len;
   k.row_tiles = row_tiles;
+  k.tile_rows = tile_rows;
   k.scale = p.scale;
   k.causal = p.causal;
   k.out = p.out;
@@ -696,7 +1148,7 @@ template <Dec kDec>
 KernelFn PickDecodeDim(int kd) {
   switch (kd) {
     case 64: return DecodeKernel<kDec, 64>;
-    case 128: return DecodeKernel<kDec, 128>;
+    case kMmaDim: return DecodeMmaKernel<kDec>;
     case 256: return DecodeKernel<kDec, 256>;
     case 512: return DecodeKernel<kDec, 512>;
     default: return DecodeKernel<kDec, 1024>;
@@ -746,8 +1198,10 @@ bool ValidShape(const AttentionProblem& p) {
 struct Plan {
   bool prefill = false;
   KernelFn decode = nullptr;
+  size_t decode_smem = 0;
   PrefillPick pre;
   Dec dec = Dec::kE4M3Soft;
+  int tile_rows = 0;
   int row_tiles = 0;
   int64_t units = 0;
   int splits = 1;
@@ -779,24 +1233,31 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   }
   pl.prefill = prefill;
   if (prefill) {
+    pl.tile_rows = kPrefillRows;
     pl.row_tiles = static_cast<int>((rows + kPrefillRows - 1) / kPrefillRows);
     pl.units = p.layout.kv_heads * pl.row_tiles;
     pl.total = 256;
   } else {
     pl.decode = PickDecode(pl.dec, kd);
-    pl.row_tiles = static_cast<int>((rows + kRows - 1) / kRows);
+    if (kd == kMmaDim) {  // tensor cores: tiles of up to 64 rows, rounded to 16
+      pl.decode_smem = kMmaSmem;
+      pl.tile_rows = static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16));
+    } else {
+      pl.tile_rows = kRows;
+    }
+    pl.row_tiles = static_cast<int>((rows + pl.tile_rows - 1) / pl.tile_rows);
     pl.units = p.layout.kv_heads * pl.row_tiles;
     // Enough splits for one wave of resident blocks, each with at least one
     // page.
     int bps = 1;
-    PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd), 0,
-                                     device, &bps));
+    PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd),
+                                     pl.decode_smem, device, &bps));
     const int64_t target = int64_t{info.sms} * std::max(bps, 1);
-    int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, 1024});
+    int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, kMaxSplits});
     splits = std::max<int64_t>(splits, 1);
     pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
     pl.splits = (num_pages + pl.pages_per_split - 1) / pl.pages_per_split;
-    const int64_t slots = pl.units * pl.splits * kRows;
+    const int64_t slots = pl.units * pl.splits * pl.tile_rows;
     pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;
     pl.total = pl.off_acc + slots * p.layout.head_dim * 4;
   }
@@ -827,8 +1288,8 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
 
   const KvLayout& l = p.layout;
-  const Params k = MakeParams(p, pl.dec, pl.row_tiles, pl.pages_per_split, pl.splits, workspace,
-                              pl.off_acc);
+  const Params k = MakeParams(p, pl.dec, pl.tile_rows, pl.row_tiles, pl.pages_per_split, pl.splits,
+                              workspace, pl.off_acc);
   if (pl.prefill) {
     const int slices = static_cast<int>((l.head_dim + pl.pre.dv - 1) / pl.pre.dv);
     const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(slices));
@@ -839,7 +1300,7 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   const int kd = KernelDim(l.row_bytes());
   const int threads = DecodeThreads(kd);
   const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(pl.splits));
-  pl.decode<<<grid, threads, 0, stream>>>(k);
+  pl.decode<<<grid, threads, pl.decode_smem, stream>>>(k);
   PLUME_CUDA_TRY_LAUNCH();
   const int64_t out_rows = p.batch * p.heads * p.q_len;
   CombineKernel<<<static_cast<unsigned>(out_rows), kCombineThreads, 0, stream>>>(k);

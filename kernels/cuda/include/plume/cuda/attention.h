@@ -6,12 +6,18 @@
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
 //
 //  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding: the pages are
-//    split across blocks; each block holds up to 8 query rows of one kv head
-//    (over the batch, the GQA group and q_len, which all read the same K/V),
-//    decodes K and
-//    V codes in registers (native cvt on sm_89+, bit tricks elsewhere) and
-//    keeps an FP32 online softmax (max, sum, accumulator); a combine kernel
-//    merges the splits with log-sum-exp. FP32 math throughout.
+//    split across blocks and a combine kernel merges the splits with
+//    log-sum-exp. Every query row of a kv head (over the batch, the GQA group
+//    and q_len) reads the same K/V, so a block takes many rows at once.
+//     * Head dims padding to 128 (the common LLM shape): tensor cores. A block
+//       holds up to 64 rows of one kv head (each page is read once per 64
+//       rows), streams its split's pages through a cp.async ring in shared
+//       memory, decodes the FP8 codes to FP16 in registers (exact; native cvt
+//       on sm_89+, bit tricks elsewhere) and runs Q.K^T and P.V on mma.sync
+//       with FP32 accumulators. Q (scaled by a power of two) and P are split
+//       into FP16 hi + lo parts (two mma each; Q's lo part is zero and skipped
+//       for F16/BF16 queries), so the result keeps FP32-level accuracy.
+//     * Other head dims: FP32 CUDA-core math, up to 8 rows per block.
 //  - Prefill (longer q_len): tiled flash-attention. 64 query rows per block;
 //    each page's K and V tiles are decoded once into FP16 shared memory
 //    (exact: every FP8 value is an FP16), S = Q K^T and O += P V run on
@@ -33,7 +39,7 @@ inline constexpr int64_t kAttentionDecodeMaxQ = 8;
 
 enum class AttentionKernel : uint8_t {
   kAuto = 0,     // decode for q_len <= kAttentionDecodeMaxQ, prefill above
-  kDecode = 1,   // FP32 flash-decoding, any q_len
+  kDecode = 1,   // flash-decoding with FP32-level accuracy, any q_len
   kPrefill = 2,  // FP16 tensor-core flash-attention, any q_len
 };
 
