@@ -10,6 +10,11 @@ if(TARGET plume_client)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
 
+# The batcher (issue 5): formation, queue limit, drops, routing; CPU backend.
+add_executable(batcher_test server/batcher_test.cc)
+target_link_libraries(batcher_test PRIVATE plume_core prometheus-cpp::core GTest::gtest_main)
+gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+
 # The durable store (issue 7): file format, directory cycle, MatrixService persistence.
 add_executable(store_test server/store_test.cc)
 target_link_libraries(store_test PRIVATE plume_core GTest::gtest_main)

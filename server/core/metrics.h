@@ -66,8 +66,9 @@ class Metrics {
   void RecordBatch(int64_t vectors);
   // GPU backends: device memory in use and in all.
   void SetDeviceMemory(int64_t used, int64_t total);
-  // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
-  // or its caller left (CANCELLED).
+  // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED),
+  // its caller left (CANCELLED) or its batch queue was full
+  // (RESOURCE_EXHAUSTED).
   void RecordDropped(absl::StatusCode code);
   // K/V caches stored and their resident bytes.
   void SetKv(int64_t caches, int64_t bytes);
@@ -99,6 +100,7 @@ class Metrics {
   prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Counter* dropped_deadline_ = nullptr;
   prometheus::Counter* dropped_cancelled_ = nullptr;
+  prometheus::Counter* dropped_queue_full_ = nullptr;
   prometheus::Gauge* kv_caches_ = nullptr;
   prometheus::Gauge* kv_bytes_ = nullptr;
   prometheus::Counter* attention_rows_ = nullptr;
