@@ -15,6 +15,14 @@ add_executable(batcher_test server/batcher_test.cc)
 target_link_libraries(batcher_test PRIVATE plume_core prometheus-cpp::core GTest::gtest_main)
 gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 
+# Batching end to end (issue 5): 32 streaming clients, per-upload options, a full queue.
+if(TARGET plume_client)
+  add_executable(batching_e2e_test server/batching_e2e_test.cc)
+  target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+endif()
+
 # The durable store (issue 7): file format, directory cycle, MatrixService persistence.
 add_executable(store_test server/store_test.cc)
 target_link_libraries(store_test PRIVATE plume_core GTest::gtest_main)
