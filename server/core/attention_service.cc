@@ -1,5 +1,6 @@
 #include "server/core/attention_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -172,6 +173,7 @@ void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionReque
   r.out = bytes->data();
   r.in_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->q_dtype));
   r.out_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->out_dtype));
+  r.max_batch_units = std::max<int64_t>(1, limits_.max_attention_rows / (plan->heads * plan->q_len));
   r.run = [this, cache, p = *plan](const void* q, int64_t units, void* y, int64_t* seq_out) {
     absl::ReaderMutexLock lock(&cache->mu);  // no append runs meanwhile
     if (cache->deleted) {

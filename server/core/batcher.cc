@@ -40,7 +40,18 @@ struct Batcher::Batch {
 
 namespace {
 
+using DoneFn = std::function<void(const absl::Status&, int64_t)>;
+
 double Seconds(BatchClock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// The units that close a batch of requests like `r`.
+int64_t BatchLimit(const BatchingOptions& o, const BatchRequest& r) {
+  return r.max_batch_units > 0 ? std::min(o.max_batch, r.max_batch_units) : o.max_batch;
+}
+
+// Pooled buffers are sized for a full batch, so that one serves every usual
+// batch, but no larger than this unless a batch needs it.
+constexpr size_t kMaxPooledBufferBytes = size_t{64} << 20;
 
 }  // namespace
 
@@ -116,7 +127,8 @@ void Batcher::Submit(std::shared_ptr<const void> target, const std::string& targ
         ++q->waiting;
         ++waiting_;
         SetDepthLocked();
-        if (p.units >= q->options.max_batch || q->options.max_queue_delay.count() <= 0) {
+        if (p.units >= BatchLimit(q->options, p.requests.front()) ||
+            q->options.max_queue_delay.count() <= 0) {
           ready = TakeBatch(q, key);
         } else if (first) {
           timer_wake_ = true;  // a new deadline for the timer
@@ -141,9 +153,9 @@ std::unique_ptr<Batcher::Batch> Batcher::TakeBatch(const std::shared_ptr<Queue>&
   Pending& p = it->second;
   auto batch = std::make_unique<Batch>();
   batch->queue = q;
+  const int64_t limit = BatchLimit(q->options, p.requests.front());
   int64_t units = 0;
-  while (!p.requests.empty() &&
-         (units == 0 || units + p.requests.front().units <= q->options.max_batch)) {
+  while (!p.requests.empty() && (units == 0 || units + p.requests.front().units <= limit)) {
     units += p.requests.front().units;
     batch->requests.push_back(std::move(p.requests.front()));
     batch->arrivals.push_back(p.arrivals.front());
@@ -173,7 +185,10 @@ void Batcher::Dispatch(std::unique_ptr<Batch> batch) {
   }
   const absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
       "server overloaded: ", queue_->queued(), " batches already wait for a worker; retry later"));
-  for (BatchRequest& r : b->requests) r.done(s, 0);
+  std::vector<DoneFn> dones;
+  for (BatchRequest& r : b->requests) dones.push_back(std::move(r.done));
+  b->requests.clear();  // the targets go before the callers hear back
+  for (DoneFn& done : dones) done(s, 0);
   absl::MutexLock lock(&mu_);
   --in_flight_;
 }
@@ -194,8 +209,7 @@ absl::StatusOr<std::unique_ptr<HostBuffer>> Batcher::TakeBuffer(Queue& q, size_t
       return b;
     }
   }
-  // Sized for a full batch, so that one buffer serves every usual batch.
-  return backend_->AllocateHostBuffer(std::max(bytes, typical));
+  return backend_->AllocateHostBuffer(std::max(bytes, std::min(typical, kMaxPooledBufferBytes)));
 }
 
 void Batcher::ReturnBuffer(Queue& q, std::unique_ptr<HostBuffer> buffer) {
@@ -215,6 +229,7 @@ void Batcher::Run(Batch& batch) {
     SetDepthLocked();
   }
   // Drop what is no longer wanted before the backend sees it.
+  std::vector<std::pair<DoneFn, absl::Status>> dropped;
   std::vector<BatchRequest*> live;
   live.reserve(batch.requests.size());
   int64_t units = 0;
@@ -228,45 +243,53 @@ void Batcher::Run(Batch& batch) {
     }
     if (!drop.ok()) {
       if (metrics_ != nullptr) metrics_->RecordDropped(drop.code());
-      r.done(drop, 0);
+      dropped.emplace_back(std::move(r.done), std::move(drop));
       continue;
     }
     if (metrics_ != nullptr) metrics_->RecordQueueWait(Seconds(launch - batch.arrivals[i]));
     units += r.units;
     live.push_back(&r);
   }
-  if (live.empty()) return;
 
-  const BatchRequest& first = *live.front();
-  const size_t in_unit = first.in_unit_bytes, out_unit = first.out_unit_bytes;
-  const size_t full = static_cast<size_t>(q.options.max_batch);
-  auto in = TakeBuffer(q, static_cast<size_t>(units) * in_unit, full * in_unit);
-  auto out = in.ok() ? TakeBuffer(q, static_cast<size_t>(units) * out_unit, full * out_unit)
-                     : in.status();
+  absl::Status s;
   int64_t info = 0;
-  absl::Status s = out.status();
-  if (s.ok()) {
-    // One copy in: each request's input, back to back.
-    char* dst = static_cast<char*>((*in)->data());
-    for (BatchRequest* r : live) {
-      const size_t n = static_cast<size_t>(r->units) * in_unit;
-      std::memcpy(dst, r->in, n);
-      dst += n;
+  std::vector<DoneFn> dones;
+  if (!live.empty()) {
+    const BatchRequest& first = *live.front();
+    const size_t in_unit = first.in_unit_bytes, out_unit = first.out_unit_bytes;
+    const size_t full = static_cast<size_t>(BatchLimit(q.options, first));
+    auto in = TakeBuffer(q, static_cast<size_t>(units) * in_unit, full * in_unit);
+    auto out = in.ok() ? TakeBuffer(q, static_cast<size_t>(units) * out_unit, full * out_unit)
+                       : in.status();
+    s = out.status();
+    if (s.ok()) {
+      // One copy in: each request's input, back to back.
+      char* dst = static_cast<char*>((*in)->data());
+      for (BatchRequest* r : live) {
+        const size_t n = static_cast<size_t>(r->units) * in_unit;
+        std::memcpy(dst, r->in, n);
+        dst += n;
+      }
+      s = first.run((*in)->data(), units, (*out)->data(), &info);
     }
-    s = first.run((*in)->data(), units, (*out)->data(), &info);
-  }
-  if (s.ok()) {
-    // One copy out: straight from the output buffer into each caller's bytes.
-    const char* src = static_cast<const char*>((*out)->data());
-    for (BatchRequest* r : live) {
-      const size_t n = static_cast<size_t>(r->units) * out_unit;
-      std::memcpy(r->out, src, n);
-      src += n;
+    if (s.ok()) {
+      // One copy out: straight from the output buffer into each caller's bytes.
+      const char* src = static_cast<const char*>((*out)->data());
+      for (BatchRequest* r : live) {
+        const size_t n = static_cast<size_t>(r->units) * out_unit;
+        std::memcpy(r->out, src, n);
+        src += n;
+      }
     }
+    if (in.ok()) ReturnBuffer(q, std::move(*in));
+    if (out.ok()) ReturnBuffer(q, std::move(*out));
+    for (BatchRequest* r : live) dones.push_back(std::move(r->done));
   }
-  if (in.ok()) ReturnBuffer(q, std::move(*in));
-  if (out.ok()) ReturnBuffer(q, std::move(*out));
-  for (BatchRequest* r : live) r->done(s, info);
+  // Let go of the targets (a deleted matrix's memory returns to the budget)
+  // before any caller hears back.
+  batch.requests.clear();
+  for (auto& [done, why] : dropped) done(why, 0);
+  for (DoneFn& done : dones) done(s, info);
 }
 
 BatchClock::time_point Batcher::Poll() {

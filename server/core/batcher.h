@@ -67,6 +67,10 @@ struct BatchRequest {
   void* out = nullptr;       // units * out_unit_bytes; valid until done runs
   size_t in_unit_bytes = 0;
   size_t out_unit_bytes = 0;
+  // A cap on the units of a batch below max_batch (0: none), the same for
+  // every request of one key: attention keeps a batch within
+  // --max_attention_rows.
+  int64_t max_batch_units = 0;
   // The same for every request of one key and target: the batch runs its
   // first request's.
   BatchRunFn run;

@@ -21,6 +21,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "server/core/attention_service.h"
 #include "server/core/cpu_backend.h"
 #include "server/core/kv_store.h"
@@ -458,60 +459,88 @@ TEST_F(BatcherTest, ResultsGoToTheirCallersUnderConcurrency) {
             << double(vectors) / double(backend_.gemv_calls().size()) << ")\n";
 }
 
-TEST_F(BatcherTest, AttentionRequestsShareOneLaunch) {
-  Start({64, 200us, 1024}, /*fake_clock=*/true);
-  KvStore kv_store(store_->budget(), &metrics_);
-  Limits limits;
-  AttentionService attention(&backend_, &kv_store, &metrics_, limits);
-  const int64_t kv_heads = 2, seq = 40, dim = 32, heads = 4, q_len = 3;
-  const auto k = testing::RandomNormal(kv_heads * seq * dim, 11, 0.3f);
-  const auto v = testing::RandomNormal(kv_heads * seq * dim, 12);
-  v1::KVHeader h;
-  h.set_name("kv");
-  h.set_kv_heads(kv_heads);
-  h.set_seq(seq);
-  h.set_head_dim(dim);
-  h.set_source_dtype(v1::DTYPE_F32);
-  auto up = attention.BeginUpload(h);
-  ASSERT_TRUE(up.ok()) << up.status();
-  ASSERT_TRUE((*up)->AddK({reinterpret_cast<const char*>(k.data()), k.size() * 4}).ok());
-  ASSERT_TRUE((*up)->AddV({reinterpret_cast<const char*>(v.data()), v.size() * 4}).ok());
-  ASSERT_TRUE((*up)->Finish().ok());
+// Attention requests on a cache "kv" (2 kv heads, 40 tokens, head_dim 32)
+// with queries of 4 heads.
+class AttentionBatchTest : public BatcherTest {
+ protected:
+  static constexpr int64_t kKvHeads = 2, kSeq = 40, kDim = 32, kHeads = 4;
 
-  // Three requests of 1, 2 and 1 batch elements, and one with another q_len.
   struct ACall {
     v1::AttentionRequest req;
     v1::AttentionResponse resp;
   };
-  std::vector<std::unique_ptr<ACall>> calls;
-  for (int i = 0; i < 4; ++i) {
+
+  void StartAttention(const Limits& limits) {
+    Start({64, 200us, 1024}, /*fake_clock=*/true);
+    kv_store_ = std::make_unique<KvStore>(store_->budget(), &metrics_);
+    attention_ = std::make_unique<AttentionService>(&backend_, kv_store_.get(), &metrics_, limits);
+    const auto k = testing::RandomNormal(kKvHeads * kSeq * kDim, 11, 0.3f);
+    const auto v = testing::RandomNormal(kKvHeads * kSeq * kDim, 12);
+    v1::KVHeader h;
+    h.set_name("kv");
+    h.set_kv_heads(kKvHeads);
+    h.set_seq(kSeq);
+    h.set_head_dim(kDim);
+    h.set_source_dtype(v1::DTYPE_F32);
+    auto up = attention_->BeginUpload(h);
+    ASSERT_TRUE(up.ok()) << up.status();
+    ASSERT_TRUE((*up)->AddK({reinterpret_cast<const char*>(k.data()), k.size() * 4}).ok());
+    ASSERT_TRUE((*up)->AddV({reinterpret_cast<const char*>(v.data()), v.size() * 4}).ok());
+    ASSERT_TRUE((*up)->Finish().ok());
+  }
+
+  std::unique_ptr<ACall> MakeAttention(int64_t batch, int64_t q_len, uint32_t seed) {
     auto c = std::make_unique<ACall>();
-    const int64_t b = i == 1 ? 2 : 1, ql = i == 3 ? 1 : q_len;
-    const auto q = testing::RandomNormal(b * heads * ql * dim, 20 + i, 0.3f);
+    const auto q = testing::RandomNormal(batch * kHeads * q_len * kDim, seed, 0.3f);
     c->req.set_cache("kv");
-    c->req.set_request_id(uint64_t(i));
+    c->req.set_request_id(seed);
     c->req.set_causal(true);
     v1::Tensor* t = c->req.mutable_query();
     t->set_dtype(v1::DTYPE_F32);
-    for (int64_t d : {b, heads, ql, dim}) t->add_shape(d);
+    for (int64_t d : {batch, kHeads, q_len, kDim}) t->add_shape(d);
     t->set_data(q.data(), q.size() * 4);
-    calls.push_back(std::move(c));
+    return c;
   }
-  Completions done;
-  for (auto& c : calls) {
-    attention.AttentionAsync(batcher_.get(), c->req, &c->resp, {},
-                             [&done](const absl::Status& s) { done.Done(s); });
+
+  // Queues every call, closes the batches and waits for them.
+  void RunAll(const std::vector<std::unique_ptr<ACall>>& calls) {
+    Completions done;
+    for (auto& c : calls) {
+      attention_->AttentionAsync(batcher_.get(), c->req, &c->resp, {},
+                                 [&done](const absl::Status& s) { done.Done(s); });
+    }
+    Advance(200us);
+    batcher_->Poll();
+    done.WaitFor(int(calls.size()));
+    for (const auto& s : done.statuses()) EXPECT_TRUE(s.ok()) << s;
   }
-  Advance(200us);
-  batcher_->Poll();
-  done.WaitFor(4);
+
+  void TearDown() override {
+    BatcherTest::TearDown();  // batches finish before the cache goes
+    attention_.reset();
+    kv_store_.reset();
+  }
+
+  std::unique_ptr<KvStore> kv_store_;
+  std::unique_ptr<AttentionService> attention_;
+};
+
+TEST_F(AttentionBatchTest, CompatibleRequestsShareOneLaunch) {
+  ASSERT_NO_FATAL_FAILURE(StartAttention(Limits{}));
+  // Requests of 1, 2 and 1 batch elements, and one with another q_len.
+  std::vector<std::unique_ptr<ACall>> calls;
+  calls.push_back(MakeAttention(1, 3, 20));
+  calls.push_back(MakeAttention(2, 3, 21));
+  calls.push_back(MakeAttention(1, 3, 22));
+  calls.push_back(MakeAttention(1, 1, 23));
+  RunAll(calls);
   auto launches = backend_.attention_batches();
   std::sort(launches.begin(), launches.end());
   ASSERT_EQ(launches, (std::vector<int64_t>{1, 4}));  // 1 + 2 + 1 together; q_len 1 apart
   for (const auto& c : calls) {
     v1::AttentionResponse alone;
-    ASSERT_TRUE(attention.Attention(c->req, &alone).ok());
-    EXPECT_EQ(c->resp.seq(), seq);
+    ASSERT_TRUE(attention_->Attention(c->req, &alone).ok());
+    EXPECT_EQ(c->resp.seq(), kSeq);
     EXPECT_EQ(c->resp.request_id(), c->req.request_id());
     ASSERT_EQ(c->resp.output().data().size(), alone.output().data().size());
     const auto* got = reinterpret_cast<const float*>(c->resp.output().data().data());
@@ -524,6 +553,39 @@ TEST_F(BatcherTest, AttentionRequestsShareOneLaunch) {
     EXPECT_GT(norm, 0);
     EXPECT_LE(std::sqrt(err / norm), 1e-6) << "request " << c->req.request_id();
   }
+}
+
+TEST_F(AttentionBatchTest, ABatchStaysWithinMaxAttentionRows) {
+  Limits limits;
+  limits.max_attention_rows = 24;  // 2 batch elements of 4 heads x 3 queries
+  ASSERT_NO_FATAL_FAILURE(StartAttention(limits));
+  std::vector<std::unique_ptr<ACall>> calls;
+  for (int i = 0; i < 5; ++i) calls.push_back(MakeAttention(1, 3, 30 + i));
+  RunAll(calls);
+  auto launches = backend_.attention_batches();
+  std::sort(launches.begin(), launches.end());
+  EXPECT_EQ(launches, (std::vector<int64_t>{1, 2, 2}));
+}
+
+TEST_F(BatcherTest, ADeletedMatrixIsFreedBeforeItsLastCallerHearsBack) {
+  Start({64, 200us, 1024}, /*fake_clock=*/true);
+  auto c = MakeCall(2, 95);
+  absl::Notification done;
+  int64_t used_when_done = -1;
+  absl::Status status;
+  service_->GemvAsync(batcher_.get(), c->req, &c->resp, {}, [&](const absl::Status& s) {
+    status = s;
+    used_when_done = store_->used_bytes();
+    done.Notify();
+  });
+  ASSERT_TRUE(store_->Delete("w").ok());
+  EXPECT_GT(store_->used_bytes(), 0);  // the waiting request holds it
+  Advance(200us);
+  batcher_->Poll();
+  done.WaitForNotification();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_LE(RelErr(*c), 1e-5);
+  EXPECT_EQ(used_when_done, 0);
 }
 
 TEST_F(BatcherTest, DestructionRunsWhatStillWaits) {

@@ -46,6 +46,20 @@ Fn Real(const char* mangled) {
   return reinterpret_cast<Fn>(f);
 }
 
+// A Condition is evaluated with the mutex held, but inside the library (and
+// possibly by the thread that unlocks, on a waiter's behalf), so TSan is told
+// around each evaluation too.
+struct Annotated {
+  const absl::Condition* inner;
+  void* mu;
+};
+bool EvalAnnotated(Annotated* a) {
+  __tsan_acquire(a->mu);
+  const bool r = a->inner->Eval();
+  __tsan_release(a->mu);
+  return r;
+}
+
 // Calls the real member function and annotates around it.
 #define PLUME_REAL(ret, mangled, ...)                                     \
   static const auto real = Real<ret (*)(__VA_ARGS__)>(mangled)
@@ -95,37 +109,42 @@ bool Mutex::ReaderTryLock() {
 
 void Mutex::LockWhen(const Condition& cond) {
   PLUME_REAL(void, "_ZN4absl@5Mutex8LockWhenERKNS0_9ConditionE", Mutex*, const Condition&);
-  real(this, cond);
+  Annotated a{&cond, this};
+  real(this, absl::Condition(EvalAnnotated, &a));
   __tsan_acquire(this);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   PLUME_REAL(void, "_ZN4absl@5Mutex14ReaderLockWhenERKNS0_9ConditionE", Mutex*,
              const Condition&);
-  real(this, cond);
+  Annotated a{&cond, this};
+  real(this, absl::Condition(EvalAnnotated, &a));
   __tsan_acquire(this);
 }
 
 bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration timeout) {
   PLUME_REAL(bool, "_ZN4absl@5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE",
              Mutex*, const Condition&, absl::Duration);
-  const bool r = real(this, cond, timeout);
+  Annotated a{&cond, this};
+  const bool r = real(this, absl::Condition(EvalAnnotated, &a), timeout);
   __tsan_acquire(this);
   return r;
 }
 
 void Mutex::Await(const Condition& cond) {
   PLUME_REAL(void, "_ZN4absl@5Mutex5AwaitERKNS0_9ConditionE", Mutex*, const Condition&);
+  Annotated a{&cond, this};
   __tsan_release(this);
-  real(this, cond);
+  real(this, absl::Condition(EvalAnnotated, &a));
   __tsan_acquire(this);
 }
 
 bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
   PLUME_REAL(bool, "_ZN4absl@5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE",
              Mutex*, const Condition&, absl::Duration);
+  Annotated a{&cond, this};
   __tsan_release(this);
-  const bool r = real(this, cond, timeout);
+  const bool r = real(this, absl::Condition(EvalAnnotated, &a), timeout);
   __tsan_acquire(this);
   return r;
 }
@@ -133,8 +152,9 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
 bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   PLUME_REAL(bool, "_ZN4absl@5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE",
              Mutex*, const Condition&, absl::Time);
+  Annotated a{&cond, this};
   __tsan_release(this);
-  const bool r = real(this, cond, deadline);
+  const bool r = real(this, absl::Condition(EvalAnnotated, &a), deadline);
   __tsan_acquire(this);
   return r;
 }
