@@ -3,7 +3,7 @@
 # kernels and GPU tests too when nvcc is present) and runs every test that
 # needs no GPU; then builds the CPU code again with AddressSanitizer and
 # UBSan and runs the same tests there (PLUME_TEST_ASAN=0 skips that pass),
-# and the batcher and server tests with ThreadSanitizer (PLUME_TEST_TSAN=0).
+# and the batcher tests with ThreadSanitizer (PLUME_TEST_TSAN=0 skips).
 # Then runs each fuzzer for a bounded time (scripts/fuzz.sh).
 # GPU tests run on a GPU machine via scripts/gpu-test.sh.
 set -euo pipefail
@@ -19,8 +19,8 @@ if [ "${PLUME_TEST_ASAN:-1}" = 1 ]; then
   cmake --build --preset asan -j "$jobs"
   ctest --preset asan -LE gpu -j "$jobs"
 fi
-# ThreadSanitizer over the batcher and in-process server tests only (the
-# tsan preset builds just those; ctest label tsan). PLUME_TEST_TSAN=0 skips.
+# ThreadSanitizer over the batcher tests only (the tsan preset builds just
+# those; ctest label tsan; tests/tsan/README.md). PLUME_TEST_TSAN=0 skips.
 if [ "${PLUME_TEST_TSAN:-1}" = 1 ]; then
   cmake --preset tsan
   cmake --build --preset tsan -j "$jobs"
