@@ -45,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto plan = core::ValidateGemv(req, shape, limits);
       if (plan.ok()) {
         const int64_t want = plan->batch * shape.cols * DTypeSize(plan->x_dtype);
-        if (plan->batch <= 0 || plan->batch > limits.max_batch ||
+        if (plan->batch <= 0 || plan->batch > limits.max_vectors_per_request ||
             static_cast<int64_t>(req.input().data().size()) != want) {
           __builtin_trap();
         }

@@ -2,7 +2,8 @@
 # The test command: installs dependencies, builds everything (the CUDA
 # kernels and GPU tests too when nvcc is present) and runs every test that
 # needs no GPU; then builds the CPU code again with AddressSanitizer and
-# UBSan and runs the same tests there (PLUME_TEST_ASAN=0 skips that pass).
+# UBSan and runs the same tests there (PLUME_TEST_ASAN=0 skips that pass),
+# and the batcher tests with ThreadSanitizer (PLUME_TEST_TSAN=0 skips).
 # Then runs each fuzzer for a bounded time (scripts/fuzz.sh).
 # GPU tests run on a GPU machine via scripts/gpu-test.sh.
 set -euo pipefail
@@ -17,6 +18,13 @@ if [ "${PLUME_TEST_ASAN:-1}" = 1 ]; then
   cmake --preset asan
   cmake --build --preset asan -j "$jobs"
   ctest --preset asan -LE gpu -j "$jobs"
+fi
+# ThreadSanitizer over the batcher tests only (the tsan preset builds just
+# those; ctest label tsan; tests/tsan/README.md). PLUME_TEST_TSAN=0 skips.
+if [ "${PLUME_TEST_TSAN:-1}" = 1 ]; then
+  cmake --preset tsan
+  cmake --build --preset tsan -j "$jobs"
+  ctest --preset tsan -j "$jobs"
 fi
 # libFuzzer targets (clang, ASan + UBSan), 20 s each over fuzz/corpus/
 # (PLUME_TEST_FUZZ=0 skips; PLUME_FUZZ_SECONDS changes the time).

@@ -1,3 +1,13 @@
+# Under ThreadSanitizer (the tsan preset), the tests labelled tsan carry the
+# annotations that make Debian's uninstrumented abseil locks visible to it
+# (tests/tsan/absl_sync_annotations.cc says why).
+function(plume_tsan_test target)
+  if(PLUME_SANITIZE MATCHES "thread")
+    target_sources(${target} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/tsan/absl_sync_annotations.cc)
+    target_link_libraries(${target} PRIVATE ${CMAKE_DL_LIBS})
+  endif()
+endfunction()
+
 # server/core unit tests (no gRPC) and in-process server tests through the SDK.
 add_executable(core_test server/core_test.cc)
 target_link_libraries(core_test PRIVATE plume_core GTest::gtest_main)
@@ -7,7 +17,23 @@ if(TARGET plume_client)
   add_executable(server_test server/server_test.cc)
   target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_core
     prometheus-cpp::pull GTest::gtest_main)
+  plume_tsan_test(server_test)  # under TSan by hand only: tests/tsan/README.md
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
+
+# The batcher (issue 5): formation, queue limit, drops, routing; CPU backend.
+add_executable(batcher_test server/batcher_test.cc)
+target_link_libraries(batcher_test PRIVATE plume_core prometheus-cpp::core GTest::gtest_main)
+plume_tsan_test(batcher_test)
+gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+
+# Batching end to end (issue 5): 32 streaming clients, per-upload options, a full queue.
+if(TARGET plume_client)
+  add_executable(batching_e2e_test server/batching_e2e_test.cc)
+  target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  plume_tsan_test(batching_e2e_test)  # under TSan by hand only: tests/tsan/README.md
+  gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
 
 # The durable store (issue 7): file format, directory cycle, MatrixService persistence.

@@ -1,6 +1,8 @@
 #include "server/core/attention_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "server/core/metrics.h"
@@ -135,6 +137,88 @@ absl::Status AttentionService::DeleteKV(const std::string& name) {
   return store_->Delete(name);
 }
 
+void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionRequest& req,
+                                      v1::AttentionResponse* out, RequestLife life,
+                                      std::function<void(const absl::Status&)> done) {
+  if (absl::Status s = ValidateName(req.cache(), limits_, "kv cache"); !s.ok()) return done(s);
+  auto c = store_->Get(req.cache());  // held alive by the request until it is done
+  if (!c.ok()) return done(c.status());
+  std::shared_ptr<KvCache> cache = std::move(*c);
+  absl::StatusOr<AttentionPlan> plan;
+  {
+    absl::ReaderMutexLock lock(&cache->mu);
+    if (cache->deleted) {
+      return done(absl::NotFoundError(absl::StrCat("kv cache \"", cache->name, "\" not found (deleted)")));
+    }
+    // seq only grows, so what holds now holds when the batch runs.
+    plan = ValidateAttention(req, cache->shape, cache->data->seq(), limits_);
+  }
+  if (!plan.ok()) return done(plan.status());
+  const int64_t head_dim = cache->shape.head_dim;
+  out->set_request_id(req.request_id());
+  v1::Tensor* o = out->mutable_output();
+  o->set_dtype(static_cast<v1::DType>(plan->out_dtype));
+  for (int64_t d : {plan->batch, plan->heads, plan->q_len, head_dim}) o->add_shape(d);
+  const int64_t unit_elems = plan->heads * plan->q_len * head_dim;  // one batch element
+  std::string* bytes = o->mutable_data();
+  bytes->resize(static_cast<size_t>(plan->batch * unit_elems * DTypeSize(plan->out_dtype)));
+
+  BatchRequest r;
+  uint32_t scale_bits;
+  std::memcpy(&scale_bits, &plan->scale, sizeof scale_bits);
+  r.key = {static_cast<uint64_t>(plan->heads), static_cast<uint64_t>(plan->q_len), plan->causal,
+           scale_bits, static_cast<uint64_t>(plan->q_dtype), static_cast<uint64_t>(plan->out_dtype)};
+  r.units = plan->batch;
+  r.in = req.query().data().data();
+  r.out = bytes->data();
+  r.in_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->q_dtype));
+  r.out_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->out_dtype));
+  r.max_batch_units = std::max<int64_t>(1, limits_.max_attention_rows / (plan->heads * plan->q_len));
+  r.run = [this, cache, p = *plan](const void* q, int64_t units, void* y, int64_t* seq_out) {
+    absl::ReaderMutexLock lock(&cache->mu);  // no append runs meanwhile
+    if (cache->deleted) {
+      return absl::NotFoundError(absl::StrCat("kv cache \"", cache->name, "\" not found (deleted)"));
+    }
+    const int64_t seq = cache->data->seq();
+    AttentionArgs args;
+    args.q = q;
+    args.q_dtype = p.q_dtype;
+    args.batch = units;
+    args.heads = p.heads;
+    args.q_len = p.q_len;
+    args.scale = p.scale;
+    args.causal = p.causal;
+    args.out = y;
+    args.out_dtype = p.out_dtype;
+    *seq_out = seq;
+    return RunAttention(*cache, seq, args);
+  };
+  r.life = std::move(life);
+  r.done = [out, done = std::move(done)](const absl::Status& s, int64_t seq) {
+    if (s.ok()) {
+      out->set_seq(seq);
+    } else {
+      out->clear_output();
+    }
+    done(s);
+  };
+  const std::string name = absl::StrCat("kv cache \"", cache->name, "\"");
+  batcher->Submit(cache, name, batcher->defaults(), std::move(r));
+}
+
+absl::Status AttentionService::RunAttention(const KvCache& cache, int64_t seq,
+                                            const AttentionArgs& args) {
+  const auto k0 = std::chrono::steady_clock::now();
+  if (absl::Status s = backend_->Attention(*cache.data, args); !s.ok()) return s;
+  if (metrics_ != nullptr) {
+    metrics_->RecordKernel(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
+    // K and V pages of every kv head are read once per query group (GQA) and batch element.
+    metrics_->RecordAttention(args.batch * args.heads * args.q_len, cache.shape.resident_bytes(seq));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status AttentionService::Attention(const v1::AttentionRequest& req, v1::AttentionResponse* out) {
   if (absl::Status s = ValidateName(req.cache(), limits_, "kv cache"); !s.ok()) return s;
   auto c = store_->Get(req.cache());  // holds the cache alive for this call
@@ -167,16 +251,9 @@ absl::Status AttentionService::Attention(const v1::AttentionRequest& req, v1::At
   args.causal = plan->causal;
   args.out = bytes->data();
   args.out_dtype = plan->out_dtype;
-  const auto k0 = std::chrono::steady_clock::now();
-  if (absl::Status s = backend_->Attention(*cache.data, args); !s.ok()) {
+  if (absl::Status s = RunAttention(cache, seq, args); !s.ok()) {
     out->clear_output();
     return s;
-  }
-  if (metrics_ != nullptr) {
-    metrics_->RecordKernel(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
-    // K and V pages of every kv head are read once per query group (GQA) and batch element.
-    metrics_->RecordAttention(rows, cache.shape.resident_bytes(seq));
   }
   return absl::OkStatus();
 }

@@ -3,6 +3,7 @@
 // adapts it to the wire (AttentionService in proto/plume/v1/attention.proto).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -11,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "plume/v1/attention.pb.h"
 #include "server/core/backend.h"
+#include "server/core/batcher.h"
 #include "server/core/kv_store.h"
 #include "server/core/limits.h"
 #include "server/core/validation.h"
@@ -49,11 +51,22 @@ class AttentionService {
 
   // Runs one attention request; the result goes into `out` (request_id echoed).
   absl::Status Attention(const v1::AttentionRequest& req, v1::AttentionResponse* out);
+  // The same through `batcher`, on the cache's queue: requests with equal
+  // heads, q_len, causal, scale and dtypes run as one backend call, their
+  // queries concatenated along the batch dimension. `done` is called once
+  // (see MatrixService::GemvAsync); `req` and `out` stay alive until then.
+  void AttentionAsync(Batcher* batcher, const v1::AttentionRequest& req,
+                      v1::AttentionResponse* out, RequestLife life,
+                      std::function<void(const absl::Status&)> done);
 
   const Limits& limits() const { return limits_; }
 
  private:
   v1::KVInfo Info(const KvCache& c) const;
+  // One backend attention call over `seq` tokens and its metrics; the
+  // caller holds cache.mu as a reader.
+  absl::Status RunAttention(const KvCache& cache, int64_t seq, const AttentionArgs& args)
+      ABSL_SHARED_LOCKS_REQUIRED(cache.mu);
 
   Backend* backend_;
   KvStore* store_;

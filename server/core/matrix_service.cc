@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/batcher.h"
 #include "server/core/durable_store.h"
 #include "server/core/metrics.h"
 
@@ -121,7 +122,7 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
   }
   std::string().swap(data_);  // free the staging copy before publishing
   auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
-                                    std::move(*data), created_ms);
+                                    std::move(*data), created_ms, plan_.batching);
   return service_->Info(*m);
 }
 
@@ -164,6 +165,74 @@ absl::Status MatrixService::DeleteMatrix(const std::string& name) {
   return store_->Delete(name);
 }
 
+namespace {
+
+// Sizes `out` for the result of `plan` (request_id echoed); returns its bytes.
+std::string* PrepareGemvResponse(const v1::GemvRequest& req, const GemvPlan& plan,
+                                 const MatrixShape& shape, v1::GemvResponse* out) {
+  out->set_request_id(req.request_id());
+  v1::Tensor* y = out->mutable_output();
+  y->set_dtype(static_cast<v1::DType>(plan.y_dtype));
+  if (!plan.input_is_vector) y->add_shape(plan.batch);
+  y->add_shape(shape.rows);
+  std::string* bytes = y->mutable_data();
+  bytes->resize(static_cast<size_t>(plan.batch * shape.rows * DTypeSize(plan.y_dtype)));
+  return bytes;
+}
+
+}  // namespace
+
+absl::Status MatrixService::RunGemv(const Matrix& m, const GemvArgs& args) {
+  const auto k0 = std::chrono::steady_clock::now();
+  if (absl::Status s = backend_->Gemv(*m.data, args); !s.ok()) return s;
+  if (metrics_ != nullptr) {
+    metrics_->RecordKernel(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
+    metrics_->RecordBatch(args.batch);
+    metrics_->RecordGemv(args.batch, m.shape.resident_bytes());
+  }
+  return absl::OkStatus();
+}
+
+void MatrixService::GemvAsync(Batcher* batcher, const v1::GemvRequest& req,
+                              v1::GemvResponse* out, RequestLife life,
+                              std::function<void(const absl::Status&)> done) {
+  if (absl::Status s = ValidateName(req.matrix(), limits_); !s.ok()) return done(s);
+  auto m = store_->Get(req.matrix());  // held alive by the request until it is done
+  if (!m.ok()) return done(m.status());
+  const MatrixShape& shape = (*m)->shape;
+  auto plan = ValidateGemv(req, shape, limits_);
+  if (!plan.ok()) return done(plan.status());
+  std::string* bytes = PrepareGemvResponse(req, *plan, shape, out);
+
+  BatchRequest r;
+  uint32_t scale_bits;
+  std::memcpy(&scale_bits, &plan->x_scale, sizeof scale_bits);
+  r.key = {static_cast<uint64_t>(plan->x_dtype), scale_bits, static_cast<uint64_t>(plan->y_dtype)};
+  r.units = plan->batch;
+  r.in = req.input().data().data();
+  r.out = bytes->data();
+  r.in_unit_bytes = static_cast<size_t>(shape.cols * DTypeSize(plan->x_dtype));
+  r.out_unit_bytes = static_cast<size_t>(shape.rows * DTypeSize(plan->y_dtype));
+  r.run = [this, matrix = *m, p = *plan](const void* x, int64_t units, void* y, int64_t*) {
+    GemvArgs args;
+    args.x = x;
+    args.x_dtype = p.x_dtype;
+    args.x_scale = p.x_scale;
+    args.batch = units;
+    args.y = y;
+    args.y_dtype = p.y_dtype;
+    return RunGemv(*matrix, args);
+  };
+  r.life = std::move(life);
+  r.done = [out, done = std::move(done)](const absl::Status& s, int64_t) {
+    if (!s.ok()) out->clear_output();
+    done(s);
+  };
+  const std::string name = absl::StrCat("matrix \"", (*m)->name, "\"");
+  batcher->Submit(*m, name, batcher->Resolve((*m)->batching), std::move(r));
+}
+
 absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* out) {
   if (absl::Status s = ValidateName(req.matrix(), limits_); !s.ok()) return s;
   auto m = store_->Get(req.matrix());  // holds the matrix alive for this call
@@ -171,14 +240,7 @@ absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* o
   const MatrixShape& shape = (*m)->shape;
   auto plan = ValidateGemv(req, shape, limits_);
   if (!plan.ok()) return plan.status();
-
-  out->set_request_id(req.request_id());
-  v1::Tensor* y = out->mutable_output();
-  y->set_dtype(static_cast<v1::DType>(plan->y_dtype));
-  if (!plan->input_is_vector) y->add_shape(plan->batch);
-  y->add_shape(shape.rows);
-  std::string* bytes = y->mutable_data();
-  bytes->resize(static_cast<size_t>(plan->batch * shape.rows * DTypeSize(plan->y_dtype)));
+  std::string* bytes = PrepareGemvResponse(req, *plan, shape, out);
 
   GemvArgs args;
   args.x = req.input().data().data();
@@ -187,16 +249,9 @@ absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* o
   args.batch = plan->batch;
   args.y = bytes->data();
   args.y_dtype = plan->y_dtype;
-  const auto k0 = std::chrono::steady_clock::now();
-  if (absl::Status s = backend_->Gemv(*(*m)->data, args); !s.ok()) {
+  if (absl::Status s = RunGemv(**m, args); !s.ok()) {
     out->clear_output();
     return s;
-  }
-  if (metrics_ != nullptr) {
-    metrics_->RecordKernel(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
-    metrics_->RecordBatch(plan->batch);
-    metrics_->RecordGemv(plan->batch, shape.resident_bytes());
   }
   return absl::OkStatus();
 }

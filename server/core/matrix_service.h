@@ -2,6 +2,7 @@
 // over the store and a backend. server/grpc adapts it to the wire.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -10,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "plume/v1/plume.pb.h"
 #include "server/core/backend.h"
+#include "server/core/batcher.h"
 #include "server/core/limits.h"
 #include "server/core/matrix_store.h"
 #include "server/core/validation.h"
@@ -49,12 +51,20 @@ class MatrixService {
 
   // Runs one GEMV request; the result goes into `out` (request_id echoed).
   absl::Status Gemv(const v1::GemvRequest& req, v1::GemvResponse* out);
+  // The same through `batcher`: validates now, queues the request on its
+  // matrix's queue and calls `done` once with its status, from a WorkQueue
+  // thread once its batch ran (or inline, refused). `req` and `out` must
+  // stay alive until then.
+  void GemvAsync(Batcher* batcher, const v1::GemvRequest& req, v1::GemvResponse* out,
+                 RequestLife life, std::function<void(const absl::Status&)> done);
 
   const Limits& limits() const { return limits_; }
   Backend* backend() const { return backend_; }
 
  private:
   v1::MatrixInfo Info(const Matrix& m) const;
+  // One backend GEMV and its metrics (kernel time, batch size, bytes).
+  absl::Status RunGemv(const Matrix& m, const GemvArgs& args);
 
   Backend* backend_;
   MatrixStore* store_;

@@ -59,7 +59,8 @@ absl::StatusOr<MatrixStore::PendingUpload> MatrixStore::BeginUpload(const std::s
 std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const MatrixShape& shape,
                                                   DType source_dtype,
                                                   std::unique_ptr<BackendMatrix> data,
-                                                  int64_t created_unix_ms) {
+                                                  int64_t created_unix_ms,
+                                                  const BatchingOptions& batching) {
   auto m = std::make_shared<Matrix>();
   m->name = pending.name_;
   m->shape = shape;
@@ -71,6 +72,7 @@ std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const M
                                  .count();
   m->data = std::move(data);
   m->reservation = std::move(pending.reservation_);
+  m->batching = batching;
   absl::MutexLock lock(&mu_);
   pending_.erase(m->name);
   pending.store_ = nullptr;

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "server/core/backend.h"
+#include "server/core/batching_options.h"
 
 namespace plume::core {
 
@@ -91,6 +92,8 @@ struct Matrix {
   int64_t created_unix_ms = 0;
   std::unique_ptr<BackendMatrix> data;
   Reservation reservation;
+  // Per-matrix batcher knobs from the upload (0: the server default).
+  BatchingOptions batching{0, std::chrono::microseconds(0), 0};
 };
 
 class MatrixStore {
@@ -108,7 +111,8 @@ class MatrixStore {
   // now.
   std::shared_ptr<const Matrix> Commit(PendingUpload pending, const MatrixShape& shape,
                                        DType source_dtype, std::unique_ptr<BackendMatrix> data,
-                                       int64_t created_unix_ms = 0);
+                                       int64_t created_unix_ms = 0,
+                                       const BatchingOptions& batching = {0, {}, 0});
 
   // NOT_FOUND if there is no such matrix.
   absl::StatusOr<std::shared_ptr<const Matrix>> Get(const std::string& name) const;

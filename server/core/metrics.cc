@@ -107,12 +107,13 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                         .Add({});
   queue_duration_ = &prometheus::BuildHistogram()
                          .Name("plume_queue_duration_seconds")
-                         .Help("Time a request waited in the work queue before a worker took it.")
+                         .Help("Time a GEMV or attention request waited, from its arrival in the "
+                               "batcher to the launch of its batch.")
                          .Register(*registry_)
                          .Add({}, LatencyBuckets());
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("plume_queue_depth")
-                      .Help("Requests waiting in the work queue.")
+                      .Help("Requests waiting in the batcher's queues (all matrices and K/V caches).")
                       .Register(*registry_)
                       .Add({});
   kernel_duration_ = &prometheus::BuildHistogram()
@@ -123,18 +124,20 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                           .Add({}, LatencyBuckets());
   batch_size_ = &prometheus::BuildHistogram()
                      .Name("plume_batch_size")
-                     .Help("Vectors multiplied by one backend GEMV call.")
+                     .Help("Vectors multiplied by one backend GEMV call (a batch of requests).")
                      .Register(*registry_)
                      .Add({}, prometheus::Histogram::BucketBoundaries{
                                   1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
   requests_family_ = &requests;
   auto& dropped = prometheus::BuildCounter()
                       .Name("plume_requests_dropped_total")
-                      .Help("Requests never run because their deadline passed or their caller "
-                            "left before a worker took them, by reason.")
+                      .Help("Requests never run, by reason: deadline (passed before its batch "
+                            "launched), cancelled (the caller left), queue_full (its batch queue "
+                            "was full).")
                       .Register(*registry_);
   dropped_deadline_ = &dropped.Add({{"reason", "deadline"}});
   dropped_cancelled_ = &dropped.Add({{"reason", "cancelled"}});
+  dropped_queue_full_ = &dropped.Add({{"reason", "queue_full"}});
 }
 
 Metrics::~Metrics() = default;
@@ -166,6 +169,10 @@ void Metrics::SetResident(int64_t matrices, int64_t bytes) {
 }
 
 void Metrics::RecordDropped(absl::StatusCode code) {
+  if (code == absl::StatusCode::kResourceExhausted) {
+    dropped_queue_full_->Increment();
+    return;
+  }
   (code == absl::StatusCode::kCancelled ? dropped_cancelled_ : dropped_deadline_)->Increment();
 }
 

@@ -71,8 +71,9 @@ class Metrics {
   // Multi-device servers: the placement budget of one device, and how much
   // of it matrices and K/V caches placed there use.
   void SetDeviceBudget(int device, int64_t used, int64_t budget);
-  // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED)
-  // or its caller left (CANCELLED).
+  // A request dropped before it ran: its deadline passed (DEADLINE_EXCEEDED),
+  // its caller left (CANCELLED) or its batch queue was full
+  // (RESOURCE_EXHAUSTED).
   void RecordDropped(absl::StatusCode code);
   // K/V caches stored and their resident bytes.
   void SetKv(int64_t caches, int64_t bytes);
@@ -106,6 +107,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* device_budget_family_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Counter* dropped_deadline_ = nullptr;
   prometheus::Counter* dropped_cancelled_ = nullptr;
+  prometheus::Counter* dropped_queue_full_ = nullptr;
   prometheus::Gauge* kv_caches_ = nullptr;
   prometheus::Gauge* kv_bytes_ = nullptr;
   prometheus::Counter* attention_rows_ = nullptr;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 
@@ -138,6 +139,20 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
         absl::StrCat("upload of ", h.rows(), "x", h.cols(), " ", DTypeLabel(h.source_dtype()),
                      " exceeds the upload limit of ", limits.max_upload_bytes, " bytes"));
   }
+  const v1::BatchingOptions& b = h.batching();
+  for (const auto& [field, value, max] :
+       {std::tuple{"max_batch", b.max_batch(), kMaxBatchLimit},
+        std::tuple{"max_queue_delay_us", b.max_queue_delay_us(), kMaxQueueDelayUsLimit},
+        std::tuple{"max_queue_size", b.max_queue_size(), kMaxQueueSizeLimit}}) {
+    if (value < 0 || value > max) {
+      return absl::InvalidArgumentError(absl::StrCat("batching.", field, " is ", value,
+                                                     "; it must be 0 (the server default) to ",
+                                                     max));
+    }
+  }
+  plan.batching.max_batch = b.max_batch();
+  plan.batching.max_queue_delay = std::chrono::microseconds(b.max_queue_delay_us());
+  plan.batching.max_queue_size = b.max_queue_size();
   return plan;
 }
 
@@ -178,10 +193,11 @@ absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixSh
     return absl::InvalidArgumentError(absl::StrCat("input has ", cols, " columns; matrix \"",
                                                    req.matrix(), "\" has ", shape.cols));
   }
-  if (plan.batch > limits.max_batch) {
+  if (plan.batch > limits.max_vectors_per_request) {
     return absl::InvalidArgumentError(absl::StrCat("batch of ", plan.batch,
                                                    " vectors exceeds the limit of ",
-                                                   limits.max_batch, " per request"));
+                                                   limits.max_vectors_per_request,
+                                                   " per request (--max_vectors_per_request)"));
   }
   const int64_t want = plan.batch * cols * DTypeSize(plan.x_dtype);
   if (static_cast<int64_t>(in.data().size()) != want) {

@@ -11,6 +11,7 @@
 #include "plume/v1/attention.pb.h"
 #include "plume/v1/plume.pb.h"
 #include "server/core/backend.h"
+#include "server/core/batching_options.h"
 #include "server/core/limits.h"
 
 namespace plume::core {
@@ -28,6 +29,7 @@ struct UploadPlan {
   bool prepacked = false;
   int64_t data_bytes = 0;   // bytes of data chunks expected
   int64_t scale_bytes = 0;  // bytes of scale chunks expected (pre-packed only)
+  BatchingOptions batching{0, std::chrono::microseconds(0), 0};  // 0: server default
 };
 absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limits& limits);
 

@@ -88,16 +88,20 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::DeleteKV(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* ctx,
                                                           const v1::AttentionRequest* req,
                                                           v1::AttentionResponse* resp) {
-  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kAttention,
-                         [this, req, resp] { return core_->Attention(*req, resp); });
+  return RunUnaryBatched(ctx, options_.gate, metrics_, core::Method::kAttention,
+                         [this, req, resp](core::RequestLife life, DoneFn done) {
+                           core_->AttentionAsync(options_.batcher, *req, resp, std::move(life),
+                                                 std::move(done));
+                         });
 }
 
 grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*
 AttentionServiceImpl::AttentionStream(grpc::CallbackServerContext* ctx) {
   return new ItemStreamReactor<v1::AttentionRequest, v1::AttentionResponse>(
-      ctx, options_.gate, queue_, metrics_, core::Method::kAttentionStream, options_.max_stream_in_flight,
-      [this](const v1::AttentionRequest& req, v1::AttentionResponse* resp) {
-        return core_->Attention(req, resp);
+      ctx, options_.gate, metrics_, core::Method::kAttentionStream, options_.max_stream_in_flight,
+      [this](const v1::AttentionRequest& req, v1::AttentionResponse* resp, core::RequestLife life,
+             DoneFn done) {
+        core_->AttentionAsync(options_.batcher, req, resp, std::move(life), std::move(done));
       });
 }
 

@@ -16,6 +16,8 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
   struct Options {
     // Items of one AttentionStream being computed at once.
     int max_stream_in_flight = 64;
+    // Gemv and attention requests go through it (required; not owned).
+    core::Batcher* batcher = nullptr;
     // Admission (bearer token, drain), shared with the MatrixService. Not
     // owned; required.
     CallGate* gate = nullptr;

@@ -1,5 +1,7 @@
 #include "server/grpc/diagnostics_service_impl.h"
 
+#include <memory>
+
 #include "absl/strings/str_cat.h"
 
 namespace plume::server {
@@ -30,10 +32,18 @@ grpc::ServerUnaryReactor* DiagnosticsServiceImpl::Echo(grpc::CallbackServerConte
 
 grpc::ServerBidiReactor<v1::EchoRequest, v1::EchoResponse>* DiagnosticsServiceImpl::EchoStream(
     grpc::CallbackServerContext* ctx) {
+  // Each item runs on the work queue, as a GEMV batch does (the batcher is
+  // left out: an echo has nothing to batch).
   return new ItemStreamReactor<v1::EchoRequest, v1::EchoResponse>(
-      ctx, options_.gate, queue_, metrics_, core::Method::kEchoStream,
-      options_.max_stream_in_flight,
-      [this](const v1::EchoRequest& req, v1::EchoResponse* resp) { return RunEcho(req, resp); });
+      ctx, options_.gate, metrics_, core::Method::kEchoStream, options_.max_stream_in_flight,
+      [this](const v1::EchoRequest& req, v1::EchoResponse* resp, core::RequestLife /*life*/,
+             DoneFn done) {
+        auto shared = std::make_shared<DoneFn>(std::move(done));
+        if (!queue_->Submit([this, &req, resp, shared] { (*shared)(RunEcho(req, resp)); })) {
+          (*shared)(absl::ResourceExhaustedError(
+              "the server's work queue is full (--max_queued_requests)"));
+        }
+      });
 }
 
 }  // namespace plume::server

@@ -108,15 +108,21 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* ctx,
                                                   const v1::GemvRequest* req,
                                                   v1::GemvResponse* resp) {
-  return RunUnaryOnQueue(ctx, this, queue_, metrics_, core::Method::kGemv,
-                         [this, req, resp] { return core_->Gemv(*req, resp); });
+  return RunUnaryBatched(ctx, this, metrics_, core::Method::kGemv,
+                         [this, req, resp](core::RequestLife life, DoneFn done) {
+                           core_->GemvAsync(options_.batcher, *req, resp, std::move(life),
+                                            std::move(done));
+                         });
 }
 
 grpc::ServerBidiReactor<v1::GemvRequest, v1::GemvResponse>* MatrixServiceImpl::GemvStream(
     grpc::CallbackServerContext* ctx) {
   return new ItemStreamReactor<v1::GemvRequest, v1::GemvResponse>(
-      ctx, this, queue_, metrics_, core::Method::kGemvStream, options_.max_stream_in_flight,
-      [this](const v1::GemvRequest& req, v1::GemvResponse* resp) { return core_->Gemv(req, resp); });
+      ctx, this, metrics_, core::Method::kGemvStream, options_.max_stream_in_flight,
+      [this](const v1::GemvRequest& req, v1::GemvResponse* resp, core::RequestLife life,
+             DoneFn done) {
+        core_->GemvAsync(options_.batcher, req, resp, std::move(life), std::move(done));
+      });
 }
 
 }  // namespace plume::server

@@ -21,6 +21,8 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService, publi
     // Items of one GemvStream being computed at once; the stream stops reading
     // (and so applies HTTP/2 flow control to the client) beyond this.
     int max_stream_in_flight = 64;
+    // Gemv and attention requests go through it (required; not owned).
+    core::Batcher* batcher = nullptr;
     // When set, every call must carry its bearer token (UNAUTHENTICATED
     // otherwise). Not owned.
     const TokenAuth* auth = nullptr;

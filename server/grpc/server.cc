@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/core/batcher.h"
 #include "server/core/work_queue.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/attention_service_impl.h"
@@ -19,6 +20,7 @@ namespace plume::server {
 
 struct Server::Impl {
   std::unique_ptr<core::WorkQueue> queue;
+  std::unique_ptr<core::Batcher> batcher;  // runs its batches on `queue`
   std::unique_ptr<TokenAuth> auth;
   std::unique_ptr<MatrixServiceImpl> service;
   std::unique_ptr<AttentionServiceImpl> attention;
@@ -54,7 +56,8 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() {
   Shutdown(std::chrono::milliseconds(0));
-  impl_->queue.reset();  // finishes what is queued before the service goes
+  impl_->batcher.reset();  // launches what waits and waits for its batches
+  impl_->queue.reset();    // finishes what is queued before the service goes
 }
 
 int Server::port() const { return impl_->port; }
@@ -98,10 +101,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::EnableDefaultHealthCheckService(true);
 
   auto impl = std::make_unique<Impl>();
+  // The batcher records queue time and depth (arrival to launch), so the work
+  // queue under it records none.
   impl->queue = std::make_unique<core::WorkQueue>(options.worker_threads,
-                                                  options.max_queued_requests, metrics);
+                                                  options.max_queued_requests, nullptr);
+  core::Batcher::Options batcher_options;
+  batcher_options.defaults = options.batching;
+  impl->batcher = std::make_unique<core::Batcher>(core->backend(), impl->queue.get(), metrics,
+                                                  batcher_options);
   MatrixServiceImpl::Options svc_options;
   svc_options.max_stream_in_flight = options.max_stream_in_flight;
+  svc_options.batcher = impl->batcher.get();
   if (!options.auth_token.empty()) {
     impl->auth = std::make_unique<TokenAuth>(options.auth_token);
     svc_options.auth = impl->auth.get();
@@ -123,6 +133,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (attention != nullptr) {
     AttentionServiceImpl::Options attn_options;
     attn_options.max_stream_in_flight = options.max_stream_in_flight;
+    attn_options.batcher = impl->batcher.get();
     attn_options.gate = impl->service.get();
     impl->attention = std::make_unique<AttentionServiceImpl>(attention, metrics, impl->queue.get(),
                                                              attn_options);

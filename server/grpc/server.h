@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/core/attention_service.h"
+#include "server/core/batching_options.h"
 #include "server/core/matrix_service.h"
 #include "server/core/metrics.h"
 
@@ -19,6 +20,9 @@ struct ServerOptions {
   int worker_threads = 4;          // threads running GEMV and upload finishing
   int64_t max_queued_requests = 4096;
   int max_stream_in_flight = 64;   // per GemvStream
+  // The batcher's defaults (--max_batch, --max_queue_delay_us,
+  // --max_queue_size); a matrix's upload may override them.
+  core::BatchingOptions batching;
 
   // Security and limits (issue 7).
   // TLS when tls_cert_pem is set (PEM contents, not paths); tls_client_ca_pem

@@ -42,7 +42,10 @@ ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "Largest gRPC message accepted o
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{16} << 30, "Largest source matrix one upload may send, in bytes.");
 ABSL_FLAG(int64_t, max_rows, int64_t{1} << 20, "Most rows a matrix may have.");
 ABSL_FLAG(int64_t, max_cols, int64_t{1} << 20, "Most columns a matrix may have.");
-ABSL_FLAG(int64_t, max_batch, 4096, "Most vectors in one Gemv request.");
+ABSL_FLAG(int64_t, max_vectors_per_request, 4096, "Most vectors in one Gemv request.");
+ABSL_FLAG(int64_t, max_batch, 64, "Batcher: a batch closes once it holds this many vectors (GEMV) or batch elements (attention).");
+ABSL_FLAG(int64_t, max_queue_delay_us, 200, "Batcher: ... or this many microseconds after its first request arrived (0: never wait).");
+ABSL_FLAG(int64_t, max_queue_size, 1024, "Batcher: requests that may wait per matrix or K/V cache before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_kv_tokens, int64_t{1} << 24, "Most tokens one K/V cache may hold.");
 ABSL_FLAG(int64_t, max_head_dim, 1024, "Largest head_dim of a K/V cache.");
 ABSL_FLAG(int64_t, max_attention_rows, int64_t{1} << 16, "Most query rows (batch x heads x q_len) in one Attention request.");
@@ -182,7 +185,7 @@ int main(int argc, char** argv) {
   plume::core::Limits limits;
   limits.max_rows = absl::GetFlag(FLAGS_max_rows);
   limits.max_cols = absl::GetFlag(FLAGS_max_cols);
-  limits.max_batch = absl::GetFlag(FLAGS_max_batch);
+  limits.max_vectors_per_request = absl::GetFlag(FLAGS_max_vectors_per_request);
   limits.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   limits.max_kv_seq = absl::GetFlag(FLAGS_max_kv_tokens);
   limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
@@ -230,6 +233,18 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.max_echo_bytes = absl::GetFlag(FLAGS_max_echo_bytes);
+  options.batching.max_batch = absl::GetFlag(FLAGS_max_batch);
+  options.batching.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.batching.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  if (options.batching.max_batch < 1 || options.batching.max_batch > plume::core::kMaxBatchLimit ||
+      options.batching.max_queue_delay.count() < 0 ||
+      options.batching.max_queue_delay.count() > plume::core::kMaxQueueDelayUsLimit ||
+      options.batching.max_queue_size < 1 ||
+      options.batching.max_queue_size > plume::core::kMaxQueueSizeLimit) {
+    return Fail(absl::StrCat("--max_batch must be 1..", plume::core::kMaxBatchLimit,
+                             ", --max_queue_delay_us 0..", plume::core::kMaxQueueDelayUsLimit,
+                             ", --max_queue_size 1..", plume::core::kMaxQueueSizeLimit));
+  }
   if (auto s = plume::server_main::ApplySecurityFlags(&options); !s.ok()) {
     return Fail(std::string(s.message()));
   }

@@ -80,7 +80,7 @@ class ServerTest : public ::testing::Test {
     metrics_ = std::make_unique<core::Metrics>();
     store_ = std::make_unique<core::MatrixStore>(budget, metrics_.get());
     core::Limits limits;
-    limits.max_batch = 64;
+    limits.max_vectors_per_request = 64;
     limits.max_attention_rows = 4096;
     service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
                                                      limits);
@@ -347,7 +347,7 @@ TEST_F(ServerTest, ErrorPathsHaveTheirCodes) {
   bad = req;  // unknown dtype
   bad.mutable_input()->set_dtype(static_cast<v1::DType>(77));
   EXPECT_EQ(gemv(bad), grpc::StatusCode::INVALID_ARGUMENT);
-  bad = req;  // batch over --max_batch (64 here)
+  bad = req;  // batch over --max_vectors_per_request (64 here)
   bad.mutable_input()->clear_shape();
   bad.mutable_input()->add_shape(65);
   bad.mutable_input()->add_shape(cols);
