@@ -12,7 +12,12 @@ def main():
     seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     if rows <= 0 or cols <= 0:
         sys.exit("ROWS and COLS must be positive")
-    data = bytearray(random.Random(seed).randbytes(rows * cols * 4))
+    rng = random.Random(seed)
+    total = rows * cols * 4
+    chunk = 1 << 24  # randbytes takes at most INT_MAX bits at once
+    data = bytearray()
+    while len(data) < total:
+        data += rng.randbytes(min(chunk, total - len(data)))
     # Top byte of a little-endian float32: sign and the exponent's high 7 bits.
     # 0x3e/0x3f with either low exponent bit gives exponents 2^-3 .. 2^0.
     table = bytes((b & 0x80) | (0x3e + (b & 1)) for b in range(256))

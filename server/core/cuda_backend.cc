@@ -272,10 +272,39 @@ class CudaKvCache final : public BackendKvCache {
 
 }  // namespace
 
+namespace {
+// A binary semaphore that any thread may release. (Not std::binary_semaphore:
+// GCC 12's libstdc++, Debian bookworm's, can miss a wake-up in it, PR 104928.)
+class LaneClaim {
+ public:
+  bool try_acquire() {
+    absl::MutexLock lock(&mu_);
+    if (taken_) return false;
+    taken_ = true;
+    return true;
+  }
+  void acquire() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(+[](bool* taken) { return !*taken; }, &taken_));
+    taken_ = true;
+  }
+  void release() {
+    absl::MutexLock lock(&mu_);
+    taken_ = false;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool taken_ ABSL_GUARDED_BY(mu_) = false;
+};
+}  // namespace
+
 // A CUDA stream with its own staging: pinned host memory for the activations
 // and results, device memory for the same, and the GEMV workspace.
 struct CudaBackend::Lane {
-  absl::Mutex mu;
+  // Held by one call at a time. Not a mutex: StartGemv takes the lane on one
+  // thread and its PendingGemv may give it back on another.
+  LaneClaim busy;
   cudaStream_t stream = nullptr;
   void* pinned = nullptr;
   int64_t pinned_bytes = 0;
@@ -330,7 +359,7 @@ class LaneGuard {
  public:
   explicit LaneGuard(CudaBackend::Lane& l) : lane_(&l) {}
   ~LaneGuard() {
-    if (lane_ != nullptr) lane_->mu.Unlock();
+    if (lane_ != nullptr) lane_->busy.release();
   }
   LaneGuard(const LaneGuard&) = delete;
   LaneGuard& operator=(const LaneGuard&) = delete;
@@ -413,7 +442,7 @@ class CudaPendingGemv final : public PendingGemv {
         }
       }
     }
-    std::exchange(lane_, nullptr)->mu.Unlock();
+    std::exchange(lane_, nullptr)->busy.release();
     return status_;
   }
 
@@ -502,10 +531,10 @@ CudaBackend::Lane& CudaBackend::AcquireLane() {
   const unsigned start = next.fetch_add(1, std::memory_order_relaxed);
   for (size_t i = 0; i < lanes_.size(); ++i) {
     Lane& l = *lanes_[(start + i) % lanes_.size()];
-    if (l.mu.TryLock()) return l;
+    if (l.busy.try_acquire()) return l;
   }
   Lane& l = *lanes_[start % lanes_.size()];
-  l.mu.Lock();
+  l.busy.acquire();
   return l;
 }
 

@@ -97,26 +97,35 @@ inline void CpuRelax() {
 }
 }  // namespace
 
-// A thread that starts GEMVs on one device for callers (Backend::StartGemv),
-// so that the shards of one GEMV start at once rather than one after the
-// other. After each job it spins for kSpin before it sleeps: under load the
-// next job comes sooner than a sleeping thread would wake.
+// A few threads that run GEMV shards on one device for callers, so that the
+// shards of one GEMV run at once rather than one after the other. Each job
+// is a whole child Gemv (start, run, wait): a shard never holds its device's
+// resources (a CUDA lane) while it waits for another device, so concurrent
+// sharded GEMVs cannot wait on each other in a cycle. After each job a
+// thread spins for kSpin before it sleeps: under load the next job comes
+// sooner than a sleeping thread would wake.
+// Launcher threads per device: as many shards of different GEMVs as a CUDA
+// child runs at once (its default lanes).
+constexpr int kLauncherThreads = 4;
+
 class ShardedBackend::Launcher {
  public:
   struct Job {
     const BackendMatrix* m = nullptr;
     GemvArgs args;
-    absl::StatusOr<std::unique_ptr<PendingGemv>> result{absl::UnknownError("not started")};
+    absl::Status status = absl::UnknownError("not run");
     std::atomic<bool> done{false};
   };
 
-  explicit Launcher(Backend* child) : child_(child), thread_([this] { Run(); }) {}
+  Launcher(Backend* child, int threads) : child_(child) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
   ~Launcher() {
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
-    thread_.join();
+    for (auto& t : threads_) t.join();
   }
 
   void Post(Job* job) {
@@ -125,9 +134,17 @@ class ShardedBackend::Launcher {
     queued_.fetch_add(1, std::memory_order_release);
   }
 
-  // Spins until the launcher has started `job` (a few microseconds).
-  static void AwaitStarted(const Job& job) {
-    while (!job.done.load(std::memory_order_acquire)) CpuRelax();
+  // Waits until `job` has run: spins for about as long as a shard takes,
+  // then yields.
+  static void AwaitDone(const Job& job) {
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    while (!job.done.load(std::memory_order_acquire)) {
+      if (std::chrono::steady_clock::now() < spin_until) {
+        CpuRelax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
   }
 
  private:
@@ -150,7 +167,7 @@ class ShardedBackend::Launcher {
         queue_.pop_front();
         queued_.fetch_sub(1, std::memory_order_relaxed);
       }
-      job->result = child_->StartGemv(*job->m, job->args);
+      job->status = child_->Gemv(*job->m, job->args);
       job->done.store(true, std::memory_order_release);
     }
   }
@@ -160,7 +177,7 @@ class ShardedBackend::Launcher {
   std::deque<Job*> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int> queued_{0};
-  std::thread thread_;  // last: starts once the rest is built
+  std::vector<std::thread> threads_;  // last: start once the rest is built
 };
 
 struct ShardedBackend::Part {
@@ -327,7 +344,7 @@ absl::StatusOr<std::unique_ptr<ShardedBackend>> ShardedBackend::Create(
   b->name_ = absl::StrCat(std::string(children[0]->name()), ":", absl::StrJoin(b->device_ids_, ","));
   b->children_ = std::move(children);
   if (b->children_.size() > 1) {
-    for (auto& c : b->children_) b->launchers_.push_back(std::make_unique<Launcher>(c.get()));
+    for (auto& c : b->children_) b->launchers_.push_back(std::make_unique<Launcher>(c.get(), kLauncherThreads));
   }
   return b;
 }
@@ -551,11 +568,9 @@ absl::Status ShardedBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) 
     count.fetch_sub(1, std::memory_order_relaxed);
     return st;
   }
-  // Every shard is started at once (the first here, the others by their
-  // devices' launchers) before any is waited for. A started shard holds one
-  // of its device's streams until it is waited for; it never waits for
-  // anything but its own GPU work, so callers cannot wait on each other in
-  // a cycle.
+  // Every shard runs at once: the first on this thread, the others on their
+  // devices' launchers. Each is a whole child Gemv, so none holds a device's
+  // stream while it waits for another device.
   const int64_t y_elem = DTypeSize(args.y_dtype);
   const int64_t stride = args.y_stride != 0 ? args.y_stride : s.shape().rows;
   auto shard_args = [&](const Part& p) {
@@ -570,16 +585,11 @@ absl::Status ShardedBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) 
     jobs[i - 1].args = shard_args(parts[i]);
     launchers_[static_cast<size_t>(parts[i].device)]->Post(&jobs[i - 1]);
   }
-  auto first = children_[static_cast<size_t>(parts[0].device)]->StartGemv(*parts[0].m,
-                                                                         shard_args(parts[0]));
-  absl::Status status = first.status();
+  absl::Status status =
+      children_[static_cast<size_t>(parts[0].device)]->Gemv(*parts[0].m, shard_args(parts[0]));
   for (const auto& j : jobs) {
-    Launcher::AwaitStarted(j);
-    status.Update(j.result.status());
-  }
-  if (first.ok()) status.Update((*first)->Wait());
-  for (auto& j : jobs) {
-    if (j.result.ok()) status.Update((*j.result)->Wait());
+    Launcher::AwaitDone(j);
+    status.Update(j.status);
   }
   return status;
 }

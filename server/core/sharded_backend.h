@@ -9,10 +9,11 @@
 //   matrices are quantized once on the host (kernels/reference) so every
 //   shard has the single scale of the unsharded matrix. A GEMV starts every
 //   shard at once and then waits for them all, each shard writing its rows
-//   of y: the calling thread starts the first (Backend::StartGemv:
-//   asynchronous on CUDA children), a launcher thread per further device
-//   starts the others in parallel (it spins briefly between calls, so back
-//   to back GEMVs don't pay a thread wake-up, then sleeps).
+//   of y: the calling thread runs the first, launcher threads of each
+//   further device run the others in parallel (they spin briefly between
+//   calls, so back to back GEMVs don't pay a thread wake-up, then sleep).
+//   Each shard is a whole child Gemv, so no shard holds a device's stream
+//   while waiting for another device (no cycle between concurrent calls).
 //   Shares follow free budget: even when every device has room for its
 //   share, otherwise in proportion to what each has free.
 // - kReplicated: a copy on every device; each GEMV goes to the copy with the
