@@ -586,11 +586,13 @@ int RunBench(const GlobalFlags& g, const BenchFlags& f) {
     int64_t total_slots;
     if (open_loop) {
       r.rate = rates[step];
-      nlanes = f.mode == "stream" && f.streams > 0 ? f.streams : f.connections;
+      nlanes = f.mode == "stream" ? (f.streams > 0 ? f.streams : 16) : f.connections;
       total_slots = std::max<int64_t>(f.max_outstanding, nlanes);
     } else {
       r.concurrency = concurrency[step];
-      const int64_t auto_streams = std::clamp<int64_t>((r.concurrency + 31) / 32, 1, 8);
+      // A stream session sends and receives on one thread each, about 30 µs a
+      // message: eight requests in flight per stream keep it busy.
+      const int64_t auto_streams = std::clamp<int64_t>((r.concurrency + 7) / 8, 1, 32);
       nlanes = static_cast<int>(std::min<int64_t>(
           r.concurrency, f.mode == "stream" ? (f.streams > 0 ? f.streams : std::max<int64_t>(auto_streams, 1))
                                             : f.connections));

@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   bench->add_option("--stability", bf.stability, "a step is stable once its last 3 windows are within this fraction")
       ->capture_default_str();
   bench->add_option("--connections", bf.connections, "gRPC connections to spread the load over")->capture_default_str();
-  bench->add_option("--streams", bf.streams, "stream mode: streams per step (0: concurrency/32, 1..8)")
+  bench->add_option("--streams", bf.streams, "stream mode: streams per step (0: concurrency/8, 1..32; open loop 16)")
       ->capture_default_str();
   bench->add_option("--max_outstanding,--max-outstanding", bf.max_outstanding, "open loop: requests in flight at most")
       ->capture_default_str();
