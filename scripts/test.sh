@@ -19,8 +19,8 @@ if [ "${PLUME_TEST_ASAN:-1}" = 1 ]; then
   cmake --build --preset asan -j "$jobs"
   ctest --preset asan -LE gpu -j "$jobs"
 fi
-# ThreadSanitizer over the batcher tests only (the tsan preset builds just
-# those; ctest label tsan; tests/tsan/README.md). PLUME_TEST_TSAN=0 skips.
+# ThreadSanitizer over the batcher and server tests (the tsan preset builds
+# just those; ctest label tsan; tests/tsan/README.md). PLUME_TEST_TSAN=0 skips.
 if [ "${PLUME_TEST_TSAN:-1}" = 1 ]; then
   cmake --preset tsan
   cmake --build --preset tsan -j "$jobs"

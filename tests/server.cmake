@@ -17,8 +17,8 @@ if(TARGET plume_client)
   add_executable(server_test server/server_test.cc)
   target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_core
     prometheus-cpp::pull GTest::gtest_main)
-  plume_tsan_test(server_test)  # under TSan by hand only: tests/tsan/README.md
-  gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+  plume_tsan_test(server_test)
+  gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 endif()
 
 # The batcher (issue 5): formation, queue limit, drops, routing; CPU backend.
@@ -32,8 +32,8 @@ if(TARGET plume_client)
   add_executable(batching_e2e_test server/batching_e2e_test.cc)
   target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_core
     prometheus-cpp::core GTest::gtest_main)
-  plume_tsan_test(batching_e2e_test)  # under TSan by hand only: tests/tsan/README.md
-  gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+  plume_tsan_test(batching_e2e_test)
+  gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 endif()
 
 # The durable store (issue 7): file format, directory cycle, MatrixService persistence.
