@@ -436,10 +436,12 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, 1) PrefillFaKernel(cons
         Mma(o[2 * c + 1], pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3], vb[2], vb[3]);
       }
     }
+    // The next V tile replaces this one once every warp is done with it. No
+    // barrier after: the next page's Q.K^T does not read V, and the barrier
+    // before its P.V orders these stores before those reads.
     if (more) {
       __syncthreads();
       StoreTile<kD>(a.dec, buf, vs, tid);
-      __syncthreads();
     }
   }
 
