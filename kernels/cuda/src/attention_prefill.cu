@@ -34,20 +34,24 @@ namespace plume::cuda {
 namespace {
 
 constexpr int kFaTok = static_cast<int>(kKvPageTokens);  // tokens per page (a K/V tile)
-constexpr int kFaRows = 64;                               // query rows per block
-constexpr int kFaRowWarps = kFaRows / 16;
+#ifndef PLUME_FA_V
+#define PLUME_FA_V 0
+#endif
 
 template <int kD>
 struct FaShape {
+  static constexpr int kRows = PLUME_FA_V == 1 && kD <= 128 ? 128 : 64;  // query rows per block
+  static constexpr int kRowWarps = kRows / 16;
+  static constexpr int kMinBlocks = PLUME_FA_V == 2 && kD <= 128 ? 3 : 1;
   static constexpr int kC = kD >= 512 ? 2 : 1;  // warps sharing 16 query rows
-  static constexpr int kWarps = kFaRowWarps * kC;
+  static constexpr int kWarps = kRowWarps * kC;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kDw = kD / kC;     // output columns per warp
   static constexpr int kTw = kFaTok / kC;  // tokens of S per warp
   static constexpr int kLd = kD + 8;      // halves per shared-memory row (16 bytes of padding)
   static constexpr int kChunks = kD / 16;  // 16-code pieces of a row
   static constexpr int kLoads = kFaTok * kChunks / kThreads;  // per thread and tile
-  static constexpr size_t kTiles = size_t{3} * kFaRows * kLd * 2;  // Q, K, V
+  static constexpr size_t kTiles = (size_t{kRows} + 2 * kFaTok) * kLd * 2;  // Q, K, V
   // Pair exchange: P fragments [warp][8][32] words, row maxima and sums [2][64].
   static constexpr size_t kSmem = kTiles + (kC > 1 ? size_t{kWarps} * 256 * 4 + 2 * 2 * 64 * 4 : 0);
   static_assert(kLoads * kThreads == kFaTok * kChunks && kTw % 16 == 0 && kDw % 16 == 0);
@@ -74,7 +78,7 @@ struct FaArgs {
   int q_len;
   int group;
   int rows;       // batch * group * q_len: query rows of one kv head
-  int row_tiles;  // tiles of kFaRows of them
+  int row_tiles;  // tiles of kRows of them
   bool causal;
   void* out;
   DType out_dtype;
@@ -210,13 +214,13 @@ constexpr float kFaNegInf = -INFINITY;
 // Grid: kv_heads x row tiles, tile-major with the last tiles (the longest
 // under causal masks) first.
 template <int kD>
-__global__ void __launch_bounds__(FaShape<kD>::kThreads, 1) PrefillFaKernel(const FaArgs a) {
+__global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks) PrefillFaKernel(const FaArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using S = FaShape<kD>;
-  constexpr int kC = S::kC, kLd = S::kLd, kDw = S::kDw, kTw = S::kTw;
+  constexpr int kC = S::kC, kLd = S::kLd, kDw = S::kDw, kTw = S::kTw, kRows = S::kRows;
   extern __shared__ __align__(16) __half fa_smem[];
   __half* qs = fa_smem;          // [64 rows][kLd]
-  __half* ks = qs + kFaRows * kLd;  // [64 tokens][kLd]
+  __half* ks = qs + kRows * kLd;     // [64 tokens][kLd]
   __half* vs = ks + kFaTok * kLd;   // [64 tokens][kLd]
   uint32_t* pex = reinterpret_cast<uint32_t*>(vs + kFaTok * kLd);  // [warp][8][32]
   float* mex = reinterpret_cast<float*>(pex + S::kWarps * 256);      // [kC][64] row maxima
@@ -224,14 +228,14 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, 1) PrefillFaKernel(cons
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int rw = warp % kFaRowWarps, cw = warp / kFaRowWarps;
+  const int rw = warp % S::kRowWarps, cw = warp / S::kRowWarps;
   const int kvh = static_cast<int>(blockIdx.x % a.kv_heads);
   const int tile = a.row_tiles - 1 - static_cast<int>(blockIdx.x / a.kv_heads);
-  const int lr0 = tile * kFaRows;
-  const int nrows = min(kFaRows, a.rows - lr0);
+  const int lr0 = tile * kRows;
+  const int nrows = min(kRows, a.rows - lr0);
 
   // Q, rounded to FP16; rows past the end and columns past head_dim zero.
-  for (int i = tid; i < kFaRows * (kD / 2); i += S::kThreads) {
+  for (int i = tid; i < kRows * (kD / 2); i += S::kThreads) {
     const int r = i / (kD / 2), d = 2 * (i % (kD / 2));
     float x0 = 0.0f, x1 = 0.0f;
     if (r < nrows) {
@@ -387,7 +391,7 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, 1) PrefillFaKernel(cons
     }
     if constexpr (kC > 1) {
       uint32_t* mine = pex + warp * 256 + lane;
-      const uint32_t* theirs = pex + (warp ^ kFaRowWarps) * 256 + lane;
+      const uint32_t* theirs = pex + (warp ^ S::kRowWarps) * 256 + lane;
 #pragma unroll
       for (int kk = 0; kk < kOwn; ++kk) {
 #pragma unroll
@@ -481,12 +485,13 @@ using FaFn = void (*)(FaArgs);
 struct FaPick {
   FaFn fn = nullptr;
   int threads = 0;
+  int rows = 0;
   size_t smem = 0;
 };
 
 template <int kD>
 FaPick FaFor() {
-  return {PrefillFaKernel<kD>, FaShape<kD>::kThreads, FaShape<kD>::kSmem};
+  return {PrefillFaKernel<kD>, FaShape<kD>::kThreads, FaShape<kD>::kRows, FaShape<kD>::kSmem};
 }
 
 FaPick PickFa(int kd) {
@@ -540,7 +545,7 @@ cudaError_t PrefillFa(const AttentionProblem& p, int kd, cudaStream_t stream) {
   a.q_len = static_cast<int>(p.q_len);
   a.group = static_cast<int>(p.heads / l.kv_heads);
   a.rows = static_cast<int>(p.batch) * a.group * a.q_len;
-  a.row_tiles = (a.rows + kFaRows - 1) / kFaRows;
+  a.row_tiles = (a.rows + f.rows - 1) / f.rows;
   a.causal = p.causal;
   a.out = p.out;
   a.out_dtype = p.out_dtype;
