@@ -42,8 +42,8 @@ template <int kD>
 struct FaShape {
   static constexpr int kRows = PLUME_FA_V == 1 && kD <= 128 ? 128 : 64;  // query rows per block
   static constexpr int kRowWarps = kRows / 16;
-  static constexpr int kMinBlocks = PLUME_FA_V == 2 && kD <= 128 ? 3 : 1;
-  static constexpr int kC = kD >= 512 ? 2 : 1;  // warps sharing 16 query rows
+  static constexpr int kMinBlocks = kD <= 128 ? 3 : 1;  // <= 168 registers at D <= 128
+  static constexpr int kC = kD >= 512 ? (PLUME_FA_V == 3 ? 4 : 2) : 1;  // warps sharing 16 query rows
   static constexpr int kWarps = kRowWarps * kC;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kDw = kD / kC;     // output columns per warp
@@ -53,7 +53,7 @@ struct FaShape {
   static constexpr int kLoads = kFaTok * kChunks / kThreads;  // per thread and tile
   static constexpr size_t kTiles = (size_t{kRows} + 2 * kFaTok) * kLd * 2;  // Q, K, V
   // Pair exchange: P fragments [warp][8][32] words, row maxima and sums [2][64].
-  static constexpr size_t kSmem = kTiles + (kC > 1 ? size_t{kWarps} * 256 * 4 + 2 * 2 * 64 * 4 : 0);
+  static constexpr size_t kSmem = kTiles + (kC > 1 ? size_t{kWarps} * 256 * 4 + 2 * kC * 64 * 4 : 0);
   static_assert(kLoads * kThreads == kFaTok * kChunks && kTw % 16 == 0 && kDw % 16 == 0);
 };
 
@@ -135,9 +135,10 @@ __device__ __forceinline__ void Ldsm4(uint32_t (&r)[4], const __half* p) {
 #endif
 }
 
-// The two warps of row warp rw (64 threads) meet; barrier 0 is __syncthreads.
-__device__ __forceinline__ void PairSync(int rw) {
-  asm volatile("bar.sync %0, 64;" ::"r"(rw + 1) : "memory");
+// The kC warps of row warp rw meet; barrier 0 is __syncthreads.
+template <int kC>
+__device__ __forceinline__ void GroupSync(int rw) {
+  asm volatile("bar.sync %0, %1;" ::"r"(rw + 1), "n"(32 * kC) : "memory");
 }
 
 __device__ __forceinline__ uint32_t Half2Bits(float lo, float hi) {
@@ -211,6 +212,18 @@ __device__ __forceinline__ void StoreTile(Dec dec, const uint4 (&buf)[FaShape<kD
 
 constexpr float kFaNegInf = -INFINITY;
 
+// Output elements i and i + 1 (i even, so the pair is aligned).
+__device__ __forceinline__ void StoreTwo(void* y, DType t, int64_t i, float v0, float v1) {
+  if (t == DType::kF32) {
+    *reinterpret_cast<float2*>(static_cast<float*>(y) + i) = make_float2(v0, v1);
+  } else if (t == DType::kF16) {
+    *reinterpret_cast<__half2*>(static_cast<__half*>(y) + i) = __floats2half2_rn(v0, v1);
+  } else {
+    *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(y) + i) =
+        static_cast<uint32_t>(FloatToBf16Bits(v0)) | static_cast<uint32_t>(FloatToBf16Bits(v1)) << 16;
+  }
+}
+
 // Grid: kv_heads x row tiles, tile-major with the last tiles (the longest
 // under causal masks) first.
 template <int kD>
@@ -224,7 +237,7 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
   __half* vs = ks + kFaTok * kLd;   // [64 tokens][kLd]
   uint32_t* pex = reinterpret_cast<uint32_t*>(vs + kFaTok * kLd);  // [warp][8][32]
   float* mex = reinterpret_cast<float*>(pex + S::kWarps * 256);      // [kC][64] row maxima
-  float* lex = mex + 2 * 64;                                         // [kC][64] row sums
+  float* lex = mex + kC * 64;                                        // [kC][64] row sums
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -342,9 +355,12 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
         mex[cw * 64 + ra] = mx_a;
         mex[cw * 64 + rb] = mx_b;
       }
-      PairSync(rw);
-      mx_a = fmaxf(mx_a, mex[(1 - cw) * 64 + ra]);
-      mx_b = fmaxf(mx_b, mex[(1 - cw) * 64 + rb]);
+      GroupSync<kC>(rw);
+#pragma unroll
+      for (int w = 0; w < kC; ++w) {
+        mx_a = fmaxf(mx_a, mex[w * 64 + ra]);
+        mx_b = fmaxf(mx_b, mex[w * 64 + rb]);
+      }
     }
     const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
     // A row with nothing visible yet keeps base 0: its scores are -inf -> 0.
@@ -379,45 +395,30 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
       o[n][3] *= al_b * ratio;
     }
 
-    // P as A fragments of P.V (16 tokens a k-step); the pair swaps halves.
+    // P as A fragments of P.V (16 tokens a k-step). With kC > 1 the group
+    // gathers them through shared memory: k-step kk is warp kk / kOwn's.
     constexpr int kOwn = kTw / 16;
-    uint32_t own[kOwn][4], other[kC > 1 ? kOwn : 1][4];
+    uint32_t pa[kFaTok / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kOwn; ++kk) {
-      own[kk][0] = Half2Bits(s[2 * kk][0], s[2 * kk][1]);
-      own[kk][1] = Half2Bits(s[2 * kk][2], s[2 * kk][3]);
-      own[kk][2] = Half2Bits(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      own[kk][3] = Half2Bits(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      pa[kk][0] = Half2Bits(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = Half2Bits(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = Half2Bits(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = Half2Bits(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
     if constexpr (kC > 1) {
       uint32_t* mine = pex + warp * 256 + lane;
-      const uint32_t* theirs = pex + (warp ^ S::kRowWarps) * 256 + lane;
 #pragma unroll
       for (int kk = 0; kk < kOwn; ++kk) {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) mine[(kk * 4 + r) * 32] = own[kk][r];
+        for (int r = 0; r < 4; ++r) mine[(kk * 4 + r) * 32] = pa[kk][r];
       }
-      PairSync(rw);
+      GroupSync<kC>(rw);
 #pragma unroll
-      for (int kk = 0; kk < kOwn; ++kk) {
+      for (int kk = 0; kk < kFaTok / 16; ++kk) {
+        const uint32_t* from = pex + ((kk / kOwn) * S::kRowWarps + rw) * 256 + (kk % kOwn) * 4 * 32 + lane;
 #pragma unroll
-        for (int r = 0; r < 4; ++r) other[kk][r] = theirs[(kk * 4 + r) * 32];
-      }
-    }
-    // The page's k-steps in token order (selects, not indexing, on cw).
-    uint32_t pa[kFaTok / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kFaTok / 16; ++kk) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        if constexpr (kC > 1) {
-          const bool first = kk < kOwn;
-          const uint32_t lo = first ? own[kk % kOwn][r] : other[kk % kOwn][r];
-          const uint32_t hi = first ? other[kk % kOwn][r] : own[kk % kOwn][r];
-          pa[kk][r] = cw == 0 ? lo : hi;
-        } else {
-          pa[kk][r] = own[kk][r];
-        }
+        for (int r = 0; r < 4; ++r) pa[kk][r] = from[r * 32];
       }
     }
 
@@ -460,21 +461,31 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
       lex[cw * 64 + ra] = l_a;
       lex[cw * 64 + rb] = l_b;
     }
-    PairSync(rw);
-    l_a += lex[(1 - cw) * 64 + ra];
-    l_b += lex[(1 - cw) * 64 + rb];
+    GroupSync<kC>(rw);
+    l_a = l_b = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kC; ++w) {
+      l_a += lex[w * 64 + ra];
+      l_b += lex[w * 64 + rb];
+    }
   }
   const float fa = vref / l_a, fb = vref / l_b;
   const int64_t qa_i = ra < nrows ? FaRow(a, kvh, lr0 + ra) * a.head_dim : -1;
   const int64_t qb_i = rb < nrows ? FaRow(a, kvh, lr0 + rb) * a.head_dim : -1;
+  const bool pairs = (a.head_dim & 1) == 0;  // then two columns are one aligned store
 #pragma unroll
   for (int n = 0; n < kNo; ++n) {
+    const int c = cw * kDw + 8 * n + 2 * t;
+    if (pairs && c < a.head_dim) {
+      if (qa_i >= 0) StoreTwo(a.out, a.out_dtype, qa_i + c, o[n][0] * fa, o[n][1] * fa);
+      if (qb_i >= 0) StoreTwo(a.out, a.out_dtype, qb_i + c, o[n][2] * fb, o[n][3] * fb);
+      continue;
+    }
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int c = cw * kDw + 8 * n + 2 * t + e;
-      if (c >= a.head_dim) continue;
-      if (qa_i >= 0) Store(a.out, a.out_dtype, qa_i + c, o[n][e] * fa);
-      if (qb_i >= 0) Store(a.out, a.out_dtype, qb_i + c, o[n][2 + e] * fb);
+      if (c + e >= a.head_dim) continue;
+      if (qa_i >= 0) Store(a.out, a.out_dtype, qa_i + c + e, o[n][e] * fa);
+      if (qb_i >= 0) Store(a.out, a.out_dtype, qb_i + c + e, o[n][2 + e] * fb);
     }
   }
 #endif
