@@ -34,16 +34,15 @@ namespace plume::cuda {
 namespace {
 
 constexpr int kFaTok = static_cast<int>(kKvPageTokens);  // tokens per page (a K/V tile)
-#ifndef PLUME_FA_V
-#define PLUME_FA_V 0
-#endif
 
 template <int kD>
 struct FaShape {
-  static constexpr int kRows = PLUME_FA_V == 1 && kD <= 128 ? 128 : 64;  // query rows per block
+  // Measured on an H200 (bench/RESULTS-gpu-attention.md): 128 rows per block
+  // at D = 128 was 8% slower; 4 warps per 16 rows at D = 512 11% slower.
+  static constexpr int kRows = 64;  // query rows per block
   static constexpr int kRowWarps = kRows / 16;
   static constexpr int kMinBlocks = kD <= 128 ? 3 : 1;  // <= 168 registers at D <= 128
-  static constexpr int kC = kD >= 512 ? (PLUME_FA_V == 3 ? 4 : 2) : 1;  // warps sharing 16 query rows
+  static constexpr int kC = kD >= 512 ? 2 : 1;  // warps sharing 16 query rows
   static constexpr int kWarps = kRowWarps * kC;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kDw = kD / kC;     // output columns per warp
