@@ -53,7 +53,7 @@ struct FaShape {
   static constexpr size_t kTiles = (size_t{kRows} + 2 * kFaTok) * kLd * 2;  // Q, K, V
   // Pair exchange: P fragments [warp][8][32] words, row maxima and sums [2][64].
   static constexpr size_t kSmem = kTiles + (kC > 1 ? size_t{kWarps} * 256 * 4 + 2 * kC * 64 * 4 : 0);
-  static_assert(kLoads * kThreads == kFaTok * kChunks && kTw % 16 == 0 && kDw % 16 == 0 && kChunks % 4 == 0);
+  static_assert(kLoads * kThreads == kFaTok * kChunks && kTw % 16 == 0 && kDw % 16 == 0);
 };
 
 struct FaArgs {
@@ -147,22 +147,6 @@ __device__ __forceinline__ uint32_t Half2Bits(float lo, float hi) {
   return u;
 }
 
-// Piece i (16 codes) of a tile: row r, 16-code chunk u. Each 32 pieces (a
-// warp's) are 8 rows x 4 consecutive chunks, lane l taking row l % 8: the
-// global loads read 64 contiguous bytes of each row, and each 8-lane phase of
-// a 16-byte shared store writes 8 rows (16 bytes apart in banks thanks to the
-// row padding), free of bank conflicts.
-// Written for thread tid's it-th piece so that the offsets are affine in it.
-template <int kD>
-__device__ __forceinline__ void TilePiece(int tid, int it, int& r, int& u) {
-  using S = FaShape<kD>;
-  constexpr int kGroups = S::kChunks / 4;  // 4-chunk groups of a row
-  static_assert(S::kWarps % kGroups == 0);
-  const int w = tid >> 5, l = tid & 31;
-  r = (w / kGroups + it * (S::kWarps / kGroups)) * 8 + (l & 7);
-  u = (w % kGroups) * 4 + (l >> 3);
-}
-
 // One tile's FP8 codes of this thread (kLoads pieces of 16), zeros past the
 // page's n tokens and past the row.
 template <int kD>
@@ -171,8 +155,8 @@ __device__ __forceinline__ void LoadTile(const FaArgs& a, const uint8_t* base, i
   using S = FaShape<kD>;
 #pragma unroll
   for (int it = 0; it < S::kLoads; ++it) {
-    int r, u;
-    TilePiece<kD>(tid, it, r, u);
+    const int i = tid + it * S::kThreads;
+    const int r = i / S::kChunks, u = i % S::kChunks;
     buf[it] = make_uint4(0, 0, 0, 0);
     if (r < n && u * 16 < a.row_bytes) {
       buf[it] = __ldg(reinterpret_cast<const uint4*>(base + static_cast<int64_t>(r) * a.row_bytes + u * 16));
@@ -202,8 +186,8 @@ __device__ __forceinline__ void StoreTileAs(const uint4 (&buf)[FaShape<kD>::kLoa
   using S = FaShape<kD>;
 #pragma unroll
   for (int it = 0; it < S::kLoads; ++it) {
-    int r, u;
-    TilePiece<kD>(tid, it, r, u);
+    const int i = tid + it * S::kThreads;
+    const int r = i / S::kChunks, u = i % S::kChunks;
     const uint32_t w[4] = {buf[it].x, buf[it].y, buf[it].z, buf[it].w};
     uint32_t h[4][2];
 #pragma unroll
