@@ -39,6 +39,7 @@ if(PLUME_HAVE_CUDA)
   add_executable(attention_emu_test emu/attention_emu_test.cc)
   target_include_directories(attention_emu_test PRIVATE ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/emu
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/include
+                             ${PROJECT_SOURCE_DIR}/kernels/cuda/src
                              ${CUDAToolkit_INCLUDE_DIRS})
   target_link_libraries(attention_emu_test PRIVATE plume_kernels_ref GTest::gtest_main)
   target_compile_options(attention_emu_test PRIVATE -Wno-unknown-pragmas -Wno-class-memaccess)

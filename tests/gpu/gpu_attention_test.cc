@@ -409,6 +409,25 @@ TEST(GpuAttention, EveryScaleModeAndFormat) {
   }
 }
 
+// Long prefills, as a model's prompt: q_len = seq (ragged, many K/V pages and
+// query tiles; causal tiles skip pages), tiles that span two batches, and
+// GQA over a long cache, at every head dim the flash prefill covers.
+TEST(GpuAttention, PrefillLongQueries) {
+  uint32_t seed = 700;
+  for (int64_t dim : {64, 128, 256, 512}) {
+    for (bool causal : {true, false}) {
+      Case c{dim, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
+             DType::kF32};
+      RunCase(c, AttentionKernel::kPrefill, 2e-3, seed++);
+    }
+    Case b{dim, 777, 150, 2, 6, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kBF16, DType::kBF16};
+    RunCase(b, AttentionKernel::kPrefill, 2e-3, seed++);
+    Case g{dim, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
+    RunCase(g, AttentionKernel::kPrefill, 2e-3, seed++);
+  }
+  PrintWorst("prefill");
+}
+
 // kAuto: q_len <= 8 runs the decode kernel (FP32 bound), longer the prefill.
 TEST(GpuAttention, AutoPicksByQueryLength) {
   Case c{128, 500, 8, 2, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kHead, DType::kF16, DType::kF32};

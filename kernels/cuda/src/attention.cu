@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "plume/cuda/attention.h"
+#include "attention_prefill.h"
 #include "plume/cuda/check.h"
 #include "plume/kernels/half.h"
 #include "fp8_regs.cuh"
@@ -1197,6 +1198,7 @@ bool ValidShape(const AttentionProblem& p) {
 
 struct Plan {
   bool prefill = false;
+  bool fa = false;  // prefill by PrefillFa
   KernelFn decode = nullptr;
   size_t decode_smem = 0;
   PrefillPick pre;
@@ -1222,10 +1224,11 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   bool prefill = false;
   if (p.kernel != AttentionKernel::kDecode &&
       (p.kernel == AttentionKernel::kPrefill || p.q_len > kAttentionDecodeMaxQ)) {
+    pl.fa = PrefillFaAvailable(kd, device);  // the flash prefill (attention_prefill.cu) first
     pl.pre = PickPrefill(kd);
-    prefill = pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(info.smem_optin);
+    prefill = pl.fa || (pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(info.smem_optin));
     if (!prefill && p.kernel == AttentionKernel::kPrefill) return cudaErrorNotSupported;
-    if (prefill) {  // raises the kernel's shared memory limit, once
+    if (prefill && !pl.fa) {  // raises the kernel's shared memory limit, once
       int unused = 0;
       PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.pre.fn), kPrefillThreads,
                                        pl.pre.smem, device, &unused));
@@ -1290,6 +1293,7 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   const KvLayout& l = p.layout;
   const Params k = MakeParams(p, pl.dec, pl.tile_rows, pl.row_tiles, pl.pages_per_split, pl.splits,
                               workspace, pl.off_acc);
+  if (pl.prefill && pl.fa) return PrefillFa(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill) {
     const int slices = static_cast<int>((l.head_dim + pl.pre.dv - 1) / pl.pre.dv);
     const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(slices));

@@ -1,6 +1,6 @@
 // Attention over a paged FP8 K/V cache resident in device memory
 // (plume/kernels/kv_layout.h), on the GPU. One launcher, one dispatch point
-// (src/attention.cu, the only translation unit that instantiates the kernels).
+// (src/attention.cu; the flash prefill lives in src/attention_prefill.cu).
 // The math is the CPU reference's (plume/reference/attention.h): query head h
 // reads kv head h / (heads / kv_heads); causal queries are the last q_len
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.

@@ -1,0 +1,20 @@
+// The flash-attention prefill kernel (src/attention_prefill.cu), called from
+// attention.cu's dispatch. Declarations only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "plume/cuda/attention.h"
+
+namespace plume::cuda {
+
+// True when the flash prefill runs padded head dim kd (64, 128, 256, 512) on
+// `device`: sm_80+ and its shared memory fits. Raises the kernel's dynamic
+// shared memory limit once.
+bool PrefillFaAvailable(int kd, int device);
+
+// Runs the flash prefill for a valid problem with padded head dim kd (where
+// PrefillFaAvailable said yes).
+cudaError_t PrefillFa(const AttentionProblem& p, int kd, cudaStream_t stream);
+
+}  // namespace plume::cuda
