@@ -86,6 +86,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
   } else {
     // The tensor-core decode serves padded head dim 128, the FP32 one the rest.
     const bool mma = kd == kMmaDim, few = mma && rows <= kFewRows;
+    const bool shared = mma && !few && std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16) > 32;
     const int tile_rows = few   ? kFewRows
                           : mma ? static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16))
                                 : kRows;
@@ -105,8 +106,10 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
           case 128:
             if (few) {
               DecodeFewKernel<kDec>(k2);
+            } else if (shared) {
+              DecodeMmaKernel<kDec, true>(k2);
             } else {
-              DecodeMmaKernel<kDec>(k2);
+              DecodeMmaKernel<kDec, false>(k2);
             }
             break;
           case 256: DecodeKernel<kDec, 256>(k2); break;
@@ -173,6 +176,22 @@ TEST(AttentionEmu, DecodeFewRows) {
         const Shape s{dim, seq, 2, q_len == 1 ? 8 : 4, q_len, 1, q_len <= seq,
                       i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 2 % 2]};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len << " case " << i);
+        EXPECT_LE(RunEmulated(s, false), 1e-5);
+        ++i;
+      }
+}
+
+// 3 and 4 m-tiles of query rows per kv head (the tensor-core decode with the
+// page decoded once to shared memory): batch 2 or 3 at GQA group 8, q_len 3,
+// a ragged head dim, both formats and paths, every scale mode.
+TEST(AttentionEmu, DecodeSharedPage) {
+  int i = 0;
+  for (int64_t dim : {128, 120})
+    for (int64_t seq : {70, 1000})
+      for (int64_t batch : {2, 3}) {
+        const Shape s{dim, seq, 1, 8, 3, batch, i % 2 == 1,
+                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 2 % 2]};
+        SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " batch=" << batch << " case " << i);
         EXPECT_LE(RunEmulated(s, false), 1e-5);
         ++i;
       }

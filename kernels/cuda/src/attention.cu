@@ -458,6 +458,11 @@ constexpr int kMmaRing = kMmaStages * 2 * kMmaTile;         // the code ring, by
 constexpr int kMmaOutLd = kMmaDim + 4;                      // epilogue row, floats
 constexpr int kMmaQlo = kMmaWarps * 8 * 32 * 16;            // FP32 queries' lo fragments
 constexpr size_t kMmaSmem = kMmaRing + kMmaQlo;              // 64 KB: fits sm_75 too
+// kShared: the page decoded once to FP16 in fragment order (K: [token][lane
+// t's 8 k-steps], V: [token pair][dim] of half2), 32 KB more.
+constexpr int kMmaKh = kPage * kMmaDim * 2;
+constexpr int kMmaVh = kPage * kMmaDim * 2;
+constexpr size_t kMmaSmemShared = kMmaSmem + kMmaKh + kMmaVh;  // 96 KB
 static_assert(kMmaWarps * 16 * kMmaOutLd * 4 + kMmaWarps * 16 * 2 * 4 <= kMmaRing);
 constexpr float kPScale = 1024.0f;  // P is split as P * 2^10
 constexpr float kLog2e = 1.4426950408889634f;
@@ -541,7 +546,19 @@ __device__ __forceinline__ float2 MmaPageScales(const Params& p, const uint8_t* 
   return make_float2(__ldg(ps + kvh) * p.decode_factor, __ldg(ps + p.kv_heads + kvh) * p.decode_factor);
 }
 
-template <Dec kDec>
+// Swizzled 16-byte chunk c (0..15) of token row r of the FP16 K tile (256
+// bytes a row; lane t reads chunks 4t .. 4t + 3) and chunk c (0..31) of token
+// pair tp of the FP16 V tile (512 bytes a pair; lane (g, t) reads chunks
+// 4g .. 4g + 3 of pairs t and t + 4): the warps' reads are conflict-free.
+__device__ __forceinline__ int KhChunk(int r, int c) {
+  return r * (2 * kMmaDim) + ((c ^ (((c >> 3) & 1) << 1) ^ (r & 1)) << 4);
+}
+__device__ __forceinline__ int VhChunk(int tp, int c) { return tp * (4 * kMmaDim) + ((c ^ (tp & 3)) << 4); }
+
+// kShared (for 3 or 4 m-tiles, where every warp would decode the whole page):
+// the block decodes each page once into FP16 shared memory, already in the
+// fragment orders below, and the warps read their fragments from there.
+template <Dec kDec, bool kShared>
 __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
@@ -549,6 +566,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
   extern __shared__ __align__(16) __half smem[];
   uint8_t* const ring = reinterpret_cast<uint8_t*>(smem);
   uint4* const qlo_s = reinterpret_cast<uint4*>(ring + kMmaRing);  // [warp][k-step][lane]
+  uint8_t* const kh = ring + kMmaRing + kMmaQlo;  // kShared: the page's K as FP16
+  uint8_t* const vh = kh + kMmaKh;                 // and V
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -668,9 +687,44 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
     sc[0] = sc[1];
     sc[1] = scales_of(next);
     next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
-    if (!active) continue;
     const uint8_t* kt = ring + (i % kMmaStages) * 2 * kMmaTile;
     const uint8_t* vt = kt + kMmaTile;
+    if constexpr (kShared) {
+      // K: FP8 chunk cc of row r holds lane t = cc % 4's k-steps 4 (cc / 4)
+      // .. + 3, one word each: their (b0, b1) pairs are 32 contiguous bytes.
+#pragma unroll
+      for (int k = 0; k < kPage * 8 / kMmaThreads; ++k) {
+        const int idx = tid + k * kMmaThreads;
+        const int r = idx >> 3, cc = idx & 7;
+        const uint4 w = *reinterpret_cast<const uint4*>(kt + KChunk(r, cc));
+        uint4 a, b;
+        DecodeWordNan<kDec>(w.x, a.x, a.y);
+        DecodeWordNan<kDec>(w.y, a.z, a.w);
+        DecodeWordNan<kDec>(w.z, b.x, b.y);
+        DecodeWordNan<kDec>(w.w, b.z, b.w);
+        const int c = (cc & 3) * 4 + (cc >> 2) * 2;
+        *reinterpret_cast<uint4*>(kh + KhChunk(r, c)) = a;
+        *reinterpret_cast<uint4*>(kh + KhChunk(r, c + 1)) = b;
+      }
+      // V: tokens 2tp, 2tp + 1 paired per dim (half2), dims in order.
+#pragma unroll
+      for (int k = 0; k < kPage / 2 * 8 / kMmaThreads; ++k) {
+        const int idx = tid + k * kMmaThreads;
+        const int tp = idx >> 3, cc = idx & 7;
+        const uint4 a = *reinterpret_cast<const uint4*>(vt + VChunk(2 * tp, cc));
+        const uint4 b = *reinterpret_cast<const uint4*>(vt + VChunk(2 * tp + 1, cc));
+        const uint32_t wa[4] = {a.x, a.y, a.z, a.w}, wb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          uint4 h;
+          DecodeWordNan<kDec>(__byte_perm(wa[q], wb[q], 0x5140), h.x, h.y);
+          DecodeWordNan<kDec>(__byte_perm(wa[q], wb[q], 0x7362), h.z, h.w);
+          *reinterpret_cast<uint4*>(vh + VhChunk(tp, cc * 4 + q)) = h;
+        }
+      }
+      __syncthreads();  // the FP16 page is complete
+    }
+    if (!active) continue;
     const int64_t t0 = static_cast<int64_t>(page_begin + i) * kPage;
     const int n = static_cast<int>(Min64(kPage, p.seq - t0));
     const float ks = cur.x, vs = cur.y;
@@ -701,13 +755,31 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
           s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
           s2[j][0] = s2[j][1] = s2[j][2] = s2[j][3] = 0.0f;
           const int r = c0 + 8 * j + g;
-          const uint4 k0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
-          const uint4 k1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
-          const uint32_t w[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
+          uint32_t w[8], hw[16];
+          if constexpr (kShared) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+              const uint4 x = *reinterpret_cast<const uint4*>(kh + KhChunk(r, 4 * t + c));
+              hw[4 * c] = x.x;
+              hw[4 * c + 1] = x.y;
+              hw[4 * c + 2] = x.z;
+              hw[4 * c + 3] = x.w;
+            }
+          } else {
+            const uint4 k0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
+            const uint4 k1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
+            w[0] = k0.x, w[1] = k0.y, w[2] = k0.z, w[3] = k0.w;
+            w[4] = k1.x, w[5] = k1.y, w[6] = k1.z, w[7] = k1.w;
+          }
 #pragma unroll
           for (int kk = 0; kk < 8; ++kk) {
             uint32_t b0, b1;
-            DecodeWordNan<kDec>(w[kk], b0, b1);
+            if constexpr (kShared) {
+              b0 = hw[2 * kk];
+              b1 = hw[2 * kk + 1];
+            } else {
+              DecodeWordNan<kDec>(w[kk], b0, b1);
+            }
             if constexpr (decltype(with_lo)::value) {
               const uint4 lo = qlo_s[(warp * 8 + kk) * 32 + lane];
               Mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
@@ -782,19 +854,31 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
       SplitHalves(s[1][0] * kPScale, s[1][1] * kPScale, ph[2], pl[2]);
       SplitHalves(s[1][2] * kPScale, s[1][3] * kPScale, ph[3], pl[3]);
       const int r = c0 + 2 * t;
-      const uint4 v0 = *reinterpret_cast<const uint4*>(vt + VChunk(r, g));
-      const uint4 v1 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 1, g));
-      const uint4 v8 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 8, g));
-      const uint4 v9 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 9, g));
-      const uint32_t w0[4] = {v0.x, v0.y, v0.z, v0.w}, w1[4] = {v1.x, v1.y, v1.z, v1.w};
-      const uint32_t w8[4] = {v8.x, v8.y, v8.z, v8.w}, w9[4] = {v9.x, v9.y, v9.z, v9.w};
+      uint32_t w0[4], w1[4], w8[4], w9[4];
+      if constexpr (!kShared) {
+        const uint4 v0 = *reinterpret_cast<const uint4*>(vt + VChunk(r, g));
+        const uint4 v1 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 1, g));
+        const uint4 v8 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 8, g));
+        const uint4 v9 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 9, g));
+        w0[0] = v0.x, w0[1] = v0.y, w0[2] = v0.z, w0[3] = v0.w;
+        w1[0] = v1.x, w1[1] = v1.y, w1[2] = v1.z, w1[3] = v1.w;
+        w8[0] = v8.x, w8[1] = v8.y, w8[2] = v8.z, w8[3] = v8.w;
+        w9[0] = v9.x, w9[1] = v9.y, w9[2] = v9.z, w9[3] = v9.w;
+      }
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         uint32_t b0[4], b1[4];  // n-tiles 4q .. 4q + 3
-        DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x5140), b0[0], b0[1]);
-        DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x7362), b0[2], b0[3]);
-        DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x5140), b1[0], b1[1]);
-        DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x7362), b1[2], b1[3]);
+        if constexpr (kShared) {  // token pairs r / 2 and r / 2 + 4, dims 16g + 4q ..
+          const uint4 x = *reinterpret_cast<const uint4*>(vh + VhChunk(r / 2, 4 * g + q));
+          const uint4 y = *reinterpret_cast<const uint4*>(vh + VhChunk(r / 2 + 4, 4 * g + q));
+          b0[0] = x.x, b0[1] = x.y, b0[2] = x.z, b0[3] = x.w;
+          b1[0] = y.x, b1[1] = y.y, b1[2] = y.z, b1[3] = y.w;
+        } else {
+          DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x5140), b0[0], b0[1]);
+          DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x7362), b0[2], b0[3]);
+          DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x5140), b1[0], b1[1]);
+          DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x7362), b1[2], b1[3]);
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           Mma(o[4 * q + e], ph[0], ph[1], ph[2], ph[3], b0[e], b1[e]);
@@ -1454,22 +1538,29 @@ template <Dec kDec>
 KernelFn PickDecodeDim(int kd) {
   switch (kd) {
     case 64: return DecodeKernel<kDec, 64>;
-    case kMmaDim: return DecodeMmaKernel<kDec>;
+    case kMmaDim: return DecodeMmaKernel<kDec, false>;
     case 256: return DecodeKernel<kDec, 256>;
     case 512: return DecodeKernel<kDec, 512>;
     default: return DecodeKernel<kDec, 1024>;
   }
 }
 
-// The one place a kernel is chosen: `few` at most kFewRows query rows per kv
-// head.
-KernelFn PickDecode(Dec dec, int kd, bool few) {
-  if (kd == kMmaDim && few) {
+template <Dec kDec>
+KernelFn PickMma(bool few, bool shared) {
+  if (few) return DecodeFewKernel<kDec>;
+  return shared ? DecodeMmaKernel<kDec, true> : DecodeMmaKernel<kDec, false>;
+}
+
+// The one place a kernel is chosen. For padded head dim 128: `few`, at most
+// kFewRows query rows per kv head; else `shared`, the page decoded once per
+// block to shared memory (tiles of 3 or 4 m-tiles).
+KernelFn PickDecode(Dec dec, int kd, bool few, bool shared) {
+  if (kd == kMmaDim) {
     switch (dec) {
-      case Dec::kE4M3Soft: return DecodeFewKernel<Dec::kE4M3Soft>;
-      case Dec::kE4M3Native: return DecodeFewKernel<Dec::kE4M3Native>;
-      case Dec::kE5M2Soft: return DecodeFewKernel<Dec::kE5M2Soft>;
-      default: return DecodeFewKernel<Dec::kE5M2Native>;
+      case Dec::kE4M3Soft: return PickMma<Dec::kE4M3Soft>(few, shared);
+      case Dec::kE4M3Native: return PickMma<Dec::kE4M3Native>(few, shared);
+      case Dec::kE5M2Soft: return PickMma<Dec::kE5M2Soft>(few, shared);
+      default: return PickMma<Dec::kE5M2Native>(few, shared);
     }
   }
   switch (dec) {
@@ -1554,13 +1645,15 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.total = 256;
   } else {
     const bool few = rows <= kFewRows;
-    pl.decode = PickDecode(pl.dec, kd, few);
+    const int mma_rows = static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16));
+    const bool shared = mma_rows > 32 && kMmaSmemShared <= static_cast<size_t>(info.smem_optin);
+    pl.decode = PickDecode(pl.dec, kd, few, shared);
     if (kd == kMmaDim && few) {  // tensor cores, operands swapped
       pl.decode_smem = kFewSmem;
       pl.tile_rows = kFewRows;
     } else if (kd == kMmaDim) {  // tensor cores: tiles of up to 64 rows, rounded to 16
-      pl.decode_smem = kMmaSmem;
-      pl.tile_rows = static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16));
+      pl.decode_smem = shared ? kMmaSmemShared : kMmaSmem;
+      pl.tile_rows = mma_rows;
     } else {
       pl.tile_rows = kRows;
     }
