@@ -86,7 +86,8 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
   } else {
     // The tensor-core decode serves padded head dim 128, the FP32 one the rest.
     const bool mma = kd == kMmaDim, few = mma && rows <= kFewRows;
-    const bool shared = mma && !few && std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16) > 32;
+    const bool soft = s.path == DecodePath::kSoftware;
+    const bool shared = soft && mma && !few && std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16) > 32;
     const int tile_rows = few   ? kFewRows
                           : mma ? static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16))
                                 : kRows;
@@ -182,15 +183,16 @@ TEST(AttentionEmu, DecodeFewRows) {
 }
 
 // 3 and 4 m-tiles of query rows per kv head (the tensor-core decode with the
-// page decoded once to shared memory): batch 2 or 3 at GQA group 8, q_len 3,
-// a ragged head dim, both formats and paths, every scale mode.
+// page decoded once to shared memory, the software decode's kernel): batch 2
+// or 3 at GQA group 8, q_len 3, a ragged head dim, both formats, every scale
+// mode.
 TEST(AttentionEmu, DecodeSharedPage) {
   int i = 0;
   for (int64_t dim : {128, 120})
     for (int64_t seq : {70, 1000})
       for (int64_t batch : {2, 3}) {
         const Shape s{dim, seq, 1, 8, 3, batch, i % 2 == 1,
-                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 2 % 2]};
+                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], DecodePath::kSoftware};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " batch=" << batch << " case " << i);
         EXPECT_LE(RunEmulated(s, false), 1e-5);
         ++i;
