@@ -756,7 +756,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
           s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
           s2[j][0] = s2[j][1] = s2[j][2] = s2[j][3] = 0.0f;
           const int r = c0 + 8 * j + g;
-          uint32_t w[8], hw[16];
+          [[maybe_unused]] uint32_t w[8], hw[16];  // codes, or (kShared) FP16 pairs
           if constexpr (kShared) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
