@@ -525,7 +525,7 @@ __device__ __forceinline__ void MmaLoadPage(const Params& p, uint8_t* st, const 
   const bool in = c < (p.row_bytes >> 4);
   const uint8_t* const ksrc = page + kvh * p.head_tile + (in ? c * 16 : 0);
   const uint8_t* const vsrc = ksrc + p.codes_bytes;
-  const int64_t step = int64_t{kMmaThreads / kChunks} * p.row_bytes;  // rows per step
+  const int64_t step = int64_t{kMmaThreads / kChunks} * p.row_bytes;  // bytes between steps
   const int r0 = tid / kChunks;
   const int64_t off0 = in ? int64_t{r0} * p.row_bytes : 0;
 #pragma unroll
