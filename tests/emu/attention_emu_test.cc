@@ -85,8 +85,12 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     });
   } else {
     // The tensor-core decode serves padded head dim 128, the FP32 one the rest.
-    const bool mma = kd == kMmaDim;
-    const int tile_rows = mma ? static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16)) : kRows;
+    const bool mma = kd == kMmaDim, few = mma && rows <= kFewRows;
+    const bool soft = s.path == DecodePath::kSoftware;
+    const bool shared = soft && mma && !few && std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16) > 32;
+    const int tile_rows = few   ? kFewRows
+                          : mma ? static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16))
+                                : kRows;
     const int tiles = static_cast<int>((rows + tile_rows - 1) / tile_rows);
     const int pages = static_cast<int>(KvLayout::pages_for(s.seq));
     const int want_splits = std::min(pages, 3);
@@ -100,7 +104,15 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
       auto go = [&]<Dec kDec>() {
         switch (kd) {
           case 64: DecodeKernel<kDec, 64>(k2); break;
-          case 128: DecodeMmaKernel<kDec>(k2); break;
+          case 128:
+            if (few) {
+              DecodeFewKernel<kDec>(k2);
+            } else if (shared) {
+              DecodeMmaKernel<kDec, true>(k2);
+            } else {
+              DecodeMmaKernel<kDec, false>(k2);
+            }
+            break;
           case 256: DecodeKernel<kDec, 256>(k2); break;
           case 512: DecodeKernel<kDec, 512>(k2); break;
           default: DecodeKernel<kDec, 1024>(k2); break;
@@ -152,6 +164,39 @@ TEST(AttentionEmu, DecodeKernel) {
         ++i;
       }
   std::printf("decode kernel (emulated): worst rel. L2 error %.3g over %d problems\n", worst, i);
+}
+
+// At most four query rows per kv head (DecodeFewKernel, head dims padding to
+// 128): GQA group 4 at batch 1, causal rows at distinct positions, a ragged
+// head dim, every decode path and scale mode.
+TEST(AttentionEmu, DecodeFewRows) {
+  int i = 0;
+  for (int64_t dim : {128, 100})
+    for (int64_t seq : {1, 65, 1000})
+      for (int64_t q_len : {1, 2}) {
+        const Shape s{dim, seq, 2, q_len == 1 ? 8 : 4, q_len, 1, q_len <= seq,
+                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 2 % 2]};
+        SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len << " case " << i);
+        EXPECT_LE(RunEmulated(s, false), 1e-5);
+        ++i;
+      }
+}
+
+// 3 and 4 m-tiles of query rows per kv head (the tensor-core decode with the
+// page decoded once to shared memory, the software decode's kernel): batch 2
+// or 3 at GQA group 8, q_len 3, a ragged head dim, both formats, every scale
+// mode.
+TEST(AttentionEmu, DecodeSharedPage) {
+  int i = 0;
+  for (int64_t dim : {128, 120})
+    for (int64_t seq : {70, 1000})
+      for (int64_t batch : {2, 3}) {
+        const Shape s{dim, seq, 1, 8, 3, batch, i % 2 == 1,
+                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], DecodePath::kSoftware};
+        SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " batch=" << batch << " case " << i);
+        EXPECT_LE(RunEmulated(s, false), 1e-5);
+        ++i;
+      }
 }
 
 TEST(AttentionEmu, PrefillKernel) {

@@ -74,6 +74,15 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   WarpSync();
   return r;
 }
+inline float __shfl_sync(unsigned, float v, int src) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  memcpy(&g_xchg[w][l][0], &v, 4);
+  WarpSync();
+  float r;
+  memcpy(&r, &g_xchg[w][src & 31][0], 4);
+  WarpSync();
+  return r;
+}
 template <class T> T __ldg(const T* p) { return *p; }
 inline int __all_sync(unsigned, int pred) {
   const int w = threadIdx.x / 32, l = threadIdx.x % 32;
@@ -165,6 +174,17 @@ inline void Mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a
     for (int k = 0; k < 16; ++k) s += double(A[r][k]) * B[k][c];
     d[e] += float(s);
   }
+}
+// movmatrix.m8n8.trans.b16: lane (g, t) gets column g, rows 2t and 2t + 1.
+inline uint32_t MovTrans(uint32_t x) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  g_xchg[w][l][0] = x;
+  WarpSync();
+  const int g = l >> 2, t = l & 3;
+  auto el = [&](int r, int c) { return (g_xchg[w][4 * r + c / 2][0] >> (16 * (c & 1))) & 0xffffu; };
+  const uint32_t r = el(2 * t, g) | el(2 * t + 1, g) << 16;
+  WarpSync();
+  return r;
 }
 inline void Store(void* y, plume::DType t, int64_t i, float v) {
   if (t == plume::DType::kF32) static_cast<float*>(y)[i] = v;

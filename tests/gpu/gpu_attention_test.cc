@@ -541,6 +541,19 @@ TEST(GpuAttention, DecodeManyRows) {
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4301);
 }
 
+// At most four query rows per kv head (the operand-swapped tensor-core
+// decode): batch 1 at heads 32 / kv_heads 8 as benchmarked, causal rows at
+// distinct positions, three rows of a ragged head dim.
+TEST(GpuAttention, DecodeFewRows) {
+  Case c{128, 8192, 1, 8, 32, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
+         DType::kF32};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4400);
+  c = Case{128, 1000, 2, 2, 2, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kF32, DType::kF32};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4401);
+  c = Case{100, 4097, 1, 2, 6, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kBF16, DType::kF32};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4402);
+}
+
 // Issue 4: state the error at 128k tokens (decode, heads 32 / kv_heads 8, D=128).
 TEST(GpuAttention, Decode128kTokens) {
   Case c{128, 131072, 1, 8, 32, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32,

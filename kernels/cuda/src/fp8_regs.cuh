@@ -86,6 +86,14 @@ __device__ __forceinline__ void Mma(float (&d)[4], uint32_t a0, uint32_t a1, uin
 #endif
 }
 
+// The 8x8 FP16 matrix whose rows lane (g, t) holds as (row g, columns 2t,
+// 2t + 1), transposed, in the same layout (movmatrix; sm_75+).
+__device__ __forceinline__ uint32_t MovTrans(uint32_t x) {
+  uint32_t r;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+  return r;
+}
+
 // ------------------------------------------------------------ async copies
 
 // 16 bytes global -> shared, asynchronous on sm_80+ (cp.async), zeros where

@@ -17,6 +17,9 @@
 //       with FP32 accumulators. Q (scaled by a power of two) and P are split
 //       into FP16 hi + lo parts (two mma each; Q's lo part is zero and skipped
 //       for F16/BF16 queries), so the result keeps FP32-level accuracy.
+//       At most 4 rows per kv head (batch 1 at GQA group 4) swap the operands
+//       (S^T = K Q^T, O^T = V^T P^T: tokens and head dims as M), the rows' hi
+//       and lo parts side by side in the N = 8 columns (one mma for both).
 //     * Other head dims: FP32 CUDA-core math, up to 8 rows per block.
 //  - Prefill (longer q_len): tiled flash-attention. 64 query rows per block;
 //    each page's K and V tiles are decoded once into FP16 shared memory
