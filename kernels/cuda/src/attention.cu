@@ -560,6 +560,51 @@ __device__ __forceinline__ int VhChunk(int tp, int c) { return tp * (4 * kMmaDim
 // used for the software FP8 decode only): the block decodes each page once
 // into FP16 shared memory, already in the fragment orders below, and the
 // warps read their fragments from there.
+// One online-softmax step over an m-tile's score fragments (mma C layout:
+// s[j][0..1] are row g, s[j][2..3] row g + 8 of the lane's quad), masked
+// scores already -inf: updates the running maxima and sums of the two rows,
+// turns the scores into unnormalized probabilities and returns in al_a /
+// al_b the factors the rows' old outputs must be scaled by. kLog2: the
+// scores are in log2 units (exp2f), else natural (expf).
+template <int kN, bool kLog2>
+__device__ __forceinline__ void OnlineSoftmaxStep(float (&s)[kN][4], float& m_a, float& m_b,
+                                                  float& l_a, float& l_b, float& al_a,
+                                                  float& al_b) {
+  auto ex = [](float x) { return kLog2 ? exp2f(x) : expf(x); };
+  float mx_a = kNegInf, mx_b = kNegInf;
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      mx_a = fmaxf(mx_a, s[j][e]);
+      mx_b = fmaxf(mx_b, s[j][2 + e]);
+    }
+  }
+#pragma unroll
+  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+  }
+  const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+  al_a = m_a == kNegInf ? 0.0f : ex(m_a - mn_a);
+  al_b = m_b == kNegInf ? 0.0f : ex(m_b - mn_b);
+  m_a = mn_a;
+  m_b = mn_b;
+  float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[j][e] = s[j][e] == kNegInf ? 0.0f : ex(s[j][e] - mn_a);
+      s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : ex(s[j][2 + e] - mn_b);
+      sum_a += s[j][e];
+      sum_b += s[j][2 + e];
+    }
+  }
+  l_a = l_a * al_a + sum_a;
+  l_b = l_b * al_b + sum_b;
+}
+
 template <Dec kDec, bool kShared>
 __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
@@ -801,7 +846,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
       }
 
       // Online softmax in FP32; masked scores are -inf.
-      float mx_a = kNegInf, mx_b = kNegInf;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
 #pragma unroll
@@ -809,33 +853,10 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
           const int tok = c0 + 8 * j + 2 * t + e;
           s[j][e] = tok <= lim_a ? s[j][e] * ka : kNegInf;
           s[j][2 + e] = tok <= lim_b ? s[j][2 + e] * kb : kNegInf;
-          mx_a = fmaxf(mx_a, s[j][e]);
-          mx_b = fmaxf(mx_b, s[j][2 + e]);
         }
       }
-#pragma unroll
-      for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
-      }
-      const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-      const float al_a = m_a == kNegInf ? 0.0f : exp2f(m_a - mn_a);
-      const float al_b = m_b == kNegInf ? 0.0f : exp2f(m_b - mn_b);
-      m_a = mn_a;
-      m_b = mn_b;
-      float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[j][e] = s[j][e] == kNegInf ? 0.0f : exp2f(s[j][e] - mn_a);
-          s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : exp2f(s[j][2 + e] - mn_b);
-          sum_a += s[j][e];
-          sum_b += s[j][2 + e];
-        }
-      }
-      l_a = l_a * al_a + sum_a;
-      l_b = l_b * al_b + sum_b;
+      float al_a, al_b;
+      OnlineSoftmaxStep<2, true>(s, m_a, m_b, l_a, l_b, al_a, al_b);
       const float ca = al_a * ratio, cb = al_b * ratio;
       ratio = 1.0f;
       if (!__all_sync(0xffffffffu, ca == 1.0f && cb == 1.0f)) {  // most chunks keep the max
@@ -1390,7 +1411,6 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(const Params p,
     // Online softmax in FP32; masked scores are -inf.
     const float kscale = PageScale(p, page, kvh, false) * p.scale;
     const float vs = PageScale(p, page, kvh, true);
-    float mx_a = kNegInf, mx_b = kNegInf;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -1399,33 +1419,10 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(const Params p,
         const bool in = tok < n;
         s[j][e] = in && t0 + tok <= vis_a ? s[j][e] * kscale : kNegInf;
         s[j][2 + e] = in && t0 + tok <= vis_b ? s[j][2 + e] * kscale : kNegInf;
-        mx_a = fmaxf(mx_a, s[j][e]);
-        mx_b = fmaxf(mx_b, s[j][2 + e]);
       }
     }
-#pragma unroll
-    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
-    }
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    const float al_a = m_a == kNegInf ? 0.0f : expf(m_a - mn_a);
-    const float al_b = m_b == kNegInf ? 0.0f : expf(m_b - mn_b);
-    m_a = mn_a;
-    m_b = mn_b;
-    float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[j][e] = s[j][e] == kNegInf ? 0.0f : expf(s[j][e] - mn_a);
-        s[j][2 + e] = s[j][2 + e] == kNegInf ? 0.0f : expf(s[j][2 + e] - mn_b);
-        sum_a += s[j][e];
-        sum_b += s[j][2 + e];
-      }
-    }
-    l_a = l_a * al_a + sum_a;
-    l_b = l_b * al_b + sum_b;
+    float al_a, al_b;
+    OnlineSoftmaxStep<8, false>(s, m_a, m_b, l_a, l_b, al_a, al_b);
     // Rescale O to this page's V scale (TOKEN_BLOCK scales change per page).
     float ratio = 1.0f;
     if (vs != 0.0f) {
