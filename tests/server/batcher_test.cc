@@ -30,6 +30,7 @@
 #include "server/core/metrics.h"
 #include "server/core/work_queue.h"
 #include "tests/common/gemv_reference.h"
+#include "tests/common/metrics_reader.h"
 
 namespace plume::core {
 namespace {
@@ -92,21 +93,7 @@ class CountingBackend final : public Backend {
   std::vector<int64_t> attention_batches_ ABSL_GUARDED_BY(mu_);
 };
 
-double MetricValue(prometheus::Registry& r, const std::string& name, const std::string& label = "") {
-  double sum = 0;
-  for (const auto& fam : r.Collect()) {
-    if (fam.name != name) continue;
-    for (const auto& m : fam.metric) {
-      bool match = label.empty();
-      for (const auto& l : m.label) match = match || l.value == label;
-      if (!match) continue;
-      sum += fam.type == prometheus::MetricType::Histogram ? double(m.histogram.sample_count)
-             : fam.type == prometheus::MetricType::Gauge   ? m.gauge.value
-                                                           : m.counter.value;
-    }
-  }
-  return sum;
-}
+using testing::ReadMetric;
 
 // Counts finished requests and waits for them.
 class Completions {
@@ -266,10 +253,10 @@ TEST_F(BatcherTest, MaxBatchIsRespected) {
   EXPECT_EQ(vectors, 150 + 90 + 100);
   for (const auto& c : calls) EXPECT_LE(RelErr(*c), 1e-5) << c->req.request_id();
   for (const auto& s : done.statuses()) EXPECT_TRUE(s.ok()) << s;
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_batch_size"),
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_batch_size").count,
             double(backend_.gemv_calls().size()));
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_queue_duration_seconds"), double(calls.size()));
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_queue_depth"), 0);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_queue_duration_seconds").count, double(calls.size()));
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_queue_depth").sum, 0);
 }
 
 TEST_F(BatcherTest, DelayBoundWithInjectedClock) {
@@ -363,8 +350,8 @@ TEST_F(BatcherTest, FullQueueIsResourceExhausted) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(refused.message().find("matrix \"w\""), std::string::npos) << refused;
   EXPECT_NE(refused.message().find("max_queue_size 4"), std::string::npos) << refused;
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_requests_dropped_total", "queue_full"), 1);
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_queue_depth"), 4);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_requests_dropped_total", "queue_full").sum, 1);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_queue_depth").sum, 4);
   Advance(200us);
   batcher_->Poll();
   done.WaitFor(5);
@@ -407,8 +394,8 @@ TEST_F(BatcherTest, ExpiredAndCancelledRequestsNeverReachTheBackend) {
   }
   EXPECT_EQ(deadline, 1);
   EXPECT_EQ(cancel, 1);
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_requests_dropped_total", "deadline"), 1);
-  EXPECT_EQ(MetricValue(*metrics_.registry(), "plume_requests_dropped_total", "cancelled"), 1);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_requests_dropped_total", "deadline").sum, 1);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_requests_dropped_total", "cancelled").sum, 1);
 
   // A batch of nothing but dropped requests makes no backend call at all.
   auto late = MakeCall(1, 83);

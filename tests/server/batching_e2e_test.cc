@@ -18,6 +18,7 @@
 #include <prometheus/registry.h>
 
 #include "plume/client/client.h"
+#include "tests/common/metrics_reader.h"
 #include "server/core/attention_service.h"
 #include "server/core/cpu_backend.h"
 #include "server/core/kv_store.h"
@@ -33,27 +34,7 @@ namespace {
 using namespace std::chrono_literals;
 
 // Sum and count of a histogram, or a counter's / gauge's value (count 0).
-struct Sample {
-  double sum = 0, count = 0;
-};
-Sample Read(prometheus::Registry& r, const std::string& name, const std::string& label = "") {
-  Sample s;
-  for (const auto& fam : r.Collect()) {
-    if (fam.name != name) continue;
-    for (const auto& m : fam.metric) {
-      bool match = label.empty();
-      for (const auto& l : m.label) match = match || l.value == label;
-      if (!match) continue;
-      if (fam.type == prometheus::MetricType::Histogram) {
-        s.sum += m.histogram.sample_sum;
-        s.count += double(m.histogram.sample_count);
-      } else {
-        s.sum += fam.type == prometheus::MetricType::Gauge ? m.gauge.value : m.counter.value;
-      }
-    }
-  }
-  return s;
-}
+using testing::ReadMetric;
 
 class BatchingE2eTest : public ::testing::Test {
  protected:
@@ -179,8 +160,8 @@ TEST_F(BatchingE2eTest, ThirtyTwoStreamingClientsGetTheirOwnResultsInBatches) {
   EXPECT_EQ(checked, kClients * kPerClient + kUnary * kPerUnary);
   EXPECT_EQ(bad, 0);
 
-  const Sample batches = Read(*metrics_.registry(), "plume_batch_size");
-  const Sample vectors = Read(*metrics_.registry(), "plume_vectors_total");
+  const auto batches = ReadMetric(*metrics_.registry(), "plume_batch_size");
+  const auto vectors = ReadMetric(*metrics_.registry(), "plume_vectors_total");
   ASSERT_GT(batches.count, 0);
   const double mean = batches.sum / batches.count;
   std::cout << "32 streams + 4 unary: " << vectors.sum << " vectors in " << batches.count
@@ -188,8 +169,8 @@ TEST_F(BatchingE2eTest, ThirtyTwoStreamingClientsGetTheirOwnResultsInBatches) {
   EXPECT_GT(mean, 1.0);
   // One upload's worth of requests is all the server multiplied.
   EXPECT_EQ(batches.sum, vectors.sum);
-  EXPECT_EQ(Read(*metrics_.registry(), "plume_queue_depth").sum, 0);
-  EXPECT_EQ(Read(*metrics_.registry(), "plume_queue_duration_seconds").count,
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_queue_depth").sum, 0);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_queue_duration_seconds").count,
             kClients * kPerClient + kUnary * kPerUnary);
 }
 
@@ -247,7 +228,7 @@ TEST_F(BatchingE2eTest, AFullQueueIsResourceExhaustedWithItsLimit) {
   }
   EXPECT_EQ(ok, 2);
   EXPECT_EQ(full, 4);
-  EXPECT_EQ(Read(*metrics_.registry(), "plume_requests_dropped_total", "queue_full").sum, 4);
+  EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_requests_dropped_total", "queue_full").sum, 4);
 }
 
 }  // namespace

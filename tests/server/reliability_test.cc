@@ -26,6 +26,7 @@
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
 #include "tests/common/gemv_reference.h"
+#include "tests/common/metrics_reader.h"
 
 namespace plume {
 namespace {
@@ -39,16 +40,7 @@ std::string Bytes(const std::vector<float>& v) {
 
 // Sum of a counter family's samples whose labels contain `label` ("" = all).
 double CounterValue(prometheus::Registry& r, const std::string& name, const std::string& label = "") {
-  double sum = 0;
-  for (const auto& fam : r.Collect()) {
-    if (fam.name != name) continue;
-    for (const auto& m : fam.metric) {
-      bool match = label.empty();
-      for (const auto& l : m.label) match = match || l.value == label;
-      if (match) sum += m.counter.value;
-    }
-  }
-  return sum;
+  return testing::ReadMetric(r, name, label).sum;
 }
 
 struct ServerSetup {
@@ -57,6 +49,7 @@ struct ServerSetup {
   int max_message_bytes = 1 << 20;
   int max_concurrent_streams = 256;
   int max_stream_in_flight = 64;
+  int64_t max_batch = 0;  // the batcher's; 0: its default
 };
 
 class ReliabilityTest : public ::testing::Test {
@@ -78,6 +71,7 @@ class ReliabilityTest : public ::testing::Test {
     o.max_message_bytes = setup.max_message_bytes;
     o.max_concurrent_streams = setup.max_concurrent_streams;
     o.max_stream_in_flight = setup.max_stream_in_flight;
+    if (setup.max_batch > 0) o.batching.max_batch = setup.max_batch;
     auto s = server::Server::Start(o, service_.get(), metrics_.get());
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
@@ -319,7 +313,10 @@ bool SameResult(const std::string& got, const std::string& want) {
 // with the right answer or NOT_FOUND, nothing else; ASan (test.sh's second
 // pass) sees no use-after-free.
 TEST_F(ReliabilityTest, DeleteDuringAThousandInFlightGemvs) {
-  ASSERT_NO_FATAL_FAILURE(Start({.budget = 256 << 20, .max_stream_in_flight = 256}));
+  // One vector per backend call: batched 64 at a time, the 1016 could all be
+  // done before the delete lands on a loaded machine, and nothing would race.
+  ASSERT_NO_FATAL_FAILURE(
+      Start({.budget = 256 << 20, .max_stream_in_flight = 256, .max_batch = 1}));
   // Heavy enough (4 MiB of weights each) that the delete lands while most are queued.
   const int64_t rows = 4096, cols = 1024;
   std::vector<float> w = testing::RandomNormal(rows * cols, 21);
@@ -396,13 +393,13 @@ TEST_F(ReliabilityTest, ExpiredRequestsNeverRun) {
       Start({.budget = 256 << 20, .worker_threads = 1, .max_message_bytes = 8 << 20}));
   const int64_t rows = 4096, cols = 1024;
   ASSERT_TRUE(Upload("big", rows, cols, 5).ok());
-  // Queue enough batch-64 GEMVs to keep the single worker busy >= 300 ms.
+  // Queue enough batch-64 GEMVs to keep the single worker busy >= 600 ms.
   const int64_t batch = 64;
   std::vector<float> x = testing::RandomNormal(batch * cols, 6);
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(client_->Gemv("big", TensorRef::F32(x.data(), {batch, cols})).ok());
   const double one_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int n_slow = std::clamp(static_cast<int>(std::ceil(0.3 / one_s)), 2, 100);
+  const int n_slow = std::clamp(static_cast<int>(std::ceil(0.6 / one_s)), 2, 100);
   auto& reg = *metrics_->registry();
   const double vectors0 = CounterValue(reg, "plume_vectors_total");
   std::vector<std::future<absl::StatusOr<HostTensor>>> slow;
@@ -412,7 +409,9 @@ TEST_F(ReliabilityTest, ExpiredRequestsNeverRun) {
                            CallOptions{.timeout = 120s});
     }));
   }
-  std::this_thread::sleep_for(20ms);
+  // Let every slow call reach the server first (thread start-up takes a
+  // while on a loaded 2-core machine); the worker still has >= 500 ms to go.
+  std::this_thread::sleep_for(100ms);
   std::vector<float> one = testing::RandomNormal(cols, 7);
   std::vector<std::future<absl::StatusOr<HostTensor>>> doomed;
   for (int i = 0; i < 20; ++i) {
