@@ -202,8 +202,7 @@ void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionReque
     }
     done(s);
   };
-  const std::string name = absl::StrCat("kv cache \"", cache->name, "\"");
-  batcher->Submit(cache, name, batcher->defaults(), std::move(r));
+  batcher->Submit(cache, "kv cache", cache->name, batcher->defaults(), std::move(r));
 }
 
 absl::Status AttentionService::RunAttention(const KvCache& cache, int64_t seq,

@@ -93,8 +93,8 @@ BatchingOptions Batcher::Resolve(const BatchingOptions& o) const {
   return r;
 }
 
-void Batcher::Submit(std::shared_ptr<const void> target, const std::string& target_name,
-                     const BatchingOptions& options, BatchRequest req) {
+void Batcher::Submit(std::shared_ptr<const void> target, std::string_view kind,
+                     std::string_view name, const BatchingOptions& options, BatchRequest req) {
   const BatchClock::time_point now = Now();
   std::unique_ptr<Batch> ready;
   absl::Status refused;
@@ -108,7 +108,7 @@ void Batcher::Submit(std::shared_ptr<const void> target, const std::string& targ
       if (q == nullptr || q->target.expired()) {
         q = std::make_shared<Queue>();
         q->target = target;
-        q->name = target_name;
+        q->name = std::string(kind) + " \"" + std::string(name) + "\"";
         q->options = options;
       }
       if (q->waiting >= q->options.max_queue_size) {

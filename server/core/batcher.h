@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -105,8 +106,9 @@ class Batcher {
 
   // Queues `req` on the queue of `target` (identified by the object it
   // points to, which stays alive while requests for it wait or run).
-  // `target_name` names it in errors, e.g. "matrix \"w\"".
-  void Submit(std::shared_ptr<const void> target, const std::string& target_name,
+  // `kind` and `name` name it in errors, e.g. matrix "w" (the text is made
+  // once, with the queue, not per request).
+  void Submit(std::shared_ptr<const void> target, std::string_view kind, std::string_view name,
               const BatchingOptions& options, BatchRequest req);
 
   // Closes every batch whose delay has passed (the timer thread calls it).

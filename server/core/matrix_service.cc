@@ -180,6 +180,18 @@ std::string* PrepareGemvResponse(const v1::GemvRequest& req, const GemvPlan& pla
   return bytes;
 }
 
+// The backend's arguments for `batch` vectors of `plan` at x, results to y.
+GemvArgs ArgsOf(const GemvPlan& plan, const void* x, int64_t batch, void* y) {
+  GemvArgs args;
+  args.x = x;
+  args.x_dtype = plan.x_dtype;
+  args.x_scale = plan.x_scale;
+  args.batch = batch;
+  args.y = y;
+  args.y_dtype = plan.y_dtype;
+  return args;
+}
+
 }  // namespace
 
 absl::Status MatrixService::RunGemv(const Matrix& m, const GemvArgs& args) {
@@ -215,22 +227,14 @@ void MatrixService::GemvAsync(Batcher* batcher, const v1::GemvRequest& req,
   r.in_unit_bytes = static_cast<size_t>(shape.cols * DTypeSize(plan->x_dtype));
   r.out_unit_bytes = static_cast<size_t>(shape.rows * DTypeSize(plan->y_dtype));
   r.run = [this, matrix = *m, p = *plan](const void* x, int64_t units, void* y, int64_t*) {
-    GemvArgs args;
-    args.x = x;
-    args.x_dtype = p.x_dtype;
-    args.x_scale = p.x_scale;
-    args.batch = units;
-    args.y = y;
-    args.y_dtype = p.y_dtype;
-    return RunGemv(*matrix, args);
+    return RunGemv(*matrix, ArgsOf(p, x, units, y));
   };
   r.life = std::move(life);
   r.done = [out, done = std::move(done)](const absl::Status& s, int64_t) {
     if (!s.ok()) out->clear_output();
     done(s);
   };
-  const std::string name = absl::StrCat("matrix \"", (*m)->name, "\"");
-  batcher->Submit(*m, name, batcher->Resolve((*m)->batching), std::move(r));
+  batcher->Submit(*m, "matrix", (*m)->name, batcher->Resolve((*m)->batching), std::move(r));
 }
 
 absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* out) {
@@ -242,14 +246,8 @@ absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* o
   if (!plan.ok()) return plan.status();
   std::string* bytes = PrepareGemvResponse(req, *plan, shape, out);
 
-  GemvArgs args;
-  args.x = req.input().data().data();
-  args.x_dtype = plan->x_dtype;
-  args.x_scale = plan->x_scale;
-  args.batch = plan->batch;
-  args.y = bytes->data();
-  args.y_dtype = plan->y_dtype;
-  if (absl::Status s = RunGemv(**m, args); !s.ok()) {
+  if (absl::Status s = RunGemv(**m, ArgsOf(*plan, req.input().data().data(), plan->batch, bytes->data()));
+      !s.ok()) {
     out->clear_output();
     return s;
   }
