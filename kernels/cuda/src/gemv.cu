@@ -6,12 +6,16 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 
 #include "plume/cuda/check.h"
 #include "plume/cuda/gemv.h"
 #include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
 #include "fp8_regs.cuh"
+#include "gemv_prep.cuh"
+#include "gemv_tuner.h"
+#include "gemv_wgmma.h"
 
 namespace plume::cuda {
 namespace {
@@ -22,7 +26,6 @@ constexpr int kChunk = 128;                     // columns per chunk (= one BLOC
 constexpr int kRowsPerBlock = kWarps * 16;      // each warp owns one 16-row mma tile
 constexpr int kMaxN = 64;                       // mma columns per launch
 constexpr int kXPad = kChunk + 8;               // smem row of one activation column, in halves
-constexpr int kPrepThreads = 256;
 #ifndef PLUME_GEMV_DEPTH
 #define PLUME_GEMV_DEPTH 1
 #endif
@@ -156,7 +159,7 @@ __device__ __forceinline__ void LoadX(const Params& p, int c, int n, int g, int 
 // 16 rows by the kNT*8 activation columns over its split's chunks, writes the
 // partial sums, and the last block of the row tile to finish reduces them.
 template <Dec kDec, int kNT, bool kBlockScale>
-__global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
+__global__ void __launch_bounds__(kThreads) MmaGemvKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
 #endif
@@ -327,31 +330,6 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Params p) {
 
 // --------------------------------------------------------------- pre-pass
 
-__device__ __forceinline__ float BlockMaxAbs(float v) {
-  __shared__ float part[kPrepThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  v = part[0];
-  for (int i = 1; i < kPrepThreads / 32; ++i) v = fmaxf(v, part[i]);
-  return v;
-}
-
-template <DType kIn>
-__device__ __forceinline__ float LoadX(const void* x, int64_t i) {
-  if constexpr (kIn == DType::kF32) {
-    return static_cast<const float*>(x)[i];
-  } else if constexpr (kIn == DType::kF16) {
-    return __half2float(static_cast<const __half*>(x)[i]);
-  } else if constexpr (kIn == DType::kBF16) {
-    return Bf16BitsToFloat(static_cast<const uint16_t*>(x)[i]);
-  } else if constexpr (kIn == DType::kE4M3) {
-    return fp8::Decode(static_cast<const uint8_t*>(x)[i], Fp8Format::kE4M3);
-  } else {
-    return fp8::Decode(static_cast<const uint8_t*>(x)[i], Fp8Format::kE5M2);
-  }
-}
-
 // One block per vector: activations to FP16 columns (see gemv.h), zero-padded
 // to x_ld, with the factor that undoes the per-vector scaling in colmul.
 template <DType kIn>
@@ -360,18 +338,7 @@ __global__ void __launch_bounds__(kPrepThreads)
                float x_scale) {
   const int v = blockIdx.x;
   const void* xv = static_cast<const char*>(x) + v * cols * static_cast<int64_t>(DTypeSize(kIn));
-  int e = 0;  // the vector is multiplied by 2^e
-  if constexpr (kIn == DType::kF32 || kIn == DType::kBF16) {
-    float amax = 0.0f;
-    for (int64_t i = threadIdx.x; i < cols; i += kPrepThreads) {
-      const float a = fabsf(LoadX<kIn>(xv, i));
-      if (a <= 3.402823466e38f) amax = fmaxf(amax, a);  // finite values only
-    }
-    amax = BlockMaxAbs(amax);
-    int ex = 0;
-    frexpf(amax, &ex);  // amax < 2^ex
-    e = amax > 0.0f ? min(max(14 - ex, -120), 120) : 0;
-  }
+  const int e = VectorExponent<kIn>(xv, cols);  // the vector is multiplied by 2^e
   constexpr bool kSplit = kIn == DType::kF32;
   __half* hi = out + (kSplit ? 2 * v : v) * x_ld;
   __half* lo = hi + x_ld;
@@ -382,7 +349,7 @@ __global__ void __launch_bounds__(kPrepThreads)
     if constexpr (kSplit) lo[i] = __float2half_rn(f - __half2float(h));
   }
   if (threadIdx.x == 0) {
-    const float m = (kIn == DType::kE4M3 || kIn == DType::kE5M2) ? x_scale : ldexpf(1.0f, -e);
+    const float m = ColumnFactor<kIn>(e, x_scale);
     colmul[kSplit ? 2 * v : v] = m;
     if (kSplit) colmul[2 * v + 1] = m;
   }
@@ -406,11 +373,12 @@ using KernelFn = void (*)(Params);
 template <Dec kDec, bool kBlock>
 KernelFn PickNT(int nt) {
   switch (nt) {
-    case 1: return GemvKernel<kDec, 1, kBlock>;
-    case 2: return GemvKernel<kDec, 2, kBlock>;
-    case 4: return GemvKernel<kDec, 4, kBlock>;
-    default: return GemvKernel<kDec, 8, kBlock>;
+    case 1: return MmaGemvKernel<kDec, 1, kBlock>;
+    case 2: return MmaGemvKernel<kDec, 2, kBlock>;
+    case 4: return MmaGemvKernel<kDec, 4, kBlock>;
+    case 8: return MmaGemvKernel<kDec, 8, kBlock>;
   }
+  return nullptr;  // the plan never asks for another tile count
 }
 
 template <Dec kDec>
@@ -421,13 +389,19 @@ KernelFn PickBlock(bool block, int nt) {
 // The one place a kernel is chosen.
 KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int nt) {
   const bool native = path == DecodePath::kNative;
-  if (format == Fp8Format::kE4M3) {
-    return native ? PickBlock<Dec::kE4M3Native>(block, nt) : PickBlock<Dec::kE4M3Soft>(block, nt);
+  switch (format) {
+    case Fp8Format::kE4M3:
+      return native ? PickBlock<Dec::kE4M3Native>(block, nt) : PickBlock<Dec::kE4M3Soft>(block, nt);
+    case Fp8Format::kE5M2:
+      return native ? PickBlock<Dec::kE5M2Native>(block, nt) : PickBlock<Dec::kE5M2Soft>(block, nt);
   }
-  return native ? PickBlock<Dec::kE5M2Native>(block, nt) : PickBlock<Dec::kE5M2Soft>(block, nt);
+  return nullptr;  // not a format: the caller fails
 }
 
 struct Plan {
+  GemvKernel kernel = GemvKernel::kMma;
+  wgmma_gemv::Plan hopper;  // kWgmma
+  // kMma:
   bool prep = false;       // activations go through PrepKernel
   bool split = false;      // F32: two FP16 columns per vector
   int vec_per_tile = 0;    // vectors per launch
@@ -445,8 +419,32 @@ struct Plan {
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
+// The kernel family for p on `device` (compute capability cc), or kAuto
+// when the forced one does not run there. kAuto: the measured choice for p's
+// key once there is one (Gemv measures on first use), else the static one.
+GemvKernel Resolve(const GemvProblem& p, int device, int cc) {
+  switch (p.kernel) {
+    case GemvKernel::kAuto: {
+      if (!wgmma_gemv::Runs(cc)) return GemvKernel::kMma;
+      const GemvKernel measured = gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device));
+      return measured != GemvKernel::kAuto ? measured : GemvKernel::kWgmma;
+    }
+    case GemvKernel::kMma: return GemvKernel::kMma;
+    case GemvKernel::kWgmma: return wgmma_gemv::Runs(cc) ? GemvKernel::kWgmma : GemvKernel::kAuto;
+  }
+  return GemvKernel::kAuto;
+}
+
 cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, Plan* out) {
   Plan pl;
+  pl.kernel = Resolve(p, device, info.cc);
+  if (pl.kernel == GemvKernel::kAuto) return cudaErrorNotSupported;
+  if (pl.kernel == GemvKernel::kWgmma) {
+    PLUME_CUDA_TRY(wgmma_gemv::MakePlan(p, info.sms, &pl.hopper));
+    pl.total = pl.hopper.total;
+    *out = pl;
+    return cudaSuccess;
+  }
   pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
   // F16 rows that start 16-byte aligned and hold whole chunks are read in place.
   pl.prep = !(p.x_dtype == DType::kF16 && p.cols % kChunk == 0 &&
@@ -457,6 +455,7 @@ cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, P
   const int64_t ncols = std::min<int64_t>(p.batch, pl.vec_per_tile) * (pl.split ? 2 : 1);
   pl.nt = ncols <= 8 ? 1 : ncols <= 16 ? 2 : ncols <= 32 ? 4 : 8;
   pl.fn = PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.nt);
+  if (pl.fn == nullptr) return cudaErrorInvalidValue;
   pl.smem = pl.nt >= kStageFromNT ? size_t{2} * pl.nt * 8 * kXPad * sizeof(__half) : 0;
   int bps = 1;
   PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.fn), kThreads, pl.smem, device, &bps));
@@ -484,27 +483,11 @@ cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, P
 
 cudaError_t LaunchPrep(DType t, int nvec, const void* x, int64_t cols, __half* out, int64_t x_ld,
                        float* colmul, float x_scale, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(nvec));
-  switch (t) {
-    case DType::kF32:
-      PrepKernel<DType::kF32><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
-      break;
-    case DType::kF16:
-      PrepKernel<DType::kF16><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
-      break;
-    case DType::kBF16:
-      PrepKernel<DType::kBF16><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
-      break;
-    case DType::kE4M3:
-      PrepKernel<DType::kE4M3><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
-      break;
-    case DType::kE5M2:
-      PrepKernel<DType::kE5M2><<<grid, kPrepThreads, 0, stream>>>(x, cols, out, x_ld, colmul, x_scale);
-      break;
-    default: return cudaErrorInvalidValue;
-  }
-  PLUME_CUDA_TRY_LAUNCH();
-  return cudaSuccess;
+  return DispatchXDType(t, [&](auto in) {
+    PrepKernel<decltype(in)::value><<<dim3(static_cast<unsigned>(nvec)), kPrepThreads, 0, stream>>>(
+        x, cols, out, x_ld, colmul, x_scale);
+    return cudaGetLastError();
+  });
 }
 
 // Shape and types; the workspace size depends on nothing else.
@@ -524,60 +507,150 @@ bool ValidProblem(const GemvProblem& p) {
 
 }  // namespace
 
+const char* GemvKernelName(GemvKernel k) {
+  switch (k) {
+    case GemvKernel::kAuto: return "auto";
+    case GemvKernel::kMma: return "mma";
+    case GemvKernel::kWgmma: return "wgmma";
+  }
+  return "unknown";
+}
+
+bool ParseGemvKernel(const char* name, GemvKernel* out) {
+  const std::string_view n = name == nullptr ? "" : name;
+  for (GemvKernel k : {GemvKernel::kAuto, GemvKernel::kMma, GemvKernel::kWgmma}) {
+    if (n == GemvKernelName(k)) {
+      *out = k;
+      return true;
+    }
+  }
+  return false;
+}
+
+GemvKernel ChosenGemvKernel(const GemvProblem& p, int device) {
+  DeviceInfo info;
+  Plan pl;
+  if (!ValidShape(p) || p.batch <= 0 || GetDeviceInfo(device, &info) != cudaSuccess ||
+      MakePlan(p, device, info, &pl) != cudaSuccess) {
+    return GemvKernel::kAuto;
+  }
+  return pl.kernel;
+}
+
 DecodePath DefaultDecodePath(int device) {
   DeviceInfo info;
   if (GetDeviceInfo(device, &info) != cudaSuccess) return DecodePath::kSoftware;
   return info.cc >= 89 ? DecodePath::kNative : DecodePath::kSoftware;
 }
 
-int64_t GemvWorkspaceBytes(const GemvProblem& p, int device) {
-  DeviceInfo info;
-  Plan pl;
-  if (!ValidShape(p) || p.batch <= 0 || GetDeviceInfo(device, &info) != cudaSuccess ||
-      MakePlan(p, device, info, &pl) != cudaSuccess) {
-    return 0;
-  }
-  return pl.total;
-}
-
 namespace {
 
-// Validates p and plans it for the current device.
-cudaError_t PlanCall(const GemvProblem& p, Plan* pl) {
-  if (!ValidProblem(p)) return cudaErrorInvalidValue;
-  int device = 0;
-  PLUME_CUDA_TRY(cudaGetDevice(&device));
+// A call's plan, and whether kAuto still has to measure its candidates (then
+// `candidates` holds both families' plans and `total` the larger workspace).
+struct CallPlan {
+  Plan plan;
+  bool tune = false;
+  Plan candidates[2];
+  int64_t total = 0;
+};
+
+cudaError_t PlanFor(const GemvProblem& p, int device, CallPlan* out) {
+  if (!ValidShape(p) || p.batch <= 0) return cudaErrorInvalidValue;
   DeviceInfo info;
   PLUME_CUDA_TRY(GetDeviceInfo(device, &info));
   if (p.path == DecodePath::kNative && info.cc < 89) return cudaErrorNotSupported;
-  return MakePlan(p, device, info, pl);
+  CallPlan c;
+  PLUME_CUDA_TRY(MakePlan(p, device, info, &c.plan));
+  c.total = c.plan.total;
+  c.tune = p.kernel == GemvKernel::kAuto && wgmma_gemv::Runs(info.cc) &&
+           gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) == GemvKernel::kAuto;
+  if (c.tune) {
+    GemvProblem forced = p;
+    int i = 0;
+    for (GemvKernel k : {GemvKernel::kMma, GemvKernel::kWgmma}) {
+      forced.kernel = k;
+      PLUME_CUDA_TRY(MakePlan(forced, device, info, &c.candidates[i++]));
+    }
+    c.total = std::max(c.candidates[0].total, c.candidates[1].total);
+  }
+  *out = c;
+  return cudaSuccess;
 }
 
 cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream);
 
+// Times each candidate on the call's own data (one warm-up, then the mean of
+// three launches), records the faster for p's key and returns its plan. The
+// last launch is the winner's, so the call's result is in place. Skipped
+// (the static choice runs) while the stream is being captured into a graph.
+cudaError_t TuneAndLaunch(const GemvProblem& p, int device, const CallPlan& c, void* ws,
+                          cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  PLUME_CUDA_TRY(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return Launch(p, c.plan, ws, stream);
+  cudaEvent_t ev[2];
+  PLUME_CUDA_TRY(cudaEventCreate(&ev[0]));
+  if (const cudaError_t e = cudaEventCreate(&ev[1]); e != cudaSuccess) {
+    cudaEventDestroy(ev[0]);
+    return e;
+  }
+  float ms[2] = {0, 0};
+  cudaError_t err = cudaSuccess;
+  for (int i = 0; i < 2 && err == cudaSuccess; ++i) {
+    err = Launch(p, c.candidates[i], ws, stream);
+    if (err == cudaSuccess) err = cudaEventRecord(ev[0], stream);
+    for (int r = 0; r < 3 && err == cudaSuccess; ++r) err = Launch(p, c.candidates[i], ws, stream);
+    if (err == cudaSuccess) err = cudaEventRecord(ev[1], stream);
+    if (err == cudaSuccess) err = cudaEventSynchronize(ev[1]);
+    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms[i], ev[0], ev[1]);
+  }
+  cudaEventDestroy(ev[0]);
+  cudaEventDestroy(ev[1]);
+  PLUME_CUDA_TRY(err);
+  const int best = ms[1] < ms[0] ? 1 : 0;
+  gemv_tuner::Store(gemv_tuner::KeyOf(p, device), c.candidates[best].kernel);
+  return best == 1 ? cudaSuccess : Launch(p, c.candidates[0], ws, stream);
+}
+
+cudaError_t Run(const GemvProblem& p, int device, const CallPlan& c, void* ws, cudaStream_t stream) {
+  return c.tune ? TuneAndLaunch(p, device, c, ws, stream) : Launch(p, c.plan, ws, stream);
+}
+
 }  // namespace
+
+int64_t GemvWorkspaceBytes(const GemvProblem& p, int device) {
+  CallPlan c;
+  return PlanFor(p, device, &c) == cudaSuccess ? c.total : 0;
+}
 
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
                  cudaStream_t stream) {
-  if (workspace == nullptr) return cudaErrorInvalidValue;
-  Plan pl;
-  PLUME_CUDA_TRY(PlanCall(p, &pl));
-  if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
-  return Launch(p, pl, workspace, stream);
+  if (workspace == nullptr || !ValidProblem(p)) return cudaErrorInvalidValue;
+  int device = 0;
+  PLUME_CUDA_TRY(cudaGetDevice(&device));
+  CallPlan c;
+  PLUME_CUDA_TRY(PlanFor(p, device, &c));
+  if (workspace_bytes < c.plan.total) return cudaErrorInvalidValue;
+  c.tune = c.tune && workspace_bytes >= c.total;  // room for both candidates
+  return Run(p, device, c, workspace, stream);
 }
 
 cudaError_t Gemv(const GemvProblem& p, const std::function<void*(int64_t bytes)>& workspace,
                  cudaStream_t stream) {
-  Plan pl;
-  PLUME_CUDA_TRY(PlanCall(p, &pl));
-  void* ws = workspace(pl.total);
+  if (!ValidProblem(p)) return cudaErrorInvalidValue;
+  int device = 0;
+  PLUME_CUDA_TRY(cudaGetDevice(&device));
+  CallPlan c;
+  PLUME_CUDA_TRY(PlanFor(p, device, &c));
+  void* ws = workspace(c.total);
   if (ws == nullptr) return cudaErrorMemoryAllocation;
-  return Launch(p, pl, ws, stream);
+  return Run(p, device, c, ws, stream);
 }
 
 namespace {
 
 cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream) {
+  if (pl.kernel == GemvKernel::kWgmma) return wgmma_gemv::Launch(p, pl.hopper, workspace, stream);
   char* ws = static_cast<char*>(workspace);
   Params k{};
   k.w = reinterpret_cast<const uint8_t*>(p.words);

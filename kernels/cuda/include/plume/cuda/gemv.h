@@ -29,6 +29,15 @@
 
 namespace plume::cuda {
 
+// Which GEMV kernel family runs a problem. kAuto lets the dispatcher choose
+// (gemv.cu); the others force one, for tests and benchmarks.
+//  - kMma: mma.sync m16n8k16, every GPU from sm_75 (the pre-Hopper path).
+//  - kWgmma: TMA + mbarrier pipeline + wgmma, sm_90a (Hopper) only.
+enum class GemvKernel : uint8_t { kAuto = 0, kMma = 1, kWgmma = 2 };
+const char* GemvKernelName(GemvKernel k);
+// "auto", "mma" or "wgmma"; false for anything else.
+bool ParseGemvKernel(const char* name, GemvKernel* out);
+
 struct GemvProblem {
   // The matrix, device memory.
   const uint32_t* words = nullptr;  // layout().total_words()
@@ -51,7 +60,12 @@ struct GemvProblem {
   DType y_dtype = DType::kF32;  // F32, F16 or BF16
 
   DecodePath path = DecodePath::kNative;
+  GemvKernel kernel = GemvKernel::kAuto;
 };
+
+// The kernel family Gemv runs p with on `device` (kAuto resolved), or kAuto
+// when p is not a valid problem there (a forced kernel the device lacks).
+GemvKernel ChosenGemvKernel(const GemvProblem& p, int device);
 
 // The decode path for a device: native on compute capability 8.9 and later.
 DecodePath DefaultDecodePath(int device);
@@ -62,7 +76,8 @@ DecodePath DefaultDecodePath(int device);
 int64_t GemvWorkspaceBytes(const GemvProblem& p, int device);
 
 // Runs the GEMV on `stream`. Returns cudaErrorInvalidValue for bad arguments
-// and cudaErrorNotSupported for the native path on a device older than sm_89.
+// and cudaErrorNotSupported for the native path on a device older than sm_89
+// or the wgmma kernel on a device other than sm_90.
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
                  cudaStream_t stream);
 

@@ -1,0 +1,643 @@
+// The Hopper FP8 GEMV (sm_90a; this file is compiled for that target only).
+//
+// A block owns 128 rows of W and a range of 128-column chunks. One producer
+// warp streams each chunk's W codes (TMA, a 2-D tensor map, 128-byte swizzle)
+// and the chunk's activation image (one bulk copy) into a ring of shared
+// memory stages guarded by mbarriers. Two consumer warp groups, 64 rows each,
+// read their codes from the stage, decode them to FP16 in registers (native
+// cvt or the software bit trick, as gemv.cu), and issue wgmma m64nNk16 with
+// A from those registers and the activations (B, N columns) from the stage.
+// The decoded fragments are double-buffered in registers, so the decode of
+// chunk i overlaps the tensor cores' work on chunk i - 1. FP32 accumulation;
+// BLOCK128 sums each chunk apart and adds it times its scale in FP32.
+//
+// The activations are written once per call by a pre-pass (ImagePrepKernel)
+// in the order gemv_wgmma_layout.h defines: FP16 (F32 as hi + lo columns,
+// F32/BF16 scaled per vector by a power of two, as gemv.cu). The main kernel
+// is launched with programmatic dependent launch: its producer issues the
+// first stages' W loads before it waits for the pre-pass.
+//
+// Columns are split across blocks when the row tiles alone don't fill the
+// GPU; the last block of a row tile adds the partial sums in a fixed order.
+#include <cuda.h>
+#include <cuda_fp16.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <utility>
+
+#include "plume/cuda/check.h"
+#include "plume/kernels/layout.h"
+#include "fp8_regs.cuh"
+#include "gemv_prep.cuh"
+#include "gemv_wgmma.h"
+#include "gemv_wgmma_layout.h"
+#include "wgmma.cuh"
+
+namespace plume::cuda::wgmma_gemv {
+namespace {
+
+using namespace wgmma_layout;
+
+// Build variants for measurement only (NOTES.md): 1 runs the pipeline with
+// no math, 2 decodes but issues no MMA. 0, the default, is the kernel.
+#ifndef PLUME_WGMMA_VARIANT
+#define PLUME_WGMMA_VARIANT 0
+#endif
+
+constexpr int kConsumerWarps = 8;                    // two warp groups
+constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
+constexpr int kMaxN = 128;
+constexpr int kMaxStageMemory = 208 * 1024;
+
+template <int kN>
+struct Cfg {
+  static constexpr int kImageBytes = kN * kChunk * 2;
+  static constexpr int kStageBytes = kTileBytes + kImageBytes;  // a multiple of 1024
+  // Small N: two blocks per multiprocessor (their registers fit), each with
+  // half the ring, so two pipelines keep the loads coming.
+  static constexpr int kBlocksPerSm = kN <= 16 ? 2 : 1;
+  static constexpr int kStages = std::min(8, kMaxStageMemory / kBlocksPerSm / kStageBytes);
+  static constexpr int kSmem = kStages * kStageBytes + 1024;     // + room to align to 1024
+};
+
+struct Params {
+  const __half* image;     // [chunks][kN * kChunk]
+  int64_t rows;
+  const float* scales;
+  ScaleMode mode;
+  int64_t blocks_per_row;  // BLOCK128
+  const uint8_t* nan_rows;
+  float decode_factor;     // 2^8 for the software E4M3 decode, else 1
+  bool split;              // F32: vector v is columns 2v (hi) + 2v+1 (lo)
+  const float* colmul;     // per column factor
+  void* y;                 // [nvec][y_ld]
+  DType y_dtype;
+  int64_t y_ld;
+  int nvec;
+  int chunks;
+  int chunks_per_split;
+  int splits;
+  int64_t rows_pad;        // row_tiles * kTileRows
+  float* partial;          // [splits][rows_pad][kN]
+  unsigned* counters;      // [row_tiles], zero between launches
+  uint64_t desc_strides;   // descriptor bits of kLeadingBytes and kStrideBytes
+};
+
+// ------------------------------------------------------- sm_90 primitives
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void MbarInit(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count));
+}
+__device__ __forceinline__ void MbarExpectTx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(SmemAddr(bar)) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(SmemAddr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// W tile (x = byte column, y = row) -> shared memory, completing on bar.
+__device__ __forceinline__ void TmaLoadTile(void* dst, const CUtensorMap* map, int x, int y,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];" ::"r"(SmemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(SmemAddr(bar))
+      : "memory");
+}
+// `bytes` contiguous bytes (a multiple of 16) -> shared memory, completing on bar.
+__device__ __forceinline__ void BulkLoad(void* dst, const void* src, unsigned bytes,
+                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          SmemAddr(dst)),
+      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
+      : "memory");
+}
+
+// The shared-memory descriptor of one k-step of an activation image: the
+// start address plus the strides (Params::desc_strides).
+__device__ __forceinline__ uint64_t ImageDesc(uint32_t addr, uint64_t strides) {
+  return uint64_t{(addr & 0x3FFFFu) >> 4} | strides;
+}
+
+__device__ __forceinline__ uint32_t Word(const uint4& lo, const uint4& hi, int s) {
+  const uint4& q = s < 4 ? lo : hi;
+  switch (s & 3) {
+    case 0: return q.x;
+    case 1: return q.y;
+    case 2: return q.z;
+    default: return q.w;
+  }
+}
+
+// The finished value of (row, vector v) from its column sum(s).
+__device__ __forceinline__ float Finish(const Params& p, int64_t row, int col, float sum) {
+  sum *= p.colmul[col];
+  float scale = p.decode_factor;
+  if (p.mode == ScaleMode::kTensor) scale *= p.scales[0];
+  if (p.mode == ScaleMode::kRow) scale *= p.scales[row];
+  sum *= scale;
+  if (p.nan_rows != nullptr && p.nan_rows[row] != 0) sum = __int_as_float(0x7fc00000);
+  return sum;
+}
+
+// ------------------------------------------------------------------ kernel
+
+template <Dec kDec, int kN, bool kBlock>
+__global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
+    WgmmaGemvKernel(const __grid_constant__ CUtensorMap w_map, const Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Cfg<kN>;
+  constexpr int kM = kN / 2;  // accumulators per thread
+  // Without block scales, even and odd k-steps add into separate sums, so
+  // consecutive MMAs don't wait on each other (where the registers allow).
+  constexpr int kSets = !kBlock && kN <= 64 ? 2 : 1;
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ uint64_t full[C::kStages];
+  __shared__ uint64_t empty[C::kStages];
+  __shared__ bool last;
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int c_begin = blockIdx.y * p.chunks_per_split;
+  const int n_chunks = min(p.chunks, c_begin + p.chunks_per_split) - c_begin;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::kStages; ++s) {
+      MbarInit(&full[s], 1);
+      MbarInit(&empty[s], kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  float acc[kM];
+  float acc2[kSets][kM];  // without block scales: one sum per k-step set, folded into acc
+#pragma unroll
+  for (int j = 0; j < kM; ++j) {
+    acc[j] = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kSets; ++q) acc2[q][j] = 0.0f;
+  }
+  const int wg = warp >> 2;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+
+  if (warp == kConsumerWarps) {
+    // ---------------------------------------------------------- producer
+    if (lane == 0) {
+      const int pre = min(n_chunks, C::kStages);
+      for (int i = 0; i < pre; ++i) {
+        MbarExpectTx(&full[i], C::kStageBytes);
+        TmaLoadTile(smem + i * C::kStageBytes, &w_map, (c_begin + i) * kChunk,
+                    static_cast<int>(row0), &full[i]);
+      }
+      // The activation image is the pre-pass's output.
+      asm volatile("griddepcontrol.wait;" ::: "memory");
+      for (int i = 0; i < pre; ++i) {
+        BulkLoad(smem + i * C::kStageBytes + kTileBytes,
+                 p.image + static_cast<int64_t>(c_begin + i) * kN * kChunk, C::kImageBytes,
+                 &full[i]);
+      }
+      for (int i = pre; i < n_chunks; ++i) {
+        const int st = i % C::kStages;
+        MbarWait(&empty[st], ((i / C::kStages) - 1) & 1);
+        MbarExpectTx(&full[st], C::kStageBytes);
+        uint8_t* stage = smem + st * C::kStageBytes;
+        TmaLoadTile(stage, &w_map, (c_begin + i) * kChunk, static_cast<int>(row0), &full[st]);
+        BulkLoad(stage + kTileBytes, p.image + static_cast<int64_t>(c_begin + i) * kN * kChunk,
+                 C::kImageBytes, &full[st]);
+      }
+    }
+  } else {
+    // --------------------------------------------------------- consumers
+    const int w = warp & 3;
+    const int ra = wg * 64 + AccRow(w, g, 0);  // tile rows of this lane
+    const int rb = ra + 8;
+    const uint32_t smem_base = SmemAddr(smem);
+    uint32_t a[2][kSteps][4];
+    float part[kBlock ? 2 : 1][kBlock ? kM : 1];
+    if constexpr (kBlock) {
+#pragma unroll
+      for (int j = 0; j < kM; ++j) part[0][j] = part[1][j] = 0.0f;
+    }
+    // BLOCK128 scales of this lane's rows for a chunk, read a chunk ahead.
+    float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
+    auto load_scales = [&](int i, float& da, float& db) {
+      const int64_t c = c_begin + i;
+      da = row0 + ra < p.rows ? __ldg(p.scales + (row0 + ra) * p.blocks_per_row + c) : 0.0f;
+      db = row0 + rb < p.rows ? __ldg(p.scales + (row0 + rb) * p.blocks_per_row + c) : 0.0f;
+    };
+    // Adds chunk part b times its scales (kept in slot b) to the sums.
+    auto add_part = [&](auto b_c) {
+      constexpr int b = decltype(b_c)::value;
+#pragma unroll
+      for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[b][j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
+    };
+
+    // Chunk i with fragment buffer b (a constant: the registers are never
+    // indexed at run time).
+    auto step = [&](int i, auto b_c) {
+      constexpr int b = decltype(b_c)::value;
+      const int st = i % C::kStages;
+      if constexpr (kBlock) load_scales(i, sa[b], sb[b]);
+      MbarWait(&full[st], (i / C::kStages) & 1);
+#if PLUME_WGMMA_VARIANT == 1  // measurement only: the pipeline alone, no math
+      if (i > 0) {
+        __syncwarp();
+        if (lane == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
+      }
+      return;
+#endif
+      const uint8_t* tile = smem + st * C::kStageBytes;
+      const uint4 va0 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(ra, 32 * t));
+      const uint4 va1 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(ra, 32 * t + 16));
+      const uint4 vb0 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(rb, 32 * t));
+      const uint4 vb1 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(rb, 32 * t + 16));
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        DecodeWord<kDec>(Word(va0, va1, s), a[b][s][0], a[b][s][2]);
+        DecodeWord<kDec>(Word(vb0, vb1, s), a[b][s][1], a[b][s][3]);
+      }
+      const uint32_t image = smem_base + st * C::kStageBytes + kTileBytes;
+      if constexpr (kBlock) {
+        FenceOperands(part[b]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < kSets; ++q) FenceOperands(acc2[q]);
+      }
+      WgmmaFence();
+#if PLUME_WGMMA_VARIANT == 2  // measurement only: decode, but no MMA
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        asm volatile("" ::"r"(a[b][s][0]), "r"(a[b][s][1]), "r"(a[b][s][2]), "r"(a[b][s][3]), "r"(image));
+      }
+#else
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const uint64_t desc = ImageDesc(image + s * StepBytes(kN), p.desc_strides);
+        if constexpr (kBlock) {
+          Wgmma<kN>::Run(part[b], a[b][s], desc, s > 0 ? 1 : 0);
+        } else {
+          Wgmma<kN>::Run(acc2[s % kSets], a[b][s], desc, 1);
+        }
+      }
+#endif
+      WgmmaCommit();
+      // Chunk i - 1 is done: its fragments and stage are free, its sum final.
+      WgmmaWait<1>();
+      FenceOperands(a[b ^ 1]);
+      if constexpr (kBlock) {
+        FenceOperands(part[b ^ 1]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < kSets; ++q) FenceOperands(acc2[q]);
+      }
+      if (i > 0) {
+        __syncwarp();
+        if (lane == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
+        if constexpr (kBlock) add_part(std::integral_constant<int, b ^ 1>{});
+      }
+    };
+    int i = 0;
+    for (; i + 1 < n_chunks; i += 2) {
+      step(i, std::integral_constant<int, 0>{});
+      step(i + 1, std::integral_constant<int, 1>{});
+    }
+    if (i < n_chunks) step(i, std::integral_constant<int, 0>{});
+    WgmmaWait<0>();
+    FenceOperands(a[0]);
+    FenceOperands(a[1]);
+    if constexpr (kBlock) {
+      FenceOperands(part[0]);
+      FenceOperands(part[1]);
+      // The last chunk's buffer: n_chunks - 1 is even -> 0.
+      if (((n_chunks - 1) & 1) == 0) {
+        add_part(std::integral_constant<int, 0>{});
+      } else {
+        add_part(std::integral_constant<int, 1>{});
+      }
+    } else {
+#pragma unroll
+      for (int q = 0; q < kSets; ++q) {
+        FenceOperands(acc2[q]);
+#pragma unroll
+        for (int j = 0; j < kM; ++j) acc[j] += acc2[q][j];
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- epilogue
+  const bool consumer = warp < kConsumerWarps;
+  if (p.splits == 1) {
+    if (!consumer) return;
+#pragma unroll
+    for (int j = 0; j < kM; j += 2) {
+      const int64_t row = row0 + wg * 64 + AccRow(warp & 3, g, j);
+      const int col = AccCol(t, j);  // even: col and col + 1
+      if (row >= p.rows) continue;
+      if (p.split) {
+        const int v = col >> 1;
+        if (v < p.nvec) Store(p.y, p.y_dtype, v * p.y_ld + row, Finish(p, row, col, acc[j] + acc[j + 1]));
+      } else {
+        if (col < p.nvec) Store(p.y, p.y_dtype, col * p.y_ld + row, Finish(p, row, col, acc[j]));
+        if (col + 1 < p.nvec) {
+          Store(p.y, p.y_dtype, (col + 1) * p.y_ld + row, Finish(p, row, col + 1, acc[j + 1]));
+        }
+      }
+    }
+    return;
+  }
+
+  // Partial sums [split][row][column]; the last block of the row tile adds them.
+  if (consumer) {
+    float* out = p.partial + (static_cast<int64_t>(blockIdx.y) * p.rows_pad + row0) * kN;
+#pragma unroll
+    for (int j = 0; j < kM; j += 2) {
+      const int r = wg * 64 + AccRow(warp & 3, g, j);
+      *reinterpret_cast<float2*>(out + static_cast<int64_t>(r) * kN + AccCol(t, j)) =
+          make_float2(acc[j], acc[j + 1]);
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.counters + blockIdx.x, 1u) == unsigned(p.splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int idx = threadIdx.x; idx < kTileRows * p.nvec; idx += kThreads) {
+    const int v = idx / kTileRows;
+    const int64_t row = row0 + idx % kTileRows;
+    if (row >= p.rows) continue;
+    const int col = p.split ? 2 * v : v;
+    float sum = 0.0f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float* src = p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kN + col;
+      sum += p.split ? __ldcg(src) + __ldcg(src + 1) : __ldcg(src);
+    }
+    Store(p.y, p.y_dtype, v * p.y_ld + row, Finish(p, row, col, sum));
+  }
+  if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;  // ready for the next launch
+#endif
+}
+
+// --------------------------------------------------------------- pre-pass
+
+// One block per vector slot of the launch (slots past nvec write zero
+// columns): the vector as FP16 image columns, in ImageOffset order, and the
+// factor that undoes its scaling.
+template <DType kIn>
+__global__ void __launch_bounds__(kPrepThreads)
+    ImagePrepKernel(const void* x, int64_t cols, int nvec, int n_cols, int chunks, __half* image,
+                    float* colmul, float x_scale) {
+  // Let the main kernel start its W loads now; it waits for this grid's end
+  // before it reads the image.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  constexpr bool kSplit = kIn == DType::kF32;
+  const int v = blockIdx.x;
+  const bool live = v < nvec;
+  const void* xv = static_cast<const char*>(x) + (live ? v : 0) * cols * int64_t{DTypeSize(kIn)};
+  const int e = live ? VectorExponent<kIn>(xv, cols) : 0;
+  const int n_hi = kSplit ? 2 * v : v;
+  // One 16-byte group (8 k values of one step half) per iteration.
+  for (int64_t q = threadIdx.x; q < int64_t{chunks} * kSteps * 2; q += kPrepThreads) {
+    const int c = static_cast<int>(q / (kSteps * 2));
+    const int s = static_cast<int>(q / 2 % kSteps);
+    const int h = static_cast<int>(q % 2);
+    alignas(16) __half hi[8];
+    alignas(16) __half lo[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int64_t col = int64_t{c} * kChunk + ChunkCol(s, h * 8 + k);
+      const float f = live && col < cols ? ldexpf(LoadX<kIn>(xv, col), e) : 0.0f;
+      hi[k] = __float2half_rn(f);
+      lo[k] = __float2half_rn(f - __half2float(hi[k]));
+    }
+    __half* base = image + int64_t{c} * n_cols * kChunk;
+    *reinterpret_cast<uint4*>(base + ImageOffset(n_cols, n_hi, s, h * 8)) =
+        *reinterpret_cast<const uint4*>(hi);
+    if constexpr (kSplit) {
+      *reinterpret_cast<uint4*>(base + ImageOffset(n_cols, n_hi + 1, s, h * 8)) =
+          *reinterpret_cast<const uint4*>(lo);
+    }
+  }
+  if (threadIdx.x == 0) {
+    const float m = live ? ColumnFactor<kIn>(e, x_scale) : 0.0f;
+    colmul[n_hi] = m;
+    if (kSplit) colmul[n_hi + 1] = m;
+  }
+}
+
+// ----------------------------------------------------------------- dispatch
+
+using KernelFn = void (*)(CUtensorMap, Params);
+
+template <Dec kDec, bool kBlock>
+KernelFn PickN(int n) {
+  switch (n) {
+    case 8: return WgmmaGemvKernel<kDec, 8, kBlock>;
+    case 16: return WgmmaGemvKernel<kDec, 16, kBlock>;
+    case 32: return WgmmaGemvKernel<kDec, 32, kBlock>;
+    case 64: return WgmmaGemvKernel<kDec, 64, kBlock>;
+    case 128:
+      if constexpr (!kBlock) return WgmmaGemvKernel<kDec, 128, false>;
+      return nullptr;
+    default: return nullptr;  // the plan never asks for another N
+  }
+}
+
+template <Dec kDec>
+KernelFn PickBlock(bool block, int n) {
+  return block ? PickN<kDec, true>(n) : PickN<kDec, false>(n);
+}
+
+KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int n) {
+  const bool native = path == DecodePath::kNative;
+  switch (format) {
+    case Fp8Format::kE4M3:
+      return native ? PickBlock<Dec::kE4M3Native>(block, n) : PickBlock<Dec::kE4M3Soft>(block, n);
+    case Fp8Format::kE5M2:
+      return native ? PickBlock<Dec::kE5M2Native>(block, n) : PickBlock<Dec::kE5M2Soft>(block, n);
+  }
+  return nullptr;
+}
+
+// Calls f(Cfg<n>{}) for a plan's N.
+template <typename F>
+auto WithCfg(int n, F&& f) {
+  switch (n) {
+    case 8: return f(Cfg<8>{});
+    case 16: return f(Cfg<16>{});
+    case 32: return f(Cfg<32>{});
+    case 64: return f(Cfg<64>{});
+    default: return f(Cfg<128>{});  // MakePlan's N is one of the five
+  }
+}
+size_t SmemOf(int n) {
+  return WithCfg(n, [](auto c) { return static_cast<size_t>(decltype(c)::kSmem); });
+}
+int BlocksPerSmOf(int n) {
+  return WithCfg(n, [](auto c) { return decltype(c)::kBlocksPerSm; });
+}
+
+int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+}  // namespace
+
+cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
+  if (p.rows <= 0 || p.cols <= 0 || p.batch <= 0 || p.rows > (int64_t{1} << 31) - kTileRows) {
+    return cudaErrorInvalidValue;
+  }
+  Plan pl;
+  const bool block = p.scale_mode == ScaleMode::kBlock128;
+  pl.split = p.x_dtype == DType::kF32;
+  pl.vec_per_launch = (block ? 64 : kMaxN) / (pl.split ? 2 : 1);
+  const int64_t ncols = std::min<int64_t>(p.batch, pl.vec_per_launch) * (pl.split ? 2 : 1);
+  pl.n = ncols <= 8 ? 8 : ncols <= 16 ? 16 : ncols <= 32 ? 32 : ncols <= 64 ? 64 : 128;
+  pl.smem = SmemOf(pl.n);
+  pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
+  pl.row_tiles = static_cast<int>((p.rows + kTileRows - 1) / kTileRows);
+  // Splits: one block per multiprocessor at a time, so pick the split count
+  // whose last wave is fullest, weighing the partial sums' extra traffic
+  // against W's bytes; at least 4 chunks per split.
+  const double w_bytes = double(p.rows) * double(pl.chunks) * kChunk;
+  double best = 1e300;
+  int best_s = 1;
+  const int max_s = std::max(1, std::min(32, pl.chunks / 4));
+  const double slots = double(sms) * BlocksPerSmOf(pl.n);
+  for (int s = 1; s <= max_s; ++s) {
+    const double blocks = double(pl.row_tiles) * s;
+    const double waves = std::ceil(blocks / slots);
+    const double traffic = s > 1 ? 2.0 * s * double(p.rows) * pl.n * 4 : 0.0;
+    const double cost = waves / (blocks / slots) * (1.0 + traffic / w_bytes);
+    if (cost < best - 1e-9) {
+      best = cost;
+      best_s = s;
+    }
+  }
+  pl.chunks_per_split = (pl.chunks + best_s - 1) / best_s;
+  pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
+  pl.off_colmul = AlignUp(int64_t{pl.row_tiles} * 4, 256);
+  pl.off_image = pl.off_colmul + AlignUp(kMaxN * 4, 256);
+  pl.off_partial = pl.off_image + AlignUp(int64_t{pl.chunks} * pl.n * kChunk * 2, 256);
+  pl.total = pl.off_partial +
+             (pl.splits > 1 ? int64_t{pl.splits} * pl.row_tiles * kTileRows * pl.n * 4 : 0);
+  *out = pl;
+  return cudaSuccess;
+}
+
+cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream) {
+  const KernelFn fn =
+      PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.n);
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
+  if (fn == nullptr || encode == nullptr) return cudaErrorNotSupported;
+  int device = 0;
+  PLUME_CUDA_TRY(cudaGetDevice(&device));
+  int bps = 0;  // also raises the kernel's shared memory limit, once
+  PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(fn), kThreads, pl.smem, device, &bps));
+
+  const PackedLayout layout{p.rows, p.cols};
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(layout.padded_cols()),
+                              static_cast<cuuint64_t>(p.rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(layout.padded_cols())};
+  const cuuint32_t box[2] = {kChunk, kTileRows};
+  const cuuint32_t elem[2] = {1, 1};
+  if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint32_t*>(p.words), dims, strides,
+             box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return cudaErrorInvalidValue;
+  }
+
+  char* ws = static_cast<char*>(workspace);
+  Params k{};
+  k.image = reinterpret_cast<const __half*>(ws + pl.off_image);
+  k.rows = p.rows;
+  k.scales = p.scales;
+  k.mode = p.scale_mode;
+  k.blocks_per_row = layout.blocks_per_row();
+  const bool soft_e4m3 = p.format == Fp8Format::kE4M3 && p.path == DecodePath::kSoftware;
+  k.nan_rows = soft_e4m3 ? p.nan_rows : nullptr;
+  k.decode_factor = soft_e4m3 ? 256.0f : 1.0f;
+  k.split = pl.split;
+  k.colmul = reinterpret_cast<const float*>(ws + pl.off_colmul);
+  k.y_dtype = p.y_dtype;
+  k.y_ld = p.rows;
+  k.chunks = pl.chunks;
+  k.chunks_per_split = pl.chunks_per_split;
+  k.splits = pl.splits;
+  k.rows_pad = int64_t{pl.row_tiles} * kTileRows;
+  k.partial = reinterpret_cast<float*>(ws + pl.off_partial);
+  k.counters = reinterpret_cast<unsigned*>(ws);
+  uint64_t lbo = kLeadingBytes, sbo = kStrideBytes;
+  if (const char* e = std::getenv("PLUME_WGMMA_SWAP_STRIDES"); e != nullptr && e[0] == '1') {
+    std::swap(lbo, sbo);  // measurement variant: the descriptor's two strides the other way round
+  }
+  k.desc_strides = ((lbo >> 4) << 16) | ((sbo >> 4) << 32);
+
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = pl.smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+
+  const int64_t x_elem = DTypeSize(p.x_dtype);
+  const int64_t y_elem = DTypeSize(p.y_dtype);
+  const int slots = pl.n / (pl.split ? 2 : 1);
+  for (int64_t v0 = 0; v0 < p.batch; v0 += pl.vec_per_launch) {
+    const int nvec = static_cast<int>(std::min<int64_t>(pl.vec_per_launch, p.batch - v0));
+    const void* x = static_cast<const char*>(p.x) + v0 * p.cols * x_elem;
+    PLUME_CUDA_TRY(DispatchXDType(p.x_dtype, [&](auto in) {
+      ImagePrepKernel<decltype(in)::value><<<slots, kPrepThreads, 0, stream>>>(
+          x, p.cols, nvec, pl.n, pl.chunks, reinterpret_cast<__half*>(ws + pl.off_image),
+          reinterpret_cast<float*>(ws + pl.off_colmul), p.x_scale);
+      return cudaGetLastError();
+    }));
+    k.nvec = nvec;
+    k.y = static_cast<char*>(p.y) + v0 * p.rows * y_elem;
+    PLUME_CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, map, k));
+  }
+  return cudaSuccess;
+}
+
+}  // namespace plume::cuda::wgmma_gemv
