@@ -49,6 +49,7 @@ struct Options {
   std::vector<ScaleMode> modes = {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow,
                                   ScaleMode::kBlock128};
   std::vector<DecodePath> paths = {DecodePath::kNative, DecodePath::kSoftware};
+  std::vector<plume::cuda::GemvKernel> kernels = {plume::cuda::GemvKernel::kAuto};
   DType x_dtype = DType::kF16;
   int iters = 200;
   bool baselines = true;
@@ -205,6 +206,7 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
         continue;
       }
       for (ScaleMode m : o.modes) {
+        for (plume::cuda::GemvKernel kernel : o.kernels) {
         for (int b : o.batches) {
           plume::cuda::GemvProblem p;
           p.scales = scales;
@@ -218,6 +220,9 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
           p.y = y;
           p.y_dtype = DType::kF32;
           p.path = path;
+          p.kernel = kernel;
+          const plume::cuda::GemvKernel ran = plume::cuda::ChosenGemvKernel(p, dev);
+          if (ran == plume::cuda::GemvKernel::kAuto) continue;  // not on this device
           const int64_t need = plume::cuda::GemvWorkspaceBytes(p, dev);
           if (need > ws_bytes) {
             if (ws) CHECK_CUDA(cudaFree(ws));
@@ -229,9 +234,16 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
             p.words = words[i % copies];
             CHECK_CUDA(plume::cuda::Gemv(p, ws, ws_bytes, stream));
           });
-          Report(shape, b, "plume", FormatName(f) + " " + plume::ScaleModeName(m) + " " +
-                                        plume::cuda::DecodePathName(path) + " x=" + xname,
+          // "plume" is the dispatcher's pick; "plume-mma" / "plume-wgmma" a forced family.
+          const std::string kname =
+              kernel == plume::cuda::GemvKernel::kAuto
+                  ? std::string("plume")
+                  : std::string("plume-") + plume::cuda::GemvKernelName(kernel);
+          Report(shape, b, kname, FormatName(f) + " " + plume::ScaleModeName(m) + " " +
+                                      plume::cuda::DecodePathName(path) + " x=" + xname + " k=" +
+                                      plume::cuda::GemvKernelName(ran),
                  us, static_cast<double>(code_bytes));
+        }
         }
       }
     }
@@ -361,7 +373,8 @@ void Usage() {
   std::fprintf(stderr,
                "usage: gpu_gemv_bench [--shapes 4096x4096,...] [--batches 1,4,16,64]\n"
                "  [--formats e4m3,e5m2] [--modes none,tensor,row,block128]\n"
-               "  [--paths native,software] [--x f16|f32] [--iters N] [--no-baselines]\n"
+               "  [--paths native,software] [--kernels auto,mma,wgmma] [--x f16|f32] [--iters N]\n"
+               "  [--no-baselines]\n"
                "  [--no-quantize]\n"
                "  [--json FILE]\n");
   std::exit(2);
@@ -401,6 +414,15 @@ Options Parse(int argc, char** argv) {
       o.paths = ParseList<DecodePath>(next(), [](const std::string& s) {
         if (s != "native" && s != "software") Usage();
         return s == "native" ? DecodePath::kNative : DecodePath::kSoftware;
+      });
+    } else if (a == "--kernels") {
+      o.kernels = ParseList<plume::cuda::GemvKernel>(next(), [](const std::string& s) {
+        plume::cuda::GemvKernel k{};
+        if (!plume::cuda::ParseGemvKernel(s.c_str(), &k)) {
+          std::fprintf(stderr, "unknown kernel %s (auto, mma, wgmma)\n", s.c_str());
+          std::exit(2);
+        }
+        return k;
       });
     } else if (a == "--x") {
       const std::string s = next();

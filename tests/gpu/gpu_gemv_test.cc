@@ -100,8 +100,14 @@ struct RunResult {
 };
 
 // Random activations of `dtype`; FP8 ones with a scale.
+// A decode path and a kernel family, both forced.
+struct Variant {
+  DecodePath path;
+  GemvKernel kernel;
+};
+
 RunResult RunGemv(const TestMatrix& m, DType x_dtype, DType y_dtype, int64_t batch,
-                  DecodePath path, uint32_t seed) {
+                  Variant variant, uint32_t seed) {
   RunResult out;
   const int64_t n = batch * m.cols;
   const float x_scale = IsFp8(x_dtype) ? 0.37f : 1.0f;
@@ -142,7 +148,8 @@ RunResult RunGemv(const TestMatrix& m, DType x_dtype, DType y_dtype, int64_t bat
   p.batch = batch;
   p.y = d_y.get();
   p.y_dtype = y_dtype;
-  p.path = path;
+  p.path = variant.path;
+  p.kernel = variant.kernel;
   int device = 0;
   cudaGetDevice(&device);
   const int64_t ws_bytes = GemvWorkspaceBytes(p, device);
@@ -197,19 +204,32 @@ double Bound(DType y_dtype) {
   return y_dtype == DType::kF32 ? 1e-5 : y_dtype == DType::kF16 ? 1e-3 : 8e-3;
 }
 
-std::vector<DecodePath> Paths() {
+// Every decode path and kernel family this device runs: the mma.sync kernels
+// everywhere, the wgmma ones on sm_90, where the dispatcher (kAuto) measures
+// both on first use and keeps the faster.
+std::vector<Variant> Variants() {
   int device = 0;
   cudaGetDevice(&device);
-  if (DefaultDecodePath(device) == DecodePath::kNative) {
-    return {DecodePath::kNative, DecodePath::kSoftware};
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, device);
+  std::vector<DecodePath> paths = {DecodePath::kSoftware};
+  if (DefaultDecodePath(device) == DecodePath::kNative) paths.insert(paths.begin(), DecodePath::kNative);
+  std::vector<GemvKernel> kernels = {GemvKernel::kMma};
+  if (prop.major == 9 && prop.minor == 0) kernels.push_back(GemvKernel::kWgmma);
+  std::vector<Variant> out;
+  for (GemvKernel k : kernels) {
+    for (DecodePath p : paths) out.push_back({p, k});
   }
-  return {DecodePath::kSoftware};
+  // And the dispatcher's own choice, measured on each new shape's first call.
+  if (kernels.size() > 1) out.push_back({paths.front(), GemvKernel::kAuto});
+  return out;
 }
 
-std::string Name(const TestMatrix& m, DType x, DType y, int64_t batch, DecodePath path) {
+std::string Name(const TestMatrix& m, DType x, DType y, int64_t batch, Variant v) {
   return std::to_string(m.rows) + "x" + std::to_string(m.cols) + " " +
          DTypeName(ToDType(m.format)) + " " + ScaleModeName(m.mode) + " x=" + DTypeName(x) +
-         " y=" + DTypeName(y) + " batch=" + std::to_string(batch) + " " + DecodePathName(path);
+         " y=" + DTypeName(y) + " batch=" + std::to_string(batch) + " " +
+         DecodePathName(v.path) + " " + GemvKernelName(v.kernel);
 }
 
 struct Shape {
@@ -218,8 +238,8 @@ struct Shape {
 };
 
 TEST(GpuGemv, MatchesReferenceOverTheGrid) {
-  const Shape shapes[] = {{1, 1, 130}, {3, 17, 130}, {17, 129, 130},
-                          {129, 4095, 33}, {4095, 3, 65}, {300, 1000, 17}};
+  const Shape shapes[] = {{1, 1, 130}, {3, 17, 130}, {17, 129, 130}, {129, 4095, 33},
+                          {4095, 3, 65}, {300, 1000, 17}, {2500, 700, 33}};
   const DType xs[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kE4M3, DType::kE5M2};
   const DType ys[] = {DType::kF32, DType::kF16, DType::kBF16};
   const int64_t batches[] = {1, 2, 3, 7, 8, 9, 16, 17, 31, 33, 64, 65, 130};
@@ -231,19 +251,19 @@ TEST(GpuGemv, MatchesReferenceOverTheGrid) {
            {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128}) {
         TestMatrix m(s.rows, s.cols, f, mode, seed++);
         ASSERT_TRUE(m.Upload());
-        for (DecodePath path : Paths()) {
+        for (Variant v : Variants()) {
           for (DType x : xs) {
             // Batch and output dtype rotate through their lists across the grid.
             int64_t batch = batches[cases % std::size(batches)];
             while (batch > s.max_batch) batch = (batch + 1) / 2;
             const DType y = ys[cases % std::size(ys)];
             ++cases;
-            const RunResult r = RunGemv(m, x, y, batch, path, seed++);
-            ASSERT_EQ(r.err, cudaSuccess) << Name(m, x, y, batch, path) << ": "
+            const RunResult r = RunGemv(m, x, y, batch, v, seed++);
+            ASSERT_EQ(r.err, cudaSuccess) << Name(m, x, y, batch, v) << ": "
                                           << cudaGetErrorString(r.err);
             const Check c = Compare(m, r, batch);
-            EXPECT_EQ(c.unwritten, 0) << Name(m, x, y, batch, path);
-            EXPECT_LE(c.rel, Bound(y)) << Name(m, x, y, batch, path);
+            EXPECT_EQ(c.unwritten, 0) << Name(m, x, y, batch, v);
+            EXPECT_LE(c.rel, Bound(y)) << Name(m, x, y, batch, v);
           }
         }
       }
@@ -258,14 +278,14 @@ TEST(GpuGemv, EveryBatchSize) {
   TestMatrix m(77, 2304, Fp8Format::kE4M3, ScaleMode::kRow, 99);
   ASSERT_TRUE(m.Upload());
   double worst = 0;
-  for (DecodePath path : Paths()) {
+  for (Variant v : Variants()) {
     for (DType x : {DType::kF16, DType::kF32}) {
       for (int64_t batch = 1; batch <= 200; batch += batch < 64 ? 1 : 67) {
-        const RunResult r = RunGemv(m, x, DType::kF32, batch, path, uint32_t(batch));
-        ASSERT_EQ(r.err, cudaSuccess) << Name(m, x, DType::kF32, batch, path);
+        const RunResult r = RunGemv(m, x, DType::kF32, batch, v, uint32_t(batch));
+        ASSERT_EQ(r.err, cudaSuccess) << Name(m, x, DType::kF32, batch, v);
         const Check c = Compare(m, r, batch);
-        EXPECT_EQ(c.unwritten, 0) << Name(m, x, DType::kF32, batch, path);
-        EXPECT_LE(c.rel, 1e-5) << Name(m, x, DType::kF32, batch, path);
+        EXPECT_EQ(c.unwritten, 0) << Name(m, x, DType::kF32, batch, v);
+        EXPECT_LE(c.rel, 1e-5) << Name(m, x, DType::kF32, batch, v);
         worst = std::max(worst, c.rel);
       }
     }
@@ -284,16 +304,18 @@ TEST(GpuGemv, NanCodesGiveNanRows) {
   int any = 0;
   ASSERT_EQ(cudaMemcpy(&any, m.d_any_nan.get(), sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(any, 1);
-  for (DecodePath path : Paths()) {
-    const RunResult r = RunGemv(m, DType::kF32, DType::kF32, 3, path, 5);
+  for (Variant v : Variants()) {
+    const RunResult r = RunGemv(m, DType::kF32, DType::kF32, 3, v, 5);
     ASSERT_EQ(r.err, cudaSuccess);
     for (int64_t b = 0; b < 3; ++b) {
       for (int64_t row = 0; row < m.rows; ++row) {
-        const float v = r.y[size_t(b * m.rows + row)];
+        const float y = r.y[size_t(b * m.rows + row)];
+        const std::string where = "row " + std::to_string(row) + " " + DecodePathName(v.path) +
+                                  " " + GemvKernelName(v.kernel);
         if (row == 3 || row == 21) {
-          EXPECT_TRUE(std::isnan(v)) << "row " << row << " " << DecodePathName(path);
+          EXPECT_TRUE(std::isnan(y)) << where;
         } else {
-          EXPECT_TRUE(std::isfinite(v)) << "row " << row << " " << DecodePathName(path);
+          EXPECT_TRUE(std::isfinite(y)) << where;
         }
       }
     }
@@ -305,9 +327,9 @@ TEST(GpuGemv, NanCodesGiveNanRows) {
 TEST(GpuGemv, Deterministic) {
   TestMatrix m(200, 8192, Fp8Format::kE5M2, ScaleMode::kBlock128, 11);
   ASSERT_TRUE(m.Upload());
-  for (DecodePath path : Paths()) {
-    const RunResult a = RunGemv(m, DType::kF32, DType::kF32, 5, path, 3);
-    const RunResult b = RunGemv(m, DType::kF32, DType::kF32, 5, path, 3);
+  for (Variant v : Variants()) {
+    const RunResult a = RunGemv(m, DType::kF32, DType::kF32, 5, v, 3);
+    const RunResult b = RunGemv(m, DType::kF32, DType::kF32, 5, v, 3);
     ASSERT_EQ(a.err, cudaSuccess);
     ASSERT_EQ(b.err, cudaSuccess);
     ASSERT_EQ(a.y.size(), b.y.size());
@@ -338,6 +360,47 @@ TEST(GpuGemv, RejectsBadArguments) {
   EXPECT_EQ(Gemv(p, ws.get(), 1, nullptr), cudaErrorInvalidValue);  // workspace too small
   p.scales = nullptr;
   EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorInvalidValue);
+}
+
+// The dispatcher's choice, and a forced kernel the device can't run.
+TEST(GpuGemv, KernelChoice) {
+  TestMatrix m(256, 1024, Fp8Format::kE4M3, ScaleMode::kRow, 3);
+  ASSERT_TRUE(m.Upload());
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
+  const bool hopper = prop.major == 9 && prop.minor == 0;
+  DeviceBuffer<float> x(1024 * 64), y(256 * 64);
+  GemvProblem p;
+  p.words = m.d_words.get();
+  p.scales = m.d_scales.get();
+  p.rows = 256;
+  p.cols = 1024;
+  p.x = x.get();
+  p.y = y.get();
+  for (int64_t batch : {1, 16, 64}) {
+    p.batch = batch;
+    p.kernel = GemvKernel::kAuto;
+    // Before its first call a shape gets the static choice.
+    EXPECT_EQ(ChosenGemvKernel(p, device), hopper ? GemvKernel::kWgmma : GemvKernel::kMma);
+    p.kernel = GemvKernel::kMma;
+    EXPECT_EQ(ChosenGemvKernel(p, device), GemvKernel::kMma);
+    p.kernel = GemvKernel::kWgmma;
+    EXPECT_EQ(ChosenGemvKernel(p, device), hopper ? GemvKernel::kWgmma : GemvKernel::kAuto);
+  }
+  if (!hopper) {
+    DeviceBuffer<uint8_t> ws(1 << 20);
+    EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorNotSupported);
+  }
+  for (GemvKernel k : {GemvKernel::kAuto, GemvKernel::kMma, GemvKernel::kWgmma}) {
+    GemvKernel parsed = GemvKernel::kAuto;
+    EXPECT_TRUE(ParseGemvKernel(GemvKernelName(k), &parsed));
+    EXPECT_EQ(parsed, k);
+  }
+  GemvKernel parsed = GemvKernel::kMma;
+  EXPECT_FALSE(ParseGemvKernel("tensor", &parsed));
+  EXPECT_EQ(parsed, GemvKernel::kMma);
 }
 
 }  // namespace
