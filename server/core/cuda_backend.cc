@@ -493,6 +493,16 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
         "cuda backend: decode path must be native or software, not \"", options.decode_path, "\""));
   }
   b->decode_path_ = static_cast<int>(path);
+  cuda::GemvKernel kernel = cuda::GemvKernel::kAuto;
+  if (!options.gemv_kernel.empty() && !cuda::ParseGemvKernel(options.gemv_kernel.c_str(), &kernel)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda backend: GEMV kernel must be auto, mma or wgmma, not \"", options.gemv_kernel, "\""));
+  }
+  if (kernel == cuda::GemvKernel::kWgmma && b->cc_ != 90) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda backend: the wgmma GEMV needs sm_90; ", prop.name, " is sm_", b->cc_));
+  }
+  b->gemv_kernel_ = static_cast<int>(kernel);
 
   for (int i = 0; i < options.lanes; ++i) {
     auto lane = std::make_unique<Lane>();
@@ -698,6 +708,7 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   p.y = d + y_off;
   p.y_dtype = args.y_dtype;
   p.path = static_cast<cuda::DecodePath>(decode_path_);
+  p.kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
 
   const void* x_src = args.x;
   if (!x_direct) {

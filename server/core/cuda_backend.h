@@ -39,6 +39,9 @@ struct CudaBackendOptions {
   // Decode path override for tests and benchmarks: "" picks the native path
   // on sm_89+ and the software one elsewhere; "native" or "software" forces.
   std::string decode_path;
+  // GEMV kernel family: "" or "auto" lets the dispatcher choose (measured on
+  // first use per shape and batch bucket); "mma" or "wgmma" (sm_90) forces.
+  std::string gemv_kernel;
 };
 
 // Number of CUDA devices usable here (0 when there is no driver or GPU).
@@ -100,6 +103,7 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   int cc_ = 0;
   int decode_path_ = 0;  // cuda::DecodePath
+  int gemv_kernel_ = 0;  // cuda::GemvKernel
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::atomic<int64_t> zero_copy_gemvs_{0};
 };
