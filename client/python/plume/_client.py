@@ -13,9 +13,7 @@ from plume import _errors
 from plume._common import KVInfo, MatrixInfo
 from plume._tensors import from_proto
 from plume.v1 import attention_pb2 as apb
-from plume.v1 import attention_pb2_grpc as apb_grpc
 from plume.v1 import plume_pb2 as pb
-from plume.v1 import plume_pb2_grpc as pb_grpc
 
 _UNSET: Any = object()
 
@@ -42,17 +40,8 @@ class Client:
                  token_file: str | os.PathLike | None = None, tls: bool = False,
                  ca: str | os.PathLike | None = None, cert: str | os.PathLike | None = None,
                  key: str | os.PathLike | None = None, timeout: float | None = 30.0):
-        conn = c.connection(address, token, token_file, tls, ca, cert, key, timeout)
-        self._conn = conn
-        if conn.credentials is not None:
-            self._channel = grpc.secure_channel(address, conn.credentials, options=conn.options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=conn.options)
-        self._matrices = pb_grpc.MatrixServiceStub(self._channel)
-        self._kv = apb_grpc.AttentionServiceStub(self._channel)
-        self._health = self._channel.unary_unary(c.HEALTH_METHOD,
-                                                 request_serializer=c.health_request,
-                                                 response_deserializer=c.health_status)
+        self._conn = c.connection(address, token, token_file, tls, ca, cert, key, timeout)
+        self._channel, self._matrices, self._kv, self._health = c.open_channel(grpc, self._conn)
 
     # -------------------------------------------------------------- plumbing
 

@@ -12,7 +12,9 @@ import numpy as np
 
 from plume import _tensors
 from plume.v1 import attention_pb2 as apb
+from plume.v1 import attention_pb2_grpc as apb_grpc
 from plume.v1 import plume_pb2 as pb
+from plume.v1 import plume_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "localhost:50051"
 MAX_MESSAGE_BYTES = 64 << 20  # the server's default --max_message_bytes
@@ -187,6 +189,18 @@ def connection(address: str, token: str | None, token_file: str | os.PathLike | 
     if timeout is not None and timeout <= 0:
         raise ValueError("timeout must be positive (None: no deadline)")
     return Connection(address, creds, options, metadata, timeout)
+
+
+def open_channel(grpc_module: Any, conn: Connection) -> tuple[Any, Any, Any, Any]:
+    """The channel, MatrixService and AttentionService stubs and the health
+    call, from `grpc` (the sync client) or `grpc.aio`."""
+    if conn.credentials is not None:
+        channel = grpc_module.secure_channel(conn.address, conn.credentials, options=conn.options)
+    else:
+        channel = grpc_module.insecure_channel(conn.address, options=conn.options)
+    health = channel.unary_unary(HEALTH_METHOD, request_serializer=health_request,
+                                 response_deserializer=health_status)
+    return (channel, pb_grpc.MatrixServiceStub(channel), apb_grpc.AttentionServiceStub(channel), health)
 
 
 # ------------------------------------------------------------------ requests

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import plume
-from _ref import MAX, TABLES, bf16_bits, finite_codes, from_bf16_bits, grid_matrix
+from _ref import TABLES, bf16_bits, finite_codes, from_bf16_bits, grid_matrix
 
 # fp32 accumulation over up to a few hundred products of exact operands.
 RTOL = 2e-6
