@@ -158,15 +158,19 @@ class Client:
         stream = _OrderedStream(max_in_flight)
 
         def requests() -> Iterator[pb.GemvRequest]:
-            for i, x in enumerate(xs):
-                if not stream.acquire():
-                    return
+            # A slot first, then the next x: the source is not read ahead.
+            it = iter(xs)
+            i = 0
+            while stream.acquire():
                 try:
-                    req = c.gemv_request(name, x, out, i)
+                    req = c.gemv_request(name, next(it), out, i)
+                except StopIteration:
+                    return
                 except Exception as e:  # noqa: BLE001 - raised at its place by results()
                     stream.fail(i, e)
                     return
                 yield req
+                i += 1
 
         call = self._matrices.GemvStream(requests(), timeout=self._timeout(timeout),
                                          metadata=self._conn.metadata)

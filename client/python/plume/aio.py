@@ -122,12 +122,17 @@ class Client:
         failed: list[tuple[int, BaseException]] = []
 
         async def write() -> None:
+            # A slot first, then the next x: the source is not read ahead.
+            it = _aiter(xs)
             i = 0
             try:
-                async for x in _aiter(xs):
+                while True:
                     await slots.acquire()
-                    req = c.gemv_request(name, x, out, i)
-                    await call.write(req)
+                    try:
+                        x = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    await call.write(c.gemv_request(name, x, out, i))
                     i += 1
             except grpc.RpcError:
                 return  # the read side sees the call's status

@@ -66,15 +66,22 @@ def test_stream_order_failure_and_async_source(server, rng, name):
     w = grid_matrix(rng, 32, 48, "e4m3", "row")
     xs = [rng.standard_normal(48).astype(np.float32) for _ in range(100)]
 
+    pulled = 0
+
     async def source():
+        nonlocal pulled
         for x in xs:
             await asyncio.sleep(0)
+            pulled += 1
             yield x
 
     async def main():
         async with plume.aio.Client(server.address) as c:
             await c.upload(name, w.astype(np.float32))
-            ys = [y async for y in c.gemv_stream(name, source(), max_in_flight=5)]
+            ys = []
+            async for y in c.gemv_stream(name, source(), max_in_flight=5):
+                ys.append(y)
+                assert pulled - len(ys) <= 5  # the source is read only as slots free up
             assert len(ys) == 100
             for x, y in zip(xs, ys):
                 assert_gemv(y, w, x)
