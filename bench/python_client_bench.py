@@ -26,6 +26,7 @@ import asyncio
 import collections
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -77,8 +78,16 @@ def stable(windows: list[tuple[list[float], float]], tolerance: float = 0.10) ->
     return max(rates) > 0 and max(rates) - min(rates) <= tolerance * max(rates)
 
 
-def summarize(conc: int, windows: list[tuple[list[float], float]], errors: int, batch: int) -> dict:
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def summarize(conc: int, windows: list[tuple[list[float], float]], errors: int, batch: int,
+              cpu: float) -> dict:
+    """`cpu`: this process's CPU seconds over the whole step (warm-up included)."""
     used = windows[-3:] if len(windows) > 4 else windows[1:]
+    total = sum(len(w) for w, _ in windows)
     lat = sorted(x for w, _ in used for x in w)
     secs = sum(s for _, s in used)
     return {
@@ -86,7 +95,7 @@ def summarize(conc: int, windows: list[tuple[list[float], float]], errors: int, 
         "requests_per_s": len(lat) / secs, "vectors_per_s": len(lat) * batch / secs,
         "p50_ms": percentile(lat, 0.50) * 1e3, "p90_ms": percentile(lat, 0.90) * 1e3,
         "p99_ms": percentile(lat, 0.99) * 1e3, "mean_ms": sum(lat) / len(lat) * 1e3 if lat else math.nan,
-        "errors": errors,
+        "errors": errors, "client_cpu_ms_per_request": cpu / total * 1e3 if total else math.nan,
     }
 
 
@@ -123,6 +132,7 @@ def timed_source(xs: list[np.ndarray], stop, sent: collections.deque):
 
 def run_sync(args, conc: int, xs: list[np.ndarray]) -> dict:
     rec, stop = Recorder(), threading.Event()
+    cpu0 = cpu_seconds()
     client = plume.Client(args.server, timeout=None)
 
     def unary_lane(lane: int) -> None:
@@ -160,11 +170,12 @@ def run_sync(args, conc: int, xs: list[np.ndarray]) -> dict:
     for t in lanes:
         t.join()
     client.close()
-    return summarize(conc, windows, rec.errors, args.batch)
+    return summarize(conc, windows, rec.errors, args.batch, cpu_seconds() - cpu0)
 
 
 async def run_aio(args, conc: int, xs: list[np.ndarray]) -> dict:
     rec, stop = Recorder(), threading.Event()
+    cpu0 = cpu_seconds()
     async with plume.aio.Client(args.server, timeout=None) as client:
 
         async def unary_lane(lane: int) -> None:
@@ -200,7 +211,7 @@ async def run_aio(args, conc: int, xs: list[np.ndarray]) -> dict:
                      for i in range(n)]
         windows = await asyncio.to_thread(measure, rec, stop, args.max_windows, args.max_seconds)
         await asyncio.gather(*lanes)
-    return summarize(conc, windows, rec.errors, args.batch)
+    return summarize(conc, windows, rec.errors, args.batch, cpu_seconds() - cpu0)
 
 
 def main(argv: list[str]) -> int:
@@ -224,7 +235,7 @@ def main(argv: list[str]) -> int:
     xs = inputs(args, info.cols)
     results = []
     print(f"{'MODE':<11} {'CONC':>5} {'REQ/S':>9} {'VEC/S':>9} {'P50_MS':>8} {'P90_MS':>8} {'P99_MS':>8} "
-          f"{'ERRORS':>6} STABLE")
+          f"{'ERRORS':>6} {'CPU_MS/REQ':>10} STABLE")
     for conc in (int(x) for x in args.concurrency.split(",")):
         if args.mode.startswith("aio"):
             r = asyncio.run(run_aio(args, conc, xs))
@@ -234,6 +245,7 @@ def main(argv: list[str]) -> int:
         results.append(r)
         print(f"{args.mode:<11} {conc:>5} {r['requests_per_s']:>9.1f} {r['vectors_per_s']:>9.1f} "
               f"{r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['errors']:>6} "
+              f"{r['client_cpu_ms_per_request']:>10.3f} "
               f"{'yes' if r['stable'] else 'no'}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -28,8 +28,9 @@ class Client:
         tls: use TLS with the system's roots (implied by ``ca``/``cert``).
         ca: PEM file of the CA that signed the server's certificate.
         cert, key: PEM client certificate and key (mutual TLS).
-        timeout: default deadline of each call in seconds (None: none).
-            A stream's deadline covers the whole stream.
+        timeout: default deadline of each unary or upload call in seconds
+            (None: none); every method takes its own ``timeout=`` too.
+            gemv_stream has no deadline unless given one.
 
     Every method raises :class:`plume.PlumeError` (a subclass per gRPC code)
     when the server or the channel refuses, and ``ValueError`` for arguments
@@ -146,12 +147,14 @@ class Client:
         return from_proto(resp.output)
 
     def gemv_stream(self, name: str, xs: Iterable[Any], *, max_in_flight: int = 64,
-                    out_dtype: Any = None, timeout: Any = _UNSET) -> Iterator[np.ndarray]:
+                    out_dtype: Any = None, timeout: float | None = None) -> Iterator[np.ndarray]:
         """GEMVs over one bidirectional stream: yields ``W @ x`` for each x of
         `xs`, in the order of `xs`, with at most `max_in_flight` vectors sent
         and not yet yielded. A failed item raises its :class:`plume.PlumeError`
         at its place, and the stream ends there. Leaving the loop early
-        cancels the stream."""
+        cancels the stream. `timeout` bounds the whole stream; unlike the
+        unary calls it has no deadline by default, since a stream lasts as
+        long as its source."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         out = c.out_wire_dtype(out_dtype)
@@ -172,7 +175,7 @@ class Client:
                 yield req
                 i += 1
 
-        call = self._matrices.GemvStream(requests(), timeout=self._timeout(timeout),
+        call = self._matrices.GemvStream(requests(), timeout=timeout,
                                          metadata=self._conn.metadata)
         return stream.results(call)
 

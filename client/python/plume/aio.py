@@ -110,14 +110,14 @@ class Client:
 
     async def gemv_stream(self, name: str, xs: Union[Iterable[Any], AsyncIterable[Any]], *,
                           max_in_flight: int = 64, out_dtype: Any = None,
-                          timeout: Any = _UNSET) -> AsyncIterator[np.ndarray]:
+                          timeout: float | None = None) -> AsyncIterator[np.ndarray]:
         """See :meth:`plume.Client.gemv_stream`; `xs` may be an async iterable.
         Leaving the loop early cancels the stream once the generator is
         closed (``contextlib.aclosing`` closes it at once)."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         out = c.out_wire_dtype(out_dtype)
-        call = self._matrices.GemvStream(timeout=self._timeout(timeout), metadata=self._conn.metadata)
+        call = self._matrices.GemvStream(timeout=timeout, metadata=self._conn.metadata)
         slots = asyncio.Semaphore(max_in_flight)
         failed: list[tuple[int, BaseException]] = []
 

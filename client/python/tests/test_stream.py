@@ -2,6 +2,8 @@
 early exit."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,21 @@ def test_leaving_early_and_empty_streams(client, rng, matrix):
     assert_gemv(client.gemv(name, x), w, x)  # the client is still good
     with pytest.raises(ValueError, match="max_in_flight"):
         client.gemv_stream(name, [x], max_in_flight=0)
+
+
+def test_stream_outlives_the_unary_deadline(server, rng, matrix):
+    """Client(timeout=...) bounds unary calls; a stream has no deadline unless
+    given one, since it lasts as long as its source."""
+    name, w = matrix
+    xs = [rng.standard_normal(80).astype(np.float32) for _ in range(3)]
+
+    def slow():
+        for x in xs:
+            yield x
+            time.sleep(0.4)
+
+    with plume.Client(server.address, timeout=0.3) as c:
+        ys = list(c.gemv_stream(name, slow()))
+        assert len(ys) == 3
+        for x, y in zip(xs, ys):
+            assert_gemv(y, w, x)
