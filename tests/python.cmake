@@ -12,5 +12,6 @@ if(TARGET plume-server AND TARGET plume_python)
     TIMEOUT 600
     ENVIRONMENT "PYTHONPATH=${PLUME_PYTHON_PATH};PLUME_SERVER=$<TARGET_FILE:plume-server>;PYTHONDONTWRITEBYTECODE=1")
 else()
-  message(FATAL_ERROR "plume: the Python client tests need the targets plume-server and plume_python")
+  message(FATAL_ERROR "plume: the Python client tests need the targets plume-server and plume_python "
+                      "(python3 and grpc_python_plugin: scripts/install-deps.sh)")
 endif()
