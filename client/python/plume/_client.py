@@ -70,7 +70,9 @@ class Client:
     def health(self, service: str = "", *, timeout: Any = _UNSET) -> bool:
         """grpc.health.v1 Check: True when the server (or `service`) is
         SERVING, False when it is NOT_SERVING (draining) or unknown. Raises
-        :class:`plume.Unavailable` when it cannot be reached. Needs no token."""
+        :class:`plume.Unavailable` when it cannot be reached and
+        :class:`plume.NotFound` for a `service` it does not report on.
+        Needs no token."""
         try:
             return self._health(service, timeout=self._timeout(timeout)) == 1
         except grpc.RpcError as e:

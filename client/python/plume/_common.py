@@ -408,7 +408,8 @@ def health_status(data: bytes) -> int:
             if tag >> 3 == 1:
                 status = v
         elif wt == 2:
-            pos += varint()
+            n = varint()  # not `pos += varint()`: that adds to pos as it was before the length
+            pos += n
         elif wt == 1:
             pos += 8
         elif wt == 5:
