@@ -247,23 +247,13 @@ class _OrderedStream:
         self._error = (index, error)
 
     def results(self, call: Any) -> Iterator[np.ndarray]:
-        pending: dict[int, Any] = {}
-        next_id = 0
+        order = c.InOrder()
         try:
             for resp in call:
-                pending[resp.request_id] = resp
-                while next_id in pending:
-                    r = pending.pop(next_id)
-                    next_id += 1
+                for r in order.add(resp):
                     self._slots.release()
-                    if r.status.code != 0:
-                        raise _errors.from_code(r.status.code, r.status.message)
-                    yield from_proto(r.output)
-            if self._error is not None and self._error[0] == next_id:
-                raise self._error[1]
-            if pending:
-                raise _errors.Internal(f"the stream ended with results {sorted(pending)[:5]} "
-                                       f"out of order (waiting for {next_id})")
+                    yield c.item_result(r)
+            order.end(self._error)
         except grpc.RpcError as e:
             raise _errors.from_rpc_error(e) from None
         finally:

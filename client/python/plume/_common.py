@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional
 import grpc
 import numpy as np
 
-from plume import _tensors
+from plume import _errors, _tensors
 from plume.v1 import attention_pb2 as apb
 from plume.v1 import attention_pb2_grpc as apb_grpc
 from plume.v1 import plume_pb2 as pb
@@ -342,6 +342,39 @@ def out_wire_dtype(out_dtype: Any) -> int:
     d = _tensors.wire_dtype(out_dtype)
     _tensors.numpy_dtype(d)
     return d
+
+
+class InOrder:
+    """Puts a GemvStream's responses back in request order (request_id 0, 1, ...)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, Any] = {}
+        self.next_id = 0
+
+    def add(self, resp: pb.GemvResponse) -> Iterator[pb.GemvResponse]:
+        """Takes `resp`; yields the responses now next in order (item_result
+        turns each into its array or its error)."""
+        self._pending[resp.request_id] = resp
+        while self.next_id in self._pending:
+            r = self._pending.pop(self.next_id)
+            self.next_id += 1
+            yield r
+
+    def end(self, failed: Optional[tuple[int, BaseException]]) -> None:
+        """The stream closed cleanly: `failed` is the item the client could
+        not send (it stopped there), if any."""
+        if failed is not None and failed[0] == self.next_id:
+            raise failed[1]
+        if self._pending:
+            raise _errors.Internal(f"the stream ended with results {sorted(self._pending)[:5]} "
+                                   f"out of order (waiting for {self.next_id})")
+
+
+def item_result(r: pb.GemvResponse) -> np.ndarray:
+    """A stream item's result, or its error."""
+    if r.status.code != 0:
+        raise _errors.from_code(r.status.code, r.status.message)
+    return _tensors.from_proto(r.output)
 
 
 def attention_request(name: str, q: Any, causal: bool, scale: float | None,

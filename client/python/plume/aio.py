@@ -141,30 +141,20 @@ class Client:
             await call.done_writing()
 
         writer = asyncio.create_task(write())
-        pending: dict[int, Any] = {}
-        next_id = 0
+        order = c.InOrder()
         try:
             while True:
                 resp = await call.read()
                 if resp is grpc.aio.EOF:
                     break
-                pending[resp.request_id] = resp
-                while next_id in pending:
-                    r = pending.pop(next_id)
-                    next_id += 1
+                for r in order.add(resp):
                     slots.release()
-                    if r.status.code != 0:
-                        raise _errors.from_code(r.status.code, r.status.message)
-                    yield from_proto(r.output)
+                    yield c.item_result(r)
             code = await call.code()
             if code != grpc.StatusCode.OK:
                 raise _errors.from_code(code, await call.details() or "")
             await writer
-            if failed and failed[0][0] == next_id:
-                raise failed[0][1]
-            if pending:
-                raise _errors.Internal(f"the stream ended with results {sorted(pending)[:5]} "
-                                       f"out of order (waiting for {next_id})")
+            order.end(failed[0] if failed else None)
         except grpc.RpcError as e:
             raise _errors.from_rpc_error(e) from None
         finally:
