@@ -294,7 +294,6 @@ class Progress:
     The request builders call it with each chunk's size once gRPC took it."""
 
     def __init__(self, progress: Any, desc: str):
-        self._want = progress
         self._desc = desc
         self._bar: Any = None
         self._fn = progress if callable(progress) else None
