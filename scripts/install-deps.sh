@@ -12,6 +12,8 @@ pkgs=(
 [ "${PLUME_DEPS:-all}" = build ] || pkgs+=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy libopenblas0-pthread
+  python3-grpcio python3-protobuf python3-pytest python3-tqdm  # the Python client and its tests,
+  python3-venv python3-wheel  # which pip-install it into a venv
   openssl  # security tests make certificates at test time
   clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
   prometheus python3-yaml
