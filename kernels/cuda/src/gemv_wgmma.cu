@@ -26,8 +26,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <utility>
 
 #include "plume/cuda/check.h"
 #include "plume/kernels/layout.h"
@@ -604,11 +602,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   k.rows_pad = int64_t{pl.row_tiles} * kTileRows;
   k.partial = reinterpret_cast<float*>(ws + pl.off_partial);
   k.counters = reinterpret_cast<unsigned*>(ws);
-  uint64_t lbo = kLeadingBytes, sbo = kStrideBytes;
-  if (const char* e = std::getenv("PLUME_WGMMA_SWAP_STRIDES"); e != nullptr && e[0] == '1') {
-    std::swap(lbo, sbo);  // measurement variant: the descriptor's two strides the other way round
-  }
-  k.desc_strides = ((lbo >> 4) << 16) | ((sbo >> 4) << 32);
+  k.desc_strides = ((uint64_t{kLeadingBytes} >> 4) << 16) | ((uint64_t{kStrideBytes} >> 4) << 32);
 
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
