@@ -121,6 +121,20 @@ void PrintInfo(const v1::MatrixInfo& m) {
     absl::PrintF("\n");
   }
   absl::PrintF("backend:          %s\n", m.backend().empty() ? "-" : m.backend());
+  // GEMV kernels per batch bucket, one line per activation dtype:
+  // "gemv f16:         <=1 wgmma*, <=2 mma, ..." (* = measured).
+  for (v1::DType x : {v1::DTYPE_F16, v1::DTYPE_BF16, v1::DTYPE_F32}) {
+    std::vector<std::string> cells;
+    for (const v1::GemvKernelChoice& k : m.gemv_kernels()) {
+      if (k.activation_dtype() != x) continue;
+      cells.push_back(absl::StrCat("<=", k.max_batch(), " ", k.kernel(), k.measured() ? "*" : ""));
+    }
+    if (cells.empty()) continue;
+    absl::PrintF("gemv %-4s kernels: %s\n", DTypeShortName(x), absl::StrJoin(cells, ", "));
+  }
+  if (m.gemv_kernels_size() > 0) {
+    absl::PrintF("                  (batch bucket, kernel; * = measured on first use, else the default)\n");
+  }
 }
 
 }  // namespace

@@ -80,6 +80,16 @@ struct MatrixPlacement {
   std::vector<int64_t> shard_rows;  // kSharded only
 };
 
+// The GEMV kernel a backend runs for a matrix at one batch bucket and
+// activation dtype (MatrixInfo reports them): `measured` once the dispatcher
+// has timed the candidates there, else its static choice.
+struct GemvKernelChoice {
+  int max_batch = 1;  // the bucket: batches up to this (and over the previous bucket)
+  DType x_dtype = DType::kF16;
+  std::string kernel;
+  bool measured = false;
+};
+
 // A GEMV started by Backend::StartGemv. Wait() returns once y is written (or
 // the call failed); destroying it without Wait() waits too.
 class PendingGemv {
@@ -216,6 +226,10 @@ class Backend {
     return MatrixPlacement{Placement::kSingle, {device_ordinal()}, {}};
   }
   virtual int device_ordinal() const { return 0; }
+
+  // The GEMV kernels this backend picks for m, per batch bucket and
+  // activation dtype; empty where there is one kernel (the CPU backend).
+  virtual std::vector<GemvKernelChoice> GemvKernels(const BackendMatrix& /*m*/) const { return {}; }
 
   // Budget bytes an upload of `shape` takes (all copies, for a replicated
   // placement). The default: shape.resident_bytes().

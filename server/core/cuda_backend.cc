@@ -652,6 +652,29 @@ absl::StatusOr<std::unique_ptr<HostBuffer>> CudaBackend::AllocateHostBuffer(size
   return std::unique_ptr<HostBuffer>(new PinnedHostBuffer(p, bytes));
 }
 
+std::vector<GemvKernelChoice> CudaBackend::GemvKernels(const BackendMatrix& w) const {
+  const auto& m = static_cast<const CudaMatrix&>(w);
+  const MatrixShape& s = m.shape();
+  std::vector<GemvKernelChoice> out;
+  cuda::GemvProblem p;
+  p.rows = s.rows;
+  p.cols = s.cols;
+  p.format = s.format;
+  p.scale_mode = s.scale_mode;
+  p.path = static_cast<cuda::DecodePath>(decode_path_);
+  p.kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
+  for (DType x : {DType::kF16, DType::kBF16, DType::kF32}) {
+    for (int batch = 1; batch <= 128; batch *= 2) {
+      p.x_dtype = x;
+      p.batch = batch;
+      bool measured = false;
+      const cuda::GemvKernel k = cuda::ChosenGemvKernel(p, options_.device, &measured);
+      out.push_back({batch, x, cuda::GemvKernelName(k), measured});
+    }
+  }
+  return out;
+}
+
 absl::Status CudaBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   auto call = StartGemv(w, args);
   if (!call.ok()) return call.status();

@@ -67,6 +67,7 @@ class CudaBackend final : public Backend {
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
   // Enqueues the copies and the kernel on a lane and returns; the lane stays
   // taken until the call is waited for.
+  std::vector<GemvKernelChoice> GemvKernels(const BackendMatrix& m) const override;
   absl::StatusOr<std::unique_ptr<PendingGemv>> StartGemv(const BackendMatrix& w,
                                                          const GemvArgs& args) override;
   // Pinned (cudaHostAlloc, portable to every device), RESOURCE_EXHAUSTED when

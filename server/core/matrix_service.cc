@@ -146,6 +146,13 @@ v1::MatrixInfo MatrixService::Info(const Matrix& m) const {
   info.set_placement(static_cast<v1::Placement>(where.kind));
   for (int d : where.devices) info.add_devices(d);
   for (int64_t r : where.shard_rows) info.add_shard_rows(r);
+  for (const GemvKernelChoice& c : backend_->GemvKernels(*m.data)) {
+    v1::GemvKernelChoice* k = info.add_gemv_kernels();
+    k->set_max_batch(c.max_batch);
+    k->set_activation_dtype(static_cast<v1::DType>(c.x_dtype));
+    k->set_kernel(c.kernel);
+    k->set_measured(c.measured);
+  }
   return info;
 }
 

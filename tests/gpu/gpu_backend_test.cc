@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include "server/core/cpu_backend.h"
@@ -144,6 +145,55 @@ TEST(CudaBackend, BadOptionsAreRejected) {
   o.decode_path = "";
   o.lanes = 0;
   EXPECT_EQ(CudaBackend::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.lanes = 4;
+  o.gemv_kernel = "tensor";
+  EXPECT_EQ(CudaBackend::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The kernel choices MatrixInfo reports: every bucket and activation dtype,
+// forced ones as forced, and kAuto's measured once a GEMV of that bucket ran.
+TEST(CudaBackend, ReportsGemvKernelChoices) {
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  const bool hopper = prop.major == 9 && prop.minor == 0;
+  const MatrixShape shape{640, 1536, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  const auto w = RandomNormal(shape.rows * shape.cols, 21);
+  for (std::string forced : {"", "mma"}) {
+    CudaBackendOptions o;
+    o.gemv_kernel = forced;
+    auto cuda = CudaBackend::Create(o);
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    auto m = (*cuda)->Quantize(shape, w.data(), DType::kF32);
+    ASSERT_TRUE(m.ok()) << m.status();
+    std::vector<GemvKernelChoice> before = (*cuda)->GemvKernels(**m);
+    ASSERT_EQ(before.size(), 24u);  // 8 buckets x 3 dtypes
+    for (const auto& c : before) {
+      EXPECT_FALSE(c.measured);
+      EXPECT_EQ(c.kernel, forced == "mma" || !hopper ? "mma" : "wgmma");
+    }
+    // A batch of 12 F32 vectors: bucket 16 of F32 is measured (kAuto on
+    // sm_90) and the result is right whichever kernel won.
+    const int64_t batch = 12;
+    const auto x = RandomNormal(batch * shape.cols, 22);
+    std::vector<float> y(size_t(batch * shape.rows), NAN);
+    ASSERT_TRUE((*cuda)->Gemv(**m, {x.data(), DType::kF32, 1.0f, batch, y.data(), DType::kF32}).ok());
+    CpuBackend cpu(2);
+    auto cm = cpu.Quantize(shape, w.data(), DType::kF32);
+    ASSERT_TRUE(cm.ok());
+    std::vector<float> yc(y.size(), NAN);
+    ASSERT_TRUE(cpu.Gemv(**cm, {x.data(), DType::kF32, 1.0f, batch, yc.data(), DType::kF32}).ok());
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      err += (double(y[i]) - yc[i]) * (double(y[i]) - yc[i]);
+      norm += double(yc[i]) * yc[i];
+    }
+    EXPECT_LE(std::sqrt(err / norm), 1e-5);
+    for (const auto& c : (*cuda)->GemvKernels(**m)) {
+      const bool tuned = forced.empty() && hopper && c.x_dtype == DType::kF32 && c.max_batch == 16;
+      EXPECT_EQ(c.measured, tuned) << c.max_batch << " " << DTypeName(c.x_dtype);
+      if (tuned) EXPECT_TRUE(c.kernel == "mma" || c.kernel == "wgmma") << c.kernel;
+    }
+  }
 }
 
 TEST(CudaBackend, OutOfDeviceMemoryIsResourceExhausted) {

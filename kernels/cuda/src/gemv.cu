@@ -527,12 +527,16 @@ bool ParseGemvKernel(const char* name, GemvKernel* out) {
   return false;
 }
 
-GemvKernel ChosenGemvKernel(const GemvProblem& p, int device) {
+GemvKernel ChosenGemvKernel(const GemvProblem& p, int device, bool* measured) {
   DeviceInfo info;
   Plan pl;
+  if (measured != nullptr) *measured = false;
   if (!ValidShape(p) || p.batch <= 0 || GetDeviceInfo(device, &info) != cudaSuccess ||
       MakePlan(p, device, info, &pl) != cudaSuccess) {
     return GemvKernel::kAuto;
+  }
+  if (measured != nullptr && p.kernel == GemvKernel::kAuto && wgmma_gemv::Runs(info.cc)) {
+    *measured = gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) != GemvKernel::kAuto;
   }
   return pl.kernel;
 }

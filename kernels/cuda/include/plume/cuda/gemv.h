@@ -65,7 +65,9 @@ struct GemvProblem {
 
 // The kernel family Gemv runs p with on `device` (kAuto resolved), or kAuto
 // when p is not a valid problem there (a forced kernel the device lacks).
-GemvKernel ChosenGemvKernel(const GemvProblem& p, int device);
+// *measured (optional) tells whether kAuto's choice was timed (on a first
+// call of p's shape and batch bucket) rather than the static one.
+GemvKernel ChosenGemvKernel(const GemvProblem& p, int device, bool* measured = nullptr);
 
 // The decode path for a device: native on compute capability 8.9 and later.
 DecodePath DefaultDecodePath(int device);
