@@ -16,7 +16,7 @@ endif()
 if(TARGET plume_cuda_backend)
   plume_gpu_test(gpu_backend_test plume_cuda_backend plume_core)
   plume_gpu_test(gpu_attention_test plume_cuda_backend plume_core plume_kernels_cuda plume_kernels_ref)
-  # Issue 5: the pinned fast path, ShardedBackend over one CudaBackend per GPU.
+  # The pinned fast path, ShardedBackend over one CudaBackend per GPU.
   plume_gpu_test(gpu_multi_test plume_cuda_backend plume_core plume_kernels_ref)
 endif()
 # The attention kernels' code run on the CPU in emulation (tests/emu): a CI
