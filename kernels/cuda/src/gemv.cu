@@ -14,6 +14,7 @@
 #include "plume/kernels/half.h"
 #include "fp8_regs.cuh"
 #include "gemv_prep.cuh"
+#include "gemv_splits.cuh"
 #include "gemv_tuner.h"
 #include "gemv_wgmma.h"
 
@@ -297,34 +298,30 @@ __global__ void __launch_bounds__(kThreads) MmaGemvKernel(const Params p) {
   if (!last) return;
   __threadfence();
 
-  const int64_t tile_row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock;
-  for (int i = threadIdx.x; i < kRowsPerBlock * p.nvec; i += kThreads) {
-    const int v = i / kRowsPerBlock;
-    const int64_t row = tile_row + i % kRowsPerBlock;
-    if (row >= p.rows) continue;
-    float sum;
-    if (p.split) {
-      float hi = 0.0f, lo = 0.0f;
-      for (int s = 0; s < p.splits; ++s) {
-        const float* src = p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kN;
-        hi += __ldcg(src + 2 * v);
-        lo += __ldcg(src + 2 * v + 1);
-      }
-      sum = (hi + lo) * (p.colmul != nullptr ? p.colmul[2 * v] : 1.0f);
-    } else {
-      sum = 0.0f;
-      for (int s = 0; s < p.splits; ++s) {
-        sum += __ldcg(p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kN + v);
-      }
-      if (p.colmul != nullptr) sum *= p.colmul[v];
-    }
+  // Finishes (row, column c) from its sum(s): F32 activations are columns
+  // 2v (hi) and 2v + 1 (lo) of vector v.
+  auto finish = [&](int64_t row, int v, float sum) {
+    if (p.colmul != nullptr) sum *= p.colmul[p.split ? 2 * v : v];
     float scale = p.decode_factor;
     if (p.mode == ScaleMode::kTensor) scale *= p.scales[0];
     if (p.mode == ScaleMode::kRow) scale *= p.scales[row];
     sum *= scale;
     if (p.nan_rows != nullptr && p.nan_rows[row] != 0) sum = __int_as_float(0x7fc00000);
     Store(p.y, p.y_dtype, v * p.y_ld + row, sum);
-  }
+  };
+  SumSplits<kThreads>(p.partial, p.rows_pad, kN, static_cast<int64_t>(blockIdx.x) * kRowsPerBlock,
+                      kRowsPerBlock, p.rows, p.ncols, p.splits,
+                      [&](int64_t row, int col, float4 s) {
+                        const float c[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                          if (p.split) {
+                            if (j % 2 == 0 && (col + j) / 2 < p.nvec) finish(row, (col + j) / 2, c[j] + c[j + 1]);
+                          } else if (col + j < p.nvec) {
+                            finish(row, col + j, c[j]);
+                          }
+                        }
+                      });
   if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;  // ready for the next launch
 }
 

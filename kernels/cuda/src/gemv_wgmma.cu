@@ -31,6 +31,7 @@
 #include "plume/kernels/layout.h"
 #include "fp8_regs.cuh"
 #include "gemv_prep.cuh"
+#include "gemv_splits.cuh"
 #include "gemv_wgmma.h"
 #include "gemv_wgmma_layout.h"
 #include "wgmma.cuh"
@@ -384,18 +385,17 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int idx = threadIdx.x; idx < kTileRows * p.nvec; idx += kThreads) {
-    const int v = idx / kTileRows;
-    const int64_t row = row0 + idx % kTileRows;
-    if (row >= p.rows) continue;
-    const int col = p.split ? 2 * v : v;
-    float sum = 0.0f;
-    for (int s = 0; s < p.splits; ++s) {
-      const float* src = p.partial + (static_cast<int64_t>(s) * p.rows_pad + row) * kN + col;
-      sum += p.split ? __ldcg(src) + __ldcg(src + 1) : __ldcg(src);
-    }
-    Store(p.y, p.y_dtype, v * p.y_ld + row, Finish(p, row, col, sum));
-  }
+  SumSplits<kThreads>(p.partial, p.rows_pad, kN, row0, kTileRows, p.rows,
+                      p.split ? 2 * p.nvec : p.nvec, p.splits, [&](int64_t row, int col, float4 s) {
+                        const float c[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                          const int v = p.split ? (col + j) / 2 : col + j;
+                          if ((p.split && j % 2 != 0) || v >= p.nvec) continue;
+                          const float sum = p.split ? c[j] + c[j + 1] : c[j];
+                          Store(p.y, p.y_dtype, v * p.y_ld + row, Finish(p, row, col + j, sum));
+                        }
+                      });
   if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;  // ready for the next launch
 #endif
 }
