@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) MmaGemvKernel(const Params p) {
     if (p.nan_rows != nullptr && p.nan_rows[row] != 0) sum = __int_as_float(0x7fc00000);
     Store(p.y, p.y_dtype, v * p.y_ld + row, sum);
   };
-  SumSplits<kThreads>(p.partial, p.rows_pad, kN, static_cast<int64_t>(blockIdx.x) * kRowsPerBlock,
+  SumSplits<kThreads, 1>(p.partial, p.rows_pad, kN, static_cast<int64_t>(blockIdx.x) * kRowsPerBlock,
                       kRowsPerBlock, p.rows, p.ncols, p.splits,
                       [&](int64_t row, int col, float4 s) {
                         const float c[4] = {s.x, s.y, s.z, s.w};

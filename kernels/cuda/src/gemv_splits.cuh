@@ -4,8 +4,8 @@
 // them up (in split order, so the result does not depend on which block
 // came last) and hands each row's sums to the kernel's epilogue.
 //
-// The sums are read as float4 (4 adjacent columns of one row), two rows per
-// thread and four splits per step, all loads issued before the adds: the
+// The sums are read as float4 (4 adjacent columns of one row), kRows rows
+// per thread and four splits per step, all loads issued before the adds: the
 // reads come from L2, and issued one after another their latency, not their
 // bytes, set the time (with 32 rows x 64 columns per thread that was 30 µs
 // per launch; ncu durations in bench/RESULTS-gpu.md).
@@ -21,21 +21,21 @@ namespace {
 // first `ncols` columns. `ld` is a multiple of 4 and `partial` 16-byte
 // aligned. Consecutive threads take consecutive rows, so the epilogue's
 // stores (column-major y) coalesce.
-template <int kBlockThreads, typename Emit>
+template <int kBlockThreads, int kRows, typename Emit>
 __device__ __forceinline__ void SumSplits(const float* partial, int64_t rows_pad, int ld,
                                           int64_t row0, int tile_rows, int64_t rows, int ncols,
                                           int splits, Emit&& emit) {
   const int groups = (ncols + 3) / 4;
   const int items = tile_rows * groups;
   const int64_t split_stride = rows_pad * ld;
-  for (int i0 = threadIdx.x; i0 < items; i0 += 2 * kBlockThreads) {
-    int64_t row[2];
-    int col[2];
-    bool live[2];
-    const float* src[2];
-    float4 acc[2];
+  for (int i0 = threadIdx.x; i0 < items; i0 += kRows * kBlockThreads) {
+    int64_t row[kRows];
+    int col[kRows];
+    bool live[kRows];
+    const float* src[kRows];
+    float4 acc[kRows];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kRows; ++u) {
       const int i = i0 + u * kBlockThreads;
       row[u] = row0 + i % tile_rows;
       col[u] = 4 * (i / tile_rows);
@@ -44,9 +44,9 @@ __device__ __forceinline__ void SumSplits(const float* partial, int64_t rows_pad
       acc[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
     for (int s = 0; s < splits; s += 4) {
-      float4 v[2][4];
+      float4 v[kRows][4];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < kRows; ++u) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           v[u][q] = live[u] && s + q < splits
@@ -55,7 +55,7 @@ __device__ __forceinline__ void SumSplits(const float* partial, int64_t rows_pad
         }
       }
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < kRows; ++u) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           acc[u].x += v[u][q].x;
@@ -66,7 +66,7 @@ __device__ __forceinline__ void SumSplits(const float* partial, int64_t rows_pad
       }
     }
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kRows; ++u) {
       if (live[u]) emit(row[u], col[u], acc[u]);
     }
   }

@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  SumSplits<kThreads>(p.partial, p.rows_pad, kN, row0, kTileRows, p.rows,
+  SumSplits<kThreads, 2>(p.partial, p.rows_pad, kN, row0, kTileRows, p.rows,
                       p.split ? 2 * p.nvec : p.nvec, p.splits, [&](int64_t row, int col, float4 s) {
                         const float c[4] = {s.x, s.y, s.z, s.w};
 #pragma unroll
