@@ -402,9 +402,13 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
 
 // --------------------------------------------------------------- pre-pass
 
-// One block per vector slot of the launch (slots past nvec write zero
-// columns): the vector as FP16 image columns, in ImageOffset order, and the
-// factor that undoes its scaling.
+// Blocks (vector slot, chunk range) of the launch (slots past nvec write
+// zero columns): the vector as FP16 image columns, in ImageOffset order, and
+// the factor that undoes its scaling. F32 and BF16 vectors are scaled by a
+// power of two found over the whole vector, so they take one block each
+// (gridDim.y == 1); the others are split across chunk ranges, so the pass is
+// short next to the main kernel, which waits for it before its first image
+// load.
 template <DType kIn>
 __global__ void __launch_bounds__(kPrepThreads)
     ImagePrepKernel(const void* x, int64_t cols, int nvec, int n_cols, int chunks, __half* image,
@@ -418,8 +422,11 @@ __global__ void __launch_bounds__(kPrepThreads)
   const void* xv = static_cast<const char*>(x) + (live ? v : 0) * cols * int64_t{DTypeSize(kIn)};
   const int e = live ? VectorExponent<kIn>(xv, cols) : 0;
   const int n_hi = kSplit ? 2 * v : v;
+  const int per_block = (chunks + gridDim.y - 1) / gridDim.y;
+  const int64_t q_end = int64_t{min(chunks, (int(blockIdx.y) + 1) * per_block)} * kSteps * 2;
   // One 16-byte group (8 k values of one step half) per iteration.
-  for (int64_t q = threadIdx.x; q < int64_t{chunks} * kSteps * 2; q += kPrepThreads) {
+  for (int64_t q = int64_t{blockIdx.y} * per_block * kSteps * 2 + threadIdx.x; q < q_end;
+       q += kPrepThreads) {
     const int c = static_cast<int>(q / (kSteps * 2));
     const int s = static_cast<int>(q / 2 % kSteps);
     const int h = static_cast<int>(q % 2);
@@ -440,7 +447,7 @@ __global__ void __launch_bounds__(kPrepThreads)
           *reinterpret_cast<const uint4*>(lo);
     }
   }
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && blockIdx.y == 0) {
     const float m = live ? ColumnFactor<kIn>(e, x_scale) : 0.0f;
     colmul[n_hi] = m;
     if (kSplit) colmul[n_hi + 1] = m;
@@ -622,7 +629,11 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
     const int nvec = static_cast<int>(std::min<int64_t>(pl.vec_per_launch, p.batch - v0));
     const void* x = static_cast<const char*>(p.x) + v0 * p.cols * x_elem;
     PLUME_CUDA_TRY(DispatchXDType(p.x_dtype, [&](auto in) {
-      ImagePrepKernel<decltype(in)::value><<<slots, kPrepThreads, 0, stream>>>(
+      constexpr DType kIn = decltype(in)::value;
+      // Chunk ranges of at least 8 chunks, where no whole-vector scale is needed.
+      const bool whole = kIn == DType::kF32 || kIn == DType::kBF16;
+      const unsigned ranges = whole ? 1u : static_cast<unsigned>(std::min(32, (pl.chunks + 7) / 8));
+      ImagePrepKernel<kIn><<<dim3(slots, ranges), kPrepThreads, 0, stream>>>(
           x, p.cols, nvec, pl.n, pl.chunks, reinterpret_cast<__half*>(ws + pl.off_image),
           reinterpret_cast<float*>(ws + pl.off_colmul), p.x_scale);
       return cudaGetLastError();
