@@ -580,35 +580,46 @@ cudaError_t PlanFor(const GemvProblem& p, int device, CallPlan* out) {
 
 cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream);
 
-// Times each candidate on the call's own data (one warm-up, then the mean of
-// three launches), records the faster for p's key and returns its plan. The
-// last launch is the winner's, so the call's result is in place. Skipped
-// (the static choice runs) while the stream is being captured into a graph.
+// Times each candidate on the call's own data and records the faster for
+// p's key: one warm-up launch each, then kTuneRounds rounds that launch both
+// in turn, each launch between its own pair of events, and the medians are
+// compared (interleaved, so clock and L2 drift hit both alike; the median, so
+// one slow launch does not decide). The last launch is the winner's, so the
+// call's result is in place. Skipped (the static choice runs) while the
+// stream is being captured into a graph.
+constexpr int kTuneRounds = 7;
+
 cudaError_t TuneAndLaunch(const GemvProblem& p, int device, const CallPlan& c, void* ws,
                           cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PLUME_CUDA_TRY(cudaStreamIsCapturing(stream, &capture));
   if (capture != cudaStreamCaptureStatusNone) return Launch(p, c.plan, ws, stream);
-  cudaEvent_t ev[2];
-  PLUME_CUDA_TRY(cudaEventCreate(&ev[0]));
-  if (const cudaError_t e = cudaEventCreate(&ev[1]); e != cudaSuccess) {
-    cudaEventDestroy(ev[0]);
-    return e;
-  }
-  float ms[2] = {0, 0};
+  constexpr int kEvents = 2 * 2 * kTuneRounds;  // [round][candidate][start, end]
+  cudaEvent_t ev[kEvents];
+  int made = 0;
   cudaError_t err = cudaSuccess;
-  for (int i = 0; i < 2 && err == cudaSuccess; ++i) {
-    err = Launch(p, c.candidates[i], ws, stream);
-    if (err == cudaSuccess) err = cudaEventRecord(ev[0], stream);
-    for (int r = 0; r < 3 && err == cudaSuccess; ++r) err = Launch(p, c.candidates[i], ws, stream);
-    if (err == cudaSuccess) err = cudaEventRecord(ev[1], stream);
-    if (err == cudaSuccess) err = cudaEventSynchronize(ev[1]);
-    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms[i], ev[0], ev[1]);
+  for (; made < kEvents && err == cudaSuccess; ++made) err = cudaEventCreate(&ev[made]);
+  if (err != cudaSuccess) --made;  // the failed one was not created
+  for (int i = 0; i < 2 && err == cudaSuccess; ++i) err = Launch(p, c.candidates[i], ws, stream);
+  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
+    for (int i = 0; i < 2 && err == cudaSuccess; ++i) {
+      cudaEvent_t* e = ev + 4 * r + 2 * i;
+      err = cudaEventRecord(e[0], stream);
+      if (err == cudaSuccess) err = Launch(p, c.candidates[i], ws, stream);
+      if (err == cudaSuccess) err = cudaEventRecord(e[1], stream);
+    }
   }
-  cudaEventDestroy(ev[0]);
-  cudaEventDestroy(ev[1]);
+  if (err == cudaSuccess) err = cudaEventSynchronize(ev[kEvents - 1]);
+  float ms[2][kTuneRounds];
+  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
+    for (int i = 0; i < 2 && err == cudaSuccess; ++i) {
+      err = cudaEventElapsedTime(&ms[i][r], ev[4 * r + 2 * i], ev[4 * r + 2 * i + 1]);
+    }
+  }
+  for (int i = 0; i < made; ++i) cudaEventDestroy(ev[i]);
   PLUME_CUDA_TRY(err);
-  const int best = ms[1] < ms[0] ? 1 : 0;
+  for (auto& m : ms) std::sort(m, m + kTuneRounds);
+  const int best = ms[1][kTuneRounds / 2] < ms[0][kTuneRounds / 2] ? 1 : 0;
   gemv_tuner::Store(gemv_tuner::KeyOf(p, device), c.candidates[best].kernel);
   return best == 1 ? cudaSuccess : Launch(p, c.candidates[0], ws, stream);
 }
