@@ -239,9 +239,11 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
               kernel == plume::cuda::GemvKernel::kAuto
                   ? std::string("plume")
                   : std::string("plume-") + plume::cuda::GemvKernelName(kernel);
+          // The kernel that ran: for kAuto, the one its first call measured fastest.
+          const plume::cuda::GemvKernel chosen = plume::cuda::ChosenGemvKernel(p, dev);
           Report(shape, b, kname, FormatName(f) + " " + plume::ScaleModeName(m) + " " +
                                       plume::cuda::DecodePathName(path) + " x=" + xname + " k=" +
-                                      plume::cuda::GemvKernelName(ran),
+                                      plume::cuda::GemvKernelName(chosen),
                  us, static_cast<double>(code_bytes));
         }
         }

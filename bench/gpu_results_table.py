@@ -1,6 +1,8 @@
 """Turns gpu_gemv_bench's JSON (and torch_scaled_mm.py's) into the markdown
 tables of bench/RESULTS-gpu.md, with the issue's targets checked against the
-same run. Usage: gpu_results_table.py BENCH.json [TORCH.json] [F32.json]"""
+same run. Usage: gpu_results_table.py BENCH.json[,MORE.json...] [TORCH.json] [F32.json]
+(the BENCH files are one run's gpu_gemv_bench outputs, read in order: the
+first that has a row wins)."""
 import json
 import sys
 
@@ -11,7 +13,10 @@ def load(path):
 
 
 def main():
-    bench = load(sys.argv[1])
+    parts = [load(path) for path in sys.argv[1].split(",")]
+    bench = parts[0]
+    for extra in parts[1:]:
+        bench["results"] = bench["results"] + extra["results"]
     torch = load(sys.argv[2])["results"] if len(sys.argv) > 2 and sys.argv[2] != "-" else []
     f32 = load(sys.argv[3])["results"] if len(sys.argv) > 3 else []
     rows = bench["results"]
