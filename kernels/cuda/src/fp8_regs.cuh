@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 
 #include "plume/cuda/check.h"
 
@@ -21,6 +22,21 @@ namespace {
 // How W's codes become FP16 pairs.
 enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
 
+// Calls pick(std::integral_constant<Dec, d>{}) with the decoder of a format
+// and path as a constant and returns what it returns; R{} for a value that
+// is not a format (the callers' kernel tables then fail the launch).
+template <typename R, typename F>
+R DispatchDec(Fp8Format format, bool native, F&& pick) {
+  switch (format) {
+    case Fp8Format::kE4M3:
+      return native ? pick(std::integral_constant<Dec, Dec::kE4M3Native>{})
+                    : pick(std::integral_constant<Dec, Dec::kE4M3Soft>{});
+    case Fp8Format::kE5M2:
+      return native ? pick(std::integral_constant<Dec, Dec::kE5M2Native>{})
+                    : pick(std::integral_constant<Dec, Dec::kE5M2Soft>{});
+  }
+  return R{};
+}
 
 // ------------------------------------------------------------------ decoding
 

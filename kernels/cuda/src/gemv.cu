@@ -378,21 +378,12 @@ KernelFn PickNT(int nt) {
   return nullptr;  // the plan never asks for another tile count
 }
 
-template <Dec kDec>
-KernelFn PickBlock(bool block, int nt) {
-  return block ? PickNT<kDec, true>(nt) : PickNT<kDec, false>(nt);
-}
-
 // The one place a kernel is chosen.
 KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int nt) {
-  const bool native = path == DecodePath::kNative;
-  switch (format) {
-    case Fp8Format::kE4M3:
-      return native ? PickBlock<Dec::kE4M3Native>(block, nt) : PickBlock<Dec::kE4M3Soft>(block, nt);
-    case Fp8Format::kE5M2:
-      return native ? PickBlock<Dec::kE5M2Native>(block, nt) : PickBlock<Dec::kE5M2Soft>(block, nt);
-  }
-  return nullptr;  // not a format: the caller fails
+  return DispatchDec<KernelFn>(format, path == DecodePath::kNative, [&](auto dec) {
+    constexpr Dec kDec = decltype(dec)::value;
+    return block ? PickNT<kDec, true>(nt) : PickNT<kDec, false>(nt);
+  });
 }
 
 struct Plan {

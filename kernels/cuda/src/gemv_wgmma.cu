@@ -472,20 +472,11 @@ KernelFn PickN(int n) {
   }
 }
 
-template <Dec kDec>
-KernelFn PickBlock(bool block, int n) {
-  return block ? PickN<kDec, true>(n) : PickN<kDec, false>(n);
-}
-
 KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int n) {
-  const bool native = path == DecodePath::kNative;
-  switch (format) {
-    case Fp8Format::kE4M3:
-      return native ? PickBlock<Dec::kE4M3Native>(block, n) : PickBlock<Dec::kE4M3Soft>(block, n);
-    case Fp8Format::kE5M2:
-      return native ? PickBlock<Dec::kE5M2Native>(block, n) : PickBlock<Dec::kE5M2Soft>(block, n);
-  }
-  return nullptr;
+  return DispatchDec<KernelFn>(format, path == DecodePath::kNative, [&](auto dec) {
+    constexpr Dec kDec = decltype(dec)::value;
+    return block ? PickN<kDec, true>(n) : PickN<kDec, false>(n);
+  });
 }
 
 // Calls f(Cfg<n>{}) for a plan's N.
