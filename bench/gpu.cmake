@@ -10,7 +10,7 @@ if(PLUME_HAVE_CUDA)
   target_link_libraries(gpu_attention_bench PRIVATE plume_kernels_cuda)
   target_compile_options(gpu_attention_bench PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
 endif()
-# Multi-GPU GEMV through the backend layer (issue 5; bench/run_multi_gpu_bench.sh).
+# Multi-GPU GEMV through the backend layer (bench/run_multi_gpu_bench.sh).
 if(TARGET plume_cuda_backend)
   add_executable(gpu_multi_bench ${CMAKE_CURRENT_LIST_DIR}/gpu_multi_bench.cc)
   target_include_directories(gpu_multi_bench PRIVATE ${PROJECT_SOURCE_DIR})

@@ -1,4 +1,4 @@
-// GPU attention benchmark (issue 4), in one run: the read ceiling, plume's
+// GPU attention benchmark, in one run: the read ceiling, plume's
 // decode at seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D=128, batch 1 and
 // 16 (one cache, the batch's queries against it), and plume's prefill at one
 // head S=8192 D=512 and at S=4096 heads 32 D=128 causal. Caches are E4M3 with

@@ -1,4 +1,4 @@
-// Multi-GPU GEMV benchmark (issue 5), through the backend layer the server
+// Multi-GPU GEMV benchmark, through the backend layer the server
 // uses: one CudaBackend on GPU 0 against a ShardedBackend that row-shards the
 // same matrix over every GPU (--devices), and, for throughput, a replicated
 // copy driven by one thread per GPU.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the multi-GPU GEMV benchmark (issue 5) on a GPU machine from binaries
+# Runs the multi-GPU GEMV benchmark on a GPU machine from binaries
 # carried in .gpu-carry/ (scripts/pack-for-gpu.sh build/release; nothing is
 # built there): a 32768x16384 E4M3 ROW matrix, F16 activations, batches 1
 # and 16, one GPU against row-sharded over every GPU (and replicated, one

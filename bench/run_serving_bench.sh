@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serving benchmark of issue 5 on a GPU machine, from binaries carried in
+# The serving benchmark on a GPU machine, from binaries carried in
 # .gpu-carry/ (scripts/pack-for-gpu.sh build/release; nothing is built
 # there): starts plume-server on the GPU backend, uploads a random
 # SIZE x SIZE matrix as E4M3 (F32 source, through the plume CLI), then runs

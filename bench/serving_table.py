@@ -1,5 +1,5 @@
 """Turns the JSON files of bench/run_serving_bench.sh (plume bench --json)
-into the markdown of issue 5's serving results: per concurrency the served
+into the markdown of the serving results: per concurrency the served
 vectors/s with the Echo ceiling beside it and their ratio, p50/p99, the mean
 batch, the server's queue/kernel split and the GPU time per vector (kernel
 time summed / vectors), then the issue's targets checked against the run.
@@ -65,7 +65,7 @@ def table(run, echo, title):
 
 
 def targets(stream, echo, half):
-    out = ["### Targets (issue 5)", ""]
+    out = ["### Targets", ""]
     out.append("| target | measured | result |")
     out.append("|---|---|---|")
     if not stream:

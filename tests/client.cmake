@@ -23,7 +23,7 @@ else()
   message(STATUS "plume: client_cli_e2e_test skipped (needs targets plume-server and plume_kernels_ref)")
 endif()
 
-# `plume bench`'s /metrics reader (issue 5): URL and text-format parsing, GET
+# `plume bench`'s /metrics reader: URL and text-format parsing, GET
 # against a real prometheus-cpp Exposer with and without basic auth.
 add_executable(client_metrics_scrape_test client/metrics_scrape_test.cc)
 target_link_libraries(client_metrics_scrape_test PRIVATE plume_metrics_scrape prometheus-cpp::pull

@@ -253,7 +253,7 @@ class Backend {
     return absl::UnimplementedError(absl::StrCat("backend ", std::string(name()), " has no attention"));
   }
 
-  // The durable store's two K/V hooks (issue 7; durable_store.h). Both move
+  // The durable store's two K/V hooks (durable_store.h). Both move
   // whole pages in kv_layout.h's byte layout, host memory on the caller's
   // side, so what is on disk is exactly what the backend serves.
   //

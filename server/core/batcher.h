@@ -1,4 +1,4 @@
-// The Batcher: dynamic batching of GEMV and attention requests (issue 5).
+// The Batcher: dynamic batching of GEMV and attention requests.
 //
 // There is one queue per target (a matrix or a K/V cache). Requests with
 // compatible arguments (the same BatchKey: for GEMV the x dtype, x scale and

@@ -260,7 +260,7 @@ TEST_F(E2eTest, KvUploadAppendAttendListDelete) {
   EXPECT_NE(gone.err.find("NOT_FOUND"), std::string::npos) << gone.err;
 }
 
-// ---------------------------------------------------------------- plume bench (issue 5)
+// ---------------------------------------------------------------- plume bench
 
 // The columns `plume bench` prints, every one of which must be there.
 const std::vector<std::string> kBenchColumns = {"REQ/S",  "VEC/S",     "P50_MS", "P90_MS",        "P99_MS",

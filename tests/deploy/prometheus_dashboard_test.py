@@ -32,12 +32,12 @@ import numpy as np
 
 # Metrics that the CPU server does not export (yet), with the reason.
 ALLOWED_EMPTY = {
-    "plume_device_memory_used_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
-    "plume_device_memory_total_bytes": "CUDA backend only (issue 3): the CPU backend has no device memory",
+    "plume_device_memory_used_bytes": "CUDA backend only: the CPU backend has no device memory",
+    "plume_device_memory_total_bytes": "CUDA backend only: the CPU backend has no device memory",
 }
 RATE_INTERVAL = "10s"  # what $__rate_interval stands for: >= 4 scrapes of 1 s
 SCRAPE = "1s"
-# Panels the issue asks for (titles in the dashboard).
+# The panels the dashboard must have (by title).
 REQUIRED_PANELS = [
     "Vectors/s", "Requests/s by method", "Achieved weight bandwidth", "GEMV latency p50 / p90 / p99",
     "Queue vs kernel time", "Batch size distribution", "Queue depth", "Errors by code",

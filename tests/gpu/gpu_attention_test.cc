@@ -554,7 +554,7 @@ TEST(GpuAttention, DecodeFewRows) {
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4402);
 }
 
-// Issue 4: state the error at 128k tokens (decode, heads 32 / kv_heads 8, D=128).
+// State the error at 128k tokens (decode, heads 32 / kv_heads 8, D=128).
 TEST(GpuAttention, Decode128kTokens) {
   Case c{128, 131072, 1, 8, 32, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32,
          DType::kF32};

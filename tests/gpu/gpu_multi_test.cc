@@ -1,4 +1,4 @@
-// Issue 5 on the GPU: the CUDA backend's pinned (zero-copy) path against its
+// On the GPU: the CUDA backend's pinned (zero-copy) path against its
 // staging path, bit for bit; and ShardedBackend over one CudaBackend per GPU
 // (sharded and replicated placements) against the CPU backend, the FP64
 // reference and one GPU, including many threads at once.

@@ -1,4 +1,4 @@
-// Batching end to end (issue 5): the real server in process on 127.0.0.1:0,
+// Batching end to end: the real server in process on 127.0.0.1:0,
 // CPU backend, driven through the SDK. 32 streaming clients and a few unary
 // callers feed the same batch queue; every result is checked against the
 // reference and the server's plume_batch_size shows batches of more than one

@@ -1,4 +1,4 @@
-// ShardedBackend over CpuBackend children (issue 5): sharded and replicated
+// ShardedBackend over CpuBackend children: sharded and replicated
 // placements give bit-identical packed matrices and GEMV results to one
 // CpuBackend, for every format and scale mode, ragged shapes, batches 1..17;
 // ReadPacked reassembles the whole matrix; per-device budgets choose the
