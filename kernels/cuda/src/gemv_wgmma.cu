@@ -56,9 +56,10 @@ template <int kN>
 struct Cfg {
   static constexpr int kImageBytes = kN * kChunk * 2;
   static constexpr int kStageBytes = kTileBytes + kImageBytes;  // a multiple of 1024
-  // Small N: two blocks per multiprocessor (their registers fit), each with
-  // half the ring, so two pipelines keep the loads coming.
-  static constexpr int kBlocksPerSm = kN <= 16 ? 2 : 1;
+  // N = 8: two blocks per multiprocessor (their registers fit), each with
+  // half the ring, so two pipelines keep the loads coming. From N = 16 the
+  // register cap of two blocks made ptxas serialize the wgmma (C7512).
+  static constexpr int kBlocksPerSm = kN <= 8 ? 2 : 1;
   static constexpr int kStages = std::min(8, kMaxStageMemory / kBlocksPerSm / kStageBytes);
   static constexpr int kSmem = kStages * kStageBytes + 1024;     // + room to align to 1024
 };
@@ -167,8 +168,9 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   using C = Cfg<kN>;
   constexpr int kM = kN / 2;  // accumulators per thread
   // Without block scales, even and odd k-steps add into separate sums, so
-  // consecutive MMAs don't wait on each other (where the registers allow).
-  constexpr int kSets = !kBlock && kN <= 64 ? 2 : 1;
+  // consecutive MMAs don't wait on each other (where the registers allow:
+  // not under the two-blocks-per-SM cap, where ptxas would serialize).
+  constexpr int kSets = !kBlock && kN <= 64 && C::kBlocksPerSm == 1 ? 2 : 1;
   extern __shared__ uint8_t smem_raw[];
   __shared__ uint64_t full[C::kStages];
   __shared__ uint64_t empty[C::kStages];
