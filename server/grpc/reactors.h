@@ -228,8 +228,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
 // unary calls); its response (or its own error status, with the request_id
 // echoed) is written as soon as its batch is done, so results may go out of
 // order.
-// At most `max_in_flight` items are computed at once; beyond that the stream
-// stops reading, which applies HTTP/2 flow control to the client.
+// At most `max_in_flight` items are read and not yet written (computing or
+// waiting for their write); beyond that the stream stops reading, which
+// applies HTTP/2 flow control to the client.
+// A cancelled call (client cancel, deadline, a failed write, server
+// shutdown) drops its unwritten results and finishes as soon as its
+// outstanding read, write and items are done, whatever it was doing.
 template <class Req, class Resp>
 class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
  public:
@@ -246,16 +250,23 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
         max_in_flight_(max_in_flight),
         run_(std::move(run)) {
     if (absl::Status s = gate_->Admit(ctx); !s.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        finished_ = true;  // a later OnCancel must not finish it again
+      }
       metrics_->RecordRequest(method_, s.code(), 0.0);
       this->Finish(ToGrpcStatus(s));
       return;
     }
-    reading_ = true;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = true;
+    }
     this->StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    if (!ok) {  // half-close, or the call is cancelled or broken
       {
         absl::MutexLock lock(&mu_);
         reading_ = false;
@@ -267,12 +278,21 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     auto req = std::make_shared<Req>();
     req->Swap(&req_);
     const Clock::time_point t0 = Clock::now();
-    bool read_more;
+    bool read_more = false;
+    bool run = false;
     {
       absl::MutexLock lock(&mu_);
-      ++in_flight_;
-      read_more = in_flight_ < max_in_flight_;
-      reading_ = read_more;
+      reading_ = false;
+      if (!cancelled_) {  // a cancelled call runs nothing more
+        run = true;
+        ++running_;
+        read_more = UnwrittenLocked() < max_in_flight_;
+        reading_ = read_more;
+      }
+    }
+    if (!run) {
+      Advance();
+      return;
     }
     Resp* resp = new Resp;
     run_(*req, resp, LifeOf(ctx_), [this, req, resp, t0](const absl::Status& s) {
@@ -285,7 +305,18 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     {
       absl::MutexLock lock(&mu_);
       writing_.reset();
-      if (!ok) broken_ = true;  // the client is gone: drop what is left
+      if (!ok) cancelled_ = true;  // the client is gone: drop what is left
+    }
+    Advance();
+  }
+
+  // The client cancelled, the deadline passed or the server is shutting
+  // down: queued results are dropped, nothing more is read, and the stream
+  // finishes as soon as its outstanding read, write and items are done.
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
     }
     Advance();
   }
@@ -301,6 +332,13 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   }
 
  private:
+  // Items read and not yet written: running, waiting to be written, or being
+  // written. Their results are held in memory, so they count against
+  // max_in_flight: a client that stops reading stops the stream reading too.
+  int UnwrittenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return running_ + static_cast<int>(pending_writes_.size()) + (writing_ ? 1 : 0);
+  }
+
   // Queues an item's result (or its own error status) for writing.
   void Complete(uint64_t request_id, const absl::Status& s, std::unique_ptr<Resp> resp,
                 Clock::time_point t0) {
@@ -313,36 +351,43 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     }
     {
       absl::MutexLock lock(&mu_);
-      --in_flight_;
-      if (!broken_) pending_writes_.push_back(std::move(resp));
+      --running_;
+      if (!cancelled_) pending_writes_.push_back(std::move(resp));
     }
     Advance();
   }
 
   // Starts the next write, resumes reading, or finishes: decided under the
-  // lock, done outside it (a reaction may run on this thread).
+  // lock, done outside it (a reaction may run on this thread). The stream
+  // finishes once no read, write or item is outstanding and either the
+  // client half-closed with every result written, or the call was cancelled
+  // (or a write failed), whatever the read side's state.
   void Advance() {
     const Resp* to_write = nullptr;
     bool resume_read = false;
     bool finish = false;
+    bool cancelled = false;
     {
       absl::MutexLock lock(&mu_);
-      if (broken_) pending_writes_.clear();
+      cancelled = cancelled_;
+      if (cancelled_) pending_writes_.clear();
       if (!writing_ && !pending_writes_.empty()) {
         writing_ = std::move(pending_writes_.front());
         pending_writes_.pop_front();
         to_write = writing_.get();
       }
-      if (!reading_ && !reads_done_ && !broken_ && in_flight_ < max_in_flight_) {
+      if (!reading_ && !reads_done_ && !cancelled_ && UnwrittenLocked() < max_in_flight_) {
         reading_ = resume_read = true;
       }
-      if (reads_done_ && in_flight_ == 0 && !writing_ && pending_writes_.empty() && !finished_) {
-        finished_ = finish = true;
-      }
+      const bool quiet = !reading_ && running_ == 0 && !writing_ && pending_writes_.empty();
+      if (quiet && (reads_done_ || cancelled_) && !finished_) finished_ = finish = true;
     }
     if (to_write != nullptr) this->StartWrite(to_write);
     if (resume_read) this->StartRead(&req_);
-    if (finish) this->Finish(ctx_->IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
+    if (finish) {
+      this->Finish(cancelled || ctx_->IsCancelled() ? grpc::Status::CANCELLED
+                                                    : grpc::Status::OK);
+    }
   }
 
   CallGate* gate_;
@@ -353,10 +398,10 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   RunFn run_;
   Req req_;  // the one outstanding read
   absl::Mutex mu_;
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // items handed to `run_`, not yet done
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // OnCancel or a failed write
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::unique_ptr<Resp> writing_ ABSL_GUARDED_BY(mu_);
   std::deque<std::unique_ptr<Resp>> pending_writes_ ABSL_GUARDED_BY(mu_);

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -296,10 +297,24 @@ int main(int argc, char** argv) {
   const absl::Duration drain = absl::GetFlag(FLAGS_drain_timeout);
   spdlog::info("received {}, draining for up to {}", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::FormatDuration(drain));
+  // A hard bound on the drain: Shutdown cancels whatever is still open at
+  // the drain timeout, and every call finishes on cancel; should one still
+  // hold teardown a few seconds past that, the process exits anyway (the
+  // store is crash-safe, so this is no worse than a kill -9).
+  absl::Notification stopped;
+  std::thread watchdog([&stopped, drain] {
+    if (stopped.WaitForNotificationWithTimeout(drain + absl::Seconds(5))) return;
+    spdlog::error("teardown still blocked {} after the drain timeout; exiting now",
+                  absl::FormatDuration(absl::Seconds(5)));
+    spdlog::default_logger()->flush();
+    std::_Exit(3);
+  });
   (*server)->Shutdown(absl::ToChronoMilliseconds(drain));
   stop_refresh.Notify();
   if (refresher.joinable()) refresher.join();
   server->reset();
+  stopped.Notify();
+  watchdog.join();
   spdlog::info("plume-server stopped");
   return 0;
 }
