@@ -121,3 +121,18 @@ if(TARGET plume_client)
   plume_tsan_test(stream_cancel_test)
   gtest_discover_tests(stream_cancel_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 endif()
+
+# Validators at the edges of their arithmetic: response sizes (the 2^32
+# boundary) and upload byte counts with the limits at their maximum.
+add_executable(validation_limits_test server/validation_limits_test.cc)
+target_link_libraries(validation_limits_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(validation_limits_test DISCOVERY_TIMEOUT 60)
+
+# Admission on the real server, in process: oversized responses refused
+# before any work.
+if(TARGET plume_client)
+  add_executable(admission_test server/admission_test.cc)
+  target_link_libraries(admission_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(admission_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()

@@ -79,6 +79,22 @@ absl::Status ValidateName(std::string_view name, const Limits& limits, std::stri
   return absl::OkStatus();
 }
 
+absl::Status ValidateResponseBytes(int64_t payload_bytes, const Limits& limits,
+                                   std::string_view what) {
+  const bool server_limit = limits.max_response_bytes > 0 &&
+                            limits.max_response_bytes < kMaxResponseBytesLimit;
+  const int64_t limit = server_limit ? limits.max_response_bytes : kMaxResponseBytesLimit;
+  if (payload_bytes >= 0 && payload_bytes <= limit - kResponseOverheadBytes) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      std::string(what), " would be ",
+      payload_bytes < 0 ? std::string("over 2^62") : absl::StrCat(payload_bytes), " bytes; ",
+      server_limit ? "the server's message limit (--max_message_bytes) is "
+                   : "a message can hold at most ",
+      limit, " bytes (less ", kResponseOverheadBytes, " for its framing)"));
+}
+
 absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limits& limits) {
   if (absl::Status s = ValidateName(h.name(), limits); !s.ok()) return s;
   UploadPlan plan;
@@ -217,6 +233,16 @@ absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixSh
   auto y_dtype = ParseOutputDType(req.output_dtype());
   if (!y_dtype.ok()) return y_dtype.status();
   plan.y_dtype = *y_dtype;
+  // Checked before any work: batch x rows results of y_dtype.
+  const int64_t out_bytes =
+      CheckedMul(CheckedMul(plan.batch, shape.rows), DTypeSize(plan.y_dtype));
+  if (absl::Status s = ValidateResponseBytes(
+          out_bytes, limits,
+          absl::StrCat("Gemv response of ", plan.batch, " x ", shape.rows, " ",
+                       DTypeLabel(static_cast<int>(plan.y_dtype))));
+      !s.ok()) {
+    return s;
+  }
   return plan;
 }
 
@@ -369,6 +395,16 @@ absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req,
   auto out_dtype = ParseOutputDType(req.output_dtype());
   if (!out_dtype.ok()) return out_dtype.status();
   plan.out_dtype = *out_dtype;
+  // The output has the query's shape, in out_dtype.
+  const int64_t out_bytes =
+      CheckedMul(CheckedMul(rows, shape.head_dim), DTypeSize(plan.out_dtype));
+  if (absl::Status s = ValidateResponseBytes(
+          out_bytes, limits,
+          absl::StrCat("Attention response of ", rows, " query rows x ", shape.head_dim, " ",
+                       DTypeLabel(static_cast<int>(plan.out_dtype))));
+      !s.ok()) {
+    return s;
+  }
   return plan;
 }
 

@@ -3,6 +3,7 @@
 // reactor (GemvStream, AttentionStream), each recording request metrics.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -17,7 +18,9 @@
 #include "absl/synchronization/mutex.h"
 #include "plume/grpc_status.h"
 #include "server/core/batcher.h"
+#include "server/core/limits.h"
 #include "server/core/metrics.h"
+#include "server/core/validation.h"
 #include "server/core/work_queue.h"
 
 namespace plume::server {
@@ -53,6 +56,23 @@ inline absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Met
     s = absl::DeadlineExceededError("deadline passed before the request ran");
   }
   if (!s.ok()) metrics->RecordDropped(s.code());
+  return s;
+}
+
+// A response built in full (lookups, lists) must still fit in one message:
+// otherwise it is cleared and the call fails with RESOURCE_EXHAUSTED naming
+// its size and the limit, rather than being refused by gRPC at send.
+inline absl::Status CheckResponseSize(google::protobuf::Message* resp, const core::Limits& limits,
+                                      std::string_view what) {
+  // The whole message against the limit: its payload is all of it but the
+  // framing allowance.
+  const size_t bytes = resp->ByteSizeLong();
+  const int64_t payload =
+      bytes > static_cast<size_t>(INT64_MAX)
+          ? -1
+          : std::max<int64_t>(0, static_cast<int64_t>(bytes) - core::kResponseOverheadBytes);
+  absl::Status s = core::ValidateResponseBytes(payload, limits, what);
+  if (!s.ok()) resp->Clear();
   return s;
 }
 
