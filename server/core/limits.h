@@ -22,6 +22,12 @@ struct Limits {
   int64_t max_response_bytes = int64_t{64} << 20;
 };
 
+// The largest any dimension limit may be set to (rows, cols, tokens, ...),
+// and any byte limit: every size is computed with checked arithmetic
+// (sizes.h), and these keep the sums of a few such sizes within 64 bits.
+inline constexpr int64_t kMaxDimensionLimit = int64_t{1} << 48;
+inline constexpr int64_t kMaxByteLimit = int64_t{1} << 62;
+
 // The most a response message can hold: protobuf serializes at most 2 GiB - 1
 // (and gRPC's length prefix is 32 bits, so a 4 GiB message would wrap).
 inline constexpr int64_t kMaxResponseBytesLimit = (int64_t{1} << 31) - 1;

@@ -196,6 +196,7 @@ int main(int argc, char** argv) {
   limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
   limits.max_attention_rows = absl::GetFlag(FLAGS_max_attention_rows);
   limits.max_response_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  if (auto s = plume::core::ValidateLimits(limits); !s.ok()) return Fail(std::string(s.message()));
 
   int64_t budget = absl::GetFlag(FLAGS_memory_budget_bytes);
   if (budget <= 0) budget = backend->memory_capacity_bytes();

@@ -105,5 +105,78 @@ TEST(ValidateAttention, OutputCheckedAgainstTheMessageLimit) {
   EXPECT_TRUE(ValidateAttention(req, shape, 1024, limits).ok());
 }
 
+// Limits at their maximum, as `--max_rows=...` and friends may set them.
+Limits MaxLimits() {
+  Limits l;
+  l.max_rows = l.max_cols = l.max_vectors_per_request = kMaxDimensionLimit;
+  l.max_kv_heads = l.max_head_dim = l.max_kv_seq = l.max_attention_rows = kMaxDimensionLimit;
+  l.max_upload_bytes = kMaxByteLimit;
+  return l;
+}
+
+v1::MatrixHeader HeaderOf(int64_t rows, int64_t cols, v1::DType source,
+                          v1::ScaleMode mode = v1::SCALE_MODE_ROW) {
+  v1::MatrixHeader h;
+  h.set_name("m");
+  h.set_rows(rows);
+  h.set_cols(cols);
+  h.set_source_dtype(source);
+  h.set_scale_mode(mode);
+  return h;
+}
+
+TEST(ValidateLimits, CapsEveryLimitAtWhatTheArithmeticHolds) {
+  EXPECT_TRUE(ValidateLimits(Limits{}).ok());
+  EXPECT_TRUE(ValidateLimits(MaxLimits()).ok());
+  Limits l = MaxLimits();
+  l.max_cols = kMaxDimensionLimit + 1;
+  EXPECT_EQ(ValidateLimits(l).code(), Code::kInvalidArgument);
+  l = Limits{};
+  l.max_rows = 0;
+  EXPECT_EQ(ValidateLimits(l).code(), Code::kInvalidArgument);
+  l = Limits{};
+  l.max_upload_bytes = INT64_MAX;
+  EXPECT_EQ(ValidateLimits(l).code(), Code::kInvalidArgument);
+}
+
+TEST(ValidateHeader, PackedSizesThatOverflow64BitsAreRefused) {
+  const Limits limits = MaxLimits();
+  // rows x padded cols = 2^32 x 2^32 = 2^64: wrapped to 0 bytes before.
+  auto a = ValidateHeader(HeaderOf(int64_t{1} << 32, 4294967281, v1::DTYPE_E4M3), limits);
+  EXPECT_EQ(a.status().code(), Code::kResourceExhausted) << a.status();
+  // 2^20 x 2^44 = 2^64.
+  auto b = ValidateHeader(HeaderOf(int64_t{1} << 20, int64_t{1} << 44, v1::DTYPE_E4M3), limits);
+  EXPECT_EQ(b.status().code(), Code::kResourceExhausted) << b.status();
+  // The same through the F32 source size and BLOCK128 scales.
+  auto c = ValidateHeader(HeaderOf(int64_t{1} << 32, int64_t{1} << 31, v1::DTYPE_F32), limits);
+  EXPECT_EQ(c.status().code(), Code::kResourceExhausted) << c.status();
+  auto d = ValidateHeader(HeaderOf(int64_t{1} << 47, int64_t{1} << 47, v1::DTYPE_E4M3,
+                                   v1::SCALE_MODE_BLOCK128),
+                          limits);
+  EXPECT_EQ(d.status().code(), Code::kResourceExhausted) << d.status();
+  // Large but representable: exact sizes.
+  auto e = ValidateHeader(HeaderOf(int64_t{1} << 29, 4294967281, v1::DTYPE_E4M3,
+                                   v1::SCALE_MODE_BLOCK128),
+                          limits);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->data_bytes, (int64_t{1} << 29) * 4294967296);
+  EXPECT_EQ(e->scale_bytes, (int64_t{1} << 29) * (4294967296 / 128) * 4);
+}
+
+TEST(ValidateKvHeader, PageSizesThatOverflowAreRefused) {
+  const Limits limits = MaxLimits();
+  v1::KVHeader h;
+  h.set_name("c");
+  h.set_kv_heads(int64_t{1} << 20);
+  h.set_head_dim(int64_t{1} << 40);
+  h.set_seq(1);
+  h.set_source_dtype(v1::DTYPE_F32);
+  EXPECT_EQ(ValidateKvHeader(h, limits).status().code(), Code::kResourceExhausted);
+  h.set_kv_heads(1);
+  h.set_head_dim(16);
+  h.set_seq(kMaxDimensionLimit);
+  EXPECT_TRUE(ValidateKvHeader(h, limits).ok());
+}
+
 }  // namespace
 }  // namespace plume::core
