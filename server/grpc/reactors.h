@@ -8,8 +8,10 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
@@ -46,17 +48,71 @@ class CallGate {
   virtual void CallDone() = 0;
 };
 
-// A request whose deadline passed or whose caller left is never computed;
-// plume_requests_dropped_total counts it.
+// Deadlines reach the server rounded to the millisecond (gRPC's
+// resolution): a call with less than this left is treated as expired, so
+// that a 1 us deadline is never run, nor committed.
+inline constexpr std::chrono::milliseconds kDeadlineResolution{1};
+
+// A call's deadline on the system clock; nullopt for none. gRPC's own
+// conversion (ServerContext::deadline()) overflows for deadlines past year
+// 2262 and yields a time in the past, so the raw timespec is read here and
+// anything more than ten years out saturates to "no deadline".
+inline std::optional<std::chrono::system_clock::time_point> DeadlineOf(
+    const grpc::ServerContextBase* ctx) {
+  const gpr_timespec raw = gpr_convert_clock_type(ctx->raw_deadline(), GPR_CLOCK_REALTIME);
+  const int64_t now_s = gpr_now(GPR_CLOCK_REALTIME).tv_sec;
+  constexpr int64_t kFarSeconds = int64_t{10} * 366 * 24 * 3600;
+  if (raw.tv_sec > now_s + kFarSeconds) return std::nullopt;
+  if (raw.tv_sec < now_s - kFarSeconds) return std::chrono::system_clock::time_point{};
+  return std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::seconds(raw.tv_sec) + std::chrono::nanoseconds(raw.tv_nsec)));
+}
+
+// True once the call's deadline has passed (within kDeadlineResolution).
+inline bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
+  const auto deadline = DeadlineOf(ctx);
+  return deadline && *deadline - kDeadlineResolution <= std::chrono::system_clock::now();
+}
+
+// A request whose deadline passed or whose caller left is never computed
+// (nor committed); plume_requests_dropped_total counts it. Checked
+// immediately before a request runs.
 inline absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Metrics* metrics) {
   absl::Status s;
-  if (ctx->IsCancelled()) {
-    s = absl::CancelledError("request cancelled before it ran");
-  } else if (ctx->deadline() < std::chrono::system_clock::now()) {
+  if (DeadlinePassed(ctx)) {
     s = absl::DeadlineExceededError("deadline passed before the request ran");
+  } else if (ctx->IsCancelled()) {
+    s = absl::CancelledError("request cancelled before it ran");
   }
   if (!s.ok()) metrics->RecordDropped(s.code());
   return s;
+}
+
+// What the batcher needs to know of a call: its deadline (on the batcher's
+// steady clock, less kDeadlineResolution) and whether its caller has left.
+inline core::RequestLife LifeOf(grpc::CallbackServerContext* ctx) {
+  core::RequestLife life;
+  if (const auto deadline = DeadlineOf(ctx)) {  // within ten years: no overflow below
+    life.deadline = core::BatchClock::now() - kDeadlineResolution +
+                    std::chrono::duration_cast<core::BatchClock::duration>(
+                        *deadline - std::chrono::system_clock::now());
+  }
+  life.cancelled = [ctx] { return ctx->IsCancelled(); };
+  return life;
+}
+
+// The status the client will see for a call finished with `s`: a call
+// cancelled meanwhile (by its client, its deadline or the server) gets
+// DEADLINE_EXCEEDED or CANCELLED whatever the server sends, and that is what
+// the metrics record.
+inline absl::Status AsSent(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+  if (!ctx->IsCancelled()) return s;
+  const auto deadline = DeadlineOf(ctx);
+  if (deadline && *deadline <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("deadline passed before the response was sent");
+  }
+  return absl::CancelledError("call cancelled before its response was sent");
 }
 
 // A response built in full (lookups, lists) must still fit in one message:
@@ -74,21 +130,6 @@ inline absl::Status CheckResponseSize(google::protobuf::Message* resp, const cor
   absl::Status s = core::ValidateResponseBytes(payload, limits, what);
   if (!s.ok()) resp->Clear();
   return s;
-}
-
-// What the batcher needs to know of a call: its deadline (on the batcher's
-// steady clock) and whether its caller has left.
-inline core::RequestLife LifeOf(grpc::CallbackServerContext* ctx) {
-  core::RequestLife life;
-  const auto deadline = ctx->deadline();
-  const auto sys_now = std::chrono::system_clock::now();
-  // gRPC's "no deadline" is system_clock's max; anything a year out is as good.
-  if (deadline < sys_now + std::chrono::hours(24 * 365)) {
-    life.deadline = core::BatchClock::now() +
-                    std::chrono::duration_cast<core::BatchClock::duration>(deadline - sys_now);
-  }
-  life.cancelled = [ctx] { return ctx->IsCancelled(); };
-  return life;
 }
 
 // A request handed to the batcher: `submit` queues it with its life and the
@@ -110,22 +151,28 @@ class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
   CallGate* gate_;
 };
 
-// Finishes a unary call and records its metrics.
-inline void FinishUnary(grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
-                        Clock::time_point t0, const absl::Status& s) {
+// Finishes a unary call and records its metrics, with the status the client
+// will see.
+inline void FinishUnary(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+                        core::Metrics* metrics, core::Method m, Clock::time_point t0,
+                        const absl::Status& status) {
+  const absl::Status s = AsSent(ctx, status);
   metrics->RecordRequest(m, s.code(), SecondsSince(t0));
   reactor->Finish(ToGrpcStatus(s));
 }
 
-// Runs `fn` inline on the gRPC thread (for quick calls) once admitted.
+// Runs `fn` inline on the gRPC thread (for quick calls) once admitted,
+// unless the caller left or its deadline passed (checked immediately before:
+// a DeleteMatrix whose deadline passed does not happen).
 inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx, CallGate* gate,
                                                 core::Metrics* metrics, core::Method m,
                                                 const std::function<absl::Status()>& fn) {
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(gate);
   absl::Status s = gate->Admit(ctx);
+  if (s.ok()) s = CheckStillWanted(ctx, metrics);
   if (s.ok()) s = fn();
-  FinishUnary(reactor, metrics, m, t0, s);
+  FinishUnary(ctx, reactor, metrics, m, t0, s);
   return reactor;
 }
 
@@ -137,15 +184,15 @@ inline grpc::ServerUnaryReactor* RunUnaryOnQueue(grpc::CallbackServerContext* ct
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(reactor, metrics, m, t0, s);
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
     return reactor;
   }
   const bool queued = queue->Submit([ctx, metrics, m, reactor, t0, fn = std::move(fn)] {
     absl::Status s = CheckStillWanted(ctx, metrics);
     if (s.ok()) s = fn();
-    FinishUnary(reactor, metrics, m, t0, s);
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
   });
-  if (!queued) FinishUnary(reactor, metrics, m, t0, Overloaded(*queue));
+  if (!queued) FinishUnary(ctx, reactor, metrics, m, t0, Overloaded(*queue));
   return reactor;
 }
 
@@ -157,19 +204,21 @@ inline grpc::ServerUnaryReactor* RunUnaryBatched(grpc::CallbackServerContext* ct
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(reactor, metrics, m, t0, s);
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
     return reactor;
   }
-  submit(LifeOf(ctx), [reactor, metrics, m, t0](const absl::Status& s) {
-    FinishUnary(reactor, metrics, m, t0, s);
+  submit(LifeOf(ctx), [ctx, reactor, metrics, m, t0](const absl::Status& s) {
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
   });
   return reactor;
 }
 
 // A client-streaming upload: `consume` takes each message (creating the
 // upload from the header), and once the client half-closes, `finish` runs on
-// the work queue and fills the response. Dropping the upload on error frees
-// its name and budget at once.
+// the work queue, commits the upload and fills the response. Only a clean
+// half-close after well-formed messages commits: a cancel, a message that
+// does not parse or a deadline that passed aborts it. Dropping the upload
+// frees its name and budget at once.
 template <class Req, class Resp, class Upload>
 class UploadReactor final : public grpc::ServerReadReactor<Req> {
  public:
@@ -180,7 +229,8 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
   UploadReactor(grpc::CallbackServerContext* ctx, CallGate* gate, core::WorkQueue* queue,
                 core::Metrics* metrics, core::Method method, Resp* resp, ConsumeFn consume,
                 FinishFn finish)
-      : gate_(gate),
+      : ctx_(ctx),
+        gate_(gate),
         queue_(queue),
         metrics_(metrics),
         method_(method),
@@ -192,18 +242,33 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
       Done(s);
       return;
     }
-    this->StartRead(&req_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client half-closed (or left): finish off-thread
+    if (!ok) {
+      // No message: a half-close, a cancel, or a message that did not parse
+      // (gRPC reports all three alike; only the last one clears req_).
+      if (ctx_->IsCancelled()) {
+        Done(absl::CancelledError("upload cancelled; nothing was stored"));
+        return;
+      }
+      if (!ReadBufferMarked()) {
+        Done(absl::InvalidArgumentError(absl::StrCat(
+            std::string(core::MethodName(method_)),
+            " sent a message that does not parse; nothing was stored")));
+        return;
+      }
       if (upload_ == nullptr) {
         Done(absl::InvalidArgumentError(
             absl::StrCat(std::string(core::MethodName(method_)), " stream ended before its header")));
         return;
       }
       if (!queue_->Submit([this] {
-            absl::Status s = finish_(*upload_, resp_);
+            // Checked immediately before the commit: an upload whose caller
+            // left or whose deadline passed is not stored.
+            absl::Status s = CheckStillWanted(ctx_, metrics_);
+            if (s.ok()) s = finish_(*upload_, resp_);
             Done(s);
           })) {
         Done(Overloaded(*queue_));
@@ -215,7 +280,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
       Done(s);
       return;
     }
-    this->StartRead(&req_);
+    Read();
   }
 
   void OnDone() override {
@@ -225,12 +290,29 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
   }
 
  private:
-  void Done(const absl::Status& s) {
+  // A field number no plume message uses: set as an unknown field in the read
+  // buffer before each read. A half-close leaves the buffer as it was; a
+  // message that fails to parse clears it first (protobuf's Parse* clear).
+  static constexpr int kReadMarkerField = 536870911;  // 2^29 - 1, the largest
+
+  void Read() {
+    req_.Clear();
+    req_.GetReflection()->MutableUnknownFields(&req_)->AddVarint(kReadMarkerField, 1);
+    this->StartRead(&req_);
+  }
+  bool ReadBufferMarked() const {
+    const auto& unknown = req_.GetReflection()->GetUnknownFields(req_);
+    return unknown.field_count() == 1 && unknown.field(0).number() == kReadMarkerField;
+  }
+
+  void Done(const absl::Status& status) {
     upload_.reset();  // an abandoned upload frees its name and budget now
+    const absl::Status s = AsSent(ctx_, status);
     metrics_->RecordRequest(method_, s.code(), SecondsSince(t0_));
     this->Finish(ToGrpcStatus(s));
   }
 
+  grpc::CallbackServerContext* ctx_;
   CallGate* gate_;
   core::WorkQueue* queue_;
   core::Metrics* metrics_;
@@ -360,20 +442,25 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   }
 
   // Queues an item's result (or its own error status) for writing.
+  // The metrics record what the client gets: nothing (CANCELLED) for the
+  // items of a cancelled stream.
   void Complete(uint64_t request_id, const absl::Status& s, std::unique_ptr<Resp> resp,
                 Clock::time_point t0) {
-    metrics_->RecordRequest(method_, s.code(), SecondsSince(t0));
     if (!s.ok()) {
       resp->Clear();
       resp->set_request_id(request_id);
       resp->mutable_status()->set_code(static_cast<int>(s.code()));
       resp->mutable_status()->set_message(std::string(s.message()));
     }
+    bool dropped;
     {
       absl::MutexLock lock(&mu_);
       --running_;
-      if (!cancelled_) pending_writes_.push_back(std::move(resp));
+      dropped = cancelled_;
+      if (!dropped) pending_writes_.push_back(std::move(resp));
     }
+    metrics_->RecordRequest(method_, dropped ? absl::StatusCode::kCancelled : s.code(),
+                            SecondsSince(t0));
     Advance();
   }
 
