@@ -42,6 +42,17 @@ put("fuzz_validators", "gemv_batch", b"\x01" + fb(1, b"w") + fb(2, tensor(2, [3,
 put("fuzz_validators", "gemv_fp8", b"\x01" + fb(1, b"w") + fb(2, tensor(4, [40], b"\x38" * 40)) + ff(5, 0.25))
 put("fuzz_validators", "name", b"\x02layer0.attn_q-proj")
 
+# Headers with the limits at their maximum: sizes near and past 2^64.
+put("fuzz_header_limits", "packed_wrap_2p64", b"\x00" + header("m", 1 << 32, 4294967281, 4, 4, 3))
+put("fuzz_header_limits", "packed_cols_2p44", b"\x00" + header("m", 1 << 20, 1 << 44, 4, 4, 1))
+put("fuzz_header_limits", "block128_big", b"\x00" + header("m", 1 << 29, 4294967281, 4, 4, 4))
+put("fuzz_header_limits", "f32_ok", b"\x00" + header("m", 1024, 4096))
+def kv_header(name, heads, seq, dim, src=1, mode=4):
+    return fb(1, name.encode()) + fv(2, heads) + fv(3, seq) + fv(4, dim) + fv(5, src) + fv(7, mode)
+put("fuzz_header_limits", "kv_ok", b"\x01" + kv_header("c", 8, 4096, 128))
+put("fuzz_header_limits", "kv_huge_dim", b"\x01" + kv_header("c", 1 << 20, 1, 1 << 40))
+put("fuzz_header_limits", "kv_long", b"\x01" + kv_header("c", 1, 1 << 48, 16, 1, 2))
+
 # --- .npy
 def npy(descr, shape, data, fortran=False):
     d = "{'descr': '%s', 'fortran_order': %s, 'shape': (%s), }" % (

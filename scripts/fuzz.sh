@@ -14,7 +14,7 @@ bin=build/fuzz/fuzz
 work=$(mktemp -d /tmp/plume-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p build/fuzz/artifacts
-for f in fuzz_validators fuzz_store_file fuzz_npy fuzz_safetensors fuzz_fp8; do
+for f in fuzz_validators fuzz_header_limits fuzz_store_file fuzz_npy fuzz_safetensors fuzz_fp8; do
   mkdir -p "$work/$f"
   cp fuzz/corpus/$f/* "$work/$f/"
   echo "== $f for ${secs}s ($(ls fuzz/corpus/$f | wc -l) seeds)"

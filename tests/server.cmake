@@ -99,3 +99,40 @@ if(TARGET plume_client)
     prometheus-cpp::core GTest::gtest_main)
   gtest_discover_tests(echo_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
+
+# Streams whose client stops reading and cancels: SIGTERM still exits
+# within --drain_timeout (plume-server as a process).
+if(TARGET plume_client AND TARGET plume-server)
+  add_executable(drain_test server/drain_test.cc)
+  target_include_directories(drain_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(drain_test PRIVATE plume_client gRPC::grpc++ nlohmann_json::nlohmann_json
+    GTest::gtest_main)
+  target_compile_definitions(drain_test PRIVATE PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>")
+  add_dependencies(drain_test plume-server)
+  gtest_discover_tests(drain_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
+
+# The stream reactor on cancel, in process (ThreadSanitizer and ASan see it):
+# a stalled, cancelled GemvStream or EchoStream finishes and Shutdown returns.
+if(TARGET plume_client)
+  add_executable(stream_cancel_test server/stream_cancel_test.cc)
+  target_link_libraries(stream_cancel_test PRIVATE plume_grpc_service plume_client plume_core
+    GTest::gtest_main)
+  plume_tsan_test(stream_cancel_test)
+  gtest_discover_tests(stream_cancel_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+endif()
+
+# Validators at the edges of their arithmetic: response sizes (the 2^32
+# boundary) and upload byte counts with the limits at their maximum.
+add_executable(validation_limits_test server/validation_limits_test.cc)
+target_link_libraries(validation_limits_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(validation_limits_test DISCOVERY_TIMEOUT 60)
+
+# Admission on the real server, in process: oversized responses refused
+# before any work.
+if(TARGET plume_client)
+  add_executable(admission_test server/admission_test.cc)
+  target_link_libraries(admission_test PRIVATE plume_grpc_service plume_client plume_core
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(admission_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()

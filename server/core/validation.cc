@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/sizes.h"
 
 namespace plume::core {
 namespace {
@@ -25,12 +26,8 @@ std::string DTypeLabel(int d) {
                               : absl::StrCat("unknown dtype ", d);
 }
 
-// a * b, or -1 when it would exceed 2^62.
-int64_t CheckedMul(int64_t a, int64_t b) {
-  if (a < 0 || b < 0) return -1;
-  if (a != 0 && b > (int64_t{1} << 62) / a) return -1;
-  return a * b;
-}
+// a * b, or -1 when it would exceed 2^62 (sizes.h).
+int64_t CheckedMul(int64_t a, int64_t b) { return sizes::Mul(a, b).value_or(-1); }
 
 // The FP8 format of a header: E4M3 (also when unspecified) or E5M2.
 absl::StatusOr<Fp8Format> ParseFormat(v1::DType d) {
@@ -79,6 +76,41 @@ absl::Status ValidateName(std::string_view name, const Limits& limits, std::stri
   return absl::OkStatus();
 }
 
+absl::Status ValidateLimits(const Limits& l) {
+  for (const auto& [flag, value, max] :
+       {std::tuple{"--max_rows", l.max_rows, kMaxDimensionLimit},
+        std::tuple{"--max_cols", l.max_cols, kMaxDimensionLimit},
+        std::tuple{"--max_vectors_per_request", l.max_vectors_per_request, kMaxDimensionLimit},
+        std::tuple{"--max_upload_bytes", l.max_upload_bytes, kMaxByteLimit},
+        std::tuple{"max_name_length", l.max_name_length, int64_t{4096}},
+        std::tuple{"max_kv_heads", l.max_kv_heads, kMaxDimensionLimit},
+        std::tuple{"--max_head_dim", l.max_head_dim, kMaxDimensionLimit},
+        std::tuple{"--max_kv_tokens", l.max_kv_seq, kMaxDimensionLimit},
+        std::tuple{"--max_attention_rows", l.max_attention_rows, kMaxDimensionLimit}}) {
+    if (value < 1 || value > max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " is ", value, "; it must be 1 to ", max));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateResponseBytes(int64_t payload_bytes, const Limits& limits,
+                                   std::string_view what) {
+  const bool server_limit = limits.max_response_bytes > 0 &&
+                            limits.max_response_bytes < kMaxResponseBytesLimit;
+  const int64_t limit = server_limit ? limits.max_response_bytes : kMaxResponseBytesLimit;
+  if (payload_bytes >= 0 && payload_bytes <= limit - kResponseOverheadBytes) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      std::string(what), " would be ",
+      payload_bytes < 0 ? std::string("over 2^62") : absl::StrCat(payload_bytes), " bytes; ",
+      server_limit ? "the server's message limit (--max_message_bytes) is "
+                   : "a message can hold at most ",
+      limit, " bytes (less ", kResponseOverheadBytes, " for its framing)"));
+}
+
 absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limits& limits) {
   if (absl::Status s = ValidateName(h.name(), limits); !s.ok()) return s;
   UploadPlan plan;
@@ -121,6 +153,13 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
         "source_dtype must be F32, F16, BF16 or the FP8 format of pre-packed data, got ",
         DTypeLabel(h.source_dtype())));
   }
+  // Every byte count of the matrix (codes with row padding, scales, what it
+  // holds resident), checked: with raised limits they could overflow.
+  const auto packed = sizes::MatrixBytesOf(h.rows(), h.cols(), plan.shape.scale_mode);
+  if (!packed) {
+    return absl::ResourceExhaustedError(absl::StrCat("matrix ", h.rows(), "x", h.cols(),
+                                                     " would need more than 2^62 bytes"));
+  }
   if (IsFp8(plan.source_dtype)) {
     if (plan.source_dtype != ToDType(plan.shape.format)) {
       return absl::InvalidArgumentError(
@@ -128,11 +167,11 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
                        " differs from format ", DTypeLabel(static_cast<int>(plan.shape.format))));
     }
     plan.prepacked = true;
-    plan.data_bytes = plan.shape.layout().code_bytes();
-    plan.scale_bytes = plan.shape.num_scales() * int64_t{sizeof(float)};
+    plan.data_bytes = packed->code_bytes;
+    plan.scale_bytes = packed->scale_bytes;
   } else {
     plan.data_bytes =
-        CheckedMul(CheckedMul(h.rows(), h.cols()), DTypeSize(plan.source_dtype));
+        sizes::SourceBytes(h.rows(), h.cols(), DTypeSize(plan.source_dtype)).value_or(-1);
   }
   if (plan.data_bytes < 0 || plan.data_bytes > limits.max_upload_bytes) {
     return absl::ResourceExhaustedError(
@@ -199,8 +238,8 @@ absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixSh
                                                    limits.max_vectors_per_request,
                                                    " per request (--max_vectors_per_request)"));
   }
-  const int64_t want = plan.batch * cols * DTypeSize(plan.x_dtype);
-  if (static_cast<int64_t>(in.data().size()) != want) {
+  const int64_t want = CheckedMul(CheckedMul(plan.batch, cols), DTypeSize(plan.x_dtype));
+  if (want < 0 || static_cast<int64_t>(in.data().size()) != want) {
     return absl::InvalidArgumentError(absl::StrCat(
         "input data holds ", in.data().size(), " bytes; shape [",
         rank == 1 ? absl::StrCat(cols) : absl::StrCat(plan.batch, ", ", cols), "] of ",
@@ -217,6 +256,16 @@ absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixSh
   auto y_dtype = ParseOutputDType(req.output_dtype());
   if (!y_dtype.ok()) return y_dtype.status();
   plan.y_dtype = *y_dtype;
+  // Checked before any work: batch x rows results of y_dtype.
+  const int64_t out_bytes =
+      CheckedMul(CheckedMul(plan.batch, shape.rows), DTypeSize(plan.y_dtype));
+  if (absl::Status s = ValidateResponseBytes(
+          out_bytes, limits,
+          absl::StrCat("Gemv response of ", plan.batch, " x ", shape.rows, " ",
+                       DTypeLabel(static_cast<int>(plan.y_dtype))));
+      !s.ok()) {
+    return s;
+  }
   return plan;
 }
 
@@ -289,6 +338,10 @@ absl::StatusOr<KvUploadPlan> ValidateKvHeader(const v1::KVHeader& h, const Limit
     return absl::InvalidArgumentError(absl::StrCat("K/V source_dtype must be F32, F16 or BF16, got ",
                                                    DTypeLabel(h.source_dtype())));
   }
+  if (!sizes::KvBytesOf(h.kv_heads(), h.head_dim(), plan.shape.scale_mode, h.seq())) {
+    return absl::ResourceExhaustedError(absl::StrCat("K/V cache [", h.kv_heads(), ", ", h.seq(), ", ",
+                                                     h.head_dim(), "] would need more than 2^62 bytes"));
+  }
   plan.side_bytes = CheckedMul(CheckedMul(CheckedMul(h.kv_heads(), h.seq()), h.head_dim()),
                                DTypeSize(plan.source_dtype));
   if (plan.side_bytes < 0 || plan.side_bytes > limits.max_upload_bytes / 2) {
@@ -325,6 +378,11 @@ absl::StatusOr<KvAppendPlan> ValidateKvAppend(const v1::AppendKVRequest& req, co
     return absl::InvalidArgumentError(absl::StrCat("appending ", plan.tokens, " tokens to ", seq,
                                                    " exceeds the limit of ", limits.max_kv_seq,
                                                    " tokens per cache"));
+  }
+  if (!sizes::KvBytesOf(shape.kv_heads, shape.head_dim, shape.scale_mode, seq + plan.tokens)) {
+    return absl::ResourceExhaustedError(absl::StrCat("kv cache \"", req.name(), "\" with ",
+                                                     seq + plan.tokens,
+                                                     " tokens would need more than 2^62 bytes"));
   }
   return plan;
 }
@@ -369,6 +427,16 @@ absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req,
   auto out_dtype = ParseOutputDType(req.output_dtype());
   if (!out_dtype.ok()) return out_dtype.status();
   plan.out_dtype = *out_dtype;
+  // The output has the query's shape, in out_dtype.
+  const int64_t out_bytes =
+      CheckedMul(CheckedMul(rows, shape.head_dim), DTypeSize(plan.out_dtype));
+  if (absl::Status s = ValidateResponseBytes(
+          out_bytes, limits,
+          absl::StrCat("Attention response of ", rows, " query rows x ", shape.head_dim, " ",
+                       DTypeLabel(static_cast<int>(plan.out_dtype))));
+      !s.ok()) {
+    return s;
+  }
   return plan;
 }
 

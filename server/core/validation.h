@@ -22,6 +22,16 @@ namespace plume::core {
 absl::Status ValidateName(std::string_view name, const Limits& limits,
                           std::string_view what = "matrix");
 
+// The limits themselves: every one positive and no larger than the size
+// arithmetic holds (kMaxDimensionLimit, kMaxByteLimit).
+absl::Status ValidateLimits(const Limits& limits);
+
+// A response whose payload holds `payload_bytes` (-1: too large to count)
+// fits in one message: RESOURCE_EXHAUSTED naming the size and the limit
+// otherwise. `what` names the response ("Gemv response").
+absl::Status ValidateResponseBytes(int64_t payload_bytes, const Limits& limits,
+                                   std::string_view what);
+
 // What an UploadMatrix header asks for.
 struct UploadPlan {
   MatrixShape shape;

@@ -54,7 +54,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::AppendKV(grpc::CallbackServerCon
     auto info = core_->AppendKV(*req);
     if (!info.ok()) return info.status();
     *resp->mutable_cache() = std::move(*info);
-    return absl::OkStatus();
+    return CheckResponseSize(resp, core_->limits(), "AppendKV response");
   });
 }
 
@@ -65,7 +65,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::GetKV(grpc::CallbackServerContex
     auto info = core_->GetKV(req->name());
     if (!info.ok()) return info.status();
     *resp->mutable_cache() = std::move(*info);
-    return absl::OkStatus();
+    return CheckResponseSize(resp, core_->limits(), "GetKV response");
   });
 }
 
@@ -74,7 +74,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListKV(grpc::CallbackServerConte
                                                        v1::ListKVResponse* resp) {
   return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kListKV, [&] {
     core_->ListKV(resp);
-    return absl::OkStatus();
+    return CheckResponseSize(resp, core_->limits(), "ListKV response");
   });
 }
 

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/validation.h"
 
 namespace plume::server {
 
@@ -17,6 +18,12 @@ absl::Status DiagnosticsServiceImpl::RunEcho(const v1::EchoRequest& req,
     return absl::ResourceExhaustedError(absl::StrCat("Echo payload of ", bytes,
                                                      " bytes is over the server's limit of ",
                                                      options_.max_echo_bytes, " bytes (--max_echo_bytes)"));
+  }
+  // The echo is as large as the request; checked before it is copied.
+  core::Limits limits;
+  limits.max_response_bytes = options_.max_response_bytes;
+  if (absl::Status s = core::ValidateResponseBytes(bytes, limits, "Echo response"); !s.ok()) {
+    return s;
   }
   *resp->mutable_output() = req.input();
   resp->set_request_id(req.request_id());

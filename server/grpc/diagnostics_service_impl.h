@@ -19,6 +19,8 @@ class DiagnosticsServiceImpl final : public v1::DiagnosticsService::CallbackServ
   struct Options {
     // Largest Echo payload (Tensor data bytes); RESOURCE_EXHAUSTED beyond it.
     int64_t max_echo_bytes = 4 << 20;
+    // Largest response message (the server's max_message_bytes).
+    int64_t max_response_bytes = int64_t{64} << 20;
     // Items of one EchoStream being copied at once.
     int max_stream_in_flight = 64;
     // Admission (bearer token, drain), shared with the MatrixService. Not

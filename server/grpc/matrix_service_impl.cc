@@ -85,7 +85,7 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerConte
     auto info = core_->GetMatrix(req->name());
     if (!info.ok()) return info.status();
     *resp->mutable_matrix() = std::move(*info);
-    return absl::OkStatus();
+    return CheckResponseSize(resp, core_->limits(), "GetMatrix response");
   });
 }
 
@@ -94,7 +94,7 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
                                                           v1::ListMatricesResponse* resp) {
   return RunUnaryInline(ctx, this, metrics_, core::Method::kListMatrices, [&] {
     core_->ListMatrices(resp);
-    return absl::OkStatus();
+    return CheckResponseSize(resp, core_->limits(), "ListMatrices response");
   });
 }
 

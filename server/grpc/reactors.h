@@ -3,12 +3,15 @@
 // reactor (GemvStream, AttentionStream), each recording request metrics.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
@@ -17,7 +20,9 @@
 #include "absl/synchronization/mutex.h"
 #include "plume/grpc_status.h"
 #include "server/core/batcher.h"
+#include "server/core/limits.h"
 #include "server/core/metrics.h"
+#include "server/core/validation.h"
 #include "server/core/work_queue.h"
 
 namespace plume::server {
@@ -43,32 +48,88 @@ class CallGate {
   virtual void CallDone() = 0;
 };
 
-// A request whose deadline passed or whose caller left is never computed;
-// plume_requests_dropped_total counts it.
+// Deadlines reach the server rounded to the millisecond (gRPC's
+// resolution): a call with less than this left is treated as expired, so
+// that a 1 us deadline is never run, nor committed.
+inline constexpr std::chrono::milliseconds kDeadlineResolution{1};
+
+// A call's deadline on the system clock; nullopt for none. gRPC's own
+// conversion (ServerContext::deadline()) overflows for deadlines past year
+// 2262 and yields a time in the past, so the raw timespec is read here and
+// anything more than ten years out saturates to "no deadline".
+inline std::optional<std::chrono::system_clock::time_point> DeadlineOf(
+    const grpc::ServerContextBase* ctx) {
+  const gpr_timespec raw = gpr_convert_clock_type(ctx->raw_deadline(), GPR_CLOCK_REALTIME);
+  const int64_t now_s = gpr_now(GPR_CLOCK_REALTIME).tv_sec;
+  constexpr int64_t kFarSeconds = int64_t{10} * 366 * 24 * 3600;
+  if (raw.tv_sec > now_s + kFarSeconds) return std::nullopt;
+  if (raw.tv_sec < now_s - kFarSeconds) return std::chrono::system_clock::time_point{};
+  return std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::seconds(raw.tv_sec) + std::chrono::nanoseconds(raw.tv_nsec)));
+}
+
+// True once the call's deadline has passed (within kDeadlineResolution).
+inline bool DeadlinePassed(const grpc::ServerContextBase* ctx) {
+  const auto deadline = DeadlineOf(ctx);
+  return deadline && *deadline - kDeadlineResolution <= std::chrono::system_clock::now();
+}
+
+// A request whose deadline passed or whose caller left is never computed
+// (nor committed); plume_requests_dropped_total counts it. Checked
+// immediately before a request runs.
 inline absl::Status CheckStillWanted(grpc::CallbackServerContext* ctx, core::Metrics* metrics) {
   absl::Status s;
-  if (ctx->IsCancelled()) {
-    s = absl::CancelledError("request cancelled before it ran");
-  } else if (ctx->deadline() < std::chrono::system_clock::now()) {
+  if (DeadlinePassed(ctx)) {
     s = absl::DeadlineExceededError("deadline passed before the request ran");
+  } else if (ctx->IsCancelled()) {
+    s = absl::CancelledError("request cancelled before it ran");
   }
   if (!s.ok()) metrics->RecordDropped(s.code());
   return s;
 }
 
 // What the batcher needs to know of a call: its deadline (on the batcher's
-// steady clock) and whether its caller has left.
+// steady clock, less kDeadlineResolution) and whether its caller has left.
 inline core::RequestLife LifeOf(grpc::CallbackServerContext* ctx) {
   core::RequestLife life;
-  const auto deadline = ctx->deadline();
-  const auto sys_now = std::chrono::system_clock::now();
-  // gRPC's "no deadline" is system_clock's max; anything a year out is as good.
-  if (deadline < sys_now + std::chrono::hours(24 * 365)) {
-    life.deadline = core::BatchClock::now() +
-                    std::chrono::duration_cast<core::BatchClock::duration>(deadline - sys_now);
+  if (const auto deadline = DeadlineOf(ctx)) {  // within ten years: no overflow below
+    life.deadline = core::BatchClock::now() - kDeadlineResolution +
+                    std::chrono::duration_cast<core::BatchClock::duration>(
+                        *deadline - std::chrono::system_clock::now());
   }
   life.cancelled = [ctx] { return ctx->IsCancelled(); };
   return life;
+}
+
+// The status the client will see for a call finished with `s`: a call
+// cancelled meanwhile (by its client, its deadline or the server) gets
+// DEADLINE_EXCEEDED or CANCELLED whatever the server sends, and that is what
+// the metrics record.
+inline absl::Status AsSent(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+  if (!ctx->IsCancelled()) return s;
+  const auto deadline = DeadlineOf(ctx);
+  if (deadline && *deadline <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("deadline passed before the response was sent");
+  }
+  return absl::CancelledError("call cancelled before its response was sent");
+}
+
+// A response built in full (lookups, lists) must still fit in one message:
+// otherwise it is cleared and the call fails with RESOURCE_EXHAUSTED naming
+// its size and the limit, rather than being refused by gRPC at send.
+inline absl::Status CheckResponseSize(google::protobuf::Message* resp, const core::Limits& limits,
+                                      std::string_view what) {
+  // The whole message against the limit: its payload is all of it but the
+  // framing allowance.
+  const size_t bytes = resp->ByteSizeLong();
+  const int64_t payload =
+      bytes > static_cast<size_t>(INT64_MAX)
+          ? -1
+          : std::max<int64_t>(0, static_cast<int64_t>(bytes) - core::kResponseOverheadBytes);
+  absl::Status s = core::ValidateResponseBytes(payload, limits, what);
+  if (!s.ok()) resp->Clear();
+  return s;
 }
 
 // A request handed to the batcher: `submit` queues it with its life and the
@@ -90,22 +151,28 @@ class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
   CallGate* gate_;
 };
 
-// Finishes a unary call and records its metrics.
-inline void FinishUnary(grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
-                        Clock::time_point t0, const absl::Status& s) {
+// Finishes a unary call and records its metrics, with the status the client
+// will see.
+inline void FinishUnary(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+                        core::Metrics* metrics, core::Method m, Clock::time_point t0,
+                        const absl::Status& status) {
+  const absl::Status s = AsSent(ctx, status);
   metrics->RecordRequest(m, s.code(), SecondsSince(t0));
   reactor->Finish(ToGrpcStatus(s));
 }
 
-// Runs `fn` inline on the gRPC thread (for quick calls) once admitted.
+// Runs `fn` inline on the gRPC thread (for quick calls) once admitted,
+// unless the caller left or its deadline passed (checked immediately before:
+// a DeleteMatrix whose deadline passed does not happen).
 inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx, CallGate* gate,
                                                 core::Metrics* metrics, core::Method m,
                                                 const std::function<absl::Status()>& fn) {
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(gate);
   absl::Status s = gate->Admit(ctx);
+  if (s.ok()) s = CheckStillWanted(ctx, metrics);
   if (s.ok()) s = fn();
-  FinishUnary(reactor, metrics, m, t0, s);
+  FinishUnary(ctx, reactor, metrics, m, t0, s);
   return reactor;
 }
 
@@ -117,15 +184,15 @@ inline grpc::ServerUnaryReactor* RunUnaryOnQueue(grpc::CallbackServerContext* ct
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(reactor, metrics, m, t0, s);
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
     return reactor;
   }
   const bool queued = queue->Submit([ctx, metrics, m, reactor, t0, fn = std::move(fn)] {
     absl::Status s = CheckStillWanted(ctx, metrics);
     if (s.ok()) s = fn();
-    FinishUnary(reactor, metrics, m, t0, s);
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
   });
-  if (!queued) FinishUnary(reactor, metrics, m, t0, Overloaded(*queue));
+  if (!queued) FinishUnary(ctx, reactor, metrics, m, t0, Overloaded(*queue));
   return reactor;
 }
 
@@ -137,19 +204,21 @@ inline grpc::ServerUnaryReactor* RunUnaryBatched(grpc::CallbackServerContext* ct
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(reactor, metrics, m, t0, s);
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
     return reactor;
   }
-  submit(LifeOf(ctx), [reactor, metrics, m, t0](const absl::Status& s) {
-    FinishUnary(reactor, metrics, m, t0, s);
+  submit(LifeOf(ctx), [ctx, reactor, metrics, m, t0](const absl::Status& s) {
+    FinishUnary(ctx, reactor, metrics, m, t0, s);
   });
   return reactor;
 }
 
 // A client-streaming upload: `consume` takes each message (creating the
 // upload from the header), and once the client half-closes, `finish` runs on
-// the work queue and fills the response. Dropping the upload on error frees
-// its name and budget at once.
+// the work queue, commits the upload and fills the response. Only a clean
+// half-close after well-formed messages commits: a cancel, a message that
+// does not parse or a deadline that passed aborts it. Dropping the upload
+// frees its name and budget at once.
 template <class Req, class Resp, class Upload>
 class UploadReactor final : public grpc::ServerReadReactor<Req> {
  public:
@@ -160,7 +229,8 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
   UploadReactor(grpc::CallbackServerContext* ctx, CallGate* gate, core::WorkQueue* queue,
                 core::Metrics* metrics, core::Method method, Resp* resp, ConsumeFn consume,
                 FinishFn finish)
-      : gate_(gate),
+      : ctx_(ctx),
+        gate_(gate),
         queue_(queue),
         metrics_(metrics),
         method_(method),
@@ -172,18 +242,33 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
       Done(s);
       return;
     }
-    this->StartRead(&req_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client half-closed (or left): finish off-thread
+    if (!ok) {
+      // No message: a half-close, a cancel, or a message that did not parse
+      // (gRPC reports all three alike; only the last one clears req_).
+      if (ctx_->IsCancelled()) {
+        Done(absl::CancelledError("upload cancelled; nothing was stored"));
+        return;
+      }
+      if (!ReadBufferMarked()) {
+        Done(absl::InvalidArgumentError(absl::StrCat(
+            std::string(core::MethodName(method_)),
+            " sent a message that does not parse; nothing was stored")));
+        return;
+      }
       if (upload_ == nullptr) {
         Done(absl::InvalidArgumentError(
             absl::StrCat(std::string(core::MethodName(method_)), " stream ended before its header")));
         return;
       }
       if (!queue_->Submit([this] {
-            absl::Status s = finish_(*upload_, resp_);
+            // Checked immediately before the commit: an upload whose caller
+            // left or whose deadline passed is not stored.
+            absl::Status s = CheckStillWanted(ctx_, metrics_);
+            if (s.ok()) s = finish_(*upload_, resp_);
             Done(s);
           })) {
         Done(Overloaded(*queue_));
@@ -195,7 +280,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
       Done(s);
       return;
     }
-    this->StartRead(&req_);
+    Read();
   }
 
   void OnDone() override {
@@ -205,12 +290,29 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
   }
 
  private:
-  void Done(const absl::Status& s) {
+  // A field number no plume message uses: set as an unknown field in the read
+  // buffer before each read. A half-close leaves the buffer as it was; a
+  // message that fails to parse clears it first (protobuf's Parse* clear).
+  static constexpr int kReadMarkerField = 536870911;  // 2^29 - 1, the largest
+
+  void Read() {
+    req_.Clear();
+    req_.GetReflection()->MutableUnknownFields(&req_)->AddVarint(kReadMarkerField, 1);
+    this->StartRead(&req_);
+  }
+  bool ReadBufferMarked() const {
+    const auto& unknown = req_.GetReflection()->GetUnknownFields(req_);
+    return unknown.field_count() == 1 && unknown.field(0).number() == kReadMarkerField;
+  }
+
+  void Done(const absl::Status& status) {
     upload_.reset();  // an abandoned upload frees its name and budget now
+    const absl::Status s = AsSent(ctx_, status);
     metrics_->RecordRequest(method_, s.code(), SecondsSince(t0_));
     this->Finish(ToGrpcStatus(s));
   }
 
+  grpc::CallbackServerContext* ctx_;
   CallGate* gate_;
   core::WorkQueue* queue_;
   core::Metrics* metrics_;
@@ -228,8 +330,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
 // unary calls); its response (or its own error status, with the request_id
 // echoed) is written as soon as its batch is done, so results may go out of
 // order.
-// At most `max_in_flight` items are computed at once; beyond that the stream
-// stops reading, which applies HTTP/2 flow control to the client.
+// At most `max_in_flight` items are read and not yet written (computing or
+// waiting for their write); beyond that the stream stops reading, which
+// applies HTTP/2 flow control to the client.
+// A cancelled call (client cancel, deadline, a failed write, server
+// shutdown) drops its unwritten results and finishes as soon as its
+// outstanding read, write and items are done, whatever it was doing.
 template <class Req, class Resp>
 class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
  public:
@@ -246,16 +352,23 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
         max_in_flight_(max_in_flight),
         run_(std::move(run)) {
     if (absl::Status s = gate_->Admit(ctx); !s.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        finished_ = true;  // a later OnCancel must not finish it again
+      }
       metrics_->RecordRequest(method_, s.code(), 0.0);
       this->Finish(ToGrpcStatus(s));
       return;
     }
-    reading_ = true;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = true;
+    }
     this->StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    if (!ok) {  // half-close, or the call is cancelled or broken
       {
         absl::MutexLock lock(&mu_);
         reading_ = false;
@@ -267,12 +380,21 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     auto req = std::make_shared<Req>();
     req->Swap(&req_);
     const Clock::time_point t0 = Clock::now();
-    bool read_more;
+    bool read_more = false;
+    bool run = false;
     {
       absl::MutexLock lock(&mu_);
-      ++in_flight_;
-      read_more = in_flight_ < max_in_flight_;
-      reading_ = read_more;
+      reading_ = false;
+      if (!cancelled_) {  // a cancelled call runs nothing more
+        run = true;
+        ++running_;
+        read_more = UnwrittenLocked() < max_in_flight_;
+        reading_ = read_more;
+      }
+    }
+    if (!run) {
+      Advance();
+      return;
     }
     Resp* resp = new Resp;
     run_(*req, resp, LifeOf(ctx_), [this, req, resp, t0](const absl::Status& s) {
@@ -285,7 +407,18 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     {
       absl::MutexLock lock(&mu_);
       writing_.reset();
-      if (!ok) broken_ = true;  // the client is gone: drop what is left
+      if (!ok) cancelled_ = true;  // the client is gone: drop what is left
+    }
+    Advance();
+  }
+
+  // The client cancelled, the deadline passed or the server is shutting
+  // down: queued results are dropped, nothing more is read, and the stream
+  // finishes as soon as its outstanding read, write and items are done.
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
     }
     Advance();
   }
@@ -301,48 +434,67 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   }
 
  private:
+  // Items read and not yet written: running, waiting to be written, or being
+  // written. Their results are held in memory, so they count against
+  // max_in_flight: a client that stops reading stops the stream reading too.
+  int UnwrittenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return running_ + static_cast<int>(pending_writes_.size()) + (writing_ ? 1 : 0);
+  }
+
   // Queues an item's result (or its own error status) for writing.
+  // The metrics record what the client gets: nothing (CANCELLED) for the
+  // items of a cancelled stream.
   void Complete(uint64_t request_id, const absl::Status& s, std::unique_ptr<Resp> resp,
                 Clock::time_point t0) {
-    metrics_->RecordRequest(method_, s.code(), SecondsSince(t0));
     if (!s.ok()) {
       resp->Clear();
       resp->set_request_id(request_id);
       resp->mutable_status()->set_code(static_cast<int>(s.code()));
       resp->mutable_status()->set_message(std::string(s.message()));
     }
+    bool dropped;
     {
       absl::MutexLock lock(&mu_);
-      --in_flight_;
-      if (!broken_) pending_writes_.push_back(std::move(resp));
+      --running_;
+      dropped = cancelled_;
+      if (!dropped) pending_writes_.push_back(std::move(resp));
     }
+    metrics_->RecordRequest(method_, dropped ? absl::StatusCode::kCancelled : s.code(),
+                            SecondsSince(t0));
     Advance();
   }
 
   // Starts the next write, resumes reading, or finishes: decided under the
-  // lock, done outside it (a reaction may run on this thread).
+  // lock, done outside it (a reaction may run on this thread). The stream
+  // finishes once no read, write or item is outstanding and either the
+  // client half-closed with every result written, or the call was cancelled
+  // (or a write failed), whatever the read side's state.
   void Advance() {
     const Resp* to_write = nullptr;
     bool resume_read = false;
     bool finish = false;
+    bool cancelled = false;
     {
       absl::MutexLock lock(&mu_);
-      if (broken_) pending_writes_.clear();
+      cancelled = cancelled_;
+      if (cancelled_) pending_writes_.clear();
       if (!writing_ && !pending_writes_.empty()) {
         writing_ = std::move(pending_writes_.front());
         pending_writes_.pop_front();
         to_write = writing_.get();
       }
-      if (!reading_ && !reads_done_ && !broken_ && in_flight_ < max_in_flight_) {
+      if (!reading_ && !reads_done_ && !cancelled_ && UnwrittenLocked() < max_in_flight_) {
         reading_ = resume_read = true;
       }
-      if (reads_done_ && in_flight_ == 0 && !writing_ && pending_writes_.empty() && !finished_) {
-        finished_ = finish = true;
-      }
+      const bool quiet = !reading_ && running_ == 0 && !writing_ && pending_writes_.empty();
+      if (quiet && (reads_done_ || cancelled_) && !finished_) finished_ = finish = true;
     }
     if (to_write != nullptr) this->StartWrite(to_write);
     if (resume_read) this->StartRead(&req_);
-    if (finish) this->Finish(ctx_->IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
+    if (finish) {
+      this->Finish(cancelled || ctx_->IsCancelled() ? grpc::Status::CANCELLED
+                                                    : grpc::Status::OK);
+    }
   }
 
   CallGate* gate_;
@@ -353,10 +505,10 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   RunFn run_;
   Req req_;  // the one outstanding read
   absl::Mutex mu_;
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // items handed to `run_`, not yet done
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // OnCancel or a failed write
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::unique_ptr<Resp> writing_ ABSL_GUARDED_BY(mu_);
   std::deque<std::unique_ptr<Resp>> pending_writes_ ABSL_GUARDED_BY(mu_);

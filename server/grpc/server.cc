@@ -141,6 +141,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   DiagnosticsServiceImpl::Options diag_options;
   diag_options.max_echo_bytes = options.max_echo_bytes;
+  diag_options.max_response_bytes = options.max_message_bytes;
   diag_options.max_stream_in_flight = options.max_stream_in_flight;
   diag_options.gate = impl->service.get();
   impl->diagnostics =

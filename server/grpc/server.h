@@ -16,6 +16,8 @@ namespace plume::server {
 
 struct ServerOptions {
   std::string grpc_address = "0.0.0.0:50051";
+  // Responses are checked against core::Limits::max_response_bytes before
+  // any work; give it the same value (plume-server does).
   int max_message_bytes = 64 << 20;
   int worker_threads = 4;          // threads running GEMV and upload finishing
   int64_t max_queued_requests = 4096;

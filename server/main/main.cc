@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -194,6 +195,8 @@ int main(int argc, char** argv) {
   limits.max_kv_seq = absl::GetFlag(FLAGS_max_kv_tokens);
   limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
   limits.max_attention_rows = absl::GetFlag(FLAGS_max_attention_rows);
+  limits.max_response_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  if (auto s = plume::core::ValidateLimits(limits); !s.ok()) return Fail(std::string(s.message()));
 
   int64_t budget = absl::GetFlag(FLAGS_memory_budget_bytes);
   if (budget <= 0) budget = backend->memory_capacity_bytes();
@@ -296,10 +299,24 @@ int main(int argc, char** argv) {
   const absl::Duration drain = absl::GetFlag(FLAGS_drain_timeout);
   spdlog::info("received {}, draining for up to {}", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::FormatDuration(drain));
+  // A hard bound on the drain: Shutdown cancels whatever is still open at
+  // the drain timeout, and every call finishes on cancel; should one still
+  // hold teardown a few seconds past that, the process exits anyway (the
+  // store is crash-safe, so this is no worse than a kill -9).
+  absl::Notification stopped;
+  std::thread watchdog([&stopped, drain] {
+    if (stopped.WaitForNotificationWithTimeout(drain + absl::Seconds(5))) return;
+    spdlog::error("teardown still blocked {} after the drain timeout; exiting now",
+                  absl::FormatDuration(absl::Seconds(5)));
+    spdlog::default_logger()->flush();
+    std::_Exit(3);
+  });
   (*server)->Shutdown(absl::ToChronoMilliseconds(drain));
   stop_refresh.Notify();
   if (refresher.joinable()) refresher.join();
   server->reset();
+  stopped.Notify();
+  watchdog.join();
   spdlog::info("plume-server stopped");
   return 0;
 }
