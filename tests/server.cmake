@@ -21,13 +21,13 @@ if(TARGET plume_client)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 endif()
 
-# The batcher (issue 5): formation, queue limit, drops, routing; CPU backend.
+# The batcher: formation, queue limit, drops, routing; CPU backend.
 add_executable(batcher_test server/batcher_test.cc)
 target_link_libraries(batcher_test PRIVATE plume_core prometheus-cpp::core GTest::gtest_main)
 plume_tsan_test(batcher_test)
 gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 
-# Batching end to end (issue 5): 32 streaming clients, per-upload options, a full queue.
+# Batching end to end: 32 streaming clients, per-upload options, a full queue.
 if(TARGET plume_client)
   add_executable(batching_e2e_test server/batching_e2e_test.cc)
   target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_core
@@ -36,12 +36,12 @@ if(TARGET plume_client)
   gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 endif()
 
-# The durable store (issue 7): file format, directory cycle, MatrixService persistence.
+# The durable store: file format, directory cycle, MatrixService persistence.
 add_executable(store_test server/store_test.cc)
 target_link_libraries(store_test PRIVATE plume_core GTest::gtest_main)
 gtest_discover_tests(store_test DISCOVERY_TIMEOUT 60)
 
-# Auth and TLS (issue 7): certificates are made at test time with openssl.
+# Auth and TLS: certificates are made at test time with openssl.
 if(TARGET plume_client)
   add_executable(security_test server/security_test.cc)
   target_link_libraries(security_test PRIVATE plume_grpc_service plume_client plume_core
@@ -49,7 +49,7 @@ if(TARGET plume_client)
   gtest_discover_tests(security_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
 
-# plume-server as a process (issue 7): drain, kill -9 during uploads,
+# plume-server as a process: drain, kill -9 during uploads,
 # corrupt store files, metrics basic auth.
 if(TARGET plume_client AND TARGET plume-server)
   add_executable(process_test server/process_test.cc)
@@ -61,7 +61,7 @@ if(TARGET plume_client AND TARGET plume-server)
   gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
 endif()
 
-# Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit (issue 7).
+# Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit.
 if(TARGET plume_client)
   add_executable(reliability_test server/reliability_test.cc)
   target_link_libraries(reliability_test PRIVATE plume_grpc_service plume_client plume_core
@@ -69,7 +69,7 @@ if(TARGET plume_client)
   gtest_discover_tests(reliability_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 180)
 endif()
 
-# Soak (issue 7): 10^6 small GEMVs, RSS growth < 5%. Label "soak"; not built
+# Soak: 10^6 small GEMVs, RSS growth < 5%. Label "soak"; not built
 # under sanitizers, whose allocators keep freed memory by design.
 if(TARGET plume_client AND NOT PLUME_SANITIZE)
   add_executable(soak_test server/soak_test.cc)
@@ -80,18 +80,18 @@ if(TARGET plume_client AND NOT PLUME_SANITIZE)
   set_tests_properties(soak_test PROPERTIES LABELS soak TIMEOUT 600 RUN_SERIAL TRUE)
 endif()
 
-# K/V caches in the durable store (issue 7): .pkv format, append log,
+# K/V caches in the durable store: .pkv format, append log,
 # compaction, restart, quarantine.
 add_executable(kv_store_file_test server/kv_store_file_test.cc)
 target_link_libraries(kv_store_file_test PRIVATE plume_core GTest::gtest_main)
 gtest_discover_tests(kv_store_file_test DISCOVERY_TIMEOUT 60)
 
-# Multi-device placement (issue 5): ShardedBackend over CpuBackend children.
+# Multi-device placement: ShardedBackend over CpuBackend children.
 add_executable(sharded_backend_test server/sharded_backend_test.cc)
 target_include_directories(sharded_backend_test PRIVATE ${PROJECT_SOURCE_DIR})
 target_link_libraries(sharded_backend_test PRIVATE plume_core GTest::gtest_main)
 gtest_discover_tests(sharded_backend_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
-# DiagnosticsService Echo/EchoStream (issue 5): byte-exact round trip, size
+# DiagnosticsService Echo/EchoStream: byte-exact round trip, size
 # limit, token, method labels.
 if(TARGET plume_client)
   add_executable(echo_test server/echo_test.cc)

@@ -26,7 +26,7 @@ struct ServerOptions {
   // --max_queue_size); a matrix's upload may override them.
   core::BatchingOptions batching;
 
-  // Security and limits (issue 7).
+  // Security and limits.
   // TLS when tls_cert_pem is set (PEM contents, not paths); tls_client_ca_pem
   // also requires and verifies a client certificate (mutual TLS).
   std::string tls_cert_pem;
@@ -38,7 +38,7 @@ struct ServerOptions {
   // HTTP/2 streams (calls) one connection may have open at once; 0: gRPC's default.
   int max_concurrent_streams = 256;
 
-  // DiagnosticsService (issue 5): largest Echo payload in bytes.
+  // DiagnosticsService: largest Echo payload in bytes.
   int64_t max_echo_bytes = 4 << 20;
 };
 

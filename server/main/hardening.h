@@ -1,4 +1,4 @@
-// plume-server's reliability and security flags (issue 7), kept apart from
+// plume-server's reliability and security flags, kept apart from
 // main.cc: the durable store (--store_dir), TLS and bearer-token auth on the
 // gRPC port, basic auth on /metrics, and per-connection stream limits.
 #pragma once

@@ -33,7 +33,7 @@
 #include "server/core/metrics.h"
 #include "server/core/sharded_backend.h"
 #include "server/grpc/server.h"
-#include "server/main/hardening.h"  // store, TLS, auth, stream limits (issue 7)
+#include "server/main/hardening.h"  // store, TLS, auth, stream limits
 
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051", "Address the gRPC API listens on (port 0: any free port).");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464", "Address of the Prometheus /metrics endpoint (port 0: any free port).");
@@ -207,7 +207,7 @@ int main(int argc, char** argv) {
   plume::core::KvStore kv_store(store.budget(), &metrics);  // K/V caches share the budget
   plume::core::AttentionService attention(backend.get(), &kv_store, &metrics, limits);
 
-  // Durable store: verify and load what is on disk before serving (issue 7).
+  // Durable store: verify and load what is on disk before serving.
   auto durable = plume::server_main::OpenDurableStore(backend.get(), &store, &kv_store);
   if (!durable.ok()) return Fail(absl::StrCat("--store_dir: ", durable.status().message()));
 

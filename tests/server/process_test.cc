@@ -632,7 +632,7 @@ TEST_F(ProcessTest, MetricsBasicAuthAndTheTokenNeverLogged) {
 namespace plume {
 namespace {
 
-// --cpu_shards (issue 5): a multi-device server without GPUs. A matrix too
+// --cpu_shards: a multi-device server without GPUs. A matrix too
 // big for one device's budget is row-sharded, one asked for is replicated;
 // both serve results bit-identical to the CPU reference, keep their
 // placement across a restart, and what fits nowhere is RESOURCE_EXHAUSTED.

@@ -1,4 +1,4 @@
-// Reliability of the real gRPC server on 127.0.0.1:0 (issue 7):
+// Reliability of the real gRPC server on 127.0.0.1:0:
 //  - a table of malformed requests, each with its exact code, and the
 //    server healthy afterwards;
 //  - a delete racing 1,000 in-flight GEMVs (run under ASan by test.sh);
