@@ -1,7 +1,8 @@
 // GPU attention benchmark, in one run: the read ceiling, plume's
 // decode at seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D=128, batch 1 and
 // 16 (one cache, the batch's queries against it), and plume's prefill at one
-// head S=8192 D=512 and at S=4096 heads 32 D=128 causal. Caches are E4M3 with
+// head S=8192 D=512 and at S=4096 heads 32 causal, D = 64, 128, 256 (and the
+// mma.sync prefill beside the Hopper one on sm_90). Caches are E4M3 with
 // TOKEN_BLOCK scales (the default), random codes, in as many copies as keep
 // the bytes read per launch out of L2. Each launch is bracketed by CUDA
 // events; medians over --iters launches. bench/sdpa_attention.py times
@@ -101,7 +102,8 @@ void Print(const Result& r) {
 
 // Times attention of [batch, heads, q_len, D] F16 queries against the caches.
 Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int64_t batch, int64_t heads,
-           int64_t q_len, bool causal, DecodePath path) {
+           int64_t q_len, bool causal, DecodePath path,
+           plume::cuda::AttentionKernel kernel = plume::cuda::AttentionKernel::kAuto) {
   const int64_t dim = c.layout.head_dim;
   const int64_t n = batch * heads * q_len * dim;
   void *q = nullptr, *out = nullptr, *ws = nullptr;
@@ -123,6 +125,7 @@ Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int6
   p.out = out;
   p.out_dtype = DType::kF16;
   p.path = path;
+  p.kernel = kernel;
   int dev = 0;
   CHECK_CUDA(cudaGetDevice(&dev));
   const int64_t ws_bytes = plume::cuda::AttentionWorkspaceBytes(p, dev);
@@ -143,7 +146,7 @@ Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int6
   Result r{kind, plume::cuda::DecodePathName(path), c.seq, batch, heads, c.layout.kv_heads, dim, q_len,
            causal, us, static_cast<double>(c.code_bytes()),
            2.0 * static_cast<double>(batch * heads * dim) * static_cast<double>(visible2)};
-  if (std::string(kind) == "prefill") r.bytes = 0;
+  if (std::string(kind).rfind("prefill", 0) == 0) r.bytes = 0;
   if (std::string(kind) == "decode") r.flops = 0;
   g_results.push_back(r);
   Print(r);
@@ -233,10 +236,18 @@ int main(int argc, char** argv) {
     MakeCaches(c, 1, 512, 8192, 1, s);
     for (DecodePath path : paths) Run(timer, s, c, "prefill", 1, 1, 8192, false, path);
   }
-  {
+  // 32 heads, S=4096, causal, at D = 64, 128, 256; where the Hopper kernel
+  // runs (D 64 and 128 on sm_90), the mma.sync kernel beside it, same run.
+  for (int64_t dim : {64, 128, 256}) {
     Caches c;
-    MakeCaches(c, 32, 128, 4096, 1, s);
-    for (DecodePath path : paths) Run(timer, s, c, "prefill", 1, 32, 4096, true, path);
+    MakeCaches(c, 32, dim, 4096, 1, s);
+    for (DecodePath path : paths) {
+      Run(timer, s, c, "prefill", 1, 32, 4096, true, path);
+      if (cc_major == 9 && dim <= 128) {
+        Run(timer, s, c, "prefill-mma.sync", 1, 32, 4096, true, path,
+            plume::cuda::AttentionKernel::kPrefillMmaSync);
+      }
+    }
   }
   if (!json.empty()) WriteJson(json);
   CHECK_CUDA(cudaStreamDestroy(s));

@@ -4,7 +4,7 @@
 Decode: q [batch, 32, 1, 128] against K/V [1, 8, seq, 128] (one cache, as
 plume's batch shares its cache), GQA through enable_gqa when this PyTorch has
 it, else K/V repeated to 32 heads (more bytes; the JSON says which). Prefill:
-4-D q/k/v [1, 1, 8192, 512] and [1, 32, 4096, 128] causal. CUDA events,
+4-D q/k/v [1, 1, 8192, 512] and [1, 32, 4096, D] causal, D = 64, 128, 256. CUDA events,
 medians. Usage: sdpa_attention.py [ITERS] [JSON]
 """
 import json
@@ -73,7 +73,8 @@ def main():
                          "median_us": us, "kv_bytes": kv_bytes})
             print(f"  sdpa decode seq={seq:<6} b={batch:<2} {us:10.2f} us {kv_bytes / us / 1e3:8.1f} GB/s")
         del k, v
-    for heads, seq, dim, causal in ((1, 8192, 512, False), (32, 4096, 128, True)):
+    for heads, seq, dim, causal in ((1, 8192, 512, False), (32, 4096, 64, True), (32, 4096, 128, True),
+                                    (32, 4096, 256, True)):
         q = torch.randn(1, heads, seq, dim, device=dev, dtype=torch.float16)
         k = torch.randn_like(q)
         v = torch.randn_like(q)

@@ -301,7 +301,9 @@ void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed)
     EXPECT_EQ(unwritten, 0) << "elements left NaN (unwritten) or non-finite";
     const double err = std::sqrt(num / std::max(den, 1e-300));
     EXPECT_LE(err, bound + OutputSlack(c.out_dtype));
-    const std::string key = std::string(kernel == AttentionKernel::kPrefill ? "prefill" : "decode") +
+    const std::string key = std::string(kernel == AttentionKernel::kPrefill          ? "prefill"
+                                        : kernel == AttentionKernel::kPrefillMmaSync ? "prefill-mma.sync"
+                                                                                     : "decode") +
                             " " + PathName(path) + " out=" + DTypeStr(c.out_dtype);
     if (c.seq >= 65536) {
       std::printf("rel. L2 error at %lld tokens [%s]: %.3g (%s)\n", static_cast<long long>(c.seq),
@@ -383,9 +385,16 @@ TEST(GpuAttention, DecodeGrid) {
   PrintWorst("decode");
 }
 
+// kPrefill is the Hopper (wgmma) kernel on compute capability 9.0 at head
+// dims 64 and 128; kPrefillMmaSync keeps the mma.sync kernel tested there.
 TEST(GpuAttention, PrefillGrid) {
   Sweep(AttentionKernel::kPrefill, {16, 100, 257}, 2e-3);
   PrintWorst("prefill");
+}
+
+TEST(GpuAttention, PrefillGridMmaSync) {
+  Sweep(AttentionKernel::kPrefillMmaSync, {16, 100, 257}, 2e-3);
+  PrintWorst("prefill-mma.sync");
 }
 
 // Every format x scale mode x causal on both kernels at one ragged shape, and
@@ -424,6 +433,13 @@ TEST(GpuAttention, PrefillLongQueries) {
     RunCase(b, AttentionKernel::kPrefill, 2e-3, seed++);
     Case g{dim, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
     RunCase(g, AttentionKernel::kPrefill, 2e-3, seed++);
+  }
+  // The benchmark's prompt shape, scaled down (4 heads, S=2048, causal), on
+  // both prefill kernels.
+  for (AttentionKernel kernel : {AttentionKernel::kPrefill, AttentionKernel::kPrefillMmaSync}) {
+    Case c{128, 2048, 2048, 4, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
+           DType::kF16};
+    RunCase(c, kernel, 2e-3, seed++);
   }
   PrintWorst("prefill");
 }

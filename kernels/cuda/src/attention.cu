@@ -1603,6 +1603,7 @@ bool ValidShape(const AttentionProblem& p) {
 struct Plan {
   bool prefill = false;
   bool fa = false;  // prefill by PrefillFa
+  bool wg = false;  // prefill by PrefillWgmma
   KernelFn decode = nullptr;
   size_t decode_smem = 0;
   PrefillPick pre;
@@ -1626,13 +1627,15 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   const int num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
 
   bool prefill = false;
-  if (p.kernel != AttentionKernel::kDecode &&
-      (p.kernel == AttentionKernel::kPrefill || p.q_len > kAttentionDecodeMaxQ)) {
-    pl.fa = PrefillFaAvailable(kd, device);  // the flash prefill (attention_prefill.cu) first
+  const bool forced = p.kernel == AttentionKernel::kPrefill || p.kernel == AttentionKernel::kPrefillMmaSync;
+  if (p.kernel != AttentionKernel::kDecode && (forced || p.q_len > kAttentionDecodeMaxQ)) {
+    // The flash prefills (attention_prefill*.cu) first: Hopper's, then mma.sync.
+    pl.wg = p.kernel != AttentionKernel::kPrefillMmaSync && PrefillWgmmaAvailable(kd, device);
+    pl.fa = !pl.wg && PrefillFaAvailable(kd, device);
     pl.pre = PickPrefill(kd);
-    prefill = pl.fa || (pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(info.smem_optin));
-    if (!prefill && p.kernel == AttentionKernel::kPrefill) return cudaErrorNotSupported;
-    if (prefill && !pl.fa) {  // raises the kernel's shared memory limit, once
+    prefill = pl.wg || pl.fa || (pl.pre.fn != nullptr && pl.pre.smem <= static_cast<size_t>(info.smem_optin));
+    if (!prefill && forced) return cudaErrorNotSupported;
+    if (prefill && !pl.fa && !pl.wg) {  // raises the kernel's shared memory limit, once
       int unused = 0;
       PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.pre.fn), kPrefillThreads,
                                        pl.pre.smem, device, &unused));
@@ -1707,6 +1710,7 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   const KvLayout& l = p.layout;
   const Params k = MakeParams(p, pl.dec, pl.tile_rows, pl.row_tiles, pl.pages_per_split, pl.splits,
                               workspace, pl.off_acc);
+  if (pl.prefill && pl.wg) return PrefillWgmma(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill && pl.fa) return PrefillFa(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill) {
     const int slices = static_cast<int>((l.head_dim + pl.pre.dv - 1) / pl.pre.dv);

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "attention_prefill.h"
+#include "attention_prefill_common.cuh"
 #include "fp8_regs.cuh"
 #include "plume/cuda/check.h"
 
@@ -56,65 +57,6 @@ struct FaShape {
   static_assert(kLoads * kThreads == kFaTok * kChunks && kTw % 16 == 0 && kDw % 16 == 0);
 };
 
-struct FaArgs {
-  const uint8_t* const* pages;
-  const float* gk;
-  const float* gv;
-  KvScaleMode mode;
-  Dec dec;
-  int kv_heads;
-  int head_dim;
-  int row_bytes;
-  int64_t head_tile;
-  int64_t codes_bytes;
-  int64_t seq;
-  int num_pages;
-  float decode_factor;  // 2^8 for the software E4M3 decode, else 1
-  float scale_log2;     // softmax scale * log2(e)
-  const void* q;
-  DType q_dtype;
-  int heads;
-  int q_len;
-  int group;
-  int rows;       // batch * group * q_len: query rows of one kv head
-  int row_tiles;  // tiles of kRows of them
-  bool causal;
-  void* out;
-  DType out_dtype;
-};
-
-// Query row lr of kv head kvh (batch-major, then head of the GQA group, then
-// position): its row in [batch][heads][q_len].
-__device__ __forceinline__ int64_t FaRow(const FaArgs& a, int kvh, int lr) {
-  const int per_batch = a.group * a.q_len;
-  const int h = kvh * a.group + lr % per_batch / a.q_len;
-  return (static_cast<int64_t>(lr / per_batch) * a.heads + h) * a.q_len + lr % a.q_len;
-}
-
-__device__ __forceinline__ float FaQ(const FaArgs& a, int64_t i) {
-  if (a.q_dtype == DType::kF32) return static_cast<const float*>(a.q)[i];
-  if (a.q_dtype == DType::kF16) return __half2float(static_cast<const __half*>(a.q)[i]);
-  return Bf16BitsToFloat(static_cast<const uint16_t*>(a.q)[i]);
-}
-
-// The page's K (v false) or V scale for kv head kvh, times the decode factor.
-__device__ __forceinline__ float FaScale(const FaArgs& a, const uint8_t* page, int kvh, bool v) {
-  const float* g = v ? a.gv : a.gk;
-  float s = 1.0f;
-  if (a.mode == KvScaleMode::kTensor) {
-    s = g[0];
-  } else if (a.mode == KvScaleMode::kHead) {
-    s = g[kvh];
-  } else if (a.mode == KvScaleMode::kTokenBlock) {
-    s = reinterpret_cast<const float*>(page + 2 * a.codes_bytes)[v ? a.kv_heads + kvh : kvh];
-  }
-  return s * a.decode_factor;
-}
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // Four 8x8 FP16 matrices from shared memory (lane l gives row l % 8 of matrix
 // l / 8), as mma fragments; Trans transposes each.
 template <bool kTrans>
@@ -140,12 +82,6 @@ __device__ __forceinline__ void GroupSync(int rw) {
   asm volatile("bar.sync %0, %1;" ::"r"(rw + 1), "n"(32 * kC) : "memory");
 }
 
-__device__ __forceinline__ uint32_t Half2Bits(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, sizeof(u));
-  return u;
-}
 
 // One tile's FP8 codes of this thread (kLoads pieces of 16), zeros past the
 // page's n tokens and past the row.
@@ -160,23 +96,6 @@ __device__ __forceinline__ void LoadTile(const FaArgs& a, const uint8_t* base, i
     buf[it] = make_uint4(0, 0, 0, 0);
     if (r < n && u * 16 < a.row_bytes) {
       buf[it] = __ldg(reinterpret_cast<const uint4*>(base + static_cast<int64_t>(r) * a.row_bytes + u * 16));
-    }
-  }
-}
-
-// Codes to FP16 (NaN codes stay NaN on the software E4M3 path too).
-template <Dec kDec>
-__device__ __forceinline__ void DecodeNanSafe(uint32_t w, uint32_t (&h)[2]) {
-  DecodeWord<kDec>(w, h[0], h[1]);
-  if constexpr (kDec == Dec::kE4M3Soft) {
-    if (HasE4M3Nan(w)) {
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        if (((w >> (8 * b)) & 0x7fu) == 0x7fu) {
-          const int sh = 16 * (b & 1);
-          h[b >> 1] = (h[b >> 1] & ~(0xffffu << sh)) | (0x7e00u << sh);
-        }
-      }
     }
   }
 }
@@ -206,20 +125,6 @@ __device__ __forceinline__ void StoreTile(Dec dec, const uint4 (&buf)[FaShape<kD
     case Dec::kE4M3Native: StoreTileAs<kD, Dec::kE4M3Native>(buf, dst, tid); break;
     case Dec::kE5M2Soft: StoreTileAs<kD, Dec::kE5M2Soft>(buf, dst, tid); break;
     default: StoreTileAs<kD, Dec::kE5M2Native>(buf, dst, tid); break;
-  }
-}
-
-constexpr float kFaNegInf = -INFINITY;
-
-// Output elements i and i + 1 (i even, so the pair is aligned).
-__device__ __forceinline__ void StoreTwo(void* y, DType t, int64_t i, float v0, float v1) {
-  if (t == DType::kF32) {
-    *reinterpret_cast<float2*>(static_cast<float*>(y) + i) = make_float2(v0, v1);
-  } else if (t == DType::kF16) {
-    *reinterpret_cast<__half2*>(static_cast<__half*>(y) + i) = __floats2half2_rn(v0, v1);
-  } else {
-    *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(y) + i) =
-        static_cast<uint32_t>(FloatToBf16Bits(v0)) | static_cast<uint32_t>(FloatToBf16Bits(v1)) << 16;
   }
 }
 
@@ -259,20 +164,12 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
   }
 
   // The tokens the tile's rows see: all of [0, vis_min], none past vis_max.
-  int64_t vis_max = a.seq - 1, vis_min = a.seq - 1;
-  if (a.causal) {
-    const int first = lr0 % a.q_len;
-    const bool wraps = first + nrows > a.q_len;
-    vis_max = wraps ? a.seq - 1 : a.seq - a.q_len + first + nrows - 1;
-    vis_min = a.seq - a.q_len + (wraps ? 0 : first);
-  }
+  int64_t vis_min, vis_max;
+  FaVisible(a, lr0, nrows, vis_min, vis_max);
   const int page_end = static_cast<int>(min(static_cast<int64_t>(a.num_pages), vis_max / kFaTok + 1));
   // This lane's rows (g and g + 8 of the warp's 16) and their last tokens.
   const int ra = rw * 16 + g, rb = ra + 8;
-  const auto last_of = [&](int r) -> int64_t {
-    if (r >= nrows) return -1;
-    return a.causal ? a.seq - a.q_len + (lr0 + r) % a.q_len : a.seq - 1;
-  };
+  const auto last_of = [&](int r) -> int64_t { return r < nrows ? FaLastVisible(a, lr0 + r) : -1; };
   const int64_t vis_a = last_of(ra), vis_b = last_of(rb);
 
   const int64_t koff = static_cast<int64_t>(kvh) * a.head_tile;
@@ -531,34 +428,7 @@ bool PrefillFaAvailable(int kd, int device) {
 cudaError_t PrefillFa(const AttentionProblem& p, int kd, cudaStream_t stream) {
   const FaPick f = PickFa(kd);
   if (f.fn == nullptr) return cudaErrorNotSupported;
-  const KvLayout& l = p.layout;
-  FaArgs a{};
-  a.pages = p.pages;
-  a.gk = p.k_scales;
-  a.gv = p.v_scales;
-  a.mode = l.scale_mode;
-  const bool native = p.path == DecodePath::kNative;
-  a.dec = p.format == Fp8Format::kE4M3 ? (native ? Dec::kE4M3Native : Dec::kE4M3Soft)
-                                       : (native ? Dec::kE5M2Native : Dec::kE5M2Soft);
-  a.kv_heads = static_cast<int>(l.kv_heads);
-  a.head_dim = static_cast<int>(l.head_dim);
-  a.row_bytes = static_cast<int>(l.row_bytes());
-  a.head_tile = l.head_tile_bytes();
-  a.codes_bytes = l.codes_bytes();
-  a.seq = p.seq;
-  a.num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
-  a.decode_factor = a.dec == Dec::kE4M3Soft ? 256.0f : 1.0f;
-  a.scale_log2 = p.scale * 1.4426950408889634f;
-  a.q = p.q;
-  a.q_dtype = p.q_dtype;
-  a.heads = static_cast<int>(p.heads);
-  a.q_len = static_cast<int>(p.q_len);
-  a.group = static_cast<int>(p.heads / l.kv_heads);
-  a.rows = static_cast<int>(p.batch) * a.group * a.q_len;
-  a.row_tiles = (a.rows + f.rows - 1) / f.rows;
-  a.causal = p.causal;
-  a.out = p.out;
-  a.out_dtype = p.out_dtype;
+  const FaArgs a = MakeFaArgs(p, f.rows);
   const int64_t blocks = static_cast<int64_t>(a.row_tiles) * a.kv_heads;
   if (blocks >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
   f.fn<<<static_cast<unsigned>(blocks), f.threads, f.smem, stream>>>(a);

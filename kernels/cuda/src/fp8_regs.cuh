@@ -112,6 +112,11 @@ __device__ __forceinline__ uint32_t MovTrans(uint32_t x) {
 
 // ------------------------------------------------------------ async copies
 
+// The shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 // 16 bytes global -> shared, asynchronous on sm_80+ (cp.async), zeros where
 // !valid (no bytes are read then); a plain copy before sm_80.
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {

@@ -34,6 +34,7 @@
 #include "gemv_splits.cuh"
 #include "gemv_wgmma.h"
 #include "gemv_wgmma_layout.h"
+#include "sm90.cuh"
 #include "wgmma.cuh"
 
 namespace plume::cuda::wgmma_gemv {
@@ -89,30 +90,6 @@ struct Params {
 
 // ------------------------------------------------------- sm_90 primitives
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void MbarInit(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count));
-}
-__device__ __forceinline__ void MbarExpectTx(uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)),
-               "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(SmemAddr(bar)) : "memory");
-}
-__device__ __forceinline__ void MbarWait(uint64_t* bar, unsigned parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nWAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(SmemAddr(bar)),
-      "r"(parity)
-      : "memory");
-}
-
 // W tile (x = byte column, y = row) -> shared memory, completing on bar.
 __device__ __forceinline__ void TmaLoadTile(void* dst, const CUtensorMap* map, int x, int y,
                                             uint64_t* bar) {
@@ -122,16 +99,6 @@ __device__ __forceinline__ void TmaLoadTile(void* dst, const CUtensorMap* map, i
       "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(SmemAddr(bar))
       : "memory");
 }
-// `bytes` contiguous bytes (a multiple of 16) -> shared memory, completing on bar.
-__device__ __forceinline__ void BulkLoad(void* dst, const void* src, unsigned bytes,
-                                         uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-          SmemAddr(dst)),
-      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
-      : "memory");
-}
-
 // The shared-memory descriptor of one k-step of an activation image: the
 // start address plus the strides (Params::desc_strides).
 __device__ __forceinline__ uint64_t ImageDesc(uint32_t addr, uint64_t strides) {

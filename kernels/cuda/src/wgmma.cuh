@@ -1,7 +1,7 @@
 // The Hopper warp-group MMA (wgmma, sm_90a) with A from registers and B
 // from shared memory, FP16 inputs and FP32 accumulators, one wrapper per N
 // the GEMV uses (the accumulator operand list is spelled out per shape).
-// Included by gemv_wgmma.cu only. Valid only in code compiled for sm_90a.
+// Included by the sm_90a kernels (gemv_wgmma.cu, attention_prefill_wgmma.cu). Valid only in code compiled for sm_90a.
 #pragma once
 
 #include <cstdint>
@@ -92,6 +92,20 @@ struct Wgmma<128> {
   }
 };
 
+
+// d (+)= A (64 x 16, descriptor desc_a) * B (16 x 64, descriptor desc_b),
+// both operands K-major in shared memory; d is overwritten when accumulate
+// is 0.
+__device__ __forceinline__ void WgmmaSs64(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                          int accumulate) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#endif
+}
 
 // Keeps the compiler from moving accesses to the accumulators across the
 // asynchronous MMAs that own them.

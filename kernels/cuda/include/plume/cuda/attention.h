@@ -1,6 +1,6 @@
 // Attention over a paged FP8 K/V cache resident in device memory
 // (plume/kernels/kv_layout.h), on the GPU. One launcher, one dispatch point
-// (src/attention.cu; the flash prefill lives in src/attention_prefill.cu).
+// (src/attention.cu; the flash prefills live in src/attention_prefill*.cu).
 // The math is the CPU reference's (plume/reference/attention.h): query head h
 // reads kv head h / (heads / kv_heads); causal queries are the last q_len
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
@@ -21,11 +21,15 @@
 //       (S^T = K Q^T, O^T = V^T P^T: tokens and head dims as M), the rows' hi
 //       and lo parts side by side in the N = 8 columns (one mma for both).
 //     * Other head dims: FP32 CUDA-core math, up to 8 rows per block.
-//  - Prefill (longer q_len): tiled flash-attention. 64 query rows per block;
-//    each page's K and V tiles are decoded once into FP16 shared memory
-//    (exact: every FP8 value is an FP16), S = Q K^T and O += P V run on
-//    tensor cores (mma.sync m16n8k16, FP32 accumulators), the softmax state
-//    is FP32. Q and P are rounded to FP16, so errors are FP16-sized.
+//  - Prefill (longer q_len): tiled flash-attention. Each page's K and V
+//    tiles are decoded once into FP16 shared memory (exact: every FP8 value
+//    is an FP16), S = Q K^T and O += P V run on tensor cores with FP32
+//    accumulators, the softmax state is FP32. Q and P are rounded to FP16,
+//    so errors are FP16-sized. On Hopper (head dims padding to 64 and 128):
+//    wgmma, 128 query rows per block, a producer warp group that bulk-copies
+//    and decodes the pages while two consumer warp groups compute
+//    (src/attention_prefill_wgmma.cu). Elsewhere: mma.sync m16n8k16, 64 rows
+//    per block (src/attention_prefill.cu).
 #pragma once
 
 #include <cstdint>
@@ -44,6 +48,7 @@ enum class AttentionKernel : uint8_t {
   kAuto = 0,     // decode for q_len <= kAttentionDecodeMaxQ, prefill above
   kDecode = 1,   // flash-decoding with FP32-level accuracy, any q_len
   kPrefill = 2,  // FP16 tensor-core flash-attention, any q_len
+  kPrefillMmaSync = 3,  // kPrefill's mma.sync kernel, even where the Hopper one runs
 };
 
 struct AttentionProblem {
