@@ -1,5 +1,5 @@
 // The flash-attention prefill kernel (src/attention_prefill.cu), called from
-// attention.cu's dispatch. Declarations only.
+// the dispatch (attention_dispatch.cu). Declarations only.
 #pragma once
 
 #include <cuda_runtime.h>
