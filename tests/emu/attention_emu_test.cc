@@ -214,6 +214,18 @@ TEST(AttentionEmu, PrefillKernel) {
   std::printf("prefill kernel (emulated): worst rel. L2 error %.3g over %d problems\n", worst, i);
 }
 
+// The kernel tables answer a value they have no kernel for with nullptr (the
+// dispatch then fails with cudaErrorInvalidValue) instead of running another.
+TEST(AttentionEmu, UnknownValuesPickNoKernel) {
+  for (int kd : {64, 256, 512, 1024}) EXPECT_NE(DecodeKernelFor<Dec::kE4M3Soft>(kd), nullptr) << kd;
+  // 128 is the tensor-core decodes' head dim, not this table's.
+  for (int kd : {0, 32, 100, 128, 2048}) EXPECT_EQ(DecodeKernelFor<Dec::kE5M2Native>(kd), nullptr) << kd;
+  const auto pick64 = [](auto d) -> KernelFn { return DecodeKernelFor<decltype(d)::value>(64); };
+  EXPECT_NE(WithDec<KernelFn>(Dec::kE5M2Soft, pick64), nullptr);
+  EXPECT_EQ(WithDec<KernelFn>(static_cast<Dec>(7), pick64), nullptr);
+  EXPECT_EQ(KernelDim(1025), 0);
+}
+
 // An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
 // rows that see its token are NaN, as in the reference, the others finite and
 // right, on every decode path (the software path patches NaN codes back).

@@ -235,14 +235,16 @@ inline int DecodeThreads(int kd) {
   return kd >= 1024 ? DecodeShape<1024>::kThreads : DecodeShape<64>::kThreads;
 }
 
-// The decode kernel for padded head dim kd.
+// The decode kernel for padded head dim kd; nullptr for a head dim it has no
+// kernel for.
 template <Dec kDec>
 KernelFn DecodeKernelFor(int kd) {
   switch (kd) {
     case 64: return DecodeKernel<kDec, 64>;
     case 256: return DecodeKernel<kDec, 256>;
     case 512: return DecodeKernel<kDec, 512>;
-    default: return DecodeKernel<kDec, 1024>;
+    case 1024: return DecodeKernel<kDec, 1024>;
+    default: return nullptr;
   }
 }
 

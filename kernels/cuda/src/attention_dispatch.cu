@@ -26,6 +26,7 @@ namespace {
 // The one place a kernel is chosen. For padded head dim 128: `few`, at most
 // kFewRows query rows per kv head; else `shared`, the page decoded once per
 // block to shared memory (tiles of 3 or 4 m-tiles, software decode).
+// nullptr for a head dim or decoder no kernel serves.
 KernelFn PickDecode(Dec dec, int kd, bool few, bool shared) {
   if (kd == kMmaDim) return PickDecodeMma(dec, few, shared);
   return PickDecodeCudaCores(dec, kd);
@@ -38,7 +39,13 @@ bool ValidShape(const AttentionProblem& p) {
   const KvLayout& l = p.layout;
   const bool mode_ok = l.scale_mode == KvScaleMode::kNone || l.scale_mode == KvScaleMode::kTensor ||
                        l.scale_mode == KvScaleMode::kHead || l.scale_mode == KvScaleMode::kTokenBlock;
-  return q_ok && o_ok && mode_ok && l.kv_heads > 0 && l.kv_heads <= (1 << 20) && l.head_dim > 0 &&
+  // Values no kernel is chosen for fail here rather than run as another.
+  const bool format_ok = p.format == Fp8Format::kE4M3 || p.format == Fp8Format::kE5M2;
+  const bool path_ok = p.path == DecodePath::kNative || p.path == DecodePath::kSoftware;
+  const bool kernel_ok = p.kernel == AttentionKernel::kAuto || p.kernel == AttentionKernel::kDecode ||
+                         p.kernel == AttentionKernel::kPrefill;
+  return q_ok && o_ok && mode_ok && format_ok && path_ok && kernel_ok && l.kv_heads > 0 &&
+         l.kv_heads <= (1 << 20) && l.head_dim > 0 &&
          KernelDim(l.row_bytes()) > 0 && p.seq > 0 && p.seq < (int64_t{1} << 37) &&
          p.batch > 0 && p.heads > 0 && p.heads % l.kv_heads == 0 && p.q_len > 0 &&
          (!p.causal || p.q_len <= p.seq) && p.batch * p.heads * p.q_len < (int64_t{1} << 31) &&
@@ -98,6 +105,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     const bool soft = pl.dec == Dec::kE4M3Soft || pl.dec == Dec::kE5M2Soft;
     const bool shared = soft && mma_rows > 32 && kMmaSmemShared <= static_cast<size_t>(info.smem_optin);
     pl.decode = PickDecode(pl.dec, kd, few, shared);
+    if (pl.decode == nullptr) return cudaErrorInvalidValue;
     if (kd == kMmaDim && few) {  // tensor cores, operands swapped
       pl.decode_smem = kFewSmem;
       pl.tile_rows = kFewRows;

@@ -13,7 +13,7 @@
 namespace plume::cuda::attn {
 
 // attention_decode.cu: the CUDA-core decode for padded head dim kd (64, 256,
-// 512, 1024); nullptr for an unknown decoder.
+// 512, 1024); nullptr for any other head dim or an unknown decoder.
 KernelFn PickDecodeCudaCores(Dec dec, int kd);
 
 // attention_decode.cu: merges the splits' partial results of `k` into its
