@@ -22,22 +22,12 @@ endif()
 # The attention kernels' code run on the CPU in emulation (tests/emu): a CI
 # check of their indexing, fragment layouts and masking where there is no
 # GPU. Built where CUDA is (it needs the toolkit's cuda_fp16.h); labelled
-# "emu", not "gpu", so CI runs it. attention_emu.inc is attention.cu up to its
-# dispatch section with the CUDA keywords mapped onto tests/emu/emu_cuda.h.
+# "emu", not "gpu", so CI runs it. The test includes the kernels' own headers
+# (kernels/cuda/src/attention_*.cuh) after tests/emu/emu_cuda.h, which
+# provides the CUDA built-ins and the device helpers on the CPU.
 if(PLUME_HAVE_CUDA)
-  set(_plume_att ${PROJECT_SOURCE_DIR}/kernels/cuda/src/attention.cu)
-  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_plume_att})
-  file(READ ${_plume_att} _plume_src)
-  string(FIND "${_plume_src}" "// ----------------------------------------------------------------- dispatch" _plume_cut)
-  string(SUBSTRING "${_plume_src}" 0 ${_plume_cut} _plume_src)
-  string(REPLACE "#include \"fp8_regs.cuh\"" "#include \"tests/emu/emu_cuda.h\"" _plume_src "${_plume_src}")
-  string(REPLACE "extern __shared__ __align__(16) __half smem[];" "__half* smem = g_dyn_smem;" _plume_src "${_plume_src}")
-  string(REPLACE "__shared__ __align__(16)" "alignas(16) static" _plume_src "${_plume_src}")
-  string(REPLACE "__shared__" "static" _plume_src "${_plume_src}")
-  file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/emu/attention_emu.inc
-       "${_plume_src}}  // namespace\n}  // namespace plume::cuda\n")
   add_executable(attention_emu_test emu/attention_emu_test.cc)
-  target_include_directories(attention_emu_test PRIVATE ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/emu
+  target_include_directories(attention_emu_test PRIVATE ${PROJECT_SOURCE_DIR}
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/include
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/src
                              ${CUDAToolkit_INCLUDE_DIRS})

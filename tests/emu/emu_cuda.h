@@ -1,17 +1,23 @@
 // Host emulation of the device helpers of kernels/cuda/src/fp8_regs.cuh and
-// of the CUDA built-ins the attention kernels use, so that their code runs on
-// the CPU: one fiber (ucontext) per CUDA thread on one OS thread, blocks one
+// of the CUDA built-ins the attention kernels use, so that their headers
+// (kernels/cuda/src/attention_*.cuh, included after this one) compile and run
+// on the CPU. It defines PLUME_CUDA_EMULATION, so attention_device.cuh leaves
+// the device helpers and the shared memory macros to it. The kernels run: one fiber (ucontext) per CUDA thread on one OS thread, blocks one
 // after another, scheduled round robin; __syncthreads and the warp-collective
 // operations (shuffles, mma) are barriers at which a fiber yields until its
 // block or warp has arrived. Deterministic, and fast even on a loaded
-// machine. Shared memory is function statics (shared by the block's fibers). mma.sync m16n8k16 is emulated as a
-// warp-collective product with the fragment layout of the PTX ISA ("Matrix
+// machine. Shared memory is function statics (PLUME_SHARED: shared by the
+// block's fibers) and g_dyn_smem (PLUME_DYNAMIC_SMEM). mma.sync m16n8k16 is
+// emulated as a warp-collective product with the fragment layout of the PTX ISA ("Matrix
 // Fragments for mma.m16n8k16 with floating point type"): A row g / g+8,
 // columns 2t, 2t+1 (+8); B rows 2t, 2t+1 (+8), column g; C row g / g+8,
 // columns 2t, 2t+1 (g = lane / 4, t = lane % 4). The native FP8 conversion is
 // emulated with plume's FP8 decode; the software paths run the kernels' own
 // bit tricks (prmt emulated). Test-only: tests/emu/attention_emu_test.cc.
 #pragma once
+#define PLUME_CUDA_EMULATION 1
+// The toolkit's headers first: the keyword macros below would break them.
+#include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
 #include <ucontext.h>
@@ -36,7 +42,12 @@
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
+
+// Shared memory (attention_device.cuh's macros): a block's arrays are function
+// statics, the dynamic shared memory one static buffer.
+#define PLUME_SHARED static
+#define PLUME_DYNAMIC_SMEM(name) __half* const name = g_dyn_smem
 
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
 inline EmuDim threadIdx, blockIdx;  // of the running fiber
@@ -112,8 +123,8 @@ inline __half EmuUshortAsHalf(unsigned short u) {
 #define __ushort_as_half EmuUshortAsHalf
 
 namespace plume::cuda {
-namespace {
 enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
+namespace {
 // prmt with sign-replicate mode: selector nibble bit 3 set => replicate the sign of the byte.
 inline uint32_t Prmt(uint32_t a, uint32_t sel) {
   uint8_t bytes[8] = {0};

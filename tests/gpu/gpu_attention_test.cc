@@ -476,6 +476,39 @@ TEST(GpuAttention, BadArgumentsAreRefused) {
   }
 }
 
+// A format, decode path or kernel choice outside its enum is refused, never
+// run as another one.
+TEST(GpuAttention, UnknownValuesAreRefused) {
+  char dummy[256];
+  cuda::AttentionProblem p;
+  p.layout = KvLayout{2, 64, KvScaleMode::kNone};
+  p.pages = reinterpret_cast<const uint8_t* const*>(dummy);  // never read: every call below is refused
+  p.seq = 10;
+  p.q = dummy;
+  p.out = dummy;
+  p.batch = 1;
+  p.heads = 2;
+  p.q_len = 1;
+  p.path = cuda::DecodePath::kSoftware;
+  ASSERT_GT(cuda::AttentionWorkspaceBytes(p, 0), 0);  // the problem itself is valid
+  auto refused = [&](const cuda::AttentionProblem& q) {
+    EXPECT_EQ(cuda::AttentionWorkspaceBytes(q, 0), 0);
+    EXPECT_EQ(cuda::Attention(q, dummy, sizeof(dummy), nullptr), cudaErrorInvalidValue);
+  };
+  for (int v : {3, 7, 200}) {
+    SCOPED_TRACE(v);
+    cuda::AttentionProblem q = p;
+    q.format = static_cast<Fp8Format>(v);
+    refused(q);
+    q = p;
+    q.path = static_cast<cuda::DecodePath>(v);
+    refused(q);
+    q = p;
+    q.kernel = static_cast<cuda::AttentionKernel>(v);
+    refused(q);
+  }
+}
+
 // An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
 // rows that see its token are NaN, as in the reference, the others finite and
 // right, on both kernels and every decode path (the software path patches NaN

@@ -1,8 +1,9 @@
 // Flash-attention prefill over the paged FP8 K/V cache (FA2-style, mma.sync,
 // sm_80+): its own translation unit, so that nvcc builds it in parallel with
-// attention.cu. attention.cu's dispatch calls it for q_len > 8 (or kPrefill)
-// where it fits and keeps its older prefill kernel for sm_75 and for shared
-// memory limits this one does not fit (head dim 256+ on sm_86/89).
+// the other attention kernels. The dispatch (attention_dispatch.cu) calls it
+// for q_len > 8 (or kPrefill) where it fits and keeps the older prefill
+// kernel (attention_prefill_fallback.cuh) for sm_75 and for shared memory
+// limits this one does not fit (head dim 256+ on sm_86/89).
 //
 // A block takes 64 query rows of one kv head: four row warps of 16 rows each,
 // times kC warps that share those rows (kC = 2 at head dim 512, where one

@@ -1,6 +1,7 @@
-// The flash-attention prefill kernels, called from attention.cu's dispatch:
-// the mma.sync one (src/attention_prefill.cu, sm_80+) and the Hopper one
-// (src/attention_prefill_wgmma.cu, sm_90a). Declarations only.
+// The flash-attention prefill kernels, called from the dispatch
+// (attention_dispatch.cu): the mma.sync one (src/attention_prefill.cu,
+// sm_80+) and the Hopper one (src/attention_prefill_wgmma.cu, sm_90a).
+// Declarations only.
 #pragma once
 
 #include <cuda_runtime.h>

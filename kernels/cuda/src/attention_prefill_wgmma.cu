@@ -1,5 +1,5 @@
 // The Hopper flash prefill (sm_90a; this file is compiled for that target
-// only), head dims padding to 64 and 128. attention.cu's dispatch runs it on
+// only), head dims padding to 64 and 128. The dispatch (attention_dispatch.cu) runs it on
 // compute capability 9.0 in place of the mma.sync flash prefill
 // (attention_prefill.cu), whose structure it keeps: a block takes 128 query
 // rows of one kv head, one K/V page (64 tokens) at a time, online softmax in

@@ -17,10 +17,12 @@
 #include "plume/kernels/types.h"
 
 namespace plume::cuda {
-namespace {
 
-// How W's codes become FP16 pairs.
+// How W's codes become FP16 pairs. Outside the unnamed namespace: the
+// attention kernels' translation units pass it to one another.
 enum class Dec : uint8_t { kE4M3Soft, kE4M3Native, kE5M2Soft, kE5M2Native };
+
+namespace {
 
 // Calls pick(std::integral_constant<Dec, d>{}) with the decoder of a format
 // and path as a constant and returns what it returns; R{} for a value that

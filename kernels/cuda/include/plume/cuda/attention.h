@@ -1,6 +1,10 @@
 // Attention over a paged FP8 K/V cache resident in device memory
 // (plume/kernels/kv_layout.h), on the GPU. One launcher, one dispatch point
-// (src/attention.cu; the flash prefills live in src/attention_prefill*.cu).
+// (src/attention_dispatch.cu). The kernels live by family: the decodes in
+// src/attention_decode*.cuh, the combine in src/attention_combine.cuh, the
+// flash prefills in src/attention_prefill.cu (mma.sync) and
+// src/attention_prefill_wgmma.cu (Hopper), and the older prefill in
+// src/attention_prefill_fallback.cuh.
 // The math is the CPU reference's (plume/reference/attention.h): query head h
 // reads kv head h / (heads / kv_heads); causal queries are the last q_len
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
@@ -82,7 +86,8 @@ struct AttentionProblem {
 // (0 for an invalid shape). Needs no zeroing; one stream at a time.
 int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device);
 
-// Runs attention on `stream`. cudaErrorInvalidValue for bad arguments,
+// Runs attention on `stream`. cudaErrorInvalidValue for bad arguments (a
+// format, decode path or kernel outside its enum among them),
 // cudaErrorNotSupported for the native path before sm_89, or for
 // AttentionKernel::kPrefill where its shared memory does not fit (padded
 // head_dim over 512; over 256 on sm_86/89, over 128 on sm_75); kAuto then

@@ -1,0 +1,41 @@
+// What each attention kernel translation unit gives the dispatch
+// (attention_dispatch.cu): the kernels it instantiates, as pointers to
+// launch. Every kernel template is instantiated in exactly one of them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "attention_common.cuh"
+
+namespace plume::cuda::attn {
+
+// attention_decode.cu: the CUDA-core decode for padded head dim kd (64, 256,
+// 512, 1024); nullptr for any other head dim or an unknown decoder.
+KernelFn PickDecodeCudaCores(Dec dec, int kd);
+
+// attention_decode.cu: merges the splits' partial results of `k` into its
+// output, one block per output row (out_rows of them).
+cudaError_t LaunchCombine(const Params& k, int64_t out_rows, cudaStream_t stream);
+
+// attention_decode_mma.cu: the tensor-core decode for padded head dim 128:
+// DecodeFewKernel where `few` (at most kFewRows rows per kv head), else
+// DecodeMmaKernel, with the page decoded once to shared memory where
+// `shared`; nullptr for an unknown decoder.
+KernelFn PickDecodeMma(Dec dec, bool few, bool shared);
+
+using PrefillFn = void (*)(Params, Dec);
+
+struct PrefillPick {
+  PrefillFn fn = nullptr;
+  size_t smem = 0;  // dynamic shared memory, bytes
+  int dv = 0;       // output columns per block
+};
+
+// attention_prefill_fallback.cu: the older prefill kernel for padded head dim
+// kd (64 ... 512); fn nullptr for any other.
+PrefillPick PickPrefill(int kd);
+
+}  // namespace plume::cuda::attn
