@@ -245,47 +245,61 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
     const uint32_t q_addr = SmemAddr(q_mine);
     const uint32_t tiles_addr = SmemAddr(tiles);
 
-    for (int pg = 0; pg < pages; ++pg) {
+    // The page's K and V scales (K times the softmax scale in log2 units),
+    // loaded a page ahead.
+    const auto scales_of = [&](int pg, float& ks, float& vs) {
+      const uint8_t* page = a.pages[pg];
+      ks = FaScale(a, page, kvh, false) * a.scale_log2;
+      vs = FaScale(a, page, kvh, true);
+    };
+    // S = Q K^T of the page in buffer b, over the head dim (asynchronous).
+    const auto issue_s = [&](float(&sacc)[32], int b) {
+      const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
+      WgmmaFence();
+#pragma unroll
+      for (int k = 0; k < kD / 16; ++k) {
+        WgmmaSs64(sacc, Desc(q_addr + k * kWgRows * 32), Desc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
+      }
+      WgmmaCommit();
+    };
+    const auto active = [&](int pg) { return pg < pages && static_cast<int64_t>(pg) * kTok <= wg_vis_max; };
+
+    // Page pg, its scores in sc (issued before); the next page's scores go
+    // to sn, issued before this page's softmax so that the tensor cores run
+    // them meanwhile.
+    float kscale = 0.0f, vscale = 0.0f, next_k = 0.0f, next_v = 0.0f;
+    const auto step = [&](int pg, float(&sc)[32], float(&sn)[32]) {
       const int b = pg & 1;
       const int64_t t0 = static_cast<int64_t>(pg) * kTok;
-      const bool active = t0 <= wg_vis_max;
-      float kscale = 0.0f, vscale = 0.0f;
-      if (active) {
-        const uint8_t* page = a.pages[pg];
-        kscale = FaScale(a, page, kvh, false) * a.scale_log2;
-        vscale = FaScale(a, page, kvh, true);
-      }
-      MbarWait(&tile_full[b], (pg >> 1) & 1);
-      if (active) {
-        const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
-        const uint32_t v_addr = k_addr + 2 * S::kTileHalves;
-        // S = Q K^T over the head dim.
-        float s[32];
-        WgmmaFence();
-#pragma unroll
-        for (int k = 0; k < kD / 16; ++k) {
-          WgmmaSs64(s, Desc(q_addr + k * kWgRows * 32), Desc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
-        }
-        WgmmaCommit();
+      if (!active(pg)) {
+        MbarWait(&tile_full[b], (pg >> 1) & 1);
+      } else {
+        kscale = next_k;
+        vscale = next_v;
+        if (active(pg + 1)) scales_of(pg + 1, next_k, next_v);
         WgmmaWait<0>();
-        FenceOperands(s);
+        FenceOperands(sc);
+        if (active(pg + 1)) {
+          MbarWait(&tile_full[b ^ 1], ((pg + 1) >> 1) & 1);
+          issue_s(sn, b ^ 1);
+        }
 
         // Scores in log2 units; -inf where masked (only pages that need it).
-        // s[4j + e] is row g, s[4j + 2 + e] row g + 8, token 8j + 2t + e.
+        // sc[4j + e] is row g, sc[4j + 2 + e] row g + 8, token 8j + 2t + e.
         const bool mask = t0 + kTok - 1 > wg_vis_min;
         float mx_a = kFaNegInf, mx_b = kFaNegInf;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            float xa = s[4 * j + e] * kscale, xb = s[4 * j + 2 + e] * kscale;
+            float xa = sc[4 * j + e] * kscale, xb = sc[4 * j + 2 + e] * kscale;
             if (mask) {
               const int64_t tok = t0 + 8 * j + 2 * t + e;
               xa = tok <= vis_a ? xa : kFaNegInf;
               xb = tok <= vis_b ? xb : kFaNegInf;
             }
-            s[4 * j + e] = xa;
-            s[4 * j + 2 + e] = xb;
+            sc[4 * j + e] = xa;
+            sc[4 * j + 2 + e] = xb;
             mx_a = fmaxf(mx_a, xa);
             mx_b = fmaxf(mx_b, xb);
           }
@@ -307,10 +321,10 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            s[4 * j + e] = exp2f(s[4 * j + e] - base_a);
-            s[4 * j + 2 + e] = exp2f(s[4 * j + 2 + e] - base_b);
-            sum_a += s[4 * j + e];
-            sum_b += s[4 * j + 2 + e];
+            sc[4 * j + e] = exp2f(sc[4 * j + e] - base_a);
+            sc[4 * j + 2 + e] = exp2f(sc[4 * j + 2 + e] - base_b);
+            sum_a += sc[4 * j + e];
+            sum_b += sc[4 * j + 2 + e];
           }
         }
         l_a = l_a * al_a + sum_a;
@@ -332,23 +346,37 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         uint32_t pa[4][4];
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-          pa[kk][0] = Half2Bits(s[8 * kk], s[8 * kk + 1]);
-          pa[kk][1] = Half2Bits(s[8 * kk + 2], s[8 * kk + 3]);
-          pa[kk][2] = Half2Bits(s[8 * kk + 4], s[8 * kk + 5]);
-          pa[kk][3] = Half2Bits(s[8 * kk + 6], s[8 * kk + 7]);
+          pa[kk][0] = Half2Bits(sc[8 * kk], sc[8 * kk + 1]);
+          pa[kk][1] = Half2Bits(sc[8 * kk + 2], sc[8 * kk + 3]);
+          pa[kk][2] = Half2Bits(sc[8 * kk + 4], sc[8 * kk + 5]);
+          pa[kk][3] = Half2Bits(sc[8 * kk + 6], sc[8 * kk + 7]);
         }
+        const uint32_t v_addr = tiles_addr + b * 4 * S::kTileHalves + 2 * S::kTileHalves;
         WgmmaFence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) PvMma<kD>::Run(o, pa[kk], Desc(v_addr + kk * kD * 32));
         WgmmaCommit();
-        WgmmaWait<0>();
+        WgmmaWait<0>();  // this page's P V and the next page's S
         FenceOperands(o);
         FenceOperands(pa);
+        FenceOperands(sn);
       }
       __syncwarp();
       if (lane == 0) MbarArrive(&tile_empty[b]);
-    }
+    };
 
+    float s0[32], s1[32];
+    if (active(0)) {
+      scales_of(0, next_k, next_v);
+      MbarWait(&tile_full[0], 0);
+      issue_s(s0, 0);
+    }
+    int pg = 0;
+    for (; pg + 1 < pages; pg += 2) {
+      step(pg, s0, s1);
+      step(pg + 1, s1, s0);
+    }
+    if (pg < pages) step(pg, s0, s1);
     // Row sums over the four lanes of a row, then the output.
 #pragma unroll
     for (int x = 1; x <= 2; x <<= 1) {
