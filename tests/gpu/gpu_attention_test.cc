@@ -386,7 +386,7 @@ TEST(GpuAttention, DecodeGrid) {
 }
 
 // kPrefill is the Hopper (wgmma) kernel on compute capability 9.0 at head
-// dims 64 and 128; kPrefillMmaSync keeps the mma.sync kernel tested there.
+// dim 128; kPrefillMmaSync keeps the mma.sync kernel tested there.
 TEST(GpuAttention, PrefillGrid) {
   Sweep(AttentionKernel::kPrefill, {16, 100, 257}, 2e-3);
   PrintWorst("prefill");

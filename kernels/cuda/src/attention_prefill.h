@@ -19,7 +19,7 @@ bool PrefillFaAvailable(int kd, int device);
 // PrefillFaAvailable said yes).
 cudaError_t PrefillFa(const AttentionProblem& p, int kd, cudaStream_t stream);
 
-// True when the Hopper flash prefill runs padded head dim kd (64, 128) on
+// True when the Hopper flash prefill runs padded head dim kd (128) on
 // `device`: compute capability 9.0 and its shared memory fits. Raises the
 // kernels' dynamic shared memory limit once.
 bool PrefillWgmmaAvailable(int kd, int device);

@@ -1,6 +1,6 @@
 // The Hopper flash prefill (sm_90a; this file is compiled for that target
-// only), head dims padding to 64 and 128. The dispatch (attention_dispatch.cu) runs it on
-// compute capability 9.0 in place of the mma.sync flash prefill
+// only), head dims padding to 128. The dispatch (attention_dispatch.cu) runs
+// it on compute capability 9.0 in place of the mma.sync flash prefill
 // (attention_prefill.cu), whose structure it keeps: a block takes 128 query
 // rows of one kv head, one K/V page (64 tokens) at a time, online softmax in
 // FP32, Q and P rounded to FP16, K and V exact in FP16.
@@ -17,6 +17,11 @@
 //    (wgmma m64nDk16, P from registers in the accumulator's own layout, V
 //    from shared memory). Each releases the tile buffer once its P V is done.
 // The producer keeps few registers (setmaxnreg) so the consumers get more.
+//
+// Measured on an H200 (bench/RESULTS-gpu-attention.md): 1.26x the mma.sync
+// prefill at 32 heads S=4096 D=128 causal, no gain at D=64 (which therefore
+// stays on mma.sync), and slower (654 -> 798 us) when the next page's Q K^T
+// was issued before this page's softmax (docs/bench-raw/attention-hopper).
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -112,12 +117,6 @@ __device__ __forceinline__ void DecodeV(const uint8_t* raw, __half* vt, int row_
 
 template <int kD>
 struct PvMma;
-template <>
-struct PvMma<64> {
-  static __device__ __forceinline__ void Run(float (&o)[32], const uint32_t (&p)[4], uint64_t d) {
-    Wgmma<64>::Run(o, p, d, 1);
-  }
-};
 template <>
 struct PvMma<128> {
   static __device__ __forceinline__ void Run(float (&o)[64], const uint32_t (&p)[4], uint64_t d) {
@@ -245,61 +244,47 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
     const uint32_t q_addr = SmemAddr(q_mine);
     const uint32_t tiles_addr = SmemAddr(tiles);
 
-    // The page's K and V scales (K times the softmax scale in log2 units),
-    // loaded a page ahead.
-    const auto scales_of = [&](int pg, float& ks, float& vs) {
-      const uint8_t* page = a.pages[pg];
-      ks = FaScale(a, page, kvh, false) * a.scale_log2;
-      vs = FaScale(a, page, kvh, true);
-    };
-    // S = Q K^T of the page in buffer b, over the head dim (asynchronous).
-    const auto issue_s = [&](float(&sacc)[32], int b) {
-      const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
-      WgmmaFence();
-#pragma unroll
-      for (int k = 0; k < kD / 16; ++k) {
-        WgmmaSs64(sacc, Desc(q_addr + k * kWgRows * 32), Desc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
-      }
-      WgmmaCommit();
-    };
-    const auto active = [&](int pg) { return pg < pages && static_cast<int64_t>(pg) * kTok <= wg_vis_max; };
-
-    // Page pg, its scores in sc (issued before); the next page's scores go
-    // to sn, issued before this page's softmax so that the tensor cores run
-    // them meanwhile.
-    float kscale = 0.0f, vscale = 0.0f, next_k = 0.0f, next_v = 0.0f;
-    const auto step = [&](int pg, float(&sc)[32], float(&sn)[32]) {
+    for (int pg = 0; pg < pages; ++pg) {
       const int b = pg & 1;
       const int64_t t0 = static_cast<int64_t>(pg) * kTok;
-      if (!active(pg)) {
-        MbarWait(&tile_full[b], (pg >> 1) & 1);
-      } else {
-        kscale = next_k;
-        vscale = next_v;
-        if (active(pg + 1)) scales_of(pg + 1, next_k, next_v);
-        WgmmaWait<0>();
-        FenceOperands(sc);
-        if (active(pg + 1)) {
-          MbarWait(&tile_full[b ^ 1], ((pg + 1) >> 1) & 1);
-          issue_s(sn, b ^ 1);
+      const bool active = t0 <= wg_vis_max;
+      float kscale = 0.0f, vscale = 0.0f;
+      if (active) {
+        const uint8_t* page = a.pages[pg];
+        kscale = FaScale(a, page, kvh, false) * a.scale_log2;
+        vscale = FaScale(a, page, kvh, true);
+      }
+      MbarWait(&tile_full[b], (pg >> 1) & 1);
+      if (active) {
+        const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
+        const uint32_t v_addr = k_addr + 2 * S::kTileHalves;
+        // S = Q K^T over the head dim.
+        float s[32];
+        WgmmaFence();
+#pragma unroll
+        for (int k = 0; k < kD / 16; ++k) {
+          WgmmaSs64(s, Desc(q_addr + k * kWgRows * 32), Desc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
         }
+        WgmmaCommit();
+        WgmmaWait<0>();
+        FenceOperands(s);
 
         // Scores in log2 units; -inf where masked (only pages that need it).
-        // sc[4j + e] is row g, sc[4j + 2 + e] row g + 8, token 8j + 2t + e.
+        // s[4j + e] is row g, s[4j + 2 + e] row g + 8, token 8j + 2t + e.
         const bool mask = t0 + kTok - 1 > wg_vis_min;
         float mx_a = kFaNegInf, mx_b = kFaNegInf;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            float xa = sc[4 * j + e] * kscale, xb = sc[4 * j + 2 + e] * kscale;
+            float xa = s[4 * j + e] * kscale, xb = s[4 * j + 2 + e] * kscale;
             if (mask) {
               const int64_t tok = t0 + 8 * j + 2 * t + e;
               xa = tok <= vis_a ? xa : kFaNegInf;
               xb = tok <= vis_b ? xb : kFaNegInf;
             }
-            sc[4 * j + e] = xa;
-            sc[4 * j + 2 + e] = xb;
+            s[4 * j + e] = xa;
+            s[4 * j + 2 + e] = xb;
             mx_a = fmaxf(mx_a, xa);
             mx_b = fmaxf(mx_b, xb);
           }
@@ -321,10 +306,10 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            sc[4 * j + e] = exp2f(sc[4 * j + e] - base_a);
-            sc[4 * j + 2 + e] = exp2f(sc[4 * j + 2 + e] - base_b);
-            sum_a += sc[4 * j + e];
-            sum_b += sc[4 * j + 2 + e];
+            s[4 * j + e] = exp2f(s[4 * j + e] - base_a);
+            s[4 * j + 2 + e] = exp2f(s[4 * j + 2 + e] - base_b);
+            sum_a += s[4 * j + e];
+            sum_b += s[4 * j + 2 + e];
           }
         }
         l_a = l_a * al_a + sum_a;
@@ -346,37 +331,23 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         uint32_t pa[4][4];
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-          pa[kk][0] = Half2Bits(sc[8 * kk], sc[8 * kk + 1]);
-          pa[kk][1] = Half2Bits(sc[8 * kk + 2], sc[8 * kk + 3]);
-          pa[kk][2] = Half2Bits(sc[8 * kk + 4], sc[8 * kk + 5]);
-          pa[kk][3] = Half2Bits(sc[8 * kk + 6], sc[8 * kk + 7]);
+          pa[kk][0] = Half2Bits(s[8 * kk], s[8 * kk + 1]);
+          pa[kk][1] = Half2Bits(s[8 * kk + 2], s[8 * kk + 3]);
+          pa[kk][2] = Half2Bits(s[8 * kk + 4], s[8 * kk + 5]);
+          pa[kk][3] = Half2Bits(s[8 * kk + 6], s[8 * kk + 7]);
         }
-        const uint32_t v_addr = tiles_addr + b * 4 * S::kTileHalves + 2 * S::kTileHalves;
         WgmmaFence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) PvMma<kD>::Run(o, pa[kk], Desc(v_addr + kk * kD * 32));
         WgmmaCommit();
-        WgmmaWait<0>();  // this page's P V and the next page's S
+        WgmmaWait<0>();
         FenceOperands(o);
         FenceOperands(pa);
-        FenceOperands(sn);
       }
       __syncwarp();
       if (lane == 0) MbarArrive(&tile_empty[b]);
-    };
+    }
 
-    float s0[32], s1[32];
-    if (active(0)) {
-      scales_of(0, next_k, next_v);
-      MbarWait(&tile_full[0], 0);
-      issue_s(s0, 0);
-    }
-    int pg = 0;
-    for (; pg + 1 < pages; pg += 2) {
-      step(pg, s0, s1);
-      step(pg + 1, s1, s0);
-    }
-    if (pg < pages) step(pg, s0, s1);
     // Row sums over the four lanes of a row, then the output.
 #pragma unroll
     for (int x = 1; x <= 2; x <<= 1) {
@@ -424,7 +395,6 @@ WgPick WgFor(Dec dec) {
 
 WgPick PickWg(int kd, Dec dec) {
   switch (kd) {
-    case 64: return WgFor<64>(dec);
     case 128: return WgFor<128>(dec);
     default: return {};
   }

@@ -29,7 +29,7 @@
 //    tiles are decoded once into FP16 shared memory (exact: every FP8 value
 //    is an FP16), S = Q K^T and O += P V run on tensor cores with FP32
 //    accumulators, the softmax state is FP32. Q and P are rounded to FP16,
-//    so errors are FP16-sized. On Hopper (head dims padding to 64 and 128):
+//    so errors are FP16-sized. On Hopper (head dims padding to 128):
 //    wgmma, 128 query rows per block, a producer warp group that bulk-copies
 //    and decodes the pages while two consumer warp groups compute
 //    (src/attention_prefill_wgmma.cu). Elsewhere: mma.sync m16n8k16, 64 rows
