@@ -9,6 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +20,7 @@
 
 #include "plume/client/client.h"
 #include "plume/v1/attention.grpc.pb.h"
+#include "plume/v1/diagnostics.grpc.pb.h"
 #include "plume/v1/plume.grpc.pb.h"
 #include "tests/common/process.h"
 
@@ -116,6 +119,25 @@ class DrainTest : public ::testing::Test {
     std::cout << "SIGTERM to exit: " << s << " s, code " << code << "\n";
   }
 
+  // A 16384 x 256 matrix "m": each GEMV item of kWideBatch vectors computes
+  // for a while on one thread and answers 1 MiB, far more than a stream's
+  // flow-control window.
+  static constexpr int64_t kWideRows = 16384, kWideCols = 256, kWideBatch = 16;
+  void UploadWide() {
+    std::vector<float> w(static_cast<size_t>(kWideRows * kWideCols), 0.25f);
+    ASSERT_TRUE(client_->UploadMatrix({.name = "m"}, TensorRef::F32(w.data(), {kWideRows, kWideCols})).ok());
+  }
+  static v1::GemvRequest WideRequest() {
+    v1::GemvRequest req;
+    req.set_matrix("m");
+    req.mutable_input()->set_dtype(v1::DTYPE_F32);
+    req.mutable_input()->add_shape(kWideBatch);
+    req.mutable_input()->add_shape(kWideCols);
+    std::vector<float> x(static_cast<size_t>(kWideBatch * kWideCols), 1.0f);
+    req.mutable_input()->set_data(x.data(), x.size() * sizeof(float));
+    return req;
+  }
+
   fs::path dir_;
   pid_t pid_ = -1;
   int port_ = 0;
@@ -123,19 +145,8 @@ class DrainTest : public ::testing::Test {
 };
 
 TEST_F(DrainTest, GemvStreamThatStopsReadingThenCancelsDoesNotHoldSigterm) {
-  // 16384 x 256: each item of 16 vectors computes for a while on one thread
-  // and answers 1 MiB, far more than a stream's flow-control window.
-  constexpr int64_t kRows = 16384, kCols = 256, kBatch = 16;
-  std::vector<float> w(static_cast<size_t>(kRows * kCols), 0.25f);
-  ASSERT_TRUE(client_->UploadMatrix({.name = "m"}, TensorRef::F32(w.data(), {kRows, kCols})).ok());
-
-  v1::GemvRequest req;
-  req.set_matrix("m");
-  req.mutable_input()->set_dtype(v1::DTYPE_F32);
-  req.mutable_input()->add_shape(kBatch);
-  req.mutable_input()->add_shape(kCols);
-  std::vector<float> x(static_cast<size_t>(kBatch * kCols), 1.0f);
-  req.mutable_input()->set_data(x.data(), x.size() * sizeof(float));
+  ASSERT_NO_FATAL_FAILURE(UploadWide());
+  const v1::GemvRequest req = WideRequest();
 
   auto stub = v1::MatrixService::NewStub(RawChannel());
   for (int round = 0; round < 3; ++round) {  // several stalled streams
@@ -181,6 +192,168 @@ TEST_F(DrainTest, AttentionStreamThatStopsReadingThenCancelsDoesNotHoldSigterm) 
   EXPECT_TRUE(info.ok()) << info.status();
   client_.reset();
   ExpectSigtermExitsWithinDrain();
+}
+
+// Calls still open when --drain_timeout runs out are ended with UNAVAILABLE
+// (which retrying clients retry), and their clients see it at once, whatever
+// their flow-control state: a GemvStream whose client stopped reading, an
+// idle GemvStream never half-closed, and an upload never half-closed. The
+// process still exits 0 within the drain timeout.
+TEST_F(DrainTest, CallsOpenAtTheDrainTimeoutGetUnavailable) {
+  ASSERT_NO_FATAL_FAILURE(UploadWide());
+  const v1::GemvRequest req = WideRequest();
+
+  // A stream whose client writes and never reads: the server stops reading
+  // it and its writes block on flow control.
+  grpc::ClientContext stalled_ctx;
+  auto stalled_stub = v1::MatrixService::NewStub(RawChannel());
+  auto stalled = stalled_stub->GemvStream(&stalled_ctx);
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    v1::GemvRequest r = req;
+    for (int i = 1; i <= 2000; ++i) {
+      r.set_request_id(static_cast<uint64_t>(i));
+      if (!stalled->Write(r)) return;
+      written.fetch_add(1);
+    }
+  });
+  // An idle stream: one item answered, then neither writes nor half-closes.
+  grpc::ClientContext idle_ctx;
+  auto idle_stub = v1::MatrixService::NewStub(RawChannel());
+  auto idle = idle_stub->GemvStream(&idle_ctx);
+  ASSERT_TRUE(idle->Write(req));
+  v1::GemvResponse first;
+  ASSERT_TRUE(idle->Read(&first));
+  EXPECT_EQ(first.status().code(), 0) << first.status().message();
+  // An upload: its header and half its data, never half-closed.
+  grpc::ClientContext upload_ctx;
+  v1::UploadMatrixResponse upload_resp;
+  auto upload_stub = v1::MatrixService::NewStub(RawChannel());
+  auto upload = upload_stub->UploadMatrix(&upload_ctx, &upload_resp);
+  {
+    v1::UploadMatrixRequest h;
+    h.mutable_header()->set_name("late");
+    h.mutable_header()->set_rows(64);
+    h.mutable_header()->set_cols(64);
+    h.mutable_header()->set_source_dtype(v1::DTYPE_F32);
+    ASSERT_TRUE(upload->Write(h));
+    v1::UploadMatrixRequest d;
+    d.set_data(std::string(64 * 32 * sizeof(float), '\0'));
+    ASSERT_TRUE(upload->Write(d));
+  }
+  for (int i = 0; i < 500 && written.load() <= 64; ++i) std::this_thread::sleep_for(20ms);
+  ASSERT_GT(written.load(), 64) << "the client should get past the server's in-flight limit";
+
+  client_.reset();
+  ExpectSigtermExitsWithinDrain();
+  writer.join();
+  // The results that reached the client come first, then the status.
+  int delivered = 0;
+  for (v1::GemvResponse r; stalled->Read(&r);) ++delivered;
+  for (v1::GemvResponse r; idle->Read(&r);) ++delivered;
+  const std::pair<const char*, grpc::Status> ended[] = {
+      {"stalled GemvStream", stalled->Finish()},
+      {"idle GemvStream", idle->Finish()},
+      {"unfinished upload", upload->Finish()}};
+  for (const auto& [what, st] : ended) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << what << ": " << st.error_code() << " " << st.error_message();
+    EXPECT_NE(st.error_message().find("drain timeout"), std::string::npos)
+        << what << ": " << st.error_message();
+  }
+  std::cout << "at the drain timeout: " << written.load() << " items sent on the stalled stream, "
+            << delivered << " results delivered before UNAVAILABLE\n";
+}
+
+// Calls that arrive while the server tears down get UNAVAILABLE, never
+// INTERNAL: four clients call in a loop (ListMatrices, Gemv, Echo), two on a
+// channel each and two on a fresh connection every few calls, from before
+// SIGTERM until after the process is gone, while a stalled stream holds the
+// drain to its timeout, so that the drain, its end and gRPC's shutdown all
+// fall inside the run. One gap is gRPC's own: a call that reaches the server
+// in the instant its shutdown begins, before the client has read the
+// GOAWAY, is dropped by gRPC core (Server::CallData::KillZombie in 1.51)
+// and its client sees CANCELLED; at most once per client here.
+TEST_F(DrainTest, CallsDuringTeardownGetUnavailableNeverInternal) {
+  ASSERT_NO_FATAL_FAILURE(UploadWide());
+  const v1::GemvRequest wide = WideRequest();
+  grpc::ClientContext stalled_ctx;
+  auto stalled_stub = v1::MatrixService::NewStub(RawChannel());
+  auto stalled = stalled_stub->GemvStream(&stalled_ctx);
+  std::thread writer([&] {
+    v1::GemvRequest r = wide;
+    for (int i = 1; i <= 2000; ++i) {
+      r.set_request_id(static_cast<uint64_t>(i));
+      if (!stalled->Write(r)) return;
+    }
+  });
+
+  v1::GemvRequest small;
+  small.set_matrix("m");
+  small.mutable_input()->set_dtype(v1::DTYPE_F32);
+  small.mutable_input()->add_shape(kWideCols);
+  small.mutable_input()->set_data(std::string(kWideCols * sizeof(float), '\0'));
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::map<int, int> codes;
+  std::vector<std::string> unexpected;
+  std::vector<std::thread> clients;
+  const auto t_start = std::chrono::steady_clock::now();
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&, t] {
+      std::shared_ptr<grpc::Channel> channel = RawChannel();
+      for (int i = 0; !stop.load(); ++i) {
+        if (t >= 2 && i % 4 == 0) channel = RawChannel();
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+        grpc::Status st;
+        if (i % 3 == 0) {
+          v1::ListMatricesResponse r;
+          st = v1::MatrixService::NewStub(channel)->ListMatrices(&ctx, {}, &r);
+        } else if (i % 3 == 1) {
+          v1::GemvResponse r;
+          st = v1::MatrixService::NewStub(channel)->Gemv(&ctx, small, &r);
+        } else {
+          v1::EchoRequest e;
+          e.mutable_input()->set_dtype(v1::DTYPE_F32);
+          e.mutable_input()->add_shape(4);
+          e.mutable_input()->set_data(std::string(16, 'x'));
+          v1::EchoResponse r;
+          st = v1::DiagnosticsService::NewStub(channel)->Echo(&ctx, e, &r);
+        }
+        std::lock_guard<std::mutex> l(mu);
+        ++codes[st.error_code()];
+        if (!st.ok() && st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+            st.error_code() != grpc::StatusCode::CANCELLED) {
+          unexpected.push_back(std::to_string(st.error_code()) + " \"" + st.error_message() +
+                               "\" (call " + std::to_string(i % 3) + ", " +
+                               std::to_string(std::chrono::duration<double>(
+                                   std::chrono::steady_clock::now() - t_start).count()) +
+                               " s into the run)");
+        }
+        std::this_thread::sleep_for(2ms);
+      }
+    });
+  }
+  std::this_thread::sleep_for(500ms);
+  client_.reset();
+  ExpectSigtermExitsWithinDrain();
+  std::this_thread::sleep_for(300ms);
+  stop.store(true);
+  for (auto& c : clients) c.join();
+  stalled_ctx.TryCancel();
+  writer.join();
+  (void)stalled->Finish();
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_GT(codes[grpc::StatusCode::OK], 0);
+  EXPECT_GT(codes[grpc::StatusCode::UNAVAILABLE], 0);
+  EXPECT_LE(codes[grpc::StatusCode::CANCELLED], 4);
+  EXPECT_TRUE(unexpected.empty()) << unexpected.size() << " calls got a code other than OK, "
+                                  << "UNAVAILABLE and CANCELLED; the first: " << unexpected.front();
+  std::cout << "calls during teardown: " << codes[grpc::StatusCode::OK] << " OK, "
+            << codes[grpc::StatusCode::UNAVAILABLE] << " UNAVAILABLE, "
+            << codes[grpc::StatusCode::CANCELLED] << " CANCELLED, " << unexpected.size()
+            << " other\n";
 }
 
 }  // namespace
