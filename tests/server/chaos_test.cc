@@ -19,7 +19,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,11 +35,11 @@
 #include "plume/v1/plume.grpc.pb.h"
 #include "tests/common/known_matrix.h"
 #include "tests/common/process.h"
+#include "tests/common/server_process_test.h"
 
 namespace plume {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::AsFloats;
 using testing::Known;
@@ -83,38 +82,11 @@ struct NameState {
   std::vector<std::shared_ptr<const Known>> maybe;
 };
 
-class ChaosTest : public ::testing::Test {
+class ChaosTest : public testing::ServerProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("plume_chaos_test_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      testing::WaitFor(pid_, 10s);
-    }
-    if (HasFailure()) {
-      std::cerr << "server log:\n" << SlurpFile(File("server.err")) << "\nkept " << dir_ << "\n";
-    } else {
-      fs::remove_all(dir_);
-    }
-  }
-  std::string File(const std::string& f) const { return (dir_ / f).string(); }
-
   void Start() {
-    fs::remove(File("ready.json"));
-    const std::vector<std::string> args = {
-        PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-        "--backend=cpu", "--cpu_threads=1", "--worker_threads=2", "--store_dir=" + File("store"),
-        "--drain_timeout=3s", "--ready_file=" + File("ready.json")};
-    pid_ = testing::Spawn(args, File("server.out"), File("server.err"));
-    ASSERT_GT(pid_, 0);
-    std::string why;
-    int metrics_port = 0;
-    ASSERT_TRUE(testing::WaitForReadyFile(pid_, File("ready.json"), &port_, &metrics_port, 60s, &why))
-        << why << "\n" << SlurpFile(File("server.err"));
+    ASSERT_NO_FATAL_FAILURE(StartServer({"--worker_threads=2", "--store_dir=" + File("store"),
+                                         "--drain_timeout=3s"}));
     channel_ = NewChannel();
     ClientOptions o;
     o.target = "127.0.0.1:" + std::to_string(port_);
@@ -350,9 +322,6 @@ class ChaosTest : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Client> client_;
   NameState names_[kClients][kNamesPerClient];

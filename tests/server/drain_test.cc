@@ -8,7 +8,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <filesystem>
 #include <map>
 #include <mutex>
 #include <string>
@@ -23,34 +22,21 @@
 #include "plume/v1/diagnostics.grpc.pb.h"
 #include "plume/v1/plume.grpc.pb.h"
 #include "tests/common/process.h"
+#include "tests/common/server_process_test.h"
 
 namespace plume {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::SlurpFile;
 
 constexpr auto kDrain = 2s;
 
-class DrainTest : public ::testing::Test {
+class DrainTest : public testing::ServerProcessTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("plume_drain_test_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    const std::vector<std::string> args = {
-        PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-        "--backend=cpu", "--cpu_threads=1", "--worker_threads=1", "--store_dir=",
-        "--drain_timeout=2s", "--ready_file=" + File("ready.json")};
-    pid_ = testing::Spawn(args, File("server.out"), File("server.err"));
-    ASSERT_GT(pid_, 0);
-    std::string why;
-    int metrics_port = 0;
-    ASSERT_TRUE(testing::WaitForReadyFile(pid_, File("ready.json"), &port_, &metrics_port, 60s, &why))
-        << why << "\n" << SlurpFile(File("server.err"));
+    ServerProcessTest::SetUp();
+    ASSERT_NO_FATAL_FAILURE(StartServer({"--worker_threads=1", "--store_dir=", "--drain_timeout=2s"}));
     ClientOptions o;
     o.target = "127.0.0.1:" + std::to_string(port_);
     o.max_attempts = 1;
@@ -61,17 +47,8 @@ class DrainTest : public ::testing::Test {
   }
   void TearDown() override {
     client_.reset();
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      testing::WaitFor(pid_, 10s);
-    }
-    if (HasFailure()) {
-      std::cerr << "server log:\n" << SlurpFile(File("server.err")) << "\nkept " << dir_ << "\n";
-    } else {
-      fs::remove_all(dir_);
-    }
+    ServerProcessTest::TearDown();
   }
-  std::string File(const std::string& f) const { return (dir_ / f).string(); }
 
   // A channel of its own, so that the stalled stream's connection is not the
   // one the SDK client uses.
@@ -138,9 +115,6 @@ class DrainTest : public ::testing::Test {
     return req;
   }
 
-  fs::path dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
   std::unique_ptr<Client> client_;
 };
 

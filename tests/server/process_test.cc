@@ -33,6 +33,7 @@
 #include "tests/common/gemv_reference.h"
 #include "tests/common/known_matrix.h"
 #include "tests/common/process.h"
+#include "tests/common/server_process_test.h"
 
 namespace plume {
 namespace {
@@ -133,45 +134,17 @@ class HealthWatcher {
   std::vector<int> statuses_;
 };
 
-class ProcessTest : public ::testing::Test {
+class ProcessTest : public testing::ServerProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("plume_process_test_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      testing::WaitFor(pid_, 10s);
-    }
-    if (HasFailure()) {
-      std::cerr << "server log:\n" << SlurpFile(File("server.err")) << "\nkept " << dir_ << "\n";
-    } else {
-      fs::remove_all(dir_);
-    }
-  }
-  std::string File(const std::string& f) const { return (dir_ / f).string(); }
   std::string StoreDir() const { return File("store"); }
 
-  // Starts plume-server (CPU backend, ports 0) with the extra flags. Each
-  // start appends its log to server.log.all.
+  // Starts plume-server with the extra flags (and the store in StoreDir()
+  // unless they name one).
   void Start(std::vector<std::string> flags = {}) {
-    fs::remove(File("ready.json"));
-    std::vector<std::string> args = {PLUME_SERVER_BIN,          "--grpc_address=127.0.0.1:0",
-                                     "--metrics_address=127.0.0.1:0", "--backend=cpu",
-                                     "--cpu_threads=1",           "--ready_file=" + File("ready.json")};
     bool has_store = false;
     for (const auto& f : flags) has_store = has_store || f.rfind("--store_dir", 0) == 0;
-    if (!has_store) args.push_back("--store_dir=" + StoreDir());
-    args.insert(args.end(), flags.begin(), flags.end());
-    pid_ = testing::Spawn(args, File("server.out"), File("server.err"));
-    ASSERT_GT(pid_, 0);
-    std::string why;
-    ASSERT_TRUE(testing::WaitForReadyFile(pid_, File("ready.json"), &port_, &metrics_port_, 60s, &why))
-        << why << "\n" << SlurpFile(File("server.err"));
+    if (!has_store) flags.insert(flags.begin(), "--store_dir=" + StoreDir());
+    ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   }
   // SIGTERM, then the exit code (SIGKILL after `timeout`).
   int Stop(std::chrono::milliseconds timeout = 30s) {
@@ -227,10 +200,6 @@ class ProcessTest : public ::testing::Test {
     return n;
   }
 
-  fs::path dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int metrics_port_ = 0;
 };
 
 TEST_F(ProcessTest, SigtermDrainsInFlightCallsRefusesNewOnesAndExitsZero) {
