@@ -6,8 +6,7 @@
 // 1 us deadline.
 // Every answer is checked against the CPU reference. It asserts:
 //  - nothing fails that should not (every OK bit-identical to the
-//    reference, cancels CANCELLED, 1 us deadlines DEADLINE_EXCEEDED or
-//    answered in time);
+//    reference, cancels CANCELLED, 1 us deadlines DEADLINE_EXCEEDED);
 //  - RSS after the run is within 10% of the warm baseline (a first, shorter
 //    run with other seeds warms the server up);
 //  - SIGTERM while the clients still run and two stalled streams are open
@@ -281,12 +280,8 @@ class ChaosTest : public testing::ServerProcessTest {
         v1::GemvResponse r;
         const grpc::Status s =
             stub->Gemv(&ctx, GemvOf(name, std::vector<float>(kCols, 1.0f), 1, kCols), &r);
-        // gRPC keeps deadlines to the millisecond, rounded up: a 1 us one
-        // can reach the server with 1-2 ms left and be answered in time.
-        Count(s.ok() ? "GEMV with a 1 us deadline answered in time" : "GEMV past its deadline");
-        if (s.ok() && !Matches(*st.acked, std::vector<float>(kCols, 1.0f), 1, r.output().data())) {
-          Problem(where + ": a GEMV result differs from the reference");
-        } else if (!s.ok() && s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && !closing) {
+        Count("GEMV past its deadline");
+        if (s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && !closing) {
           Problem(where + " past its deadline: " + std::to_string(s.error_code()));
         }
       }

@@ -215,6 +215,25 @@ TEST_F(DrainTest, CallsOpenAtTheDrainTimeoutGetUnavailable) {
     d.set_data(std::string(64 * 32 * sizeof(float), '\0'));
     ASSERT_TRUE(upload->Write(d));
   }
+  // The upload is admitted once its name is taken: a header-only upload of
+  // the same name (which would store nothing) is then refused.
+  grpc::Status taken;
+  for (int i = 0; i < 500; ++i) {
+    grpc::ClientContext probe_ctx;
+    v1::UploadMatrixResponse probe_resp;
+    auto probe = upload_stub->UploadMatrix(&probe_ctx, &probe_resp);
+    v1::UploadMatrixRequest h;
+    h.mutable_header()->set_name("late");
+    h.mutable_header()->set_rows(64);
+    h.mutable_header()->set_cols(64);
+    h.mutable_header()->set_source_dtype(v1::DTYPE_F32);
+    probe->Write(h);
+    probe->WritesDone();
+    taken = probe->Finish();
+    if (taken.error_code() == grpc::StatusCode::ALREADY_EXISTS) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(taken.error_code(), grpc::StatusCode::ALREADY_EXISTS) << taken.error_message();
   for (int i = 0; i < 500 && written.load() <= 64; ++i) std::this_thread::sleep_for(20ms);
   ASSERT_GT(written.load(), 64) << "the client should get past the server's in-flight limit";
 
