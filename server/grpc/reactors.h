@@ -39,13 +39,13 @@ inline absl::Status Overloaded(const core::WorkQueue& q) {
       absl::StrCat("server overloaded: ", q.queued(), " requests already queued; retry later"));
 }
 
-// Deadlines reach the server rounded up to the millisecond, twice: gRPC's
-// client keeps its deadline in whole milliseconds and sends the time left
-// in whole milliseconds, so a 1 us deadline can arrive with up to 2 ms
-// left. A call with less than this left is treated as expired, so that a
-// 1 us deadline is never run, nor committed (with 1 ms, 1 call in about 20
-// of admission_test's 1 us DeleteMatrix ran).
-inline constexpr std::chrono::milliseconds kDeadlineResolution{2};
+// Deadlines reach the server rounded to the millisecond (gRPC's
+// resolution): a call with less than this left is treated as expired.
+// The server can only keep the deadline it is sent: gRPC's client rounds
+// its deadline up to the millisecond and computes the time left from a
+// cached clock, so under load a 1 us deadline can arrive with a few
+// milliseconds left, and is then run (and its client told OK).
+inline constexpr std::chrono::milliseconds kDeadlineResolution{1};
 
 // A call's deadline on the system clock; nullopt for none. gRPC's own
 // conversion (ServerContext::deadline()) overflows for deadlines past year
