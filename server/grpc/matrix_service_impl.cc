@@ -1,9 +1,6 @@
 #include "server/grpc/matrix_service_impl.h"
 
-#include <chrono>
-#include <deque>
 #include <memory>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -43,22 +40,6 @@ absl::Status ConsumeUpload(core::MatrixService* core, const v1::UploadMatrixRequ
 
 }  // namespace
 
-absl::Status MatrixServiceImpl::Admit(const grpc::CallbackServerContext* ctx) {
-  active_calls_.fetch_add(1, std::memory_order_acq_rel);
-  if (draining_.load(std::memory_order_acquire)) {
-    return absl::UnavailableError("server is shutting down; retry on another replica");
-  }
-  return options_.auth == nullptr ? absl::OkStatus() : options_.auth->Check(*ctx);
-}
-
-bool MatrixServiceImpl::WaitIdle(std::chrono::system_clock::time_point deadline) const {
-  while (active_calls() > 0) {
-    if (std::chrono::system_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
-}
-
 MatrixServiceImpl::MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics,
                                      core::WorkQueue* queue, const Options& options)
     : core_(core), metrics_(metrics), queue_(queue), options_(options) {}
@@ -66,7 +47,7 @@ MatrixServiceImpl::MatrixServiceImpl(core::MatrixService* core, core::Metrics* m
 grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatrix(
     grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) {
   return new UploadReactor<v1::UploadMatrixRequest, v1::UploadMatrixResponse, MatrixUpload>(
-      ctx, this, queue_, metrics_, core::Method::kUploadMatrix, resp,
+      ctx, options_.gate, queue_, metrics_, core::Method::kUploadMatrix, resp,
       [this](const v1::UploadMatrixRequest& req, std::unique_ptr<MatrixUpload>* upload) {
         return ConsumeUpload(core_, req, upload);
       },
@@ -81,7 +62,7 @@ grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatri
 grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerContext* ctx,
                                                        const v1::GetMatrixRequest* req,
                                                        v1::GetMatrixResponse* resp) {
-  return RunUnaryInline(ctx, this, metrics_, core::Method::kGetMatrix, [&] {
+  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kGetMatrix, [&] {
     auto info = core_->GetMatrix(req->name());
     if (!info.ok()) return info.status();
     *resp->mutable_matrix() = std::move(*info);
@@ -92,7 +73,7 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerContext* ctx,
                                                           const v1::ListMatricesRequest*,
                                                           v1::ListMatricesResponse* resp) {
-  return RunUnaryInline(ctx, this, metrics_, core::Method::kListMatrices, [&] {
+  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kListMatrices, [&] {
     core_->ListMatrices(resp);
     return CheckResponseSize(resp, core_->limits(), "ListMatrices response");
   });
@@ -101,14 +82,14 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerContext* ctx,
                                                           const v1::DeleteMatrixRequest* req,
                                                           v1::DeleteMatrixResponse*) {
-  return RunUnaryInline(ctx, this, metrics_, core::Method::kDeleteMatrix,
+  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kDeleteMatrix,
                         [&] { return core_->DeleteMatrix(req->name()); });
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* ctx,
                                                   const v1::GemvRequest* req,
                                                   v1::GemvResponse* resp) {
-  return RunUnaryBatched(ctx, this, metrics_, core::Method::kGemv,
+  return RunUnaryBatched(ctx, options_.gate, metrics_, core::Method::kGemv,
                          [this, req, resp](core::RequestLife life, DoneFn done) {
                            core_->GemvAsync(options_.batcher, *req, resp, std::move(life),
                                             std::move(done));
@@ -118,7 +99,7 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* c
 grpc::ServerBidiReactor<v1::GemvRequest, v1::GemvResponse>* MatrixServiceImpl::GemvStream(
     grpc::CallbackServerContext* ctx) {
   return new ItemStreamReactor<v1::GemvRequest, v1::GemvResponse>(
-      ctx, this, metrics_, core::Method::kGemvStream, options_.max_stream_in_flight,
+      ctx, options_.gate, metrics_, core::Method::kGemvStream, options_.max_stream_in_flight,
       [this](const v1::GemvRequest& req, v1::GemvResponse* resp, core::RequestLife life,
              DoneFn done) {
         core_->GemvAsync(options_.batcher, req, resp, std::move(life), std::move(done));

@@ -3,11 +3,8 @@
 // queue, never on a gRPC callback thread.
 #pragma once
 
-#include <atomic>
-#include <chrono>
-
 #include "plume/v1/plume.grpc.pb.h"
-#include "server/grpc/auth.h"
+#include "server/grpc/call_gate.h"
 #include "server/grpc/reactors.h"
 #include "server/core/matrix_service.h"
 #include "server/core/metrics.h"
@@ -15,7 +12,7 @@
 
 namespace plume::server {
 
-class MatrixServiceImpl final : public v1::MatrixService::CallbackService, public CallGate {
+class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
  public:
   struct Options {
     // Items of one GemvStream being computed at once; the stream stops reading
@@ -23,9 +20,9 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService, publi
     int max_stream_in_flight = 64;
     // Gemv and attention requests go through it (required; not owned).
     core::Batcher* batcher = nullptr;
-    // When set, every call must carry its bearer token (UNAUTHENTICATED
-    // otherwise). Not owned.
-    const TokenAuth* auth = nullptr;
+    // Admission (bearer token, drain), shared with the server's other
+    // services. Not owned; required.
+    CallGate* gate = nullptr;
   };
 
   MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics, core::WorkQueue* queue,
@@ -51,25 +48,12 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService, publi
   core::Metrics* metrics() const { return metrics_; }
   core::WorkQueue* queue() const { return queue_; }
   const Options& options() const { return options_; }
-  // Every call starts here and ends with one CallDone(), whatever Admit
-  // returns. Admit is OK unless the server is draining (UNAVAILABLE) or the
-  // call lacks the configured bearer token (UNAUTHENTICATED).
-  absl::Status Admit(const grpc::CallbackServerContext* ctx) override;
-  void CallDone() override { active_calls_.fetch_sub(1, std::memory_order_acq_rel); }
-
-  // Graceful drain: from now on new calls get UNAVAILABLE; WaitIdle returns
-  // once the calls already admitted have finished, or at `deadline` (false).
-  void StartDraining() { draining_.store(true, std::memory_order_release); }
-  bool WaitIdle(std::chrono::system_clock::time_point deadline) const;
-  int64_t active_calls() const { return active_calls_.load(std::memory_order_acquire); }
 
  private:
   core::MatrixService* core_;
   core::Metrics* metrics_;
   core::WorkQueue* queue_;
   Options options_;
-  std::atomic<int64_t> active_calls_{0};
-  std::atomic<bool> draining_{false};
 };
 
 }  // namespace plume::server

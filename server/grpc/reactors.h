@@ -24,6 +24,7 @@
 #include "server/core/metrics.h"
 #include "server/core/validation.h"
 #include "server/core/work_queue.h"
+#include "server/grpc/call_gate.h"
 
 namespace plume::server {
 
@@ -38,19 +39,12 @@ inline absl::Status Overloaded(const core::WorkQueue& q) {
       absl::StrCat("server overloaded: ", q.queued(), " requests already queued; retry later"));
 }
 
-// Admission of calls, shared by the services of one server: the bearer
-// token and the graceful drain (MatrixServiceImpl implements it). Every call
-// is admitted once and ends with one CallDone(), whatever Admit returned.
-class CallGate {
- public:
-  virtual ~CallGate() = default;
-  virtual absl::Status Admit(const grpc::CallbackServerContext* ctx) = 0;
-  virtual void CallDone() = 0;
-};
-
 // Deadlines reach the server rounded to the millisecond (gRPC's
-// resolution): a call with less than this left is treated as expired, so
-// that a 1 us deadline is never run, nor committed.
+// resolution): a call with less than this left is treated as expired.
+// The server can only keep the deadline it is sent: gRPC's client rounds
+// its deadline up to the millisecond and computes the time left from a
+// cached clock, so under load a 1 us deadline can arrive with a few
+// milliseconds left, and is then run (and its client told OK).
 inline constexpr std::chrono::milliseconds kDeadlineResolution{1};
 
 // A call's deadline on the system clock; nullopt for none. gRPC's own
@@ -103,10 +97,12 @@ inline core::RequestLife LifeOf(grpc::CallbackServerContext* ctx) {
 }
 
 // The status the client will see for a call finished with `s`: a call
-// cancelled meanwhile (by its client, its deadline or the server) gets
-// DEADLINE_EXCEEDED or CANCELLED whatever the server sends, and that is what
-// the metrics record.
-inline absl::Status AsSent(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+// ended at the drain timeout got UNAVAILABLE; one cancelled otherwise (by
+// its client, its deadline or the server) gets DEADLINE_EXCEEDED or
+// CANCELLED whatever the server sends. That is what the metrics record.
+inline absl::Status AsSent(grpc::CallbackServerContext* ctx, const CallGate& gate,
+                           const absl::Status& s) {
+  if (gate.Aborted(ctx)) return absl::UnavailableError(kAbortedAtDrainTimeout);
   if (!ctx->IsCancelled()) return s;
   const auto deadline = DeadlineOf(ctx);
   if (deadline && *deadline <= std::chrono::system_clock::now()) {
@@ -140,23 +136,25 @@ using SubmitFn = std::function<void(core::RequestLife, DoneFn)>;
 // A unary reactor that ends its call's admission once gRPC is done with it.
 class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit GatedUnaryReactor(CallGate* gate) : gate_(gate) {}
+  GatedUnaryReactor(grpc::CallbackServerContext* ctx, CallGate* gate) : ctx_(ctx), gate_(gate) {}
   void OnDone() override {
     CallGate* gate = gate_;
+    grpc::CallbackServerContext* ctx = ctx_;
     delete this;
-    gate->CallDone();
+    gate->CallDone(ctx);
   }
 
  private:
+  grpc::CallbackServerContext* ctx_;
   CallGate* gate_;
 };
 
 // Finishes a unary call and records its metrics, with the status the client
 // will see.
-inline void FinishUnary(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
-                        core::Metrics* metrics, core::Method m, Clock::time_point t0,
-                        const absl::Status& status) {
-  const absl::Status s = AsSent(ctx, status);
+inline void FinishUnary(grpc::CallbackServerContext* ctx, const CallGate& gate,
+                        grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
+                        Clock::time_point t0, const absl::Status& status) {
+  const absl::Status s = AsSent(ctx, gate, status);
   metrics->RecordRequest(m, s.code(), SecondsSince(t0));
   reactor->Finish(ToGrpcStatus(s));
 }
@@ -168,11 +166,11 @@ inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx
                                                 core::Metrics* metrics, core::Method m,
                                                 const std::function<absl::Status()>& fn) {
   const auto t0 = Clock::now();
-  auto* reactor = new GatedUnaryReactor(gate);
+  auto* reactor = new GatedUnaryReactor(ctx, gate);
   absl::Status s = gate->Admit(ctx);
   if (s.ok()) s = CheckStillWanted(ctx, metrics);
   if (s.ok()) s = fn();
-  FinishUnary(ctx, reactor, metrics, m, t0, s);
+  FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
   return reactor;
 }
 
@@ -182,17 +180,17 @@ inline grpc::ServerUnaryReactor* RunUnaryOnQueue(grpc::CallbackServerContext* ct
                                                  core::WorkQueue* queue, core::Metrics* metrics,
                                                  core::Method m, std::function<absl::Status()> fn) {
   const auto t0 = Clock::now();
-  auto* reactor = new GatedUnaryReactor(gate);
+  auto* reactor = new GatedUnaryReactor(ctx, gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(ctx, reactor, metrics, m, t0, s);
+    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
     return reactor;
   }
-  const bool queued = queue->Submit([ctx, metrics, m, reactor, t0, fn = std::move(fn)] {
+  const bool queued = queue->Submit([ctx, gate, metrics, m, reactor, t0, fn = std::move(fn)] {
     absl::Status s = CheckStillWanted(ctx, metrics);
     if (s.ok()) s = fn();
-    FinishUnary(ctx, reactor, metrics, m, t0, s);
+    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
   });
-  if (!queued) FinishUnary(ctx, reactor, metrics, m, t0, Overloaded(*queue));
+  if (!queued) FinishUnary(ctx, *gate, reactor, metrics, m, t0, Overloaded(*queue));
   return reactor;
 }
 
@@ -202,13 +200,13 @@ inline grpc::ServerUnaryReactor* RunUnaryBatched(grpc::CallbackServerContext* ct
                                                  core::Metrics* metrics, core::Method m,
                                                  const SubmitFn& submit) {
   const auto t0 = Clock::now();
-  auto* reactor = new GatedUnaryReactor(gate);
+  auto* reactor = new GatedUnaryReactor(ctx, gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(ctx, reactor, metrics, m, t0, s);
+    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
     return reactor;
   }
-  submit(LifeOf(ctx), [ctx, reactor, metrics, m, t0](const absl::Status& s) {
-    FinishUnary(ctx, reactor, metrics, m, t0, s);
+  submit(LifeOf(ctx), [ctx, gate, reactor, metrics, m, t0](const absl::Status& s) {
+    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
   });
   return reactor;
 }
@@ -285,8 +283,9 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
 
   void OnDone() override {
     CallGate* gate = gate_;
+    grpc::CallbackServerContext* ctx = ctx_;
     delete this;
-    gate->CallDone();
+    gate->CallDone(ctx);
   }
 
  private:
@@ -307,7 +306,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
 
   void Done(const absl::Status& status) {
     upload_.reset();  // an abandoned upload frees its name and budget now
-    const absl::Status s = AsSent(ctx_, status);
+    const absl::Status s = AsSent(ctx_, *gate_, status);
     metrics_->RecordRequest(method_, s.code(), SecondsSince(t0_));
     this->Finish(ToGrpcStatus(s));
   }
@@ -404,11 +403,14 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   }
 
   void OnWriteDone(bool ok) override {
+    Result written;
     {
       absl::MutexLock lock(&mu_);
+      written = std::move(*writing_);
       writing_.reset();
       if (!ok) cancelled_ = true;  // the client is gone: drop what is left
     }
+    Record(written, ok ? written.code : DroppedCode());
     Advance();
   }
 
@@ -429,8 +431,9 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     // see inside Debian's gRPC.
     { absl::MutexLock lock(&mu_); }
     CallGate* gate = gate_;
+    grpc::CallbackServerContext* ctx = ctx_;
     delete this;
-    gate->CallDone();
+    gate->CallDone(ctx);
   }
 
  private:
@@ -441,9 +444,25 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     return running_ + static_cast<int>(pending_writes_.size()) + (writing_ ? 1 : 0);
   }
 
+  // One item's result on its way to the client, with its own status.
+  struct Result {
+    std::unique_ptr<Resp> resp;
+    absl::StatusCode code = absl::StatusCode::kOk;
+    Clock::time_point t0;
+  };
+
+  // The metrics record what the client gets, once it is known: the item's
+  // status once its result is written; for a result dropped unwritten,
+  // UNAVAILABLE when the server ended the call at the drain timeout,
+  // CANCELLED otherwise.
+  absl::StatusCode DroppedCode() const {
+    return gate_->Aborted(ctx_) ? absl::StatusCode::kUnavailable : absl::StatusCode::kCancelled;
+  }
+  void Record(const Result& r, absl::StatusCode code) {
+    metrics_->RecordRequest(method_, code, SecondsSince(r.t0));
+  }
+
   // Queues an item's result (or its own error status) for writing.
-  // The metrics record what the client gets: nothing (CANCELLED) for the
-  // items of a cancelled stream.
   void Complete(uint64_t request_id, const absl::Status& s, std::unique_ptr<Resp> resp,
                 Clock::time_point t0) {
     if (!s.ok()) {
@@ -452,16 +471,8 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
       resp->mutable_status()->set_code(static_cast<int>(s.code()));
       resp->mutable_status()->set_message(std::string(s.message()));
     }
-    bool dropped;
-    {
-      absl::MutexLock lock(&mu_);
-      --running_;
-      dropped = cancelled_;
-      if (!dropped) pending_writes_.push_back(std::move(resp));
-    }
-    metrics_->RecordRequest(method_, dropped ? absl::StatusCode::kCancelled : s.code(),
-                            SecondsSince(t0));
-    Advance();
+    Result r{std::move(resp), s.code(), t0};
+    Advance(&r);
   }
 
   // Starts the next write, resumes reading, or finishes: decided under the
@@ -469,19 +480,36 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   // finishes once no read, write or item is outstanding and either the
   // client half-closed with every result written, or the call was cancelled
   // (or a write failed), whatever the read side's state.
-  void Advance() {
+  // `done` is an item just computed (Complete, on a worker thread, which
+  // gRPC does not wait for before OnDone): it is counted out and its result
+  // queued or dropped in the same critical section that may decide to
+  // finish, and a thread that does not finish touches nothing of the
+  // reactor after it, since another one may finish and free it at once.
+  // Dropped results are recorded under the lock for the same reason.
+  void Advance(Result* done = nullptr) {
     const Resp* to_write = nullptr;
     bool resume_read = false;
     bool finish = false;
     bool cancelled = false;
     {
       absl::MutexLock lock(&mu_);
+      if (done != nullptr) {
+        --running_;
+        if (cancelled_) {
+          Record(*done, DroppedCode());
+        } else {
+          pending_writes_.push_back(std::move(*done));
+        }
+      }
       cancelled = cancelled_;
-      if (cancelled_) pending_writes_.clear();
+      if (cancelled_) {
+        for (const Result& r : pending_writes_) Record(r, DroppedCode());
+        pending_writes_.clear();
+      }
       if (!writing_ && !pending_writes_.empty()) {
         writing_ = std::move(pending_writes_.front());
         pending_writes_.pop_front();
-        to_write = writing_.get();
+        to_write = writing_->resp.get();
       }
       if (!reading_ && !reads_done_ && !cancelled_ && UnwrittenLocked() < max_in_flight_) {
         reading_ = resume_read = true;
@@ -492,8 +520,9 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     if (to_write != nullptr) this->StartWrite(to_write);
     if (resume_read) this->StartRead(&req_);
     if (finish) {
-      this->Finish(cancelled || ctx_->IsCancelled() ? grpc::Status::CANCELLED
-                                                    : grpc::Status::OK);
+      absl::Status end = AsSent(ctx_, *gate_, absl::OkStatus());
+      if (end.ok() && cancelled) end = absl::CancelledError("a response could not be written");
+      this->Finish(ToGrpcStatus(end));
     }
   }
 
@@ -510,8 +539,8 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // OnCancel or a failed write
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  std::unique_ptr<Resp> writing_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::unique_ptr<Resp>> pending_writes_ ABSL_GUARDED_BY(mu_);
+  std::optional<Result> writing_ ABSL_GUARDED_BY(mu_);
+  std::deque<Result> pending_writes_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace plume::server

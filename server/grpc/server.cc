@@ -22,6 +22,7 @@ struct Server::Impl {
   std::unique_ptr<core::WorkQueue> queue;
   std::unique_ptr<core::Batcher> batcher;  // runs its batches on `queue`
   std::unique_ptr<TokenAuth> auth;
+  std::unique_ptr<CallGate> gate;  // admits the calls of every service
   std::unique_ptr<MatrixServiceImpl> service;
   std::unique_ptr<AttentionServiceImpl> attention;
   std::unique_ptr<DiagnosticsServiceImpl> diagnostics;
@@ -32,6 +33,12 @@ struct Server::Impl {
 };
 
 namespace {
+
+// After the drain timeout: how long the calls ended with UNAVAILABLE get to
+// send that status and finish, then how long clients get to close their
+// connections once told to go away.
+constexpr std::chrono::milliseconds kAbortGrace{500};
+constexpr std::chrono::milliseconds kCloseGrace{1000};
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerOptions& o) {
@@ -109,13 +116,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   batcher_options.defaults = options.batching;
   impl->batcher = std::make_unique<core::Batcher>(core->backend(), impl->queue.get(), metrics,
                                                   batcher_options);
+  if (!options.auth_token.empty()) impl->auth = std::make_unique<TokenAuth>(options.auth_token);
+  impl->gate = std::make_unique<CallGate>(impl->auth.get());
   MatrixServiceImpl::Options svc_options;
   svc_options.max_stream_in_flight = options.max_stream_in_flight;
   svc_options.batcher = impl->batcher.get();
-  if (!options.auth_token.empty()) {
-    impl->auth = std::make_unique<TokenAuth>(options.auth_token);
-    svc_options.auth = impl->auth.get();
-  }
+  svc_options.gate = impl->gate.get();
   impl->service =
       std::make_unique<MatrixServiceImpl>(core, metrics, impl->queue.get(), svc_options);
 
@@ -134,7 +140,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     AttentionServiceImpl::Options attn_options;
     attn_options.max_stream_in_flight = options.max_stream_in_flight;
     attn_options.batcher = impl->batcher.get();
-    attn_options.gate = impl->service.get();
+    attn_options.gate = impl->gate.get();
     impl->attention = std::make_unique<AttentionServiceImpl>(attention, metrics, impl->queue.get(),
                                                              attn_options);
     builder.RegisterService(impl->attention.get());
@@ -143,7 +149,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   diag_options.max_echo_bytes = options.max_echo_bytes;
   diag_options.max_response_bytes = options.max_message_bytes;
   diag_options.max_stream_in_flight = options.max_stream_in_flight;
-  diag_options.gate = impl->service.get();
+  diag_options.gate = impl->gate.get();
   impl->diagnostics =
       std::make_unique<DiagnosticsServiceImpl>(metrics, impl->queue.get(), diag_options);
   builder.RegisterService(impl->diagnostics.get());
@@ -162,15 +168,24 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     if (impl_->shut_down) return;
     impl_->shut_down = true;
   }
-  // Drain: health NOT_SERVING (probes and Watch streams see it), new
-  // MatrixService calls UNAVAILABLE, admitted ones get up to `grace` to
-  // finish; then gRPC shuts down, cancelling whatever is left (e.g. open
-  // health Watch streams, which would otherwise hold the drain to its end).
+  // Drain: health NOT_SERVING (probes and Watch streams see it), new calls
+  // UNAVAILABLE, admitted ones get up to `grace` to finish. Those still open
+  // then are ended with UNAVAILABLE, which their clients see at once.
   const auto deadline = std::chrono::system_clock::now() + grace;
   if (auto* health = impl_->server->GetHealthCheckService()) health->SetServingStatus(false);
-  impl_->service->StartDraining();
-  impl_->service->WaitIdle(deadline);
-  impl_->server->Shutdown(std::chrono::system_clock::now());
+  impl_->gate->StartDraining();
+  if (!impl_->gate->WaitIdle(deadline)) {
+    impl_->gate->AbortOpenCalls();
+    impl_->gate->WaitIdle(std::chrono::system_clock::now() + kAbortGrace);
+  }
+  // gRPC's shutdown sends GOAWAY, stops listening and waits for the clients
+  // to close their connections, which they do once they have read every
+  // response; only past kCloseGrace does it cancel what is left (health
+  // Watch streams, clients that ignore GOAWAY) and close the connections
+  // itself. Closing them at once could lose responses already written: a
+  // socket closed with unread input (a client's WINDOW_UPDATE or PING ack)
+  // is reset, and the kernel drops what it had not yet sent.
+  impl_->server->Shutdown(std::chrono::system_clock::now() + kCloseGrace);
   impl_->server->Wait();
 }
 

@@ -58,8 +58,10 @@ class Server {
 
   int port() const;
 
-  // Health goes NOT_SERVING, then in-flight calls get up to `grace` to
-  // finish before they are cancelled. Idempotent.
+  // Health goes NOT_SERVING and new calls get UNAVAILABLE; in-flight calls
+  // get up to `grace` to finish, and those still open then end with
+  // UNAVAILABLE; clients get up to a second more to close their
+  // connections. Idempotent.
   void Shutdown(std::chrono::milliseconds grace);
 
  private:

@@ -28,49 +28,21 @@
 #include "plume/client/client.h"
 #include "plume/reference/api.h"
 #include "plume/reference/attention.h"
+#include "plume/v1/plume.grpc.pb.h"
 #include "server/core/durable_store.h"
 #include "tests/common/gemv_reference.h"
+#include "tests/common/known_matrix.h"
 #include "tests/common/process.h"
+#include "tests/common/server_process_test.h"
 
 namespace plume {
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using testing::AsFloats;
+using testing::Known;
 using testing::SlurpFile;
-
-// A matrix the test knows in full: its source and, from the CPU reference,
-// the exact codes and scales a server must hold for it.
-struct Known {
-  std::string name;
-  int64_t rows = 0, cols = 0;
-  ScaleMode mode = ScaleMode::kRow;
-  std::vector<float> w;
-  std::vector<uint32_t> words;
-  std::vector<float> scales;
-
-  Known(std::string n, int64_t r, int64_t c, ScaleMode m, uint32_t seed)
-      : name(std::move(n)), rows(r), cols(c), mode(m), w(testing::RandomNormal(r * c, seed)) {
-    words.resize(static_cast<size_t>(PackedLayout{r, c}.total_words()));
-    scales.resize(static_cast<size_t>(NumScales(m, r, c)));
-    ref::QuantizePack(w.data(), DType::kF32, r, c, {Fp8Format::kE4M3, m, true}, words.data(),
-                      scales.data());
-  }
-  v1::ScaleMode wire_mode() const { return static_cast<v1::ScaleMode>(mode); }
-  // y = W x exactly as the CPU backend computes it.
-  std::vector<float> Gemv(const std::vector<float>& x) const {
-    std::vector<float> y(static_cast<size_t>(rows));
-    ref::GemvF32({words.data(), scales.data(), {rows, cols}, Fp8Format::kE4M3, mode}, x.data(), 1,
-                 y.data());
-    return y;
-  }
-};
-
-std::vector<float> AsFloats(const HostTensor& t) {
-  std::vector<float> v(t.data.size() / sizeof(float));
-  std::memcpy(v.data(), t.data.data(), v.size() * sizeof(float));
-  return v;
-}
 
 int HttpGet(int port, const std::string& auth_header, std::string* body) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -162,45 +134,17 @@ class HealthWatcher {
   std::vector<int> statuses_;
 };
 
-class ProcessTest : public ::testing::Test {
+class ProcessTest : public testing::ServerProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("plume_process_test_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      testing::WaitFor(pid_, 10s);
-    }
-    if (HasFailure()) {
-      std::cerr << "server log:\n" << SlurpFile(File("server.err")) << "\nkept " << dir_ << "\n";
-    } else {
-      fs::remove_all(dir_);
-    }
-  }
-  std::string File(const std::string& f) const { return (dir_ / f).string(); }
   std::string StoreDir() const { return File("store"); }
 
-  // Starts plume-server (CPU backend, ports 0) with the extra flags. Each
-  // start appends its log to server.log.all.
+  // Starts plume-server with the extra flags (and the store in StoreDir()
+  // unless they name one).
   void Start(std::vector<std::string> flags = {}) {
-    fs::remove(File("ready.json"));
-    std::vector<std::string> args = {PLUME_SERVER_BIN,          "--grpc_address=127.0.0.1:0",
-                                     "--metrics_address=127.0.0.1:0", "--backend=cpu",
-                                     "--cpu_threads=1",           "--ready_file=" + File("ready.json")};
     bool has_store = false;
     for (const auto& f : flags) has_store = has_store || f.rfind("--store_dir", 0) == 0;
-    if (!has_store) args.push_back("--store_dir=" + StoreDir());
-    args.insert(args.end(), flags.begin(), flags.end());
-    pid_ = testing::Spawn(args, File("server.out"), File("server.err"));
-    ASSERT_GT(pid_, 0);
-    std::string why;
-    ASSERT_TRUE(testing::WaitForReadyFile(pid_, File("ready.json"), &port_, &metrics_port_, 60s, &why))
-        << why << "\n" << SlurpFile(File("server.err"));
+    if (!has_store) flags.insert(flags.begin(), "--store_dir=" + StoreDir());
+    ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   }
   // SIGTERM, then the exit code (SIGKILL after `timeout`).
   int Stop(std::chrono::milliseconds timeout = 30s) {
@@ -256,10 +200,6 @@ class ProcessTest : public ::testing::Test {
     return n;
   }
 
-  fs::path dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int metrics_port_ = 0;
 };
 
 TEST_F(ProcessTest, SigtermDrainsInFlightCallsRefusesNewOnesAndExitsZero) {
@@ -291,6 +231,21 @@ TEST_F(ProcessTest, SigtermDrainsInFlightCallsRefusesNewOnesAndExitsZero) {
   ASSERT_TRUE(expected.ok());
 
   HealthWatcher watcher(client->channel());
+  // A stream admitted before SIGTERM and held open by its client: the drain
+  // cannot end before it does, so the checks below run while the server
+  // drains however fast the GEMVs finish on a loaded machine.
+  auto stub = v1::MatrixService::NewStub(client->channel());
+  grpc::ClientContext held_ctx;
+  auto held = stub->GemvStream(&held_ctx);
+  v1::GemvRequest item;
+  item.set_matrix("w");
+  item.mutable_input()->set_dtype(v1::DTYPE_F32);
+  item.mutable_input()->add_shape(k.cols);
+  item.mutable_input()->set_data(x.data(), static_cast<size_t>(k.cols) * sizeof(float));
+  v1::GemvResponse item_resp;
+  ASSERT_TRUE(held->Write(item) && held->Read(&item_resp));
+  ASSERT_EQ(item_resp.status().code(), 0) << item_resp.status().message();
+  const std::string item_expected = item_resp.output().data();
   // Four calls queue on the single worker: about 4 x `seconds` of work.
   std::vector<std::future<absl::StatusOr<HostTensor>>> in_flight;
   for (int i = 0; i < 4; ++i) {
@@ -317,6 +272,15 @@ TEST_F(ProcessTest, SigtermDrainsInFlightCallsRefusesNewOnesAndExitsZero) {
     ASSERT_TRUE(y.ok()) << "an in-flight call did not finish: " << y.status();
     EXPECT_EQ(y->data, expected->data);
   }
+  // The held stream still answers during the drain, and ends it when it
+  // half-closes.
+  item.set_request_id(2);
+  ASSERT_TRUE(held->Write(item) && held->Read(&item_resp));
+  EXPECT_EQ(item_resp.status().code(), 0) << item_resp.status().message();
+  EXPECT_EQ(item_resp.output().data(), item_expected);
+  ASSERT_TRUE(held->WritesDone());
+  const grpc::Status held_end = held->Finish();
+  EXPECT_TRUE(held_end.ok()) << held_end.error_message();
   const int code = testing::WaitFor(pid_, 60s);
   pid_ = -1;
   EXPECT_EQ(code, 0);

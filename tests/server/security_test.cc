@@ -16,6 +16,8 @@
 #include <gtest/gtest.h>
 
 #include "plume/client/client.h"
+#include "plume/v1/diagnostics.grpc.pb.h"
+#include "plume/v1/plume.grpc.pb.h"
 #include "server/core/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
@@ -275,6 +277,96 @@ TEST_F(SecurityTest, TokenAndMutualTlsTogether) {
   EXPECT_EQ(EveryCall(*no_token), kAllUnauthenticated);
   auto both = Connect(true, "client", kToken);
   EXPECT_EQ(EveryCall(*both), kAllOk);
+}
+
+// Two `authorization` headers (the same token twice, or the right one with a
+// wrong one, either order) get UNAUTHENTICATED on every kind of call: unary
+// inline, unary batched, client stream, bidi stream, and the
+// DiagnosticsService. The client sends them as two header fields; raw HTTP/2
+// (curl with -H twice) gets the same answer. Node's http2 refuses to send
+// two (ERR_HTTP2_HEADER_SINGLE_VALUE), which grpc-js reports as INTERNAL
+// without the call ever leaving the client.
+TEST_F(SecurityTest, DuplicateAuthorizationHeadersAreUnauthenticated) {
+  StartServer({.token = kToken});
+  auto channel = Connect(false, "", kToken)->channel();
+  auto stub = v1::MatrixService::NewStub(channel);
+  auto diag = v1::DiagnosticsService::NewStub(channel);
+  const std::string right = std::string("Bearer ") + kToken, wrong = "Bearer not-the-token";
+  auto context = [](grpc::ClientContext* ctx, const std::vector<std::string>& values) {
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    for (const auto& v : values) ctx->AddMetadata("authorization", v);
+  };
+  v1::GemvRequest gemv;
+  gemv.set_matrix("absent");
+  gemv.mutable_input()->set_dtype(v1::DTYPE_F32);
+  gemv.mutable_input()->add_shape(4);
+  gemv.mutable_input()->set_data(std::string(16, '\0'));
+  // The status of each kind of call with these header values.
+  auto every_call = [&](const std::vector<std::string>& values) {
+    std::vector<grpc::Status> out;
+    {
+      grpc::ClientContext ctx;
+      context(&ctx, values);
+      v1::ListMatricesResponse r;
+      out.push_back(stub->ListMatrices(&ctx, {}, &r));
+    }
+    {
+      grpc::ClientContext ctx;
+      context(&ctx, values);
+      v1::GemvResponse r;
+      out.push_back(stub->Gemv(&ctx, gemv, &r));
+    }
+    {
+      grpc::ClientContext ctx;
+      context(&ctx, values);
+      v1::UploadMatrixResponse r;
+      auto w = stub->UploadMatrix(&ctx, &r);
+      v1::UploadMatrixRequest h;
+      h.mutable_header()->set_name("dup");
+      h.mutable_header()->set_rows(1);
+      h.mutable_header()->set_cols(4);
+      h.mutable_header()->set_source_dtype(v1::DTYPE_F32);
+      w->Write(h);
+      w->WritesDone();
+      out.push_back(w->Finish());
+    }
+    {
+      grpc::ClientContext ctx;
+      context(&ctx, values);
+      auto s = stub->GemvStream(&ctx);
+      s->Write(gemv);
+      s->WritesDone();
+      v1::GemvResponse r;
+      while (s->Read(&r)) {
+      }
+      out.push_back(s->Finish());
+    }
+    {
+      grpc::ClientContext ctx;
+      context(&ctx, values);
+      v1::EchoRequest e;
+      *e.mutable_input() = gemv.input();
+      v1::EchoResponse r;
+      out.push_back(diag->Echo(&ctx, e, &r));
+    }
+    return out;
+  };
+  // One right header: every call gets past authentication.
+  for (const grpc::Status& st : every_call({right})) {
+    EXPECT_NE(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
+    EXPECT_NE(st.error_code(), grpc::StatusCode::INTERNAL) << st.error_message();
+  }
+  for (const auto& values : std::vector<std::vector<std::string>>{
+           {right, right}, {right, wrong}, {wrong, right}, {right, right, right}}) {
+    const auto statuses = every_call(values);
+    ASSERT_EQ(statuses.size(), 5u);
+    for (size_t i = 0; i < statuses.size(); ++i) {
+      EXPECT_EQ(statuses[i].error_code(), grpc::StatusCode::UNAUTHENTICATED)
+          << "call " << i << " with " << values.size() << " headers: " << statuses[i].error_code()
+          << " " << statuses[i].error_message();
+      EXPECT_EQ(statuses[i].error_message(), "more than one authorization header");
+    }
+  }
 }
 
 }  // namespace
