@@ -244,7 +244,6 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
     const uint32_t q_addr = SmemAddr(q_mine);
     const uint32_t tiles_addr = SmemAddr(tiles);
 
-    if (cw == 1) NamedBarrierArrive(4, 256);  // consumer 0 goes first
     for (int pg = 0; pg < pages; ++pg) {
       const int b = pg & 1;
       const int64_t t0 = static_cast<int64_t>(pg) * kTok;
@@ -256,22 +255,17 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         vscale = FaScale(a, page, kvh, true);
       }
       MbarWait(&tile_full[b], (pg >> 1) & 1);
-      // The consumers take turns issuing Q K^T (barriers 4 and 5), so that one's
-      // softmax runs while the other's MMAs do.
-      NamedBarrier(4 + cw, 256);
-      const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
-      const uint32_t v_addr = k_addr + 2 * S::kTileHalves;
-      float s[32];
-      if (active) {  // S = Q K^T over the head dim
+      if (active) {
+        const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
+        const uint32_t v_addr = k_addr + 2 * S::kTileHalves;
+        // S = Q K^T over the head dim.
+        float s[32];
         WgmmaFence();
 #pragma unroll
         for (int k = 0; k < kD / 16; ++k) {
           WgmmaSs64(s, Desc(q_addr + k * kWgRows * 32), Desc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
         }
         WgmmaCommit();
-      }
-      if (cw == 0 || pg + 1 < pages) NamedBarrierArrive(4 + (cw ^ 1), 256);
-      if (active) {
         WgmmaWait<0>();
         FenceOperands(s);
 

@@ -52,12 +52,6 @@ __device__ __forceinline__ void NamedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Arrives at barrier `id` without waiting (the other `threads` minus these
-// wait there with NamedBarrier).
-__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
 // The warp group's register budget per thread from here on (sm_90a; the
 // kernel needs a register cap at entry, __launch_bounds__(threads, 1)).
 template <int kRegs>
