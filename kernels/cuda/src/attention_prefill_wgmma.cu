@@ -21,7 +21,8 @@
 // Measured on an H200 (bench/RESULTS-gpu-attention.md): 1.26x the mma.sync
 // prefill at 32 heads S=4096 D=128 causal, no gain at D=64 (which therefore
 // stays on mma.sync), and slower (654 -> 798 us) when the next page's Q K^T
-// was issued before this page's softmax (docs/bench-raw/attention-hopper).
+// was issued before this page's softmax, or when the consumers took turns
+// issuing Q K^T (docs/bench-raw/attention-hopper).
 #include <cuda_fp16.h>
 
 #include <cmath>
