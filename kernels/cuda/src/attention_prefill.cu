@@ -259,13 +259,9 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
         mx_b = fmaxf(mx_b, mex[w * 64 + rb]);
       }
     }
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    // A row with nothing visible yet keeps base 0: its scores are -inf -> 0.
-    const float base_a = mn_a == kFaNegInf ? 0.0f : mn_a;
-    const float base_b = mn_b == kFaNegInf ? 0.0f : mn_b;
-    const float al_a = exp2f(m_a - base_a), al_b = exp2f(m_b - base_b);
-    m_a = mn_a;
-    m_b = mn_b;
+    float base_a, base_b, al_a, al_b;
+    FaRebase(m_a, mx_a, base_a, al_a);
+    FaRebase(m_b, mx_b, base_b, al_b);
     float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
     for (int j = 0; j < kTw / 8; ++j) {
@@ -279,11 +275,7 @@ __global__ void __launch_bounds__(FaShape<kD>::kThreads, FaShape<kD>::kMinBlocks
     }
     l_a = l_a * al_a + sum_a;
     l_b = l_b * al_b + sum_b;
-    float ratio = 1.0f;  // O to this page's V scale
-    if (vscale != 0.0f) {
-      if (vref != 0.0f) ratio = vref / vscale;
-      vref = vscale;
-    }
+    const float ratio = FaVRatio(vscale, vref);  // O to this page's V scale
 #pragma unroll
     for (int n = 0; n < kNo; ++n) {
       o[n][0] *= al_a * ratio;

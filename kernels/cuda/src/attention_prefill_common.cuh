@@ -115,6 +115,28 @@ __device__ __forceinline__ uint32_t Half2Bits(float lo, float hi) {
   return u;
 }
 
+// One row's online-softmax rebase on a page whose score maximum is mx (log2
+// units): the new running maximum m, the base the page's scores are
+// exponentiated against (0 for a row with nothing visible yet, whose scores
+// are all -inf) and the factor al its old output and sum are scaled by.
+__device__ __forceinline__ void FaRebase(float& m, float mx, float& base, float& al) {
+  const float mn = fmaxf(m, mx);
+  base = mn == kFaNegInf ? 0.0f : mn;
+  al = exp2f(m - base);
+  m = mn;
+}
+
+// The factor that takes the output from the V scale it is kept in (vref) to
+// this page's (vscale); vref follows the last nonzero scale.
+__device__ __forceinline__ float FaVRatio(float vscale, float& vref) {
+  float ratio = 1.0f;
+  if (vscale != 0.0f) {
+    if (vref != 0.0f) ratio = vref / vscale;
+    vref = vscale;
+  }
+  return ratio;
+}
+
 // Output elements i and i + 1 (i even, so the pair is aligned).
 __device__ __forceinline__ void StoreTwo(void* y, DType t, int64_t i, float v0, float v1) {
   if (t == DType::kF32) {
