@@ -1,7 +1,9 @@
-// The Hopper warp-group MMA (wgmma, sm_90a) with A from registers and B
-// from shared memory, FP16 inputs and FP32 accumulators, one wrapper per N
-// the GEMV uses (the accumulator operand list is spelled out per shape).
-// Included by the sm_90a kernels (gemv_wgmma.cu, attention_prefill_wgmma.cu). Valid only in code compiled for sm_90a.
+// The Hopper warp-group MMA (wgmma, sm_90a), FP16 inputs and FP32
+// accumulators: A from registers and B from shared memory, one wrapper per N
+// the kernels use (the accumulator operand list is spelled out per shape),
+// and m64n64 with both operands in shared memory (the prefill's Q K^T).
+// Included by the sm_90a kernels (gemv_wgmma.cu, attention_prefill_wgmma.cu);
+// valid only in code compiled for sm_90a.
 #pragma once
 
 #include <cstdint>
