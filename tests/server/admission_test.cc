@@ -202,7 +202,7 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
   ASSERT_NO_FATAL_FAILURE(UploadOnes("m", 4096, 16));
   const double kernels_before = KernelRuns();
   const double ok_before = Metric("plume_requests_total", "OK");
-  int gemv_ok = 0, late = 0, ok = 0;
+  int gemv_ok = 0, late = 0, ok = 0, late_but_done = 0;
   for (int i = 0; i < 20; ++i) {
     grpc::ClientContext ctx;
     ctx.set_deadline(In(1));
@@ -227,8 +227,15 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
     }
     ASSERT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
     ++late;
-    ASSERT_TRUE(client_->GetMatrix("m").ok()) << "deleted after DEADLINE_EXCEEDED";
+    if (!client_->GetMatrix("m").ok()) {
+      // The server deleted within the deadline it was sent while this
+      // client, on its own earlier clock, had already given up: the same
+      // race as the GEMVs' below (seen once in a clean-clone CI run).
+      ++late_but_done;
+      ASSERT_NO_FATAL_FAILURE(UploadOnes("m", 4096, 16));
+    }
   }
+  EXPECT_LE(late_but_done, 2) << "deletes past their deadline were committed";
   std::this_thread::sleep_for(50ms);
   EXPECT_GE(late + 20 - gemv_ok, 30) << "most 1 us calls should be late";
   // GEMVs computed and OKs counted: those the clients saw answered, and at
@@ -239,8 +246,8 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
   EXPECT_GE(kernels, gemv_ok);
   EXPECT_LE(kernels, gemv_ok + 2) << "GEMVs past their deadline were computed";
   const double oks = Metric("plume_requests_total", "OK") - ok_before;
-  EXPECT_GE(oks, late + 2 * ok + gemv_ok);
-  EXPECT_LE(oks, late + 2 * ok + gemv_ok + 2);
+  EXPECT_GE(oks, late + late_but_done + 2 * ok + gemv_ok);
+  EXPECT_LE(oks, late + late_but_done + 2 * ok + gemv_ok + 2);
   std::cout << "1 us calls: " << 20 - gemv_ok << " of 20 GEMVs and " << late
             << " of 20 deletes DEADLINE_EXCEEDED\n";
 }
