@@ -116,15 +116,6 @@ __device__ __forceinline__ void DecodeV(const uint8_t* raw, __half* vt, int row_
   }
 }
 
-template <int kD>
-struct PvMma;
-template <>
-struct PvMma<128> {
-  static __device__ __forceinline__ void Run(float (&o)[64], const uint32_t (&p)[4], uint64_t d) {
-    Wgmma<128>::Run(o, p, d, 1);
-  }
-};
-
 // Grid: kv_heads x row tiles, tile-major with the last tiles (the longest
 // under causal masks) first.
 template <int kD, Dec kDec>
@@ -331,7 +322,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         }
         WgmmaFence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) PvMma<kD>::Run(o, pa[kk], Desc(v_addr + kk * kD * 32));
+        for (int kk = 0; kk < 4; ++kk) Wgmma<kD>::Run(o, pa[kk], Desc(v_addr + kk * kD * 32), 1);
         WgmmaCommit();
         WgmmaWait<0>();
         FenceOperands(o);
