@@ -21,19 +21,23 @@ if(TARGET plume_client)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 endif()
 
-# The batcher: formation, queue limit, drops, routing; CPU backend.
-add_executable(batcher_test server/batcher_test.cc)
+# The batcher: formation, both policies, queue limit, drops, routing; CPU backend.
+add_executable(batcher_test server/batcher_test.cc server/batcher_policy_test.cc)
 target_link_libraries(batcher_test PRIVATE plume_core prometheus-cpp::core GTest::gtest_main)
 plume_tsan_test(batcher_test)
 gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 
-# Batching end to end: 32 streaming clients, per-upload options, a full queue.
+# Batching end to end: 32 streaming clients under both policies, a lone
+# client's queue time, per-upload options, a full queue. Serial: the lone
+# client's queue time is a latency bound, and a test beside it on the same
+# cores would measure the scheduler.
 if(TARGET plume_client)
   add_executable(batching_e2e_test server/batching_e2e_test.cc)
   target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_core
     prometheus-cpp::core GTest::gtest_main)
   plume_tsan_test(batching_e2e_test)
-  gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+  gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60
+    PROPERTIES LABELS tsan TIMEOUT 120 RUN_SERIAL TRUE)
 endif()
 
 # The durable store: file format, directory cycle, MatrixService persistence.

@@ -28,6 +28,7 @@ struct Batcher::Queue {
   BatchingOptions options;
   std::map<BatchKey, Pending> pending;  // guarded by Batcher::mu_
   int64_t waiting = 0;                  // guarded by Batcher::mu_: submitted, not launched
+  int64_t running = 0;                  // guarded by Batcher::mu_: batches taken, not finished
   absl::Mutex pool_mu;
   std::vector<std::unique_ptr<HostBuffer>> pool ABSL_GUARDED_BY(pool_mu);
 };
@@ -90,6 +91,7 @@ BatchingOptions Batcher::Resolve(const BatchingOptions& o) const {
   if (o.max_batch > 0) r.max_batch = o.max_batch;
   if (o.max_queue_delay.count() > 0) r.max_queue_delay = o.max_queue_delay;
   if (o.max_queue_size > 0) r.max_queue_size = o.max_queue_size;
+  r.policy = options_.defaults.policy;
   return r;
 }
 
@@ -128,7 +130,8 @@ void Batcher::Submit(std::shared_ptr<const void> target, std::string_view kind,
         ++waiting_;
         SetDepthLocked();
         if (p.units >= BatchLimit(q->options, p.requests.front()) ||
-            q->options.max_queue_delay.count() <= 0) {
+            q->options.max_queue_delay.count() <= 0 ||
+            (q->options.policy == BatchPolicy::kAdaptive && q->running == 0)) {
           ready = TakeBatch(q, key);
         } else if (first) {
           timer_wake_ = true;  // a new deadline for the timer
@@ -165,6 +168,7 @@ std::unique_ptr<Batcher::Batch> Batcher::TakeBatch(const std::shared_ptr<Queue>&
   p.units -= units;
   if (p.requests.empty()) q->pending.erase(it);
   ++in_flight_;
+  ++q->running;
   return batch;
 }
 
@@ -181,6 +185,7 @@ void Batcher::Dispatch(std::unique_ptr<Batch> batch) {
     absl::MutexLock lock(&mu_);
     waiting_ -= static_cast<int64_t>(b->requests.size());
     b->queue->waiting -= static_cast<int64_t>(b->requests.size());
+    --b->queue->running;
     SetDepthLocked();
   }
   const absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
@@ -285,11 +290,25 @@ void Batcher::Run(Batch& batch) {
     if (out.ok()) ReturnBuffer(q, std::move(*out));
     for (BatchRequest* r : live) dones.push_back(std::move(r->done));
   }
+  // What gathered while this batch ran goes before its callers hear back.
+  Finished(batch.queue);
   // Let go of the targets (a deleted matrix's memory returns to the budget)
   // before any caller hears back.
   batch.requests.clear();
   for (auto& [done, why] : dropped) done(why, 0);
   for (DoneFn& done : dones) done(s, info);
+}
+
+void Batcher::Finished(const std::shared_ptr<Queue>& q) {
+  std::vector<std::unique_ptr<Batch>> ready;
+  {
+    absl::MutexLock lock(&mu_);
+    --q->running;
+    if (q->options.policy == BatchPolicy::kAdaptive) {
+      while (!q->pending.empty()) ready.push_back(TakeBatch(q, q->pending.begin()->first));
+    }
+  }
+  for (auto& b : ready) Dispatch(std::move(b));
 }
 
 BatchClock::time_point Batcher::Poll() {

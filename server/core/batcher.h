@@ -5,7 +5,11 @@
 // y dtype) form a batch. A batch closes when it holds options.max_batch
 // units (vectors, or attention batch elements), or options.max_queue_delay
 // after its first request arrived, whichever comes first; a single request
-// larger than max_batch forms a batch of its own. A closed batch runs on a
+// larger than max_batch forms a batch of its own. Under the adaptive policy
+// (the default) a batch also closes at once when its target has no batch
+// running, and whatever gathered while batches ran closes when one of them
+// finishes: a lone client never waits, and under load batches grow with the
+// backend's time per call. A closed batch runs on a
 // WorkQueue thread: its live requests are gathered into one HostBuffer from
 // the backend's pool (one memcpy each), the target's run function makes one
 // backend call for all of them, and each result is copied from the output
@@ -130,6 +134,9 @@ class Batcher {
   std::unique_ptr<Batch> TakeBatch(const std::shared_ptr<Queue>& q, const BatchKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Dispatch(std::unique_ptr<Batch> batch);
+  // A batch of `q` finished its backend call: under the adaptive policy,
+  // dispatches what gathered meanwhile.
+  void Finished(const std::shared_ptr<Queue>& q);
   void Run(Batch& batch);
   absl::StatusOr<std::unique_ptr<HostBuffer>> TakeBuffer(Queue& q, size_t bytes, size_t typical);
   void ReturnBuffer(Queue& q, std::unique_ptr<HostBuffer> buffer);

@@ -314,10 +314,20 @@ struct CudaBackend::Lane {
   int64_t ws_bytes = 0;
   DeviceAlloc att_ws;  // attention's workspace (never the GEMV's, whose counters must stay zero)
   int64_t att_ws_bytes = 0;
+  // Around a GEMV's copy-in, kernels and copy-out: its device time.
+  cudaEvent_t started = nullptr, finished = nullptr;
 
   ~Lane() {
     if (pinned != nullptr) cudaFreeHost(pinned);
+    if (started != nullptr) cudaEventDestroy(started);
+    if (finished != nullptr) cudaEventDestroy(finished);
     if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  absl::Status EnsureEvents() {
+    if (started == nullptr) PLUME_RETURN_IF_CUDA(cudaEventCreate(&started), "creating an event");
+    if (finished == nullptr) PLUME_RETURN_IF_CUDA(cudaEventCreate(&finished), "creating an event");
+    return absl::OkStatus();
   }
 
   absl::Status EnsurePinned(int64_t bytes) {
@@ -425,6 +435,7 @@ class CudaPendingGemv final : public PendingGemv {
     char* y = nullptr;
     int64_t batch = 0;
     size_t row_bytes = 0, stride_bytes = 0;
+    double* device_seconds = nullptr;  // GemvArgs::device_seconds
   };
   CudaPendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, CopyOut out)
       : lane_(lane), stream_(stream), out_(out) {}
@@ -433,6 +444,12 @@ class CudaPendingGemv final : public PendingGemv {
   absl::Status Wait() override {
     if (lane_ == nullptr) return status_;
     status_ = CudaStatus(cudaStreamSynchronize(stream_), "running the GEMV");
+    if (status_.ok() && out_.device_seconds != nullptr) {
+      float ms = 0;
+      status_ = CudaStatus(cudaEventElapsedTime(&ms, lane_->started, lane_->finished),
+                           "timing the GEMV");
+      if (status_.ok()) *out_.device_seconds = static_cast<double>(ms) * 1e-3;
+    }
     if (status_.ok() && out_.staged != nullptr) {
       if (out_.row_bytes == out_.stride_bytes) {
         std::memcpy(out_.y, out_.staged, out_.row_bytes * static_cast<size_t>(out_.batch));
@@ -713,6 +730,9 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
       !st.ok()) {
     return st;
   }
+  if (args.device_seconds != nullptr) {
+    if (absl::Status st = lane.EnsureEvents(); !st.ok()) return st;
+  }
   char* h = static_cast<char*>(lane.pinned);
   char* d = static_cast<char*>(lane.dev.p);
 
@@ -737,6 +757,11 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   if (!x_direct) {
     std::memcpy(h + x_off, args.x, static_cast<size_t>(x_bytes));
     x_src = h + x_off;
+  }
+  if (args.device_seconds != nullptr) {
+    if (const cudaError_t e = cudaEventRecord(lane.started, lane.stream); e != cudaSuccess) {
+      return fail(CudaStatus(e, "timing the GEMV"));
+    }
   }
   if (const cudaError_t e = cudaMemcpyAsync(d + x_off, x_src, static_cast<size_t>(x_bytes),
                                             cudaMemcpyHostToDevice, lane.stream);
@@ -773,6 +798,12 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
                           static_cast<size_t>(args.batch), cudaMemcpyDeviceToHost, lane.stream);
   }
   if (e != cudaSuccess) return fail(CudaStatus(e, "copying results from the device"));
+  if (args.device_seconds != nullptr) {
+    if (const cudaError_t r = cudaEventRecord(lane.finished, lane.stream); r != cudaSuccess) {
+      return fail(CudaStatus(r, "timing the GEMV"));
+    }
+    out.device_seconds = args.device_seconds;
+  }
   return std::unique_ptr<PendingGemv>(new CudaPendingGemv(guard.release(), lane.stream, out));
 }
 

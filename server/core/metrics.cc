@@ -118,10 +118,20 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                       .Add({});
   kernel_duration_ = &prometheus::BuildHistogram()
                           .Name("plume_kernel_duration_seconds")
-                          .Help("Time of one backend computation (GEMV or attention), copies to and "
-                                "from the device included.")
+                          .Help("Time of one backend computation (GEMV or attention). CUDA GEMV: "
+                                "the device's time (copy-in, kernels, copy-out, by CUDA events); "
+                                "otherwise the call's wall time.")
                           .Register(*registry_)
                           .Add({}, LatencyBuckets());
+  host_duration_ = &prometheus::BuildHistogram()
+                        .Name("plume_host_duration_seconds")
+                        .Help("Host part of one backend GEMV call: its wall time less "
+                              "plume_kernel_duration_seconds (staging, launch, synchronisation; "
+                              "0 where the backend measures no device time).")
+                        .Register(*registry_)
+                        .Add({}, prometheus::Histogram::BucketBoundaries{
+                                     1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6,
+                                     500e-6, 1e-3, 10e-3, 100e-3});
   batch_size_ = &prometheus::BuildHistogram()
                      .Name("plume_batch_size")
                      .Help("Vectors multiplied by one backend GEMV call (a batch of requests).")
@@ -179,6 +189,8 @@ void Metrics::RecordDropped(absl::StatusCode code) {
 void Metrics::RecordQueueWait(double seconds) { queue_duration_->Observe(seconds); }
 void Metrics::SetQueueDepth(int64_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
 void Metrics::RecordKernel(double seconds) { kernel_duration_->Observe(seconds); }
+
+void Metrics::RecordHostPart(double seconds) { host_duration_->Observe(seconds); }
 void Metrics::RecordBatch(int64_t vectors) { batch_size_->Observe(static_cast<double>(vectors)); }
 
 void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }

@@ -65,6 +65,9 @@ class Metrics {
   // One backend computation (a GEMV or attention call): its duration, and
   // for GEMV the vectors it multiplied at once (the batch size).
   void RecordKernel(double seconds);
+  // The host's part of one backend GEMV call: its wall time less the device
+  // time the backend measured (0 where it measures none).
+  void RecordHostPart(double seconds);
   void RecordBatch(int64_t vectors);
   // GPU backends: device memory in use and in all.
   void SetDeviceMemory(int64_t used, int64_t total);
@@ -100,6 +103,7 @@ class Metrics {
   prometheus::Histogram* queue_duration_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Histogram* kernel_duration_ = nullptr;
+  prometheus::Histogram* host_duration_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* device_used_ ABSL_GUARDED_BY(mu_) = nullptr;
   prometheus::Gauge* device_total_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -44,8 +44,12 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{16} << 30, "Largest source matrix o
 ABSL_FLAG(int64_t, max_rows, int64_t{1} << 20, "Most rows a matrix may have.");
 ABSL_FLAG(int64_t, max_cols, int64_t{1} << 20, "Most columns a matrix may have.");
 ABSL_FLAG(int64_t, max_vectors_per_request, 4096, "Most vectors in one Gemv request.");
+ABSL_FLAG(std::string, batching, "adaptive",
+          "Batcher policy: adaptive launches a batch at once when its matrix or K/V cache has "
+          "nothing running and gathers arrivals while it runs (--max_queue_delay_us only bounds "
+          "that wait); fixed makes every batch that is not full wait --max_queue_delay_us.");
 ABSL_FLAG(int64_t, max_batch, 64, "Batcher: a batch closes once it holds this many vectors (GEMV) or batch elements (attention).");
-ABSL_FLAG(int64_t, max_queue_delay_us, 200, "Batcher: ... or this many microseconds after its first request arrived (0: never wait).");
+ABSL_FLAG(int64_t, max_queue_delay_us, 200, "Batcher: ... or at most this many microseconds after its first request arrived (0: never wait).");
 ABSL_FLAG(int64_t, max_queue_size, 1024, "Batcher: requests that may wait per matrix or K/V cache before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_kv_tokens, int64_t{1} << 24, "Most tokens one K/V cache may hold.");
 ABSL_FLAG(int64_t, max_head_dim, 1024, "Largest head_dim of a K/V cache.");
@@ -243,6 +247,13 @@ int main(int argc, char** argv) {
   options.batching.max_batch = absl::GetFlag(FLAGS_max_batch);
   options.batching.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   options.batching.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  if (const std::string policy = absl::GetFlag(FLAGS_batching); policy == "adaptive") {
+    options.batching.policy = plume::core::BatchPolicy::kAdaptive;
+  } else if (policy == "fixed") {
+    options.batching.policy = plume::core::BatchPolicy::kFixed;
+  } else {
+    return Fail(absl::StrCat("--batching must be adaptive or fixed, not \"", policy, "\""));
+  }
   if (options.batching.max_batch < 1 || options.batching.max_batch > plume::core::kMaxBatchLimit ||
       options.batching.max_queue_delay.count() < 0 ||
       options.batching.max_queue_delay.count() > plume::core::kMaxQueueDelayUsLimit ||
@@ -263,6 +274,9 @@ int main(int argc, char** argv) {
                BoundAddress(absl::GetFlag(FLAGS_metrics_address), metrics_port));
   spdlog::info("backend {}, memory budget {} bytes, max message {} bytes", backend_description,
                budget, options.max_message_bytes);
+  spdlog::info("batching {}: max_batch {}, max_queue_delay {} us, max_queue_size {}",
+               absl::GetFlag(FLAGS_batching), options.batching.max_batch,
+               options.batching.max_queue_delay.count(), options.batching.max_queue_size);
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty() && !WriteReadyFile(ready_file, (*server)->port(), metrics_port)) {
     return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
