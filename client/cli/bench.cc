@@ -35,6 +35,7 @@ using Json = nlohmann::ordered_json;
 // The server histograms whose _sum/_count deltas give the split.
 constexpr const char* kQueue = "plume_queue_duration_seconds";
 constexpr const char* kKernel = "plume_kernel_duration_seconds";
+constexpr const char* kHost = "plume_host_duration_seconds";
 constexpr const char* kBatch = "plume_batch_size";
 constexpr const char* kDropped = "plume_requests_dropped_total";
 
@@ -336,7 +337,7 @@ class Scraper {
       s.auth_ = absl::StrCat(f.metrics_user, ":", absl::StripAsciiWhitespace(password));
     }
     s.enabled_ = true;
-    for (const char* h : {kQueue, kKernel, kBatch}) {
+    for (const char* h : {kQueue, kKernel, kHost, kBatch}) {
       s.names_.insert(absl::StrCat(h, "_sum"));
       s.names_.insert(absl::StrCat(h, "_count"));
     }
@@ -391,7 +392,7 @@ struct StepResult {
   std::string first_error;
   double p50_ms = NAN, p90_ms = NAN, p99_ms = NAN, mean_ms = NAN, max_ms = NAN;
   // Server split (NAN: not available).
-  double queue_ms = NAN, kernel_ms = NAN, batch = NAN, kernel_us_per_vector = NAN;
+  double queue_ms = NAN, kernel_ms = NAN, host_us = NAN, batch = NAN, kernel_us_per_vector = NAN;
   double server_vectors = NAN, dropped = NAN;
   absl::Status close_status;
 };
@@ -452,6 +453,7 @@ void Summarize(StepResult* r, int64_t batch) {
     };
     r->queue_ms = mean(kQueue) * 1e3;
     r->kernel_ms = mean(kKernel) * 1e3;
+    r->host_us = mean(kHost) * 1e6;
     r->batch = mean(kBatch);
     r->server_vectors = delta(absl::StrCat(kBatch, "_sum"));
     const double kernel_s = delta(absl::StrCat(kKernel, "_sum"));
@@ -736,6 +738,7 @@ int RunBench(const GlobalFlags& g, const BenchFlags& f) {
       const bool have = r.windows[r.first_used - 1].server.ok && r.windows.back().server.ok;
       s["server"] = have ? Json{{"queue_ms_mean", JsonNum(r.queue_ms)},
                                 {"kernel_ms_mean", JsonNum(r.kernel_ms)},
+                                {"host_us_mean", JsonNum(r.host_us)},
                                 {"batch_mean", JsonNum(r.batch)},
                                 {"kernel_us_per_vector", JsonNum(r.kernel_us_per_vector)},
                                 {"vectors", JsonNum(r.server_vectors)},
