@@ -332,10 +332,12 @@ struct CudaBackend::Lane {
 
   absl::Status EnsurePinned(int64_t bytes) {
     if (bytes <= pinned_bytes) return absl::OkStatus();
+    // Grows by half at least, so that a slowly growing batch reallocates a
+    // few times, not once per call.
+    const int64_t want = std::max(bytes, pinned_bytes * 3 / 2);
     if (pinned != nullptr) cudaFreeHost(pinned);
     pinned = nullptr;
     pinned_bytes = 0;
-    const int64_t want = std::max(bytes, pinned_bytes * 3 / 2);
     if (const cudaError_t e = cudaHostAlloc(&pinned, static_cast<size_t>(want), cudaHostAllocDefault);
         e != cudaSuccess) {
       pinned = nullptr;
@@ -349,13 +351,13 @@ struct CudaBackend::Lane {
   static absl::Status Ensure(DeviceAlloc& a, int64_t& have, int64_t bytes, bool zero,
                              cudaStream_t stream) {
     if (bytes <= have) return absl::OkStatus();
+    const int64_t want = std::max(bytes, have * 3 / 2);  // as EnsurePinned
     if (a.p != nullptr) {
       PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream), "growing device staging");
       cudaFree(a.p);
       a.p = nullptr;
       have = 0;
     }
-    const int64_t want = std::max(bytes, have * 3 / 2);
     PLUME_RETURN_IF_CUDA(a.Allocate(want), "allocating device staging");
     if (zero) PLUME_RETURN_IF_CUDA(cudaMemsetAsync(a.p, 0, static_cast<size_t>(want), stream), "zeroing workspace");
     have = want;

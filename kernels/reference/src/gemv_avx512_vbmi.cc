@@ -25,24 +25,16 @@
 #include "gemv_internal.h"
 #include "plume/kernels/fp8.h"
 
-#ifndef PLUME_VBMI_WIDEN_SHUFFLE
-#define PLUME_VBMI_WIDEN_SHUFFLE 0
-#endif
-
 namespace plume::ref::detail {
 
 // Position p (0..63) of a permuted chunk holds column VbmiColumnOrder(p):
-// output vector q = p / 16, element j = p % 16 comes from lane j / 4 of the
-// unpacks, word j % 4 of unpack q: column 16 * (j / 4) + 4 * q + j % 4.
+// output vector q = p / 16, element j = p % 16.
 int VbmiColumnOrder(int p) {
   const int q = p / 16, j = p % 16;
-#if PLUME_VBMI_WIDEN_SHUFFLE
-  return 16 * (j / 4) + 4 * q + j % 4;
-#else
   // f[q], element j = 4 * lane + dword d: word 2d (+1 for odd q) of the
-  // lane's low (q < 2) or high (q >= 2) byte unpack.
+  // lane's low (q < 2) or high (q >= 2) byte unpack (Decode64 widens the
+  // words by a shift and a mask, not a shuffle).
   return 16 * (j / 4) + 8 * (q / 2) + 2 * (j % 4) + q % 2;
-#endif
 }
 
 void PermuteXVbmi(float* xp, int64_t batch, int64_t pc) {
@@ -119,20 +111,12 @@ PLUME_AI void Decode64(const uint8_t* p, const Tab& t, __m512 (&f)[4]) {
   // hi | (code & 0x80): the sign bit.
   hi = _mm512_ternarylogic_epi32(hi, code, _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
   const __m512i wl = _mm512_unpacklo_epi8(lo, hi), wh = _mm512_unpackhi_epi8(lo, hi);
-#if PLUME_VBMI_WIDEN_SHUFFLE
-  const __m512i z = _mm512_setzero_si512();
-  f[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, wl));
-  f[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, wl));
-  f[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, wh));
-  f[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, wh));
-#else
   // Even words to the high half with a shift, odd words kept with a mask.
   const __m512i m = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   f[0] = _mm512_castsi512_ps(_mm512_slli_epi32(wl, 16));
   f[1] = _mm512_castsi512_ps(_mm512_and_si512(wl, m));
   f[2] = _mm512_castsi512_ps(_mm512_slli_epi32(wh, 16));
   f[3] = _mm512_castsi512_ps(_mm512_and_si512(wh, m));
-#endif
 }
 
 // 16 codes (natural order) -> 16 floats, for the columns past the last full
