@@ -68,7 +68,10 @@ Batcher::~Batcher() {
     timer_cv_.Signal();
   }
   if (timer_.joinable()) timer_.join();
-  // Launch what still waits, then wait for every batch to finish.
+  Flush();
+}
+
+void Batcher::Flush() {
   std::vector<std::unique_ptr<Batch>> rest;
   {
     absl::MutexLock lock(&mu_);

@@ -115,6 +115,10 @@ class Batcher {
   void Submit(std::shared_ptr<const void> target, std::string_view kind, std::string_view name,
               const BatchingOptions& options, BatchRequest req);
 
+  // Launches every batch still waiting and waits until none runs (a server
+  // shutting down, once its calls are done).
+  void Flush();
+
   // Closes every batch whose delay has passed (the timer thread calls it).
   // Returns when the next one is due (time_point::max() if none waits).
   BatchClock::time_point Poll();

@@ -43,6 +43,7 @@ void WorkQueue::Loop() {
       if (tasks_.empty()) return;  // stopping and drained
       task = std::move(tasks_.front());
       tasks_.pop_front();
+      ++running_;
       if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int64_t>(tasks_.size()));
     }
     if (metrics_ != nullptr) {
@@ -50,7 +51,19 @@ void WorkQueue::Loop() {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - task.queued_at).count());
     }
     task.fn();
+    task.fn = nullptr;  // what it captured goes before the queue counts it done
+    absl::MutexLock lock(&mu_);
+    --running_;
   }
+}
+
+void WorkQueue::WaitIdle() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](WorkQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return q->tasks_.empty() && q->running_ == 0;
+      },
+      this));
 }
 
 }  // namespace plume::core

@@ -27,6 +27,8 @@ class WorkQueue {
   // False when the queue is full or shutting down; the task is not run.
   bool Submit(std::function<void()> task);
   int64_t queued() const;
+  // Waits until no task is queued or running.
+  void WaitIdle();
 
  private:
   void Loop();
@@ -40,6 +42,7 @@ class WorkQueue {
   Metrics* const metrics_;
   mutable absl::Mutex mu_;
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

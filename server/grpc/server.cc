@@ -9,8 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/core/batcher.h"
-#include "server/core/work_queue.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/attention_service_impl.h"
 #include "server/grpc/diagnostics_service_impl.h"
@@ -19,8 +17,7 @@
 namespace plume::server {
 
 struct Server::Impl {
-  std::unique_ptr<core::WorkQueue> queue;
-  std::unique_ptr<core::Batcher> batcher;  // runs its batches on `queue`
+  core::Engine* engine = nullptr;
   std::unique_ptr<TokenAuth> auth;
   std::unique_ptr<CallGate> gate;  // admits the calls of every service
   std::unique_ptr<MatrixServiceImpl> service;
@@ -63,8 +60,9 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() {
   Shutdown(std::chrono::milliseconds(0));
-  impl_->batcher.reset();  // launches what waits and waits for its batches
-  impl_->queue.reset();    // finishes what is queued before the service goes
+  // Batches and tasks still running call back into the handlers: they
+  // finish before the handlers go.
+  impl_->engine->Drain();
 }
 
 int Server::port() const { return impl_->port; }
@@ -91,15 +89,8 @@ class NoReflection final : public grpc::ServerBuilderOption {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options,
-                                                      core::MatrixService* core,
-                                                      core::Metrics* metrics) {
-  return Start(options, core, nullptr, metrics);
-}
-
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options,
-                                                      core::MatrixService* core,
-                                                      core::AttentionService* attention,
-                                                      core::Metrics* metrics) {
+                                                      core::Engine& engine) {
+  core::Metrics* metrics = engine.metrics();
   static const bool reflection = [] {
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     return true;
@@ -108,22 +99,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::EnableDefaultHealthCheckService(true);
 
   auto impl = std::make_unique<Impl>();
-  // The batcher records queue time and depth (arrival to launch), so the work
-  // queue under it records none.
-  impl->queue = std::make_unique<core::WorkQueue>(options.worker_threads,
-                                                  options.max_queued_requests, nullptr);
-  core::Batcher::Options batcher_options;
-  batcher_options.defaults = options.batching;
-  impl->batcher = std::make_unique<core::Batcher>(core->backend(), impl->queue.get(), metrics,
-                                                  batcher_options);
+  impl->engine = &engine;
   if (!options.auth_token.empty()) impl->auth = std::make_unique<TokenAuth>(options.auth_token);
   impl->gate = std::make_unique<CallGate>(impl->auth.get());
   MatrixServiceImpl::Options svc_options;
   svc_options.max_stream_in_flight = options.max_stream_in_flight;
-  svc_options.batcher = impl->batcher.get();
+  svc_options.batcher = engine.batcher();
   svc_options.gate = impl->gate.get();
-  impl->service =
-      std::make_unique<MatrixServiceImpl>(core, metrics, impl->queue.get(), svc_options);
+  impl->service = std::make_unique<MatrixServiceImpl>(engine.matrices(), metrics,
+                                                      engine.work_queue(), svc_options);
 
   grpc::ServerBuilder builder;
   if (!options.auth_token.empty()) builder.SetOption(std::make_unique<NoReflection>());
@@ -136,22 +120,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(impl->service.get());
-  if (attention != nullptr) {
-    AttentionServiceImpl::Options attn_options;
-    attn_options.max_stream_in_flight = options.max_stream_in_flight;
-    attn_options.batcher = impl->batcher.get();
-    attn_options.gate = impl->gate.get();
-    impl->attention = std::make_unique<AttentionServiceImpl>(attention, metrics, impl->queue.get(),
-                                                             attn_options);
-    builder.RegisterService(impl->attention.get());
-  }
+  AttentionServiceImpl::Options attn_options;
+  attn_options.max_stream_in_flight = options.max_stream_in_flight;
+  attn_options.batcher = engine.batcher();
+  attn_options.gate = impl->gate.get();
+  impl->attention = std::make_unique<AttentionServiceImpl>(engine.attention(), metrics,
+                                                           engine.work_queue(), attn_options);
+  builder.RegisterService(impl->attention.get());
   DiagnosticsServiceImpl::Options diag_options;
   diag_options.max_echo_bytes = options.max_echo_bytes;
   diag_options.max_response_bytes = options.max_message_bytes;
   diag_options.max_stream_in_flight = options.max_stream_in_flight;
   diag_options.gate = impl->gate.get();
   impl->diagnostics =
-      std::make_unique<DiagnosticsServiceImpl>(metrics, impl->queue.get(), diag_options);
+      std::make_unique<DiagnosticsServiceImpl>(metrics, engine.work_queue(), diag_options);
   builder.RegisterService(impl->diagnostics.get());
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {

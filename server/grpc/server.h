@@ -1,5 +1,7 @@
-// plume's gRPC server: an options struct and a Start factory that returns the
-// running server with its real bound port (tests bind port 0).
+// plume's gRPC server: an options struct and a Start factory that registers
+// the handlers over a core::Engine and returns the running server with its
+// real bound port (tests bind port 0). The admission gate (bearer token,
+// drain) lives here; everything computed lives in the Engine.
 #pragma once
 
 #include <chrono>
@@ -7,10 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "server/core/attention_service.h"
-#include "server/core/batching_options.h"
-#include "server/core/matrix_service.h"
-#include "server/core/metrics.h"
+#include "server/core/engine.h"
 
 namespace plume::server {
 
@@ -19,12 +18,7 @@ struct ServerOptions {
   // Responses are checked against core::Limits::max_response_bytes before
   // any work; give it the same value (plume-server does).
   int max_message_bytes = 64 << 20;
-  int worker_threads = 4;          // threads running GEMV and upload finishing
-  int64_t max_queued_requests = 4096;
   int max_stream_in_flight = 64;   // per GemvStream
-  // The batcher's defaults (--max_batch, --max_queue_delay_us,
-  // --max_queue_size); a matrix's upload may override them.
-  core::BatchingOptions batching;
 
   // Security and limits.
   // TLS when tls_cert_pem is set (PEM contents, not paths); tls_client_ca_pem
@@ -44,17 +38,13 @@ struct ServerOptions {
 
 class Server {
  public:
-  // Builds and starts the server. `core` and `metrics` must outlive it.
+  // Builds and starts the server: MatrixService, AttentionService and
+  // DiagnosticsService over `engine`, which must outlive it.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
-                                                       core::MatrixService* core,
-                                                       core::Metrics* metrics);
-  // The same, also serving AttentionService when `attention` is not null
-  // (it must outlive the server too).
-  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
-                                                       core::MatrixService* core,
-                                                       core::AttentionService* attention,
-                                                       core::Metrics* metrics);
-  ~Server();  // shuts down with no grace period if Shutdown was not called
+                                                       core::Engine& engine);
+  // Shuts down with no grace period if Shutdown was not called, and drains
+  // the engine's batches and tasks before the handlers go.
+  ~Server();
 
   int port() const;
 

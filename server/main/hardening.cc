@@ -51,40 +51,7 @@ absl::Status ReadSecret(const std::string& flag, const std::string& path, std::s
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<core::DirectoryStore>> OpenDurableStore(core::Backend* backend,
-                                                                       core::MatrixStore* store,
-                                                                       core::KvStore* kv_store) {
-  const std::string dir = absl::GetFlag(FLAGS_store_dir);
-  if (dir.empty()) {
-    spdlog::warn("--store_dir is empty: matrices and K/V caches live in memory only and are lost on exit");
-    return std::unique_ptr<core::DirectoryStore>();
-  }
-  auto disk = core::DirectoryStore::Open(dir);
-  if (!disk.ok()) return disk.status();
-  // K/V caches are stored only through a backend that can read them back
-  // (Backend::ReadKv; probed on an empty cache, which copies nothing).
-  bool store_kv = false;
-  if (auto probe = backend->CreateKv(core::KvShape{1, 16}); probe.ok()) {
-    store_kv = backend->ReadKv(**probe, 0, 0, nullptr, nullptr, nullptr).ok();
-    if (!store_kv) {
-      spdlog::warn("backend {} cannot store K/V caches: they live in memory only and are lost on exit; "
-                   "K/V files in {} are left alone", backend->name(), dir);
-    }
-  }
-  for (const bool kv : {false, true}) {
-    if (kv && !store_kv) break;
-    const auto report = kv ? core::LoadStoredKvCaches(disk->get(), backend, kv_store)
-                           : core::LoadStoredMatrices(disk->get(), backend, store);
-    for (const auto& f : report.temp_removed) spdlog::info("store: removed unfinished write {}", f);
-    for (const auto& q : report.quarantined) spdlog::error("store: quarantined {}", q);
-    for (const auto& n : report.not_loaded) spdlog::error("store: not loaded {}", n);
-    spdlog::info("store {}: loaded {} {}, quarantined {}, not loaded {}", dir, report.loaded,
-                 kv ? "K/V caches" : "matrices", report.quarantined.size(), report.not_loaded.size());
-  }
-  store->set_persistence(disk->get());
-  if (store_kv) kv_store->set_disk(disk->get());
-  return disk;
-}
+std::string StoreDirFlag() { return absl::GetFlag(FLAGS_store_dir); }
 
 absl::Status ApplySecurityFlags(server::ServerOptions* options) {
   const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key),

@@ -21,15 +21,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "server/core/attention_service.h"
 #include "server/core/cpu_backend.h"
 #if PLUME_HAVE_CUDA_BACKEND
 #include "server/core/cuda_backend.h"
 #endif
-#include "server/core/kv_store.h"
+#include "server/core/engine.h"
 #include "server/core/gpu_utilization.h"
-#include "server/core/matrix_service.h"
-#include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/core/sharded_backend.h"
 #include "server/grpc/server.h"
@@ -191,7 +188,8 @@ int main(int argc, char** argv) {
     backend = std::move(*sb);
   }
 
-  plume::core::Limits limits;
+  plume::core::EngineOptions engine_options;
+  plume::core::Limits& limits = engine_options.limits;
   limits.max_rows = absl::GetFlag(FLAGS_max_rows);
   limits.max_cols = absl::GetFlag(FLAGS_max_cols);
   limits.max_vectors_per_request = absl::GetFlag(FLAGS_max_vectors_per_request);
@@ -200,20 +198,34 @@ int main(int argc, char** argv) {
   limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
   limits.max_attention_rows = absl::GetFlag(FLAGS_max_attention_rows);
   limits.max_response_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  if (auto s = plume::core::ValidateLimits(limits); !s.ok()) return Fail(std::string(s.message()));
-
-  int64_t budget = absl::GetFlag(FLAGS_memory_budget_bytes);
-  if (budget <= 0) budget = backend->memory_capacity_bytes();
-
-  plume::core::Metrics metrics;
-  plume::core::MatrixStore store(budget, &metrics);
-  plume::core::MatrixService service(backend.get(), &store, &metrics, limits);
-  plume::core::KvStore kv_store(store.budget(), &metrics);  // K/V caches share the budget
-  plume::core::AttentionService attention(backend.get(), &kv_store, &metrics, limits);
-
-  // Durable store: verify and load what is on disk before serving.
-  auto durable = plume::server_main::OpenDurableStore(backend.get(), &store, &kv_store);
-  if (!durable.ok()) return Fail(absl::StrCat("--store_dir: ", durable.status().message()));
+  engine_options.store.budget_bytes = absl::GetFlag(FLAGS_memory_budget_bytes);
+  engine_options.store.dir = plume::server_main::StoreDirFlag();
+  engine_options.work.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  engine_options.work.max_queued = absl::GetFlag(FLAGS_max_queued_requests);
+  engine_options.device_ids = device_ids;
+  plume::core::BatchingOptions& batching = engine_options.batching;
+  batching.max_batch = absl::GetFlag(FLAGS_max_batch);
+  batching.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  batching.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  if (const std::string policy = absl::GetFlag(FLAGS_batching); policy == "adaptive") {
+    batching.policy = plume::core::BatchPolicy::kAdaptive;
+  } else if (policy == "fixed") {
+    batching.policy = plume::core::BatchPolicy::kFixed;
+  } else {
+    return Fail(absl::StrCat("--batching must be adaptive or fixed, not \"", policy, "\""));
+  }
+  // Verifies and loads the durable store (--store_dir) before serving.
+  auto engine = plume::core::Engine::Create(
+      engine_options, std::move(backend),
+      [](plume::core::EngineLogLevel level, const std::string& text) {
+        switch (level) {
+          case plume::core::EngineLogLevel::kInfo: spdlog::info("{}", text); break;
+          case plume::core::EngineLogLevel::kWarning: spdlog::warn("{}", text); break;
+          case plume::core::EngineLogLevel::kError: spdlog::error("{}", text); break;
+        }
+      });
+  if (!engine.ok()) return Fail(std::string(engine.status().message()));
+  plume::core::Metrics& metrics = *(*engine)->metrics();
 
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
@@ -241,71 +253,24 @@ int main(int argc, char** argv) {
   plume::server::ServerOptions options;
   options.grpc_address = absl::GetFlag(FLAGS_grpc_address);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
-  options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.max_echo_bytes = absl::GetFlag(FLAGS_max_echo_bytes);
-  options.batching.max_batch = absl::GetFlag(FLAGS_max_batch);
-  options.batching.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
-  options.batching.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
-  if (const std::string policy = absl::GetFlag(FLAGS_batching); policy == "adaptive") {
-    options.batching.policy = plume::core::BatchPolicy::kAdaptive;
-  } else if (policy == "fixed") {
-    options.batching.policy = plume::core::BatchPolicy::kFixed;
-  } else {
-    return Fail(absl::StrCat("--batching must be adaptive or fixed, not \"", policy, "\""));
-  }
-  if (options.batching.max_batch < 1 || options.batching.max_batch > plume::core::kMaxBatchLimit ||
-      options.batching.max_queue_delay.count() < 0 ||
-      options.batching.max_queue_delay.count() > plume::core::kMaxQueueDelayUsLimit ||
-      options.batching.max_queue_size < 1 ||
-      options.batching.max_queue_size > plume::core::kMaxQueueSizeLimit) {
-    return Fail(absl::StrCat("--max_batch must be 1..", plume::core::kMaxBatchLimit,
-                             ", --max_queue_delay_us 0..", plume::core::kMaxQueueDelayUsLimit,
-                             ", --max_queue_size 1..", plume::core::kMaxQueueSizeLimit));
-  }
   if (auto s = plume::server_main::ApplySecurityFlags(&options); !s.ok()) {
     return Fail(std::string(s.message()));
   }
-  auto server = plume::server::Server::Start(options, &service, &attention, &metrics);
+  auto server = plume::server::Server::Start(options, **engine);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
   spdlog::info("plume-server ready: gRPC on {}, metrics on http://{}/metrics",
                BoundAddress(options.grpc_address, (*server)->port()),
                BoundAddress(absl::GetFlag(FLAGS_metrics_address), metrics_port));
   spdlog::info("backend {}, memory budget {} bytes, max message {} bytes", backend_description,
-               budget, options.max_message_bytes);
+               (*engine)->budget_bytes(), options.max_message_bytes);
   spdlog::info("batching {}: max_batch {}, max_queue_delay {} us, max_queue_size {}",
-               absl::GetFlag(FLAGS_batching), options.batching.max_batch,
-               options.batching.max_queue_delay.count(), options.batching.max_queue_size);
+               absl::GetFlag(FLAGS_batching), batching.max_batch, batching.max_queue_delay.count(),
+               batching.max_queue_size);
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty() && !WriteReadyFile(ready_file, (*server)->port(), metrics_port)) {
     return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
-  }
-
-  // GPU backends: device memory gauges (summed over the devices), and on a
-  // multi-device server each device's placement budget; refreshed every
-  // second.
-  absl::Notification stop_refresh;
-  std::thread refresher;
-  const auto* sharded = dynamic_cast<const plume::core::ShardedBackend*>(backend.get());
-  auto refresh_budgets = [&] {
-    for (int i = 0; sharded != nullptr && i < sharded->num_devices(); ++i) {
-      metrics.SetDeviceBudget(device_ids[static_cast<size_t>(i)], sharded->device_used_bytes(i),
-                              sharded->device_budget_bytes(i));
-    }
-  };
-  refresh_budgets();
-  plume::core::DeviceMemory dm;
-  const bool has_device_memory = backend->device_memory(&dm);
-  if (has_device_memory) metrics.SetDeviceMemory(dm.used, dm.total);
-  if (has_device_memory || sharded != nullptr) {
-    refresher = std::thread([&] {
-      while (!stop_refresh.WaitForNotificationWithTimeout(absl::Seconds(1))) {
-        plume::core::DeviceMemory now;
-        if (has_device_memory && backend->device_memory(&now)) metrics.SetDeviceMemory(now.used, now.total);
-        refresh_budgets();
-      }
-    });
   }
 
   int sig = 0;
@@ -326,9 +291,8 @@ int main(int argc, char** argv) {
     std::_Exit(3);
   });
   (*server)->Shutdown(absl::ToChronoMilliseconds(drain));
-  stop_refresh.Notify();
-  if (refresher.joinable()) refresher.join();
   server->reset();
+  engine->reset();
   stopped.Notify();
   watchdog.join();
   spdlog::info("plume-server stopped");

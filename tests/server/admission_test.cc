@@ -23,6 +23,7 @@
 #include "server/core/metrics.h"
 #include "server/grpc/reactors.h"
 #include "server/grpc/server.h"
+#include "tests/common/test_server.h"
 #include "tests/common/metrics_reader.h"
 
 namespace plume {
@@ -35,21 +36,18 @@ constexpr int kMaxMessageBytes = 1 << 20;
 class AdmissionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    backend_ = std::make_unique<core::CpuBackend>(1);
-    metrics_ = std::make_unique<core::Metrics>();
-    store_ = std::make_unique<core::MatrixStore>(int64_t{256} << 20, metrics_.get());
-    core::Limits limits;
-    limits.max_response_bytes = kMaxMessageBytes;
-    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
-                                                     limits);
+    core::EngineOptions eo = testing::TestEngineOptions();
+    eo.store.budget_bytes = int64_t{256} << 20;
+    eo.limits.max_response_bytes = kMaxMessageBytes;
+    eo.work.worker_threads = 2;
     server::ServerOptions o;
-    o.grpc_address = "127.0.0.1:0";
-    o.worker_threads = 2;
     o.max_message_bytes = kMaxMessageBytes;
     o.max_echo_bytes = 8 << 20;
-    auto s = server::Server::Start(o, service_.get(), metrics_.get());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
+    auto t = testing::StartTestServer(eo, o, std::make_unique<core::CpuBackend>(1));
+    ASSERT_TRUE(t.ok()) << t.status();
+    engine_ = std::move(t->engine);
+    server_ = std::move(t->server);
+    metrics_ = engine_->metrics();
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
@@ -89,11 +87,9 @@ class AdmissionTest : public ::testing::Test {
     return req;
   }
 
-  std::unique_ptr<core::CpuBackend> backend_;
-  std::unique_ptr<core::Metrics> metrics_;
-  std::unique_ptr<core::MatrixStore> store_;
-  std::unique_ptr<core::MatrixService> service_;
-  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<server::Server> server_;  // goes before the engine
+  core::Metrics* metrics_ = nullptr;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Client> client_;
   std::unique_ptr<v1::MatrixService::Stub> stub_;

@@ -23,6 +23,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "tests/common/test_server.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume {
@@ -46,18 +47,16 @@ TensorRef AsF32(const std::string& bytes) {
 class EchoTest : public ::testing::Test {
  protected:
   void StartServer(const std::string& token = "") {
-    backend_ = std::make_unique<core::CpuBackend>(1);
-    metrics_ = std::make_unique<core::Metrics>();
-    store_ = std::make_unique<core::MatrixStore>(int64_t{1} << 24, metrics_.get());
-    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
-                                                     core::Limits{});
+    core::EngineOptions eo = testing::TestEngineOptions();
+    eo.store.budget_bytes = int64_t{1} << 24;
     server::ServerOptions o;
-    o.grpc_address = "127.0.0.1:0";
     o.max_echo_bytes = kLimit;
     o.auth_token = token;
-    auto s = server::Server::Start(o, service_.get(), metrics_.get());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
+    auto t = testing::StartTestServer(eo, o, std::make_unique<core::CpuBackend>(1));
+    ASSERT_TRUE(t.ok()) << t.status();
+    engine_ = std::move(t->engine);
+    server_ = std::move(t->server);
+    metrics_ = engine_->metrics();
   }
 
   void TearDown() override {
@@ -84,11 +83,9 @@ class EchoTest : public ::testing::Test {
     return at == std::string::npos ? 0.0 : std::stod(text.substr(at + key.size()));
   }
 
-  std::unique_ptr<core::CpuBackend> backend_;
-  std::unique_ptr<core::Metrics> metrics_;
-  std::unique_ptr<core::MatrixStore> store_;
-  std::unique_ptr<core::MatrixService> service_;
-  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<server::Server> server_;  // goes before the engine
+  core::Metrics* metrics_ = nullptr;
 };
 
 TEST_F(EchoTest, UnaryRoundTripIsByteExact) {

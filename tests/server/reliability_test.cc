@@ -25,6 +25,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "tests/common/test_server.h"
 #include "tests/common/gemv_reference.h"
 #include "tests/common/metrics_reader.h"
 
@@ -55,26 +56,24 @@ struct ServerSetup {
 class ReliabilityTest : public ::testing::Test {
  protected:
   void Start(const ServerSetup& setup = {}) {
-    backend_ = std::make_unique<core::CpuBackend>(2);
-    metrics_ = std::make_unique<core::Metrics>();
-    store_ = std::make_unique<core::MatrixStore>(setup.budget, metrics_.get());
-    core::Limits limits;
-    limits.max_vectors_per_request = 64;
-    limits.max_rows = 1 << 16;
-    limits.max_cols = 1 << 16;
-    limits.max_upload_bytes = 32 << 20;
-    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
-                                                     limits);
+    core::EngineOptions eo = testing::TestEngineOptions();
+    eo.store.budget_bytes = setup.budget;
+    eo.limits.max_vectors_per_request = 64;
+    eo.limits.max_rows = 1 << 16;
+    eo.limits.max_cols = 1 << 16;
+    eo.limits.max_upload_bytes = 32 << 20;
+    eo.work.worker_threads = setup.worker_threads;
+    if (setup.max_batch > 0) eo.batching.max_batch = setup.max_batch;
     server::ServerOptions o;
-    o.grpc_address = "127.0.0.1:0";
-    o.worker_threads = setup.worker_threads;
     o.max_message_bytes = setup.max_message_bytes;
     o.max_concurrent_streams = setup.max_concurrent_streams;
     o.max_stream_in_flight = setup.max_stream_in_flight;
-    if (setup.max_batch > 0) o.batching.max_batch = setup.max_batch;
-    auto s = server::Server::Start(o, service_.get(), metrics_.get());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
+    auto t = testing::StartTestServer(eo, o);
+    ASSERT_TRUE(t.ok()) << t.status();
+    engine_ = std::move(t->engine);
+    server_ = std::move(t->server);
+    metrics_ = engine_->metrics();
+    store_ = engine_->matrix_store();
     client_ = MakeClient();
     stub_ = v1::MatrixService::NewStub(client_->channel());
   }
@@ -117,11 +116,10 @@ class ReliabilityTest : public ::testing::Test {
     return static_cast<Code>(stub_->Gemv(&ctx, req, &resp).error_code());
   }
 
-  std::unique_ptr<core::CpuBackend> backend_;
-  std::unique_ptr<core::Metrics> metrics_;
-  std::unique_ptr<core::MatrixStore> store_;
-  std::unique_ptr<core::MatrixService> service_;
-  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<server::Server> server_;  // goes before the engine
+  core::Metrics* metrics_ = nullptr;
+  core::MatrixStore* store_ = nullptr;
   std::unique_ptr<Client> client_;
   std::unique_ptr<v1::MatrixService::Stub> stub_;
 };

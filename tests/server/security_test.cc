@@ -24,6 +24,7 @@
 #include "server/core/metrics.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/server.h"
+#include "tests/common/test_server.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume {
@@ -91,22 +92,19 @@ class SecurityTest : public ::testing::Test {
  protected:
   void StartServer(const ServerSetup& setup) {
     ASSERT_TRUE(Pki::Get().ok) << "openssl could not make the test certificates";
-    backend_ = std::make_unique<core::CpuBackend>(1);
-    metrics_ = std::make_unique<core::Metrics>();
-    store_ = std::make_unique<core::MatrixStore>(int64_t{1} << 28, metrics_.get());
-    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
-                                                     core::Limits{});
+    core::EngineOptions eo = testing::TestEngineOptions();
+    eo.store.budget_bytes = int64_t{1} << 28;
     server::ServerOptions o;
-    o.grpc_address = "127.0.0.1:0";
     if (setup.tls) {
       o.tls_cert_pem = Pki::Get().Pem("server.crt");
       o.tls_key_pem = Pki::Get().Pem("server.key");
     }
     if (setup.mtls) o.tls_client_ca_pem = Pki::Get().Pem("ca.crt");
     o.auth_token = setup.token;
-    auto s = server::Server::Start(o, service_.get(), metrics_.get());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
+    auto t = testing::StartTestServer(eo, o, std::make_unique<core::CpuBackend>(1));
+    ASSERT_TRUE(t.ok()) << t.status();
+    engine_ = std::move(t->engine);
+    server_ = std::move(t->server);
   }
 
   void TearDown() override {
@@ -159,11 +157,8 @@ class SecurityTest : public ::testing::Test {
     return codes;
   }
 
-  std::unique_ptr<core::CpuBackend> backend_;
-  std::unique_ptr<core::Metrics> metrics_;
-  std::unique_ptr<core::MatrixStore> store_;
-  std::unique_ptr<core::MatrixService> service_;
-  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<server::Server> server_;  // goes before the engine
   int counter_ = 0;
 };
 

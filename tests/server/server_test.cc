@@ -30,6 +30,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "tests/common/test_server.h"
 
 namespace plume {
 namespace {
@@ -76,22 +77,16 @@ class ServerTest : public ::testing::Test {
   void SetUp() override { Start(int64_t{1} << 30); }
 
   void Start(int64_t budget) {
-    backend_ = std::make_unique<core::CpuBackend>(2);
-    metrics_ = std::make_unique<core::Metrics>();
-    store_ = std::make_unique<core::MatrixStore>(budget, metrics_.get());
-    core::Limits limits;
-    limits.max_vectors_per_request = 64;
-    limits.max_attention_rows = 4096;
-    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
-                                                     limits);
-    kv_store_ = std::make_unique<core::KvStore>(store_->budget(), metrics_.get());
-    attention_ = std::make_unique<core::AttentionService>(backend_.get(), kv_store_.get(),
-                                                          metrics_.get(), limits);
-    server::ServerOptions options;
-    options.grpc_address = "127.0.0.1:0";
-    auto s = server::Server::Start(options, service_.get(), attention_.get(), metrics_.get());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
+    core::EngineOptions eo = testing::TestEngineOptions();
+    eo.store.budget_bytes = budget;
+    eo.limits.max_vectors_per_request = 64;
+    eo.limits.max_attention_rows = 4096;
+    auto t = testing::StartTestServer(eo);
+    ASSERT_TRUE(t.ok()) << t.status();
+    engine_ = std::move(t->engine);
+    server_ = std::move(t->server);
+    metrics_ = engine_->metrics();
+    store_ = engine_->matrix_store();
 
     ClientOptions copts;
     copts.target = "127.0.0.1:" + std::to_string(server_->port());
@@ -123,13 +118,10 @@ class ServerTest : public ::testing::Test {
     return client_->UploadMatrix(spec, src);
   }
 
-  std::unique_ptr<core::CpuBackend> backend_;
-  std::unique_ptr<core::Metrics> metrics_;
-  std::unique_ptr<core::MatrixStore> store_;
-  std::unique_ptr<core::MatrixService> service_;
-  std::unique_ptr<core::KvStore> kv_store_;
-  std::unique_ptr<core::AttentionService> attention_;
-  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<server::Server> server_;  // goes before the engine
+  core::Metrics* metrics_ = nullptr;
+  core::MatrixStore* store_ = nullptr;
   std::unique_ptr<Client> client_;
 };
 

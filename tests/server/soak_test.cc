@@ -19,6 +19,7 @@
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
+#include "tests/common/test_server.h"
 #include "server/grpc/server.h"
 #include "tests/common/gemv_reference.h"
 
@@ -38,18 +39,16 @@ TEST(Soak, MillionSmallGemvsKeepRssFlat) {
   const char* env = std::getenv("PLUME_SOAK_REQUESTS");
   const int64_t total = env != nullptr ? std::atoll(env) : 1000000;
   ASSERT_GE(total, 1000);
-  core::CpuBackend backend(1);
-  core::Metrics metrics;
-  core::MatrixStore store(int64_t{1} << 28, &metrics);
-  core::MatrixService service(&backend, &store, &metrics, core::Limits{});
+  core::EngineOptions eo = testing::TestEngineOptions();
+  eo.store.budget_bytes = int64_t{1} << 28;
+  eo.work.worker_threads = 2;
   server::ServerOptions o;
-  o.grpc_address = "127.0.0.1:0";
-  o.worker_threads = 2;
   o.max_stream_in_flight = 256;
-  auto server = server::Server::Start(o, &service, &metrics);
-  ASSERT_TRUE(server.ok());
+  auto test_server = testing::StartTestServer(eo, o, std::make_unique<core::CpuBackend>(1));
+  ASSERT_TRUE(test_server.ok()) << test_server.status();
+  std::unique_ptr<server::Server>& server = test_server->server;
   ClientOptions co;
-  co.target = "127.0.0.1:" + std::to_string((*server)->port());
+  co.target = test_server->address();
   co.default_timeout = 600s;
   auto client = Client::Connect(co);
   ASSERT_TRUE(client.ok());
@@ -104,7 +103,7 @@ TEST(Soak, MillionSmallGemvsKeepRssFlat) {
               static_cast<long long>(unary_total), secs, double(total) / secs,
               double(rss_at_10) / (1 << 20), double(rss_end) / (1 << 20), 100 * growth);
   EXPECT_LT(growth, 0.05);
-  (*server)->Shutdown(1s);
+  server->Shutdown(1s);
 }
 
 }  // namespace

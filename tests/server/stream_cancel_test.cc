@@ -21,6 +21,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "tests/common/test_server.h"
 
 namespace plume {
 namespace {
@@ -30,18 +31,15 @@ using namespace std::chrono_literals;
 class StreamCancelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    backend_ = std::make_unique<core::CpuBackend>(1);
-    metrics_ = std::make_unique<core::Metrics>();
-    store_ = std::make_unique<core::MatrixStore>(int64_t{256} << 20, metrics_.get());
-    service_ = std::make_unique<core::MatrixService>(backend_.get(), store_.get(), metrics_.get(),
-                                                     core::Limits{});
+    core::EngineOptions eo = testing::TestEngineOptions();
+    eo.store.budget_bytes = int64_t{256} << 20;
+    eo.work.worker_threads = 1;
     server::ServerOptions o;
-    o.grpc_address = "127.0.0.1:0";
-    o.worker_threads = 1;
     o.max_stream_in_flight = 4;
-    auto s = server::Server::Start(o, service_.get(), metrics_.get());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
+    auto t = testing::StartTestServer(eo, o, std::make_unique<core::CpuBackend>(1));
+    ASSERT_TRUE(t.ok()) << t.status();
+    engine_ = std::move(t->engine);
+    server_ = std::move(t->server);
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(server_->port()),
@@ -84,11 +82,8 @@ class StreamCancelTest : public ::testing::Test {
     return written;
   }
 
-  std::unique_ptr<core::CpuBackend> backend_;
-  std::unique_ptr<core::Metrics> metrics_;
-  std::unique_ptr<core::MatrixStore> store_;
-  std::unique_ptr<core::MatrixService> service_;
-  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<server::Server> server_;  // goes before the engine
   std::shared_ptr<grpc::Channel> channel_;
 };
 
