@@ -30,8 +30,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "plume/reference/api.h"
-#include "server/core/cuda_backend.h"
-#include "server/core/sharded_backend.h"
+#include "server/backends/cuda/cuda_backend.h"
+#include "server/backends/sharded/sharded_backend.h"
 
 namespace {
 

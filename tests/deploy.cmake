@@ -7,7 +7,7 @@ add_library(plume_fake_nvml MODULE deploy/fake_nvml.c)
 set_target_properties(plume_fake_nvml PROPERTIES PREFIX "lib" OUTPUT_NAME "fake-nvidia-ml")
 
 add_executable(gpu_utilization_test deploy/gpu_utilization_test.cc)
-target_link_libraries(gpu_utilization_test PRIVATE plume_core GTest::gtest_main)
+target_link_libraries(gpu_utilization_test PRIVATE plume_backends GTest::gtest_main)
 target_compile_definitions(gpu_utilization_test PRIVATE FAKE_NVML_LIB="$<TARGET_FILE:plume_fake_nvml>")
 add_dependencies(gpu_utilization_test plume_fake_nvml)
 gtest_discover_tests(gpu_utilization_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS deploy)

@@ -14,10 +14,10 @@ if(PLUME_HAVE_CUDA)
   plume_gpu_test(gpu_gemv_test plume_kernels_cuda plume_kernels_ref)
 endif()
 if(TARGET plume_cuda_backend)
-  plume_gpu_test(gpu_backend_test plume_cuda_backend plume_core)
-  plume_gpu_test(gpu_attention_test plume_cuda_backend plume_core plume_kernels_cuda plume_kernels_ref)
+  plume_gpu_test(gpu_backend_test plume_cuda_backend plume_backends)
+  plume_gpu_test(gpu_attention_test plume_cuda_backend plume_backends plume_kernels_cuda plume_kernels_ref)
   # The pinned fast path, ShardedBackend over one CudaBackend per GPU.
-  plume_gpu_test(gpu_multi_test plume_cuda_backend plume_core plume_kernels_ref)
+  plume_gpu_test(gpu_multi_test plume_cuda_backend plume_backends plume_kernels_ref)
 endif()
 # The attention kernels' code run on the CPU in emulation (tests/emu): a CI
 # check of their indexing, fragment layouts and masking where there is no

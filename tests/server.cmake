@@ -10,12 +10,12 @@ endfunction()
 
 # server/core unit tests (no gRPC) and in-process server tests through the SDK.
 add_executable(core_test server/core_test.cc)
-target_link_libraries(core_test PRIVATE plume_core GTest::gtest_main)
+target_link_libraries(core_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(core_test DISCOVERY_TIMEOUT 60)
 
 if(TARGET plume_client)
   add_executable(server_test server/server_test.cc)
-  target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_backends
     prometheus-cpp::pull GTest::gtest_main)
   plume_tsan_test(server_test)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
@@ -23,7 +23,7 @@ endif()
 
 # The batcher: formation, both policies, queue limit, drops, routing; CPU backend.
 add_executable(batcher_test server/batcher_test.cc server/batcher_policy_test.cc)
-target_link_libraries(batcher_test PRIVATE plume_core prometheus-cpp::core GTest::gtest_main)
+target_link_libraries(batcher_test PRIVATE plume_backends prometheus-cpp::core GTest::gtest_main)
 plume_tsan_test(batcher_test)
 gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 
@@ -33,7 +33,7 @@ gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TI
 # cores would measure the scheduler.
 if(TARGET plume_client)
   add_executable(batching_e2e_test server/batching_e2e_test.cc)
-  target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(batching_e2e_test PRIVATE plume_grpc_service plume_client plume_backends
     prometheus-cpp::core GTest::gtest_main)
   plume_tsan_test(batching_e2e_test)
   gtest_discover_tests(batching_e2e_test DISCOVERY_TIMEOUT 60
@@ -42,13 +42,13 @@ endif()
 
 # The durable store: file format, directory cycle, MatrixService persistence.
 add_executable(store_test server/store_test.cc)
-target_link_libraries(store_test PRIVATE plume_core GTest::gtest_main)
+target_link_libraries(store_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(store_test DISCOVERY_TIMEOUT 60)
 
 # Auth and TLS: certificates are made at test time with openssl.
 if(TARGET plume_client)
   add_executable(security_test server/security_test.cc)
-  target_link_libraries(security_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(security_test PRIVATE plume_grpc_service plume_client plume_backends
     GTest::gtest_main)
   gtest_discover_tests(security_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
@@ -68,7 +68,7 @@ endif()
 # Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit.
 if(TARGET plume_client)
   add_executable(reliability_test server/reliability_test.cc)
-  target_link_libraries(reliability_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(reliability_test PRIVATE plume_grpc_service plume_client plume_backends
     prometheus-cpp::core GTest::gtest_main)
   gtest_discover_tests(reliability_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 180)
 endif()
@@ -77,7 +77,7 @@ endif()
 # under sanitizers, whose allocators keep freed memory by design.
 if(TARGET plume_client AND NOT PLUME_SANITIZE)
   add_executable(soak_test server/soak_test.cc)
-  target_link_libraries(soak_test PRIVATE plume_grpc_service plume_client plume_core GTest::gtest_main)
+  target_link_libraries(soak_test PRIVATE plume_grpc_service plume_client plume_backends GTest::gtest_main)
   add_test(NAME soak_test COMMAND soak_test)
   # RUN_SERIAL: with other tests loading the 2 cores, malloc arenas grow with
   # thread contention and the ~21 MiB baseline swings by more than 5%.
@@ -87,19 +87,19 @@ endif()
 # K/V caches in the durable store: .pkv format, append log,
 # compaction, restart, quarantine.
 add_executable(kv_store_file_test server/kv_store_file_test.cc)
-target_link_libraries(kv_store_file_test PRIVATE plume_core GTest::gtest_main)
+target_link_libraries(kv_store_file_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(kv_store_file_test DISCOVERY_TIMEOUT 60)
 
 # Multi-device placement: ShardedBackend over CpuBackend children.
 add_executable(sharded_backend_test server/sharded_backend_test.cc)
 target_include_directories(sharded_backend_test PRIVATE ${PROJECT_SOURCE_DIR})
-target_link_libraries(sharded_backend_test PRIVATE plume_core GTest::gtest_main)
+target_link_libraries(sharded_backend_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(sharded_backend_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 # DiagnosticsService Echo/EchoStream: byte-exact round trip, size
 # limit, token, method labels.
 if(TARGET plume_client)
   add_executable(echo_test server/echo_test.cc)
-  target_link_libraries(echo_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(echo_test PRIVATE plume_grpc_service plume_client plume_backends
     prometheus-cpp::core GTest::gtest_main)
   gtest_discover_tests(echo_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
@@ -120,7 +120,7 @@ endif()
 # a stalled, cancelled GemvStream or EchoStream finishes and Shutdown returns.
 if(TARGET plume_client)
   add_executable(stream_cancel_test server/stream_cancel_test.cc)
-  target_link_libraries(stream_cancel_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(stream_cancel_test PRIVATE plume_grpc_service plume_client plume_backends
     GTest::gtest_main)
   plume_tsan_test(stream_cancel_test)
   gtest_discover_tests(stream_cancel_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
@@ -129,14 +129,14 @@ endif()
 # Validators at the edges of their arithmetic: response sizes (the 2^32
 # boundary) and upload byte counts with the limits at their maximum.
 add_executable(validation_limits_test server/validation_limits_test.cc)
-target_link_libraries(validation_limits_test PRIVATE plume_core GTest::gtest_main)
+target_link_libraries(validation_limits_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(validation_limits_test DISCOVERY_TIMEOUT 60)
 
 # Admission on the real server, in process: oversized responses refused
 # before any work.
 if(TARGET plume_client)
   add_executable(admission_test server/admission_test.cc)
-  target_link_libraries(admission_test PRIVATE plume_grpc_service plume_client plume_core
+  target_link_libraries(admission_test PRIVATE plume_grpc_service plume_client plume_backends
     prometheus-cpp::core GTest::gtest_main)
   gtest_discover_tests(admission_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()

@@ -108,6 +108,12 @@ struct DeviceMemory {
   int64_t total = 0;
 };
 
+// A multi-device backend's placement budget on one of its devices.
+struct DeviceBudget {
+  int64_t used = 0;    // bytes of matrices and K/V caches placed there
+  int64_t budget = 0;
+};
+
 // What a K/V cache is: kv_heads x head_dim per token, FP8 format and scales.
 struct KvShape {
   int64_t kv_heads = 0;
@@ -191,6 +197,10 @@ class Backend {
 
   // GPU backends report their device's memory; others return false.
   virtual bool device_memory(DeviceMemory* /*out*/) const { return false; }
+
+  // Multi-device backends: each device's placement budget, in device order;
+  // others return none.
+  virtual std::vector<DeviceBudget> device_budgets() const { return {}; }
 
   // Memory this backend can hold matrices in, in bytes (the default budget).
   virtual int64_t memory_capacity_bytes() const = 0;

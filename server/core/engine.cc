@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "server/core/sharded_backend.h"
 #include "server/core/validation.h"
 
 namespace plume::core {
@@ -111,20 +110,18 @@ absl::Status Engine::OpenDisk(const EngineLog& log) {
 void Engine::StartRefresher() {
   // GPU backends: device memory gauges (summed over the devices), and on a
   // multi-device backend each device's placement budget; every second.
-  const auto* sharded = dynamic_cast<const ShardedBackend*>(backend_.get());
-  auto refresh = [this, sharded] {
+  auto refresh = [this] {
     DeviceMemory dm;
     if (backend_->device_memory(&dm)) metrics_->SetDeviceMemory(dm.used, dm.total);
-    for (int i = 0; sharded != nullptr && i < sharded->num_devices(); ++i) {
-      const int id = static_cast<size_t>(i) < options_.device_ids.size()
-                         ? options_.device_ids[static_cast<size_t>(i)]
-                         : i;
-      metrics_->SetDeviceBudget(id, sharded->device_used_bytes(i), sharded->device_budget_bytes(i));
+    const std::vector<DeviceBudget> budgets = backend_->device_budgets();
+    for (size_t i = 0; i < budgets.size(); ++i) {
+      const int id = i < options_.device_ids.size() ? options_.device_ids[i] : static_cast<int>(i);
+      metrics_->SetDeviceBudget(id, budgets[i].used, budgets[i].budget);
     }
   };
   refresh();
   DeviceMemory probe;
-  if (!backend_->device_memory(&probe) && sharded == nullptr) return;
+  if (!backend_->device_memory(&probe) && backend_->device_budgets().empty()) return;
   refresher_ = std::thread([this, refresh] {
     while (!stop_refresh_.WaitForNotificationWithTimeout(absl::Seconds(1))) refresh();
   });

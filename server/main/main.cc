@@ -21,14 +21,14 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #if PLUME_HAVE_CUDA_BACKEND
-#include "server/core/cuda_backend.h"
+#include "server/backends/cuda/cuda_backend.h"
 #endif
 #include "server/core/engine.h"
 #include "server/core/gpu_utilization.h"
 #include "server/core/metrics.h"
-#include "server/core/sharded_backend.h"
+#include "server/backends/sharded/sharded_backend.h"
 #include "server/grpc/server.h"
 #include "server/main/hardening.h"  // store, TLS, auth, stream limits
 

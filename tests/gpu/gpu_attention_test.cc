@@ -22,8 +22,8 @@
 #include "plume/cuda/attention.h"
 #include "plume/kernels/half.h"
 #include "plume/reference/attention.h"
-#include "server/core/cpu_backend.h"
-#include "server/core/cuda_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
+#include "server/backends/cuda/cuda_backend.h"
 
 namespace plume {
 namespace {

@@ -8,8 +8,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "server/core/cpu_backend.h"
-#include "server/core/cuda_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
+#include "server/backends/cuda/cuda_backend.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume::core {

@@ -17,9 +17,9 @@
 #include <gtest/gtest.h>
 
 #include "plume/reference/api.h"
-#include "server/core/cpu_backend.h"
-#include "server/core/cuda_backend.h"
-#include "server/core/sharded_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
+#include "server/backends/cuda/cuda_backend.h"
+#include "server/backends/sharded/sharded_backend.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume::core {

@@ -18,7 +18,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "server/core/batcher.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"

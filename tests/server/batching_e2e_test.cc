@@ -21,7 +21,7 @@
 #include "plume/client/client.h"
 #include "tests/common/metrics_reader.h"
 #include "server/core/attention_service.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/kv_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"

@@ -10,7 +10,7 @@
 
 #include "plume/reference/api.h"
 #include "tests/common/gemv_reference.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"

@@ -15,7 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "server/core/attention_service.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/durable_store.h"
 #include "server/core/kv_store.h"
 #include "tests/common/files.h"

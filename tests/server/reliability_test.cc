@@ -20,7 +20,7 @@
 
 #include "plume/client/client.h"
 #include "plume/reference/api.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"

@@ -18,7 +18,7 @@
 #include "plume/client/client.h"
 #include "plume/v1/diagnostics.grpc.pb.h"
 #include "plume/v1/plume.grpc.pb.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"

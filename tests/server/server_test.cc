@@ -25,7 +25,7 @@
 #include "server/core/attention_service.h"
 #include "server/core/kv_store.h"
 #include "tests/common/attention_reference.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"

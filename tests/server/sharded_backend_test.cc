@@ -4,7 +4,7 @@
 // ReadPacked reassembles the whole matrix; per-device budgets choose the
 // placement or say RESOURCE_EXHAUSTED; replicas share the calls; K/V caches
 // live whole on the least used device; MatrixService reports placements.
-#include "server/core/sharded_backend.h"
+#include "server/backends/sharded/sharded_backend.h"
 
 #include <atomic>
 #include <cstring>
@@ -15,7 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "plume/reference/api.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/durable_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"

@@ -15,7 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "plume/client/client.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"

@@ -14,7 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "plume/reference/api.h"
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 #include "server/core/crc32c.h"
 #include "server/core/durable_store.h"
 #include "server/core/matrix_service.h"

@@ -66,6 +66,7 @@ class ShardedBackend final : public Backend {
   // Budget bytes in use on device i (matrices and K/V caches placed there).
   int64_t device_used_bytes(int i) const;
   int64_t device_budget_bytes(int i) const;
+  std::vector<DeviceBudget> device_budgets() const override;
 
   absl::StatusOr<std::unique_ptr<HostBuffer>> AllocateHostBuffer(size_t bytes) override;
   bool device_memory(DeviceMemory* out) const override;  // summed over the devices

@@ -1,4 +1,4 @@
-#include "server/core/cpu_backend.h"
+#include "server/backends/cpu/cpu_backend.h"
 
 #include <sys/mman.h>
 #include <unistd.h>

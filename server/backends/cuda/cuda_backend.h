@@ -88,9 +88,6 @@ class CudaBackend final : public Backend {
                                                                const uint8_t* pages,
                                                                const float* k_scales,
                                                                const float* v_scales) override;
-  // Attention with a chosen kernel (cuda::AttentionKernel: 0 auto, 1 decode,
-  // 2 prefill), for tests and benchmarks.
-  absl::Status AttentionWith(const BackendKvCache& cache, const AttentionArgs& args, int kernel);
 
   struct Lane;
 

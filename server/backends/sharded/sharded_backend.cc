@@ -1,4 +1,4 @@
-#include "server/core/sharded_backend.h"
+#include "server/backends/sharded/sharded_backend.h"
 
 #include <algorithm>
 #include <chrono>
@@ -358,6 +358,12 @@ int64_t ShardedBackend::device_used_bytes(int i) const {
 
 int64_t ShardedBackend::device_budget_bytes(int i) const {
   return ledger_->budget[static_cast<size_t>(i)];
+}
+
+std::vector<DeviceBudget> ShardedBackend::device_budgets() const {
+  std::vector<DeviceBudget> out;
+  for (int i = 0; i < num_devices(); ++i) out.push_back({device_used_bytes(i), device_budget_bytes(i)});
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<HostBuffer>> ShardedBackend::AllocateHostBuffer(size_t bytes) {
