@@ -9,6 +9,14 @@ function(plume_tsan_test target)
 endfunction()
 
 # server/core unit tests (no gRPC) and in-process server tests through the SDK.
+# Streamed uploads: codes, budget, the sharded path, peak host memory.
+if(TARGET plume_client)
+  add_executable(upload_stream_test server/upload_stream_test.cc)
+  target_link_libraries(upload_stream_test PRIVATE plume_grpc_service plume_client plume_backends
+    GTest::gtest_main)
+  gtest_discover_tests(upload_stream_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
+endif()
+
 add_executable(core_test server/core_test.cc)
 target_link_libraries(core_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(core_test DISCOVERY_TIMEOUT 60)

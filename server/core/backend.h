@@ -108,6 +108,16 @@ struct DeviceMemory {
   int64_t total = 0;
 };
 
+// Quantizes a matrix whose rows arrive in order (Backend::BeginRowQuantize).
+class RowQuantizer {
+ public:
+  virtual ~RowQuantizer() = default;
+  // The next `rows` rows, row-major in the source dtype, host memory.
+  virtual absl::Status AddRows(const void* src, int64_t rows) = 0;
+  // Once every row was added: the resident matrix.
+  virtual absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() = 0;
+};
+
 // A multi-device backend's placement budget on one of its devices.
 struct DeviceBudget {
   int64_t used = 0;    // bytes of matrices and K/V caches placed there
@@ -210,6 +220,16 @@ class Backend {
   virtual absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
                                                                   const void* src,
                                                                   DType src_dtype) = 0;
+
+  // A quantizer that takes the source as its rows arrive (streamed uploads),
+  // for the scale modes whose scales depend on one row only (NONE, ROW,
+  // BLOCK128): the resident codes equal Quantize's over the whole source.
+  // Null (not an error) where this backend has none or the mode needs the
+  // whole source (TENSOR): the caller then stages it all for Quantize.
+  virtual absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(
+      const MatrixShape& /*shape*/, DType /*src_dtype*/) {
+    return std::unique_ptr<RowQuantizer>();
+  }
 
   // Makes a resident matrix from pre-packed words (layout().total_words()) and
   // scales (num_scales()), already validated.

@@ -27,23 +27,71 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   auto pending = store_->BeginUpload(header.name(), backend_->ReservedBytes(plan->shape));
   if (!pending.ok()) return pending.status();
   auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
+  if (!plan->prepacked) {
+    auto q = backend_->BeginRowQuantize(plan->shape, plan->source_dtype);
+    if (!q.ok()) return q.status();
+    upload->quantizer_ = std::move(*q);
+    upload->row_bytes_ = plan->shape.cols * DTypeSize(plan->source_dtype);
+  }
+  // Staging: one row when streamed (the partial row a chunk ends with), all
+  // of the data otherwise; reserved against the budget like the matrix.
+  const int64_t stage = upload->quantizer_ != nullptr ? upload->row_bytes_
+                                                      : plan->data_bytes + plan->scale_bytes;
+  const std::shared_ptr<Budget>& budget = store_->budget();
+  if (!budget->TryReserve(stage)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "upload of \"", header.name(), "\" needs ", stage, " bytes of staging beside ",
+        backend_->ReservedBytes(plan->shape), " resident; the memory budget has ",
+        budget->capacity() - budget->used(), " of ", budget->capacity(),
+        " bytes free (--memory_budget_bytes)"));
+  }
+  upload->staging_ = Reservation(budget, stage);
   try {
-    upload->data_.reserve(static_cast<size_t>(plan->data_bytes));
+    upload->data_.reserve(static_cast<size_t>(upload->quantizer_ != nullptr ? stage
+                                                                           : plan->data_bytes));
     upload->scales_.reserve(static_cast<size_t>(plan->scale_bytes));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("cannot allocate ", plan->data_bytes, " bytes to stage the upload"));
+        absl::StrCat("cannot allocate ", stage, " bytes to stage the upload"));
   }
   return upload;
 }
 
+absl::Status MatrixService::Upload::FeedRows(const char* p, int64_t rows) {
+  if (rows == 0) return absl::OkStatus();
+  return quantizer_->AddRows(p, rows);
+}
+
 absl::Status MatrixService::Upload::AddData(std::string_view chunk) {
-  if (static_cast<int64_t>(data_.size() + chunk.size()) > plan_.data_bytes) {
+  if (received_ + static_cast<int64_t>(chunk.size()) > plan_.data_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "upload of \"", pending_.name(), "\" sent more data than its header declares: ",
-        data_.size() + chunk.size(), " bytes, expected ", plan_.data_bytes));
+        received_ + static_cast<int64_t>(chunk.size()), " bytes, expected ", plan_.data_bytes));
   }
-  data_.append(chunk);
+  received_ += static_cast<int64_t>(chunk.size());
+  if (quantizer_ == nullptr) {
+    data_.append(chunk);
+    return absl::OkStatus();
+  }
+  // Complete the row held back, then feed whole rows straight from the
+  // chunk, and hold back the partial row at its end.
+  while (!chunk.empty()) {
+    if (!data_.empty()) {
+      const size_t take = std::min(static_cast<size_t>(row_bytes_) - data_.size(), chunk.size());
+      data_.append(chunk.substr(0, take));
+      chunk.remove_prefix(take);
+      if (static_cast<int64_t>(data_.size()) == row_bytes_) {
+        if (absl::Status s = FeedRows(data_.data(), 1); !s.ok()) return s;
+        data_.clear();
+      }
+      continue;
+    }
+    const int64_t rows = static_cast<int64_t>(chunk.size()) / row_bytes_;
+    if (absl::Status s = FeedRows(chunk.data(), rows); !s.ok()) return s;
+    chunk.remove_prefix(static_cast<size_t>(rows * row_bytes_));
+    data_.assign(chunk.data(), chunk.size());  // less than a row
+    chunk = {};
+  }
   return absl::OkStatus();
 }
 
@@ -62,9 +110,9 @@ absl::Status MatrixService::Upload::AddScales(std::string_view chunk) {
 }
 
 absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
-  if (static_cast<int64_t>(data_.size()) != plan_.data_bytes) {
+  if (received_ != plan_.data_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("upload of \"", pending_.name(),
-                                                   "\" ended after ", data_.size(),
+                                                   "\" ended after ", received_,
                                                    " bytes of data; expected ", plan_.data_bytes));
   }
   Persistence* disk = service_->store_->persistence();
@@ -94,8 +142,14 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
     // The backend quantizes (on the GPU for the CUDA backend); a durable
     // store then reads the packed form back, so the file holds exactly the
     // codes the backend serves.
-    data = service_->backend_->Quantize(plan_.shape, data_.data(), plan_.source_dtype);
+    if (quantizer_ != nullptr) {
+      data = quantizer_->Finish();  // every row has arrived, so none is held back
+      quantizer_.reset();
+    } else {
+      data = service_->backend_->Quantize(plan_.shape, data_.data(), plan_.source_dtype);
+    }
     std::string().swap(data_);
+    staging_.reset();
     if (data.ok() && disk != nullptr) {
       try {
         host_words.resize(static_cast<size_t>(plan_.shape.layout().total_words()));
@@ -121,6 +175,7 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
     if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
   }
   std::string().swap(data_);  // free the staging copy before publishing
+  staging_.reset();
   auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
                                     std::move(*data), created_ms, plan_.batching);
   return service_->Info(*m);

@@ -27,22 +27,38 @@ class MatrixService {
   // One UploadMatrix call: a validated header, then data (and, pre-packed,
   // scale) chunks, then Finish. Dropping it before Finish abandons the upload
   // and frees its name and budget.
+  //
+  // Streamed: with scale modes NONE, ROW and BLOCK128 on a backend with a
+  // RowQuantizer, the source is quantized as its rows arrive, straight from
+  // each chunk; only the partial row a chunk ends with is held back.
+  // TENSOR (whose scale needs every value first) and pre-packed uploads
+  // stage the whole data. Either way the staging is reserved against the
+  // memory budget for the upload's life, beside the matrix's own bytes.
   class Upload {
    public:
     absl::Status AddData(std::string_view chunk);
     absl::Status AddScales(std::string_view chunk);
     absl::StatusOr<v1::MatrixInfo> Finish();
-    int64_t received_bytes() const { return data_.size(); }
+    int64_t received_bytes() const { return received_; }
+    // Host bytes this upload reserved for staging (tests, metrics).
+    int64_t staging_bytes() const { return staging_.bytes(); }
+    bool streamed() const { return quantizer_ != nullptr; }
 
    private:
     friend class MatrixService;
     Upload(MatrixService* service, UploadPlan plan, MatrixStore::PendingUpload pending);
+    absl::Status FeedRows(const char* p, int64_t rows);
     MatrixService* service_;
     UploadPlan plan_;
     MatrixStore::PendingUpload pending_;
-    std::string data_;
+    Reservation staging_;
+    int64_t received_ = 0;
+    std::unique_ptr<RowQuantizer> quantizer_;  // streamed uploads only
+    int64_t row_bytes_ = 0;
+    std::string data_;  // streamed: the partial row held back; otherwise all of the data
     std::string scales_;
   };
+
 
   absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const v1::MatrixHeader& header);
   absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name) const;

@@ -2,6 +2,7 @@
 // the FP64 reference: quantize on the device, packed uploads, NaN codes,
 // concurrent GEMVs on several streams, device memory, bad options.
 #include <cmath>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -83,6 +84,60 @@ TEST(CudaBackend, PackedUploadWithNanCodes) {
       EXPECT_NEAR(y[size_t(r)], 0.5 * sum, 1e-4 * std::abs(sum) + 1e-5) << r;
     }
   }
+}
+
+TEST(CudaBackend, StreamedRowsGiveTheCodesOfTheWholeQuantization) {
+  // Rows in uneven groups (1 row up to more than the 16 MiB device window
+  // would hold for a small matrix: here all at once) through
+  // BeginRowQuantize against Quantize over the whole source: the same codes
+  // and scales, bit for bit; a NaN source value lands in its row's flags, so
+  // the software path's GEMV gives NaN for that row only.
+  auto cuda = MakeCuda("software");
+  ASSERT_NE(cuda, nullptr);
+  std::mt19937 rng(11);
+  for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+    for (ScaleMode m : {ScaleMode::kNone, ScaleMode::kRow, ScaleMode::kBlock128}) {
+      const MatrixShape shape{301, 517, f, m, true};
+      auto w = RandomNormal(shape.rows * shape.cols, 21);
+      w[size_t(123 * shape.cols + 45)] = NAN;
+      auto whole = cuda->Quantize(shape, w.data(), DType::kF32);
+      ASSERT_TRUE(whole.ok()) << whole.status();
+      auto q = cuda->BeginRowQuantize(shape, DType::kF32);
+      ASSERT_TRUE(q.ok()) << q.status();
+      ASSERT_NE(*q, nullptr);
+      for (int64_t r = 0; r < shape.rows;) {
+        const int64_t n = std::min<int64_t>(shape.rows - r, 1 + int64_t(rng() % 70));
+        ASSERT_TRUE((*q)->AddRows(w.data() + r * shape.cols, n).ok());
+        r += n;
+      }
+      auto streamed = (*q)->Finish();
+      ASSERT_TRUE(streamed.ok()) << streamed.status();
+      const size_t nw = size_t(shape.layout().total_words());
+      const size_t ns = size_t(std::max<int64_t>(shape.num_scales(), 1));
+      std::vector<uint32_t> w1(nw, 1), w2(nw, 2);
+      std::vector<float> s1(ns, 1.0f), s2(ns, 2.0f);
+      ASSERT_TRUE(cuda->ReadPacked(**whole, w1.data(), s1.data()).ok());
+      ASSERT_TRUE(cuda->ReadPacked(**streamed, w2.data(), s2.data()).ok());
+      EXPECT_EQ(w1, w2) << ScaleModeName(m);
+      if (shape.num_scales() > 0) EXPECT_EQ(s1, s2) << ScaleModeName(m);
+      const auto x = RandomNormal(shape.cols, 22);
+      std::vector<float> y1(size_t(shape.rows)), y2(size_t(shape.rows));
+      ASSERT_TRUE(cuda->Gemv(**whole, {x.data(), DType::kF32, 1.0f, 1, y1.data(), DType::kF32}).ok());
+      ASSERT_TRUE(cuda->Gemv(**streamed, {x.data(), DType::kF32, 1.0f, 1, y2.data(), DType::kF32}).ok());
+      for (int64_t r = 0; r < shape.rows; ++r) {
+        if (std::isnan(y1[size_t(r)])) {
+          EXPECT_TRUE(std::isnan(y2[size_t(r)])) << r;
+        } else {
+          EXPECT_EQ(y1[size_t(r)], y2[size_t(r)]) << r;
+        }
+      }
+    }
+  }
+  // TENSOR needs the whole source: no row quantizer.
+  auto none = cuda->BeginRowQuantize({16, 16, Fp8Format::kE4M3, ScaleMode::kTensor, true},
+                                     DType::kF32);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, nullptr);
 }
 
 TEST(CudaBackend, ConcurrentGemvsOnSeveralStreams) {

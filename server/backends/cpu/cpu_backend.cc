@@ -96,6 +96,59 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::Quantize(const Matrix
   return std::unique_ptr<BackendMatrix>(std::move(*m));
 }
 
+namespace {
+
+// Rows quantized straight into the resident matrix as they arrive.
+class CpuRowQuantizer final : public RowQuantizer {
+ public:
+  CpuRowQuantizer(std::unique_ptr<CpuMatrix> m, DType src_dtype, ThreadPool* pool)
+      : m_(std::move(m)), src_dtype_(src_dtype), pool_(pool) {}
+
+  absl::Status AddRows(const void* src, int64_t rows) override {
+    const MatrixShape& s = m_->shape();
+    if (rows < 0 || next_row_ + rows > s.rows) {
+      return absl::InvalidArgumentError(absl::StrCat("cpu backend: rows ", next_row_, "..",
+                                                     next_row_ + rows, " of a ", s.rows,
+                                                     "-row matrix"));
+    }
+    const int64_t words_per_row = s.layout().words_per_row();
+    const int64_t scales_per_row = s.rows > 0 ? s.num_scales() / s.rows : 0;
+    ref::QuantizeOptions opts{s.format, s.scale_mode, s.saturate};
+    ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + next_row_ * words_per_row,
+                      scales_per_row > 0 ? m_->scales() + next_row_ * scales_per_row : nullptr,
+                      pool_);
+    next_row_ += rows;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() override {
+    if (next_row_ != m_->shape().rows) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cpu backend: quantized ", next_row_, " of ", m_->shape().rows, " rows"));
+    }
+    return std::unique_ptr<BackendMatrix>(std::move(m_));
+  }
+
+ private:
+  std::unique_ptr<CpuMatrix> m_;
+  const DType src_dtype_;
+  ThreadPool* const pool_;
+  int64_t next_row_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RowQuantizer>> CpuBackend::BeginRowQuantize(const MatrixShape& shape,
+                                                                           DType src_dtype) {
+  if (shape.scale_mode == ScaleMode::kTensor || shape.rows <= 0) {
+    return std::unique_ptr<RowQuantizer>();
+  }
+  auto m = CpuMatrix::Allocate(shape);
+  if (!m.ok()) return m.status();
+  return std::unique_ptr<RowQuantizer>(
+      std::make_unique<CpuRowQuantizer>(std::move(*m), src_dtype, pool_.get()));
+}
+
 absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::FromPacked(const MatrixShape& shape,
                                                                       const uint32_t* words,
                                                                       const float* scales) {

@@ -24,6 +24,8 @@ class CpuBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
                                                           const void* src,
                                                           DType src_dtype) override;
+  absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(const MatrixShape& shape,
+                                                                 DType src_dtype) override;
   absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
                                                             const uint32_t* words,
                                                             const float* scales) override;

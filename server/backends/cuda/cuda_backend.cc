@@ -238,6 +238,124 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::Quantize(const Matri
   return std::unique_ptr<BackendMatrix>(std::move(*m));
 }
 
+namespace {
+
+// Device bytes a streamed upload stages at once (whole rows; at least one).
+constexpr int64_t kRowStageBytes = int64_t{16} << 20;
+
+// Rows copied to a bounded device buffer on the quantizer's own stream and
+// quantized there into the resident matrix, group by group.
+class CudaRowQuantizer final : public RowQuantizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaRowQuantizer>> Create(int device,
+                                                                  const MatrixShape& shape,
+                                                                  DType src_dtype) {
+    auto m = CudaMatrix::Allocate(shape);
+    if (!m.ok()) return m.status();
+    auto q = std::unique_ptr<CudaRowQuantizer>(new CudaRowQuantizer(device, std::move(*m), src_dtype));
+    const int64_t row_bytes = shape.cols * DTypeSize(src_dtype);
+    q->rows_cap_ = std::max<int64_t>(1, std::min<int64_t>(shape.rows, kRowStageBytes / row_bytes));
+    const int64_t src_bytes = AlignUp(q->rows_cap_ * row_bytes, 256);
+    const int64_t ws_bytes =
+        AlignUp(cuda::QuantizePackWorkspaceBytes(q->rows_cap_, shape.cols, shape.scale_mode), 256);
+    PLUME_RETURN_IF_CUDA(q->buf_.Allocate(src_bytes + ws_bytes + 256),
+                         "allocating the upload's staging on the device");
+    q->d_src_ = static_cast<char*>(q->buf_.p);
+    q->d_ws_ = q->d_src_ + src_bytes;
+    q->d_any_ = reinterpret_cast<int*>(q->d_ws_ + ws_bytes);
+    PLUME_RETURN_IF_CUDA(cudaStreamCreateWithFlags(&q->stream_, cudaStreamNonBlocking),
+                         "creating the upload's stream");
+    PLUME_RETURN_IF_CUDA(cudaMemsetAsync(q->d_any_, 0, sizeof(int), q->stream_), "finding NaN codes");
+    return q;
+  }
+  ~CudaRowQuantizer() override {
+    if (stream_ != nullptr) {
+      if (cudaStreamSynchronize(stream_) != cudaSuccess) cudaGetLastError();
+      cudaStreamDestroy(stream_);
+    }
+  }
+
+  absl::Status AddRows(const void* src, int64_t rows) override {
+    const MatrixShape& s = m_->shape();
+    if (rows < 0 || next_row_ + rows > s.rows) {
+      return absl::InvalidArgumentError(absl::StrCat("cuda backend: rows ", next_row_, "..",
+                                                     next_row_ + rows, " of a ", s.rows,
+                                                     "-row matrix"));
+    }
+    PLUME_RETURN_IF_CUDA(cudaSetDevice(device_), "selecting the device");
+    const int64_t row_bytes = s.cols * DTypeSize(src_dtype_);
+    const int64_t words_per_row = s.layout().words_per_row();
+    const int64_t scales_per_row = s.num_scales() / s.rows;
+    const char* from = static_cast<const char*>(src);
+    for (int64_t done = 0; done < rows;) {
+      const int64_t n = std::min(rows_cap_, rows - done);
+      const int64_t r0 = next_row_ + done;
+      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d_src_, from + done * row_bytes,
+                                           static_cast<size_t>(n * row_bytes),
+                                           cudaMemcpyHostToDevice, stream_),
+                           "copying upload rows to the device");
+      PLUME_RETURN_IF_CUDA(
+          cuda::QuantizePack(d_src_, src_dtype_, n, s.cols, s.format, s.scale_mode, s.saturate,
+                             m_->words() + r0 * words_per_row,
+                             scales_per_row > 0 ? m_->scales() + r0 * scales_per_row : m_->scales(),
+                             d_ws_, stream_),
+          "quantizing on the device");
+      if (m_->flags() != nullptr) {
+        PLUME_RETURN_IF_CUDA(cuda::FindNanRows(m_->words() + r0 * words_per_row, n, s.cols,
+                                               m_->flags() + r0, d_any_, stream_),
+                             "finding NaN codes");
+      }
+      // The source may be reused once this returns: the copy must be done.
+      PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "quantizing on the device");
+      done += n;
+    }
+    next_row_ += rows;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() override {
+    if (next_row_ != m_->shape().rows) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cuda backend: quantized ", next_row_, " of ", m_->shape().rows, " rows"));
+    }
+    PLUME_RETURN_IF_CUDA(cudaSetDevice(device_), "selecting the device");
+    int any = 0;
+    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(&any, d_any_, sizeof(int), cudaMemcpyDeviceToHost, stream_),
+                         "finding NaN codes");
+    PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "finding NaN codes");
+    m_->set_has_nan(any != 0);
+    return std::unique_ptr<BackendMatrix>(std::move(m_));
+  }
+
+ private:
+  CudaRowQuantizer(int device, std::unique_ptr<CudaMatrix> m, DType src_dtype)
+      : device_(device), m_(std::move(m)), src_dtype_(src_dtype) {}
+
+  const int device_;
+  std::unique_ptr<CudaMatrix> m_;
+  const DType src_dtype_;
+  int64_t rows_cap_ = 1;
+  int64_t next_row_ = 0;
+  DeviceAlloc buf_;  // source rows, then the quantizer's workspace, then the NaN flag
+  char* d_src_ = nullptr;
+  char* d_ws_ = nullptr;
+  int* d_any_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RowQuantizer>> CudaBackend::BeginRowQuantize(
+    const MatrixShape& shape, DType src_dtype) {
+  if (shape.scale_mode == ScaleMode::kTensor || shape.rows <= 0) {
+    return std::unique_ptr<RowQuantizer>();
+  }
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  auto q = CudaRowQuantizer::Create(options_.device, shape, src_dtype);
+  if (!q.ok()) return q.status();
+  return std::unique_ptr<RowQuantizer>(std::move(*q));
+}
+
 absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::FromPacked(const MatrixShape& shape,
                                                                        const uint32_t* words,
                                                                        const float* scales) {

@@ -60,6 +60,10 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
                                                           const void* src,
                                                           DType src_dtype) override;
+  // Streamed uploads: each group of rows goes to the device through a
+  // bounded buffer and is quantized there into the resident matrix.
+  absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(const MatrixShape& shape,
+                                                                 DType src_dtype) override;
   absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
                                                             const uint32_t* words,
                                                             const float* scales) override;

@@ -507,6 +507,81 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> ShardedBackend::Quantize(const Ma
 }
 
 namespace {
+
+// Rows routed to the quantizers of the devices that hold them.
+class ShardedRowQuantizer final : public RowQuantizer {
+ public:
+  ShardedRowQuantizer(const MatrixShape& shape, Placement kind,
+                      std::vector<ShardedBackend::Part> parts,
+                      std::vector<std::unique_ptr<RowQuantizer>> children, int64_t row_bytes)
+      : shape_(shape),
+        kind_(kind),
+        parts_(std::move(parts)),
+        children_(std::move(children)),
+        row_bytes_(row_bytes) {}
+
+  absl::Status AddRows(const void* src, int64_t rows) override {
+    if (rows < 0 || next_row_ + rows > shape_.rows) {
+      return absl::InvalidArgumentError(absl::StrCat("sharded backend: rows ", next_row_, "..",
+                                                     next_row_ + rows, " of a ", shape_.rows,
+                                                     "-row matrix"));
+    }
+    for (size_t i = 0; i < parts_.size(); ++i) {
+      const ShardedBackend::Part& p = parts_[i];
+      const int64_t lo = std::max(next_row_, p.row0);
+      const int64_t hi = std::min(next_row_ + rows, p.row0 + p.rows);
+      if (lo >= hi) continue;
+      if (absl::Status s = children_[i]->AddRows(
+              static_cast<const char*>(src) + (lo - next_row_) * row_bytes_, hi - lo);
+          !s.ok()) {
+        return s;
+      }
+    }
+    next_row_ += rows;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() override {
+    for (size_t i = 0; i < parts_.size(); ++i) {
+      auto m = children_[i]->Finish();
+      if (!m.ok()) return m.status();
+      parts_[i].m = std::move(*m);
+    }
+    return std::unique_ptr<BackendMatrix>(new ShardedMatrix(shape_, kind_, std::move(parts_)));
+  }
+
+ private:
+  const MatrixShape shape_;
+  const Placement kind_;
+  std::vector<ShardedBackend::Part> parts_;
+  std::vector<std::unique_ptr<RowQuantizer>> children_;
+  const int64_t row_bytes_;
+  int64_t next_row_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RowQuantizer>> ShardedBackend::BeginRowQuantize(
+    const MatrixShape& shape, DType src_dtype) {
+  if (shape.scale_mode == ScaleMode::kTensor || shape.rows <= 0) {
+    return std::unique_ptr<RowQuantizer>();
+  }
+  Placement kind;
+  auto parts = Place(shape, &kind);
+  if (!parts.ok()) return parts.status();
+  std::vector<std::unique_ptr<RowQuantizer>> children;
+  for (const Part& p : *parts) {
+    auto q = children_[static_cast<size_t>(p.device)]->BeginRowQuantize(ShardShape(shape, p.rows),
+                                                                        src_dtype);
+    if (!q.ok()) return q.status();
+    if (*q == nullptr) return std::unique_ptr<RowQuantizer>();  // stage it all instead
+    children.push_back(std::move(*q));
+  }
+  return std::unique_ptr<RowQuantizer>(std::make_unique<ShardedRowQuantizer>(
+      shape, kind, std::move(*parts), std::move(children), shape.cols * DTypeSize(src_dtype)));
+}
+
+namespace {
 // The scales of rows [row0, row0 + rows) in a full scale array.
 template <class Float>
 Float* ScalesOfRows(const MatrixShape& s, Float* scales, int64_t row0) {

@@ -74,6 +74,10 @@ class ShardedBackend final : public Backend {
   int64_t ReservedBytes(const MatrixShape& shape) const override;
   MatrixPlacement PlacementOf(const BackendMatrix& m) const override;
 
+  // Streamed uploads: places the matrix first, then feeds each device's
+  // quantizer its rows as they arrive (TENSOR, or a child without one: none).
+  absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(const MatrixShape& shape,
+                                                                 DType src_dtype) override;
   absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
                                                           const void* src,
                                                           DType src_dtype) override;
