@@ -83,7 +83,7 @@ std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const M
 }
 
 absl::StatusOr<std::shared_ptr<const Matrix>> MatrixStore::Get(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   auto it = matrices_.find(name);
   if (it == matrices_.end()) {
     return absl::NotFoundError(absl::StrCat("matrix \"", name, "\" not found"));
@@ -92,7 +92,7 @@ absl::StatusOr<std::shared_ptr<const Matrix>> MatrixStore::Get(const std::string
 }
 
 std::vector<std::shared_ptr<const Matrix>> MatrixStore::List() const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   std::vector<std::shared_ptr<const Matrix>> out;
   out.reserve(matrices_.size());
   for (const auto& [name, m] : matrices_) out.push_back(m);
@@ -101,19 +101,42 @@ std::vector<std::shared_ptr<const Matrix>> MatrixStore::List() const {
 
 absl::Status MatrixStore::Delete(const std::string& name) {
   std::shared_ptr<const Matrix> victim;  // freed outside the lock
+  if (persistence_ != nullptr) {
+    // The file goes first, outside the lock (lookups of every matrix go on
+    // meanwhile, this one's included); the matrix stays listed, so its name
+    // stays taken, until the file is gone.
+    {
+      absl::MutexLock lock(&mu_);
+      if (matrices_.count(name) == 0) {
+        return absl::NotFoundError(absl::StrCat("matrix \"", name, "\" not found"));
+      }
+      if (!deleting_.insert(name).second) {
+        return absl::AbortedError(
+            absl::StrCat("matrix \"", name, "\" is being deleted by another call"));
+      }
+    }
+    const absl::Status removed = persistence_->RemoveMatrix(name);
+    absl::MutexLock lock(&mu_);
+    deleting_.erase(name);
+    if (!removed.ok()) return removed;  // still served, still on disk
+    victim = EraseLocked(name);
+    return absl::OkStatus();
+  }
   absl::MutexLock lock(&mu_);
-  auto it = matrices_.find(name);
-  if (it == matrices_.end()) {
+  if (matrices_.count(name) == 0) {
     return absl::NotFoundError(absl::StrCat("matrix \"", name, "\" not found"));
   }
-  if (persistence_ != nullptr) {  // under mu_: the name stays taken until the file is gone
-    if (absl::Status s = persistence_->RemoveMatrix(name); !s.ok()) return s;
-  }
-  victim = std::move(it->second);
+  victim = EraseLocked(name);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const Matrix> MatrixStore::EraseLocked(const std::string& name) {
+  auto it = matrices_.find(name);
+  std::shared_ptr<const Matrix> victim = std::move(it->second);
   matrices_.erase(it);
   resident_bytes_ -= victim->shape.resident_bytes();
   UpdateGaugesLocked();
-  return absl::OkStatus();
+  return victim;
 }
 
 void MatrixStore::ReleaseName(const std::string& name) {

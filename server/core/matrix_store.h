@@ -133,6 +133,8 @@ class MatrixStore {
  private:
   friend class PendingName<MatrixStore>;
   void ReleaseName(const std::string& name);
+  // Takes a listed matrix out; the caller frees it outside the lock.
+  std::shared_ptr<const Matrix> EraseLocked(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::shared_ptr<Budget> budget_;
@@ -141,6 +143,8 @@ class MatrixStore {
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const Matrix>, std::less<>> matrices_ ABSL_GUARDED_BY(mu_);
   std::set<std::string, std::less<>> pending_ ABSL_GUARDED_BY(mu_);
+  // Matrices whose file is being removed (Delete, outside the lock).
+  std::set<std::string, std::less<>> deleting_ ABSL_GUARDED_BY(mu_);
   int64_t resident_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

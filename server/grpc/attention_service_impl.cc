@@ -81,8 +81,9 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListKV(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* AttentionServiceImpl::DeleteKV(grpc::CallbackServerContext* ctx,
                                                          const v1::DeleteKVRequest* req,
                                                          v1::DeleteKVResponse*) {
-  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kDeleteKV,
-                        [&] { return core_->DeleteKV(req->name()); });
+  // On the work queue: a durable store's delete unlinks and fsyncs a file.
+  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kDeleteKV,
+                         [this, req] { return core_->DeleteKV(req->name()); });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* ctx,

@@ -82,8 +82,9 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerContext* ctx,
                                                           const v1::DeleteMatrixRequest* req,
                                                           v1::DeleteMatrixResponse*) {
-  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kDeleteMatrix,
-                        [&] { return core_->DeleteMatrix(req->name()); });
+  // On the work queue: a durable store's delete unlinks and fsyncs a file.
+  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kDeleteMatrix,
+                         [this, req] { return core_->DeleteMatrix(req->name()); });
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* ctx,

@@ -326,12 +326,19 @@ TEST_F(ReliabilityTest, DeleteDuringAThousandInFlightGemvs) {
   std::atomic<int> ok{0}, not_found{0}, other{0}, wrong{0};
   std::vector<std::thread> threads;
   std::atomic<int> pushed{0};
+  std::atomic<bool> deleted{false};
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&] {
       auto session = client_->StartGemvSession("victim", {.max_in_flight = 250});
       ASSERT_TRUE(session.ok());
       std::vector<std::future<absl::StatusOr<GemvResult>>> fs;
       for (int i = 0; i < 250; ++i) {
+        // Half before the delete (most still in flight when it runs: the
+        // delete waits on the work queue behind one batch at most), half
+        // after it was answered.
+        if (i == 125) {
+          while (!deleted) std::this_thread::yield();
+        }
         fs.push_back((*session)->Push(TensorRef::F32(x.data(), {cols})));
         pushed++;
       }
@@ -357,9 +364,11 @@ TEST_F(ReliabilityTest, DeleteDuringAThousandInFlightGemvs) {
       return client_->Gemv("victim", TensorRef::F32(x.data(), {cols}));
     }));
   }
-  // Delete once some have been answered, with most still in flight.
-  while (ok < 20 && pushed < 1000) std::this_thread::yield();
-  ASSERT_TRUE(client_->DeleteMatrix("victim").ok());
+  // Delete once the first halves are pushed.
+  while (pushed < 500) std::this_thread::yield();
+  const absl::Status del = client_->DeleteMatrix("victim");
+  deleted = true;
+  ASSERT_TRUE(del.ok()) << del;
   for (auto& t : threads) t.join();
   for (auto& f : unary) {
     auto r = f.get();

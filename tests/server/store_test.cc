@@ -7,12 +7,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <thread>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/notification.h"
 #include "plume/reference/api.h"
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/core/crc32c.h"
@@ -173,6 +176,54 @@ TEST(DirectoryStore, SavesLoadsRemovesAndQuarantines) {
 
 // Uploads through MatrixService land on disk before they are acknowledged,
 // reload bit-identically into a fresh store, and deletes remove the file.
+// A Persistence whose RemoveMatrix waits until the test lets it go.
+class SlowRemove final : public Persistence {
+ public:
+  absl::Status SaveMatrix(const StoredMatrixMeta&, const uint32_t*, const float*) override {
+    return absl::OkStatus();
+  }
+  absl::Status RemoveMatrix(std::string_view) override {
+    entered_.Notify();
+    release_.WaitForNotification();
+    return absl::OkStatus();
+  }
+  absl::Notification entered_, release_;
+};
+
+TEST(MatrixStore, ADeleteOnDiskBlocksNoLookup) {
+  // While a delete waits on its file, lookups of every matrix (the one being
+  // deleted included) and listings go on; its name stays taken until the
+  // file is gone; a second delete of it is ABORTED; then it is gone.
+  CpuBackend backend(1);
+  SlowRemove disk;
+  MatrixStore store(int64_t{1} << 20, nullptr);
+  store.set_persistence(&disk);
+  const MatrixShape shape{8, 16, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  const auto w = testing::RandomNormal(shape.rows * shape.cols, 5);
+  for (const char* name : {"a", "b"}) {
+    auto up = store.BeginUpload(name, shape.resident_bytes());
+    ASSERT_TRUE(up.ok()) << up.status();
+    auto m = backend.Quantize(shape, w.data(), DType::kF32);
+    ASSERT_TRUE(m.ok());
+    store.Commit(std::move(*up), shape, DType::kF32, std::move(*m));
+  }
+  std::thread deleter([&] { EXPECT_TRUE(store.Delete("a").ok()); });
+  disk.entered_.WaitForNotification();
+  auto lookups = std::async(std::launch::async, [&] {
+    return store.Get("b").ok() && store.Get("a").ok() && store.List().size() == 2 &&
+           store.BeginUpload("a", 1).status().code() == absl::StatusCode::kAlreadyExists &&
+           store.Delete("a").code() == absl::StatusCode::kAborted;
+  });
+  const bool in_time = lookups.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  disk.release_.Notify();  // before any assertion that could end the test
+  deleter.join();
+  ASSERT_TRUE(in_time) << "a lookup waited for the delete's file removal";
+  EXPECT_TRUE(lookups.get());
+  EXPECT_EQ(store.Get("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store.Get("b").ok());
+  EXPECT_EQ(store.used_bytes(), shape.resident_bytes());
+}
+
 TEST(DirectoryStore, MatrixServicePersistsUploadsAndDeletes) {
   TempDir dir;
   const int64_t rows = 21, cols = 150;
