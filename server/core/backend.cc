@@ -4,6 +4,8 @@
 #include <new>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace plume::core {
 namespace {
 
@@ -36,6 +38,25 @@ const char* PlacementName(Placement p) {
     case Placement::kReplicated: return "replicated";
   }
   return "unknown";
+}
+
+absl::Status RowQuantizer::AddRows(const void* src, int64_t rows) {
+  if (rows < 0 || next_row_ + rows > rows_) {
+    return absl::InvalidArgumentError(absl::StrCat("rows ", next_row_, "..", next_row_ + rows,
+                                                   " of a ", rows_, "-row matrix"));
+  }
+  if (rows == 0) return absl::OkStatus();
+  if (absl::Status s = Quantize(src, next_row_, rows); !s.ok()) return s;
+  next_row_ += rows;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> RowQuantizer::Finish() {
+  if (next_row_ != rows_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("quantized ", next_row_, " of ", rows_, " rows"));
+  }
+  return Take();
 }
 
 absl::StatusOr<std::unique_ptr<PendingGemv>> Backend::StartGemv(const BackendMatrix& w,

@@ -111,11 +111,23 @@ struct DeviceMemory {
 // Quantizes a matrix whose rows arrive in order (Backend::BeginRowQuantize).
 class RowQuantizer {
  public:
+  explicit RowQuantizer(int64_t rows) : rows_(rows) {}
   virtual ~RowQuantizer() = default;
-  // The next `rows` rows, row-major in the source dtype, host memory.
-  virtual absl::Status AddRows(const void* src, int64_t rows) = 0;
-  // Once every row was added: the resident matrix.
-  virtual absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() = 0;
+  // The next `rows` rows, row-major in the source dtype, host memory;
+  // INVALID_ARGUMENT past the matrix's last row.
+  absl::Status AddRows(const void* src, int64_t rows);
+  // Once every row was added (else FAILED_PRECONDITION): the resident matrix.
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish();
+
+ protected:
+  // Rows [row0, row0 + rows), within the matrix.
+  virtual absl::Status Quantize(const void* src, int64_t row0, int64_t rows) = 0;
+  // Every row is in.
+  virtual absl::StatusOr<std::unique_ptr<BackendMatrix>> Take() = 0;
+
+ private:
+  const int64_t rows_;
+  int64_t next_row_ = 0;
 };
 
 // A multi-device backend's placement budget on one of its devices.

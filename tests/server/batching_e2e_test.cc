@@ -27,23 +27,14 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
+#include "tests/common/sanitizers.h"
 #include "tests/common/test_server.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing::kSanitized;
 
 using namespace std::chrono_literals;
 

@@ -28,6 +28,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "tests/common/gemv_reference.h"
+#include "tests/common/sanitizers.h"
 #include "tests/common/test_server.h"
 
 namespace plume::core {
@@ -226,17 +227,7 @@ int64_t RssBytes() {
   return resident * sysconf(_SC_PAGESIZE);
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing::kSanitized;
 
 TEST(UploadStreamMemory, LargeF32UploadPeaksWithinResidentPlus64MiB) {
   // 8192 x 8192 F32 through the real server (CPU backend) and the SDK: 256

@@ -102,30 +102,20 @@ namespace {
 class CpuRowQuantizer final : public RowQuantizer {
  public:
   CpuRowQuantizer(std::unique_ptr<CpuMatrix> m, DType src_dtype, ThreadPool* pool)
-      : m_(std::move(m)), src_dtype_(src_dtype), pool_(pool) {}
+      : RowQuantizer(m->shape().rows), m_(std::move(m)), src_dtype_(src_dtype), pool_(pool) {}
 
-  absl::Status AddRows(const void* src, int64_t rows) override {
+ protected:
+  absl::Status Quantize(const void* src, int64_t row0, int64_t rows) override {
     const MatrixShape& s = m_->shape();
-    if (rows < 0 || next_row_ + rows > s.rows) {
-      return absl::InvalidArgumentError(absl::StrCat("cpu backend: rows ", next_row_, "..",
-                                                     next_row_ + rows, " of a ", s.rows,
-                                                     "-row matrix"));
-    }
     const int64_t words_per_row = s.layout().words_per_row();
-    const int64_t scales_per_row = s.rows > 0 ? s.num_scales() / s.rows : 0;
+    const int64_t scales_per_row = s.num_scales() / s.rows;
     ref::QuantizeOptions opts{s.format, s.scale_mode, s.saturate};
-    ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + next_row_ * words_per_row,
-                      scales_per_row > 0 ? m_->scales() + next_row_ * scales_per_row : nullptr,
-                      pool_);
-    next_row_ += rows;
+    ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + row0 * words_per_row,
+                      scales_per_row > 0 ? m_->scales() + row0 * scales_per_row : nullptr, pool_);
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() override {
-    if (next_row_ != m_->shape().rows) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cpu backend: quantized ", next_row_, " of ", m_->shape().rows, " rows"));
-    }
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take() override {
     return std::unique_ptr<BackendMatrix>(std::move(m_));
   }
 
@@ -133,7 +123,6 @@ class CpuRowQuantizer final : public RowQuantizer {
   std::unique_ptr<CpuMatrix> m_;
   const DType src_dtype_;
   ThreadPool* const pool_;
-  int64_t next_row_ = 0;
 };
 
 }  // namespace

@@ -275,13 +275,9 @@ class CudaRowQuantizer final : public RowQuantizer {
     }
   }
 
-  absl::Status AddRows(const void* src, int64_t rows) override {
+ protected:
+  absl::Status Quantize(const void* src, int64_t row0, int64_t rows) override {
     const MatrixShape& s = m_->shape();
-    if (rows < 0 || next_row_ + rows > s.rows) {
-      return absl::InvalidArgumentError(absl::StrCat("cuda backend: rows ", next_row_, "..",
-                                                     next_row_ + rows, " of a ", s.rows,
-                                                     "-row matrix"));
-    }
     PLUME_RETURN_IF_CUDA(cudaSetDevice(device_), "selecting the device");
     const int64_t row_bytes = s.cols * DTypeSize(src_dtype_);
     const int64_t words_per_row = s.layout().words_per_row();
@@ -289,7 +285,7 @@ class CudaRowQuantizer final : public RowQuantizer {
     const char* from = static_cast<const char*>(src);
     for (int64_t done = 0; done < rows;) {
       const int64_t n = std::min(rows_cap_, rows - done);
-      const int64_t r0 = next_row_ + done;
+      const int64_t r0 = row0 + done;
       PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d_src_, from + done * row_bytes,
                                            static_cast<size_t>(n * row_bytes),
                                            cudaMemcpyHostToDevice, stream_),
@@ -309,15 +305,10 @@ class CudaRowQuantizer final : public RowQuantizer {
       PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "quantizing on the device");
       done += n;
     }
-    next_row_ += rows;
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() override {
-    if (next_row_ != m_->shape().rows) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cuda backend: quantized ", next_row_, " of ", m_->shape().rows, " rows"));
-    }
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take() override {
     PLUME_RETURN_IF_CUDA(cudaSetDevice(device_), "selecting the device");
     int any = 0;
     PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(&any, d_any_, sizeof(int), cudaMemcpyDeviceToHost, stream_),
@@ -329,13 +320,12 @@ class CudaRowQuantizer final : public RowQuantizer {
 
  private:
   CudaRowQuantizer(int device, std::unique_ptr<CudaMatrix> m, DType src_dtype)
-      : device_(device), m_(std::move(m)), src_dtype_(src_dtype) {}
+      : RowQuantizer(m->shape().rows), device_(device), m_(std::move(m)), src_dtype_(src_dtype) {}
 
   const int device_;
   std::unique_ptr<CudaMatrix> m_;
   const DType src_dtype_;
   int64_t rows_cap_ = 1;
-  int64_t next_row_ = 0;
   DeviceAlloc buf_;  // source rows, then the quantizer's workspace, then the NaN flag
   char* d_src_ = nullptr;
   char* d_ws_ = nullptr;

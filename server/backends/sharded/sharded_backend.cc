@@ -514,34 +514,30 @@ class ShardedRowQuantizer final : public RowQuantizer {
   ShardedRowQuantizer(const MatrixShape& shape, Placement kind,
                       std::vector<ShardedBackend::Part> parts,
                       std::vector<std::unique_ptr<RowQuantizer>> children, int64_t row_bytes)
-      : shape_(shape),
+      : RowQuantizer(shape.rows),
+        shape_(shape),
         kind_(kind),
         parts_(std::move(parts)),
         children_(std::move(children)),
         row_bytes_(row_bytes) {}
 
-  absl::Status AddRows(const void* src, int64_t rows) override {
-    if (rows < 0 || next_row_ + rows > shape_.rows) {
-      return absl::InvalidArgumentError(absl::StrCat("sharded backend: rows ", next_row_, "..",
-                                                     next_row_ + rows, " of a ", shape_.rows,
-                                                     "-row matrix"));
-    }
+ protected:
+  absl::Status Quantize(const void* src, int64_t row0, int64_t rows) override {
     for (size_t i = 0; i < parts_.size(); ++i) {
       const ShardedBackend::Part& p = parts_[i];
-      const int64_t lo = std::max(next_row_, p.row0);
-      const int64_t hi = std::min(next_row_ + rows, p.row0 + p.rows);
+      const int64_t lo = std::max(row0, p.row0);
+      const int64_t hi = std::min(row0 + rows, p.row0 + p.rows);
       if (lo >= hi) continue;
       if (absl::Status s = children_[i]->AddRows(
-              static_cast<const char*>(src) + (lo - next_row_) * row_bytes_, hi - lo);
+              static_cast<const char*>(src) + (lo - row0) * row_bytes_, hi - lo);
           !s.ok()) {
         return s;
       }
     }
-    next_row_ += rows;
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish() override {
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take() override {
     for (size_t i = 0; i < parts_.size(); ++i) {
       auto m = children_[i]->Finish();
       if (!m.ok()) return m.status();
@@ -556,7 +552,6 @@ class ShardedRowQuantizer final : public RowQuantizer {
   std::vector<ShardedBackend::Part> parts_;
   std::vector<std::unique_ptr<RowQuantizer>> children_;
   const int64_t row_bytes_;
-  int64_t next_row_ = 0;
 };
 
 }  // namespace
