@@ -57,11 +57,6 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   return upload;
 }
 
-absl::Status MatrixService::Upload::FeedRows(const char* p, int64_t rows) {
-  if (rows == 0) return absl::OkStatus();
-  return quantizer_->AddRows(p, rows);
-}
-
 absl::Status MatrixService::Upload::AddData(std::string_view chunk) {
   if (received_ + static_cast<int64_t>(chunk.size()) > plan_.data_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -81,13 +76,13 @@ absl::Status MatrixService::Upload::AddData(std::string_view chunk) {
       data_.append(chunk.substr(0, take));
       chunk.remove_prefix(take);
       if (static_cast<int64_t>(data_.size()) == row_bytes_) {
-        if (absl::Status s = FeedRows(data_.data(), 1); !s.ok()) return s;
+        if (absl::Status s = quantizer_->AddRows(data_.data(), 1); !s.ok()) return s;
         data_.clear();
       }
       continue;
     }
     const int64_t rows = static_cast<int64_t>(chunk.size()) / row_bytes_;
-    if (absl::Status s = FeedRows(chunk.data(), rows); !s.ok()) return s;
+    if (absl::Status s = quantizer_->AddRows(chunk.data(), rows); !s.ok()) return s;
     chunk.remove_prefix(static_cast<size_t>(rows * row_bytes_));
     data_.assign(chunk.data(), chunk.size());  // less than a row
     chunk = {};

@@ -39,7 +39,6 @@ class MatrixService {
     absl::Status AddData(std::string_view chunk);
     absl::Status AddScales(std::string_view chunk);
     absl::StatusOr<v1::MatrixInfo> Finish();
-    int64_t received_bytes() const { return received_; }
     // Host bytes this upload reserved for staging (tests, metrics).
     int64_t staging_bytes() const { return staging_.bytes(); }
     bool streamed() const { return quantizer_ != nullptr; }
@@ -47,7 +46,6 @@ class MatrixService {
    private:
     friend class MatrixService;
     Upload(MatrixService* service, UploadPlan plan, MatrixStore::PendingUpload pending);
-    absl::Status FeedRows(const char* p, int64_t rows);
     MatrixService* service_;
     UploadPlan plan_;
     MatrixStore::PendingUpload pending_;
