@@ -4,9 +4,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -17,33 +19,89 @@
 namespace plume::core {
 namespace {
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
+// Resident memory of 16 KiB or more is mapped on its own, page by page,
+// rather than taken from the malloc heap: a matrix lives long, and one
+// allocated among a request's short-lived buffers would pin the heap's top,
+// so that RSS after a churn of uploads and deletes would stay at its
+// high-water mark (chaos_test compares RSS before and after one). Unmapping
+// on delete gives the pages back at once. Smaller matrices come from the heap
+// (64-byte aligned), so that many tiny ones take neither a page nor a
+// mapping each.
+class HostMemory {
+ public:
+  HostMemory() = default;
+  HostMemory(HostMemory&& o) noexcept { *this = std::move(o); }
+  HostMemory& operator=(HostMemory&& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(mapped_bytes_, o.mapped_bytes_);
+    return *this;
+  }
+  ~HostMemory() {
+    if (data_ == nullptr) return;
+    if (mapped_bytes_ > 0) {
+      munmap(data_, mapped_bytes_);
+    } else {
+      std::free(data_);
+    }
+  }
+  void* data() const { return data_; }
+
+  // `bytes` aligned to `align` (a power of two; 64 at least).
+  static absl::StatusOr<HostMemory> Allocate(size_t bytes, size_t align) {
+    constexpr size_t kMapFrom = size_t{16} << 10;
+    HostMemory m;
+    bytes = std::max<size_t>(bytes, 1);
+    if (bytes < kMapFrom && align <= 64) {
+      m.data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      if (m.data_ == nullptr) return Exhausted(bytes);
+      return m;
+    }
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    align = std::max(align, page);
+    bytes = (bytes + page - 1) / page * page;
+    const size_t span = bytes + align - page;
+    void* p = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return Exhausted(bytes);
+    // The slack before and after the aligned part is unmapped.
+    const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (at + align - 1) & ~(uintptr_t{align} - 1);
+    if (aligned > at) munmap(p, aligned - at);
+    const size_t tail = span - (aligned - at) - bytes;
+    if (tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
+    m.data_ = reinterpret_cast<void*>(aligned);
+    m.mapped_bytes_ = bytes;
+    return m;
+  }
+
+ private:
+  static absl::Status Exhausted(size_t bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cpu backend: cannot allocate ", bytes, " bytes of host memory"));
+  }
+
+  void* data_ = nullptr;
+  size_t mapped_bytes_ = 0;  // 0: from the heap
 };
 
-// Packed words and scales in one 64-byte aligned host allocation.
+// Packed words and scales in one host allocation.
 class CpuMatrix final : public BackendMatrix {
  public:
   static absl::StatusOr<std::unique_ptr<CpuMatrix>> Allocate(const MatrixShape& shape) {
     const int64_t word_bytes = shape.layout().total_words() * int64_t{sizeof(uint32_t)};
     const int64_t scale_bytes = shape.num_scales() * int64_t{sizeof(float)};
-    const int64_t total = (word_bytes + scale_bytes + 63) / 64 * 64;
+    const int64_t total = word_bytes + scale_bytes;
     // Large matrices: 2 MiB-aligned with transparent huge pages requested
     // (fewer TLB misses while the GEMV streams the weights).
-    constexpr int64_t kHuge = int64_t{2} << 20;
-    const bool huge = total >= kHuge;
-    const int64_t bytes = huge ? (total + kHuge - 1) / kHuge * kHuge : (total > 0 ? total : 64);
-    void* p = std::aligned_alloc(huge ? kHuge : 64, static_cast<size_t>(bytes));
-    if (p != nullptr && huge) madvise(p, static_cast<size_t>(bytes), MADV_HUGEPAGE);
-    if (p == nullptr) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cpu backend: cannot allocate ", total, " bytes of host memory"));
-    }
-    return std::unique_ptr<CpuMatrix>(new CpuMatrix(shape, p, word_bytes));
+    constexpr size_t kHuge = size_t{2} << 20;
+    const bool huge = static_cast<size_t>(total) >= kHuge;
+    auto m = HostMemory::Allocate(static_cast<size_t>(total), huge ? kHuge : 64);
+    if (!m.ok()) return m.status();
+    if (huge) madvise(m->data(), static_cast<size_t>(total), MADV_HUGEPAGE);
+    return std::unique_ptr<CpuMatrix>(new CpuMatrix(shape, std::move(*m), word_bytes));
   }
 
-  uint32_t* words() { return static_cast<uint32_t*>(mem_.get()); }
-  float* scales() { return reinterpret_cast<float*>(static_cast<char*>(mem_.get()) + word_bytes_); }
+  uint32_t* words() { return static_cast<uint32_t*>(mem_.data()); }
+  float* scales() { return reinterpret_cast<float*>(static_cast<char*>(mem_.data()) + word_bytes_); }
 
   ref::MatrixView view() const {
     auto* self = const_cast<CpuMatrix*>(this);
@@ -52,10 +110,10 @@ class CpuMatrix final : public BackendMatrix {
   }
 
  private:
-  CpuMatrix(const MatrixShape& shape, void* mem, int64_t word_bytes)
-      : BackendMatrix(shape), mem_(mem), word_bytes_(word_bytes) {}
+  CpuMatrix(const MatrixShape& shape, HostMemory mem, int64_t word_bytes)
+      : BackendMatrix(shape), mem_(std::move(mem)), word_bytes_(word_bytes) {}
 
-  std::unique_ptr<void, FreeDeleter> mem_;
+  HostMemory mem_;
   int64_t word_bytes_;
 };
 
