@@ -1,6 +1,6 @@
 """Turns gpu_gemv_bench's JSON (and torch_scaled_mm.py's) into the markdown
-tables of bench/RESULTS-gpu.md, with the issue's targets checked against the
-same run. Usage: gpu_results_table.py BENCH.json[,MORE.json...] [TORCH.json] [F32.json]
+tables of bench/RESULTS-gpu.md, with the GEMV targets (the "Against the
+targets" section there) checked against the same run. Usage: gpu_results_table.py BENCH.json[,MORE.json...] [TORCH.json] [F32.json]
 (the BENCH files are one run's gpu_gemv_bench outputs, read in order: the
 first that has a row wins)."""
 import json

@@ -3,7 +3,7 @@
 // (open loop) against GemvStream/Gemv on one matrix, or against Echo for the
 // ceiling of the gRPC path, and reports per step throughput, latency
 // percentiles, errors, and the server's queue/kernel split and mean batch
-// size from /metrics. README "Benchmarking the server: plume bench".
+// size from /metrics. docs/benchmarks.md, "Serving benchmark: plume bench".
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python quickstart of README.md ("Python client"), kept running by the
+"""The Python quickstart of README.md ("Quickstart", "Python"), kept running by the
 tests (client/python/tests/test_quickstart.py).
 
     python3 examples/python/quickstart.py [HOST:PORT]   (default localhost:50051)

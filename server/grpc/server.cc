@@ -73,8 +73,8 @@ namespace {
 // 1.51 cannot put reflection behind the token: the reflection service is
 // registered by a plugin (no handler of ours to check the metadata in), and a
 // server interceptor can observe a call but not refuse it with a status
-// before its handler runs (server interceptors have no Hijack; grpc/grpc
-// issue 24017). So the service is not offered at all: a reflection call gets
+// before its handler runs (server interceptors have no Hijack; see
+// https://github.com/grpc/grpc/issues/24017). So the service is not offered at all: a reflection call gets
 // UNIMPLEMENTED, token or not, and clients use the .proto files instead.
 class NoReflection final : public grpc::ServerBuilderOption {
  public:

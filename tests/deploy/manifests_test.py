@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Static checks of deploy/: the Kubernetes manifests, compose.yaml, the
 Grafana provisioning and the Dockerfile agree with each other and with what
-the issue asks for (GPU limits, gRPC health probes on the gRPC port, a
+docs/deploy.md describes (GPU limits, gRPC health probes on the gRPC port, a
 headless Service, scrape annotations, the store claim, a gpu compose profile
 with a CPU default, a non-root image user). No cluster or engine needed."""
 import json

@@ -1,4 +1,4 @@
-"""`python -m pip install ./client/python` as README shows it: into a venv
+"""`python -m pip install ./client/python` as docs/api.md shows it: into a venv
 made with --system-site-packages, offline, stubs generated from proto/."""
 from __future__ import annotations
 
