@@ -20,6 +20,7 @@
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/core/crc32c.h"
 #include "server/core/durable_store.h"
+#include "server/core/store_loader.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "tests/common/files.h"
