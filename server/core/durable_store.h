@@ -37,7 +37,8 @@ class Persistence {
   // Durable when it returns OK.
   virtual absl::Status SaveMatrix(const StoredMatrixMeta& meta, const uint32_t* words,
                                   const float* scales) = 0;
-  // OK when there is no such file.
+  // OK when there is no such file. Called with no registry lock held
+  // (MatrixStore::Delete), while the name is reserved.
   virtual absl::Status RemoveMatrix(std::string_view name) = 0;
 };
 
