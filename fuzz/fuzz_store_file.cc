@@ -1,12 +1,12 @@
-// libFuzzer target: the durable store's file loaders, matrix (.pmx) and K/V
-// cache (.pkv). Any bytes: no crash, no unbounded allocation; a matrix file
-// that loads re-encodes to the same bytes, and a K/V file that loads
-// re-encodes (compacted: header and one record) to the same cache.
+// libFuzzer target: the durable store's file codec (store_codec.h), matrix
+// (.pmx) and K/V cache (.pkv) files. Any bytes: no crash, no unbounded
+// allocation; a matrix file that loads re-encodes to the same bytes, and a
+// K/V file that loads re-encodes (compacted: header and one record) to the same cache.
 #include <cstdint>
 #include <cstring>
 #include <string_view>
 
-#include "server/core/durable_store.h"
+#include "server/core/store_codec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);

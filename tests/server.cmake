@@ -48,6 +48,13 @@ if(TARGET plume_client)
     PROPERTIES LABELS tsan TIMEOUT 120 RUN_SERIAL TRUE)
 endif()
 
+# The registries (matrices, K/V caches) and a delete's file removal outside
+# their lock: reservations, budget, deletes racing Gets and re-uploads.
+add_executable(registry_test server/registry_test.cc)
+target_link_libraries(registry_test PRIVATE plume_backends GTest::gtest_main)
+plume_tsan_test(registry_test)
+gtest_discover_tests(registry_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+
 # The durable store: file format, directory cycle, MatrixService persistence.
 add_executable(store_test server/store_test.cc)
 target_link_libraries(store_test PRIVATE plume_backends GTest::gtest_main)

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/core/store_loader.h"
 #include "server/core/validation.h"
 
 namespace plume::core {

@@ -8,36 +8,30 @@
 
 namespace plume::core {
 
-KvStore::KvStore(std::shared_ptr<Budget> budget, Metrics* metrics)
-    : budget_(std::move(budget)), metrics_(metrics) {
-  if (metrics_ != nullptr) metrics_->SetKv(0, 0);
+namespace {
+
+Registry<KvCache>::GaugeFn KvGauges(Metrics* metrics) {
+  if (metrics == nullptr) return {};
+  return [metrics](int64_t caches, int64_t bytes) { metrics->SetKv(caches, bytes); };
 }
+
+}  // namespace
+
+KvStore::KvStore(std::shared_ptr<Budget> budget, Metrics* metrics)
+    : budget_(std::move(budget)),
+      registry_(budget_, {"kv cache", "delete it first or append to it", "more"}, KvGauges(metrics)) {}
 
 KvStore::~KvStore() = default;
 
-absl::Status KvStore::BudgetExceeded(const std::string& name, int64_t bytes) const {
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "memory budget exceeded: kv cache \"", name, "\" needs ", bytes, " more bytes, ",
-      budget_->capacity() - budget_->used(), " of ", budget_->capacity(), " bytes free"));
-}
-
 absl::StatusOr<KvStore::PendingUpload> KvStore::BeginUpload(const std::string& name, int64_t bytes) {
-  absl::MutexLock lock(&mu_);
-  if (caches_.count(name) != 0 || pending_.count(name) != 0) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "kv cache \"", name, "\" already exists", pending_.count(name) ? " (upload in progress)" : "",
-        "; delete it first or append to it"));
-  }
-  if (!budget_->TryReserve(bytes)) return BudgetExceeded(name, bytes);
-  pending_.insert(name);
-  return PendingUpload(this, name, Reservation(budget_, bytes));
+  return registry_.Reserve(name, bytes);
 }
 
 std::shared_ptr<KvCache> KvStore::Commit(PendingUpload pending, const KvShape& shape,
                                          DType source_dtype, std::unique_ptr<BackendKvCache> data,
                                          int64_t created_unix_ms, int64_t file_bytes) {
   auto c = std::make_shared<KvCache>();
-  c->name = pending.name_;
+  c->name = pending.name();
   c->shape = shape;
   c->source_dtype = source_dtype;
   c->created_unix_ms = created_unix_ms != 0
@@ -51,65 +45,49 @@ std::shared_ptr<KvCache> KvStore::Commit(PendingUpload pending, const KvShape& s
     c->file_bytes = file_bytes;
     bytes = shape.resident_bytes(data->seq());
     c->data = std::move(data);
-    c->reservations.push_back(std::move(pending.reservation_));
+    c->reservations.push_back(pending.TakeReservation());
   }
-  absl::MutexLock lock(&mu_);
-  pending_.erase(c->name);
-  pending.store_ = nullptr;
-  caches_[c->name] = c;
-  resident_bytes_ += bytes;
-  if (metrics_ != nullptr) metrics_->SetKv(static_cast<int64_t>(caches_.size()), resident_bytes_);
-  return c;
+  return registry_.Commit(std::move(pending), std::move(c), bytes);
 }
 
 absl::StatusOr<std::shared_ptr<KvCache>> KvStore::Get(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
-  auto it = caches_.find(name);
-  if (it == caches_.end()) {
-    return absl::NotFoundError(absl::StrCat("kv cache \"", name, "\" not found"));
-  }
-  return it->second;
+  return registry_.Get(name);
 }
 
-std::vector<std::shared_ptr<KvCache>> KvStore::List() const {
-  absl::MutexLock lock(&mu_);
-  std::vector<std::shared_ptr<KvCache>> out;
-  out.reserve(caches_.size());
-  for (const auto& [name, c] : caches_) out.push_back(c);
-  return out;
-}
+std::vector<std::shared_ptr<KvCache>> KvStore::List() const { return registry_.List(); }
 
 absl::Status KvStore::Delete(const std::string& name) {
-  std::shared_ptr<KvCache> victim;  // freed outside the locks (or by the last request)
+  // Off the registry under its lock; the name stays reserved while the file
+  // goes (durable store only). Its bytes leave the gauges once it is marked
+  // deleted below, when no append can add to them any more.
+  auto removal = registry_.Remove(name, /*hold_name=*/disk_ != nullptr, nullptr);
+  if (!removal.ok()) return removal.status();
+  KvCache& victim = *removal->entry();
+  int64_t bytes = 0;
+  bool served;  // false: a failed append has stopped serving it meanwhile
   {
-    absl::MutexLock lock(&mu_);
-    auto it = caches_.find(name);
-    if (it == caches_.end()) {
-      return absl::NotFoundError(absl::StrCat("kv cache \"", name, "\" not found"));
-    }
-    victim = std::move(it->second);
-    caches_.erase(it);
-    // The name stays taken until the file is gone, so no new upload of it
-    // can race with the removal.
-    if (disk_ != nullptr) pending_.insert(name);
+    // Waits for an append in progress, so its bytes are counted (and here
+    // taken off); a later one finds the cache deleted.
+    absl::MutexLock cl(&victim.mu);
+    served = !victim.deleted;
+    if (served) bytes = victim.shape.resident_bytes(victim.data->seq());
+    victim.deleted = true;
   }
-  int64_t bytes;
-  {
-    // Waits for an append in progress, so its bytes are counted (and here taken off).
-    absl::MutexLock cl(&victim->mu);
-    if (disk_ != nullptr) {
-      if (absl::Status s = disk_->RemoveKv(name); !s.ok()) {
-        absl::MutexLock lock(&mu_);
-        pending_.erase(name);
-        caches_[name] = victim;  // still served, still on disk
-        return s;
+  if (disk_ != nullptr) {
+    // No lock held: lookups, appends and attention on other caches go on.
+    if (absl::Status s = disk_->RemoveKv(name); !s.ok()) {
+      if (served) {
+        {
+          absl::MutexLock cl(&victim.mu);
+          victim.deleted = false;  // still on disk: still served
+        }
+        removal->Restore(0);
       }
+      return s;
     }
-    victim->deleted = true;
-    bytes = victim->shape.resident_bytes(victim->data->seq());
   }
-  if (disk_ != nullptr) ReleaseName(name);
-  AddBytes(-bytes);
+  removal->Finish();
+  registry_.AddResident(-bytes);
   return absl::OkStatus();
 }
 
@@ -122,7 +100,7 @@ absl::Status KvStore::Append(KvCache& cache, Backend* backend, const KvAppendArg
   const int64_t extra = cache.shape.resident_bytes(seq + args.tokens) - cache.shape.resident_bytes(seq);
   Reservation r;
   if (extra > 0) {
-    if (!budget_->TryReserve(extra)) return BudgetExceeded(cache.name, extra);
+    if (!budget_->TryReserve(extra)) return registry_.BudgetExceeded(cache.name, extra);
     r = Reservation(budget_, extra);
   }
   if (absl::Status s = backend->AppendKv(*cache.data, args); !s.ok()) return s;
@@ -130,7 +108,7 @@ absl::Status KvStore::Append(KvCache& cache, Backend* backend, const KvAppendArg
     if (absl::Status s = PersistAppend(cache, backend, seq); !s.ok()) return s;
   }
   cache.reservations.push_back(std::move(r));
-  AddBytes(extra);
+  registry_.AddResident(extra);
   return absl::OkStatus();
 }
 
@@ -222,24 +200,9 @@ void KvStore::RollBack(KvCache& cache, Backend* backend, int64_t seq_before, boo
   // The cache in memory is ahead of its file and cannot be put back: stop
   // serving it; a restart loads what the file holds.
   cache.deleted = true;
-  const int64_t bytes = cache.shape.resident_bytes(seq_before);  // what AddBytes has counted
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = caches_.find(cache.name);
-    if (it != caches_.end() && it->second.get() == &cache) caches_.erase(it);
-  }
-  AddBytes(-bytes);
-}
-
-void KvStore::ReleaseName(const std::string& name) {
-  absl::MutexLock lock(&mu_);
-  pending_.erase(name);
-}
-
-void KvStore::AddBytes(int64_t delta) {
-  absl::MutexLock lock(&mu_);
-  resident_bytes_ += delta;
-  if (metrics_ != nullptr) metrics_->SetKv(static_cast<int64_t>(caches_.size()), resident_bytes_);
+  const int64_t bytes = cache.shape.resident_bytes(seq_before);  // what the gauges count
+  registry_.RemoveIf(cache.name, &cache);
+  registry_.AddResident(-bytes);
 }
 
 }  // namespace plume::core

@@ -1,5 +1,6 @@
 // KvStore: the named, resident K/V caches of one server, beside MatrixStore
-// and sharing its byte budget (MatrixStore::budget()).
+// and sharing its byte budget (MatrixStore::budget()): a Registry
+// (registry.h) of KvCache, the appends and the durable store's file of each.
 //
 // - An upload claims its name (ALREADY_EXISTS for a second one) and reserves
 //   the bytes of its tokens up front; an append reserves the pages it adds.
@@ -13,12 +14,13 @@
 // - With a durable store (set_disk), an upload, an append and a delete are
 //   acknowledged only once the cache's file says so (durable_store.h); an
 //   append whose write fails is rolled back to what the file holds.
+// - Get and List never wait for the durable store: a delete takes the name
+//   off the registry and marks the cache deleted, then removes the file with
+//   no lock held, keeping the name reserved until the file is gone.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/core/backend.h"
 #include "server/core/matrix_store.h"
+#include "server/core/registry.h"
 
 namespace plume::core {
 
@@ -52,10 +55,11 @@ class KvStore {
   KvStore(std::shared_ptr<Budget> budget, Metrics* metrics);
   ~KvStore();
 
-  using PendingUpload = PendingName<KvStore>;
+  using PendingUpload = Registry<KvCache>::Pending;
 
-  // Claims `name` (ALREADY_EXISTS if a cache or an upload has it) and
-  // reserves `bytes` (RESOURCE_EXHAUSTED if they do not fit).
+  // Claims `name` (ALREADY_EXISTS if a cache, an upload or an unfinished
+  // delete has it) and reserves `bytes` (RESOURCE_EXHAUSTED if they do not
+  // fit).
   absl::StatusOr<PendingUpload> BeginUpload(const std::string& name, int64_t bytes);
   // Publishes the uploaded cache (data->seq() tokens) under the pending name.
   // created_unix_ms 0: now. file_bytes: the size of its store file, if any.
@@ -75,6 +79,10 @@ class KvStore {
   // NOT_FOUND if there is no such cache.
   absl::StatusOr<std::shared_ptr<KvCache>> Get(const std::string& name) const;
   std::vector<std::shared_ptr<KvCache>> List() const;  // sorted by name
+  // Takes the cache off the registry and marks it deleted (after any append
+  // in progress), then, with a durable store, removes its file with no lock
+  // held; the name stays reserved until then (MatrixStore::Delete). If the
+  // file cannot be removed the cache is served again and the error returned.
   absl::Status Delete(const std::string& name);
 
   // Appends `tokens` tokens to `cache` through `backend`: reserves the bytes
@@ -83,8 +91,6 @@ class KvStore {
   absl::Status Append(KvCache& cache, Backend* backend, const KvAppendArgs& args);
 
  private:
-  friend class PendingName<KvStore>;
-  void ReleaseName(const std::string& name);
   // After backend->AppendKv grew `cache` from `seq_before` tokens: one record
   // at the end of its file, or a compaction when the log is over twice the
   // live pages. On failure, puts back what the file holds (or, failing that,
@@ -92,16 +98,10 @@ class KvStore {
   absl::Status PersistAppend(KvCache& cache, Backend* backend, int64_t seq_before)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache.mu);
   void RollBack(KvCache& cache, Backend* backend, int64_t seq_before, bool file_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache.mu);
-  void AddBytes(int64_t delta);
-  absl::Status BudgetExceeded(const std::string& name, int64_t bytes) const;
 
   std::shared_ptr<Budget> budget_;
-  Metrics* metrics_;
   DirectoryStore* disk_ = nullptr;
-  mutable absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<KvCache>, std::less<>> caches_ ABSL_GUARDED_BY(mu_);
-  std::set<std::string, std::less<>> pending_ ABSL_GUARDED_BY(mu_);
-  int64_t resident_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  Registry<KvCache> registry_;
 };
 
 }  // namespace plume::core

@@ -19,10 +19,16 @@ WorkQueue::~WorkQueue() {
   for (auto& t : threads_) t.join();
 }
 
-bool WorkQueue::Submit(std::function<void()> task) {
+bool WorkQueue::Submit(std::function<void()> task, Priority priority) {
   absl::MutexLock lock(&mu_);
   if (stopping_ || static_cast<int64_t>(tasks_.size()) >= max_queued_) return false;
-  tasks_.push_back({std::move(task), std::chrono::steady_clock::now()});
+  Task t{std::move(task), std::chrono::steady_clock::now()};
+  if (priority == Priority::kFirst) {
+    tasks_.insert(tasks_.begin() + first_, std::move(t));
+    ++first_;
+  } else {
+    tasks_.push_back(std::move(t));
+  }
   if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int64_t>(tasks_.size()));
   return true;
 }
@@ -43,6 +49,7 @@ void WorkQueue::Loop() {
       if (tasks_.empty()) return;  // stopping and drained
       task = std::move(tasks_.front());
       tasks_.pop_front();
+      if (first_ > 0) --first_;
       ++running_;
       if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int64_t>(tasks_.size()));
     }

@@ -24,8 +24,16 @@ class WorkQueue {
   WorkQueue(int threads, int64_t max_queued, Metrics* metrics = nullptr);
   ~WorkQueue();  // runs what is queued, then joins
 
+  enum class Priority {
+    kNormal,  // FIFO: batches, upload ends, appends, echoes
+    // Ahead of every normal task still queued (FIFO among themselves): short
+    // control work, such as a delete, that must not wait behind a backlog of
+    // batches.
+    kFirst,
+  };
+
   // False when the queue is full or shutting down; the task is not run.
-  bool Submit(std::function<void()> task);
+  bool Submit(std::function<void()> task, Priority priority = Priority::kNormal);
   int64_t queued() const;
   // Waits until no task is queued or running.
   void WaitIdle();
@@ -42,6 +50,7 @@ class WorkQueue {
   Metrics* const metrics_;
   mutable absl::Mutex mu_;
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  int64_t first_ ABSL_GUARDED_BY(mu_) = 0;  // kFirst tasks at the front of tasks_
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;

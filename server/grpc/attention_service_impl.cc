@@ -81,9 +81,12 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListKV(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* AttentionServiceImpl::DeleteKV(grpc::CallbackServerContext* ctx,
                                                          const v1::DeleteKVRequest* req,
                                                          v1::DeleteKVResponse*) {
-  // On the work queue: a durable store's delete unlinks and fsyncs a file.
+  // On the work queue, ahead of the batches waiting there: a durable store's
+  // unlink and fsync never hold a gRPC thread, and a delete does not wait
+  // behind a backlog of GEMVs.
   return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kDeleteKV,
-                         [this, req] { return core_->DeleteKV(req->name()); });
+                         [this, req] { return core_->DeleteKV(req->name()); },
+                         core::WorkQueue::Priority::kFirst);
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* ctx,

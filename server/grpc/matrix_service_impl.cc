@@ -82,9 +82,12 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerContext* ctx,
                                                           const v1::DeleteMatrixRequest* req,
                                                           v1::DeleteMatrixResponse*) {
-  // On the work queue: a durable store's delete unlinks and fsyncs a file.
+  // On the work queue, ahead of the batches waiting there: a durable store's
+  // unlink and fsync never hold a gRPC thread, and a delete does not wait
+  // behind a backlog of GEMVs.
   return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kDeleteMatrix,
-                         [this, req] { return core_->DeleteMatrix(req->name()); });
+                         [this, req] { return core_->DeleteMatrix(req->name()); },
+                         core::WorkQueue::Priority::kFirst);
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* ctx,

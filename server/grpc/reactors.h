@@ -159,9 +159,9 @@ inline void FinishUnary(grpc::CallbackServerContext* ctx, const CallGate& gate,
   reactor->Finish(ToGrpcStatus(s));
 }
 
-// Runs `fn` inline on the gRPC thread (for quick calls) once admitted,
-// unless the caller left or its deadline passed (checked immediately before:
-// a DeleteMatrix whose deadline passed does not happen).
+// Runs `fn` inline on the gRPC thread (for quick calls that never touch the
+// disk: lookups, lists) once admitted, unless the caller left or its
+// deadline passed (checked immediately before).
 inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx, CallGate* gate,
                                                 core::Metrics* metrics, core::Method m,
                                                 const std::function<absl::Status()>& fn) {
@@ -175,10 +175,14 @@ inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx
 }
 
 // Runs `fn` on the work queue (never on a gRPC thread) unless the caller has
-// left or its deadline passed, and finishes the unary call with its status.
-inline grpc::ServerUnaryReactor* RunUnaryOnQueue(grpc::CallbackServerContext* ctx, CallGate* gate,
-                                                 core::WorkQueue* queue, core::Metrics* metrics,
-                                                 core::Method m, std::function<absl::Status()> fn) {
+// left or its deadline passed (checked on the worker immediately before: a
+// DeleteMatrix whose deadline passed while it was queued does not happen),
+// and finishes the unary call with its status. Priority::kFirst queues it
+// ahead of the batches already waiting (deletes).
+inline grpc::ServerUnaryReactor* RunUnaryOnQueue(
+    grpc::CallbackServerContext* ctx, CallGate* gate, core::WorkQueue* queue,
+    core::Metrics* metrics, core::Method m, std::function<absl::Status()> fn,
+    core::WorkQueue::Priority priority = core::WorkQueue::Priority::kNormal) {
   const auto t0 = Clock::now();
   auto* reactor = new GatedUnaryReactor(ctx, gate);
   if (absl::Status s = gate->Admit(ctx); !s.ok()) {
@@ -189,7 +193,7 @@ inline grpc::ServerUnaryReactor* RunUnaryOnQueue(grpc::CallbackServerContext* ct
     absl::Status s = CheckStillWanted(ctx, metrics);
     if (s.ok()) s = fn();
     FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
-  });
+  }, priority);
   if (!queued) FinishUnary(ctx, *gate, reactor, metrics, m, t0, Overloaded(*queue));
   return reactor;
 }

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "plume/reference/api.h"
 #include "tests/common/gemv_reference.h"
 #include "server/backends/cpu/cpu_backend.h"
@@ -229,6 +231,34 @@ TEST(WorkQueue, RunsEverythingAndRefusesWhenFull) {
   EXPECT_GE(accepted, 1);
   EXPECT_LE(accepted, 2);
   gate.Unlock();
+}
+
+TEST(WorkQueue, FirstTasksRunAheadOfQueuedOnesInTheirOwnOrder) {
+  WorkQueue q(1, 100);
+  absl::Notification started, release;
+  ASSERT_TRUE(q.Submit([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(20)));  // the one thread is busy
+  absl::Mutex mu;
+  std::string order;
+  auto note = [&](char c) {
+    return [&, c] {
+      absl::MutexLock lock(&mu);
+      order += c;
+    };
+  };
+  ASSERT_TRUE(q.Submit(note('a')));
+  ASSERT_TRUE(q.Submit(note('b')));
+  ASSERT_TRUE(q.Submit(note('X'), WorkQueue::Priority::kFirst));
+  ASSERT_TRUE(q.Submit(note('c')));
+  ASSERT_TRUE(q.Submit(note('Y'), WorkQueue::Priority::kFirst));
+  EXPECT_EQ(q.queued(), 5);
+  release.Notify();
+  q.WaitIdle();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(order, "XYabc");
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "server/core/attention_service.h"
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/core/durable_store.h"
+#include "server/core/store_loader.h"
 #include "server/core/kv_store.h"
 #include "tests/common/files.h"
 

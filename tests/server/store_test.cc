@@ -20,6 +20,7 @@
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/core/crc32c.h"
 #include "server/core/durable_store.h"
+#include "server/core/store_loader.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
 #include "tests/common/files.h"
@@ -191,9 +192,9 @@ class SlowRemove final : public Persistence {
 };
 
 TEST(MatrixStore, ADeleteOnDiskBlocksNoLookup) {
-  // While a delete waits on its file, lookups of every matrix (the one being
-  // deleted included) and listings go on; its name stays taken until the
-  // file is gone; a second delete of it is ABORTED; then it is gone.
+  // While a delete waits on its file, lookups of every matrix and listings
+  // go on (the one being deleted is already gone from them); its name stays
+  // taken until the file is gone; a second delete of it is ABORTED.
   CpuBackend backend(1);
   SlowRemove disk;
   MatrixStore store(int64_t{1} << 20, nullptr);
@@ -210,7 +211,9 @@ TEST(MatrixStore, ADeleteOnDiskBlocksNoLookup) {
   std::thread deleter([&] { EXPECT_TRUE(store.Delete("a").ok()); });
   disk.entered_.WaitForNotification();
   auto lookups = std::async(std::launch::async, [&] {
-    return store.Get("b").ok() && store.Get("a").ok() && store.List().size() == 2 &&
+    return store.Get("b").ok() &&
+           store.Get("a").status().code() == absl::StatusCode::kNotFound &&
+           store.List().size() == 1 &&
            store.BeginUpload("a", 1).status().code() == absl::StatusCode::kAlreadyExists &&
            store.Delete("a").code() == absl::StatusCode::kAborted;
   });
