@@ -118,6 +118,10 @@ class RowQuantizer {
   absl::Status AddRows(const void* src, int64_t rows);
   // Once every row was added (else FAILED_PRECONDITION): the resident matrix.
   absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish();
+  // Host memory the quantizer holds for staging while it lives (the CUDA
+  // backend's pinned buffers), beside the resident matrix; the upload
+  // reserves it against the memory budget.
+  virtual int64_t host_staging_bytes() const { return 0; }
 
  protected:
   // Rows [row0, row0 + rows), within the matrix.

@@ -33,10 +33,13 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
     upload->quantizer_ = std::move(*q);
     upload->row_bytes_ = plan->shape.cols * DTypeSize(plan->source_dtype);
   }
-  // Staging: one row when streamed (the partial row a chunk ends with), all
+  // Staging: one row when streamed (the partial row a chunk ends with) plus
+  // the quantizer's own host buffers (the CUDA backend's pinned ones), all
   // of the data otherwise; reserved against the budget like the matrix.
-  const int64_t stage = upload->quantizer_ != nullptr ? upload->row_bytes_
-                                                      : plan->data_bytes + plan->scale_bytes;
+  const int64_t stage =
+      upload->quantizer_ != nullptr
+          ? upload->row_bytes_ + upload->quantizer_->host_staging_bytes()
+          : plan->data_bytes + plan->scale_bytes;
   const std::shared_ptr<Budget>& budget = store_->budget();
   if (!budget->TryReserve(stage)) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -47,7 +50,7 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   }
   upload->staging_ = Reservation(budget, stage);
   try {
-    upload->data_.reserve(static_cast<size_t>(upload->quantizer_ != nullptr ? stage
+    upload->data_.reserve(static_cast<size_t>(upload->quantizer_ != nullptr ? upload->row_bytes_
                                                                            : plan->data_bytes));
     upload->scales_.reserve(static_cast<size_t>(plan->scale_bytes));
   } catch (const std::bad_alloc&) {

@@ -30,7 +30,8 @@ class MatrixService {
   //
   // Streamed: with scale modes NONE, ROW and BLOCK128 on a backend with a
   // RowQuantizer, the source is quantized as its rows arrive, straight from
-  // each chunk; only the partial row a chunk ends with is held back.
+  // each chunk; only the partial row a chunk ends with is held back (and
+  // whatever bounded buffers the quantizer keeps: host_staging_bytes).
   // TENSOR (whose scale needs every value first) and pre-packed uploads
   // stage the whole data. Either way the staging is reserved against the
   // memory budget for the upload's life, beside the matrix's own bytes.

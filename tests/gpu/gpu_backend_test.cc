@@ -1,13 +1,18 @@
 // The CUDA backend through the Backend interface, against the CPU backend and
 // the FP64 reference: quantize on the device, packed uploads, NaN codes,
-// concurrent GEMVs on several streams, device memory, bad options.
+// streamed uploads through the pinned buffers, concurrent GEMVs on several
+// streams, device memory, bad options.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+
+#include "plume/kernels/half.h"
 
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/backends/cuda/cuda_backend.h"
@@ -138,6 +143,74 @@ TEST(CudaBackend, StreamedRowsGiveTheCodesOfTheWholeQuantization) {
                                      DType::kF32);
   ASSERT_TRUE(none.ok());
   EXPECT_EQ(*none, nullptr);
+}
+
+TEST(CudaBackend, StreamedRowsThroughSmallPinnedBuffers) {
+  // Pinned buffers of 5 rows each (upload_stage_bytes = 10 rows): groups of
+  // 1 to 13 rows fill part of a buffer, fill it exactly, or span both, so
+  // the buffers take turns while earlier rows are still being copied. F32,
+  // F16 and BF16 sources, ragged columns; codes and scales equal Quantize's
+  // over the whole source, bit for bit, and the pinned bytes are reported
+  // for the upload's budget.
+  std::mt19937 rng(12);
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const int64_t cols = 389;
+    const int64_t row_bytes = cols * DTypeSize(dtype);
+    CudaBackendOptions o;
+    o.upload_stage_bytes = 10 * row_bytes + 7;
+    auto made = CudaBackend::Create(o);
+    ASSERT_TRUE(made.ok()) << made.status();
+    CudaBackend& cuda = **made;
+    for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+      for (ScaleMode m : {ScaleMode::kNone, ScaleMode::kRow, ScaleMode::kBlock128}) {
+        const MatrixShape shape{203, cols, f, m, true};
+        auto w = RandomNormal(shape.rows * cols, 31);
+        for (int64_t c = 0; c < cols; ++c) w[size_t(17 * cols + c)] *= 300.0f;  // a row apart
+        std::vector<uint16_t> half(w.size());
+        for (size_t i = 0; i < w.size(); ++i) {
+          uint32_t u;
+          std::memcpy(&u, &w[i], 4);
+          half[i] = dtype == DType::kBF16 ? uint16_t(u >> 16) : FloatToHalfBits(w[i]);
+        }
+        const char* src = dtype == DType::kF32 ? reinterpret_cast<const char*>(w.data())
+                                               : reinterpret_cast<const char*>(half.data());
+        auto whole = cuda.Quantize(shape, src, dtype);
+        ASSERT_TRUE(whole.ok()) << whole.status();
+        auto q = cuda.BeginRowQuantize(shape, dtype);
+        ASSERT_TRUE(q.ok()) << q.status();
+        ASSERT_NE(*q, nullptr);
+        EXPECT_EQ((*q)->host_staging_bytes(), 10 * row_bytes);
+        // The caller's rows are reused once AddRows returns: scribble on
+        // them, as the next network message would.
+        std::vector<char> chunk;
+        for (int64_t r = 0; r < shape.rows;) {
+          const int64_t n = std::min<int64_t>(shape.rows - r, 1 + int64_t(rng() % 13));
+          chunk.assign(src + r * row_bytes, src + (r + n) * row_bytes);
+          ASSERT_TRUE((*q)->AddRows(chunk.data(), n).ok());
+          std::fill(chunk.begin(), chunk.end(), char(0x7f));
+          r += n;
+        }
+        auto streamed = (*q)->Finish();
+        ASSERT_TRUE(streamed.ok()) << streamed.status();
+        const size_t nw = size_t(shape.layout().total_words());
+        const size_t ns = size_t(std::max<int64_t>(shape.num_scales(), 1));
+        std::vector<uint32_t> w1(nw, 1), w2(nw, 2);
+        std::vector<float> s1(ns, 1.0f), s2(ns, 2.0f);
+        ASSERT_TRUE(cuda.ReadPacked(**whole, w1.data(), s1.data()).ok());
+        ASSERT_TRUE(cuda.ReadPacked(**streamed, w2.data(), s2.data()).ok());
+        EXPECT_EQ(w1, w2) << DTypeName(dtype) << " " << ScaleModeName(m);
+        if (shape.num_scales() > 0) EXPECT_EQ(s1, s2) << DTypeName(dtype) << " " << ScaleModeName(m);
+      }
+    }
+    // Too few rows, then more rows than the matrix has: refused, no crash.
+    const MatrixShape shape{8, cols, Fp8Format::kE4M3, ScaleMode::kRow, true};
+    auto q = cuda.BeginRowQuantize(shape, dtype);
+    ASSERT_TRUE(q.ok()) << q.status();
+    std::vector<char> rows(size_t(9 * row_bytes), 0);
+    ASSERT_TRUE((*q)->AddRows(rows.data(), 3).ok());
+    EXPECT_EQ((*q)->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ((*q)->AddRows(rows.data(), 6).code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST(CudaBackend, ConcurrentGemvsOnSeveralStreams) {

@@ -25,41 +25,6 @@ namespace {
 
 using namespace cuda_internal;
 
-// Packed words, scales and (E4M3 only) the NaN-row flags in one device
-// allocation.
-class CudaMatrix final : public BackendMatrix {
- public:
-  static absl::StatusOr<std::unique_ptr<CudaMatrix>> Allocate(const MatrixShape& shape) {
-    auto m = std::unique_ptr<CudaMatrix>(new CudaMatrix(shape));
-    const int64_t word_bytes = AlignUp(shape.layout().total_words() * 4, 256);
-    const int64_t scale_bytes = AlignUp(std::max<int64_t>(shape.num_scales(), 1) * 4, 256);
-    const int64_t flag_bytes = shape.format == Fp8Format::kE4M3 ? shape.rows : 0;
-    PLUME_RETURN_IF_CUDA(m->mem_.Allocate(word_bytes + scale_bytes + flag_bytes),
-                         absl::StrCat("allocating a ", shape.rows, "x", shape.cols, " matrix"));
-    char* base = static_cast<char*>(m->mem_.p);
-    m->words_ = reinterpret_cast<uint32_t*>(base);
-    m->scales_ = reinterpret_cast<float*>(base + word_bytes);
-    m->flags_ = flag_bytes > 0 ? reinterpret_cast<uint8_t*>(base + word_bytes + scale_bytes) : nullptr;
-    return m;
-  }
-
-  uint32_t* words() const { return words_; }
-  float* scales() const { return scales_; }
-  uint8_t* flags() const { return flags_; }
-  // Rows with an E4M3 NaN code, or null when there are none.
-  const uint8_t* nan_rows() const { return has_nan_ ? flags_ : nullptr; }
-  void set_has_nan(bool v) { has_nan_ = v; }
-
- private:
-  explicit CudaMatrix(const MatrixShape& shape) : BackendMatrix(shape) {}
-
-  DeviceAlloc mem_;
-  uint32_t* words_ = nullptr;
-  float* scales_ = nullptr;
-  uint8_t* flags_ = nullptr;
-  bool has_nan_ = false;
-};
-
 // A GEMV enqueued on a lane: Wait() synchronizes the lane's stream, copies
 // staged results out (when y is not pinned) and gives the lane back.
 class CudaPendingGemv final : public PendingGemv {
@@ -118,6 +83,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
         absl::StrCat("cuda backend: device ", options.device, " does not exist (", n, " visible)"));
   }
   if (options.lanes < 1) return absl::InvalidArgumentError("cuda backend: lanes must be >= 1");
+  if (options.upload_stage_bytes < 0) {
+    return absl::InvalidArgumentError("cuda backend: upload_stage_bytes must be >= 0");
+  }
   auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
   b->options_ = options;
   PLUME_RETURN_IF_CUDA(cudaSetDevice(options.device), "selecting the device");
@@ -236,114 +204,6 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::Quantize(const Matri
   PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "quantizing on the device");
   (*m)->set_has_nan(any != 0);
   return std::unique_ptr<BackendMatrix>(std::move(*m));
-}
-
-namespace {
-
-// Device bytes a streamed upload stages at once (whole rows; at least one).
-constexpr int64_t kRowStageBytes = int64_t{16} << 20;
-
-// Rows copied to a bounded device buffer on the quantizer's own stream and
-// quantized there into the resident matrix, group by group.
-class CudaRowQuantizer final : public RowQuantizer {
- public:
-  static absl::StatusOr<std::unique_ptr<CudaRowQuantizer>> Create(int device,
-                                                                  const MatrixShape& shape,
-                                                                  DType src_dtype) {
-    auto m = CudaMatrix::Allocate(shape);
-    if (!m.ok()) return m.status();
-    auto q = std::unique_ptr<CudaRowQuantizer>(new CudaRowQuantizer(device, std::move(*m), src_dtype));
-    const int64_t row_bytes = shape.cols * DTypeSize(src_dtype);
-    q->rows_cap_ = std::max<int64_t>(1, std::min<int64_t>(shape.rows, kRowStageBytes / row_bytes));
-    const int64_t src_bytes = AlignUp(q->rows_cap_ * row_bytes, 256);
-    const int64_t ws_bytes =
-        AlignUp(cuda::QuantizePackWorkspaceBytes(q->rows_cap_, shape.cols, shape.scale_mode), 256);
-    PLUME_RETURN_IF_CUDA(q->buf_.Allocate(src_bytes + ws_bytes + 256),
-                         "allocating the upload's staging on the device");
-    q->d_src_ = static_cast<char*>(q->buf_.p);
-    q->d_ws_ = q->d_src_ + src_bytes;
-    q->d_any_ = reinterpret_cast<int*>(q->d_ws_ + ws_bytes);
-    PLUME_RETURN_IF_CUDA(cudaStreamCreateWithFlags(&q->stream_, cudaStreamNonBlocking),
-                         "creating the upload's stream");
-    PLUME_RETURN_IF_CUDA(cudaMemsetAsync(q->d_any_, 0, sizeof(int), q->stream_), "finding NaN codes");
-    return q;
-  }
-  ~CudaRowQuantizer() override {
-    if (stream_ != nullptr) {
-      if (cudaStreamSynchronize(stream_) != cudaSuccess) cudaGetLastError();
-      cudaStreamDestroy(stream_);
-    }
-  }
-
- protected:
-  absl::Status Quantize(const void* src, int64_t row0, int64_t rows) override {
-    const MatrixShape& s = m_->shape();
-    PLUME_RETURN_IF_CUDA(cudaSetDevice(device_), "selecting the device");
-    const int64_t row_bytes = s.cols * DTypeSize(src_dtype_);
-    const int64_t words_per_row = s.layout().words_per_row();
-    const int64_t scales_per_row = s.num_scales() / s.rows;
-    const char* from = static_cast<const char*>(src);
-    for (int64_t done = 0; done < rows;) {
-      const int64_t n = std::min(rows_cap_, rows - done);
-      const int64_t r0 = row0 + done;
-      PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d_src_, from + done * row_bytes,
-                                           static_cast<size_t>(n * row_bytes),
-                                           cudaMemcpyHostToDevice, stream_),
-                           "copying upload rows to the device");
-      PLUME_RETURN_IF_CUDA(
-          cuda::QuantizePack(d_src_, src_dtype_, n, s.cols, s.format, s.scale_mode, s.saturate,
-                             m_->words() + r0 * words_per_row,
-                             scales_per_row > 0 ? m_->scales() + r0 * scales_per_row : m_->scales(),
-                             d_ws_, stream_),
-          "quantizing on the device");
-      if (m_->flags() != nullptr) {
-        PLUME_RETURN_IF_CUDA(cuda::FindNanRows(m_->words() + r0 * words_per_row, n, s.cols,
-                                               m_->flags() + r0, d_any_, stream_),
-                             "finding NaN codes");
-      }
-      // The source may be reused once this returns: the copy must be done.
-      PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "quantizing on the device");
-      done += n;
-    }
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take() override {
-    PLUME_RETURN_IF_CUDA(cudaSetDevice(device_), "selecting the device");
-    int any = 0;
-    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(&any, d_any_, sizeof(int), cudaMemcpyDeviceToHost, stream_),
-                         "finding NaN codes");
-    PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "finding NaN codes");
-    m_->set_has_nan(any != 0);
-    return std::unique_ptr<BackendMatrix>(std::move(m_));
-  }
-
- private:
-  CudaRowQuantizer(int device, std::unique_ptr<CudaMatrix> m, DType src_dtype)
-      : RowQuantizer(m->shape().rows), device_(device), m_(std::move(m)), src_dtype_(src_dtype) {}
-
-  const int device_;
-  std::unique_ptr<CudaMatrix> m_;
-  const DType src_dtype_;
-  int64_t rows_cap_ = 1;
-  DeviceAlloc buf_;  // source rows, then the quantizer's workspace, then the NaN flag
-  char* d_src_ = nullptr;
-  char* d_ws_ = nullptr;
-  int* d_any_ = nullptr;
-  cudaStream_t stream_ = nullptr;
-};
-
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<RowQuantizer>> CudaBackend::BeginRowQuantize(
-    const MatrixShape& shape, DType src_dtype) {
-  if (shape.scale_mode == ScaleMode::kTensor || shape.rows <= 0) {
-    return std::unique_ptr<RowQuantizer>();
-  }
-  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
-  auto q = CudaRowQuantizer::Create(options_.device, shape, src_dtype);
-  if (!q.ok()) return q.status();
-  return std::unique_ptr<RowQuantizer>(std::move(*q));
 }
 
 absl::StatusOr<std::unique_ptr<BackendMatrix>> CudaBackend::FromPacked(const MatrixShape& shape,

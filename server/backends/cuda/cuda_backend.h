@@ -42,6 +42,10 @@ struct CudaBackendOptions {
   // GEMV kernel family: "" or "auto" lets the dispatcher choose (measured on
   // first use per shape and batch bucket); "mma" or "wgmma" (sm_90) forces.
   std::string gemv_kernel;
+  // Streamed uploads (BeginRowQuantize): pinned host bytes per upload, in two
+  // buffers of whole rows (at least one row each) that take turns, one
+  // filling while the other is copied to the device and quantized there.
+  int64_t upload_stage_bytes = int64_t{16} << 20;
 };
 
 // Number of CUDA devices usable here (0 when there is no driver or GPU).
@@ -60,8 +64,9 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<BackendMatrix>> Quantize(const MatrixShape& shape,
                                                           const void* src,
                                                           DType src_dtype) override;
-  // Streamed uploads: each group of rows goes to the device through a
-  // bounded buffer and is quantized there into the resident matrix.
+  // Streamed uploads (cuda_upload.cc): rows gather in pinned host buffers
+  // (upload_stage_bytes in all); each full one is copied to the device and
+  // quantized there into the resident matrix while the next one fills.
   absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(const MatrixShape& shape,
                                                                  DType src_dtype) override;
   absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,

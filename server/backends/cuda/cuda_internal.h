@@ -1,7 +1,8 @@
 // What the CUDA backend's files share (cuda_backend.cc: matrices and GEMV;
-// cuda_kv_cache.cc: K/V caches and attention): CUDA errors as statuses,
-// device allocations, the lanes (a stream with its staging) and the
-// registry of pinned host buffers. Internal to server/backends/cuda.
+// cuda_upload.cc: streamed uploads; cuda_kv_cache.cc: K/V caches and
+// attention): CUDA errors as statuses, device allocations, the resident
+// matrix, the lanes (a stream with its staging) and the registry of pinned
+// host buffers. Internal to server/backends/cuda.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -79,6 +80,41 @@ class LaneClaim {
  private:
   absl::Mutex mu_;
   bool taken_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Packed words, scales and (E4M3 only) the NaN-row flags in one device
+// allocation.
+class CudaMatrix final : public BackendMatrix {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaMatrix>> Allocate(const MatrixShape& shape) {
+    auto m = std::unique_ptr<CudaMatrix>(new CudaMatrix(shape));
+    const int64_t word_bytes = AlignUp(shape.layout().total_words() * 4, 256);
+    const int64_t scale_bytes = AlignUp(std::max<int64_t>(shape.num_scales(), 1) * 4, 256);
+    const int64_t flag_bytes = shape.format == Fp8Format::kE4M3 ? shape.rows : 0;
+    PLUME_RETURN_IF_CUDA(m->mem_.Allocate(word_bytes + scale_bytes + flag_bytes),
+                         absl::StrCat("allocating a ", shape.rows, "x", shape.cols, " matrix"));
+    char* base = static_cast<char*>(m->mem_.p);
+    m->words_ = reinterpret_cast<uint32_t*>(base);
+    m->scales_ = reinterpret_cast<float*>(base + word_bytes);
+    m->flags_ = flag_bytes > 0 ? reinterpret_cast<uint8_t*>(base + word_bytes + scale_bytes) : nullptr;
+    return m;
+  }
+
+  uint32_t* words() const { return words_; }
+  float* scales() const { return scales_; }
+  uint8_t* flags() const { return flags_; }
+  // Rows with an E4M3 NaN code, or null when there are none.
+  const uint8_t* nan_rows() const { return has_nan_ ? flags_ : nullptr; }
+  void set_has_nan(bool v) { has_nan_ = v; }
+
+ private:
+  explicit CudaMatrix(const MatrixShape& shape) : BackendMatrix(shape) {}
+
+  DeviceAlloc mem_;
+  uint32_t* words_ = nullptr;
+  float* scales_ = nullptr;
+  uint8_t* flags_ = nullptr;
+  bool has_nan_ = false;
 };
 
 }  // namespace cuda_internal

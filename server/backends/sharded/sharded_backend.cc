@@ -521,6 +521,12 @@ class ShardedRowQuantizer final : public RowQuantizer {
         children_(std::move(children)),
         row_bytes_(row_bytes) {}
 
+  int64_t host_staging_bytes() const override {
+    int64_t n = 0;
+    for (const auto& c : children_) n += c->host_staging_bytes();
+    return n;
+  }
+
  protected:
   absl::Status Quantize(const void* src, int64_t row0, int64_t rows) override {
     for (size_t i = 0; i < parts_.size(); ++i) {
