@@ -48,6 +48,15 @@ using namespace wgmma_layout;
 #define PLUME_WGMMA_VARIANT 0
 #endif
 
+// Measurement-only overrides (NOTES.md): the blocks per multiprocessor at
+// N = 8 and the deepest ring.
+#ifndef PLUME_WGMMA_BLOCKS_N8
+#define PLUME_WGMMA_BLOCKS_N8 2
+#endif
+#ifndef PLUME_WGMMA_MAX_STAGES
+#define PLUME_WGMMA_MAX_STAGES 8
+#endif
+
 constexpr int kConsumerWarps = 8;                    // two warp groups
 constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
 constexpr int kMaxN = 128;
@@ -60,8 +69,9 @@ struct Cfg {
   // N = 8: two blocks per multiprocessor (their registers fit), each with
   // half the ring, so two pipelines keep the loads coming. From N = 16 the
   // register cap of two blocks made ptxas serialize the wgmma (C7512).
-  static constexpr int kBlocksPerSm = kN <= 8 ? 2 : 1;
-  static constexpr int kStages = std::min(8, kMaxStageMemory / kBlocksPerSm / kStageBytes);
+  static constexpr int kBlocksPerSm = kN <= 8 ? PLUME_WGMMA_BLOCKS_N8 : 1;
+  static constexpr int kStages =
+      std::min(PLUME_WGMMA_MAX_STAGES, kMaxStageMemory / kBlocksPerSm / kStageBytes);
   static constexpr int kSmem = kStages * kStageBytes + 1024;     // + room to align to 1024
 };
 
