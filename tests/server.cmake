@@ -27,6 +27,12 @@ if(TARGET plume_client)
     prometheus-cpp::pull GTest::gtest_main)
   plume_tsan_test(server_test)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+
+  # BLOCK128X128 and content_hash end to end (CPU backend, durable store).
+  add_executable(block_scales_test server/block_scales_test.cc)
+  target_link_libraries(block_scales_test PRIVATE plume_grpc_service plume_client plume_backends
+    GTest::gtest_main)
+  gtest_discover_tests(block_scales_test DISCOVERY_TIMEOUT 60)
 endif()
 
 # The batcher: formation, both policies, queue limit, drops, routing; CPU backend.
