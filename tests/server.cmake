@@ -35,6 +35,10 @@ if(TARGET plume_client)
   gtest_discover_tests(block_scales_test DISCOVERY_TIMEOUT 60)
 endif()
 
+add_executable(memory_trimmer_test server/memory_trimmer_test.cc)
+target_link_libraries(memory_trimmer_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(memory_trimmer_test DISCOVERY_TIMEOUT 60)
+
 # The batcher: formation, both policies, queue limit, drops, routing; CPU backend.
 add_executable(batcher_test server/batcher_test.cc server/batcher_policy_test.cc)
 target_link_libraries(batcher_test PRIVATE plume_backends prometheus-cpp::core GTest::gtest_main)

@@ -1,6 +1,7 @@
 // plume-server: serves MatrixService over gRPC and metrics over HTTP.
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +28,7 @@
 #endif
 #include "server/core/engine.h"
 #include "server/core/gpu_utilization.h"
+#include "server/core/memory_trimmer.h"
 #include "server/core/metrics.h"
 #include "server/backends/sharded/sharded_backend.h"
 #include "server/grpc/server.h"
@@ -78,6 +80,8 @@ ABSL_FLAG(std::string, nvml_library, plume::core::GpuUtilizationCollector::kDefa
           "NVML library for plume_gpu_utilization_ratio; not loadable (or empty): the metric is absent.");
 ABSL_FLAG(int64_t, max_echo_bytes, 4 << 20, "Largest DiagnosticsService Echo payload, in bytes (RESOURCE_EXHAUSTED beyond it).");
 ABSL_FLAG(std::string, log_level, "info", "Log level: trace, debug, info, warn, error.");
+ABSL_FLAG(absl::Duration, memory_trim_interval, absl::Seconds(2),
+          "How often freed heap memory is given back to the OS (malloc_trim), so RSS follows what is live; 0: never.");
 
 namespace {
 
@@ -271,6 +275,13 @@ int main(int argc, char** argv) {
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty() && !WriteReadyFile(ready_file, (*server)->port(), metrics_port)) {
     return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
+  }
+
+  std::unique_ptr<plume::core::MemoryTrimmer> trimmer;
+  if (const absl::Duration every = absl::GetFlag(FLAGS_memory_trim_interval);
+      every > absl::ZeroDuration()) {
+    trimmer = std::make_unique<plume::core::MemoryTrimmer>(
+        std::chrono::milliseconds(std::max<int64_t>(1, absl::ToInt64Milliseconds(every))));
   }
 
   int sig = 0;
