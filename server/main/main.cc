@@ -17,10 +17,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
+#include "absl/flags/usage_config.h"
 #include "absl/time/time.h"
+#include "plume/build_info.h"
 #include "server/backends/cpu/cpu_backend.h"
 #if PLUME_HAVE_CUDA_BACKEND
 #include "server/backends/cuda/cuda_backend.h"
@@ -102,10 +105,41 @@ bool WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+// plume's own flags are defined in server/main/ (this file and
+// hardening.cc). abseil's --help and --helpshort list the flags of files
+// whose name matches the program's ("plume-server.cc"), which is none of
+// them; --helpfull lists abseil's own flags too.
+bool IsPlumeFlagFile(absl::string_view file) {
+  return absl::StrContains(file, "server/main/");
+}
+
+// Flag locations as repository paths ("server/main/main.cc"), not the build
+// machine's absolute paths.
+std::string RepositoryPath(absl::string_view file) {
+  const size_t at = file.rfind("server/main/");
+  return std::string(at == absl::string_view::npos ? file : file.substr(at));
+}
+
+std::string ServerVersionText() {
+#if PLUME_HAVE_CUDA_BACKEND
+  return plume::VersionText("plume-server", plume::core::CudaRuntimeVersion()) + "\n";
+#else
+  return plume::VersionText("plume-server") + "\n";
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("plume-server: FP8 GEMV over gRPC. Flags: --helpfull");
+  absl::SetProgramUsageMessage(
+      "FP8 GEMV and attention over gRPC, metrics over HTTP.\n"
+      "--help lists plume's flags, --helpfull abseil's too; --version the build.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = IsPlumeFlagFile;
+  usage.contains_helpshort_flags = IsPlumeFlagFile;
+  usage.normalize_filename = RepositoryPath;
+  usage.version_string = ServerVersionText;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
