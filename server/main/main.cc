@@ -31,6 +31,7 @@
 #include "server/core/engine.h"
 #include "server/core/gpu_utilization.h"
 #include "server/core/metrics.h"
+#include "server/core/process_metrics.h"
 #include "server/backends/sharded/sharded_backend.h"
 #include "server/grpc/server.h"
 #include "server/main/hardening.h"  // store, TLS, auth, stream limits
@@ -272,6 +273,10 @@ int main(int argc, char** argv) {
     return Fail(std::string(s.message()));
   }
   exposer->RegisterCollectable(metrics.registry());
+  // process_* from /proc/self, read at scrape time. The exposer holds
+  // collectables by weak_ptr: this one lives as long as main.
+  const auto process_metrics = std::make_shared<plume::core::ProcessMetricsCollector>();
+  exposer->RegisterCollectable(process_metrics);
   std::string nvml_why;
   const auto gpu_utilization =
       plume::core::GpuUtilizationCollector::Create(absl::GetFlag(FLAGS_nvml_library), &nvml_why);
