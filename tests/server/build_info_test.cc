@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <time.h>
 #include <map>
 #include <regex>
 #include <string>
@@ -194,9 +195,19 @@ TEST(ProcessMetricsCollector, ReadsThisProcess) {
   // A descriptor opened shows up; CPU time is spent and counted.
   const int fd = open("/dev/null", O_RDONLY);
   ASSERT_GE(fd, 0);
+  // Spin until this process has used 300 ms more CPU (by its own clock,
+  // however busy the machine), at most 30 s of wall time.
+  auto cpu_seconds = [] {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
   volatile double sink = 0;
-  const auto end = std::chrono::steady_clock::now() + 300ms;
-  while (std::chrono::steady_clock::now() < end) sink = sink + std::sqrt(sink + 1.0);
+  const double cpu_end = cpu_seconds() + 0.3;
+  const auto wall_end = std::chrono::steady_clock::now() + 30s;
+  while (cpu_seconds() < cpu_end && std::chrono::steady_clock::now() < wall_end) {
+    for (int i = 0; i < 1000; ++i) sink = sink + std::sqrt(sink + 1.0);
+  }
   const auto after = collector.Collect();
   close(fd);
   EXPECT_EQ(ValueOf(after, "process_open_fds"), ValueOf(before, "process_open_fds") + 1);
