@@ -17,11 +17,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
-#include "absl/flags/usage_config.h"
 #include "absl/time/time.h"
 #include "plume/build_info.h"
 #include "server/backends/cpu/cpu_backend.h"
@@ -107,9 +107,9 @@ bool WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
 }
 
 // plume's own flags are defined in server/main/ (this file and
-// hardening.cc). abseil's --help and --helpshort list the flags of files
-// whose name matches the program's ("plume-server.cc"), which is none of
-// them; --helpfull lists abseil's own flags too.
+// hardening.cc). By default abseil's --help and --helpshort list only the
+// flags of a file named after the program (plume-server.cc), which none is,
+// and said "No flags matched"; --helpfull lists abseil's own flags too.
 bool IsPlumeFlagFile(absl::string_view file) {
   return absl::StrContains(file, "server/main/");
 }
