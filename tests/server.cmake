@@ -90,6 +90,24 @@ if(TARGET plume_client AND TARGET plume-server)
   gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
 endif()
 
+# The operator's view: `plume-server --version`, `plume --version`,
+# `plume-server --help`, and plume_build_info and process_* on /metrics
+# (the binaries as processes; the collector and registry in process).
+if(TARGET plume-server AND TARGET plume_cli)
+  add_executable(build_info_test server/build_info_test.cc)
+  target_include_directories(build_info_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(build_info_test PRIVATE plume_core plume_build_info plume_metrics_scrape
+    prometheus-cpp::core nlohmann_json::nlohmann_json GTest::gtest_main)
+  target_compile_definitions(build_info_test PRIVATE
+    PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>"
+    PLUME_CLI_BIN="$<TARGET_FILE:plume_cli>"
+    PLUME_EXPECTED_VERSION="${PROJECT_VERSION}"
+    PLUME_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+    PLUME_EXPECT_CUDA=$<BOOL:${PLUME_HAVE_CUDA}>)
+  add_dependencies(build_info_test plume-server plume_cli)
+  gtest_discover_tests(build_info_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
+
 # Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit.
 if(TARGET plume_client)
   add_executable(reliability_test server/reliability_test.cc)
