@@ -46,10 +46,9 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   const int64_t stage =
       upload->quantizer_ != nullptr
           ? upload->row_bytes_ + upload->quantizer_->host_staging_bytes()
-      : plan->prepacked
-          ? plan->data_bytes + plan->scale_bytes
-          : plan->data_bytes + plan->shape.layout().code_bytes() +
-                plan->shape.num_scales() * int64_t{sizeof(float)};
+      : tiled ? plan->data_bytes + plan->shape.layout().code_bytes() +
+                    plan->shape.num_scales() * int64_t{sizeof(float)}
+              : plan->data_bytes + plan->scale_bytes;
   const std::shared_ptr<Budget>& budget = store_->budget();
   if (!budget->TryReserve(stage)) {
     return absl::ResourceExhaustedError(absl::StrCat(
