@@ -17,6 +17,7 @@ pkgs=(
   openssl  # security tests make certificates at test time
   clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
   prometheus python3-yaml
+  docker-compose  # deploy/compose.yaml is checked with Debian's docker-compose 1.29
 )
 missing=()
 for p in "${pkgs[@]}"; do

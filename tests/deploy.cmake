@@ -35,3 +35,10 @@ endif()
 add_test(NAME deploy_manifests
   COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/deploy/manifests_test.py ${PROJECT_SOURCE_DIR})
 set_tests_properties(deploy_manifests PROPERTIES LABELS deploy TIMEOUT 30)
+
+# compose.yaml as docker-compose 1.29 (Debian bookworm's) reads it, with and
+# without the gpu profile.
+add_test(NAME deploy_compose_config
+  COMMAND /bin/sh -c "docker-compose -f deploy/compose.yaml config -q && docker-compose -f deploy/compose.yaml --profile gpu config -q"
+  WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(deploy_compose_config PROPERTIES LABELS deploy TIMEOUT 60)

@@ -77,10 +77,19 @@ if dep and svc and pvc:
     sel = svc["spec"]["selector"]
     want(all(pod["metadata"]["labels"].get(k) == v for k, v in sel.items()), "k8s: Service selector misses the pods")
     want({p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports), "k8s: Service targetPorts")
-    want(svc["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true", "k8s: Service scrape annotation")
+    # Exactly one object asks to be scraped: pods and Service both would
+    # count every server twice.
+    scraped = [f"{kind}/{name}" for (kind, name), obj in k8s.items()
+               if obj.get("metadata", {}).get("annotations", {}).get("prometheus.io/scrape") == "true"]
+    scraped += [f"pod template of {name}" for (kind, name), obj in k8s.items() if kind == "Deployment"
+                and obj["spec"]["template"]["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"]
+    want(scraped == ["pod template of plume"], f"k8s: objects annotated for scraping {scraped}")
 
 # --- compose
 compose = load_all("deploy/compose.yaml")[0]
+# docker-compose 1.29 (Debian bookworm's) refuses a top-level name.
+want(set(compose) <= {"services", "volumes", "networks", "configs", "secrets"} | {k for k in compose if k.startswith("x-")},
+     f"compose: top-level keys {sorted(compose)}")
 svcs = compose["services"]
 want({"plume", "plume-gpu", "prometheus", "grafana"} <= set(svcs), f"compose: services {sorted(svcs)}")
 want("profiles" not in svcs.get("plume", {}), "compose: the CPU plume must run by default (no profile)")
