@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The newcomer's demo: installs dependencies, builds plume-server and the
-# plume CLI, starts the server (CPU backend when there is no GPU), uploads a
-# random 4096x4096 float32 matrix as E4M3 with row scales, runs a GEMV on a
-# batch of 8 vectors, prints it, and shows plume_vectors_total on /metrics.
-# The server stops at the end; KEEP_SERVER=1 leaves it running.
+# The newcomer's demo: installs what building and running need
+# (PLUME_DEPS=demo: the build tools and libraries, and numpy), builds
+# plume-server and the plume CLI (the demo preset: no tests or benches),
+# starts the server (CPU backend when there is no GPU), uploads a random
+# 4096x4096 float32 matrix as E4M3 with row scales, runs a GEMV on a batch of
+# 8 vectors, prints it, shows plume_vectors_total on /metrics, and ends with
+# one line of throughput and latency from a short `plume bench`.
+# The server stops and its temporary folder is removed at the end;
+# KEEP_SERVER=1 leaves both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-scripts/install-deps.sh
-cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc)" --target plume-server plume_cli
+PLUME_DEPS=demo scripts/install-deps.sh
+cmake --preset demo >/dev/null
+cmake --build --preset demo -j "$(nproc)"
 
-bin=build/release
+bin=build/demo
 work=$(mktemp -d /tmp/plume-demo.XXXXXX)
 grpc_port=${PLUME_GRPC_PORT:-50051}
 metrics_port=${PLUME_METRICS_PORT:-9464}
@@ -22,7 +26,10 @@ echo "== starting plume-server (log: $work/server.log)"
   --metrics_address="127.0.0.1:$metrics_port" --backend=auto --store_dir="$work/store" \
   --ready_file="$work/ready.json" >"$work/server.log" 2>&1 &
 server_pid=$!
-stop_server() { kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true; }
+stop_server() {
+  kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
 [ "${KEEP_SERVER:-0}" = 1 ] || trap stop_server EXIT
 for _ in $(seq 100); do
   [ -s "$work/ready.json" ] && break
@@ -58,6 +65,17 @@ print("relative L2 error vs the unquantized float64 product (FP8 E4M3 quantizati
 PY
 echo "== /metrics"
 curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -E '^plume_(vectors_total|weight_bytes_read_total|resident_|requests_total\{code="OK",method="Gemv"\})'
+echo "== plume bench demo: 3 s, 16 vectors in flight over GemvStream"
+plume bench demo --concurrency 16 --dtype f16 --max-seconds 3 --window-ms 500 \
+  --json "$work/bench.json" >"$work/bench.log" 2>&1 || { cat "$work/bench.log"; exit 1; }
+/usr/bin/python3 - "$work/bench.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["steps"][0]
+l = s["latency_ms"]
+print(f"plume bench: {s['vectors_per_s']:.0f} vectors/s at 16 in flight, latency p50 {l['p50']:.3f} ms, "
+      f"p99 {l['p99']:.3f} ms ({s['errors']} errors)")
+PY
 if [ "${KEEP_SERVER:-0}" = 1 ]; then
   echo "== plume-server keeps running (pid $server_pid) on 127.0.0.1:$grpc_port; stop it with: kill $server_pid"
+  echo "   its files: $work"
 fi

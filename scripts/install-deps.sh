@@ -7,9 +7,14 @@ pkgs=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
 )
-# Tests, benchmarks and the deploy/ checks; PLUME_DEPS=build (deploy/Dockerfile)
-# installs only what building plume-server and the CLI needs.
-[ "${PLUME_DEPS:-all}" = build ] || pkgs+=(
+# PLUME_DEPS=build (deploy/Dockerfile) installs only what building
+# plume-server and the CLI needs; PLUME_DEPS=demo (scripts/demo.sh) adds
+# numpy, which makes the demo's matrix and checks its answer; the default
+# adds the tests', benchmarks' and deploy/ checks' tools.
+case "${PLUME_DEPS:-all}" in
+  build) ;;
+  demo) pkgs+=(python3 python3-numpy) ;;
+  *) pkgs+=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy libopenblas0-pthread
   python3-grpcio python3-protobuf python3-pytest python3-tqdm  # the Python client and its tests,
@@ -18,7 +23,8 @@ pkgs=(
   clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
   prometheus python3-yaml
   docker-compose  # deploy/compose.yaml is checked with Debian's docker-compose 1.29
-)
+) ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
