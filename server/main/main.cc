@@ -281,10 +281,17 @@ int main(int argc, char** argv) {
   // collectables by weak_ptr: this one lives as long as main.
   const auto process_metrics = std::make_shared<plume::core::ProcessMetricsCollector>();
   exposer->RegisterCollectable(process_metrics);
+  // NVML is looked for when the server runs on GPUs, or when --nvml_library
+  // names a library: a CPU box has none, and its absence is no news.
   std::string nvml_why;
+  const std::string nvml_library = absl::GetFlag(FLAGS_nvml_library);
+  const bool want_nvml = (!device_ids.empty() && !cpu_devices) ||
+                         nvml_library != plume::core::GpuUtilizationCollector::kDefaultLibrary;
   const auto gpu_utilization =
-      plume::core::GpuUtilizationCollector::Create(absl::GetFlag(FLAGS_nvml_library), &nvml_why);
-  if (gpu_utilization != nullptr) {
+      want_nvml ? plume::core::GpuUtilizationCollector::Create(nvml_library, &nvml_why) : nullptr;
+  if (!want_nvml) {
+    spdlog::debug("no GPU utilization metric: the server runs on the CPU");
+  } else if (gpu_utilization != nullptr) {
     exposer->RegisterCollectable(gpu_utilization);
     spdlog::info("NVML: exporting plume_gpu_utilization_ratio for {} GPU(s)", gpu_utilization->num_devices());
   } else {
