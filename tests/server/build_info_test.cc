@@ -129,6 +129,14 @@ std::map<std::string, std::string> LabelsOf(const std::string& line) {
   return labels;
 }
 
+TEST_F(BuildInfoTest, ACpuServerDoesNotLookForNvml) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--backend=cpu", "--store_dir="}));
+  const std::string log = SlurpFile(File("server.out")) + SlurpFile(File("server.err"));
+  EXPECT_NE(log.find("plume-server ready"), std::string::npos) << log;
+  EXPECT_EQ(log.find("nvidia-ml"), std::string::npos) << log;
+  EXPECT_EQ(log.find("NVML"), std::string::npos) << log;
+}
+
 TEST_F(BuildInfoTest, MetricsExportBuildInfoAndProcessMetrics) {
   ASSERT_NO_FATAL_FAILURE(StartServer({"--store_dir=" + File("store")}));
   auto url = cli::ParseHttpUrl("http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics");
