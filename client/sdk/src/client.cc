@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -197,6 +198,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, cons
   h.set_scale_mode(spec.scale_mode);
   h.set_non_saturating(spec.non_saturating);
   h.set_placement(spec.placement);
+  h.set_content_hash(spec.content_hash);
   return Upload(h, source.bytes, {}, progress, call);
 }
 
@@ -220,6 +222,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
   h.set_scale_mode(spec.scale_mode);
   h.set_non_saturating(spec.non_saturating);
   h.set_placement(spec.placement);
+  h.set_content_hash(spec.content_hash);
   return Upload(h,
                 std::string_view(reinterpret_cast<const char*>(words), static_cast<size_t>(num_words) * 4),
                 std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4),
@@ -234,6 +237,38 @@ absl::StatusOr<v1::MatrixInfo> Client::GetMatrix(const std::string& name, const 
   const grpc::Status s = stub_->GetMatrix(ctx.get(), req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
   return resp.matrix();
+}
+
+absl::StatusOr<PackedMatrix> Client::GetMatrixPacked(const std::string& name, const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::GetMatrixRequest req;
+  req.set_name(name);
+  req.set_include_packed(true);
+  v1::GetMatrixResponse resp;
+  const grpc::Status s = stub_->GetMatrix(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  const v1::MatrixInfo& m = resp.matrix();
+  const std::string& w = resp.packed_words();
+  const std::string& sc = resp.scales();
+  if (w.size() % 4 != 0 || sc.size() % 4 != 0) {
+    return absl::InternalError("malformed GetMatrix response: packed words or scales not a multiple of 4 bytes");
+  }
+  if (w.empty() && m.rows() > 0 && m.cols() > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the server returned no packed codes for '", name, "' (it does not support GetMatrix include_packed)"));
+  }
+  const int64_t want_words = m.rows() * (m.layout().padded_cols() / 4);
+  if (static_cast<int64_t>(w.size() / 4) != want_words) {
+    return absl::InternalError(absl::StrCat("malformed GetMatrix response: ", w.size() / 4,
+                                            " packed words, the layout needs ", want_words));
+  }
+  PackedMatrix out;
+  out.info = m;
+  out.words.resize(w.size() / 4);
+  if (!w.empty()) std::memcpy(out.words.data(), w.data(), w.size());
+  out.scales.resize(sc.size() / 4);
+  if (!sc.empty()) std::memcpy(out.scales.data(), sc.data(), sc.size());
+  return out;
 }
 
 absl::StatusOr<std::vector<v1::MatrixInfo>> Client::ListMatrices(const CallOptions& call) {
