@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "plume/io/checkpoint.h"
 #include "plume/io/npy.h"
 #include "plume/io/safetensors.h"
 #include "progress.h"
@@ -47,7 +48,7 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g) {
 namespace {
 
 // The tensor of a .safetensors file `plume upload` takes: --tensor, or the
-// only one.
+// only one that is not the scale tensor of another.
 absl::StatusOr<std::string> ChooseTensor(const io::SafetensorsFile& file, const UploadFlags& f) {
   if (!f.tensor.empty()) {
     if (file.Find(f.tensor) == nullptr) {
@@ -55,13 +56,17 @@ absl::StatusOr<std::string> ChooseTensor(const io::SafetensorsFile& file, const 
     }
     return f.tensor;
   }
-  if (file.tensors().size() != 1) {
-    std::string names;
-    for (const auto& e : file.tensors()) absl::StrAppend(&names, names.empty() ? "" : ", ", e.name);
-    return absl::InvalidArgumentError(absl::StrCat(
-        f.file, " holds ", file.tensors().size(), " tensors; choose one with --tensor KEY (", names, ")"));
+  std::vector<std::string> names, matrices;
+  for (const auto& e : file.tensors()) names.push_back(e.name);
+  for (const auto& n : names) {
+    if (!io::IsScaleTensorName(n, names) && n != f.scale_tensor) matrices.push_back(n);
   }
-  return file.tensors()[0].name;
+  if (matrices.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(f.file, " holds ", file.tensors().size(),
+                                                   " tensors; choose one with --tensor KEY (",
+                                                   absl::StrJoin(names, ", "), ")"));
+  }
+  return matrices[0];
 }
 
 // Loads the 2-D source matrix of `plume upload`.
