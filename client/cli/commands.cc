@@ -276,6 +276,9 @@ int RunUpload(const GlobalFlags& g, const UploadFlags& f) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   const TensorRef source{ToWireDType(matrix->dtype), matrix->shape, matrix->data};
+  // The same label `plume upload-model` gives this tensor with these options.
+  spec.content_hash = io::FloatContentHash(matrix->shape, matrix->data,
+                                           {source.dtype, spec.format, spec.scale_mode, spec.non_saturating});
   ProgressDisplay progress(absl::StrCat("upload ", f.name), stderr);
   CallOptions call;
   auto info = (*client)->UploadMatrix(
