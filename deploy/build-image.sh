@@ -61,6 +61,7 @@ say "buildah bud -f deploy/Dockerfile -t $image (BUILD_IMAGE = BASE_IMAGE = $bas
 # --format docker: the OCI image format has no HEALTHCHECK.
 "${B[@]}" bud --isolation chroot --format docker --layers \
   --build-arg BUILD_IMAGE="$base" --build-arg BASE_IMAGE="$base" \
+  --build-arg PLUME_COMMIT="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   -f "$root/deploy/Dockerfile" -t "$image" "$root"
 say "built $image"
 "${B[@]}" images "$image"

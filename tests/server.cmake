@@ -27,7 +27,17 @@ if(TARGET plume_client)
     prometheus-cpp::pull GTest::gtest_main)
   plume_tsan_test(server_test)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
+
+  # BLOCK128X128 and content_hash end to end (CPU backend, durable store).
+  add_executable(block_scales_test server/block_scales_test.cc)
+  target_link_libraries(block_scales_test PRIVATE plume_grpc_service plume_client plume_backends
+    GTest::gtest_main)
+  gtest_discover_tests(block_scales_test DISCOVERY_TIMEOUT 60)
 endif()
+
+add_executable(memory_trimmer_test server/memory_trimmer_test.cc)
+target_link_libraries(memory_trimmer_test PRIVATE plume_core GTest::gtest_main)
+gtest_discover_tests(memory_trimmer_test DISCOVERY_TIMEOUT 60)
 
 # The batcher: formation, both policies, queue limit, drops, routing; CPU backend.
 add_executable(batcher_test server/batcher_test.cc server/batcher_policy_test.cc)
@@ -78,6 +88,24 @@ if(TARGET plume_client AND TARGET plume-server)
   target_compile_definitions(process_test PRIVATE PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>")
   add_dependencies(process_test plume-server)
   gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+endif()
+
+# The operator's view: `plume-server --version`, `plume --version`,
+# `plume-server --help`, and plume_build_info and process_* on /metrics
+# (the binaries as processes; the collector and registry in process).
+if(TARGET plume-server AND TARGET plume_cli)
+  add_executable(build_info_test server/build_info_test.cc)
+  target_include_directories(build_info_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(build_info_test PRIVATE plume_core plume_build_info plume_metrics_scrape
+    prometheus-cpp::core nlohmann_json::nlohmann_json GTest::gtest_main)
+  target_compile_definitions(build_info_test PRIVATE
+    PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>"
+    PLUME_CLI_BIN="$<TARGET_FILE:plume_cli>"
+    PLUME_EXPECTED_VERSION="${PROJECT_VERSION}"
+    PLUME_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+    PLUME_EXPECT_CUDA=$<BOOL:${PLUME_HAVE_CUDA}>)
+  add_dependencies(build_info_test plume-server plume_cli)
+  gtest_discover_tests(build_info_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
 
 # Bad-input sweep, delete during 1,000 in-flight GEMVs, expired requests, stream limit.

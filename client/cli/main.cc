@@ -4,12 +4,17 @@
 #include "absl/strings/str_format.h"
 #include "bench.h"
 #include "commands.h"
+#include "plume/build_info.h"
 
 int main(int argc, char** argv) {
   using namespace plume::cli;
   CLI::App app{"plume: upload FP8 matrices to a plume server and run GEMV on them", "plume"};
   app.require_subcommand(1);
   app.fallthrough();  // global options may also follow the subcommand
+  // Version, commit, build type and backends of this build (the server's
+  // own: `plume-server --version`).
+  app.set_version_flag("--version", [] { return plume::VersionText("plume"); },
+                       "print the version, commit, build type and backends of this build, and exit");
 
   GlobalFlags g;
   app.add_option("--server", g.server, "server address HOST:PORT")->capture_default_str();
@@ -204,6 +209,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     absl::FPrintF(stderr, "error: INVALID_ARGUMENT: %s\n", e.what());

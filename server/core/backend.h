@@ -39,11 +39,22 @@ struct MatrixShape {
 
   PackedLayout layout() const { return PackedLayout{rows, cols}; }
   int64_t num_scales() const { return NumScales(scale_mode, rows, cols); }
-  // Bytes resident for the packed codes plus the scales.
+  // Bytes resident for the packed codes plus the scales as a backend holds
+  // them (BLOCK128X128 expanded to BLOCK128: ResidentShape).
   int64_t resident_bytes() const {
-    return layout().code_bytes() + num_scales() * int64_t{sizeof(float)};
+    return layout().code_bytes() +
+           NumScales(ResidentScaleMode(scale_mode), rows, cols) * int64_t{sizeof(float)};
   }
 };
+
+// The shape a backend is given: BLOCK128X128 becomes BLOCK128, with each
+// row taking its 128-row band's scales (ExpandBlockScales), so backends and
+// kernels never see the 128x128 mode. The core keeps the shape as uploaded
+// (what ListMatrices, the durable store and GetMatrix report).
+inline MatrixShape ResidentShape(MatrixShape s) {
+  s.scale_mode = ResidentScaleMode(s.scale_mode);
+  return s;
+}
 
 // A matrix held by a backend. Immutable once created; safe to use from many
 // threads at once.

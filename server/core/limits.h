@@ -34,5 +34,7 @@ inline constexpr int64_t kMaxResponseBytesLimit = (int64_t{1} << 31) - 1;
 // What a response carries besides its payload (shape, ids, status), allowed
 // for when its payload is checked against the limit.
 inline constexpr int64_t kResponseOverheadBytes = 1024;
+// The longest MatrixHeader.content_hash (the durable store keeps it).
+inline constexpr int64_t kMaxContentHashBytes = 128;
 
 }  // namespace plume::core

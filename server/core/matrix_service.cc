@@ -9,6 +9,8 @@
 #include "server/core/batcher.h"
 #include "server/core/durable_store.h"
 #include "server/core/metrics.h"
+#include "server/core/packed_matrix.h"
+#include "plume/reference/api.h"
 
 namespace plume::core {
 
@@ -24,10 +26,14 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
     const v1::MatrixHeader& header) {
   auto plan = ValidateHeader(header, limits_);
   if (!plan.ok()) return plan.status();
-  auto pending = store_->BeginUpload(header.name(), backend_->ReservedBytes(plan->shape));
+  const int64_t resident = backend_->ReservedBytes(ResidentShape(plan->shape));
+  auto pending = store_->BeginUpload(header.name(), resident);
   if (!pending.ok()) return pending.status();
   auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
-  if (!plan->prepacked) {
+  // BLOCK128X128 needs 128 whole rows per scale: its source is staged whole
+  // and quantized on the host (ref::QuantizePack), like a pre-packed upload.
+  const bool tiled = plan->shape.scale_mode == ScaleMode::kBlock128x128;
+  if (!plan->prepacked && !tiled) {
     auto q = backend_->BeginRowQuantize(plan->shape, plan->source_dtype);
     if (!q.ok()) return q.status();
     upload->quantizer_ = std::move(*q);
@@ -35,16 +41,20 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   }
   // Staging: one row when streamed (the partial row a chunk ends with) plus
   // the quantizer's own host buffers (the CUDA backend's pinned ones), all
-  // of the data otherwise; reserved against the budget like the matrix.
+  // of the data otherwise (and for a host quantization its codes and
+  // scales); reserved against the budget like the matrix.
   const int64_t stage =
       upload->quantizer_ != nullptr
           ? upload->row_bytes_ + upload->quantizer_->host_staging_bytes()
-          : plan->data_bytes + plan->scale_bytes;
+      : plan->prepacked
+          ? plan->data_bytes + plan->scale_bytes
+          : plan->data_bytes + plan->shape.layout().code_bytes() +
+                plan->shape.num_scales() * int64_t{sizeof(float)};
   const std::shared_ptr<Budget>& budget = store_->budget();
   if (!budget->TryReserve(stage)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "upload of \"", header.name(), "\" needs ", stage, " bytes of staging beside ",
-        backend_->ReservedBytes(plan->shape), " resident; the memory budget has ",
+        resident, " resident; the memory budget has ",
         budget->capacity() - budget->used(), " of ", budget->capacity(),
         " bytes free (--memory_budget_bytes)"));
   }
@@ -135,7 +145,23 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
                   static_cast<size_t>(l.padded_cols() - l.cols));
     }
     words = reinterpret_cast<const uint32_t*>(data_.data());
-    data = service_->backend_->FromPacked(plan_.shape, words, scales);
+    data = FromPackedAsUploaded(service_->backend_, plan_.shape, words, scales);
+  } else if (plan_.shape.scale_mode == ScaleMode::kBlock128x128) {
+    // Quantized on the host (each scale needs its 128 rows), then held as
+    // BLOCK128 like a pre-packed upload; the file gets these codes.
+    try {
+      host_words.resize(static_cast<size_t>(plan_.shape.layout().total_words()));
+      host_scales.resize(static_cast<size_t>(plan_.shape.num_scales()));
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError("cannot allocate host memory to quantize the upload");
+    }
+    ref::QuantizePack(data_.data(), plan_.source_dtype, plan_.shape.rows, plan_.shape.cols,
+                      {plan_.shape.format, plan_.shape.scale_mode, plan_.shape.saturate},
+                      host_words.data(), host_scales.data());
+    std::string().swap(data_);
+    words = host_words.data();
+    scales = host_scales.data();
+    data = FromPackedAsUploaded(service_->backend_, plan_.shape, words, scales);
   } else {
     // The backend quantizes (on the GPU for the CUDA backend); a durable
     // store then reads the packed form back, so the file holds exactly the
@@ -169,13 +195,15 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count();
   if (disk != nullptr) {  // acknowledged only once it is on disk
-    StoredMatrixMeta meta{pending_.name(), plan_.shape, plan_.source_dtype, created_ms};
+    StoredMatrixMeta meta{pending_.name(), plan_.shape, plan_.source_dtype, created_ms,
+                          plan_.content_hash};
     if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
   }
   std::string().swap(data_);  // free the staging copy before publishing
   staging_.reset();
   auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
-                                    std::move(*data), created_ms, plan_.batching);
+                                    std::move(*data), created_ms, plan_.batching,
+                                    plan_.content_hash);
   return service_->Info(*m);
 }
 
@@ -195,6 +223,7 @@ v1::MatrixInfo MatrixService::Info(const Matrix& m) const {
   info.set_resident_bytes(m.shape.resident_bytes());
   info.set_created_unix_ms(m.created_unix_ms);
   info.set_backend(std::string(backend_->name()));
+  info.set_content_hash(m.content_hash);
   const MatrixPlacement where = backend_->PlacementOf(*m.data);
   info.set_placement(static_cast<v1::Placement>(where.kind));
   for (int d : where.devices) info.add_devices(d);
@@ -214,6 +243,36 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::GetMatrix(const std::string& name)
   auto m = store_->Get(name);
   if (!m.ok()) return m.status();
   return Info(**m);
+}
+
+absl::Status MatrixService::GetMatrixPacked(const std::string& name,
+                                            v1::GetMatrixResponse* out) const {
+  if (absl::Status s = ValidateName(name, limits_); !s.ok()) return s;
+  auto m = store_->Get(name);
+  if (!m.ok()) return m.status();
+  const MatrixShape& shape = (*m)->shape;
+  const int64_t word_bytes = shape.layout().code_bytes();
+  const int64_t scale_bytes = shape.num_scales() * int64_t{sizeof(float)};
+  if (absl::Status s = ValidateResponseBytes(word_bytes + scale_bytes, limits_,
+                                            absl::StrCat("the packed form of \"", name, "\""));
+      !s.ok()) {
+    return s;
+  }
+  *out->mutable_matrix() = Info(**m);
+  std::string* words = out->mutable_packed_words();
+  std::string* scales = out->mutable_scales();
+  try {
+    words->resize(static_cast<size_t>(word_bytes));
+    scales->resize(static_cast<size_t>(scale_bytes));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("cannot allocate host memory for the packed matrix");
+  }
+  // ReadPacked writes at least one scale: NONE reads into a spare float.
+  float none_scale = 0.0f;
+  return ReadPackedAsUploaded(backend_, *(*m)->data, shape,
+                              reinterpret_cast<uint32_t*>(words->data()),
+                              scale_bytes > 0 ? reinterpret_cast<float*>(scales->data())
+                                              : &none_scale);
 }
 
 void MatrixService::ListMatrices(v1::ListMatricesResponse* out) const {

@@ -61,6 +61,10 @@ class MatrixService {
 
   absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const v1::MatrixHeader& header);
   absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name) const;
+  // The info plus the resident codes and scales as a pre-packed upload of
+  // it would send them (GetMatrixRequest.include_packed). RESOURCE_EXHAUSTED
+  // when they would not fit in a response.
+  absl::Status GetMatrixPacked(const std::string& name, v1::GetMatrixResponse* out) const;
   void ListMatrices(v1::ListMatricesResponse* out) const;
   absl::Status DeleteMatrix(const std::string& name);
 

@@ -35,7 +35,8 @@ std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const M
                                                   DType source_dtype,
                                                   std::unique_ptr<BackendMatrix> data,
                                                   int64_t created_unix_ms,
-                                                  const BatchingOptions& batching) {
+                                                  const BatchingOptions& batching,
+                                                  std::string content_hash) {
   auto m = std::make_shared<Matrix>();
   m->name = pending.name();
   m->shape = shape;
@@ -48,6 +49,7 @@ std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const M
   m->data = std::move(data);
   m->reservation = pending.TakeReservation();
   m->batching = batching;
+  m->content_hash = std::move(content_hash);
   const int64_t resident = m->shape.resident_bytes();
   return registry_.Commit(std::move(pending), std::move(m), resident);
 }

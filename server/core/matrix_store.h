@@ -40,6 +40,7 @@ struct Matrix {
   Reservation reservation;
   // Per-matrix batcher knobs from the upload (0: the server default).
   BatchingOptions batching{0, std::chrono::microseconds(0), 0};
+  std::string content_hash;  // the client's label from the upload (may be empty)
 };
 
 class MatrixStore {
@@ -59,7 +60,8 @@ class MatrixStore {
   std::shared_ptr<const Matrix> Commit(PendingUpload pending, const MatrixShape& shape,
                                        DType source_dtype, std::unique_ptr<BackendMatrix> data,
                                        int64_t created_unix_ms = 0,
-                                       const BatchingOptions& batching = {0, {}, 0});
+                                       const BatchingOptions& batching = {0, {}, 0},
+                                       std::string content_hash = {});
 
   // NOT_FOUND if there is no such matrix. A reader of the registry: never
   // waits for another Get, nor for a delete's file removal.

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "plume/build_info.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -44,6 +45,18 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
 }  // namespace
 
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  // The build as labels on a constant 1 (the Prometheus *_info pattern):
+  // joins onto other series with `* on() group_left(version) plume_build_info`.
+  const BuildInfo& build = GetBuildInfo();
+  prometheus::BuildGauge()
+      .Name("plume_build_info")
+      .Help("Always 1; labels: version, git commit, backends compiled in, CUDA version built against (none without CUDA).")
+      .Register(*registry_)
+      .Add({{"version", std::string(build.version)},
+            {"commit", std::string(build.commit)},
+            {"backend", std::string(build.backends)},
+            {"cuda", build.cuda.empty() ? std::string("none") : std::string(build.cuda)}})
+      .Set(1);
   auto& requests = prometheus::BuildCounter()
                        .Name("plume_requests_total")
                        .Help("Finished requests (GemvStream, AttentionStream: stream items) by method and gRPC code.")

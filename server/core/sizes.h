@@ -58,12 +58,20 @@ inline std::optional<MatrixBytes> MatrixBytesOf(int64_t rows, int64_t cols, Scal
   if (!padded || !blocks) return std::nullopt;
   b.padded_cols = *padded;
   const auto codes = Mul(rows, b.padded_cols);
-  std::optional<int64_t> scales = mode == ScaleMode::kNone     ? 0
-                                  : mode == ScaleMode::kTensor ? 1
-                                  : mode == ScaleMode::kRow    ? rows
-                                                               : Mul(rows, *blocks / kBlockCols);
+  auto scales_of = [&](ScaleMode m) -> std::optional<int64_t> {
+    return m == ScaleMode::kNone     ? 0
+           : m == ScaleMode::kTensor ? 1
+           : m == ScaleMode::kRow    ? rows
+           : m == ScaleMode::kBlock128x128
+               ? Mul(*RoundUp(rows, kBlockRows) / kBlockRows, *blocks / kBlockCols)
+               : Mul(rows, *blocks / kBlockCols);
+  };
+  if (!RoundUp(rows, kBlockRows)) return std::nullopt;
+  std::optional<int64_t> scales = scales_of(mode);
   const auto scale_bytes = Mul(scales, int64_t{sizeof(float)});
-  const auto resident = Add(codes, scale_bytes);
+  // Resident: the scales as a backend holds them (ResidentScaleMode).
+  const auto resident =
+      Add(codes, Mul(scales_of(ResidentScaleMode(mode)), int64_t{sizeof(float)}));
   if (!resident) return std::nullopt;
   b.code_bytes = *codes;
   b.num_scales = *scales;

@@ -35,7 +35,7 @@ T Get(std::string_view s, size_t off) {
 int64_t PaddedNameBytes(size_t n) { return static_cast<int64_t>((n + 15) / 16 * 16); }
 
 bool ValidFormat(uint8_t v) { return v == 4 || v == 5; }
-bool ValidScaleMode(uint8_t v) { return v >= 1 && v <= 4; }
+bool ValidScaleMode(uint8_t v) { return v >= 1 && v <= 5; }
 bool ValidDType(uint8_t v) { return v >= 1 && v <= 5; }
 
 absl::Status Corrupt(absl::string_view what) {
@@ -50,11 +50,12 @@ std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales
   const int64_t num_scales = sh.num_scales();
   const int64_t num_words = sh.layout().total_words();
   const int64_t name_bytes = PaddedNameBytes(meta.name.size());
-  std::string h(static_cast<size_t>(kStoreHeaderBytes + name_bytes), '\0');
+  const int64_t hash_bytes = PaddedNameBytes(meta.content_hash.size());
+  const int64_t head = kMatrixHeaderBytes + name_bytes + hash_bytes;
+  std::string h(static_cast<size_t>(head), '\0');
   std::memcpy(h.data(), kStoreMagic, sizeof kStoreMagic);
-  Put<uint32_t>(&h, 8, kStoreVersion);
-  Put<uint64_t>(&h, 16, static_cast<uint64_t>(kStoreHeaderBytes + name_bytes + num_scales * 4 +
-                                              num_words * 4));
+  Put<uint32_t>(&h, 8, kMatrixFileVersion);
+  Put<uint64_t>(&h, 16, static_cast<uint64_t>(head + num_scales * 4 + num_words * 4));
   Put<uint32_t>(&h, 24, static_cast<uint32_t>(RecordKind::kMatrix));
   Put<uint32_t>(&h, 28, static_cast<uint32_t>(meta.name.size()));
   Put<int64_t>(&h, 32, sh.rows);
@@ -67,7 +68,10 @@ std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales
   Put<int64_t>(&h, 56, meta.created_unix_ms);
   Put<uint64_t>(&h, 64, static_cast<uint64_t>(num_scales));
   Put<uint64_t>(&h, 72, static_cast<uint64_t>(num_words));
-  std::memcpy(h.data() + kStoreHeaderBytes, meta.name.data(), meta.name.size());
+  Put<uint32_t>(&h, 80, static_cast<uint32_t>(meta.content_hash.size()));
+  std::memcpy(h.data() + kMatrixHeaderBytes, meta.name.data(), meta.name.size());
+  std::memcpy(h.data() + kMatrixHeaderBytes + name_bytes, meta.content_hash.data(),
+              meta.content_hash.size());
   uint32_t crc = Crc32c(0, h.data() + kCrcFrom, h.size() - kCrcFrom);
   crc = Crc32c(crc, scales, static_cast<size_t>(num_scales) * 4);
   crc = Crc32c(crc, words, static_cast<size_t>(num_words) * 4);
@@ -89,8 +93,13 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
     return Corrupt(absl::StrCat("truncated: ", b.size(), " bytes, shorter than the header"));
   }
   if (std::memcmp(b.data(), kStoreMagic, sizeof kStoreMagic) != 0) return Corrupt("bad magic");
-  if (const uint32_t v = Get<uint32_t>(b, 8); v != kStoreVersion) {
-    return Corrupt(absl::StrCat("unsupported version ", v));
+  const uint32_t version = Get<uint32_t>(b, 8);
+  if (version != 1 && version != kMatrixFileVersion) {
+    return Corrupt(absl::StrCat("unsupported version ", version));
+  }
+  const int64_t header_bytes = version == 1 ? kStoreHeaderBytes : kMatrixHeaderBytes;
+  if (b.size() < static_cast<size_t>(header_bytes)) {
+    return Corrupt(absl::StrCat("truncated: ", b.size(), " bytes, shorter than the header"));
   }
   if (const uint64_t size = Get<uint64_t>(b, 16); size != b.size()) {
     return Corrupt(absl::StrCat(size > b.size() ? "truncated" : "trailing bytes", ": header says ",
@@ -128,6 +137,14 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
     return Corrupt(absl::StrCat("bad name length ", name_len));
   }
   const int64_t name_bytes = PaddedNameBytes(name_len);
+  const uint32_t hash_len = version == 1 ? 0 : Get<uint32_t>(b, 80);
+  if (hash_len > static_cast<uint32_t>(kMaxContentHashBytes)) {
+    return Corrupt(absl::StrCat("bad content hash length ", hash_len));
+  }
+  for (int64_t i = 84; i < header_bytes; ++i) {
+    if (b[static_cast<size_t>(i)] != 0) return Corrupt("nonzero reserved header bytes");
+  }
+  const int64_t hash_bytes = PaddedNameBytes(hash_len);
   const int64_t num_scales = sh.num_scales();
   const int64_t num_words = sh.layout().total_words();
   if (Get<uint64_t>(b, 64) != static_cast<uint64_t>(num_scales) ||
@@ -135,17 +152,22 @@ absl::StatusOr<StoredMatrix> DecodeMatrixFile(std::string_view b) {
     return Corrupt("scale or word count does not match the shape");
   }
   // rows, cols <= 2^20, so these products cannot overflow.
-  if (static_cast<int64_t>(b.size()) != kStoreHeaderBytes + name_bytes + 4 * (num_scales + num_words)) {
+  const int64_t head = header_bytes + name_bytes + hash_bytes;
+  if (static_cast<int64_t>(b.size()) != head + 4 * (num_scales + num_words)) {
     return Corrupt("payload size does not match the shape");
   }
-  m.meta.name.assign(b.data() + kStoreHeaderBytes, name_len);
+  m.meta.name.assign(b.data() + header_bytes, name_len);
   if (absl::Status s = ValidateName(m.meta.name, limits); !s.ok()) {
     return Corrupt(absl::StrCat("bad name: ", s.message()));
   }
-  for (int64_t i = kStoreHeaderBytes + name_len; i < kStoreHeaderBytes + name_bytes; ++i) {
+  for (int64_t i = header_bytes + name_len; i < header_bytes + name_bytes; ++i) {
     if (b[static_cast<size_t>(i)] != 0) return Corrupt("nonzero name padding");
   }
-  const char* payload = b.data() + kStoreHeaderBytes + name_bytes;
+  m.meta.content_hash.assign(b.data() + header_bytes + name_bytes, hash_len);
+  for (int64_t i = header_bytes + name_bytes + hash_len; i < head; ++i) {
+    if (b[static_cast<size_t>(i)] != 0) return Corrupt("nonzero content hash padding");
+  }
+  const char* payload = b.data() + head;
   m.scales.resize(static_cast<size_t>(num_scales));
   m.words.resize(static_cast<size_t>(num_words));
   if (!m.scales.empty()) std::memcpy(m.scales.data(), payload, m.scales.size() * 4);  // NONE: no scales

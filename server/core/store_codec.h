@@ -6,15 +6,19 @@
 // link this alone.
 //
 // Matrix file ("<name>.pmx"), little-endian:
-//   0  char[8] magic "PLUMEMX\n"     8  u32 version (1)
+//   0  char[8] magic "PLUMEMX\n"     8  u32 version (2; 1 is still read)
 //  12  u32 crc32c of bytes [16, end) 16  u64 file size
 //  24  u32 kind (1 = matrix)         28  u32 name length
 //  32  i64 rows                      40  i64 cols
 //  48  u8 format, u8 scale mode, u8 saturate, u8 source dtype,
 //      u32 placement asked for at upload (0 AUTO .. 3 REPLICATED; was zero)
 //  56  i64 created (unix ms)         64  u64 number of scales
-//  72  u64 number of packed words    80  name, zero-padded to 16 bytes
-//  then the FP32 scales, then the packed uint32 words (plume's layout).
+//  72  u64 number of packed words
+//  version 2: 80 u32 content hash length, 84 zero to 96, then the name
+//  zero-padded to 16 bytes, then the content hash zero-padded to 16 bytes.
+//  version 1: 80 the name, zero-padded to 16 bytes (no content hash).
+//  Then the FP32 scales in the scale mode (BLOCK128X128: per 128x128 block),
+//  then the packed uint32 words (plume's layout).
 //
 // K/V cache file ("<name>.pkv"), little-endian: a header, then records.
 //   Header: 0 char[8] "PLUMEKV\n"   8 u32 version (1)
@@ -48,8 +52,10 @@
 namespace plume::core {
 
 inline constexpr char kStoreMagic[8] = {'P', 'L', 'U', 'M', 'E', 'M', 'X', '\n'};
-inline constexpr uint32_t kStoreVersion = 1;
-inline constexpr int64_t kStoreHeaderBytes = 80;
+inline constexpr uint32_t kStoreVersion = 1;         // K/V files; matrix files of version 1
+inline constexpr int64_t kStoreHeaderBytes = 80;     // K/V files; matrix files of version 1
+inline constexpr uint32_t kMatrixFileVersion = 2;    // what matrix files are written as
+inline constexpr int64_t kMatrixHeaderBytes = 96;    // version 2
 enum class RecordKind : uint32_t { kMatrix = 1, kKvCache = 2 };
 
 // What a matrix file describes besides its payload.
@@ -58,6 +64,7 @@ struct StoredMatrixMeta {
   MatrixShape shape;
   DType source_dtype = DType::kF32;
   int64_t created_unix_ms = 0;
+  std::string content_hash;  // version 2 files; empty in version 1
 };
 
 struct StoredMatrix {

@@ -2,18 +2,20 @@
 
 #include "server/core/kv_store.h"
 #include "server/core/matrix_store.h"
+#include "server/core/packed_matrix.h"
 
 namespace plume::core {
 
 DirectoryStore::LoadReport LoadStoredMatrices(DirectoryStore* disk, Backend* backend,
                                               MatrixStore* store) {
   return disk->LoadAll([&](StoredMatrix m) -> absl::Status {
-    auto pending = store->BeginUpload(m.meta.name, backend->ReservedBytes(m.meta.shape));
+    auto pending =
+        store->BeginUpload(m.meta.name, backend->ReservedBytes(ResidentShape(m.meta.shape)));
     if (!pending.ok()) return pending.status();
-    auto data = backend->FromPacked(m.meta.shape, m.words.data(), m.scales.data());
+    auto data = FromPackedAsUploaded(backend, m.meta.shape, m.words.data(), m.scales.data());
     if (!data.ok()) return data.status();
     store->Commit(std::move(*pending), m.meta.shape, m.meta.source_dtype, std::move(*data),
-                  m.meta.created_unix_ms);
+                  m.meta.created_unix_ms, {0, {}, 0}, std::move(m.meta.content_hash));
     return absl::OkStatus();
   });
 }

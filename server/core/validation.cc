@@ -135,6 +135,7 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
     case v1::SCALE_MODE_NONE: plan.shape.scale_mode = ScaleMode::kNone; break;
     case v1::SCALE_MODE_TENSOR: plan.shape.scale_mode = ScaleMode::kTensor; break;
     case v1::SCALE_MODE_BLOCK128: plan.shape.scale_mode = ScaleMode::kBlock128; break;
+    case v1::SCALE_MODE_BLOCK128X128: plan.shape.scale_mode = ScaleMode::kBlock128x128; break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown scale_mode ", h.scale_mode()));
   }
@@ -189,6 +190,14 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
                                                      max));
     }
   }
+  if (h.content_hash().size() > kMaxContentHashBytes ||
+      h.content_hash().find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                         "0123456789:._+/=-") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("content_hash must be at most ", kMaxContentHashBytes,
+                     " of [A-Za-z0-9:._+/=-], got ", h.content_hash().size(), " bytes"));
+  }
+  plan.content_hash = h.content_hash();
   plan.batching.max_batch = b.max_batch();
   plan.batching.max_queue_delay = std::chrono::microseconds(b.max_queue_delay_us());
   plan.batching.max_queue_size = b.max_queue_size();

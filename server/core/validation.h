@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -39,6 +40,7 @@ struct UploadPlan {
   bool prepacked = false;
   int64_t data_bytes = 0;   // bytes of data chunks expected
   int64_t scale_bytes = 0;  // bytes of scale chunks expected (pre-packed only)
+  std::string content_hash;  // the client's label, kept with the matrix
   BatchingOptions batching{0, std::chrono::microseconds(0), 0};  // 0: server default
 };
 absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limits& limits);

@@ -62,12 +62,24 @@ grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatri
 grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerContext* ctx,
                                                        const v1::GetMatrixRequest* req,
                                                        v1::GetMatrixResponse* resp) {
-  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kGetMatrix, [&] {
-    auto info = core_->GetMatrix(req->name());
-    if (!info.ok()) return info.status();
-    *resp->mutable_matrix() = std::move(*info);
-    return CheckResponseSize(resp, core_->limits(), "GetMatrix response");
-  });
+  if (!req->include_packed()) {
+    return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kGetMatrix, [&] {
+      auto info = core_->GetMatrix(req->name());
+      if (!info.ok()) return info.status();
+      *resp->mutable_matrix() = std::move(*info);
+      return CheckResponseSize(resp, core_->limits(), "GetMatrix response");
+    });
+  }
+  // The codes come back from the backend (a device copy on a GPU): on the
+  // work queue, not a gRPC thread.
+  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kGetMatrix,
+                         [this, req, resp] {
+                           if (absl::Status s = core_->GetMatrixPacked(req->name(), resp);
+                               !s.ok()) {
+                             return s;
+                           }
+                           return CheckResponseSize(resp, core_->limits(), "GetMatrix response");
+                         });
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerContext* ctx,

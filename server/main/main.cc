@@ -1,6 +1,7 @@
 // plume-server: serves MatrixService over gRPC and metrics over HTTP.
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,17 +18,22 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "plume/build_info.h"
 #include "server/backends/cpu/cpu_backend.h"
 #if PLUME_HAVE_CUDA_BACKEND
 #include "server/backends/cuda/cuda_backend.h"
 #endif
 #include "server/core/engine.h"
 #include "server/core/gpu_utilization.h"
+#include "server/core/memory_trimmer.h"
 #include "server/core/metrics.h"
+#include "server/core/process_metrics.h"
 #include "server/backends/sharded/sharded_backend.h"
 #include "server/grpc/server.h"
 #include "server/main/hardening.h"  // store, TLS, auth, stream limits
@@ -78,6 +84,8 @@ ABSL_FLAG(std::string, nvml_library, plume::core::GpuUtilizationCollector::kDefa
           "NVML library for plume_gpu_utilization_ratio; not loadable (or empty): the metric is absent.");
 ABSL_FLAG(int64_t, max_echo_bytes, 4 << 20, "Largest DiagnosticsService Echo payload, in bytes (RESOURCE_EXHAUSTED beyond it).");
 ABSL_FLAG(std::string, log_level, "info", "Log level: trace, debug, info, warn, error.");
+ABSL_FLAG(absl::Duration, memory_trim_interval, absl::Seconds(2),
+          "How often freed heap memory is given back to the OS (malloc_trim), so RSS follows what is live; 0: never.");
 
 namespace {
 
@@ -102,10 +110,41 @@ bool WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+// plume's own flags are defined in server/main/ (this file and
+// hardening.cc). By default abseil's --help and --helpshort list only the
+// flags of a file named after the program (plume-server.cc), which none is,
+// and said "No flags matched"; --helpfull lists abseil's own flags too.
+bool IsPlumeFlagFile(absl::string_view file) {
+  return absl::StrContains(file, "server/main/");
+}
+
+// Flag locations as repository paths ("server/main/main.cc"), not the build
+// machine's absolute paths.
+std::string RepositoryPath(absl::string_view file) {
+  const size_t at = file.rfind("server/main/");
+  return std::string(at == absl::string_view::npos ? file : file.substr(at));
+}
+
+std::string ServerVersionText() {
+#if PLUME_HAVE_CUDA_BACKEND
+  return plume::VersionText("plume-server", plume::core::CudaRuntimeVersion()) + "\n";
+#else
+  return plume::VersionText("plume-server") + "\n";
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("plume-server: FP8 GEMV over gRPC. Flags: --helpfull");
+  absl::SetProgramUsageMessage(
+      "FP8 GEMV and attention over gRPC, metrics over HTTP.\n"
+      "--help lists plume's flags, --helpfull abseil's too; --version the build.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = IsPlumeFlagFile;
+  usage.contains_helpshort_flags = IsPlumeFlagFile;
+  usage.normalize_filename = RepositoryPath;
+  usage.version_string = ServerVersionText;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
@@ -238,6 +277,10 @@ int main(int argc, char** argv) {
     return Fail(std::string(s.message()));
   }
   exposer->RegisterCollectable(metrics.registry());
+  // process_* from /proc/self, read at scrape time. The exposer holds
+  // collectables by weak_ptr: this one lives as long as main.
+  const auto process_metrics = std::make_shared<plume::core::ProcessMetricsCollector>();
+  exposer->RegisterCollectable(process_metrics);
   std::string nvml_why;
   const auto gpu_utilization =
       plume::core::GpuUtilizationCollector::Create(absl::GetFlag(FLAGS_nvml_library), &nvml_why);
@@ -271,6 +314,13 @@ int main(int argc, char** argv) {
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty() && !WriteReadyFile(ready_file, (*server)->port(), metrics_port)) {
     return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
+  }
+
+  std::unique_ptr<plume::core::MemoryTrimmer> trimmer;
+  if (const absl::Duration every = absl::GetFlag(FLAGS_memory_trim_interval);
+      every > absl::ZeroDuration()) {
+    trimmer = std::make_unique<plume::core::MemoryTrimmer>(
+        std::chrono::milliseconds(std::max<int64_t>(1, absl::ToInt64Milliseconds(every))));
   }
 
   int sig = 0;

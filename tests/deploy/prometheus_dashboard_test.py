@@ -42,6 +42,7 @@ REQUIRED_PANELS = [
     "Vectors/s", "Requests/s by method", "Achieved weight bandwidth", "GEMV latency p50 / p90 / p99",
     "Queue vs kernel time", "Batch size distribution", "Queue depth", "Errors by code",
     "Resident matrices", "Resident bytes and budget", "Device memory used / total", "GPU utilization",
+    "Process resident memory", "Process CPU", "Uptime and build",
 ]
 ROWS, COLS, BATCH = 384, 1000, 4
 SEED = 20250606
@@ -275,6 +276,9 @@ def main():
                     for line in text.splitlines() if line and not line.startswith("#")}
         assert f"plume_vectors_total {vectors}" in text, f"plume_vectors_total is not {vectors}"
         assert 'plume_gpu_utilization_ratio{gpu="0"} 0.37' in text, "fake NVML utilization not exported"
+        for m in ("plume_build_info", "process_resident_memory_bytes", "process_cpu_seconds_total",
+                  "process_open_fds", "process_start_time_seconds"):
+            assert m in exported, f"{m} not exported"
         for m in ALLOWED_EMPTY:
             if m in exported:
                 log(f"note: {m} is exported now: its panels must return data")
@@ -334,6 +338,14 @@ def main():
              0 < (value("Resident bytes and budget", "A") or 0) < (value("Resident bytes and budget", "B") or 0)),
             ("GPU utilization from the fake NVML: 0.37 and 0.81",
              sorted(float(s["value"][1]) for s in series_of("GPU utilization")) == [0.37, 0.81]),
+            ("resident memory > 1 MiB, labelled with the version",
+             any(float(s["value"][1]) > 2**20 and s["metric"].get("version")
+                 for s in series_of("Process resident memory"))),
+            ("0 < uptime < 10 min, labelled with version, commit, backend and cuda",
+             len(series_of("Uptime and build")) == 1
+             and 0 < (value("Uptime and build") or 0) < 600
+             and all(series_of("Uptime and build")[0]["metric"].get(k)
+                     for k in ("version", "commit", "backend", "cuda"))),
         ]
         for what, ok in checks:
             if not ok:

@@ -65,6 +65,19 @@ int64_t RssKiB(pid_t pid) {
   return at == std::string::npos ? -1 : std::atoll(status.c_str() + at + 6);
 }
 
+// The server's RSS once its memory trimmer (--memory_trim_interval, 2 s by
+// default) has given the freed heap back: the lowest of samples 100 ms
+// apart over up to `span`, ending early once one is at most `enough`.
+int64_t SettledRssKiB(pid_t pid, std::chrono::milliseconds span, int64_t enough = 0) {
+  int64_t best = RssKiB(pid);
+  for (auto t = std::chrono::steady_clock::now() + span;
+       std::chrono::steady_clock::now() < t && best > enough;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    best = std::min(best, RssKiB(pid));
+  }
+  return best;
+}
+
 v1::GemvRequest GemvOf(const std::string& name, const std::vector<float>& x, int64_t batch,
                        int64_t cols) {
   v1::GemvRequest req;
@@ -90,7 +103,8 @@ class ChaosTest : public testing::ServerProcessTest {
     // RSS is compared to find memory the server keeps: glibc's allocator is
     // told to map every block of 128 KiB or more on its own and to give
     // freed memory back (a fixed mmap threshold also fixes the trim
-    // threshold), and to keep one arena, so that RSS follows what is live
+    // threshold), and to keep one arena; the server's memory trimmer gives
+    // back the free pages below live blocks. So RSS follows what is live
     // rather than the high-water mark of the streams stalled at the time.
     setenv("MALLOC_MMAP_THRESHOLD_", "131072", 1);
     setenv("MALLOC_ARENA_MAX", "1", 1);
@@ -370,8 +384,7 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   std::atomic<bool> stop{false};
   RunAll(1000, std::chrono::duration_cast<std::chrono::milliseconds>(kWarm), false, &stop);
   ASSERT_NO_FATAL_FAILURE(FillGaps(200));
-  std::this_thread::sleep_for(1s);
-  const int64_t rss_warm = RssKiB(pid_);
+  const int64_t rss_warm = SettledRssKiB(pid_, 3s);
   ASSERT_GT(rss_warm, 0);
 
   stop.store(false);
@@ -379,8 +392,7 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   RunAll(1, std::chrono::duration_cast<std::chrono::milliseconds>(kRun), false, &stop);
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
   ASSERT_NO_FATAL_FAILURE(FillGaps(300));
-  std::this_thread::sleep_for(1s);
-  const int64_t rss_after = RssKiB(pid_);
+  const int64_t rss_after = SettledRssKiB(pid_, 5s, rss_warm + rss_warm / 10);
   std::map<std::string, int> run_counts;
   {
     std::lock_guard<std::mutex> l(mu_);

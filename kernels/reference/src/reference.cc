@@ -33,6 +33,7 @@ const char* ScaleModeName(ScaleMode m) {
     case ScaleMode::kTensor: return "tensor";
     case ScaleMode::kRow: return "row";
     case ScaleMode::kBlock128: return "block128";
+    case ScaleMode::kBlock128x128: return "block128x128";
   }
   return "unknown";
 }
@@ -93,6 +94,18 @@ void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode,
         }
       return;
     }
+    case ScaleMode::kBlock128x128: {
+      const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
+      for (int64_t t = 0; t * kBlockRows < rows; ++t)
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t c0 = b * kBlockCols, n = std::min(kBlockCols, cols - c0);
+          float m = 0.0f;
+          for (int64_t r = t * kBlockRows; r < std::min(rows, (t + 1) * kBlockRows); ++r)
+            m = std::max(m, AmaxFinite(src + r * cols + c0, n));
+          scales[t * nb + b] = ScaleFromAmax(m, format);
+        }
+      return;
+    }
   }
 }
 
@@ -108,16 +121,12 @@ void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
   ComputeScales(f, rows, cols, opts.scale_mode, opts.format, scales);
   const PackedLayout l{rows, cols};
   const int64_t pc = l.padded_cols();
-  const int64_t nb = l.blocks_per_row();
   auto body = [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       uint8_t* out = reinterpret_cast<uint8_t*>(words + r * l.words_per_row());
       std::vector<uint8_t> codes(static_cast<size_t>(pc), 0);
       for (int64_t c = 0; c < cols; ++c) {
-        const float s = opts.scale_mode == ScaleMode::kNone     ? 1.0f
-                        : opts.scale_mode == ScaleMode::kTensor ? scales[0]
-                        : opts.scale_mode == ScaleMode::kRow    ? scales[r]
-                                                                : scales[r * nb + c / kBlockCols];
+        const float s = ScaleAt(scales, opts.scale_mode, l, r, c);
         codes[c] = fp8::Encode(f[r * cols + c] / s, opts.format, opts.saturate);
       }
       // Little-endian words: element 4j in bits 0-7 of word j.
@@ -276,6 +285,17 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
                 ThreadPool* pool) {
   const PackedLayout& l = w.layout;
   if (l.rows <= 0 || batch <= 0) return;
+  if (w.scale_mode == ScaleMode::kBlock128x128) {
+    // Served as BLOCK128 (ResidentScaleMode): each row takes its band's
+    // scales. Backends expand once at upload; a direct call does it here.
+    std::vector<float> rows(static_cast<size_t>(NumScales(ScaleMode::kBlock128, l.rows, l.cols)));
+    ExpandBlockScales(l.rows, l.cols, w.scales, rows.data());
+    MatrixView v = w;
+    v.scales = rows.data();
+    v.scale_mode = ScaleMode::kBlock128;
+    GemvF32Isa(isa, v, x, batch, y, pool);
+    return;
+  }
   // Larger batches are FMA-bound: the decode is shared by the batch tile, and
   // the shift-decode kernel keeps fewer registers live (see NOTES.md).
   if (isa == Isa::kAvx512Vbmi && batch > detail::kVbmiMaxBatch) isa = Isa::kAvx512;

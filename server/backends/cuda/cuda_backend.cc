@@ -75,6 +75,12 @@ int CudaDeviceCount() {
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
 
+std::string CudaRuntimeVersion() {
+  int v = 0;  // 1000 * major + 10 * minor
+  if (cudaRuntimeGetVersion(&v) != cudaSuccess || v <= 0) return "unknown";
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
   const int n = CudaDeviceCount();
   if (n == 0) return absl::FailedPreconditionError("cuda backend: no CUDA device is visible");

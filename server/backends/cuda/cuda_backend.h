@@ -51,6 +51,10 @@ struct CudaBackendOptions {
 // Number of CUDA devices usable here (0 when there is no driver or GPU).
 int CudaDeviceCount();
 
+// The CUDA runtime library loaded (cudaRuntimeGetVersion) as "major.minor";
+// "unknown" if it cannot say. Needs no driver or GPU.
+std::string CudaRuntimeVersion();
+
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);

@@ -1,8 +1,10 @@
 // plume's packed FP8 layout (DESIGN.md, "Numerics"): four codes per
 // little-endian uint32, element 4j in bits 0-7; each row padded with zero
 // codes to a multiple of 16 codes, so every row starts 16-byte aligned.
-// Scales are FP32: none (NONE), 1 (TENSOR), rows (ROW), or
-// rows * ceil(cols / 128) laid out [row][block] (BLOCK128).
+// Scales are FP32: none (NONE), 1 (TENSOR), rows (ROW),
+// rows * ceil(cols / 128) laid out [row][block] (BLOCK128), or
+// ceil(rows / 128) * ceil(cols / 128) laid out [row block][col block]
+// (BLOCK128X128; held resident as BLOCK128, see ResidentScaleMode).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,7 @@ namespace plume {
 
 inline constexpr int64_t kRowAlignCodes = 16;
 inline constexpr int64_t kBlockCols = 128;
+inline constexpr int64_t kBlockRows = 128;  // BLOCK128X128
 
 struct PackedLayout {
   int64_t rows = 0;
@@ -33,7 +36,31 @@ PLUME_HD constexpr int64_t NumScales(ScaleMode mode, int64_t rows, int64_t cols)
   return mode == ScaleMode::kNone     ? 0
          : mode == ScaleMode::kTensor ? 1
          : mode == ScaleMode::kRow    ? rows
-                                      : rows * ((cols + kBlockCols - 1) / kBlockCols);
+         : mode == ScaleMode::kBlock128x128
+             ? ((rows + kBlockRows - 1) / kBlockRows) * ((cols + kBlockCols - 1) / kBlockCols)
+             : rows * ((cols + kBlockCols - 1) / kBlockCols);
+}
+
+// The mode a backend holds a matrix in: BLOCK128X128 as BLOCK128, every row
+// of a 128-row band taking the band's block scales. The products are the
+// same (value = code x scale either way); the scales take 4 bytes per row
+// per 128 columns (3% of the codes) rather than per 128x128 block, and every
+// BLOCK128 kernel serves the mode unchanged.
+PLUME_HD constexpr ScaleMode ResidentScaleMode(ScaleMode mode) {
+  return mode == ScaleMode::kBlock128x128 ? ScaleMode::kBlock128 : mode;
+}
+
+// BLOCK128X128 scales [ceil(rows/128)][nb] -> BLOCK128 [rows][nb].
+inline void ExpandBlockScales(int64_t rows, int64_t cols, const float* tiles, float* out) {
+  const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nb; ++b) out[r * nb + b] = tiles[(r / kBlockRows) * nb + b];
+}
+// The inverse: the first row of each band ([rows][nb] -> [ceil(rows/128)][nb]).
+inline void CompressBlockScales(int64_t rows, int64_t cols, const float* row_scales, float* out) {
+  const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
+  for (int64_t t = 0; t * kBlockRows < rows; ++t)
+    for (int64_t b = 0; b < nb; ++b) out[t * nb + b] = row_scales[t * kBlockRows * nb + b];
 }
 
 // The FP8 code of element (r, c) in a packed matrix.
@@ -49,6 +76,8 @@ PLUME_HD float ScaleAt(const float* scales, ScaleMode mode, const PackedLayout& 
     case ScaleMode::kNone: return 1.0f;
     case ScaleMode::kTensor: return scales[0];
     case ScaleMode::kRow: return scales[r];
+    case ScaleMode::kBlock128x128:
+      return scales[(r / kBlockRows) * l.blocks_per_row() + c / kBlockCols];
     default: return scales[r * l.blocks_per_row() + c / kBlockCols];
   }
 }

@@ -1,0 +1,49 @@
+#include "server/core/memory_trimmer.h"
+
+#include <utility>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace plume::core {
+namespace {
+
+void TrimHeap() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+}  // namespace
+
+MemoryTrimmer::MemoryTrimmer(std::chrono::milliseconds interval, std::function<void()> trim)
+    : interval_(interval),
+      trim_(trim != nullptr ? std::move(trim) : std::function<void()>(TrimHeap)),
+      thread_([this] { Run(); }) {}
+
+MemoryTrimmer::~MemoryTrimmer() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+int64_t MemoryTrimmer::trims() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return trims_;
+}
+
+void MemoryTrimmer::Run() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!cv_.wait_for(l, interval_, [this] { return stop_; })) {
+    l.unlock();
+    trim_();
+    l.lock();
+    ++trims_;
+  }
+}
+
+}  // namespace plume::core

@@ -1,0 +1,43 @@
+// Gives the heap's free pages back to the operating system every interval
+// (glibc's malloc_trim). glibc returns freed memory only from the top of the
+// heap on its own; after a burst of requests, memory freed below a block
+// still in use (a matrix, a stream's state) stays resident, so RSS would
+// show the burst's high-water mark rather than what is live. A trim walks
+// the free lists under the allocator's lock, and costs well under a
+// millisecond on a heap of tens of MiB; an idle heap has nothing to give back.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace plume::core {
+
+class MemoryTrimmer {
+ public:
+  // `trim` runs on the trimmer's thread every `interval` (> 0); it defaults
+  // to malloc_trim(0) (nothing where the C library is not glibc).
+  explicit MemoryTrimmer(std::chrono::milliseconds interval,
+                         std::function<void()> trim = nullptr);
+  ~MemoryTrimmer();  // stops and joins the thread
+  MemoryTrimmer(const MemoryTrimmer&) = delete;
+  MemoryTrimmer& operator=(const MemoryTrimmer&) = delete;
+
+  int64_t trims() const;  // how many have run
+
+ private:
+  void Run();
+
+  const std::chrono::milliseconds interval_;
+  const std::function<void()> trim_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  int64_t trims_ = 0;
+  std::thread thread_;  // last: starts once the rest is set
+};
+
+}  // namespace plume::core
