@@ -148,16 +148,14 @@ TEST_F(CheckpointE2eTest, Fp8SafetensorsUploadGemvMatchesTheCheckpoint) {
   }
 }
 
-// Until plume-server takes SCALE_MODE_BLOCK128X128 this fails at the upload
-// (the server rejects the scale mode); the client side is checked by
-// client_checkpoint_test.
+// DeepSeek-V3's layout: one scale per 128x128 block (SCALE_MODE_BLOCK128X128).
 TEST_F(CheckpointE2eTest, Block128x128UploadGemvMatchesTheCheckpoint) {
   for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
     const GenFp8 g = MakeFp8(200, 300, f, {2, 3}, 5, f == Fp8Format::kE4M3 ? 50 : 51);
     const std::string name = f == Fp8Format::kE4M3 ? "b4" : "b5";
     Write(name + ".safetensors", {{"x.weight", g.Codes()}, {"x.weight_scale_inv", g.Scales("BF16")}});
     auto up = Cli({"upload", name, File(name + ".safetensors")});
-    ASSERT_EQ(up.exit_code, 0) << "the server does not take BLOCK128X128 yet?\n" << up.err;
+    ASSERT_EQ(up.exit_code, 0) << up.err;
     EXPECT_NE(up.out.find("scale_mode:       block128x128"), std::string::npos) << up.out;
     ASSERT_NO_FATAL_FAILURE(ExpectGemv(name, g.Dequantized(), 200, 300));
   }
@@ -242,8 +240,8 @@ TEST_F(CheckpointE2eTest, SdkUploadsACheckpointTensor) {
   ASSERT_NO_FATAL_FAILURE(ExpectGemv("sdk1", g.Dequantized(), 200, 300));
 }
 
-// Needs a server that returns the resident codes (GetMatrix include_packed)
-// and keeps content_hash; fails before that.
+// The server keeps the content hash and returns the resident codes and
+// scales (GetMatrix include_packed): the file's, byte for byte.
 TEST_F(CheckpointE2eTest, SdkReadBackIsTheFilesCodes) {
   const GenFp8 g = MakeFp8(200, 300, Fp8Format::kE5M2, {200}, 3, 90);
   Write("rb.safetensors", {{"q.weight", g.Codes()}, {"q.weight_scale", g.Scales("BF16")}});
@@ -373,8 +371,8 @@ TEST_F(UploadModelTest, UploadsTheMatchingTensorsOfAShardedCheckpoint) {
   EXPECT_EQ(nothing.exit_code, 2) << nothing.err;
 }
 
-// Needs a server that keeps MatrixHeader.content_hash (MatrixInfo.content_hash);
-// before that, every resident matrix looks like other content.
+// The server keeps MatrixHeader.content_hash (MatrixInfo.content_hash), so a
+// rerun finds every tensor resident with the same content.
 TEST_F(UploadModelTest, RerunSkipsEverythingByContentHash) {
   WriteSharded();
   auto first = UploadModel();

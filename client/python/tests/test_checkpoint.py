@@ -1,7 +1,6 @@
 """FP8 checkpoints: upload_fp8 of generated F8_E4M3 / F8_E5M2 safetensors
 tensors with scale tensors of every layout, GEMV against the float64 product
-of the dequantized checkpoint; the shape rules; content_hash and packed()
-(those need the server side of the feature)."""
+of the dequantized checkpoint; the shape rules; content_hash and packed()."""
 from __future__ import annotations
 
 import numpy as np
@@ -95,7 +94,6 @@ def test_upload_fp8_scale_problems(client, rng, name, tmp_path):
 
 
 def test_upload_fp8_block128x128_content_hash_and_packed(client, rng, name, tmp_path):
-    """Needs a server with BLOCK128X128, content_hash and include_packed."""
     rows, cols = 200, 300
     codes = _codes(rng, "e5m2", rows, cols)
     s = (2.0 ** rng.integers(-6, -1, size=6)).astype(np.float32)
