@@ -375,6 +375,10 @@ TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
   info = UploadFp8Matrix(*c, spec, *m);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->content_hash(), "sha256:abc");
+  spec.content_hash = "has space";  // refused before anything is sent
+  EXPECT_EQ(UploadFp8Matrix(*c, spec, *m).status().code(), absl::StatusCode::kInvalidArgument);
+  spec.content_hash = std::string(129, 'a');
+  EXPECT_EQ(UploadFp8Matrix(*c, spec, *m).status().code(), absl::StatusCode::kInvalidArgument);
   std::vector<float> w(static_cast<size_t>(4 * 16), 1.0f);
   UploadSpec fs;
   fs.name = "f";

@@ -155,6 +155,19 @@ bool WriteChunked(grpc::ClientWriter<Req>* writer, Req& req, int64_t chunk,
   return ok;
 }
 
+// MatrixHeader.content_hash: at most 128 of [A-Za-z0-9:._+/=-].
+absl::Status CheckContentHash(const std::string& h) {
+  if (h.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("content_hash is ", h.size(), " characters; at most 128"));
+  }
+  for (char c : h) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    std::string_view(":._+/=-").find(c) != std::string_view::npos;
+    if (!ok) return absl::InvalidArgumentError("content_hash may hold only A-Z a-z 0-9 and : . _ + / = -");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, std::string_view data,
@@ -189,6 +202,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, cons
       source.dtype != v1::DTYPE_BF16) {
     return absl::InvalidArgumentError("UploadMatrix takes F32, F16 or BF16 data; use UploadPacked for FP8");
   }
+  if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
   v1::MatrixHeader h;
   h.set_name(spec.name);
   h.set_rows(source.shape[0]);
@@ -213,6 +227,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
   if ((num_words > 0 && words == nullptr) || (num_scales > 0 && scales == nullptr)) {
     return absl::InvalidArgumentError("null buffer");
   }
+  if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
   v1::MatrixHeader h;
   h.set_name(spec.name);
   h.set_rows(rows);
