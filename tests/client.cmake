@@ -8,7 +8,25 @@ add_executable(client_sdk_test client/sdk_test.cc)
 target_link_libraries(client_sdk_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
 gtest_discover_tests(client_sdk_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 
+# FP8 checkpoints, client side: scale lookup and layouts, packing, sharded
+# indexes, the content hash (generated checkpoints, no server).
+add_executable(client_checkpoint_test client/checkpoint_test.cc)
+target_include_directories(client_checkpoint_test PRIVATE ${PROJECT_SOURCE_DIR})
+target_link_libraries(client_checkpoint_test PRIVATE plume_io nlohmann_json::nlohmann_json GTest::gtest_main)
+gtest_discover_tests(client_checkpoint_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 60)
+
 if(TARGET plume-server AND TARGET plume_kernels_ref)
+  # FP8 checkpoints end to end: the CLI and the SDK against plume-server.
+  add_executable(client_checkpoint_e2e_test client/checkpoint_e2e_test.cc)
+  target_include_directories(client_checkpoint_e2e_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(client_checkpoint_e2e_test PRIVATE plume_client plume_io plume_kernels_ref
+    nlohmann_json::nlohmann_json GTest::gtest_main)
+  target_compile_definitions(client_checkpoint_e2e_test PRIVATE
+    PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>"
+    PLUME_CLI_BIN="$<TARGET_FILE:plume_cli>")
+  add_dependencies(client_checkpoint_e2e_test plume-server plume_cli)
+  gtest_discover_tests(client_checkpoint_e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+
   add_executable(client_cli_e2e_test client/cli_e2e_test.cc)
   target_include_directories(client_cli_e2e_test PRIVATE ${PROJECT_SOURCE_DIR})
   target_link_libraries(client_cli_e2e_test PRIVATE plume_io plume_kernels_ref nlohmann_json::nlohmann_json

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -10,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "plume/io/checkpoint.h"
 #include "plume/io/npy.h"
 #include "plume/io/safetensors.h"
 #include "progress.h"
@@ -45,42 +47,41 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g) {
 
 namespace {
 
-v1::DType ToWire(io::ElemType t) {
-  switch (t) {
-    case io::ElemType::kF32: return v1::DTYPE_F32;
-    case io::ElemType::kF16: return v1::DTYPE_F16;
-    case io::ElemType::kBF16: return v1::DTYPE_BF16;
+// The tensor of a .safetensors file `plume upload` takes: --tensor, or the
+// only one that is not the scale tensor of another.
+absl::StatusOr<std::string> ChooseTensor(const io::SafetensorsFile& file, const UploadFlags& f) {
+  if (!f.tensor.empty()) {
+    if (file.Find(f.tensor) == nullptr) {
+      return absl::NotFoundError(absl::StrCat(f.file, ": no tensor named '", f.tensor, "'"));
+    }
+    return f.tensor;
   }
-  return v1::DTYPE_UNSPECIFIED;
+  std::vector<std::string> names, matrices;
+  for (const auto& e : file.tensors()) names.push_back(e.name);
+  for (const auto& n : names) {
+    if (!io::IsScaleTensorName(n, names) && n != f.scale_tensor) matrices.push_back(n);
+  }
+  if (matrices.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(f.file, " holds ", file.tensors().size(),
+                                                   " tensors; choose one with --tensor KEY (",
+                                                   absl::StrJoin(names, ", "), ")"));
+  }
+  return matrices[0];
 }
 
 // Loads the 2-D source matrix of `plume upload`.
-absl::StatusOr<io::Array> LoadMatrix(const UploadFlags& f) {
+absl::StatusOr<io::Array> LoadMatrix(const UploadFlags& f, const io::SafetensorsFile* file,
+                                     const std::string& key) {
   io::Array a;
-  if (absl::EndsWith(f.file, ".npy")) {
+  if (file == nullptr) {
     if (!f.tensor.empty()) return absl::InvalidArgumentError("--tensor applies to .safetensors files only");
     auto r = io::ReadNpy(f.file);
     if (!r.ok()) return r.status();
     a = *std::move(r);
-  } else if (absl::EndsWith(f.file, ".safetensors")) {
-    auto file = io::SafetensorsFile::Open(f.file);
-    if (!file.ok()) return file.status();
-    std::string key = f.tensor;
-    if (key.empty()) {
-      if (file->tensors().size() != 1) {
-        std::string names;
-        for (const auto& e : file->tensors()) absl::StrAppend(&names, names.empty() ? "" : ", ", e.name);
-        return absl::InvalidArgumentError(absl::StrCat(
-            f.file, " holds ", file->tensors().size(), " tensors; choose one with --tensor KEY (", names, ")"));
-      }
-      key = file->tensors()[0].name;
-    }
+  } else {
     auto r = file->Read(key);
     if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat(f.file, ": ", r.status().message()));
     a = *std::move(r);
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("cannot tell the format of ", f.file,
-                                                   ": expected a .npy or .safetensors file"));
   }
   if (a.shape.size() != 2) {
     return absl::InvalidArgumentError(
@@ -121,6 +122,7 @@ void PrintInfo(const v1::MatrixInfo& m) {
     absl::PrintF("\n");
   }
   absl::PrintF("backend:          %s\n", m.backend().empty() ? "-" : m.backend());
+  if (!m.content_hash().empty()) absl::PrintF("content_hash:     %s\n", m.content_hash());
   // GEMV kernels per batch bucket, one line per activation dtype:
   // "gemv f16:         <=1 wgmma*, <=2 mma, ..." (* = measured).
   for (v1::DType x : {v1::DTYPE_F16, v1::DTYPE_BF16, v1::DTYPE_F32}) {
@@ -138,6 +140,42 @@ void PrintInfo(const v1::MatrixInfo& m) {
 }
 
 }  // namespace
+
+v1::DType ToWireDType(io::ElemType t) {
+  switch (t) {
+    case io::ElemType::kF32: return v1::DTYPE_F32;
+    case io::ElemType::kF16: return v1::DTYPE_F16;
+    case io::ElemType::kBF16: return v1::DTYPE_BF16;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+void PrintMatrixInfo(const v1::MatrixInfo& m) { PrintInfo(m); }
+
+absl::StatusOr<v1::DType> ParseFormat(const std::string& s) {
+  if (s.empty() || s == "e4m3") return v1::DTYPE_E4M3;
+  if (s == "e5m2") return v1::DTYPE_E5M2;
+  return absl::InvalidArgumentError(absl::StrCat("unknown --format '", s, "' (e4m3 or e5m2)"));
+}
+
+absl::StatusOr<v1::ScaleMode> ParseScaleMode(const std::string& s) {
+  if (s == "none") return v1::SCALE_MODE_NONE;
+  if (s == "tensor") return v1::SCALE_MODE_TENSOR;
+  if (s.empty() || s == "row") return v1::SCALE_MODE_ROW;
+  if (s == "block128") return v1::SCALE_MODE_BLOCK128;
+  if (s == "block128x128") return v1::SCALE_MODE_BLOCK128X128;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown --scale '", s, "' (none, tensor, row, block128 or block128x128)"));
+}
+
+absl::StatusOr<v1::Placement> ParsePlacement(const std::string& s) {
+  if (s.empty() || s == "auto") return v1::PLACEMENT_AUTO;
+  if (s == "single") return v1::PLACEMENT_SINGLE;
+  if (s == "sharded") return v1::PLACEMENT_SHARDED;
+  if (s == "replicated") return v1::PLACEMENT_REPLICATED;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown --placement '", s, "' (auto, single, sharded or replicated)"));
+}
 
 absl::StatusOr<v1::DType> ParseFloatDType(const std::string& s) {
   if (s == "f32") return v1::DTYPE_F32;
@@ -204,44 +242,43 @@ int EmitResult(const HostTensor& y, const std::string& output) {
 }  // namespace
 
 int RunUpload(const GlobalFlags& g, const UploadFlags& f) {
+  if (!f.codes.empty() || !f.scales.empty()) return RunUploadCodes(g, f);
+  if (f.file.empty()) return UsageError("give a FILE to upload, or --codes CODES.npy");
+  std::optional<io::SafetensorsFile> file;
+  std::string key;
+  if (absl::EndsWith(f.file, ".safetensors")) {
+    auto opened = io::SafetensorsFile::Open(f.file);
+    if (!opened.ok()) return Fail(opened.status(), kExitUsage);
+    file = *std::move(opened);
+    auto k = ChooseTensor(*file, f);
+    if (!k.ok()) return Fail(k.status(), kExitUsage);
+    key = *k;
+    // FP8 tensors travel pre-packed, with the scales of their scale tensor.
+    if (absl::StartsWith(file->Find(key)->dtype, "F8_")) return RunUploadFp8Tensor(g, f, key);
+  } else if (!absl::EndsWith(f.file, ".npy")) {
+    return UsageError(absl::StrCat("cannot tell the format of ", f.file, ": expected a .npy or .safetensors file"));
+  }
+  if (!f.scale_tensor.empty()) return UsageError("--scale-tensor applies to FP8 (F8_E4M3/F8_E5M2) tensors only");
   UploadSpec spec;
   spec.name = f.name;
-  if (f.format == "e4m3") {
-    spec.format = v1::DTYPE_E4M3;
-  } else if (f.format == "e5m2") {
-    spec.format = v1::DTYPE_E5M2;
-  } else {
-    return UsageError(absl::StrCat("unknown --format '", f.format, "' (e4m3 or e5m2)"));
-  }
-  if (f.scale == "none") {
-    spec.scale_mode = v1::SCALE_MODE_NONE;
-  } else if (f.scale == "tensor") {
-    spec.scale_mode = v1::SCALE_MODE_TENSOR;
-  } else if (f.scale == "row") {
-    spec.scale_mode = v1::SCALE_MODE_ROW;
-  } else if (f.scale == "block128") {
-    spec.scale_mode = v1::SCALE_MODE_BLOCK128;
-  } else {
-    return UsageError(absl::StrCat("unknown --scale '", f.scale, "' (none, tensor, row or block128)"));
-  }
+  auto format = ParseFormat(f.format);
+  if (!format.ok()) return Fail(format.status(), kExitUsage);
+  spec.format = *format;
+  auto mode = ParseScaleMode(f.scale);
+  if (!mode.ok()) return Fail(mode.status(), kExitUsage);
+  spec.scale_mode = *mode;
   spec.non_saturating = f.non_saturating;
-  if (f.placement == "auto") {
-    spec.placement = v1::PLACEMENT_AUTO;
-  } else if (f.placement == "single") {
-    spec.placement = v1::PLACEMENT_SINGLE;
-  } else if (f.placement == "sharded") {
-    spec.placement = v1::PLACEMENT_SHARDED;
-  } else if (f.placement == "replicated") {
-    spec.placement = v1::PLACEMENT_REPLICATED;
-  } else {
-    return UsageError(absl::StrCat("unknown --placement '", f.placement,
-                                   "' (auto, single, sharded or replicated)"));
-  }
-  auto matrix = LoadMatrix(f);
+  auto placement = ParsePlacement(f.placement);
+  if (!placement.ok()) return Fail(placement.status(), kExitUsage);
+  spec.placement = *placement;
+  auto matrix = LoadMatrix(f, file ? &*file : nullptr, key);
   if (!matrix.ok()) return Fail(matrix.status(), kExitUsage);
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
-  const TensorRef source{ToWire(matrix->dtype), matrix->shape, matrix->data};
+  const TensorRef source{ToWireDType(matrix->dtype), matrix->shape, matrix->data};
+  // The same label `plume upload-model` gives this tensor with these options.
+  spec.content_hash = io::FloatContentHash(matrix->shape, matrix->data,
+                                           {source.dtype, spec.format, spec.scale_mode, spec.non_saturating});
   ProgressDisplay progress(absl::StrCat("upload ", f.name), stderr);
   CallOptions call;
   auto info = (*client)->UploadMatrix(
@@ -294,7 +331,7 @@ int RunGemv(const GlobalFlags& g, const GemvFlags& f) {
   }
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
-  auto y = (*client)->Gemv(f.name, TensorRef{ToWire(input->dtype), input->shape, input->data}, *out_dtype);
+  auto y = (*client)->Gemv(f.name, TensorRef{ToWireDType(input->dtype), input->shape, input->data}, *out_dtype);
   if (!y.ok()) return Fail(y.status(), kExitRpc);
   return EmitResult(*y, f.output);
 }
@@ -363,8 +400,8 @@ int RunKvUpload(const GlobalFlags& g, const KvUploadFlags& f) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   ProgressDisplay progress(absl::StrCat("upload ", f.name), stderr);
-  auto info = (*client)->UploadKV(spec, TensorRef{ToWire(k->dtype), k->shape, k->data},
-                                  TensorRef{ToWire(v->dtype), v->shape, v->data},
+  auto info = (*client)->UploadKV(spec, TensorRef{ToWireDType(k->dtype), k->shape, k->data},
+                                  TensorRef{ToWireDType(v->dtype), v->shape, v->data},
                                   [&](int64_t sent, int64_t total) { progress.Update(sent, total); });
   progress.Done();
   if (!info.ok()) return Fail(info.status(), kExitRpc);
@@ -380,8 +417,8 @@ int RunKvAppend(const GlobalFlags& g, const std::string& name, const std::string
   if (!v.ok()) return Fail(v.status(), kExitUsage);
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
-  auto info = (*client)->AppendKV(name, TensorRef{ToWire(k->dtype), k->shape, k->data},
-                                  TensorRef{ToWire(v->dtype), v->shape, v->data});
+  auto info = (*client)->AppendKV(name, TensorRef{ToWireDType(k->dtype), k->shape, k->data},
+                                  TensorRef{ToWireDType(v->dtype), v->shape, v->data});
   if (!info.ok()) return Fail(info.status(), kExitRpc);
   PrintKvInfo(*info);
   return kExitOk;
@@ -436,7 +473,7 @@ int RunAttend(const GlobalFlags& g, const AttendFlags& f) {
   opts.softmax_scale = static_cast<float>(f.scale);
   opts.causal = f.causal;
   opts.output_dtype = *out_dtype;
-  auto out = (*client)->Attention(f.name, TensorRef{ToWire(q->dtype), q->shape, q->data}, opts);
+  auto out = (*client)->Attention(f.name, TensorRef{ToWireDType(q->dtype), q->shape, q->data}, opts);
   if (!out.ok()) return Fail(out.status(), kExitRpc);
   return EmitResult(*out, f.output);
 }

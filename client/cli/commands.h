@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "plume/client/client.h"
+#include "plume/io/array.h"
 
 namespace plume::cli {
 
@@ -29,13 +30,27 @@ struct GlobalFlags {
 
 struct UploadFlags {
   std::string name;
-  std::string file;
-  std::string format = "e4m3";
-  std::string scale = "row";
+  std::string file;  // .npy or .safetensors; empty with --codes
+  std::string format;  // "" = e4m3 (F32/F16/BF16 sources); FP8 tensors carry theirs
+  std::string scale;   // "" = row (F32/F16/BF16 sources); FP8: from the scale tensor, or "none"
   std::string tensor;
+  std::string scale_tensor;  // FP8 safetensors: the scale tensor's KEY
+  std::string codes;         // --codes: [rows, cols] uint8 FP8 codes (.npy)
+  std::string scales;        // --scales: float32 scales (.npy); the shape picks the mode
   bool non_saturating = false;
   int chunk_mib = 1;
   std::string placement = "auto";  // multi-GPU servers
+};
+
+struct UploadModelFlags {
+  std::string file;  // .safetensors or model.safetensors.index.json
+  std::string match;   // regex (std::regex ECMAScript, searched); "" = names ending in "weight"
+  std::string prefix;  // prepended to each tensor name
+  std::string format;  // F32/F16/BF16 tensors: "" = e4m3
+  std::string scale;   // F32/F16/BF16 tensors: "" = row
+  bool non_saturating = false;
+  std::string placement = "auto";
+  bool replace = false;  // replace resident matrices of the same name but other content
 };
 
 struct GemvFlags {
@@ -69,11 +84,26 @@ int Fail(const absl::Status& s, int exit_code);
 int UsageError(const std::string& msg);  // Fail(INVALID_ARGUMENT, kExitUsage)
 absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g);
 absl::StatusOr<v1::DType> ParseFloatDType(const std::string& s);  // f32, f16, bf16
+// The wire dtype of a float array.
+v1::DType ToWireDType(io::ElemType t);
+// Parses --format (e4m3, e5m2; "" = e4m3), --scale (none, tensor, row,
+// block128, block128x128; "" = row) and --placement.
+absl::StatusOr<v1::DType> ParseFormat(const std::string& s);
+absl::StatusOr<v1::ScaleMode> ParseScaleMode(const std::string& s);
+absl::StatusOr<v1::Placement> ParsePlacement(const std::string& s);
+// `plume info`'s output.
+void PrintMatrixInfo(const v1::MatrixInfo& m);
 // Prints rows as aligned columns: words left-aligned, the `numeric` columns
 // right-aligned.
 void PrintTable(const std::vector<std::vector<std::string>>& rows, const std::set<size_t>& numeric);
 
 int RunUpload(const GlobalFlags& g, const UploadFlags& f);
+// FP8 inputs of `plume upload` (checkpoint_commands.cc): an F8_E4M3/F8_E5M2
+// tensor of a .safetensors file with its scale tensor, or --codes/--scales.
+int RunUploadFp8Tensor(const GlobalFlags& g, const UploadFlags& f, const std::string& key);
+int RunUploadCodes(const GlobalFlags& g, const UploadFlags& f);
+// plume upload-model.
+int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f);
 int RunList(const GlobalFlags& g);
 int RunInfo(const GlobalFlags& g, const std::string& name);
 int RunDelete(const GlobalFlags& g, const std::string& name);

@@ -30,18 +30,30 @@ int main(int argc, char** argv) {
   int rc = kExitOk;
 
   UploadFlags up;
-  auto* upload = app.add_subcommand("upload", "upload a matrix from a .npy or .safetensors file");
+  auto* upload = app.add_subcommand(
+      "upload", "upload a matrix from a .npy or .safetensors file (FP8 tensors go pre-packed with their scales)");
   upload->add_option("NAME", up.name, "matrix name")->required();
-  upload->add_option("FILE", up.file, ".npy (f32/f16, 2-D, C order) or .safetensors file")
-      ->required()
+  upload->add_option("FILE", up.file,
+                     ".npy (f32/f16, 2-D, C order) or .safetensors file (F32/F16/BF16, or F8_E4M3/F8_E5M2 "
+                     "with a scale tensor)")
       ->check(CLI::ExistingFile);
-  upload->add_option("--format", up.format, "FP8 format")
-      ->check(CLI::IsMember({"e4m3", "e5m2"}))
-      ->capture_default_str();
-  upload->add_option("--scale", up.scale, "scaling mode")
-      ->check(CLI::IsMember({"none", "tensor", "row", "block128"}))
-      ->capture_default_str();
+  upload->add_option("--format", up.format,
+                     "FP8 format of F32/F16/BF16 sources (default e4m3) and of --codes; an FP8 tensor's is its dtype")
+      ->check(CLI::IsMember({"e4m3", "e5m2"}));
+  upload->add_option("--scale", up.scale,
+                     "scaling mode of F32/F16/BF16 sources (default row); for FP8 sources only 'none' "
+                     "(no scale tensor), else the scale tensor's shape picks it")
+      ->check(CLI::IsMember({"none", "tensor", "row", "block128", "block128x128"}));
   upload->add_option("--tensor", up.tensor, "tensor KEY in a .safetensors file");
+  upload->add_option("--scale-tensor,--scale_tensor", up.scale_tensor,
+                     "scale tensor KEY of an FP8 tensor (default: KEY_scale, KEY_scale_inv, or for "
+                     "P.weight P.weight_scale / P.weight_scale_inv)");
+  upload->add_option("--codes", up.codes, "raw FP8 codes: a [rows, cols] uint8 .npy (instead of FILE; needs --format)")
+      ->check(CLI::ExistingFile);
+  upload->add_option("--scales", up.scales,
+                     "float32 .npy of the --codes' scales: [] or [1] tensor, [rows] or [rows,1] row, "
+                     "[rows,ceil(cols/128)] block128, [ceil(rows/128),ceil(cols/128)] block128x128")
+      ->check(CLI::ExistingFile);
   upload->add_flag("--non-saturating", up.non_saturating,
                    "overflow becomes NaN (E4M3) / inf (E5M2) instead of saturating");
   upload->add_option("--placement", up.placement,
@@ -49,6 +61,31 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "single", "sharded", "replicated"}))
       ->capture_default_str();
   upload->callback([&] { rc = RunUpload(g, up); });
+
+  UploadModelFlags um;
+  auto* upload_model = app.add_subcommand(
+      "upload-model", "upload every matching 2-D tensor of a checkpoint (.safetensors or its index .json); "
+                      "a rerun skips what is resident with the same content hash");
+  upload_model->add_option("FILE", um.file, ".safetensors file, or model.safetensors.index.json of a sharded one")
+      ->required()
+      ->check(CLI::ExistingFile);
+  upload_model->add_option("--match", um.match,
+                           "regular expression searched in tensor names (default: names ending in \"weight\"); "
+                           "scale tensors are never uploaded as matrices");
+  upload_model->add_option("--prefix", um.prefix, "prepended to each tensor name to make the matrix name");
+  upload_model->add_option("--format", um.format, "FP8 format for F32/F16/BF16 tensors (default e4m3)")
+      ->check(CLI::IsMember({"e4m3", "e5m2"}));
+  upload_model->add_option("--scale", um.scale, "scaling mode for F32/F16/BF16 tensors (default row)")
+      ->check(CLI::IsMember({"none", "tensor", "row", "block128", "block128x128"}));
+  upload_model->add_flag("--non-saturating", um.non_saturating,
+                         "F32/F16/BF16 tensors: overflow becomes NaN (E4M3) / inf (E5M2) instead of saturating");
+  upload_model->add_option("--placement", um.placement,
+                           "where a multi-GPU server keeps each: auto, single, sharded or replicated")
+      ->check(CLI::IsMember({"auto", "single", "sharded", "replicated"}))
+      ->capture_default_str();
+  upload_model->add_flag("--replace", um.replace,
+                         "delete and re-upload a resident matrix of the same name whose content hash differs");
+  upload_model->callback([&] { rc = RunUploadModel(g, um); });
 
   auto* list = app.add_subcommand("list", "list the resident matrices");
   list->callback([&] { rc = RunList(g); });

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "plume/client/checkpoint.h"
 #include "plume/client/client.h"
 
 namespace plume {
@@ -66,7 +67,12 @@ class FakeMatrixService final : public v1::MatrixService::Service {
     info.set_scale_mode(h.scale_mode());
     info.set_source_dtype(h.source_dtype());
     info.set_resident_bytes(static_cast<int64_t>(data.size() + scales.size()));
+    info.set_content_hash(h.content_hash());
+    info.mutable_layout()->set_padded_cols((h.cols() + 15) / 16 * 16);
     std::lock_guard<std::mutex> l(mu_);
+    if (h.source_dtype() == v1::DTYPE_E4M3 || h.source_dtype() == v1::DTYPE_E5M2) {
+      packed_[h.name()] = {data, scales};
+    }
     if (h.source_dtype() == v1::DTYPE_F32) {
       std::vector<float> w(data.size() / 4);
       std::memcpy(w.data(), data.data(), data.size());
@@ -84,6 +90,13 @@ class FakeMatrixService final : public v1::MatrixService::Service {
     auto it = infos_.find(req->name());
     if (it == infos_.end()) return NotFound(req->name());
     *resp->mutable_matrix() = it->second;
+    if (req->include_packed()) {
+      auto p = packed_.find(req->name());
+      if (p != packed_.end()) {
+        resp->set_packed_words(p->second.first);
+        resp->set_scales(p->second.second);
+      }
+    }
     return grpc::Status::OK;
   }
 
@@ -191,6 +204,7 @@ class FakeMatrixService final : public v1::MatrixService::Service {
   std::mutex mu_;
   std::map<std::string, v1::MatrixInfo> infos_;
   std::map<std::string, std::vector<float>> weights_;
+  std::map<std::string, std::pair<std::string, std::string>> packed_;  // pre-packed: words, scales
 };
 
 class SdkTest : public ::testing::Test {
@@ -319,6 +333,57 @@ TEST_F(SdkTest, UploadPackedSendsWordsThenScales) {
   EXPECT_EQ(service_.data_bytes.load(), static_cast<int64_t>(words.size() * 4));
   EXPECT_EQ(service_.scale_bytes.load(), rows * 4);
   EXPECT_EQ(service_.scale_chunks.load(), 1);
+}
+
+// An FP8 matrix goes pre-packed with its content hash; GetMatrixPacked asks
+// for the resident words and scales and hands them back as sent.
+TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
+  ClientOptions o;
+  o.upload_chunk_bytes = 4096;
+  auto c = MakeClient(o);
+  const int64_t rows = 130, cols = 300;
+  std::string codes(static_cast<size_t>(rows * cols), '\0');
+  std::mt19937 rng(3);
+  for (auto& ch : codes) ch = static_cast<char>(rng() % 0x7e);
+  auto m = io::Fp8MatrixFromCodes(Fp8Format::kE5M2, {rows, cols}, codes, true, {2, 3},
+                                  {0.5f, 0.25f, 2.0f, 1.0f, 0.125f, 4.0f});
+  ASSERT_TRUE(m.ok()) << m.status();
+  UploadSpec spec;
+  spec.name = "fp8";
+  auto info = UploadFp8Matrix(*c, spec, *m);
+  ASSERT_TRUE(info.ok()) << FormatStatus(info.status());
+  EXPECT_EQ(info->source_dtype(), v1::DTYPE_E5M2);
+  EXPECT_EQ(info->format(), v1::DTYPE_E5M2);
+  EXPECT_EQ(info->scale_mode(), v1::SCALE_MODE_BLOCK128X128);
+  EXPECT_EQ(info->content_hash(), io::Fp8ContentHash(*m, false));
+  EXPECT_EQ(service_.data_bytes.load(), rows * 304);
+  EXPECT_EQ(service_.scale_bytes.load(), 6 * 4);
+
+  auto p = c->GetMatrixPacked("fp8");
+  ASSERT_TRUE(p.ok()) << FormatStatus(p.status());
+  EXPECT_EQ(p->words, io::PackFp8Codes(codes, rows, cols));
+  EXPECT_EQ(io::UnpackFp8Codes(p->words.data(), rows, cols), codes);
+  EXPECT_EQ(p->scales, m->scales);
+  EXPECT_TRUE(VerifyResident(*c, "fp8", *m).ok());
+  io::Fp8Matrix other = *m;
+  other.codes[1000] = static_cast<char>(other.codes[1000] ^ 1);
+  EXPECT_EQ(VerifyResident(*c, "fp8", other).code(), absl::StatusCode::kDataLoss);
+
+  // An explicit hash is sent as given; a matrix without packed codes is refused.
+  spec.name = "fp8b";
+  spec.content_hash = "sha256:abc";
+  info = UploadFp8Matrix(*c, spec, *m);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->content_hash(), "sha256:abc");
+  spec.content_hash = "has space";  // refused before anything is sent
+  EXPECT_EQ(UploadFp8Matrix(*c, spec, *m).status().code(), absl::StatusCode::kInvalidArgument);
+  spec.content_hash = std::string(129, 'a');
+  EXPECT_EQ(UploadFp8Matrix(*c, spec, *m).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> w(static_cast<size_t>(4 * 16), 1.0f);
+  UploadSpec fs;
+  fs.name = "f";
+  ASSERT_TRUE(c->UploadMatrix(fs, TensorRef::F32(w.data(), {4, 16})).ok());
+  EXPECT_EQ(c->GetMatrixPacked("f").status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(SdkTest, UnaryCallsAndErrors) {

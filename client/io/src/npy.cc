@@ -155,7 +155,9 @@ uint32_t LoadLe(const char* p, int n) {
 
 }  // namespace
 
-absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_size) {
+namespace {
+
+absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_size, bool want_u8) {
   if (prefix.size() < kMagicLen + 2 || std::memcmp(prefix.data(), kMagic, kMagicLen) != 0) {
     return absl::InvalidArgumentError("not a .npy file (bad magic)");
   }
@@ -194,7 +196,13 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_
   if (fortran->second.kind != Value::kBool) return Bad("'fortran_order' must be True or False");
   if (shape->second.kind != Value::kTuple) return Bad("'shape' must be a tuple");
   const std::string& d = descr->second.str;
-  if (d == "<f4") {
+  if (want_u8) {
+    if (d != "|u1" && d != "<u1" && d != ">u1") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported .npy dtype '", d, "': FP8 codes must be uint8 ('|u1')"));
+    }
+    h.uint8 = true;
+  } else if (d == "<f4") {
     h.dtype = ElemType::kF32;
   } else if (d == "<f2") {
     h.dtype = ElemType::kF16;
@@ -214,7 +222,7 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_
   h.shape = shape->second.tuple;
   h.data_offset = static_cast<int64_t>(fixed + header_len);
   const uint64_t remaining = file_size - static_cast<uint64_t>(h.data_offset);
-  auto bytes = CheckedNumBytes(h.shape, ElemSize(h.dtype), remaining);
+  auto bytes = CheckedNumBytes(h.shape, h.uint8 ? 1 : ElemSize(h.dtype), remaining);
   if (!bytes.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("malformed .npy file: ", bytes.status().message(), " (", remaining, " data bytes)"));
@@ -227,6 +235,12 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_
   return h;
 }
 
+}  // namespace
+
+absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_size) {
+  return ParseHeader(prefix, file_size, /*want_u8=*/false);
+}
+
 absl::StatusOr<Array> ParseNpy(std::string_view bytes) {
   auto h = ParseNpyHeader(bytes, bytes.size());
   if (!h.ok()) return h.status();
@@ -237,8 +251,10 @@ absl::StatusOr<Array> ParseNpy(std::string_view bytes) {
   return a;
 }
 
-absl::StatusOr<Array> ReadNpy(const std::string& path) {
-  std::ifstream in;
+namespace {
+
+// Reads the header of `path` (opened into `in`) and returns it.
+absl::StatusOr<NpyHeader> ReadHeader(const std::string& path, std::ifstream& in, bool want_u8) {
   absl::StatusOr<uint64_t> size = OpenForRead(path, &in);
   if (!size.ok()) return size.status();
   const uint64_t file_size = *size;
@@ -259,10 +275,33 @@ absl::StatusOr<Array> ReadNpy(const std::string& path) {
     in.read(prefix.data() + old, static_cast<std::streamsize>(want - old));
   }
   if (!in) return absl::DataLossError(absl::StrCat("short read from ", path));
-  auto h = ParseNpyHeader(prefix, file_size);
+  auto h = ParseHeader(prefix, file_size, want_u8);
   if (!h.ok()) return absl::Status(h.status().code(), absl::StrCat(path, ": ", h.status().message()));
+  return h;
+}
+
+}  // namespace
+
+absl::StatusOr<Array> ReadNpy(const std::string& path) {
+  std::ifstream in;
+  auto h = ReadHeader(path, in, /*want_u8=*/false);
+  if (!h.ok()) return h.status();
   Array a;
   a.dtype = h->dtype;
+  a.shape = h->shape;
+  a.data.resize(static_cast<size_t>(h->data_bytes));
+  in.seekg(h->data_offset);
+  if (h->data_bytes > 0 && !in.read(a.data.data(), h->data_bytes)) {
+    return absl::DataLossError(absl::StrCat("short read from ", path));
+  }
+  return a;
+}
+
+absl::StatusOr<NpyBytes> ReadNpyU8(const std::string& path) {
+  std::ifstream in;
+  auto h = ReadHeader(path, in, /*want_u8=*/true);
+  if (!h.ok()) return h.status();
+  NpyBytes a;
   a.shape = h->shape;
   a.data.resize(static_cast<size_t>(h->data_bytes));
   in.seekg(h->data_offset);

@@ -136,34 +136,43 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::FromBytes(std::string bytes) {
   return f;
 }
 
-absl::StatusOr<Array> SafetensorsFile::Read(const std::string& name) const {
-  auto it = std::find_if(entries_.begin(), entries_.end(),
-                         [&](const SafetensorsEntry& e) { return e.name == name; });
-  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("no tensor named '", name, "'"));
-  Array a;
-  if (it->dtype == "F32") {
-    a.dtype = ElemType::kF32;
-  } else if (it->dtype == "F16") {
-    a.dtype = ElemType::kF16;
-  } else if (it->dtype == "BF16") {
-    a.dtype = ElemType::kBF16;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has dtype ", it->dtype,
-                                                   "; only F32, F16 and BF16 are supported"));
-  }
-  a.shape = it->shape;
-  const uint64_t len = it->end - it->begin;
-  if (path_.empty()) {
-    a.data.assign(bytes_, static_cast<size_t>(data_start_ + it->begin), static_cast<size_t>(len));
-    return a;
-  }
+const SafetensorsEntry* SafetensorsFile::Find(const std::string& name) const {
+  auto it = std::lower_bound(entries_.begin(), entries_.end(), name,
+                             [](const SafetensorsEntry& e, const std::string& n) { return e.name < n; });
+  return it != entries_.end() && it->name == name ? &*it : nullptr;
+}
+
+absl::StatusOr<std::string> SafetensorsFile::ReadBytes(const SafetensorsEntry& e) const {
+  const uint64_t len = e.end - e.begin;
+  if (path_.empty()) return bytes_.substr(static_cast<size_t>(data_start_ + e.begin), static_cast<size_t>(len));
   std::ifstream in(path_, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path_));
-  a.data.resize(static_cast<size_t>(len));
-  in.seekg(static_cast<std::streamoff>(data_start_ + it->begin));
-  if (len > 0 && !in.read(a.data.data(), static_cast<std::streamsize>(len))) {
+  std::string data(static_cast<size_t>(len), '\0');
+  in.seekg(static_cast<std::streamoff>(data_start_ + e.begin));
+  if (len > 0 && !in.read(data.data(), static_cast<std::streamsize>(len))) {
     return absl::DataLossError(absl::StrCat("short read from ", path_));
   }
+  return data;
+}
+
+absl::StatusOr<Array> SafetensorsFile::Read(const std::string& name) const {
+  const SafetensorsEntry* e = Find(name);
+  if (e == nullptr) return absl::NotFoundError(absl::StrCat("no tensor named '", name, "'"));
+  Array a;
+  if (e->dtype == "F32") {
+    a.dtype = ElemType::kF32;
+  } else if (e->dtype == "F16") {
+    a.dtype = ElemType::kF16;
+  } else if (e->dtype == "BF16") {
+    a.dtype = ElemType::kBF16;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has dtype ", e->dtype,
+                                                   "; only F32, F16 and BF16 are supported"));
+  }
+  a.shape = e->shape;
+  auto data = ReadBytes(*e);
+  if (!data.ok()) return data.status();
+  a.data = *std::move(data);
   return a;
 }
 

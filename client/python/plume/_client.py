@@ -8,6 +8,7 @@ from typing import Any, Iterable, Iterator, Optional
 import grpc
 import numpy as np
 
+from plume import _checkpoint
 from plume import _common as c
 from plume import _errors
 from plume._common import KVInfo, MatrixInfo
@@ -114,7 +115,7 @@ class Client:
             bar.close()
 
     def upload_packed(self, name: str, codes: Any, scales: Any, *, format: str, scale: str,
-                      placement: str = "auto", timeout: Any = _UNSET) -> MatrixInfo:
+                      placement: str = "auto", content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
         """Uploads FP8 codes as they are (no quantization on the server).
 
         Args:
@@ -122,10 +123,35 @@ class Client:
                 float8 array); rows are padded to plume's packed layout here.
             scales: float32 scales: none for ``"none"``, one for ``"tensor"``,
                 ``[rows]`` for ``"row"``, ``[rows, ceil(cols/128)]`` for
-                ``"block128"``. Element (r, c) is ``decode(code) * scale``.
+                ``"block128"``, ``[ceil(rows/128), ceil(cols/128)]`` for
+                ``"block128x128"``. Element (r, c) is ``decode(code) * scale``.
+            content_hash: an optional label of the content (at most 128 of
+                ``[A-Za-z0-9:._+/=-]``) the server keeps and returns in
+                :attr:`MatrixInfo.content_hash`.
         """
-        reqs = c.packed_requests(name, codes, scales, format=format, scale=scale, placement=placement)
+        reqs = c.packed_requests(name, codes, scales, format=format, scale=scale, placement=placement,
+                                 content_hash=content_hash)
         return MatrixInfo.from_proto(self._call(self._matrices.UploadMatrix, reqs, timeout).matrix)
+
+    def upload_fp8(self, name: str, path: Any, *, tensor: str | None = None, scale_tensor: str | None = None,
+                   scale: str | None = None, placement: str = "auto", content_hash: str = "",
+                   timeout: Any = _UNSET) -> MatrixInfo:
+        """Uploads an F8_E4M3 / F8_E5M2 tensor of a ``.safetensors`` file
+        pre-packed, with the scales of its scale tensor (``<tensor>_scale`` or
+        ``<tensor>_scale_inv``, or `scale_tensor`); the scale tensor's shape
+        picks the mode. ``scale="none"`` uploads the codes unscaled."""
+        if scale not in (None, "none"):
+            raise ValueError("an FP8 tensor's scale mode comes from its scale tensor's shape; scale= may only be 'none'")
+        t = _checkpoint.read_fp8_tensor(path, tensor, scale_tensor, no_scale=scale == "none")
+        return self.upload_packed(name, t.codes, t.scales, format=t.format, scale=t.scale, placement=placement,
+                                  content_hash=content_hash, timeout=timeout)
+
+    def packed(self, name: str, *, timeout: Any = _UNSET) -> tuple[MatrixInfo, np.ndarray, np.ndarray]:
+        """The resident matrix as it is served: its info, its ``[rows, cols]``
+        uint8 FP8 codes and its float32 scales (GetMatrix include_packed).
+        :class:`plume.FailedPrecondition` from a server that returns no codes."""
+        resp = self._call(self._matrices.GetMatrix, pb.GetMatrixRequest(name=name, include_packed=True), timeout)
+        return c.packed_result(resp)
 
     def info(self, name: str, *, timeout: Any = _UNSET) -> MatrixInfo:
         """The matrix `name` (:class:`plume.NotFound` if there is none)."""

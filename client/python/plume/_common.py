@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional
 import grpc
 import numpy as np
 
-from plume import _errors, _tensors
+from plume import _checkpoint, _errors, _tensors
 from plume.v1 import attention_pb2 as apb
 from plume.v1 import attention_pb2_grpc as apb_grpc
 from plume.v1 import plume_pb2 as pb
@@ -22,7 +22,7 @@ UPLOAD_CHUNK_BYTES = 1 << 20  # as the C++ SDK
 
 _FORMATS = {"e4m3": pb.DTYPE_E4M3, "e5m2": pb.DTYPE_E5M2}
 _SCALES = {"none": pb.SCALE_MODE_NONE, "tensor": pb.SCALE_MODE_TENSOR, "row": pb.SCALE_MODE_ROW,
-           "block128": pb.SCALE_MODE_BLOCK128}
+           "block128": pb.SCALE_MODE_BLOCK128, "block128x128": pb.SCALE_MODE_BLOCK128X128}
 _KV_SCALES = {"none": apb.KV_SCALE_MODE_NONE, "tensor": apb.KV_SCALE_MODE_TENSOR,
               "head": apb.KV_SCALE_MODE_HEAD, "token_block": apb.KV_SCALE_MODE_TOKEN_BLOCK}
 _PLACEMENTS = {"auto": pb.PLACEMENT_AUTO, "single": pb.PLACEMENT_SINGLE,
@@ -69,7 +69,7 @@ class MatrixInfo:
     rows: int
     cols: int
     format: str          # "e4m3" | "e5m2"
-    scale: str           # "none" | "tensor" | "row" | "block128"
+    scale: str           # "none" | "tensor" | "row" | "block128" | "block128x128"
     source_dtype: str    # "f32" | "f16" | "bf16" | "e4m3" | "e5m2" (pre-packed)
     non_saturating: bool
     layout: PackedLayout
@@ -79,6 +79,7 @@ class MatrixInfo:
     placement: str       # "single" | "sharded" | "replicated"
     devices: tuple[int, ...]
     shard_rows: tuple[int, ...]
+    content_hash: str = ""  # as uploaded; "" if none (or the server keeps none)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,7 +92,7 @@ class MatrixInfo:
                    m.non_saturating,
                    PackedLayout(m.layout.padded_cols, m.layout.row_stride_bytes, m.layout.num_scales),
                    m.resident_bytes, m.created_unix_ms, m.backend, _name_of(_PLACEMENTS, m.placement),
-                   tuple(m.devices), tuple(m.shard_rows))
+                   tuple(m.devices), tuple(m.shard_rows), m.content_hash)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def upload_requests(name: str, src: Any, *, format: str, scale: str, non_saturat
 
 
 def packed_requests(name: str, codes: Any, scales: Any, *, format: str, scale: str,
-                    placement: str) -> Iterator[pb.UploadMatrixRequest]:
+                    placement: str, content_hash: str = "") -> Iterator[pb.UploadMatrixRequest]:
     """UploadMatrix of pre-packed FP8: `codes` are [rows, cols] uint8 FP8 codes
     (or an ml_dtypes float8 array), `scales` float32 in the mode's shape."""
     fmt = _choice(_FORMATS, format, "format")
@@ -240,13 +241,29 @@ def packed_requests(name: str, codes: Any, scales: Any, *, format: str, scale: s
     c = np.ascontiguousarray(c)
     s = np.ascontiguousarray(np.asarray(scales, dtype=np.float32).reshape(-1), dtype="<f4")
     want = {pb.SCALE_MODE_NONE: 0, pb.SCALE_MODE_TENSOR: 1, pb.SCALE_MODE_ROW: rows,
-            pb.SCALE_MODE_BLOCK128: rows * (-(-cols // 128))}[mode]
+            pb.SCALE_MODE_BLOCK128: rows * (-(-cols // 128)),
+            pb.SCALE_MODE_BLOCK128X128: (-(-rows // 128)) * (-(-cols // 128))}[mode]
     if s.size != want:
         raise ValueError(f"scale={scale!r} on {rows}x{cols} needs {want} scales, got {s.size}")
     h = pb.MatrixHeader(name=name, rows=rows, cols=cols, source_dtype=fmt, format=fmt,
-                        scale_mode=mode, placement=_choice(_PLACEMENTS, placement, "placement"))
+                        scale_mode=mode, placement=_choice(_PLACEMENTS, placement, "placement"),
+                        content_hash=content_hash)
     return _chunked(pb.UploadMatrixRequest(header=h), pb.UploadMatrixRequest,
                     [("data", _bytes_view(c)), ("scales", _bytes_view(s))], None)
+
+
+def packed_result(resp: pb.GetMatrixResponse) -> tuple[MatrixInfo, np.ndarray, np.ndarray]:
+    """A GetMatrix response with include_packed: info, [rows, cols] codes, scales."""
+    m = resp.matrix
+    if not resp.packed_words and m.rows > 0 and m.cols > 0:
+        raise _errors.from_code(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"the server returned no packed codes for {m.name!r} "
+                                "(it does not support GetMatrix include_packed)")
+    codes = _checkpoint.unpack_codes(resp.packed_words, m.rows, m.cols, m.layout.padded_cols)
+    if len(resp.scales) % 4:
+        raise ValueError("malformed GetMatrix response: scales are not whole float32s")
+    scales = np.frombuffer(resp.scales, "<f4").astype(np.float32)
+    return MatrixInfo.from_proto(m), codes, scales
 
 
 def kv_upload_requests(name: str, k: Any, v: Any, *, format: str, scale: str,

@@ -135,9 +135,8 @@ def from_proto(t: pb.Tensor) -> np.ndarray:
 _ST_DTYPES = {"F32": pb.DTYPE_F32, "F16": pb.DTYPE_F16, "BF16": pb.DTYPE_BF16}
 
 
-def read_safetensors(path: str | os.PathLike, tensor: str | None) -> Wire:
-    """One tensor of a .safetensors file, as a read-only view of the mapped
-    file (nothing is copied until it is sent)."""
+def open_safetensors(path: str | os.PathLike) -> tuple[Any, dict, int]:
+    """The mapped file, its parsed JSON header and where its data starts."""
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if len(mm) < 8:
@@ -149,6 +148,15 @@ def read_safetensors(path: str | os.PathLike, tensor: str | None) -> Wire:
         header = json.loads(mm[8:8 + hlen])
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: malformed safetensors header: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: malformed safetensors header: not a JSON object")
+    return mm, header, 8 + hlen
+
+
+def read_safetensors(path: str | os.PathLike, tensor: str | None) -> Wire:
+    """One tensor of a .safetensors file, as a read-only view of the mapped
+    file (nothing is copied until it is sent)."""
+    mm, header, base = open_safetensors(path)
     names = sorted(k for k in header if k != "__metadata__")
     if tensor is None:
         if len(names) != 1:
@@ -163,7 +171,6 @@ def read_safetensors(path: str | os.PathLike, tensor: str | None) -> Wire:
         raise ValueError(f"{path}: tensor {tensor!r} is {entry.get('dtype')}, not F32, F16 or BF16")
     shape = tuple(int(d) for d in entry["shape"])
     begin, end = (int(o) for o in entry["data_offsets"])
-    base = 8 + hlen
     want = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
     if end - begin != want or begin < 0 or base + end > len(mm):
         raise ValueError(f"{path}: tensor {tensor!r} has {end - begin} bytes at offsets "

@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
+from plume import _checkpoint
 from plume import _common as c
 from plume import _errors
 from plume._common import KVInfo, MatrixInfo
@@ -86,10 +87,27 @@ class Client:
             bar.close()
 
     async def upload_packed(self, name: str, codes: Any, scales: Any, *, format: str, scale: str,
-                            placement: str = "auto", timeout: Any = _UNSET) -> MatrixInfo:
+                            placement: str = "auto", content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
         """See :meth:`plume.Client.upload_packed`."""
-        reqs = c.packed_requests(name, codes, scales, format=format, scale=scale, placement=placement)
+        reqs = c.packed_requests(name, codes, scales, format=format, scale=scale, placement=placement,
+                                 content_hash=content_hash)
         return MatrixInfo.from_proto((await self._call(self._matrices.UploadMatrix, reqs, timeout)).matrix)
+
+    async def upload_fp8(self, name: str, path: Any, *, tensor: str | None = None,
+                         scale_tensor: str | None = None, scale: str | None = None, placement: str = "auto",
+                         content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
+        """See :meth:`plume.Client.upload_fp8`."""
+        if scale not in (None, "none"):
+            raise ValueError("an FP8 tensor's scale mode comes from its scale tensor's shape; scale= may only be 'none'")
+        t = _checkpoint.read_fp8_tensor(path, tensor, scale_tensor, no_scale=scale == "none")
+        return await self.upload_packed(name, t.codes, t.scales, format=t.format, scale=t.scale,
+                                        placement=placement, content_hash=content_hash, timeout=timeout)
+
+    async def packed(self, name: str, *, timeout: Any = _UNSET) -> tuple[MatrixInfo, np.ndarray, np.ndarray]:
+        """See :meth:`plume.Client.packed`."""
+        resp = await self._call(self._matrices.GetMatrix, pb.GetMatrixRequest(name=name, include_packed=True),
+                                timeout)
+        return c.packed_result(resp)
 
     async def info(self, name: str, *, timeout: Any = _UNSET) -> MatrixInfo:
         resp = await self._call(self._matrices.GetMatrix, pb.GetMatrixRequest(name=name), timeout)

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -154,6 +155,19 @@ bool WriteChunked(grpc::ClientWriter<Req>* writer, Req& req, int64_t chunk,
   return ok;
 }
 
+// MatrixHeader.content_hash: at most 128 of [A-Za-z0-9:._+/=-].
+absl::Status CheckContentHash(const std::string& h) {
+  if (h.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("content_hash is ", h.size(), " characters; at most 128"));
+  }
+  for (char c : h) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    std::string_view(":._+/=-").find(c) != std::string_view::npos;
+    if (!ok) return absl::InvalidArgumentError("content_hash may hold only A-Z a-z 0-9 and : . _ + / = -");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, std::string_view data,
@@ -188,6 +202,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, cons
       source.dtype != v1::DTYPE_BF16) {
     return absl::InvalidArgumentError("UploadMatrix takes F32, F16 or BF16 data; use UploadPacked for FP8");
   }
+  if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
   v1::MatrixHeader h;
   h.set_name(spec.name);
   h.set_rows(source.shape[0]);
@@ -197,6 +212,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, cons
   h.set_scale_mode(spec.scale_mode);
   h.set_non_saturating(spec.non_saturating);
   h.set_placement(spec.placement);
+  h.set_content_hash(spec.content_hash);
   return Upload(h, source.bytes, {}, progress, call);
 }
 
@@ -211,6 +227,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
   if ((num_words > 0 && words == nullptr) || (num_scales > 0 && scales == nullptr)) {
     return absl::InvalidArgumentError("null buffer");
   }
+  if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
   v1::MatrixHeader h;
   h.set_name(spec.name);
   h.set_rows(rows);
@@ -220,6 +237,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
   h.set_scale_mode(spec.scale_mode);
   h.set_non_saturating(spec.non_saturating);
   h.set_placement(spec.placement);
+  h.set_content_hash(spec.content_hash);
   return Upload(h,
                 std::string_view(reinterpret_cast<const char*>(words), static_cast<size_t>(num_words) * 4),
                 std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4),
@@ -234,6 +252,38 @@ absl::StatusOr<v1::MatrixInfo> Client::GetMatrix(const std::string& name, const 
   const grpc::Status s = stub_->GetMatrix(ctx.get(), req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
   return resp.matrix();
+}
+
+absl::StatusOr<PackedMatrix> Client::GetMatrixPacked(const std::string& name, const CallOptions& call) {
+  auto ctx = MakeContext(call);
+  v1::GetMatrixRequest req;
+  req.set_name(name);
+  req.set_include_packed(true);
+  v1::GetMatrixResponse resp;
+  const grpc::Status s = stub_->GetMatrix(ctx.get(), req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  const v1::MatrixInfo& m = resp.matrix();
+  const std::string& w = resp.packed_words();
+  const std::string& sc = resp.scales();
+  if (w.size() % 4 != 0 || sc.size() % 4 != 0) {
+    return absl::InternalError("malformed GetMatrix response: packed words or scales not a multiple of 4 bytes");
+  }
+  if (w.empty() && m.rows() > 0 && m.cols() > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the server returned no packed codes for '", name, "' (it does not support GetMatrix include_packed)"));
+  }
+  const int64_t want_words = m.rows() * (m.layout().padded_cols() / 4);
+  if (static_cast<int64_t>(w.size() / 4) != want_words) {
+    return absl::InternalError(absl::StrCat("malformed GetMatrix response: ", w.size() / 4,
+                                            " packed words, the layout needs ", want_words));
+  }
+  PackedMatrix out;
+  out.info = m;
+  out.words.resize(w.size() / 4);
+  if (!w.empty()) std::memcpy(out.words.data(), w.data(), w.size());
+  out.scales.resize(sc.size() / 4);
+  if (!sc.empty()) std::memcpy(out.scales.data(), sc.data(), sc.size());
+  return out;
 }
 
 absl::StatusOr<std::vector<v1::MatrixInfo>> Client::ListMatrices(const CallOptions& call) {

@@ -43,6 +43,7 @@ const char* ScaleModeShortName(v1::ScaleMode mode) {
     case v1::SCALE_MODE_TENSOR: return "tensor";
     case v1::SCALE_MODE_ROW: return "row";
     case v1::SCALE_MODE_BLOCK128: return "block128";
+    case v1::SCALE_MODE_BLOCK128X128: return "block128x128";
     default: return "unspecified";
   }
 }

@@ -18,6 +18,13 @@ struct NpyHeader {
   std::vector<int64_t> shape;
   int64_t data_offset = 0;  // bytes from the start of the file to the data
   int64_t data_bytes = 0;
+  bool uint8 = false;  // '|u1' (ReadNpyU8 only; `dtype` is then meaningless)
+};
+
+// A uint8 array: FP8 codes, one byte each.
+struct NpyBytes {
+  std::vector<int64_t> shape;
+  std::string data;
 };
 
 // Parses the header at the start of `prefix` (at least the magic, version,
@@ -29,6 +36,8 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_
 absl::StatusOr<Array> ParseNpy(std::string_view bytes);
 // Reads a .npy file (the header first, then the data straight into the array).
 absl::StatusOr<Array> ReadNpy(const std::string& path);
+// Reads a .npy file of uint8 ('|u1') elements, e.g. raw FP8 codes.
+absl::StatusOr<NpyBytes> ReadNpyU8(const std::string& path);
 
 // Encodes F32 or F16 arrays (BF16 has no .npy dtype: INVALID_ARGUMENT) as a
 // version 1.0 file (2.0 if the header needs it).

@@ -37,6 +37,11 @@ class SafetensorsFile {
   const std::vector<SafetensorsEntry>& tensors() const { return entries_; }
   // The tensor named `name` (F32, F16 or BF16 only).
   absl::StatusOr<Array> Read(const std::string& name) const;
+  // The entry named `name`, or null.
+  const SafetensorsEntry* Find(const std::string& name) const;
+  // The raw little-endian bytes of an entry of this file, whatever its dtype
+  // (e.g. F8_E4M3 codes).
+  absl::StatusOr<std::string> ReadBytes(const SafetensorsEntry& e) const;
 
  private:
   std::string path_;   // empty when constructed from bytes

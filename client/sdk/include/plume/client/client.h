@@ -90,6 +90,18 @@ struct UploadSpec {
   bool non_saturating = false;
   // Where a multi-device server keeps it (plume-server --devices).
   v1::Placement placement = v1::PLACEMENT_AUTO;
+  // Optional label of the content (MatrixHeader.content_hash): at most 128
+  // of [A-Za-z0-9:._+/=-]; the server keeps it and returns it in
+  // MatrixInfo.content_hash. See io::ContentHasher / io::Fp8ContentHash.
+  std::string content_hash;
+};
+
+// A matrix as resident on the server: its info, the packed words in plume's
+// layout and the FP32 scales of its scale mode (GetMatrix include_packed).
+struct PackedMatrix {
+  v1::MatrixInfo info;
+  std::vector<uint32_t> words;
+  std::vector<float> scales;
 };
 
 // What to upload as a K/V cache: the header fields other than the shape and
@@ -133,6 +145,12 @@ class Client {
                                               const CallOptions& call = {});
 
   absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name, const CallOptions& call = {});
+  // GetMatrix with include_packed: the resident codes and scales too, the
+  // same bytes a pre-packed upload of the matrix would send (the response is
+  // the matrix's size: raise max_message_bytes for big ones). FAILED_PRECONDITION
+  // when the server returns no words for a non-empty matrix (a server that
+  // predates include_packed).
+  absl::StatusOr<PackedMatrix> GetMatrixPacked(const std::string& name, const CallOptions& call = {});
   absl::StatusOr<std::vector<v1::MatrixInfo>> ListMatrices(const CallOptions& call = {});
   absl::Status DeleteMatrix(const std::string& name, const CallOptions& call = {});
 

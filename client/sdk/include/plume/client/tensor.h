@@ -39,7 +39,7 @@ struct HostTensor {
 int DTypeBytes(v1::DType dtype);
 // "f32", "f16", "bf16", "e4m3", "e5m2", or "unspecified".
 const char* DTypeShortName(v1::DType dtype);
-const char* ScaleModeShortName(v1::ScaleMode mode);  // "none", "tensor", "row", "block128"
+const char* ScaleModeShortName(v1::ScaleMode mode);  // "none", "tensor", "row", "block128", "block128x128"
 const char* KvScaleModeShortName(v1::KVScaleMode mode);  // "none", "tensor", "head", "block"
 
 // INVALID_ARGUMENT unless the dtype is known, the dims are non-negative and
