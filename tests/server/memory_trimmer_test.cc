@@ -64,7 +64,8 @@ TEST(MemoryTrimmer, GivesBackTheFreePagesUnderALiveBlock) {
   }
   const int64_t after = RssKiB();
   std::free(pin);
-  EXPECT_LT(after, before - 32 * 1024) << "RSS " << before << " KiB before the trim, " << after
+  // free() may hand some back itself; at least a quarter stays until the trim.
+  EXPECT_LT(after, before - 16 * 1024) << "RSS " << before << " KiB before the trim, " << after
                                        << " KiB after";
 }
 #endif
