@@ -32,6 +32,19 @@ std::unique_ptr<CudaBackend> MakeCuda(const std::string& path = "") {
   return b.ok() ? std::move(*b) : nullptr;
 }
 
+// The packed codes and scales of two matrices of `shape` agree.
+void ExpectSamePacked(CudaBackend& cuda, const BackendMatrix& a, const BackendMatrix& b,
+                      const MatrixShape& shape, const std::string& what) {
+  const size_t nw = size_t(shape.layout().total_words());
+  const size_t ns = size_t(std::max<int64_t>(shape.num_scales(), 1));
+  std::vector<uint32_t> w1(nw, 1), w2(nw, 2);
+  std::vector<float> s1(ns, 1.0f), s2(ns, 2.0f);
+  ASSERT_TRUE(cuda.ReadPacked(a, w1.data(), s1.data()).ok());
+  ASSERT_TRUE(cuda.ReadPacked(b, w2.data(), s2.data()).ok());
+  EXPECT_EQ(w1, w2) << what;
+  if (shape.num_scales() > 0) EXPECT_EQ(s1, s2) << what;
+}
+
 std::vector<std::string> Paths() {
   CudaBackendOptions o;
   o.decode_path = "native";
@@ -117,14 +130,7 @@ TEST(CudaBackend, StreamedRowsGiveTheCodesOfTheWholeQuantization) {
       }
       auto streamed = (*q)->Finish();
       ASSERT_TRUE(streamed.ok()) << streamed.status();
-      const size_t nw = size_t(shape.layout().total_words());
-      const size_t ns = size_t(std::max<int64_t>(shape.num_scales(), 1));
-      std::vector<uint32_t> w1(nw, 1), w2(nw, 2);
-      std::vector<float> s1(ns, 1.0f), s2(ns, 2.0f);
-      ASSERT_TRUE(cuda->ReadPacked(**whole, w1.data(), s1.data()).ok());
-      ASSERT_TRUE(cuda->ReadPacked(**streamed, w2.data(), s2.data()).ok());
-      EXPECT_EQ(w1, w2) << ScaleModeName(m);
-      if (shape.num_scales() > 0) EXPECT_EQ(s1, s2) << ScaleModeName(m);
+      ExpectSamePacked(*cuda, **whole, **streamed, shape, ScaleModeName(m));
       const auto x = RandomNormal(shape.cols, 22);
       std::vector<float> y1(size_t(shape.rows)), y2(size_t(shape.rows));
       ASSERT_TRUE(cuda->Gemv(**whole, {x.data(), DType::kF32, 1.0f, 1, y1.data(), DType::kF32}).ok());
@@ -192,14 +198,8 @@ TEST(CudaBackend, StreamedRowsThroughSmallPinnedBuffers) {
         }
         auto streamed = (*q)->Finish();
         ASSERT_TRUE(streamed.ok()) << streamed.status();
-        const size_t nw = size_t(shape.layout().total_words());
-        const size_t ns = size_t(std::max<int64_t>(shape.num_scales(), 1));
-        std::vector<uint32_t> w1(nw, 1), w2(nw, 2);
-        std::vector<float> s1(ns, 1.0f), s2(ns, 2.0f);
-        ASSERT_TRUE(cuda.ReadPacked(**whole, w1.data(), s1.data()).ok());
-        ASSERT_TRUE(cuda.ReadPacked(**streamed, w2.data(), s2.data()).ok());
-        EXPECT_EQ(w1, w2) << DTypeName(dtype) << " " << ScaleModeName(m);
-        if (shape.num_scales() > 0) EXPECT_EQ(s1, s2) << DTypeName(dtype) << " " << ScaleModeName(m);
+        ExpectSamePacked(cuda, **whole, **streamed, shape,
+                         std::string(DTypeName(dtype)) + " " + ScaleModeName(m));
       }
     }
     // Too few rows, then more rows than the matrix has: refused, no crash.

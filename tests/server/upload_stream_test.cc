@@ -95,6 +95,20 @@ class UploadStreamTest : public ::testing::Test {
     service_ = std::make_unique<MatrixService>(backend_.get(), store_.get(), &metrics_, Limits{});
   }
 
+  // The resident matrix `name` holds the codes and scales of quantizing
+  // `src` whole.
+  void ExpectWholeQuantization(const std::string& name, const std::string& src, DType dtype) {
+    auto m = store_->Get(name);
+    ASSERT_TRUE(m.ok()) << m.status();
+    const Packed want = WholeQuantization((*m)->shape, src, dtype);
+    Packed got;
+    got.words.assign(want.words.size(), 0);
+    got.scales.assign(want.scales.size(), 0.0f);
+    ASSERT_TRUE(backend_->ReadPacked(*(*m)->data, got.words.data(), got.scales.data()).ok());
+    EXPECT_EQ(got.words, want.words) << name;
+    EXPECT_EQ(got.scales, want.scales) << name;
+  }
+
   Metrics metrics_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<MatrixStore> store_;
@@ -217,15 +231,7 @@ TEST_F(UploadStreamTest, ConcurrentTensorUploadsShareTheBudget) {
   ASSERT_TRUE(again.ok()) << again.status();
   ASSERT_TRUE((*again)->AddData(src).ok());
   ASSERT_TRUE((*again)->Finish().ok());
-  auto m = store_->Get("t2");
-  ASSERT_TRUE(m.ok());
-  const Packed want = WholeQuantization((*m)->shape, src, DType::kF32);
-  Packed got;
-  got.words.assign(want.words.size(), 0);
-  got.scales.assign(want.scales.size(), 0.0f);
-  ASSERT_TRUE(backend_->ReadPacked(*(*m)->data, got.words.data(), got.scales.data()).ok());
-  EXPECT_EQ(got.words, want.words);
-  EXPECT_EQ(got.scales, want.scales);
+  ExpectWholeQuantization("t2", src, DType::kF32);
   EXPECT_EQ(store_->budget()->used(), 2 * (rows * cols + 4));
 }
 
@@ -318,15 +324,7 @@ TEST_F(UploadStreamTest, ShardedBackendStreamsRowsToEachDevice) {
   auto info = (*up)->Finish();
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->placement(), v1::PLACEMENT_SHARDED);
-  auto m = store_->Get("s");
-  ASSERT_TRUE(m.ok());
-  const Packed want = WholeQuantization((*m)->shape, src, DType::kF16);
-  Packed got;
-  got.words.assign(want.words.size(), 0);
-  got.scales.assign(want.scales.size(), 0.0f);
-  ASSERT_TRUE(backend_->ReadPacked(*(*m)->data, got.words.data(), got.scales.data()).ok());
-  EXPECT_EQ(got.words, want.words);
-  EXPECT_EQ(got.scales, want.scales);
+  ExpectWholeQuantization("s", src, DType::kF16);
 }
 
 // The resident set size, in bytes.
