@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -23,9 +24,10 @@ class ServerProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = std::filesystem::temp_directory_path() /
-           ("plume_" + std::string(info->test_suite_name()) + "_" + std::to_string(getpid()) +
-            "_" + info->name());
+    std::string name = std::string(info->test_suite_name()) + "_" + std::to_string(getpid()) +
+                       "_" + info->name();
+    std::replace(name.begin(), name.end(), '/', '_');  // parameterized: "Name/0"
+    dir_ = std::filesystem::temp_directory_path() / ("plume_" + name);
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
   }
