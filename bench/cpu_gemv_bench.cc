@@ -2,7 +2,7 @@
 //
 //   plume_cpu_gemv_bench [--json] [--iters N] [--threads T] [--isa scalar|avx2|avx512|avx512vbmi]
 //                        [--shape RxC] [--batch B] [--format e4m3|e5m2]
-//                        [--scale none|tensor|row|block128] [--no-huge-pages]
+//                        [--scale none|tensor|row|block128|block128x128] [--no-huge-pages]
 //
 // Without --shape/--batch it runs 8192x8192 and 4096x4096 at batch 1 and 8,
 // E4M3, ROW scales. Each case: warm-up, then the median (and min) over
@@ -127,7 +127,8 @@ int main(int argc, char** argv) {
     else if (a == "--scale") {
       const std::string s = next();
       mode = s == "none" ? ScaleMode::kNone : s == "tensor" ? ScaleMode::kTensor
-             : s == "block128" ? ScaleMode::kBlock128 : ScaleMode::kRow;
+             : s == "block128" ? ScaleMode::kBlock128
+             : s == "block128x128" ? ScaleMode::kBlock128x128 : ScaleMode::kRow;
     } else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -174,7 +175,15 @@ int main(int argc, char** argv) {
     ref::QuantizePack(src.data(), DType::kF32, c.rows, c.cols, qo, words_ptr, scales.data(), &pool);
     src.clear();
     src.shrink_to_fit();
-    ref::MatrixView w{words_ptr, scales.data(), l, fmt, mode};
+    // BLOCK128X128 is timed as the server holds it: BLOCK128, each row with
+    // its band's scales (ResidentScaleMode), expanded once here.
+    std::vector<float> row_scales;
+    if (mode == ScaleMode::kBlock128x128) {
+      row_scales.resize(static_cast<size_t>(NumScales(ScaleMode::kBlock128, c.rows, c.cols)));
+      ExpandBlockScales(c.rows, c.cols, scales.data(), row_scales.data());
+    }
+    ref::MatrixView w{words_ptr, row_scales.empty() ? scales.data() : row_scales.data(), l, fmt,
+                      ResidentScaleMode(mode)};
     std::vector<float> x(static_cast<size_t>(c.batch * c.cols)), y(static_cast<size_t>(c.batch * c.rows));
     for (float& v : x) v = nd(rng);
 
