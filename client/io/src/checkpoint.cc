@@ -34,14 +34,7 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 int64_t NumScalesFor(Fp8ScaleLayout l, int64_t rows, int64_t cols) {
-  switch (l) {
-    case Fp8ScaleLayout::kNone: return 0;
-    case Fp8ScaleLayout::kTensor: return 1;
-    case Fp8ScaleLayout::kRow: return rows;
-    case Fp8ScaleLayout::kBlock128: return rows * CeilDiv(cols, kBlockCols);
-    case Fp8ScaleLayout::kBlock128x128: return CeilDiv(rows, kBlockCols) * CeilDiv(cols, kBlockCols);
-  }
-  return 0;
+  return NumScales(l, rows, cols);
 }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {

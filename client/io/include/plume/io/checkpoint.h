@@ -21,14 +21,10 @@
 
 namespace plume::io {
 
-// How FP32 scales attach to an FP8 matrix; numbered as plume.v1.ScaleMode.
-enum class Fp8ScaleLayout : uint8_t {
-  kNone = 1,          // no scales
-  kTensor = 2,        // [1]
-  kRow = 3,           // [rows]
-  kBlock128 = 4,      // [rows][ceil(cols/128)]
-  kBlock128x128 = 5,  // [ceil(rows/128)][ceil(cols/128)]
-};
+// How FP32 scales attach to an FP8 matrix: plume's scale modes (types.h,
+// numbered as plume.v1.ScaleMode): NONE no scales, TENSOR [1], ROW [rows],
+// BLOCK128 [rows][ceil(cols/128)], BLOCK128X128 [ceil(rows/128)][ceil(cols/128)].
+using Fp8ScaleLayout = ScaleMode;
 
 const char* Fp8ScaleLayoutName(Fp8ScaleLayout l);  // "none", "tensor", "row", "block128", "block128x128"
 int64_t NumScalesFor(Fp8ScaleLayout l, int64_t rows, int64_t cols);
