@@ -29,17 +29,24 @@ void CheckMatrix(const v1::MatrixHeader& h, const core::Limits& limits) {
   if (!plan.ok()) return;
   const i128 rows = plan->shape.rows, cols = plan->shape.cols;
   const i128 padded = RoundUp(cols, kRowAlignCodes);
-  const i128 scales = plan->shape.scale_mode == ScaleMode::kNone     ? 0
-                      : plan->shape.scale_mode == ScaleMode::kTensor ? 1
-                      : plan->shape.scale_mode == ScaleMode::kRow    ? rows
-                                                    : rows * (RoundUp(cols, kBlockCols) / kBlockCols);
+  const ScaleMode mode = plan->shape.scale_mode;
+  const i128 blocks = RoundUp(cols, kBlockCols) / kBlockCols;
+  // Scales on the wire (the upload's mode), and as a backend holds them
+  // (BLOCK128X128 expanded to one per row per 128 columns).
+  const i128 scales = mode == ScaleMode::kNone     ? 0
+                      : mode == ScaleMode::kTensor ? 1
+                      : mode == ScaleMode::kRow    ? rows
+                      : mode == ScaleMode::kBlock128x128
+                          ? RoundUp(rows, kBlockRows) / kBlockRows * blocks
+                          : rows * blocks;
+  const i128 resident_scales = mode == ScaleMode::kBlock128x128 ? rows * blocks : scales;
   const i128 data = plan->prepacked ? rows * padded : rows * cols * DTypeSize(plan->source_dtype);
   if (rows <= 0 || cols <= 0 || data != plan->data_bytes || data > limits.max_upload_bytes ||
       (plan->prepacked && scales * 4 != plan->scale_bytes)) {
     __builtin_trap();
   }
   // What the store reserves, through the unchecked layout helpers.
-  if (i128{plan->shape.resident_bytes()} != rows * padded + scales * 4) __builtin_trap();
+  if (i128{plan->shape.resident_bytes()} != rows * padded + resident_scales * 4) __builtin_trap();
 }
 
 void CheckKv(const v1::KVHeader& h, const core::Limits& limits) {
