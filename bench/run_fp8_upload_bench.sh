@@ -14,6 +14,9 @@ rows=${2:-32768}
 cols=${3:-$rows}
 repeats=${4:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
+# Debian's python3 (numpy); the first python3 on PATH may lack it.
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 pid=0
@@ -21,7 +24,7 @@ echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "commit: $(git -C "$root" rev-parse --short HEAD)"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores"
 echo "command: bench/run_fp8_upload_bench.sh $build $rows $cols $repeats"
-python3 - "$work/ckpt.safetensors" "$rows" "$cols" <<'PY'
+"$py" - "$work/ckpt.safetensors" "$rows" "$cols" <<'PY'
 import json, struct, sys
 import numpy as np
 path, rows, cols = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -48,13 +51,13 @@ for store in none disk; do
     --metrics_address=127.0.0.1:0 "$flag" --ready_file="$work/ready.json" >"$work/server-$store.log" 2>&1 &
   pid=$!
   for _ in $(seq 300); do [ -s "$work/ready.json" ] && break; sleep 0.1; done
-  port=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['grpc_port'])" "$work/ready.json")
+  port=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['grpc_port'])" "$work/ready.json")
   for i in $(seq "$repeats"); do
     t0=$(date +%s.%N)
     "$build/client/plume" --server "127.0.0.1:$port" --timeout 600 upload "w$i" "$work/ckpt.safetensors" \
       --tensor w.weight >"$work/cli.log" 2>&1 || { cat "$work/cli.log"; exit 1; }
     t1=$(date +%s.%N)
-    python3 -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); b = int(sys.argv[3]);
+    "$py" -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); b = int(sys.argv[3]);
 print(f'store={sys.argv[4]} run={sys.argv[5]} seconds={s:.3f} GB/s={b / s / 1e9:.2f}')" \
       "$t0" "$t1" "$bytes" "$store" "$i"
     "$build/client/plume" --server "127.0.0.1:$port" delete "w$i" >/dev/null
