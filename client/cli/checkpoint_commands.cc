@@ -228,6 +228,14 @@ int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f) {
     const auto t0 = std::chrono::steady_clock::now();
     Outcome o;
     auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    // A tensor that cannot be read: noted, counted, and the next one goes on.
+    auto read_failed = [&](const absl::Status& s) {
+      o.result = "failed (read)";
+      notes.push_back(absl::StrCat(p.key, ": ", s.message()));
+      rc = std::max(rc, kExitUsage);
+      ++failed;
+      outcomes.push_back(o);
+    };
     // Read and hash.
     std::optional<io::Fp8Matrix> fp8;
     io::Array floats;
@@ -239,11 +247,7 @@ int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f) {
     if (p.fp8) {
       auto m = io::LoadFp8Matrix(*ckpt, p.key, {p.scales.scale_key, p.scales.scale_key.empty()});
       if (!m.ok()) {
-        o.result = "failed (read)";
-        notes.push_back(absl::StrCat(p.key, ": ", m.status().message()));
-        rc = std::max(rc, kExitUsage);
-        ++failed;
-        outcomes.push_back(o);
+        read_failed(m.status());
         continue;
       }
       fp8 = *std::move(m);
@@ -252,11 +256,7 @@ int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f) {
     } else {
       auto bytes = ckpt->ReadBytes(p.key);
       if (!bytes.ok()) {
-        o.result = "failed (read)";
-        notes.push_back(absl::StrCat(p.key, ": ", bytes.status().message()));
-        rc = std::max(rc, kExitUsage);
-        ++failed;
-        outcomes.push_back(o);
+        read_failed(bytes.status());
         continue;
       }
       floats.dtype = p.entry->dtype == "F32"   ? io::ElemType::kF32
