@@ -17,12 +17,14 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "plume/cuda/fp8_codec.h"
 #include "plume/cuda/gemv.h"
+#include "plume/kernels/layout.h"
 #include "gpu_bench_common.cuh"
 
 namespace {
@@ -130,6 +132,19 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
   const int64_t nscales = rows * layout.blocks_per_row();
   float* scales = Alloc<float>(static_cast<size_t>(nscales) * 4);
   FillFloat<<<kFillBlocks, 256, 0, stream>>>(scales, nscales, 7, 0.01f);
+  // BLOCK128X128 as the backends hold it (ResidentScaleMode): BLOCK128 with
+  // each 128-row band's scales repeated on its rows.
+  float* band_scales = nullptr;
+  if (std::find(o.modes.begin(), o.modes.end(), ScaleMode::kBlock128x128) != o.modes.end()) {
+    std::vector<float> tiles(static_cast<size_t>(plume::NumScales(ScaleMode::kBlock128x128, rows, cols)));
+    std::mt19937 rng(8);
+    std::uniform_real_distribution<float> d(0.001f, 0.02f);
+    for (float& t : tiles) t = d(rng);
+    std::vector<float> expanded(static_cast<size_t>(nscales));
+    plume::ExpandBlockScales(rows, cols, tiles.data(), expanded.data());
+    band_scales = Alloc<float>(static_cast<size_t>(nscales) * 4);
+    CHECK_CUDA(cudaMemcpy(band_scales, expanded.data(), expanded.size() * 4, cudaMemcpyHostToDevice));
+  }
   __half* x16 = Alloc<__half>(static_cast<size_t>(max_batch * cols) * 2);
   FillHalf<<<kFillBlocks, 256, 0, stream>>>(x16, max_batch * cols, 9);
   float* x32 = Alloc<float>(static_cast<size_t>(max_batch * cols) * 4);
@@ -209,11 +224,11 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
         for (plume::cuda::GemvKernel kernel : o.kernels) {
         for (int b : o.batches) {
           plume::cuda::GemvProblem p;
-          p.scales = scales;
+          p.scales = m == ScaleMode::kBlock128x128 ? band_scales : scales;
           p.rows = rows;
           p.cols = cols;
           p.format = f;
-          p.scale_mode = m;
+          p.scale_mode = plume::ResidentScaleMode(m);
           p.x = o.x_dtype == DType::kF16 ? static_cast<const void*>(x16) : x32;
           p.x_dtype = o.x_dtype;
           p.batch = b;
@@ -251,6 +266,7 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
     }
   }
   if (ws) CHECK_CUDA(cudaFree(ws));
+  if (band_scales) CHECK_CUDA(cudaFree(band_scales));
 
   if (o.baselines) {
     // cuBLASLt FP8: D[rows x b] = A^T B with A = W (E4M3, cols x rows column
@@ -374,7 +390,7 @@ std::vector<T> ParseList(const std::string& s, F parse) {
 void Usage() {
   std::fprintf(stderr,
                "usage: gpu_gemv_bench [--shapes 4096x4096,...] [--batches 1,4,16,64]\n"
-               "  [--formats e4m3,e5m2] [--modes none,tensor,row,block128]\n"
+               "  [--formats e4m3,e5m2] [--modes none,tensor,row,block128,block128x128]\n"
                "  [--paths native,software] [--kernels auto,mma,wgmma] [--x f16|f32] [--iters N]\n"
                "  [--no-baselines]\n"
                "  [--no-quantize]\n"
@@ -409,6 +425,7 @@ Options Parse(int argc, char** argv) {
         if (s == "tensor") return ScaleMode::kTensor;
         if (s == "row") return ScaleMode::kRow;
         if (s == "block128") return ScaleMode::kBlock128;
+        if (s == "block128x128") return ScaleMode::kBlock128x128;
         Usage();
         return ScaleMode::kNone;
       });

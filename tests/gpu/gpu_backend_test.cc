@@ -1,7 +1,7 @@
 // The CUDA backend through the Backend interface, against the CPU backend and
 // the FP64 reference: quantize on the device, packed uploads, NaN codes,
 // streamed uploads through the pinned buffers, concurrent GEMVs on several
-// streams, device memory, bad options.
+// streams, BLOCK128X128 checkpoints, device memory, bad options.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,6 +16,7 @@
 
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/backends/cuda/cuda_backend.h"
+#include "server/core/packed_matrix.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume::core {
@@ -76,6 +77,43 @@ TEST(CudaBackend, QuantizeAndGemvMatchTheCpuBackend) {
           EXPECT_LE(want.RelErr(x, batch, yg), 1e-5) << path << " " << ScaleModeName(m);
           EXPECT_LE(want.RelErr(x, batch, yc), 1e-5);
         }
+      }
+    }
+  }
+}
+
+TEST(CudaBackend, Block128x128CheckpointsServeEveryPath) {
+  // A 128x128-block-scaled matrix, as FP8 checkpoints ship it, uploaded
+  // pre-packed the way the core does (FromPackedAsUploaded expands the
+  // scales to BLOCK128), on both decode paths and ragged shapes: GEMV within
+  // 1e-5 of FP64 over the dequantized codes, and the codes and 128x128
+  // scales read back exactly.
+  for (const std::string& path : Paths()) {
+    auto cuda = MakeCuda(path);
+    ASSERT_NE(cuda, nullptr);
+    for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{300, 517}, {1000, 3001}, {256, 8192}}) {
+        const MatrixShape shape{rows, cols, f, ScaleMode::kBlock128x128, true};
+        const auto w = RandomNormal(rows * cols, 31);
+        std::vector<uint32_t> words(size_t(shape.layout().total_words()));
+        std::vector<float> tiles(size_t(shape.num_scales()));
+        ref::QuantizePack(w.data(), DType::kF32, rows, cols, {f, ScaleMode::kBlock128x128, true},
+                          words.data(), tiles.data());
+        auto m = FromPackedAsUploaded(cuda.get(), shape, words.data(), tiles.data());
+        ASSERT_TRUE(m.ok()) << m.status();
+        const ExpectedGemv want(w, rows, cols, f, ScaleMode::kBlock128x128);
+        for (int64_t batch : {1, 16, 40}) {
+          const auto x = RandomNormal(batch * cols, 32);
+          std::vector<float> y(size_t(batch * rows), NAN);
+          ASSERT_TRUE(cuda->Gemv(**m, {x.data(), DType::kF32, 1.0f, batch, y.data(), DType::kF32}).ok());
+          EXPECT_LE(want.RelErr(x, batch, y), 1e-5)
+              << path << " " << (f == Fp8Format::kE4M3 ? "e4m3" : "e5m2") << " " << rows << "x" << cols << " b" << batch;
+        }
+        std::vector<uint32_t> got_words(words.size(), 0);
+        std::vector<float> got_tiles(tiles.size(), 0.0f);
+        ASSERT_TRUE(ReadPackedAsUploaded(cuda.get(), **m, shape, got_words.data(), got_tiles.data()).ok());
+        EXPECT_EQ(got_words, words);
+        EXPECT_EQ(got_tiles, tiles);
       }
     }
   }
