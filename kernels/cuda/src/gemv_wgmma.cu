@@ -49,12 +49,20 @@ using namespace wgmma_layout;
 #endif
 
 // Measurement-only overrides (NOTES.md): the blocks per multiprocessor at
-// N = 8 and the deepest ring.
+// N = 8, the deepest ring, and whether a W stage is released as soon as its
+// codes are in registers (1) or only when the chunk's MMAs are done (0).
 #ifndef PLUME_WGMMA_BLOCKS_N8
 #define PLUME_WGMMA_BLOCKS_N8 2
 #endif
 #ifndef PLUME_WGMMA_MAX_STAGES
 #define PLUME_WGMMA_MAX_STAGES 8
+#endif
+#ifndef PLUME_WGMMA_EARLY_RELEASE
+#define PLUME_WGMMA_EARLY_RELEASE 1
+#endif
+// The W tensor map's L2 promotion: 0 none, 1 64 B, 2 128 B, 3 256 B.
+#ifndef PLUME_WGMMA_L2_PROMOTION
+#define PLUME_WGMMA_L2_PROMOTION 3
 #endif
 
 constexpr int kConsumerWarps = 8;                    // two warp groups
@@ -62,17 +70,25 @@ constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
 constexpr int kMaxN = 128;
 constexpr int kMaxStageMemory = 208 * 1024;
 
+// Shared memory holds two rings: W tiles (kStages slots) and activation
+// images (kImageSlots). A consumer releases a W slot as soon as its codes
+// are in registers, but an image slot only when the chunk's MMAs, which read
+// it, are done: about two chunks later, so the image ring has two more slots
+// and the producer never waits on it before it may refill a W slot.
 template <int kN>
 struct Cfg {
-  static constexpr int kImageBytes = kN * kChunk * 2;
-  static constexpr int kStageBytes = kTileBytes + kImageBytes;  // a multiple of 1024
+  static constexpr int kImageBytes = kN * kChunk * 2;  // a multiple of 256
+  static constexpr int kSlack = PLUME_WGMMA_EARLY_RELEASE ? 2 : 0;
   // N = 8: two blocks per multiprocessor (their registers fit), each with
   // half the ring, so two pipelines keep the loads coming. From N = 16 the
   // register cap of two blocks made ptxas serialize the wgmma (C7512).
   static constexpr int kBlocksPerSm = kN <= 8 ? PLUME_WGMMA_BLOCKS_N8 : 1;
   static constexpr int kStages =
-      std::min(PLUME_WGMMA_MAX_STAGES, kMaxStageMemory / kBlocksPerSm / kStageBytes);
-  static constexpr int kSmem = kStages * kStageBytes + 1024;     // + room to align to 1024
+      std::min(PLUME_WGMMA_MAX_STAGES, (kMaxStageMemory / kBlocksPerSm - kSlack * kImageBytes) /
+                                           (kTileBytes + kImageBytes));
+  static constexpr int kImageSlots = kStages + kSlack;
+  static constexpr int kImageRing = kStages * kTileBytes;  // offset; W tiles are 1024-aligned
+  static constexpr int kSmem = kImageRing + kImageSlots * kImageBytes + 1024;  // + alignment room
 };
 
 struct Params {
@@ -149,8 +165,9 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   // not under the two-blocks-per-SM cap, where ptxas would serialize).
   constexpr int kSets = !kBlock && kN <= 64 && C::kBlocksPerSm == 1 ? 2 : 1;
   extern __shared__ uint8_t smem_raw[];
-  __shared__ uint64_t full[C::kStages];
-  __shared__ uint64_t empty[C::kStages];
+  __shared__ uint64_t full[C::kStages];       // W tile and image of a chunk landed
+  __shared__ uint64_t empty[C::kStages];      // W slot free
+  __shared__ uint64_t img_empty[C::kImageSlots];  // image slot free
   __shared__ bool last;
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -166,6 +183,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       MbarInit(&full[s], 1);
       MbarInit(&empty[s], kConsumerWarps);
     }
+    for (int s = 0; s < C::kImageSlots; ++s) MbarInit(&img_empty[s], kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -185,27 +203,31 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   if (warp == kConsumerWarps) {
     // ---------------------------------------------------------- producer
     if (lane == 0) {
+      constexpr unsigned kTx = kTileBytes + C::kImageBytes;
+      auto image_load = [&](int i) {
+        BulkLoad(smem + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes,
+                 p.image + static_cast<int64_t>(c_begin + i) * kN * kChunk, C::kImageBytes,
+                 &full[i % C::kStages]);
+      };
       const int pre = min(n_chunks, C::kStages);
       for (int i = 0; i < pre; ++i) {
-        MbarExpectTx(&full[i], C::kStageBytes);
-        TmaLoadTile(smem + i * C::kStageBytes, &w_map, (c_begin + i) * kChunk,
+        MbarExpectTx(&full[i], kTx);
+        TmaLoadTile(smem + i * kTileBytes, &w_map, (c_begin + i) * kChunk,
                     static_cast<int>(row0), &full[i]);
       }
       // The activation image is the pre-pass's output.
       asm volatile("griddepcontrol.wait;" ::: "memory");
-      for (int i = 0; i < pre; ++i) {
-        BulkLoad(smem + i * C::kStageBytes + kTileBytes,
-                 p.image + static_cast<int64_t>(c_begin + i) * kN * kChunk, C::kImageBytes,
-                 &full[i]);
-      }
+      for (int i = 0; i < pre; ++i) image_load(i);
       for (int i = pre; i < n_chunks; ++i) {
         const int st = i % C::kStages;
         MbarWait(&empty[st], ((i / C::kStages) - 1) & 1);
-        MbarExpectTx(&full[st], C::kStageBytes);
-        uint8_t* stage = smem + st * C::kStageBytes;
-        TmaLoadTile(stage, &w_map, (c_begin + i) * kChunk, static_cast<int>(row0), &full[st]);
-        BulkLoad(stage + kTileBytes, p.image + static_cast<int64_t>(c_begin + i) * kN * kChunk,
-                 C::kImageBytes, &full[st]);
+        MbarExpectTx(&full[st], kTx);
+        TmaLoadTile(smem + st * kTileBytes, &w_map, (c_begin + i) * kChunk,
+                    static_cast<int>(row0), &full[st]);
+        if (i >= C::kImageSlots) {
+          MbarWait(&img_empty[i % C::kImageSlots], ((i / C::kImageSlots) - 1) & 1);
+        }
+        image_load(i);
       }
     }
   } else {
@@ -242,13 +264,14 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       if constexpr (kBlock) load_scales(i, sa[b], sb[b]);
       MbarWait(&full[st], (i / C::kStages) & 1);
 #if PLUME_WGMMA_VARIANT == 1  // measurement only: the pipeline alone, no math
-      if (i > 0) {
-        __syncwarp();
-        if (lane == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
+      __syncwarp();
+      if (lane == 0) {
+        MbarArrive(&empty[st]);
+        MbarArrive(&img_empty[i % C::kImageSlots]);
       }
       return;
 #endif
-      const uint8_t* tile = smem + st * C::kStageBytes;
+      const uint8_t* tile = smem + st * kTileBytes;
       const uint4 va0 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(ra, 32 * t));
       const uint4 va1 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(ra, 32 * t + 16));
       const uint4 vb0 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(rb, 32 * t));
@@ -258,7 +281,11 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         DecodeWord<kDec>(Word(va0, va1, s), a[b][s][0], a[b][s][2]);
         DecodeWord<kDec>(Word(vb0, vb1, s), a[b][s][1], a[b][s][3]);
       }
-      const uint32_t image = smem_base + st * C::kStageBytes + kTileBytes;
+      if constexpr (C::kSlack > 0) {  // the codes are in registers: the W slot is free
+        __syncwarp();
+        if (lane == 0) MbarArrive(&empty[st]);
+      }
+      const uint32_t image = smem_base + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes;
       if constexpr (kBlock) {
         FenceOperands(part[b]);
       } else {
@@ -294,7 +321,10 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       }
       if (i > 0) {
         __syncwarp();
-        if (lane == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
+        if (lane == 0) {
+          MbarArrive(&img_empty[(i - 1) % C::kImageSlots]);
+          if constexpr (C::kSlack == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
+        }
         if constexpr (kBlock) add_part(std::integral_constant<int, b ^ 1>{});
       }
     };
@@ -555,7 +585,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   const cuuint32_t elem[2] = {1, 1};
   if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint32_t*>(p.words), dims, strides,
              box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+             static_cast<CUtensorMapL2promotion>(PLUME_WGMMA_L2_PROMOTION), CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
 
