@@ -61,9 +61,10 @@ struct Options {
 
 // The same bytes read in plume's GEMV pattern, without the math: each warp
 // reads 16 rows, 128 bytes of each per step (two 16-byte loads per lane),
-// walking its rows' columns; one column split per grid.y.
+// walking its rows' columns; one column split per grid.y. Staggered: block x
+// starts x chunks into its range and wraps round (as the Hopper kernel).
 __global__ void RowPatternReadKernel(const uint8_t* w, int64_t rows, int64_t row_bytes,
-                                     int splits, uint32_t* sink) {
+                                     int splits, bool stagger, uint32_t* sink) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t ra = (int64_t{blockIdx.x} * (blockDim.x / 32) + warp) * 16 + g;
@@ -74,7 +75,10 @@ __global__ void RowPatternReadKernel(const uint8_t* w, int64_t rows, int64_t row
   if (ra + 8 < rows) {
     const uint8_t* a = w + ra * row_bytes;
     const uint8_t* b = a + 8 * row_bytes;
-    for (int64_t c = c0; c < c1; ++c) {
+    const int64_t n = c1 - c0;
+    const int64_t rot = stagger && n > 0 ? int64_t{blockIdx.x} % n : 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = c0 + (i + rot < n ? i + rot : i + rot - n);
       const int64_t off = c * 128 + 16 * t;
       const uint4 v0 = __ldcs(reinterpret_cast<const uint4*>(a + off));
       const uint4 v1 = __ldcs(reinterpret_cast<const uint4*>(a + off + 64));
@@ -165,15 +169,18 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
                                              static_cast<int64_t>(code_bytes / 16), sink);
   });
   Report(shape, 0, "read", "ceiling", read_us, static_cast<double>(code_bytes));
-  for (int splits : {1, 2, 4, 8}) {
-    const dim3 grid(static_cast<unsigned>((rows + 127) / 128), static_cast<unsigned>(splits));
-    const double us = timer.Median([&](int i) {
-      RowPatternReadKernel<<<grid, 256, 0, stream>>>(
-          reinterpret_cast<const uint8_t*>(words[i % copies]), rows, layout.padded_cols(), splits,
-          sink);
-    });
-    Report(shape, 0, "read", "gemv pattern, splits " + std::to_string(splits), us,
-           static_cast<double>(code_bytes));
+  for (bool stagger : {false, true}) {
+    for (int splits : {1, 2, 4, 8}) {
+      const dim3 grid(static_cast<unsigned>((rows + 127) / 128), static_cast<unsigned>(splits));
+      const double us = timer.Median([&](int i) {
+        RowPatternReadKernel<<<grid, 256, 0, stream>>>(
+            reinterpret_cast<const uint8_t*>(words[i % copies]), rows, layout.padded_cols(),
+            splits, stagger, sink);
+      });
+      Report(shape, 0, "read",
+             std::string(stagger ? "staggered " : "") + "gemv pattern, splits " + std::to_string(splits),
+             us, static_cast<double>(code_bytes));
+    }
   }
 
   // GPU quantize-and-pack (uploads): source read, codes and scales written.

@@ -60,6 +60,11 @@ using namespace wgmma_layout;
 #ifndef PLUME_WGMMA_EARLY_RELEASE
 #define PLUME_WGMMA_EARLY_RELEASE 1
 #endif
+// Where a block starts in its chunk range: chunk (blockIdx.x * STAGGER) mod
+// the range, wrapping round (0: every block starts at its first chunk).
+#ifndef PLUME_WGMMA_STAGGER
+#define PLUME_WGMMA_STAGGER 1
+#endif
 // The W tensor map's L2 promotion: 0 none, 1 64 B, 2 128 B, 3 256 B.
 #ifndef PLUME_WGMMA_L2_PROMOTION
 #define PLUME_WGMMA_L2_PROMOTION 3
@@ -177,6 +182,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   const int c_begin = blockIdx.y * p.chunks_per_split;
   const int n_chunks = min(p.chunks, c_begin + p.chunks_per_split) - c_begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  // The i-th chunk this block takes. Blocks start at different chunks, so
+  // at any moment they read different column offsets of their rows: were
+  // they all at the same offset, every address in flight would share the
+  // bits below the row stride, and with them the DRAM channels those bits
+  // select.
+  const int rot = n_chunks > 0 ? static_cast<int>((int64_t{blockIdx.x} * PLUME_WGMMA_STAGGER) % n_chunks) : 0;
+  auto chunk = [&](int i) {
+    const int j = i + rot;
+    return c_begin + (j < n_chunks ? j : j - n_chunks);
+  };
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -206,13 +221,13 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       constexpr unsigned kTx = kTileBytes + C::kImageBytes;
       auto image_load = [&](int i) {
         BulkLoad(smem + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes,
-                 p.image + static_cast<int64_t>(c_begin + i) * kN * kChunk, C::kImageBytes,
+                 p.image + static_cast<int64_t>(chunk(i)) * kN * kChunk, C::kImageBytes,
                  &full[i % C::kStages]);
       };
       const int pre = min(n_chunks, C::kStages);
       for (int i = 0; i < pre; ++i) {
         MbarExpectTx(&full[i], kTx);
-        TmaLoadTile(smem + i * kTileBytes, &w_map, (c_begin + i) * kChunk,
+        TmaLoadTile(smem + i * kTileBytes, &w_map, chunk(i) * kChunk,
                     static_cast<int>(row0), &full[i]);
       }
       // The activation image is the pre-pass's output.
@@ -222,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         const int st = i % C::kStages;
         MbarWait(&empty[st], ((i / C::kStages) - 1) & 1);
         MbarExpectTx(&full[st], kTx);
-        TmaLoadTile(smem + st * kTileBytes, &w_map, (c_begin + i) * kChunk,
+        TmaLoadTile(smem + st * kTileBytes, &w_map, chunk(i) * kChunk,
                     static_cast<int>(row0), &full[st]);
         if (i >= C::kImageSlots) {
           MbarWait(&img_empty[i % C::kImageSlots], ((i / C::kImageSlots) - 1) & 1);
@@ -237,27 +252,26 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     const int rb = ra + 8;
     const uint32_t smem_base = SmemAddr(smem);
     uint32_t a[2][kSteps][4];
-    float part[kBlock ? 2 : 1][kBlock ? kM : 1];
-    if constexpr (kBlock) {
+    // BLOCK128: one chunk's sums, added times their scales once its MMAs are
+    // done. The scales of this lane's rows are read a chunk ahead (slot b).
+    float part[kBlock ? kM : 1];
 #pragma unroll
-      for (int j = 0; j < kM; ++j) part[0][j] = part[1][j] = 0.0f;
-    }
-    // BLOCK128 scales of this lane's rows for a chunk, read a chunk ahead.
+    for (int j = 0; j < (kBlock ? kM : 1); ++j) part[j] = 0.0f;
     float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
     auto load_scales = [&](int i, float& da, float& db) {
-      const int64_t c = c_begin + i;
+      const int64_t c = chunk(i);
       da = row0 + ra < p.rows ? __ldg(p.scales + (row0 + ra) * p.blocks_per_row + c) : 0.0f;
       db = row0 + rb < p.rows ? __ldg(p.scales + (row0 + rb) * p.blocks_per_row + c) : 0.0f;
     };
-    // Adds chunk part b times its scales (kept in slot b) to the sums.
     auto add_part = [&](auto b_c) {
       constexpr int b = decltype(b_c)::value;
 #pragma unroll
-      for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[b][j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
+      for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
     };
 
     // Chunk i with fragment buffer b (a constant: the registers are never
-    // indexed at run time).
+    // indexed at run time). Its codes are decoded while the tensor cores
+    // still work on chunk i - 1.
     auto step = [&](int i, auto b_c) {
       constexpr int b = decltype(b_c)::value;
       const int st = i % C::kStages;
@@ -286,8 +300,26 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         if (lane == 0) MbarArrive(&empty[st]);
       }
       const uint32_t image = smem_base + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes;
+      // Chunk i - 1 is done: its image slot is free (and its W slot, when
+      // that is released late).
+      auto release_previous = [&] {
+        __syncwarp();
+        if (lane == 0) {
+          MbarArrive(&img_empty[(i - 1) % C::kImageSlots]);
+          if constexpr (C::kSlack == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
+        }
+      };
       if constexpr (kBlock) {
-        FenceOperands(part[b]);
+        // Chunk i - 1's sums are read before chunk i's MMAs are issued, so
+        // no accumulator is read while an MMA that writes it is in flight.
+        if (i > 0) {
+          WgmmaWait<0>();
+          FenceOperands(part);
+          FenceOperands(a[b ^ 1]);
+          release_previous();
+          add_part(std::integral_constant<int, b ^ 1>{});
+        }
+        FenceOperands(part);
       } else {
 #pragma unroll
         for (int q = 0; q < kSets; ++q) FenceOperands(acc2[q]);
@@ -303,29 +335,19 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       for (int s = 0; s < kSteps; ++s) {
         const uint64_t desc = ImageDesc(image + s * StepBytes(kN), p.desc_strides);
         if constexpr (kBlock) {
-          Wgmma<kN>::Run(part[b], a[b][s], desc, s > 0 ? 1 : 0);
+          Wgmma<kN>::Run(part, a[b][s], desc, s > 0 ? 1 : 0);
         } else {
           Wgmma<kN>::Run(acc2[s % kSets], a[b][s], desc, 1);
         }
       }
 #endif
       WgmmaCommit();
-      // Chunk i - 1 is done: its fragments and stage are free, its sum final.
-      WgmmaWait<1>();
-      FenceOperands(a[b ^ 1]);
-      if constexpr (kBlock) {
-        FenceOperands(part[b ^ 1]);
-      } else {
+      if constexpr (!kBlock) {
+        WgmmaWait<1>();
+        FenceOperands(a[b ^ 1]);
 #pragma unroll
         for (int q = 0; q < kSets; ++q) FenceOperands(acc2[q]);
-      }
-      if (i > 0) {
-        __syncwarp();
-        if (lane == 0) {
-          MbarArrive(&img_empty[(i - 1) % C::kImageSlots]);
-          if constexpr (C::kSlack == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
-        }
-        if constexpr (kBlock) add_part(std::integral_constant<int, b ^ 1>{});
+        if (i > 0) release_previous();
       }
     };
     int i = 0;
@@ -338,9 +360,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     FenceOperands(a[0]);
     FenceOperands(a[1]);
     if constexpr (kBlock) {
-      FenceOperands(part[0]);
-      FenceOperands(part[1]);
-      // The last chunk's buffer: n_chunks - 1 is even -> 0.
+      FenceOperands(part);
+      // The last chunk's scale slot: n_chunks - 1 is even -> 0.
       if (((n_chunks - 1) & 1) == 0) {
         add_part(std::integral_constant<int, 0>{});
       } else {
