@@ -60,11 +60,6 @@ using namespace wgmma_layout;
 #ifndef PLUME_WGMMA_EARLY_RELEASE
 #define PLUME_WGMMA_EARLY_RELEASE 1
 #endif
-// Where a block starts in its chunk range: chunk (blockIdx.x * STAGGER) mod
-// the range, wrapping round (0: every block starts at its first chunk).
-#ifndef PLUME_WGMMA_STAGGER
-#define PLUME_WGMMA_STAGGER 1
-#endif
 // The W tensor map's L2 promotion: 0 none, 1 64 B, 2 128 B, 3 256 B.
 #ifndef PLUME_WGMMA_L2_PROMOTION
 #define PLUME_WGMMA_L2_PROMOTION 3
@@ -182,16 +177,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   const int c_begin = blockIdx.y * p.chunks_per_split;
   const int n_chunks = min(p.chunks, c_begin + p.chunks_per_split) - c_begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
-  // The i-th chunk this block takes. Blocks start at different chunks, so
-  // at any moment they read different column offsets of their rows: were
-  // they all at the same offset, every address in flight would share the
-  // bits below the row stride, and with them the DRAM channels those bits
-  // select.
-  const int rot = n_chunks > 0 ? static_cast<int>((int64_t{blockIdx.x} * PLUME_WGMMA_STAGGER) % n_chunks) : 0;
-  auto chunk = [&](int i) {
-    const int j = i + rot;
-    return c_begin + (j < n_chunks ? j : j - n_chunks);
-  };
+  auto chunk = [&](int i) { return c_begin + i; };  // the i-th chunk this block takes
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
