@@ -184,6 +184,15 @@ if(TARGET plume_client)
   gtest_discover_tests(admission_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 endif()
 
+# Request bytes that do not parse, sent raw to every method: INVALID_ARGUMENT
+# naming the method, streams end with it after their good results.
+if(TARGET plume_client)
+  add_executable(malformed_request_test server/malformed_request_test.cc)
+  target_link_libraries(malformed_request_test PRIVATE plume_grpc_service plume_backends
+    GTest::gtest_main)
+  gtest_discover_tests(malformed_request_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
+
 # A long mixed-fault run against plume-server as a process (label chaos):
 # random clients (fixed seeds), SIGTERM at the end, restart and check. 45 s
 # of faults in a normal build; 12 s under sanitizers, without the RSS check.

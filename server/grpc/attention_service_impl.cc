@@ -48,55 +48,80 @@ grpc::ServerReadReactor<v1::UploadKVRequest>* AttentionServiceImpl::UploadKV(
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::AppendKV(grpc::CallbackServerContext* ctx,
-                                                         const v1::AppendKVRequest* req,
-                                                         v1::AppendKVResponse* resp) {
-  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kAppendKV, [this, req, resp] {
-    auto info = core_->AppendKV(*req);
-    if (!info.ok()) return info.status();
-    *resp->mutable_cache() = std::move(*info);
-    return CheckResponseSize(resp, core_->limits(), "AppendKV response");
-  });
+                                                         const grpc::ByteBuffer* in,
+                                                         grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::AppendKVRequest, v1::AppendKVResponse>;
+  constexpr core::Method kMethod = core::Method::kAppendKV;
+  return ServeUnary<v1::AppendKVRequest, v1::AppendKVResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryOnQueue(call, queue_, metrics_, kMethod, [this, call] {
+          auto info = core_->AppendKV(call->req);
+          if (!info.ok()) return info.status();
+          *call->resp.mutable_cache() = std::move(*info);
+          return CheckResponseSize(&call->resp, core_->limits(), "AppendKV response");
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::GetKV(grpc::CallbackServerContext* ctx,
-                                                      const v1::GetKVRequest* req,
-                                                      v1::GetKVResponse* resp) {
-  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kGetKV, [&] {
-    auto info = core_->GetKV(req->name());
-    if (!info.ok()) return info.status();
-    *resp->mutable_cache() = std::move(*info);
-    return CheckResponseSize(resp, core_->limits(), "GetKV response");
-  });
+                                                      const grpc::ByteBuffer* in,
+                                                      grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::GetKVRequest, v1::GetKVResponse>;
+  constexpr core::Method kMethod = core::Method::kGetKV;
+  return ServeUnary<v1::GetKVRequest, v1::GetKVResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryInline(call, metrics_, kMethod, [this, call] {
+          auto info = core_->GetKV(call->req.name());
+          if (!info.ok()) return info.status();
+          *call->resp.mutable_cache() = std::move(*info);
+          return CheckResponseSize(&call->resp, core_->limits(), "GetKV response");
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::ListKV(grpc::CallbackServerContext* ctx,
-                                                       const v1::ListKVRequest*,
-                                                       v1::ListKVResponse* resp) {
-  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kListKV, [&] {
-    core_->ListKV(resp);
-    return CheckResponseSize(resp, core_->limits(), "ListKV response");
-  });
+                                                       const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::ListKVRequest, v1::ListKVResponse>;
+  constexpr core::Method kMethod = core::Method::kListKV;
+  return ServeUnary<v1::ListKVRequest, v1::ListKVResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryInline(call, metrics_, kMethod, [this, call] {
+          core_->ListKV(&call->resp);
+          return CheckResponseSize(&call->resp, core_->limits(), "ListKV response");
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::DeleteKV(grpc::CallbackServerContext* ctx,
-                                                         const v1::DeleteKVRequest* req,
-                                                         v1::DeleteKVResponse*) {
+                                                         const grpc::ByteBuffer* in,
+                                                         grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::DeleteKVRequest, v1::DeleteKVResponse>;
+  constexpr core::Method kMethod = core::Method::kDeleteKV;
   // On the work queue, ahead of the batches waiting there: a durable store's
   // unlink and fsync never hold a gRPC thread, and a delete does not wait
   // behind a backlog of GEMVs.
-  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kDeleteKV,
-                         [this, req] { return core_->DeleteKV(req->name()); },
-                         core::WorkQueue::Priority::kFirst);
+  return ServeUnary<v1::DeleteKVRequest, v1::DeleteKVResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryOnQueue(call, queue_, metrics_, kMethod,
+                               [this, call] { return core_->DeleteKV(call->req.name()); },
+                               core::WorkQueue::Priority::kFirst);
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerContext* ctx,
-                                                          const v1::AttentionRequest* req,
-                                                          v1::AttentionResponse* resp) {
-  return RunUnaryBatched(ctx, options_.gate, metrics_, core::Method::kAttention,
-                         [this, req, resp](core::RequestLife life, DoneFn done) {
-                           core_->AttentionAsync(options_.batcher, *req, resp, std::move(life),
-                                                 std::move(done));
-                         });
+                                                          const grpc::ByteBuffer* in,
+                                                          grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::AttentionRequest, v1::AttentionResponse>;
+  constexpr core::Method kMethod = core::Method::kAttention;
+  return ServeUnary<v1::AttentionRequest, v1::AttentionResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryBatched(call, metrics_, kMethod,
+                               [this, call](core::RequestLife life, DoneFn done) {
+                                 core_->AttentionAsync(options_.batcher, call->req, &call->resp,
+                                                       std::move(life), std::move(done));
+                               });
+      });
 }
 
 grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>*

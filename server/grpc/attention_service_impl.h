@@ -11,7 +11,15 @@
 
 namespace plume::server {
 
-class AttentionServiceImpl final : public v1::AttentionService::CallbackService {
+// The callback service with its unary methods registered raw.
+using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_AppendKV<
+    v1::AttentionService::WithRawCallbackMethod_GetKV<
+        v1::AttentionService::WithRawCallbackMethod_ListKV<
+            v1::AttentionService::WithRawCallbackMethod_DeleteKV<
+                v1::AttentionService::WithRawCallbackMethod_Attention<
+                    v1::AttentionService::CallbackService>>>>>;
+
+class AttentionServiceImpl final : public AttentionServiceBase {
  public:
   struct Options {
     // Items of one AttentionStream being computed at once.
@@ -28,17 +36,18 @@ class AttentionServiceImpl final : public v1::AttentionService::CallbackService 
 
   grpc::ServerReadReactor<v1::UploadKVRequest>* UploadKV(grpc::CallbackServerContext* ctx,
                                                          v1::UploadKVResponse* resp) override;
-  grpc::ServerUnaryReactor* AppendKV(grpc::CallbackServerContext* ctx, const v1::AppendKVRequest* req,
-                                     v1::AppendKVResponse* resp) override;
-  grpc::ServerUnaryReactor* GetKV(grpc::CallbackServerContext* ctx, const v1::GetKVRequest* req,
-                                  v1::GetKVResponse* resp) override;
-  grpc::ServerUnaryReactor* ListKV(grpc::CallbackServerContext* ctx, const v1::ListKVRequest* req,
-                                   v1::ListKVResponse* resp) override;
-  grpc::ServerUnaryReactor* DeleteKV(grpc::CallbackServerContext* ctx, const v1::DeleteKVRequest* req,
-                                     v1::DeleteKVResponse* resp) override;
-  grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* ctx,
-                                      const v1::AttentionRequest* req,
-                                      v1::AttentionResponse* resp) override;
+  // Unary methods take their messages raw and parse them (UnaryCall in
+  // reactors.h), so that a request that does not parse gets INVALID_ARGUMENT.
+  grpc::ServerUnaryReactor* AppendKV(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                     grpc::ByteBuffer* out) override;
+  grpc::ServerUnaryReactor* GetKV(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                  grpc::ByteBuffer* out) override;
+  grpc::ServerUnaryReactor* ListKV(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                   grpc::ByteBuffer* out) override;
+  grpc::ServerUnaryReactor* DeleteKV(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                     grpc::ByteBuffer* out) override;
+  grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                      grpc::ByteBuffer* out) override;
   grpc::ServerBidiReactor<v1::AttentionRequest, v1::AttentionResponse>* AttentionStream(
       grpc::CallbackServerContext* ctx) override;
 

@@ -31,10 +31,14 @@ absl::Status DiagnosticsServiceImpl::RunEcho(const v1::EchoRequest& req,
 }
 
 grpc::ServerUnaryReactor* DiagnosticsServiceImpl::Echo(grpc::CallbackServerContext* ctx,
-                                                       const v1::EchoRequest* req,
-                                                       v1::EchoResponse* resp) {
-  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kEcho,
-                         [this, req, resp] { return RunEcho(*req, resp); });
+                                                       const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::EchoRequest, v1::EchoResponse>;
+  return ServeUnary<v1::EchoRequest, v1::EchoResponse>(
+      ctx, options_.gate, in, out, metrics_, core::Method::kEcho, [this](Call* call) {
+        return RunUnaryOnQueue(call, queue_, metrics_, core::Method::kEcho,
+                               [this, call] { return RunEcho(call->req, &call->resp); });
+      });
 }
 
 grpc::ServerBidiReactor<v1::EchoRequest, v1::EchoResponse>* DiagnosticsServiceImpl::EchoStream(

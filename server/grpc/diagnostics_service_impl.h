@@ -14,7 +14,9 @@
 
 namespace plume::server {
 
-class DiagnosticsServiceImpl final : public v1::DiagnosticsService::CallbackService {
+class DiagnosticsServiceImpl final
+    : public v1::DiagnosticsService::WithRawCallbackMethod_Echo<
+          v1::DiagnosticsService::CallbackService> {
  public:
   struct Options {
     // Largest Echo payload (Tensor data bytes); RESOURCE_EXHAUSTED beyond it.
@@ -30,8 +32,10 @@ class DiagnosticsServiceImpl final : public v1::DiagnosticsService::CallbackServ
 
   DiagnosticsServiceImpl(core::Metrics* metrics, core::WorkQueue* queue, const Options& options);
 
-  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* ctx, const v1::EchoRequest* req,
-                                 v1::EchoResponse* resp) override;
+  // Registered raw and parsed here (UnaryCall in reactors.h): a request that
+  // does not parse gets INVALID_ARGUMENT.
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                 grpc::ByteBuffer* out) override;
   grpc::ServerBidiReactor<v1::EchoRequest, v1::EchoResponse>* EchoStream(
       grpc::CallbackServerContext* ctx) override;
 

@@ -60,56 +60,74 @@ grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatri
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerContext* ctx,
-                                                       const v1::GetMatrixRequest* req,
-                                                       v1::GetMatrixResponse* resp) {
-  if (!req->include_packed()) {
-    return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kGetMatrix, [&] {
-      auto info = core_->GetMatrix(req->name());
-      if (!info.ok()) return info.status();
-      *resp->mutable_matrix() = std::move(*info);
-      return CheckResponseSize(resp, core_->limits(), "GetMatrix response");
-    });
-  }
-  // The codes come back from the backend (a device copy on a GPU): on the
-  // work queue, not a gRPC thread.
-  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kGetMatrix,
-                         [this, req, resp] {
-                           if (absl::Status s = core_->GetMatrixPacked(req->name(), resp);
-                               !s.ok()) {
-                             return s;
-                           }
-                           return CheckResponseSize(resp, core_->limits(), "GetMatrix response");
-                         });
+                                                       const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::GetMatrixRequest, v1::GetMatrixResponse>;
+  constexpr core::Method kMethod = core::Method::kGetMatrix;
+  return ServeUnary<v1::GetMatrixRequest, v1::GetMatrixResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        if (!call->req.include_packed()) {
+          return RunUnaryInline(call, metrics_, kMethod, [this, call] {
+            auto info = core_->GetMatrix(call->req.name());
+            if (!info.ok()) return info.status();
+            *call->resp.mutable_matrix() = std::move(*info);
+            return CheckResponseSize(&call->resp, core_->limits(), "GetMatrix response");
+          });
+        }
+        // The codes come back from the backend (a device copy on a GPU): on
+        // the work queue, not a gRPC thread.
+        return RunUnaryOnQueue(call, queue_, metrics_, kMethod, [this, call] {
+          if (absl::Status s = core_->GetMatrixPacked(call->req.name(), &call->resp); !s.ok()) {
+            return s;
+          }
+          return CheckResponseSize(&call->resp, core_->limits(), "GetMatrix response");
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerContext* ctx,
-                                                          const v1::ListMatricesRequest*,
-                                                          v1::ListMatricesResponse* resp) {
-  return RunUnaryInline(ctx, options_.gate, metrics_, core::Method::kListMatrices, [&] {
-    core_->ListMatrices(resp);
-    return CheckResponseSize(resp, core_->limits(), "ListMatrices response");
-  });
+                                                          const grpc::ByteBuffer* in,
+                                                          grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::ListMatricesRequest, v1::ListMatricesResponse>;
+  constexpr core::Method kMethod = core::Method::kListMatrices;
+  return ServeUnary<v1::ListMatricesRequest, v1::ListMatricesResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryInline(call, metrics_, kMethod, [this, call] {
+          core_->ListMatrices(&call->resp);
+          return CheckResponseSize(&call->resp, core_->limits(), "ListMatrices response");
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::DeleteMatrix(grpc::CallbackServerContext* ctx,
-                                                          const v1::DeleteMatrixRequest* req,
-                                                          v1::DeleteMatrixResponse*) {
+                                                          const grpc::ByteBuffer* in,
+                                                          grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::DeleteMatrixRequest, v1::DeleteMatrixResponse>;
+  constexpr core::Method kMethod = core::Method::kDeleteMatrix;
   // On the work queue, ahead of the batches waiting there: a durable store's
   // unlink and fsync never hold a gRPC thread, and a delete does not wait
   // behind a backlog of GEMVs.
-  return RunUnaryOnQueue(ctx, options_.gate, queue_, metrics_, core::Method::kDeleteMatrix,
-                         [this, req] { return core_->DeleteMatrix(req->name()); },
-                         core::WorkQueue::Priority::kFirst);
+  return ServeUnary<v1::DeleteMatrixRequest, v1::DeleteMatrixResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryOnQueue(call, queue_, metrics_, kMethod,
+                               [this, call] { return core_->DeleteMatrix(call->req.name()); },
+                               core::WorkQueue::Priority::kFirst);
+      });
 }
 
 grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* ctx,
-                                                  const v1::GemvRequest* req,
-                                                  v1::GemvResponse* resp) {
-  return RunUnaryBatched(ctx, options_.gate, metrics_, core::Method::kGemv,
-                         [this, req, resp](core::RequestLife life, DoneFn done) {
-                           core_->GemvAsync(options_.batcher, *req, resp, std::move(life),
-                                            std::move(done));
-                         });
+                                                  const grpc::ByteBuffer* in,
+                                                  grpc::ByteBuffer* out) {
+  using Call = UnaryCall<v1::GemvRequest, v1::GemvResponse>;
+  constexpr core::Method kMethod = core::Method::kGemv;
+  return ServeUnary<v1::GemvRequest, v1::GemvResponse>(
+      ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
+        return RunUnaryBatched(call, metrics_, kMethod,
+                               [this, call](core::RequestLife life, DoneFn done) {
+                                 core_->GemvAsync(options_.batcher, call->req, &call->resp,
+                                                  std::move(life), std::move(done));
+                               });
+      });
 }
 
 grpc::ServerBidiReactor<v1::GemvRequest, v1::GemvResponse>* MatrixServiceImpl::GemvStream(

@@ -12,7 +12,13 @@
 
 namespace plume::server {
 
-class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
+// The callback service with its unary methods registered raw.
+using MatrixServiceBase = v1::MatrixService::WithRawCallbackMethod_GetMatrix<
+    v1::MatrixService::WithRawCallbackMethod_ListMatrices<
+        v1::MatrixService::WithRawCallbackMethod_DeleteMatrix<
+            v1::MatrixService::WithRawCallbackMethod_Gemv<v1::MatrixService::CallbackService>>>>;
+
+class MatrixServiceImpl final : public MatrixServiceBase {
  public:
   struct Options {
     // Items of one GemvStream being computed at once; the stream stops reading
@@ -30,17 +36,18 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
 
   grpc::ServerReadReactor<v1::UploadMatrixRequest>* UploadMatrix(
       grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) override;
-  grpc::ServerUnaryReactor* GetMatrix(grpc::CallbackServerContext* ctx,
-                                      const v1::GetMatrixRequest* req,
-                                      v1::GetMatrixResponse* resp) override;
+  // Unary methods take their messages raw and parse them (UnaryCall in
+  // reactors.h), so that a request that does not parse gets INVALID_ARGUMENT.
+  grpc::ServerUnaryReactor* GetMatrix(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                      grpc::ByteBuffer* out) override;
   grpc::ServerUnaryReactor* ListMatrices(grpc::CallbackServerContext* ctx,
-                                         const v1::ListMatricesRequest* req,
-                                         v1::ListMatricesResponse* resp) override;
+                                         const grpc::ByteBuffer* in,
+                                         grpc::ByteBuffer* out) override;
   grpc::ServerUnaryReactor* DeleteMatrix(grpc::CallbackServerContext* ctx,
-                                         const v1::DeleteMatrixRequest* req,
-                                         v1::DeleteMatrixResponse* resp) override;
-  grpc::ServerUnaryReactor* Gemv(grpc::CallbackServerContext* ctx, const v1::GemvRequest* req,
-                                 v1::GemvResponse* resp) override;
+                                         const grpc::ByteBuffer* in,
+                                         grpc::ByteBuffer* out) override;
+  grpc::ServerUnaryReactor* Gemv(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                 grpc::ByteBuffer* out) override;
   grpc::ServerBidiReactor<v1::GemvRequest, v1::GemvResponse>* GemvStream(
       grpc::CallbackServerContext* ctx) override;
 

@@ -1,4 +1,5 @@
-// Callback-API pieces shared by plume's gRPC services: unary finishing,
+// Callback-API pieces shared by plume's gRPC services: unary calls (their
+// request and response held by the reactor, parsed and serialized by plume),
 // a client-streaming upload reactor and a bidirectional per-item stream
 // reactor (GemvStream, AttentionStream), each recording request metrics.
 #pragma once
@@ -134,9 +135,15 @@ using DoneFn = std::function<void(const absl::Status&)>;
 using SubmitFn = std::function<void(core::RequestLife, DoneFn)>;
 
 // A unary reactor that ends its call's admission once gRPC is done with it.
-class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
+class GatedUnaryReactor : public grpc::ServerUnaryReactor {
  public:
   GatedUnaryReactor(grpc::CallbackServerContext* ctx, CallGate* gate) : ctx_(ctx), gate_(gate) {}
+  ~GatedUnaryReactor() override = default;
+  // Writes the response for the client, just before a successful Finish.
+  virtual grpc::Status SerializeResponse() { return grpc::Status::OK; }
+  grpc::CallbackServerContext* ctx() const { return ctx_; }
+  CallGate* gate() const { return gate_; }
+
   void OnDone() override {
     CallGate* gate = gate_;
     grpc::CallbackServerContext* ctx = ctx_;
@@ -149,29 +156,82 @@ class GatedUnaryReactor final : public grpc::ServerUnaryReactor {
   CallGate* gate_;
 };
 
+// A unary call: the reactor holds the request and the response. Its method
+// is registered raw (bytes in, bytes out) and the request parsed here,
+// because gRPC's own handler answers a request that does not parse with
+// UNIMPLEMENTED and no message; plume answers INVALID_ARGUMENT naming the
+// method (the services' handlers, RejectUnparsed).
+template <class Req, class Resp>
+class UnaryCall final : public GatedUnaryReactor {
+ public:
+  UnaryCall(grpc::CallbackServerContext* ctx, CallGate* gate, grpc::ByteBuffer* out)
+      : GatedUnaryReactor(ctx, gate), out_(out) {}
+  bool Parse(const grpc::ByteBuffer* in) {
+    grpc::ByteBuffer copy(*in);  // shares the slices: Deserialize consumes its buffer
+    return grpc::SerializationTraits<Req>::Deserialize(&copy, &req).ok();
+  }
+  grpc::Status SerializeResponse() override {
+    bool own = false;
+    return grpc::SerializationTraits<Resp>::Serialize(resp, out_, &own);
+  }
+
+  Req req;
+  Resp resp;
+
+ private:
+  grpc::ByteBuffer* out_;
+};
+
 // Finishes a unary call and records its metrics, with the status the client
 // will see.
-inline void FinishUnary(grpc::CallbackServerContext* ctx, const CallGate& gate,
-                        grpc::ServerUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
+inline void FinishUnary(GatedUnaryReactor* reactor, core::Metrics* metrics, core::Method m,
                         Clock::time_point t0, const absl::Status& status) {
-  const absl::Status s = AsSent(ctx, gate, status);
+  absl::Status s = AsSent(reactor->ctx(), *reactor->gate(), status);
+  grpc::Status sent = ToGrpcStatus(s);
+  if (s.ok()) {
+    sent = reactor->SerializeResponse();
+    if (!sent.ok()) s = absl::InternalError("the response could not be serialized");
+  }
   metrics->RecordRequest(m, s.code(), SecondsSince(t0));
-  reactor->Finish(ToGrpcStatus(s));
+  reactor->Finish(sent.ok() ? sent : ToGrpcStatus(s));
 }
 
 // Runs `fn` inline on the gRPC thread (for quick calls that never touch the
 // disk: lookups, lists) once admitted, unless the caller left or its
 // deadline passed (checked immediately before).
-inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx, CallGate* gate,
-                                                core::Metrics* metrics, core::Method m,
+inline grpc::ServerUnaryReactor* RunUnaryInline(GatedUnaryReactor* reactor, core::Metrics* metrics,
+                                                core::Method m,
                                                 const std::function<absl::Status()>& fn) {
   const auto t0 = Clock::now();
-  auto* reactor = new GatedUnaryReactor(ctx, gate);
+  grpc::CallbackServerContext* ctx = reactor->ctx();
+  CallGate* gate = reactor->gate();
   absl::Status s = gate->Admit(ctx);
   if (s.ok()) s = CheckStillWanted(ctx, metrics);
   if (s.ok()) s = fn();
-  FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
+  FinishUnary(reactor, metrics, m, t0, s);
   return reactor;
+}
+
+// A unary call whose request did not parse: INVALID_ARGUMENT naming the
+// method, once admitted (a caller without a token still gets UNAUTHENTICATED).
+inline grpc::ServerUnaryReactor* RejectUnparsed(GatedUnaryReactor* reactor, core::Metrics* metrics,
+                                                core::Method m) {
+  return RunUnaryInline(reactor, metrics, m, [m] {
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::string(core::MethodName(m)), " request does not parse as its protobuf message"));
+  });
+}
+
+// A unary method registered raw: parses the request into a UnaryCall and
+// hands it to `serve` (which runs it through RunUnaryInline, RunUnaryOnQueue
+// or RunUnaryBatched and returns the reactor), or rejects it.
+template <class Req, class Resp, class Serve>
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, CallGate* gate,
+                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+                                     core::Metrics* metrics, core::Method m, Serve serve) {
+  auto* call = new UnaryCall<Req, Resp>(ctx, gate, out);
+  if (!call->Parse(in)) return RejectUnparsed(call, metrics, m);
+  return serve(call);
 }
 
 // Runs `fn` on the work queue (never on a gRPC thread) unless the caller has
@@ -180,37 +240,34 @@ inline grpc::ServerUnaryReactor* RunUnaryInline(grpc::CallbackServerContext* ctx
 // and finishes the unary call with its status. Priority::kFirst queues it
 // ahead of the batches already waiting (deletes).
 inline grpc::ServerUnaryReactor* RunUnaryOnQueue(
-    grpc::CallbackServerContext* ctx, CallGate* gate, core::WorkQueue* queue,
-    core::Metrics* metrics, core::Method m, std::function<absl::Status()> fn,
+    GatedUnaryReactor* reactor, core::WorkQueue* queue, core::Metrics* metrics, core::Method m,
+    std::function<absl::Status()> fn,
     core::WorkQueue::Priority priority = core::WorkQueue::Priority::kNormal) {
   const auto t0 = Clock::now();
-  auto* reactor = new GatedUnaryReactor(ctx, gate);
-  if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
+  if (absl::Status s = reactor->gate()->Admit(reactor->ctx()); !s.ok()) {
+    FinishUnary(reactor, metrics, m, t0, s);
     return reactor;
   }
-  const bool queued = queue->Submit([ctx, gate, metrics, m, reactor, t0, fn = std::move(fn)] {
-    absl::Status s = CheckStillWanted(ctx, metrics);
+  const bool queued = queue->Submit([metrics, m, reactor, t0, fn = std::move(fn)] {
+    absl::Status s = CheckStillWanted(reactor->ctx(), metrics);
     if (s.ok()) s = fn();
-    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
+    FinishUnary(reactor, metrics, m, t0, s);
   }, priority);
-  if (!queued) FinishUnary(ctx, *gate, reactor, metrics, m, t0, Overloaded(*queue));
+  if (!queued) FinishUnary(reactor, metrics, m, t0, Overloaded(*queue));
   return reactor;
 }
 
 // Queues the call on the batcher once admitted; it finishes when its batch
 // has run (or at once when it is refused).
-inline grpc::ServerUnaryReactor* RunUnaryBatched(grpc::CallbackServerContext* ctx, CallGate* gate,
-                                                 core::Metrics* metrics, core::Method m,
-                                                 const SubmitFn& submit) {
+inline grpc::ServerUnaryReactor* RunUnaryBatched(GatedUnaryReactor* reactor, core::Metrics* metrics,
+                                                 core::Method m, const SubmitFn& submit) {
   const auto t0 = Clock::now();
-  auto* reactor = new GatedUnaryReactor(ctx, gate);
-  if (absl::Status s = gate->Admit(ctx); !s.ok()) {
-    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
+  if (absl::Status s = reactor->gate()->Admit(reactor->ctx()); !s.ok()) {
+    FinishUnary(reactor, metrics, m, t0, s);
     return reactor;
   }
-  submit(LifeOf(ctx), [ctx, gate, reactor, metrics, m, t0](const absl::Status& s) {
-    FinishUnary(ctx, *gate, reactor, metrics, m, t0, s);
+  submit(LifeOf(reactor->ctx()), [reactor, metrics, m, t0](const absl::Status& s) {
+    FinishUnary(reactor, metrics, m, t0, s);
   });
   return reactor;
 }
@@ -367,15 +424,18 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
       absl::MutexLock lock(&mu_);
       reading_ = true;
     }
-    this->StartRead(&req_);
+    StartMarkedRead();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // half-close, or the call is cancelled or broken
+    if (!ok) {  // half-close, a message that does not parse, or the call is cancelled or broken
+      const bool unparsed = !ctx_->IsCancelled() && req_.request_id() != kReadMarker;
+      if (unparsed) metrics_->RecordRequest(method_, absl::StatusCode::kInvalidArgument, 0.0);
       {
         absl::MutexLock lock(&mu_);
         reading_ = false;
         reads_done_ = true;
+        unparsed_ = unparsed;
       }
       Advance();
       return;
@@ -403,7 +463,7 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     run_(*req, resp, LifeOf(ctx_), [this, req, resp, t0](const absl::Status& s) {
       Complete(req->request_id(), s, std::unique_ptr<Resp>(resp), t0);
     });
-    if (read_more) this->StartRead(&req_);
+    if (read_more) StartMarkedRead();
   }
 
   void OnWriteDone(bool ok) override {
@@ -441,6 +501,16 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   }
 
  private:
+  // The read buffer's request_id before each read. A half-close leaves the
+  // buffer as it was; a message, parsed or not, clears it first (protobuf's
+  // parse clears), so a failed read that is no cancel and finds the marker
+  // gone was a message that does not parse. gRPC reports all three alike.
+  static constexpr uint64_t kReadMarker = ~uint64_t{0};
+  void StartMarkedRead() {
+    req_.set_request_id(kReadMarker);
+    this->StartRead(&req_);
+  }
+
   // Items read and not yet written: running, waiting to be written, or being
   // written. Their results are held in memory, so they count against
   // max_in_flight: a client that stops reading stops the stream reading too.
@@ -495,8 +565,10 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
     bool resume_read = false;
     bool finish = false;
     bool cancelled = false;
+    bool unparsed = false;
     {
       absl::MutexLock lock(&mu_);
+      unparsed = unparsed_;
       if (done != nullptr) {
         --running_;
         if (cancelled_) {
@@ -522,10 +594,15 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
       if (quiet && (reads_done_ || cancelled_) && !finished_) finished_ = finish = true;
     }
     if (to_write != nullptr) this->StartWrite(to_write);
-    if (resume_read) this->StartRead(&req_);
+    if (resume_read) StartMarkedRead();
     if (finish) {
       absl::Status end = AsSent(ctx_, *gate_, absl::OkStatus());
       if (end.ok() && cancelled) end = absl::CancelledError("a response could not be written");
+      if (end.ok() && unparsed) {
+        end = absl::InvalidArgumentError(absl::StrCat(
+            std::string(core::MethodName(method_)),
+            " sent a message that does not parse; the results before it were written"));
+      }
       this->Finish(ToGrpcStatus(end));
     }
   }
@@ -542,6 +619,7 @@ class ItemStreamReactor final : public grpc::ServerBidiReactor<Req, Resp> {
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // OnCancel or a failed write
+  bool unparsed_ ABSL_GUARDED_BY(mu_) = false;   // the last read did not parse
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<Result> writing_ ABSL_GUARDED_BY(mu_);
   std::deque<Result> pending_writes_ ABSL_GUARDED_BY(mu_);
