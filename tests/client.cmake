@@ -8,6 +8,13 @@ add_executable(client_sdk_test client/sdk_test.cc)
 target_link_libraries(client_sdk_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
 gtest_discover_tests(client_sdk_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 
+# Per-message timeouts of streamed uploads (the SDK) against
+# a fake server that reads slowly, stalls or answers late.
+add_executable(client_upload_timeout_test client/upload_timeout_test.cc)
+target_include_directories(client_upload_timeout_test PRIVATE ${PROJECT_SOURCE_DIR})
+target_link_libraries(client_upload_timeout_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
+gtest_discover_tests(client_upload_timeout_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+
 # FP8 checkpoints, client side: scale lookup and layouts, packing, sharded
 # indexes, the content hash (generated checkpoints, no server).
 add_executable(client_checkpoint_test client/checkpoint_test.cc)
