@@ -3,9 +3,11 @@
 // slowly, stops reading, or answers late. A slow but steady upload that
 // takes longer than the timeout succeeds, where a whole-call deadline of the
 // same length fails; a stalled one fails after one timeout, not at the end
-// of a whole-call deadline; a whole-call deadline still bounds the upload.
-// The fake server's HTTP/2 window is fixed (no BDP probing), so a message is
+// of a whole-call deadline; --upload-deadline bounds the whole upload. The
+// fake server's HTTP/2 window is fixed (no BDP probing), so a message is
 // accepted only as the server reads.
+//
+// PLUME_CLI_BIN comes from CMake.
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 
@@ -16,6 +18,10 @@
 #include <vector>
 
 #include "plume/client/client.h"
+#include "plume/io/array.h"
+#include "plume/io/npy.h"
+#include "tests/common/files.h"
+#include "tests/common/process.h"
 
 namespace plume {
 namespace {
@@ -188,6 +194,43 @@ TEST_F(UploadTimeoutTest, AWholeUploadDeadlineStillBoundsAProgressingUpload) {
   EXPECT_EQ(info.status().code(), absl::StatusCode::kDeadlineExceeded) << info.status();
   EXPECT_EQ(info.status().message().find("per-message"), std::string::npos) << "the watchdog fired: " << info.status();
   EXPECT_LT(SecondsSince(t0), 1.4);
+}
+
+// The CLI: --timeout is per message for `plume upload`, --upload-deadline
+// bounds the whole upload.
+TEST_F(UploadTimeoutTest, CliTimeoutIsPerMessageAndUploadDeadlineIsWhole) {
+  testing::TempDir dir;
+  // 12 MiB of f32: 12 messages of the CLI's 1 MiB, each read 200 ms after the last.
+  const std::vector<float> w(static_cast<size_t>(3 << 20), 0.5f);
+  const std::string npy = (dir / "w.npy").string();
+  ASSERT_TRUE(io::WriteNpy(npy, io::FromFloats({1536, 2048}, w.data())).ok());
+  matrices_.behaviour.read_delay = 200ms;
+  auto run = [&](std::vector<std::string> flags, std::string* err) {
+    std::vector<std::string> args = {PLUME_CLI_BIN, "--server", Address()};
+    args.insert(args.end(), flags.begin(), flags.end());
+    for (const char* a : {"upload", "w"}) args.push_back(a);
+    args.push_back(npy);
+    const pid_t pid = testing::Spawn(args, (dir / "out").string(), (dir / "err").string());
+    const int code = testing::WaitFor(pid, 60s);
+    *err = testing::SlurpFile((dir / "err").string());
+    return code;
+  };
+  std::string err;
+  auto t0 = Clock::now();
+  EXPECT_EQ(run({"--timeout", "1"}, &err), 0) << err;
+  EXPECT_GT(SecondsSince(t0), 2.0) << "the upload was not slower than --timeout";
+  EXPECT_EQ(matrices_.data_bytes.load(), int64_t{12} << 20);
+
+  t0 = Clock::now();
+  EXPECT_EQ(run({"--timeout", "1", "--upload-deadline", "1"}, &err), 1);
+  EXPECT_NE(err.find("error: DEADLINE_EXCEEDED"), std::string::npos) << err;
+  EXPECT_LT(SecondsSince(t0), 2.0);
+
+  matrices_.behaviour.stall = true;
+  t0 = Clock::now();
+  EXPECT_EQ(run({"--timeout", "0.5"}, &err), 1);
+  EXPECT_NE(err.find("error: DEADLINE_EXCEEDED: upload stalled"), std::string::npos) << err;
+  EXPECT_LT(SecondsSince(t0), 5.0);
 }
 
 }  // namespace
