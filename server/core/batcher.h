@@ -19,9 +19,9 @@
 // A request whose deadline passed, or whose caller cancelled, is dropped
 // when its batch launches, before the backend sees it, and counted in
 // plume_requests_dropped_total. The queue time of each request that runs
-// goes to its target's series (BatchRequest::metrics). A full queue refuses a request at once with
-// RESOURCE_EXHAUSTED. No gRPC here: callers pass a deadline and a
-// cancellation check.
+// goes to its target's series (BatchRequest::metrics). A full queue
+// refuses a request at once with RESOURCE_EXHAUSTED. No gRPC here: callers
+// pass a deadline and a cancellation check.
 #pragma once
 
 #include <array>
