@@ -40,13 +40,13 @@ cli="$build/client/plume"
 for r in $(seq "$rounds"); do
   echo "=== round $r"
   "$cli" bench w --server "$addr" --dtype f16 --concurrency 1,64 --mode stream \
-    --metrics_url "http://127.0.0.1:$mport/metrics" --json "$out/cpp-stream-$r.json"
+    --metrics-url "http://127.0.0.1:$mport/metrics" --json "$out/cpp-stream-$r.json"
   $py bench/python_client_bench.py --server "$addr" --matrix w --mode unary --concurrency 1 \
     --json "$out/py-unary-$r.json"
   $py bench/python_client_bench.py --server "$addr" --matrix w --mode aio-unary --concurrency 1,64 \
     --json "$out/py-aio-unary-$r.json"
   "$cli" bench w --server "$addr" --dtype f16 --concurrency 1,64 --mode unary \
-    --metrics_url "http://127.0.0.1:$mport/metrics" --json "$out/cpp-unary-$r.json"
+    --metrics-url "http://127.0.0.1:$mport/metrics" --json "$out/cpp-unary-$r.json"
   $py bench/python_client_bench.py --server "$addr" --matrix w --mode aio-stream --streams "$aio_streams" --concurrency 1,64 \
     --json "$out/py-aio-stream-$r.json"
   $py bench/python_client_bench.py --server "$addr" --matrix w --mode stream --concurrency 1,64 \

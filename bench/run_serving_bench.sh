@@ -77,7 +77,7 @@ commit=${PLUME_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || ec
 } | tee "$log"
 
 python3 "$root/bench/make_random_npy.py" "$work/w.npy" "$size" "$size" 1
-common=(--dtype f16 --window_ms "$window_ms" --max_seconds "$max_seconds")
+common=(--dtype f16 --window-ms "$window_ms" --max-seconds "$max_seconds")
 status=0
 sweeps=()
 
@@ -111,7 +111,7 @@ sweep() {
     local name=$1
     shift
     echo "## $policy $name: plume bench $*" | tee -a "$log"
-    plume bench "$@" "${common[@]}" --metrics_url "$metrics" --json "$dir/serving-$name.json" 2>&1 | tee -a "$log" || status=1
+    plume bench "$@" "${common[@]}" --metrics-url "$metrics" --json "$dir/serving-$name.json" 2>&1 | tee -a "$log" || status=1
   }
   plume upload w "$work/w.npy" --format e4m3 --scale row 2>&1 | tee -a "$log"
   run stream w --mode stream --concurrency "$conc"

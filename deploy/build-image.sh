@@ -158,8 +158,8 @@ assert 0 < err < 0.06, err
 PY
 say "host: /metrics"
 metrics=$(/usr/bin/python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://127.0.0.1:$metrics_port/metrics', timeout=5).read().decode())")
-echo "$metrics" | grep -E '^plume_(vectors_total|resident_matrices) '
-echo "$metrics" | grep -qE '^plume_vectors_total 3$' || { echo "plume_vectors_total is not 3"; exit 1; }
+echo "$metrics" | grep -E '^plume_(vectors_total|resident_matrices)[{ ]'
+echo "$metrics" | grep -qE '^plume_vectors_total\{matrix="imagecheck"\} 3$' || { echo "plume_vectors_total{matrix=\"imagecheck\"} is not 3"; exit 1; }
 say "SIGTERM to plume-server in the container: graceful stop"
 # buildah run does not pass SIGTERM on (it ends the container instead), so
 # signal the server process, found among buildah run's descendants.

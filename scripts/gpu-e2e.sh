@@ -126,7 +126,7 @@ done
 metrics=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
   "http://127.0.0.1:$(port gpu metrics_port)/metrics")
 for m in plume_device_memory_used_bytes plume_device_memory_total_bytes plume_vectors_total; do
-  echo "$metrics" | grep -E "^$m " || { echo "FAIL: /metrics has no $m"; status=1; }
+  echo "$metrics" | grep -E "^$m[{ ]" || { echo "FAIL: /metrics has no $m"; status=1; }
 done
 echo "gpu-e2e: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
 exit $status

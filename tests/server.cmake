@@ -45,6 +45,15 @@ target_link_libraries(batcher_test PRIVATE plume_backends prometheus-cpp::core G
 plume_tsan_test(batcher_test)
 gtest_discover_tests(batcher_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 
+# Per-target metrics: the matrix / cache labels, the --metrics_max_targets
+# cap ("_other"), series removed with their target; on Metrics and end to end.
+if(TARGET plume_client)
+  add_executable(target_metrics_test server/target_metrics_test.cc)
+  target_link_libraries(target_metrics_test PRIVATE plume_grpc_service plume_client plume_backends
+    prometheus-cpp::core GTest::gtest_main)
+  gtest_discover_tests(target_metrics_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+endif()
+
 # Batching end to end: 32 streaming clients under both policies, a lone
 # client's queue time, per-upload options, a full queue. Serial: the lone
 # client's queue time is a latency bound, and a test beside it on the same

@@ -504,13 +504,13 @@ int RunBench(const GlobalFlags& g, const BenchFlags& f) {
   auto out_dtype = ParseFloatDType(f.output_dtype.empty() ? f.dtype : f.output_dtype);
   if (!out_dtype.ok()) return Fail(out_dtype.status(), kExitUsage);
   if (f.batch < 1 || f.batch > 65536) return UsageError("--batch must be in [1, 65536]");
-  if (f.window_ms < 10 || f.window_ms > 600000) return UsageError("--window_ms must be in [10, 600000]");
-  if (f.max_windows < 1) return UsageError("--max_windows must be at least 1");
-  if (!(f.max_seconds > 0)) return UsageError("--max_seconds must be positive");
+  if (f.window_ms < 10 || f.window_ms > 600000) return UsageError("--window-ms must be in [10, 600000]");
+  if (f.max_windows < 1) return UsageError("--max-windows must be at least 1");
+  if (!(f.max_seconds > 0)) return UsageError("--max-seconds must be positive");
   if (!(f.stability > 0 && f.stability < 1)) return UsageError("--stability must be in (0, 1)");
   if (f.connections < 1 || f.connections > 256) return UsageError("--connections must be in [1, 256]");
   if (f.streams < 0 || f.streams > 1024) return UsageError("--streams must be in [0, 1024]");
-  if (f.max_outstanding < 1) return UsageError("--max_outstanding must be at least 1");
+  if (f.max_outstanding < 1) return UsageError("--max-outstanding must be at least 1");
   if (f.matrix.empty() && !(f.echo && f.cols > 0)) {
     return UsageError("name a MATRIX (or, with --echo, give --cols N)");
   }
@@ -550,7 +550,7 @@ int RunBench(const GlobalFlags& g, const BenchFlags& f) {
   std::string format = "-";
   if (!f.matrix.empty()) {
     auto info = clients[0]->GetMatrix(f.matrix);
-    if (!info.ok()) return Fail(info.status(), kExitRpc);
+    if (!info.ok()) return RpcFail(g, *clients[0], info.status());
     rows = info->rows();
     cols = info->cols();
     format = DTypeShortName(info->format());
@@ -622,7 +622,7 @@ int RunBench(const GlobalFlags& g, const BenchFlags& f) {
                                                static_cast<double>(i) / nlanes));
       }
     }
-    if (!setup.ok()) return Fail(setup, kExitRpc);
+    if (!setup.ok()) return RpcFail(g, *clients[0], setup);
 
     Recorder recorder(nlanes);
     Load load(std::move(lanes), &inputs, result_bytes, &recorder);

@@ -18,6 +18,7 @@
 #include "plume/io/npy.h"
 #include "plume/io/safetensors.h"
 #include "plume/kernels/layout.h"
+#include "output.h"
 #include "progress.h"
 
 namespace plume::cli {
@@ -36,7 +37,7 @@ absl::StatusOr<UploadSpec> Fp8Spec(const UploadFlags& f) {
   return spec;
 }
 
-int UploadAndPrint(const GlobalFlags& g, UploadSpec spec, const io::Fp8Matrix& m) {
+int UploadAndPrint(const GlobalFlags& g, UploadSpec spec, const io::Fp8Matrix& m, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   spec.content_hash = io::Fp8ContentHash(m, spec.non_saturating);
@@ -46,10 +47,15 @@ int UploadAndPrint(const GlobalFlags& g, UploadSpec spec, const io::Fp8Matrix& m
                                                                                   : io::ShapeString(m.scale_shape))
                                     : absl::StrCat(m.scale_key, " ", m.scale_dtype, " ", io::ShapeString(m.scale_shape)));
   ProgressDisplay progress(absl::StrCat("upload ", spec.name), stderr);
-  auto info = UploadFp8Matrix(**client, spec, m, [&](int64_t sent, int64_t total) { progress.Update(sent, total); });
+  auto info = UploadFp8Matrix(**client, spec, m, [&](int64_t sent, int64_t total) { progress.Update(sent, total); },
+                              UploadCallOptions(g));
   progress.Done();
-  if (!info.ok()) return Fail(info.status(), kExitRpc);
-  PrintMatrixInfo(*info);
+  if (!info.ok()) return RpcFail(g, **client, info.status());
+  if (json) {
+    PrintJson(MatrixInfoJson(*info));
+  } else {
+    PrintMatrixInfo(*info);
+  }
   return kExitOk;
 }
 
@@ -81,7 +87,7 @@ int RunUploadFp8Tensor(const GlobalFlags& g, const UploadFlags& f, const std::st
   if (!spec.ok()) return Fail(spec.status(), kExitUsage);
   auto m = io::LoadFp8Matrix(*ckpt, key, lookup);
   if (!m.ok()) return Fail(absl::Status(m.status().code(), absl::StrCat(f.file, ": ", m.status().message())), kExitUsage);
-  return UploadAndPrint(g, *spec, *m);
+  return UploadAndPrint(g, *spec, *m, f.json);
 }
 
 int RunUploadCodes(const GlobalFlags& g, const UploadFlags& f) {
@@ -107,7 +113,7 @@ int RunUploadCodes(const GlobalFlags& g, const UploadFlags& f) {
   std::vector<int64_t> scale_shape;
   std::vector<float> scales;
   if (!no_scale) {
-    auto s = io::ReadNpy(f.scales);
+    auto s = ReadFloatNpy(f.scales);
     if (!s.ok()) return Fail(s.status(), kExitUsage);
     scale_shape = s->shape;
     scales = io::ToFloats(*s);
@@ -117,7 +123,7 @@ int RunUploadCodes(const GlobalFlags& g, const UploadFlags& f) {
   if (!m.ok()) return Fail(m.status(), kExitUsage);
   auto spec = Fp8Spec(f);
   if (!spec.ok()) return Fail(spec.status(), kExitUsage);
-  return UploadAndPrint(g, *spec, *m);
+  return UploadAndPrint(g, *spec, *m, f.json);
 }
 
 // ---------------------------------------------------------------- upload-model
@@ -213,7 +219,7 @@ int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto listed = (*client)->ListMatrices();
-  if (!listed.ok()) return Fail(listed.status(), kExitRpc);
+  if (!listed.ok()) return RpcFail(g, **client, listed.status());
   std::map<std::string, v1::MatrixInfo> resident;
   for (auto& m : *listed) resident[m.name()] = std::move(m);
 
@@ -313,15 +319,17 @@ int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f) {
     // Upload.
     const int64_t before = done_bytes;
     auto report = [&](int64_t sent, int64_t) { progress.Update(before + sent, total_bytes); };
+    const CallOptions call = UploadCallOptions(g);
     absl::StatusOr<v1::MatrixInfo> info =
-        fp8 ? UploadFp8Matrix(**client, spec, *fp8, report)
-            : (*client)->UploadMatrix(spec, TensorRef{ToWireDType(floats.dtype), floats.shape, floats.data}, report);
+        fp8 ? UploadFp8Matrix(**client, spec, *fp8, report, call)
+            : (*client)->UploadMatrix(spec, TensorRef{ToWireDType(floats.dtype), floats.shape, floats.data}, report,
+                                      call);
     done_bytes = before + p.payload_bytes;
     progress.Update(done_bytes, total_bytes);
     o.seconds = seconds();
     if (!info.ok()) {
       o.result = "failed";
-      notes.push_back(absl::StrCat(p.name, ": ", FormatStatus(info.status())));
+      notes.push_back(absl::StrCat(p.name, ": ", FormatStatus(ExplainRpcError(g, **client, info.status()))));
       ++failed;
       rc = std::max(rc, kExitRpc);
     } else {

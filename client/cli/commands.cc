@@ -1,8 +1,10 @@
 #include "commands.h"
 
+#include <grpcpp/channel.h>
+
+#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <ctime>
 #include <optional>
 #include <set>
 
@@ -14,6 +16,7 @@
 #include "plume/io/checkpoint.h"
 #include "plume/io/npy.h"
 #include "plume/io/safetensors.h"
+#include "output.h"
 #include "progress.h"
 
 namespace plume::cli {
@@ -32,6 +35,9 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g) {
     return absl::InvalidArgumentError("--timeout must be a positive number of seconds");
   }
   o.default_timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(g.timeout_s * 1000)));
+  if (!(g.upload_deadline_s >= 0) || g.upload_deadline_s > 1e7) {
+    return absl::InvalidArgumentError("--upload-deadline must be a number of seconds (0: none)");
+  }
   o.use_tls = g.tls;
   o.tls_ca_file = g.tls_ca;
   o.tls_cert_file = g.tls_cert;
@@ -43,6 +49,44 @@ absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g) {
     o.bearer_token = std::string(absl::StripAsciiWhitespace(t));
   }
   return Client::Connect(std::move(o));
+}
+
+CallOptions UploadCallOptions(const GlobalFlags& g) {
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(s * 1000))); };
+  CallOptions call;
+  call.message_timeout = ms(g.timeout_s);
+  if (g.upload_deadline_s > 0) call.timeout = ms(g.upload_deadline_s);
+  return call;
+}
+
+absl::Status ExplainRpcError(const GlobalFlags& g, const Client& client, const absl::Status& s) {
+  if (s.code() != absl::StatusCode::kUnavailable) return s;
+  // A server that answered UNAVAILABLE (draining, say) leaves the channel
+  // READY or IDLE; one that was never reached leaves it failing or retrying.
+  const grpc_connectivity_state state = client.channel()->GetState(/*try_to_connect=*/false);
+  if (state != GRPC_CHANNEL_TRANSIENT_FAILURE && state != GRPC_CHANNEL_CONNECTING) return s;
+  const bool tls = g.tls || !g.tls_ca.empty() || !g.tls_cert.empty() || !g.tls_key.empty();
+  return absl::UnavailableError(absl::StrCat(
+      "cannot reach plume server at ", g.server, " (", s.message(), "); is it running? pass --server HOST:PORT",
+      tls ? " (and check that it serves TLS as --tls* say)" : ""));
+}
+
+int RpcFail(const GlobalFlags& g, const Client& client, const absl::Status& s) {
+  return Fail(ExplainRpcError(g, client, s), kExitRpc);
+}
+
+absl::StatusOr<io::Array> ReadFloatNpy(const std::string& path, std::string* file_dtype) {
+  io::NpyConversion conv;
+  auto a = io::ReadNpyConverting(path, &conv);
+  if (!a.ok()) return a.status();
+  if (conv.from_f64) {
+    absl::FPrintF(stderr, "note: %s is float64 (numpy's default); converted to float32 for plume%s\n", path,
+                  conv.overflowed > 0
+                      ? absl::StrCat(" (", conv.overflowed, " values beyond float32's range became +-inf)")
+                      : "");
+  }
+  if (file_dtype != nullptr) *file_dtype = conv.from_f64 ? "f64" : io::ElemTypeName(a->dtype);
+  return a;
 }
 
 namespace {
@@ -75,7 +119,7 @@ absl::StatusOr<io::Array> LoadMatrix(const UploadFlags& f, const io::Safetensors
   io::Array a;
   if (file == nullptr) {
     if (!f.tensor.empty()) return absl::InvalidArgumentError("--tensor applies to .safetensors files only");
-    auto r = io::ReadNpy(f.file);
+    auto r = ReadFloatNpy(f.file);
     if (!r.ok()) return r.status();
     a = *std::move(r);
   } else {
@@ -90,55 +134,6 @@ absl::StatusOr<io::Array> LoadMatrix(const UploadFlags& f, const io::Safetensors
   return a;
 }
 
-std::string FormatTime(int64_t unix_ms) {
-  if (unix_ms <= 0) return "-";
-  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  return absl::StrFormat("%s.%03dZ", buf, static_cast<int>(unix_ms % 1000));
-}
-
-void PrintInfo(const v1::MatrixInfo& m) {
-  absl::PrintF("name:             %s\n", m.name());
-  absl::PrintF("rows:             %d\n", m.rows());
-  absl::PrintF("cols:             %d\n", m.cols());
-  absl::PrintF("format:           %s\n", DTypeShortName(m.format()));
-  absl::PrintF("scale_mode:       %s\n", ScaleModeShortName(m.scale_mode()));
-  absl::PrintF("source_dtype:     %s\n", DTypeShortName(m.source_dtype()));
-  absl::PrintF("non_saturating:   %s\n", m.non_saturating() ? "true" : "false");
-  absl::PrintF("padded_cols:      %d\n", m.layout().padded_cols());
-  absl::PrintF("row_stride_bytes: %d\n", m.layout().row_stride_bytes());
-  absl::PrintF("num_scales:       %d\n", m.layout().num_scales());
-  absl::PrintF("resident_bytes:   %d\n", m.resident_bytes());
-  absl::PrintF("created:          %s\n", FormatTime(m.created_unix_ms()));
-  if (m.devices_size() > 0) {
-    static constexpr const char* kPlacement[] = {"auto", "single", "sharded", "replicated"};
-    const int p = m.placement();
-    absl::PrintF("placement:        %s on device(s) %s", p >= 0 && p < 4 ? kPlacement[p] : "unknown",
-                 absl::StrJoin(m.devices(), ","));
-    if (m.shard_rows_size() > 0) absl::PrintF(", rows %s", absl::StrJoin(m.shard_rows(), "+"));
-    absl::PrintF("\n");
-  }
-  absl::PrintF("backend:          %s\n", m.backend().empty() ? "-" : m.backend());
-  if (!m.content_hash().empty()) absl::PrintF("content_hash:     %s\n", m.content_hash());
-  // GEMV kernels per batch bucket, one line per activation dtype:
-  // "gemv f16:         <=1 wgmma*, <=2 mma, ..." (* = measured).
-  for (v1::DType x : {v1::DTYPE_F16, v1::DTYPE_BF16, v1::DTYPE_F32}) {
-    std::vector<std::string> cells;
-    for (const v1::GemvKernelChoice& k : m.gemv_kernels()) {
-      if (k.activation_dtype() != x) continue;
-      cells.push_back(absl::StrCat("<=", k.max_batch(), " ", k.kernel(), k.measured() ? "*" : ""));
-    }
-    if (cells.empty()) continue;
-    absl::PrintF("gemv %-4s kernels: %s\n", DTypeShortName(x), absl::StrJoin(cells, ", "));
-  }
-  if (m.gemv_kernels_size() > 0) {
-    absl::PrintF("                  (batch bucket, kernel; * = measured on first use, else the default)\n");
-  }
-}
-
 }  // namespace
 
 v1::DType ToWireDType(io::ElemType t) {
@@ -149,8 +144,6 @@ v1::DType ToWireDType(io::ElemType t) {
   }
   return v1::DTYPE_UNSPECIFIED;
 }
-
-void PrintMatrixInfo(const v1::MatrixInfo& m) { PrintInfo(m); }
 
 absl::StatusOr<v1::DType> ParseFormat(const std::string& s) {
   if (s.empty() || s == "e4m3") return v1::DTYPE_E4M3;
@@ -202,45 +195,6 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows, const std::se
   }
 }
 
-namespace {
-
-// Writes a result tensor to `output` (.npy) or, when that is empty, prints
-// it one line per last-dimension row.
-int EmitResult(const HostTensor& y, const std::string& output) {
-  io::Array out;
-  out.shape = y.shape;
-  if (y.dtype == v1::DTYPE_F16) {
-    out.dtype = io::ElemType::kF16;
-    out.data = y.data;
-  } else {
-    // F32 as is; BF16 (which .npy cannot hold) widened to F32.
-    auto floats = y.ToFloats();
-    if (!floats.ok()) return Fail(floats.status(), kExitRpc);
-    out = io::FromFloats(y.shape, floats->data());
-  }
-  if (auto s = ValidateTensor(y.ref()); !s.ok()) {
-    return Fail(absl::InternalError(absl::StrCat("malformed result: ", s.message())), kExitRpc);
-  }
-  if (!output.empty()) {
-    if (auto s = io::WriteNpy(output, out); !s.ok()) return Fail(s, kExitUsage);
-    return kExitOk;
-  }
-  const std::vector<float> v = io::ToFloats(out);
-  const int64_t row_len = out.shape.empty() ? 1 : out.shape.back();
-  const int64_t nrows = row_len > 0 ? static_cast<int64_t>(v.size()) / row_len : (out.shape.size() == 2 ? out.shape[0] : 1);
-  for (int64_t r = 0; r < nrows; ++r) {
-    std::string line = "[";
-    for (int64_t c = 0; c < row_len; ++c) {
-      absl::StrAppend(&line, c ? " " : "", absl::StrFormat("%.7g", v[static_cast<size_t>(r * row_len + c)]));
-    }
-    line += "]";
-    absl::PrintF("%s\n", line);
-  }
-  return kExitOk;
-}
-
-}  // namespace
-
 int RunUpload(const GlobalFlags& g, const UploadFlags& f) {
   if (!f.codes.empty() || !f.scales.empty()) return RunUploadCodes(g, f);
   if (f.file.empty()) return UsageError("give a FILE to upload, or --codes CODES.npy");
@@ -280,20 +234,29 @@ int RunUpload(const GlobalFlags& g, const UploadFlags& f) {
   spec.content_hash = io::FloatContentHash(matrix->shape, matrix->data,
                                            {source.dtype, spec.format, spec.scale_mode, spec.non_saturating});
   ProgressDisplay progress(absl::StrCat("upload ", f.name), stderr);
-  CallOptions call;
   auto info = (*client)->UploadMatrix(
-      spec, source, [&](int64_t sent, int64_t total) { progress.Update(sent, total); }, call);
+      spec, source, [&](int64_t sent, int64_t total) { progress.Update(sent, total); }, UploadCallOptions(g));
   progress.Done();
-  if (!info.ok()) return Fail(info.status(), kExitRpc);
-  PrintInfo(*info);
+  if (!info.ok()) return RpcFail(g, **client, info.status());
+  if (f.json) {
+    PrintJson(MatrixInfoJson(*info));
+  } else {
+    PrintMatrixInfo(*info);
+  }
   return kExitOk;
 }
 
-int RunList(const GlobalFlags& g) {
+int RunList(const GlobalFlags& g, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto list = (*client)->ListMatrices();
-  if (!list.ok()) return Fail(list.status(), kExitRpc);
+  if (!list.ok()) return RpcFail(g, **client, list.status());
+  if (json) {
+    Json j = {{"matrices", Json::array()}};
+    for (const auto& m : *list) j["matrices"].push_back(MatrixInfoJson(m));
+    PrintJson(j);
+    return kExitOk;
+  }
   std::vector<std::vector<std::string>> rows = {{"NAME", "ROWS", "COLS", "FORMAT", "SCALE", "RESIDENT_BYTES"}};
   for (const auto& m : *list) {
     rows.push_back({m.name(), absl::StrCat(m.rows()), absl::StrCat(m.cols()), DTypeShortName(m.format()),
@@ -303,19 +266,23 @@ int RunList(const GlobalFlags& g) {
   return kExitOk;
 }
 
-int RunInfo(const GlobalFlags& g, const std::string& name) {
+int RunInfo(const GlobalFlags& g, const std::string& name, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto info = (*client)->GetMatrix(name);
-  if (!info.ok()) return Fail(info.status(), kExitRpc);
-  PrintInfo(*info);
+  if (!info.ok()) return RpcFail(g, **client, info.status());
+  if (json) {
+    PrintJson(MatrixInfoJson(*info));
+  } else {
+    PrintMatrixInfo(*info);
+  }
   return kExitOk;
 }
 
 int RunDelete(const GlobalFlags& g, const std::string& name) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
-  if (auto s = (*client)->DeleteMatrix(name); !s.ok()) return Fail(s, kExitRpc);
+  if (auto s = (*client)->DeleteMatrix(name); !s.ok()) return RpcFail(g, **client, s);
   absl::PrintF("deleted %s\n", name);
   return kExitOk;
 }
@@ -323,7 +290,8 @@ int RunDelete(const GlobalFlags& g, const std::string& name) {
 int RunGemv(const GlobalFlags& g, const GemvFlags& f) {
   auto out_dtype = ParseFloatDType(f.output_dtype);
   if (!out_dtype.ok()) return Fail(out_dtype.status(), kExitUsage);
-  auto input = io::ReadNpy(f.input);
+  std::string file_dtype;
+  auto input = ReadFloatNpy(f.input, &file_dtype);
   if (!input.ok()) return Fail(input.status(), kExitUsage);
   if (input->shape.size() != 1 && input->shape.size() != 2) {
     return UsageError(absl::StrCat(f.input, ": the input must be 1-D [cols] or 2-D [batch, cols], got ",
@@ -331,9 +299,13 @@ int RunGemv(const GlobalFlags& g, const GemvFlags& f) {
   }
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
+  const auto t0 = std::chrono::steady_clock::now();
   auto y = (*client)->Gemv(f.name, TensorRef{ToWireDType(input->dtype), input->shape, input->data}, *out_dtype);
-  if (!y.ok()) return Fail(y.status(), kExitRpc);
-  return EmitResult(*y, f.output);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!y.ok()) return RpcFail(g, **client, y.status());
+  if (!f.json) return EmitResult(*y, f.output, nullptr);
+  Json summary = {{"matrix", f.name}, {"input", ArrayJson(f.input, file_dtype, *input)}, {"seconds", seconds}};
+  return EmitResult(*y, f.output, &summary);
 }
 
 // ---------------------------------------------------------------- K/V caches
@@ -342,31 +314,13 @@ namespace {
 
 // Reads a 3-D [kv_heads, tokens, head_dim] K or V .npy file.
 absl::StatusOr<io::Array> LoadKv(const std::string& path) {
-  auto a = io::ReadNpy(path);
+  auto a = ReadFloatNpy(path);
   if (!a.ok()) return a.status();
   if (a->shape.size() != 3) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": K/V must be 3-D [kv_heads, tokens, head_dim], got ",
                                                    a->shape.size(), " dimensions"));
   }
   return a;
-}
-
-void PrintKvInfo(const v1::KVInfo& c) {
-  absl::PrintF("name:             %s\n", c.name());
-  absl::PrintF("kv_heads:         %d\n", c.kv_heads());
-  absl::PrintF("seq:              %d\n", c.seq());
-  absl::PrintF("head_dim:         %d\n", c.head_dim());
-  absl::PrintF("format:           %s\n", DTypeShortName(c.format()));
-  absl::PrintF("scale_mode:       %s\n", KvScaleModeShortName(c.scale_mode()));
-  absl::PrintF("source_dtype:     %s\n", DTypeShortName(c.source_dtype()));
-  absl::PrintF("non_saturating:   %s\n", c.non_saturating() ? "true" : "false");
-  absl::PrintF("page_tokens:      %d\n", c.layout().page_tokens());
-  absl::PrintF("row_stride_bytes: %d\n", c.layout().row_stride_bytes());
-  absl::PrintF("pages:            %d\n", c.layout().pages());
-  absl::PrintF("capacity_tokens:  %d\n", c.layout().capacity_tokens());
-  absl::PrintF("resident_bytes:   %d\n", c.resident_bytes());
-  absl::PrintF("created:          %s\n", FormatTime(c.created_unix_ms()));
-  absl::PrintF("backend:          %s\n", c.backend().empty() ? "-" : c.backend());
 }
 
 }  // namespace
@@ -402,15 +356,20 @@ int RunKvUpload(const GlobalFlags& g, const KvUploadFlags& f) {
   ProgressDisplay progress(absl::StrCat("upload ", f.name), stderr);
   auto info = (*client)->UploadKV(spec, TensorRef{ToWireDType(k->dtype), k->shape, k->data},
                                   TensorRef{ToWireDType(v->dtype), v->shape, v->data},
-                                  [&](int64_t sent, int64_t total) { progress.Update(sent, total); });
+                                  [&](int64_t sent, int64_t total) { progress.Update(sent, total); },
+                                  UploadCallOptions(g));
   progress.Done();
-  if (!info.ok()) return Fail(info.status(), kExitRpc);
-  PrintKvInfo(*info);
+  if (!info.ok()) return RpcFail(g, **client, info.status());
+  if (f.json) {
+    PrintJson(KvInfoJson(*info));
+  } else {
+    PrintKvInfo(*info);
+  }
   return kExitOk;
 }
 
 int RunKvAppend(const GlobalFlags& g, const std::string& name, const std::string& k_file,
-                const std::string& v_file) {
+                const std::string& v_file, bool json) {
   auto k = LoadKv(k_file);
   if (!k.ok()) return Fail(k.status(), kExitUsage);
   auto v = LoadKv(v_file);
@@ -419,16 +378,26 @@ int RunKvAppend(const GlobalFlags& g, const std::string& name, const std::string
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto info = (*client)->AppendKV(name, TensorRef{ToWireDType(k->dtype), k->shape, k->data},
                                   TensorRef{ToWireDType(v->dtype), v->shape, v->data});
-  if (!info.ok()) return Fail(info.status(), kExitRpc);
-  PrintKvInfo(*info);
+  if (!info.ok()) return RpcFail(g, **client, info.status());
+  if (json) {
+    PrintJson(KvInfoJson(*info));
+  } else {
+    PrintKvInfo(*info);
+  }
   return kExitOk;
 }
 
-int RunKvList(const GlobalFlags& g) {
+int RunKvList(const GlobalFlags& g, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto list = (*client)->ListKV();
-  if (!list.ok()) return Fail(list.status(), kExitRpc);
+  if (!list.ok()) return RpcFail(g, **client, list.status());
+  if (json) {
+    Json j = {{"caches", Json::array()}};
+    for (const auto& c : *list) j["caches"].push_back(KvInfoJson(c));
+    PrintJson(j);
+    return kExitOk;
+  }
   std::vector<std::vector<std::string>> rows = {
       {"NAME", "KV_HEADS", "SEQ", "HEAD_DIM", "FORMAT", "SCALE", "RESIDENT_BYTES"}};
   for (const auto& c : *list) {
@@ -440,19 +409,23 @@ int RunKvList(const GlobalFlags& g) {
   return kExitOk;
 }
 
-int RunKvInfo(const GlobalFlags& g, const std::string& name) {
+int RunKvInfo(const GlobalFlags& g, const std::string& name, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto info = (*client)->GetKV(name);
-  if (!info.ok()) return Fail(info.status(), kExitRpc);
-  PrintKvInfo(*info);
+  if (!info.ok()) return RpcFail(g, **client, info.status());
+  if (json) {
+    PrintJson(KvInfoJson(*info));
+  } else {
+    PrintKvInfo(*info);
+  }
   return kExitOk;
 }
 
 int RunKvDelete(const GlobalFlags& g, const std::string& name) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
-  if (auto s = (*client)->DeleteKV(name); !s.ok()) return Fail(s, kExitRpc);
+  if (auto s = (*client)->DeleteKV(name); !s.ok()) return RpcFail(g, **client, s);
   absl::PrintF("deleted %s\n", name);
   return kExitOk;
 }
@@ -461,7 +434,8 @@ int RunAttend(const GlobalFlags& g, const AttendFlags& f) {
   auto out_dtype = ParseFloatDType(f.output_dtype);
   if (!out_dtype.ok()) return Fail(out_dtype.status(), kExitUsage);
   if (!std::isfinite(f.scale)) return UsageError("--scale must be a finite number");
-  auto q = io::ReadNpy(f.input);
+  std::string file_dtype;
+  auto q = ReadFloatNpy(f.input, &file_dtype);
   if (!q.ok()) return Fail(q.status(), kExitUsage);
   if (q->shape.size() != 4) {
     return UsageError(absl::StrCat(f.input, ": the query must be 4-D [batch, heads, q_len, head_dim], got ",
@@ -473,17 +447,32 @@ int RunAttend(const GlobalFlags& g, const AttendFlags& f) {
   opts.softmax_scale = static_cast<float>(f.scale);
   opts.causal = f.causal;
   opts.output_dtype = *out_dtype;
+  const auto t0 = std::chrono::steady_clock::now();
   auto out = (*client)->Attention(f.name, TensorRef{ToWireDType(q->dtype), q->shape, q->data}, opts);
-  if (!out.ok()) return Fail(out.status(), kExitRpc);
-  return EmitResult(*out, f.output);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!out.ok()) return RpcFail(g, **client, out.status());
+  if (!f.json) return EmitResult(*out, f.output, nullptr);
+  Json summary = {{"cache", f.name},
+                  {"query", ArrayJson(f.input, file_dtype, *q)},
+                  {"causal", f.causal},
+                  {"softmax_scale", f.scale > 0 ? Json(f.scale) : Json(nullptr)},
+                  {"seconds", seconds}};
+  return EmitResult(*out, f.output, &summary);
 }
 
-int RunHealth(const GlobalFlags& g, const std::string& service) {
+int RunHealth(const GlobalFlags& g, const std::string& service, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
   auto h = (*client)->CheckHealth(service);
-  if (!h.ok()) return Fail(h.status(), kExitRpc);
-  absl::PrintF("%s\n", HealthStatusName(*h));
+  if (!h.ok()) return RpcFail(g, **client, h.status());
+  if (json) {
+    PrintJson({{"server", g.server},
+               {"service", service},
+               {"status", HealthStatusName(*h)},
+               {"serving", *h == HealthStatus::kServing}});
+  } else {
+    absl::PrintF("%s\n", HealthStatusName(*h));
+  }
   return *h == HealthStatus::kServing ? kExitOk : kExitRpc;
 }
 

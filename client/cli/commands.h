@@ -19,7 +19,11 @@ inline constexpr int kExitUsage = 2;
 
 struct GlobalFlags {
   std::string server = "localhost:50051";
+  // Unary calls: the call's deadline. Streamed uploads: per message (each
+  // message must be accepted, and the answer come, within it).
   double timeout_s = 30.0;
+  // Streamed uploads: a deadline for the whole upload; 0: none.
+  double upload_deadline_s = 0.0;
   bool tls = false;
   std::string tls_ca;
   std::string tls_cert;
@@ -40,6 +44,7 @@ struct UploadFlags {
   bool non_saturating = false;
   int chunk_mib = 1;
   std::string placement = "auto";  // multi-GPU servers
+  bool json = false;
 };
 
 struct UploadModelFlags {
@@ -58,6 +63,7 @@ struct GemvFlags {
   std::string input;
   std::string output;
   std::string output_dtype = "f32";
+  bool json = false;
 };
 
 struct KvUploadFlags {
@@ -67,6 +73,7 @@ struct KvUploadFlags {
   std::string format = "e4m3";
   std::string scale = "block";
   bool non_saturating = false;
+  bool json = false;
 };
 
 struct AttendFlags {
@@ -76,6 +83,7 @@ struct AttendFlags {
   std::string output_dtype = "f32";
   double scale = 0.0;  // 0: 1/sqrt(head_dim)
   bool causal = false;
+  bool json = false;
 };
 
 // Helpers shared by the subcommands.
@@ -83,6 +91,19 @@ struct AttendFlags {
 int Fail(const absl::Status& s, int exit_code);
 int UsageError(const std::string& msg);  // Fail(INVALID_ARGUMENT, kExitUsage)
 absl::StatusOr<std::unique_ptr<Client>> MakeClient(const GlobalFlags& g);
+// A streamed upload's call options: --timeout per message, --upload-deadline
+// (if any) for the whole upload.
+CallOptions UploadCallOptions(const GlobalFlags& g);
+// An RPC's failure as the CLI reports it: UNAVAILABLE on a channel that
+// never reached the server becomes "cannot reach plume server at ADDRESS
+// (...); is it running? pass --server HOST:PORT".
+absl::Status ExplainRpcError(const GlobalFlags& g, const Client& client, const absl::Status& s);
+// Fail(ExplainRpcError(...), kExitRpc).
+int RpcFail(const GlobalFlags& g, const Client& client, const absl::Status& s);
+// Reads a float .npy file (f32, f16; f64, numpy's default, is converted to
+// f32 with a note on stderr). `file_dtype`, if given, receives the file's
+// own dtype name (f64 when converted).
+absl::StatusOr<io::Array> ReadFloatNpy(const std::string& path, std::string* file_dtype = nullptr);
 absl::StatusOr<v1::DType> ParseFloatDType(const std::string& s);  // f32, f16, bf16
 // The wire dtype of a float array.
 v1::DType ToWireDType(io::ElemType t);
@@ -91,8 +112,6 @@ v1::DType ToWireDType(io::ElemType t);
 absl::StatusOr<v1::DType> ParseFormat(const std::string& s);
 absl::StatusOr<v1::ScaleMode> ParseScaleMode(const std::string& s);
 absl::StatusOr<v1::Placement> ParsePlacement(const std::string& s);
-// `plume info`'s output.
-void PrintMatrixInfo(const v1::MatrixInfo& m);
 // Prints rows as aligned columns: words left-aligned, the `numeric` columns
 // right-aligned.
 void PrintTable(const std::vector<std::vector<std::string>>& rows, const std::set<size_t>& numeric);
@@ -104,17 +123,18 @@ int RunUploadFp8Tensor(const GlobalFlags& g, const UploadFlags& f, const std::st
 int RunUploadCodes(const GlobalFlags& g, const UploadFlags& f);
 // plume upload-model.
 int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f);
-int RunList(const GlobalFlags& g);
-int RunInfo(const GlobalFlags& g, const std::string& name);
+// `json`: --json (output.h).
+int RunList(const GlobalFlags& g, bool json);
+int RunInfo(const GlobalFlags& g, const std::string& name, bool json);
 int RunDelete(const GlobalFlags& g, const std::string& name);
 int RunGemv(const GlobalFlags& g, const GemvFlags& f);
-int RunHealth(const GlobalFlags& g, const std::string& service);
+int RunHealth(const GlobalFlags& g, const std::string& service, bool json);
 // plume kv upload|append|list|info|delete, plume attend.
 int RunKvUpload(const GlobalFlags& g, const KvUploadFlags& f);
 int RunKvAppend(const GlobalFlags& g, const std::string& name, const std::string& k_file,
-                const std::string& v_file);
-int RunKvList(const GlobalFlags& g);
-int RunKvInfo(const GlobalFlags& g, const std::string& name);
+                const std::string& v_file, bool json);
+int RunKvList(const GlobalFlags& g, bool json);
+int RunKvInfo(const GlobalFlags& g, const std::string& name, bool json);
 int RunKvDelete(const GlobalFlags& g, const std::string& name);
 int RunAttend(const GlobalFlags& g, const AttendFlags& f);
 

@@ -193,6 +193,7 @@ void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionReque
     *seq_out = seq;
     return RunAttention(*cache, seq, args);
   };
+  r.metrics = cache->metrics.get();
   r.life = std::move(life);
   r.done = [out, done = std::move(done)](const absl::Status& s, int64_t seq) {
     if (s.ok()) {
@@ -209,11 +210,12 @@ absl::Status AttentionService::RunAttention(const KvCache& cache, int64_t seq,
                                             const AttentionArgs& args) {
   const auto k0 = std::chrono::steady_clock::now();
   if (absl::Status s = backend_->Attention(*cache.data, args); !s.ok()) return s;
-  if (metrics_ != nullptr) {
-    metrics_->RecordKernel(
+  if (cache.metrics != nullptr) {
+    cache.metrics->RecordKernel(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count());
+    cache.metrics->RecordBatch(args.batch);
     // K and V pages of every kv head are read once per query group (GQA) and batch element.
-    metrics_->RecordAttention(args.batch * args.heads * args.q_len, cache.shape.resident_bytes(seq));
+    cache.metrics->RecordWork(args.batch * args.heads * args.q_len, cache.shape.resident_bytes(seq));
   }
   return absl::OkStatus();
 }

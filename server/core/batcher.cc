@@ -254,7 +254,7 @@ void Batcher::Run(Batch& batch) {
       dropped.emplace_back(std::move(r.done), std::move(drop));
       continue;
     }
-    if (metrics_ != nullptr) metrics_->RecordQueueWait(Seconds(launch - batch.arrivals[i]));
+    if (r.metrics != nullptr) r.metrics->RecordQueueWait(Seconds(launch - batch.arrivals[i]));
     units += r.units;
     live.push_back(&r);
   }

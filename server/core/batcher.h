@@ -18,9 +18,10 @@
 //
 // A request whose deadline passed, or whose caller cancelled, is dropped
 // when its batch launches, before the backend sees it, and counted in
-// plume_requests_dropped_total. A full queue refuses a request at once with
-// RESOURCE_EXHAUSTED. No gRPC here: callers pass a deadline and a
-// cancellation check.
+// plume_requests_dropped_total. The queue time of each request that runs
+// goes to its target's series (BatchRequest::metrics). A full queue
+// refuses a request at once with RESOURCE_EXHAUSTED. No gRPC here: callers
+// pass a deadline and a cancellation check.
 #pragma once
 
 #include <array>
@@ -44,6 +45,7 @@
 namespace plume::core {
 
 class Metrics;
+class TargetMetrics;
 class WorkQueue;
 
 using BatchClock = std::chrono::steady_clock;
@@ -67,6 +69,9 @@ struct BatchRequest {
   BatchKey key{};
   // Set by Submit: keeps the target alive while the request waits or runs.
   std::shared_ptr<const void> target;
+  // The target's series (it holds them, so they live while `target` does),
+  // where its queue time is recorded; may be null.
+  const TargetMetrics* metrics = nullptr;
   int64_t units = 0;
   const void* in = nullptr;  // units * in_unit_bytes; valid until done runs
   void* out = nullptr;       // units * out_unit_bytes; valid until done runs

@@ -37,10 +37,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   if (options.work.worker_threads < 1 || options.work.max_queued < 1) {
     return absl::InvalidArgumentError("engine: worker_threads and max_queued must be >= 1");
   }
+  if (options.metrics.max_targets < 0 || options.metrics.max_targets > kMaxMetricsTargetsLimit) {
+    return absl::InvalidArgumentError(absl::StrCat("--metrics_max_targets must be 0..", kMaxMetricsTargetsLimit,
+                                                   ", got ", options.metrics.max_targets));
+  }
   auto e = std::unique_ptr<Engine>(new Engine(std::move(options), std::move(backend)));
   const EngineOptions& o = e->options_;
   Backend* b = e->backend_.get();
-  e->metrics_ = std::make_unique<Metrics>();
+  e->metrics_ = std::make_unique<Metrics>(o.metrics);
   e->budget_bytes_ = o.store.budget_bytes > 0 ? o.store.budget_bytes : b->memory_capacity_bytes();
   e->store_ = std::make_unique<MatrixStore>(e->budget_bytes_, e->metrics_.get());
   e->matrices_ = std::make_unique<MatrixService>(b, e->store_.get(), e->metrics_.get(), o.limits);

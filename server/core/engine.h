@@ -49,6 +49,8 @@ struct EngineOptions {
   BatchingOptions batching;  // the batcher's defaults; an upload may override them
   Limits limits;
   WorkOptions work;
+  // The per-target series' label cap (--metrics_max_targets).
+  MetricsOptions metrics;
   // A multi-device backend's device ids, for the per-device budget gauges
   // (in ShardedBackend device order); empty otherwise.
   std::vector<int> device_ids;

@@ -19,6 +19,7 @@ Registry<KvCache>::GaugeFn KvGauges(Metrics* metrics) {
 
 KvStore::KvStore(std::shared_ptr<Budget> budget, Metrics* metrics)
     : budget_(std::move(budget)),
+      metrics_(metrics),
       registry_(budget_, {"kv cache", "delete it first or append to it", "more"}, KvGauges(metrics)) {}
 
 KvStore::~KvStore() = default;
@@ -39,6 +40,7 @@ std::shared_ptr<KvCache> KvStore::Commit(PendingUpload pending, const KvShape& s
                            : std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count();
+  if (metrics_ != nullptr) c->metrics = metrics_->Target(TargetKind::kKvCache, c->name);
   int64_t bytes;
   {
     absl::MutexLock cl(&c->mu);

@@ -29,18 +29,20 @@
 #include "absl/synchronization/mutex.h"
 #include "server/core/backend.h"
 #include "server/core/matrix_store.h"
+#include "server/core/metrics.h"
 #include "server/core/registry.h"
 
 namespace plume::core {
 
 class DirectoryStore;
-class Metrics;
 
 struct KvCache {
   std::string name;
   KvShape shape;
   DType source_dtype = DType::kF32;
   int64_t created_unix_ms = 0;
+  // Its series (label cache), resolved once at Commit; null without metrics.
+  TargetMetricsHandle metrics;
 
   // Readers: attention and info; writer: append and delete.
   mutable absl::Mutex mu;
@@ -100,6 +102,7 @@ class KvStore {
   void RollBack(KvCache& cache, Backend* backend, int64_t seq_before, bool file_ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache.mu);
 
   std::shared_ptr<Budget> budget_;
+  Metrics* const metrics_;
   DirectoryStore* disk_ = nullptr;
   Registry<KvCache> registry_;
 };

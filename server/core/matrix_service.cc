@@ -318,15 +318,15 @@ absl::Status MatrixService::RunGemv(const Matrix& m, const GemvArgs& args) {
   timed.device_seconds = &device;
   const auto k0 = std::chrono::steady_clock::now();
   if (absl::Status s = backend_->Gemv(*m.data, timed); !s.ok()) return s;
-  if (metrics_ != nullptr) {
+  if (m.metrics != nullptr) {
     // The kernel metric is the device's part where the backend measures it;
     // the rest of the call's wall time is the host's.
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count();
     const double kernel = device >= 0 ? std::min(device, wall) : wall;
-    metrics_->RecordKernel(kernel);
-    metrics_->RecordHostPart(wall - kernel);
-    metrics_->RecordBatch(args.batch);
-    metrics_->RecordGemv(args.batch, m.shape.resident_bytes());
+    m.metrics->RecordKernel(kernel);
+    m.metrics->RecordHostPart(wall - kernel);
+    m.metrics->RecordBatch(args.batch);
+    m.metrics->RecordWork(args.batch, m.shape.resident_bytes());
   }
   return absl::OkStatus();
 }
@@ -354,6 +354,7 @@ void MatrixService::GemvAsync(Batcher* batcher, const v1::GemvRequest& req,
   r.run = [this, matrix = *m, p = *plan](const void* x, int64_t units, void* y, int64_t*) {
     return RunGemv(*matrix, ArgsOf(p, x, units, y));
   };
+  r.metrics = (*m)->metrics.get();
   r.life = std::move(life);
   r.done = [out, done = std::move(done)](const absl::Status& s, int64_t) {
     if (!s.ok()) out->clear_output();

@@ -20,6 +20,7 @@ int64_t ResidentBytes(const Matrix& m) { return m.shape.resident_bytes(); }
 
 MatrixStore::MatrixStore(int64_t budget_bytes, Metrics* metrics)
     : budget_(std::make_shared<Budget>(budget_bytes)),
+      metrics_(metrics),
       registry_(budget_, {"matrix", "delete it first", ""}, ResidentGauges(metrics)) {
   if (metrics != nullptr) metrics->SetMemoryBudget(budget_bytes);
 }
@@ -50,6 +51,7 @@ std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const M
   m->reservation = pending.TakeReservation();
   m->batching = batching;
   m->content_hash = std::move(content_hash);
+  if (metrics_ != nullptr) m->metrics = metrics_->Target(TargetKind::kMatrix, m->name);
   const int64_t resident = m->shape.resident_bytes();
   return registry_.Commit(std::move(pending), std::move(m), resident);
 }

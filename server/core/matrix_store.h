@@ -24,11 +24,11 @@
 #include "absl/synchronization/mutex.h"
 #include "server/core/backend.h"
 #include "server/core/batching_options.h"
+#include "server/core/metrics.h"
 #include "server/core/registry.h"
 
 namespace plume::core {
 
-class Metrics;
 class Persistence;
 
 struct Matrix {
@@ -41,6 +41,9 @@ struct Matrix {
   // Per-matrix batcher knobs from the upload (0: the server default).
   BatchingOptions batching{0, std::chrono::microseconds(0), 0};
   std::string content_hash;  // the client's label from the upload (may be empty)
+  // Its series (label matrix), resolved once at Commit; null without
+  // metrics. They leave /metrics when the last holder of the matrix goes.
+  TargetMetricsHandle metrics;
 };
 
 class MatrixStore {
@@ -86,6 +89,7 @@ class MatrixStore {
 
  private:
   std::shared_ptr<Budget> budget_;
+  Metrics* const metrics_;
   Persistence* persistence_ = nullptr;
   Registry<const Matrix> registry_;
 };

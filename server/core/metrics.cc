@@ -44,7 +44,8 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
 
 }  // namespace
 
-Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+Metrics::Metrics(MetricsOptions options)
+    : options_(options), registry_(std::make_shared<prometheus::Registry>()) {
   // The build as labels on a constant 1 (the Prometheus *_info pattern):
   // joins onto other series with `* on() group_left(version) plume_build_info`.
   const BuildInfo& build = GetBuildInfo();
@@ -71,17 +72,6 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
     requests_[m][0] = &requests.Add({{"method", method}, {"code", "OK"}});
     durations_[m] = &durations.Add({{"method", method}}, LatencyBuckets());
   }
-  vectors_ = &prometheus::BuildCounter()
-                  .Name("plume_vectors_total")
-                  .Help("Vectors multiplied by GEMV.")
-                  .Register(*registry_)
-                  .Add({});
-  weight_bytes_ = &prometheus::BuildCounter()
-                       .Name("plume_weight_bytes_read_total")
-                       .Help("Packed weight bytes (codes plus scales) streamed by GEMV; "
-                             "rate() of it is the achieved weight bandwidth.")
-                       .Register(*registry_)
-                       .Add({});
   resident_matrices_ = &prometheus::BuildGauge()
                             .Name("plume_resident_matrices")
                             .Help("Matrices currently stored.")
@@ -107,50 +97,65 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                    .Help("Bytes of the stored K/V caches (FP8 pages and scales).")
                    .Register(*registry_)
                    .Add({});
-  attention_rows_ = &prometheus::BuildCounter()
-                         .Name("plume_attention_queries_total")
-                         .Help("Query rows (batch x heads x q_len) answered by attention.")
-                         .Register(*registry_)
-                         .Add({});
-  kv_bytes_read_ = &prometheus::BuildCounter()
-                        .Name("plume_kv_bytes_read_total")
-                        .Help("K/V cache bytes streamed by attention; rate() of it is the "
-                              "achieved K/V bandwidth.")
-                        .Register(*registry_)
-                        .Add({});
-  queue_duration_ = &prometheus::BuildHistogram()
-                         .Name("plume_queue_duration_seconds")
-                         .Help("Time a GEMV or attention request waited, from its arrival in the "
-                               "batcher to the launch of its batch.")
-                         .Register(*registry_)
-                         .Add({}, LatencyBuckets());
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("plume_queue_depth")
                       .Help("Requests waiting in the batcher's queues (all matrices and K/V caches).")
                       .Register(*registry_)
                       .Add({});
-  kernel_duration_ = &prometheus::BuildHistogram()
-                          .Name("plume_kernel_duration_seconds")
-                          .Help("Time of one backend computation (GEMV or attention). CUDA GEMV: "
-                                "the device's time (copy-in, kernels, copy-out, by CUDA events); "
-                                "otherwise the call's wall time.")
-                          .Register(*registry_)
-                          .Add({}, LatencyBuckets());
-  host_duration_ = &prometheus::BuildHistogram()
-                        .Name("plume_host_duration_seconds")
-                        .Help("Host part of one backend GEMV call: its wall time less "
-                              "plume_kernel_duration_seconds (staging, launch, synchronisation; "
-                              "0 where the backend measures no device time).")
-                        .Register(*registry_)
-                        .Add({}, prometheus::Histogram::BucketBoundaries{
-                                     1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6,
-                                     500e-6, 1e-3, 10e-3, 100e-3});
-  batch_size_ = &prometheus::BuildHistogram()
-                     .Name("plume_batch_size")
-                     .Help("Vectors multiplied by one backend GEMV call (a batch of requests).")
-                     .Register(*registry_)
-                     .Add({}, prometheus::Histogram::BucketBoundaries{
-                                  1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
+
+  // Per target: series labelled `matrix` (GEMV) or `cache` (attention),
+  // made when a target is registered (Target()).
+  auto& queue = prometheus::BuildHistogram()
+                    .Name("plume_queue_duration_seconds")
+                    .Help("Time a GEMV or attention request waited, from its arrival in the batcher to "
+                          "the launch of its batch; by matrix or K/V cache.")
+                    .Register(*registry_);
+  auto& kernel = prometheus::BuildHistogram()
+                     .Name("plume_kernel_duration_seconds")
+                     .Help("Time of one backend computation (GEMV or attention), by matrix or K/V cache. "
+                           "CUDA GEMV: the device's time (copy-in, kernels, copy-out, by CUDA events); "
+                           "otherwise the call's wall time.")
+                     .Register(*registry_);
+  auto& host = prometheus::BuildHistogram()
+                   .Name("plume_host_duration_seconds")
+                   .Help("Host part of one backend GEMV call, by matrix: its wall time less "
+                         "plume_kernel_duration_seconds (staging, launch, synchronisation; "
+                         "0 where the backend measures no device time).")
+                   .Register(*registry_);
+  auto& batch = prometheus::BuildHistogram()
+                    .Name("plume_batch_size")
+                    .Help("Units computed by one backend call (a batch of requests): vectors of a GEMV "
+                          "(label matrix), batch elements of an attention call (label cache).")
+                    .Register(*registry_);
+  TargetFamilies& mf = targets_[static_cast<int>(TargetKind::kMatrix)];
+  mf.label = "matrix";
+  mf.queue = &queue;
+  mf.kernel = &kernel;
+  mf.host = &host;
+  mf.batch = &batch;
+  mf.units = &prometheus::BuildCounter()
+                  .Name("plume_vectors_total")
+                  .Help("Vectors multiplied by GEMV, by matrix.")
+                  .Register(*registry_);
+  mf.bytes = &prometheus::BuildCounter()
+                  .Name("plume_weight_bytes_read_total")
+                  .Help("Packed weight bytes (codes plus scales) streamed by GEMV, by matrix; "
+                        "rate() of it is the achieved weight bandwidth.")
+                  .Register(*registry_);
+  TargetFamilies& cf = targets_[static_cast<int>(TargetKind::kKvCache)];
+  cf.label = "cache";
+  cf.queue = &queue;
+  cf.kernel = &kernel;
+  cf.batch = &batch;
+  cf.units = &prometheus::BuildCounter()
+                  .Name("plume_attention_queries_total")
+                  .Help("Query rows (batch x heads x q_len) answered by attention, by K/V cache.")
+                  .Register(*registry_);
+  cf.bytes = &prometheus::BuildCounter()
+                  .Name("plume_kv_bytes_read_total")
+                  .Help("K/V cache bytes streamed by attention, by K/V cache; rate() of it is the "
+                        "achieved K/V bandwidth.")
+                  .Register(*registry_);
   requests_family_ = &requests;
   auto& dropped = prometheus::BuildCounter()
                       .Name("plume_requests_dropped_total")
@@ -164,6 +169,77 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
 }
 
 Metrics::~Metrics() = default;
+
+namespace {
+
+prometheus::Histogram::BucketBoundaries HostBuckets() {
+  return {1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 10e-3, 100e-3};
+}
+
+prometheus::Histogram::BucketBoundaries BatchBuckets() {
+  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+}
+
+}  // namespace
+
+TargetMetricsHandle Metrics::Target(TargetKind kind, const std::string& name) {
+  absl::MutexLock lock(&targets_mu_);
+  TargetFamilies& f = targets_[static_cast<int>(kind)];
+  std::string label = name;
+  auto it = f.entries.find(label);
+  if (it == f.entries.end() && label != kOtherTarget) {
+    const int64_t named = static_cast<int64_t>(f.entries.size()) -
+                          (f.entries.count(kOtherTarget) != 0 ? 1 : 0);
+    if (named >= options_.max_targets) {
+      label = std::string(kOtherTarget);
+      it = f.entries.find(label);
+    }
+  }
+  if (it == f.entries.end()) {
+    auto e = std::make_unique<TargetEntry>();
+    const prometheus::Labels labels = {{f.label, label}};
+    e->series.queue_ = &f.queue->Add(labels, LatencyBuckets());
+    e->series.kernel_ = &f.kernel->Add(labels, LatencyBuckets());
+    if (f.host != nullptr) e->series.host_ = &f.host->Add(labels, HostBuckets());
+    e->series.batch_ = &f.batch->Add(labels, BatchBuckets());
+    e->series.units_ = &f.units->Add(labels);
+    e->series.bytes_ = &f.bytes->Add(labels);
+    it = f.entries.emplace(label, std::move(e)).first;
+  }
+  TargetEntry& entry = *it->second;
+  ++entry.holders;
+  // One control block per holder; the entry counts them (under the lock, so
+  // a release and a new registration of the same label never race).
+  return TargetMetricsHandle(&entry.series, [this, kind, label](const TargetMetrics*) {
+    ReleaseTarget(kind, label);
+  });
+}
+
+void Metrics::ReleaseTarget(TargetKind kind, const std::string& label) {
+  absl::MutexLock lock(&targets_mu_);
+  TargetFamilies& f = targets_[static_cast<int>(kind)];
+  auto it = f.entries.find(label);
+  if (it == f.entries.end() || --it->second->holders > 0) return;
+  const TargetMetrics& s = it->second->series;
+  f.queue->Remove(s.queue_);
+  f.kernel->Remove(s.kernel_);
+  if (f.host != nullptr) f.host->Remove(s.host_);
+  f.batch->Remove(s.batch_);
+  f.units->Remove(s.units_);
+  f.bytes->Remove(s.bytes_);
+  f.entries.erase(it);
+}
+
+void TargetMetrics::RecordQueueWait(double seconds) const { queue_->Observe(seconds); }
+void TargetMetrics::RecordKernel(double seconds) const { kernel_->Observe(seconds); }
+void TargetMetrics::RecordHostPart(double seconds) const {
+  if (host_ != nullptr) host_->Observe(seconds);
+}
+void TargetMetrics::RecordBatch(int64_t units) const { batch_->Observe(static_cast<double>(units)); }
+void TargetMetrics::RecordWork(int64_t units, int64_t bytes) const {
+  units_->Increment(static_cast<double>(units));
+  bytes_->Increment(static_cast<double>(bytes));
+}
 
 void Metrics::RecordRequest(Method m, absl::StatusCode code, double seconds) {
   const int mi = static_cast<int>(m);
@@ -181,11 +257,6 @@ void Metrics::RecordRequest(Method m, absl::StatusCode code, double seconds) {
   durations_[mi]->Observe(seconds);
 }
 
-void Metrics::RecordGemv(int64_t vectors, int64_t weight_bytes) {
-  vectors_->Increment(static_cast<double>(vectors));
-  weight_bytes_->Increment(static_cast<double>(weight_bytes));
-}
-
 void Metrics::SetResident(int64_t matrices, int64_t bytes) {
   resident_matrices_->Set(static_cast<double>(matrices));
   resident_bytes_->Set(static_cast<double>(bytes));
@@ -199,12 +270,7 @@ void Metrics::RecordDropped(absl::StatusCode code) {
   (code == absl::StatusCode::kCancelled ? dropped_cancelled_ : dropped_deadline_)->Increment();
 }
 
-void Metrics::RecordQueueWait(double seconds) { queue_duration_->Observe(seconds); }
 void Metrics::SetQueueDepth(int64_t depth) { queue_depth_->Set(static_cast<double>(depth)); }
-void Metrics::RecordKernel(double seconds) { kernel_duration_->Observe(seconds); }
-
-void Metrics::RecordHostPart(double seconds) { host_duration_->Observe(seconds); }
-void Metrics::RecordBatch(int64_t vectors) { batch_size_->Observe(static_cast<double>(vectors)); }
 
 void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }
 
@@ -248,11 +314,6 @@ void Metrics::SetDeviceBudget(int device, int64_t used, int64_t budget) {
 void Metrics::SetKv(int64_t caches, int64_t bytes) {
   kv_caches_->Set(static_cast<double>(caches));
   kv_bytes_->Set(static_cast<double>(bytes));
-}
-
-void Metrics::RecordAttention(int64_t query_rows, int64_t kv_bytes) {
-  attention_rows_->Increment(static_cast<double>(query_rows));
-  kv_bytes_read_->Increment(static_cast<double>(kv_bytes));
 }
 
 }  // namespace plume::core

@@ -22,7 +22,7 @@ WorkQueue::~WorkQueue() {
 bool WorkQueue::Submit(std::function<void()> task, Priority priority) {
   absl::MutexLock lock(&mu_);
   if (stopping_ || static_cast<int64_t>(tasks_.size()) >= max_queued_) return false;
-  Task t{std::move(task), std::chrono::steady_clock::now()};
+  Task t{std::move(task)};
   if (priority == Priority::kFirst) {
     tasks_.insert(tasks_.begin() + first_, std::move(t));
     ++first_;
@@ -52,10 +52,6 @@ void WorkQueue::Loop() {
       if (first_ > 0) --first_;
       ++running_;
       if (metrics_ != nullptr) metrics_->SetQueueDepth(static_cast<int64_t>(tasks_.size()));
-    }
-    if (metrics_ != nullptr) {
-      metrics_->RecordQueueWait(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - task.queued_at).count());
     }
     task.fn();
     task.fn = nullptr;  // what it captured goes before the queue counts it done

@@ -20,7 +20,8 @@ class Metrics;
 
 class WorkQueue {
  public:
-  // With `metrics`, the wait of every task and the queue's depth are recorded.
+  // With `metrics`, the queue's depth is recorded as plume_queue_depth (the
+  // Engine's queue has none: its batcher records depth and queue time).
   WorkQueue(int threads, int64_t max_queued, Metrics* metrics = nullptr);
   ~WorkQueue();  // runs what is queued, then joins
 
@@ -43,7 +44,6 @@ class WorkQueue {
 
   struct Task {
     std::function<void()> fn;
-    std::chrono::steady_clock::time_point queued_at;
   };
 
   const int64_t max_queued_;

@@ -82,6 +82,9 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, 
 ABSL_FLAG(std::string, ready_file, "", "If set, written as JSON {\"grpc_port\":N,\"metrics_port\":M} once serving.");
 ABSL_FLAG(std::string, nvml_library, plume::core::GpuUtilizationCollector::kDefaultLibrary,
           "NVML library for plume_gpu_utilization_ratio; not loadable (or empty): the metric is absent.");
+ABSL_FLAG(int64_t, metrics_max_targets, 100,
+          "Distinct `matrix` label values (and, separately, `cache` ones) of the per-target metrics; "
+          "matrices and K/V caches beyond it share the value \"_other\" (0: all of them do).");
 ABSL_FLAG(int64_t, max_echo_bytes, 4 << 20, "Largest DiagnosticsService Echo payload, in bytes (RESOURCE_EXHAUSTED beyond it).");
 ABSL_FLAG(std::string, log_level, "info", "Log level: trace, debug, info, warn, error.");
 ABSL_FLAG(absl::Duration, memory_trim_interval, absl::Seconds(2),
@@ -242,6 +245,7 @@ int main(int argc, char** argv) {
   engine_options.work.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   engine_options.work.max_queued = absl::GetFlag(FLAGS_max_queued_requests);
   engine_options.device_ids = device_ids;
+  engine_options.metrics.max_targets = absl::GetFlag(FLAGS_metrics_max_targets);
   plume::core::BatchingOptions& batching = engine_options.batching;
   batching.max_batch = absl::GetFlag(FLAGS_max_batch);
   batching.max_queue_delay = std::chrono::microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));

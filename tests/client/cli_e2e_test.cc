@@ -25,9 +25,9 @@
 #include "plume/kernels/layout.h"
 #include "plume/reference/api.h"
 #include "plume/reference/attention.h"
+#include "tests/client/cli_fixture.h"
 #include "tests/common/attention_reference.h"
 #include "tests/common/gemv_reference.h"
-#include "tests/common/process.h"
 
 extern char** environ;
 
@@ -36,82 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-using plume::testing::Spawn;
-using plume::testing::WaitFor;
-
-std::string Slurp(const std::string& path) { return plume::testing::SlurpFile(path); }
-
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-class E2eTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("plume_cli_e2e_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    StopServer();
-    if (!HasFailure()) {
-      std::error_code ec;
-      fs::remove_all(dir_, ec);
-    } else {
-      std::cerr << "server log:\n" << Slurp(File("server.err")) << Slurp(File("server.out"));
-      std::cerr << "files kept in " << dir_ << "\n";
-    }
-  }
-
-  std::string File(const std::string& name) const { return (dir_ / name).string(); }
-
-  // Starts plume-server and waits for its ready file.
-  void StartServer(const std::vector<std::string>& extra_flags = {}) {
-    const std::string ready = File("ready.json");
-    std::vector<std::string> args = {PLUME_SERVER_BIN, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-                                     "--backend=cpu", "--ready_file=" + ready, "--store_dir=" + File("store")};
-    args.insert(args.end(), extra_flags.begin(), extra_flags.end());
-    server_pid_ = Spawn(args, File("server.out"), File("server.err"));
-    ASSERT_GT(server_pid_, 0) << "cannot start " << PLUME_SERVER_BIN;
-    std::string why;
-    ASSERT_TRUE(plume::testing::WaitForReadyFile(server_pid_, ready, &port_, &metrics_port_, 30s, &why))
-        << why << ":\n" << Slurp(File("server.err"));
-  }
-
-  // SIGTERM (the server drains), then wait; SIGKILL after 20 s. Runs from
-  // TearDown, so the server goes away even when assertions fail.
-  void StopServer() {
-    if (server_pid_ <= 0) return;
-    kill(server_pid_, SIGTERM);
-    const int code = WaitFor(server_pid_, 20s);
-    EXPECT_EQ(code, 0) << "plume-server did not exit cleanly on SIGTERM";
-    server_pid_ = -1;
-  }
-
-  RunResult Cli(std::vector<std::string> args) {
-    std::vector<std::string> full = {PLUME_CLI_BIN, "--server", "127.0.0.1:" + std::to_string(port_),
-                                     "--timeout", "60"};
-    full.insert(full.end(), args.begin(), args.end());
-    RunResult r;
-    const pid_t pid = Spawn(full, File("cli.out"), File("cli.err"));
-    if (pid <= 0) return r;
-    r.exit_code = WaitFor(pid, 120s);
-    r.out = Slurp(File("cli.out"));
-    r.err = Slurp(File("cli.err"));
-    return r;
-  }
-
-  fs::path dir_;
-  pid_t server_pid_ = -1;
-  int port_ = 0;
-  int metrics_port_ = 0;
-};
-
-std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale) {
-  return plume::testing::RandomNormal(static_cast<int64_t>(n), seed, scale);
-}
+using namespace plume::cli_testing;
 
 TEST_F(E2eTest, UploadListInfoGemvDelete) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
@@ -238,7 +163,7 @@ TEST_F(E2eTest, KvUploadAppendAttendListDelete) {
   EXPECT_LE(plume::testing::RelL2(plume::io::ToFloats(*o), want), 1e-5);
 
   // F16 output, printed: one line per query row.
-  auto printed = Cli({"attend", "c1", File("q.npy"), "--out-dtype", "f16"});
+  auto printed = Cli({"attend", "c1", File("q.npy"), "--output-dtype", "f16"});
   ASSERT_EQ(printed.exit_code, 0) << printed.err;
   EXPECT_EQ(std::count(printed.out.begin(), printed.out.end(), '\n'), heads * q_len);
 
@@ -280,15 +205,15 @@ class BenchTest : public E2eTest {
   }
 
   std::vector<std::string> MetricsFlags() const {
-    return {"--metrics_url", "http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics", "--metrics_user",
-            "prom", "--metrics_password_file", File("metrics_pw")};
+    return {"--metrics-url", "http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics", "--metrics-user",
+            "prom", "--metrics-password-file", File("metrics_pw")};
   }
 
   // Runs `plume bench` with short windows and a cap of about 1.5 s per step;
   // checks the table's columns and returns the parsed --json.
   nlohmann::json Run(std::vector<std::string> args, RunResult* out) {
     args.insert(args.begin(), "bench");
-    for (const char* a : {"--window_ms", "150", "--max_windows", "4", "--max_seconds", "1.5", "--json"}) {
+    for (const char* a : {"--window-ms", "150", "--max-windows", "4", "--max-seconds", "1.5", "--json"}) {
       args.push_back(a);
     }
     args.push_back(File("bench.json"));
@@ -373,7 +298,7 @@ TEST_F(BenchTest, EchoCeilingWithTheSamePayload) {
 TEST_F(BenchTest, OpenLoopRateAndMetricsUnreachable) {
   RunResult r;
   // No metrics credentials: the scrape is refused, the split says n/a.
-  auto j = Run({"w", "--rate", "200", "--mode", "unary", "--metrics_url",
+  auto j = Run({"w", "--rate", "200", "--mode", "unary", "--metrics-url",
                 "http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics"}, &r);
   EXPECT_NE(r.err.find("cannot read /metrics"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("n/a"), std::string::npos) << r.out;
@@ -390,7 +315,7 @@ TEST_F(BenchTest, UsageAndRpcErrors) {
   EXPECT_EQ(none.exit_code, 2) << none.err;
   auto bad = Cli({"bench", "w", "--concurrency", "0,4"});
   EXPECT_EQ(bad.exit_code, 2) << bad.err;
-  auto missing = Cli({"bench", "nope", "--max_seconds", "1"});
+  auto missing = Cli({"bench", "nope", "--max-seconds", "1"});
   EXPECT_EQ(missing.exit_code, 1) << missing.err;
   EXPECT_NE(missing.err.find("NOT_FOUND"), std::string::npos) << missing.err;
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 
 #include "plume/io/array.h"
@@ -72,6 +73,63 @@ std::string NpyImage(const std::string& dict, size_t data_bytes, int major = 1) 
   out += h;
   out.append(data_bytes, '\x3f');
   return out;
+}
+
+TEST(NpyTest, ReadNpyConvertingNarrowsFloat64) {
+  TempDir dir;
+  constexpr double kMax = std::numeric_limits<float>::max();
+  // Specials first: overflow (counted), rounding down to FLT_MAX (not
+  // counted), NaN and infinities (kept, not counted), underflow to 0.
+  std::vector<double> v = {1e300, -1e300, kMax + 0x1p103, std::nextafter(kMax + 0x1p103, 0.0),
+                           -kMax * (1 + 0x1p-30), std::nan(""), -INFINITY, INFINITY, 1e-50, 0.1};
+  std::mt19937 rng(20250607);
+  std::normal_distribution<double> dist(0.0, 3.0);
+  const int64_t rows = 7, cols = 10001;  // more than one 65536-value block
+  while (static_cast<int64_t>(v.size()) < rows * cols) v.push_back(dist(rng));
+  std::string image =
+      NpyImage("{'descr': '<f8', 'fortran_order': False, 'shape': (7, 10001), }", 0) +
+      std::string(reinterpret_cast<const char*>(v.data()), v.size() * 8);
+  const std::string path = dir.File("f64.npy");
+  ASSERT_TRUE(WriteStringToFile(path, image).ok());
+
+  NpyConversion conv;
+  auto a = ReadNpyConverting(path, &conv);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(conv.from_f64);
+  EXPECT_EQ(conv.overflowed, 3);
+  EXPECT_EQ(a->dtype, ElemType::kF32);
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{rows, cols}));
+  const std::vector<float> f = ToFloats(*a);
+  ASSERT_EQ(f.size(), v.size());
+  EXPECT_EQ(f[0], INFINITY);
+  EXPECT_EQ(f[1], -INFINITY);
+  EXPECT_EQ(f[2], INFINITY);
+  EXPECT_EQ(f[3], std::numeric_limits<float>::max());
+  EXPECT_EQ(f[4], -std::numeric_limits<float>::max());
+  EXPECT_TRUE(std::isnan(f[5]));
+  EXPECT_EQ(f[6], -INFINITY);
+  EXPECT_EQ(f[7], INFINITY);
+  EXPECT_EQ(f[8], 0.0f);
+  EXPECT_EQ(f[9], 0.1f);
+  for (size_t i = 10; i < v.size(); ++i) ASSERT_EQ(f[i], static_cast<float>(v[i])) << i;
+
+  // Without conversion float64 is refused, saying how to save float32.
+  auto plain = ReadNpy(path);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_NE(plain.status().message().find("float64"), std::string::npos) << plain.status();
+  EXPECT_NE(plain.status().message().find("astype"), std::string::npos) << plain.status();
+  // float32 files come back as they are, with no conversion noted.
+  const Array b = RandomArray(ElemType::kF32, {3, 4}, 5);
+  ASSERT_TRUE(WriteNpy(dir.File("f32.npy"), b).ok());
+  NpyConversion none;
+  auto c = ReadNpyConverting(dir.File("f32.npy"), &none);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(none.from_f64);
+  EXPECT_EQ(c->data, b.data);
+  // A truncated float64 file is an error, not a short array.
+  image.resize(image.size() - 8);
+  ASSERT_TRUE(WriteStringToFile(path, image).ok());
+  EXPECT_FALSE(ReadNpyConverting(path, &conv).ok());
 }
 
 TEST(NpyTest, RoundTripF32AndF16) {

@@ -4,10 +4,15 @@
 Starts plume-server on the CPU backend (with a fake NVML library, so that the
 GPU utilization path is exercised too), starts Prometheus (Debian package
 `prometheus`) with deploy/prometheus/prometheus.yml pointed at it and a 1 s
-scrape interval, drives traffic with the plume CLI (uploads, GEMVs, errors),
-and then evaluates every PromQL expression in deploy/grafana/plume-dashboard.json
-through Prometheus's HTTP API: each must parse and return data, and some
-values are checked. Also: `promtool check metrics` on /metrics and `promtool
+scrape interval, drives traffic with the plume CLI (uploads, GEMVs, a K/V cache with appends
+and attention, errors), and then evaluates every PromQL expression in
+deploy/grafana/plume-dashboard.json through Prometheus's HTTP API, with the
+dashboard's `job` and `instance` variables set to the server's: each must
+parse and return data, and some values are checked. The variables' own
+queries (label_values) must offer the server's job and instance, and every
+metric selector of every panel must be filtered by both. The server runs with
+--metrics_max_targets=1, so the second matrix's series are labelled
+matrix="_other". Also: `promtool check metrics` on /metrics and `promtool
 check config` on the repository's config.
 
 An expression may come back empty only while the server exports none of the
@@ -40,11 +45,17 @@ SCRAPE = "1s"
 # The panels the dashboard must have (by title).
 REQUIRED_PANELS = [
     "Vectors/s", "Requests/s by method", "Achieved weight bandwidth", "GEMV latency p50 / p90 / p99",
-    "Queue vs kernel time", "Batch size distribution", "Queue depth", "Errors by code",
+    "GEMV queue vs kernel time", "Batch size distribution", "Queue depth", "Errors by code",
     "Resident matrices", "Resident bytes and budget", "Device memory used / total", "GPU utilization",
     "Process resident memory", "Process CPU", "Uptime and build",
+    "Vectors/s by matrix (top 10)", "Kernel time by matrix (mean, top 10)", "Attention queries/s by cache",
+    "Achieved K/V bandwidth", "Attention latency p50 / p90 / p99", "Attention queue vs kernel time",
+    "Attention mean batch size", "Resident K/V caches", "K/V cache bytes",
 ]
+# The dashboard's template variables and the label each one picks.
+VARIABLES = {"job": "job", "instance": "instance"}
 ROWS, COLS, BATCH = 384, 1000, 4
+KV_HEADS, HEADS, SEQ, HEAD_DIM, APPEND = 2, 4, 100, 64, 8
 SEED = 20250606
 
 
@@ -124,8 +135,21 @@ def base_name(sample_name):
     return sample_name
 
 
+def selectors(expr):
+    """(metric name, label matchers) of every metric selector in `expr`."""
+    return re.findall(r"\b((?:plume|process)_[a-z0-9_]+)(\{[^}]*\})?", expr)
+
+
 def check_dashboard_structure(repo, dash):
     problems = []
+    for title, ref_id, expr in dashboard_exprs(dash):
+        for name, matchers in selectors(expr):
+            for var in VARIABLES:
+                if f'{var}=~"${var}"' not in matchers:
+                    problems.append(f"{title}/{ref_id}: {name} is not filtered by ${var}")
+    names = [v.get("name") for v in dash.get("templating", {}).get("list", [])]
+    if sorted(names) != sorted(VARIABLES):
+        problems.append(f"template variables {names}, expected {sorted(VARIABLES)}")
     titles = [p.get("title") for p in dash["panels"]]
     for t in REQUIRED_PANELS:
         if t not in titles:
@@ -174,6 +198,7 @@ def main():
         server = subprocess.Popen(
             [a.server, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "--backend=cpu",
              "--cpu_threads=2", f"--ready_file={ready}", f"--nvml_library={a.fake_nvml}",
+             "--metrics_max_targets=1",
              f"--store_dir={os.path.join(work, 'store')}"],
             stdout=server_log, stderr=subprocess.STDOUT, env=dict(os.environ, FAKE_NVML_MODE="ok"))
         procs.append(server)
@@ -235,9 +260,19 @@ def main():
         x = rng.standard_normal((BATCH, COLS), dtype=np.float32)
         np.save(os.path.join(work, "w.npy"), w)
         np.save(os.path.join(work, "x.npy"), x)
+        # A K/V cache (grouped heads) and its queries; appends grow it during the traffic.
+        k = rng.standard_normal((KV_HEADS, SEQ, HEAD_DIM), dtype=np.float32)
+        v = rng.standard_normal((KV_HEADS, SEQ, HEAD_DIM), dtype=np.float32)
+        q = rng.standard_normal((1, HEADS, 1, HEAD_DIM), dtype=np.float32)
+        k_new = rng.standard_normal((KV_HEADS, APPEND, HEAD_DIM), dtype=np.float32)
+        v_new = rng.standard_normal((KV_HEADS, APPEND, HEAD_DIM), dtype=np.float32)
+        for name, arr in (("k", k), ("v", v), ("q", q), ("k_new", k_new), ("v_new", v_new)):
+            np.save(os.path.join(work, f"{name}.npy"), arr)
         cli("health")
+        # With --metrics_max_targets=1 the first matrix has a label of its own, the second is "_other".
         cli("upload", "dash_row", os.path.join(work, "w.npy"), "--format", "e4m3", "--scale", "row")
         cli("upload", "dash_block", os.path.join(work, "w.npy"), "--format", "e5m2", "--scale", "block128")
+        cli("kv", "upload", "dash_kv", os.path.join(work, "k.npy"), os.path.join(work, "v.npy"))
         ref = x.astype(np.float64) @ w.astype(np.float64).T
         not_found = 0
 
@@ -247,7 +282,22 @@ def main():
 
         # A counter series is born on its first error, and rate() needs two
         # samples of it: so errors come from the start and every 0.5 s.
-        gemvs = 0
+        def attend(seq_k, seq_v):
+            out = os.path.join(work, "o.npy")
+            cli("attend", "dash_kv", os.path.join(work, "q.npy"), "-o", out)
+            o = np.load(out)
+            group = HEADS // KV_HEADS
+            want = np.empty((1, HEADS, 1, HEAD_DIM))
+            for h in range(HEADS):
+                kh, vh = seq_k[h // group].astype(np.float64), seq_v[h // group].astype(np.float64)
+                s = kh @ q[0, h, 0].astype(np.float64) / math.sqrt(HEAD_DIM)
+                p = np.exp(s - s.max())
+                want[0, h, 0] = (p / p.sum()) @ vh
+            err = np.linalg.norm(o - want) / np.linalg.norm(want)
+            assert o.shape == want.shape and err < 0.15, f"attention: shape {o.shape}, rel error {err}"
+
+        seq_k, seq_v = k, v
+        gemvs = attends = 0
         next_error = time.monotonic()
         end = next_error + 4.0
         while time.monotonic() < end or gemvs < 6:
@@ -262,9 +312,17 @@ def main():
             err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
             assert y.shape == (BATCH, ROWS) and err < 0.15, f"GEMV on {name}: shape {y.shape}, rel error {err}"
             gemvs += 1
+            if gemvs % 4 == 1:
+                cli("kv", "append", "dash_kv", os.path.join(work, "k_new.npy"), os.path.join(work, "v_new.npy"))
+                seq_k, seq_v = np.concatenate([seq_k, k_new], axis=1), np.concatenate([seq_v, v_new], axis=1)
+            attend(seq_k, seq_v)
+            attends += 1
         cli("list")
+        cli("kv", "list")
         vectors = gemvs * BATCH
-        log(f"traffic: 2 uploads, {gemvs} GEMVs of {BATCH} vectors, {not_found} NOT_FOUND errors")
+        row_vectors = (gemvs + 1) // 2 * BATCH  # dash_row takes the even GEMVs
+        log(f"traffic: 2 uploads, {gemvs} GEMVs of {BATCH} vectors, a K/V cache with "
+            f"{seq_k.shape[1] - SEQ} appended tokens and {attends} attention calls, {not_found} NOT_FOUND errors")
 
         # --- /metrics: promtool lint, and which metrics the server exports.
         _, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -274,7 +332,13 @@ def main():
         log(f"promtool check metrics: clean ({len(text.splitlines())} lines)")
         exported = {base_name(line.split("{")[0].split(" ")[0])
                     for line in text.splitlines() if line and not line.startswith("#")}
-        assert f"plume_vectors_total {vectors}" in text, f"plume_vectors_total is not {vectors}"
+        assert f'plume_vectors_total{{matrix="dash_row"}} {row_vectors}' in text, \
+            f"plume_vectors_total of dash_row is not {row_vectors}"
+        assert f'plume_vectors_total{{matrix="_other"}} {vectors - row_vectors}' in text, \
+            f"plume_vectors_total of _other (dash_block, beyond --metrics_max_targets=1) is not {vectors - row_vectors}"
+        assert 'matrix="dash_block"' not in text, "dash_block has a label of its own beyond the cap"
+        assert f'plume_attention_queries_total{{cache="dash_kv"}} {attends * HEADS}' in text, \
+            f"plume_attention_queries_total of dash_kv is not {attends * HEADS}"
         assert 'plume_gpu_utilization_ratio{gpu="0"} 0.37' in text, "fake NVML utilization not exported"
         for m in ("plume_build_info", "process_resident_memory_bytes", "process_cpu_seconds_total",
                   "process_open_fds", "process_start_time_seconds"):
@@ -284,14 +348,30 @@ def main():
                 log(f"note: {m} is exported now: its panels must return data")
 
         # --- wait until Prometheus has scraped the final counts, then evaluate.
-        wait_until(f"Prometheus to see plume_vectors_total == {vectors}",
+        wait_until(f"Prometheus to see sum(plume_vectors_total) == {vectors}",
                    lambda: any(s["value"][1] == str(vectors)
-                               for s in prom.query("plume_vectors_total")["data"]["result"]), 15)
+                               for s in prom.query("sum(plume_vectors_total)")["data"]["result"]), 15)
         at = time.time()
+
+        # --- the template variables: their label_values queries, then the values a user would pick.
+        instance = f"127.0.0.1:{metrics_port}"
+        picked = {"job": "plume", "instance": instance}
+        for var in dash["templating"]["list"]:
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["definition"])
+            assert m and m.group(2) == VARIABLES[var["name"]], f"variable {var['name']}: {var['definition']!r}"
+            match = m.group(1)
+            for name, value in picked.items():
+                match = match.replace(f"${name}", value)
+            url = f"{prom.base}/api/v1/label/{m.group(2)}/values?" + urllib.parse.urlencode({"match[]": match})
+            offered = json.loads(http_get(url)[1])["data"]
+            assert picked[var["name"]] in offered, f"variable {var['name']} offers {offered}, not {picked[var['name']]}"
+            log(f"variable ${var['name']}: {var['definition']} offers {offered}")
 
         failures, empty_ok, results = [], [], {}
         for title, ref_id, expr in exprs:
             q = expr.replace("$__rate_interval", RATE_INTERVAL)
+            for name, value in picked.items():
+                q = q.replace(f"${name}", value)
             if "$" in q:
                 failures.append(f"{title}/{ref_id}: unknown Grafana variable in {expr!r}")
                 continue
@@ -334,6 +414,21 @@ def main():
             ("no OK series among the errors",
              all(s["metric"].get("code") != "OK" for s in series_of("Errors by code"))),
             ("2 resident matrices", value("Resident matrices") == 2),
+            ("vectors/s by matrix: dash_row and _other (beyond --metrics_max_targets=1), both > 0",
+             sorted(s["metric"].get("matrix") for s in series_of("Vectors/s by matrix (top 10)")) == ["_other", "dash_row"]
+             and all(float(s["value"][1]) > 0 for s in series_of("Vectors/s by matrix (top 10)"))),
+            ("kernel time of dash_row > 0", (value("Kernel time by matrix (mean, top 10)", matrix="dash_row") or 0) > 0),
+            ("attention queries/s of dash_kv > 0", (value("Attention queries/s by cache", cache="dash_kv") or 0) > 0),
+            ("K/V bandwidth > 0", (value("Achieved K/V bandwidth") or 0) > 0),
+            ("attention p50 <= p90 <= p99, all > 0",
+             0 < (value("Attention latency p50 / p90 / p99", "A") or 0)
+             <= (value("Attention latency p50 / p90 / p99", "B") or 0)
+             <= (value("Attention latency p50 / p90 / p99", "C") or 0)),
+            ("attention kernel time > 0", (value("Attention queue vs kernel time", "B") or 0) > 0),
+            ("attention mean batch size 1 (one query at a time)",
+             value("Attention mean batch size", cache="dash_kv") == 1),
+            ("1 resident K/V cache", value("Resident K/V caches") == 1),
+            ("0 < K/V bytes < budget", 0 < (value("K/V cache bytes", "A") or 0) < (value("K/V cache bytes", "B") or 0)),
             ("0 < resident bytes < budget",
              0 < (value("Resident bytes and budget", "A") or 0) < (value("Resident bytes and budget", "B") or 0)),
             ("GPU utilization from the fake NVML: 0.37 and 0.81",

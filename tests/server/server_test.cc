@@ -470,17 +470,23 @@ TEST_F(ServerTest, MetricsCountTraffic) {
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"NOT_FOUND\",method=\"Gemv\"}"), 1);
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"OK\",method=\"UploadMatrix\"}"), 1);
   EXPECT_EQ(Sample(text, "plume_request_duration_seconds_count{method=\"Gemv\"}"), 4);
-  EXPECT_EQ(Sample(text, "plume_vectors_total"), 12);
-  EXPECT_EQ(Sample(text, "plume_weight_bytes_read_total"), 3 * (rows * cols + rows * 4));
+  // Per target: the matrix's and the cache's own series (labels matrix, cache).
+  EXPECT_EQ(Sample(text, "plume_vectors_total{matrix=\"m\"}"), 12);
+  EXPECT_EQ(Sample(text, "plume_weight_bytes_read_total{matrix=\"m\"}"), 3 * (rows * cols + rows * 4));
   EXPECT_EQ(Sample(text, "plume_resident_matrices"), 1);
   EXPECT_EQ(Sample(text, "plume_resident_bytes"), rows * cols + rows * 4);
   EXPECT_GT(Sample(text, "plume_memory_budget_bytes"), 0);
-  // Work queue and backend: 3 GEMVs of 4 vectors and 2 attention calls ran.
-  EXPECT_EQ(Sample(text, "plume_batch_size_count"), 3);
-  EXPECT_EQ(Sample(text, "plume_batch_size_sum"), 12);
-  EXPECT_EQ(Sample(text, "plume_kernel_duration_seconds_count"), 5);
-  EXPECT_GT(Sample(text, "plume_kernel_duration_seconds_sum"), 0);
-  EXPECT_GE(Sample(text, "plume_queue_duration_seconds_count"), 4);
+  // Batcher and backend: 3 GEMVs of 4 vectors and 2 attention calls of 1 batch element ran.
+  EXPECT_EQ(Sample(text, "plume_batch_size_count{matrix=\"m\"}"), 3);
+  EXPECT_EQ(Sample(text, "plume_batch_size_sum{matrix=\"m\"}"), 12);
+  EXPECT_EQ(Sample(text, "plume_batch_size_count{cache=\"kv\"}"), 2);
+  EXPECT_EQ(Sample(text, "plume_batch_size_sum{cache=\"kv\"}"), 2);
+  EXPECT_EQ(Sample(text, "plume_kernel_duration_seconds_count{matrix=\"m\"}"), 3);
+  EXPECT_EQ(Sample(text, "plume_kernel_duration_seconds_count{cache=\"kv\"}"), 2);
+  EXPECT_GT(Sample(text, "plume_kernel_duration_seconds_sum{matrix=\"m\"}"), 0);
+  EXPECT_EQ(Sample(text, "plume_host_duration_seconds_count{matrix=\"m\"}"), 3);
+  EXPECT_EQ(Sample(text, "plume_queue_duration_seconds_count{matrix=\"m\"}"), 3);
+  EXPECT_EQ(Sample(text, "plume_queue_duration_seconds_count{cache=\"kv\"}"), 2);
   EXPECT_EQ(Sample(text, "plume_queue_depth"), 0);
   // K/V caches and attention (uploaded and run before the scrape below).
   EXPECT_EQ(Sample(text, "plume_kv_caches"), 1);
@@ -490,8 +496,8 @@ TEST_F(ServerTest, MetricsCountTraffic) {
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"OK\",method=\"Attention\"}"), 2);
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"INVALID_ARGUMENT\",method=\"Attention\"}"), 1);
   EXPECT_EQ(Sample(text, "plume_request_duration_seconds_count{method=\"Attention\"}"), 3);
-  EXPECT_EQ(Sample(text, "plume_attention_queries_total"), 2 * 4 * 3);
-  EXPECT_EQ(Sample(text, "plume_kv_bytes_read_total"), 2 * kv_bytes);
+  EXPECT_EQ(Sample(text, "plume_attention_queries_total{cache=\"kv\"}"), 2 * 4 * 3);
+  EXPECT_EQ(Sample(text, "plume_kv_bytes_read_total{cache=\"kv\"}"), 2 * kv_bytes);
 }
 
 TEST_F(ServerTest, ConcurrentClientsAndDeleteWhileInFlight) {

@@ -1,5 +1,7 @@
 #include "plume/io/npy.h"
 
+#include <bit>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -10,6 +12,10 @@
 #include "absl/strings/str_cat.h"
 
 namespace plume::io {
+
+// Element bytes are read and written as the host holds them.
+static_assert(std::endian::native == std::endian::little, ".npy data here is little-endian");
+
 namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
@@ -157,7 +163,10 @@ uint32_t LoadLe(const char* p, int n) {
 
 namespace {
 
-absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_size, bool want_u8) {
+// The element types a reader takes.
+enum class Want { kFloat, kFloatOrF64, kU8 };
+
+absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_size, Want want) {
   if (prefix.size() < kMagicLen + 2 || std::memcmp(prefix.data(), kMagic, kMagicLen) != 0) {
     return absl::InvalidArgumentError("not a .npy file (bad magic)");
   }
@@ -196,7 +205,7 @@ absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_siz
   if (fortran->second.kind != Value::kBool) return Bad("'fortran_order' must be True or False");
   if (shape->second.kind != Value::kTuple) return Bad("'shape' must be a tuple");
   const std::string& d = descr->second.str;
-  if (want_u8) {
+  if (want == Want::kU8) {
     if (d != "|u1" && d != "<u1" && d != ">u1") {
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported .npy dtype '", d, "': FP8 codes must be uint8 ('|u1')"));
@@ -206,7 +215,14 @@ absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_siz
     h.dtype = ElemType::kF32;
   } else if (d == "<f2") {
     h.dtype = ElemType::kF16;
-  } else if (d == ">f4" || d == ">f2") {
+  } else if (d == "<f8" && want == Want::kFloatOrF64) {
+    h.dtype = ElemType::kF32;
+    h.f64 = true;
+  } else if (d == "<f8") {
+    return absl::InvalidArgumentError(
+        "unsupported .npy dtype '<f8' (float64): save float32 (numpy: a.astype(numpy.float32)) or float16; "
+        "the plume CLI converts float64 itself");
+  } else if (d == ">f4" || d == ">f2" || d == ">f8") {
     return absl::InvalidArgumentError(
         absl::StrCat("unsupported .npy dtype '", d, "': big-endian arrays are not supported; "
                      "use float32 ('<f4') or float16 ('<f2')"));
@@ -222,7 +238,7 @@ absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_siz
   h.shape = shape->second.tuple;
   h.data_offset = static_cast<int64_t>(fixed + header_len);
   const uint64_t remaining = file_size - static_cast<uint64_t>(h.data_offset);
-  auto bytes = CheckedNumBytes(h.shape, h.uint8 ? 1 : ElemSize(h.dtype), remaining);
+  auto bytes = CheckedNumBytes(h.shape, h.uint8 ? 1 : h.f64 ? 8 : ElemSize(h.dtype), remaining);
   if (!bytes.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("malformed .npy file: ", bytes.status().message(), " (", remaining, " data bytes)"));
@@ -238,7 +254,7 @@ absl::StatusOr<NpyHeader> ParseHeader(std::string_view prefix, uint64_t file_siz
 }  // namespace
 
 absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_size) {
-  return ParseHeader(prefix, file_size, /*want_u8=*/false);
+  return ParseHeader(prefix, file_size, Want::kFloat);
 }
 
 absl::StatusOr<Array> ParseNpy(std::string_view bytes) {
@@ -254,7 +270,7 @@ absl::StatusOr<Array> ParseNpy(std::string_view bytes) {
 namespace {
 
 // Reads the header of `path` (opened into `in`) and returns it.
-absl::StatusOr<NpyHeader> ReadHeader(const std::string& path, std::ifstream& in, bool want_u8) {
+absl::StatusOr<NpyHeader> ReadHeader(const std::string& path, std::ifstream& in, Want accept) {
   absl::StatusOr<uint64_t> size = OpenForRead(path, &in);
   if (!size.ok()) return size.status();
   const uint64_t file_size = *size;
@@ -275,17 +291,64 @@ absl::StatusOr<NpyHeader> ReadHeader(const std::string& path, std::ifstream& in,
     in.read(prefix.data() + old, static_cast<std::streamsize>(want - old));
   }
   if (!in) return absl::DataLossError(absl::StrCat("short read from ", path));
-  auto h = ParseHeader(prefix, file_size, want_u8);
+  auto h = ParseHeader(prefix, file_size, accept);
   if (!h.ok()) return absl::Status(h.status().code(), absl::StrCat(path, ": ", h.status().message()));
   return h;
 }
 
 }  // namespace
 
-absl::StatusOr<Array> ReadNpy(const std::string& path) {
+absl::StatusOr<Array> ReadNpy(const std::string& path) { return ReadNpyConverting(path, nullptr); }
+
+namespace {
+
+// `d` as the nearest float (ties to even), as IEEE conversion does, without
+// the undefined behaviour of converting a finite double beyond float's range.
+float NarrowToFloat(double d, int64_t* overflowed) {
+  constexpr double kMax = std::numeric_limits<float>::max();
+  // Half a unit in the last place above FLT_MAX: from there on, the nearest
+  // float is infinity (FLT_MAX's mantissa is odd, so the tie goes up too).
+  constexpr double kInfFrom = kMax + 0x1p103;
+  if (std::isnan(d)) {
+    return std::signbit(d) ? -std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::quiet_NaN();
+  }
+  if (std::isinf(d)) return static_cast<float>(d);
+  if (std::fabs(d) >= kInfFrom) {
+    ++*overflowed;
+    return d > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+  }
+  if (std::fabs(d) > kMax) return d > 0 ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
+  return static_cast<float>(d);
+}
+
+}  // namespace
+
+absl::StatusOr<Array> ReadNpyConverting(const std::string& path, NpyConversion* conversion) {
   std::ifstream in;
-  auto h = ReadHeader(path, in, /*want_u8=*/false);
+  auto h = ReadHeader(path, in, conversion != nullptr ? Want::kFloatOrF64 : Want::kFloat);
   if (!h.ok()) return h.status();
+  if (h->f64) {
+    conversion->from_f64 = true;
+    Array a;
+    a.dtype = ElemType::kF32;
+    a.shape = h->shape;
+    const int64_t n = h->data_bytes / 8;
+    a.data.resize(static_cast<size_t>(n) * 4);
+    in.seekg(h->data_offset);
+    std::vector<double> block(static_cast<size_t>(std::min<int64_t>(n, 1 << 16)));
+    for (int64_t done = 0; done < n;) {
+      const int64_t m = std::min<int64_t>(n - done, static_cast<int64_t>(block.size()));
+      if (!in.read(reinterpret_cast<char*>(block.data()), m * 8)) {
+        return absl::DataLossError(absl::StrCat("short read from ", path));
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        const float f = NarrowToFloat(block[static_cast<size_t>(i)], &conversion->overflowed);
+        std::memcpy(&a.data[static_cast<size_t>(done + i) * 4], &f, 4);
+      }
+      done += m;
+    }
+    return a;
+  }
   Array a;
   a.dtype = h->dtype;
   a.shape = h->shape;
@@ -299,7 +362,7 @@ absl::StatusOr<Array> ReadNpy(const std::string& path) {
 
 absl::StatusOr<NpyBytes> ReadNpyU8(const std::string& path) {
   std::ifstream in;
-  auto h = ReadHeader(path, in, /*want_u8=*/true);
+  auto h = ReadHeader(path, in, Want::kU8);
   if (!h.ok()) return h.status();
   NpyBytes a;
   a.shape = h->shape;

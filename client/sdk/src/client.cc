@@ -15,6 +15,7 @@
 #include "attention_session_impl.h"
 #include "echo_session_impl.h"
 #include "gemv_session_impl.h"
+#include "message_watchdog.h"
 #include "plume/io/array.h"
 
 namespace plume {
@@ -122,6 +123,26 @@ std::unique_ptr<grpc::ClientContext> Client::MakeContext(const CallOptions& call
   return MakeContext(call.timeout.value_or(options_.default_timeout));
 }
 
+std::unique_ptr<grpc::ClientContext> Client::MakeUploadContext(const CallOptions& call) const {
+  if (!call.message_timeout.has_value() || call.timeout.has_value()) return MakeContext(call);
+  // Per-message timeouts alone: no deadline on the call (the watchdog's).
+  auto ctx = MakeContext(options_.default_timeout);
+  ctx->set_deadline(std::chrono::system_clock::time_point::max());
+  return ctx;
+}
+
+namespace {
+
+// `progress`, and each call of it is progress for `watchdog` too.
+UploadProgressFn Watched(MessageWatchdog* watchdog, const UploadProgressFn& progress) {
+  return [watchdog, &progress](int64_t sent, int64_t total) {
+    watchdog->Progress();
+    if (progress) progress(sent, total);
+  };
+}
+
+}  // namespace
+
 int64_t Client::ChunkBytes() const {
   return std::clamp<int64_t>(options_.upload_chunk_bytes, 4 << 10,
                              std::max<int64_t>(4 << 10, options_.max_message_bytes - (1 << 10)));
@@ -174,7 +195,8 @@ absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, st
                                               std::string_view scales,
                                               const UploadProgressFn& progress,
                                               const CallOptions& call) {
-  auto ctx = MakeContext(call);
+  auto ctx = MakeUploadContext(call);
+  MessageWatchdog watchdog(ctx.get(), call.message_timeout);
   v1::UploadMatrixResponse resp;
   std::unique_ptr<grpc::ClientWriter<v1::UploadMatrixRequest>> writer =
       stub_->UploadMatrix(ctx.get(), &resp);
@@ -184,9 +206,11 @@ absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, st
   WriteChunked<R>(writer.get(), req, ChunkBytes(),
                   {{data, [](R& r, std::string_view p) { r.set_data(p.data(), p.size()); }},
                    {scales, [](R& r, std::string_view p) { r.set_scales(p.data(), p.size()); }}},
-                  progress);
+                  Watched(&watchdog, progress));
+  watchdog.Progress(/*awaiting_answer=*/true);
   const grpc::Status s = writer->Finish();
-  if (!s.ok()) return FromGrpcStatus(s);
+  watchdog.Stop();
+  if (!s.ok()) return watchdog.Explain(FromGrpcStatus(s));
   return resp.matrix();
 }
 
@@ -354,16 +378,19 @@ absl::StatusOr<v1::KVInfo> Client::UploadKV(const KvUploadSpec& spec, const Tens
   h->set_format(spec.format);
   h->set_scale_mode(spec.scale_mode);
   h->set_non_saturating(spec.non_saturating);
-  auto ctx = MakeContext(call);
+  auto ctx = MakeUploadContext(call);
+  MessageWatchdog watchdog(ctx.get(), call.message_timeout);
   v1::UploadKVResponse resp;
   auto writer = attention_stub_->UploadKV(ctx.get(), &resp);
   using R = v1::UploadKVRequest;
   WriteChunked<R>(writer.get(), req, ChunkBytes(),
                   {{k.bytes, [](R& r, std::string_view p) { r.set_k(p.data(), p.size()); }},
                    {v.bytes, [](R& r, std::string_view p) { r.set_v(p.data(), p.size()); }}},
-                  progress);
+                  Watched(&watchdog, progress));
+  watchdog.Progress(/*awaiting_answer=*/true);
   const grpc::Status s = writer->Finish();
-  if (!s.ok()) return FromGrpcStatus(s);
+  watchdog.Stop();
+  if (!s.ok()) return watchdog.Explain(FromGrpcStatus(s));
   return resp.cache();
 }
 

@@ -1,5 +1,6 @@
 // NumPy .npy files (format versions 1.0, 2.0 and 3.0): little-endian float32
-// ('<f4') and float16 ('<f2') arrays in C order. Malformed input gives an
+// ('<f4') and float16 ('<f2') arrays in C order, and float64 ('<f8', numpy's
+// default) narrowed to float32 by ReadNpyConverting. Malformed input gives an
 // INVALID_ARGUMENT status, never a crash; every size is bounded by the file's.
 #pragma once
 
@@ -19,6 +20,7 @@ struct NpyHeader {
   int64_t data_offset = 0;  // bytes from the start of the file to the data
   int64_t data_bytes = 0;
   bool uint8 = false;  // '|u1' (ReadNpyU8 only; `dtype` is then meaningless)
+  bool f64 = false;    // '<f8' (ReadNpyConverting only; `dtype` is then kF32, what it becomes)
 };
 
 // A uint8 array: FP8 codes, one byte each.
@@ -36,6 +38,16 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(std::string_view prefix, uint64_t file_
 absl::StatusOr<Array> ParseNpy(std::string_view bytes);
 // Reads a .npy file (the header first, then the data straight into the array).
 absl::StatusOr<Array> ReadNpy(const std::string& path);
+// What ReadNpyConverting did to an array on the way.
+struct NpyConversion {
+  bool from_f64 = false;   // the file held float64, narrowed to float32
+  int64_t overflowed = 0;  // finite values beyond float32's range, now +-inf
+};
+// ReadNpy that also takes little-endian float64 ('<f8') files: their values
+// are narrowed to float32 (round to nearest even; beyond float32's range
+// +-inf, counted in `conversion`) as they are read, a block at a time.
+// `conversion` may be null.
+absl::StatusOr<Array> ReadNpyConverting(const std::string& path, NpyConversion* conversion);
 // Reads a .npy file of uint8 ('|u1') elements, e.g. raw FP8 codes.
 absl::StatusOr<NpyBytes> ReadNpyU8(const std::string& path);
 

@@ -77,8 +77,18 @@ struct ClientOptions {
 
 // Per-call overrides.
 struct CallOptions {
-  // Deadline relative to the call's start; ClientOptions::default_timeout if unset.
+  // Deadline relative to the call's start; ClientOptions::default_timeout if
+  // unset (but see message_timeout).
   std::optional<std::chrono::milliseconds> timeout;
+  // Streamed uploads (UploadMatrix, UploadPacked, UploadKV): a per-message
+  // timeout instead of a whole-call one. Each message must be accepted by
+  // gRPC (which waits, by flow control, for the server to read) within it,
+  // and the server's answer must come within it of the last message;
+  // otherwise the call is cancelled and returns DEADLINE_EXCEEDED. With it
+  // set, `timeout` bounds the whole upload only when set too (unset: no
+  // whole-call deadline), so a large upload that keeps moving never times
+  // out. Ignored by other calls.
+  std::optional<std::chrono::milliseconds> message_timeout;
 };
 
 // What to upload: the header fields other than rows/cols/source dtype, which
@@ -216,6 +226,9 @@ class Client {
   // A context with the deadline and the token set.
   std::unique_ptr<grpc::ClientContext> MakeContext(const CallOptions& call) const;
   std::unique_ptr<grpc::ClientContext> MakeContext(std::chrono::milliseconds timeout) const;
+  // A streamed upload's context: no deadline when only a per-message
+  // timeout is set (CallOptions::message_timeout).
+  std::unique_ptr<grpc::ClientContext> MakeUploadContext(const CallOptions& call) const;
   int64_t ChunkBytes() const;  // upload_chunk_bytes, clamped
   absl::StatusOr<v1::MatrixInfo> Upload(const v1::MatrixHeader& header, std::string_view data,
                                         std::string_view scales, const UploadProgressFn& progress,
