@@ -1,5 +1,6 @@
 #include "server/core/backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 #include <utility>
@@ -57,6 +58,44 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> RowQuantizer::Finish() {
         absl::StrCat("quantized ", next_row_, " of ", rows_, " rows"));
   }
   return Take();
+}
+
+absl::Status PackedWriter::Append(std::string_view bytes) {
+  const int64_t n = static_cast<int64_t>(bytes.size());
+  if (n > layout_.code_bytes() - appended_) {
+    return absl::InvalidArgumentError(absl::StrCat("packed bytes ", appended_, "..", appended_ + n,
+                                                   " of ", layout_.code_bytes()));
+  }
+  const int64_t row_bytes = layout_.padded_cols();
+  if (row_bytes == layout_.cols) {  // no padding: the bytes as they are
+    if (n > 0) {
+      if (absl::Status s = Write(appended_, bytes.data(), n); !s.ok()) return s;
+    }
+    appended_ += n;
+    return absl::OkStatus();
+  }
+  // Row by row: the codes as sent, the padding as zeros (at most 15 bytes).
+  static constexpr char kZeros[kRowAlignCodes] = {};
+  while (!bytes.empty()) {
+    const int64_t in_row = appended_ % row_bytes;
+    const int64_t codes_left = std::max<int64_t>(layout_.cols - in_row, 0);
+    const int64_t take = std::min<int64_t>(static_cast<int64_t>(bytes.size()),
+                                           codes_left > 0 ? codes_left : row_bytes - in_row);
+    if (absl::Status s = Write(appended_, codes_left > 0 ? bytes.data() : kZeros, take); !s.ok()) {
+      return s;
+    }
+    appended_ += take;
+    bytes.remove_prefix(static_cast<size_t>(take));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> PackedWriter::Finish(const float* scales) {
+  if (appended_ != layout_.code_bytes()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("packed ", appended_, " of ", layout_.code_bytes(), " bytes"));
+  }
+  return Take(scales);
 }
 
 absl::StatusOr<std::unique_ptr<PendingGemv>> Backend::StartGemv(const BackendMatrix& w,
