@@ -355,7 +355,7 @@ TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
   EXPECT_EQ(info->source_dtype(), v1::DTYPE_E5M2);
   EXPECT_EQ(info->format(), v1::DTYPE_E5M2);
   EXPECT_EQ(info->scale_mode(), v1::SCALE_MODE_BLOCK128X128);
-  EXPECT_EQ(info->content_hash(), io::Fp8ContentHash(*m, false));
+  EXPECT_EQ(info->content_hash(), io::Fp8ContentHash(*m, false).value());
   EXPECT_EQ(service_.data_bytes.load(), rows * 304);
   EXPECT_EQ(service_.scale_bytes.load(), 6 * 4);
 
@@ -366,7 +366,9 @@ TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
   EXPECT_EQ(p->scales, m->scales);
   EXPECT_TRUE(VerifyResident(*c, "fp8", *m).ok());
   io::Fp8Matrix other = *m;
-  other.codes[1000] = static_cast<char>(other.codes[1000] ^ 1);
+  std::string flipped = codes;
+  flipped[1000] = static_cast<char>(flipped[1000] ^ 1);
+  other.codes = io::ByteSource(flipped);
   EXPECT_EQ(VerifyResident(*c, "fp8", other).code(), absl::StatusCode::kDataLoss);
 
   // An explicit hash is sent as given; a matrix without packed codes is refused.
