@@ -153,15 +153,17 @@ class RowQuantizer {
 class PackedWriter {
  public:
   // `shape`: the shape the backend holds (ResidentShape).
-  explicit PackedWriter(const MatrixShape& shape) : layout_(shape.layout()) {}
+  explicit PackedWriter(const MatrixShape& shape) : shape_(shape) {}
   virtual ~PackedWriter() = default;
   // The next bytes of the packed words; INVALID_ARGUMENT past their end
   // (layout().code_bytes()), with nothing written.
   absl::Status Append(std::string_view bytes);
   int64_t appended() const { return appended_; }
   // Once every byte was appended (else FAILED_PRECONDITION): the resident
-  // matrix, with `scales` in the resident shape's mode (num_scales()).
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish(const float* scales);
+  // matrix, with `scales` in `mode`: the resident shape's, or BLOCK128X128
+  // for a BLOCK128 matrix, expanded (ExpandBlockScales) straight into the
+  // matrix where the backend keeps its scales in host memory.
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish(const float* scales, ScaleMode mode);
   // The words in host memory, bytes [0, appended()) final; the same memory
   // the finished matrix serves from, so valid until the matrix (or, before
   // Finish, this writer) is destroyed. Null where the words are not in host
@@ -171,11 +173,15 @@ class PackedWriter {
  protected:
   // Bytes [offset, offset + n) of the words, within code_bytes().
   virtual absl::Status Write(int64_t offset, const void* src, int64_t n) = 0;
-  // Every byte is in.
+  // The matrix's scales in host memory (the resident shape's num_scales()),
+  // for Finish to write; null where there are none such.
+  virtual float* host_scales() { return nullptr; }
+  // Every byte is in; `scales` in the resident shape's mode, or null when
+  // Finish wrote them to host_scales().
   virtual absl::StatusOr<std::unique_ptr<BackendMatrix>> Take(const float* scales) = 0;
 
  private:
-  const PackedLayout layout_;
+  const MatrixShape shape_;
   int64_t appended_ = 0;
 };
 

@@ -245,19 +245,8 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::FinishPacked(int64_t creat
   }
   const float* scales = reinterpret_cast<const float*>(scales_.data());
   if (absl::Status s = ValidatePackedScales(scales, plan_.shape.num_scales()); !s.ok()) return s;
-  // The backend's scales: BLOCK128X128 expanded to BLOCK128 (ResidentShape).
-  std::vector<float> row_scales;
-  const float* resident_scales = scales;
-  if (plan_.shape.scale_mode == ScaleMode::kBlock128x128) {
-    try {
-      row_scales.resize(static_cast<size_t>(ResidentShape(plan_.shape).num_scales()));
-    } catch (const std::bad_alloc&) {
-      return absl::ResourceExhaustedError("cannot allocate host memory for the row block scales");
-    }
-    ExpandBlockScales(plan_.shape.rows, plan_.shape.cols, scales, row_scales.data());
-    resident_scales = row_scales.data();
-  }
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> data = packer_->Finish(resident_scales);
+  // BLOCK128X128 scales are expanded to the BLOCK128 the backend holds.
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> data = packer_->Finish(scales, plan_.shape.scale_mode);
   if (!data.ok()) return data.status();
   Persistence* disk = service_->store_->persistence();
   if (file_ != nullptr) {  // acknowledged only once it is on disk

@@ -91,7 +91,7 @@ TEST(PackedWriter, ChunksOfAnySizeGiveTheMatrixWithZeroPadding) {
     EXPECT_EQ((*w)->appended(), shape.layout().code_bytes());
     ASSERT_NE((*w)->host_words(), nullptr);
     EXPECT_EQ(std::string_view(reinterpret_cast<const char*>((*w)->host_words()), p.kept.size()), p.kept);
-    auto m = (*w)->Finish(scales.data());
+    auto m = (*w)->Finish(scales.data(), ScaleMode::kBlock128);
     ASSERT_TRUE(m.ok()) << m.status();
     std::vector<uint32_t> words(static_cast<size_t>(shape.layout().total_words()));
     std::vector<float> got(scales.size());
@@ -102,6 +102,29 @@ TEST(PackedWriter, ChunksOfAnySizeGiveTheMatrixWithZeroPadding) {
   }
 }
 
+TEST(PackedWriter, BlockScalesOf128RowsAreExpandedIntoTheMatrix) {
+  CpuBackend backend(1);
+  const MatrixShape shape{300, 200, Fp8Format::kE4M3, ScaleMode::kBlock128, true};  // held as BLOCK128
+  const std::vector<float> tiles = Scales(NumScales(ScaleMode::kBlock128x128, 300, 200), 20);  // [3][2]
+  auto w = backend.BeginPackedWrite(shape);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->Append(std::string(static_cast<size_t>(shape.layout().code_bytes()), '\x11')).ok());
+  auto m = (*w)->Finish(tiles.data(), ScaleMode::kBlock128x128);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::vector<uint32_t> words(static_cast<size_t>(shape.layout().total_words()));
+  std::vector<float> got(static_cast<size_t>(shape.num_scales()));
+  ASSERT_TRUE(backend.ReadPacked(**m, words.data(), got.data()).ok());
+  for (int64_t r = 0; r < 300; ++r) {
+    for (int64_t b = 0; b < 2; ++b) {
+      ASSERT_EQ(got[static_cast<size_t>(r * 2 + b)], tiles[static_cast<size_t>((r / 128) * 2 + b)]) << r << " " << b;
+    }
+  }
+  // Scales in a mode the matrix is not held in are a bug of the caller.
+  auto other = backend.BeginPackedWrite(shape);
+  ASSERT_TRUE((*other)->Append(std::string(static_cast<size_t>(shape.layout().code_bytes()), '\x11')).ok());
+  EXPECT_EQ((*other)->Finish(tiles.data(), ScaleMode::kRow).status().code(), absl::StatusCode::kInternal);
+}
+
 TEST(PackedWriter, FinishBeforeTheLastByteIsRefused) {
   CpuBackend backend(1);
   const MatrixShape shape{4, 32, Fp8Format::kE5M2, ScaleMode::kRow, true};
@@ -109,7 +132,7 @@ TEST(PackedWriter, FinishBeforeTheLastByteIsRefused) {
   ASSERT_TRUE(w.ok());
   ASSERT_TRUE((*w)->Append(std::string(100, 'a')).ok());
   const std::vector<float> scales(4, 1.0f);
-  EXPECT_EQ((*w)->Finish(scales.data()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*w)->Finish(scales.data(), ScaleMode::kRow).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*w)->Append(std::string(29, 'a')).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*w)->appended(), 100);
 }

@@ -213,10 +213,9 @@ class CpuPackedWriter final : public PackedWriter {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take(const float* scales) override {
-    if (m_->shape().num_scales() > 0) {
-      std::memcpy(m_->scales(), scales, static_cast<size_t>(m_->shape().num_scales()) * sizeof(float));
-    }
+  float* host_scales() override { return m_->scales(); }
+
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take(const float* /*scales: in host_scales()*/) override {
     return std::unique_ptr<BackendMatrix>(std::move(m_));
   }
 
