@@ -143,7 +143,8 @@ class ContentHasher:
 def float_content_hash(shape: tuple[int, ...], data: Any, *, source_dtype: int, format: int, scale_mode: int,
                        non_saturating: bool) -> str:
     """The label of a float upload the server quantizes (wire enum numbers),
-    as the C++ FloatContentHash: its bytes as they are sent."""
+    as the C++ FloatContentHash: its bytes as they are sent (a buffer, or
+    (path, offset, size) of a file holding them)."""
     h = ContentHasher()
     h.field(b"plume float v1")
     h.field_int(len(shape))
@@ -151,7 +152,10 @@ def float_content_hash(shape: tuple[int, ...], data: Any, *, source_dtype: int, 
         h.field_int(int(d))
     for v in (source_dtype, format, scale_mode, int(non_saturating)):
         h.field_int(int(v))
-    h.field(data)
+    if isinstance(data, tuple):
+        h.field_file(*data)
+    else:
+        h.field(data)
     return h.label()
 
 
