@@ -12,7 +12,11 @@
 
 namespace plume::server {
 
-class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
+// UploadMatrix is a raw method (grpc::ByteBuffer in and out): a data
+// message's bytes go to the upload straight from gRPC's buffers instead of
+// being parsed into a string of their own first.
+class MatrixServiceImpl final
+    : public v1::MatrixService::WithRawCallbackMethod_UploadMatrix<v1::MatrixService::CallbackService> {
  public:
   struct Options {
     // Items of one GemvStream being computed at once; the stream stops reading
@@ -28,8 +32,8 @@ class MatrixServiceImpl final : public v1::MatrixService::CallbackService {
   MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics, core::WorkQueue* queue,
                     const Options& options);
 
-  grpc::ServerReadReactor<v1::UploadMatrixRequest>* UploadMatrix(
-      grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UploadMatrix(grpc::CallbackServerContext* ctx,
+                                                          grpc::ByteBuffer* resp) override;
   grpc::ServerUnaryReactor* GetMatrix(grpc::CallbackServerContext* ctx,
                                       const v1::GetMatrixRequest* req,
                                       v1::GetMatrixResponse* resp) override;
