@@ -73,19 +73,21 @@ struct Stream {
   std::string dir;
   int dir_fd = -1;  // the store's, open while any thread runs
   std::string tmp;
-  int fd = -1;
   const uint8_t* words = nullptr;
   int64_t words_bytes = 0;
   int64_t at = 0;  // the words' offset in the file
   std::shared_ptr<const void> keep_alive;  // the words' memory
   std::shared_ptr<DirectoryStore::Threads> threads;
+  bool direct_io = true;
 
   absl::Mutex mu;
   int64_t ready ABSL_GUARDED_BY(mu) = 0;
   bool cancelled ABSL_GUARDED_BY(mu) = false;   // abandoned: stop and remove the file
   bool committing ABSL_GUARDED_BY(mu) = false;  // every word is ready and Commit waits
 
-  // The thread's; Commit reads them once it has joined.
+  // The thread's (Open sets the descriptors); Commit reads them once it has
+  // joined.
+  int fd = -1;
   int direct_fd = -1;          // O_DIRECT, -1 once it is not used
   uint8_t* bounce = nullptr;   // kUnit bytes, page-aligned (O_DIRECT only)
   int64_t direct_end = 0;      // the last whole block of words ends here
@@ -128,8 +130,43 @@ void WriteUpTo(Stream& s, int64_t upto) {
   s.file_pos = end;
 }
 
+// Creates the temp file (and its O_DIRECT descriptor and bounce buffer):
+// on the thread, since it may wait for the disk. A failure is the thread's
+// error, which Commit reports.
+void Open(Stream& s) {
+  s.fd = ::openat(s.dir_fd, s.tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (s.fd < 0) {
+    s.error = errno;
+    return;
+  }
+  // The file's blocks up front: a full disk shows before the words are written.
+  const int64_t file_bytes = s.at + s.words_bytes;
+  if (::fallocate(s.fd, 0, 0, file_bytes) != 0 && (errno == ENOSPC || errno == EDQUOT)) {
+    s.error = errno;
+    return;
+  }
+  const int64_t direct_start = RoundUp(s.at, kBlock);
+  s.direct_end = RoundDown(file_bytes, kBlock);
+  if (s.direct_io && s.direct_end - direct_start >= kUnit) {
+    s.direct_fd = ::openat(s.dir_fd, s.tmp.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (s.direct_fd >= 0) {
+      void* b = ::mmap(nullptr, static_cast<size_t>(kUnit), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+      if (b == MAP_FAILED) {
+        ::close(s.direct_fd);
+        s.direct_fd = -1;
+      } else {
+        s.bounce = static_cast<uint8_t*>(b);
+      }
+    }
+  }
+  s.region_start = s.direct_fd >= 0 ? direct_start : s.at;
+  s.file_pos = s.region_start;
+}
+
 void Run(std::shared_ptr<Stream> sp) {
   Stream& s = *sp;
+  Open(s);
   bool cancelled = false;
   // A unit's worth of new words at a time (or the last of them).
   while (!cancelled && s.checksummed < s.words_bytes) {
@@ -248,40 +285,14 @@ absl::StatusOr<std::unique_ptr<MatrixFileWriter>> DirectoryStore::BeginMatrix(
   auto s = std::make_shared<Stream>();
   s->dir = dir_;
   s->dir_fd = dir_fd_;
-  s->file_pos = 0;
   s->words = words;
   s->words_bytes = words_bytes;
   s->at = MatrixFileWordsOffset(meta);
   s->keep_alive = std::move(keep_alive);
   s->threads = threads_;
+  s->direct_io = direct_io_;
   const std::string file_name = MatrixFileName(meta.name);
   s->tmp = TempName(file_name);
-  s->fd = ::openat(dir_fd_, s->tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-  if (s->fd < 0) return ErrnoStatus(absl::StrCat("cannot create ", dir_, "/", s->tmp), errno);
-  // The file's blocks up front: a full disk fails the upload at its header.
-  const int64_t file_bytes = s->at + words_bytes;
-  if (::fallocate(s->fd, 0, 0, file_bytes) != 0 && (errno == ENOSPC || errno == EDQUOT)) {
-    const int err = errno;
-    ::unlinkat(dir_fd_, s->tmp.c_str(), 0);
-    return ErrnoStatus(absl::StrCat("cannot store ", dir_, "/", file_name), err);
-  }
-  const int64_t direct_start = RoundUp(s->at, kBlock);
-  s->direct_end = RoundDown(file_bytes, kBlock);
-  if (direct_io_ && s->direct_end - direct_start >= kUnit) {
-    s->direct_fd = ::openat(dir_fd_, s->tmp.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-    if (s->direct_fd >= 0) {
-      void* b = ::mmap(nullptr, static_cast<size_t>(kUnit), PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-      if (b == MAP_FAILED) {
-        ::close(s->direct_fd);
-        s->direct_fd = -1;
-      } else {
-        s->bounce = static_cast<uint8_t*>(b);
-      }
-    }
-  }
-  s->region_start = s->direct_fd >= 0 ? direct_start : s->at;
-  s->file_pos = s->region_start;
   StoredMatrixMeta m = meta;
   return std::unique_ptr<MatrixFileWriter>(new DirectoryFileWriter(std::move(m), file_name, std::move(s)));
 }

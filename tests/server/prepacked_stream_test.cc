@@ -223,6 +223,20 @@ TEST(MatrixFileWriter, AnAbandonedOrEarlyCommittedFileLeavesNothing) {
   EXPECT_TRUE(FilesIn(dir).empty());
 }
 
+TEST(MatrixFileWriter, AFileThatCannotBeCreatedFailsItsCommit) {
+  TempDir dir;
+  auto disk = DirectoryStore::Open(dir.str());
+  ASSERT_TRUE(disk.ok());
+  (*disk)->set_stream_min_bytes(0);
+  fs::remove_all(dir.str());  // the store's directory is gone: nothing can be created in it
+  StoredMatrixMeta meta{"w", MatrixShape{64, 64, Fp8Format::kE4M3, ScaleMode::kRow, true}, DType::kE4M3, 1, ""};
+  const std::string words = RandomBytes(64 * 64, 9);
+  const std::vector<float> scales = Scales(64, 10);
+  const absl::Status s = StreamFile(**disk, meta, words, scales, 11);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("cannot write"), std::string::npos) << s;
+}
+
 TEST(MatrixFileWriter, SmallMatricesAreSavedWhole) {
   TempDir dir;
   auto disk = DirectoryStore::Open(dir.str());
