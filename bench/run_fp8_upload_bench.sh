@@ -5,7 +5,10 @@
 # plume-server --backend=cpu (memory only, then with a durable store), and
 # times `plume upload` of it (reading the file, packing, sending, the
 # server's validation and copy; with a durable store also its write and
-# fsync). Each is repeated REPEATS times. Prints GB/s of file bytes (codes).
+# fsync). Each is repeated REPEATS times. Prints GB/s of file bytes (codes),
+# and beside it the CPU seconds the client and the server spent on it (user +
+# system, from /usr/bin/time and /proc/PID/stat) and the 1-minute load
+# average: on a shared machine the wall time alone says little.
 # Usage: bench/run_fp8_upload_bench.sh BUILD_DIR [ROWS [COLS [REPEATS]]]
 #   (default 32768 32768 3: a 1 GiB tensor)
 set -euo pipefail
@@ -53,13 +56,18 @@ for store in none disk; do
   for _ in $(seq 300); do [ -s "$work/ready.json" ] && break; sleep 0.1; done
   port=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['grpc_port'])" "$work/ready.json")
   for i in $(seq "$repeats"); do
+    s0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     t0=$(date +%s.%N)
-    "$build/client/plume" --server "127.0.0.1:$port" --timeout 600 upload "w$i" "$work/ckpt.safetensors" \
-      --tensor w.weight >"$work/cli.log" 2>&1 || { cat "$work/cli.log"; exit 1; }
+    /usr/bin/time -f "%U %S" -o "$work/time" "$build/client/plume" --server "127.0.0.1:$port" --timeout 600 \
+      upload "w$i" "$work/ckpt.safetensors" --tensor w.weight >"$work/cli.log" 2>&1 || { cat "$work/cli.log"; exit 1; }
     t1=$(date +%s.%N)
-    "$py" -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); b = int(sys.argv[3]);
-print(f'store={sys.argv[4]} run={sys.argv[5]} seconds={s:.3f} GB/s={b / s / 1e9:.2f}')" \
-      "$t0" "$t1" "$bytes" "$store" "$i"
+    s1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    "$py" -c "import os, sys; s = float(sys.argv[2]) - float(sys.argv[1]); b = int(sys.argv[3])
+u, k = (float(v) for v in open(sys.argv[6]).read().split()[-2:])
+server = (int(sys.argv[8]) - int(sys.argv[7])) / os.sysconf('SC_CLK_TCK')
+print(f'store={sys.argv[4]} run={sys.argv[5]} seconds={s:.3f} GB/s={b / s / 1e9:.2f} '
+      f'client_cpu={u + k:.2f} server_cpu={server:.2f} load={os.getloadavg()[0]:.1f}')" \
+      "$t0" "$t1" "$bytes" "$store" "$i" "$work/time" "$s0" "$s1"
     "$build/client/plume" --server "127.0.0.1:$port" delete "w$i" >/dev/null
   done
   kill -TERM "$pid"

@@ -79,6 +79,11 @@ add_executable(store_test server/store_test.cc)
 target_link_libraries(store_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(store_test DISCOVERY_TIMEOUT 60)
 
+# Pre-packed uploads streamed into the resident matrix and the store's file.
+add_executable(prepacked_stream_test server/prepacked_stream_test.cc)
+target_link_libraries(prepacked_stream_test PRIVATE plume_backends GTest::gtest_main)
+gtest_discover_tests(prepacked_stream_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+
 # Auth and TLS: certificates are made at test time with openssl.
 if(TARGET plume_client)
   add_executable(security_test server/security_test.cc)

@@ -40,7 +40,9 @@ absl::StatusOr<UploadSpec> Fp8Spec(const UploadFlags& f) {
 int UploadAndPrint(const GlobalFlags& g, UploadSpec spec, const io::Fp8Matrix& m, bool json) {
   auto client = MakeClient(g);
   if (!client.ok()) return Fail(client.status(), kExitUsage);
-  spec.content_hash = io::Fp8ContentHash(m, spec.non_saturating);
+  auto hash = io::Fp8ContentHash(m, spec.non_saturating);
+  if (!hash.ok()) return Fail(hash.status(), kExitUsage);
+  spec.content_hash = *std::move(hash);
   absl::FPrintF(stderr, "%s: %s [%d, %d], scales %s (%s)\n", m.key.empty() ? spec.name : m.key,
                 FormatName(m.format), m.rows, m.cols, io::Fp8ScaleLayoutName(m.scale_layout),
                 m.scale_key.empty() ? (m.scale_shape.empty() && m.scales.empty() ? std::string("none")
@@ -257,7 +259,12 @@ int RunUploadModel(const GlobalFlags& g, const UploadModelFlags& f) {
         continue;
       }
       fp8 = *std::move(m);
-      hash = io::Fp8ContentHash(*fp8, f.non_saturating);
+      auto h = io::Fp8ContentHash(*fp8, f.non_saturating);
+      if (!h.ok()) {
+        read_failed(h.status());
+        continue;
+      }
+      hash = *std::move(h);
       o.mode = io::Fp8ScaleLayoutName(fp8->scale_layout);
     } else {
       auto bytes = ckpt->ReadBytes(p.key);

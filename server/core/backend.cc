@@ -1,6 +1,8 @@
 #include "server/core/backend.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <utility>
 
@@ -57,6 +59,66 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> RowQuantizer::Finish() {
         absl::StrCat("quantized ", next_row_, " of ", rows_, " rows"));
   }
   return Take();
+}
+
+absl::Status PackedWriter::Append(std::string_view bytes) {
+  const PackedLayout layout = shape_.layout();
+  const int64_t n = static_cast<int64_t>(bytes.size());
+  if (n > layout.code_bytes() - appended_) {
+    return absl::InvalidArgumentError(absl::StrCat("packed bytes ", appended_, "..", appended_ + n,
+                                                   " of ", layout.code_bytes()));
+  }
+  const int64_t row_bytes = layout.padded_cols();
+  if (row_bytes == layout.cols) {  // no padding: the bytes as they are
+    if (n > 0) {
+      if (absl::Status s = Write(appended_, bytes.data(), n); !s.ok()) return s;
+    }
+    appended_ += n;
+    return absl::OkStatus();
+  }
+  // Row by row: the codes as sent, the padding as zeros (at most 15 bytes).
+  static constexpr char kZeros[kRowAlignCodes] = {};
+  while (!bytes.empty()) {
+    const int64_t in_row = appended_ % row_bytes;
+    const int64_t codes_left = std::max<int64_t>(layout.cols - in_row, 0);
+    const int64_t take = std::min<int64_t>(static_cast<int64_t>(bytes.size()),
+                                           codes_left > 0 ? codes_left : row_bytes - in_row);
+    if (absl::Status s = Write(appended_, codes_left > 0 ? bytes.data() : kZeros, take); !s.ok()) {
+      return s;
+    }
+    appended_ += take;
+    bytes.remove_prefix(static_cast<size_t>(take));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BackendMatrix>> PackedWriter::Finish(const float* scales, ScaleMode mode) {
+  const int64_t bytes = shape_.layout().code_bytes();
+  if (appended_ != bytes) {
+    return absl::FailedPreconditionError(absl::StrCat("packed ", appended_, " of ", bytes, " bytes"));
+  }
+  const bool expand = mode == ScaleMode::kBlock128x128 && shape_.scale_mode == ScaleMode::kBlock128;
+  if (!expand && mode != shape_.scale_mode) {
+    return absl::InternalError("pre-packed scales in a mode the matrix is not held in");
+  }
+  const int64_t n = shape_.num_scales();
+  if (float* dst = host_scales(); dst != nullptr) {
+    if (expand) {
+      ExpandBlockScales(shape_.rows, shape_.cols, scales, dst);
+    } else if (n > 0) {
+      std::memcpy(dst, scales, static_cast<size_t>(n) * sizeof(float));
+    }
+    return Take(nullptr);
+  }
+  if (!expand) return Take(scales);
+  std::vector<float> rows;
+  try {
+    rows.resize(static_cast<size_t>(n));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("cannot allocate host memory for the row block scales");
+  }
+  ExpandBlockScales(shape_.rows, shape_.cols, scales, rows.data());
+  return Take(rows.data());
 }
 
 absl::StatusOr<std::unique_ptr<PendingGemv>> Backend::StartGemv(const BackendMatrix& w,

@@ -145,6 +145,46 @@ class RowQuantizer {
   int64_t next_row_ = 0;
 };
 
+// Takes the words of a pre-packed upload as they arrive, in order, straight
+// into the memory the matrix is then served from (Backend::BeginPackedWrite):
+// the upload stages neither its words nor a second copy of them. The padding
+// codes of each row (layout.h) are written as zeros whatever the bytes sent
+// for them hold.
+class PackedWriter {
+ public:
+  // `shape`: the shape the backend holds (ResidentShape).
+  explicit PackedWriter(const MatrixShape& shape) : shape_(shape) {}
+  virtual ~PackedWriter() = default;
+  // The next bytes of the packed words; INVALID_ARGUMENT past their end
+  // (layout().code_bytes()), with nothing written.
+  absl::Status Append(std::string_view bytes);
+  int64_t appended() const { return appended_; }
+  // Once every byte was appended (else FAILED_PRECONDITION): the resident
+  // matrix, with `scales` in `mode`: the resident shape's, or BLOCK128X128
+  // for a BLOCK128 matrix, expanded (ExpandBlockScales) straight into the
+  // matrix where the backend keeps its scales in host memory.
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Finish(const float* scales, ScaleMode mode);
+  // The words in host memory, bytes [0, appended()) final; the same memory
+  // the finished matrix serves from, so valid until the matrix (or, before
+  // Finish, this writer) is destroyed. Null where the words are not in host
+  // memory.
+  virtual const uint8_t* host_words() const { return nullptr; }
+
+ protected:
+  // Bytes [offset, offset + n) of the words, within code_bytes().
+  virtual absl::Status Write(int64_t offset, const void* src, int64_t n) = 0;
+  // The matrix's scales in host memory (the resident shape's num_scales()),
+  // for Finish to write; null where there are none such.
+  virtual float* host_scales() { return nullptr; }
+  // Every byte is in; `scales` in the resident shape's mode, or null when
+  // Finish wrote them to host_scales().
+  virtual absl::StatusOr<std::unique_ptr<BackendMatrix>> Take(const float* scales) = 0;
+
+ private:
+  const MatrixShape shape_;
+  int64_t appended_ = 0;
+};
+
 // A multi-device backend's placement budget on one of its devices.
 struct DeviceBudget {
   int64_t used = 0;    // bytes of matrices and K/V caches placed there
@@ -256,6 +296,14 @@ class Backend {
   virtual absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(
       const MatrixShape& /*shape*/, DType /*src_dtype*/) {
     return std::unique_ptr<RowQuantizer>();
+  }
+
+  // A writer that takes a pre-packed matrix's words as they arrive (the
+  // scales come at its Finish), already validated. Null (not an error)
+  // where this backend has none: the caller then stages the words for
+  // FromPacked.
+  virtual absl::StatusOr<std::unique_ptr<PackedWriter>> BeginPackedWrite(const MatrixShape& /*shape*/) {
+    return std::unique_ptr<PackedWriter>();
   }
 
   // Makes a resident matrix from pre-packed words (layout().total_words()) and

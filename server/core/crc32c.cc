@@ -52,6 +52,45 @@ uint32_t Crc32cPortable(uint32_t crc, const void* data, size_t n) {
   return ~c;
 }
 
+namespace {
+
+// GF(2) 32x32 matrices as 32 columns: multiply a vector, square a matrix.
+uint32_t Gf2Times(const uint32_t* mat, uint32_t vec) {
+  uint32_t sum = 0;
+  for (; vec != 0; vec >>= 1, ++mat) {
+    if (vec & 1) sum ^= *mat;
+  }
+  return sum;
+}
+
+void Gf2Square(uint32_t* square, const uint32_t* mat) {
+  for (int n = 0; n < 32; ++n) square[n] = Gf2Times(mat, mat[n]);
+}
+
+}  // namespace
+
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  if (len_b == 0) return crc_a;
+  uint32_t even[32];  // the operator appending 2^k zero bits, k even
+  uint32_t odd[32];   // ... k odd
+  odd[0] = kPoly;     // one zero bit
+  for (int n = 1; n < 32; ++n) odd[n] = uint32_t{1} << (n - 1);
+  Gf2Square(even, odd);  // two zero bits
+  Gf2Square(odd, even);  // four
+  // Append len_b zero bytes to crc_a, one bit of len_b per squaring (the
+  // first squaring gives one zero byte).
+  do {
+    Gf2Square(even, odd);
+    if (len_b & 1) crc_a = Gf2Times(even, crc_a);
+    len_b >>= 1;
+    if (len_b == 0) break;
+    Gf2Square(odd, even);
+    if (len_b & 1) crc_a = Gf2Times(odd, crc_a);
+    len_b >>= 1;
+  } while (len_b != 0);
+  return crc_a ^ crc_b;
+}
+
 uint32_t Crc32c(uint32_t crc, const void* data, size_t n) {
 #if defined(__x86_64__)
   if (HaveSse42()) return Crc32cHw(crc, data, n);

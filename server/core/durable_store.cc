@@ -86,7 +86,12 @@ absl::StatusOr<std::unique_ptr<DirectoryStore>> DirectoryStore::Open(const std::
 
 DirectoryStore::DirectoryStore(std::string dir, int dir_fd) : dir_(std::move(dir)), dir_fd_(dir_fd) {}
 
-DirectoryStore::~DirectoryStore() { ::close(dir_fd_); }
+DirectoryStore::~DirectoryStore() {
+  absl::MutexLock lock(&threads_->mu);
+  threads_->mu.Await(absl::Condition(
+      +[](int* running) { return *running == 0; }, &threads_->running));
+  ::close(dir_fd_);
+}
 
 std::string DirectoryStore::MatrixFileName(std::string_view name) {
   return std::string(name) + kMatrixExt;
@@ -94,12 +99,16 @@ std::string DirectoryStore::MatrixFileName(std::string_view name) {
 
 std::string DirectoryStore::KvFileName(std::string_view name) { return std::string(name) + kKvExt; }
 
-absl::Status DirectoryStore::WriteFileDurably(const std::string& file_name,
-                                              const std::vector<std::string_view>& parts) {
+std::string DirectoryStore::TempName(const std::string& file_name) {
   static std::atomic<uint64_t> counter{0};
   // Names never start with '.', so a temp file can never shadow a record.
-  const std::string tmp = absl::StrCat(kTempPrefix, file_name, ".", ::getpid(), ".",
-                                       counter.fetch_add(1, std::memory_order_relaxed));
+  return absl::StrCat(kTempPrefix, file_name, ".", ::getpid(), ".",
+                      counter.fetch_add(1, std::memory_order_relaxed));
+}
+
+absl::Status DirectoryStore::WriteFileDurably(const std::string& file_name,
+                                              const std::vector<std::string_view>& parts) {
+  const std::string tmp = TempName(file_name);
   const int fd = ::openat(dir_fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
   if (fd < 0) return ErrnoStatus(absl::StrCat("cannot create ", dir_, "/", tmp), errno);
   bool ok = true;

@@ -26,9 +26,32 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "server/core/store_codec.h"
 
 namespace plume::core {
+
+// A matrix file written while its upload's packed words arrive
+// (Persistence::BeginMatrix): a background thread checksums the words and
+// writes them to a temp file as they become final, so that storing the
+// matrix costs its upload little more than the last writes and the fsync.
+// Commit puts the header and scales in front and makes the file durable as
+// SaveMatrix does (fsync, rename, directory fsync); until then nothing but a
+// temp file exists, which the next start removes.
+class MatrixFileWriter {
+ public:
+  // Without a successful Commit the file is abandoned: the thread stops
+  // after its current write and removes the temp file. Returns at once (the
+  // thread holds on to the words' memory until it is done).
+  virtual ~MatrixFileWriter() = default;
+  // Bytes [0, n) of the words are final (n never goes down).
+  virtual void WordsReady(int64_t n) = 0;
+  // Once every word is ready: waits for the thread, writes the header, the
+  // scales (in the meta's scale mode) and what the thread left, and makes
+  // the file durable. OK: on disk, whole; otherwise the temp file is gone.
+  // Blocks on the disk: never on a gRPC thread.
+  virtual absl::Status Commit(int64_t created_unix_ms, const float* scales) = 0;
+};
 
 // The interface MatrixStore and MatrixService persist through.
 class Persistence {
@@ -37,6 +60,15 @@ class Persistence {
   // Durable when it returns OK.
   virtual absl::Status SaveMatrix(const StoredMatrixMeta& meta, const uint32_t* words,
                                   const float* scales) = 0;
+  // Starts the file of a matrix whose packed words (meta.shape's layout) are
+  // appended in order at `words`, memory that stays valid while `keep_alive`
+  // is held (meta.created_unix_ms is Commit's). Null (not an error) where the
+  // store writes matrices whole only: the caller then uses SaveMatrix.
+  virtual absl::StatusOr<std::unique_ptr<MatrixFileWriter>> BeginMatrix(
+      const StoredMatrixMeta& /*meta*/, const uint8_t* /*words*/,
+      std::shared_ptr<const void> /*keep_alive*/) {
+    return std::unique_ptr<MatrixFileWriter>();
+  }
   // OK when there is no such file. Called with no registry lock held
   // (MatrixStore::Delete), while the name is reserved.
   virtual absl::Status RemoveMatrix(std::string_view name) = 0;
@@ -50,7 +82,21 @@ class DirectoryStore final : public Persistence {
 
   absl::Status SaveMatrix(const StoredMatrixMeta& meta, const uint32_t* words,
                           const float* scales) override;
+  // Matrices of at least stream_min_bytes() packed bytes (matrix_file_writer.cc).
+  // The words go to disk with O_DIRECT where the file system takes it: the
+  // page cache would only hold a second copy of a matrix that is resident
+  // anyway, and its dirty pages would make the fsync wait.
+  absl::StatusOr<std::unique_ptr<MatrixFileWriter>> BeginMatrix(
+      const StoredMatrixMeta& meta, const uint8_t* words,
+      std::shared_ptr<const void> keep_alive) override;
   absl::Status RemoveMatrix(std::string_view name) override;
+
+  // Smaller matrices are written whole by SaveMatrix (default 8 MiB; tests
+  // lower it). Set before serving.
+  void set_stream_min_bytes(int64_t n) { stream_min_bytes_ = n; }
+  int64_t stream_min_bytes() const { return stream_min_bytes_; }
+  // False: streamed words go through the page cache (tests cover both).
+  void set_direct_io(bool on) { direct_io_ = on; }
 
   // temp file, fsync, rename onto `file_name` (inside the store), dir fsync.
   absl::Status WriteFileDurably(const std::string& file_name,
@@ -91,8 +137,18 @@ class DirectoryStore final : public Persistence {
   static std::string MatrixFileName(std::string_view name);  // "<name>.pmx"
   static std::string KvFileName(std::string_view name);      // "<name>.pkv"
 
+  // The background threads of abandoned or unfinished MatrixFileWriters:
+  // the store's destructor waits for them (they use dir_fd_).
+  struct Threads {
+    absl::Mutex mu;
+    int running ABSL_GUARDED_BY(mu) = 0;
+  };
+
  private:
   DirectoryStore(std::string dir, int dir_fd);
+  // A fresh temp file name for `file_name` (removed by the next start if
+  // left behind).
+  static std::string TempName(const std::string& file_name);
   void Quarantine(const std::string& file_name, const std::string& reason, LoadReport* report);
   // The regular files in the directory ending in `ext`, sorted (others are
   // quarantined); removes leftover temp files.
@@ -100,6 +156,9 @@ class DirectoryStore final : public Persistence {
 
   const std::string dir_;
   const int dir_fd_;
+  int64_t stream_min_bytes_ = int64_t{8} << 20;
+  bool direct_io_ = true;
+  std::shared_ptr<Threads> threads_ = std::make_shared<Threads>();
 };
 
 }  // namespace plume::core

@@ -31,8 +31,19 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   if (!pending.ok()) return pending.status();
   auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
   // BLOCK128X128 needs 128 whole rows per scale: its source is staged whole
-  // and quantized on the host (ref::QuantizePack), like a pre-packed upload.
+  // and quantized on the host (ref::QuantizePack), like a pre-packed upload
+  // without a PackedWriter.
   const bool tiled = plan->shape.scale_mode == ScaleMode::kBlock128x128;
+  Persistence* disk = store_->persistence();
+  if (plan->prepacked) {
+    auto w = backend_->BeginPackedWrite(ResidentShape(plan->shape));
+    if (!w.ok()) return w.status();
+    // A durable store writes the words from host memory: without them there
+    // the words are staged as before.
+    if (*w != nullptr && (disk == nullptr || (*w)->host_words() != nullptr)) {
+      upload->packer_ = std::move(*w);
+    }
+  }
   if (!plan->prepacked && !tiled) {
     auto q = backend_->BeginRowQuantize(plan->shape, plan->source_dtype);
     if (!q.ok()) return q.status();
@@ -46,6 +57,7 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   const int64_t stage =
       upload->quantizer_ != nullptr
           ? upload->row_bytes_ + upload->quantizer_->host_staging_bytes()
+      : upload->packer_ != nullptr ? plan->scale_bytes
       : tiled ? plan->data_bytes + plan->shape.layout().code_bytes() +
                     plan->shape.num_scales() * int64_t{sizeof(float)}
               : plan->data_bytes + plan->scale_bytes;
@@ -60,11 +72,20 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   upload->staging_ = Reservation(budget, stage);
   try {
     upload->data_.reserve(static_cast<size_t>(upload->quantizer_ != nullptr ? upload->row_bytes_
-                                                                           : plan->data_bytes));
+                                              : upload->packer_ != nullptr  ? 0
+                                                                            : plan->data_bytes));
     upload->scales_.reserve(static_cast<size_t>(plan->scale_bytes));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", stage, " bytes to stage the upload"));
+  }
+  // A durable store that streams writes the file as the words arrive, from
+  // the resident matrix's own memory.
+  if (disk != nullptr && upload->packer_ != nullptr) {
+    StoredMatrixMeta meta{header.name(), plan->shape, plan->source_dtype, 0, plan->content_hash};
+    auto f = disk->BeginMatrix(meta, upload->packer_->host_words(), upload->packer_);
+    if (!f.ok()) return f.status();
+    upload->file_ = std::move(*f);
   }
   return upload;
 }
@@ -76,6 +97,11 @@ absl::Status MatrixService::Upload::AddData(std::string_view chunk) {
         received_ + static_cast<int64_t>(chunk.size()), " bytes, expected ", plan_.data_bytes));
   }
   received_ += static_cast<int64_t>(chunk.size());
+  if (packer_ != nullptr) {
+    if (absl::Status s = packer_->Append(chunk); !s.ok()) return s;
+    if (file_ != nullptr) file_->WordsReady(packer_->appended());
+    return absl::OkStatus();
+  }
   if (quantizer_ == nullptr) {
     data_.append(chunk);
     return absl::OkStatus();
@@ -121,6 +147,11 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
     return absl::InvalidArgumentError(absl::StrCat("upload of \"", pending_.name(),
                                                    "\" ended after ", received_,
                                                    " bytes of data; expected ", plan_.data_bytes));
+  }
+  if (packer_ != nullptr) {
+    return FinishPacked(std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count());
   }
   Persistence* disk = service_->store_->persistence();
   absl::StatusOr<std::unique_ptr<BackendMatrix>> data;
@@ -199,6 +230,36 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
     if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
   }
   std::string().swap(data_);  // free the staging copy before publishing
+  staging_.reset();
+  auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
+                                    std::move(*data), created_ms, plan_.batching,
+                                    plan_.content_hash);
+  return service_->Info(*m);
+}
+
+absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::FinishPacked(int64_t created_ms) {
+  if (static_cast<int64_t>(scales_.size()) != plan_.scale_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload of \"", pending_.name(), "\" ended after ", scales_.size(),
+                     " bytes of scales; expected ", plan_.scale_bytes));
+  }
+  const float* scales = reinterpret_cast<const float*>(scales_.data());
+  if (absl::Status s = ValidatePackedScales(scales, plan_.shape.num_scales()); !s.ok()) return s;
+  // BLOCK128X128 scales are expanded to the BLOCK128 the backend holds.
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> data = packer_->Finish(scales, plan_.shape.scale_mode);
+  if (!data.ok()) return data.status();
+  Persistence* disk = service_->store_->persistence();
+  if (file_ != nullptr) {  // acknowledged only once it is on disk
+    absl::Status s = file_->Commit(created_ms, scales);
+    file_.reset();
+    if (!s.ok()) return s;
+  } else if (disk != nullptr) {
+    StoredMatrixMeta meta{pending_.name(), plan_.shape, plan_.source_dtype, created_ms,
+                          plan_.content_hash};
+    // host_words() is there (BeginUpload), and the matrix serves from it.
+    const auto* words = reinterpret_cast<const uint32_t*>(packer_->host_words());
+    if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
+  }
   staging_.reset();
   auto m = service_->store_->Commit(std::move(pending_), plan_.shape, plan_.source_dtype,
                                     std::move(*data), created_ms, plan_.batching,

@@ -12,6 +12,7 @@
 #include "plume/v1/plume.pb.h"
 #include "server/core/backend.h"
 #include "server/core/batcher.h"
+#include "server/core/durable_store.h"
 #include "server/core/limits.h"
 #include "server/core/matrix_store.h"
 #include "server/core/validation.h"
@@ -32,9 +33,12 @@ class MatrixService {
   // RowQuantizer, the source is quantized as its rows arrive, straight from
   // each chunk; only the partial row a chunk ends with is held back (and
   // whatever bounded buffers the quantizer keeps: host_staging_bytes).
-  // TENSOR (whose scale needs every value first) and pre-packed uploads
-  // stage the whole data. Either way the staging is reserved against the
-  // memory budget for the upload's life, beside the matrix's own bytes.
+  // Pre-packed uploads on a backend with a PackedWriter go straight into the
+  // resident matrix as they arrive (only the scales are staged), and with a
+  // durable store that streams (BeginMatrix) into their file alongside.
+  // TENSOR (whose scale needs every value first) and other pre-packed
+  // uploads stage the whole data. Either way the staging is reserved against
+  // the memory budget for the upload's life, beside the matrix's own bytes.
   class Upload {
    public:
     absl::Status AddData(std::string_view chunk);
@@ -42,7 +46,9 @@ class MatrixService {
     absl::StatusOr<v1::MatrixInfo> Finish();
     // Host bytes this upload reserved for staging (tests, metrics).
     int64_t staging_bytes() const { return staging_.bytes(); }
-    bool streamed() const { return quantizer_ != nullptr; }
+    bool streamed() const { return quantizer_ != nullptr || packer_ != nullptr; }
+    // Its file is written as the words arrive (tests).
+    bool streams_to_disk() const { return file_ != nullptr; }
 
    private:
     friend class MatrixService;
@@ -52,7 +58,13 @@ class MatrixService {
     MatrixStore::PendingUpload pending_;
     Reservation staging_;
     int64_t received_ = 0;
+    absl::StatusOr<v1::MatrixInfo> FinishPacked(int64_t created_ms);
     std::unique_ptr<RowQuantizer> quantizer_;  // streamed uploads only
+    // Streamed pre-packed uploads: the backend's writer, shared with the
+    // file writer's thread while it reads the words (see BeginMatrix) ...
+    std::shared_ptr<PackedWriter> packer_;
+    // ... and the durable store's file of them, when it streams.
+    std::unique_ptr<MatrixFileWriter> file_;
     int64_t row_bytes_ = 0;
     std::string data_;  // streamed: the partial row held back; otherwise all of the data
     std::string scales_;

@@ -17,6 +17,14 @@ void TrimHeap() {
 
 }  // namespace
 
+void KeepFreedHeapMemory() {
+#if defined(__GLIBC__)
+  // Fixed values also stop glibc adjusting them as blocks are freed.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
 MemoryTrimmer::MemoryTrimmer(std::chrono::milliseconds interval, std::function<void()> trim)
     : interval_(interval),
       trim_(trim != nullptr ? std::move(trim) : std::function<void()>(TrimHeap)),

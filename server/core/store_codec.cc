@@ -44,8 +44,19 @@ absl::Status Corrupt(absl::string_view what) {
 
 }  // namespace
 
+int64_t MatrixFileWordsOffset(const StoredMatrixMeta& meta) {
+  return kMatrixHeaderBytes + PaddedNameBytes(meta.name.size()) +
+         PaddedNameBytes(meta.content_hash.size()) + meta.shape.num_scales() * 4;
+}
+
 std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales,
                                const uint32_t* words) {
+  return EncodeMatrixHeaderWithWordsCrc(
+      meta, scales, Crc32c(0, words, static_cast<size_t>(meta.shape.layout().total_words()) * 4));
+}
+
+std::string EncodeMatrixHeaderWithWordsCrc(const StoredMatrixMeta& meta, const float* scales,
+                                           uint32_t words_crc) {
   const MatrixShape& sh = meta.shape;
   const int64_t num_scales = sh.num_scales();
   const int64_t num_words = sh.layout().total_words();
@@ -74,7 +85,7 @@ std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales
               meta.content_hash.size());
   uint32_t crc = Crc32c(0, h.data() + kCrcFrom, h.size() - kCrcFrom);
   crc = Crc32c(crc, scales, static_cast<size_t>(num_scales) * 4);
-  crc = Crc32c(crc, words, static_cast<size_t>(num_words) * 4);
+  crc = Crc32cCombine(crc, words_crc, static_cast<uint64_t>(num_words) * 4);
   Put<uint32_t>(&h, kCrcOffset, crc);
   return h;
 }

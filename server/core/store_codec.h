@@ -77,6 +77,13 @@ struct StoredMatrix {
 // tail, the scales and the words.
 std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales,
                                const uint32_t* words);
+// The same with the words' part given as Crc32c(0, words, their bytes), for
+// a writer that checksums the words as they arrive.
+std::string EncodeMatrixHeaderWithWordsCrc(const StoredMatrixMeta& meta, const float* scales,
+                                           uint32_t words_crc);
+// Bytes of a matrix file before its words: the header, name, content hash
+// and scales (the words then run to the end of the file).
+int64_t MatrixFileWordsOffset(const StoredMatrixMeta& meta);
 // The whole file in memory (tests, fuzz seeds).
 std::string EncodeMatrixFile(const StoredMatrixMeta& meta, const float* scales,
                              const uint32_t* words);

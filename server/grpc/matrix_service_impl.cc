@@ -1,6 +1,9 @@
 #include "server/grpc/matrix_service_impl.h"
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -38,23 +41,76 @@ absl::Status ConsumeUpload(core::MatrixService* core, const v1::UploadMatrixRequ
   }
 }
 
+// An UploadMatrix message as gRPC received it. A data message that is the
+// one field `data` and nothing else (what every client sends) goes to the
+// upload piece by piece from gRPC's own slices; any other message is parsed
+// as protobuf, with protobuf's meaning (e.g. of a field sent twice).
+absl::Status ConsumeRawUpload(core::MatrixService* core, const grpc::ByteBuffer& msg,
+                              std::unique_ptr<MatrixUpload>* upload) {
+  std::vector<grpc::Slice> slices;
+  if (!msg.Dump(&slices).ok()) return absl::InternalError("UploadMatrix: cannot read the message");
+  // The tag (field 2, length-delimited: 0x12) and the varint length.
+  uint8_t head[11];
+  size_t got = 0;
+  for (const grpc::Slice& sl : slices) {
+    const size_t n = std::min(sl.size(), sizeof head - got);
+    std::memcpy(head + got, sl.begin(), n);
+    got += n;
+    if (got == sizeof head) break;
+  }
+  if (got >= 2 && head[0] == 0x12) {
+    uint64_t len = 0;
+    size_t at = 1;
+    for (int shift = 0; at < got && shift < 64; shift += 7) {
+      const uint8_t b = head[at++];
+      len |= uint64_t{b & 0x7fu} << shift;
+      if ((b & 0x80) == 0) {
+        if (at + len != msg.Length()) break;  // more than the one field: parse it
+        if (*upload == nullptr) return absl::InvalidArgumentError("UploadMatrix sent data before its header");
+        size_t skip = at;
+        for (const grpc::Slice& sl : slices) {
+          if (skip >= sl.size()) {
+            skip -= sl.size();
+            continue;
+          }
+          const std::string_view piece(reinterpret_cast<const char*>(sl.begin()) + skip, sl.size() - skip);
+          skip = 0;
+          if (absl::Status s = (*upload)->AddData(piece); !s.ok()) return s;
+        }
+        return absl::OkStatus();
+      }
+    }
+  }
+  grpc::ByteBuffer copy(msg);  // shares the slices; parsing consumes it
+  v1::UploadMatrixRequest req;
+  if (!grpc::SerializationTraits<v1::UploadMatrixRequest>::Deserialize(&copy, &req).ok()) {
+    return absl::InvalidArgumentError("UploadMatrix sent a message that does not parse; nothing was stored");
+  }
+  return ConsumeUpload(core, req, upload);
+}
+
 }  // namespace
 
 MatrixServiceImpl::MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics,
                                      core::WorkQueue* queue, const Options& options)
     : core_(core), metrics_(metrics), queue_(queue), options_(options) {}
 
-grpc::ServerReadReactor<v1::UploadMatrixRequest>* MatrixServiceImpl::UploadMatrix(
-    grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) {
-  return new UploadReactor<v1::UploadMatrixRequest, v1::UploadMatrixResponse, MatrixUpload>(
+grpc::ServerReadReactor<grpc::ByteBuffer>* MatrixServiceImpl::UploadMatrix(grpc::CallbackServerContext* ctx,
+                                                                          grpc::ByteBuffer* resp) {
+  return new UploadReactor<grpc::ByteBuffer, grpc::ByteBuffer, MatrixUpload>(
       ctx, options_.gate, queue_, metrics_, core::Method::kUploadMatrix, resp,
-      [this](const v1::UploadMatrixRequest& req, std::unique_ptr<MatrixUpload>* upload) {
-        return ConsumeUpload(core_, req, upload);
+      [this](const grpc::ByteBuffer& msg, std::unique_ptr<MatrixUpload>* upload) {
+        return ConsumeRawUpload(core_, msg, upload);
       },
-      [](MatrixUpload& upload, v1::UploadMatrixResponse* r) {
+      [](MatrixUpload& upload, grpc::ByteBuffer* r) {
         auto info = upload.Finish();
         if (!info.ok()) return info.status();
-        *r->mutable_matrix() = std::move(*info);
+        v1::UploadMatrixResponse out;
+        *out.mutable_matrix() = std::move(*info);
+        bool own = false;
+        if (!grpc::SerializationTraits<v1::UploadMatrixResponse>::Serialize(out, r, &own).ok()) {
+          return absl::InternalError("cannot serialize the UploadMatrix response");
+        }
         return absl::OkStatus();
       });
 }

@@ -12,11 +12,17 @@
 
 namespace plume::server {
 
-// The callback service with its unary methods registered raw.
+// The callback service with its unary methods and UploadMatrix registered
+// raw (grpc::ByteBuffer in and out): unary requests are parsed here, so one
+// that does not parse gets INVALID_ARGUMENT; an upload's data message goes to
+// the upload straight from gRPC's buffers instead of being parsed into a
+// string of its own first.
 using MatrixServiceBase = v1::MatrixService::WithRawCallbackMethod_GetMatrix<
     v1::MatrixService::WithRawCallbackMethod_ListMatrices<
         v1::MatrixService::WithRawCallbackMethod_DeleteMatrix<
-            v1::MatrixService::WithRawCallbackMethod_Gemv<v1::MatrixService::CallbackService>>>>;
+            v1::MatrixService::WithRawCallbackMethod_Gemv<
+                v1::MatrixService::WithRawCallbackMethod_UploadMatrix<
+                    v1::MatrixService::CallbackService>>>>>;
 
 class MatrixServiceImpl final : public MatrixServiceBase {
  public:
@@ -34,8 +40,8 @@ class MatrixServiceImpl final : public MatrixServiceBase {
   MatrixServiceImpl(core::MatrixService* core, core::Metrics* metrics, core::WorkQueue* queue,
                     const Options& options);
 
-  grpc::ServerReadReactor<v1::UploadMatrixRequest>* UploadMatrix(
-      grpc::CallbackServerContext* ctx, v1::UploadMatrixResponse* resp) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UploadMatrix(grpc::CallbackServerContext* ctx,
+                                                          grpc::ByteBuffer* resp) override;
   // Unary methods take their messages raw and parse them (UnaryCall in
   // reactors.h), so that a request that does not parse gets INVALID_ARGUMENT.
   grpc::ServerUnaryReactor* GetMatrix(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,

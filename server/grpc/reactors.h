@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
@@ -277,7 +278,8 @@ inline grpc::ServerUnaryReactor* RunUnaryBatched(GatedUnaryReactor* reactor, cor
 // the work queue, commits the upload and fills the response. Only a clean
 // half-close after well-formed messages commits: a cancel, a message that
 // does not parse or a deadline that passed aborts it. Dropping the upload
-// frees its name and budget at once.
+// frees its name and budget at once. Req may be grpc::ByteBuffer (a raw
+// method): `consume` then parses each message itself.
 template <class Req, class Resp, class Upload>
 class UploadReactor final : public grpc::ServerReadReactor<Req> {
  public:
@@ -355,14 +357,20 @@ class UploadReactor final : public grpc::ServerReadReactor<Req> {
   // message that fails to parse clears it first (protobuf's Parse* clear).
   static constexpr int kReadMarkerField = 536870911;  // 2^29 - 1, the largest
 
+  static constexpr bool kRaw = std::is_same_v<Req, grpc::ByteBuffer>;
+
   void Read() {
     req_.Clear();
-    req_.GetReflection()->MutableUnknownFields(&req_)->AddVarint(kReadMarkerField, 1);
+    if constexpr (!kRaw) req_.GetReflection()->MutableUnknownFields(&req_)->AddVarint(kReadMarkerField, 1);
     this->StartRead(&req_);
   }
   bool ReadBufferMarked() const {
-    const auto& unknown = req_.GetReflection()->GetUnknownFields(req_);
-    return unknown.field_count() == 1 && unknown.field(0).number() == kReadMarkerField;
+    if constexpr (kRaw) {
+      return true;  // raw bytes always arrive: no message is a half-close or a cancel
+    } else {
+      const auto& unknown = req_.GetReflection()->GetUnknownFields(req_);
+      return unknown.field_count() == 1 && unknown.field(0).number() == kReadMarkerField;
+    }
   }
 
   void Done(const absl::Status& status) {

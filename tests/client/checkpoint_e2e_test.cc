@@ -253,7 +253,7 @@ TEST_F(CheckpointE2eTest, SdkReadBackIsTheFilesCodes) {
   spec.name = "rb";
   auto info = plume::UploadFp8Matrix(*client_, spec, *m);
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->content_hash(), plume::io::Fp8ContentHash(*m, false)) << "the server did not keep content_hash";
+  EXPECT_EQ(info->content_hash(), plume::io::Fp8ContentHash(*m, false).value()) << "the server did not keep content_hash";
   auto p = client_->GetMatrixPacked("rb");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(plume::io::UnpackFp8Codes(p->words.data(), 200, 300), g.codes);
@@ -379,7 +379,7 @@ TEST_F(UploadModelTest, RerunSkipsEverythingByContentHash) {
   ASSERT_EQ(first.exit_code, 0) << first.err << first.out;
   auto q = client_->GetMatrix(q_name_);
   ASSERT_TRUE(q.ok());
-  ASSERT_EQ(q->content_hash().rfind("plume64:", 0), 0u) << "the server did not keep the content hash";
+  ASSERT_EQ(q->content_hash().rfind("plume64v2:", 0), 0u) << "the server did not keep the content hash";
   auto again = UploadModel();
   EXPECT_EQ(again.exit_code, 0) << again.err << again.out;
   EXPECT_NE(again.out.find("0 uploaded, 3 skipped as already resident, 0 resident with other content"),

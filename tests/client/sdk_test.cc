@@ -1,13 +1,17 @@
 // The SDK against a small fake MatrixService in this process (127.0.0.1:0):
 // chunked uploads, status mapping, token metadata, health, and GemvSession's
 // matching, backpressure, per-item errors, deadlines and server death.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -16,6 +20,7 @@
 
 #include "plume/client/checkpoint.h"
 #include "plume/client/client.h"
+#include "plume/io/checkpoint.h"
 
 namespace plume {
 namespace {
@@ -355,7 +360,7 @@ TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
   EXPECT_EQ(info->source_dtype(), v1::DTYPE_E5M2);
   EXPECT_EQ(info->format(), v1::DTYPE_E5M2);
   EXPECT_EQ(info->scale_mode(), v1::SCALE_MODE_BLOCK128X128);
-  EXPECT_EQ(info->content_hash(), io::Fp8ContentHash(*m, false));
+  EXPECT_EQ(info->content_hash(), io::Fp8ContentHash(*m, false).value());
   EXPECT_EQ(service_.data_bytes.load(), rows * 304);
   EXPECT_EQ(service_.scale_bytes.load(), 6 * 4);
 
@@ -366,7 +371,9 @@ TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
   EXPECT_EQ(p->scales, m->scales);
   EXPECT_TRUE(VerifyResident(*c, "fp8", *m).ok());
   io::Fp8Matrix other = *m;
-  other.codes[1000] = static_cast<char>(other.codes[1000] ^ 1);
+  std::string flipped = codes;
+  flipped[1000] = static_cast<char>(flipped[1000] ^ 1);
+  other.codes = io::ByteSource(flipped);
   EXPECT_EQ(VerifyResident(*c, "fp8", other).code(), absl::StatusCode::kDataLoss);
 
   // An explicit hash is sent as given; a matrix without packed codes is refused.
@@ -384,6 +391,43 @@ TEST_F(SdkTest, Fp8UploadContentHashAndReadBack) {
   fs.name = "f";
   ASSERT_TRUE(c->UploadMatrix(fs, TensorRef::F32(w.data(), {4, 16})).ok());
   EXPECT_EQ(c->GetMatrixPacked("f").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Codes read from a file as they are sent: packed a message at a time
+// (ragged rows padded across message boundaries), and a file that turns out
+// shorter than its codes fails the upload with the read's error (the call is
+// cancelled; this fake server keeps what it got, the real one nothing).
+TEST_F(SdkTest, PackedCodesFromAFileArePackedAsTheyAreSent) {
+  ClientOptions o;
+  o.upload_chunk_bytes = 4096;  // rows of 304 bytes cut at odd places
+  auto c = MakeClient(o);
+  const int64_t rows = 50, cols = 300;
+  std::string codes(static_cast<size_t>(rows * cols), '\0');
+  std::mt19937 rng(8);
+  for (auto& ch : codes) ch = static_cast<char>(1 + rng() % 0x7d);
+  const std::string path = ::testing::TempDir() + "/plume_sdk_codes_" + std::to_string(getpid());
+  {
+    std::ofstream f(path, std::ios::binary);
+    f << "xyz" << codes;
+  }
+  auto file = io::FileHandle::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const std::vector<float> scales(static_cast<size_t>(rows), 0.5f);
+  UploadSpec spec;
+  spec.name = "from-file";
+  spec.scale_mode = v1::SCALE_MODE_ROW;
+  auto info = c->UploadPackedCodes(spec, rows, cols, io::ByteSource(*file, 3, codes.size()), scales.data(), rows);
+  ASSERT_TRUE(info.ok()) << FormatStatus(info.status());
+  EXPECT_EQ(service_.data_bytes.load(), rows * 304);
+  auto p = c->GetMatrixPacked("from-file");
+  ASSERT_TRUE(p.ok()) << FormatStatus(p.status());
+  EXPECT_EQ(p->words, io::PackFp8Codes(codes, rows, cols));
+
+  spec.name = "short";
+  auto cut = c->UploadPackedCodes(spec, rows, cols + 16, io::ByteSource(*file, 3, rows * (cols + 16)),
+                                  scales.data(), rows);
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kDataLoss) << FormatStatus(cut.status());
+  std::remove(path.c_str());
 }
 
 TEST_F(SdkTest, UnaryCallsAndErrors) {

@@ -318,6 +318,55 @@ TEST_F(AdmissionTest, UploadEndingWithAnUnparseableMessageStoresNothing) {
   EXPECT_TRUE(client_->GetMatrix("good").ok());
 }
 
+// The server takes a data message's bytes straight from gRPC's buffers when
+// the message is the one field `data`; anything else means what protobuf
+// says it means.
+TEST_F(AdmissionTest, RawUploadMessagesMeanWhatProtobufSays) {
+  const auto msgs = UploadMessages("unused");
+  const std::string& header_bytes = msgs[0];
+  const std::string& data = msgs[1];  // 0x12, varint 1024, 1024 bytes
+  auto with_header = [&](const std::string& name, std::vector<std::string> rest) {
+    v1::UploadMatrixRequest h;
+    EXPECT_TRUE(h.ParseFromString(header_bytes));
+    h.mutable_header()->set_name(name);
+    rest.insert(rest.begin(), h.SerializeAsString());
+    return rest;
+  };
+  // Two data fields: the last one is the data (an empty one), so the upload
+  // ends 1024 bytes short.
+  grpc::Status st = RawUpload(channel_, with_header("two", {data + std::string("\x12\x00", 2)}));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("ended after 0 bytes"), std::string::npos) << st.error_message();
+  // Data, then a header in the same message: a second header.
+  st = RawUpload(channel_, with_header("then-header", {data + header_bytes}));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("second header"), std::string::npos) << st.error_message();
+  // A length past the message's end, and one near 2^64.
+  std::string past = data;
+  past[1] = static_cast<char>(0x81);  // 1024 + 1 = 0x81 0x08
+  st = RawUpload(channel_, with_header("past", {past}));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("does not parse"), std::string::npos) << st.error_message();
+  const std::string huge("\x12\xfd\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11);  // 2^64 - 3
+  st = RawUpload(channel_, with_header("wrap", {huge + data.substr(3)}));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  // Data before any header.
+  st = RawUpload(channel_, {data});
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("before its header"), std::string::npos) << st.error_message();
+  for (const char* n : {"two", "then-header", "past", "wrap"}) {
+    EXPECT_EQ(client_->GetMatrix(n).status().code(), absl::StatusCode::kNotFound) << n;
+  }
+  // The same data split over several messages, one of them empty, stores it.
+  st = RawUpload(channel_, with_header("split", {std::string("\x12\x00", 2),
+                                                  std::string("\x12\x80\x02", 3) + data.substr(3, 256),     // 256
+                                                  std::string("\x12\x80\x06", 3) + data.substr(3 + 256)}));  // 768
+  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  auto p = client_->GetMatrixPacked("split");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->info.rows(), 16);
+}
+
 TEST_F(AdmissionTest, CancelledUploadStoresNothing) {
   for (int i = 0; i < 5; ++i) {
     const std::string name = "c" + std::to_string(i);

@@ -1,6 +1,7 @@
 // MemoryTrimmer: runs its trim every interval and stops at once; with the
 // default (glibc's malloc_trim) the free pages under a live block go back to
-// the OS.
+// the OS. KeepFreedHeapMemory: large blocks come from the heap and stay
+// there once freed.
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -10,6 +11,10 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "server/core/memory_trimmer.h"
 
@@ -67,6 +72,25 @@ TEST(MemoryTrimmer, GivesBackTheFreePagesUnderALiveBlock) {
   // free() may hand some back itself; at least a quarter stays until the trim.
   EXPECT_LT(after, before - 16 * 1024) << "RSS " << before << " KiB before the trim, " << after
                                        << " KiB after";
+}
+
+// Last in this file: it changes the process's malloc settings for good.
+TEST(KeepFreedHeapMemory, LargeBlocksComeFromTheHeapAndStayThereOnceFreed) {
+  KeepFreedHeapMemory();
+  const struct mallinfo2 m0 = mallinfo2();
+  constexpr size_t kBlock = size_t{8} << 20;  // glibc maps one this size on its own by default
+  char* b = static_cast<char*>(std::malloc(kBlock));
+  ASSERT_NE(b, nullptr);
+  for (size_t j = 0; j < kBlock; j += 4096) b[j] = 1;
+  const struct mallinfo2 m1 = mallinfo2();
+  EXPECT_EQ(m1.hblks, m0.hblks) << "the block got a mapping of its own";
+  std::free(b);
+  const struct mallinfo2 m2 = mallinfo2();
+  EXPECT_GE(m2.fordblks, kBlock) << "the freed block was given back at once";
+  // Taken again without growing the heap.
+  char* again = static_cast<char*>(std::malloc(kBlock));
+  EXPECT_LE(mallinfo2().arena, m2.arena);
+  std::free(again);
 }
 #endif
 

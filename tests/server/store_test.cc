@@ -73,6 +73,29 @@ TEST(Crc32c, KnownValueAndHardwareMatchesTable) {
             Crc32c(0, data.data(), 4099));
 }
 
+TEST(Crc32c, CombineEqualsOnePassOverEverySplit) {
+  std::mt19937 rng(6);
+  std::string data(size_t{3} << 20, '\0');  // lengths with many bits set
+  for (char& c : data) c = static_cast<char>(rng());
+  for (size_t len : {0, 1, 9, 100, 3000}) {
+    const uint32_t whole = Crc32c(0, data.data(), len);
+    for (size_t split = 0; split <= len; split += (len < 20 ? 1 : 37)) {
+      const uint32_t a = Crc32c(0, data.data(), split);
+      const uint32_t b = Crc32c(0, data.data() + split, len - split);
+      ASSERT_EQ(Crc32cCombine(a, b, len - split), whole) << len << " split at " << split;
+    }
+  }
+  EXPECT_EQ(Crc32cCombine(Crc32c(0, data.data(), 5), Crc32c(0, data.data() + 5, data.size() - 5), data.size() - 5),
+            Crc32c(0, data.data(), data.size()));
+  // The header a streamed file gets from its words' CRC is the one the words give.
+  const StoredMatrix m = MakeMatrix("w", 130, 200, ScaleMode::kBlock128x128, 3);
+  EXPECT_EQ(EncodeMatrixHeaderWithWordsCrc(m.meta, m.scales.data(),
+                                           Crc32c(0, m.words.data(), m.words.size() * 4)),
+            EncodeMatrixHeader(m.meta, m.scales.data(), m.words.data()));
+  EXPECT_EQ(MatrixFileWordsOffset(m.meta),
+            static_cast<int64_t>(Encode(m).size() - m.words.size() * 4));
+}
+
 TEST(StoreFile, RoundTripsEveryScaleMode) {
   int seed = 1;
   for (ScaleMode mode : {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128}) {

@@ -187,6 +187,13 @@ absl::StatusOr<std::string> Checkpoint::ReadBytes(const std::string& name) const
   return f.ReadBytes(*f.Find(name));
 }
 
+absl::StatusOr<ByteSource> Checkpoint::Source(const std::string& name) const {
+  auto it = file_of_.find(name);
+  if (it == file_of_.end()) return absl::NotFoundError(absl::StrCat("no tensor named '", name, "'"));
+  const SafetensorsFile& f = *files_[it->second];
+  return f.Source(*f.Find(name));
+}
+
 std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> out;
   out.reserve(entries_.size());
@@ -259,7 +266,7 @@ absl::StatusOr<Fp8Matrix> LoadFp8Matrix(const Checkpoint& ckpt, const std::strin
   m.key = key;
   m.rows = e->shape[0];
   m.cols = e->shape[1];
-  auto codes = ckpt.ReadBytes(key);
+  auto codes = ckpt.Source(key);
   if (!codes.ok()) return codes.status();
   m.codes = *std::move(codes);
   m.scale_layout = plan->layout;
@@ -294,7 +301,7 @@ absl::StatusOr<Fp8Matrix> Fp8MatrixFromCodes(Fp8Format format, const std::vector
   if (static_cast<int64_t>(codes.size()) != m.rows * m.cols) {
     return absl::InvalidArgumentError("the codes do not fill their shape");
   }
-  m.codes = std::move(codes);
+  m.codes = ByteSource(std::move(codes));
   if (has_scales) {
     auto layout = ScaleLayoutFromShape(scale_shape, m.rows, m.cols);
     if (!layout.ok()) return layout.status();
@@ -325,6 +332,27 @@ std::vector<uint32_t> PackFp8Codes(std::string_view codes, int64_t rows, int64_t
   return words;
 }
 
+void PackFp8CodesRange(std::string_view codes, int64_t rows, int64_t cols, int64_t offset, int64_t n,
+                       char* out) {
+  const int64_t row_bytes = PackedLayout{rows, cols}.padded_cols();
+  if (row_bytes == cols) {  // no padding: the codes themselves
+    std::memcpy(out, codes.data() + offset, static_cast<size_t>(n));
+    return;
+  }
+  while (n > 0) {
+    const int64_t r = offset / row_bytes, c = offset % row_bytes;
+    const int64_t take = std::min(n, c < cols ? cols - c : row_bytes - c);
+    if (c < cols) {
+      std::memcpy(out, codes.data() + r * cols + c, static_cast<size_t>(take));
+    } else {
+      std::memset(out, 0, static_cast<size_t>(take));
+    }
+    out += take;
+    offset += take;
+    n -= take;
+  }
+}
+
 std::string UnpackFp8Codes(const uint32_t* words, int64_t rows, int64_t cols) {
   const PackedLayout l{rows, cols};
   std::string out(static_cast<size_t>(rows * cols), '\0');
@@ -336,112 +364,10 @@ std::string UnpackFp8Codes(const uint32_t* words, int64_t rows, int64_t cols) {
 
 // ---------------------------------------------------------------- content hash
 
-namespace {
-
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
-constexpr uint64_t kMixA = 0xBF58476D1CE4E5B9ull;
-constexpr uint64_t kMixB = 0x94D049BB133111EBull;
-
-uint64_t Finalize(uint64_t z) {
-  z ^= z >> 30;
-  z *= kMixA;
-  z ^= z >> 27;
-  z *= kMixB;
-  z ^= z >> 31;
-  return z;
-}
-
-uint64_t Load64(const unsigned char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= uint64_t{p[i]} << (8 * i);
-  return v;
-}
-
-// One 32-byte stripe into the four lanes: xor the word in, multiply by an odd
-// constant (a bijection), fold the high half down.
-inline void StripeInto(uint64_t* lanes, const unsigned char* p) {
-  for (int i = 0; i < 4; ++i) {
-    uint64_t a = (lanes[i] ^ Load64(p + 8 * i)) * kGolden;
-    lanes[i] = a ^ (a >> 29);
-  }
-}
-
-}  // namespace
-
-ContentHasher::ContentHasher() : lanes_{kGolden, kMixA, kMixB, kGolden ^ kMixA} {}
-
-void ContentHasher::Stripe(const unsigned char* p) { StripeInto(lanes_, p); }
-
-void ContentHasher::Update(std::string_view bytes) {
-  const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  size_t n = bytes.size();
-  total_ += n;
-  if (buffered_ > 0) {
-    const size_t take = std::min(n, sizeof buf_ - buffered_);
-    std::memcpy(buf_ + buffered_, p, take);
-    buffered_ += take;
-    p += take;
-    n -= take;
-    if (buffered_ < sizeof buf_) return;
-    Stripe(buf_);
-    buffered_ = 0;
-  }
-  for (; n >= 32; p += 32, n -= 32) Stripe(p);
-  if (n > 0) {
-    std::memcpy(buf_, p, n);
-    buffered_ = n;
-  }
-}
-
-void ContentHasher::Field(std::string_view bytes) {
-  Field(static_cast<int64_t>(bytes.size()));
-  Update(bytes);
-}
-
-void ContentHasher::Field(int64_t v) {
-  unsigned char b[8];
-  for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(static_cast<uint64_t>(v) >> (8 * i));
-  Update(std::string_view(reinterpret_cast<const char*>(b), 8));
-}
-
-uint64_t ContentHasher::Digest() const {
-  uint64_t lanes[4] = {lanes_[0], lanes_[1], lanes_[2], lanes_[3]};
-  if (buffered_ > 0) {  // zero-padded; the length below tells paddings apart
-    unsigned char tail[32] = {};
-    std::memcpy(tail, buf_, buffered_);
-    StripeInto(lanes, tail);
-  }
-  uint64_t h = Finalize(total_ ^ kMixB);
-  for (int i = 0; i < 4; ++i) h = Finalize(h ^ Finalize(lanes[i] + static_cast<uint64_t>(i) * kGolden));
-  return h;
-}
-
-std::string ContentHasher::Label() const { return absl::StrFormat("plume64:%016x", Digest()); }
-
-std::string Fp8ContentHash(const Fp8Matrix& m, bool non_saturating) {
-  ContentHasher h;
-  h.Field("plume fp8 pre-packed v1");
-  h.Field(m.rows);
-  h.Field(m.cols);
-  h.Field(static_cast<int64_t>(m.format));
-  h.Field(static_cast<int64_t>(m.scale_layout));
-  h.Field(int64_t{non_saturating});
-  h.Field(m.codes);
-  h.Field(std::string_view(reinterpret_cast<const char*>(m.scales.data()), m.scales.size() * sizeof(float)));
-  return h.Label();
-}
-
-std::string FloatContentHash(const std::vector<int64_t>& shape, std::string_view data, const HashOptions& o) {
-  ContentHasher h;
-  h.Field("plume float v1");
-  h.Field(static_cast<int64_t>(shape.size()));
-  for (int64_t d : shape) h.Field(d);
-  h.Field(int64_t{o.source_dtype});
-  h.Field(int64_t{o.format});
-  h.Field(int64_t{o.scale_mode});
-  h.Field(int64_t{o.non_saturating});
-  h.Field(data);
-  return h.Label();
+absl::StatusOr<std::string> Fp8ContentHash(const Fp8Matrix& m, bool non_saturating) {
+  return Fp8CodesContentHash(
+      m.rows, m.cols, static_cast<int>(m.format), static_cast<int>(m.scale_layout), non_saturating, m.codes,
+      std::string_view(reinterpret_cast<const char*>(m.scales.data()), m.scales.size() * sizeof(float)));
 }
 
 }  // namespace plume::io

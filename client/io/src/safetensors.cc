@@ -116,8 +116,10 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   if (!entries.ok()) {
     return absl::Status(entries.status().code(), absl::StrCat(path, ": ", entries.status().message()));
   }
+  auto file = FileHandle::Open(path);
+  if (!file.ok()) return file.status();
   SafetensorsFile f;
-  f.path_ = path;
+  f.file_ = *std::move(file);
   f.data_start_ = 8 + n;
   f.entries_ = *std::move(entries);
   return f;
@@ -130,7 +132,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::FromBytes(std::string bytes) {
   auto entries = ParseSafetensorsHeader(std::string_view(bytes).substr(8, n), bytes.size() - 8 - n);
   if (!entries.ok()) return entries.status();
   SafetensorsFile f;
-  f.bytes_ = std::move(bytes);
+  f.image_ = ByteSource(std::move(bytes));
   f.data_start_ = 8 + n;
   f.entries_ = *std::move(entries);
   return f;
@@ -143,16 +145,17 @@ const SafetensorsEntry* SafetensorsFile::Find(const std::string& name) const {
 }
 
 absl::StatusOr<std::string> SafetensorsFile::ReadBytes(const SafetensorsEntry& e) const {
-  const uint64_t len = e.end - e.begin;
-  if (path_.empty()) return bytes_.substr(static_cast<size_t>(data_start_ + e.begin), static_cast<size_t>(len));
-  std::ifstream in(path_, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path_));
-  std::string data(static_cast<size_t>(len), '\0');
-  in.seekg(static_cast<std::streamoff>(data_start_ + e.begin));
-  if (len > 0 && !in.read(data.data(), static_cast<std::streamsize>(len))) {
-    return absl::DataLossError(absl::StrCat("short read from ", path_));
+  return Source(e).ReadAll();
+}
+
+ByteSource SafetensorsFile::Source(const SafetensorsEntry& e) const {
+  if (file_ == nullptr) {
+    // The image in memory: a view of it is a copy of the entry's bytes.
+    std::string bytes(static_cast<size_t>(e.end - e.begin), '\0');
+    (void)image_.Read(data_start_ + e.begin, e.end - e.begin, bytes.data());  // within the image
+    return ByteSource(std::move(bytes));
   }
-  return data;
+  return ByteSource(file_, data_start_ + e.begin, e.end - e.begin);
 }
 
 absl::StatusOr<Array> SafetensorsFile::Read(const std::string& name) const {

@@ -23,6 +23,7 @@ except ImportError as _e:  # pragma: no cover - a source tree without stubs
 
 from plume._client import Client
 from plume._common import KVInfo, KVLayout, MatrixInfo, PackedLayout
+from plume._model import ModelUploadSummary, TensorUpload
 from plume._errors import (Aborted, AlreadyExists, Cancelled, DataLoss, DeadlineExceeded,
                            FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange,
                            PermissionDenied, PlumeError, ResourceExhausted, Unauthenticated,
@@ -31,7 +32,8 @@ from plume._errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadline
 __version__ = "0.1.0"
 
 __all__ = [
-    "Client", "MatrixInfo", "KVInfo", "PackedLayout", "KVLayout", "PlumeError", "Cancelled", "Unknown",
+    "Client", "MatrixInfo", "KVInfo", "PackedLayout", "KVLayout", "ModelUploadSummary", "TensorUpload",
+    "PlumeError", "Cancelled", "Unknown",
     "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists", "PermissionDenied",
     "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
     "Unavailable", "DataLoss", "Unauthenticated",

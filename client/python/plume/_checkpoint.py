@@ -20,7 +20,7 @@ import numpy as np
 
 from plume import _tensors
 
-_FP8 = {"F8_E4M3": "e4m3", "F8_E5M2": "e5m2"}
+FP8_DTYPES = {"F8_E4M3": "e4m3", "F8_E5M2": "e5m2"}  # safetensors dtype -> format
 _SCALE_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": None}
 
 
@@ -84,7 +84,7 @@ def read_fp8_tensor(path: str | os.PathLike, tensor: str | None = None, scale_te
     if tensor not in names:
         raise ValueError(f"{path}: no tensor {tensor!r}")
     entry = header[tensor]
-    fmt = _FP8.get(entry.get("dtype"))
+    fmt = FP8_DTYPES.get(entry.get("dtype"))
     if fmt is None:
         raise ValueError(f"{path}: tensor {tensor!r} is {entry.get('dtype')}, not F8_E4M3 or F8_E5M2")
     shape = tuple(int(d) for d in entry["shape"])

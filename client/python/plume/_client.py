@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import grpc
 import numpy as np
 
 from plume import _checkpoint
 from plume import _common as c
-from plume import _errors
+from plume import _errors, _model
 from plume._common import KVInfo, MatrixInfo
+from plume._model import ModelUploadSummary
 from plume._tensors import from_proto
 from plume.v1 import attention_pb2 as apb
 from plume.v1 import plume_pb2 as pb
@@ -83,7 +84,7 @@ class Client:
 
     def upload(self, name: str, src: Any, *, format: str = "e4m3", scale: str = "row",
                non_saturating: bool = False, placement: str = "auto", tensor: str | None = None,
-               progress: Any = False, timeout: Any = _UNSET) -> MatrixInfo:
+               progress: Any = False, content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
         """Uploads a matrix; the server quantizes it to FP8 and keeps it resident.
 
         Args:
@@ -98,11 +99,14 @@ class Client:
             tensor: the tensor of a ``.safetensors`` file holding several.
             progress: True shows a tqdm bar (when tqdm is importable); a
                 callable receives ``(bytes_sent, total_bytes)``.
+            content_hash: an optional label of the content the server keeps
+                (see :meth:`upload_packed`).
         """
         bar = c.Progress(progress, f"upload {name}")
         total, reqs = c.upload_requests(name, src, format=format, scale=scale,
                                         non_saturating=non_saturating, placement=placement,
-                                        tensor=tensor, progress=bar if bar.active else None)
+                                        tensor=tensor, progress=bar if bar.active else None,
+                                        content_hash=content_hash)
         resp = self._upload(self._matrices.UploadMatrix, reqs, total, bar, timeout)
         return MatrixInfo.from_proto(resp.matrix)
 
@@ -115,7 +119,8 @@ class Client:
             bar.close()
 
     def upload_packed(self, name: str, codes: Any, scales: Any, *, format: str, scale: str,
-                      placement: str = "auto", content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
+                      placement: str = "auto", content_hash: str = "", non_saturating: bool = False,
+                      timeout: Any = _UNSET) -> MatrixInfo:
         """Uploads FP8 codes as they are (no quantization on the server).
 
         Args:
@@ -130,7 +135,7 @@ class Client:
                 :attr:`MatrixInfo.content_hash`.
         """
         reqs = c.packed_requests(name, codes, scales, format=format, scale=scale, placement=placement,
-                                 content_hash=content_hash)
+                                 content_hash=content_hash, non_saturating=non_saturating)
         return MatrixInfo.from_proto(self._call(self._matrices.UploadMatrix, reqs, timeout).matrix)
 
     def upload_fp8(self, name: str, path: Any, *, tensor: str | None = None, scale_tensor: str | None = None,
@@ -145,6 +150,56 @@ class Client:
         t = _checkpoint.read_fp8_tensor(path, tensor, scale_tensor, no_scale=scale == "none")
         return self.upload_packed(name, t.codes, t.scales, format=t.format, scale=t.scale, placement=placement,
                                   content_hash=content_hash, timeout=timeout)
+
+    def upload_model(self, path: str | os.PathLike, *, match: str | None = None, prefix: str = "",
+                     format: str = "e4m3", scale: str = "row", non_saturating: bool = False,
+                     placement: str = "auto", replace: bool = False,
+                     progress: Optional[Callable[[int, int], None]] = None,
+                     timeout: Any = _UNSET) -> ModelUploadSummary:
+        """Uploads every 2-D weight of a checkpoint, as ``plume upload-model``.
+
+        Args:
+            path: a ``.safetensors`` file or a ``model.safetensors.index.json``.
+            match: a regular expression searched in tensor names (default:
+                names ending in ``weight``); scale tensors are never uploaded.
+            prefix: put in front of each tensor's name on the server.
+            format, scale: for F32 / F16 / BF16 tensors, which the server
+                quantizes; FP8 ones go pre-packed with their scale tensor
+                (``<key>_scale`` / ``<key>_scale_inv``), whose shape picks the mode.
+            replace: a tensor resident under its name with another content
+                hash is deleted and uploaded again (otherwise it is left and
+                reported).
+            progress: called with ``(bytes_done, total_bytes)`` after each tensor.
+
+        Returns a :class:`ModelUploadSummary` (``str()`` of it is the CLI's
+        table). Tensors resident with the same content hash (plume64v2, as
+        the C++ client computes it) are skipped. Raises ValueError before
+        anything is sent when a tensor cannot be planned (a missing or
+        ambiguous scale tensor, a scale shape that fits no mode, an
+        unsupported dtype), naming every one; a tensor whose upload fails is
+        reported in the summary and the others go on.
+        """
+        c._choice(c._FORMATS, format, "format")
+        c._choice(c._SCALES, scale, "scale")
+        ckpt = _model.Checkpoint(path)
+        todo = _model.plan(ckpt, match=match, prefix=prefix, scale=scale.lower())
+        resident = {m.name: m for m in self.list(timeout=timeout)}
+        run = _model.Run(ckpt, resident, format=format, non_saturating=non_saturating, placement=placement,
+                         replace=replace, progress=progress, total=sum(u.bytes for u in todo))
+
+        def do(op: tuple) -> None:
+            if op[0] == "delete":
+                self.delete(op[1], timeout=timeout)
+                return
+            kw = dict(op[1])
+            if kw.pop("kind") == "packed":
+                self.upload_packed(kw.pop("name"), kw.pop("codes"), kw.pop("scales"), timeout=timeout, **kw)
+            else:
+                self.upload(kw.pop("name"), kw.pop("src"), timeout=timeout, **kw)
+
+        for u in todo:
+            _model.drive(run.steps(u), do, (_errors.PlumeError, ValueError, OSError))
+        return ModelUploadSummary(todo)
 
     def packed(self, name: str, *, timeout: Any = _UNSET) -> tuple[MatrixInfo, np.ndarray, np.ndarray]:
         """The resident matrix as it is served: its info, its ``[rows, cols]``

@@ -208,20 +208,21 @@ def open_channel(grpc_module: Any, conn: Connection) -> tuple[Any, Any, Any, Any
 
 
 def upload_requests(name: str, src: Any, *, format: str, scale: str, non_saturating: bool,
-                    placement: str, tensor: str | None,
-                    progress: Any) -> tuple[int, Iterator[pb.UploadMatrixRequest]]:
+                    placement: str, tensor: str | None, progress: Any,
+                    content_hash: str = "") -> tuple[int, Iterator[pb.UploadMatrixRequest]]:
     """The UploadMatrix stream of a matrix source; returns (bytes, requests)."""
     w = _tensors.matrix_source(src, tensor)
     h = pb.MatrixHeader(name=name, rows=w.shape[0], cols=w.shape[1], source_dtype=w.dtype,
                         format=_choice(_FORMATS, format, "format"),
                         scale_mode=_choice(_SCALES, scale, "scale"), non_saturating=non_saturating,
-                        placement=_choice(_PLACEMENTS, placement, "placement"))
+                        placement=_choice(_PLACEMENTS, placement, "placement"), content_hash=content_hash)
     return w.nbytes(), _chunked(pb.UploadMatrixRequest(header=h), pb.UploadMatrixRequest,
                                 [("data", _bytes_view(w.buf))], progress)
 
 
 def packed_requests(name: str, codes: Any, scales: Any, *, format: str, scale: str,
-                    placement: str, content_hash: str = "") -> Iterator[pb.UploadMatrixRequest]:
+                    placement: str, content_hash: str = "",
+                    non_saturating: bool = False) -> Iterator[pb.UploadMatrixRequest]:
     """UploadMatrix of pre-packed FP8: `codes` are [rows, cols] uint8 FP8 codes
     (or an ml_dtypes float8 array), `scales` float32 in the mode's shape."""
     fmt = _choice(_FORMATS, format, "format")
@@ -247,7 +248,7 @@ def packed_requests(name: str, codes: Any, scales: Any, *, format: str, scale: s
         raise ValueError(f"scale={scale!r} on {rows}x{cols} needs {want} scales, got {s.size}")
     h = pb.MatrixHeader(name=name, rows=rows, cols=cols, source_dtype=fmt, format=fmt,
                         scale_mode=mode, placement=_choice(_PLACEMENTS, placement, "placement"),
-                        content_hash=content_hash)
+                        content_hash=content_hash, non_saturating=non_saturating)
     return _chunked(pb.UploadMatrixRequest(header=h), pb.UploadMatrixRequest,
                     [("data", _bytes_view(c)), ("scales", _bytes_view(s))], None)
 

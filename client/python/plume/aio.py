@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Optional, Union
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Optional, Union
 
 import grpc
 import grpc.aio
@@ -18,8 +18,9 @@ import numpy as np
 
 from plume import _checkpoint
 from plume import _common as c
-from plume import _errors
+from plume import _errors, _model
 from plume._common import KVInfo, MatrixInfo
+from plume._model import ModelUploadSummary
 from plume._tensors import from_proto
 from plume.v1 import attention_pb2 as apb
 from plume.v1 import plume_pb2 as pb
@@ -70,12 +71,13 @@ class Client:
 
     async def upload(self, name: str, src: Any, *, format: str = "e4m3", scale: str = "row",
                      non_saturating: bool = False, placement: str = "auto", tensor: str | None = None,
-                     progress: Any = False, timeout: Any = _UNSET) -> MatrixInfo:
+                     progress: Any = False, content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
         """See :meth:`plume.Client.upload`."""
         bar = c.Progress(progress, f"upload {name}")
         total, reqs = c.upload_requests(name, src, format=format, scale=scale,
                                         non_saturating=non_saturating, placement=placement,
-                                        tensor=tensor, progress=bar if bar.active else None)
+                                        tensor=tensor, progress=bar if bar.active else None,
+                                        content_hash=content_hash)
         resp = await self._upload(self._matrices.UploadMatrix, reqs, total, bar, timeout)
         return MatrixInfo.from_proto(resp.matrix)
 
@@ -87,10 +89,11 @@ class Client:
             bar.close()
 
     async def upload_packed(self, name: str, codes: Any, scales: Any, *, format: str, scale: str,
-                            placement: str = "auto", content_hash: str = "", timeout: Any = _UNSET) -> MatrixInfo:
+                            placement: str = "auto", content_hash: str = "", non_saturating: bool = False,
+                            timeout: Any = _UNSET) -> MatrixInfo:
         """See :meth:`plume.Client.upload_packed`."""
         reqs = c.packed_requests(name, codes, scales, format=format, scale=scale, placement=placement,
-                                 content_hash=content_hash)
+                                 content_hash=content_hash, non_saturating=non_saturating)
         return MatrixInfo.from_proto((await self._call(self._matrices.UploadMatrix, reqs, timeout)).matrix)
 
     async def upload_fp8(self, name: str, path: Any, *, tensor: str | None = None,
@@ -102,6 +105,43 @@ class Client:
         t = _checkpoint.read_fp8_tensor(path, tensor, scale_tensor, no_scale=scale == "none")
         return await self.upload_packed(name, t.codes, t.scales, format=t.format, scale=t.scale,
                                         placement=placement, content_hash=content_hash, timeout=timeout)
+
+    async def upload_model(self, path: str | os.PathLike, *, match: str | None = None, prefix: str = "",
+                           format: str = "e4m3", scale: str = "row", non_saturating: bool = False,
+                           placement: str = "auto", replace: bool = False,
+                           progress: Optional[Callable[[int, int], None]] = None,
+                           timeout: Any = _UNSET) -> ModelUploadSummary:
+        """See :meth:`plume.Client.upload_model`. Reading and hashing the
+        checkpoint's files runs in the event loop's thread."""
+        c._choice(c._FORMATS, format, "format")
+        c._choice(c._SCALES, scale, "scale")
+        ckpt = _model.Checkpoint(path)
+        todo = _model.plan(ckpt, match=match, prefix=prefix, scale=scale.lower())
+        resident = {m.name: m for m in await self.list(timeout=timeout)}
+        run = _model.Run(ckpt, resident, format=format, non_saturating=non_saturating, placement=placement,
+                         replace=replace, progress=progress, total=sum(u.bytes for u in todo))
+        for u in todo:
+            steps = run.steps(u)
+            try:
+                op = next(steps)
+                while True:
+                    err = None
+                    try:
+                        if op[0] == "delete":
+                            await self.delete(op[1], timeout=timeout)
+                        else:
+                            kw = dict(op[1])
+                            if kw.pop("kind") == "packed":
+                                await self.upload_packed(kw.pop("name"), kw.pop("codes"), kw.pop("scales"),
+                                                         timeout=timeout, **kw)
+                            else:
+                                await self.upload(kw.pop("name"), kw.pop("src"), timeout=timeout, **kw)
+                    except (_errors.PlumeError, ValueError, OSError) as e:
+                        err = e
+                    op = steps.send(err)
+            except StopIteration:
+                pass
+        return ModelUploadSummary(todo)
 
     async def packed(self, name: str, *, timeout: Any = _UNSET) -> tuple[MatrixInfo, np.ndarray, np.ndarray]:
         """See :meth:`plume.Client.packed`."""

@@ -12,7 +12,7 @@ v1::DType ToWireFormat(Fp8Format f) { return f == Fp8Format::kE5M2 ? v1::DTYPE_E
 
 absl::StatusOr<v1::MatrixInfo> UploadFp8Matrix(Client& client, UploadSpec spec, const io::Fp8Matrix& m,
                                                const UploadProgressFn& progress, const CallOptions& call) {
-  if (m.rows < 0 || m.cols < 0 || static_cast<int64_t>(m.codes.size()) != m.rows * m.cols) {
+  if (m.rows < 0 || m.cols < 0 || m.codes.size() != static_cast<uint64_t>(m.rows * m.cols)) {
     return absl::InvalidArgumentError("the FP8 codes do not fill [rows, cols]");
   }
   if (static_cast<int64_t>(m.scales.size()) != io::NumScalesFor(m.scale_layout, m.rows, m.cols)) {
@@ -22,10 +22,13 @@ absl::StatusOr<v1::MatrixInfo> UploadFp8Matrix(Client& client, UploadSpec spec, 
   }
   spec.format = ToWireFormat(m.format);
   spec.scale_mode = ToWireScaleMode(m.scale_layout);
-  if (spec.content_hash.empty()) spec.content_hash = io::Fp8ContentHash(m, spec.non_saturating);
-  const std::vector<uint32_t> words = io::PackFp8Codes(m.codes, m.rows, m.cols);
-  return client.UploadPacked(spec, m.rows, m.cols, words.data(), static_cast<int64_t>(words.size()),
-                             m.scales.data(), static_cast<int64_t>(m.scales.size()), progress, call);
+  if (spec.content_hash.empty()) {
+    auto hash = io::Fp8ContentHash(m, spec.non_saturating);
+    if (!hash.ok()) return hash.status();
+    spec.content_hash = *std::move(hash);
+  }
+  return client.UploadPackedCodes(spec, m.rows, m.cols, m.codes, m.scales.data(),
+                                  static_cast<int64_t>(m.scales.size()), progress, call);
 }
 
 absl::StatusOr<v1::MatrixInfo> UploadFp8Tensor(Client& client, UploadSpec spec, const io::Checkpoint& ckpt,
@@ -48,8 +51,10 @@ absl::Status VerifyResident(Client& client, const std::string& name, const io::F
     return absl::DataLossError(absl::StrCat("'", name, "' has another format or scale mode on the server"));
   }
   const std::string codes = io::UnpackFp8Codes(p->words.data(), m.rows, m.cols);
+  auto mine = m.codes.ReadAll();
+  if (!mine.ok()) return mine.status();
   for (size_t i = 0; i < codes.size(); ++i) {
-    if (codes[i] != m.codes[i]) {
+    if (codes[i] != (*mine)[i]) {
       return absl::DataLossError(absl::StrCat("'", name, "' differs at code ", i, " (row ", i / m.cols, ", col ",
                                               i % m.cols, ")"));
     }

@@ -17,6 +17,8 @@
 #include "gemv_session_impl.h"
 #include "message_watchdog.h"
 #include "plume/io/array.h"
+#include "plume/io/checkpoint.h"
+#include "plume/kernels/layout.h"
 
 namespace plume {
 
@@ -195,18 +197,57 @@ absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, st
                                               std::string_view scales,
                                               const UploadProgressFn& progress,
                                               const CallOptions& call) {
+  return Upload(
+      header, static_cast<int64_t>(data.size()),
+      [data](int64_t offset, int64_t n, char* out) {
+        std::memcpy(out, data.data() + offset, static_cast<size_t>(n));
+        return absl::OkStatus();
+      },
+      scales, progress, call);
+}
+
+absl::StatusOr<v1::MatrixInfo> Client::Upload(const v1::MatrixHeader& header, int64_t data_bytes,
+                                              const DataFill& fill, std::string_view scales,
+                                              const UploadProgressFn& progress,
+                                              const CallOptions& call) {
   auto ctx = MakeUploadContext(call);
   MessageWatchdog watchdog(ctx.get(), call.message_timeout);
+  const UploadProgressFn report = Watched(&watchdog, progress);
   v1::UploadMatrixResponse resp;
   std::unique_ptr<grpc::ClientWriter<v1::UploadMatrixRequest>> writer =
       stub_->UploadMatrix(ctx.get(), &resp);
   v1::UploadMatrixRequest req;
   *req.mutable_header() = header;
-  using R = v1::UploadMatrixRequest;
-  WriteChunked<R>(writer.get(), req, ChunkBytes(),
-                  {{data, [](R& r, std::string_view p) { r.set_data(p.data(), p.size()); }},
-                   {scales, [](R& r, std::string_view p) { r.set_scales(p.data(), p.size()); }}},
-                  Watched(&watchdog, progress));
+  const int64_t chunk = ChunkBytes();
+  const int64_t total = data_bytes + static_cast<int64_t>(scales.size());
+  bool ok = writer->Write(req);
+  if (ok) report(0, total);
+  absl::Status filled;
+  for (int64_t off = 0; ok && off < data_bytes;) {
+    const int64_t n = std::min(chunk, data_bytes - off);
+    std::string* d = req.mutable_data();  // the same buffer every message
+    d->resize(static_cast<size_t>(n));
+    filled = fill(off, n, d->data());
+    if (!filled.ok()) {
+      ctx->TryCancel();
+      break;
+    }
+    ok = writer->Write(req);
+    off += n;
+    if (ok) report(off, total);
+  }
+  if (!filled.ok()) {
+    writer->Finish();  // CANCELLED: the upload never finished
+    watchdog.Stop();
+    return filled;
+  }
+  for (size_t off = 0; ok && off < scales.size(); off += static_cast<size_t>(chunk)) {
+    const std::string_view piece = scales.substr(off, static_cast<size_t>(chunk));
+    req.set_scales(piece.data(), piece.size());
+    ok = writer->Write(req);
+    if (ok) report(data_bytes + static_cast<int64_t>(off + piece.size()), total);
+  }
+  if (ok) writer->WritesDone();
   watchdog.Progress(/*awaiting_answer=*/true);
   const grpc::Status s = writer->Finish();
   watchdog.Stop();
@@ -266,6 +307,46 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
                 std::string_view(reinterpret_cast<const char*>(words), static_cast<size_t>(num_words) * 4),
                 std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4),
                 progress, call);
+}
+
+absl::StatusOr<v1::MatrixInfo> Client::UploadPackedCodes(const UploadSpec& spec, int64_t rows, int64_t cols,
+                                                         const io::ByteSource& codes, const float* scales,
+                                                         int64_t num_scales, const UploadProgressFn& progress,
+                                                         const CallOptions& call) {
+  if (rows < 0 || cols < 0 || num_scales < 0) return absl::InvalidArgumentError("negative size");
+  if (codes.size() != static_cast<uint64_t>(rows * cols)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(codes.size(), " bytes of codes for [", rows, ", ", cols, "]: expected ", rows * cols));
+  }
+  if (num_scales > 0 && scales == nullptr) return absl::InvalidArgumentError("null buffer");
+  if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
+  v1::MatrixHeader h;
+  h.set_name(spec.name);
+  h.set_rows(rows);
+  h.set_cols(cols);
+  h.set_source_dtype(spec.format);
+  h.set_format(spec.format);
+  h.set_scale_mode(spec.scale_mode);
+  h.set_non_saturating(spec.non_saturating);
+  h.set_placement(spec.placement);
+  h.set_content_hash(spec.content_hash);
+  const int64_t row_bytes = PackedLayout{rows, cols}.padded_cols();
+  std::string rows_read;  // padded layouts: the codes of the rows a message covers
+  return Upload(
+      h, PackedLayout{rows, cols}.code_bytes(),
+      [&codes, rows, cols, row_bytes, &rows_read](int64_t offset, int64_t n, char* out) -> absl::Status {
+        if (row_bytes == cols) return codes.Read(static_cast<uint64_t>(offset), static_cast<uint64_t>(n), out);
+        const int64_t r0 = offset / row_bytes, r1 = (offset + n + row_bytes - 1) / row_bytes;
+        rows_read.resize(static_cast<size_t>((r1 - r0) * cols));
+        if (absl::Status s = codes.Read(static_cast<uint64_t>(r0 * cols), rows_read.size(), rows_read.data());
+            !s.ok()) {
+          return s;
+        }
+        io::PackFp8CodesRange(rows_read, r1 - r0, cols, offset - r0 * row_bytes, n, out);
+        return absl::OkStatus();
+      },
+      std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4), progress,
+      call);
 }
 
 absl::StatusOr<v1::MatrixInfo> Client::GetMatrix(const std::string& name, const CallOptions& call) {

@@ -196,6 +196,42 @@ absl::StatusOr<std::unique_ptr<RowQuantizer>> CpuBackend::BeginRowQuantize(const
       std::make_unique<CpuRowQuantizer>(std::move(*m), src_dtype, pool_.get()));
 }
 
+namespace {
+
+// A pre-packed upload's words go straight into the matrix's own memory.
+class CpuPackedWriter final : public PackedWriter {
+ public:
+  explicit CpuPackedWriter(std::unique_ptr<CpuMatrix> m)
+      : PackedWriter(m->shape()), m_(std::move(m)),
+        words_(reinterpret_cast<uint8_t*>(m_->words())) {}
+
+  const uint8_t* host_words() const override { return words_; }
+
+ protected:
+  absl::Status Write(int64_t offset, const void* src, int64_t n) override {
+    std::memcpy(words_ + offset, src, static_cast<size_t>(n));
+    return absl::OkStatus();
+  }
+
+  float* host_scales() override { return m_->scales(); }
+
+  absl::StatusOr<std::unique_ptr<BackendMatrix>> Take(const float* /*scales: in host_scales()*/) override {
+    return std::unique_ptr<BackendMatrix>(std::move(m_));
+  }
+
+ private:
+  std::unique_ptr<CpuMatrix> m_;
+  uint8_t* const words_;  // m_'s, kept once m_ is handed over
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PackedWriter>> CpuBackend::BeginPackedWrite(const MatrixShape& shape) {
+  auto m = CpuMatrix::Allocate(shape);
+  if (!m.ok()) return m.status();
+  return std::unique_ptr<PackedWriter>(std::make_unique<CpuPackedWriter>(std::move(*m)));
+}
+
 absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::FromPacked(const MatrixShape& shape,
                                                                       const uint32_t* words,
                                                                       const float* scales) {

@@ -26,6 +26,7 @@ class CpuBackend final : public Backend {
                                                           DType src_dtype) override;
   absl::StatusOr<std::unique_ptr<RowQuantizer>> BeginRowQuantize(const MatrixShape& shape,
                                                                  DType src_dtype) override;
+  absl::StatusOr<std::unique_ptr<PackedWriter>> BeginPackedWrite(const MatrixShape& shape) override;
   absl::StatusOr<std::unique_ptr<BackendMatrix>> FromPacked(const MatrixShape& shape,
                                                             const uint32_t* words,
                                                             const float* scales) override;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "plume/io/content_hash.h"
 #include "plume/io/safetensors.h"
 #include "plume/kernels/types.h"
 
@@ -75,6 +76,8 @@ class Checkpoint {
   // The file holding `name` (empty if there is none).
   std::string FileOf(const std::string& name) const;
   absl::StatusOr<std::string> ReadBytes(const std::string& name) const;
+  // The same bytes, to be read in pieces (SafetensorsFile::Source).
+  absl::StatusOr<ByteSource> Source(const std::string& name) const;
   // All tensor names (sorted).
   std::vector<std::string> names() const;
 
@@ -86,13 +89,14 @@ class Checkpoint {
 };
 
 // An FP8 matrix as it travels pre-packed: its codes (row-major, one byte
-// each, exactly as stored in the file) and its FP32 scales.
+// each, exactly as stored in the file, which LoadFp8Matrix leaves there to
+// be read as they are hashed and sent) and its FP32 scales.
 struct Fp8Matrix {
   std::string key;  // the tensor's name in the checkpoint ("" for .npy input)
   Fp8Format format = Fp8Format::kE4M3;
   int64_t rows = 0;
   int64_t cols = 0;
-  std::string codes;  // rows * cols bytes
+  ByteSource codes;  // rows * cols bytes
   Fp8ScaleLayout scale_layout = Fp8ScaleLayout::kNone;
   std::vector<float> scales;  // NumScalesFor(scale_layout, rows, cols) floats
   std::string scale_key;      // the scale tensor's name; "" when none
@@ -119,7 +123,8 @@ struct ScalePlan {
 };
 absl::StatusOr<ScalePlan> PlanScales(const Checkpoint& ckpt, const std::string& key, const ScaleLookup& lookup);
 
-// Reads FP8 tensor `key` (2-D, F8_E4M3 or F8_E5M2) and its scales.
+// FP8 tensor `key` (2-D, F8_E4M3 or F8_E5M2): its scales read, its codes
+// a ByteSource of the file.
 absl::StatusOr<Fp8Matrix> LoadFp8Matrix(const Checkpoint& ckpt, const std::string& key,
                                         const ScaleLookup& lookup = {});
 // Builds an Fp8Matrix from raw [rows, cols] uint8 codes and a float scale
@@ -132,42 +137,18 @@ absl::StatusOr<Fp8Matrix> Fp8MatrixFromCodes(Fp8Format format, const std::vector
 // plume's packed layout (kernels/include/plume/kernels/layout.h): four codes
 // per little-endian uint32, rows padded with zero codes to padded_cols.
 std::vector<uint32_t> PackFp8Codes(std::string_view codes, int64_t rows, int64_t cols);
+// Bytes [offset, offset + n) of that layout, from rows * cols codes, into
+// `out` (a pre-packed upload packs each message this way). Byte k of word j
+// is code 4j + k, so a row is its codes followed by its zero padding: when
+// cols is a multiple of 16 the packed bytes are the codes themselves.
+void PackFp8CodesRange(std::string_view codes, int64_t rows, int64_t cols, int64_t offset, int64_t n,
+                       char* out);
 // The inverse: rows * cols codes, padding dropped.
 std::string UnpackFp8Codes(const uint32_t* words, int64_t rows, int64_t cols);
 
-// A fast 64-bit non-cryptographic hash (plume's own: four multiply-xorshift
-// lanes over 8-byte words, folded and finalised with a splitmix64-style
-// mixer). Meant to tell "the same bytes as last time" apart from "other
-// bytes", not to resist an adversary.
-class ContentHasher {
- public:
-  ContentHasher();
-  void Update(std::string_view bytes);
-  // Length-prefixed: Field("ab") then Field("c") differs from Field("a") then Field("bc").
-  void Field(std::string_view bytes);
-  void Field(int64_t v);
-  uint64_t Digest() const;
-  // "plume64:<16 hex digits>": a MatrixHeader.content_hash.
-  std::string Label() const;
-
- private:
-  void Stripe(const unsigned char* p);
-  uint64_t lanes_[4];
-  unsigned char buf_[32];
-  size_t buffered_ = 0;
-  uint64_t total_ = 0;
-};
-
-// The upload options that take part in a content hash, besides the bytes.
-struct HashOptions {
-  int source_dtype = 0;  // plume.v1.DType numbering
-  int format = 0;        // E4M3 = 4, E5M2 = 5
-  int scale_mode = 0;    // plume.v1.ScaleMode numbering
-  bool non_saturating = false;
-};
-// The content hash of a pre-packed FP8 upload: shape, options, codes, scales.
-std::string Fp8ContentHash(const Fp8Matrix& m, bool non_saturating);
-// The content hash of a float upload the server quantizes.
-std::string FloatContentHash(const std::vector<int64_t>& shape, std::string_view data, const HashOptions& o);
+// The content hash of a pre-packed FP8 upload: shape, options, codes,
+// scales (content_hash.h, Fp8CodesContentHash). Reads the codes through
+// once; their read's error otherwise.
+absl::StatusOr<std::string> Fp8ContentHash(const Fp8Matrix& m, bool non_saturating);
 
 }  // namespace plume::io

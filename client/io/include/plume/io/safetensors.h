@@ -6,12 +6,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "plume/io/array.h"
+#include "plume/io/byte_source.h"
 
 namespace plume::io {
 
@@ -30,6 +32,7 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(std::string
 
 class SafetensorsFile {
  public:
+  // Reads the header; the file stays open for the tensors' bytes.
   static absl::StatusOr<SafetensorsFile> Open(const std::string& path);
   // Parses a whole file image held in memory (e.g. for fuzzing).
   static absl::StatusOr<SafetensorsFile> FromBytes(std::string bytes);
@@ -42,10 +45,12 @@ class SafetensorsFile {
   // The raw little-endian bytes of an entry of this file, whatever its dtype
   // (e.g. F8_E4M3 codes).
   absl::StatusOr<std::string> ReadBytes(const SafetensorsEntry& e) const;
+  // The same bytes, to be read in pieces (nothing is read yet).
+  ByteSource Source(const SafetensorsEntry& e) const;
 
  private:
-  std::string path_;   // empty when constructed from bytes
-  std::string bytes_;  // whole image when constructed from bytes
+  std::shared_ptr<const FileHandle> file_;  // null when constructed from bytes
+  ByteSource image_;                        // the whole image when constructed from bytes
   uint64_t data_start_ = 0;
   std::vector<SafetensorsEntry> entries_;
 };

@@ -21,8 +21,9 @@ v1::ScaleMode ToWireScaleMode(io::Fp8ScaleLayout l);
 v1::DType ToWireFormat(Fp8Format f);
 
 // Uploads `m` pre-packed: format and scale mode come from `m` (spec's are
-// overwritten), the codes are packed into plume's layout on the way. An
-// empty spec.content_hash is filled with io::Fp8ContentHash(m, ...).
+// overwritten), the codes are packed into plume's layout on the way, a
+// message at a time (Client::UploadPackedCodes). An empty spec.content_hash
+// is filled with io::Fp8ContentHash(m, ...).
 absl::StatusOr<v1::MatrixInfo> UploadFp8Matrix(Client& client, UploadSpec spec, const io::Fp8Matrix& m,
                                                const UploadProgressFn& progress = nullptr,
                                                const CallOptions& call = {});

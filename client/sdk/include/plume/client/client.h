@@ -25,6 +25,7 @@
 #include "plume/client/gemv_session.h"
 #include "plume/client/status.h"
 #include "plume/client/tensor.h"
+#include "plume/io/byte_source.h"
 #include "plume/v1/attention.grpc.pb.h"
 #include "plume/v1/attention.pb.h"
 #include "plume/v1/diagnostics.grpc.pb.h"
@@ -154,6 +155,18 @@ class Client {
                                               const UploadProgressFn& progress = nullptr,
                                               const CallOptions& call = {});
 
+  // The same from FP8 codes as a checkpoint stores them: `codes` holds rows *
+  // cols bytes, row-major, one code each (in memory or a range of a file).
+  // They are read and packed into plume's layout a message at a time as they
+  // are sent, into the message's own buffer: when cols is a multiple of 16
+  // the packed bytes are the codes as they are (read straight into the
+  // message), otherwise each row gets its zero padding (PackFp8CodesRange).
+  // There is no packed copy of the whole matrix.
+  absl::StatusOr<v1::MatrixInfo> UploadPackedCodes(const UploadSpec& spec, int64_t rows, int64_t cols,
+                                                   const io::ByteSource& codes, const float* scales,
+                                                   int64_t num_scales, const UploadProgressFn& progress = nullptr,
+                                                   const CallOptions& call = {});
+
   absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name, const CallOptions& call = {});
   // GetMatrix with include_packed: the resident codes and scales too, the
   // same bytes a pre-packed upload of the matrix would send (the response is
@@ -230,6 +243,14 @@ class Client {
   // timeout is set (CallOptions::message_timeout).
   std::unique_ptr<grpc::ClientContext> MakeUploadContext(const CallOptions& call) const;
   int64_t ChunkBytes() const;  // upload_chunk_bytes, clamped
+  // Writes bytes [offset, offset + n) of an upload's data into `out`; an
+  // error cancels the upload and is what it returns.
+  using DataFill = std::function<absl::Status(int64_t offset, int64_t n, char* out)>;
+  // The header, `data_bytes` of data made by `fill` a message at a time into
+  // the message's own buffer (one buffer for the whole upload), the scales.
+  absl::StatusOr<v1::MatrixInfo> Upload(const v1::MatrixHeader& header, int64_t data_bytes,
+                                        const DataFill& fill, std::string_view scales,
+                                        const UploadProgressFn& progress, const CallOptions& call);
   absl::StatusOr<v1::MatrixInfo> Upload(const v1::MatrixHeader& header, std::string_view data,
                                         std::string_view scales, const UploadProgressFn& progress,
                                         const CallOptions& call);
