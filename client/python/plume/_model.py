@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import time
@@ -101,8 +102,6 @@ class Checkpoint:
     def view(self, name: str) -> memoryview:
         """The tensor's bytes, mapped (read as they are used)."""
         t = self._tensors[name]
-        import mmap  # noqa: PLC0415
-
         with open(t.path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return memoryview(mm)[t.offset:t.offset + t.nbytes]
