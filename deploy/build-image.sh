@@ -211,7 +211,7 @@ print(dict(e.split("=",1) for e in c["Env"]).get("LD_LIBRARY_PATH",""))' "$cache
   mkdir -p "$(dirname "$rootfs_tar")"
   stage="$cache/export"
   rm -rf "$stage" && mkdir -p "$stage"
-  python3 - "$cache/inspect.json" "$image" "$build" "${archs:-unknown}" "$require" "$server_bin" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" >"$stage/image-config.json" <<'PY'
+  python3 - "$cache/inspect.json" "$image" "$build" "${archs:-unknown}" "$require" "$server_bin" "$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)" >"$stage/image-config.json" <<'PY'
 import json, subprocess, sys
 i = json.load(open(sys.argv[1]))
 version = subprocess.run([sys.argv[6], "--version"], capture_output=True, text=True).stdout.strip().splitlines()
