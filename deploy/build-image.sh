@@ -11,18 +11,54 @@
 #      entrypoint), starts its entrypoint under `buildah run`, runs the
 #      HEALTHCHECK command inside the container, and from the host: `plume
 #      health`, an upload and a GEMV checked against numpy, and /metrics.
-# Usage: deploy/build-image.sh [--no-run]
-# Environment: PLUME_IMAGE (default localhost/plume:cpu), PLUME_IMAGE_CACHE
-# (buildah storage and the rootfs; default /var/tmp/plume-image),
-# DEBIAN_MIRROR, PLUME_CLI (host CLI; default: built with the release preset).
+# Usage: deploy/build-image.sh [--gpu] [--no-run]
+#
+# With --gpu it builds the GPU image instead (localhost/plume:cuda), from
+# CUDA binaries built on this machine rather than in the build stage:
+#   1. takes plume-server and the CLI from PLUME_BUILD_DIR (default
+#      build/release, built here with the release preset, which needs nvcc);
+#      they must be a CUDA build (linking libplume_kernels_cuda.so and
+#      libcudart.so.13). scripts/pack-for-gpu.sh --serving gathers them with
+#      every library they link but glibc's and the driver's into an image
+#      holding only /opt/plume (localhost/plume-payload:cuda);
+#   2. derives the runtime base from localhost/plume-bookworm, standing in for
+#      nvidia/cuda:*-runtime (which cannot be pulled here): slimmed as
+#      debian:bookworm-slim is (no docs but the copyright files, no man pages
+#      or locales), with the NVIDIA Container Toolkit variables that the
+#      nvidia/cuda images set (NVIDIA_VISIBLE_DEVICES,
+#      NVIDIA_DRIVER_CAPABILITIES, NVIDIA_REQUIRE_CUDA);
+#   3. builds deploy/Dockerfile's `prebuilt` target on it: the same runtime
+#      stage as the CPU image (user, ports, volume, healthcheck, entrypoint);
+#      checks its config, that the CUDA runtime is in the image and that the
+#      driver's libcuda is not (the container toolkit brings it);
+#   4. exports its root filesystem and config as a tarball (rootfs/ and
+#      image-config.json, xz -9) for deploy/run-gpu-image.sh;
+#   5. runs deploy/run-gpu-image.sh on the tarball. On a machine with no GPU
+#      that is with PLUME_EXPECT_BACKEND=cpu and stub driver libraries:
+#      --backend=auto falls back to the CPU, the rest is exercised.
+# Environment: PLUME_IMAGE (default localhost/plume:cpu; with --gpu
+# localhost/plume:cuda), PLUME_IMAGE_CACHE (buildah storage and the rootfs;
+# default /var/tmp/plume-image), DEBIAN_MIRROR, PLUME_CLI (host CLI; default:
+# built with the release preset). With --gpu: PLUME_BUILD_DIR (a CUDA build
+# to take the binaries from, used as it is), PLUME_IMAGE_ROOTFS (the tarball;
+# default $PLUME_IMAGE_CACHE/plume-cuda-rootfs.tar.xz), PLUME_EXPECT_BACKEND,
+# PLUME_DRIVER_LIBS_DIR and OUT (for deploy/run-gpu-image.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+gpu=0
+run_check=1
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    --no-run) run_check=0 ;;
+    *) echo "usage: deploy/build-image.sh [--gpu] [--no-run]" >&2; exit 2 ;;
+  esac
+done
 image=${PLUME_IMAGE:-localhost/plume:cpu}
+[ "$gpu" = 1 ] && image=${PLUME_IMAGE:-localhost/plume:cuda}
 cache=${PLUME_IMAGE_CACHE:-/var/tmp/plume-image}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 base=localhost/plume-bookworm:latest
-run_check=1
-[ "${1:-}" = "--no-run" ] && run_check=0
 start=$(date +%s)
 say() { echo "== [$(( $(date +%s) - start ))s] $*"; }
 
@@ -57,19 +93,11 @@ if ! "${B[@]}" inspect --type image "$base" >/dev/null 2>&1; then
   rm -rf "$cache/rootfs" "$cache/rootfs.tar"
 fi
 
-say "buildah bud -f deploy/Dockerfile -t $image (BUILD_IMAGE = BASE_IMAGE = $base)"
-# --format docker: the OCI image format has no HEALTHCHECK.
-"${B[@]}" bud --isolation chroot --format docker --layers \
-  --build-arg BUILD_IMAGE="$base" --build-arg BASE_IMAGE="$base" \
-  --build-arg PLUME_COMMIT="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-  -f "$root/deploy/Dockerfile" -t "$image" "$root"
-say "built $image"
-"${B[@]}" images "$image"
-[ "$run_check" = 1 ] || exit 0
-
-say "checking the image config"
-"${B[@]}" inspect --type image "$image" >"$cache/inspect.json"
-/usr/bin/python3 - "$cache/inspect.json" <<'PY'
+# The image config: non-root user, ports, volume, healthcheck, entrypoint;
+# with the argument "gpu", the NVIDIA Container Toolkit variables too.
+check_config() {
+  "${B[@]}" inspect --type image "$image" >"$cache/inspect.json"
+  /usr/bin/python3 - "$cache/inspect.json" "${1:-}" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))["Docker"]["config"]
 problems = []
@@ -82,10 +110,163 @@ hc = (c.get("Healthcheck") or {}).get("Test") or []
 want(hc[:2] == ["CMD", "plume"] and "health" in hc, f"Healthcheck {hc}")
 want(c.get("Entrypoint") == ["plume-entrypoint"], f"Entrypoint {c.get('Entrypoint')}")
 want(any(e == "PLUME_STORE_DIR=/var/lib/plume" for e in c.get("Env") or []), "PLUME_STORE_DIR")
+if sys.argv[2] == "gpu":
+    env = dict(e.split("=", 1) for e in c.get("Env") or [])
+    want(env.get("NVIDIA_VISIBLE_DEVICES") == "all", f"NVIDIA_VISIBLE_DEVICES {env.get('NVIDIA_VISIBLE_DEVICES')}")
+    want({"compute", "utility"} <= set(env.get("NVIDIA_DRIVER_CAPABILITIES", "").split(",")),
+         f"NVIDIA_DRIVER_CAPABILITIES {env.get('NVIDIA_DRIVER_CAPABILITIES')}")
+    want(env.get("NVIDIA_REQUIRE_CUDA", "").startswith("cuda>="), f"NVIDIA_REQUIRE_CUDA {env.get('NVIDIA_REQUIRE_CUDA')}")
 if problems:
     sys.exit("image config: " + "; ".join(problems))
 print("image config ok: user", c["User"], "ports", sorted(c["ExposedPorts"]), "healthcheck", hc)
 PY
+}
+
+if [ "$gpu" = 1 ]; then
+  # 1. The CUDA binaries and what they link.
+  if [ -n "${PLUME_BUILD_DIR:-}" ]; then
+    build=$(cd "$PLUME_BUILD_DIR" && pwd)
+  else
+    build="$root/build/release"
+    say "building plume-server and the CLI with the release preset in $build (CUDA kernels for every default architecture: long on a small machine)"
+    (cd "$root" && . scripts/env.sh &&
+     { command -v nvcc >/dev/null || { echo "no nvcc: the release preset would build no CUDA kernels (set PLUME_BUILD_DIR to a CUDA build)" >&2; exit 1; }; } &&
+     cmake --preset release >/dev/null && cmake --build --preset release --target plume-server plume_cli)
+  fi
+  server_bin="$build/server/main/plume-server"
+  [ -x "$server_bin" ] && [ -x "$build/client/plume" ] || { echo "no server/main/plume-server or client/plume in $build" >&2; exit 1; }
+  ldd "$server_bin" >"$cache/ldd-host.txt"
+  grep -q 'libplume_kernels_cuda\.so => /' "$cache/ldd-host.txt" && grep -q 'libcudart\.so\.13 => /' "$cache/ldd-host.txt" ||
+    { echo "$server_bin is not a CUDA build (it does not link libplume_kernels_cuda.so and libcudart.so.13)" >&2; exit 1; }
+  cuda_built=$("$server_bin" --version | sed -n 's/^cuda: *built with \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+  [ -n "$cuda_built" ] || { echo "$server_bin --version names no CUDA version" >&2; exit 1; }
+  archs=$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+  say "binaries from $build: built with CUDA $cuda_built, kernels for CUDA architectures ${archs:-unknown} (sm_90a kernels apart)"
+  payload="$cache/payload"
+  "$root/scripts/pack-for-gpu.sh" --serving --out "$payload/opt/plume" "$build"
+  ctr=$("${B[@]}" from scratch)
+  "${B[@]}" copy "$ctr" "$payload/opt/plume" /opt/plume >/dev/null
+  "${B[@]}" commit --quiet "$ctr" localhost/plume-payload:cuda >/dev/null
+  "${B[@]}" rm "$ctr" >/dev/null
+
+  # 2. The runtime base, named after what makes it (so a change rebuilds it).
+  require="cuda>=$cuda_built"
+  slim='set -e
+cat >/etc/dpkg/dpkg.cfg.d/slim <<EOC
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+EOC
+find /usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
+find /usr/share/doc -mindepth 1 -type d -empty -delete
+rm -rf /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/lintian
+rm -rf /var/cache/apt/* /var/lib/apt/lists/* /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/*'
+  base_id=$("${B[@]}" images --noheading --no-trunc --format '{{.ID}}' "$base")
+  gpu_base="localhost/plume-bookworm-cuda:$(printf '%s\n' "$base_id" "$slim" "$require" | sha256sum | cut -c1-12)"
+  if ! "${B[@]}" inspect --type image "$gpu_base" >/dev/null 2>&1; then
+    say "making the runtime base $gpu_base (bookworm, slim, NVIDIA_REQUIRE_CUDA=$require)"
+    ctr=$("${B[@]}" from --quiet "$base")
+    "${B[@]}" run --isolation chroot "$ctr" -- sh -c "$slim"
+    "${B[@]}" config --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+      --env "NVIDIA_REQUIRE_CUDA=$require" "$ctr"
+    "${B[@]}" commit --quiet "$ctr" "$gpu_base" >/dev/null
+    "${B[@]}" rm "$ctr" >/dev/null
+  fi
+
+  # 3. The image: deploy/Dockerfile's runtime stage with /opt/plume from the payload.
+  say "buildah bud -f deploy/Dockerfile --target prebuilt -t $image (BASE_IMAGE = $gpu_base, PAYLOAD = localhost/plume-payload:cuda)"
+  "${B[@]}" bud --isolation chroot --format docker --layers --target prebuilt \
+    --build-arg BUILD_IMAGE="$base" --build-arg BASE_IMAGE="$gpu_base" \
+    --build-arg PAYLOAD=localhost/plume-payload:cuda \
+    -f "$root/deploy/Dockerfile" -t "$image" "$root"
+  say "built $image"
+  "${B[@]}" images "$image"
+  say "checking the image config"
+  check_config gpu
+  ctr=$("${B[@]}" from --quiet "$image")
+  trap '"${B[@]}" umount "$ctr" >/dev/null 2>&1 || true; "${B[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
+  mnt=$("${B[@]}" mount "$ctr")
+  say "in the image: what plume-server links"
+  ld_path=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["Docker"]["config"]
+print(dict(e.split("=",1) for e in c["Env"]).get("LD_LIBRARY_PATH",""))' "$cache/inspect.json")
+  env -i LD_LIBRARY_PATH="$ld_path" "$(command -v chroot)" "$mnt" ldd /opt/plume/bin/plume-server /opt/plume/bin/plume >"$cache/ldd-image.txt"
+  grep -E 'libcudart|libplume_kernels|libcublas|libcuda\.' "$cache/ldd-image.txt" | sort -u
+  if grep 'not found' "$cache/ldd-image.txt"; then echo "libraries missing from the image" >&2; exit 1; fi
+  grep -q 'libcudart\.so\.13 => /opt/plume/lib/' "$cache/ldd-image.txt" &&
+    grep -q 'libplume_kernels_cuda\.so => /opt/plume/lib/' "$cache/ldd-image.txt" ||
+    { echo "the image's plume-server does not take libcudart and libplume_kernels_cuda from /opt/plume/lib" >&2; exit 1; }
+  if grep -q libcublas "$cache/ldd-image.txt"; then echo "plume-server links cuBLAS, which the image does not hold" >&2; exit 1; fi
+  found=$(find "$mnt" -xdev \( -name 'libcuda.so*' -o -name 'libnvidia-ml.so*' \) -print)
+  [ -z "$found" ] || { echo "driver libraries in the image (the container toolkit provides them): $found" >&2; exit 1; }
+  cmp -s "$payload/opt/plume/bin/plume-server" "$mnt/opt/plume/bin/plume-server" &&
+    cmp -s "$payload/opt/plume/lib/libplume_kernels_cuda.so" "$mnt/opt/plume/lib/libplume_kernels_cuda.so" ||
+    { echo "the image's binaries are not the ones just gathered (a stale build cache?)" >&2; exit 1; }
+  echo "no libcuda/libnvidia-ml in the image; binaries are those of $build"
+
+  # 4. The root filesystem and the config, for deploy/run-gpu-image.sh.
+  rootfs_tar=${PLUME_IMAGE_ROOTFS:-$cache/plume-cuda-rootfs.tar.xz}
+  mkdir -p "$(dirname "$rootfs_tar")"
+  stage="$cache/export"
+  rm -rf "$stage" && mkdir -p "$stage"
+  python3 - "$cache/inspect.json" "$image" "$build" "${archs:-unknown}" "$require" "$server_bin" "$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)" >"$stage/image-config.json" <<'PY'
+import json, subprocess, sys
+i = json.load(open(sys.argv[1]))
+version = subprocess.run([sys.argv[6], "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+json.dump({"image": sys.argv[2], "id": i.get("FromImageID"), "config": i["Docker"]["config"],
+           "build": {"binaries_from": sys.argv[3], "cuda_architectures": sys.argv[4],
+                     "requires": sys.argv[5], "plume_server": " / ".join(version),
+                     "image_built_at_commit": sys.argv[7]}}, sys.stdout, indent=1)
+PY
+  say "the image's largest directories"
+  (cd "$mnt" && du -xhd3 . 2>/dev/null | sort -h | tail -12)
+  say "exporting the root filesystem to $rootfs_tar (xz -9)"
+  tar --numeric-owner -cf "$stage/rootfs.tar" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
+    --transform='s,^\.,rootfs,S' -C "$stage" image-config.json -C "$mnt" .
+  xz -9 -T1 -c "$stage/rootfs.tar" >"$rootfs_tar.tmp"
+  mv "$rootfs_tar.tmp" "$rootfs_tar"
+  say "rootfs: $(du -h "$stage/rootfs.tar" | cut -f1) uncompressed, $(du -h "$rootfs_tar" | cut -f1) as $rootfs_tar ($(stat -c %s "$rootfs_tar") bytes)"
+  rm -rf "$stage"
+  "${B[@]}" umount "$ctr" >/dev/null
+  "${B[@]}" rm "$ctr" >/dev/null
+  trap - EXIT
+  [ "$run_check" = 1 ] || exit 0
+
+  # 5. Run it as on a GPU machine (here: most likely without a GPU).
+  expect=${PLUME_EXPECT_BACKEND:-}
+  [ -n "$expect" ] || { if [ -e /dev/nvidiactl ]; then expect=cuda; else expect=cpu; fi; }
+  driver_libs=${PLUME_DRIVER_LIBS_DIR:-}
+  if [ "$expect" = cpu ] && [ -z "$driver_libs" ] && command -v cc >/dev/null; then
+    # Stubs with the driver libraries' sonames and no symbols: the mounts and
+    # ldconfig are exercised, and cudart, finding no driver in them, reports
+    # no device.
+    driver_libs="$cache/stub-driver"
+    mkdir -p "$driver_libs"
+    echo 'int plume_stub_driver_library;' >"$driver_libs/stub.c"
+    for so in libcuda.so.1 libnvidia-ml.so.1; do
+      cc -shared -fPIC -Wl,-soname,"$so" -o "$driver_libs/$so" "$driver_libs/stub.c"
+    done
+  fi
+  say "deploy/run-gpu-image.sh $rootfs_tar (PLUME_EXPECT_BACKEND=$expect${driver_libs:+, driver libraries from $driver_libs})"
+  PLUME_EXPECT_BACKEND=$expect PLUME_DRIVER_LIBS_DIR=$driver_libs "$root/deploy/run-gpu-image.sh" "$rootfs_tar"
+  say "GPU image $image built, exported to $rootfs_tar and run: OK"
+  exit 0
+fi
+
+say "buildah bud -f deploy/Dockerfile -t $image (BUILD_IMAGE = BASE_IMAGE = $base)"
+# --format docker: the OCI image format has no HEALTHCHECK.
+"${B[@]}" bud --isolation chroot --format docker --layers \
+  --build-arg BUILD_IMAGE="$base" --build-arg BASE_IMAGE="$base" \
+  --build-arg PLUME_COMMIT="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  -f "$root/deploy/Dockerfile" -t "$image" "$root"
+say "built $image"
+"${B[@]}" images "$image"
+[ "$run_check" = 1 ] || exit 0
+
+say "checking the image config"
+check_config
 
 cli=${PLUME_CLI:-}
 if [ -z "$cli" ]; then

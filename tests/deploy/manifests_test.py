@@ -31,7 +31,14 @@ with open(os.path.join(repo, "deploy/Dockerfile")) as f:
 for arg in ("BUILD_IMAGE", "BASE_IMAGE"):
     want(re.search(rf"^ARG {arg}=\S+", dockerfile, re.M), f"Dockerfile: no ARG {arg}")
 want(re.search(r"^FROM \$\{BUILD_IMAGE\} AS build", dockerfile, re.M), "Dockerfile: build stage not FROM ${BUILD_IMAGE}")
-want(re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M), "Dockerfile: runtime stage not FROM ${BASE_IMAGE}")
+want(re.search(r"^FROM \$\{BASE_IMAGE\} AS runtime$", dockerfile, re.M), "Dockerfile: runtime stage not FROM ${BASE_IMAGE}")
+# Both targets take the runtime stage's config; the default (last) one the build stage's binaries.
+want(re.search(r"^FROM runtime AS prebuilt\nCOPY --from=payload /opt/plume /opt/plume$", dockerfile, re.M),
+     "Dockerfile: target prebuilt not FROM runtime with /opt/plume from the payload")
+stages = re.findall(r"^FROM .*$", dockerfile, re.M)
+want(stages and stages[-1] == "FROM runtime", f"Dockerfile: the last stage is {stages[-1:]}, want FROM runtime")
+want(re.search(r"^FROM runtime\nCOPY --from=build /opt/plume /opt/plume$", dockerfile, re.M),
+     "Dockerfile: the default target does not copy /opt/plume from the build stage")
 want(re.search(r"^EXPOSE 50051 9464$", dockerfile, re.M), "Dockerfile: EXPOSE 50051 9464")
 want(re.search(r'^VOLUME \["/var/lib/plume"\]$', dockerfile, re.M), "Dockerfile: VOLUME /var/lib/plume")
 want(re.search(r'^\s+CMD \["plume", .*"health"\]$', dockerfile, re.M), "Dockerfile: HEALTHCHECK via plume health")
