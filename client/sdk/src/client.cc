@@ -135,6 +135,21 @@ std::unique_ptr<grpc::ClientContext> Client::MakeUploadContext(const CallOptions
 
 namespace {
 
+// The upload header of `spec` for a rows x cols matrix sent as `source`.
+v1::MatrixHeader HeaderOf(const UploadSpec& spec, int64_t rows, int64_t cols, v1::DType source) {
+  v1::MatrixHeader h;
+  h.set_name(spec.name);
+  h.set_rows(rows);
+  h.set_cols(cols);
+  h.set_source_dtype(source);
+  h.set_format(spec.format);
+  h.set_scale_mode(spec.scale_mode);
+  h.set_non_saturating(spec.non_saturating);
+  h.set_placement(spec.placement);
+  h.set_content_hash(spec.content_hash);
+  return h;
+}
+
 // `progress`, and each call of it is progress for `watchdog` too.
 UploadProgressFn Watched(MessageWatchdog* watchdog, const UploadProgressFn& progress) {
   return [watchdog, &progress](int64_t sent, int64_t total) {
@@ -268,16 +283,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadMatrix(const UploadSpec& spec, cons
     return absl::InvalidArgumentError("UploadMatrix takes F32, F16 or BF16 data; use UploadPacked for FP8");
   }
   if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
-  v1::MatrixHeader h;
-  h.set_name(spec.name);
-  h.set_rows(source.shape[0]);
-  h.set_cols(source.shape[1]);
-  h.set_source_dtype(source.dtype);
-  h.set_format(spec.format);
-  h.set_scale_mode(spec.scale_mode);
-  h.set_non_saturating(spec.non_saturating);
-  h.set_placement(spec.placement);
-  h.set_content_hash(spec.content_hash);
+  const v1::MatrixHeader h = HeaderOf(spec, source.shape[0], source.shape[1], source.dtype);
   return Upload(h, source.bytes, {}, progress, call);
 }
 
@@ -293,16 +299,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPacked(const UploadSpec& spec, int6
     return absl::InvalidArgumentError("null buffer");
   }
   if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
-  v1::MatrixHeader h;
-  h.set_name(spec.name);
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(spec.format);
-  h.set_format(spec.format);
-  h.set_scale_mode(spec.scale_mode);
-  h.set_non_saturating(spec.non_saturating);
-  h.set_placement(spec.placement);
-  h.set_content_hash(spec.content_hash);
+  const v1::MatrixHeader h = HeaderOf(spec, rows, cols, spec.format);
   return Upload(h,
                 std::string_view(reinterpret_cast<const char*>(words), static_cast<size_t>(num_words) * 4),
                 std::string_view(reinterpret_cast<const char*>(scales), static_cast<size_t>(num_scales) * 4),
@@ -320,16 +317,7 @@ absl::StatusOr<v1::MatrixInfo> Client::UploadPackedCodes(const UploadSpec& spec,
   }
   if (num_scales > 0 && scales == nullptr) return absl::InvalidArgumentError("null buffer");
   if (auto s = CheckContentHash(spec.content_hash); !s.ok()) return s;
-  v1::MatrixHeader h;
-  h.set_name(spec.name);
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(spec.format);
-  h.set_format(spec.format);
-  h.set_scale_mode(spec.scale_mode);
-  h.set_non_saturating(spec.non_saturating);
-  h.set_placement(spec.placement);
-  h.set_content_hash(spec.content_hash);
+  const v1::MatrixHeader h = HeaderOf(spec, rows, cols, spec.format);
   const int64_t row_bytes = PackedLayout{rows, cols}.padded_cols();
   std::string rows_read;  // padded layouts: the codes of the rows a message covers
   return Upload(
