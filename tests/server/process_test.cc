@@ -435,7 +435,13 @@ TEST_F(ProcessTest, KillNineDuringKvAppendsLosesNothingAcknowledged) {
         ++n;
       }
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(30 + life * 40));
+    // A few appends acknowledged first (however slow a loaded machine is),
+    // then the kill, a little later each life.
+    for (const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+         n < 6 && std::chrono::steady_clock::now() < end;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(life * 10));
     Kill9();
     ++kills;
     appender.join();
