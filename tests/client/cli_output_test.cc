@@ -100,7 +100,7 @@ TEST_F(CliOutputTest, JsonDocumentsHaveStableKeysAndTheValues) {
   EXPECT_EQ(uploaded["scale_mode"], "row");
   EXPECT_EQ(uploaded["source_dtype"], "f32");
   EXPECT_EQ(uploaded["backend"], "cpu");
-  EXPECT_EQ(uploaded["content_hash"].get<std::string>().rfind("plume64:", 0), 0u) << uploaded.dump(1);
+  EXPECT_EQ(uploaded["content_hash"].get<std::string>().rfind("plume64v2:", 0), 0u) << uploaded.dump(1);
   EXPECT_GT(uploaded["resident_bytes"].get<int64_t>(), rows * cols);
 
   auto info = Cli({"info", "w", "--json"});
