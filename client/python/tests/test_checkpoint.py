@@ -6,19 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _ref import TABLES, bf16_bits, finite_codes
+from _ref import TABLES, bf16_bits, random_codes
 from plume import _checkpoint
 from test_matrix import assert_gemv, write_safetensors
 
 import plume
-
-
-def _codes(rng, fmt, rows, cols):
-    codes = rng.choice(finite_codes(fmt), size=(rows, cols)).astype(np.uint8)
-    if fmt == "e5m2":  # keep |products| well inside f32 for the tolerance
-        codes = codes & np.uint8(0xBF)
-    codes[0, 0] = 0x38  # never all zero
-    return codes
 
 
 def _scale_bytes(s: np.ndarray, dtype: str) -> bytes:
@@ -61,7 +53,7 @@ def test_scale_mode_for_shape():
                                             ((200, 3), "block128", "F32")])
 def test_upload_fp8_matches_the_checkpoint(client, rng, name, tmp_path, fmt, shape, mode, sdt):
     rows, cols = 200, 300
-    codes = _codes(rng, fmt, rows, cols)
+    codes = random_codes(rng, fmt, rows, cols)
     # m/8 * 2^e: exact in F32, BF16 and F16 alike
     s = (rng.integers(8, 16, size=int(np.prod(shape, dtype=np.int64))) / 8.0
          * 2.0 ** rng.integers(-8, -1, size=int(np.prod(shape, dtype=np.int64)))).astype(np.float32)
@@ -78,7 +70,7 @@ def test_upload_fp8_matches_the_checkpoint(client, rng, name, tmp_path, fmt, sha
 
 
 def test_upload_fp8_scale_problems(client, rng, name, tmp_path):
-    codes = _codes(rng, "e4m3", 20, 30)
+    codes = random_codes(rng, "e4m3", 20, 30)
     path = tmp_path / "c.safetensors"
     write_safetensors(path, {"a.weight": ("F8_E4M3", (20, 30), codes.tobytes()),
                              "a.weight_scale": ("F32", (3, 2), b"\0" * 24)})
@@ -95,7 +87,7 @@ def test_upload_fp8_scale_problems(client, rng, name, tmp_path):
 
 def test_upload_fp8_block128x128_content_hash_and_packed(client, rng, name, tmp_path):
     rows, cols = 200, 300
-    codes = _codes(rng, "e5m2", rows, cols)
+    codes = random_codes(rng, "e5m2", rows, cols)
     s = (2.0 ** rng.integers(-6, -1, size=6)).astype(np.float32)
     path = tmp_path / "b.safetensors"
     write_safetensors(path, {"q": ("F8_E5M2", (rows, cols), codes.tobytes()), "q_scale": ("F32", (2, 3), s.tobytes())})
@@ -121,7 +113,7 @@ def test_unpack_codes():
 def test_packed_reads_back_or_says_the_server_cannot(client, rng, name):
     """A server with include_packed returns the codes as uploaded; one
     without it returns none, which packed() reports as FailedPrecondition."""
-    codes = _codes(rng, "e4m3", 4, 20)
+    codes = random_codes(rng, "e4m3", 4, 20)
     client.upload_packed(name, codes, np.full(4, 0.5, np.float32), format="e4m3", scale="row")
     try:
         info, got, scales = client.packed(name)

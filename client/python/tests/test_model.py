@@ -15,20 +15,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from _ref import TABLES, bf16_bits, finite_codes, grid_matrix
+from _ref import TABLES, bf16_bits, grid_matrix, random_codes
 from plume import _hash
 from test_matrix import assert_gemv, write_safetensors
 
 import plume
 import plume.aio
-
-
-def _codes(rng, fmt, rows, cols):
-    codes = rng.choice(finite_codes(fmt), size=(rows, cols)).astype(np.uint8)
-    if fmt == "e5m2":  # keep |products| well inside f32 for the tolerance
-        codes = codes & np.uint8(0xBF)
-    codes[0, 0] = 0x38  # never all zero
-    return codes
 
 
 def _pow2(rng, n):
@@ -50,9 +42,9 @@ class Model:
 
     def __init__(self, rng, folder):
         self.folder = folder
-        self.down = _codes(rng, "e4m3", 200, 300)
+        self.down = random_codes(rng, "e4m3", 200, 300)
         self.down_tiles = _pow2(rng, 6).reshape(2, 3)
-        self.q = _codes(rng, "e5m2", 130, 100)  # 100 columns: padded to 112
+        self.q = random_codes(rng, "e5m2", 130, 100)  # 100 columns: padded to 112
         self.q_rows = _pow2(rng, 130)
         self.head = grid_matrix(rng, 64, 96, "e4m3", "row")  # exact in BF16 and on the FP8 grid
         self.embed = grid_matrix(rng, 50, 32, "e4m3", "row") / 64
@@ -148,7 +140,7 @@ def test_match_selects_and_problems_refuse_before_anything_is_sent(client, rng, 
     assert s.ok
 
     bad = tmp_path / "bad.safetensors"
-    codes = _codes(rng, "e4m3", 20, 32)
+    codes = random_codes(rng, "e4m3", 20, 32)
     write_safetensors(bad, {"a.weight": ("F8_E4M3", (20, 32), codes.tobytes()),        # no scale tensor
                             "b.weight": ("I32", (2, 2), b"\1" * 16),                    # a dtype plume has not
                             "c.weight": ("F8_E4M3", (20, 32), codes.tobytes()),
@@ -242,7 +234,7 @@ def _cli(*args: str) -> str:
 def test_python_and_the_cpp_cli_label_the_same_tensors_alike(server, client, rng, name, tmp_path):
     """The same FP8 (ragged, BF16 block scales) and BF16 tensors uploaded by
     the C++ CLI and hashed here: one label each."""
-    codes = _codes(rng, "e4m3", 257, 200)
+    codes = random_codes(rng, "e4m3", 257, 200)
     tiles = _pow2(rng, 6).reshape(3, 2)
     w = grid_matrix(rng, 40, 72, "e4m3", "row")
     path = tmp_path / "m.safetensors"
