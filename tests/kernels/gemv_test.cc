@@ -131,6 +131,34 @@ TEST_P(GemvIsaTest, MatchesFp64ReferenceAllFormatsModesShapesBatches) {
       }
 }
 
+// The batcher groups whatever calls arrive together, so a vector's result
+// must not depend on its batch: every row of a batched GEMV equals the same
+// vector's GEMV alone, bit for bit. On avx512vbmi this crosses kernels
+// (batches above kVbmiMaxBatch run the avx512 kernel).
+TEST_P(GemvIsaTest, BatchedMatchesOneAtATimeBitForBit) {
+  const Isa isa = GetParam();
+  ThreadPool pool(2);
+  uint32_t seed = 900;
+  const Shape shapes[] = {{37, 64}, {19, 200}, {64, 1024}, {9, 2055}};
+  const int64_t batches[] = {2, 3, 4, 8, 17, 64};
+  for (Fp8Format f : kFormats)
+    for (ScaleMode m : {ScaleMode::kRow, ScaleMode::kBlock128})
+      for (Shape s : shapes) {
+        const Quantized q = MakeMatrix(s.rows, s.cols, f, m, ++seed);
+        const std::vector<float> x = RandomX(64 * s.cols, ++seed);
+        std::vector<float> alone(64 * s.rows);
+        for (int64_t b = 0; b < 64; ++b)
+          ref::internal::GemvF32Isa(isa, q.view(), x.data() + b * s.cols, 1, alone.data() + b * s.rows,
+                                    &pool);
+        for (int64_t batch : batches) {
+          std::vector<float> y(batch * s.rows);
+          ref::internal::GemvF32Isa(isa, q.view(), x.data(), batch, y.data(), &pool);
+          ASSERT_EQ(0, std::memcmp(y.data(), alone.data(), y.size() * sizeof(float)))
+              << Name(f, m, s) << " batch " << batch;
+        }
+      }
+}
+
 TEST_P(GemvIsaTest, EveryCodeDecodesExactly) {
   // Each row holds all non-NaN, finite codes in a rotated order; x is random.
   const Isa isa = GetParam();

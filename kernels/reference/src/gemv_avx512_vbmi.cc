@@ -5,15 +5,17 @@
 // tables (indexed by the 7 magnitude bits; vpermi2b ignores index bit 7)
 // give the high and low byte of that bfloat16; the code's sign bit is OR'ed
 // into the high byte; two byte unpacks and four word unpacks with zero turn
-// 64 codes into 4 x 16 FP32 values. That is 9 shuffle/logic operations per
-// 64 codes and no NaN test (NaN codes look up a NaN), against ~20 for the
+// 64 codes into 4 x 16 FP32 values. That is 10 shuffle/logic operations per
+// 64 codes (with the order vpermb below) and no NaN test (NaN codes look up a NaN), against ~20 for the
 // shift-and-multiply decode in gemv_avx512.cc.
 //
-// The unpacks work within 128-bit lanes, so the 64 FP32 values of a chunk
-// come out in the order given by VbmiColumnOrder(); GemvF32Isa stores the
-// activations of every full 64-column chunk in that order (PermuteXVbmi), so
-// each FMA pairs a weight with its own activation. Columns past the last full
-// 64-column chunk are in natural order and use the 16-code step.
+// The unpacks work within 128-bit lanes, so a chunk's decoded values would
+// come out in the order VbmiColumnOrder() gives. One vpermb of the codes
+// first (the inverse order) makes them come out in natural order: each
+// accumulator lane then sums the same columns in the same sequence as the
+// shift-decode kernel in gemv_avx512.cc, so a GEMV's result does not depend
+// on which of the two kernels its batch size picks (GemvIsaTest.
+// BatchedMatchesOneAtATimeBitForBit).
 //
 // Compiled for these ISAs through a target pragma that covers only this
 // file's functions; GemvF32 picks the path at run time.
@@ -26,8 +28,9 @@
 #include "plume/kernels/fp8.h"
 
 namespace plume::ref::detail {
+namespace {
 
-// Position p (0..63) of a permuted chunk holds column VbmiColumnOrder(p):
+// Output position p (0..63) of the unpacks holds input byte VbmiColumnOrder(p):
 // output vector q = p / 16, element j = p % 16.
 int VbmiColumnOrder(int p) {
   const int q = p / 16, j = p % 16;
@@ -37,17 +40,7 @@ int VbmiColumnOrder(int p) {
   return 16 * (j / 4) + 8 * (q / 2) + 2 * (j % 4) + q % 2;
 }
 
-void PermuteXVbmi(float* xp, int64_t batch, int64_t pc) {
-  float tmp[64];
-  for (int64_t b = 0; b < batch; ++b) {
-    float* row = xp + b * pc;
-    for (int64_t c = 0; c + 64 <= pc; c += 64) {
-      for (int p = 0; p < 64; ++p) tmp[p] = row[c + VbmiColumnOrder(p)];
-      std::memcpy(row + c, tmp, sizeof(tmp));
-    }
-  }
-}
-
+}  // namespace
 }  // namespace plume::ref::detail
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -68,9 +61,12 @@ constexpr int kPrefetchBytes = PLUME_VBMI_PREFETCH;
 
 // hi/lo bytes of the bfloat16 of each magnitude code 0..127, as two 64-byte
 // halves each (vpermi2b's two table operands).
+// order: the vpermb index that puts code VbmiColumnOrder^-1(s) at byte s, so
+// that the unpacks' output is in column order.
 struct alignas(64) ByteTables {
   uint8_t hi[128];
   uint8_t lo[128];
+  uint8_t order[64];
 };
 
 ByteTables MakeTables(Fp8Format f) {
@@ -84,6 +80,7 @@ ByteTables MakeTables(Fp8Format f) {
     t.hi[c] = static_cast<uint8_t>(bits >> 24);
     t.lo[c] = static_cast<uint8_t>(bits >> 16);
   }
+  for (int p = 0; p < 64; ++p) t.order[VbmiColumnOrder(p)] = static_cast<uint8_t>(p);
   return t;
 }
 
@@ -94,18 +91,18 @@ const ByteTables& TablesFor(Fp8Format f) {
 }
 
 struct Tab {
-  __m512i hi0, hi1, lo0, lo1;
+  __m512i hi0, hi1, lo0, lo1, order;
 };
 
 PLUME_AI Tab LoadTab(Fp8Format f) {
   const ByteTables& t = TablesFor(f);
   return {_mm512_load_si512(t.hi), _mm512_load_si512(t.hi + 64), _mm512_load_si512(t.lo),
-          _mm512_load_si512(t.lo + 64)};
+          _mm512_load_si512(t.lo + 64), _mm512_load_si512(t.order)};
 }
 
-// 64 codes -> 4 x 16 floats in VbmiColumnOrder.
+// 64 codes -> 4 x 16 floats in column order: f[q] holds columns 16q..16q+15.
 PLUME_AI void Decode64(const uint8_t* p, const Tab& t, __m512 (&f)[4]) {
-  const __m512i code = _mm512_loadu_si512(p);
+  const __m512i code = _mm512_permutexvar_epi8(t.order, _mm512_loadu_si512(p));
   __m512i hi = _mm512_permutex2var_epi8(t.hi0, code, t.hi1);
   const __m512i lo = _mm512_permutex2var_epi8(t.lo0, code, t.lo1);
   // hi | (code & 0x80): the sign bit.
@@ -119,8 +116,7 @@ PLUME_AI void Decode64(const uint8_t* p, const Tab& t, __m512 (&f)[4]) {
   f[3] = _mm512_castsi512_ps(_mm512_and_si512(wh, m));
 }
 
-// 16 codes (natural order) -> 16 floats, for the columns past the last full
-// 64-column chunk: the same lookups on the low lane, then a dword zero-extend.
+// 16 codes -> 16 floats, for the columns past the last full 64-column chunk: the same lookups on the low lane, then a dword zero-extend.
 PLUME_AI __m512 Decode16(const uint8_t* p, const Tab& t) {
   const __m512i code = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   __m512i hi = _mm512_permutex2var_epi8(t.hi0, code, t.hi1);

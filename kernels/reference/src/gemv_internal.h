@@ -105,10 +105,5 @@ void GemvRowsScalar(const GemvArgs& a, int64_t r0, int64_t r1);
 void GemvRowsAvx2(const GemvArgs& a, int64_t r0, int64_t r1);
 void GemvRowsAvx512(const GemvArgs& a, int64_t r0, int64_t r1);
 void GemvRowsAvx512Vbmi(const GemvArgs& a, int64_t r0, int64_t r1);
-// The VBMI kernel reads the activations of each full 64-column chunk in a
-// permuted order: position p holds column VbmiColumnOrder(p). PermuteXVbmi
-// rearranges a zero-padded [batch][pc] activation copy in place.
-int VbmiColumnOrder(int p);
-void PermuteXVbmi(float* xp, int64_t batch, int64_t pc);
 
 }  // namespace plume::ref::detail

@@ -315,7 +315,6 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
   std::vector<float> xp(static_cast<size_t>(batch * a.pc), 0.0f);
   for (int64_t b = 0; b < batch; ++b)
     std::memcpy(xp.data() + b * a.pc, x + b * l.cols, static_cast<size_t>(l.cols) * 4);
-  if (isa == Isa::kAvx512Vbmi) detail::PermuteXVbmi(xp.data(), batch, a.pc);
   a.xp = xp.data();
   const detail::RowsFn fn = isa == Isa::kAvx512Vbmi ? detail::GemvRowsAvx512Vbmi
                             : isa == Isa::kAvx512   ? detail::GemvRowsAvx512
