@@ -59,11 +59,13 @@ bool PwriteAll(int fd, const void* data, int64_t n, int64_t at) {
   return true;
 }
 
+}  // namespace
+
 // What a writer and its thread share. The thread may outlive the writer (an
 // abandoned upload): it then removes the temp file, and the last of the two
 // to let go closes the descriptors.
-struct Stream {
-  ~Stream() {
+struct MatrixFileStream {
+  ~MatrixFileStream() {
     if (fd >= 0) ::close(fd);
     if (direct_fd >= 0) ::close(direct_fd);
     if (bounce != nullptr) ::munmap(bounce, static_cast<size_t>(kUnit));
@@ -97,6 +99,10 @@ struct Stream {
   int64_t checksummed = 0;
   int error = 0;               // errno of a failed write; the thread stops writing
 };
+
+namespace {
+
+using Stream = MatrixFileStream;
 
 // Writes the file up to words byte `upto` (final), as far as the thread writes.
 void WriteUpTo(Stream& s, int64_t upto) {
@@ -198,7 +204,29 @@ void Run(std::shared_ptr<Stream> sp) {
   sp.reset();  // the words and, if the writer is gone, the descriptors
   absl::MutexLock lock(&threads->mu);
   --threads->running;
+  // Forget the streams that are gone.
+  auto& v = threads->streams;
+  v.erase(std::remove_if(v.begin(), v.end(), [](const std::weak_ptr<MatrixFileStream>& w) { return w.expired(); }),
+          v.end());
 }
+
+}  // namespace
+
+void CancelMatrixFileStreams(DirectoryStore::Threads& threads) {
+  std::vector<std::weak_ptr<MatrixFileStream>> streams;
+  {
+    absl::MutexLock lock(&threads.mu);
+    streams = threads.streams;
+  }
+  for (const auto& w : streams) {
+    if (std::shared_ptr<MatrixFileStream> s = w.lock()) {
+      absl::MutexLock lock(&s->mu);
+      if (!s->committing) s->cancelled = true;
+    }
+  }
+}
+
+namespace {
 
 class DirectoryFileWriter final : public MatrixFileWriter {
  public:
@@ -207,6 +235,7 @@ class DirectoryFileWriter final : public MatrixFileWriter {
     {
       absl::MutexLock lock(&s_->threads->mu);
       ++s_->threads->running;
+      s_->threads->streams.push_back(s_);
     }
     thread_ = std::thread(Run, s_);
   }
