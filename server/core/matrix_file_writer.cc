@@ -11,7 +11,8 @@
 // partial blocks at either end go through the page cache at Commit, on a
 // second descriptor of the same file. Without O_DIRECT (tmpfs; tests) the
 // thread writes everything through the page cache and starts its writeback
-// as it goes (sync_file_range), so that the fsync finds little left to do.
+// as it goes (sync_file_range). Either way it flushes the file every 256 MiB
+// (fdatasync), so that the fsync at Commit finds little left to do.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -30,6 +31,10 @@ namespace {
 
 constexpr int64_t kBlock = 4096;       // O_DIRECT alignment: offsets, lengths, memory
 constexpr int64_t kUnit = 4 << 20;     // bytes per background write (and checksum step)
+// The thread flushes the file to stable storage every this many bytes, so
+// that the device's write-back runs while the upload still arrives rather
+// than all in Commit's fsync (0.5-0.6 s per GiB on the development VM).
+constexpr int64_t kSyncEvery = int64_t{256} << 20;
 
 int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 int64_t RoundDown(int64_t v, int64_t a) { return v / a * a; }
@@ -95,6 +100,7 @@ struct MatrixFileStream {
   int64_t direct_end = 0;      // the last whole block of words ends here
   int64_t region_start = 0;    // the thread writes the file from here ...
   int64_t file_pos = 0;        // ... up to here so far
+  int64_t synced_to = 0;       // flushed to stable storage up to here (fdatasync)
   uint32_t words_crc = 0;      // Crc32c of words [0, checksummed)
   int64_t checksummed = 0;
   int error = 0;               // errno of a failed write; the thread stops writing
@@ -103,6 +109,16 @@ struct MatrixFileStream {
 namespace {
 
 using Stream = MatrixFileStream;
+
+// Flushes what the thread has written once kSyncEvery more bytes are in.
+void SyncNow(Stream& s) {
+  if (s.file_pos - s.synced_to < kSyncEvery) return;
+  if (::fdatasync(s.fd) != 0) {
+    s.error = errno;
+    return;
+  }
+  s.synced_to = s.file_pos;
+}
 
 // Writes the file up to words byte `upto` (final), as far as the thread writes.
 void WriteUpTo(Stream& s, int64_t upto) {
@@ -123,7 +139,10 @@ void WriteUpTo(Stream& s, int64_t upto) {
       }
       s.file_pos += n;
     }
-    if (s.direct_fd >= 0) return;
+    if (s.direct_fd >= 0) {
+      SyncNow(s);
+      return;
+    }
   }
   const int64_t end = s.at + upto;
   if (end <= s.file_pos) return;
@@ -134,6 +153,7 @@ void WriteUpTo(Stream& s, int64_t upto) {
   // Start the writeback now (best effort): the fsync then waits for less.
   ::sync_file_range(s.fd, s.file_pos, end - s.file_pos, SYNC_FILE_RANGE_WRITE);
   s.file_pos = end;
+  SyncNow(s);
 }
 
 // Creates the temp file (and its O_DIRECT descriptor and bounce buffer):
@@ -167,7 +187,7 @@ void Open(Stream& s) {
     }
   }
   s.region_start = s.direct_fd >= 0 ? direct_start : s.at;
-  s.file_pos = s.region_start;
+  s.file_pos = s.synced_to = s.region_start;
 }
 
 void Run(std::shared_ptr<Stream> sp) {
