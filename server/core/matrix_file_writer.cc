@@ -11,8 +11,9 @@
 // partial blocks at either end go through the page cache at Commit, on a
 // second descriptor of the same file. Without O_DIRECT (tmpfs; tests) the
 // thread writes everything through the page cache and starts its writeback
-// as it goes (sync_file_range). Either way it flushes the file every 256 MiB
-// (fdatasync), so that the fsync at Commit finds little left to do.
+// as it goes (sync_file_range). Either way the file is flushed every 256 MiB
+// (fdatasync, on a short-lived thread while the writes go on), so that the
+// fsync at Commit finds little left to do.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -100,7 +101,9 @@ struct MatrixFileStream {
   int64_t direct_end = 0;      // the last whole block of words ends here
   int64_t region_start = 0;    // the thread writes the file from here ...
   int64_t file_pos = 0;        // ... up to here so far
-  int64_t synced_to = 0;       // flushed to stable storage up to here (fdatasync)
+  int64_t synced_to = 0;       // flushed (or being flushed) up to here (fdatasync)
+  std::thread flusher;         // the flush in flight; joined before the next and at the end
+  int flush_error = 0;         // the flusher's errno, read once it is joined
   uint32_t words_crc = 0;      // Crc32c of words [0, checksummed)
   int64_t checksummed = 0;
   int error = 0;               // errno of a failed write; the thread stops writing
@@ -110,14 +113,20 @@ namespace {
 
 using Stream = MatrixFileStream;
 
-// Flushes what the thread has written once kSyncEvery more bytes are in.
+// Waits for the flush in flight, if any; its failure becomes the thread's.
+void JoinFlush(Stream& s) {
+  if (!s.flusher.joinable()) return;
+  s.flusher.join();
+  if (s.flush_error != 0 && s.error == 0) s.error = s.flush_error;
+}
+
+// Once kSyncEvery more bytes are written, flushes them (fdatasync) on a
+// thread of its own, so that the next writes go on meanwhile.
 void SyncNow(Stream& s) {
   if (s.file_pos - s.synced_to < kSyncEvery) return;
-  if (::fdatasync(s.fd) != 0) {
-    s.error = errno;
-    return;
-  }
+  JoinFlush(s);
   s.synced_to = s.file_pos;
+  s.flusher = std::thread([&s] { s.flush_error = ::fdatasync(s.fd) != 0 ? errno : 0; });
 }
 
 // Writes the file up to words byte `upto` (final), as far as the thread writes.
@@ -212,6 +221,7 @@ void Run(std::shared_ptr<Stream> sp) {
     s.checksummed = upto;
     if (s.error == 0) WriteUpTo(s, upto);
   }
+  JoinFlush(s);
   if (!cancelled) {  // every word is in: Commit (which joins) or a cancel
     absl::MutexLock lock(&s.mu);
     s.mu.Await(absl::Condition(
