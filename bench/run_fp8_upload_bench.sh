@@ -21,7 +21,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+# pid 0 once no server runs: `kill 0` would signal this script's whole
+# process group (a pipe it feeds, the shell that ran it).
+trap '[ "$pid" -eq 0 ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 pid=0
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "commit: $(git -C "$root" rev-parse --short HEAD)"

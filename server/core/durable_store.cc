@@ -86,7 +86,11 @@ absl::StatusOr<std::unique_ptr<DirectoryStore>> DirectoryStore::Open(const std::
 
 DirectoryStore::DirectoryStore(std::string dir, int dir_fd) : dir_(std::move(dir)), dir_fd_(dir_fd) {}
 
+// matrix_file_writer.cc
+void CancelMatrixFileStreams(DirectoryStore::Threads& threads);
+
 DirectoryStore::~DirectoryStore() {
+  CancelMatrixFileStreams(*threads_);
   absl::MutexLock lock(&threads_->mu);
   threads_->mu.Await(absl::Condition(
       +[](int* running) { return *running == 0; }, &threads_->running));

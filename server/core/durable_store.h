@@ -31,6 +31,8 @@
 
 namespace plume::core {
 
+struct MatrixFileStream;  // matrix_file_writer.cc
+
 // A matrix file written while its upload's packed words arrive
 // (Persistence::BeginMatrix): a background thread checksums the words and
 // writes them to a temp file as they become final, so that storing the
@@ -138,10 +140,12 @@ class DirectoryStore final : public Persistence {
   static std::string KvFileName(std::string_view name);      // "<name>.pkv"
 
   // The background threads of abandoned or unfinished MatrixFileWriters:
-  // the store's destructor waits for them (they use dir_fd_).
+  // the store's destructor cancels those not committing (their uploads can
+  // no longer finish) and waits for them all (they use dir_fd_).
   struct Threads {
     absl::Mutex mu;
     int running ABSL_GUARDED_BY(mu) = 0;
+    std::vector<std::weak_ptr<MatrixFileStream>> streams ABSL_GUARDED_BY(mu);
   };
 
  private:

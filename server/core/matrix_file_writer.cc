@@ -11,7 +11,9 @@
 // partial blocks at either end go through the page cache at Commit, on a
 // second descriptor of the same file. Without O_DIRECT (tmpfs; tests) the
 // thread writes everything through the page cache and starts its writeback
-// as it goes (sync_file_range), so that the fsync finds little left to do.
+// as it goes (sync_file_range). Either way the file is flushed every 256 MiB
+// (fdatasync, on a short-lived thread while the writes go on), so that the
+// fsync at Commit finds little left to do.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -30,6 +32,10 @@ namespace {
 
 constexpr int64_t kBlock = 4096;       // O_DIRECT alignment: offsets, lengths, memory
 constexpr int64_t kUnit = 4 << 20;     // bytes per background write (and checksum step)
+// The thread flushes the file to stable storage every this many bytes, so
+// that the device's write-back runs while the upload still arrives rather
+// than all in Commit's fsync (0.5-0.6 s per GiB on the development VM).
+constexpr int64_t kSyncEvery = int64_t{256} << 20;
 
 int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 int64_t RoundDown(int64_t v, int64_t a) { return v / a * a; }
@@ -59,11 +65,13 @@ bool PwriteAll(int fd, const void* data, int64_t n, int64_t at) {
   return true;
 }
 
+}  // namespace
+
 // What a writer and its thread share. The thread may outlive the writer (an
 // abandoned upload): it then removes the temp file, and the last of the two
 // to let go closes the descriptors.
-struct Stream {
-  ~Stream() {
+struct MatrixFileStream {
+  ~MatrixFileStream() {
     if (fd >= 0) ::close(fd);
     if (direct_fd >= 0) ::close(direct_fd);
     if (bounce != nullptr) ::munmap(bounce, static_cast<size_t>(kUnit));
@@ -93,10 +101,33 @@ struct Stream {
   int64_t direct_end = 0;      // the last whole block of words ends here
   int64_t region_start = 0;    // the thread writes the file from here ...
   int64_t file_pos = 0;        // ... up to here so far
+  int64_t synced_to = 0;       // flushed (or being flushed) up to here (fdatasync)
+  std::thread flusher;         // the flush in flight; joined before the next and at the end
+  int flush_error = 0;         // the flusher's errno, read once it is joined
   uint32_t words_crc = 0;      // Crc32c of words [0, checksummed)
   int64_t checksummed = 0;
   int error = 0;               // errno of a failed write; the thread stops writing
 };
+
+namespace {
+
+using Stream = MatrixFileStream;
+
+// Waits for the flush in flight, if any; its failure becomes the thread's.
+void JoinFlush(Stream& s) {
+  if (!s.flusher.joinable()) return;
+  s.flusher.join();
+  if (s.flush_error != 0 && s.error == 0) s.error = s.flush_error;
+}
+
+// Once kSyncEvery more bytes are written, flushes them (fdatasync) on a
+// thread of its own, so that the next writes go on meanwhile.
+void SyncNow(Stream& s) {
+  if (s.file_pos - s.synced_to < kSyncEvery) return;
+  JoinFlush(s);
+  s.synced_to = s.file_pos;
+  s.flusher = std::thread([&s] { s.flush_error = ::fdatasync(s.fd) != 0 ? errno : 0; });
+}
 
 // Writes the file up to words byte `upto` (final), as far as the thread writes.
 void WriteUpTo(Stream& s, int64_t upto) {
@@ -117,7 +148,10 @@ void WriteUpTo(Stream& s, int64_t upto) {
       }
       s.file_pos += n;
     }
-    if (s.direct_fd >= 0) return;
+    if (s.direct_fd >= 0) {
+      SyncNow(s);
+      return;
+    }
   }
   const int64_t end = s.at + upto;
   if (end <= s.file_pos) return;
@@ -128,6 +162,7 @@ void WriteUpTo(Stream& s, int64_t upto) {
   // Start the writeback now (best effort): the fsync then waits for less.
   ::sync_file_range(s.fd, s.file_pos, end - s.file_pos, SYNC_FILE_RANGE_WRITE);
   s.file_pos = end;
+  SyncNow(s);
 }
 
 // Creates the temp file (and its O_DIRECT descriptor and bounce buffer):
@@ -161,7 +196,7 @@ void Open(Stream& s) {
     }
   }
   s.region_start = s.direct_fd >= 0 ? direct_start : s.at;
-  s.file_pos = s.region_start;
+  s.file_pos = s.synced_to = s.region_start;
 }
 
 void Run(std::shared_ptr<Stream> sp) {
@@ -186,6 +221,7 @@ void Run(std::shared_ptr<Stream> sp) {
     s.checksummed = upto;
     if (s.error == 0) WriteUpTo(s, upto);
   }
+  JoinFlush(s);
   if (!cancelled) {  // every word is in: Commit (which joins) or a cancel
     absl::MutexLock lock(&s.mu);
     s.mu.Await(absl::Condition(
@@ -198,7 +234,29 @@ void Run(std::shared_ptr<Stream> sp) {
   sp.reset();  // the words and, if the writer is gone, the descriptors
   absl::MutexLock lock(&threads->mu);
   --threads->running;
+  // Forget the streams that are gone.
+  auto& v = threads->streams;
+  v.erase(std::remove_if(v.begin(), v.end(), [](const std::weak_ptr<MatrixFileStream>& w) { return w.expired(); }),
+          v.end());
 }
+
+}  // namespace
+
+void CancelMatrixFileStreams(DirectoryStore::Threads& threads) {
+  std::vector<std::weak_ptr<MatrixFileStream>> streams;
+  {
+    absl::MutexLock lock(&threads.mu);
+    streams = threads.streams;
+  }
+  for (const auto& w : streams) {
+    if (std::shared_ptr<MatrixFileStream> s = w.lock()) {
+      absl::MutexLock lock(&s->mu);
+      if (!s->committing) s->cancelled = true;
+    }
+  }
+}
+
+namespace {
 
 class DirectoryFileWriter final : public MatrixFileWriter {
  public:
@@ -207,6 +265,7 @@ class DirectoryFileWriter final : public MatrixFileWriter {
     {
       absl::MutexLock lock(&s_->threads->mu);
       ++s_->threads->running;
+      s_->threads->streams.push_back(s_);
     }
     thread_ = std::thread(Run, s_);
   }

@@ -223,6 +223,23 @@ TEST(MatrixFileWriter, AnAbandonedOrEarlyCommittedFileLeavesNothing) {
   EXPECT_TRUE(FilesIn(dir).empty());
 }
 
+TEST(MatrixFileWriter, AStoreClosedUnderAnUnfinishedFileCancelsIt) {
+  TempDir dir;
+  StoredMatrixMeta meta{"w", MatrixShape{1500, 4096, Fp8Format::kE4M3, ScaleMode::kRow, true}, DType::kE4M3, 1, ""};
+  auto keep = std::make_shared<std::string>(RandomBytes(static_cast<size_t>(meta.shape.layout().code_bytes()), 12));
+  absl::StatusOr<std::unique_ptr<MatrixFileWriter>> f;
+  {
+    auto disk = DirectoryStore::Open(dir.str());
+    ASSERT_TRUE(disk.ok());
+    (*disk)->set_stream_min_bytes(0);
+    f = (*disk)->BeginMatrix(meta, reinterpret_cast<const uint8_t*>(keep->data()), keep);
+    ASSERT_TRUE(f.ok() && *f != nullptr);
+    (*f)->WordsReady(1000);
+  }  // the store closes with the file's words still coming: it cancels it rather than wait for them
+  EXPECT_TRUE(FilesIn(dir).empty());
+  f->reset();  // the writer outlives its store harmlessly
+}
+
 TEST(MatrixFileWriter, AFileThatCannotBeCreatedFailsItsCommit) {
   TempDir dir;
   auto disk = DirectoryStore::Open(dir.str());
