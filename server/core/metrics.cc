@@ -161,6 +161,12 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   dropped_deadline_ = &dropped.Add({{"reason", "deadline"}});
   dropped_cancelled_ = &dropped.Add({{"reason", "cancelled"}});
   dropped_queue_full_ = &dropped.Add({{"reason", "queue_full"}});
+  calls_in_flight_ = &prometheus::BuildGauge()
+                          .Name("plume_calls_in_flight")
+                          .Help("Calls admitted and not yet done, of every plume service (not "
+                                "health checks); a stream or an upload counts once.")
+                          .Register(*registry_)
+                          .Add({});
 }
 
 Metrics::~Metrics() = default;
@@ -253,6 +259,10 @@ void Metrics::SetKv(int64_t caches, int64_t bytes) {
 void Metrics::RecordAttention(int64_t query_rows, int64_t kv_bytes) {
   attention_rows_->Increment(static_cast<double>(query_rows));
   kv_bytes_read_->Increment(static_cast<double>(kv_bytes));
+}
+
+void Metrics::SetCallsInFlight(int64_t calls) {
+  calls_in_flight_->Set(static_cast<double>(calls));
 }
 
 }  // namespace plume::core

@@ -83,6 +83,9 @@ class Metrics {
   // One executed attention request: query rows (batch * heads * q_len) and
   // K/V bytes streamed (the pages read, once per kv head and query group).
   void RecordAttention(int64_t query_rows, int64_t kv_bytes);
+  // Calls admitted and not yet done, of every plume service (a stream or an
+  // upload counts once).
+  void SetCallsInFlight(int64_t calls);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -116,6 +119,7 @@ class Metrics {
   prometheus::Gauge* kv_bytes_ = nullptr;
   prometheus::Counter* attention_rows_ = nullptr;
   prometheus::Counter* kv_bytes_read_ = nullptr;
+  prometheus::Gauge* calls_in_flight_ = nullptr;
 };
 
 }  // namespace plume::core
