@@ -83,8 +83,8 @@ endif()
 if(TARGET plume_client AND TARGET plume-server)
   add_executable(process_test server/process_test.cc)
   target_include_directories(process_test PRIVATE ${PROJECT_SOURCE_DIR})
-  target_link_libraries(process_test PRIVATE plume_client plume_kernels_ref gRPC::grpc++
-    absl::strings nlohmann_json::nlohmann_json GTest::gtest_main)
+  target_link_libraries(process_test PRIVATE plume_client plume_kernels_ref plume_metrics_scrape
+    gRPC::grpc++ absl::strings nlohmann_json::nlohmann_json GTest::gtest_main)
   target_compile_definitions(process_test PRIVATE PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>")
   add_dependencies(process_test plume-server)
   gtest_discover_tests(process_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
@@ -152,8 +152,8 @@ endif()
 if(TARGET plume_client AND TARGET plume-server)
   add_executable(drain_test server/drain_test.cc)
   target_include_directories(drain_test PRIVATE ${PROJECT_SOURCE_DIR})
-  target_link_libraries(drain_test PRIVATE plume_client gRPC::grpc++ nlohmann_json::nlohmann_json
-    GTest::gtest_main)
+  target_link_libraries(drain_test PRIVATE plume_client plume_metrics_scrape gRPC::grpc++
+    nlohmann_json::nlohmann_json GTest::gtest_main)
   target_compile_definitions(drain_test PRIVATE PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>")
   add_dependencies(drain_test plume-server)
   gtest_discover_tests(drain_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
