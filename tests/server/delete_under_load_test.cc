@@ -127,10 +127,10 @@ bool SameResult(const std::string& got, const std::string& want) {
 // fixture's samples_mu_; only its session's reader thread touches the rest
 // until the session is finished.
 struct StreamClient {
-  std::unique_ptr<GemvSession> session;
   std::vector<std::pair<Clock::time_point, double>> samples;  // start, latency (ms)
   int errors = 0, wrong = 0;
   std::string first_error;
+  std::unique_ptr<GemvSession> session;  // last: goes first, with its reader
 };
 
 class DeleteUnderLoadTest : public ::testing::Test {
@@ -218,6 +218,14 @@ TEST_F(DeleteUnderLoadTest, DeletesAndReuploadsOfAnotherMatrixDoNotRaiseGemvP99)
   ASSERT_TRUE(control_disk.ok()) << control_disk.status();
   const std::string control_bytes(std::filesystem::file_size(churn_file), 'c');
 
+  std::vector<StreamClient> streams(kStreams);
+  for (StreamClient& s : streams) {
+    auto session = client->StartGemvSession("hot", {.max_in_flight = 2});
+    ASSERT_TRUE(session.ok()) << session.status();
+    s.session = std::move(*session);
+  }
+  for (StreamClient& s : streams) PushNext(s);
+
   // The loop, on a connection of its own, switched per window; `busy` while
   // a cycle runs.
   auto loop_client = Connect();
@@ -277,14 +285,6 @@ TEST_F(DeleteUnderLoadTest, DeletesAndReuploadsOfAnotherMatrixDoNotRaiseGemvP99)
     kind = k;
     cv.notify_all();
   };
-
-  std::vector<StreamClient> streams(kStreams);
-  for (StreamClient& s : streams) {
-    auto session = client->StartGemvSession("hot", {.max_in_flight = 2});
-    ASSERT_TRUE(session.ok()) << session.status();
-    s.session = std::move(*session);
-  }
-  for (StreamClient& s : streams) PushNext(s);
 
   switch_to('F');
   std::this_thread::sleep_for(1s);  // warm-up, not measured
