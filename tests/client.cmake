@@ -5,6 +5,7 @@ target_link_libraries(client_io_test PRIVATE plume_io GTest::gtest_main)
 gtest_discover_tests(client_io_test DISCOVERY_TIMEOUT 60)
 
 add_executable(client_sdk_test client/sdk_test.cc)
+target_include_directories(client_sdk_test PRIVATE ${PROJECT_SOURCE_DIR})
 target_link_libraries(client_sdk_test PRIVATE plume_client gRPC::grpc++ GTest::gtest_main)
 gtest_discover_tests(client_sdk_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
 

@@ -166,6 +166,12 @@ Metrics::Metrics(MetricsOptions options)
   dropped_deadline_ = &dropped.Add({{"reason", "deadline"}});
   dropped_cancelled_ = &dropped.Add({{"reason", "cancelled"}});
   dropped_queue_full_ = &dropped.Add({{"reason", "queue_full"}});
+  calls_in_flight_ = &prometheus::BuildGauge()
+                          .Name("plume_calls_in_flight")
+                          .Help("Calls admitted and not yet done, of every plume service (not "
+                                "health checks); a stream or an upload counts once.")
+                          .Register(*registry_)
+                          .Add({});
 }
 
 Metrics::~Metrics() = default;
@@ -314,6 +320,10 @@ void Metrics::SetDeviceBudget(int device, int64_t used, int64_t budget) {
 void Metrics::SetKv(int64_t caches, int64_t bytes) {
   kv_caches_->Set(static_cast<double>(caches));
   kv_bytes_->Set(static_cast<double>(bytes));
+}
+
+void Metrics::SetCallsInFlight(int64_t calls) {
+  calls_in_flight_->Set(static_cast<double>(calls));
 }
 
 }  // namespace plume::core

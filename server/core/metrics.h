@@ -125,6 +125,9 @@ class Metrics {
   void SetKv(int64_t caches, int64_t bytes);
 
   const MetricsOptions& options() const { return options_; }
+  // Calls admitted and not yet done, of every plume service (a stream or an
+  // upload counts once).
+  void SetCallsInFlight(int64_t calls);
 
  private:
   static constexpr int kNumCodes = 17;  // absl::StatusCode 0..16
@@ -172,6 +175,7 @@ class Metrics {
   prometheus::Counter* dropped_queue_full_ = nullptr;
   prometheus::Gauge* kv_caches_ = nullptr;
   prometheus::Gauge* kv_bytes_ = nullptr;
+  prometheus::Gauge* calls_in_flight_ = nullptr;
 };
 
 }  // namespace plume::core

@@ -14,13 +14,20 @@ absl::Status CallGate::Admit(grpc::CallbackServerContext* ctx) {
   absl::Status s = auth_ == nullptr ? absl::OkStatus() : auth_->Check(*ctx);
   absl::MutexLock lock(&mu_);
   if (draining_) return absl::UnavailableError("server is shutting down; retry on another replica");
-  if (s.ok()) calls_.emplace(ctx, false);
+  if (s.ok()) {
+    calls_.emplace(ctx, false);
+    SetGaugeLocked();
+  }
   return s;
 }
 
 void CallGate::CallDone(grpc::CallbackServerContext* ctx) {
   absl::MutexLock lock(&mu_);
-  calls_.erase(ctx);
+  if (calls_.erase(ctx) != 0) SetGaugeLocked();
+}
+
+void CallGate::SetGaugeLocked() {
+  if (metrics_ != nullptr) metrics_->SetCallsInFlight(static_cast<int64_t>(calls_.size()));
 }
 
 void CallGate::StartDraining() {

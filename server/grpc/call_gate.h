@@ -12,16 +12,19 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "server/core/metrics.h"
 #include "server/grpc/auth.h"
 
 namespace plume::server {
 
 // Every call is admitted once and ends with one CallDone(), whatever Admit
-// returned; the gate knows each admitted call until then.
+// returned; the gate knows each admitted call until then, and counts them in
+// plume_calls_in_flight.
 class CallGate {
  public:
-  // `auth` (not owned; may be null) checks each call's bearer token.
-  explicit CallGate(const TokenAuth* auth) : auth_(auth) {}
+  // `auth` (not owned; may be null) checks each call's bearer token;
+  // `metrics` (not owned; may be null) gets the number of open calls.
+  CallGate(const TokenAuth* auth, core::Metrics* metrics) : auth_(auth), metrics_(metrics) {}
 
   // OK, UNAVAILABLE while draining, or UNAUTHENTICATED without the token.
   absl::Status Admit(grpc::CallbackServerContext* ctx);
@@ -42,7 +45,10 @@ class CallGate {
   int64_t open_calls() const;
 
  private:
+  void SetGaugeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const TokenAuth* auth_;
+  core::Metrics* const metrics_;
   mutable absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // Each open call and whether AbortOpenCalls ended it.

@@ -101,7 +101,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   auto impl = std::make_unique<Impl>();
   impl->engine = &engine;
   if (!options.auth_token.empty()) impl->auth = std::make_unique<TokenAuth>(options.auth_token);
-  impl->gate = std::make_unique<CallGate>(impl->auth.get());
+  impl->gate = std::make_unique<CallGate>(impl->auth.get(), metrics);
   MatrixServiceImpl::Options svc_options;
   svc_options.max_stream_in_flight = options.max_stream_in_flight;
   svc_options.batcher = engine.batcher();

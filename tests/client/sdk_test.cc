@@ -21,6 +21,7 @@
 #include "plume/client/checkpoint.h"
 #include "plume/client/client.h"
 #include "plume/io/checkpoint.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -37,6 +38,7 @@ class FakeMatrixService final : public v1::MatrixService::Service {
   std::atomic<int> scale_chunks{0};
   std::atomic<int64_t> data_bytes{0};
   std::atomic<int64_t> scale_bytes{0};
+  std::atomic<int> slow_items{0};  // "slow" stream items read (and never answered)
 
   grpc::Status UploadMatrix(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadMatrixRequest>* reader,
                             v1::UploadMatrixResponse* resp) override {
@@ -136,7 +138,10 @@ class FakeMatrixService final : public v1::MatrixService::Service {
     v1::GemvRequest req;
     std::vector<v1::GemvResponse> group;
     while (stream->Read(&req)) {
-      if (req.matrix() == "slow") continue;
+      if (req.matrix() == "slow") {
+        ++slow_items;
+        continue;
+      }
       v1::GemvResponse resp;
       v1::Status item;
       Compute(req, &resp, &item);
@@ -593,7 +598,10 @@ TEST_F(SdkTest, SessionServerDeathFailsPendingItems) {
   std::vector<float> x = RandomFloats(4, 6);
   std::vector<std::future<absl::StatusOr<GemvResult>>> fs;
   for (int i = 0; i < 3; ++i) fs.push_back((*s)->Push(TensorRef::F32(x.data(), {4})));
-  std::this_thread::sleep_for(100ms);
+  // All three pending on the server when it goes.
+  ASSERT_TRUE(testing::WaitUntil("the server to read the 3 items",
+                                 [&] { return service_.slow_items == 3; }))
+      << service_.slow_items << " read";
   const auto t0 = std::chrono::steady_clock::now();
   server_->Shutdown(std::chrono::system_clock::now());  // cancels the stream
   server_.reset();

@@ -6,7 +6,6 @@
 #include <chrono>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <grpc/support/time.h>
@@ -25,6 +24,7 @@
 #include "server/grpc/server.h"
 #include "tests/common/test_server.h"
 #include "tests/common/metrics_reader.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -232,7 +232,14 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
     }
   }
   EXPECT_LE(late_but_done, 2) << "deletes past their deadline were committed";
-  std::this_thread::sleep_for(50ms);
+  // Every call the server saw has finished, so that the counts below include
+  // any computed for a client that had given up: a call on the same
+  // connection after them (its frames arrive after theirs; a lookup of a
+  // name that does not exist, which adds no OK), then no call open.
+  EXPECT_EQ(client_->GetMatrix("after").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(testing::WaitUntil("every call to finish on the server",
+                                 [&] { return Metric("plume_calls_in_flight") == 0; }))
+      << Metric("plume_calls_in_flight") << " calls still open";
   EXPECT_GE(late + 20 - gemv_ok, 30) << "most 1 us calls should be late";
   // GEMVs computed and OKs counted: those the clients saw answered, and at
   // most 2 more: a call the server answers within the deadline it was sent
@@ -367,7 +374,11 @@ TEST_F(AdmissionTest, RawUploadMessagesMeanWhatProtobufSays) {
   EXPECT_EQ(p->info.rows(), 16);
 }
 
+// An upload whose client cancels after sending every message, before
+// half-closing, stores nothing and gives back its budget.
 TEST_F(AdmissionTest, CancelledUploadStoresNothing) {
+  core::MatrixStore* store = engine_->matrix_store();
+  ASSERT_EQ(store->used_bytes(), 0);
   for (int i = 0; i < 5; ++i) {
     const std::string name = "c" + std::to_string(i);
     grpc::ClientContext ctx;
@@ -378,10 +389,19 @@ TEST_F(AdmissionTest, CancelledUploadStoresNothing) {
       ASSERT_TRUE(req.ParseFromString(m));
       ASSERT_TRUE(w->Write(req));
     }
-    std::this_thread::sleep_for(20ms);  // every message is there, then the client cancels
+    // The server holds the upload (its header took the budget), then the
+    // client cancels.
+    ASSERT_TRUE(testing::WaitUntil("the upload to take its budget",
+                                   [&] { return store->used_bytes() > 0; }))
+        << name;
     ctx.TryCancel();
     EXPECT_EQ(w->Finish().error_code(), grpc::StatusCode::CANCELLED);
-    std::this_thread::sleep_for(50ms);
+    // The server has ended the call (nothing can commit it after this) and
+    // given the budget back.
+    ASSERT_TRUE(testing::WaitUntil("the cancelled upload to end on the server", [&] {
+      return Metric("plume_calls_in_flight") == 0 && store->used_bytes() == 0;
+    })) << name << ": " << Metric("plume_calls_in_flight") << " calls open, "
+        << store->used_bytes() << " bytes of budget used";
     EXPECT_EQ(client_->GetMatrix(name).status().code(), absl::StatusCode::kNotFound) << name;
   }
 }

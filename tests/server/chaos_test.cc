@@ -18,6 +18,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -38,6 +39,7 @@
 #include "tests/common/known_matrix.h"
 #include "tests/common/process.h"
 #include "tests/common/server_process_test.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -305,14 +307,17 @@ class ChaosTest : public testing::ServerProcessTest {
           Problem(where + " past its deadline: " + std::to_string(s.error_code()));
         }
       }
+      ++rounds_[c];
     }
   }
 
   // A GemvStream on "big" that writes up to 400 items and never reads (the
   // server stops reading at its in-flight limit and its writes block), then
   // cancels after `stall`. With `stall` 0 it is left open until the server
-  // ends it (at SIGTERM's drain timeout).
-  void StallThenCancel(v1::MatrixService::Stub* stub, uint32_t seed, std::chrono::milliseconds stall) {
+  // ends it (at SIGTERM's drain timeout). `written` (if set) counts the
+  // items written.
+  void StallThenCancel(v1::MatrixService::Stub* stub, uint32_t seed, std::chrono::milliseconds stall,
+                       std::atomic<int>* written = nullptr) {
     grpc::ClientContext ctx;
     auto rw = stub->GemvStream(&ctx);
     const std::vector<float> x = testing::RandomNormal(16 * kBigCols, seed);
@@ -321,6 +326,7 @@ class ChaosTest : public testing::ServerProcessTest {
       for (int i = 1; i <= 400; ++i) {
         req.set_request_id(static_cast<uint64_t>(i));
         if (!rw->Write(req)) return;
+        if (written != nullptr) ++*written;
       }
     });
     if (stall.count() > 0) {
@@ -372,6 +378,7 @@ class ChaosTest : public testing::ServerProcessTest {
   std::set<std::string> never_acked_;
   std::atomic<bool> server_gone_{false};
   std::mutex stall_mu_;
+  std::array<std::atomic<int>, kClients> rounds_{};  // each client's actions so far
 };
 
 TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
@@ -408,14 +415,25 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   // SIGTERM while the clients run and two stalled streams are open.
   stop.store(false);
   std::vector<std::thread> stalled;
+  std::array<std::atomic<int>, 2> stalled_written{};
   for (int i = 0; i < 2; ++i) {
-    stalled.emplace_back([this, i] {
+    stalled.emplace_back([this, i, &stalled_written] {
       auto stub = v1::MatrixService::NewStub(NewChannel());
-      StallThenCancel(stub.get(), 77 + i, 0ms);
+      StallThenCancel(stub.get(), 77 + i, 0ms, &stalled_written[i]);
     });
   }
+  std::array<int, kClients> rounds_before{};
+  for (int c = 0; c < kClients; ++c) rounds_before[c] = rounds_[c];
   std::thread closing([&] { RunAll(5000, 0ms, true, &stop); });
-  std::this_thread::sleep_for(1s);
+  // Every client has gone round its loop again and both stalled streams are
+  // past the server's in-flight limit (64 items), so they hold the drain.
+  EXPECT_TRUE(testing::WaitUntil("the clients to run and the streams to stall", [&] {
+    for (int c = 0; c < kClients; ++c) {
+      if (rounds_[c] <= rounds_before[c]) return false;
+    }
+    return stalled_written[0] > 64 && stalled_written[1] > 64;
+  })) << "stalled streams wrote " << stalled_written[0] << " and " << stalled_written[1]
+      << " items";
   const auto t_term = std::chrono::steady_clock::now();
   kill(pid_, SIGTERM);
   const int code = testing::WaitFor(pid_, kDrain + 20s);

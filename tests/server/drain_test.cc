@@ -6,6 +6,8 @@
 // then end the process, exit 0, within --drain_timeout.
 #include <signal.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -21,8 +23,10 @@
 #include "plume/v1/attention.grpc.pb.h"
 #include "plume/v1/diagnostics.grpc.pb.h"
 #include "plume/v1/plume.grpc.pb.h"
+#include "tests/common/metrics_http.h"
 #include "tests/common/process.h"
 #include "tests/common/server_process_test.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -100,6 +104,21 @@ class DrainTest : public testing::ServerProcessTest {
     std::cout << "SIGTERM to exit: " << s << " s, code " << code << "\n";
   }
 
+  // Waits until the server has no call open (plume_calls_in_flight 0), such
+  // as the streams just cancelled.
+  void WaitUntilNoCallOpen(const std::string& what) {
+    double open = -1;
+    ASSERT_TRUE(testing::WaitUntil(
+        what,
+        [&] {
+          auto m = testing::ScrapeMetrics(metrics_port_, {"plume_calls_in_flight"});
+          open = m.ok() ? (*m)["plume_calls_in_flight"] : -1;
+          return open == 0;
+        },
+        testing::kWaitTimeout, 10ms))
+        << open << " calls open";
+  }
+
   // A 16384 x 256 matrix "m": each GEMV item of kWideBatch vectors computes
   // for a while on one thread and answers 1 MiB, far more than a stream's
   // flow-control window.
@@ -133,7 +152,7 @@ TEST_F(DrainTest, GemvStreamThatStopsReadingThenCancelsDoesNotHoldSigterm) {
     const int written = StallAndCancel(&ctx, stream.get(), req, 2000, 1500ms);
     EXPECT_GT(written, 64) << "the client should get past the server's in-flight limit";
   }
-  std::this_thread::sleep_for(300ms);
+  ASSERT_NO_FATAL_FAILURE(WaitUntilNoCallOpen("the cancelled streams to end on the server"));
   // The server still answers.
   auto info = client_->GetMatrix("m");
   EXPECT_TRUE(info.ok()) << info.status();
@@ -165,7 +184,7 @@ TEST_F(DrainTest, AttentionStreamThatStopsReadingThenCancelsDoesNotHoldSigterm) 
     const int written = StallAndCancel(&ctx, stream.get(), req, 2000, 1500ms);
     EXPECT_GT(written, 64) << "the client should get past the server's in-flight limit";
   }
-  std::this_thread::sleep_for(300ms);
+  ASSERT_NO_FATAL_FAILURE(WaitUntilNoCallOpen("the cancelled streams to end on the server"));
   auto info = client_->GetKV("c");
   EXPECT_TRUE(info.ok()) << info.status();
   client_.reset();
@@ -277,11 +296,13 @@ TEST_F(DrainTest, CallsDuringTeardownGetUnavailableNeverInternal) {
   grpc::ClientContext stalled_ctx;
   auto stalled_stub = v1::MatrixService::NewStub(RawChannel());
   auto stalled = stalled_stub->GemvStream(&stalled_ctx);
+  std::atomic<int> written{0};
   std::thread writer([&] {
     v1::GemvRequest r = wide;
     for (int i = 1; i <= 2000; ++i) {
       r.set_request_id(static_cast<uint64_t>(i));
       if (!stalled->Write(r)) return;
+      written.fetch_add(1);
     }
   });
 
@@ -294,6 +315,8 @@ TEST_F(DrainTest, CallsDuringTeardownGetUnavailableNeverInternal) {
   std::mutex mu;
   std::map<int, int> codes;
   std::vector<std::string> unexpected;
+  // Per client: calls answered, and those answered OK.
+  std::array<std::atomic<int>, 4> calls{}, oks{};
   std::vector<std::thread> clients;
   const auto t_start = std::chrono::steady_clock::now();
   for (int t = 0; t < 4; ++t) {
@@ -318,6 +341,8 @@ TEST_F(DrainTest, CallsDuringTeardownGetUnavailableNeverInternal) {
           v1::EchoResponse r;
           st = v1::DiagnosticsService::NewStub(channel)->Echo(&ctx, e, &r);
         }
+        if (st.ok()) ++oks[t];
+        ++calls[t];
         std::lock_guard<std::mutex> l(mu);
         ++codes[st.error_code()];
         if (!st.ok() && st.error_code() != grpc::StatusCode::UNAVAILABLE &&
@@ -332,10 +357,26 @@ TEST_F(DrainTest, CallsDuringTeardownGetUnavailableNeverInternal) {
       }
     });
   }
-  std::this_thread::sleep_for(500ms);
+  // SIGTERM once every client has been served and the stalled stream is
+  // past the server's in-flight limit.
+  EXPECT_TRUE(testing::WaitUntil("every client to get an OK and the stalled stream to stall", [&] {
+    return std::all_of(oks.begin(), oks.end(), [](const std::atomic<int>& n) { return n > 0; }) &&
+           written > 64;
+  }))
+      << oks[0] << " " << oks[1] << " " << oks[2] << " " << oks[3] << " OK; " << written
+      << " items written on the stalled stream";
   client_.reset();
   ExpectSigtermExitsWithinDrain(4.5);
-  std::this_thread::sleep_for(300ms);
+  // Every client makes two more calls, so at least one starts after the
+  // process is gone.
+  std::array<int, 4> after{};
+  for (int t = 0; t < 4; ++t) after[t] = calls[t] + 2;
+  EXPECT_TRUE(testing::WaitUntil("every client to call the server that is gone", [&] {
+    for (int t = 0; t < 4; ++t) {
+      if (calls[t] < after[t]) return false;
+    }
+    return true;
+  }));
   stop.store(true);
   for (auto& c : clients) c.join();
   stalled_ctx.TryCancel();

@@ -32,8 +32,10 @@
 #include "server/core/durable_store.h"
 #include "tests/common/gemv_reference.h"
 #include "tests/common/known_matrix.h"
+#include "tests/common/metrics_http.h"
 #include "tests/common/process.h"
 #include "tests/common/server_process_test.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -247,21 +249,50 @@ TEST_F(ProcessTest, SigtermDrainsInFlightCallsRefusesNewOnesAndExitsZero) {
   ASSERT_EQ(item_resp.status().code(), 0) << item_resp.status().message();
   const std::string item_expected = item_resp.output().data();
   // Four calls queue on the single worker: about 4 x `seconds` of work.
+  // Requests in the batcher are queued (plume_queue_depth) or launched
+  // (plume_queue_duration_seconds counts each launch once).
+  const std::set<std::string> kQueue = {"plume_queue_depth", "plume_queue_duration_seconds_count"};
+  auto queue0 = testing::ScrapeMetrics(metrics_port_, kQueue);
+  ASSERT_TRUE(queue0.ok()) << queue0.status();
+  ASSERT_EQ((*queue0)["plume_queue_depth"], 0);
   std::vector<std::future<absl::StatusOr<HostTensor>>> in_flight;
   for (int i = 0; i < 4; ++i) {
     in_flight.push_back(std::async(std::launch::async, [&] {
       return client->Gemv("w", TensorRef::F32(x.data(), {batch, k.cols}));
     }));
   }
-  // Let all four arrive (the first is running, three wait for the worker).
-  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(seconds * 500) + 50));
+  // All four have arrived (the first runs, three wait for the worker).
+  double arrived = 0;
+  ASSERT_TRUE(testing::WaitUntil(
+      "the 4 GEMVs to reach the batcher",
+      [&] {
+        auto q = testing::ScrapeMetrics(metrics_port_, kQueue);
+        if (!q.ok()) return false;
+        arrived = (*q)["plume_queue_depth"] + (*q)["plume_queue_duration_seconds_count"] -
+                  (*queue0)["plume_queue_duration_seconds_count"];
+        return arrived >= 4;
+      },
+      testing::kWaitTimeout, 10ms))
+      << arrived << " of 4 arrived";
+  ASSERT_EQ(arrived, 4);
   const auto t_term = std::chrono::steady_clock::now();
   kill(pid_, SIGTERM);
-  std::this_thread::sleep_for(50ms);
+  // The drain has begun once the Watch stream sees NOT_SERVING (the server
+  // then starts refusing calls), and lasts while `held` is open.
+  ASSERT_TRUE(testing::WaitUntil("health to go NOT_SERVING", [&] {
+    const auto st = watcher.statuses();
+    return !st.empty() && st.back() == 2;
+  }));
 
   // New calls, on the open channel and on a new one, are refused; probes
-  // see NOT_SERVING.
-  EXPECT_EQ(client->ListMatrices().status().code(), absl::StatusCode::kUnavailable);
+  // see NOT_SERVING. (Health goes NOT_SERVING just before the gate closes:
+  // a call in between is served, so the first refusal is waited for.)
+  absl::Status refused;
+  EXPECT_TRUE(testing::WaitUntil("a new call to be refused", [&] {
+    refused = client->ListMatrices().status();
+    EXPECT_TRUE(refused.ok() || refused.code() == absl::StatusCode::kUnavailable) << refused;
+    return refused.code() == absl::StatusCode::kUnavailable;
+  })) << refused;
   EXPECT_EQ(Connect()->ListMatrices().status().code(), absl::StatusCode::kUnavailable);
   const auto during = Connect()->CheckHealth();
   ASSERT_TRUE(during.ok()) << during.status();

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <prometheus/registry.h>
 
+#include "absl/synchronization/notification.h"
 #include "plume/client/client.h"
 #include "plume/reference/api.h"
 #include "server/backends/cpu/cpu_backend.h"
@@ -28,6 +29,7 @@
 #include "tests/common/test_server.h"
 #include "tests/common/gemv_reference.h"
 #include "tests/common/metrics_reader.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -392,25 +394,43 @@ TEST_F(ReliabilityTest, DeleteDuringAThousandInFlightGemvs) {
             << not_found << " NOT_FOUND, " << other << " other\n";
 }
 
-// With one worker busy on slow GEMVs, 20 calls whose 300 ms deadline passes
-// in the queue are never computed: plume_vectors_total counts only the slow
-// call, plume_requests_dropped_total counts the 20.
+// The one worker is held by a task the test controls while slow GEMVs, then
+// 20 calls with a 1 s deadline, queue behind it (plume_queue_depth shows
+// each one arrive); once the 20 clients got DEADLINE_EXCEEDED the worker is
+// let go. The slow calls (>= 200 ms of work ahead of the 20) run; the 20 are
+// never computed: plume_vectors_total counts only the slow calls,
+// plume_requests_dropped_total counts the 20.
 TEST_F(ReliabilityTest, ExpiredRequestsNeverRun) {
   ASSERT_NO_FATAL_FAILURE(
       Start({.budget = 256 << 20, .worker_threads = 1, .max_message_bytes = 8 << 20}));
   const int64_t rows = 4096, cols = 1024;
   ASSERT_TRUE(Upload("big", rows, cols, 5).ok());
-  // Queue enough batch-64 GEMVs to keep the single worker busy for about
-  // 3 s as first measured: seconds longer than the doomed calls' deadline
-  // even if the machine gets faster meanwhile.
+  // Enough batch-64 GEMVs for >= 200 ms of work: the server's deadline of a
+  // doomed call can be a few ms later than its client's (reactors.h), and
+  // all of it passes while the slow calls run.
   const int64_t batch = 64;
   std::vector<float> x = testing::RandomNormal(batch * cols, 6);
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(client_->Gemv("big", TensorRef::F32(x.data(), {batch, cols})).ok());
   const double one_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int n_slow = std::clamp(static_cast<int>(std::ceil(3.0 / one_s)), 2, 400);
+  const int n_slow = std::clamp(static_cast<int>(std::ceil(0.2 / one_s)), 2, 200);
   auto& reg = *metrics_->registry();
   const double vectors0 = CounterValue(reg, "plume_vectors_total");
+  const double dropped0 = CounterValue(reg, "plume_requests_dropped_total");
+  auto depth = [&] { return CounterValue(reg, "plume_queue_depth"); };
+  ASSERT_EQ(depth(), 0);
+
+  // The worker's gate, opened at the latest when the test ends (the server
+  // drains its queue on shutdown).
+  auto gate = std::make_shared<absl::Notification>();
+  struct Opener {
+    std::shared_ptr<absl::Notification> n;
+    ~Opener() {
+      if (!n->HasBeenNotified()) n->Notify();
+    }
+  } opener{gate};
+  ASSERT_TRUE(engine_->work_queue()->Submit([gate] { gate->WaitForNotification(); }));
+
   std::vector<std::future<absl::StatusOr<HostTensor>>> slow;
   for (int i = 0; i < n_slow; ++i) {
     slow.push_back(std::async(std::launch::async, [&] {
@@ -418,34 +438,37 @@ TEST_F(ReliabilityTest, ExpiredRequestsNeverRun) {
                            CallOptions{.timeout = 120s});
     }));
   }
-  // Let every slow call reach the server first (thread start-up takes a
-  // while on a loaded 2-core machine); the worker still has seconds to go.
-  // The doomed calls' 300 ms leaves them time to reach the server on a busy
-  // machine (one whose deadline passed before it arrived would never be
-  // seen, so never counted as dropped) and still expire in the queue.
-  std::this_thread::sleep_for(100ms);
+  // Every slow call in the queue before the doomed ones are sent.
+  ASSERT_TRUE(testing::WaitUntil("the slow calls to queue", [&] { return depth() == n_slow; }))
+      << depth() << " of " << n_slow << " queued";
   std::vector<float> one = testing::RandomNormal(cols, 7);
   std::vector<std::future<absl::StatusOr<HostTensor>>> doomed;
   for (int i = 0; i < 20; ++i) {
     doomed.push_back(std::async(std::launch::async, [&] {
       return client_->Gemv("big", TensorRef::F32(one.data(), {cols}), v1::DTYPE_F32,
-                           CallOptions{.timeout = 300ms});
+                           CallOptions{.timeout = 1s});
     }));
   }
+  // Each doomed call reached the server (one whose deadline passed on the
+  // way would never be seen, so never counted as dropped).
+  ASSERT_TRUE(testing::WaitUntil("the doomed calls to queue",
+                                 [&] { return depth() == n_slow + 20; }))
+      << depth() - n_slow << " of 20 queued";
   for (auto& f : doomed) EXPECT_EQ(f.get().status().code(), Code::kDeadlineExceeded);
+  gate->Notify();
   for (auto& f : slow) ASSERT_TRUE(f.get().ok());
-  // Wait for the worker to reach (and drop) the 20.
-  const auto end = std::chrono::steady_clock::now() + 30s;
+  // The worker reaches (and drops) the 20 after the slow calls.
   double dropped = 0;
-  while (std::chrono::steady_clock::now() < end) {
-    dropped = CounterValue(reg, "plume_requests_dropped_total");
-    if (dropped >= 20) break;
-    std::this_thread::sleep_for(10ms);
-  }
+  EXPECT_TRUE(testing::WaitUntil("the doomed calls to be dropped", [&] {
+    dropped = CounterValue(reg, "plume_requests_dropped_total") - dropped0;
+    return dropped >= 20;
+  })) << dropped << " dropped";
   EXPECT_EQ(dropped, 20);
+  EXPECT_EQ(depth(), 0);
   // Only the slow ones ran.
   EXPECT_EQ(CounterValue(reg, "plume_vectors_total") - vectors0, n_slow * batch);
-  std::cout << "deadlines: 20 requests expired in the queue, " << dropped << " dropped, "
+  std::cout << "deadlines: 20 requests expired in the queue behind " << n_slow
+            << " slow calls, " << dropped << " dropped, "
             << (CounterValue(reg, "plume_vectors_total") - vectors0 - n_slow * batch)
             << " of their vectors computed\n";
 }

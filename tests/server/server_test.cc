@@ -31,6 +31,7 @@
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
 #include "tests/common/test_server.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -507,11 +508,13 @@ TEST_F(ServerTest, ConcurrentClientsAndDeleteWhileInFlight) {
   ExpectedGemv e(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kRow);
   auto x = Random(2 * cols, 15);
   std::atomic<int> ok{0}, not_found{0}, other{0};
+  std::atomic<int> answered{0};  // clients that have had an answer
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < 5000; ++i) {  // until the delete shows
         auto y = client_->Gemv("hot", TensorRef::F32(x.data(), {2, cols}));
+        if (i == 0) answered++;
         if (y.ok()) {
           (e.RelErr(x, 2, *y->ToFloats()) <= 1e-5 ? ok : other)++;
         } else if (y.status().code() == absl::StatusCode::kNotFound) {
@@ -523,7 +526,10 @@ TEST_F(ServerTest, ConcurrentClientsAndDeleteWhileInFlight) {
       }
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Every client calling in a loop before the delete goes in (the delete
+  // goes in regardless, so that the clients end).
+  EXPECT_TRUE(testing::WaitUntil("all 8 clients to get an answer", [&] { return answered == 8; }))
+      << answered << " of 8 clients answered";
   ASSERT_TRUE(client_->DeleteMatrix("hot").ok());
   for (auto& t : threads) t.join();
   EXPECT_EQ(other.load(), 0);  // every call either finished right or got NOT_FOUND

@@ -3,6 +3,7 @@
 // server keeps in flight, never reads a response, and cancels; the stream
 // must finish and Server::Shutdown return within its grace period. GemvStream
 // and EchoStream share the reactor.
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <future>
@@ -22,6 +23,7 @@
 #include "server/core/metrics.h"
 #include "server/grpc/server.h"
 #include "tests/common/test_server.h"
+#include "tests/common/wait.h"
 
 namespace plume {
 namespace {
@@ -30,12 +32,14 @@ using namespace std::chrono_literals;
 
 class StreamCancelTest : public ::testing::Test {
  protected:
+  static constexpr int kInFlight = 4;  // the server's max_stream_in_flight
+
   void SetUp() override {
     core::EngineOptions eo = testing::TestEngineOptions();
     eo.store.budget_bytes = int64_t{256} << 20;
     eo.work.worker_threads = 1;
     server::ServerOptions o;
-    o.max_stream_in_flight = 4;
+    o.max_stream_in_flight = kInFlight;
     auto t = testing::StartTestServer(eo, o, std::make_unique<core::CpuBackend>(1));
     ASSERT_TRUE(t.ok()) << t.status();
     engine_ = std::move(t->engine);
@@ -63,11 +67,13 @@ class StreamCancelTest : public ::testing::Test {
   }
 
   // Writes `req` (request_id 1..items) on a stream whose responses are never
-  // read, cancels it after `stall`; returns the items written.
+  // read; once past the server's in-flight limit (kInFlight items), stalls
+  // for `stall` (the client has stopped reading) and cancels. Returns the
+  // items written.
   template <class Req, class Resp>
   int StallAndCancel(grpc::ClientContext* ctx, grpc::ClientReaderWriter<Req, Resp>* stream, Req req,
                      int items, std::chrono::milliseconds stall) {
-    int written = 0;
+    std::atomic<int> written{0};
     std::thread writer([&] {
       for (int i = 1; i <= items; ++i) {
         req.set_request_id(static_cast<uint64_t>(i));
@@ -75,6 +81,9 @@ class StreamCancelTest : public ::testing::Test {
         ++written;
       }
     });
+    EXPECT_TRUE(testing::WaitUntil("the client to get past the server's in-flight limit",
+                                   [&] { return written > kInFlight; }))
+        << written << " items written";
     std::this_thread::sleep_for(stall);
     ctx->TryCancel();
     writer.join();
@@ -105,7 +114,7 @@ TEST_F(StreamCancelTest, StalledGemvStreamFinishesOnCancel) {
   for (int round = 0; round < 2; ++round) {
     grpc::ClientContext ctx;
     auto stream = stub->GemvStream(&ctx);
-    EXPECT_GT(StallAndCancel(&ctx, stream.get(), req, 500, 700ms), 4);
+    EXPECT_GT(StallAndCancel(&ctx, stream.get(), req, 500, 700ms), kInFlight);
   }
   // The server still serves, then shuts down in time.
   EXPECT_TRUE(client.GetMatrix("m").ok());
@@ -119,7 +128,7 @@ TEST_F(StreamCancelTest, StalledEchoStreamFinishesOnCancel) {
   for (int round = 0; round < 2; ++round) {
     grpc::ClientContext ctx;
     auto stream = stub->EchoStream(&ctx);
-    EXPECT_GT(StallAndCancel(&ctx, stream.get(), req, 500, 700ms), 4);
+    EXPECT_GT(StallAndCancel(&ctx, stream.get(), req, 500, 700ms), kInFlight);
   }
   ShutdownWithin(5s);
 }
