@@ -75,16 +75,6 @@ inline void EmuArrive(EmuBarrier& b) {
 inline EmuBarrier g_block_barrier;
 inline EmuBarrier g_warp_barriers[64];
 inline void __syncthreads() { EmuArrive(g_block_barrier); }
-// The first arrival of a barrier generation clears its slot; a slot is
-// cleared again three generations later, when every fiber has read it.
-inline int __syncthreads_or(int pred) {
-  static int acc[3];
-  const uint64_t g = g_block_barrier.generation;
-  if (g_block_barrier.arrived == 0) acc[g % 3] = 0;
-  if (pred) acc[g % 3] = 1;
-  EmuArrive(g_block_barrier);
-  return acc[g % 3];
-}
 // One OS thread runs every fiber, blocks one after another: device-wide
 // ordering holds already, and an atomic is a plain update.
 inline void __threadfence() {}

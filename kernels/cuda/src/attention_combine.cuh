@@ -60,15 +60,15 @@ __device__ __forceinline__ void CombineUnit(const Params& p, int unit) {
 // workspace is ready for the next launch without clearing. The counters are
 // the first kMaxUnitsPerLaunch words of every decode workspace (zeroed once,
 // when it is allocated); a problem with more units is launched in parts.
-// No shared memory of its own (the few-rows decode uses exactly the 48 KB a
-// launch gets without opting in): the barrier carries thread 0's answer.
 template <int kThreads>
 __device__ __forceinline__ void FinishSplit(const Params& p, int unit) {
+  PLUME_SHARED unsigned last_s;
   __threadfence();  // this thread's partials, device-wide, before the count
   __syncthreads();
   unsigned* const counter = p.counters + (unit - p.unit0);
-  const bool last = threadIdx.x == 0 && atomicAdd(counter, 1u) == static_cast<unsigned>(p.splits - 1);
-  if (__syncthreads_or(last) == 0) return;
+  if (threadIdx.x == 0) last_s = atomicAdd(counter, 1u) == static_cast<unsigned>(p.splits - 1);
+  __syncthreads();
+  if (last_s == 0) return;
   __threadfence();  // the other blocks' partials, counted before ours
   CombineUnit<kThreads>(p, unit);
   if (threadIdx.x == 0) *counter = 0;
