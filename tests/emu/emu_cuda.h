@@ -75,15 +75,6 @@ inline void EmuArrive(EmuBarrier& b) {
 inline EmuBarrier g_block_barrier;
 inline EmuBarrier g_warp_barriers[64];
 inline void __syncthreads() { EmuArrive(g_block_barrier); }
-// One OS thread runs every fiber, blocks one after another: device-wide
-// ordering holds already, and an atomic is a plain update.
-inline void __threadfence() {}
-inline unsigned atomicAdd(unsigned* a, unsigned v) {
-  const unsigned old = *a;
-  *a = old + v;
-  return old;
-}
-inline float __ldcg(const float* p) { return *p; }
 inline void WarpSync() { EmuArrive(g_warp_barriers[threadIdx.x / 32]); }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
   const int w = threadIdx.x / 32, l = threadIdx.x % 32;

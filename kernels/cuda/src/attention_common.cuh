@@ -55,8 +55,6 @@ struct Params {
   int splits;
   float* ws_ml;            // [unit][split][tile_rows][2]: running max, sum
   float* ws_acc;           // [unit][split][tile_rows][head_dim]: unnormalized output
-  unsigned* counters;      // [unit - unit0]: splits done; zero between launches (FinishSplit)
-  int unit0;               // the launch's first unit (launches of kMaxUnitsPerLaunch units)
 };
 
 // A decode kernel, as the dispatch holds and launches it.
@@ -218,11 +216,9 @@ inline Dec PickDec(Fp8Format format, DecodePath path) {
 }
 
 // The kernels' parameters for a problem; the decode split plan and its
-// workspace (unused by the prefill): the units' counters at its start, then
-// ws_ml at off_ml and ws_acc at off_acc (bytes).
+// workspace (unused by the prefill).
 inline Params MakeParams(const AttentionProblem& p, Dec dec, int tile_rows, int row_tiles,
-                                int pages_per_split, int splits, void* workspace, int64_t off_ml,
-                                int64_t off_acc) {
+                                int pages_per_split, int splits, void* workspace, int64_t off_acc) {
   const KvLayout& l = p.layout;
   Params k{};
   k.pages = p.pages;
@@ -251,8 +247,7 @@ inline Params MakeParams(const AttentionProblem& p, Dec dec, int tile_rows, int 
   k.out_dtype = p.out_dtype;
   k.pages_per_split = pages_per_split;
   k.splits = splits;
-  k.counters = static_cast<unsigned*>(workspace);
-  k.ws_ml = reinterpret_cast<float*>(static_cast<char*>(workspace) + off_ml);
+  k.ws_ml = static_cast<float*>(workspace);
   k.ws_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + off_acc);
   return k;
 }

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 
-#include "attention_combine.cuh"
 #include "attention_common.cuh"
 #include "attention_fp8.cuh"
 #include "attention_pages.cuh"
@@ -44,7 +43,7 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
   PLUME_SHARED float m_s[kRows], l_s[kRows], alpha_s[kRows];
 
   const int tid = threadIdx.x;
-  const int unit = p.unit0 + static_cast<int>(blockIdx.x);
+  const int unit = blockIdx.x;
   const int split = blockIdx.y;
   const int tile = unit % p.row_tiles;
   const int kvh = unit / p.row_tiles;
@@ -229,7 +228,6 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
     StoreSplitAcc(p, slot, p.tile_rows, r, d, qs[r][d]);
   }
   if (tid < nrows) StoreSplitMl(p, slot, p.tile_rows, tid, m_s[tid], l_s[tid]);
-  FinishSplit<S::kThreads>(p, unit);
 }
 
 // Threads of a decode block at padded head dim kd (every decode kernel).

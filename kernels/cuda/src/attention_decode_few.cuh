@@ -5,7 +5,6 @@
 
 #include <cstdint>
 
-#include "attention_combine.cuh"
 #include "attention_common.cuh"
 #include "attention_fp8.cuh"
 #include "attention_pages.cuh"
@@ -53,7 +52,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
   const int lane = tid & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int unit = p.unit0 + static_cast<int>(blockIdx.x);
+  const int unit = blockIdx.x;
   const int split = blockIdx.y;
   const int tile = unit % p.row_tiles;
   const int kvh = unit / p.row_tiles;
@@ -278,14 +277,13 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
   }
   __syncthreads();
   // The warps merge in a fixed order; the block writes its rows for the
-  // combine.
+  // combine kernel.
   const int64_t slot = SplitSlot(p, unit, split);
   for (int i = tid; i < nrows * kMmaDim; i += kMmaThreads) {
     const int r = i / kMmaDim, d = i % kMmaDim;
     MergeWarpsToSplit<kFewRows, kFewOutLd, false>(p, ob, mlb, 0, kMmaWarps, r, d, slot, kFewRows,
                                                   r);
   }
-  FinishSplit<kMmaThreads>(p, unit);
 }
 
 }  // namespace plume::cuda::attn

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <type_traits>
 
-#include "attention_combine.cuh"
 #include "attention_common.cuh"
 #include "attention_fp8.cuh"
 #include "attention_pages.cuh"
@@ -79,7 +78,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
   const int lane = tid & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int unit = p.unit0 + static_cast<int>(blockIdx.x);
+  const int unit = blockIdx.x;
   const int split = blockIdx.y;
   const int tile = unit % p.row_tiles;
   const int kvh = unit / p.row_tiles;
@@ -414,7 +413,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
     MergeWarpsToSplit<16, kMmaOutLd, true>(p, ob, mlb, r / 16 * wt, wt, r % 16, d, slot,
                                            p.tile_rows, r);
   }
-  FinishSplit<kMmaThreads>(p, unit);
 }
 
 }  // namespace plume::cuda::attn

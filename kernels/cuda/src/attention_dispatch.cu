@@ -66,7 +66,7 @@ struct Plan {
   int64_t units = 0;
   int splits = 1;
   int pages_per_split = 0;
-  int64_t off_ml = 0, off_acc = 0, total = 0;  // workspace, bytes (counters at 0)
+  int64_t off_acc = 0, total = 0;  // workspace, bytes
 };
 
 cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
@@ -132,8 +132,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
     pl.splits = (num_pages + pl.pages_per_split - 1) / pl.pages_per_split;
     const int64_t slots = pl.units * pl.splits * pl.tile_rows;
-    pl.off_ml = kCounterBytes;
-    pl.off_acc = pl.off_ml + (slots * 2 * 4 + 255) / 256 * 256;
+    pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;
     pl.total = pl.off_acc + slots * p.layout.head_dim * 4;
   }
   if (pl.units >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
@@ -164,7 +163,7 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
 
   const KvLayout& l = p.layout;
   const Params k = MakeParams(p, pl.dec, pl.tile_rows, pl.row_tiles, pl.pages_per_split, pl.splits,
-                              workspace, pl.off_ml, pl.off_acc);
+                              workspace, pl.off_acc);
   if (pl.prefill && pl.wg) return PrefillWgmma(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill && pl.fa) return PrefillFa(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill) {
@@ -176,17 +175,10 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   }
   const int kd = KernelDim(l.row_bytes());
   const int threads = DecodeThreads(kd);
-  // One launch (the combine is fused: FinishSplit) unless the units outnumber
-  // the workspace's counters; the parts then run one after another.
-  for (int64_t u0 = 0; u0 < pl.units; u0 += kMaxUnitsPerLaunch) {
-    Params part = k;
-    part.unit0 = static_cast<int>(u0);
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(kMaxUnitsPerLaunch, pl.units - u0)),
-                    static_cast<unsigned>(pl.splits));
-    pl.decode<<<grid, threads, pl.decode_smem, stream>>>(part);
-    PLUME_CUDA_TRY_LAUNCH();
-  }
-  return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(pl.splits));
+  pl.decode<<<grid, threads, pl.decode_smem, stream>>>(k);
+  PLUME_CUDA_TRY_LAUNCH();
+  return LaunchCombine(k, p.batch * p.heads * p.q_len, stream);
 }
 
 }  // namespace plume::cuda

@@ -16,6 +16,10 @@ namespace plume::cuda::attn {
 // 512, 1024); nullptr for any other head dim or an unknown decoder.
 KernelFn PickDecodeCudaCores(Dec dec, int kd);
 
+// attention_decode.cu: merges the splits' partial results of `k` into its
+// output, one block per output row (out_rows of them).
+cudaError_t LaunchCombine(const Params& k, int64_t out_rows, cudaStream_t stream);
+
 // attention_decode_mma.cu: the tensor-core decode for padded head dim 128:
 // DecodeFewKernel where `few` (at most kFewRows rows per kv head), else
 // DecodeMmaKernel, with the page decoded once to shared memory where

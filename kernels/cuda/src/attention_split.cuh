@@ -1,7 +1,7 @@
 // The decode splits' workspace (Params::ws_ml, ws_acc): each decode block
 // writes its rows' unnormalized output, running max (natural-log units) and
-// sum for its split of the pages; the unit's last block (FinishSplit,
-// attention_combine.cuh) merges the splits with log-sum-exp into the output.
+// sum for its split of the pages; CombineKernel (attention_combine.cuh)
+// merges the splits with log-sum-exp into the output.
 #pragma once
 
 #include <cstdint>
@@ -10,12 +10,8 @@
 
 namespace plume::cuda::attn {
 
-constexpr int kMaxSplits = 1024;  // splits of a unit at most
-// Units of one decode launch at most: their counters (FinishSplit) are the
-// first words of the workspace, at the same place for every problem, so a
-// workspace grown for a larger problem never puts other data there.
-constexpr int kMaxUnitsPerLaunch = 8192;
-constexpr int64_t kCounterBytes = int64_t{kMaxUnitsPerLaunch} * 4;
+constexpr int kCombineThreads = 128;
+constexpr int kMaxSplits = 1024;  // splits of a unit at most (the combine's shared memory)
 
 // The workspace slot of a unit's split. Row r of its tile (tile_rows rows)
 // is workspace row slot * tile_rows + r.

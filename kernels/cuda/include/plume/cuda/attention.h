@@ -83,10 +83,7 @@ struct AttentionProblem {
 };
 
 // Bytes of device workspace Attention needs for this problem on `device`
-// (0 for an invalid shape). Zero a workspace once, when it is allocated: the
-// decode keeps its split counters in it and leaves them at zero after every
-// call, so a workspace then serves any later problem it is large enough for
-// without clearing. One stream at a time.
+// (0 for an invalid shape). Needs no zeroing; one stream at a time.
 int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device);
 
 // Runs attention on `stream`. cudaErrorInvalidValue for bad arguments (a
