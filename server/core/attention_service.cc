@@ -9,9 +9,8 @@
 
 namespace plume::core {
 
-AttentionService::AttentionService(Backend* backend, KvStore* store, Metrics* metrics,
-                                   const Limits& limits)
-    : backend_(backend), store_(store), metrics_(metrics), limits_(limits) {}
+AttentionService::AttentionService(Backend* backend, KvStore* store, const Limits& limits)
+    : backend_(backend), store_(store), limits_(limits) {}
 
 AttentionService::Upload::Upload(AttentionService* service, KvUploadPlan plan,
                                  KvStore::PendingUpload pending)

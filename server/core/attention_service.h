@@ -19,11 +19,9 @@
 
 namespace plume::core {
 
-class Metrics;
-
 class AttentionService {
  public:
-  AttentionService(Backend* backend, KvStore* store, Metrics* metrics, const Limits& limits);
+  AttentionService(Backend* backend, KvStore* store, const Limits& limits);
 
   // One UploadKV call: a validated header, then K and V chunks, then Finish.
   // Dropping it before Finish abandons the upload and frees its name and budget.
@@ -70,7 +68,6 @@ class AttentionService {
 
   Backend* backend_;
   KvStore* store_;
-  Metrics* metrics_;
   Limits limits_;
 };
 

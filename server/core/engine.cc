@@ -47,11 +47,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options,
   e->metrics_ = std::make_unique<Metrics>(o.metrics);
   e->budget_bytes_ = o.store.budget_bytes > 0 ? o.store.budget_bytes : b->memory_capacity_bytes();
   e->store_ = std::make_unique<MatrixStore>(e->budget_bytes_, e->metrics_.get());
-  e->matrices_ = std::make_unique<MatrixService>(b, e->store_.get(), e->metrics_.get(), o.limits);
+  e->matrices_ = std::make_unique<MatrixService>(b, e->store_.get(), o.limits);
   // K/V caches share the matrices' budget.
   e->kv_store_ = std::make_unique<KvStore>(e->store_->budget(), e->metrics_.get());
-  e->attention_ =
-      std::make_unique<AttentionService>(b, e->kv_store_.get(), e->metrics_.get(), o.limits);
+  e->attention_ = std::make_unique<AttentionService>(b, e->kv_store_.get(), o.limits);
   if (absl::Status s = e->OpenDisk(log); !s.ok()) return s;
   // The batcher records queue time and depth (arrival to launch), so the
   // work queue under it records none.

@@ -14,9 +14,8 @@
 
 namespace plume::core {
 
-MatrixService::MatrixService(Backend* backend, MatrixStore* store, Metrics* metrics,
-                             const Limits& limits)
-    : backend_(backend), store_(store), metrics_(metrics), limits_(limits) {}
+MatrixService::MatrixService(Backend* backend, MatrixStore* store, const Limits& limits)
+    : backend_(backend), store_(store), limits_(limits) {}
 
 MatrixService::Upload::Upload(MatrixService* service, UploadPlan plan,
                               MatrixStore::PendingUpload pending)

@@ -19,11 +19,9 @@
 
 namespace plume::core {
 
-class Metrics;
-
 class MatrixService {
  public:
-  MatrixService(Backend* backend, MatrixStore* store, Metrics* metrics, const Limits& limits);
+  MatrixService(Backend* backend, MatrixStore* store, const Limits& limits);
 
   // One UploadMatrix call: a validated header, then data (and, pre-packed,
   // scale) chunks, then Finish. Dropping it before Finish abandons the upload
@@ -99,7 +97,6 @@ class MatrixService {
 
   Backend* backend_;
   MatrixStore* store_;
-  Metrics* metrics_;
   Limits limits_;
 };
 

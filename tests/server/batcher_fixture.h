@@ -177,7 +177,7 @@ class BatcherTest : public ::testing::Test {
     batcher_ = std::make_unique<Batcher>(&backend_, queue_.get(), &metrics_, o);
     store_ = std::make_unique<MatrixStore>(int64_t{1} << 30, &metrics_);
     Limits limits;
-    service_ = std::make_unique<MatrixService>(&backend_, store_.get(), &metrics_, limits);
+    service_ = std::make_unique<MatrixService>(&backend_, store_.get(), limits);
     w_ = testing::RandomNormal(kRows * kCols, 7);
     v1::MatrixHeader h;
     h.set_name("w");

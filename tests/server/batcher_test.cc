@@ -203,7 +203,7 @@ class AttentionBatchTest : public BatcherTest {
   void StartAttention(const Limits& limits) {
     Start({64, 200us, 1024, BatchPolicy::kFixed}, /*fake_clock=*/true);
     kv_store_ = std::make_unique<KvStore>(store_->budget(), &metrics_);
-    attention_ = std::make_unique<AttentionService>(&backend_, kv_store_.get(), &metrics_, limits);
+    attention_ = std::make_unique<AttentionService>(&backend_, kv_store_.get(), limits);
     const auto k = testing::RandomNormal(kKvHeads * kSeq * kDim, 11, 0.3f);
     const auto v = testing::RandomNormal(kKvHeads * kSeq * kDim, 12);
     v1::KVHeader h;

@@ -147,7 +147,7 @@ TEST(MatrixService, GemvOnCpuBackendMatchesFp64Reference) {
   CpuBackend backend(2);
   Metrics metrics;
   MatrixStore store(int64_t{1} << 30, &metrics);
-  MatrixService service(&backend, &store, &metrics, Limits{});
+  MatrixService service(&backend, &store, Limits{});
   const int64_t rows = 37, cols = 203, batch = 3;
   std::vector<float> w = RandomMatrix(rows * cols, 7);
 

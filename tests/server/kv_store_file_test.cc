@@ -58,7 +58,7 @@ struct Server {
   CpuBackend backend{2};
   std::shared_ptr<Budget> budget = std::make_shared<Budget>(int64_t{1} << 30);
   KvStore kv{budget, nullptr};
-  AttentionService service{&backend, &kv, nullptr, Limits{}};
+  AttentionService service{&backend, &kv, Limits{}};
   std::unique_ptr<DirectoryStore> disk;
   DirectoryStore::LoadReport report;
 

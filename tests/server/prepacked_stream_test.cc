@@ -290,7 +290,7 @@ TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
     CpuBackend backend(2);
     MatrixStore store(int64_t{1} << 30, nullptr);
     store.set_persistence(disk->get());
-    MatrixService svc(&backend, &store, nullptr, Limits{});
+    MatrixService svc(&backend, &store, Limits{});
     auto up = svc.BeginUpload(PrepackedHeader("w", rows, cols, v1::SCALE_MODE_BLOCK128X128));
     ASSERT_TRUE(up.ok()) << up.status();
     EXPECT_TRUE((*up)->streamed());
@@ -316,7 +316,7 @@ TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
   CpuBackend backend(2);
   MatrixStore store(int64_t{1} << 30, nullptr);
   EXPECT_EQ(LoadStoredMatrices(disk->get(), &backend, &store).loaded, 1);
-  MatrixService svc(&backend, &store, nullptr, Limits{});
+  MatrixService svc(&backend, &store, Limits{});
   v1::GetMatrixResponse got;
   ASSERT_TRUE(svc.GetMatrixPacked("w", &got).ok());
   EXPECT_TRUE(got.packed_words() == p.kept);
@@ -327,7 +327,7 @@ TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
 TEST(PrepackedUpload, WrongSizesAreRefused) {
   CpuBackend backend(1);
   MatrixStore store(int64_t{1} << 30, nullptr);
-  MatrixService svc(&backend, &store, nullptr, Limits{});
+  MatrixService svc(&backend, &store, Limits{});
   const int64_t rows = 4, cols = 16;
   {
     auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, v1::SCALE_MODE_ROW));

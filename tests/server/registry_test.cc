@@ -348,7 +348,7 @@ TEST(MatrixStoreDelete, AReuploadCannotStartBeforeTheOldFileIsGone) {
   CpuBackend backend(1);
   MatrixStore store(int64_t{1} << 24, nullptr);
   store.set_persistence(&gate);
-  MatrixService svc(&backend, &store, nullptr, Limits{});
+  MatrixService svc(&backend, &store, Limits{});
   ASSERT_TRUE(Upload(svc, "m", 8, 32, 1).ok());
   ASSERT_TRUE(fs::exists(dir / "m.pmx"));
   absl::Status deleted = absl::UnknownError("not run");
@@ -384,7 +384,7 @@ TEST(MatrixStoreDelete, ConcurrentDeletesAndUploadsLeaveStoreAndDirectoryAgreein
   CpuBackend backend(1);
   MatrixStore store(int64_t{1} << 24, nullptr);
   store.set_persistence(disk->get());
-  MatrixService svc(&backend, &store, nullptr, Limits{});
+  MatrixService svc(&backend, &store, Limits{});
   constexpr int kRounds = 60;
   int uploaded = 0, deleted = 0;
   std::thread uploader([&] {

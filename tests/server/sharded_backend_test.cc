@@ -309,7 +309,7 @@ TEST(ShardedBackend, KvCachesGoWholeToTheLeastUsedDeviceAndMatchOneBackend) {
 TEST(ShardedBackend, MatrixServiceReportsThePlacementAndReservesEveryCopy) {
   auto b = MakeSharded(2);
   MatrixStore store(int64_t{1} << 30, nullptr);
-  MatrixService service(b.get(), &store, nullptr, Limits{});
+  MatrixService service(b.get(), &store, Limits{});
   const int64_t rows = 200, cols = 48;
   const std::vector<float> w = testing::RandomNormal(rows * cols, 51);
   for (v1::Placement p : {v1::PLACEMENT_SHARDED, v1::PLACEMENT_REPLICATED, v1::PLACEMENT_AUTO}) {

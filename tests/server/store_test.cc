@@ -273,7 +273,7 @@ TEST(DirectoryStore, MatrixServicePersistsUploadsAndDeletes) {
     CpuBackend backend(2);
     MatrixStore store(int64_t{1} << 30, nullptr);
     store.set_persistence(disk->get());
-    MatrixService svc(&backend, &store, nullptr, Limits{});
+    MatrixService svc(&backend, &store, Limits{});
     for (const char* name : {"keep", "gone"}) {
       v1::MatrixHeader h;
       h.set_name(name);
@@ -300,7 +300,7 @@ TEST(DirectoryStore, MatrixServicePersistsUploadsAndDeletes) {
   auto report = LoadStoredMatrices(disk->get(), &backend, &store);
   EXPECT_EQ(report.loaded, 1);
   EXPECT_TRUE(report.quarantined.empty());
-  MatrixService svc(&backend, &store, nullptr, Limits{});
+  MatrixService svc(&backend, &store, Limits{});
   auto info = svc.GetMatrix("keep");
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->created_unix_ms(), created);

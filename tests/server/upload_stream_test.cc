@@ -92,7 +92,7 @@ class UploadStreamTest : public ::testing::Test {
   void Make(int64_t budget, std::unique_ptr<Backend> backend = nullptr) {
     backend_ = backend != nullptr ? std::move(backend) : std::make_unique<CpuBackend>(2);
     store_ = std::make_unique<MatrixStore>(budget, &metrics_);
-    service_ = std::make_unique<MatrixService>(backend_.get(), store_.get(), &metrics_, Limits{});
+    service_ = std::make_unique<MatrixService>(backend_.get(), store_.get(), Limits{});
   }
 
   // The resident matrix `name` holds the codes and scales of quantizing
