@@ -1,6 +1,7 @@
 // GPU attention benchmark, in one run: the read ceiling, plume's
-// decode at seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D=128, batch 1 and
-// 16 (one cache, the batch's queries against it), and plume's prefill at one
+// decode at seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256,
+// batch 1, 4, 16 and 64 (one cache, the batch's queries against it), and
+// plume's prefill at one
 // head S=8192 D=512 and at S=4096 heads 32 causal, D = 64, 128, 256 (and the
 // mma.sync prefill beside the Hopper one at D = 128 on sm_90). Caches are E4M3 with
 // TOKEN_BLOCK scales (the default), random codes, in as many copies as keep
@@ -221,14 +222,16 @@ int main(int argc, char** argv) {
   }
 
   std::printf("decode (E4M3, TOKEN_BLOCK, F16 queries and outputs, causal):\n");
-  for (int64_t seq : {1024, 8192, 32768, 131072}) {
-    Caches c;
-    const int64_t one = 2 * seq * 8 * 128;
-    const int copies = static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(1, (int64_t{512} << 20) / one)));
-    MakeCaches(c, 8, 128, seq, copies, s);
-    for (int64_t batch : {1, 16})
-      for (DecodePath path : paths) Run(timer, s, c, "decode", batch, 32, 1, true, path);
-  }
+  for (int64_t dim : {128, 64, 256})
+    for (int64_t seq : {1024, 8192, 32768, 131072}) {
+      Caches c;
+      const int64_t one = 2 * seq * 8 * dim;
+      const int copies =
+          static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(1, (int64_t{512} << 20) / one)));
+      MakeCaches(c, 8, dim, seq, copies, s);
+      for (int64_t batch : {1, 4, 16, 64})
+        for (DecodePath path : paths) Run(timer, s, c, "decode", batch, 32, 1, true, path);
+    }
 
   std::printf("prefill (E4M3, TOKEN_BLOCK, F16 queries and outputs):\n");
   {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch SDPA with FP16 K/V on the shapes of bench/gpu_attention_bench.cu.
 
-Decode: q [batch, 32, 1, 128] against K/V [1, 8, seq, 128] (one cache, as
+Decode: q [batch, 32, 1, D] against K/V [1, 8, seq, D], D = 128, 64, 256,
+batch 1, 4, 16, 64 (one cache, as
 plume's batch shares its cache), GQA through enable_gqa when this PyTorch has
 it, else K/V repeated to 32 heads (more bytes; the JSON says which). Prefill:
 4-D q/k/v [1, 1, 8192, 512] and [1, 32, 4096, D] causal, D = 64, 128, 256. CUDA events,
@@ -49,30 +50,32 @@ def main():
     gqa = SupportsGqa()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, enable_gqa={gqa}")
     rows = []
-    for seq in (1024, 8192, 32768, 131072):
-        k = torch.randn(1, 8, seq, 128, device=dev, dtype=torch.float16)
-        v = torch.randn_like(k)
-        for batch in (1, 16):
-            q = torch.randn(batch, 32, 1, 128, device=dev, dtype=torch.float16)
-            if gqa:
-                kk, vv = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
-                fn = lambda: F.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
-                kv_bytes = 2 * 8 * seq * 128 * 2
-            else:
-                kk = k.repeat_interleave(4, dim=1).expand(batch, -1, -1, -1)
-                vv = v.repeat_interleave(4, dim=1).expand(batch, -1, -1, -1)
-                fn = lambda: F.scaled_dot_product_attention(q, kk, vv)
-                kv_bytes = 2 * 32 * seq * 128 * 2
-            try:
-                us = median_us(fn, iters)
-            except RuntimeError as e:  # e.g. a kernel refusing stride-0 batches
-                print(f"  decode seq={seq} b={batch}: {e}")
-                continue
-            rows.append({"kind": "decode", "seq": seq, "batch": batch, "heads": 32, "kv_heads": 8,
-                         "head_dim": 128, "q_len": 1, "causal": False, "gqa": gqa,
-                         "median_us": us, "kv_bytes": kv_bytes})
-            print(f"  sdpa decode seq={seq:<6} b={batch:<2} {us:10.2f} us {kv_bytes / us / 1e3:8.1f} GB/s")
-        del k, v
+    for dim in (128, 64, 256):
+        for seq in (1024, 8192, 32768, 131072):
+            k = torch.randn(1, 8, seq, dim, device=dev, dtype=torch.float16)
+            v = torch.randn_like(k)
+            for batch in (1, 4, 16, 64):
+                q = torch.randn(batch, 32, 1, dim, device=dev, dtype=torch.float16)
+                if gqa:
+                    kk, vv = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+                    fn = lambda: F.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
+                    kv_bytes = 2 * 8 * seq * dim * 2
+                else:
+                    kk = k.repeat_interleave(4, dim=1).expand(batch, -1, -1, -1)
+                    vv = v.repeat_interleave(4, dim=1).expand(batch, -1, -1, -1)
+                    fn = lambda: F.scaled_dot_product_attention(q, kk, vv)
+                    kv_bytes = 2 * 32 * seq * dim * 2
+                try:
+                    us = median_us(fn, iters)
+                except RuntimeError as e:  # e.g. a kernel refusing stride-0 batches
+                    print(f"  decode D={dim} seq={seq} b={batch}: {e}")
+                    continue
+                rows.append({"kind": "decode", "seq": seq, "batch": batch, "heads": 32, "kv_heads": 8,
+                             "head_dim": dim, "q_len": 1, "causal": False, "gqa": gqa,
+                             "median_us": us, "kv_bytes": kv_bytes})
+                print(f"  sdpa decode D={dim:<3} seq={seq:<6} b={batch:<2} {us:10.2f} us "
+                      f"{kv_bytes / us / 1e3:8.1f} GB/s")
+            del k, v
     for heads, seq, dim, causal in ((1, 8192, 512, False), (32, 4096, 64, True), (32, 4096, 128, True),
                                     (32, 4096, 256, True)):
         q = torch.randn(1, heads, seq, dim, device=dev, dtype=torch.float16)
