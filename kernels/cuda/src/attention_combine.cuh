@@ -13,15 +13,12 @@ namespace plume::cuda::attn {
 // One block per query row: merges the splits' partial results,
 // out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M). The splits' maxima
 // and weights are read and computed by all threads at once (a thread per
-// split) and kept in shared memory. Then the block's kCombineGroups groups
-// of kCombineCols threads each sum a column over every kCombineGroups-th
-// split, with many loads in flight, and group 0 adds the groups' sums in a
-// fixed order: latency, not bandwidth, bounds this kernel (a few dozen rows
-// on the whole GPU at batch 1), so the splits are spread over more threads.
+// split) and kept in shared memory; then each thread sums its columns over
+// the splits with many loads in flight (latency, not bandwidth, bounds this
+// kernel).
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p) {
   PLUME_SHARED float w_s[kMaxSplits];
   PLUME_SHARED float red[kCombineThreads / 32];
-  PLUME_SHARED float part[kCombineGroups][kCombineCols];
   const int64_t row = blockIdx.x;  // (b * heads + h) * q_len + i
   const int i = static_cast<int>(row % p.q_len);
   const int h = static_cast<int>(row / p.q_len % p.heads);
@@ -58,25 +55,14 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const Params p)
   const float inv = 1.0f / l;
   const float* acc = p.ws_acc + (base * p.tile_rows + r) * p.head_dim;
   const int64_t acc_step = int64_t{p.tile_rows} * p.head_dim;
-  const int g = tid / kCombineCols, c = tid % kCombineCols;
-  for (int d0 = 0; d0 < p.head_dim; d0 += kCombineCols) {
-    const int d = d0 + c;
+  for (int d = tid; d < p.head_dim; d += kCombineThreads) {
     float o = 0.0f;
-    if (d < p.head_dim) {
 #pragma unroll 8
-      for (int s = g; s < p.splits; s += kCombineGroups) {
-        const float a = acc[s * acc_step + d], e = w_s[s];  // loads independent of e
-        o += e != 0.0f ? a * e : 0.0f;
-      }
+    for (int s = 0; s < p.splits; ++s) {
+      const float a = acc[s * acc_step + d], e = w_s[s];  // loads independent of e
+      o += e != 0.0f ? a * e : 0.0f;
     }
-    part[g][c] = o;
-    __syncthreads();
-    if (g == 0 && d < p.head_dim) {
-      float sum = part[0][c];
-      for (int k = 1; k < kCombineGroups; ++k) sum += part[k][c];
-      Store(p.out, p.out_dtype, row * p.head_dim + d, sum * inv);
-    }
-    __syncthreads();  // part is reused by the next columns
+    Store(p.out, p.out_dtype, row * p.head_dim + d, o * inv);
   }
 }
 

@@ -10,9 +10,7 @@
 
 namespace plume::cuda::attn {
 
-constexpr int kCombineCols = 128;   // columns a combine block sums at once
-constexpr int kCombineGroups = 4;   // its thread groups, each over every 4th split
-constexpr int kCombineThreads = kCombineCols * kCombineGroups;
+constexpr int kCombineThreads = 128;
 constexpr int kMaxSplits = 1024;  // splits of a unit at most (the combine's shared memory)
 
 // The workspace slot of a unit's split. Row r of its tile (tile_rows rows)
