@@ -399,7 +399,13 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   RunAll(1, std::chrono::duration_cast<std::chrono::milliseconds>(kRun), false, &stop);
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
   ASSERT_NO_FATAL_FAILURE(FillGaps(300));
-  const int64_t rss_after = SettledRssKiB(pid_, 5s, rss_warm + rss_warm / 10);
+  // Growth allowed: 10% or 4 MiB, whichever is more. The server's RSS after
+  // the run moved from -2.4% to +10.2% of its ~28 MiB warm figure over the
+  // quiet runs measured (docs/testing.md), with no trend: thread stacks and
+  // gRPC's caches reaching a new high-water mark, not memory held per call.
+  // A leak of 80 bytes per operation (some 55,000 in the run) still fails it.
+  const int64_t rss_bound = rss_warm + std::max<int64_t>(rss_warm / 10, 4 << 10);
+  const int64_t rss_after = SettledRssKiB(pid_, 5s, rss_bound);
   std::map<std::string, int> run_counts;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -408,7 +414,7 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
                                    << problems_.front();
   }
 #ifndef PLUME_CHAOS_SANITIZED
-  EXPECT_LE(rss_after, rss_warm + rss_warm / 10)
+  EXPECT_LE(rss_after, rss_bound)
       << "RSS grew from " << rss_warm << " KiB (warm) to " << rss_after << " KiB over the run";
 #endif
 
