@@ -6,8 +6,8 @@
 // give the high and low byte of that bfloat16; the code's sign bit is OR'ed
 // into the high byte; two byte unpacks and four word unpacks with zero turn
 // 64 codes into 4 x 16 FP32 values. That is 10 shuffle/logic operations per
-// 64 codes (with the order vpermb below) and no NaN test (NaN codes look up a NaN), against ~20 for the
-// shift-and-multiply decode in gemv_avx512.cc.
+// 64 codes (with the order vpermb below) and no NaN test (NaN codes look up
+// a NaN), against ~20 for the shift-and-multiply decode in gemv_avx512.cc.
 //
 // The unpacks work within 128-bit lanes, so a chunk's decoded values would
 // come out in the order VbmiColumnOrder() gives. One vpermb of the codes
@@ -61,8 +61,9 @@ constexpr int kPrefetchBytes = PLUME_VBMI_PREFETCH;
 
 // hi/lo bytes of the bfloat16 of each magnitude code 0..127, as two 64-byte
 // halves each (vpermi2b's two table operands).
-// order: the vpermb index that puts code VbmiColumnOrder^-1(s) at byte s, so
-// that the unpacks' output is in column order.
+// order: the vpermb index that moves column p's code to byte
+// VbmiColumnOrder(p), which the unpacks bring out at position p: their output
+// is then in column order.
 struct alignas(64) ByteTables {
   uint8_t hi[128];
   uint8_t lo[128];
@@ -116,7 +117,8 @@ PLUME_AI void Decode64(const uint8_t* p, const Tab& t, __m512 (&f)[4]) {
   f[3] = _mm512_castsi512_ps(_mm512_and_si512(wh, m));
 }
 
-// 16 codes -> 16 floats, for the columns past the last full 64-column chunk: the same lookups on the low lane, then a dword zero-extend.
+// 16 codes -> 16 floats, for the columns past the last full 64-column chunk:
+// the same lookups on the low lane, then a dword zero-extend.
 PLUME_AI __m512 Decode16(const uint8_t* p, const Tab& t) {
   const __m512i code = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   __m512i hi = _mm512_permutex2var_epi8(t.hi0, code, t.hi1);
