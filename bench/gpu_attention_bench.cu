@@ -1,14 +1,13 @@
-// GPU attention benchmark, in one run: the read ceiling, plume's
-// decode at seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256,
-// batch 1, 4, 16 and 64 (one cache, the batch's queries against it), and
-// plume's prefill at one
-// head S=8192 D=512 and at S=4096 heads 32 causal, D = 64, 128, 256 (and the
-// mma.sync prefill beside the Hopper one at D = 128 on sm_90). Caches are E4M3 with
-// TOKEN_BLOCK scales (the default), random codes, in as many copies as keep
-// the bytes read per launch out of L2. Each launch is bracketed by CUDA
-// events; medians over --iters launches. bench/sdpa_attention.py times
-// PyTorch SDPA (FP16 K/V) on the same shapes; bench/run_gpu_attention_bench.sh
-// runs both on a GPU machine.
+// GPU attention benchmark, in one run: the read ceiling, plume's decode at
+// seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256, batch 1,
+// 4, 16 and 64 (one cache, the batch's queries against it), and plume's
+// prefill at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
+// 128, 256 (and the mma.sync prefill beside the Hopper one at D = 128 on
+// sm_90). Caches are E4M3 with TOKEN_BLOCK scales (the default), random
+// codes, in as many copies as keep the bytes read per launch out of L2. Each
+// launch is bracketed by CUDA events; medians over --iters launches.
+// bench/sdpa_attention.py times PyTorch SDPA (FP16 K/V) on the same shapes;
+// bench/run_gpu_attention_bench.sh runs both on a GPU machine.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
