@@ -231,7 +231,13 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
       ASSERT_NO_FATAL_FAILURE(UploadOnes("m", 4096, 16));
     }
   }
-  EXPECT_LE(late_but_done, 2) << "deletes past their deadline were committed";
+  // Calls the server finished within the deadline it was sent while their
+  // client, on its own earlier clock, had already given up: no server can see
+  // that coming. Seen up to 3 of 20 GEMVs under ASan once every call is
+  // counted (a clean-clone CI run); a server that ignored deadlines would
+  // run all 20.
+  constexpr int kRaced = 5;
+  EXPECT_LE(late_but_done, kRaced) << "deletes past their deadline were committed";
   // Every call the server saw has finished, so that the counts below include
   // any computed for a client that had given up: a call on the same
   // connection after them (its frames arrive after theirs; a lookup of a
@@ -242,17 +248,16 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
       << Metric("plume_calls_in_flight") << " calls still open";
   EXPECT_GE(late + 20 - gemv_ok, 30) << "most 1 us calls should be late";
   // GEMVs computed and OKs counted: those the clients saw answered, and at
-  // most 2 more: a call the server answers within the deadline it was sent
-  // while its client, on its own earlier clock, has already given up (seen
-  // once in 20 runs under ASan; no server can see that coming).
+  // most kRaced more (above).
   const double kernels = KernelRuns() - kernels_before;
   EXPECT_GE(kernels, gemv_ok);
-  EXPECT_LE(kernels, gemv_ok + 2) << "GEMVs past their deadline were computed";
+  EXPECT_LE(kernels, gemv_ok + kRaced) << "GEMVs past their deadline were computed";
   const double oks = Metric("plume_requests_total", "OK") - ok_before;
   EXPECT_GE(oks, late + late_but_done + 2 * ok + gemv_ok);
-  EXPECT_LE(oks, late + late_but_done + 2 * ok + gemv_ok + 2);
+  EXPECT_LE(oks, late + late_but_done + 2 * ok + gemv_ok + kRaced);
   std::cout << "1 us calls: " << 20 - gemv_ok << " of 20 GEMVs and " << late
-            << " of 20 deletes DEADLINE_EXCEEDED\n";
+            << " of 20 deletes DEADLINE_EXCEEDED; " << kernels - gemv_ok
+            << " GEMVs and " << late_but_done << " deletes done for clients that gave up\n";
 }
 
 // ---------------------------------------------------------------- uploads
