@@ -236,7 +236,8 @@ void Run(std::shared_ptr<Stream> sp) {
   --threads->running;
   // Forget the streams that are gone.
   auto& v = threads->streams;
-  v.erase(std::remove_if(v.begin(), v.end(), [](const std::weak_ptr<MatrixFileStream>& w) { return w.expired(); }),
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [](const std::weak_ptr<MatrixFileStream>& w) { return w.expired(); }),
           v.end());
 }
 

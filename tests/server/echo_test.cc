@@ -9,7 +9,6 @@
 #include <prometheus/text_serializer.h>
 
 #include <atomic>
-#include <cmath>
 #include <future>
 #include <map>
 #include <mutex>
