@@ -40,6 +40,7 @@ struct Shape {
   Fp8Format format;
   KvScaleMode mode;
   DecodePath path;
+  bool cuda_cores = false;  // decode: the CUDA-core kernel even where a tensor-core one serves
 };
 
 // Runs one problem through the decode kernel + combine or the prefill kernel
@@ -95,10 +96,12 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
       }
     });
   } else {
-    // The tensor-core decode serves padded head dim 128, the FP32 one the rest.
-    const bool mma = kd == kMmaDim, few = mma && rows <= kFewRows;
+    // The tensor-core decodes serve padded head dims 64, 128 and 256, the FP32
+    // one the rest (and those where the GPU's shared memory is short).
+    const bool mma = MmaDim(kd) && !s.cuda_cores, few = mma && rows <= kFewRows;
     const bool soft = s.path == DecodePath::kSoftware;
-    const bool shared = soft && mma && !few && std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16) > 32;
+    const bool shared =
+        kd == 128 && soft && mma && !few && std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16) > 32;
     const int tile_rows = few   ? kFewRows
                           : mma ? static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16))
                                 : kRows;
@@ -115,8 +118,20 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     const KernelFn fn = WithDec<KernelFn>(dec, [&](auto d) -> KernelFn {
       constexpr Dec kDec = decltype(d)::value;
       if (!mma) return DecodeKernelFor<kDec>(kd);
-      if (few) return DecodeFewKernel<kDec>;
-      return shared ? DecodeMmaKernel<kDec, true> : DecodeMmaKernel<kDec, false>;
+      const auto at = [&](auto dim) -> KernelFn {
+        constexpr int kD = decltype(dim)::value;
+        if (few) return DecodeFewKernel<kDec, kD>;
+        if constexpr (kD == 128) {
+          if (shared) return DecodeMmaKernel<kDec, kD, true>;
+        }
+        return DecodeMmaKernel<kDec, kD, false>;
+      };
+      switch (kd) {
+        case 64: return at(std::integral_constant<int, 64>{});
+        case 128: return at(std::integral_constant<int, 128>{});
+        case 256: return at(std::integral_constant<int, 256>{});
+        default: return nullptr;
+      }
     });
     EXPECT_NE(fn, nullptr);
     if (fn == nullptr) return INFINITY;
@@ -150,10 +165,14 @@ TEST(AttentionEmu, DecodeKernel) {
     for (int64_t seq : {1, 63, 64, 65, 1000})
       for (bool gqa : {false, true}) {
         const int64_t q_len = i % 3 == 0 ? 1 : i % 3 == 1 ? 3 : 8;
-        const Shape s{dim, seq, 2, gqa ? 8 : 2, q_len, i % 5 == 0 ? 2 : 1, i % 2 == 0 && q_len <= seq,
-                      i % 4 < 2 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 4 % 2]};
+        // Head dims 64 and 256 have both kernels: every other case takes the
+        // CUDA-core one (the GPUs whose shared memory is short run it).
+        const bool cuda_cores = (dim == 64 || dim == 256) && i % 2 == 1;
+        const Shape s{dim,        seq, 2, gqa ? 8 : 2, q_len, i % 5 == 0 ? 2 : 1, i % 2 == 0 && q_len <= seq,
+                      i % 4 < 2 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 4 % 2],
+                      cuda_cores};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len
-                                          << " gqa=" << gqa << " case " << i);
+                                          << " gqa=" << gqa << " cuda_cores=" << cuda_cores << " case " << i);
         const double err = RunEmulated(s, false);
         EXPECT_LE(err, 1e-5);
         worst = std::max(worst, err);
@@ -163,11 +182,11 @@ TEST(AttentionEmu, DecodeKernel) {
 }
 
 // At most four query rows per kv head (DecodeFewKernel, head dims padding to
-// 128): GQA group 4 at batch 1, causal rows at distinct positions, a ragged
-// head dim, every decode path and scale mode.
+// 64, 128 and 256): GQA group 4 at batch 1, causal rows at distinct
+// positions, ragged head dims, every decode path and scale mode.
 TEST(AttentionEmu, DecodeFewRows) {
   int i = 0;
-  for (int64_t dim : {128, 100})
+  for (int64_t dim : {128, 100, 64, 40, 256, 200})
     for (int64_t seq : {1, 65, 1000})
       for (int64_t q_len : {1, 2}) {
         const Shape s{dim, seq, 2, q_len == 1 ? 8 : 4, q_len, 1, q_len <= seq,

@@ -52,7 +52,7 @@
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
 inline EmuDim threadIdx, blockIdx;  // of the running fiber
 inline EmuDim blockDim, gridDim;
-inline __half g_dyn_smem[80000];  // dynamic shared memory (the prefill at D <= 512 uses up to 151,552 bytes)
+inline __half g_dyn_smem[227 * 1024 / 2];  // dynamic shared memory: the most a block may opt into (227 KB)
 inline uint32_t g_xchg[64][32][16];  // per warp, lane, words
 
 // A barrier of `n` fibers: each arrival yields until the last one arrives.

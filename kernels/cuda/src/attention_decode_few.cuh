@@ -1,5 +1,5 @@
 // The tensor-core decode for at most kFewRows query rows per kv head
-// (DecodeFewKernel), padded head dim 128. Instantiated by
+// (DecodeFewKernel), padded head dims 64, 128 and 256. Instantiated by
 // attention_decode_mma.cu.
 #pragma once
 
@@ -17,12 +17,13 @@ namespace plume::cuda::attn {
 // empty. This kernel swaps the operands instead: S^T = K Q^T with 16 tokens as
 // M and N = 8 columns, O^T = V^T P^T. The N columns hold the rows' hi parts
 // (columns 0-3) and lo parts (4-7), so the FP32 split costs no extra mma:
-// 16 mma per 16 tokens (DecodeMmaKernel: 16 for S and 32 for O), 32 output
-// registers, 4 blocks per SM. Block and ring as DecodeMmaKernel's (warp w takes
+// 16 mma per 16 tokens at kD = 128 (DecodeMmaKernel: 16 for S and 32 for
+// O), kD / 4 output registers, 4 blocks per SM (2 at kD = 256, whose ring is
+// 96 KB). Block and ring as DecodeMmaKernel's (warp w takes
 // tokens 16w .. 16w + 15 of every page, keeping its own softmax state).
 // Fragments (g = lane / 4, t = lane % 4):
 //  - K (A): tokens g and g + 8; k-step ks is the ks-th 32-bit word of 16-byte
-//    chunks t and t + 4 of the row (DecodeMmaKernel's B order).
+//    chunks t, t + 4, ... of the row (DecodeMmaKernel's B order).
 //  - Q^T (B): column g is row g & 3, hi part for g < 4, lo for g >= 4, in the
 //    same permuted order; a row is scaled by a power of two to max |q| < 1.
 //  - S^T (C): tokens g, g + 8 of columns 2t, 2t + 1; lanes t and t ^ 2 hold a
@@ -30,18 +31,24 @@ namespace plume::cuda::attn {
 //    2 (t & 1) and 2 (t & 1) + 1.
 //  - P^T (B): P * 2^10 in the C layout as FP16, hi in lanes t < 2 and lo in
 //    t >= 2 (columns 0-3 and 4-7 again), transposed by movmatrix.
-//  - V^T (A): chunk g of V rows 2t, 2t + 1, 2t + 8, 2t + 9, consecutive
-//    tokens paired by prmt; m-tile mt's row g is dim 16g + 2mt and row g + 8
-//    is dim 16g + 2mt + 1.
+//  - V^T (A): lane group g's words of V rows 2t, 2t + 1, 2t + 8, 2t + 9
+//    (MmaGeom::LoadVWords), consecutive tokens paired by prmt; m-tile mt's
+//    row g is dim WordDim(mt / 2, g) + 2 (mt % 2) and row g + 8 the dim after
+//    (16g + 2mt and 16g + 2mt + 1 at kD = 128).
 //  - O^T (C): those dims, columns as S^T's; lanes t and t ^ 2 are summed at
 //    the end.
 constexpr int kFewRows = 4;
-constexpr size_t kFewSmem = kMmaRing;  // 48 KB: no opt-in
-constexpr int kFewOutLd = kMmaDim + 4;
-static_assert(kMmaWarps * kFewRows * (kFewOutLd + 2) * 4 <= kMmaRing);
+// Dynamic shared memory of DecodeFewKernel<*, kd>: the ring (48 KB at kd = 128:
+// no opt-in).
+inline size_t FewDecodeSmem(int kd) { return kMmaStages * 2 * size_t{kPage} * kd; }
 
-template <Dec kDec>
-__global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p) {
+template <Dec kDec, int kD>
+__global__ void __launch_bounds__(kMmaThreads, kD > 128 ? 2 : 4) DecodeFewKernel(const Params p) {
+  using G = MmaGeom<kD>;
+  constexpr int kKSteps = G::kKSteps;
+  constexpr int kVWords = G::kVWords;
+  constexpr int kOutLd = kD + 4;
+  static_assert(kMmaWarps * kFewRows * (kOutLd + 2) * 4 <= G::kRing);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
 #endif
@@ -62,15 +69,15 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
 
   // Q^T: this lane's column (row g & 3, hi or lo part) at k-step ks: dims
   // 64 (ks / 4) + 16t + 4 (ks % 4) + 0..3.
-  uint32_t qf[8][2];
+  uint32_t qf[kKSteps][2];
   float qfac;  // 2^e: row g & 3's scale back
   {
     const int r = g & 3;
     const int64_t base = r < nrows ? QueryIndex(p, kvh, lr0 + r) * p.head_dim : -1;
-    float q[8][4];
+    float q[kKSteps][4];
     float mx = 0.0f;
 #pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
+    for (int ks = 0; ks < kKSteps; ++ks) {
       LoadQ4(p, base, 64 * (ks >> 2) + 16 * t + 4 * (ks & 3), q[ks]);
 #pragma unroll
       for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(q[ks][e]));
@@ -83,7 +90,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
     qfac = ldexpf(1.0f, ex);
     const float sq = ldexpf(1.0f, -ex);
 #pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
+    for (int ks = 0; ks < kKSteps; ++ks) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint32_t hi, lo;
@@ -104,7 +111,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
   const int page_end = SplitPageEnd(p, page_begin, last);
   const int npg = max(0, page_end - page_begin);
   auto load = [&](const uint8_t* page, int i) {
-    if (i < npg) MmaLoadPage(p, ring + (i % kMmaStages) * 2 * kMmaTile, page, kvh, tid);
+    if (i < npg) MmaLoadPage<kD>(p, ring + (i % kMmaStages) * 2 * G::kTile, page, kvh, tid);
     CpAsyncCommit();
   };
   const float2 fixed = p.mode == KvScaleMode::kTokenBlock
@@ -120,9 +127,9 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
   }
   const uint8_t* next = kMmaStages - 1 < npg ? p.pages[page_begin + kMmaStages - 1] : nullptr;
 
-  float o[8][4];
+  float o[G::kOTTiles][4];
 #pragma unroll
-  for (int mt = 0; mt < 8; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.0f;
+  for (int mt = 0; mt < G::kOTTiles; ++mt) o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.0f;
   float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
   float vref = 0.0f;  // the true output is o * vref / kPScale
 
@@ -134,8 +141,8 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
     sc[0] = sc[1];
     sc[1] = MmaPageScales(p, next, kvh, fixed);
     next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
-    const uint8_t* kt = ring + (i % kMmaStages) * 2 * kMmaTile;
-    const uint8_t* vt = kt + kMmaTile;
+    const uint8_t* kt = ring + (i % kMmaStages) * 2 * G::kTile;
+    const uint8_t* vt = kt + G::kTile;
     const int64_t t0 = static_cast<int64_t>(page_begin + i) * kPage;
     const int n = static_cast<int>(Min64(kPage, p.seq - t0));
     float ratio = 1.0f;
@@ -148,17 +155,16 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       {
         const int r = tok0 + g;
-        const uint4 ka0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
-        const uint4 ka1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
-        const uint4 kb0 = *reinterpret_cast<const uint4*>(kt + KChunk(r + 8, t));
-        const uint4 kb1 = *reinterpret_cast<const uint4*>(kt + KChunk(r + 8, t + 4));
-        const uint32_t wa[8] = {ka0.x, ka0.y, ka0.z, ka0.w, ka1.x, ka1.y, ka1.z, ka1.w};
-        const uint32_t wb[8] = {kb0.x, kb0.y, kb0.z, kb0.w, kb1.x, kb1.y, kb1.z, kb1.w};
+        uint32_t wa[4], wb[4];  // the codes of 4 k-steps
 #pragma unroll
-        for (int ks = 0; ks < 8; ++ks) {
+        for (int ks = 0; ks < kKSteps; ++ks) {
+          if (ks % 4 == 0) {
+            G::LoadKPart(kt, r, t, ks / 4, wa);
+            G::LoadKPart(kt, r + 8, t, ks / 4, wb);
+          }
           uint32_t a0, a1, a2, a3;
-          DecodeWordNan<kDec>(wa[ks], a0, a2);
-          DecodeWordNan<kDec>(wb[ks], a1, a3);
+          DecodeWordNan<kDec>(wa[ks % 4], a0, a2);
+          DecodeWordNan<kDec>(wb[ks % 4], a1, a3);
           Mma(ks & 1 ? s2 : s, a0, a1, a2, a3, qf[ks][0], qf[ks][1]);
         }
       }
@@ -197,7 +203,7 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
       ratio = 1.0f;
       if (!__all_sync(0xffffffffu, c0 == 1.0f && c1 == 1.0f)) {
 #pragma unroll
-        for (int mt = 0; mt < 8; ++mt) {
+        for (int mt = 0; mt < G::kOTTiles; ++mt) {
           o[mt][0] *= c0;
           o[mt][1] *= c1;
           o[mt][2] *= c0;
@@ -213,26 +219,29 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
       const uint32_t b0 = MovTrans(xa), b1 = MovTrans(xb);
       // O^T += V^T P^T.
       const int rv = tok0 + 2 * t;
-      const uint4 v0 = *reinterpret_cast<const uint4*>(vt + VChunk(rv, g));
-      const uint4 v1 = *reinterpret_cast<const uint4*>(vt + VChunk(rv + 1, g));
-      const uint4 v8 = *reinterpret_cast<const uint4*>(vt + VChunk(rv + 8, g));
-      const uint4 v9 = *reinterpret_cast<const uint4*>(vt + VChunk(rv + 9, g));
-      const uint32_t w0[4] = {v0.x, v0.y, v0.z, v0.w}, w1[4] = {v1.x, v1.y, v1.z, v1.w};
-      const uint32_t w8[4] = {v8.x, v8.y, v8.z, v8.w}, w9[4] = {v9.x, v9.y, v9.z, v9.w};
+      constexpr int kPart = G::kVPart;  // V words read at a time
+      uint32_t w0[kPart], w1[kPart], w8[kPart], w9[kPart];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < kVWords; ++q) {
+        if (q % kPart == 0) {
+          G::LoadVPart(vt, rv, g, q / kPart, w0);
+          G::LoadVPart(vt, rv + 1, g, q / kPart, w1);
+          G::LoadVPart(vt, rv + 8, g, q / kPart, w8);
+          G::LoadVPart(vt, rv + 9, g, q / kPart, w9);
+        }
+        const int x = q % kPart;
         uint32_t a0, a1, a2, a3;
-        DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x5140), a0, a1);  // dims 4q, 4q + 1 of the chunk
-        DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x5140), a2, a3);
+        DecodeWordNan<kDec>(__byte_perm(w0[x], w1[x], 0x5140), a0, a1);  // dims WordDim(q, g) + 0, 1
+        DecodeWordNan<kDec>(__byte_perm(w8[x], w9[x], 0x5140), a2, a3);
         Mma(o[2 * q], a0, a1, a2, a3, b0, b1);
-        DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x7362), a0, a1);  // dims 4q + 2, 4q + 3
-        DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x7362), a2, a3);
+        DecodeWordNan<kDec>(__byte_perm(w0[x], w1[x], 0x7362), a0, a1);  // + 2, 3
+        DecodeWordNan<kDec>(__byte_perm(w8[x], w9[x], 0x7362), a2, a3);
         Mma(o[2 * q + 1], a0, a1, a2, a3, b0, b1);
       }
     }
     if (ratio != 1.0f) {  // no token of the page in this warp's slice
 #pragma unroll
-      for (int mt = 0; mt < 8; ++mt) {
+      for (int mt = 0; mt < G::kOTTiles; ++mt) {
         o[mt][0] *= ratio;
         o[mt][1] *= ratio;
         o[mt][2] *= ratio;
@@ -251,22 +260,23 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
     l1 += __shfl_xor_sync(0xffffffffu, l1, o2);
   }
 #pragma unroll
-  for (int mt = 0; mt < 8; ++mt) {
+  for (int mt = 0; mt < G::kOTTiles; ++mt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[mt][e] += __shfl_xor_sync(0xffffffffu, o[mt][e], 2);
   }
-  float* const ob = reinterpret_cast<float*>(ring);         // [warp][row][kFewOutLd]
-  float* const mlb = ob + kMmaWarps * kFewRows * kFewOutLd;  // [warp][row][2]
+  float* const ob = reinterpret_cast<float*>(ring);      // [warp][row][kOutLd]
+  float* const mlb = ob + kMmaWarps * kFewRows * kOutLd;  // [warp][row][2]
   if (t < 2) {
     const float f = vref / kPScale;
-    float* o0 = ob + (warp * kFewRows + r0) * kFewOutLd + 16 * g;
-    float* o1 = o0 + kFewOutLd;
+    float* o0 = ob + (warp * kFewRows + r0) * kOutLd;
+    float* o1 = o0 + kOutLd;
 #pragma unroll
-    for (int mt = 0; mt < 8; ++mt) {
-      o0[2 * mt] = o[mt][0] * f;
-      o1[2 * mt] = o[mt][1] * f;
-      o0[2 * mt + 1] = o[mt][2] * f;
-      o1[2 * mt + 1] = o[mt][3] * f;
+    for (int mt = 0; mt < G::kOTTiles; ++mt) {
+      const int d = G::WordDim(mt >> 1, g) + 2 * (mt & 1);  // rows g and g + 8: d and d + 1
+      o0[d] = o[mt][0] * f;
+      o1[d] = o[mt][1] * f;
+      o0[d + 1] = o[mt][2] * f;
+      o1[d + 1] = o[mt][3] * f;
     }
     if (g == 0) {
       mlb[(warp * kFewRows + r0) * 2] = m0;
@@ -279,9 +289,9 @@ __global__ void __launch_bounds__(kMmaThreads, 4) DecodeFewKernel(const Params p
   // The warps merge in a fixed order; the block writes its rows for the
   // combine kernel.
   const int64_t slot = SplitSlot(p, unit, split);
-  for (int i = tid; i < nrows * kMmaDim; i += kMmaThreads) {
-    const int r = i / kMmaDim, d = i % kMmaDim;
-    MergeWarpsToSplit<kFewRows, kFewOutLd, false>(p, ob, mlb, 0, kMmaWarps, r, d, slot, kFewRows,
+  for (int i = tid; i < nrows * kD; i += kMmaThreads) {
+    const int r = i / kD, d = i % kD;
+    MergeWarpsToSplit<kFewRows, kOutLd, false>(p, ob, mlb, 0, kMmaWarps, r, d, slot, kFewRows,
                                                   r);
   }
 }

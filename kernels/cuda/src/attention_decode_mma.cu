@@ -6,12 +6,29 @@
 
 namespace plume::cuda::attn {
 
-KernelFn PickDecodeMma(Dec dec, bool few, bool shared) {
+namespace {
+
+template <int kD>
+KernelFn PickDecodeMmaAt(Dec dec, bool few, bool shared) {
   return WithDec<KernelFn>(dec, [&](auto d) -> KernelFn {
     constexpr Dec kDec = decltype(d)::value;
-    if (few) return DecodeFewKernel<kDec>;
-    return shared ? DecodeMmaKernel<kDec, true> : DecodeMmaKernel<kDec, false>;
+    if (few) return DecodeFewKernel<kDec, kD>;
+    if constexpr (kD == 128) {
+      if (shared) return DecodeMmaKernel<kDec, kD, true>;
+    }
+    return shared ? nullptr : DecodeMmaKernel<kDec, kD, false>;
   });
+}
+
+}  // namespace
+
+KernelFn PickDecodeMma(Dec dec, int kd, bool few, bool shared) {
+  switch (kd) {
+    case 64: return PickDecodeMmaAt<64>(dec, few, shared);
+    case 128: return PickDecodeMmaAt<128>(dec, few, shared);
+    case 256: return PickDecodeMmaAt<256>(dec, few, shared);
+    default: return nullptr;
+  }
 }
 
 }  // namespace plume::cuda::attn

@@ -1,5 +1,5 @@
-// The tensor-core decode (DecodeMmaKernel) for padded head dim 128 and more
-// than kFewRows query rows per kv head. Instantiated by attention_decode_mma.cu.
+// The tensor-core decode (DecodeMmaKernel) for padded head dims 64, 128 and
+// 256 and more than kFewRows query rows per kv head. Instantiated by attention_decode_mma.cu.
 #pragma once
 
 #include <cstdint>
@@ -13,8 +13,8 @@
 
 namespace plume::cuda::attn {
 
-// The tensor-core decode (head dims whose padded row is 128 bytes, the common
-// LLM shape): one block per (kv head, tile of up to 64 of its query rows,
+// The tensor-core decode (head dims whose padded row is 64, 128 or 256
+// bytes): one block per (kv head, tile of up to 64 of its query rows,
 // split of the pages), so each K/V page is read once per 64 rows. The four
 // warps split the tile's 16-row m-tiles and, when there are fewer than four
 // m-tiles, the page's tokens (a warp then keeps its own softmax state over
@@ -31,46 +31,68 @@ namespace plume::cuda::attn {
 //
 // Fragment orders: the Q.K reduction index is permuted so that a lane's B
 // fragment for one k-step is one 32-bit word of its K row (lane t reads
-// 16-byte chunks t and t + 4 of the row: codes 16t + 4j .. 16t + 4j + 3 and
-// 64 + ...), and Q's A fragment uses the same permutation. For P.V the output
-// columns are permuted instead: n-tile nn's column g is the row's byte
-// 16g + nn, so a lane reads one 16-byte chunk per V row and holds output
-// columns 32t .. 32t + 31 in the end. Shared memory rows are XOR-swizzled by
-// 16-byte chunk so both reads are free of bank conflicts.
-// The ring and its geometry: attention_pages.cuh.
-constexpr int kMmaRows = 16 * kMmaWarps;            // query rows per block at most
-constexpr int kMmaOutLd = kMmaDim + 4;              // epilogue row, floats
-constexpr int kMmaQlo = kMmaWarps * 8 * 32 * 16;    // FP32 queries' lo fragments
-constexpr size_t kMmaSmem = kMmaRing + kMmaQlo;     // 64 KB: fits sm_75 too
-// kShared: the page decoded once to FP16 in fragment order (K: [token][lane
-// t's 8 k-steps], V: [token pair][dim] of half2), 32 KB more.
-constexpr int kMmaKh = kPage * kMmaDim * 2;
-constexpr int kMmaVh = kPage * kMmaDim * 2;
-constexpr size_t kMmaSmemShared = kMmaSmem + kMmaKh + kMmaVh;  // 96 KB
-static_assert(kMmaWarps * 16 * kMmaOutLd * 4 + kMmaWarps * 16 * 2 * 4 <= kMmaRing);
+// 16-byte chunks t, t + 4, ... of the row: k-step 4h + j is codes
+// 64h + 16t + 4j .. + 3), and Q's A fragment uses the same permutation. For
+// P.V the output columns are permuted instead: n-tile nn's column g is the
+// row's byte MmaGeom::WordDim(nn / 4, g) + nn % 4 (16g + nn at kD = 128), so
+// a lane reads its 16-byte chunks (8 bytes at kD = 64) of each V row.
+// Shared memory rows are XOR-swizzled so both reads are free of bank
+// conflicts. The ring and its geometry: attention_pages.cuh.
+//
+// At kD = 256 the output takes 128 registers a thread, so the queries' hi
+// fragments live in shared memory beside the lo ones, and one block runs
+// per multiprocessor.
+constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block at most
+template <int kD>
+struct MmaShape {
+  using G = MmaGeom<kD>;
+  static constexpr bool kQInSmem = kD > 128;            // Q's hi fragments in shared memory
+  static constexpr int kOutLd = kD + kD / 32;           // epilogue row, floats (skewed)
+  static constexpr int kQlo = kMmaWarps * G::kKSteps * 32 * 16;  // one set of Q fragments
+  static constexpr size_t kSmem = G::kRing + kQlo * (kQInSmem ? 2 : 1);  // 32 / 64 / 160 KB
+  static constexpr int kMinBlocks = kD > 128 ? 1 : 2;
+  static_assert(kMmaWarps * 16 * kOutLd * 4 + kMmaWarps * 16 * 2 * 4 <= G::kRing);
+};
+// kShared (kD = 128 only): the page decoded once to FP16 in fragment order
+// (K: [token][lane t's 8 k-steps], V: [token pair][dim] of half2), 32 KB more.
+constexpr int kMmaKh = kPage * 128 * 2;
+constexpr int kMmaVh = kPage * 128 * 2;
+constexpr size_t kMmaSmemShared = MmaShape<128>::kSmem + kMmaKh + kMmaVh;  // 96 KB
+
+// Dynamic shared memory of DecodeMmaKernel<*, kd, shared>.
+inline size_t MmaDecodeSmem(int kd, bool shared) {
+  if (shared) return kMmaSmemShared;
+  return kd == 64 ? MmaShape<64>::kSmem : kd == 128 ? MmaShape<128>::kSmem : MmaShape<256>::kSmem;
+}
 
 // Swizzled 16-byte chunk c (0..15) of token row r of the FP16 K tile (256
 // bytes a row; lane t reads chunks 4t .. 4t + 3) and chunk c (0..31) of token
 // pair tp of the FP16 V tile (512 bytes a pair; lane (g, t) reads chunks
 // 4g .. 4g + 3 of pairs t and t + 4): the warps' reads are conflict-free.
 __device__ __forceinline__ int KhChunk(int r, int c) {
-  return r * (2 * kMmaDim) + ((c ^ (((c >> 3) & 1) << 1) ^ (r & 1)) << 4);
+  return r * (2 * 128) + ((c ^ (((c >> 3) & 1) << 1) ^ (r & 1)) << 4);
 }
-__device__ __forceinline__ int VhChunk(int tp, int c) { return tp * (4 * kMmaDim) + ((c ^ (tp & 3)) << 4); }
+__device__ __forceinline__ int VhChunk(int tp, int c) { return tp * (4 * 128) + ((c ^ (tp & 3)) << 4); }
 
 // kShared (for 3 or 4 m-tiles, where every warp would decode the whole page;
 // used for the software FP8 decode only): the block decodes each page once
 // into FP16 shared memory, already in the fragment orders above, and the
 // warps read their fragments from there.
-template <Dec kDec, bool kShared>
-__global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p) {
+template <Dec kDec, int kD, bool kShared>
+__global__ void __launch_bounds__(kMmaThreads, MmaShape<kD>::kMinBlocks) DecodeMmaKernel(const Params p) {
+  using G = MmaGeom<kD>;
+  using S = MmaShape<kD>;
+  constexpr int kKSteps = G::kKSteps;
+  constexpr int kVWords = G::kVWords;
+  static_assert(!kShared || kD == 128);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   if constexpr (kDec == Dec::kE4M3Native || kDec == Dec::kE5M2Native) return;
 #endif
   PLUME_DYNAMIC_SMEM(smem);
   uint8_t* const ring = reinterpret_cast<uint8_t*>(smem);
-  uint4* const qlo_s = reinterpret_cast<uint4*>(ring + kMmaRing);  // [warp][k-step][lane]
-  uint8_t* const kh = ring + kMmaRing + kMmaQlo;  // kShared: the page's K as FP16
+  uint4* const qlo_s = reinterpret_cast<uint4*>(ring + G::kRing);  // [warp][k-step][lane]
+  uint4* const qhi_s = qlo_s + S::kQlo / 16;                      // kQInSmem: the hi ones
+  uint8_t* const kh = ring + G::kRing + S::kQlo;  // kShared: the page's K as FP16
   uint8_t* const vh = kh + kMmaKh;                 // and V
 
   const int tid = threadIdx.x;
@@ -97,15 +119,16 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
   const int64_t vis_a = active && ra < nrows ? LastVisible(p, lr0 + ra) : -1;
   const int64_t vis_b = active && rb < nrows ? LastVisible(p, lr0 + rb) : -1;
   const bool q_lo = p.q_dtype == DType::kF32;  // FP16 and BF16 queries are exact in hi
-  uint32_t qh[8][4];  // the lo parts go to shared memory (qlo_s): registers are short
+  // The lo parts go to shared memory (qlo_s): registers are short.
+  uint32_t qh[S::kQInSmem ? 1 : kKSteps][4];
   float qf_a = 1.0f, qf_b = 1.0f;  // 2^e: the rows' scale back
   {
     const int64_t ia = vis_a >= 0 ? QueryIndex(p, kvh, lr0 + ra) * p.head_dim : -1;
     const int64_t ib = vis_b >= 0 ? QueryIndex(p, kvh, lr0 + rb) * p.head_dim : -1;
-    float qa[8][4], qb[8][4];
+    float qa[kKSteps][4], qb[kKSteps][4];
     float mx_a = 0.0f, mx_b = 0.0f;
 #pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
+    for (int ks = 0; ks < kKSteps; ++ks) {
       const int d = 64 * (ks >> 2) + 16 * t + 4 * (ks & 3);
       LoadQ4(p, ia, d, qa[ks]);
       LoadQ4(p, ib, d, qb[ks]);
@@ -129,19 +152,24 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
     qf_b = ldexpf(1.0f, eb);
     const float sa = ldexpf(1.0f, -ea), sb = ldexpf(1.0f, -eb);  // exact powers of two
 #pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
+    for (int ks = 0; ks < kKSteps; ++ks) {
       float a[4], b[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         a[e] = qa[ks][e] * sa;
         b[e] = qb[ks][e] * sb;
       }
-      uint4 lo;
-      SplitHalves(a[0], a[1], qh[ks][0], lo.x);
-      SplitHalves(b[0], b[1], qh[ks][1], lo.y);
-      SplitHalves(a[2], a[3], qh[ks][2], lo.z);
-      SplitHalves(b[2], b[3], qh[ks][3], lo.w);
-      qlo_s[(warp * 8 + ks) * 32 + lane] = lo;  // read back by this thread only
+      uint4 hi, lo;
+      SplitHalves(a[0], a[1], hi.x, lo.x);
+      SplitHalves(b[0], b[1], hi.y, lo.y);
+      SplitHalves(a[2], a[3], hi.z, lo.z);
+      SplitHalves(b[2], b[3], hi.w, lo.w);
+      qlo_s[(warp * kKSteps + ks) * 32 + lane] = lo;  // read back by this thread only
+      if constexpr (S::kQInSmem) {
+        qhi_s[(warp * kKSteps + ks) * 32 + lane] = hi;
+      } else {
+        qh[ks][0] = hi.x, qh[ks][1] = hi.y, qh[ks][2] = hi.z, qh[ks][3] = hi.w;
+      }
     }
   }
 
@@ -152,7 +180,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
 
   // Page i of the split (at `page`) into stage i % kMmaStages.
   auto load = [&](const uint8_t* page, int i) {
-    if (i < npg) MmaLoadPage(p, ring + (i % kMmaStages) * 2 * kMmaTile, page, kvh, tid);
+    if (i < npg) MmaLoadPage<kD>(p, ring + (i % kMmaStages) * 2 * G::kTile, page, kvh, tid);
     CpAsyncCommit();  // empty groups too: the wait below counts groups
   };
   // The K and V scales of a page, times the decode factor; TOKEN_BLOCK ones
@@ -175,9 +203,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
   // a page's math instead of delaying the next copy.
   const uint8_t* next = kMmaStages - 1 < npg ? p.pages[page_begin + kMmaStages - 1] : nullptr;
 
-  float o[16][4];
+  float o[G::kOTiles][4];
 #pragma unroll
-  for (int nn = 0; nn < 16; ++nn) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.0f;
+  for (int nn = 0; nn < G::kOTiles; ++nn) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.0f;
   float m_a = kNegInf, m_b = kNegInf, l_a = 0.0f, l_b = 0.0f;
   float vref = 0.0f;  // the true output is o * vref / kPScale (V scales change per page)
 
@@ -189,8 +217,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
     sc[0] = sc[1];
     sc[1] = scales_of(next);
     next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
-    const uint8_t* kt = ring + (i % kMmaStages) * 2 * kMmaTile;
-    const uint8_t* vt = kt + kMmaTile;
+    const uint8_t* kt = ring + (i % kMmaStages) * 2 * G::kTile;
+    const uint8_t* vt = kt + G::kTile;
     if constexpr (kShared) {
       // K: FP8 chunk cc of row r holds lane t = cc % 4's k-steps 4 (cc / 4)
       // .. + 3, one word each: their (b0, b1) pairs are 32 contiguous bytes.
@@ -198,7 +226,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
       for (int k = 0; k < kPage * 8 / kMmaThreads; ++k) {
         const int idx = tid + k * kMmaThreads;
         const int r = idx >> 3, cc = idx & 7;
-        const uint4 w = *reinterpret_cast<const uint4*>(kt + KChunk(r, cc));
+        const uint4 w = *reinterpret_cast<const uint4*>(kt + G::KChunk(r, cc));
         uint4 a, b;
         DecodeWordNan<kDec>(w.x, a.x, a.y);
         DecodeWordNan<kDec>(w.y, a.z, a.w);
@@ -213,8 +241,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
       for (int k = 0; k < kPage / 2 * 8 / kMmaThreads; ++k) {
         const int idx = tid + k * kMmaThreads;
         const int tp = idx >> 3, cc = idx & 7;
-        const uint4 a = *reinterpret_cast<const uint4*>(vt + VChunk(2 * tp, cc));
-        const uint4 b = *reinterpret_cast<const uint4*>(vt + VChunk(2 * tp + 1, cc));
+        const uint4 a = *reinterpret_cast<const uint4*>(vt + G::VChunk(2 * tp, cc));
+        const uint4 b = *reinterpret_cast<const uint4*>(vt + G::VChunk(2 * tp + 1, cc));
         const uint32_t wa[4] = {a.x, a.y, a.z, a.w}, wb[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -257,7 +285,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
           s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
           s2[j][0] = s2[j][1] = s2[j][2] = s2[j][3] = 0.0f;
           const int r = c0 + 8 * j + g;
-          [[maybe_unused]] uint32_t w[8], hw[16];  // codes, or (kShared) FP16 pairs
+          [[maybe_unused]] uint32_t hw[16];  // kShared: FP16 pairs
+          [[maybe_unused]] uint32_t w[4];    // else: the codes of 4 k-steps
           if constexpr (kShared) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
@@ -267,27 +296,29 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
               hw[4 * c + 2] = x.z;
               hw[4 * c + 3] = x.w;
             }
-          } else {
-            const uint4 k0 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t));
-            const uint4 k1 = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4));
-            w[0] = k0.x, w[1] = k0.y, w[2] = k0.z, w[3] = k0.w;
-            w[4] = k1.x, w[5] = k1.y, w[6] = k1.z, w[7] = k1.w;
           }
 #pragma unroll
-          for (int kk = 0; kk < 8; ++kk) {
+          for (int kk = 0; kk < kKSteps; ++kk) {
             uint32_t b0, b1;
             if constexpr (kShared) {
               b0 = hw[2 * kk];
               b1 = hw[2 * kk + 1];
             } else {
-              DecodeWordNan<kDec>(w[kk], b0, b1);
+              if (kk % 4 == 0) G::LoadKPart(kt, r, t, kk / 4, w);
+              DecodeWordNan<kDec>(w[kk % 4], b0, b1);
+            }
+            uint4 hi;
+            if constexpr (S::kQInSmem) {
+              hi = qhi_s[(warp * kKSteps + kk) * 32 + lane];
+            } else {
+              hi = make_uint4(qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3]);
             }
             if constexpr (decltype(with_lo)::value) {
-              const uint4 lo = qlo_s[(warp * 8 + kk) * 32 + lane];
-              Mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+              const uint4 lo = qlo_s[(warp * kKSteps + kk) * 32 + lane];
+              Mma(s[j], hi.x, hi.y, hi.z, hi.w, b0, b1);
               Mma(s2[j], lo.x, lo.y, lo.z, lo.w, b0, b1);
             } else {
-              Mma(kk & 1 ? s2[j] : s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+              Mma(kk & 1 ? s2[j] : s[j], hi.x, hi.y, hi.z, hi.w, b0, b1);
             }
           }
 #pragma unroll
@@ -316,7 +347,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
       ratio = 1.0f;
       if (!__all_sync(0xffffffffu, ca == 1.0f && cb == 1.0f)) {  // most chunks keep the max
 #pragma unroll
-        for (int nn = 0; nn < 16; ++nn) {
+        for (int nn = 0; nn < G::kOTiles; ++nn) {
           o[nn][0] *= ca;
           o[nn][1] *= ca;
           o[nn][2] *= cb;
@@ -324,27 +355,24 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
         }
       }
 
-      // O += P V: tokens 2t, 2t + 1, 2t + 8, 2t + 9 of the 16, one 16-byte
-      // chunk (g) of each V row.
+      // O += P V: tokens 2t, 2t + 1, 2t + 8, 2t + 9 of the 16, lane group
+      // g's words of each V row.
       uint32_t ph[4], pl[4];
       SplitHalves(s[0][0] * kPScale, s[0][1] * kPScale, ph[0], pl[0]);
       SplitHalves(s[0][2] * kPScale, s[0][3] * kPScale, ph[1], pl[1]);
       SplitHalves(s[1][0] * kPScale, s[1][1] * kPScale, ph[2], pl[2]);
       SplitHalves(s[1][2] * kPScale, s[1][3] * kPScale, ph[3], pl[3]);
       const int r = c0 + 2 * t;
-      uint32_t w0[4], w1[4], w8[4], w9[4];
-      if constexpr (!kShared) {
-        const uint4 v0 = *reinterpret_cast<const uint4*>(vt + VChunk(r, g));
-        const uint4 v1 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 1, g));
-        const uint4 v8 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 8, g));
-        const uint4 v9 = *reinterpret_cast<const uint4*>(vt + VChunk(r + 9, g));
-        w0[0] = v0.x, w0[1] = v0.y, w0[2] = v0.z, w0[3] = v0.w;
-        w1[0] = v1.x, w1[1] = v1.y, w1[2] = v1.z, w1[3] = v1.w;
-        w8[0] = v8.x, w8[1] = v8.y, w8[2] = v8.z, w8[3] = v8.w;
-        w9[0] = v9.x, w9[1] = v9.y, w9[2] = v9.z, w9[3] = v9.w;
-      }
+      constexpr int kPart = G::kVPart;  // V words read at a time
+      uint32_t w0[kPart], w1[kPart], w8[kPart], w9[kPart];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < kVWords; ++q) {
+        if (!kShared && q % kPart == 0) {
+          G::LoadVPart(vt, r, g, q / kPart, w0);
+          G::LoadVPart(vt, r + 1, g, q / kPart, w1);
+          G::LoadVPart(vt, r + 8, g, q / kPart, w8);
+          G::LoadVPart(vt, r + 9, g, q / kPart, w9);
+        }
         uint32_t b0[4], b1[4];  // n-tiles 4q .. 4q + 3
         if constexpr (kShared) {  // token pairs r / 2 and r / 2 + 4, dims 16g + 4q ..
           const uint4 x = *reinterpret_cast<const uint4*>(vh + VhChunk(r / 2, 4 * g + q));
@@ -352,10 +380,11 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
           b0[0] = x.x, b0[1] = x.y, b0[2] = x.z, b0[3] = x.w;
           b1[0] = y.x, b1[1] = y.y, b1[2] = y.z, b1[3] = y.w;
         } else {
-          DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x5140), b0[0], b0[1]);
-          DecodeWordNan<kDec>(__byte_perm(w0[q], w1[q], 0x7362), b0[2], b0[3]);
-          DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x5140), b1[0], b1[1]);
-          DecodeWordNan<kDec>(__byte_perm(w8[q], w9[q], 0x7362), b1[2], b1[3]);
+          const int x = q % kPart;
+          DecodeWordNan<kDec>(__byte_perm(w0[x], w1[x], 0x5140), b0[0], b0[1]);
+          DecodeWordNan<kDec>(__byte_perm(w0[x], w1[x], 0x7362), b0[2], b0[3]);
+          DecodeWordNan<kDec>(__byte_perm(w8[x], w9[x], 0x5140), b1[0], b1[1]);
+          DecodeWordNan<kDec>(__byte_perm(w8[x], w9[x], 0x7362), b1[2], b1[3]);
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -366,7 +395,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
     }
     if (ratio != 1.0f) {  // no token of the page in this warp's slice
 #pragma unroll
-      for (int nn = 0; nn < 16; ++nn) {
+      for (int nn = 0; nn < G::kOTiles; ++nn) {
         o[nn][0] *= ratio;
         o[nn][1] *= ratio;
         o[nn][2] *= ratio;
@@ -379,8 +408,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
 
   // Each warp's (m, l, O) per row; then the warps of an m-tile merge in a
   // fixed order and the block writes the tile's rows for the combine kernel.
-  float* const ob = reinterpret_cast<float*>(ring);     // [warp][16][kMmaOutLd]
-  float* const mlb = ob + kMmaWarps * 16 * kMmaOutLd;   // [warp][16][2]
+  float* const ob = reinterpret_cast<float*>(ring);    // [warp][16][kOutLd]
+  float* const mlb = ob + kMmaWarps * 16 * S::kOutLd;  // [warp][16][2]
   if (active) {
 #pragma unroll
     for (int o2 = 1; o2 <= 2; o2 <<= 1) {
@@ -388,16 +417,17 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
       l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
     }
     const float f = vref / kPScale;
-    float* oa = ob + (warp * 16 + g) * kMmaOutLd;
-    float* obr = oa + 8 * kMmaOutLd;
+    float* oa = ob + (warp * 16 + g) * S::kOutLd;
+    float* obr = oa + 8 * S::kOutLd;
 #pragma unroll
-    for (int nn = 0; nn < 16; ++nn) {
-      // Column c at c + c / 32: the lanes' stores hit distinct banks.
-      const int c0 = 32 * t + nn, c1 = c0 + 16;
-      oa[c0 + t] = o[nn][0] * f;
-      oa[c1 + t] = o[nn][1] * f;
-      obr[c0 + t] = o[nn][2] * f;
-      obr[c1 + t] = o[nn][3] * f;
+    for (int nn = 0; nn < G::kOTiles; ++nn) {
+      // Column c at c + c / 32 (at kD = 128 the lanes' stores hit distinct
+      // banks).
+      const int c0 = G::WordDim(nn >> 2, 2 * t) + (nn & 3), c1 = G::WordDim(nn >> 2, 2 * t + 1) + (nn & 3);
+      oa[c0 + c0 / 32] = o[nn][0] * f;
+      oa[c1 + c1 / 32] = o[nn][1] * f;
+      obr[c0 + c0 / 32] = o[nn][2] * f;
+      obr[c1 + c1 / 32] = o[nn][3] * f;
     }
     if (t == 0) {
       mlb[(warp * 16 + g) * 2] = m_a;
@@ -408,9 +438,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) DecodeMmaKernel(const Params p
   }
   __syncthreads();
   const int64_t slot = SplitSlot(p, unit, split);
-  for (int i = tid; i < nrows * kMmaDim; i += kMmaThreads) {
-    const int r = i / kMmaDim, d = i % kMmaDim;
-    MergeWarpsToSplit<16, kMmaOutLd, true>(p, ob, mlb, r / 16 * wt, wt, r % 16, d, slot,
+  for (int i = tid; i < nrows * kD; i += kMmaThreads) {
+    const int r = i / kD, d = i % kD;
+    MergeWarpsToSplit<16, S::kOutLd, true>(p, ob, mlb, r / 16 * wt, wt, r % 16, d, slot,
                                            p.tile_rows, r);
   }
 }

@@ -23,12 +23,14 @@ using namespace attn;  // the kernels' shapes and entry points
 
 namespace {
 
-// The one place a kernel is chosen. For padded head dim 128: `few`, at most
-// kFewRows query rows per kv head; else `shared`, the page decoded once per
-// block to shared memory (tiles of 3 or 4 m-tiles, software decode).
-// nullptr for a head dim or decoder no kernel serves.
-KernelFn PickDecode(Dec dec, int kd, bool few, bool shared) {
-  if (kd == kMmaDim) return PickDecodeMma(dec, few, shared);
+// The one place a decode kernel is chosen: the tensor-core decodes (`mma`)
+// for padded head dims 64, 128 and 256 where their shared memory fits, with
+// `few` at most kFewRows query rows per kv head and `shared` the page decoded
+// once per block to shared memory (head dim 128, tiles of 3 or 4 m-tiles,
+// software decode); the CUDA-core decode otherwise. nullptr for a head dim or
+// decoder no kernel serves.
+KernelFn PickDecode(Dec dec, int kd, bool mma, bool few, bool shared) {
+  if (mma) return PickDecodeMma(dec, kd, few, shared);
   return PickDecodeCudaCores(dec, kd);
 }
 
@@ -107,14 +109,19 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     // an H200 at 128k tokens, batch 16, it took the software decode from 510
     // to 375 us and the native one from 315 to 346 us.
     const bool soft = pl.dec == Dec::kE4M3Soft || pl.dec == Dec::kE5M2Soft;
-    const bool shared = soft && mma_rows > 32 && kMmaSmemShared <= static_cast<size_t>(info.smem_optin);
-    pl.decode = PickDecode(pl.dec, kd, few, shared);
+    const size_t optin = static_cast<size_t>(info.smem_optin);
+    const bool shared = kd == 128 && soft && mma_rows > 32 && kMmaSmemShared <= optin;
+    // Head dim 256 takes 160 KB (96 KB with few rows): Hopper and the A100
+    // have it, the sm_86 / sm_89 GPUs (99 KB) run the CUDA-core decode there.
+    const size_t mma_smem = !MmaDim(kd) ? 0 : few ? FewDecodeSmem(kd) : MmaDecodeSmem(kd, shared);
+    const bool mma = MmaDim(kd) && mma_smem <= optin;
+    pl.decode = PickDecode(pl.dec, kd, mma, few, shared);
     if (pl.decode == nullptr) return cudaErrorInvalidValue;
-    if (kd == kMmaDim && few) {  // tensor cores, operands swapped
-      pl.decode_smem = kFewSmem;
+    if (mma && few) {  // tensor cores, operands swapped
+      pl.decode_smem = mma_smem;
       pl.tile_rows = kFewRows;
-    } else if (kd == kMmaDim) {  // tensor cores: tiles of up to 64 rows, rounded to 16
-      pl.decode_smem = shared ? kMmaSmemShared : kMmaSmem;
+    } else if (mma) {  // tensor cores: tiles of up to 64 rows, rounded to 16
+      pl.decode_smem = mma_smem;
       pl.tile_rows = mma_rows;
     } else {
       pl.tile_rows = kRows;

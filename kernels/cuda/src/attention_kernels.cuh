@@ -20,11 +20,12 @@ KernelFn PickDecodeCudaCores(Dec dec, int kd);
 // output, one block per output row (out_rows of them).
 cudaError_t LaunchCombine(const Params& k, int64_t out_rows, cudaStream_t stream);
 
-// attention_decode_mma.cu: the tensor-core decode for padded head dim 128:
-// DecodeFewKernel where `few` (at most kFewRows rows per kv head), else
-// DecodeMmaKernel, with the page decoded once to shared memory where
-// `shared`; nullptr for an unknown decoder.
-KernelFn PickDecodeMma(Dec dec, bool few, bool shared);
+// attention_decode_mma.cu: the tensor-core decode for padded head dim kd
+// (64, 128, 256): DecodeFewKernel where `few` (at most kFewRows rows per kv
+// head), else DecodeMmaKernel, with the page decoded once to shared memory
+// where `shared` (kd 128 only); nullptr for any other head dim, an unknown
+// decoder or `shared` at another head dim.
+KernelFn PickDecodeMma(Dec dec, int kd, bool few, bool shared);
 
 using PrefillFn = void (*)(Params, Dec);
 

@@ -45,27 +45,84 @@ __device__ __forceinline__ int SplitPageEnd(const Params& p, int page_begin, int
 // ------------------------------------------------- the tensor-core ring
 
 // The tensor-core decodes (attention_decode_mma.cuh, attention_decode_few.cuh)
-// serve padded head dim 128 with four warps and stream pages through a
-// kMmaStages-deep ring of (K tile, V tile) FP8 codes, rows swizzled.
-constexpr int kMmaDim = 128;  // the padded head dim they serve
+// serve padded head dims 64, 128 and 256 with four warps and stream pages
+// through a kMmaStages-deep ring of (K tile, V tile) FP8 codes, rows
+// swizzled so that the fragment reads below are free of bank conflicts.
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaStages = 3;
-constexpr int kMmaTile = kPage * kMmaDim;                   // bytes of a K or V tile
-constexpr int kMmaRing = kMmaStages * 2 * kMmaTile;         // the code ring, bytes
 
-// Swizzled 16-byte chunk c of row r of a K / V tile in shared memory.
-__device__ __forceinline__ int KChunk(int r, int c) { return r * kMmaDim + ((c ^ ((r & 1) << 2)) << 4); }
-__device__ __forceinline__ int VChunk(int r, int c) {
-  return r * kMmaDim + ((c ^ (((r >> 1) & 3) << 1)) << 4);
-}
+// Whether the tensor-core decodes serve padded head dim kd.
+constexpr bool MmaDim(int kd) { return kd == 64 || kd == 128 || kd == 256; }
+
+// The page geometry at padded head dim kD (a row is kD bytes of codes).
+//  - K reads (both kernels): lane (g, t) reads 16-byte chunks t + 4h
+//    (h < kD / 64) of token rows r and r + 1 (in one 8-lane phase: g even
+//    and odd): chunk c of row r sits at c ^ 4 (r & 1) for kD >= 128, so the
+//    two rows take different halves of the banks; at kD = 64 a row is half
+//    the banks and needs no swizzle.
+//  - V reads (P.V): lane (g, t) reads VWords words of token rows 2t, 2t + 1,
+//    2t + 8, 2t + 9: word q at VWordByte(q, g). At kD >= 128 that is 16-byte
+//    chunk g (+ 8 per 128 bytes), chunk c of row r at c ^ 2 ((r / 2) % 4);
+//    at kD = 64 it is 8 bytes at 8g, and a row r sits at row r ^ ((r / 2) % 2)
+//    with chunk c at c ^ 2 ((r / 4) % 2), so rows 2t (t = 0..3) fall in
+//    different halves of the banks and different chunks.
+template <int kD>
+struct MmaGeom {
+  static_assert(MmaDim(kD));
+  static constexpr int kChunks = kD / 16;       // 16-byte chunks of a row
+  static constexpr int kKSteps = kD / 16;       // k-steps of Q.K (a word of a lane's K row each)
+  static constexpr int kKHalves = kD / 64;      // 16-byte K chunks a lane reads of a row
+  static constexpr int kVWords = kD / 32;       // words of a V row a lane reads for P.V
+  static constexpr int kOTiles = kD / 8;        // O's n-tiles (DecodeMmaKernel)
+  static constexpr int kOTTiles = kD / 16;      // O^T's m-tiles (DecodeFewKernel)
+  static constexpr int kTile = kPage * kD;      // bytes of a K or V tile
+  static constexpr int kRing = kMmaStages * 2 * kTile;  // the code ring, bytes
+
+  __device__ static __forceinline__ int KChunk(int r, int c) {
+    if constexpr (kD == 64) return r * kD + (c << 4);
+    return r * kD + ((c ^ ((r & 1) << 2)) << 4);
+  }
+  __device__ static __forceinline__ int VChunk(int r, int c) {
+    if constexpr (kD == 64) return (r ^ ((r >> 1) & 1)) * kD + ((c ^ (((r >> 2) & 1) << 1)) << 4);
+    return r * kD + ((c ^ (((r >> 1) & 3) << 1)) << 4);
+  }
+  // The byte of a V row where word q (of kVWords) of lane group g starts,
+  // before the swizzle; the dims it holds are WordDim(q, g) + 0..3.
+  __device__ static __forceinline__ int WordDim(int q, int g) {
+    return 128 * (q >> 2) + g * (kD >= 128 ? 16 : 8) + 4 * (q & 3);
+  }
+  // Words 4h .. 4h + 3 of lane group g's V row r of tile vt (all kVPart of
+  // them at kD = 64).
+  static constexpr int kVPart = kD >= 128 ? 4 : 2;  // words a V read gives
+  static constexpr int kVParts = kVWords / kVPart;
+  __device__ static __forceinline__ void LoadVPart(const uint8_t* vt, int r, int g, int h,
+                                                   uint32_t (&w)[kVPart]) {
+    if constexpr (kD == 64) {
+      const uint2 x = *reinterpret_cast<const uint2*>(vt + VChunk(r, g >> 1) + 8 * (g & 1));
+      w[0] = x.x, w[1] = x.y;
+    } else {
+      const uint4 x = *reinterpret_cast<const uint4*>(vt + VChunk(r, g + 8 * h));
+      w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+    }
+  }
+  // A lane's K words 4h .. 4h + 3 of row r (k-step 4h + j is word j of chunk
+  // t + 4h, codes 64h + 16t + 4j .. + 3).
+  __device__ static __forceinline__ void LoadKPart(const uint8_t* kt, int r, int t, int h,
+                                                   uint32_t (&w)[4]) {
+    const uint4 x = *reinterpret_cast<const uint4*>(kt + KChunk(r, t + 4 * h));
+    w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+  }
+};
 
 // Page `page` of K/V codes of kv head kvh into ring stage st (K tile, then
 // V tile, rows swizzled): 16 bytes per thread and step, chunks past row_bytes
-// zero. Every thread's chunk column is tid % 8 in every step.
+// zero. Every thread's chunk column is tid % kChunks in every step.
+template <int kD>
 __device__ __forceinline__ void MmaLoadPage(const Params& p, uint8_t* st, const uint8_t* page,
                                             int kvh, int tid) {
-  constexpr int kChunks = kMmaDim / 16;
+  using G = MmaGeom<kD>;
+  constexpr int kChunks = G::kChunks;
   const int c = tid % kChunks;
   const bool in = c < (p.row_bytes >> 4);
   const uint8_t* const ksrc = page + kvh * p.head_tile + (in ? c * 16 : 0);
@@ -77,8 +134,8 @@ __device__ __forceinline__ void MmaLoadPage(const Params& p, uint8_t* st, const 
   for (int k = 0; k < kPage * kChunks / kMmaThreads; ++k) {
     const int r = r0 + k * (kMmaThreads / kChunks);
     const int64_t off = in ? off0 + k * step : 0;
-    CpAsync16(st + KChunk(r, c), ksrc + off, in);
-    CpAsync16(st + kMmaTile + VChunk(r, c), vsrc + off, in);
+    CpAsync16(st + G::KChunk(r, c), ksrc + off, in);
+    CpAsync16(st + G::kTile + G::VChunk(r, c), vsrc + off, in);
   }
 }
 
