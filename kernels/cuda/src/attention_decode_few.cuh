@@ -40,7 +40,9 @@ namespace plume::cuda::attn {
 constexpr int kFewRows = 4;
 // Dynamic shared memory of DecodeFewKernel<*, kd>: the ring (48 KB at kd = 128:
 // no opt-in).
-inline size_t FewDecodeSmem(int kd) { return kMmaStages * 2 * size_t{kPage} * kd; }
+inline size_t FewDecodeSmem(int kd) {
+  return kd == 64 ? MmaGeom<64>::kRing : kd == 128 ? MmaGeom<128>::kRing : MmaGeom<256>::kRing;
+}
 
 template <Dec kDec, int kD>
 __global__ void __launch_bounds__(kMmaThreads, kD > 128 ? 2 : 4) DecodeFewKernel(const Params p) {
@@ -111,21 +113,20 @@ __global__ void __launch_bounds__(kMmaThreads, kD > 128 ? 2 : 4) DecodeFewKernel
   const int page_end = SplitPageEnd(p, page_begin, last);
   const int npg = max(0, page_end - page_begin);
   auto load = [&](const uint8_t* page, int i) {
-    if (i < npg) MmaLoadPage<kD>(p, ring + (i % kMmaStages) * 2 * G::kTile, page, kvh, tid);
+    if (i < npg) MmaLoadPage<kD>(p, ring + (i % G::kStages) * 2 * G::kTile, page, kvh, tid);
     CpAsyncCommit();
   };
   const float2 fixed = p.mode == KvScaleMode::kTokenBlock
                            ? make_float2(0.0f, 0.0f)
                            : make_float2(PageScale(p, nullptr, kvh, false), PageScale(p, nullptr, kvh, true));
-  static_assert(kMmaStages == 3);
-  float2 sc[2];
+  float2 sc[G::kStages - 1];
 #pragma unroll
-  for (int i = 0; i < kMmaStages - 1; ++i) {
+  for (int i = 0; i < G::kStages - 1; ++i) {
     const uint8_t* page = i < npg ? p.pages[page_begin + i] : nullptr;
     load(page, i);
     sc[i] = MmaPageScales(p, page, kvh, fixed);
   }
-  const uint8_t* next = kMmaStages - 1 < npg ? p.pages[page_begin + kMmaStages - 1] : nullptr;
+  const uint8_t* next = G::kStages - 1 < npg ? p.pages[page_begin + G::kStages - 1] : nullptr;
 
   float o[G::kOTTiles][4];
 #pragma unroll
@@ -134,14 +135,15 @@ __global__ void __launch_bounds__(kMmaThreads, kD > 128 ? 2 : 4) DecodeFewKernel
   float vref = 0.0f;  // the true output is o * vref / kPScale
 
   for (int i = 0; i < npg; ++i) {
-    CpAsyncWait<kMmaStages - 2>();
+    CpAsyncWait<G::kStages - 2>();
     __syncthreads();  // page i is in; every warp is done with page i - 1
-    load(next, i + kMmaStages - 1);
+    load(next, i + G::kStages - 1);
     const float2 cur = sc[0];
-    sc[0] = sc[1];
-    sc[1] = MmaPageScales(p, next, kvh, fixed);
-    next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
-    const uint8_t* kt = ring + (i % kMmaStages) * 2 * G::kTile;
+#pragma unroll
+    for (int k = 0; k + 1 < G::kStages - 1; ++k) sc[k] = sc[k + 1];
+    sc[G::kStages - 2] = MmaPageScales(p, next, kvh, fixed);
+    next = i + G::kStages < npg ? p.pages[page_begin + i + G::kStages] : nullptr;
+    const uint8_t* kt = ring + (i % G::kStages) * 2 * G::kTile;
     const uint8_t* vt = kt + G::kTile;
     const int64_t t0 = static_cast<int64_t>(page_begin + i) * kPage;
     const int n = static_cast<int>(Min64(kPage, p.seq - t0));

@@ -19,7 +19,7 @@ namespace plume::cuda::attn {
 // warps split the tile's 16-row m-tiles and, when there are fewer than four
 // m-tiles, the page's tokens (a warp then keeps its own softmax state over
 // its token slice; the block merges them at the end). Pages stream through a
-// kMmaStages-deep cp.async ring in shared memory as FP8 codes; each warp
+// MmaGeom::kStages-deep cp.async ring in shared memory as FP8 codes; each warp
 // decodes its K and V fragments straight from there to FP16 (exact) and runs
 // S = Q K^T and O += P V on mma.sync m16n8k16 with FP32 accumulators.
 //
@@ -178,30 +178,29 @@ __global__ void __launch_bounds__(kMmaThreads, MmaShape<kD>::kMinBlocks) DecodeM
   const int page_end = SplitPageEnd(p, page_begin, last);
   const int npg = max(0, page_end - page_begin);
 
-  // Page i of the split (at `page`) into stage i % kMmaStages.
+  // Page i of the split (at `page`) into stage i % G::kStages.
   auto load = [&](const uint8_t* page, int i) {
-    if (i < npg) MmaLoadPage<kD>(p, ring + (i % kMmaStages) * 2 * G::kTile, page, kvh, tid);
+    if (i < npg) MmaLoadPage<kD>(p, ring + (i % G::kStages) * 2 * G::kTile, page, kvh, tid);
     CpAsyncCommit();  // empty groups too: the wait below counts groups
   };
   // The K and V scales of a page, times the decode factor; TOKEN_BLOCK ones
   // are read from the page when its copy starts and kept in registers until
-  // its turn (pages i, i + 1 in flight: sc[0], sc[1]).
+  // its turn (pages i .. i + kStages - 2 in flight: sc[0] ..).
   const bool block_scales = p.mode == KvScaleMode::kTokenBlock;
   const float2 fixed = block_scales ? make_float2(0.0f, 0.0f)
                                     : make_float2(PageScale(p, nullptr, kvh, false),
                                                   PageScale(p, nullptr, kvh, true));
   auto scales_of = [&](const uint8_t* page) { return MmaPageScales(p, page, kvh, fixed); };
-  static_assert(kMmaStages == 3);
-  float2 sc[2];
+  float2 sc[G::kStages - 1];
 #pragma unroll
-  for (int i = 0; i < kMmaStages - 1; ++i) {
+  for (int i = 0; i < G::kStages - 1; ++i) {
     const uint8_t* page = i < npg ? p.pages[page_begin + i] : nullptr;
     load(page, i);
     sc[i] = scales_of(page);
   }
   // The page table is read one page ahead, so that its latency hides behind
   // a page's math instead of delaying the next copy.
-  const uint8_t* next = kMmaStages - 1 < npg ? p.pages[page_begin + kMmaStages - 1] : nullptr;
+  const uint8_t* next = G::kStages - 1 < npg ? p.pages[page_begin + G::kStages - 1] : nullptr;
 
   float o[G::kOTiles][4];
 #pragma unroll
@@ -210,14 +209,15 @@ __global__ void __launch_bounds__(kMmaThreads, MmaShape<kD>::kMinBlocks) DecodeM
   float vref = 0.0f;  // the true output is o * vref / kPScale (V scales change per page)
 
   for (int i = 0; i < npg; ++i) {
-    CpAsyncWait<kMmaStages - 2>();
+    CpAsyncWait<G::kStages - 2>();
     __syncthreads();              // page i is in; every warp is done with page i - 1
-    load(next, i + kMmaStages - 1);  // into page i - 1's stage
+    load(next, i + G::kStages - 1);  // into page i - 1's stage
     const float2 cur = sc[0];
-    sc[0] = sc[1];
-    sc[1] = scales_of(next);
-    next = i + kMmaStages < npg ? p.pages[page_begin + i + kMmaStages] : nullptr;
-    const uint8_t* kt = ring + (i % kMmaStages) * 2 * G::kTile;
+#pragma unroll
+    for (int k = 0; k + 1 < G::kStages - 1; ++k) sc[k] = sc[k + 1];
+    sc[G::kStages - 2] = scales_of(next);
+    next = i + G::kStages < npg ? p.pages[page_begin + i + G::kStages] : nullptr;
+    const uint8_t* kt = ring + (i % G::kStages) * 2 * G::kTile;
     const uint8_t* vt = kt + G::kTile;
     if constexpr (kShared) {
       // K: FP8 chunk cc of row r holds lane t = cc % 4's k-steps 4 (cc / 4)

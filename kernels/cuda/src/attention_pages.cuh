@@ -46,11 +46,22 @@ __device__ __forceinline__ int SplitPageEnd(const Params& p, int page_begin, int
 
 // The tensor-core decodes (attention_decode_mma.cuh, attention_decode_few.cuh)
 // serve padded head dims 64, 128 and 256 with four warps and stream pages
-// through a kMmaStages-deep ring of (K tile, V tile) FP8 codes, rows
+// through a ring of kStages (K tile, V tile) pages of FP8 codes, rows
 // swizzled so that the fragment reads below are free of bank conflicts.
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
-constexpr int kMmaStages = 3;
+// Ring depth (pages) per padded head dim; the macros are for measurement
+// builds (scripts/build-kernel-variant.sh), which must build the dispatch
+// with the same values.
+#ifndef PLUME_MMA_STAGES_64
+#define PLUME_MMA_STAGES_64 3
+#endif
+#ifndef PLUME_MMA_STAGES_128
+#define PLUME_MMA_STAGES_128 3
+#endif
+#ifndef PLUME_MMA_STAGES_256
+#define PLUME_MMA_STAGES_256 3
+#endif
 
 // Whether the tensor-core decodes serve padded head dim kd.
 constexpr bool MmaDim(int kd) { return kd == 64 || kd == 128 || kd == 256; }
@@ -76,8 +87,11 @@ struct MmaGeom {
   static constexpr int kVWords = kD / 32;       // words of a V row a lane reads for P.V
   static constexpr int kOTiles = kD / 8;        // O's n-tiles (DecodeMmaKernel)
   static constexpr int kOTTiles = kD / 16;      // O^T's m-tiles (DecodeFewKernel)
+  static constexpr int kStages =
+      kD == 64 ? PLUME_MMA_STAGES_64 : kD == 128 ? PLUME_MMA_STAGES_128 : PLUME_MMA_STAGES_256;
+  static_assert(kStages >= 2);
   static constexpr int kTile = kPage * kD;      // bytes of a K or V tile
-  static constexpr int kRing = kMmaStages * 2 * kTile;  // the code ring, bytes
+  static constexpr int kRing = kStages * 2 * kTile;  // the code ring, bytes
 
   __device__ static __forceinline__ int KChunk(int r, int c) {
     if constexpr (kD == 64) return r * kD + (c << 4);
