@@ -128,13 +128,15 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     }
     pl.row_tiles = static_cast<int>((rows + pl.tile_rows - 1) / pl.tile_rows);
     pl.units = p.layout.kv_heads * pl.row_tiles;
-    // Enough splits for one wave of resident blocks, each with at least one
-    // page.
     int bps = 1;
     PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd),
                                      pl.decode_smem, device, &bps));
     const int64_t target = int64_t{info.sms} * std::max(bps, 1);
-    int64_t splits = std::min<int64_t>({num_pages, (target + pl.units - 1) / pl.units, kMaxSplits});
+    // Enough splits for one wave of resident blocks, each with at least one
+    // page; past 32 splits, at least 4 pages a split: at 8k tokens batch 1
+    // that measured 6-8% faster (bench/RESULTS-gpu-attention.md, "split floor").
+    const int64_t most = std::max<int64_t>(32, (num_pages + 3) / 4);
+    int64_t splits = std::min<int64_t>({num_pages, most, (target + pl.units - 1) / pl.units, kMaxSplits});
     splits = std::max<int64_t>(splits, 1);
     pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
     pl.splits = (num_pages + pl.pages_per_split - 1) / pl.pages_per_split;
