@@ -47,6 +47,13 @@ constexpr int kRawStages = 4;
 // Descriptor strides of the no-swizzle K-major layout: 128 bytes between
 // the two core matrices of a k16 step, 256 between groups of 8 rows.
 constexpr uint64_t kDescStrides = (uint64_t{128 >> 4} << 16) | (uint64_t{256 >> 4} << 32);
+// Measurement builds only (scripts/build-kernel-variant.sh; wrong results):
+// 1 the producer skips the FP8 decode, 2 the consumers skip all math, 3 the
+// consumers skip the softmax (P is S rounded to FP16).
+#ifndef PLUME_WG_PREFILL_VARIANT
+#define PLUME_WG_PREFILL_VARIANT 0
+#endif
+constexpr int kVariant = PLUME_WG_PREFILL_VARIANT;
 
 template <int kD>
 struct WgShape {
@@ -178,8 +185,10 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
       MbarWait(&raw_full[pg % kRawStages], (pg / kRawStages) & 1);
       const uint8_t* st = raw + (pg % kRawStages) * S::kRawBytes;
       __half* kh = tiles + b * 2 * S::kTileHalves;
-      DecodeK<kDec>(st, kh, a.row_bytes, wtid);
-      DecodeV<kDec, kD>(st + kTok * kD, kh + S::kTileHalves, a.row_bytes, wtid);
+      if constexpr (kVariant != 1) {
+        DecodeK<kDec>(st, kh, a.row_bytes, wtid);
+        DecodeV<kDec, kD>(st + kTok * kD, kh + S::kTileHalves, a.row_bytes, wtid);
+      }
       FenceProxyAsync();
       MbarArrive(&tile_full[b]);
       // Every producer thread is done with the stage: refill it.
@@ -247,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         vscale = FaScale(a, page, kvh, true);
       }
       MbarWait(&tile_full[b], (pg >> 1) & 1);
-      if (active) {
+      if (active && kVariant != 2) {
         const uint32_t k_addr = tiles_addr + b * 4 * S::kTileHalves;
         const uint32_t v_addr = k_addr + 2 * S::kTileHalves;
         // S = Q K^T over the head dim.
@@ -263,54 +272,56 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
 
         // Scores in log2 units; -inf where masked (only pages that need it).
         // s[4j + e] is row g, s[4j + 2 + e] row g + 8, token 8j + 2t + e.
-        const bool mask = t0 + kTok - 1 > wg_vis_min;
+        const bool mask = kVariant != 3 && t0 + kTok - 1 > wg_vis_min;
         float mx_a = kFaNegInf, mx_b = kFaNegInf;
+        if constexpr (kVariant != 3) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
+          for (int j = 0; j < 8; ++j) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float xa = s[4 * j + e] * kscale, xb = s[4 * j + 2 + e] * kscale;
-            if (mask) {
-              const int64_t tok = t0 + 8 * j + 2 * t + e;
-              xa = tok <= vis_a ? xa : kFaNegInf;
-              xb = tok <= vis_b ? xb : kFaNegInf;
+            for (int e = 0; e < 2; ++e) {
+              float xa = s[4 * j + e] * kscale, xb = s[4 * j + 2 + e] * kscale;
+              if (mask) {
+                const int64_t tok = t0 + 8 * j + 2 * t + e;
+                xa = tok <= vis_a ? xa : kFaNegInf;
+                xb = tok <= vis_b ? xb : kFaNegInf;
+              }
+              s[4 * j + e] = xa;
+              s[4 * j + 2 + e] = xb;
+              mx_a = fmaxf(mx_a, xa);
+              mx_b = fmaxf(mx_b, xb);
             }
-            s[4 * j + e] = xa;
-            s[4 * j + 2 + e] = xb;
-            mx_a = fmaxf(mx_a, xa);
-            mx_b = fmaxf(mx_b, xb);
           }
-        }
 #pragma unroll
-        for (int x = 1; x <= 2; x <<= 1) {
-          mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
-          mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
-        }
-        float base_a, base_b, al_a, al_b;
-        FaRebase(m_a, mx_a, base_a, al_a);
-        FaRebase(m_b, mx_b, base_b, al_b);
-        float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            s[4 * j + e] = exp2f(s[4 * j + e] - base_a);
-            s[4 * j + 2 + e] = exp2f(s[4 * j + 2 + e] - base_b);
-            sum_a += s[4 * j + e];
-            sum_b += s[4 * j + 2 + e];
+          for (int x = 1; x <= 2; x <<= 1) {
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
           }
-        }
-        l_a = l_a * al_a + sum_a;
-        l_b = l_b * al_b + sum_b;
-        const float ratio = FaVRatio(vscale, vref);  // O to this page's V scale
-        const float fa = al_a * ratio, fb = al_b * ratio;
+          float base_a, base_b, al_a, al_b;
+          FaRebase(m_a, mx_a, base_a, al_a);
+          FaRebase(m_b, mx_b, base_b, al_b);
+          float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
-        for (int j = 0; j < S::kAcc / 4; ++j) {
-          o[4 * j] *= fa;
-          o[4 * j + 1] *= fa;
-          o[4 * j + 2] *= fb;
-          o[4 * j + 3] *= fb;
-        }
+          for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              s[4 * j + e] = exp2f(s[4 * j + e] - base_a);
+              s[4 * j + 2 + e] = exp2f(s[4 * j + 2 + e] - base_b);
+              sum_a += s[4 * j + e];
+              sum_b += s[4 * j + 2 + e];
+            }
+          }
+          l_a = l_a * al_a + sum_a;
+          l_b = l_b * al_b + sum_b;
+          const float ratio = FaVRatio(vscale, vref);  // O to this page's V scale
+          const float fa = al_a * ratio, fb = al_b * ratio;
+#pragma unroll
+          for (int j = 0; j < S::kAcc / 4; ++j) {
+            o[4 * j] *= fa;
+            o[4 * j + 1] *= fa;
+            o[4 * j + 2] *= fb;
+            o[4 * j + 3] *= fb;
+          }
+        }  // kVariant != 3
         // P as the A fragments of P V: k-step kk is tokens 16kk .. 16kk + 15.
         uint32_t pa[4][4];
 #pragma unroll
