@@ -78,10 +78,13 @@ __device__ __forceinline__ int CoreOffset(int rows, int r, int k) {
 // The page's K codes (rows of row_bytes) to FP16 [token][dim]. A unit is 16
 // codes of one token (one k16 step): the eight lanes of a quarter warp take
 // eight tokens and eight different steps, so neither the reads nor the
-// writes conflict on a bank.
-template <Dec kDec>
-__device__ __forceinline__ void DecodeK(const uint8_t* raw, __half* kh, int row_bytes, int ptid) {
+// writes conflict on a bank. kRowBytes: row_bytes known at compile time (the
+// loop unrolls, its loads issue together), or 0.
+template <Dec kDec, int kRowBytes>
+__device__ __forceinline__ void DecodeK(const uint8_t* raw, __half* kh, int row_bytes_rt, int ptid) {
+  const int row_bytes = kRowBytes > 0 ? kRowBytes : row_bytes_rt;
   const int steps = row_bytes >> 4;
+#pragma unroll
   for (int u = ptid; u < kTok * steps; u += 128) {
     const int i = u & 7, rest = u >> 3;
     const int tok = 8 * (rest & 7) + i;
@@ -101,9 +104,11 @@ __device__ __forceinline__ void DecodeK(const uint8_t* raw, __half* kh, int row_
 // The page's V codes to FP16 [dim][token]: a unit is one word (4 dims) of 8
 // consecutive tokens, transposed by byte permutes; a lane starts at dim
 // (c / 2) % 4 of its four so that a quarter warp's stores hit 8 banks.
-template <Dec kDec, int kD>
-__device__ __forceinline__ void DecodeV(const uint8_t* raw, __half* vt, int row_bytes, int ptid) {
+template <Dec kDec, int kD, int kRowBytes>
+__device__ __forceinline__ void DecodeV(const uint8_t* raw, __half* vt, int row_bytes_rt, int ptid) {
+  const int row_bytes = kRowBytes > 0 ? kRowBytes : row_bytes_rt;
   const int words = row_bytes >> 2;
+#pragma unroll
   for (int u = ptid; u < 8 * words; u += 128) {
     const int c = u % words, q = u / words;
     uint32_t w[8];
@@ -186,8 +191,13 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
       const uint8_t* st = raw + (pg % kRawStages) * S::kRawBytes;
       __half* kh = tiles + b * 2 * S::kTileHalves;
       if constexpr (kVariant != 1) {
-        DecodeK<kDec>(st, kh, a.row_bytes, wtid);
-        DecodeV<kDec, kD>(st + kTok * kD, kh + S::kTileHalves, a.row_bytes, wtid);
+        if (a.row_bytes == kD) {  // the common case: head_dim a multiple of 16 near kD
+          DecodeK<kDec, kD>(st, kh, kD, wtid);
+          DecodeV<kDec, kD, kD>(st + kTok * kD, kh + S::kTileHalves, kD, wtid);
+        } else {
+          DecodeK<kDec, 0>(st, kh, a.row_bytes, wtid);
+          DecodeV<kDec, kD, 0>(st + kTok * kD, kh + S::kTileHalves, a.row_bytes, wtid);
+        }
       }
       FenceProxyAsync();
       MbarArrive(&tile_full[b]);
