@@ -44,8 +44,15 @@ inline size_t FewDecodeSmem(int kd) {
   return kd == 64 ? MmaGeom<64>::kRing : kd == 128 ? MmaGeom<128>::kRing : MmaGeom<256>::kRing;
 }
 
+// Blocks per SM the registers are fitted to (PLUME_FEW_MIN_BLOCKS_64:
+// measurement builds).
+#ifndef PLUME_FEW_MIN_BLOCKS_64
+#define PLUME_FEW_MIN_BLOCKS_64 4
+#endif
+constexpr int FewMinBlocks(int kd) { return kd > 128 ? 2 : kd == 64 ? PLUME_FEW_MIN_BLOCKS_64 : 4; }
+
 template <Dec kDec, int kD>
-__global__ void __launch_bounds__(kMmaThreads, kD > 128 ? 2 : 4) DecodeFewKernel(const Params p) {
+__global__ void __launch_bounds__(kMmaThreads, FewMinBlocks(kD)) DecodeFewKernel(const Params p) {
   using G = MmaGeom<kD>;
   constexpr int kKSteps = G::kKSteps;
   constexpr int kVWords = G::kVWords;
