@@ -32,7 +32,7 @@ namespace plume::cuda::attn {
 //  - P^T (B): P * 2^10 in the C layout as FP16, hi in lanes t < 2 and lo in
 //    t >= 2 (columns 0-3 and 4-7 again), transposed by movmatrix.
 //  - V^T (A): lane group g's words of V rows 2t, 2t + 1, 2t + 8, 2t + 9
-//    (MmaGeom::LoadVWords), consecutive tokens paired by prmt; m-tile mt's
+//    (MmaGeom::LoadVPart), consecutive tokens paired by prmt; m-tile mt's
 //    row g is dim WordDim(mt / 2, g) + 2 (mt % 2) and row g + 8 the dim after
 //    (16g + 2mt and 16g + 2mt + 1 at kD = 128).
 //  - O^T (C): those dims, columns as S^T's; lanes t and t ^ 2 are summed at

@@ -72,9 +72,10 @@ constexpr bool MmaDim(int kd) { return kd == 64 || kd == 128 || kd == 256; }
 //    and odd): chunk c of row r sits at c ^ 4 (r & 1) for kD >= 128, so the
 //    two rows take different halves of the banks; at kD = 64 a row is half
 //    the banks and needs no swizzle.
-//  - V reads (P.V): lane (g, t) reads VWords words of token rows 2t, 2t + 1,
-//    2t + 8, 2t + 9: word q at VWordByte(q, g). At kD >= 128 that is 16-byte
-//    chunk g (+ 8 per 128 bytes), chunk c of row r at c ^ 2 ((r / 2) % 4);
+//  - V reads (P.V): lane (g, t) reads kVWords words of token rows 2t,
+//    2t + 1, 2t + 8, 2t + 9, word q holding dims WordDim(q, g) .. + 3. At
+//    kD >= 128 that is 16-byte chunk g (+ 8 per 128 bytes), chunk c of row r
+//    at c ^ 2 ((r / 2) % 4);
 //    at kD = 64 it is 8 bytes at 8g, and a row r sits at row r ^ ((r / 2) % 2)
 //    with chunk c at c ^ 2 ((r / 4) % 2), so rows 2t (t = 0..3) fall in
 //    different halves of the banks and different chunks.
@@ -83,7 +84,6 @@ struct MmaGeom {
   static_assert(MmaDim(kD));
   static constexpr int kChunks = kD / 16;       // 16-byte chunks of a row
   static constexpr int kKSteps = kD / 16;       // k-steps of Q.K (a word of a lane's K row each)
-  static constexpr int kKHalves = kD / 64;      // 16-byte K chunks a lane reads of a row
   static constexpr int kVWords = kD / 32;       // words of a V row a lane reads for P.V
   static constexpr int kOTiles = kD / 8;        // O's n-tiles (DecodeMmaKernel)
   static constexpr int kOTTiles = kD / 16;      // O^T's m-tiles (DecodeFewKernel)
