@@ -20,13 +20,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "plume/grpc_status.h"
 #include "server/core/batcher.h"
 #include "server/core/limits.h"
 #include "server/core/metrics.h"
 #include "server/core/validation.h"
 #include "server/core/work_queue.h"
 #include "server/grpc/call_gate.h"
+#include "server/grpc/grpc_status.h"
 
 namespace plume::server {
 
