@@ -1,13 +1,15 @@
 // libFuzzer target: upload headers (matrix and K/V) against the validators
 // with every limit at its maximum, where the byte counts a header implies
 // can overflow 64 bits. The first byte picks the header; the rest is parsed
-// as it. A header that passes must imply exact sizes: each is recomputed
-// here in 128-bit arithmetic and compared.
+// as it and converted as the server converts it. A header that passes must
+// imply exact sizes: each is recomputed here in 128-bit arithmetic and
+// compared.
 #include <cstdint>
 
 #include "plume/v1/attention.pb.h"
 #include "plume/v1/plume.pb.h"
 #include "server/core/validation.h"
+#include "server/grpc/convert.h"
 
 using namespace plume;
 using i128 = __int128;
@@ -24,7 +26,7 @@ core::Limits MaxLimits() {
 
 i128 RoundUp(i128 n, i128 a) { return (n + a - 1) / a * a; }
 
-void CheckMatrix(const v1::MatrixHeader& h, const core::Limits& limits) {
+void CheckMatrix(const core::MatrixHeader& h, const core::Limits& limits) {
   auto plan = core::ValidateHeader(h, limits);
   if (!plan.ok()) return;
   const i128 rows = plan->shape.rows, cols = plan->shape.cols;
@@ -49,7 +51,7 @@ void CheckMatrix(const v1::MatrixHeader& h, const core::Limits& limits) {
   if (i128{plan->shape.resident_bytes()} != rows * padded + resident_scales * 4) __builtin_trap();
 }
 
-void CheckKv(const v1::KVHeader& h, const core::Limits& limits) {
+void CheckKv(const core::KvHeader& h, const core::Limits& limits) {
   auto plan = core::ValidateKvHeader(h, limits);
   if (!plan.ok()) return;
   const i128 heads = plan->shape.kv_heads, dim = plan->shape.head_dim, seq = plan->seq;
@@ -75,10 +77,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int n = static_cast<int>(size - 1);
   if (data[0] % 2 == 0) {
     v1::MatrixHeader h;
-    if (h.ParseFromArray(body, n)) CheckMatrix(h, limits);
+    if (h.ParseFromArray(body, n)) CheckMatrix(server::ToCore(h), limits);
   } else {
     v1::KVHeader h;
-    if (h.ParseFromArray(body, n)) CheckKv(h, limits);
+    if (h.ParseFromArray(body, n)) CheckKv(server::ToCore(h), limits);
   }
   return 0;
 }

@@ -1,11 +1,13 @@
 // libFuzzer target: the request validators fed protobuf bytes. The first
-// byte picks the message; the rest is parsed as it. Nothing may crash, and a
-// plan that passes validation must be self-consistent.
+// byte picks the message; the rest is parsed as it and converted as the
+// server converts it. Nothing may crash, and a plan that passes validation
+// must be self-consistent.
 #include <cstdint>
 #include <string_view>
 
 #include "plume/v1/plume.pb.h"
 #include "server/core/validation.h"
+#include "server/grpc/convert.h"
 
 using namespace plume;
 
@@ -22,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 0: {
       v1::UploadMatrixRequest req;
       if (!req.ParseFromArray(body, n) || !req.has_header()) return 0;
-      auto plan = core::ValidateHeader(req.header(), limits);
+      auto plan = core::ValidateHeader(server::ToCore(req.header()), limits);
       if (plan.ok()) {
         if (plan->shape.rows <= 0 || plan->shape.cols <= 0 || plan->data_bytes <= 0 ||
             plan->data_bytes > limits.max_upload_bytes) {
@@ -42,7 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (!req.ParseFromArray(body, n)) return 0;
       (void)core::ValidateName(req.matrix(), limits);
       core::MatrixShape shape{7, 40, Fp8Format::kE4M3, ScaleMode::kRow, true};
-      auto plan = core::ValidateGemv(req, shape, limits);
+      auto plan = core::ValidateGemv(server::ToCore(req), shape, limits);
       if (plan.ok()) {
         const int64_t want = plan->batch * shape.cols * DTypeSize(plan->x_dtype);
         if (plan->batch <= 0 || plan->batch > limits.max_vectors_per_request ||

@@ -21,6 +21,19 @@ add_executable(core_test server/core_test.cc)
 target_link_libraries(core_test PRIVATE plume_backends GTest::gtest_main)
 gtest_discover_tests(core_test DISCOVERY_TIMEOUT 60)
 
+# server/core includes no protobuf or gRPC header and links no proto target.
+add_test(NAME core_no_proto_test
+  COMMAND ${CMAKE_COMMAND} -DCORE_DIR=${PROJECT_SOURCE_DIR}/server/core
+    "-DCORE_LIBS=$<JOIN:$<TARGET_PROPERTY:plume_core,LINK_LIBRARIES>,|>"
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/server/core_no_proto.cmake)
+set_tests_properties(core_no_proto_test PROPERTIES TIMEOUT 30)
+
+# The wire <-> core conversion: every field, views that copy nothing,
+# results written into the response's own bytes.
+add_executable(convert_test server/convert_test.cc)
+target_link_libraries(convert_test PRIVATE plume_wire_convert GTest::gtest_main)
+gtest_discover_tests(convert_test DISCOVERY_TIMEOUT 60)
+
 if(TARGET plume_client)
   add_executable(server_test server/server_test.cc)
   target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_backends

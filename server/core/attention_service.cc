@@ -17,10 +17,11 @@ AttentionService::Upload::Upload(AttentionService* service, KvUploadPlan plan,
     : service_(service), plan_(plan), pending_(std::move(pending)) {}
 
 absl::StatusOr<std::unique_ptr<AttentionService::Upload>> AttentionService::BeginUpload(
-    const v1::KVHeader& header) {
+    const KvHeader& header) {
   auto plan = ValidateKvHeader(header, limits_);
   if (!plan.ok()) return plan.status();
-  auto pending = store_->BeginUpload(header.name(), plan->shape.resident_bytes(plan->seq));
+  auto pending =
+      store_->BeginUpload(std::string(header.name), plan->shape.resident_bytes(plan->seq));
   if (!pending.ok()) return pending.status();
   auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
   try {
@@ -44,7 +45,7 @@ absl::Status AttentionService::Upload::Add(std::string* side, std::string_view w
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::KVInfo> AttentionService::Upload::Finish() {
+absl::StatusOr<KvInfo> AttentionService::Upload::Finish() {
   for (const auto& [side, what] : {std::pair{&k_, "k"}, std::pair{&v_, "v"}}) {
     if (static_cast<int64_t>(side->size()) != plan_.side_bytes) {
       return absl::InvalidArgumentError(absl::StrCat("upload of kv cache \"", pending_.name(),
@@ -74,37 +75,35 @@ absl::StatusOr<v1::KVInfo> AttentionService::Upload::Finish() {
   return service_->Info(*c);
 }
 
-v1::KVInfo AttentionService::Info(const KvCache& c) const {
-  v1::KVInfo info;
+KvInfo AttentionService::Info(const KvCache& c) const {
+  KvInfo info;
   int64_t seq;
   {
     absl::ReaderMutexLock lock(&c.mu);
     seq = c.data->seq();
   }
   const KvLayout l = c.shape.layout();
-  info.set_name(c.name);
-  info.set_kv_heads(c.shape.kv_heads);
-  info.set_seq(seq);
-  info.set_head_dim(c.shape.head_dim);
-  info.set_format(static_cast<v1::DType>(c.shape.format));
-  info.set_scale_mode(static_cast<v1::KVScaleMode>(c.shape.scale_mode));
-  info.set_source_dtype(static_cast<v1::DType>(c.source_dtype));
-  info.set_non_saturating(!c.shape.saturate);
-  v1::KVLayout* pl = info.mutable_layout();
-  pl->set_page_tokens(kKvPageTokens);
-  pl->set_row_stride_bytes(l.row_bytes());
-  pl->set_page_bytes(l.page_bytes());
-  pl->set_pages(KvLayout::pages_for(seq));
-  pl->set_capacity_tokens(KvLayout::pages_for(seq) * kKvPageTokens);
-  info.set_resident_bytes(c.shape.resident_bytes(seq));
-  info.set_created_unix_ms(c.created_unix_ms);
-  info.set_backend(std::string(backend_->name()));
+  info.name = c.name;
+  info.kv_heads = c.shape.kv_heads;
+  info.seq = seq;
+  info.head_dim = c.shape.head_dim;
+  info.format = c.shape.format;
+  info.scale_mode = c.shape.scale_mode;
+  info.source_dtype = c.source_dtype;
+  info.non_saturating = !c.shape.saturate;
+  info.page_tokens = kKvPageTokens;
+  info.row_stride_bytes = l.row_bytes();
+  info.page_bytes = l.page_bytes();
+  info.pages = KvLayout::pages_for(seq);
+  info.resident_bytes = c.shape.resident_bytes(seq);
+  info.created_unix_ms = c.created_unix_ms;
+  info.backend = std::string(backend_->name());
   return info;
 }
 
-absl::StatusOr<v1::KVInfo> AttentionService::AppendKV(const v1::AppendKVRequest& req) {
-  if (absl::Status s = ValidateName(req.name(), limits_, "kv cache"); !s.ok()) return s;
-  auto c = store_->Get(req.name());  // holds the cache alive for this call
+absl::StatusOr<KvInfo> AttentionService::AppendKV(const AppendKvCall& call) {
+  if (absl::Status s = ValidateName(call.name, limits_, "kv cache"); !s.ok()) return s;
+  auto c = store_->Get(call.name);  // holds the cache alive for this call
   if (!c.ok()) return c.status();
   int64_t seq;
   {
@@ -113,54 +112,53 @@ absl::StatusOr<v1::KVInfo> AttentionService::AppendKV(const v1::AppendKVRequest&
   }
   // seq may grow before the append runs; the limit is checked against this
   // value, and appends are serialized by the cache's lock.
-  auto plan = ValidateKvAppend(req, (*c)->shape, seq, limits_);
+  auto plan = ValidateKvAppend(call, (*c)->shape, seq, limits_);
   if (!plan.ok()) return plan.status();
-  KvAppendArgs args{req.k().data().data(), req.v().data().data(), plan->src_dtype, plan->tokens};
+  KvAppendArgs args{call.k.data.data(), call.v.data.data(), plan->src_dtype, plan->tokens};
   if (absl::Status s = store_->Append(**c, backend_, args); !s.ok()) return s;
   return Info(**c);
 }
 
-absl::StatusOr<v1::KVInfo> AttentionService::GetKV(const std::string& name) const {
+absl::StatusOr<KvInfo> AttentionService::GetKV(std::string_view name) const {
   if (absl::Status s = ValidateName(name, limits_, "kv cache"); !s.ok()) return s;
   auto c = store_->Get(name);
   if (!c.ok()) return c.status();
   return Info(**c);
 }
 
-void AttentionService::ListKV(v1::ListKVResponse* out) const {
-  for (const auto& c : store_->List()) *out->add_caches() = Info(*c);
+std::vector<KvInfo> AttentionService::ListKV() const {
+  std::vector<KvInfo> out;
+  for (const auto& c : store_->List()) out.push_back(Info(*c));
+  return out;
 }
 
-absl::Status AttentionService::DeleteKV(const std::string& name) {
+absl::Status AttentionService::DeleteKV(std::string_view name) {
   if (absl::Status s = ValidateName(name, limits_, "kv cache"); !s.ok()) return s;
-  return store_->Delete(name);
+  return store_->Delete(std::string(name));
 }
 
-void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionRequest& req,
-                                      v1::AttentionResponse* out, RequestLife life,
-                                      std::function<void(const absl::Status&)> done) {
-  if (absl::Status s = ValidateName(req.cache(), limits_, "kv cache"); !s.ok()) return done(s);
-  auto c = store_->Get(req.cache());  // held alive by the request until it is done
-  if (!c.ok()) return done(c.status());
+void AttentionService::AttentionAsync(Batcher* batcher, const AttentionCall& call,
+                                      ResultSink* out, RequestLife life, AttentionDone done) {
+  if (absl::Status s = ValidateName(call.cache, limits_, "kv cache"); !s.ok()) return done(s, 0);
+  auto c = store_->Get(call.cache);  // held alive by the request until it is done
+  if (!c.ok()) return done(c.status(), 0);
   std::shared_ptr<KvCache> cache = std::move(*c);
   absl::StatusOr<AttentionPlan> plan;
   {
     absl::ReaderMutexLock lock(&cache->mu);
     if (cache->deleted) {
-      return done(absl::NotFoundError(absl::StrCat("kv cache \"", cache->name, "\" not found (deleted)")));
+      return done(
+          absl::NotFoundError(absl::StrCat("kv cache \"", cache->name, "\" not found (deleted)")), 0);
     }
     // seq only grows, so what holds now holds when the batch runs.
-    plan = ValidateAttention(req, cache->shape, cache->data->seq(), limits_);
+    plan = ValidateAttention(call, cache->shape, cache->data->seq(), limits_);
   }
-  if (!plan.ok()) return done(plan.status());
+  if (!plan.ok()) return done(plan.status(), 0);
   const int64_t head_dim = cache->shape.head_dim;
-  out->set_request_id(req.request_id());
-  v1::Tensor* o = out->mutable_output();
-  o->set_dtype(static_cast<v1::DType>(plan->out_dtype));
-  for (int64_t d : {plan->batch, plan->heads, plan->q_len, head_dim}) o->add_shape(d);
   const int64_t unit_elems = plan->heads * plan->q_len * head_dim;  // one batch element
-  std::string* bytes = o->mutable_data();
-  bytes->resize(static_cast<size_t>(plan->batch * unit_elems * DTypeSize(plan->out_dtype)));
+  const int64_t dims[4] = {plan->batch, plan->heads, plan->q_len, head_dim};
+  const int64_t out_bytes = plan->batch * unit_elems * DTypeSize(plan->out_dtype);
+  char* o = out->Allocate(plan->out_dtype, dims, static_cast<size_t>(out_bytes));
 
   BatchRequest r;
   uint32_t scale_bits;
@@ -168,8 +166,8 @@ void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionReque
   r.key = {static_cast<uint64_t>(plan->heads), static_cast<uint64_t>(plan->q_len), plan->causal,
            scale_bits, static_cast<uint64_t>(plan->q_dtype), static_cast<uint64_t>(plan->out_dtype)};
   r.units = plan->batch;
-  r.in = req.query().data().data();
-  r.out = bytes->data();
+  r.in = call.query.data.data();
+  r.out = o;
   r.in_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->q_dtype));
   r.out_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->out_dtype));
   r.max_batch_units = std::max<int64_t>(1, limits_.max_attention_rows / (plan->heads * plan->q_len));
@@ -194,14 +192,7 @@ void AttentionService::AttentionAsync(Batcher* batcher, const v1::AttentionReque
   };
   r.metrics = cache->metrics.get();
   r.life = std::move(life);
-  r.done = [out, done = std::move(done)](const absl::Status& s, int64_t seq) {
-    if (s.ok()) {
-      out->set_seq(seq);
-    } else {
-      out->clear_output();
-    }
-    done(s);
-  };
+  r.done = std::move(done);
   batcher->Submit(cache, "kv cache", cache->name, batcher->defaults(), std::move(r));
 }
 
@@ -215,45 +206,6 @@ absl::Status AttentionService::RunAttention(const KvCache& cache, int64_t seq,
     cache.metrics->RecordBatch(args.batch);
     // K and V pages of every kv head are read once per query group (GQA) and batch element.
     cache.metrics->RecordWork(args.batch * args.heads * args.q_len, cache.shape.resident_bytes(seq));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status AttentionService::Attention(const v1::AttentionRequest& req, v1::AttentionResponse* out) {
-  if (absl::Status s = ValidateName(req.cache(), limits_, "kv cache"); !s.ok()) return s;
-  auto c = store_->Get(req.cache());  // holds the cache alive for this call
-  if (!c.ok()) return c.status();
-  const KvCache& cache = **c;
-  absl::ReaderMutexLock lock(&cache.mu);  // no append runs meanwhile
-  if (cache.deleted) {
-    return absl::NotFoundError(absl::StrCat("kv cache \"", cache.name, "\" not found (deleted)"));
-  }
-  const int64_t seq = cache.data->seq();
-  auto plan = ValidateAttention(req, cache.shape, seq, limits_);
-  if (!plan.ok()) return plan.status();
-
-  out->set_request_id(req.request_id());
-  out->set_seq(seq);
-  v1::Tensor* o = out->mutable_output();
-  o->set_dtype(static_cast<v1::DType>(plan->out_dtype));
-  for (int64_t d : {plan->batch, plan->heads, plan->q_len, cache.shape.head_dim}) o->add_shape(d);
-  const int64_t rows = plan->batch * plan->heads * plan->q_len;
-  std::string* bytes = o->mutable_data();
-  bytes->resize(static_cast<size_t>(rows * cache.shape.head_dim * DTypeSize(plan->out_dtype)));
-
-  AttentionArgs args;
-  args.q = req.query().data().data();
-  args.q_dtype = plan->q_dtype;
-  args.batch = plan->batch;
-  args.heads = plan->heads;
-  args.q_len = plan->q_len;
-  args.scale = plan->scale;
-  args.causal = plan->causal;
-  args.out = bytes->data();
-  args.out_dtype = plan->out_dtype;
-  if (absl::Status s = RunAttention(cache, seq, args); !s.ok()) {
-    out->clear_output();
-    return s;
   }
   return absl::OkStatus();
 }

@@ -1,18 +1,20 @@
-// The attention service's logic, independent of gRPC: K/V cache uploads,
-// appends, lookups and attention over the KvStore and a backend. server/grpc
-// adapts it to the wire (AttentionService in proto/plume/v1/attention.proto).
+// The attention service's logic, independent of gRPC and protobuf: K/V
+// cache uploads, appends, lookups and attention over the KvStore and a
+// backend, on the plain structs of calls.h. server/grpc adapts it to the
+// wire (AttentionService in proto/plume/v1/attention.proto).
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "plume/v1/attention.pb.h"
 #include "server/core/backend.h"
 #include "server/core/batcher.h"
+#include "server/core/calls.h"
 #include "server/core/kv_store.h"
 #include "server/core/limits.h"
 #include "server/core/validation.h"
@@ -29,7 +31,7 @@ class AttentionService {
    public:
     absl::Status AddK(std::string_view chunk) { return Add(&k_, "k", chunk); }
     absl::Status AddV(std::string_view chunk) { return Add(&v_, "v", chunk); }
-    absl::StatusOr<v1::KVInfo> Finish();
+    absl::StatusOr<KvInfo> Finish();
 
    private:
     friend class AttentionService;
@@ -41,26 +43,28 @@ class AttentionService {
     std::string k_, v_;
   };
 
-  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const v1::KVHeader& header);
-  absl::StatusOr<v1::KVInfo> AppendKV(const v1::AppendKVRequest& req);
-  absl::StatusOr<v1::KVInfo> GetKV(const std::string& name) const;
-  void ListKV(v1::ListKVResponse* out) const;
-  absl::Status DeleteKV(const std::string& name);
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const KvHeader& header);
+  absl::StatusOr<KvInfo> AppendKV(const AppendKvCall& call);
+  absl::StatusOr<KvInfo> GetKV(std::string_view name) const;
+  // Every cache, sorted by name.
+  std::vector<KvInfo> ListKV() const;
+  absl::Status DeleteKV(std::string_view name);
 
-  // Runs one attention request; the result goes into `out` (request_id echoed).
-  absl::Status Attention(const v1::AttentionRequest& req, v1::AttentionResponse* out);
-  // The same through `batcher`, on the cache's queue: requests with equal
-  // heads, q_len, causal, scale and dtypes run as one backend call, their
-  // queries concatenated along the batch dimension. `done` is called once
-  // (see MatrixService::GemvAsync); `req` and `out` stay alive until then.
-  void AttentionAsync(Batcher* batcher, const v1::AttentionRequest& req,
-                      v1::AttentionResponse* out, RequestLife life,
-                      std::function<void(const absl::Status&)> done);
+  // Called once with an attention's status and, when it ran, the number of
+  // cached tokens it attended over.
+  using AttentionDone = std::function<void(const absl::Status&, int64_t seq)>;
+  // One attention through `batcher`, on the cache's queue: requests with
+  // equal heads, q_len, causal, scale and dtypes run as one backend call,
+  // their queries concatenated along the batch dimension. `out` allocates
+  // the output ([batch, heads, q_len, head_dim]); `done` is called once (see
+  // MatrixService::GemvAsync, which has the same lifetimes).
+  void AttentionAsync(Batcher* batcher, const AttentionCall& call, ResultSink* out,
+                      RequestLife life, AttentionDone done);
 
   const Limits& limits() const { return limits_; }
 
  private:
-  v1::KVInfo Info(const KvCache& c) const;
+  KvInfo Info(const KvCache& c) const;
   // One backend attention call over `seq` tokens and its metrics; the
   // caller holds cache.mu as a reader.
   absl::Status RunAttention(const KvCache& cache, int64_t seq, const AttentionArgs& args)

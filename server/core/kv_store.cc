@@ -52,7 +52,7 @@ std::shared_ptr<KvCache> KvStore::Commit(PendingUpload pending, const KvShape& s
   return registry_.Commit(std::move(pending), std::move(c), bytes);
 }
 
-absl::StatusOr<std::shared_ptr<KvCache>> KvStore::Get(const std::string& name) const {
+absl::StatusOr<std::shared_ptr<KvCache>> KvStore::Get(std::string_view name) const {
   return registry_.Get(name);
 }
 

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -79,7 +80,7 @@ class KvStore {
                                    const BackendKvCache& data);
 
   // NOT_FOUND if there is no such cache.
-  absl::StatusOr<std::shared_ptr<KvCache>> Get(const std::string& name) const;
+  absl::StatusOr<std::shared_ptr<KvCache>> Get(std::string_view name) const;
   std::vector<std::shared_ptr<KvCache>> List() const;  // sorted by name
   // Takes the cache off the registry and marks it deleted (after any append
   // in progress), then, with a durable store, removes its file with no lock

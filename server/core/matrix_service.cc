@@ -22,11 +22,12 @@ MatrixService::Upload::Upload(MatrixService* service, UploadPlan plan,
     : service_(service), plan_(plan), pending_(std::move(pending)) {}
 
 absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUpload(
-    const v1::MatrixHeader& header) {
+    const MatrixHeader& header) {
   auto plan = ValidateHeader(header, limits_);
   if (!plan.ok()) return plan.status();
   const int64_t resident = backend_->ReservedBytes(ResidentShape(plan->shape));
-  auto pending = store_->BeginUpload(header.name(), resident);
+  const std::string name(header.name);
+  auto pending = store_->BeginUpload(name, resident);
   if (!pending.ok()) return pending.status();
   auto upload = std::unique_ptr<Upload>(new Upload(this, *plan, std::move(*pending)));
   // BLOCK128X128 needs 128 whole rows per scale: its source is staged whole
@@ -63,7 +64,7 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   const std::shared_ptr<Budget>& budget = store_->budget();
   if (!budget->TryReserve(stage)) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "upload of \"", header.name(), "\" needs ", stage, " bytes of staging beside ",
+        "upload of \"", name, "\" needs ", stage, " bytes of staging beside ",
         resident, " resident; the memory budget has ",
         budget->capacity() - budget->used(), " of ", budget->capacity(),
         " bytes free (--memory_budget_bytes)"));
@@ -81,7 +82,7 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   // A durable store that streams writes the file as the words arrive, from
   // the resident matrix's own memory.
   if (disk != nullptr && upload->packer_ != nullptr) {
-    StoredMatrixMeta meta{header.name(), plan->shape, plan->source_dtype, 0, plan->content_hash};
+    StoredMatrixMeta meta{name, plan->shape, plan->source_dtype, 0, plan->content_hash};
     auto f = disk->BeginMatrix(meta, upload->packer_->host_words(), upload->packer_);
     if (!f.ok()) return f.status();
     upload->file_ = std::move(*f);
@@ -141,7 +142,7 @@ absl::Status MatrixService::Upload::AddScales(std::string_view chunk) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
+absl::StatusOr<MatrixInfo> MatrixService::Upload::Finish() {
   if (received_ != plan_.data_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("upload of \"", pending_.name(),
                                                    "\" ended after ", received_,
@@ -236,7 +237,7 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::Finish() {
   return service_->Info(*m);
 }
 
-absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::FinishPacked(int64_t created_ms) {
+absl::StatusOr<MatrixInfo> MatrixService::Upload::FinishPacked(int64_t created_ms) {
   if (static_cast<int64_t>(scales_.size()) != plan_.scale_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("upload of \"", pending_.name(), "\" ended after ", scales_.size(),
@@ -266,60 +267,48 @@ absl::StatusOr<v1::MatrixInfo> MatrixService::Upload::FinishPacked(int64_t creat
   return service_->Info(*m);
 }
 
-v1::MatrixInfo MatrixService::Info(const Matrix& m) const {
-  v1::MatrixInfo info;
-  info.set_name(m.name);
-  info.set_rows(m.shape.rows);
-  info.set_cols(m.shape.cols);
-  info.set_format(static_cast<v1::DType>(m.shape.format));
-  info.set_scale_mode(static_cast<v1::ScaleMode>(m.shape.scale_mode));
-  info.set_source_dtype(static_cast<v1::DType>(m.source_dtype));
-  info.set_non_saturating(!m.shape.saturate);
+MatrixInfo MatrixService::Info(const Matrix& m) const {
+  MatrixInfo info;
+  info.name = m.name;
+  info.rows = m.shape.rows;
+  info.cols = m.shape.cols;
+  info.format = m.shape.format;
+  info.scale_mode = m.shape.scale_mode;
+  info.source_dtype = m.source_dtype;
+  info.non_saturating = !m.shape.saturate;
   const PackedLayout l = m.shape.layout();
-  info.mutable_layout()->set_padded_cols(l.padded_cols());
-  info.mutable_layout()->set_row_stride_bytes(l.padded_cols());
-  info.mutable_layout()->set_num_scales(m.shape.num_scales());
-  info.set_resident_bytes(m.shape.resident_bytes());
-  info.set_created_unix_ms(m.created_unix_ms);
-  info.set_backend(std::string(backend_->name()));
-  info.set_content_hash(m.content_hash);
-  const MatrixPlacement where = backend_->PlacementOf(*m.data);
-  info.set_placement(static_cast<v1::Placement>(where.kind));
-  for (int d : where.devices) info.add_devices(d);
-  for (int64_t r : where.shard_rows) info.add_shard_rows(r);
-  for (const GemvKernelChoice& c : backend_->GemvKernels(*m.data)) {
-    v1::GemvKernelChoice* k = info.add_gemv_kernels();
-    k->set_max_batch(c.max_batch);
-    k->set_activation_dtype(static_cast<v1::DType>(c.x_dtype));
-    k->set_kernel(c.kernel);
-    k->set_measured(c.measured);
-  }
+  info.padded_cols = l.padded_cols();
+  info.num_scales = m.shape.num_scales();
+  info.resident_bytes = m.shape.resident_bytes();
+  info.created_unix_ms = m.created_unix_ms;
+  info.backend = std::string(backend_->name());
+  info.content_hash = m.content_hash;
+  info.placement = backend_->PlacementOf(*m.data);
+  info.gemv_kernels = backend_->GemvKernels(*m.data);
   return info;
 }
 
-absl::StatusOr<v1::MatrixInfo> MatrixService::GetMatrix(const std::string& name) const {
+absl::StatusOr<MatrixInfo> MatrixService::GetMatrix(std::string_view name) const {
   if (absl::Status s = ValidateName(name, limits_); !s.ok()) return s;
   auto m = store_->Get(name);
   if (!m.ok()) return m.status();
   return Info(**m);
 }
 
-absl::Status MatrixService::GetMatrixPacked(const std::string& name,
-                                            v1::GetMatrixResponse* out) const {
+absl::StatusOr<MatrixInfo> MatrixService::GetMatrixPacked(std::string_view name, std::string* words,
+                                                          std::string* scales) const {
   if (absl::Status s = ValidateName(name, limits_); !s.ok()) return s;
   auto m = store_->Get(name);
   if (!m.ok()) return m.status();
   const MatrixShape& shape = (*m)->shape;
   const int64_t word_bytes = shape.layout().code_bytes();
   const int64_t scale_bytes = shape.num_scales() * int64_t{sizeof(float)};
-  if (absl::Status s = ValidateResponseBytes(word_bytes + scale_bytes, limits_,
-                                            absl::StrCat("the packed form of \"", name, "\""));
+  if (absl::Status s =
+          ValidateResponseBytes(word_bytes + scale_bytes, limits_,
+                                absl::StrCat("the packed form of \"", std::string(name), "\""));
       !s.ok()) {
     return s;
   }
-  *out->mutable_matrix() = Info(**m);
-  std::string* words = out->mutable_packed_words();
-  std::string* scales = out->mutable_scales();
   try {
     words->resize(static_cast<size_t>(word_bytes));
     scales->resize(static_cast<size_t>(scale_bytes));
@@ -328,34 +317,35 @@ absl::Status MatrixService::GetMatrixPacked(const std::string& name,
   }
   // ReadPacked writes at least one scale: NONE reads into a spare float.
   float none_scale = 0.0f;
-  return ReadPackedAsUploaded(backend_, *(*m)->data, shape,
-                              reinterpret_cast<uint32_t*>(words->data()),
-                              scale_bytes > 0 ? reinterpret_cast<float*>(scales->data())
-                                              : &none_scale);
+  if (absl::Status s = ReadPackedAsUploaded(
+          backend_, *(*m)->data, shape, reinterpret_cast<uint32_t*>(words->data()),
+          scale_bytes > 0 ? reinterpret_cast<float*>(scales->data()) : &none_scale);
+      !s.ok()) {
+    return s;
+  }
+  return Info(**m);
 }
 
-void MatrixService::ListMatrices(v1::ListMatricesResponse* out) const {
-  for (const auto& m : store_->List()) *out->add_matrices() = Info(*m);
+std::vector<MatrixInfo> MatrixService::ListMatrices() const {
+  std::vector<MatrixInfo> out;
+  for (const auto& m : store_->List()) out.push_back(Info(*m));
+  return out;
 }
 
-absl::Status MatrixService::DeleteMatrix(const std::string& name) {
+absl::Status MatrixService::DeleteMatrix(std::string_view name) {
   if (absl::Status s = ValidateName(name, limits_); !s.ok()) return s;
-  return store_->Delete(name);
+  return store_->Delete(std::string(name));
 }
 
 namespace {
 
-// Sizes `out` for the result of `plan` (request_id echoed); returns its bytes.
-std::string* PrepareGemvResponse(const v1::GemvRequest& req, const GemvPlan& plan,
-                                 const MatrixShape& shape, v1::GemvResponse* out) {
-  out->set_request_id(req.request_id());
-  v1::Tensor* y = out->mutable_output();
-  y->set_dtype(static_cast<v1::DType>(plan.y_dtype));
-  if (!plan.input_is_vector) y->add_shape(plan.batch);
-  y->add_shape(shape.rows);
-  std::string* bytes = y->mutable_data();
-  bytes->resize(static_cast<size_t>(plan.batch * shape.rows * DTypeSize(plan.y_dtype)));
-  return bytes;
+// Has `out` allocate the result of `plan`: [rows] for a 1-D input, [batch, rows] otherwise.
+char* AllocateGemvResult(const GemvPlan& plan, const MatrixShape& shape, ResultSink* out) {
+  const int64_t dims[2] = {plan.batch, shape.rows};
+  const absl::Span<const int64_t> result_shape =
+      plan.input_is_vector ? absl::MakeConstSpan(dims + 1, 1) : absl::MakeConstSpan(dims, 2);
+  return out->Allocate(plan.y_dtype, result_shape,
+                       static_cast<size_t>(plan.batch * shape.rows * DTypeSize(plan.y_dtype)));
 }
 
 // The backend's arguments for `batch` vectors of `plan` at x, results to y.
@@ -391,24 +381,23 @@ absl::Status MatrixService::RunGemv(const Matrix& m, const GemvArgs& args) {
   return absl::OkStatus();
 }
 
-void MatrixService::GemvAsync(Batcher* batcher, const v1::GemvRequest& req,
-                              v1::GemvResponse* out, RequestLife life,
-                              std::function<void(const absl::Status&)> done) {
-  if (absl::Status s = ValidateName(req.matrix(), limits_); !s.ok()) return done(s);
-  auto m = store_->Get(req.matrix());  // held alive by the request until it is done
+void MatrixService::GemvAsync(Batcher* batcher, const GemvCall& call, ResultSink* out,
+                              RequestLife life, std::function<void(const absl::Status&)> done) {
+  if (absl::Status s = ValidateName(call.matrix, limits_); !s.ok()) return done(s);
+  auto m = store_->Get(call.matrix);  // held alive by the request until it is done
   if (!m.ok()) return done(m.status());
   const MatrixShape& shape = (*m)->shape;
-  auto plan = ValidateGemv(req, shape, limits_);
+  auto plan = ValidateGemv(call, shape, limits_);
   if (!plan.ok()) return done(plan.status());
-  std::string* bytes = PrepareGemvResponse(req, *plan, shape, out);
+  char* y = AllocateGemvResult(*plan, shape, out);
 
   BatchRequest r;
   uint32_t scale_bits;
   std::memcpy(&scale_bits, &plan->x_scale, sizeof scale_bits);
   r.key = {static_cast<uint64_t>(plan->x_dtype), scale_bits, static_cast<uint64_t>(plan->y_dtype)};
   r.units = plan->batch;
-  r.in = req.input().data().data();
-  r.out = bytes->data();
+  r.in = call.input.data.data();
+  r.out = y;
   r.in_unit_bytes = static_cast<size_t>(shape.cols * DTypeSize(plan->x_dtype));
   r.out_unit_bytes = static_cast<size_t>(shape.rows * DTypeSize(plan->y_dtype));
   r.run = [this, matrix = *m, p = *plan](const void* x, int64_t units, void* y, int64_t*) {
@@ -416,28 +405,8 @@ void MatrixService::GemvAsync(Batcher* batcher, const v1::GemvRequest& req,
   };
   r.metrics = (*m)->metrics.get();
   r.life = std::move(life);
-  r.done = [out, done = std::move(done)](const absl::Status& s, int64_t) {
-    if (!s.ok()) out->clear_output();
-    done(s);
-  };
+  r.done = [done = std::move(done)](const absl::Status& s, int64_t) { done(s); };
   batcher->Submit(*m, "matrix", (*m)->name, batcher->Resolve((*m)->batching), std::move(r));
-}
-
-absl::Status MatrixService::Gemv(const v1::GemvRequest& req, v1::GemvResponse* out) {
-  if (absl::Status s = ValidateName(req.matrix(), limits_); !s.ok()) return s;
-  auto m = store_->Get(req.matrix());  // holds the matrix alive for this call
-  if (!m.ok()) return m.status();
-  const MatrixShape& shape = (*m)->shape;
-  auto plan = ValidateGemv(req, shape, limits_);
-  if (!plan.ok()) return plan.status();
-  std::string* bytes = PrepareGemvResponse(req, *plan, shape, out);
-
-  if (absl::Status s = RunGemv(**m, ArgsOf(*plan, req.input().data().data(), plan->batch, bytes->data()));
-      !s.ok()) {
-    out->clear_output();
-    return s;
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace plume::core

@@ -1,17 +1,19 @@
-// The matrix service's logic, independent of gRPC: uploads, lookups and GEMV
-// over the store and a backend. server/grpc adapts it to the wire.
+// The matrix service's logic, independent of gRPC and protobuf: uploads,
+// lookups and GEMV over the store and a backend, on the plain structs of
+// calls.h. server/grpc adapts it to the wire.
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "plume/v1/plume.pb.h"
 #include "server/core/backend.h"
 #include "server/core/batcher.h"
+#include "server/core/calls.h"
 #include "server/core/durable_store.h"
 #include "server/core/limits.h"
 #include "server/core/matrix_store.h"
@@ -41,7 +43,7 @@ class MatrixService {
    public:
     absl::Status AddData(std::string_view chunk);
     absl::Status AddScales(std::string_view chunk);
-    absl::StatusOr<v1::MatrixInfo> Finish();
+    absl::StatusOr<MatrixInfo> Finish();
     // Host bytes this upload reserved for staging (tests, metrics).
     int64_t staging_bytes() const { return staging_.bytes(); }
     bool streamed() const { return quantizer_ != nullptr || packer_ != nullptr; }
@@ -56,7 +58,7 @@ class MatrixService {
     MatrixStore::PendingUpload pending_;
     Reservation staging_;
     int64_t received_ = 0;
-    absl::StatusOr<v1::MatrixInfo> FinishPacked(int64_t created_ms);
+    absl::StatusOr<MatrixInfo> FinishPacked(int64_t created_ms);
     std::unique_ptr<RowQuantizer> quantizer_;  // streamed uploads only
     // Streamed pre-packed uploads: the backend's writer, shared with the
     // file writer's thread while it reads the words (see BeginMatrix) ...
@@ -69,29 +71,31 @@ class MatrixService {
   };
 
 
-  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const v1::MatrixHeader& header);
-  absl::StatusOr<v1::MatrixInfo> GetMatrix(const std::string& name) const;
-  // The info plus the resident codes and scales as a pre-packed upload of
-  // it would send them (GetMatrixRequest.include_packed). RESOURCE_EXHAUSTED
-  // when they would not fit in a response.
-  absl::Status GetMatrixPacked(const std::string& name, v1::GetMatrixResponse* out) const;
-  void ListMatrices(v1::ListMatricesResponse* out) const;
-  absl::Status DeleteMatrix(const std::string& name);
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const MatrixHeader& header);
+  absl::StatusOr<MatrixInfo> GetMatrix(std::string_view name) const;
+  // The info, with the resident codes and scales written into `words` and
+  // `scales` (resized) as a pre-packed upload of it would send them
+  // (GetMatrixRequest.include_packed). RESOURCE_EXHAUSTED when they would
+  // not fit in a response.
+  absl::StatusOr<MatrixInfo> GetMatrixPacked(std::string_view name, std::string* words,
+                                             std::string* scales) const;
+  // Every matrix, sorted by name.
+  std::vector<MatrixInfo> ListMatrices() const;
+  absl::Status DeleteMatrix(std::string_view name);
 
-  // Runs one GEMV request; the result goes into `out` (request_id echoed).
-  absl::Status Gemv(const v1::GemvRequest& req, v1::GemvResponse* out);
-  // The same through `batcher`: validates now, queues the request on its
-  // matrix's queue and calls `done` once with its status, from a WorkQueue
-  // thread once its batch ran (or inline, refused). `req` and `out` must
-  // stay alive until then.
-  void GemvAsync(Batcher* batcher, const v1::GemvRequest& req, v1::GemvResponse* out,
-                 RequestLife life, std::function<void(const absl::Status&)> done);
+  // One GEMV through `batcher`: validates now, has `out` allocate the
+  // result, queues the request on its matrix's queue and calls `done` once
+  // with its status, from a WorkQueue thread once its batch ran (or inline,
+  // refused). The bytes `call` views and those `out` allocated must stay
+  // valid until then; `out` itself and `call` need not outlive this call.
+  void GemvAsync(Batcher* batcher, const GemvCall& call, ResultSink* out, RequestLife life,
+                 std::function<void(const absl::Status&)> done);
 
   const Limits& limits() const { return limits_; }
   Backend* backend() const { return backend_; }
 
  private:
-  v1::MatrixInfo Info(const Matrix& m) const;
+  MatrixInfo Info(const Matrix& m) const;
   // One backend GEMV and its metrics (kernel time, batch size, bytes).
   absl::Status RunGemv(const Matrix& m, const GemvArgs& args);
 

@@ -56,7 +56,7 @@ std::shared_ptr<const Matrix> MatrixStore::Commit(PendingUpload pending, const M
   return registry_.Commit(std::move(pending), std::move(m), resident);
 }
 
-absl::StatusOr<std::shared_ptr<const Matrix>> MatrixStore::Get(const std::string& name) const {
+absl::StatusOr<std::shared_ptr<const Matrix>> MatrixStore::Get(std::string_view name) const {
   return registry_.Get(name);
 }
 

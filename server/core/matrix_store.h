@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -68,7 +69,7 @@ class MatrixStore {
 
   // NOT_FOUND if there is no such matrix. A reader of the registry: never
   // waits for another Get, nor for a delete's file removal.
-  absl::StatusOr<std::shared_ptr<const Matrix>> Get(const std::string& name) const;
+  absl::StatusOr<std::shared_ptr<const Matrix>> Get(std::string_view name) const;
   std::vector<std::shared_ptr<const Matrix>> List() const;  // sorted by name
   // Takes the matrix off the registry at once (a Get after it is NOT_FOUND),
   // then, with a durable store, removes its file with no lock held. The name

@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -171,7 +172,7 @@ class Registry {
   }
 
   // NOT_FOUND if there is no such entry.
-  absl::StatusOr<std::shared_ptr<T>> Get(const std::string& name) const {
+  absl::StatusOr<std::shared_ptr<T>> Get(std::string_view name) const {
     absl::ReaderMutexLock lock(&mu_);
     auto it = entries_.find(name);
     if (it == entries_.end()) return NotFound(name);
@@ -265,8 +266,8 @@ class Registry {
         words_.needs.empty() ? "" : absl::StrCat(words_.needs, " "), "bytes, ",
         budget_->capacity() - budget_->used(), " of ", budget_->capacity(), " bytes free"));
   }
-  absl::Status NotFound(const std::string& name) const {
-    return absl::NotFoundError(absl::StrCat(words_.kind, " \"", name, "\" not found"));
+  absl::Status NotFound(std::string_view name) const {
+    return absl::NotFoundError(absl::StrCat(words_.kind, " \"", std::string(name), "\" not found"));
   }
 
   const std::shared_ptr<Budget>& budget() const { return budget_; }

@@ -1,6 +1,7 @@
 #include "server/core/validation.h"
 
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <tuple>
 
@@ -10,43 +11,43 @@
 namespace plume::core {
 namespace {
 
-bool ToDType(v1::DType d, DType* out) {
+// The wire's DType numbers are core's DType values; 0 is unspecified.
+constexpr int kUnspecified = 0;
+
+bool ToDType(int d, DType* out) {
   switch (d) {
-    case v1::DTYPE_F32: *out = DType::kF32; return true;
-    case v1::DTYPE_F16: *out = DType::kF16; return true;
-    case v1::DTYPE_BF16: *out = DType::kBF16; return true;
-    case v1::DTYPE_E4M3: *out = DType::kE4M3; return true;
-    case v1::DTYPE_E5M2: *out = DType::kE5M2; return true;
+    case static_cast<int>(DType::kF32):
+    case static_cast<int>(DType::kF16):
+    case static_cast<int>(DType::kBF16):
+    case static_cast<int>(DType::kE4M3):
+    case static_cast<int>(DType::kE5M2): *out = static_cast<DType>(d); return true;
     default: return false;
   }
 }
 
-std::string DTypeLabel(int d) {
-  return v1::DType_IsValid(d) ? v1::DType_Name(static_cast<v1::DType>(d))
-                              : absl::StrCat("unknown dtype ", d);
-}
+std::string DTypeLabel(int d) { return WireDTypeLabel(d); }
 
 // a * b, or -1 when it would exceed 2^62 (sizes.h).
 int64_t CheckedMul(int64_t a, int64_t b) { return sizes::Mul(a, b).value_or(-1); }
 
 // The FP8 format of a header: E4M3 (also when unspecified) or E5M2.
-absl::StatusOr<Fp8Format> ParseFormat(v1::DType d) {
+absl::StatusOr<Fp8Format> ParseFormat(int d) {
   switch (d) {
-    case v1::DTYPE_UNSPECIFIED:
-    case v1::DTYPE_E4M3: return Fp8Format::kE4M3;
-    case v1::DTYPE_E5M2: return Fp8Format::kE5M2;
+    case kUnspecified:
+    case static_cast<int>(DType::kE4M3): return Fp8Format::kE4M3;
+    case static_cast<int>(DType::kE5M2): return Fp8Format::kE5M2;
     default:
       return absl::InvalidArgumentError(absl::StrCat("format must be E4M3 or E5M2, got ", DTypeLabel(d)));
   }
 }
 
 // A result dtype: F32 (also when unspecified), F16 or BF16.
-absl::StatusOr<DType> ParseOutputDType(v1::DType d) {
+absl::StatusOr<DType> ParseOutputDType(int d) {
   switch (d) {
-    case v1::DTYPE_UNSPECIFIED:
-    case v1::DTYPE_F32: return DType::kF32;
-    case v1::DTYPE_F16: return DType::kF16;
-    case v1::DTYPE_BF16: return DType::kBF16;
+    case kUnspecified:
+    case static_cast<int>(DType::kF32): return DType::kF32;
+    case static_cast<int>(DType::kF16): return DType::kF16;
+    case static_cast<int>(DType::kBF16): return DType::kBF16;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("output_dtype must be F32, F16 or BF16, got ", DTypeLabel(d)));
@@ -54,6 +55,13 @@ absl::StatusOr<DType> ParseOutputDType(v1::DType d) {
 }
 
 }  // namespace
+
+std::string WireDTypeLabel(int dtype) {
+  static constexpr const char* kNames[] = {"DTYPE_UNSPECIFIED", "DTYPE_F32", "DTYPE_F16",
+                                           "DTYPE_BF16",        "DTYPE_E4M3", "DTYPE_E5M2"};
+  if (dtype >= 0 && dtype < static_cast<int>(std::size(kNames))) return kNames[dtype];
+  return absl::StrCat("unknown dtype ", dtype);
+}
 
 absl::Status ValidateName(std::string_view name, const Limits& limits, std::string_view what) {
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(std::string(what), " name is empty"));
@@ -111,60 +119,64 @@ absl::Status ValidateResponseBytes(int64_t payload_bytes, const Limits& limits,
       limit, " bytes (less ", kResponseOverheadBytes, " for its framing)"));
 }
 
-absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limits& limits) {
-  if (absl::Status s = ValidateName(h.name(), limits); !s.ok()) return s;
+absl::StatusOr<UploadPlan> ValidateHeader(const MatrixHeader& h, const Limits& limits) {
+  if (absl::Status s = ValidateName(h.name, limits); !s.ok()) return s;
   UploadPlan plan;
-  if (h.rows() <= 0 || h.cols() <= 0) {
+  if (h.rows <= 0 || h.cols <= 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("rows and cols must be positive, got ", h.rows(), "x", h.cols()));
+        absl::StrCat("rows and cols must be positive, got ", h.rows, "x", h.cols));
   }
-  if (h.rows() > limits.max_rows || h.cols() > limits.max_cols) {
-    return absl::InvalidArgumentError(absl::StrCat("matrix ", h.rows(), "x", h.cols(),
+  if (h.rows > limits.max_rows || h.cols > limits.max_cols) {
+    return absl::InvalidArgumentError(absl::StrCat("matrix ", h.rows, "x", h.cols,
                                                    " exceeds the limit of ", limits.max_rows,
                                                    " rows and ", limits.max_cols, " cols"));
   }
-  plan.shape.rows = h.rows();
-  plan.shape.cols = h.cols();
+  plan.shape.rows = h.rows;
+  plan.shape.cols = h.cols;
 
-  auto format = ParseFormat(h.format());
+  auto format = ParseFormat(h.format);
   if (!format.ok()) return format.status();
   plan.shape.format = *format;
-  switch (h.scale_mode()) {
-    case v1::SCALE_MODE_UNSPECIFIED:
-    case v1::SCALE_MODE_ROW: plan.shape.scale_mode = ScaleMode::kRow; break;
-    case v1::SCALE_MODE_NONE: plan.shape.scale_mode = ScaleMode::kNone; break;
-    case v1::SCALE_MODE_TENSOR: plan.shape.scale_mode = ScaleMode::kTensor; break;
-    case v1::SCALE_MODE_BLOCK128: plan.shape.scale_mode = ScaleMode::kBlock128; break;
-    case v1::SCALE_MODE_BLOCK128X128: plan.shape.scale_mode = ScaleMode::kBlock128x128; break;
+  switch (h.scale_mode) {
+    case kUnspecified: plan.shape.scale_mode = ScaleMode::kRow; break;
+    case static_cast<int>(ScaleMode::kRow):
+    case static_cast<int>(ScaleMode::kNone):
+    case static_cast<int>(ScaleMode::kTensor):
+    case static_cast<int>(ScaleMode::kBlock128):
+    case static_cast<int>(ScaleMode::kBlock128x128):
+      plan.shape.scale_mode = static_cast<ScaleMode>(h.scale_mode);
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("unknown scale_mode ", h.scale_mode()));
+      return absl::InvalidArgumentError(absl::StrCat("unknown scale_mode ", h.scale_mode));
   }
-  plan.shape.saturate = !h.non_saturating();
-  switch (h.placement()) {
-    case v1::PLACEMENT_AUTO: plan.shape.placement = Placement::kAuto; break;
-    case v1::PLACEMENT_SINGLE: plan.shape.placement = Placement::kSingle; break;
-    case v1::PLACEMENT_SHARDED: plan.shape.placement = Placement::kSharded; break;
-    case v1::PLACEMENT_REPLICATED: plan.shape.placement = Placement::kReplicated; break;
+  plan.shape.saturate = !h.non_saturating;
+  switch (h.placement) {
+    case static_cast<int>(Placement::kAuto):
+    case static_cast<int>(Placement::kSingle):
+    case static_cast<int>(Placement::kSharded):
+    case static_cast<int>(Placement::kReplicated):
+      plan.shape.placement = static_cast<Placement>(h.placement);
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("unknown placement ", h.placement()));
+      return absl::InvalidArgumentError(absl::StrCat("unknown placement ", h.placement));
   }
 
-  if (!ToDType(h.source_dtype(), &plan.source_dtype)) {
+  if (!ToDType(h.source_dtype, &plan.source_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "source_dtype must be F32, F16, BF16 or the FP8 format of pre-packed data, got ",
-        DTypeLabel(h.source_dtype())));
+        DTypeLabel(h.source_dtype)));
   }
   // Every byte count of the matrix (codes with row padding, scales, what it
   // holds resident), checked: with raised limits they could overflow.
-  const auto packed = sizes::MatrixBytesOf(h.rows(), h.cols(), plan.shape.scale_mode);
+  const auto packed = sizes::MatrixBytesOf(h.rows, h.cols, plan.shape.scale_mode);
   if (!packed) {
-    return absl::ResourceExhaustedError(absl::StrCat("matrix ", h.rows(), "x", h.cols(),
+    return absl::ResourceExhaustedError(absl::StrCat("matrix ", h.rows, "x", h.cols,
                                                      " would need more than 2^62 bytes"));
   }
   if (IsFp8(plan.source_dtype)) {
     if (plan.source_dtype != ToDType(plan.shape.format)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("pre-packed source_dtype ", DTypeLabel(h.source_dtype()),
+          absl::StrCat("pre-packed source_dtype ", DTypeLabel(h.source_dtype),
                        " differs from format ", DTypeLabel(static_cast<int>(plan.shape.format))));
     }
     plan.prepacked = true;
@@ -172,35 +184,34 @@ absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limit
     plan.scale_bytes = packed->scale_bytes;
   } else {
     plan.data_bytes =
-        sizes::SourceBytes(h.rows(), h.cols(), DTypeSize(plan.source_dtype)).value_or(-1);
+        sizes::SourceBytes(h.rows, h.cols, DTypeSize(plan.source_dtype)).value_or(-1);
   }
   if (plan.data_bytes < 0 || plan.data_bytes > limits.max_upload_bytes) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("upload of ", h.rows(), "x", h.cols(), " ", DTypeLabel(h.source_dtype()),
+        absl::StrCat("upload of ", h.rows, "x", h.cols, " ", DTypeLabel(h.source_dtype),
                      " exceeds the upload limit of ", limits.max_upload_bytes, " bytes"));
   }
-  const v1::BatchingOptions& b = h.batching();
   for (const auto& [field, value, max] :
-       {std::tuple{"max_batch", b.max_batch(), kMaxBatchLimit},
-        std::tuple{"max_queue_delay_us", b.max_queue_delay_us(), kMaxQueueDelayUsLimit},
-        std::tuple{"max_queue_size", b.max_queue_size(), kMaxQueueSizeLimit}}) {
+       {std::tuple{"max_batch", h.max_batch, kMaxBatchLimit},
+        std::tuple{"max_queue_delay_us", h.max_queue_delay_us, kMaxQueueDelayUsLimit},
+        std::tuple{"max_queue_size", h.max_queue_size, kMaxQueueSizeLimit}}) {
     if (value < 0 || value > max) {
       return absl::InvalidArgumentError(absl::StrCat("batching.", field, " is ", value,
                                                      "; it must be 0 (the server default) to ",
                                                      max));
     }
   }
-  if (h.content_hash().size() > kMaxContentHashBytes ||
-      h.content_hash().find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+  if (h.content_hash.size() > kMaxContentHashBytes ||
+      h.content_hash.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                                          "0123456789:._+/=-") != std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("content_hash must be at most ", kMaxContentHashBytes,
-                     " of [A-Za-z0-9:._+/=-], got ", h.content_hash().size(), " bytes"));
+                     " of [A-Za-z0-9:._+/=-], got ", h.content_hash.size(), " bytes"));
   }
-  plan.content_hash = h.content_hash();
-  plan.batching.max_batch = b.max_batch();
-  plan.batching.max_queue_delay = std::chrono::microseconds(b.max_queue_delay_us());
-  plan.batching.max_queue_size = b.max_queue_size();
+  plan.content_hash = h.content_hash;
+  plan.batching.max_batch = h.max_batch;
+  plan.batching.max_queue_delay = std::chrono::microseconds(h.max_queue_delay_us);
+  plan.batching.max_queue_size = h.max_queue_size;
   return plan;
 }
 
@@ -214,32 +225,32 @@ absl::Status ValidatePackedScales(const float* scales, int64_t n) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixShape& shape,
+absl::StatusOr<GemvPlan> ValidateGemv(const GemvCall& req, const MatrixShape& shape,
                                       const Limits& limits) {
   GemvPlan plan;
-  const v1::Tensor& in = req.input();
-  if (!ToDType(in.dtype(), &plan.x_dtype)) {
+  const TensorView& in = req.input;
+  if (!ToDType(in.dtype, &plan.x_dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("input dtype must be F32, F16, BF16, E4M3 or E5M2, got ",
-                     DTypeLabel(in.dtype())));
+                     DTypeLabel(in.dtype)));
   }
-  const int rank = in.shape_size();
+  const int rank = static_cast<int>(in.shape.size());
   if (rank != 1 && rank != 2) {
     return absl::InvalidArgumentError(
         absl::StrCat("input must be 1-D [cols] or 2-D [batch, cols], got rank ", rank));
   }
   for (int i = 0; i < rank; ++i) {
-    if (in.shape(i) <= 0) {
+    if (in.shape[i] <= 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("input dimension ", i, " is ", in.shape(i), "; dimensions must be positive"));
+          absl::StrCat("input dimension ", i, " is ", in.shape[i], "; dimensions must be positive"));
     }
   }
   plan.input_is_vector = rank == 1;
-  plan.batch = rank == 1 ? 1 : in.shape(0);
-  const int64_t cols = in.shape(rank - 1);
+  plan.batch = rank == 1 ? 1 : in.shape[0];
+  const int64_t cols = in.shape[rank - 1];
   if (cols != shape.cols) {
     return absl::InvalidArgumentError(absl::StrCat("input has ", cols, " columns; matrix \"",
-                                                   req.matrix(), "\" has ", shape.cols));
+                                                   std::string(req.matrix), "\" has ", shape.cols));
   }
   if (plan.batch > limits.max_vectors_per_request) {
     return absl::InvalidArgumentError(absl::StrCat("batch of ", plan.batch,
@@ -248,21 +259,21 @@ absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixSh
                                                    " per request (--max_vectors_per_request)"));
   }
   const int64_t want = CheckedMul(CheckedMul(plan.batch, cols), DTypeSize(plan.x_dtype));
-  if (want < 0 || static_cast<int64_t>(in.data().size()) != want) {
+  if (want < 0 || static_cast<int64_t>(in.data.size()) != want) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "input data holds ", in.data().size(), " bytes; shape [",
+        "input data holds ", in.data.size(), " bytes; shape [",
         rank == 1 ? absl::StrCat(cols) : absl::StrCat(plan.batch, ", ", cols), "] of ",
-        DTypeLabel(in.dtype()), " needs ", want));
+        DTypeLabel(in.dtype), " needs ", want));
   }
   if (IsFp8(plan.x_dtype)) {
-    const float s = req.input_scale();
+    const float s = req.input_scale;
     if (!std::isfinite(s) || s < 0.0f) {
       return absl::InvalidArgumentError(
           absl::StrCat("input_scale is ", s, "; it must be finite and positive (0 means 1)"));
     }
     plan.x_scale = s == 0.0f ? 1.0f : s;
   }
-  auto y_dtype = ParseOutputDType(req.output_dtype());
+  auto y_dtype = ParseOutputDType(req.output_dtype);
   if (!y_dtype.ok()) return y_dtype.status();
   plan.y_dtype = *y_dtype;
   // Checked before any work: batch x rows results of y_dtype.
@@ -284,28 +295,29 @@ namespace {
 
 // A float tensor (F32, F16 or BF16) of `rank` positive dimensions whose data
 // holds exactly its elements. `what` names it in messages.
-absl::StatusOr<DType> ValidateFloatTensor(const v1::Tensor& t, std::string_view what, int rank,
+absl::StatusOr<DType> ValidateFloatTensor(const TensorView& t, std::string_view what, int rank,
                                           std::string_view dims) {
   DType dt;
-  if (!ToDType(t.dtype(), &dt) || IsFp8(dt)) {
+  if (!ToDType(t.dtype, &dt) || IsFp8(dt)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(std::string(what), " dtype must be F32, F16 or BF16, got ", DTypeLabel(t.dtype())));
+        absl::StrCat(std::string(what), " dtype must be F32, F16 or BF16, got ", DTypeLabel(t.dtype)));
   }
-  if (t.shape_size() != rank) {
+  if (static_cast<int>(t.shape.size()) != rank) {
     return absl::InvalidArgumentError(
-        absl::StrCat(std::string(what), " must be ", rank, "-D ", std::string(dims), ", got rank ", t.shape_size()));
+        absl::StrCat(std::string(what), " must be ", rank, "-D ", std::string(dims), ", got rank ",
+                     t.shape.size()));
   }
   int64_t n = 1;
   for (int i = 0; i < rank; ++i) {
-    if (t.shape(i) <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(std::string(what), " dimension ", i, " is ", t.shape(i),
+    if (t.shape[i] <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(std::string(what), " dimension ", i, " is ", t.shape[i],
                                                      "; dimensions must be positive"));
     }
-    n = CheckedMul(n, t.shape(i));
+    n = CheckedMul(n, t.shape[i]);
   }
   const int64_t want = CheckedMul(n, DTypeSize(dt));
-  if (want < 0 || static_cast<int64_t>(t.data().size()) != want) {
-    return absl::InvalidArgumentError(absl::StrCat(std::string(what), " data holds ", t.data().size(),
+  if (want < 0 || static_cast<int64_t>(t.data.size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(what), " data holds ", t.data.size(),
                                                    " bytes; its shape and dtype need ", want));
   }
   return dt;
@@ -313,75 +325,78 @@ absl::StatusOr<DType> ValidateFloatTensor(const v1::Tensor& t, std::string_view 
 
 }  // namespace
 
-absl::StatusOr<KvUploadPlan> ValidateKvHeader(const v1::KVHeader& h, const Limits& limits) {
-  if (absl::Status s = ValidateName(h.name(), limits, "kv cache"); !s.ok()) return s;
+absl::StatusOr<KvUploadPlan> ValidateKvHeader(const KvHeader& h, const Limits& limits) {
+  if (absl::Status s = ValidateName(h.name, limits, "kv cache"); !s.ok()) return s;
   KvUploadPlan plan;
-  if (h.kv_heads() <= 0 || h.seq() <= 0 || h.head_dim() <= 0) {
+  if (h.kv_heads <= 0 || h.seq <= 0 || h.head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("kv_heads, seq and head_dim must be positive, got ",
-                                                   h.kv_heads(), ", ", h.seq(), ", ", h.head_dim()));
+                                                   h.kv_heads, ", ", h.seq, ", ", h.head_dim));
   }
-  if (h.kv_heads() > limits.max_kv_heads || h.head_dim() > limits.max_head_dim ||
-      h.seq() > limits.max_kv_seq) {
+  if (h.kv_heads > limits.max_kv_heads || h.head_dim > limits.max_head_dim ||
+      h.seq > limits.max_kv_seq) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "K/V [", h.kv_heads(), ", ", h.seq(), ", ", h.head_dim(), "] exceeds the limits of ",
+        "K/V [", h.kv_heads, ", ", h.seq, ", ", h.head_dim, "] exceeds the limits of ",
         limits.max_kv_heads, " kv heads, ", limits.max_kv_seq, " tokens and head_dim ",
         limits.max_head_dim));
   }
-  plan.shape.kv_heads = h.kv_heads();
-  plan.shape.head_dim = h.head_dim();
-  plan.seq = h.seq();
-  auto format = ParseFormat(h.format());
+  plan.shape.kv_heads = h.kv_heads;
+  plan.shape.head_dim = h.head_dim;
+  plan.seq = h.seq;
+  auto format = ParseFormat(h.format);
   if (!format.ok()) return format.status();
   plan.shape.format = *format;
-  switch (h.scale_mode()) {
-    case v1::KV_SCALE_MODE_UNSPECIFIED:
-    case v1::KV_SCALE_MODE_TOKEN_BLOCK: plan.shape.scale_mode = KvScaleMode::kTokenBlock; break;
-    case v1::KV_SCALE_MODE_NONE: plan.shape.scale_mode = KvScaleMode::kNone; break;
-    case v1::KV_SCALE_MODE_TENSOR: plan.shape.scale_mode = KvScaleMode::kTensor; break;
-    case v1::KV_SCALE_MODE_HEAD: plan.shape.scale_mode = KvScaleMode::kHead; break;
+  switch (h.scale_mode) {
+    case kUnspecified: plan.shape.scale_mode = KvScaleMode::kTokenBlock; break;
+    case static_cast<int>(KvScaleMode::kTokenBlock):
+    case static_cast<int>(KvScaleMode::kNone):
+    case static_cast<int>(KvScaleMode::kTensor):
+    case static_cast<int>(KvScaleMode::kHead):
+      plan.shape.scale_mode = static_cast<KvScaleMode>(h.scale_mode);
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("unknown kv scale_mode ", h.scale_mode()));
+      return absl::InvalidArgumentError(absl::StrCat("unknown kv scale_mode ", h.scale_mode));
   }
-  plan.shape.saturate = !h.non_saturating();
-  if (!ToDType(h.source_dtype(), &plan.source_dtype) || IsFp8(plan.source_dtype)) {
+  plan.shape.saturate = !h.non_saturating;
+  if (!ToDType(h.source_dtype, &plan.source_dtype) || IsFp8(plan.source_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("K/V source_dtype must be F32, F16 or BF16, got ",
-                                                   DTypeLabel(h.source_dtype())));
+                                                   DTypeLabel(h.source_dtype)));
   }
-  if (!sizes::KvBytesOf(h.kv_heads(), h.head_dim(), plan.shape.scale_mode, h.seq())) {
-    return absl::ResourceExhaustedError(absl::StrCat("K/V cache [", h.kv_heads(), ", ", h.seq(), ", ",
-                                                     h.head_dim(), "] would need more than 2^62 bytes"));
+  if (!sizes::KvBytesOf(h.kv_heads, h.head_dim, plan.shape.scale_mode, h.seq)) {
+    return absl::ResourceExhaustedError(absl::StrCat("K/V cache [", h.kv_heads, ", ", h.seq, ", ",
+                                                     h.head_dim, "] would need more than 2^62 bytes"));
   }
-  plan.side_bytes = CheckedMul(CheckedMul(CheckedMul(h.kv_heads(), h.seq()), h.head_dim()),
+  plan.side_bytes = CheckedMul(CheckedMul(CheckedMul(h.kv_heads, h.seq), h.head_dim),
                                DTypeSize(plan.source_dtype));
   if (plan.side_bytes < 0 || plan.side_bytes > limits.max_upload_bytes / 2) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "K/V upload of 2 x [", h.kv_heads(), ", ", h.seq(), ", ", h.head_dim(), "] ",
-        DTypeLabel(h.source_dtype()), " exceeds the upload limit of ", limits.max_upload_bytes, " bytes"));
+        "K/V upload of 2 x [", h.kv_heads, ", ", h.seq, ", ", h.head_dim, "] ",
+        DTypeLabel(h.source_dtype), " exceeds the upload limit of ", limits.max_upload_bytes, " bytes"));
   }
   return plan;
 }
 
-absl::StatusOr<KvAppendPlan> ValidateKvAppend(const v1::AppendKVRequest& req, const KvShape& shape,
+absl::StatusOr<KvAppendPlan> ValidateKvAppend(const AppendKvCall& req, const KvShape& shape,
                                               int64_t seq, const Limits& limits) {
   const std::string_view dims = "[kv_heads, tokens, head_dim]";
-  auto kd = ValidateFloatTensor(req.k(), "k", 3, dims);
+  auto kd = ValidateFloatTensor(req.k, "k", 3, dims);
   if (!kd.ok()) return kd.status();
-  auto vd = ValidateFloatTensor(req.v(), "v", 3, dims);
+  auto vd = ValidateFloatTensor(req.v, "v", 3, dims);
   if (!vd.ok()) return vd.status();
   if (*kd != *vd) return absl::InvalidArgumentError("k and v must have the same dtype");
   for (int i = 0; i < 3; ++i) {
-    if (req.k().shape(i) != req.v().shape(i)) {
+    if (req.k.shape[i] != req.v.shape[i]) {
       return absl::InvalidArgumentError(absl::StrCat("k and v shapes differ in dimension ", i, ": ",
-                                                     req.k().shape(i), " vs ", req.v().shape(i)));
+                                                     req.k.shape[i], " vs ", req.v.shape[i]));
     }
   }
-  if (req.k().shape(0) != shape.kv_heads || req.k().shape(2) != shape.head_dim) {
+  if (req.k.shape[0] != shape.kv_heads || req.k.shape[2] != shape.head_dim) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "k/v are [", req.k().shape(0), ", ", req.k().shape(1), ", ", req.k().shape(2),
-        "]; kv cache \"", req.name(), "\" needs [", shape.kv_heads, ", tokens, ", shape.head_dim, "]"));
+        "k/v are [", req.k.shape[0], ", ", req.k.shape[1], ", ", req.k.shape[2],
+        "]; kv cache \"", std::string(req.name), "\" needs [", shape.kv_heads, ", tokens, ",
+        shape.head_dim, "]"));
   }
   KvAppendPlan plan;
-  plan.tokens = req.k().shape(1);
+  plan.tokens = req.k.shape[1];
   plan.src_dtype = *kd;
   if (plan.tokens > limits.max_kv_seq - seq) {
     return absl::InvalidArgumentError(absl::StrCat("appending ", plan.tokens, " tokens to ", seq,
@@ -389,26 +404,26 @@ absl::StatusOr<KvAppendPlan> ValidateKvAppend(const v1::AppendKVRequest& req, co
                                                    " tokens per cache"));
   }
   if (!sizes::KvBytesOf(shape.kv_heads, shape.head_dim, shape.scale_mode, seq + plan.tokens)) {
-    return absl::ResourceExhaustedError(absl::StrCat("kv cache \"", req.name(), "\" with ",
+    return absl::ResourceExhaustedError(absl::StrCat("kv cache \"", std::string(req.name), "\" with ",
                                                      seq + plan.tokens,
                                                      " tokens would need more than 2^62 bytes"));
   }
   return plan;
 }
 
-absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req, const KvShape& shape,
+absl::StatusOr<AttentionPlan> ValidateAttention(const AttentionCall& req, const KvShape& shape,
                                                 int64_t seq, const Limits& limits) {
   AttentionPlan plan;
-  auto qd = ValidateFloatTensor(req.query(), "query", 4, "[batch, heads, q_len, head_dim]");
+  auto qd = ValidateFloatTensor(req.query, "query", 4, "[batch, heads, q_len, head_dim]");
   if (!qd.ok()) return qd.status();
   plan.q_dtype = *qd;
-  const v1::Tensor& q = req.query();
-  plan.batch = q.shape(0);
-  plan.heads = q.shape(1);
-  plan.q_len = q.shape(2);
-  if (q.shape(3) != shape.head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat("query head_dim is ", q.shape(3), "; kv cache \"",
-                                                   req.cache(), "\" has head_dim ", shape.head_dim));
+  const TensorView& q = req.query;
+  plan.batch = q.shape[0];
+  plan.heads = q.shape[1];
+  plan.q_len = q.shape[2];
+  if (q.shape[3] != shape.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("query head_dim is ", q.shape[3], "; kv cache \"",
+                                                   std::string(req.cache), "\" has head_dim ", shape.head_dim));
   }
   if (plan.heads % shape.kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("query heads (", plan.heads,
@@ -422,18 +437,18 @@ absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req,
                                                    " exceeds the limit of ", limits.max_attention_rows,
                                                    " query rows per request"));
   }
-  plan.causal = req.causal();
+  plan.causal = req.causal;
   if (plan.causal && plan.q_len > seq) {
     return absl::InvalidArgumentError(absl::StrCat("causal attention with q_len ", plan.q_len,
                                                    " needs at least as many cached tokens; kv cache \"",
-                                                   req.cache(), "\" has ", seq));
+                                                   std::string(req.cache), "\" has ", seq));
   }
-  const float s = req.softmax_scale();
+  const float s = req.softmax_scale;
   if (!std::isfinite(s)) {
     return absl::InvalidArgumentError(absl::StrCat("softmax_scale is ", s, "; it must be finite (0 means 1/sqrt(head_dim))"));
   }
   plan.scale = s != 0.0f ? s : static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)));
-  auto out_dtype = ParseOutputDType(req.output_dtype());
+  auto out_dtype = ParseOutputDType(req.output_dtype);
   if (!out_dtype.ok()) return out_dtype.status();
   plan.out_dtype = *out_dtype;
   // The output has the query's shape, in out_dtype.

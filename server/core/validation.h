@@ -9,13 +9,16 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "plume/v1/attention.pb.h"
-#include "plume/v1/plume.pb.h"
 #include "server/core/backend.h"
 #include "server/core/batching_options.h"
+#include "server/core/calls.h"
 #include "server/core/limits.h"
 
 namespace plume::core {
+
+// A wire DType number as messages name it: "DTYPE_F32", ..., or
+// "unknown dtype 9".
+std::string WireDTypeLabel(int dtype);
 
 // Names: 1..max_name_length characters of [A-Za-z0-9._-], not starting with
 // '.' (so never "." or ".."), no '/': safe as a file name in the store.
@@ -43,7 +46,7 @@ struct UploadPlan {
   std::string content_hash;  // the client's label, kept with the matrix
   BatchingOptions batching{0, std::chrono::microseconds(0), 0};  // 0: server default
 };
-absl::StatusOr<UploadPlan> ValidateHeader(const v1::MatrixHeader& h, const Limits& limits);
+absl::StatusOr<UploadPlan> ValidateHeader(const MatrixHeader& h, const Limits& limits);
 
 // Pre-packed scales must be finite and positive.
 absl::Status ValidatePackedScales(const float* scales, int64_t n);
@@ -56,7 +59,7 @@ struct GemvPlan {
   float x_scale = 1.0f;
   DType y_dtype = DType::kF32;
 };
-absl::StatusOr<GemvPlan> ValidateGemv(const v1::GemvRequest& req, const MatrixShape& shape,
+absl::StatusOr<GemvPlan> ValidateGemv(const GemvCall& req, const MatrixShape& shape,
                                       const Limits& limits);
 
 // ---------------------------------------------------------------- K/V caches
@@ -68,14 +71,14 @@ struct KvUploadPlan {
   DType source_dtype = DType::kF32;
   int64_t side_bytes = 0;  // bytes of K expected (and of V)
 };
-absl::StatusOr<KvUploadPlan> ValidateKvHeader(const v1::KVHeader& h, const Limits& limits);
+absl::StatusOr<KvUploadPlan> ValidateKvHeader(const KvHeader& h, const Limits& limits);
 
 // What an AppendKV request adds to a cache of `seq` tokens.
 struct KvAppendPlan {
   int64_t tokens = 0;
   DType src_dtype = DType::kF32;
 };
-absl::StatusOr<KvAppendPlan> ValidateKvAppend(const v1::AppendKVRequest& req, const KvShape& shape,
+absl::StatusOr<KvAppendPlan> ValidateKvAppend(const AppendKvCall& req, const KvShape& shape,
                                               int64_t seq, const Limits& limits);
 
 // What an Attention request asks of a cache of `seq` tokens.
@@ -86,7 +89,7 @@ struct AttentionPlan {
   float scale = 1.0f;  // resolved: 1/sqrt(head_dim) when the request says 0
   bool causal = false;
 };
-absl::StatusOr<AttentionPlan> ValidateAttention(const v1::AttentionRequest& req, const KvShape& shape,
+absl::StatusOr<AttentionPlan> ValidateAttention(const AttentionCall& req, const KvShape& shape,
                                                 int64_t seq, const Limits& limits);
 
 }  // namespace plume::core

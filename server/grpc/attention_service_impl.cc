@@ -2,6 +2,7 @@
 
 #include <memory>
 
+#include "server/grpc/convert.h"
 #include "server/grpc/reactors.h"
 
 namespace plume::server {
@@ -14,7 +15,7 @@ absl::Status ConsumeUpload(core::AttentionService* core, const v1::UploadKVReque
                            std::unique_ptr<KvUpload>* upload) {
   if (req.payload_case() == v1::UploadKVRequest::kHeader) {
     if (*upload != nullptr) return absl::InvalidArgumentError("UploadKV sent a second header");
-    auto u = core->BeginUpload(req.header());
+    auto u = core->BeginUpload(ToCore(req.header()));
     if (!u.ok()) return u.status();
     *upload = std::move(*u);
     return absl::OkStatus();
@@ -42,7 +43,7 @@ grpc::ServerReadReactor<v1::UploadKVRequest>* AttentionServiceImpl::UploadKV(
       [](KvUpload& upload, v1::UploadKVResponse* r) {
         auto info = upload.Finish();
         if (!info.ok()) return info.status();
-        *r->mutable_cache() = std::move(*info);
+        ToWire(*info, r->mutable_cache());
         return absl::OkStatus();
       });
 }
@@ -55,9 +56,9 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::AppendKV(grpc::CallbackServerCon
   return ServeUnary<v1::AppendKVRequest, v1::AppendKVResponse>(
       ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
         return RunUnaryOnQueue(call, queue_, metrics_, kMethod, [this, call] {
-          auto info = core_->AppendKV(call->req);
+          auto info = core_->AppendKV(ToCore(call->req));
           if (!info.ok()) return info.status();
-          *call->resp.mutable_cache() = std::move(*info);
+          ToWire(*info, call->resp.mutable_cache());
           return CheckResponseSize(&call->resp, core_->limits(), "AppendKV response");
         });
       });
@@ -73,7 +74,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::GetKV(grpc::CallbackServerContex
         return RunUnaryInline(call, metrics_, kMethod, [this, call] {
           auto info = core_->GetKV(call->req.name());
           if (!info.ok()) return info.status();
-          *call->resp.mutable_cache() = std::move(*info);
+          ToWire(*info, call->resp.mutable_cache());
           return CheckResponseSize(&call->resp, core_->limits(), "GetKV response");
         });
       });
@@ -87,7 +88,7 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::ListKV(grpc::CallbackServerConte
   return ServeUnary<v1::ListKVRequest, v1::ListKVResponse>(
       ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
         return RunUnaryInline(call, metrics_, kMethod, [this, call] {
-          core_->ListKV(&call->resp);
+          for (const core::KvInfo& info : core_->ListKV()) ToWire(info, call->resp.add_caches());
           return CheckResponseSize(&call->resp, core_->limits(), "ListKV response");
         });
       });
@@ -118,8 +119,8 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::Attention(grpc::CallbackServerCo
       ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
         return RunUnaryBatched(call, metrics_, kMethod,
                                [this, call](core::RequestLife life, DoneFn done) {
-                                 core_->AttentionAsync(options_.batcher, call->req, &call->resp,
-                                                       std::move(life), std::move(done));
+                                 SubmitAttention(call->req, &call->resp, std::move(life),
+                                                 std::move(done));
                                });
       });
 }
@@ -129,9 +130,19 @@ AttentionServiceImpl::AttentionStream(grpc::CallbackServerContext* ctx) {
   return new ItemStreamReactor<v1::AttentionRequest, v1::AttentionResponse>(
       ctx, options_.gate, metrics_, core::Method::kAttentionStream, options_.max_stream_in_flight,
       [this](const v1::AttentionRequest& req, v1::AttentionResponse* resp, core::RequestLife life,
-             DoneFn done) {
-        core_->AttentionAsync(options_.batcher, req, resp, std::move(life), std::move(done));
-      });
+             DoneFn done) { SubmitAttention(req, resp, std::move(life), std::move(done)); });
+}
+
+void AttentionServiceImpl::SubmitAttention(const v1::AttentionRequest& req,
+                                           v1::AttentionResponse* resp, core::RequestLife life,
+                                           DoneFn done) {
+  resp->set_request_id(req.request_id());
+  OutputTensorSink out(resp->mutable_output());
+  core_->AttentionAsync(options_.batcher, ToCore(req), &out, std::move(life),
+                        [resp, done = std::move(done)](const absl::Status& s, int64_t seq) {
+                          if (s.ok()) resp->set_seq(seq);
+                          done(s);
+                        });
 }
 
 }  // namespace plume::server

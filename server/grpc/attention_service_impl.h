@@ -52,6 +52,11 @@ class AttentionServiceImpl final : public AttentionServiceBase {
       grpc::CallbackServerContext* ctx) override;
 
  private:
+  // Queues one attention on the batcher; `req` and `resp` stay alive until
+  // `done`.
+  void SubmitAttention(const v1::AttentionRequest& req, v1::AttentionResponse* resp,
+                       core::RequestLife life, DoneFn done);
+
   core::AttentionService* core_;
   core::Metrics* metrics_;
   core::WorkQueue* queue_;

@@ -8,7 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "plume/grpc_status.h"
+#include "server/grpc/convert.h"
 
 namespace plume::server {
 namespace {
@@ -25,7 +25,7 @@ absl::Status ConsumeUpload(core::MatrixService* core, const v1::UploadMatrixRequ
   switch (req.payload_case()) {
     case v1::UploadMatrixRequest::kHeader: {
       if (*upload != nullptr) return absl::InvalidArgumentError("UploadMatrix sent a second header");
-      auto u = core->BeginUpload(req.header());
+      auto u = core->BeginUpload(ToCore(req.header()));
       if (!u.ok()) return u.status();
       *upload = std::move(*u);
       return absl::OkStatus();
@@ -106,7 +106,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* MatrixServiceImpl::UploadMatrix(grpc:
         auto info = upload.Finish();
         if (!info.ok()) return info.status();
         v1::UploadMatrixResponse out;
-        *out.mutable_matrix() = std::move(*info);
+        ToWire(*info, out.mutable_matrix());
         bool own = false;
         if (!grpc::SerializationTraits<v1::UploadMatrixResponse>::Serialize(out, r, &own).ok()) {
           return absl::InternalError("cannot serialize the UploadMatrix response");
@@ -126,16 +126,18 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::GetMatrix(grpc::CallbackServerConte
           return RunUnaryInline(call, metrics_, kMethod, [this, call] {
             auto info = core_->GetMatrix(call->req.name());
             if (!info.ok()) return info.status();
-            *call->resp.mutable_matrix() = std::move(*info);
+            ToWire(*info, call->resp.mutable_matrix());
             return CheckResponseSize(&call->resp, core_->limits(), "GetMatrix response");
           });
         }
         // The codes come back from the backend (a device copy on a GPU): on
         // the work queue, not a gRPC thread.
         return RunUnaryOnQueue(call, queue_, metrics_, kMethod, [this, call] {
-          if (absl::Status s = core_->GetMatrixPacked(call->req.name(), &call->resp); !s.ok()) {
-            return s;
-          }
+          // The codes and scales go straight into the response's fields.
+          auto info = core_->GetMatrixPacked(call->req.name(), call->resp.mutable_packed_words(),
+                                             call->resp.mutable_scales());
+          if (!info.ok()) return info.status();
+          ToWire(*info, call->resp.mutable_matrix());
           return CheckResponseSize(&call->resp, core_->limits(), "GetMatrix response");
         });
       });
@@ -149,7 +151,9 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::ListMatrices(grpc::CallbackServerCo
   return ServeUnary<v1::ListMatricesRequest, v1::ListMatricesResponse>(
       ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
         return RunUnaryInline(call, metrics_, kMethod, [this, call] {
-          core_->ListMatrices(&call->resp);
+          for (const core::MatrixInfo& info : core_->ListMatrices()) {
+            ToWire(info, call->resp.add_matrices());
+          }
           return CheckResponseSize(&call->resp, core_->limits(), "ListMatrices response");
         });
       });
@@ -180,8 +184,8 @@ grpc::ServerUnaryReactor* MatrixServiceImpl::Gemv(grpc::CallbackServerContext* c
       ctx, options_.gate, in, out, metrics_, kMethod, [this](Call* call) {
         return RunUnaryBatched(call, metrics_, kMethod,
                                [this, call](core::RequestLife life, DoneFn done) {
-                                 core_->GemvAsync(options_.batcher, call->req, &call->resp,
-                                                  std::move(life), std::move(done));
+                                 SubmitGemv(call->req, &call->resp, std::move(life),
+                                            std::move(done));
                                });
       });
 }
@@ -191,9 +195,16 @@ grpc::ServerBidiReactor<v1::GemvRequest, v1::GemvResponse>* MatrixServiceImpl::G
   return new ItemStreamReactor<v1::GemvRequest, v1::GemvResponse>(
       ctx, options_.gate, metrics_, core::Method::kGemvStream, options_.max_stream_in_flight,
       [this](const v1::GemvRequest& req, v1::GemvResponse* resp, core::RequestLife life,
-             DoneFn done) {
-        core_->GemvAsync(options_.batcher, req, resp, std::move(life), std::move(done));
-      });
+             DoneFn done) { SubmitGemv(req, resp, std::move(life), std::move(done)); });
+}
+
+void MatrixServiceImpl::SubmitGemv(const v1::GemvRequest& req, v1::GemvResponse* resp,
+                                   core::RequestLife life, DoneFn done) {
+  resp->set_request_id(req.request_id());
+  // The call views the request's bytes and the result is written into the
+  // response's own: no copy here.
+  OutputTensorSink out(resp->mutable_output());
+  core_->GemvAsync(options_.batcher, ToCore(req), &out, std::move(life), std::move(done));
 }
 
 }  // namespace plume::server

@@ -63,6 +63,10 @@ class MatrixServiceImpl final : public MatrixServiceBase {
   const Options& options() const { return options_; }
 
  private:
+  // Queues one GEMV on the batcher; `req` and `resp` stay alive until `done`.
+  void SubmitGemv(const v1::GemvRequest& req, v1::GemvResponse* resp, core::RequestLife life,
+                  DoneFn done);
+
   core::MatrixService* core_;
   core::Metrics* metrics_;
   core::WorkQueue* queue_;

@@ -20,13 +20,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "plume/grpc_status.h"
 #include "server/core/batcher.h"
 #include "server/core/limits.h"
 #include "server/core/metrics.h"
 #include "server/core/validation.h"
 #include "server/core/work_queue.h"
 #include "server/grpc/call_gate.h"
+#include "server/grpc/grpc_status.h"
 
 namespace plume::server {
 
@@ -214,12 +214,14 @@ inline grpc::ServerUnaryReactor* RunUnaryInline(GatedUnaryReactor* reactor, core
 }
 
 // A unary call whose request did not parse: INVALID_ARGUMENT naming the
-// method, once admitted (a caller without a token still gets UNAUTHENTICATED).
+// method and its message type, once admitted (a caller without a token
+// still gets UNAUTHENTICATED).
 inline grpc::ServerUnaryReactor* RejectUnparsed(GatedUnaryReactor* reactor, core::Metrics* metrics,
-                                                core::Method m) {
-  return RunUnaryInline(reactor, metrics, m, [m] {
-    return absl::InvalidArgumentError(absl::StrCat(
-        std::string(core::MethodName(m)), " request does not parse as its protobuf message"));
+                                                core::Method m, const std::string& message_type) {
+  return RunUnaryInline(reactor, metrics, m, [m, &message_type] {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(core::MethodName(m)),
+                                                   " request does not parse as ", message_type,
+                                                   "; nothing was run"));
   });
 }
 
@@ -231,7 +233,7 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, CallGate*
                                      const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
                                      core::Metrics* metrics, core::Method m, Serve serve) {
   auto* call = new UnaryCall<Req, Resp>(ctx, gate, out);
-  if (!call->Parse(in)) return RejectUnparsed(call, metrics, m);
+  if (!call->Parse(in)) return RejectUnparsed(call, metrics, m, Req::descriptor()->full_name());
   return serve(call);
 }
 

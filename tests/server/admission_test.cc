@@ -68,6 +68,16 @@ class AdmissionTest : public ::testing::Test {
   double Metric(const std::string& name, const std::string& label = "") {
     return testing::ReadMetric(*metrics_->registry(), name, label).sum;
   }
+  // Waits until every call the server saw has finished, so that counts read
+  // next include any computed for a client that had given up: a call on the
+  // same connection after them (its frames arrive after theirs; a lookup of
+  // a name that does not exist, which adds no OK), then no call open.
+  void WaitForCalls() {
+    EXPECT_EQ(client_->GetMatrix("after").status().code(), absl::StatusCode::kNotFound);
+    ASSERT_TRUE(testing::WaitUntil("every call to finish on the server",
+                                   [&] { return Metric("plume_calls_in_flight") == 0; }))
+        << Metric("plume_calls_in_flight") << " calls still open";
+  }
   double KernelRuns() {
     return testing::ReadMetric(*metrics_->registry(), "plume_kernel_duration_seconds").count;
   }
@@ -208,6 +218,11 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
         << st.error_code() << " " << st.error_message();
     gemv_ok += st.ok() ? 1 : 0;
   }
+  // Every GEMV the server saw has finished (WaitForCalls), so the count
+  // includes any computed for a client that had given up. Counted before the
+  // deletes: a delete of "m" takes its series, kernel count included, with it.
+  ASSERT_NO_FATAL_FAILURE(WaitForCalls());
+  const double kernels = KernelRuns() - kernels_before;
   for (int i = 0; i < 20; ++i) {
     grpc::ClientContext ctx;
     ctx.set_deadline(In(1));
@@ -238,18 +253,10 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
   // run all 20.
   constexpr int kRaced = 5;
   EXPECT_LE(late_but_done, kRaced) << "deletes past their deadline were committed";
-  // Every call the server saw has finished, so that the counts below include
-  // any computed for a client that had given up: a call on the same
-  // connection after them (its frames arrive after theirs; a lookup of a
-  // name that does not exist, which adds no OK), then no call open.
-  EXPECT_EQ(client_->GetMatrix("after").status().code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(testing::WaitUntil("every call to finish on the server",
-                                 [&] { return Metric("plume_calls_in_flight") == 0; }))
-      << Metric("plume_calls_in_flight") << " calls still open";
+  ASSERT_NO_FATAL_FAILURE(WaitForCalls());
   EXPECT_GE(late + 20 - gemv_ok, 30) << "most 1 us calls should be late";
   // GEMVs computed and OKs counted: those the clients saw answered, and at
   // most kRaced more (above).
-  const double kernels = KernelRuns() - kernels_before;
   EXPECT_GE(kernels, gemv_ok);
   EXPECT_LE(kernels, gemv_ok + kRaced) << "GEMVs past their deadline were computed";
   const double oks = Metric("plume_requests_total", "OK") - ok_before;

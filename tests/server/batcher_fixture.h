@@ -23,6 +23,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/metrics.h"
 #include "server/core/work_queue.h"
+#include "tests/common/core_calls.h"
 #include "tests/common/gemv_reference.h"
 #include "tests/common/metrics_reader.h"
 
@@ -151,12 +152,14 @@ class Completions {
   std::vector<absl::Status> statuses_ ABSL_GUARDED_BY(mu_);
 };
 
-// One GEMV request and its response, alive until its done callback ran.
+// One GEMV call and its result, alive until its done callback ran.
 struct Call {
-  v1::GemvRequest req;
-  v1::GemvResponse resp;
-  std::vector<float> x;
+  uint32_t seed = 0;  // names it in messages
   int64_t batch = 1;
+  std::vector<float> x;
+  testing::HostTensor input;  // the bytes `call` views
+  GemvCall call;
+  testing::HeldResult out;
 };
 
 class BatcherTest : public ::testing::Test {
@@ -179,14 +182,10 @@ class BatcherTest : public ::testing::Test {
     Limits limits;
     service_ = std::make_unique<MatrixService>(&backend_, store_.get(), limits);
     w_ = testing::RandomNormal(kRows * kCols, 7);
-    v1::MatrixHeader h;
-    h.set_name("w");
-    h.set_rows(kRows);
-    h.set_cols(kCols);
-    h.set_source_dtype(v1::DTYPE_F32);
-    h.mutable_batching()->set_max_batch(per_matrix.max_batch);
-    h.mutable_batching()->set_max_queue_delay_us(per_matrix.max_queue_delay.count());
-    h.mutable_batching()->set_max_queue_size(per_matrix.max_queue_size);
+    MatrixHeader h = testing::F32Header("w", kRows, kCols);
+    h.max_batch = per_matrix.max_batch;
+    h.max_queue_delay_us = per_matrix.max_queue_delay.count();
+    h.max_queue_size = per_matrix.max_queue_size;
     auto up = service_->BeginUpload(h);
     ASSERT_TRUE(up.ok()) << up.status();
     ASSERT_TRUE((*up)->AddData({reinterpret_cast<const char*>(w_.data()), w_.size() * 4}).ok());
@@ -200,34 +199,32 @@ class BatcherTest : public ::testing::Test {
     queue_.reset();
   }
 
-  std::unique_ptr<Call> MakeCall(int64_t batch, uint32_t seed,
-                                 v1::DType out = v1::DTYPE_F32) {
+  std::unique_ptr<Call> MakeCall(int64_t batch, uint32_t seed, DType out = DType::kF32) {
     auto c = std::make_unique<Call>();
+    c->seed = seed;
     c->batch = batch;
     c->x = testing::RandomNormal(batch * kCols, seed);
-    c->req.set_matrix("w");
-    c->req.set_request_id(seed);
-    c->req.set_output_dtype(out);
-    v1::Tensor* in = c->req.mutable_input();
-    in->set_dtype(v1::DTYPE_F32);
-    in->add_shape(batch);
-    in->add_shape(kCols);
-    in->set_data(c->x.data(), c->x.size() * 4);
+    c->input = testing::F32Tensor({batch, kCols}, c->x);
+    c->call.matrix = "w";
+    c->call.input = c->input.view();
+    c->call.output_dtype = static_cast<int>(out);
     return c;
   }
 
   void Submit(Call* c, Completions* done, RequestLife life = {}) {
-    service_->GemvAsync(batcher_.get(), c->req, &c->resp, std::move(life),
+    service_->GemvAsync(batcher_.get(), c->call, &c->out, std::move(life),
                         [done](const absl::Status& s) { done->Done(s); });
+  }
+
+  // Bytes of `c`'s result: [batch, kRows] of its output dtype.
+  static size_t ResultBytes(const Call& c) {
+    return size_t(c.batch * kRows * DTypeSize(static_cast<DType>(c.call.output_dtype)));
   }
 
   // The result of `c` against the reference; infinity when it has none.
   double RelErr(const Call& c) const {
-    const std::string& y = c.resp.output().data();
-    if (y.size() != size_t(c.batch * kRows * 4)) return INFINITY;
-    std::vector<float> yf(size_t(c.batch * kRows));
-    std::memcpy(yf.data(), y.data(), y.size());
-    return expected_->RelErr(c.x, c.batch, yf);
+    if (c.out.data.size() != size_t(c.batch * kRows * 4) || c.out.untouched()) return INFINITY;
+    return expected_->RelErr(c.x, c.batch, c.out.floats());
   }
 
   void Advance(std::chrono::microseconds d) { now_us_ += d.count(); }

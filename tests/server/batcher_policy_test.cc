@@ -133,8 +133,9 @@ TEST_P(BatcherPolicyTest, ExpiredAndCancelledRequestsNeverReachTheBackend) {
   ASSERT_EQ(Gathered().size(), 1u);
   EXPECT_EQ(Gathered()[0].batch, 2);  // the live request only
   EXPECT_LE(RelErr(*live), 1e-5);
-  EXPECT_FALSE(expired->resp.has_output());
-  EXPECT_FALSE(cancelled->resp.has_output());
+  // Dropped before the backend: their results were never written.
+  EXPECT_TRUE(expired->out.untouched());
+  EXPECT_TRUE(cancelled->out.untouched());
   int deadline = 0, cancel = 0;
   for (const auto& s : done.statuses()) {
     deadline += s.code() == absl::StatusCode::kDeadlineExceeded;
@@ -183,8 +184,8 @@ TEST_P(BatcherPolicyTest, ResultsGoToTheirCallersUnderConcurrency) {
   for (const auto& per_thread : calls) {
     for (const auto& c : per_thread) {
       expected_vectors += c->batch;
-      ASSERT_EQ(c->resp.request_id(), c->req.request_id());
-      ASSERT_LE(RelErr(*c), 1e-5) << "request " << c->req.request_id();
+      ASSERT_EQ(c->out.shape, (std::vector<int64_t>{c->batch, kRows}));
+      ASSERT_LE(RelErr(*c), 1e-5) << "request " << c->seed;
     }
   }
   for (const auto& s : done.statuses()) ASSERT_TRUE(s.ok()) << s;
@@ -258,7 +259,7 @@ TEST_F(BatcherTest, AdaptiveArrivalsGatherWhileABatchRunsAndLaunchWhenItFinishes
     const int64_t batch = 1 + i % 3;
     const bool f16 = i % 4 == 3;
     (f16 ? f16_vectors : f32_vectors) += batch;
-    calls.push_back(MakeCall(batch, 31 + i, f16 ? v1::DTYPE_F16 : v1::DTYPE_F32));
+    calls.push_back(MakeCall(batch, 31 + i, f16 ? DType::kF16 : DType::kF32));
     Submit(calls.back().get(), &done);
   }
   EXPECT_EQ(batcher_->waiting(), 10);
@@ -275,9 +276,9 @@ TEST_F(BatcherTest, AdaptiveArrivalsGatherWhileABatchRunsAndLaunchWhenItFinishes
                                             std::max(f32_vectors, f16_vectors)}));
   for (const auto& s : done.statuses()) EXPECT_TRUE(s.ok()) << s;
   for (const auto& c : calls) {
-    if (c->req.output_dtype() == v1::DTYPE_F32) EXPECT_LE(RelErr(*c), 1e-5);
-    EXPECT_EQ(c->resp.output().data().size(),
-              size_t(c->batch * kRows * (c->req.output_dtype() == v1::DTYPE_F16 ? 2 : 4)));
+    if (c->call.output_dtype == static_cast<int>(DType::kF32)) EXPECT_LE(RelErr(*c), 1e-5);
+    EXPECT_EQ(c->out.data.size(), ResultBytes(*c));
+    EXPECT_FALSE(c->out.untouched());
   }
   EXPECT_EQ(batcher_->waiting(), 0);
 }

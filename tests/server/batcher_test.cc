@@ -74,7 +74,7 @@ TEST_F(BatcherTest, MaxBatchIsRespected) {
     if (call.batch != 100) EXPECT_LE(call.batch, 64);
   }
   EXPECT_EQ(vectors, 150 + 90 + 100);
-  for (const auto& c : calls) EXPECT_LE(RelErr(*c), 1e-5) << c->req.request_id();
+  for (const auto& c : calls) EXPECT_LE(RelErr(*c), 1e-5) << c->seed;
   for (const auto& s : done.statuses()) EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(ReadMetric(*metrics_.registry(), "plume_batch_size").count,
             double(backend_.gemv_calls().size()));
@@ -172,7 +172,7 @@ TEST_F(BatcherTest, IncompatibleArgumentsDoNotShareABatch) {
   Completions done;
   std::vector<std::unique_ptr<Call>> calls;
   for (int i = 0; i < 6; ++i) {
-    calls.push_back(MakeCall(1, 50 + i, i % 2 ? v1::DTYPE_F16 : v1::DTYPE_F32));
+    calls.push_back(MakeCall(1, 50 + i, i % 2 ? DType::kF16 : DType::kF32));
     Submit(calls.back().get(), &done);
   }
   Advance(200us);
@@ -184,8 +184,8 @@ TEST_F(BatcherTest, IncompatibleArgumentsDoNotShareABatch) {
   EXPECT_EQ(got[1].batch, 3);
   EXPECT_NE(got[0].y_dtype, got[1].y_dtype);
   for (const auto& c : calls) {
-    EXPECT_EQ(c->resp.output().data().size(),
-              size_t(kRows * (c->req.output_dtype() == v1::DTYPE_F16 ? 2 : 4)));
+    EXPECT_EQ(c->out.data.size(), ResultBytes(*c));
+    EXPECT_FALSE(c->out.untouched());
   }
 }
 
@@ -196,8 +196,11 @@ class AttentionBatchTest : public BatcherTest {
   static constexpr int64_t kKvHeads = 2, kSeq = 40, kDim = 32, kHeads = 4;
 
   struct ACall {
-    v1::AttentionRequest req;
-    v1::AttentionResponse resp;
+    uint32_t seed = 0;
+    testing::HostTensor query;  // the bytes `call` views
+    AttentionCall call;
+    testing::HeldResult out;
+    int64_t seq = -1;
   };
 
   void StartAttention(const Limits& limits) {
@@ -206,12 +209,12 @@ class AttentionBatchTest : public BatcherTest {
     attention_ = std::make_unique<AttentionService>(&backend_, kv_store_.get(), limits);
     const auto k = testing::RandomNormal(kKvHeads * kSeq * kDim, 11, 0.3f);
     const auto v = testing::RandomNormal(kKvHeads * kSeq * kDim, 12);
-    v1::KVHeader h;
-    h.set_name("kv");
-    h.set_kv_heads(kKvHeads);
-    h.set_seq(kSeq);
-    h.set_head_dim(kDim);
-    h.set_source_dtype(v1::DTYPE_F32);
+    KvHeader h;
+    h.name = "kv";
+    h.kv_heads = kKvHeads;
+    h.seq = kSeq;
+    h.head_dim = kDim;
+    h.source_dtype = static_cast<int>(DType::kF32);
     auto up = attention_->BeginUpload(h);
     ASSERT_TRUE(up.ok()) << up.status();
     ASSERT_TRUE((*up)->AddK({reinterpret_cast<const char*>(k.data()), k.size() * 4}).ok());
@@ -222,13 +225,11 @@ class AttentionBatchTest : public BatcherTest {
   std::unique_ptr<ACall> MakeAttention(int64_t batch, int64_t q_len, uint32_t seed) {
     auto c = std::make_unique<ACall>();
     const auto q = testing::RandomNormal(batch * kHeads * q_len * kDim, seed, 0.3f);
-    c->req.set_cache("kv");
-    c->req.set_request_id(seed);
-    c->req.set_causal(true);
-    v1::Tensor* t = c->req.mutable_query();
-    t->set_dtype(v1::DTYPE_F32);
-    for (int64_t d : {batch, kHeads, q_len, kDim}) t->add_shape(d);
-    t->set_data(q.data(), q.size() * 4);
+    c->seed = seed;
+    c->query = testing::F32Tensor({batch, kHeads, q_len, kDim}, q);
+    c->call.cache = "kv";
+    c->call.causal = true;
+    c->call.query = c->query.view();
     return c;
   }
 
@@ -236,8 +237,11 @@ class AttentionBatchTest : public BatcherTest {
   void RunAll(const std::vector<std::unique_ptr<ACall>>& calls) {
     Completions done;
     for (auto& c : calls) {
-      attention_->AttentionAsync(batcher_.get(), c->req, &c->resp, {},
-                                 [&done](const absl::Status& s) { done.Done(s); });
+      attention_->AttentionAsync(batcher_.get(), c->call, &c->out, {},
+                                 [&done, c = c.get()](const absl::Status& s, int64_t seq) {
+                                   c->seq = seq;
+                                   done.Done(s);
+                                 });
     }
     Advance(200us);
     batcher_->Poll();
@@ -267,21 +271,23 @@ TEST_F(AttentionBatchTest, CompatibleRequestsShareOneLaunch) {
   auto launches = backend_.attention_batches();
   std::sort(launches.begin(), launches.end());
   ASSERT_EQ(launches, (std::vector<int64_t>{1, 4}));  // 1 + 2 + 1 together; q_len 1 apart
+  // Each against the same request run alone (a batch of its own on a
+  // fresh batcher, which launches a lone request at once).
+  testing::CoreCalls one_at_a_time(&backend_);
   for (const auto& c : calls) {
-    v1::AttentionResponse alone;
-    ASSERT_TRUE(attention_->Attention(c->req, &alone).ok());
-    EXPECT_EQ(c->resp.seq(), kSeq);
-    EXPECT_EQ(c->resp.request_id(), c->req.request_id());
-    ASSERT_EQ(c->resp.output().data().size(), alone.output().data().size());
-    const auto* got = reinterpret_cast<const float*>(c->resp.output().data().data());
-    const auto* want = reinterpret_cast<const float*>(alone.output().data().data());
+    testing::HeldResult alone;
+    ASSERT_TRUE(one_at_a_time.Attention(*attention_, c->call, &alone).ok());
+    EXPECT_EQ(c->seq, kSeq);
+    EXPECT_EQ(c->out.shape, alone.shape);
+    ASSERT_EQ(c->out.data.size(), alone.data.size());
+    const std::vector<float> got = c->out.floats(), want = alone.floats();
     double err = 0, norm = 0;
-    for (size_t i = 0; i < alone.output().data().size() / 4; ++i) {
+    for (size_t i = 0; i < want.size(); ++i) {
       err += (got[i] - want[i]) * double(got[i] - want[i]);
       norm += double(want[i]) * want[i];
     }
     EXPECT_GT(norm, 0);
-    EXPECT_LE(std::sqrt(err / norm), 1e-6) << "request " << c->req.request_id();
+    EXPECT_LE(std::sqrt(err / norm), 1e-6) << "request " << c->seed;
   }
 }
 
@@ -303,7 +309,7 @@ TEST_F(BatcherTest, ADeletedMatrixIsFreedBeforeItsLastCallerHearsBack) {
   absl::Notification done;
   int64_t used_when_done = -1;
   absl::Status status;
-  service_->GemvAsync(batcher_.get(), c->req, &c->resp, {}, [&](const absl::Status& s) {
+  service_->GemvAsync(batcher_.get(), c->call, &c->out, {}, [&](const absl::Status& s) {
     status = s;
     used_when_done = store_->used_bytes();
     done.Notify();

@@ -11,6 +11,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "plume/reference/api.h"
+#include "tests/common/core_calls.h"
 #include "tests/common/gemv_reference.h"
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
@@ -46,11 +47,11 @@ TEST(ValidateHeader, ChecksShapeDtypesAndLimits) {
   Limits limits;
   limits.max_rows = 1000;
   limits.max_upload_bytes = 1 << 20;
-  v1::MatrixHeader h;
-  h.set_name("w");
-  h.set_rows(10);
-  h.set_cols(20);
-  h.set_source_dtype(v1::DTYPE_F16);
+  MatrixHeader h;
+  h.name = "w";
+  h.rows = 10;
+  h.cols = 20;
+  h.source_dtype = static_cast<int>(DType::kF16);
   auto plan = ValidateHeader(h, limits);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(plan->data_bytes, 10 * 20 * 2);
@@ -58,36 +59,35 @@ TEST(ValidateHeader, ChecksShapeDtypesAndLimits) {
   EXPECT_EQ(plan->shape.scale_mode, ScaleMode::kRow);  // unspecified -> ROW
   EXPECT_FALSE(plan->prepacked);
 
-  auto expect = [&](v1::MatrixHeader bad, absl::StatusCode code) {
-    EXPECT_EQ(ValidateHeader(bad, limits).status().code(), code) << bad.DebugString();
+  auto expect = [&](const MatrixHeader& bad, absl::StatusCode code, const char* what) {
+    EXPECT_EQ(ValidateHeader(bad, limits).status().code(), code) << what;
   };
   auto with = [&](auto mutate) {
-    v1::MatrixHeader b = h;
+    MatrixHeader b = h;
     mutate(b);
     return b;
   };
-  expect(with([](auto& b) { b.set_rows(0); }), absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_cols(-3); }), absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_rows(1001); }), absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_source_dtype(v1::DTYPE_UNSPECIFIED); }),
-         absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_source_dtype(static_cast<v1::DType>(99)); }),
-         absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_format(v1::DTYPE_F32); }), absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_scale_mode(static_cast<v1::ScaleMode>(42)); }),
-         absl::StatusCode::kInvalidArgument);
+  constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
+  expect(with([](auto& b) { b.rows = 0; }), kInvalid, "rows 0");
+  expect(with([](auto& b) { b.cols = -3; }), kInvalid, "cols -3");
+  expect(with([](auto& b) { b.rows = 1001; }), kInvalid, "rows over the limit");
+  expect(with([](auto& b) { b.source_dtype = 0; }), kInvalid, "source_dtype unspecified");
+  expect(with([](auto& b) { b.source_dtype = 99; }), kInvalid, "source_dtype 99");
+  expect(with([](auto& b) { b.format = static_cast<int>(DType::kF32); }), kInvalid, "format F32");
+  expect(with([](auto& b) { b.scale_mode = 42; }), kInvalid, "scale_mode 42");
+  expect(with([](auto& b) { b.placement = 7; }), kInvalid, "placement 7");
   expect(with([](auto& b) {
-           b.set_source_dtype(v1::DTYPE_E5M2);
-           b.set_format(v1::DTYPE_E4M3);
+           b.source_dtype = static_cast<int>(DType::kE5M2);
+           b.format = static_cast<int>(DType::kE4M3);
          }),
-         absl::StatusCode::kInvalidArgument);
-  expect(with([](auto& b) { b.set_rows(1000), b.set_cols(1000); }),  // 2 MB of F16 > 1 MiB
-         absl::StatusCode::kResourceExhausted);
+         kInvalid, "pre-packed E5M2 into an E4M3 matrix");
+  expect(with([](auto& b) { b.rows = 1000, b.cols = 1000; }),  // 2 MB of F16 > 1 MiB
+         absl::StatusCode::kResourceExhausted, "2 MB upload");
 
-  v1::MatrixHeader packed = with([](auto& b) {
-    b.set_source_dtype(v1::DTYPE_E4M3);
-    b.set_scale_mode(v1::SCALE_MODE_BLOCK128);
-    b.set_cols(300);
+  MatrixHeader packed = with([](auto& b) {
+    b.source_dtype = static_cast<int>(DType::kE4M3);
+    b.scale_mode = static_cast<int>(ScaleMode::kBlock128);
+    b.cols = 300;
   });
   plan = ValidateHeader(packed, limits);
   ASSERT_TRUE(plan.ok()) << plan.status();
@@ -148,16 +148,11 @@ TEST(MatrixService, GemvOnCpuBackendMatchesFp64Reference) {
   Metrics metrics;
   MatrixStore store(int64_t{1} << 30, &metrics);
   MatrixService service(&backend, &store, Limits{});
+  testing::CoreCalls calls(&backend);
   const int64_t rows = 37, cols = 203, batch = 3;
   std::vector<float> w = RandomMatrix(rows * cols, 7);
 
-  v1::MatrixHeader h;
-  h.set_name("w");
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(v1::DTYPE_F32);
-  h.set_scale_mode(v1::SCALE_MODE_BLOCK128);
-  auto upload = service.BeginUpload(h);
+  auto upload = service.BeginUpload(testing::F32Header("w", rows, cols, ScaleMode::kBlock128));
   ASSERT_TRUE(upload.ok()) << upload.status();
   const std::string all = Bytes(w);
   for (size_t off = 0; off < all.size(); off += 1000) {
@@ -166,50 +161,62 @@ TEST(MatrixService, GemvOnCpuBackendMatchesFp64Reference) {
   EXPECT_EQ((*upload)->AddData("x").code(), absl::StatusCode::kInvalidArgument);
   auto info = (*upload)->Finish();
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->layout().padded_cols(), 208);
-  EXPECT_EQ(info->layout().num_scales(), rows * 2);
+  EXPECT_EQ(info->padded_cols, 208);
+  EXPECT_EQ(info->num_scales, rows * 2);
 
   testing::ExpectedGemv expected(w, rows, cols, Fp8Format::kE4M3, ScaleMode::kBlock128);
 
   std::vector<float> x = RandomMatrix(batch * cols, 8);
-  v1::GemvRequest req;
-  req.set_matrix("w");
-  req.set_request_id(77);
-  req.mutable_input()->set_dtype(v1::DTYPE_F32);
-  req.mutable_input()->add_shape(batch);
-  req.mutable_input()->add_shape(cols);
-  req.mutable_input()->set_data(Bytes(x));
-  v1::GemvResponse resp;
-  ASSERT_TRUE(service.Gemv(req, &resp).ok());
-  EXPECT_EQ(resp.request_id(), 77u);
-  ASSERT_EQ(resp.output().shape_size(), 2);
-  EXPECT_EQ(resp.output().shape(0), batch);
-  EXPECT_EQ(resp.output().shape(1), rows);
-  ASSERT_EQ(resp.output().data().size(), static_cast<size_t>(batch * rows * 4));
-  std::vector<float> y(static_cast<size_t>(batch * rows));
-  std::memcpy(y.data(), resp.output().data().data(), y.size() * sizeof(float));
-  EXPECT_LE(expected.RelErr(x, batch, y), 1e-5);
+  const testing::HostTensor in = testing::F32Tensor({batch, cols}, x);
+  GemvCall call{"w", in.view()};
+  testing::HeldResult out;
+  ASSERT_TRUE(calls.Gemv(service, call, &out).ok());
+  EXPECT_EQ(out.allocations, 1);
+  EXPECT_EQ(out.dtype, DType::kF32);
+  EXPECT_EQ(out.shape, (std::vector<int64_t>{batch, rows}));
+  ASSERT_EQ(out.data.size(), static_cast<size_t>(batch * rows * 4));
+  EXPECT_LE(expected.RelErr(x, batch, out.floats()), 1e-5);
 
-  // Bad requests get precise codes and leave the matrix intact.
-  v1::GemvRequest bad = req;
-  bad.mutable_input()->mutable_data()->pop_back();
-  EXPECT_EQ(service.Gemv(bad, &resp).code(), absl::StatusCode::kInvalidArgument);
-  bad = req;
-  bad.mutable_input()->set_shape(1, cols + 1);
-  EXPECT_EQ(service.Gemv(bad, &resp).code(), absl::StatusCode::kInvalidArgument);
-  bad = req;
-  bad.set_output_dtype(v1::DTYPE_E4M3);
-  EXPECT_EQ(service.Gemv(bad, &resp).code(), absl::StatusCode::kInvalidArgument);
-  bad = req;
-  bad.mutable_input()->add_shape(1);
-  EXPECT_EQ(service.Gemv(bad, &resp).code(), absl::StatusCode::kInvalidArgument);
-  bad = req;
-  bad.mutable_input()->set_shape(0, 0);
-  EXPECT_EQ(service.Gemv(bad, &resp).code(), absl::StatusCode::kInvalidArgument);
-  bad = req;
-  bad.set_matrix("nope");
-  EXPECT_EQ(service.Gemv(bad, &resp).code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(service.Gemv(req, &resp).ok());
+  // A 1-D input gets a 1-D result.
+  const std::vector<float> x0(x.begin(), x.begin() + cols);
+  const testing::HostTensor one = testing::F32Tensor({cols}, x0);
+  testing::HeldResult vec;
+  ASSERT_TRUE(calls.Gemv(service, {"w", one.view()}, &vec).ok());
+  EXPECT_EQ(vec.shape, (std::vector<int64_t>{rows}));
+  EXPECT_LE(expected.RelErr(x0, 1, vec.floats()), 1e-5);
+
+  // Bad requests get precise codes, allocate no result and leave the matrix
+  // intact.
+  auto code_of = [&](const GemvCall& bad) {
+    testing::HeldResult r;
+    const absl::Status s = calls.Gemv(service, bad, &r);
+    EXPECT_EQ(r.allocations, 0) << s;
+    return s.code();
+  };
+  GemvCall bad = call;
+  bad.input.data.remove_suffix(1);
+  EXPECT_EQ(code_of(bad), absl::StatusCode::kInvalidArgument);
+  const int64_t wide[] = {batch, cols + 1};
+  bad = call;
+  bad.input.shape = wide;
+  EXPECT_EQ(code_of(bad), absl::StatusCode::kInvalidArgument);
+  bad = call;
+  bad.output_dtype = static_cast<int>(DType::kE4M3);
+  EXPECT_EQ(code_of(bad), absl::StatusCode::kInvalidArgument);
+  const int64_t rank3[] = {batch, cols, 1};
+  bad = call;
+  bad.input.shape = rank3;
+  EXPECT_EQ(code_of(bad), absl::StatusCode::kInvalidArgument);
+  const int64_t empty[] = {0, cols};
+  bad = call;
+  bad.input.shape = empty;
+  EXPECT_EQ(code_of(bad), absl::StatusCode::kInvalidArgument);
+  bad = call;
+  bad.matrix = "nope";
+  EXPECT_EQ(code_of(bad), absl::StatusCode::kNotFound);
+  testing::HeldResult again;
+  EXPECT_TRUE(calls.Gemv(service, call, &again).ok());
+  EXPECT_EQ(again.data, out.data);
 }
 
 TEST(WorkQueue, RunsEverythingAndRefusesWhenFull) {

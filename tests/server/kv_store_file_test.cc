@@ -19,6 +19,7 @@
 #include "server/core/durable_store.h"
 #include "server/core/store_loader.h"
 #include "server/core/kv_store.h"
+#include "tests/common/core_calls.h"
 #include "tests/common/files.h"
 
 namespace plume::core {
@@ -37,10 +38,8 @@ std::string RandomFloats(std::mt19937& rng, int64_t n, float amp) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
 }
 
-void SetTensor(v1::Tensor* t, std::vector<int64_t> shape, std::string data) {
-  t->set_dtype(v1::DTYPE_F32);
-  for (int64_t d : shape) t->add_shape(d);
-  t->set_data(std::move(data));
+testing::HostTensor F32(std::vector<int64_t> shape, std::string data) {
+  return {static_cast<int>(DType::kF32), std::move(shape), std::move(data)};
 }
 
 // One server's worth of K/V state over a store directory: what a restart
@@ -59,19 +58,20 @@ struct Server {
   std::shared_ptr<Budget> budget = std::make_shared<Budget>(int64_t{1} << 30);
   KvStore kv{budget, nullptr};
   AttentionService service{&backend, &kv, Limits{}};
+  testing::CoreCalls calls{&backend};
   std::unique_ptr<DirectoryStore> disk;
   DirectoryStore::LoadReport report;
 
   absl::Status Upload(const std::string& name, int64_t heads, int64_t seq, int64_t dim,
-                      v1::KVScaleMode mode, std::mt19937& rng) {
-    v1::KVHeader h;
-    h.set_name(name);
-    h.set_kv_heads(heads);
-    h.set_seq(seq);
-    h.set_head_dim(dim);
-    h.set_source_dtype(v1::DTYPE_F32);
-    h.set_format(v1::DTYPE_E4M3);
-    h.set_scale_mode(mode);
+                      KvScaleMode mode, std::mt19937& rng) {
+    KvHeader h;
+    h.name = name;
+    h.kv_heads = heads;
+    h.seq = seq;
+    h.head_dim = dim;
+    h.source_dtype = static_cast<int>(DType::kF32);
+    h.format = static_cast<int>(DType::kE4M3);
+    h.scale_mode = static_cast<int>(mode);
     auto up = service.BeginUpload(h);
     if (!up.ok()) return up.status();
     if (auto s = (*up)->AddK(RandomFloats(rng, heads * seq * dim, 1.0f)); !s.ok()) return s;
@@ -80,24 +80,26 @@ struct Server {
   }
   absl::StatusOr<int64_t> Append(const std::string& name, int64_t heads, int64_t tokens, int64_t dim,
                                  std::mt19937& rng, float amp = 1.0f) {
-    v1::AppendKVRequest req;
-    req.set_name(name);
-    SetTensor(req.mutable_k(), {heads, tokens, dim}, RandomFloats(rng, heads * tokens * dim, amp));
-    SetTensor(req.mutable_v(), {heads, tokens, dim}, RandomFloats(rng, heads * tokens * dim, amp));
-    auto info = service.AppendKV(req);
+    const testing::HostTensor k =
+        F32({heads, tokens, dim}, RandomFloats(rng, heads * tokens * dim, amp));
+    const testing::HostTensor v =
+        F32({heads, tokens, dim}, RandomFloats(rng, heads * tokens * dim, amp));
+    auto info = service.AppendKV({name, k.view(), v.view()});
     if (!info.ok()) return info.status();
-    return info->seq();
+    return info->seq;
   }
   // Attention of a fixed random query (causal off); the output bytes.
   std::string Attend(const std::string& name, int64_t heads, int64_t dim) {
     std::mt19937 rng(99);
-    v1::AttentionRequest req;
-    req.set_cache(name);
-    SetTensor(req.mutable_query(), {2, heads, 3, dim}, RandomFloats(rng, 2 * heads * 3 * dim, 1.0f));
-    v1::AttentionResponse out;
-    const absl::Status s = service.Attention(req, &out);
+    const testing::HostTensor q =
+        F32({2, heads, 3, dim}, RandomFloats(rng, 2 * heads * 3 * dim, 1.0f));
+    AttentionCall call;
+    call.cache = name;
+    call.query = q.view();
+    testing::HeldResult out;
+    const absl::Status s = calls.Attention(service, call, &out);
     EXPECT_TRUE(s.ok()) << s;
-    return out.output().data();
+    return out.data;
   }
   // The cache's pages and scales as the backend holds them.
   std::string Pages(const std::string& name) {
@@ -125,7 +127,7 @@ struct History {
   std::vector<std::string> pages;
   std::vector<int64_t> file_sizes;
 };
-History BuildHistory(Server& s, const TempDir& dir, v1::KVScaleMode mode) {
+History BuildHistory(Server& s, const TempDir& dir, KvScaleMode mode) {
   std::mt19937 rng(7);
   History h;
   EXPECT_TRUE(s.Upload("c", kHeads, 70, kDim, mode, rng).ok());
@@ -143,7 +145,7 @@ History BuildHistory(Server& s, const TempDir& dir, v1::KVScaleMode mode) {
   return h;
 }
 
-class KvStoreFile : public ::testing::TestWithParam<v1::KVScaleMode> {};
+class KvStoreFile : public ::testing::TestWithParam<KvScaleMode> {};
 
 TEST_P(KvStoreFile, RestartGivesBitIdenticalAttention) {
   TempDir dir;
@@ -237,14 +239,14 @@ TEST_P(KvStoreFile, EveryTruncationAndByteFlipIsAnAcknowledgedStateOrDataLoss) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ScaleModes, KvStoreFile,
-                         ::testing::Values(v1::KV_SCALE_MODE_TOKEN_BLOCK, v1::KV_SCALE_MODE_HEAD,
-                                           v1::KV_SCALE_MODE_TENSOR, v1::KV_SCALE_MODE_NONE));
+                         ::testing::Values(KvScaleMode::kTokenBlock, KvScaleMode::kHead,
+                                           KvScaleMode::kTensor, KvScaleMode::kNone));
 
 TEST(KvDirectoryStore, AppendsAreLoggedAndCompacted) {
   TempDir dir;
   Server s(dir.str());
   std::mt19937 rng(5);
-  ASSERT_TRUE(s.Upload("c", kHeads, 3, kDim, v1::KV_SCALE_MODE_TOKEN_BLOCK, rng).ok());
+  ASSERT_TRUE(s.Upload("c", kHeads, 3, kDim, KvScaleMode::kTokenBlock, rng).ok());
   const KvLayout l = KvShape{kHeads, kDim}.layout();
   const int64_t first = static_cast<int64_t>(fs::file_size(dir / "c.pkv"));
   ASSERT_TRUE(s.Append("c", kHeads, 1, kDim, rng).ok());
@@ -271,12 +273,12 @@ TEST(KvDirectoryStore, DeleteRemovesTheFileAndFreesTheName) {
   TempDir dir;
   Server s(dir.str());
   std::mt19937 rng(6);
-  ASSERT_TRUE(s.Upload("c", kHeads, 10, kDim, v1::KV_SCALE_MODE_HEAD, rng).ok());
+  ASSERT_TRUE(s.Upload("c", kHeads, 10, kDim, KvScaleMode::kHead, rng).ok());
   ASSERT_TRUE(fs::exists(dir / "c.pkv"));
   ASSERT_TRUE(s.service.DeleteKV("c").ok());
   EXPECT_FALSE(fs::exists(dir / "c.pkv"));
   EXPECT_EQ(s.service.DeleteKV("c").code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(s.Upload("c", kHeads, 20, kDim, v1::KV_SCALE_MODE_HEAD, rng).ok());
+  ASSERT_TRUE(s.Upload("c", kHeads, 20, kDim, KvScaleMode::kHead, rng).ok());
   Server s2(dir.str());
   auto c = s2.kv.Get("c");
   ASSERT_TRUE(c.ok());
@@ -292,7 +294,7 @@ TEST(KvDirectoryStore, BadFilesAreQuarantinedTornAppendsCutAndGoodOnesServed) {
     Server s(dir.str());
     std::mt19937 rng(8);
     for (const char* n : {"good", "flipped", "short", "torn", "renamed"}) {
-      ASSERT_TRUE(s.Upload(n, kHeads, 40, kDim, v1::KV_SCALE_MODE_TOKEN_BLOCK, rng).ok());
+      ASSERT_TRUE(s.Upload(n, kHeads, 40, kDim, KvScaleMode::kTokenBlock, rng).ok());
     }
     ASSERT_TRUE(s.Append("torn", kHeads, 30, kDim, rng).ok());
     torn_out = s.Attend("torn", kHeads, kDim);
@@ -336,7 +338,7 @@ TEST(KvDirectoryStore, AnAppendThatCannotBeWrittenIsNotAcknowledgedNorServed) {
   TempDir dir;
   Server s(dir.str());
   std::mt19937 rng(10);
-  ASSERT_TRUE(s.Upload("c", kHeads, 10, kDim, v1::KV_SCALE_MODE_TOKEN_BLOCK, rng).ok());
+  ASSERT_TRUE(s.Upload("c", kHeads, 10, kDim, KvScaleMode::kTokenBlock, rng).ok());
   // Replace the file by a directory: the append's write fails.
   fs::remove(dir / "c.pkv");
   fs::create_directory(dir / "c.pkv");
@@ -346,7 +348,7 @@ TEST(KvDirectoryStore, AnAppendThatCannotBeWrittenIsNotAcknowledgedNorServed) {
   EXPECT_EQ(s.kv.Get("c").status().code(), absl::StatusCode::kNotFound);
   fs::remove(dir / "c.pkv");
   // Its budget is back: a new upload of the name works.
-  EXPECT_TRUE(s.Upload("c", kHeads, 10, kDim, v1::KV_SCALE_MODE_TOKEN_BLOCK, rng).ok());
+  EXPECT_TRUE(s.Upload("c", kHeads, 10, kDim, KvScaleMode::kTokenBlock, rng).ok());
 }
 
 }  // namespace

@@ -135,6 +135,9 @@ TEST_F(MalformedRequestTest, EveryUnaryMethodAnswersInvalidArgumentNamingItself)
       EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << path << ": " << s.error_message();
       EXPECT_NE(s.error_message().find(name), std::string::npos) << s.error_message();
       EXPECT_NE(s.error_message().find("does not parse"), std::string::npos) << s.error_message();
+      // ... and its message type, e.g. plume.v1.GemvRequest.
+      EXPECT_NE(s.error_message().find("plume.v1." + name + "Request"), std::string::npos)
+          << s.error_message();
     }
   }
 }

@@ -265,16 +265,29 @@ TEST(MatrixFileWriter, SmallMatricesAreSavedWhole) {
   EXPECT_EQ(*f, nullptr);  // under the default 8 MiB: SaveMatrix
 }
 
-v1::MatrixHeader PrepackedHeader(const std::string& name, int64_t rows, int64_t cols, v1::ScaleMode mode) {
-  v1::MatrixHeader h;
-  h.set_name(name);
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(v1::DTYPE_E4M3);
-  h.set_format(v1::DTYPE_E4M3);
-  h.set_scale_mode(mode);
-  h.set_content_hash("plume64v2:00000000000000ff");
+MatrixHeader PrepackedHeader(std::string_view name, int64_t rows, int64_t cols, ScaleMode mode) {
+  MatrixHeader h;
+  h.name = name;
+  h.rows = rows;
+  h.cols = cols;
+  h.source_dtype = static_cast<int>(DType::kE4M3);
+  h.format = static_cast<int>(DType::kE4M3);
+  h.scale_mode = static_cast<int>(mode);
+  h.content_hash = "plume64v2:00000000000000ff";
   return h;
+}
+
+// GetMatrix with include_packed: the info, the codes and the scales.
+struct Packed {
+  MatrixInfo info;
+  std::string words, scales;
+};
+absl::StatusOr<Packed> GetPacked(const MatrixService& svc, std::string_view name) {
+  Packed p;
+  auto info = svc.GetMatrixPacked(name, &p.words, &p.scales);
+  if (!info.ok()) return info.status();
+  p.info = std::move(*info);
+  return p;
 }
 
 TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
@@ -291,7 +304,7 @@ TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
     MatrixStore store(int64_t{1} << 30, nullptr);
     store.set_persistence(disk->get());
     MatrixService svc(&backend, &store, Limits{});
-    auto up = svc.BeginUpload(PrepackedHeader("w", rows, cols, v1::SCALE_MODE_BLOCK128X128));
+    auto up = svc.BeginUpload(PrepackedHeader("w", rows, cols, ScaleMode::kBlock128x128));
     ASSERT_TRUE(up.ok()) << up.status();
     EXPECT_TRUE((*up)->streamed());
     EXPECT_TRUE((*up)->streams_to_disk());
@@ -300,12 +313,12 @@ TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
     for (std::string_view c : Chunks(View(scales), 7, 34)) ASSERT_TRUE((*up)->AddScales(c).ok());
     auto info = (*up)->Finish();
     ASSERT_TRUE(info.ok()) << info.status();
-    v1::GetMatrixResponse got;
-    ASSERT_TRUE(svc.GetMatrixPacked("w", &got).ok());
-    EXPECT_TRUE(got.packed_words() == p.kept);
-    EXPECT_EQ(got.scales(), std::string(View(scales)));
+    auto got = GetPacked(svc, "w");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(got->words == p.kept);
+    EXPECT_EQ(got->scales, std::string(View(scales)));
     // An upload dropped half way leaves no file (its thread removes it).
-    auto dropped = svc.BeginUpload(PrepackedHeader("dropped", rows, cols, v1::SCALE_MODE_BLOCK128X128));
+    auto dropped = svc.BeginUpload(PrepackedHeader("dropped", rows, cols, ScaleMode::kBlock128x128));
     ASSERT_TRUE(dropped.ok());
     ASSERT_TRUE((*dropped)->AddData(std::string_view(p.sent).substr(0, 100000)).ok());
   }
@@ -317,11 +330,11 @@ TEST(PrepackedUpload, StreamsIntoTheMatrixAndItsFileAndSurvivesARestart) {
   MatrixStore store(int64_t{1} << 30, nullptr);
   EXPECT_EQ(LoadStoredMatrices(disk->get(), &backend, &store).loaded, 1);
   MatrixService svc(&backend, &store, Limits{});
-  v1::GetMatrixResponse got;
-  ASSERT_TRUE(svc.GetMatrixPacked("w", &got).ok());
-  EXPECT_TRUE(got.packed_words() == p.kept);
-  EXPECT_EQ(got.scales(), std::string(View(scales)));
-  EXPECT_EQ(got.matrix().content_hash(), "plume64v2:00000000000000ff");
+  auto got = GetPacked(svc, "w");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->words == p.kept);
+  EXPECT_EQ(got->scales, std::string(View(scales)));
+  EXPECT_EQ(got->info.content_hash, "plume64v2:00000000000000ff");
 }
 
 TEST(PrepackedUpload, WrongSizesAreRefused) {
@@ -330,18 +343,18 @@ TEST(PrepackedUpload, WrongSizesAreRefused) {
   MatrixService svc(&backend, &store, Limits{});
   const int64_t rows = 4, cols = 16;
   {
-    auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, v1::SCALE_MODE_ROW));
+    auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, ScaleMode::kRow));
     ASSERT_TRUE(up.ok());
     EXPECT_EQ((*up)->AddData(std::string(65, 'a')).code(), absl::StatusCode::kInvalidArgument);
   }
   {
-    auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, v1::SCALE_MODE_ROW));
+    auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, ScaleMode::kRow));
     ASSERT_TRUE(up.ok());
     ASSERT_TRUE((*up)->AddData(std::string(60, 'a')).ok());
     EXPECT_EQ((*up)->Finish().status().code(), absl::StatusCode::kInvalidArgument);  // 4 bytes short
   }
   {
-    auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, v1::SCALE_MODE_ROW));
+    auto up = svc.BeginUpload(PrepackedHeader("a", rows, cols, ScaleMode::kRow));
     ASSERT_TRUE(up.ok());
     ASSERT_TRUE((*up)->AddData(std::string(64, 'a')).ok());
     const std::vector<float> bad = {1.0f, 1.0f, -1.0f, 1.0f};

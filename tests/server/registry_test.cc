@@ -21,6 +21,7 @@
 #include "server/core/matrix_store.h"
 #include "server/core/registry.h"
 #include "server/core/store_loader.h"
+#include "tests/common/core_calls.h"
 #include "tests/common/files.h"
 #include "tests/common/gemv_reference.h"
 
@@ -316,18 +317,9 @@ TEST(MatrixStoreDelete, AFileThatCannotBeRemovedKeepsTheMatrixServed) {
   EXPECT_EQ(store.List().size(), 1u);
 }
 
-v1::MatrixHeader HeaderOf(const std::string& name, int64_t rows, int64_t cols) {
-  v1::MatrixHeader h;
-  h.set_name(name);
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(v1::DTYPE_F32);
-  return h;
-}
-
-absl::StatusOr<v1::MatrixInfo> Upload(MatrixService& svc, const std::string& name, int64_t rows,
-                                      int64_t cols, uint32_t seed) {
-  auto up = svc.BeginUpload(HeaderOf(name, rows, cols));
+absl::StatusOr<MatrixInfo> Upload(MatrixService& svc, const std::string& name, int64_t rows,
+                                   int64_t cols, uint32_t seed) {
+  auto up = svc.BeginUpload(testing::F32Header(name, rows, cols));
   if (!up.ok()) return up.status();
   const std::vector<float> w = testing::RandomNormal(rows * cols, seed);
   if (absl::Status s = (*up)->AddData(std::string_view(reinterpret_cast<const char*>(w.data()),
@@ -371,7 +363,7 @@ TEST(MatrixStoreDelete, AReuploadCannotStartBeforeTheOldFileIsGone) {
   auto m = again.Get("m");
   ASSERT_TRUE(m.ok());
   EXPECT_EQ((*m)->shape.rows, 16);
-  EXPECT_EQ((*m)->created_unix_ms, info->created_unix_ms());
+  EXPECT_EQ((*m)->created_unix_ms, info->created_unix_ms);
 }
 
 // Deletes and uploads of one name from two threads, with the real

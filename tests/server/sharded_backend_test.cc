@@ -19,6 +19,7 @@
 #include "server/core/durable_store.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
+#include "tests/common/core_calls.h"
 #include "tests/common/gemv_reference.h"
 
 namespace plume::core {
@@ -312,43 +313,36 @@ TEST(ShardedBackend, MatrixServiceReportsThePlacementAndReservesEveryCopy) {
   MatrixService service(b.get(), &store, Limits{});
   const int64_t rows = 200, cols = 48;
   const std::vector<float> w = testing::RandomNormal(rows * cols, 51);
-  for (v1::Placement p : {v1::PLACEMENT_SHARDED, v1::PLACEMENT_REPLICATED, v1::PLACEMENT_AUTO}) {
-    v1::MatrixHeader h;
-    h.set_name(absl::StrCat("w", static_cast<int>(p)));
-    h.set_rows(rows);
-    h.set_cols(cols);
-    h.set_source_dtype(v1::DTYPE_F32);
-    h.set_placement(p);
+  for (Placement p : {Placement::kSharded, Placement::kReplicated, Placement::kAuto}) {
+    const std::string name = absl::StrCat("w", static_cast<int>(p));
+    MatrixHeader h = testing::F32Header(name, rows, cols);
+    h.placement = static_cast<int>(p);
     const int64_t before = store.used_bytes();
     auto up = service.BeginUpload(h);
     ASSERT_TRUE(up.ok()) << up.status();
     ASSERT_TRUE((*up)->AddData(std::string_view(reinterpret_cast<const char*>(w.data()), w.size() * 4)).ok());
     auto info = (*up)->Finish();
     ASSERT_TRUE(info.ok()) << info.status();
-    EXPECT_EQ(info->backend(), "cpu:0,1");
+    EXPECT_EQ(info->backend, "cpu:0,1");
+    const MatrixPlacement& where = info->placement;
     const MatrixShape s = Shape(rows, cols, Fp8Format::kE4M3, ScaleMode::kRow, Placement::kAuto);
-    if (p == v1::PLACEMENT_SHARDED) {
-      EXPECT_EQ(info->placement(), v1::PLACEMENT_SHARDED);
-      EXPECT_EQ(std::vector<int>(info->devices().begin(), info->devices().end()), (std::vector<int>{0, 1}));
-      EXPECT_EQ(std::vector<int64_t>(info->shard_rows().begin(), info->shard_rows().end()),
-                (std::vector<int64_t>{128, 72}));
+    if (p == Placement::kSharded) {
+      EXPECT_EQ(where.kind, Placement::kSharded);
+      EXPECT_EQ(where.devices, (std::vector<int>{0, 1}));
+      EXPECT_EQ(where.shard_rows, (std::vector<int64_t>{128, 72}));
       EXPECT_EQ(store.used_bytes() - before, s.resident_bytes());
-    } else if (p == v1::PLACEMENT_REPLICATED) {
-      EXPECT_EQ(info->placement(), v1::PLACEMENT_REPLICATED);
-      EXPECT_EQ(info->devices_size(), 2);
+    } else if (p == Placement::kReplicated) {
+      EXPECT_EQ(where.kind, Placement::kReplicated);
+      EXPECT_EQ(where.devices.size(), 2u);
       EXPECT_EQ(store.used_bytes() - before, 2 * s.resident_bytes());
     } else {
-      EXPECT_EQ(info->placement(), v1::PLACEMENT_SINGLE);
-      EXPECT_EQ(info->devices_size(), 1);
-      EXPECT_EQ(info->shard_rows_size(), 0);
+      EXPECT_EQ(where.kind, Placement::kSingle);
+      EXPECT_EQ(where.devices.size(), 1u);
+      EXPECT_TRUE(where.shard_rows.empty());
     }
   }
-  v1::MatrixHeader bad;
-  bad.set_name("bad");
-  bad.set_rows(2);
-  bad.set_cols(2);
-  bad.set_source_dtype(v1::DTYPE_F32);
-  bad.set_placement(static_cast<v1::Placement>(9));
+  MatrixHeader bad = testing::F32Header("bad", 2, 2);
+  bad.placement = 9;
   EXPECT_EQ(service.BeginUpload(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

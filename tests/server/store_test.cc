@@ -23,6 +23,7 @@
 #include "server/core/store_loader.h"
 #include "server/core/matrix_service.h"
 #include "server/core/matrix_store.h"
+#include "tests/common/core_calls.h"
 #include "tests/common/files.h"
 #include "tests/common/gemv_reference.h"
 
@@ -255,15 +256,12 @@ TEST(DirectoryStore, MatrixServicePersistsUploadsAndDeletes) {
   const int64_t rows = 21, cols = 150;
   std::vector<float> w = testing::RandomNormal(rows * cols, 77);
   std::vector<float> x = testing::RandomNormal(cols, 78);
-  auto gemv = [&](MatrixService& svc, const std::string& name) {
-    v1::GemvRequest req;
-    req.set_matrix(name);
-    req.mutable_input()->set_dtype(v1::DTYPE_F32);
-    req.mutable_input()->add_shape(cols);
-    req.mutable_input()->set_data(Bytes(x));
-    v1::GemvResponse resp;
-    EXPECT_TRUE(svc.Gemv(req, &resp).ok());
-    return resp.output().data();
+  const testing::HostTensor in = testing::F32Tensor({cols}, x);
+  auto gemv = [&](CpuBackend& backend, MatrixService& svc, const std::string& name) {
+    testing::CoreCalls calls(&backend);
+    testing::HeldResult out;
+    EXPECT_TRUE(calls.Gemv(svc, {name, in.view()}, &out).ok());
+    return out.data;
   };
   std::string y_before;
   int64_t created = 0;
@@ -275,21 +273,15 @@ TEST(DirectoryStore, MatrixServicePersistsUploadsAndDeletes) {
     store.set_persistence(disk->get());
     MatrixService svc(&backend, &store, Limits{});
     for (const char* name : {"keep", "gone"}) {
-      v1::MatrixHeader h;
-      h.set_name(name);
-      h.set_rows(rows);
-      h.set_cols(cols);
-      h.set_source_dtype(v1::DTYPE_F32);
-      h.set_scale_mode(v1::SCALE_MODE_BLOCK128);
-      auto up = svc.BeginUpload(h);
+      auto up = svc.BeginUpload(testing::F32Header(name, rows, cols, ScaleMode::kBlock128));
       ASSERT_TRUE(up.ok());
       ASSERT_TRUE((*up)->AddData(Bytes(w)).ok());
       auto info = (*up)->Finish();
       ASSERT_TRUE(info.ok()) << info.status();
-      if (std::string(name) == "keep") created = info->created_unix_ms();
+      if (std::string(name) == "keep") created = info->created_unix_ms;
       EXPECT_TRUE(fs::exists(dir / (std::string(name) + ".pmx")));
     }
-    y_before = gemv(svc, "keep");
+    y_before = gemv(backend, svc, "keep");
     ASSERT_TRUE(svc.DeleteMatrix("gone").ok());
     EXPECT_FALSE(fs::exists(dir / "gone.pmx"));
   }
@@ -303,9 +295,9 @@ TEST(DirectoryStore, MatrixServicePersistsUploadsAndDeletes) {
   MatrixService svc(&backend, &store, Limits{});
   auto info = svc.GetMatrix("keep");
   ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->created_unix_ms(), created);
+  EXPECT_EQ(info->created_unix_ms, created);
   EXPECT_EQ(svc.GetMatrix("gone").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(gemv(svc, "keep"), y_before);  // bit-identical results after the reload
+  EXPECT_EQ(gemv(backend, svc, "keep"), y_before);  // bit-identical results after the reload
   // The stored codes are exactly what the reference quantizer produces.
   auto file = DecodeMatrixFile(ReadFile(dir / "keep.pmx"));
   ASSERT_TRUE(file.ok());

@@ -75,15 +75,15 @@ Packed WholeQuantization(const MatrixShape& s, const std::string& src, DType dty
   return p;
 }
 
-v1::MatrixHeader Header(const std::string& name, int64_t rows, int64_t cols, DType dtype,
-                        ScaleMode mode, Fp8Format format) {
-  v1::MatrixHeader h;
-  h.set_name(name);
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(static_cast<v1::DType>(dtype));
-  h.set_scale_mode(static_cast<v1::ScaleMode>(mode));
-  h.set_format(format == Fp8Format::kE4M3 ? v1::DTYPE_E4M3 : v1::DTYPE_E5M2);
+MatrixHeader Header(std::string_view name, int64_t rows, int64_t cols, DType dtype, ScaleMode mode,
+                    Fp8Format format) {
+  MatrixHeader h;
+  h.name = name;
+  h.rows = rows;
+  h.cols = cols;
+  h.source_dtype = static_cast<int>(dtype);
+  h.scale_mode = static_cast<int>(mode);
+  h.format = static_cast<int>(format);
   return h;
 }
 
@@ -279,7 +279,11 @@ TEST(UploadStreamServer, CancelledStreamedUploadGivesItsBudgetBack) {
     v1::UploadMatrixResponse resp;
     auto w = stub->UploadMatrix(&ctx, &resp);
     v1::UploadMatrixRequest req;
-    *req.mutable_header() = Header("c", rows, cols, DType::kF32, ScaleMode::kRow, Fp8Format::kE4M3);
+    v1::MatrixHeader* h = req.mutable_header();
+    h->set_name("c");
+    h->set_rows(rows);
+    h->set_cols(cols);
+    h->set_source_dtype(v1::DTYPE_F32);
     ASSERT_TRUE(w->Write(req));
     req.set_data(src.substr(0, static_cast<size_t>(37 * cols * 4 + 4 * round + 2)));
     ASSERT_TRUE(w->Write(req));
@@ -323,7 +327,7 @@ TEST_F(UploadStreamTest, ShardedBackendStreamsRowsToEachDevice) {
   }
   auto info = (*up)->Finish();
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->placement(), v1::PLACEMENT_SHARDED);
+  EXPECT_EQ(info->placement.kind, Placement::kSharded);
   ExpectWholeQuantization("s", src, DType::kF16);
 }
 

@@ -15,17 +15,20 @@ namespace {
 
 using Code = absl::StatusCode;
 
-// A Gemv request of `batch` vectors of `cols` F32 values (zeros).
-v1::GemvRequest GemvOf(int64_t batch, int64_t cols, v1::DType out = v1::DTYPE_F32) {
-  v1::GemvRequest req;
-  req.set_matrix("m");
-  req.mutable_input()->set_dtype(v1::DTYPE_F32);
-  req.mutable_input()->add_shape(batch);
-  req.mutable_input()->add_shape(cols);
-  req.mutable_input()->set_data(std::string(static_cast<size_t>(batch * cols * 4), '\0'));
-  req.set_output_dtype(out);
-  return req;
-}
+// A Gemv call of `batch` vectors of `cols` F32 values (zeros), with the
+// bytes it views.
+struct GemvOf {
+  GemvOf(int64_t batch, int64_t cols, DType out = DType::kF32)
+      : shape{batch, cols}, data(static_cast<size_t>(batch * cols * 4), '\0') {
+    call.matrix = "m";
+    call.input = {static_cast<int>(DType::kF32), shape, data};
+    call.output_dtype = static_cast<int>(out);
+  }
+  operator const GemvCall&() const { return call; }  // NOLINT: a call where one is expected
+  int64_t shape[2];
+  std::string data;
+  GemvCall call;
+};
 
 MatrixShape ShapeOf(int64_t rows, int64_t cols) {
   MatrixShape s;
@@ -67,7 +70,7 @@ TEST(ValidateGemv, ResponseOfExactly4GiBIsRefusedBeforeAnyWork) {
   limits.max_response_bytes = -1;
   EXPECT_EQ(ValidateGemv(GemvOf(1025, 4), shape, limits).status().code(), Code::kResourceExhausted);
   EXPECT_EQ(ValidateGemv(GemvOf(1023, 4), shape, limits).status().code(), Code::kResourceExhausted);
-  EXPECT_EQ(ValidateGemv(GemvOf(1024, 4, v1::DTYPE_F16), shape, limits).status().code(),
+  EXPECT_EQ(ValidateGemv(GemvOf(1024, 4, DType::kF16), shape, limits).status().code(),
             Code::kResourceExhausted);
 }
 
@@ -92,12 +95,11 @@ TEST(ValidateAttention, OutputCheckedAgainstTheMessageLimit) {
   KvShape shape;
   shape.kv_heads = 1;
   shape.head_dim = 128;
-  v1::AttentionRequest req;
-  req.set_cache("c");
-  auto* q = req.mutable_query();
-  q->set_dtype(v1::DTYPE_F32);
-  for (int64_t d : {1, 8, 512, 128}) q->add_shape(d);  // 2 MiB of F32 output
-  q->set_data(std::string(size_t{8} * 512 * 128 * 4, '\0'));
+  const int64_t dims[] = {1, 8, 512, 128};  // 2 MiB of F32 output
+  const std::string data(size_t{8} * 512 * 128 * 4, '\0');
+  AttentionCall req;
+  req.cache = "c";
+  req.query = {static_cast<int>(DType::kF32), dims, data};
   auto plan = ValidateAttention(req, shape, 1024, limits);
   ASSERT_EQ(plan.status().code(), Code::kResourceExhausted);
   EXPECT_NE(plan.status().message().find("2097152 bytes"), std::string::npos) << plan.status();
@@ -114,14 +116,13 @@ Limits MaxLimits() {
   return l;
 }
 
-v1::MatrixHeader HeaderOf(int64_t rows, int64_t cols, v1::DType source,
-                          v1::ScaleMode mode = v1::SCALE_MODE_ROW) {
-  v1::MatrixHeader h;
-  h.set_name("m");
-  h.set_rows(rows);
-  h.set_cols(cols);
-  h.set_source_dtype(source);
-  h.set_scale_mode(mode);
+MatrixHeader HeaderOf(int64_t rows, int64_t cols, DType source, ScaleMode mode = ScaleMode::kRow) {
+  MatrixHeader h;
+  h.name = "m";
+  h.rows = rows;
+  h.cols = cols;
+  h.source_dtype = static_cast<int>(source);
+  h.scale_mode = static_cast<int>(mode);
   return h;
 }
 
@@ -142,21 +143,21 @@ TEST(ValidateLimits, CapsEveryLimitAtWhatTheArithmeticHolds) {
 TEST(ValidateHeader, PackedSizesThatOverflow64BitsAreRefused) {
   const Limits limits = MaxLimits();
   // rows x padded cols = 2^32 x 2^32 = 2^64: wrapped to 0 bytes before.
-  auto a = ValidateHeader(HeaderOf(int64_t{1} << 32, 4294967281, v1::DTYPE_E4M3), limits);
+  auto a = ValidateHeader(HeaderOf(int64_t{1} << 32, 4294967281, DType::kE4M3), limits);
   EXPECT_EQ(a.status().code(), Code::kResourceExhausted) << a.status();
   // 2^20 x 2^44 = 2^64.
-  auto b = ValidateHeader(HeaderOf(int64_t{1} << 20, int64_t{1} << 44, v1::DTYPE_E4M3), limits);
+  auto b = ValidateHeader(HeaderOf(int64_t{1} << 20, int64_t{1} << 44, DType::kE4M3), limits);
   EXPECT_EQ(b.status().code(), Code::kResourceExhausted) << b.status();
   // The same through the F32 source size and BLOCK128 scales.
-  auto c = ValidateHeader(HeaderOf(int64_t{1} << 32, int64_t{1} << 31, v1::DTYPE_F32), limits);
+  auto c = ValidateHeader(HeaderOf(int64_t{1} << 32, int64_t{1} << 31, DType::kF32), limits);
   EXPECT_EQ(c.status().code(), Code::kResourceExhausted) << c.status();
-  auto d = ValidateHeader(HeaderOf(int64_t{1} << 47, int64_t{1} << 47, v1::DTYPE_E4M3,
-                                   v1::SCALE_MODE_BLOCK128),
+  auto d = ValidateHeader(HeaderOf(int64_t{1} << 47, int64_t{1} << 47, DType::kE4M3,
+                                   ScaleMode::kBlock128),
                           limits);
   EXPECT_EQ(d.status().code(), Code::kResourceExhausted) << d.status();
   // Large but representable: exact sizes.
-  auto e = ValidateHeader(HeaderOf(int64_t{1} << 29, 4294967281, v1::DTYPE_E4M3,
-                                   v1::SCALE_MODE_BLOCK128),
+  auto e = ValidateHeader(HeaderOf(int64_t{1} << 29, 4294967281, DType::kE4M3,
+                                   ScaleMode::kBlock128),
                           limits);
   ASSERT_TRUE(e.ok()) << e.status();
   EXPECT_EQ(e->data_bytes, (int64_t{1} << 29) * 4294967296);
@@ -165,16 +166,16 @@ TEST(ValidateHeader, PackedSizesThatOverflow64BitsAreRefused) {
 
 TEST(ValidateKvHeader, PageSizesThatOverflowAreRefused) {
   const Limits limits = MaxLimits();
-  v1::KVHeader h;
-  h.set_name("c");
-  h.set_kv_heads(int64_t{1} << 20);
-  h.set_head_dim(int64_t{1} << 40);
-  h.set_seq(1);
-  h.set_source_dtype(v1::DTYPE_F32);
+  KvHeader h;
+  h.name = "c";
+  h.kv_heads = int64_t{1} << 20;
+  h.head_dim = int64_t{1} << 40;
+  h.seq = 1;
+  h.source_dtype = static_cast<int>(DType::kF32);
   EXPECT_EQ(ValidateKvHeader(h, limits).status().code(), Code::kResourceExhausted);
-  h.set_kv_heads(1);
-  h.set_head_dim(16);
-  h.set_seq(kMaxDimensionLimit);
+  h.kv_heads = 1;
+  h.head_dim = 16;
+  h.seq = kMaxDimensionLimit;
   EXPECT_TRUE(ValidateKvHeader(h, limits).ok());
 }
 

@@ -27,6 +27,18 @@ const char* StatusCodeName(absl::StatusCode code) {
   }
 }
 
+absl::Status StatusFromCode(int code, std::string message) {
+  if (code == 0) return absl::OkStatus();
+  if (code < 0 || code > 16) {
+    return absl::UnknownError(absl::StrCat("status code ", code, ": ", message));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), message);
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& s) {
+  return StatusFromCode(static_cast<int>(s.error_code()), s.error_message());
+}
+
 std::string FormatStatus(const absl::Status& s) {
   if (s.ok()) return "OK";
   return absl::StrCat(StatusCodeName(s.code()), ": ", s.message());

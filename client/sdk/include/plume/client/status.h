@@ -3,10 +3,18 @@
 
 #include <string>
 
+#include <grpcpp/support/status.h>
+
 #include "absl/status/status.h"
-#include "plume/grpc_status.h"  // FromGrpcStatus, StatusFromCode
 
 namespace plume {
+
+// A call's gRPC status as an absl::Status (the codes are the same numbers;
+// the server asserts that where it converts the other way).
+absl::Status FromGrpcStatus(const grpc::Status& s);
+// A status from a raw code (e.g. plume.v1.Status in a stream item); a code
+// outside 0..16 becomes UNKNOWN, with the number kept in the message.
+absl::Status StatusFromCode(int code, std::string message);
 
 // "NOT_FOUND", "UNAVAILABLE", ... (the gRPC code name).
 const char* StatusCodeName(absl::StatusCode code);

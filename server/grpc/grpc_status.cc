@@ -1,10 +1,8 @@
-#include "plume/grpc_status.h"
+#include "server/grpc/grpc_status.h"
 
 #include <string>
 
-#include "absl/strings/str_cat.h"
-
-namespace plume {
+namespace plume::server {
 
 #define PLUME_SAME_CODE(absl_code, grpc_code)                                     \
   static_assert(static_cast<int>(absl::StatusCode::absl_code) ==                 \
@@ -34,16 +32,4 @@ grpc::Status ToGrpcStatus(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-absl::Status StatusFromCode(int code, std::string message) {
-  if (code == 0) return absl::OkStatus();
-  if (code < 0 || code > 16) {
-    return absl::UnknownError(absl::StrCat("status code ", code, ": ", message));
-  }
-  return absl::Status(static_cast<absl::StatusCode>(code), message);
-}
-
-absl::Status FromGrpcStatus(const grpc::Status& s) {
-  return StatusFromCode(static_cast<int>(s.error_code()), s.error_message());
-}
-
-}  // namespace plume
+}  // namespace plume::server

@@ -1,0 +1,26 @@
+# core_no_proto_test: server/core stays free of protobuf and gRPC (DESIGN.md).
+# Run as `cmake -DCORE_DIR=<server/core> -DCORE_LIBS=<a|b|...> -P <this>`:
+# fails when a source there includes a generated (.pb.h) or gRPC header or
+# names a plume.v1 type, or when plume_core links a proto target.
+file(GLOB sources ${CORE_DIR}/*.h ${CORE_DIR}/*.cc)
+list(LENGTH sources n)
+if(n LESS 10)
+  message(FATAL_ERROR "found only ${n} sources in ${CORE_DIR}")
+endif()
+set(bad "")
+foreach(f ${sources})
+  file(STRINGS ${f} lines REGEX "#include[ \t]*[<\"][^>\"]*(\\.pb\\.h|grpc)|v1::")
+  foreach(line ${lines})
+    string(APPEND bad "\n  ${f}: ${line}")
+  endforeach()
+endforeach()
+string(REPLACE "|" ";" libs "${CORE_LIBS}")
+foreach(lib ${libs})
+  if(lib MATCHES "proto|grpc|gRPC")
+    string(APPEND bad "\n  plume_core links ${lib}")
+  endif()
+endforeach()
+if(NOT bad STREQUAL "")
+  message(FATAL_ERROR "server/core must know no protobuf or gRPC:${bad}")
+endif()
+message(STATUS "${n} sources in server/core, none with protobuf or gRPC; plume_core links ${CORE_LIBS}")
