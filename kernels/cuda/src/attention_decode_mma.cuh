@@ -1,5 +1,6 @@
 // The tensor-core decode (DecodeMmaKernel) for padded head dims 64, 128 and
-// 256 and more than kFewRows query rows per kv head. Instantiated by attention_decode_mma.cu.
+// 256 and more than kFewRows query rows per kv head. Instantiated by
+// attention_decode_mma.cu.
 #pragma once
 
 #include <cstdint>
