@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+
+#include <cuda_runtime.h>
 
 #include "plume/cuda/gemv.h"
 
@@ -37,5 +40,41 @@ GemvKernel Lookup(const Key& key);
 // Records a measured choice (the table keeps the first 4096 keys; later ones
 // are measured again on their next use).
 void Store(const Key& key, GemvKernel kernel);
+
+inline constexpr int kMaxCandidates = 3;
+
+// A call's results: `count` values of `dtype` at y (device memory), and
+// `scratch`, device memory of the same size that the check may overwrite.
+struct Output {
+  void* y = nullptr;
+  DType dtype = DType::kF32;
+  int64_t count = 0;
+  void* scratch = nullptr;
+};
+
+// Times n candidate kernels (launch(i) runs candidate i on the call's own
+// data) and records the fastest for key: one warm-up launch each, then
+// rounds that launch all in turn, each launch between its own pair of
+// events, and the medians are compared (interleaved, so clock and L2 drift
+// hit all alike; the median, so one slow launch does not decide). A
+// cuBLASLt winner, whose accumulation is the library's, is kept only when its
+// results agree with the fastest plume kernel's (AgreementBound); else that
+// kernel is recorded. The last launch is the recorded kernel's, so the call's
+// result is in place. Not for a stream being captured into a graph.
+cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
+                          const std::function<cudaError_t(int)>& launch, const Output& out,
+                          cudaStream_t stream);
+
+// The relative L2 difference two kernels' results of `dtype` may have for the
+// faster to be kept: half the GEMV's error bound for that output dtype
+// (rel. L2 1e-5 for F32, 1e-3 F16, 8e-3 BF16, docs/api.md), so a result within
+// it of a kernel that meets the bound with room to spare meets it too. False
+// for a dtype that is not an output dtype.
+bool AgreementBound(DType dtype, double* bound);
+
+// Whether results a and b (`count` values of `dtype`, host memory) agree:
+// NaN in the same places and the relative L2 difference of the rest within
+// AgreementBound. False for a dtype that is not an output dtype.
+bool Agree(const void* a, const void* b, int64_t count, DType dtype);
 
 }  // namespace plume::cuda::gemv_tuner
