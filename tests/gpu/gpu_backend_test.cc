@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
 
 #include "server/backends/cpu/cpu_backend.h"
@@ -332,7 +333,7 @@ TEST(CudaBackend, ReportsGemvKernelChoices) {
     auto m = (*cuda)->Quantize(shape, w.data(), DType::kF32);
     ASSERT_TRUE(m.ok()) << m.status();
     std::vector<GemvKernelChoice> before = (*cuda)->GemvKernels(**m);
-    ASSERT_EQ(before.size(), 24u);  // 8 buckets x 3 dtypes
+    ASSERT_EQ(before.size(), 40u);  // 8 buckets x 5 dtypes
     for (const auto& c : before) {
       EXPECT_FALSE(c.measured);
       EXPECT_EQ(c.kernel, forced == "mma" || !hopper ? "mma" : "wgmma");
@@ -360,6 +361,51 @@ TEST(CudaBackend, ReportsGemvKernelChoices) {
       if (tuned) EXPECT_TRUE(c.kernel == "mma" || c.kernel == "wgmma") << c.kernel;
     }
   }
+}
+
+// A forced cuBLASLt GEMV: accepted on sm_89 and later, where MatrixInfo
+// shows it for FP8 activations and "unavailable" for the others (whose
+// GEMVs fail); refused on older GPUs.
+TEST(CudaBackend, ForcedCublasLt) {
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  CudaBackendOptions o;
+  o.gemv_kernel = "cublaslt";
+  auto cuda = CudaBackend::Create(o);
+  if (prop.major * 10 + prop.minor < 89) {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+    return;
+  }
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  const MatrixShape shape{256, 1024, Fp8Format::kE4M3, ScaleMode::kTensor, true};
+  const auto w = RandomNormal(shape.rows * shape.cols, 31);
+  auto m = (*cuda)->Quantize(shape, w.data(), DType::kF32);
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (const auto& c : (*cuda)->GemvKernels(**m)) {
+    EXPECT_EQ(c.kernel, IsFp8(c.x_dtype) ? "cublaslt" : "unavailable")
+        << c.max_batch << " " << DTypeName(c.x_dtype);
+    EXPECT_FALSE(c.measured);
+  }
+  const int64_t batch = 2;
+  const std::vector<float> x = RandomNormal(batch * shape.cols, 32);
+  std::vector<float> y(size_t(batch * shape.rows), NAN);
+  EXPECT_FALSE((*cuda)->Gemv(**m, {x.data(), DType::kF32, 1.0f, batch, y.data(), DType::kF32}).ok());
+  // E4M3 activations run, and agree with the CPU backend.
+  std::vector<uint8_t> x8(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x8[i] = fp8::Encode(4.0f * x[i], Fp8Format::kE4M3, true);
+  ASSERT_TRUE((*cuda)->Gemv(**m, {x8.data(), DType::kE4M3, 0.25f, batch, y.data(), DType::kF32}).ok());
+  CpuBackend cpu(2);
+  auto cm = cpu.Quantize(shape, w.data(), DType::kF32);
+  ASSERT_TRUE(cm.ok());
+  std::vector<float> yc(y.size(), NAN);
+  ASSERT_TRUE(cpu.Gemv(**cm, {x8.data(), DType::kE4M3, 0.25f, batch, yc.data(), DType::kF32}).ok());
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    err += (double(y[i]) - yc[i]) * (double(y[i]) - yc[i]);
+    norm += double(yc[i]) * yc[i];
+  }
+  ASSERT_GT(norm, 0);
+  EXPECT_LE(std::sqrt(err / norm), 1e-5);
 }
 
 TEST(CudaBackend, OutOfDeviceMemoryIsResourceExhausted) {

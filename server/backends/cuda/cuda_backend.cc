@@ -299,7 +299,10 @@ std::vector<GemvKernelChoice> CudaBackend::GemvKernels(const BackendMatrix& w) c
       p.batch = batch;
       bool measured = false;
       const cuda::GemvKernel k = cuda::ChosenGemvKernel(p, options_.device, &measured);
-      out.push_back({batch, x, cuda::GemvKernelName(k), measured});
+      // kAuto back: the forced kernel does not take this problem (cuBLASLt
+      // takes FP8 activations only), so such GEMVs fail.
+      out.push_back({batch, x, k == cuda::GemvKernel::kAuto ? "unavailable" : cuda::GemvKernelName(k),
+                     measured});
     }
   }
   return out;
