@@ -583,15 +583,16 @@ DecodePath DefaultDecodePath(int device) {
 namespace {
 
 // A call's plan, and whether kAuto still has to measure its candidates
-// (then `candidates` holds each family's plan, `total` the largest
-// workspace, and past it `off_check` the room for a copy of the results that
-// a cuBLASLt candidate is checked against).
+// (then `candidates` holds each family's plan and `total` the largest
+// workspace; with a cuBLASLt candidate, `lt_check` is its plan with F32
+// results, and two F32 result buffers for the check lie at `off_check`).
 struct CallPlan {
   Plan plan;
   bool tune = false;
   int ncandidates = 0;
   Plan candidates[gemv_tuner::kMaxCandidates];
-  int64_t off_check = 0;
+  Plan lt_check;
+  int64_t off_check = 0, check_bytes = 0;
   int64_t total = 0;
 };
 
@@ -607,21 +608,29 @@ cudaError_t PlanFor(const GemvProblem& p, int device, CallPlan* out) {
                     gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) == GemvKernel::kAuto;
   if (tune) {
     GemvProblem forced = p;
-    bool lt = false;
     for (GemvKernel k : {GemvKernel::kMma, GemvKernel::kWgmma, GemvKernel::kCublasLt}) {
       forced.kernel = k;
       Plan cand;
-      const cudaError_t e = MakePlan(forced, device, info, &cand);
+      cudaError_t e = MakePlan(forced, device, info, &cand);
+      if (e == cudaSuccess && k == GemvKernel::kCublasLt) {
+        // The check's run: F32 results into a workspace buffer (256-byte
+        // aligned, as a null y reads).
+        GemvProblem f32 = forced;
+        f32.y = nullptr;
+        f32.y_dtype = DType::kF32;
+        e = MakePlan(f32, device, info, &c.lt_check);
+        c.total = std::max(c.total, c.lt_check.total);
+      }
       if (e == cudaErrorNotSupported) continue;  // not on this device, or not for p
       PLUME_CUDA_TRY(e);
-      lt = lt || k == GemvKernel::kCublasLt;
       c.total = std::max(c.total, cand.total);
       c.candidates[c.ncandidates++] = cand;
     }
     c.tune = c.ncandidates > 1;
-    if (c.tune && lt) {
+    if (c.tune && c.lt_check.kernel == GemvKernel::kCublasLt) {
       c.off_check = AlignUp(c.total, 256);
-      c.total = c.off_check + AlignUp(p.batch * p.rows * DTypeSize(p.y_dtype), 256);
+      c.check_bytes = AlignUp(p.batch * p.rows * int64_t{sizeof(float)}, 256);
+      c.total = c.off_check + 2 * c.check_bytes;
     }
   }
   *out = c;
@@ -640,14 +649,20 @@ cudaError_t TuneAndLaunch(const GemvProblem& p, int device, const CallPlan& c, v
   if (capture != cudaStreamCaptureStatusNone) return Launch(p, c.plan, ws, stream);
   GemvKernel kernels[gemv_tuner::kMaxCandidates];
   for (int i = 0; i < c.ncandidates; ++i) kernels[i] = c.candidates[i].kernel;
-  gemv_tuner::Output out;
-  out.y = p.y;
-  out.dtype = p.y_dtype;
-  out.count = p.batch * p.rows;
-  out.scratch = static_cast<char*>(ws) + c.off_check;
+  gemv_tuner::Check check;
+  check.launch = [&](int i, float* y) {
+    GemvProblem q = p;
+    q.y = y;
+    q.y_dtype = DType::kF32;
+    const bool lt = c.candidates[i].kernel == GemvKernel::kCublasLt;
+    return Launch(q, lt ? c.lt_check : c.candidates[i], ws, stream);
+  };
+  check.a = reinterpret_cast<float*>(static_cast<char*>(ws) + c.off_check);
+  check.b = reinterpret_cast<float*>(static_cast<char*>(ws) + c.off_check + c.check_bytes);
+  check.count = p.batch * p.rows;
   return gemv_tuner::TuneAndLaunch(
       gemv_tuner::KeyOf(p, device), kernels, c.ncandidates,
-      [&](int i) { return Launch(p, c.candidates[i], ws, stream); }, out, stream);
+      [&](int i) { return Launch(p, c.candidates[i], ws, stream); }, check, stream);
 }
 
 cudaError_t Run(const GemvProblem& p, int device, const CallPlan& c, void* ws, cudaStream_t stream) {

@@ -5,10 +5,13 @@
 // with op T, B the activations as cols x n column-major (x[b][cols]) with op
 // N: the "TN" form FP8 GEMMs require. D is y[b][rows] column-major.
 //  - alpha is the activations' x_scale; TENSOR passes its scale as A's scale
-//    pointer; ROW runs with no A scale, D in F32 in the workspace, and a small
-//    epilogue multiplies each row by its scale while converting to y's dtype.
-//  - Batches with no algorithm of their own are padded to a multiple of 16
-//    vectors (x copied into the workspace, the tail zeroed), also staged.
+//    pointer; ROW runs with no A scale, D in F32 in the workspace (rows
+//    padded to 16 floats), and a small epilogue multiplies each row by its
+//    scale while converting to y's dtype.
+//  - Where D straight into y has no algorithm (y's rows not a multiple of 16
+//    bytes, say), it is staged the same way; batches with no algorithm of
+//    their own are then padded to a multiple of 16 vectors (x copied into the
+//    workspace, the tail zeroed).
 //  - E4M3 NaN codes are NaN to the tensor cores, so NaN rows come out NaN
 //    with no help from nan_rows.
 #include <cublasLt.h>
@@ -61,6 +64,16 @@ cudaError_t Fp8Type(DType t, cudaDataType_t* out) {
   return cudaErrorInvalidValue;
 }
 
+// cuBLASLt's type for the weights' format; cudaErrorInvalidValue for a
+// format it does not know.
+cudaError_t WeightType(Fp8Format f, cudaDataType_t* out) {
+  switch (f) {
+    case Fp8Format::kE4M3: *out = CUDA_R_8F_E4M3; return cudaSuccess;
+    case Fp8Format::kE5M2: *out = CUDA_R_8F_E5M2; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
 // cuBLASLt's type for a result dtype; cudaErrorInvalidValue for anything else.
 cudaError_t OutType(DType t, cudaDataType_t* out) {
   switch (t) {
@@ -100,13 +113,13 @@ int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 // One matmul configuration: what the heuristic's answer depends on.
 struct Key {
   int device = 0;
-  int64_t rows = 0, cols = 0, n = 0;
+  int64_t rows = 0, cols = 0, n = 0, ldd = 0;
   cudaDataType_t a = CUDA_R_8F_E4M3, b = CUDA_R_8F_E4M3, d = CUDA_R_32F;
   bool a_scale = false;
   int align_a = 256, align_b = 256, align_d = 256;
 
   auto Tie() const {
-    return std::tie(device, rows, cols, n, a, b, d, a_scale, align_a, align_b, align_d);
+    return std::tie(device, rows, cols, n, ldd, a, b, d, a_scale, align_a, align_b, align_d);
   }
   bool operator<(const Key& o) const { return Tie() < o.Tie(); }
 };
@@ -165,11 +178,21 @@ cudaError_t MakeDescs(const Key& k, const float* a_scale, Descs* out) {
   PLUME_CUBLAS_TRY(cublasLtMatrixLayoutInit(&out->b, k.b, static_cast<uint64_t>(k.cols),
                                             static_cast<uint64_t>(k.n), k.cols));
   PLUME_CUBLAS_TRY(cublasLtMatrixLayoutInit(&out->d, k.d, static_cast<uint64_t>(k.rows),
-                                            static_cast<uint64_t>(k.n), k.rows));
+                                            static_cast<uint64_t>(k.n), k.ldd));
   return cudaSuccess;
 }
 
-cudaError_t AskHeuristic(const Key& k, const float* a_scale, Entry* e) {
+// A valid scale for the heuristic's descriptor: the answer is then the same
+// whichever call asks first (ChosenGemvKernel asks with no matrix at hand).
+__device__ float g_unit_scale = 1.0f;
+
+cudaError_t AskHeuristic(const Key& k, Entry* e) {
+  const float* a_scale = nullptr;
+  if (k.a_scale) {
+    void* unit = nullptr;
+    PLUME_CUDA_TRY(cudaGetSymbolAddress(&unit, g_unit_scale));
+    a_scale = static_cast<const float*>(unit);
+  }
   Descs ds;
   PLUME_CUDA_TRY(MakeDescs(k, a_scale, &ds));
   cublasLtMatmulPreferenceOpaque_t pref;
@@ -204,7 +227,7 @@ cudaError_t AskHeuristic(const Key& k, const float* a_scale, Entry* e) {
 // The cached answer for k, asking the heuristic on the first use. The
 // returned entry lives as long as the process; there is one per (device,
 // shape, batch, dtypes, scale, alignment) in use, a small set in practice.
-cudaError_t Find(const Key& k, const float* a_scale, const Entry** out) {
+cudaError_t Find(const Key& k, const Entry** out) {
   {
     std::lock_guard<std::mutex> lock(g_mu);
     if (auto it = g_entries.find(k); it != g_entries.end()) {
@@ -215,7 +238,7 @@ cudaError_t Find(const Key& k, const float* a_scale, const Entry** out) {
   auto e = std::make_unique<Entry>();
   e->key = k;
   PLUME_CUDA_TRY(HandleFor(k.device, &e->handle));
-  PLUME_CUDA_TRY(AskHeuristic(k, a_scale, e.get()));
+  PLUME_CUDA_TRY(AskHeuristic(k, e.get()));
   std::lock_guard<std::mutex> lock(g_mu);
   if (auto it = g_entries.find(k); it != g_entries.end()) {  // asked by another caller meanwhile
     *out = it->second.get();
@@ -226,15 +249,16 @@ cudaError_t Find(const Key& k, const float* a_scale, const Entry** out) {
   return cudaSuccess;
 }
 
-// y[i] = d[i] (times its row's scale when there are row scales), converted
-// to y's dtype; d and y are [batch][rows].
+// y[b][r] = d[b][r] (times row r's scale when there are row scales),
+// converted to y's dtype; d is [batch][ldd] F32, y [batch][rows].
 __global__ void __launch_bounds__(kFinishThreads)
-    FinishKernel(const float* d, int64_t rows, int64_t total, const float* row_scales, void* y,
-                 DType y_dtype) {
+    FinishKernel(const float* d, int64_t ldd, int64_t rows, int64_t total,
+                 const float* row_scales, void* y, DType y_dtype) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
-    float v = d[i];
-    if (row_scales != nullptr) v *= __ldg(row_scales + i % rows);
+    const int64_t b = i / rows, r = i - b * rows;
+    float v = d[b * ldd + r];
+    if (row_scales != nullptr) v *= __ldg(row_scales + r);
     Store(y, y_dtype, i, v);
   }
 }
@@ -255,11 +279,7 @@ cudaError_t MakePlan(const GemvProblem& p, int device, int cc, int64_t reserved,
   k.device = device;
   k.rows = p.rows;
   k.cols = p.cols;
-  switch (p.format) {
-    case Fp8Format::kE4M3: k.a = CUDA_R_8F_E4M3; break;
-    case Fp8Format::kE5M2: k.a = CUDA_R_8F_E5M2; break;
-    default: return cudaErrorInvalidValue;
-  }
+  PLUME_CUDA_TRY(WeightType(p.format, &k.a));
   if (Fp8Type(p.x_dtype, &k.b) != cudaSuccess) return cudaErrorNotSupported;  // not W8A8
   cudaDataType_t y_type;
   PLUME_CUDA_TRY(OutType(p.y_dtype, &y_type));
@@ -268,29 +288,35 @@ cudaError_t MakePlan(const GemvProblem& p, int device, int cc, int64_t reserved,
   k.align_a = AlignmentOf(p.words);
   if (k.align_a < 16) return cudaErrorNotSupported;
   const bool row = p.scale_mode == ScaleMode::kRow;
-  // First the batch as it is, then padded to a multiple of 16 vectors.
-  for (const bool padded : {false, true}) {
+  // The routes, cheapest first: results straight into y (not ROW, y
+  // 16-byte aligned); through F32 in the workspace, its rows padded to 16
+  // (ROW, or when y's rows are not a multiple of 16 bytes); and with the
+  // batch padded to 16 vectors too.
+  for (int route = 0; route < 3; ++route) {
     Plan pl;
-    pl.padded = padded;
-    pl.n = padded ? AlignUp(p.batch, 16) : p.batch;
-    if (!padded && AlignmentOf(p.x) < 16) continue;  // padded copies x to an aligned place
-    pl.staged = row || padded || AlignmentOf(p.y) < 16;
+    pl.padded = route == 2;
+    pl.staged = route > 0;
+    if (route == 0 && (row || AlignmentOf(p.y) < 16)) continue;
+    if (!pl.padded && AlignmentOf(p.x) < 16) continue;  // padded copies x to an aligned place
+    pl.n = pl.padded ? AlignUp(p.batch, 16) : p.batch;
+    pl.ldd = pl.staged ? AlignUp(p.rows, 16) : p.rows;
     k.n = pl.n;
-    k.align_b = padded ? 256 : AlignmentOf(p.x);
+    k.ldd = pl.ldd;
+    k.align_b = pl.padded ? 256 : AlignmentOf(p.x);
     k.d = pl.staged ? CUDA_R_32F : y_type;
     k.align_d = pl.staged ? 256 : AlignmentOf(p.y);
     const Entry* e = nullptr;
-    PLUME_CUDA_TRY(Find(k, p.scales, &e));
+    PLUME_CUDA_TRY(Find(k, &e));
     if (!e->found) continue;
     pl.entry = e;
     int64_t off = AlignUp(reserved, 256);
-    if (padded) {
+    if (pl.padded) {
       pl.off_x = off;
       off += AlignUp(pl.n * p.cols, 256);
     }
     if (pl.staged) {
       pl.off_d = off;
-      off += AlignUp(pl.n * p.rows * int64_t{sizeof(float)}, 256);
+      off += AlignUp(pl.n * pl.ldd * int64_t{sizeof(float)}, 256);
     }
     pl.off_lt = off;
     pl.lt_bytes = AlignUp(static_cast<int64_t>(e->workspace), 256);
@@ -327,7 +353,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   const int64_t total = p.batch * p.rows;
   const int blocks = static_cast<int>(std::min<int64_t>((total + kFinishThreads - 1) / kFinishThreads, 4096));
   FinishKernel<<<blocks, kFinishThreads, 0, stream>>>(
-      static_cast<const float*>(d), p.rows, total,
+      static_cast<const float*>(d), pl.ldd, p.rows, total,
       p.scale_mode == ScaleMode::kRow ? p.scales : nullptr, p.y, p.y_dtype);
   PLUME_CUDA_TRY_LAUNCH();
   return cudaSuccess;

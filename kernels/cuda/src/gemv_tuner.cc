@@ -6,13 +6,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <mutex>
 #include <vector>
 
 #include "plume/cuda/check.h"
-#include "plume/kernels/half.h"
 
 namespace plume::cuda::gemv_tuner {
 namespace {
@@ -91,65 +89,26 @@ namespace {
 
 constexpr int kTuneRounds = 7;
 
-// Value i of results of `dtype`, as a double; false for a dtype that is not
-// an output dtype.
-bool ValueAt(const void* v, int64_t i, DType dtype, double* out) {
-  switch (dtype) {
-    case DType::kF32: {
-      float f;
-      std::memcpy(&f, static_cast<const char*>(v) + 4 * i, 4);
-      *out = f;
-      return true;
-    }
-    case DType::kF16:
-    case DType::kBF16: {
-      uint16_t h;
-      std::memcpy(&h, static_cast<const char*>(v) + 2 * i, 2);
-      *out = dtype == DType::kF16 ? HalfBitsToFloat(h) : Bf16BitsToFloat(h);
-      return true;
-    }
-    case DType::kE4M3:
-    case DType::kE5M2: return false;
-  }
-  return false;
-}
-
-// Runs candidate `best` (cuBLASLt) and `ref` (a plume kernel) on the call's
-// data and compares their results; `best` ran last when *agree comes back.
-cudaError_t Check(int best, int ref, const std::function<cudaError_t(int)>& launch,
-                  const Output& out, cudaStream_t stream, bool* agree) {
-  const size_t bytes = static_cast<size_t>(out.count) * DTypeSize(out.dtype);
-  std::vector<uint8_t> a(bytes), b(bytes);
-  PLUME_CUDA_TRY(launch(ref));
-  PLUME_CUDA_TRY(cudaMemcpyAsync(out.scratch, out.y, bytes, cudaMemcpyDeviceToDevice, stream));
-  PLUME_CUDA_TRY(launch(best));
-  PLUME_CUDA_TRY(cudaMemcpyAsync(a.data(), out.scratch, bytes, cudaMemcpyDeviceToHost, stream));
-  PLUME_CUDA_TRY(cudaMemcpyAsync(b.data(), out.y, bytes, cudaMemcpyDeviceToHost, stream));
+// Runs candidates `best` (cuBLASLt) and `ref` (a plume kernel) on the
+// call's data with F32 results and compares them.
+cudaError_t RunCheck(int best, int ref, const Check& check, cudaStream_t stream, bool* agree) {
+  const size_t count = static_cast<size_t>(check.count);
+  std::vector<float> a(count), b(count);
+  PLUME_CUDA_TRY(check.launch(ref, check.a));
+  PLUME_CUDA_TRY(check.launch(best, check.b));
+  PLUME_CUDA_TRY(cudaMemcpyAsync(a.data(), check.a, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  PLUME_CUDA_TRY(cudaMemcpyAsync(b.data(), check.b, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
   PLUME_CUDA_TRY(cudaStreamSynchronize(stream));
-  *agree = Agree(a.data(), b.data(), out.count, out.dtype);
+  *agree = Agree(a.data(), b.data(), check.count);
   return cudaSuccess;
 }
 
 }  // namespace
 
-bool AgreementBound(DType dtype, double* bound) {
-  switch (dtype) {
-    case DType::kF32: *bound = 5e-6; return true;
-    case DType::kF16: *bound = 5e-4; return true;
-    case DType::kBF16: *bound = 4e-3; return true;
-    case DType::kE4M3:
-    case DType::kE5M2: return false;
-  }
-  return false;
-}
-
-bool Agree(const void* a, const void* b, int64_t count, DType dtype) {
-  double bound = 0;
-  if (!AgreementBound(dtype, &bound)) return false;
+bool Agree(const float* a, const float* b, int64_t count) {
   double err = 0, norm = 0;
   for (int64_t i = 0; i < count; ++i) {
-    double x = 0, y = 0;
-    if (!ValueAt(a, i, dtype, &x) || !ValueAt(b, i, dtype, &y)) return false;
+    const double x = a[i], y = b[i];
     if (std::isnan(x) || std::isnan(y)) {
       if (std::isnan(x) != std::isnan(y)) return false;
       continue;
@@ -161,11 +120,11 @@ bool Agree(const void* a, const void* b, int64_t count, DType dtype) {
     err += (x - y) * (x - y);
     norm += x * x;
   }
-  return norm > 0 ? std::sqrt(err / norm) <= bound : err == 0;
+  return norm > 0 ? std::sqrt(err / norm) <= kAgreement : err == 0;
 }
 
 cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
-                          const std::function<cudaError_t(int)>& launch, const Output& out,
+                          const std::function<cudaError_t(int)>& launch, const Check& check,
                           cudaStream_t stream) {
   if (n < 1 || n > kMaxCandidates) return cudaErrorInvalidValue;
   constexpr int kEvents = 2 * kMaxCandidates * kTuneRounds;  // [round][candidate][start, end]
@@ -209,9 +168,9 @@ cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
   int last = n - 1;
   if (kernels[best] == GemvKernel::kCublasLt && best_plume >= 0) {
     bool agree = false;
-    PLUME_CUDA_TRY(Check(best, best_plume, launch, out, stream, &agree));
+    PLUME_CUDA_TRY(RunCheck(best, best_plume, check, stream, &agree));
     if (!agree) best = best_plume;
-    last = agree ? best : -1;  // the check's own last launch was the cuBLASLt one
+    last = -1;  // the check's launches wrote elsewhere
   }
   Store(key, kernels[best]);
   return last == best ? cudaSuccess : launch(best);

@@ -43,13 +43,14 @@ void Store(const Key& key, GemvKernel kernel);
 
 inline constexpr int kMaxCandidates = 3;
 
-// A call's results: `count` values of `dtype` at y (device memory), and
-// `scratch`, device memory of the same size that the check may overwrite.
-struct Output {
-  void* y = nullptr;
-  DType dtype = DType::kF32;
+// How a cuBLASLt candidate is checked against plume's kernel: launch(i, y)
+// runs candidate i on the call's data with F32 results at y (device memory),
+// and a and b are two such buffers of `count` floats.
+struct Check {
+  std::function<cudaError_t(int i, float* y)> launch;
+  float* a = nullptr;
+  float* b = nullptr;
   int64_t count = 0;
-  void* scratch = nullptr;
 };
 
 // Times n candidate kernels (launch(i) runs candidate i on the call's own
@@ -58,23 +59,23 @@ struct Output {
 // events, and the medians are compared (interleaved, so clock and L2 drift
 // hit all alike; the median, so one slow launch does not decide). A
 // cuBLASLt winner, whose accumulation is the library's, is kept only when its
-// results agree with the fastest plume kernel's (AgreementBound); else that
-// kernel is recorded. The last launch is the recorded kernel's, so the call's
-// result is in place. Not for a stream being captured into a graph.
+// F32 results Agree with the fastest plume kernel's on this call; else that
+// kernel is recorded. The last launch is the recorded kernel's, so the
+// call's result is in place. Not for a stream being captured into a graph.
 cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
-                          const std::function<cudaError_t(int)>& launch, const Output& out,
+                          const std::function<cudaError_t(int)>& launch, const Check& check,
                           cudaStream_t stream);
 
-// The relative L2 difference two kernels' results of `dtype` may have for the
-// faster to be kept: half the GEMV's error bound for that output dtype
-// (rel. L2 1e-5 for F32, 1e-3 F16, 8e-3 BF16, docs/api.md), so a result within
-// it of a kernel that meets the bound with room to spare meets it too. False
-// for a dtype that is not an output dtype.
-bool AgreementBound(DType dtype, double* bound);
+// The relative L2 difference of F32 results for a cuBLASLt candidate to be
+// kept: half the GEMV's bound (1e-5 for F32 results, docs/api.md), so that a
+// result this close to one from a kernel that meets the bound with room to
+// spare (plume's measure 1.4e-6 at worst) meets it too. Checked at F32 for
+// every output dtype, since the key does not hold the output dtype.
+inline constexpr double kAgreement = 5e-6;
 
-// Whether results a and b (`count` values of `dtype`, host memory) agree:
-// NaN in the same places and the relative L2 difference of the rest within
-// AgreementBound. False for a dtype that is not an output dtype.
-bool Agree(const void* a, const void* b, int64_t count, DType dtype);
+// Whether F32 results a and b (`count` values, host memory) agree: NaN in
+// the same places, infinities equal, and the relative L2 difference of the
+// rest within kAgreement.
+bool Agree(const float* a, const float* b, int64_t count);
 
 }  // namespace plume::cuda::gemv_tuner
