@@ -71,7 +71,8 @@ struct GemvProblem {
 };
 
 // The kernel family Gemv runs p with on `device` (kAuto resolved), or kAuto
-// when p is not a valid problem there (a forced kernel the device lacks).
+// when p is not a valid problem there (a forced kernel the device lacks, or
+// one that does not take p, as cuBLASLt does not F16 activations).
 // *measured (optional) tells whether kAuto's choice was timed (on a first
 // call of p's shape and batch bucket) rather than the static one.
 GemvKernel ChosenGemvKernel(const GemvProblem& p, int device, bool* measured = nullptr);
