@@ -225,6 +225,13 @@ double Bound(DType y_dtype, double rms) {
   return Bound(y_dtype) + (y_dtype == DType::kF16 && rms > 0 ? std::ldexp(1.0, -24) / rms : 0.0);
 }
 
+// The bound for FP8 activations through cuBLASLt (docs/api.md): W8A8 as the
+// FP8 GEMMs compute it, whose tensor cores accumulate inside an instruction
+// with fewer bits than FP32 (measured 1.2e-4 to 2.8e-4 on an H200), on top of
+// the output dtype's own rounding.
+constexpr double kW8A8Bound = 1e-3;
+double LtBound(DType y_dtype, double rms) { return Bound(y_dtype, rms) + kW8A8Bound; }
+
 // Every decode path and kernel family this device runs: the mma.sync kernels
 // everywhere, the wgmma ones on sm_90, where the dispatcher (kAuto) measures
 // both on first use and keeps the faster.
@@ -465,8 +472,8 @@ constexpr Fp8Pair kLtPairs[] = {{Fp8Format::kE4M3, DType::kE4M3},
                                 {Fp8Format::kE4M3, DType::kE5M2},
                                 {Fp8Format::kE5M2, DType::kE4M3}};
 
-// Forced cuBLASLt against the FP64 reference, with the bound every kernel
-// meets: columns multiples of 16, TENSOR/ROW/NONE, batches 1, 3, 16, 64 (3
+// Forced cuBLASLt against the FP64 reference, within W8A8's bound (LtBound):
+// columns multiples of 16, TENSOR/ROW/NONE, batches 1, 3, 16, 64 (3
 // is no multiple of 16, so it may take the padded route), every output
 // dtype. Rows that are multiples of 16 must run; 77 rows (F32 results 308
 // bytes apart) may have no algorithm, and then forcing is
@@ -512,7 +519,7 @@ TEST(GpuGemvCublasLt, ForcedMatchesReference) {
                                         << cudaGetErrorString(r.err);
           const Check c = Compare(m, r, batch);
           EXPECT_EQ(c.unwritten, 0) << Name(m, pair.x, y, batch, v);
-          EXPECT_LE(c.rel, Bound(y, c.rms))
+          EXPECT_LE(c.rel, LtBound(y, c.rms))
               << Name(m, pair.x, y, batch, v) << ": worst element " << c.worst_got << " for "
               << c.worst_want << ", reference RMS " << c.rms;
           worst[yi] = std::max(worst[yi], c.rel);
@@ -603,7 +610,8 @@ TEST(GpuGemvCublasLt, AutoIsRightForFp8Activations) {
             ASSERT_EQ(r.err, cudaSuccess) << name << " call " << call;
             const Check c = Compare(m, r, batch);
             EXPECT_EQ(c.unwritten, 0) << name;
-            EXPECT_LE(c.rel, Bound(y, c.rms)) << name << " call " << call;
+            // The dispatcher may keep cuBLASLt, whose bound is W8A8's.
+            EXPECT_LE(c.rel, LtBound(y, c.rms)) << name << " call " << call;
           }
           const GemvProblem p = ProblemOf(m, pair.x, y, batch, Forced(GemvKernel::kAuto), nullptr, nullptr);
           bool measured = false;

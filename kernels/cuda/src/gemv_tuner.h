@@ -67,11 +67,14 @@ cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
                           cudaStream_t stream);
 
 // The relative L2 difference of F32 results for a cuBLASLt candidate to be
-// kept: half the GEMV's bound (1e-5 for F32 results, docs/api.md), so that a
-// result this close to one from a kernel that meets the bound with room to
-// spare (plume's measure 1.4e-6 at worst) meets it too. Checked at F32 for
-// every output dtype, since the key does not hold the output dtype.
-inline constexpr double kAgreement = 5e-6;
+// kept: half the bound that GEMVs with FP8 activations served by cuBLASLt
+// promise (rel. L2 1e-3 for F32 results, docs/api.md), so that a result this
+// close to plume's kernel's (1.4e-6 at worst) meets it with room. Hopper's
+// FP8 tensor cores accumulate inside an instruction with fewer bits than
+// FP32: cuBLASLt measured 1.2e-4 to 2.8e-4 on the GPU test grid
+// (kernels/cuda/NOTES.md). Checked at F32 for every output dtype, since the
+// key does not hold the output dtype.
+inline constexpr double kAgreement = 5e-4;
 
 // Whether F32 results a and b (`count` values, host memory) agree: NaN in
 // the same places, infinities equal, and the relative L2 difference of the
