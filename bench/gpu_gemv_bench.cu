@@ -1,7 +1,9 @@
 // GPU GEMV benchmark: in one run, the read-bandwidth ceiling (a plain read
 // kernel), plume's FP8 GEMV (both decode paths, both formats, every scaling
-// mode), cuBLASLt FP8 GEMM (E4M3, TN, tensor-wise scales), cuBLAS FP16 GEMM
-// and cuBLAS FP32 GEMV/GEMM, on the same shapes and batches.
+// mode), plume's GEMV with E4M3 activations (W8A8: plume's kernels and its
+// cuBLASLt path, forced), cuBLASLt FP8 GEMM called directly (E4M3, TN,
+// tensor-wise scales), cuBLAS FP16 GEMM and cuBLAS FP32 GEMV/GEMM, on the
+// same shapes and batches.
 //
 // Weights rotate across enough copies that L2 can't hold them; each timed
 // launch is bracketed by CUDA events and the median over --iters launches is
@@ -55,6 +57,7 @@ struct Options {
   DType x_dtype = DType::kF16;
   int iters = 200;
   bool baselines = true;
+  bool w8a8 = true;
   bool quantize = true;
   std::string json;
 };
@@ -217,6 +220,36 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
   const std::string xname = plume::DTypeName(o.x_dtype);
   void* ws = nullptr;
   int64_t ws_bytes = 0;
+  // Times p (words rotating over the copies) and reports it as `kname`, the
+  // kernel that ran appended to the variant; false when p does not run on
+  // this device.
+  auto run_plume = [&](plume::cuda::GemvProblem p, const std::string& kname,
+                       const std::string& variant) {
+    const plume::cuda::GemvKernel ran = plume::cuda::ChosenGemvKernel(p, dev);
+    if (ran == plume::cuda::GemvKernel::kAuto) return false;  // not on this device
+    const int64_t need = plume::cuda::GemvWorkspaceBytes(p, dev);
+    if (need > ws_bytes) {
+      if (ws) CHECK_CUDA(cudaFree(ws));
+      ws = Alloc<void>(static_cast<size_t>(need));
+      CHECK_CUDA(cudaMemset(ws, 0, static_cast<size_t>(need)));
+      ws_bytes = need;
+    }
+    const double us = timer.Median([&](int i) {
+      p.words = words[i % copies];
+      CHECK_CUDA(plume::cuda::Gemv(p, ws, ws_bytes, stream));
+    });
+    // The kernel that ran: for kAuto, the one its first call measured fastest.
+    const plume::cuda::GemvKernel chosen = plume::cuda::ChosenGemvKernel(p, dev);
+    Report(shape, p.batch, kname, variant + " k=" + plume::cuda::GemvKernelName(chosen), us,
+           static_cast<double>(code_bytes));
+    return true;
+  };
+  // "plume" is the dispatcher's pick; "plume-mma" / "plume-wgmma" a forced family.
+  auto kernel_name = [](const std::string& base, plume::cuda::GemvKernel kernel) {
+    return kernel == plume::cuda::GemvKernel::kAuto
+               ? base
+               : base + "-" + plume::cuda::GemvKernelName(kernel);
+  };
   for (Fp8Format f : o.formats) {
     for (int c = 0; c < copies; ++c) {
       FillCodes<<<kFillBlocks, 256, 0, stream>>>(words[c], layout.total_words(), 100 + c,
@@ -229,48 +262,69 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
       }
       for (ScaleMode m : o.modes) {
         for (plume::cuda::GemvKernel kernel : o.kernels) {
-        for (int b : o.batches) {
-          plume::cuda::GemvProblem p;
-          p.scales = m == ScaleMode::kBlock128x128 ? band_scales : scales;
-          p.rows = rows;
-          p.cols = cols;
-          p.format = f;
-          p.scale_mode = plume::ResidentScaleMode(m);
-          p.x = o.x_dtype == DType::kF16 ? static_cast<const void*>(x16) : x32;
-          p.x_dtype = o.x_dtype;
-          p.batch = b;
-          p.y = y;
-          p.y_dtype = DType::kF32;
-          p.path = path;
-          p.kernel = kernel;
-          const plume::cuda::GemvKernel ran = plume::cuda::ChosenGemvKernel(p, dev);
-          if (ran == plume::cuda::GemvKernel::kAuto) continue;  // not on this device
-          const int64_t need = plume::cuda::GemvWorkspaceBytes(p, dev);
-          if (need > ws_bytes) {
-            if (ws) CHECK_CUDA(cudaFree(ws));
-            ws = Alloc<void>(static_cast<size_t>(need));
-            CHECK_CUDA(cudaMemset(ws, 0, static_cast<size_t>(need)));
-            ws_bytes = need;
+          for (int b : o.batches) {
+            plume::cuda::GemvProblem p;
+            p.scales = m == ScaleMode::kBlock128x128 ? band_scales : scales;
+            p.rows = rows;
+            p.cols = cols;
+            p.format = f;
+            p.scale_mode = plume::ResidentScaleMode(m);
+            p.x = o.x_dtype == DType::kF16 ? static_cast<const void*>(x16) : x32;
+            p.x_dtype = o.x_dtype;
+            p.batch = b;
+            p.y = y;
+            p.y_dtype = DType::kF32;
+            p.path = path;
+            p.kernel = kernel;
+            run_plume(p, kernel_name("plume", kernel),
+                      FormatName(f) + " " + plume::ScaleModeName(m) + " " +
+                          plume::cuda::DecodePathName(path) + " x=" + xname);
           }
-          const double us = timer.Median([&](int i) {
-            p.words = words[i % copies];
-            CHECK_CUDA(plume::cuda::Gemv(p, ws, ws_bytes, stream));
-          });
-          // "plume" is the dispatcher's pick; "plume-mma" / "plume-wgmma" a forced family.
-          const std::string kname =
-              kernel == plume::cuda::GemvKernel::kAuto
-                  ? std::string("plume")
-                  : std::string("plume-") + plume::cuda::GemvKernelName(kernel);
-          // The kernel that ran: for kAuto, the one its first call measured fastest.
-          const plume::cuda::GemvKernel chosen = plume::cuda::ChosenGemvKernel(p, dev);
-          Report(shape, b, kname, FormatName(f) + " " + plume::ScaleModeName(m) + " " +
-                                      plume::cuda::DecodePathName(path) + " x=" + xname + " k=" +
-                                      plume::cuda::GemvKernelName(chosen),
-                 us, static_cast<double>(code_bytes));
-        }
         }
       }
     }
+  }
+
+  // W8A8: E4M3 weights and E4M3 activations through plume's GEMV, its kernels
+  // (the dispatcher's pick and each family forced) beside its cuBLASLt path
+  // forced; BF16 results, as the direct cuBLASLt baseline below.
+  if (o.w8a8) {
+    for (int c = 0; c < copies; ++c) {
+      FillCodes<<<kFillBlocks, 256, 0, stream>>>(words[c], layout.total_words(), 100 + c, true);
+    }
+    uint8_t* xa = Alloc<uint8_t>(static_cast<size_t>(max_batch * cols + 16));
+    FillCodes<<<kFillBlocks, 256, 0, stream>>>(reinterpret_cast<uint32_t*>(xa),
+                                               (max_batch * cols + 3) / 4, 12, true);
+    CHECK_CUDA(cudaGetLastError());
+    const DecodePath path = plume::cuda::DefaultDecodePath(dev);
+    for (ScaleMode m : {ScaleMode::kTensor, ScaleMode::kRow}) {
+      for (plume::cuda::GemvKernel kernel :
+           {plume::cuda::GemvKernel::kAuto, plume::cuda::GemvKernel::kMma,
+            plume::cuda::GemvKernel::kWgmma, plume::cuda::GemvKernel::kCublasLt}) {
+        for (int b : o.batches) {
+          plume::cuda::GemvProblem p;
+          p.scales = scales;
+          p.rows = rows;
+          p.cols = cols;
+          p.format = Fp8Format::kE4M3;
+          p.scale_mode = m;
+          p.x = xa;
+          p.x_dtype = DType::kE4M3;
+          p.x_scale = 0.5f;
+          p.batch = b;
+          p.y = y;
+          p.y_dtype = DType::kBF16;
+          p.path = path;
+          p.kernel = kernel;
+          if (!run_plume(p, kernel_name("w8a8", kernel),
+                         std::string("e4m3 ") + plume::ScaleModeName(m) + " x=e4m3 y=bf16")) {
+            std::printf("  w8a8 %s b=%d: %s not available\n", plume::ScaleModeName(m), b,
+                        plume::cuda::GemvKernelName(kernel));
+          }
+        }
+      }
+    }
+    CHECK_CUDA(cudaFree(xa));
   }
   if (ws) CHECK_CUDA(cudaFree(ws));
   if (band_scales) CHECK_CUDA(cudaFree(band_scales));
@@ -398,8 +452,9 @@ void Usage() {
   std::fprintf(stderr,
                "usage: gpu_gemv_bench [--shapes 4096x4096,...] [--batches 1,4,16,64]\n"
                "  [--formats e4m3,e5m2] [--modes none,tensor,row,block128,block128x128]\n"
-               "  [--paths native,software] [--kernels auto,mma,wgmma] [--x f16|f32] [--iters N]\n"
-               "  [--no-baselines]\n"
+               "  [--paths native,software] [--kernels auto,mma,wgmma,cublaslt] [--x f16|f32]\n"
+               "  [--iters N]\n"
+               "  [--no-baselines] [--no-w8a8]\n"
                "  [--no-quantize]\n"
                "  [--json FILE]\n");
   std::exit(2);
@@ -445,7 +500,7 @@ Options Parse(int argc, char** argv) {
       o.kernels = ParseList<plume::cuda::GemvKernel>(next(), [](const std::string& s) {
         plume::cuda::GemvKernel k{};
         if (!plume::cuda::ParseGemvKernel(s.c_str(), &k)) {
-          std::fprintf(stderr, "unknown kernel %s (auto, mma, wgmma)\n", s.c_str());
+          std::fprintf(stderr, "unknown kernel %s (auto, mma, wgmma, cublaslt)\n", s.c_str());
           std::exit(2);
         }
         return k;
@@ -460,6 +515,8 @@ Options Parse(int argc, char** argv) {
       o.quantize = false;
     } else if (a == "--no-baselines") {
       o.baselines = false;
+    } else if (a == "--no-w8a8") {
+      o.w8a8 = false;
     } else if (a == "--json") {
       o.json = next();
     } else {

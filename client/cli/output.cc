@@ -56,8 +56,10 @@ void PrintMatrixInfo(const v1::MatrixInfo& m) {
   absl::PrintF("backend:          %s\n", m.backend().empty() ? "-" : m.backend());
   if (!m.content_hash().empty()) absl::PrintF("content_hash:     %s\n", m.content_hash());
   // GEMV kernels per batch bucket, one line per activation dtype:
-  // "gemv f16:         <=1 wgmma*, <=2 mma, ..." (* = measured).
-  for (v1::DType x : {v1::DTYPE_F16, v1::DTYPE_BF16, v1::DTYPE_F32}) {
+  // "gemv f16:         <=1 wgmma*, <=2 mma, ..." (* = measured); FP8
+  // activations may also show cublaslt.
+  for (v1::DType x :
+       {v1::DTYPE_F16, v1::DTYPE_BF16, v1::DTYPE_F32, v1::DTYPE_E4M3, v1::DTYPE_E5M2}) {
     std::vector<std::string> cells;
     for (const v1::GemvKernelChoice& k : m.gemv_kernels()) {
       if (k.activation_dtype() != x) continue;

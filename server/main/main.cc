@@ -74,8 +74,9 @@ ABSL_FLAG(int32_t, cuda_streams, 4, "cuda backend: GEMVs that run at once, each 
 ABSL_FLAG(std::string, decode_path, "",
           "cuda backend: FP8 decode, native (sm_89+) or software; empty picks native where the GPU has it.");
 ABSL_FLAG(std::string, gemv_kernel, "auto",
-          "cuda backend: GEMV kernel family, auto (the fastest measured per shape and batch bucket on "
-          "first use), mma (every GPU) or wgmma (sm_90 only); for tests and benchmarks.");
+          "cuda backend: GEMV kernel family, auto (the fastest measured per shape, batch bucket and "
+          "activation dtype on first use), mma (every GPU), wgmma (sm_90 only) or cublaslt "
+          "(cuBLASLt's FP8 GEMM, FP8 activations only, sm_89+); for tests and benchmarks.");
 ABSL_FLAG(int32_t, cpu_threads, 0, "Threads of the CPU backend's GEMV; 0: one per hardware thread.");
 ABSL_FLAG(int64_t, max_queued_requests, 4096, "Requests that may wait for a worker before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, how long in-flight calls may take to finish.");

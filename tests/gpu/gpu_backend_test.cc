@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
 
 #include "server/backends/cpu/cpu_backend.h"
@@ -332,7 +333,7 @@ TEST(CudaBackend, ReportsGemvKernelChoices) {
     auto m = (*cuda)->Quantize(shape, w.data(), DType::kF32);
     ASSERT_TRUE(m.ok()) << m.status();
     std::vector<GemvKernelChoice> before = (*cuda)->GemvKernels(**m);
-    ASSERT_EQ(before.size(), 24u);  // 8 buckets x 3 dtypes
+    ASSERT_EQ(before.size(), 40u);  // 8 buckets x 5 dtypes
     for (const auto& c : before) {
       EXPECT_FALSE(c.measured);
       EXPECT_EQ(c.kernel, forced == "mma" || !hopper ? "mma" : "wgmma");
@@ -360,6 +361,45 @@ TEST(CudaBackend, ReportsGemvKernelChoices) {
       if (tuned) EXPECT_TRUE(c.kernel == "mma" || c.kernel == "wgmma") << c.kernel;
     }
   }
+}
+
+// A forced cuBLASLt GEMV: accepted on sm_89 and later, where MatrixInfo
+// shows it for FP8 activations and "unavailable" for the others (whose
+// GEMVs fail); refused on older GPUs.
+TEST(CudaBackend, ForcedCublasLt) {
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  CudaBackendOptions o;
+  o.gemv_kernel = "cublaslt";
+  auto cuda = CudaBackend::Create(o);
+  if (prop.major * 10 + prop.minor < 89) {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+    return;
+  }
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  const MatrixShape shape{256, 1024, Fp8Format::kE4M3, ScaleMode::kTensor, true};
+  const auto w = RandomNormal(shape.rows * shape.cols, 31);
+  auto m = (*cuda)->Quantize(shape, w.data(), DType::kF32);
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (const auto& c : (*cuda)->GemvKernels(**m)) {
+    EXPECT_EQ(c.kernel, IsFp8(c.x_dtype) ? "cublaslt" : "unavailable")
+        << c.max_batch << " " << DTypeName(c.x_dtype);
+    EXPECT_FALSE(c.measured);
+  }
+  const int64_t batch = 2;
+  const std::vector<float> x = RandomNormal(batch * shape.cols, 32);
+  std::vector<float> y(size_t(batch * shape.rows), NAN);
+  EXPECT_FALSE((*cuda)->Gemv(**m, {x.data(), DType::kF32, 1.0f, batch, y.data(), DType::kF32}).ok());
+  // E4M3 activations run, within W8A8's bound of FP64 over the codes.
+  std::vector<uint8_t> x8(x.size());
+  std::vector<float> xf(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    x8[i] = fp8::Encode(4.0f * x[i], Fp8Format::kE4M3, true);
+    xf[i] = 0.25f * fp8::Decode(x8[i], Fp8Format::kE4M3);
+  }
+  ASSERT_TRUE((*cuda)->Gemv(**m, {x8.data(), DType::kE4M3, 0.25f, batch, y.data(), DType::kF32}).ok());
+  const ExpectedGemv want(w, shape.rows, shape.cols, shape.format, shape.scale_mode);
+  EXPECT_LE(want.RelErr(xf, batch, y), 1e-3);  // W8A8's bound (docs/api.md)
 }
 
 TEST(CudaBackend, OutOfDeviceMemoryIsResourceExhausted) {

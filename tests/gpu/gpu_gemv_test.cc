@@ -106,6 +106,28 @@ struct Variant {
   GemvKernel kernel;
 };
 
+// The problem of m times activations dx into results dy (null for
+// ChosenGemvKernel, which reads neither), as `variant` forces.
+GemvProblem ProblemOf(const TestMatrix& m, DType x, DType y, int64_t batch, Variant variant,
+                      const void* dx, void* dy) {
+  GemvProblem p;
+  p.words = m.d_words.get();
+  p.scales = m.d_scales.get();
+  p.nan_rows = m.d_nan_rows.get();
+  p.rows = m.rows;
+  p.cols = m.cols;
+  p.format = m.format;
+  p.scale_mode = m.mode;
+  p.x = dx;
+  p.x_dtype = x;
+  p.batch = batch;
+  p.y = dy;
+  p.y_dtype = y;
+  p.path = variant.path;
+  p.kernel = variant.kernel;
+  return p;
+}
+
 RunResult RunGemv(const TestMatrix& m, DType x_dtype, DType y_dtype, int64_t batch,
                   Variant variant, uint32_t seed) {
   RunResult out;
@@ -134,22 +156,8 @@ RunResult RunGemv(const TestMatrix& m, DType x_dtype, DType y_dtype, int64_t bat
   }
   cudaMemset(d_y.get(), 0xff, y_bytes);  // NaN in every output dtype
 
-  GemvProblem p;
-  p.words = m.d_words.get();
-  p.scales = m.d_scales.get();
-  p.nan_rows = m.d_nan_rows.get();
-  p.rows = m.rows;
-  p.cols = m.cols;
-  p.format = m.format;
-  p.scale_mode = m.mode;
-  p.x = d_x.get();
-  p.x_dtype = x_dtype;
+  GemvProblem p = ProblemOf(m, x_dtype, y_dtype, batch, variant, d_x.get(), d_y.get());
   p.x_scale = x_scale;
-  p.batch = batch;
-  p.y = d_y.get();
-  p.y_dtype = y_dtype;
-  p.path = variant.path;
-  p.kernel = variant.kernel;
   int device = 0;
   cudaGetDevice(&device);
   const int64_t ws_bytes = GemvWorkspaceBytes(p, device);
@@ -216,6 +224,13 @@ double Bound(DType y_dtype) {
 double Bound(DType y_dtype, double rms) {
   return Bound(y_dtype) + (y_dtype == DType::kF16 && rms > 0 ? std::ldexp(1.0, -24) / rms : 0.0);
 }
+
+// The bound for FP8 activations through cuBLASLt (docs/api.md): W8A8 as the
+// FP8 GEMMs compute it, whose tensor cores accumulate inside an instruction
+// with fewer bits than FP32 (measured 1.2e-4 to 2.8e-4 on an H200), on top of
+// the output dtype's own rounding.
+constexpr double kW8A8Bound = 1e-3;
+double LtBound(DType y_dtype, double rms) { return Bound(y_dtype, rms) + kW8A8Bound; }
 
 // Every decode path and kernel family this device runs: the mma.sync kernels
 // everywhere, the wgmma ones on sm_90, where the dispatcher (kAuto) measures
@@ -308,32 +323,41 @@ TEST(GpuGemv, EveryBatchSize) {
   std::printf("worst rel. L2 error, F32 output: %.3g\n", worst);
 }
 
+// Puts E4M3 NaN codes into rows 3 (+NaN, column 21) and 21 (-NaN, column
+// 296) of an E4M3 matrix of at least 22 rows and 297 columns, then uploads it.
+bool PlantNans(TestMatrix& m) {
+  const int64_t wpr = PackedLayout{m.rows, m.cols}.words_per_row();
+  m.words[size_t(3 * wpr + 5)] = (m.words[size_t(3 * wpr + 5)] & ~0xff00u) | 0x7f00u;
+  m.words[size_t(21 * wpr + 74)] = (m.words[size_t(21 * wpr + 74)] & ~0xffu) | 0xffu;
+  return m.Upload();
+}
+
+// Expects rows 3 and 21 of r's `batch` results NaN and every other finite.
+void ExpectNanRows(const TestMatrix& m, const RunResult& r, int64_t batch, const std::string& what) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t row = 0; row < m.rows; ++row) {
+      const float y = r.y[size_t(b * m.rows + row)];
+      if (row == 3 || row == 21) {
+        EXPECT_TRUE(std::isnan(y)) << "row " << row << " " << what;
+      } else {
+        EXPECT_TRUE(std::isfinite(y)) << "row " << row << " " << what;
+      }
+    }
+  }
+}
+
 // Rows holding an E4M3 NaN code give NaN, as the reference does, on both
 // decode paths; the other rows are unaffected.
 TEST(GpuGemv, NanCodesGiveNanRows) {
   TestMatrix m(40, 300, Fp8Format::kE4M3, ScaleMode::kRow, 7);
-  const int64_t wpr = PackedLayout{m.rows, m.cols}.words_per_row();
-  m.words[size_t(3 * wpr + 5)] = (m.words[size_t(3 * wpr + 5)] & ~0xff00u) | 0x7f00u;    // +NaN
-  m.words[size_t(21 * wpr + 74)] = (m.words[size_t(21 * wpr + 74)] & ~0xffu) | 0xffu;    // -NaN
-  ASSERT_TRUE(m.Upload());
+  ASSERT_TRUE(PlantNans(m));
   int any = 0;
   ASSERT_EQ(cudaMemcpy(&any, m.d_any_nan.get(), sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(any, 1);
   for (Variant v : Variants()) {
     const RunResult r = RunGemv(m, DType::kF32, DType::kF32, 3, v, 5);
     ASSERT_EQ(r.err, cudaSuccess);
-    for (int64_t b = 0; b < 3; ++b) {
-      for (int64_t row = 0; row < m.rows; ++row) {
-        const float y = r.y[size_t(b * m.rows + row)];
-        const std::string where = "row " + std::to_string(row) + " " + DecodePathName(v.path) +
-                                  " " + GemvKernelName(v.kernel);
-        if (row == 3 || row == 21) {
-          EXPECT_TRUE(std::isnan(y)) << where;
-        } else {
-          EXPECT_TRUE(std::isfinite(y)) << where;
-        }
-      }
-    }
+    ExpectNanRows(m, r, 3, std::string(DecodePathName(v.path)) + " " + GemvKernelName(v.kernel));
   }
 }
 
@@ -408,14 +432,199 @@ TEST(GpuGemv, KernelChoice) {
     DeviceBuffer<uint8_t> ws(1 << 20);
     EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorNotSupported);
   }
-  for (GemvKernel k : {GemvKernel::kAuto, GemvKernel::kMma, GemvKernel::kWgmma}) {
+  for (GemvKernel k :
+       {GemvKernel::kAuto, GemvKernel::kMma, GemvKernel::kWgmma, GemvKernel::kCublasLt}) {
     GemvKernel parsed = GemvKernel::kAuto;
     EXPECT_TRUE(ParseGemvKernel(GemvKernelName(k), &parsed));
     EXPECT_EQ(parsed, k);
   }
   GemvKernel parsed = GemvKernel::kMma;
   EXPECT_FALSE(ParseGemvKernel("tensor", &parsed));
+  EXPECT_FALSE(ParseGemvKernel("cuBLASLt", &parsed));
   EXPECT_EQ(parsed, GemvKernel::kMma);
+  EXPECT_STREQ(GemvKernelName(GemvKernel::kCublasLt), "cublaslt");
+}
+
+// ---------------------------------------------------------------- cuBLASLt
+
+// Whether this device has cuBLASLt's FP8 GEMM (sm_89 and later).
+bool HasFp8Lt() {
+  int device = 0;
+  cudaDeviceProp prop{};
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaGetDeviceProperties(&prop, device) == cudaSuccess &&
+         prop.major * 10 + prop.minor >= 89;
+}
+
+Variant Forced(GemvKernel k) {
+  int device = 0;
+  cudaGetDevice(&device);
+  return {DefaultDecodePath(device), k};
+}
+
+// The weight and activation formats cuBLASLt's FP8 GEMM takes (all but
+// E5M2 x E5M2).
+struct Fp8Pair {
+  Fp8Format w;
+  DType x;
+};
+constexpr Fp8Pair kLtPairs[] = {{Fp8Format::kE4M3, DType::kE4M3},
+                                {Fp8Format::kE4M3, DType::kE5M2},
+                                {Fp8Format::kE5M2, DType::kE4M3}};
+
+// Forced cuBLASLt against the FP64 reference, within W8A8's bound (LtBound):
+// columns multiples of 16, TENSOR/ROW/NONE, batches 1, 3, 16, 64 (3
+// is no multiple of 16, so it may take the padded route), every output
+// dtype. Rows that are multiples of 16 must run; 77 rows (F32 results 308
+// bytes apart) may have no algorithm, and then forcing is
+// cudaErrorNotSupported. On a device without cuBLASLt's FP8 GEMM every call
+// is cudaErrorNotSupported.
+TEST(GpuGemvCublasLt, ForcedMatchesReference) {
+  const bool lt = HasFp8Lt();
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  const Shape shapes[] = {{64, 256, 64}, {80, 1024, 64}, {1024, 2048, 16}, {77, 1024, 64}};
+  const DType ys[] = {DType::kF32, DType::kF16, DType::kBF16};
+  const int64_t batches[] = {1, 3, 16, 64};
+  const Variant v = Forced(GemvKernel::kCublasLt);
+  double worst[3] = {0, 0, 0};
+  int cases = 0;
+  uint32_t seed = 500;
+  for (const Shape& s : shapes) {
+    for (const Fp8Pair& pair : kLtPairs) {
+      for (ScaleMode mode : {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow}) {
+        TestMatrix m(s.rows, s.cols, pair.w, mode, seed++);
+        ASSERT_TRUE(m.Upload());
+        for (int64_t batch : batches) {
+          if (batch > s.max_batch) continue;
+          const int yi = cases++ % 3;
+          const DType y = ys[yi];
+          const bool must_run = lt && s.rows % 16 == 0;
+          const bool runs =
+              ChosenGemvKernel(ProblemOf(m, pair.x, y, batch, v, nullptr, nullptr),
+                               device) == GemvKernel::kCublasLt;
+          EXPECT_TRUE(runs || !must_run) << Name(m, pair.x, y, batch, v);
+          EXPECT_TRUE(!runs || lt) << Name(m, pair.x, y, batch, v);
+          if (!runs) {
+            DeviceBuffer<uint8_t> dx(size_t(batch * s.cols)), dy(size_t(batch * s.rows * 4)),
+                ws(1 << 20);
+            const GemvProblem p = ProblemOf(m, pair.x, y, batch, v, dx.get(), dy.get());
+            EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorNotSupported)
+                << Name(m, pair.x, y, batch, v);
+            if (lt) std::printf("%s: no cuBLASLt algorithm\n", Name(m, pair.x, y, batch, v).c_str());
+            continue;
+          }
+          const RunResult r = RunGemv(m, pair.x, y, batch, v, seed++);
+          ASSERT_EQ(r.err, cudaSuccess) << Name(m, pair.x, y, batch, v) << ": "
+                                        << cudaGetErrorString(r.err);
+          const Check c = Compare(m, r, batch);
+          EXPECT_EQ(c.unwritten, 0) << Name(m, pair.x, y, batch, v);
+          EXPECT_LE(c.rel, LtBound(y, c.rms))
+              << Name(m, pair.x, y, batch, v) << ": worst element " << c.worst_got << " for "
+              << c.worst_want << ", reference RMS " << c.rms;
+          worst[yi] = std::max(worst[yi], c.rel);
+        }
+      }
+    }
+  }
+  std::printf("cuBLASLt: %d cases; worst rel. L2 error F32 %.3g, F16 %.3g, BF16 %.3g\n", cases,
+              worst[0], worst[1], worst[2]);
+}
+
+// Where the path is not available, forcing it is cudaErrorNotSupported
+// (ChosenGemvKernel says kAuto), and kAuto runs plume's kernel, correctly.
+TEST(GpuGemvCublasLt, UnavailableFallsBack) {
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  struct Case {
+    int64_t rows, cols;
+    Fp8Format w;
+    ScaleMode mode;
+    DType x;
+    const char* why;
+  };
+  const Case cases[] = {
+      {300, 1000, Fp8Format::kE4M3, ScaleMode::kRow, DType::kE4M3, "columns not a multiple of 16"},
+      {128, 512, Fp8Format::kE5M2, ScaleMode::kTensor, DType::kE5M2, "E5M2 x E5M2"},
+      {128, 512, Fp8Format::kE4M3, ScaleMode::kBlock128, DType::kE4M3, "BLOCK128 scales"},
+      {128, 512, Fp8Format::kE4M3, ScaleMode::kRow, DType::kF16, "F16 activations"},
+  };
+  uint32_t seed = 900;
+  for (const Case& k : cases) {
+    TestMatrix m(k.rows, k.cols, k.w, k.mode, seed++);
+    ASSERT_TRUE(m.Upload());
+    DeviceBuffer<uint8_t> dx(size_t(4 * k.cols * 2)), dy(size_t(4 * k.rows * 4)), ws(1 << 20);
+    GemvProblem p = ProblemOf(m, k.x, DType::kF32, 4, Forced(GemvKernel::kCublasLt), dx.get(),
+                              dy.get());
+    EXPECT_EQ(ChosenGemvKernel(p, device), GemvKernel::kAuto) << k.why;
+    EXPECT_EQ(GemvWorkspaceBytes(p, device), 0) << k.why;
+    EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorNotSupported) << k.why;
+    p.kernel = GemvKernel::kAuto;
+    const RunResult r = RunGemv(m, k.x, DType::kF32, 4, Forced(GemvKernel::kAuto), seed++);
+    ASSERT_EQ(r.err, cudaSuccess) << k.why;
+    const Check c = Compare(m, r, 4);
+    EXPECT_EQ(c.unwritten, 0) << k.why;
+    EXPECT_LE(c.rel, 1e-5) << k.why;
+    const GemvKernel chosen = ChosenGemvKernel(p, device);
+    EXPECT_TRUE(chosen == GemvKernel::kMma || chosen == GemvKernel::kWgmma)
+        << k.why << ": " << GemvKernelName(chosen);
+  }
+}
+
+// E4M3 NaN codes give NaN rows through cuBLASLt too (the tensor cores read
+// them as NaN), the other rows finite; and through kAuto.
+TEST(GpuGemvCublasLt, NanCodesGiveNanRows) {
+  TestMatrix m(48, 320, Fp8Format::kE4M3, ScaleMode::kRow, 17);
+  ASSERT_TRUE(PlantNans(m));
+  std::vector<GemvKernel> kernels = {GemvKernel::kAuto};
+  if (HasFp8Lt()) kernels.push_back(GemvKernel::kCublasLt);
+  for (GemvKernel k : kernels) {
+    for (DType y_dtype : {DType::kF32, DType::kBF16}) {
+      const RunResult r = RunGemv(m, DType::kE4M3, y_dtype, 3, Forced(k), 5);
+      ASSERT_EQ(r.err, cudaSuccess) << GemvKernelName(k);
+      ExpectNanRows(m, r, 3, std::string(GemvKernelName(k)) + " y=" + DTypeName(y_dtype));
+    }
+  }
+}
+
+// kAuto with FP8 activations: right on the first call of a bucket (which
+// measures plume's kernels and cuBLASLt where it may run) and on the next
+// (the recorded choice), and the choice is reported as measured.
+TEST(GpuGemvCublasLt, AutoIsRightForFp8Activations) {
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, device), cudaSuccess);
+  const bool hopper = prop.major == 9 && prop.minor == 0;
+  const bool lt = HasFp8Lt();
+  uint32_t seed = 1300;
+  for (const Fp8Pair& pair : kLtPairs) {
+    for (ScaleMode mode : {ScaleMode::kTensor, ScaleMode::kRow}) {
+      TestMatrix m(512, 2048, pair.w, mode, seed++);
+      ASSERT_TRUE(m.Upload());
+      for (int64_t batch : {1, 3, 16, 64}) {
+        for (DType y : {DType::kF32, DType::kF16}) {
+          const std::string name = Name(m, pair.x, y, batch, Forced(GemvKernel::kAuto));
+          for (int call = 0; call < 2; ++call) {
+            const RunResult r = RunGemv(m, pair.x, y, batch, Forced(GemvKernel::kAuto), seed++);
+            ASSERT_EQ(r.err, cudaSuccess) << name << " call " << call;
+            const Check c = Compare(m, r, batch);
+            EXPECT_EQ(c.unwritten, 0) << name;
+            // The dispatcher may keep cuBLASLt, whose bound is W8A8's.
+            EXPECT_LE(c.rel, LtBound(y, c.rms)) << name << " call " << call;
+          }
+          const GemvProblem p = ProblemOf(m, pair.x, y, batch, Forced(GemvKernel::kAuto), nullptr, nullptr);
+          bool measured = false;
+          const GemvKernel k = ChosenGemvKernel(p, device, &measured);
+          EXPECT_EQ(measured, lt || hopper) << name;
+          EXPECT_TRUE(k == GemvKernel::kMma || (hopper && k == GemvKernel::kWgmma) ||
+                      (lt && k == GemvKernel::kCublasLt))
+              << name << ": " << GemvKernelName(k);
+          std::printf("%s: auto chose %s\n", name.c_str(), GemvKernelName(k));
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

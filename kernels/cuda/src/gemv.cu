@@ -13,6 +13,7 @@
 #include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
 #include "fp8_regs.cuh"
+#include "gemv_cublaslt.h"
 #include "gemv_prep.cuh"
 #include "gemv_splits.cuh"
 #include "gemv_tuner.h"
@@ -389,6 +390,7 @@ KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int nt) {
 struct Plan {
   GemvKernel kernel = GemvKernel::kMma;
   wgmma_gemv::Plan hopper;  // kWgmma
+  lt_gemv::Plan lt;         // kCublasLt
   // kMma:
   bool prep = false;       // activations go through PrepKernel
   bool split = false;      // F32: two FP16 columns per vector
@@ -407,26 +409,67 @@ struct Plan {
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
-// The kernel family for p on `device` (compute capability cc), or kAuto
-// when the forced one does not run there. kAuto: the measured choice for p's
-// key once there is one (Gemv measures on first use), else the static one.
-GemvKernel Resolve(const GemvProblem& p, int device, int cc) {
+// plume's own kernel family for a device of compute capability cc when
+// nothing was measured: the Hopper kernels where they run.
+GemvKernel StaticChoice(int cc) {
+  return wgmma_gemv::Runs(cc) ? GemvKernel::kWgmma : GemvKernel::kMma;
+}
+
+// Whether kAuto measures p's candidates on `cc`: more than one family may
+// run it (the Hopper kernels beside the mma.sync ones, or cuBLASLt's FP8
+// GEMM for FP8 activations).
+bool Tunable(const GemvProblem& p, int cc) {
+  return wgmma_gemv::Runs(cc) || (lt_gemv::Runs(cc) && lt_gemv::Takes(p));
+}
+
+// The kernel family for p on `device` (compute capability cc).
+// cudaErrorNotSupported when a forced one does not run there. kAuto: the
+// measured choice for p's key once there is one (Gemv measures on first
+// use), else the static one.
+cudaError_t Resolve(const GemvProblem& p, int device, int cc, GemvKernel* out) {
   switch (p.kernel) {
     case GemvKernel::kAuto: {
-      if (!wgmma_gemv::Runs(cc)) return GemvKernel::kMma;
-      const GemvKernel measured = gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device));
-      return measured != GemvKernel::kAuto ? measured : GemvKernel::kWgmma;
+      const GemvKernel measured =
+          Tunable(p, cc) ? gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) : GemvKernel::kAuto;
+      *out = measured != GemvKernel::kAuto ? measured : StaticChoice(cc);
+      return cudaSuccess;
     }
-    case GemvKernel::kMma: return GemvKernel::kMma;
-    case GemvKernel::kWgmma: return wgmma_gemv::Runs(cc) ? GemvKernel::kWgmma : GemvKernel::kAuto;
+    case GemvKernel::kMma: *out = GemvKernel::kMma; return cudaSuccess;
+    case GemvKernel::kWgmma:
+      if (!wgmma_gemv::Runs(cc)) return cudaErrorNotSupported;
+      *out = GemvKernel::kWgmma;
+      return cudaSuccess;
+    case GemvKernel::kCublasLt:
+      if (!lt_gemv::Runs(cc) || !lt_gemv::Takes(p)) return cudaErrorNotSupported;
+      *out = GemvKernel::kCublasLt;
+      return cudaSuccess;
   }
-  return GemvKernel::kAuto;
+  return cudaErrorInvalidValue;  // a kernel value this dispatch does not know
+}
+
+// The bytes at the start of a workspace that plume's kernels keep their
+// per-row-tile counters in (both families tile rows by 128): the cuBLASLt
+// path's buffers start past them, so a measurement that runs every family
+// on one workspace leaves the counters at zero.
+int64_t CounterBytes(int64_t rows) {
+  return AlignUp((rows + kRowsPerBlock - 1) / kRowsPerBlock * 4, 256);
 }
 
 cudaError_t MakePlan(const GemvProblem& p, int device, const DeviceInfo& info, Plan* out) {
   Plan pl;
-  pl.kernel = Resolve(p, device, info.cc);
-  if (pl.kernel == GemvKernel::kAuto) return cudaErrorNotSupported;
+  PLUME_CUDA_TRY(Resolve(p, device, info.cc, &pl.kernel));
+  if (pl.kernel == GemvKernel::kCublasLt) {
+    const cudaError_t e = lt_gemv::MakePlan(p, device, info.cc, CounterBytes(p.rows), &pl.lt);
+    if (e == cudaSuccess) {
+      pl.total = pl.lt.total;
+      *out = pl;
+      return cudaSuccess;
+    }
+    // kAuto measured cuBLASLt for p's bucket, but it has no algorithm for
+    // this call (its exact batch or alignment): plume's kernel runs it.
+    if (e != cudaErrorNotSupported || p.kernel != GemvKernel::kAuto) return e;
+    pl.kernel = StaticChoice(info.cc);
+  }
   if (pl.kernel == GemvKernel::kWgmma) {
     PLUME_CUDA_TRY(wgmma_gemv::MakePlan(p, info.sms, &pl.hopper));
     pl.total = pl.hopper.total;
@@ -500,13 +543,15 @@ const char* GemvKernelName(GemvKernel k) {
     case GemvKernel::kAuto: return "auto";
     case GemvKernel::kMma: return "mma";
     case GemvKernel::kWgmma: return "wgmma";
+    case GemvKernel::kCublasLt: return "cublaslt";
   }
   return "unknown";
 }
 
 bool ParseGemvKernel(const char* name, GemvKernel* out) {
   const std::string_view n = name == nullptr ? "" : name;
-  for (GemvKernel k : {GemvKernel::kAuto, GemvKernel::kMma, GemvKernel::kWgmma}) {
+  for (GemvKernel k :
+       {GemvKernel::kAuto, GemvKernel::kMma, GemvKernel::kWgmma, GemvKernel::kCublasLt}) {
     if (n == GemvKernelName(k)) {
       *out = k;
       return true;
@@ -523,7 +568,7 @@ GemvKernel ChosenGemvKernel(const GemvProblem& p, int device, bool* measured) {
       MakePlan(p, device, info, &pl) != cudaSuccess) {
     return GemvKernel::kAuto;
   }
-  if (measured != nullptr && p.kernel == GemvKernel::kAuto && wgmma_gemv::Runs(info.cc)) {
+  if (measured != nullptr && p.kernel == GemvKernel::kAuto && Tunable(p, info.cc)) {
     *measured = gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) != GemvKernel::kAuto;
   }
   return pl.kernel;
@@ -537,12 +582,17 @@ DecodePath DefaultDecodePath(int device) {
 
 namespace {
 
-// A call's plan, and whether kAuto still has to measure its candidates (then
-// `candidates` holds both families' plans and `total` the larger workspace).
+// A call's plan, and whether kAuto still has to measure its candidates
+// (then `candidates` holds each family's plan and `total` the largest
+// workspace; with a cuBLASLt candidate, `lt_check` is its plan with F32
+// results, and two F32 result buffers for the check lie at `off_check`).
 struct CallPlan {
   Plan plan;
   bool tune = false;
-  Plan candidates[2];
+  int ncandidates = 0;
+  Plan candidates[gemv_tuner::kMaxCandidates];
+  Plan lt_check;
+  int64_t off_check = 0, check_bytes = 0;
   int64_t total = 0;
 };
 
@@ -554,16 +604,34 @@ cudaError_t PlanFor(const GemvProblem& p, int device, CallPlan* out) {
   CallPlan c;
   PLUME_CUDA_TRY(MakePlan(p, device, info, &c.plan));
   c.total = c.plan.total;
-  c.tune = p.kernel == GemvKernel::kAuto && wgmma_gemv::Runs(info.cc) &&
-           gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) == GemvKernel::kAuto;
-  if (c.tune) {
+  const bool tune = p.kernel == GemvKernel::kAuto && Tunable(p, info.cc) &&
+                    gemv_tuner::Lookup(gemv_tuner::KeyOf(p, device)) == GemvKernel::kAuto;
+  if (tune) {
     GemvProblem forced = p;
-    int i = 0;
-    for (GemvKernel k : {GemvKernel::kMma, GemvKernel::kWgmma}) {
+    for (GemvKernel k : {GemvKernel::kMma, GemvKernel::kWgmma, GemvKernel::kCublasLt}) {
       forced.kernel = k;
-      PLUME_CUDA_TRY(MakePlan(forced, device, info, &c.candidates[i++]));
+      Plan cand;
+      cudaError_t e = MakePlan(forced, device, info, &cand);
+      if (e == cudaSuccess && k == GemvKernel::kCublasLt) {
+        // The check's run: F32 results into a workspace buffer (256-byte
+        // aligned, as a null y reads).
+        GemvProblem f32 = forced;
+        f32.y = nullptr;
+        f32.y_dtype = DType::kF32;
+        e = MakePlan(f32, device, info, &c.lt_check);
+        c.total = std::max(c.total, c.lt_check.total);
+      }
+      if (e == cudaErrorNotSupported) continue;  // not on this device, or not for p
+      PLUME_CUDA_TRY(e);
+      c.total = std::max(c.total, cand.total);
+      c.candidates[c.ncandidates++] = cand;
     }
-    c.total = std::max(c.candidates[0].total, c.candidates[1].total);
+    c.tune = c.ncandidates > 1;
+    if (c.tune && c.lt_check.kernel == GemvKernel::kCublasLt) {
+      c.off_check = AlignUp(c.total, 256);
+      c.check_bytes = AlignUp(p.batch * p.rows * int64_t{sizeof(float)}, 256);
+      c.total = c.off_check + 2 * c.check_bytes;
+    }
   }
   *out = c;
   return cudaSuccess;
@@ -571,48 +639,30 @@ cudaError_t PlanFor(const GemvProblem& p, int device, CallPlan* out) {
 
 cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream);
 
-// Times each candidate on the call's own data and records the faster for
-// p's key: one warm-up launch each, then kTuneRounds rounds that launch both
-// in turn, each launch between its own pair of events, and the medians are
-// compared (interleaved, so clock and L2 drift hit both alike; the median, so
-// one slow launch does not decide). The last launch is the winner's, so the
-// call's result is in place. Skipped (the static choice runs) while the
-// stream is being captured into a graph.
-constexpr int kTuneRounds = 7;
-
+// Measures the candidates on the call's own data (gemv_tuner::TuneAndLaunch)
+// and records the fastest correct one for p's key. Skipped (the static
+// choice runs) while the stream is being captured into a graph.
 cudaError_t TuneAndLaunch(const GemvProblem& p, int device, const CallPlan& c, void* ws,
                           cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PLUME_CUDA_TRY(cudaStreamIsCapturing(stream, &capture));
   if (capture != cudaStreamCaptureStatusNone) return Launch(p, c.plan, ws, stream);
-  constexpr int kEvents = 2 * 2 * kTuneRounds;  // [round][candidate][start, end]
-  cudaEvent_t ev[kEvents];
-  int made = 0;
-  cudaError_t err = cudaSuccess;
-  for (; made < kEvents && err == cudaSuccess; ++made) err = cudaEventCreate(&ev[made]);
-  if (err != cudaSuccess) --made;  // the failed one was not created
-  for (int i = 0; i < 2 && err == cudaSuccess; ++i) err = Launch(p, c.candidates[i], ws, stream);
-  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
-    for (int i = 0; i < 2 && err == cudaSuccess; ++i) {
-      cudaEvent_t* e = ev + 4 * r + 2 * i;
-      err = cudaEventRecord(e[0], stream);
-      if (err == cudaSuccess) err = Launch(p, c.candidates[i], ws, stream);
-      if (err == cudaSuccess) err = cudaEventRecord(e[1], stream);
-    }
-  }
-  if (err == cudaSuccess) err = cudaEventSynchronize(ev[kEvents - 1]);
-  float ms[2][kTuneRounds];
-  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
-    for (int i = 0; i < 2 && err == cudaSuccess; ++i) {
-      err = cudaEventElapsedTime(&ms[i][r], ev[4 * r + 2 * i], ev[4 * r + 2 * i + 1]);
-    }
-  }
-  for (int i = 0; i < made; ++i) cudaEventDestroy(ev[i]);
-  PLUME_CUDA_TRY(err);
-  for (auto& m : ms) std::sort(m, m + kTuneRounds);
-  const int best = ms[1][kTuneRounds / 2] < ms[0][kTuneRounds / 2] ? 1 : 0;
-  gemv_tuner::Store(gemv_tuner::KeyOf(p, device), c.candidates[best].kernel);
-  return best == 1 ? cudaSuccess : Launch(p, c.candidates[0], ws, stream);
+  GemvKernel kernels[gemv_tuner::kMaxCandidates];
+  for (int i = 0; i < c.ncandidates; ++i) kernels[i] = c.candidates[i].kernel;
+  gemv_tuner::Check check;
+  check.launch = [&](int i, float* y) {
+    GemvProblem q = p;
+    q.y = y;
+    q.y_dtype = DType::kF32;
+    const bool lt = c.candidates[i].kernel == GemvKernel::kCublasLt;
+    return Launch(q, lt ? c.lt_check : c.candidates[i], ws, stream);
+  };
+  check.a = reinterpret_cast<float*>(static_cast<char*>(ws) + c.off_check);
+  check.b = reinterpret_cast<float*>(static_cast<char*>(ws) + c.off_check + c.check_bytes);
+  check.count = p.batch * p.rows;
+  return gemv_tuner::TuneAndLaunch(
+      gemv_tuner::KeyOf(p, device), kernels, c.ncandidates,
+      [&](int i) { return Launch(p, c.candidates[i], ws, stream); }, check, stream);
 }
 
 cudaError_t Run(const GemvProblem& p, int device, const CallPlan& c, void* ws, cudaStream_t stream) {
@@ -652,8 +702,19 @@ cudaError_t Gemv(const GemvProblem& p, const std::function<void*(int64_t bytes)>
 
 namespace {
 
+cudaError_t LaunchMma(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream);
+
 cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream) {
-  if (pl.kernel == GemvKernel::kWgmma) return wgmma_gemv::Launch(p, pl.hopper, workspace, stream);
+  switch (pl.kernel) {
+    case GemvKernel::kMma: return LaunchMma(p, pl, workspace, stream);
+    case GemvKernel::kWgmma: return wgmma_gemv::Launch(p, pl.hopper, workspace, stream);
+    case GemvKernel::kCublasLt: return lt_gemv::Launch(p, pl.lt, workspace, stream);
+    case GemvKernel::kAuto: break;  // a plan always holds a resolved family
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchMma(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream) {
   char* ws = static_cast<char*>(workspace);
   Params k{};
   k.w = reinterpret_cast<const uint8_t*>(p.words);

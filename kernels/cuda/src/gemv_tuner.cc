@@ -1,11 +1,16 @@
 // The dispatcher's table of measured choices (gemv_tuner.h): open addressing
 // over a fixed array; readers check a slot's published flag and compare its
-// key, writers take a mutex.
+// key, writers take a mutex. And the measurement itself.
 #include "gemv_tuner.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <functional>
 #include <mutex>
+#include <vector>
+
+#include "plume/cuda/check.h"
 
 namespace plume::cuda::gemv_tuner {
 namespace {
@@ -78,6 +83,97 @@ void Store(const Key& key, GemvKernel kernel) {
     }
     if (s.key == key) return;  // measured by another caller meanwhile
   }
+}
+
+namespace {
+
+constexpr int kTuneRounds = 7;
+
+// Runs candidates `best` (cuBLASLt) and `ref` (a plume kernel) on the
+// call's data with F32 results and compares them.
+cudaError_t RunCheck(int best, int ref, const Check& check, cudaStream_t stream, bool* agree) {
+  const size_t count = static_cast<size_t>(check.count);
+  std::vector<float> a(count), b(count);
+  PLUME_CUDA_TRY(check.launch(ref, check.a));
+  PLUME_CUDA_TRY(check.launch(best, check.b));
+  PLUME_CUDA_TRY(cudaMemcpyAsync(a.data(), check.a, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  PLUME_CUDA_TRY(cudaMemcpyAsync(b.data(), check.b, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  PLUME_CUDA_TRY(cudaStreamSynchronize(stream));
+  *agree = Agree(a.data(), b.data(), check.count);
+  return cudaSuccess;
+}
+
+}  // namespace
+
+bool Agree(const float* a, const float* b, int64_t count) {
+  double err = 0, norm = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double x = a[i], y = b[i];
+    if (std::isnan(x) || std::isnan(y)) {
+      if (std::isnan(x) != std::isnan(y)) return false;
+      continue;
+    }
+    if (std::isinf(x) || std::isinf(y)) {
+      if (x != y) return false;
+      continue;
+    }
+    err += (x - y) * (x - y);
+    norm += x * x;
+  }
+  return norm > 0 ? std::sqrt(err / norm) <= kAgreement : err == 0;
+}
+
+cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
+                          const std::function<cudaError_t(int)>& launch, const Check& check,
+                          cudaStream_t stream) {
+  if (n < 1 || n > kMaxCandidates) return cudaErrorInvalidValue;
+  constexpr int kEvents = 2 * kMaxCandidates * kTuneRounds;  // [round][candidate][start, end]
+  cudaEvent_t ev[kEvents];
+  const int events = 2 * n * kTuneRounds;
+  int made = 0;
+  cudaError_t err = cudaSuccess;
+  for (; made < events && err == cudaSuccess; ++made) err = cudaEventCreate(&ev[made]);
+  if (err != cudaSuccess) --made;  // the failed one was not created
+  for (int i = 0; i < n && err == cudaSuccess; ++i) err = launch(i);
+  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
+    for (int i = 0; i < n && err == cudaSuccess; ++i) {
+      cudaEvent_t* e = ev + 2 * (n * r + i);
+      err = cudaEventRecord(e[0], stream);
+      if (err == cudaSuccess) err = launch(i);
+      if (err == cudaSuccess) err = cudaEventRecord(e[1], stream);
+    }
+  }
+  if (err == cudaSuccess) err = cudaEventSynchronize(ev[events - 1]);
+  float ms[kMaxCandidates][kTuneRounds];
+  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
+    for (int i = 0; i < n && err == cudaSuccess; ++i) {
+      err = cudaEventElapsedTime(&ms[i][r], ev[2 * (n * r + i)], ev[2 * (n * r + i) + 1]);
+    }
+  }
+  for (int i = 0; i < made; ++i) cudaEventDestroy(ev[i]);
+  PLUME_CUDA_TRY(err);
+  float median[kMaxCandidates];
+  for (int i = 0; i < n; ++i) {
+    std::sort(ms[i], ms[i] + kTuneRounds);
+    median[i] = ms[i][kTuneRounds / 2];
+  }
+  // The fastest, and the fastest of plume's own kernels.
+  int best = 0, best_plume = -1;
+  for (int i = 0; i < n; ++i) {
+    if (median[i] < median[best]) best = i;
+    if (kernels[i] != GemvKernel::kCublasLt && (best_plume < 0 || median[i] < median[best_plume])) {
+      best_plume = i;
+    }
+  }
+  int last = n - 1;
+  if (kernels[best] == GemvKernel::kCublasLt && best_plume >= 0) {
+    bool agree = false;
+    PLUME_CUDA_TRY(RunCheck(best, best_plume, check, stream, &agree));
+    if (!agree) best = best_plume;
+    last = -1;  // the check's launches wrote elsewhere
+  }
+  Store(key, kernels[best]);
+  return last == best ? cudaSuccess : launch(best);
 }
 
 }  // namespace plume::cuda::gemv_tuner

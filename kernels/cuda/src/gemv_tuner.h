@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+
+#include <cuda_runtime.h>
 
 #include "plume/cuda/gemv.h"
 
@@ -37,5 +40,45 @@ GemvKernel Lookup(const Key& key);
 // Records a measured choice (the table keeps the first 4096 keys; later ones
 // are measured again on their next use).
 void Store(const Key& key, GemvKernel kernel);
+
+inline constexpr int kMaxCandidates = 3;
+
+// How a cuBLASLt candidate is checked against plume's kernel: launch(i, y)
+// runs candidate i on the call's data with F32 results at y (device memory),
+// and a and b are two such buffers of `count` floats.
+struct Check {
+  std::function<cudaError_t(int i, float* y)> launch;
+  float* a = nullptr;
+  float* b = nullptr;
+  int64_t count = 0;
+};
+
+// Times n candidate kernels (launch(i) runs candidate i on the call's own
+// data) and records the fastest for key: one warm-up launch each, then
+// rounds that launch all in turn, each launch between its own pair of
+// events, and the medians are compared (interleaved, so clock and L2 drift
+// hit all alike; the median, so one slow launch does not decide). A
+// cuBLASLt winner, whose accumulation is the library's, is kept only when its
+// F32 results Agree with the fastest plume kernel's on this call; else that
+// kernel is recorded. The last launch is the recorded kernel's, so the
+// call's result is in place. Not for a stream being captured into a graph.
+cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
+                          const std::function<cudaError_t(int)>& launch, const Check& check,
+                          cudaStream_t stream);
+
+// The relative L2 difference of F32 results for a cuBLASLt candidate to be
+// kept: half the bound that GEMVs with FP8 activations served by cuBLASLt
+// promise (rel. L2 1e-3 for F32 results, docs/api.md), so that a result this
+// close to plume's kernel's (1.4e-6 at worst) meets it with room. Hopper's
+// FP8 tensor cores accumulate inside an instruction with fewer bits than
+// FP32: cuBLASLt measured 1.2e-4 to 2.8e-4 on the GPU test grid
+// (kernels/cuda/NOTES.md). Checked at F32 for every output dtype, since the
+// key does not hold the output dtype.
+inline constexpr double kAgreement = 5e-4;
+
+// Whether F32 results a and b (`count` values, host memory) agree: NaN in
+// the same places, infinities equal, and the relative L2 difference of the
+// rest within kAgreement.
+bool Agree(const float* a, const float* b, int64_t count);
 
 }  // namespace plume::cuda::gemv_tuner

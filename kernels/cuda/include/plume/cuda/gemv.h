@@ -33,9 +33,16 @@ namespace plume::cuda {
 // (gemv.cu); the others force one, for tests and benchmarks.
 //  - kMma: mma.sync m16n8k16, every GPU from sm_75 (the pre-Hopper path).
 //  - kWgmma: TMA + mbarrier pipeline + wgmma, sm_90a (Hopper) only.
-enum class GemvKernel : uint8_t { kAuto = 0, kMma = 1, kWgmma = 2 };
+//  - kCublasLt: cuBLASLt's FP8 GEMM (W8A8), for FP8 activations (not E5M2
+//    with E5M2 weights), NONE/TENSOR/ROW scales and columns a multiple of 16,
+//    on sm_89 and later where cuBLASLt has an algorithm for the shape.
+// kAuto times every family that can run a problem on its first call per
+// (device, shape, batch bucket, activation dtype, scale mode, format, decode
+// path) and keeps the fastest; cuBLASLt is kept only when its results agree
+// with plume's kernel on that call (kernels/cuda/NOTES.md).
+enum class GemvKernel : uint8_t { kAuto = 0, kMma = 1, kWgmma = 2, kCublasLt = 3 };
 const char* GemvKernelName(GemvKernel k);
-// "auto", "mma" or "wgmma"; false for anything else.
+// "auto", "mma", "wgmma" or "cublaslt"; false for anything else.
 bool ParseGemvKernel(const char* name, GemvKernel* out);
 
 struct GemvProblem {
@@ -64,7 +71,8 @@ struct GemvProblem {
 };
 
 // The kernel family Gemv runs p with on `device` (kAuto resolved), or kAuto
-// when p is not a valid problem there (a forced kernel the device lacks).
+// when p is not a valid problem there (a forced kernel the device lacks, or
+// one that does not take p, as cuBLASLt does not F16 activations).
 // *measured (optional) tells whether kAuto's choice was timed (on a first
 // call of p's shape and batch bucket) rather than the static one.
 GemvKernel ChosenGemvKernel(const GemvProblem& p, int device, bool* measured = nullptr);
@@ -74,12 +82,14 @@ DecodePath DefaultDecodePath(int device);
 
 // Bytes of device workspace Gemv needs for this problem on `device`. The
 // workspace must be zeroed once when allocated (it holds counters that each
-// launch leaves at zero), and used by one stream at a time.
+// launch leaves at zero), 256-byte aligned (as cudaMalloc's is), and used by
+// one stream at a time. It includes cuBLASLt's workspace when that runs.
 int64_t GemvWorkspaceBytes(const GemvProblem& p, int device);
 
 // Runs the GEMV on `stream`. Returns cudaErrorInvalidValue for bad arguments
-// and cudaErrorNotSupported for the native path on a device older than sm_89
-// or the wgmma kernel on a device other than sm_90.
+// and cudaErrorNotSupported for the native path on a device older than sm_89,
+// the wgmma kernel on a device other than sm_90, or the cuBLASLt path forced
+// on a problem or device it does not take (see kCublasLt).
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
                  cudaStream_t stream);
 
