@@ -402,6 +402,104 @@ TEST(CudaBackend, ForcedCublasLt) {
   EXPECT_LE(want.RelErr(xf, batch, y), 1e-3);  // W8A8's bound (docs/api.md)
 }
 
+// Repeated GEMVs replay CUDA graphs: the same call again and again (new
+// activations in the same buffers, as a server's lanes see) gives right
+// results from its graph; a call that differs in any parameter (batch, the
+// activations' scale, a new matrix at a freed one's address, another
+// buffer) is right too; a row shard's strided results through pinned
+// buffers as well. With graphs off nothing is replayed, and the results are
+// the same bit for bit.
+TEST(CudaBackend, RepeatedGemvsReplayGraphs) {
+  std::vector<std::vector<float>> results[2];
+  for (bool graphs : {true, false}) {
+    CudaBackendOptions o;
+    o.lanes = 2;
+    o.gemv_graphs = graphs;
+    auto made = CudaBackend::Create(o);
+    ASSERT_TRUE(made.ok()) << made.status();
+    CudaBackend& cuda = **made;
+    auto& out = results[graphs ? 0 : 1];
+    uint32_t seed = 70;
+    for (ScaleMode mode : {ScaleMode::kRow, ScaleMode::kTensor, ScaleMode::kBlock128}) {
+      const MatrixShape shape{384, 1024, Fp8Format::kE4M3, mode, true};
+      // Two uploads in turn at most: the second often lands where the first was freed.
+      for (int upload = 0; upload < 2; ++upload) {
+        const auto w = RandomNormal(shape.rows * shape.cols, seed++);
+        auto m = cuda.Quantize(shape, w.data(), DType::kF32);
+        ASSERT_TRUE(m.ok()) << m.status();
+        const ExpectedGemv want(w, shape.rows, shape.cols, shape.format, mode);
+        for (int64_t batch : {1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 16, 16, 16, 16, 1, 1}) {
+          const auto x = RandomNormal(batch * shape.cols, seed++);
+          std::vector<float> y(size_t(batch * shape.rows), NAN);
+          ASSERT_TRUE(cuda.Gemv(**m, {x.data(), DType::kF32, 1.0f, batch, y.data(), DType::kF32}).ok());
+          EXPECT_LE(want.RelErr(x, batch, y), 1e-5) << ScaleModeName(mode) << " b" << batch;
+          out.push_back(y);
+        }
+        // FP8 activations whose scale changes from call to call.
+        for (float scale : {0.25f, 0.25f, 0.25f, 0.5f, 0.5f, 0.5f, 0.25f}) {
+          const int64_t batch = 2;
+          const auto x = RandomNormal(batch * shape.cols, seed++);
+          std::vector<uint8_t> x8(x.size());
+          std::vector<float> xf(x.size());
+          for (size_t i = 0; i < x.size(); ++i) {
+            x8[i] = fp8::Encode(x[i] / scale, Fp8Format::kE4M3, true);
+            xf[i] = scale * fp8::Decode(x8[i], Fp8Format::kE4M3);
+          }
+          std::vector<float> y(size_t(batch * shape.rows), NAN);
+          ASSERT_TRUE(
+              cuda.Gemv(**m, {x8.data(), DType::kE4M3, scale, batch, y.data(), DType::kF32}).ok());
+          // W8A8's bound: auto may keep cuBLASLt for these (docs/api.md).
+          EXPECT_LE(want.RelErr(xf, batch, y), 1e-3) << ScaleModeName(mode) << " x_scale " << scale;
+        }
+      }
+    }
+    // A row shard's results, strided into pinned buffers that stay put.
+    const MatrixShape shape{256, 512, Fp8Format::kE5M2, ScaleMode::kRow, true};
+    const auto w = RandomNormal(shape.rows * shape.cols, seed++);
+    auto m = cuda.Quantize(shape, w.data(), DType::kF32);
+    ASSERT_TRUE(m.ok()) << m.status();
+    const ExpectedGemv want(w, shape.rows, shape.cols, shape.format, shape.scale_mode);
+    const int64_t batch = 4, stride = shape.rows + 40;
+    auto px = cuda.AllocateHostBuffer(size_t(batch * shape.cols * 4));
+    auto py = cuda.AllocateHostBuffer(size_t(batch * stride * 4));
+    ASSERT_TRUE(px.ok() && py.ok());
+    for (int call = 0; call < 6; ++call) {
+      const auto x = RandomNormal(batch * shape.cols, seed++);
+      std::memcpy((*px)->data(), x.data(), x.size() * 4);
+      float* ys = static_cast<float*>((*py)->data());
+      std::fill(ys, ys + batch * stride, NAN);
+      GemvArgs a{(*px)->data(), DType::kF32, 1.0f, batch, ys, DType::kF32};
+      a.y_stride = stride;
+      ASSERT_TRUE(cuda.Gemv(**m, a).ok());
+      std::vector<float> y(size_t(batch * shape.rows));
+      for (int64_t b = 0; b < batch; ++b) {
+        std::copy(ys + b * stride, ys + b * stride + shape.rows, y.begin() + b * shape.rows);
+        for (int64_t r = shape.rows; r < stride; ++r) EXPECT_TRUE(std::isnan(ys[b * stride + r]));
+      }
+      EXPECT_LE(want.RelErr(x, batch, y), 1e-5) << "strided, call " << call;
+      out.push_back(y);
+    }
+    if (graphs) {
+      // Most calls repeat one before them on the same lane.
+      EXPECT_GT(cuda.graph_gemvs(), 40) << "graphs were not replayed";
+    } else {
+      EXPECT_EQ(cuda.graph_gemvs(), 0);
+    }
+    std::printf("graphs %s: %lld GEMVs replayed a graph\n", graphs ? "on" : "off",
+                static_cast<long long>(cuda.graph_gemvs()));
+  }
+  // The same seeds both ways and the same kernels (auto's choices are the
+  // process's): a replayed graph computes exactly what the direct calls do.
+  // (The FP8-activation results are checked against the bound only: cuBLASLt
+  // may run them.)
+  ASSERT_EQ(results[0].size(), results[1].size());
+  for (size_t i = 0; i < results[0].size(); ++i) {
+    ASSERT_EQ(results[0][i].size(), results[1][i].size());
+    EXPECT_EQ(std::memcmp(results[0][i].data(), results[1][i].data(), results[0][i].size() * 4), 0)
+        << "result " << i << " differs with graphs on";
+  }
+}
+
 TEST(CudaBackend, OutOfDeviceMemoryIsResourceExhausted) {
   auto cuda = MakeCuda();
   ASSERT_NE(cuda, nullptr);
