@@ -212,7 +212,13 @@ cudaError_t AskHeuristic(const Key& k, Entry* e) {
     unit_scale = static_cast<const float*>(unit);
   }
   Descs ds;
-  PLUME_CUDA_TRY(MakeDescs(k, unit_scale, unit_scale, &ds));
+  const cudaError_t made = MakeDescs(k, unit_scale, unit_scale, &ds);
+  const bool outer = k.a_scale == Key::kOuterA || k.a_scale == Key::kOuterAB;
+  if (made != cudaSuccess && outer) {
+    e->found = false;  // this cuBLASLt has no outer-vector scales
+    return cudaSuccess;
+  }
+  PLUME_CUDA_TRY(made);
   cublasLtMatmulPreferenceOpaque_t pref;
   PLUME_CUBLAS_TRY(cublasLtMatmulPreferenceInit(&pref));
   const size_t max_ws = kMaxLtWorkspace;
@@ -230,8 +236,12 @@ cudaError_t AskHeuristic(const Key& k, Entry* e) {
   int found = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(e->handle, &ds.op, &ds.a, &ds.b, &ds.d,
                                                           &ds.d, &pref, 1, &result, &found);
-  if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
-    e->found = false;  // no algorithm for this configuration
+  // No algorithm for this configuration; outer-vector scales that this
+  // cuBLASLt or device does not take in this combination are refused as
+  // invalid values.
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0) ||
+      (outer && s == CUBLAS_STATUS_INVALID_VALUE)) {
+    e->found = false;
     return cudaSuccess;
   }
   PLUME_CUBLAS_TRY(s);

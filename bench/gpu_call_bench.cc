@@ -1,0 +1,197 @@
+// What one backend GEMV call costs the host, with and without CUDA graphs:
+// CudaBackend::Gemv timed end to end on the calling thread (the batcher's
+// worker does the same), beside the device time the backend measures for
+// the call (GemvArgs::device_seconds: copy-in, kernels, copy-out on the
+// device's timeline). Wall less device is the host's part, the figure the
+// server exports as plume_host_duration_seconds. Random E4M3 codes with ROW
+// scales, F16 activations and F32 results, in pinned buffers (the batcher's
+// way) or heap memory (the staging path). Medians of --iters calls, the two
+// settings interleaved in rounds so that clock drift hits both alike.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "plume/reference/api.h"
+#include "server/backends/cuda/cuda_backend.h"
+
+namespace {
+
+using namespace plume;
+using namespace plume::core;
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "gpu_call_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+template <class T>
+T Check(absl::StatusOr<T> v, const char* what) {
+  if (!v.ok()) Die(absl::StrCat(what, ": ", v.status().ToString()));
+  return std::move(*v);
+}
+void Check(const absl::Status& s, const char* what) {
+  if (!s.ok()) Die(absl::StrCat(what, ": ", s.ToString()));
+}
+
+struct Options {
+  int64_t rows = 8192, cols = 8192;
+  std::vector<int64_t> batches = {1, 16};
+  int iters = 2000, rounds = 5;
+  std::string json;
+};
+
+Options Parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) Die(a + " needs a value");
+      return argv[++i];
+    };
+    auto number = [&]() {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(value(), &v) || v <= 0) Die(a + ": a positive number");
+      return v;
+    };
+    if (a == "--rows") o.rows = number();
+    else if (a == "--cols") o.cols = number();
+    else if (a == "--iters") o.iters = static_cast<int>(number());
+    else if (a == "--rounds") o.rounds = static_cast<int>(number());
+    else if (a == "--json") o.json = value();
+    else if (a == "--batches") {
+      o.batches.clear();
+      for (absl::string_view b : absl::StrSplit(value(), ',')) {
+        int64_t v = 0;
+        if (!absl::SimpleAtoi(b, &v) || v <= 0) Die("--batches: a list of positive numbers");
+        o.batches.push_back(v);
+      }
+    } else {
+      Die(absl::StrCat("unknown flag ", a, "; flags: --rows --cols --batches 1,16 --iters --rounds --json PATH"));
+    }
+  }
+  return o;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Io {
+  std::unique_ptr<HostBuffer> x_pinned, y_pinned;
+  std::vector<char> x_heap, y_heap;
+  GemvArgs args;
+};
+
+Io MakeIo(Backend& b, int64_t rows, int64_t cols, int64_t batch, bool heap) {
+  Io io;
+  const size_t xb = static_cast<size_t>(batch * cols * 2), yb = static_cast<size_t>(batch * rows * 4);
+  void *x, *y;
+  if (heap) {
+    io.x_heap.resize(xb);
+    io.y_heap.resize(yb);
+    x = io.x_heap.data();
+    y = io.y_heap.data();
+  } else {
+    io.x_pinned = Check(b.AllocateHostBuffer(xb), "pinned activations");
+    io.y_pinned = Check(b.AllocateHostBuffer(yb), "pinned results");
+    x = io.x_pinned->data();
+    y = io.y_pinned->data();
+  }
+  std::vector<float> xf(static_cast<size_t>(batch * cols));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  for (auto& v : xf) v = d(rng);
+  ref::FromFloat(xf.data(), batch * cols, DType::kF16, x);
+  io.args = GemvArgs{x, DType::kF16, 1.0f, batch, y, DType::kF32};
+  return io;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = Parse(argc, argv);
+  MatrixShape shape{o.rows, o.cols, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  std::vector<uint32_t> words(static_cast<size_t>(shape.layout().total_words()), 0);
+  std::vector<float> scales(static_cast<size_t>(o.rows));
+  std::mt19937_64 rng(7);
+  auto* bytes = reinterpret_cast<uint8_t*>(words.data());
+  for (int64_t r = 0; r < o.rows; ++r) {
+    for (int64_t c = 0; c < o.cols; ++c) {
+      uint8_t code = static_cast<uint8_t>(rng());
+      if ((code & 0x7f) == 0x7f) code ^= 0x01;  // not NaN
+      bytes[r * shape.layout().padded_cols() + c] = code;
+    }
+    scales[static_cast<size_t>(r)] = 1.0f / 256;
+  }
+  // One backend per setting, one lane each: every call of a setting runs on
+  // the same stream, as a lone client's calls do.
+  std::unique_ptr<CudaBackend> backends[2];
+  std::unique_ptr<BackendMatrix> matrices[2];
+  for (int g = 0; g < 2; ++g) {
+    CudaBackendOptions co;
+    co.lanes = 1;
+    co.gemv_graphs = g == 1;
+    backends[g] = Check(CudaBackend::Create(co), "creating a CUDA backend");
+    matrices[g] = Check(backends[g]->FromPacked(shape, words.data(), scales.data()), "uploading");
+  }
+  std::printf("gpu_call_bench: %s; %lldx%lld E4M3 ROW, F16 activations, F32 results; medians of %d "
+              "calls in %d rounds\n",
+              backends[0]->description().c_str(), static_cast<long long>(o.rows),
+              static_cast<long long>(o.cols), o.iters, o.rounds);
+  std::string json = "{\"results\": [";
+  bool first = true;
+  for (int64_t batch : o.batches) {
+    for (bool heap : {false, true}) {
+      Io io[2] = {MakeIo(*backends[0], o.rows, o.cols, batch, heap),
+                  MakeIo(*backends[1], o.rows, o.cols, batch, heap)};
+      std::vector<double> wall[2], device[2], host[2];
+      const int per_round = std::max(1, o.iters / o.rounds);
+      for (int round = 0; round < o.rounds; ++round) {
+        for (int g = 0; g < 2; ++g) {
+          double dev = 0;
+          GemvArgs a = io[g].args;
+          a.device_seconds = &dev;
+          for (int i = 0; i < 20; ++i) Check(backends[g]->Gemv(*matrices[g], a), "GEMV");  // warm-up
+          for (int i = 0; i < per_round; ++i) {
+            const auto t0 = std::chrono::steady_clock::now();
+            Check(backends[g]->Gemv(*matrices[g], a), "GEMV");
+            const double w = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+            wall[g].push_back(w);
+            device[g].push_back(dev * 1e6);
+            host[g].push_back(w - std::min(w, dev * 1e6));
+          }
+        }
+      }
+      // Both settings computed the same results (same kernels, same inputs).
+      const size_t yn = static_cast<size_t>(batch * o.rows);
+      const float* y0 = static_cast<const float*>(io[0].args.y);
+      const float* y1 = static_cast<const float*>(io[1].args.y);
+      if (!std::equal(y0, y0 + yn, y1)) Die("graphs on and off gave different results");
+      for (int g = 0; g < 2; ++g) {
+        const char* name = g == 1 ? "graphs" : "no graphs";
+        std::printf("batch %3lld  %-6s  %-9s  wall %8.2f us  device %8.2f us  host part %6.2f us\n",
+                    static_cast<long long>(batch), heap ? "heap" : "pinned", name, Median(wall[g]),
+                    Median(device[g]), Median(host[g]));
+        json += absl::StrCat(first ? "" : ", ", "{\"batch\": ", batch, ", \"io\": \"",
+                             heap ? "heap" : "pinned", "\", \"graphs\": ", g == 1 ? "true" : "false",
+                             ", \"wall_us\": ", Median(wall[g]), ", \"device_us\": ", Median(device[g]),
+                             ", \"host_us\": ", Median(host[g]), "}");
+        first = false;
+      }
+      std::printf("  graph replays so far: %lld\n", static_cast<long long>(backends[1]->graph_gemvs()));
+    }
+  }
+  json += "]}\n";
+  if (!o.json.empty()) std::ofstream(o.json) << json;
+  return 0;
+}
