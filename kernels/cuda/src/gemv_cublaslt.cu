@@ -5,12 +5,9 @@
 // with op T, B the activations as cols x n column-major (x[b][cols]) with op
 // N: the "TN" form FP8 GEMMs require. D is y[b][rows] column-major.
 //  - alpha is the activations' x_scale; TENSOR passes its scale as A's scale
-//    pointer; ROW passes its scales as A's outer-vector scales (one FP32 per
-//    row of D; where cuBLASLt wants B scaled the same way, B gets a vector
-//    of ones), results straight into y. Where that has no algorithm, ROW
-//    runs with no A scale, D in F32 in the workspace (rows padded to 16
-//    floats), and a small epilogue multiplies each row by its scale while
-//    converting to y's dtype.
+//    pointer; ROW runs with no A scale, D in F32 in the workspace (rows
+//    padded to 16 floats), and a small epilogue multiplies each row by its
+//    scale while converting to y's dtype.
 //  - Where D straight into y has no algorithm (y's rows not a multiple of 16
 //    bytes, say), it is staged the same way; batches with no algorithm of
 //    their own are then padded to a multiple of 16 vectors (x copied into the
@@ -118,10 +115,7 @@ struct Key {
   int device = 0;
   int64_t rows = 0, cols = 0, n = 0, ldd = 0;
   cudaDataType_t a = CUDA_R_8F_E4M3, b = CUDA_R_8F_E4M3, d = CUDA_R_32F;
-  // A's scale: none, the TENSOR scalar, or ROW's outer vector (with B's
-  // outer vector of ones for kOuterAB).
-  enum Scale : int { kNoScale = 0, kScalar = 1, kOuterA = 2, kOuterAB = 3 };
-  int a_scale = kNoScale;
+  bool a_scale = false;
   int align_a = 256, align_b = 256, align_d = 256;
 
   auto Tie() const {
@@ -168,28 +162,16 @@ struct Descs {
   cublasLtMatrixLayoutOpaque_t a, b, d;
 };
 
-cudaError_t MakeDescs(const Key& k, const float* a_scale, const float* b_scale, Descs* out) {
+cudaError_t MakeDescs(const Key& k, const float* a_scale, Descs* out) {
   PLUME_CUBLAS_TRY(cublasLtMatmulDescInit(&out->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   PLUME_CUBLAS_TRY(
       cublasLtMatmulDescSetAttribute(&out->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   PLUME_CUBLAS_TRY(
       cublasLtMatmulDescSetAttribute(&out->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  if (k.a_scale != Key::kNoScale) {
+  if (k.a_scale) {
     PLUME_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(
         &out->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
-  }
-  if (k.a_scale == Key::kOuterA || k.a_scale == Key::kOuterAB) {
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    PLUME_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(&out->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-                                                    &mode, sizeof(mode)));
-  }
-  if (k.a_scale == Key::kOuterAB) {
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    PLUME_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(&out->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
-                                                    &mode, sizeof(mode)));
-    PLUME_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(
-        &out->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
   }
   PLUME_CUBLAS_TRY(cublasLtMatrixLayoutInit(&out->a, k.a, static_cast<uint64_t>(k.cols),
                                             static_cast<uint64_t>(k.rows), k.cols));
@@ -205,20 +187,14 @@ cudaError_t MakeDescs(const Key& k, const float* a_scale, const float* b_scale, 
 __device__ float g_unit_scale = 1.0f;
 
 cudaError_t AskHeuristic(const Key& k, Entry* e) {
-  const float* unit_scale = nullptr;
-  if (k.a_scale != Key::kNoScale) {
+  const float* a_scale = nullptr;
+  if (k.a_scale) {
     void* unit = nullptr;
     PLUME_CUDA_TRY(cudaGetSymbolAddress(&unit, g_unit_scale));
-    unit_scale = static_cast<const float*>(unit);
+    a_scale = static_cast<const float*>(unit);
   }
   Descs ds;
-  const cudaError_t made = MakeDescs(k, unit_scale, unit_scale, &ds);
-  const bool outer = k.a_scale == Key::kOuterA || k.a_scale == Key::kOuterAB;
-  if (made != cudaSuccess && outer) {
-    e->found = false;  // this cuBLASLt has no outer-vector scales
-    return cudaSuccess;
-  }
-  PLUME_CUDA_TRY(made);
+  PLUME_CUDA_TRY(MakeDescs(k, a_scale, &ds));
   cublasLtMatmulPreferenceOpaque_t pref;
   PLUME_CUBLAS_TRY(cublasLtMatmulPreferenceInit(&pref));
   const size_t max_ws = kMaxLtWorkspace;
@@ -236,12 +212,8 @@ cudaError_t AskHeuristic(const Key& k, Entry* e) {
   int found = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(e->handle, &ds.op, &ds.a, &ds.b, &ds.d,
                                                           &ds.d, &pref, 1, &result, &found);
-  // No algorithm for this configuration; outer-vector scales that this
-  // cuBLASLt or device does not take in this combination are refused as
-  // invalid values.
-  if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0) ||
-      (outer && s == CUBLAS_STATUS_INVALID_VALUE)) {
-    e->found = false;
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
+    e->found = false;  // no algorithm for this configuration
     return cudaSuccess;
   }
   PLUME_CUBLAS_TRY(s);
@@ -275,14 +247,6 @@ cudaError_t Find(const Key& k, const Entry** out) {
   *out = e.get();
   g_entries.emplace(k, std::move(e));
   return cudaSuccess;
-}
-
-// v[i] = 1 for i < n: B's outer-vector scale (alpha carries x_scale).
-__global__ void OnesKernel(float* v, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    v[i] = 1.0f;
-  }
 }
 
 // y[b][r] = d[b][r] (times row r's scale when there are row scales),
@@ -320,35 +284,22 @@ cudaError_t MakePlan(const GemvProblem& p, int device, int cc, int64_t reserved,
   cudaDataType_t y_type;
   PLUME_CUDA_TRY(OutType(p.y_dtype, &y_type));
   if (!Takes(p) || !Runs(cc) || p.batch <= 0) return cudaErrorNotSupported;
+  k.a_scale = p.scale_mode == ScaleMode::kTensor;
   k.align_a = AlignmentOf(p.words);
   if (k.align_a < 16) return cudaErrorNotSupported;
   const bool row = p.scale_mode == ScaleMode::kRow;
-  // The routes, cheapest first: results straight into y (y 16-byte
-  // aligned; ROW as A's outer-vector scales, alone or with B's vector of
-  // ones); through F32 in the workspace, its rows padded to 16 (ROW then
-  // scaled by the epilogue, or y's rows not a multiple of 16 bytes); and
-  // with the batch padded to 16 vectors too.
-  struct Route {
-    bool staged, padded;
-    int a_scale;
-  };
-  const int whole = p.scale_mode == ScaleMode::kTensor ? Key::kScalar : Key::kNoScale;
-  const Route routes[] = {{false, false, row ? Key::kOuterA : whole},
-                          {false, false, row ? Key::kOuterAB : -1},
-                          {true, false, whole},
-                          {true, true, whole}};
-  for (const Route& route : routes) {
-    if (route.a_scale < 0) continue;
+  // The routes, cheapest first: results straight into y (not ROW, y
+  // 16-byte aligned); through F32 in the workspace, its rows padded to 16
+  // (ROW, or when y's rows are not a multiple of 16 bytes); and with the
+  // batch padded to 16 vectors too.
+  for (int route = 0; route < 3; ++route) {
     Plan pl;
-    pl.padded = route.padded;
-    pl.staged = route.staged;
-    pl.row_outer = route.a_scale == Key::kOuterA || route.a_scale == Key::kOuterAB;
-    pl.b_ones = route.a_scale == Key::kOuterAB;
-    if (!pl.staged && AlignmentOf(p.y) < 16) continue;
+    pl.padded = route == 2;
+    pl.staged = route > 0;
+    if (route == 0 && (row || AlignmentOf(p.y) < 16)) continue;
     if (!pl.padded && AlignmentOf(p.x) < 16) continue;  // padded copies x to an aligned place
     pl.n = pl.padded ? AlignUp(p.batch, 16) : p.batch;
     pl.ldd = pl.staged ? AlignUp(p.rows, 16) : p.rows;
-    k.a_scale = route.a_scale;
     k.n = pl.n;
     k.ldd = pl.ldd;
     k.align_b = pl.padded ? 256 : AlignmentOf(p.x);
@@ -366,10 +317,6 @@ cudaError_t MakePlan(const GemvProblem& p, int device, int cc, int64_t reserved,
     if (pl.staged) {
       pl.off_d = off;
       off += AlignUp(pl.n * pl.ldd * int64_t{sizeof(float)}, 256);
-    }
-    if (pl.b_ones) {
-      pl.off_b = off;
-      off += AlignUp(pl.n * int64_t{sizeof(float)}, 256);
     }
     pl.off_lt = off;
     pl.lt_bytes = AlignUp(static_cast<int64_t>(e->workspace), 256);
@@ -396,14 +343,8 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
     b = ws + pl.off_x;
   }
   void* d = pl.staged ? static_cast<void*>(ws + pl.off_d) : p.y;
-  float* b_scale = nullptr;
-  if (pl.b_ones) {
-    b_scale = reinterpret_cast<float*>(ws + pl.off_b);
-    OnesKernel<<<1, 128, 0, stream>>>(b_scale, pl.n);
-    PLUME_CUDA_TRY_LAUNCH();
-  }
   Descs ds;
-  PLUME_CUDA_TRY(MakeDescs(e->key, p.scales, b_scale, &ds));
+  PLUME_CUDA_TRY(MakeDescs(e->key, p.scales, &ds));
   const float alpha = p.x_scale, beta = 0.0f;
   PLUME_CUBLAS_TRY(cublasLtMatmul(e->handle, &ds.op, &alpha, p.words, &ds.a, b, &ds.b, &beta, d,
                                   &ds.d, d, &ds.d, &e->algo, pl.lt_bytes > 0 ? ws + pl.off_lt : nullptr,
@@ -413,7 +354,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   const int blocks = static_cast<int>(std::min<int64_t>((total + kFinishThreads - 1) / kFinishThreads, 4096));
   FinishKernel<<<blocks, kFinishThreads, 0, stream>>>(
       static_cast<const float*>(d), pl.ldd, p.rows, total,
-      p.scale_mode == ScaleMode::kRow && !pl.row_outer ? p.scales : nullptr, p.y, p.y_dtype);
+      p.scale_mode == ScaleMode::kRow ? p.scales : nullptr, p.y, p.y_dtype);
   PLUME_CUDA_TRY_LAUNCH();
   return cudaSuccess;
 }

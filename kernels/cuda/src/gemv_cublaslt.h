@@ -25,15 +25,11 @@ struct Plan {
   const void* entry = nullptr;  // the cached matmul configuration (gemv_cublaslt.cu)
   bool staged = false;          // results go through F32 in the workspace, then the epilogue
   bool padded = false;          // the batch is padded to a multiple of 16 vectors
-  // ROW scales applied by cuBLASLt itself as A's outer-vector scales; with
-  // `b_ones`, B carries an outer vector of ones at off_b (where the library
-  // wants both operands scaled that way).
-  bool row_outer = false, b_ones = false;
   int64_t n = 0;                // GEMM columns: the batch, or the padded batch
   int64_t ldd = 0;              // GEMM result rows apart: y's rows, or 16-padded when staged
   // Workspace offsets, bytes. Everything lies at or past `reserved`, so the
   // other kernels' counters (which precede it) are never touched.
-  int64_t off_x = 0, off_d = 0, off_b = 0, off_lt = 0, lt_bytes = 0, total = 0;
+  int64_t off_x = 0, off_d = 0, off_lt = 0, lt_bytes = 0, total = 0;
 };
 
 // Plans p on `device` (compute capability cc), the workspace's first
