@@ -20,7 +20,7 @@ done
 build=${1:?$usage}
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
-wanted=(tests/gpu_codec_test tests/gpu_gemv_test tests/gpu_backend_test tests/gpu_attention_test tests/gpu_multi_test server/main/plume-server client/plume)
+wanted=(tests/gpu_codec_test tests/gpu_gemv_test tests/gpu_backend_test tests/gpu_attention_test tests/gpu_multi_test tests/gpu_delete_under_load_test server/main/plume-server client/plume)
 [ "$serving" = 1 ] && wanted=(server/main/plume-server client/plume)
 bins=()
 for b in "${wanted[@]}"; do

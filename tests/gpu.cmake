@@ -19,6 +19,17 @@ if(TARGET plume_cuda_backend)
   # The pinned fast path, ShardedBackend over one CudaBackend per GPU.
   plume_gpu_test(gpu_multi_test plume_cuda_backend plume_backends plume_kernels_ref)
 endif()
+# The delete-under-load measurement (tests/server/delete_under_load_test.cc)
+# on the CUDA backend with the serving bench's 8192 x 8192 matrix.
+if(TARGET plume_cuda_backend AND TARGET plume_client)
+  add_executable(gpu_delete_under_load_test server/delete_under_load_test.cc gpu/gpu_main.cc)
+  target_compile_definitions(gpu_delete_under_load_test PRIVATE PLUME_DELETE_TEST_ON_CUDA=1)
+  target_link_libraries(gpu_delete_under_load_test PRIVATE plume_grpc_service plume_client
+    plume_backends plume_cuda_backend GTest::gtest)
+  target_include_directories(gpu_delete_under_load_test PRIVATE ${PROJECT_SOURCE_DIR})
+  add_test(NAME gpu_delete_under_load_test COMMAND gpu_delete_under_load_test)
+  set_tests_properties(gpu_delete_under_load_test PROPERTIES LABELS gpu)
+endif()
 # The attention kernels' code run on the CPU in emulation (tests/emu): a CI
 # check of their indexing, fragment layouts and masking where there is no
 # GPU. Built where CUDA is (it needs the toolkit's cuda_fp16.h); labelled
