@@ -8,6 +8,9 @@
 // way) or heap memory (the staging path). Medians of --iters calls, the two
 // settings interleaved in rounds so that clock drift hits both alike.
 #include <cuda_runtime.h>
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -116,9 +119,20 @@ Io MakeIo(Backend& b, int64_t rows, int64_t cols, int64_t batch, bool heap) {
   return io;
 }
 
+// A crash prints where it happened (function names need -rdynamic).
+void OnCrash(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  signal(SIGSEGV, OnCrash);
+  setvbuf(stdout, nullptr, _IOLBF, 0);
   const Options o = Parse(argc, argv);
   MatrixShape shape{o.rows, o.cols, Fp8Format::kE4M3, ScaleMode::kRow, true};
   std::vector<uint32_t> words(static_cast<size_t>(shape.layout().total_words()), 0);
