@@ -1,12 +1,12 @@
-// What one backend GEMV call costs the host, with and without CUDA graphs:
-// CudaBackend::Gemv timed end to end on the calling thread (the batcher's
-// worker does the same), beside the device time the backend measures for
-// the call (GemvArgs::device_seconds: copy-in, kernels, copy-out on the
-// device's timeline). Wall less device is the host's part, the figure the
-// server exports as plume_host_duration_seconds. Random E4M3 codes with ROW
-// scales, F16 activations and F32 results, in pinned buffers (the batcher's
-// way) or heap memory (the staging path). Medians of --iters calls, the two
-// settings interleaved in rounds so that clock drift hits both alike.
+// What one backend GEMV call costs the host: CudaBackend::Gemv timed end to
+// end on the calling thread (the batcher's worker does the same), beside the
+// device time the backend measures for the call (GemvArgs::device_seconds:
+// copy-in, kernels, copy-out on the device's timeline). Wall less device is
+// the host's part, the figure the server exports as
+// plume_host_duration_seconds. Random E4M3 codes with ROW scales, F16
+// activations and F32 results, in pinned buffers (the batcher's way) or heap
+// memory (the staging path), on one stream (as a lone client's calls run).
+// Medians of --iters calls.
 #include <cuda_runtime.h>
 #include <execinfo.h>
 #include <signal.h>
@@ -48,7 +48,7 @@ void Check(const absl::Status& s, const char* what) {
 struct Options {
   int64_t rows = 8192, cols = 8192;
   std::vector<int64_t> batches = {1, 16};
-  int iters = 2000, rounds = 5;
+  int iters = 2000;
   std::string json;
 };
 
@@ -68,7 +68,6 @@ Options Parse(int argc, char** argv) {
     if (a == "--rows") o.rows = number();
     else if (a == "--cols") o.cols = number();
     else if (a == "--iters") o.iters = static_cast<int>(number());
-    else if (a == "--rounds") o.rounds = static_cast<int>(number());
     else if (a == "--json") o.json = value();
     else if (a == "--batches") {
       o.batches.clear();
@@ -78,7 +77,7 @@ Options Parse(int argc, char** argv) {
         o.batches.push_back(v);
       }
     } else {
-      Die(absl::StrCat("unknown flag ", a, "; flags: --rows --cols --batches 1,16 --iters --rounds --json PATH"));
+      Die(absl::StrCat("unknown flag ", a, "; flags: --rows --cols --batches 1,16 --iters --json PATH"));
     }
   }
   return o;
@@ -147,62 +146,39 @@ int main(int argc, char** argv) {
     }
     scales[static_cast<size_t>(r)] = 1.0f / 256;
   }
-  // One backend per setting, one lane each: every call of a setting runs on
-  // the same stream, as a lone client's calls do.
-  std::unique_ptr<CudaBackend> backends[2];
-  std::unique_ptr<BackendMatrix> matrices[2];
-  for (int g = 0; g < 2; ++g) {
-    CudaBackendOptions co;
-    co.lanes = 1;
-    co.gemv_graphs = g == 1;
-    backends[g] = Check(CudaBackend::Create(co), "creating a CUDA backend");
-    matrices[g] = Check(backends[g]->FromPacked(shape, words.data(), scales.data()), "uploading");
-  }
+  CudaBackendOptions co;
+  co.lanes = 1;
+  auto backend = Check(CudaBackend::Create(co), "creating a CUDA backend");
+  auto matrix = Check(backend->FromPacked(shape, words.data(), scales.data()), "uploading");
   std::printf("gpu_call_bench: %s; %lldx%lld E4M3 ROW, F16 activations, F32 results; medians of %d "
-              "calls in %d rounds\n",
-              backends[0]->description().c_str(), static_cast<long long>(o.rows),
-              static_cast<long long>(o.cols), o.iters, o.rounds);
+              "calls\n",
+              backend->description().c_str(), static_cast<long long>(o.rows),
+              static_cast<long long>(o.cols), o.iters);
   std::string json = "{\"results\": [";
   bool first = true;
   for (int64_t batch : o.batches) {
     for (bool heap : {false, true}) {
-      Io io[2] = {MakeIo(*backends[0], o.rows, o.cols, batch, heap),
-                  MakeIo(*backends[1], o.rows, o.cols, batch, heap)};
-      std::vector<double> wall[2], device[2], host[2];
-      const int per_round = std::max(1, o.iters / o.rounds);
-      for (int round = 0; round < o.rounds; ++round) {
-        for (int g = 0; g < 2; ++g) {
-          double dev = 0;
-          GemvArgs a = io[g].args;
-          a.device_seconds = &dev;
-          for (int i = 0; i < 20; ++i) Check(backends[g]->Gemv(*matrices[g], a), "GEMV");  // warm-up
-          for (int i = 0; i < per_round; ++i) {
-            const auto t0 = std::chrono::steady_clock::now();
-            Check(backends[g]->Gemv(*matrices[g], a), "GEMV");
-            const double w = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-            wall[g].push_back(w);
-            device[g].push_back(dev * 1e6);
-            host[g].push_back(w - std::min(w, dev * 1e6));
-          }
-        }
+      Io io = MakeIo(*backend, o.rows, o.cols, batch, heap);
+      std::vector<double> wall, device, host;
+      double dev = 0;
+      GemvArgs a = io.args;
+      a.device_seconds = &dev;
+      for (int i = 0; i < 20; ++i) Check(backend->Gemv(*matrix, a), "GEMV");  // warm-up
+      for (int i = 0; i < o.iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Check(backend->Gemv(*matrix, a), "GEMV");
+        const double w = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+        wall.push_back(w);
+        device.push_back(dev * 1e6);
+        host.push_back(w - std::min(w, dev * 1e6));
       }
-      // Both settings computed the same results (same kernels, same inputs).
-      const size_t yn = static_cast<size_t>(batch * o.rows);
-      const float* y0 = static_cast<const float*>(io[0].args.y);
-      const float* y1 = static_cast<const float*>(io[1].args.y);
-      if (!std::equal(y0, y0 + yn, y1)) Die("graphs on and off gave different results");
-      for (int g = 0; g < 2; ++g) {
-        const char* name = g == 1 ? "graphs" : "no graphs";
-        std::printf("batch %3lld  %-6s  %-9s  wall %8.2f us  device %8.2f us  host part %6.2f us\n",
-                    static_cast<long long>(batch), heap ? "heap" : "pinned", name, Median(wall[g]),
-                    Median(device[g]), Median(host[g]));
-        json += absl::StrCat(first ? "" : ", ", "{\"batch\": ", batch, ", \"io\": \"",
-                             heap ? "heap" : "pinned", "\", \"graphs\": ", g == 1 ? "true" : "false",
-                             ", \"wall_us\": ", Median(wall[g]), ", \"device_us\": ", Median(device[g]),
-                             ", \"host_us\": ", Median(host[g]), "}");
-        first = false;
-      }
-      std::printf("  graph replays so far: %lld\n", static_cast<long long>(backends[1]->graph_gemvs()));
+      std::printf("batch %3lld  %-6s  wall %8.2f us  device %8.2f us  host part %6.2f us\n",
+                  static_cast<long long>(batch), heap ? "heap" : "pinned", Median(wall),
+                  Median(device), Median(host));
+      json += absl::StrCat(first ? "" : ", ", "{\"batch\": ", batch, ", \"io\": \"",
+                           heap ? "heap" : "pinned", "\", \"wall_us\": ", Median(wall),
+                           ", \"device_us\": ", Median(device), ", \"host_us\": ", Median(host), "}");
+      first = false;
     }
   }
   json += "]}\n";

@@ -77,9 +77,6 @@ ABSL_FLAG(std::string, gemv_kernel, "auto",
           "cuda backend: GEMV kernel family, auto (the fastest measured per shape, batch bucket and "
           "activation dtype on first use), mma (every GPU), wgmma (sm_90 only) or cublaslt "
           "(cuBLASLt's FP8 GEMM, FP8 activations only, sm_89+); for tests and benchmarks.");
-ABSL_FLAG(bool, gemv_graphs, true,
-          "cuda backend: replay a GEMV that a stream has run before with the same parameters as one "
-          "CUDA graph (copy-in, kernels, copy-out); false enqueues every step of every call.");
 ABSL_FLAG(int32_t, cpu_threads, 0, "Threads of the CPU backend's GEMV; 0: one per hardware thread.");
 ABSL_FLAG(int64_t, max_queued_requests, 4096, "Requests that may wait for a worker before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10), "On SIGTERM/SIGINT, how long in-flight calls may take to finish.");
@@ -196,7 +193,6 @@ int main(int argc, char** argv) {
       cuda.lanes = absl::GetFlag(FLAGS_cuda_streams);
       cuda.decode_path = absl::GetFlag(FLAGS_decode_path);
       cuda.gemv_kernel = absl::GetFlag(FLAGS_gemv_kernel);
-      cuda.gemv_graphs = absl::GetFlag(FLAGS_gemv_graphs);
       auto cb = plume::core::CudaBackend::Create(cuda);
       if (!cb.ok()) return Fail(std::string(cb.status().message()));
       described.push_back((*cb)->description());

@@ -374,66 +374,46 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
     std::memcpy(h + x_off, args.x, static_cast<size_t>(x_bytes));
     x_src = h + x_off;
   }
-  CudaPendingGemv::CopyOut out;
-  out.y = static_cast<char*>(args.y);
-  out.batch = args.batch;
-  out.row_bytes = static_cast<size_t>(s.rows * y_elem);
-  out.stride_bytes = static_cast<size_t>(stride * y_elem);
-  if (!y_direct) out.staged = h + y_off;
   if (args.device_seconds != nullptr) {
     if (const cudaError_t e = cudaEventRecord(lane.started, lane.stream); e != cudaSuccess) {
       return fail(CudaStatus(e, "timing the GEMV"));
     }
   }
-  // The copy-in, the kernels (one plan: the kernel asks for its workspace
-  // once it knows the size) and the copy-out: what a graph replays.
-  absl::Status ws_status;
-  const char* step = "";
-  auto enqueue = [&](cudaStream_t stream) -> cudaError_t {
-    step = "copying activations to the device";
-    cudaError_t e = cudaMemcpyAsync(d + x_off, x_src, static_cast<size_t>(x_bytes),
-                                    cudaMemcpyHostToDevice, stream);
-    if (e != cudaSuccess) return e;
-    step = "launching the GEMV";
-    e = cuda::Gemv(
-        p,
-        [&](int64_t need) -> void* {
-          ws_status = Lane::Ensure(lane.ws, lane.ws_bytes, need, true, stream);
-          return ws_status.ok() ? lane.ws.p : nullptr;
-        },
-        stream);
-    if (e != cudaSuccess) return e;
-    step = "copying results from the device";
-    if (!y_direct) {
-      return cudaMemcpyAsync(h + y_off, d + y_off, static_cast<size_t>(y_bytes),
-                             cudaMemcpyDeviceToHost, stream);
-    }
-    if (stride == s.rows) {
-      return cudaMemcpyAsync(args.y, d + y_off, static_cast<size_t>(y_bytes),
-                             cudaMemcpyDeviceToHost, stream);
-    }
-    // A row shard: its rows of each result vector.
-    return cudaMemcpy2DAsync(args.y, out.stride_bytes, d + y_off, out.row_bytes, out.row_bytes,
-                             static_cast<size_t>(args.batch), cudaMemcpyDeviceToHost, stream);
-  };
-  cudaError_t e;
-  if (options_.gemv_graphs) {
-    step = "launching the GEMV's graph";
-    GemvGraphs::Copies copies;
-    copies.x_src = x_src;
-    copies.x_bytes = x_bytes;
-    copies.y_dst = y_direct ? args.y : static_cast<void*>(h + y_off);
-    copies.y_row_bytes = static_cast<int64_t>(out.row_bytes);
-    copies.y_stride_bytes = y_direct ? static_cast<int64_t>(out.stride_bytes) : copies.y_row_bytes;
-    copies.workspace = lane.ws.p;
-    bool replayed = false;
-    e = lane.graphs.Run(GemvGraphs::KeyOf(p, copies), enqueue, lane.stream, &replayed);
-    if (replayed) graph_gemvs_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    e = enqueue(lane.stream);
+  if (const cudaError_t e = cudaMemcpyAsync(d + x_off, x_src, static_cast<size_t>(x_bytes),
+                                            cudaMemcpyHostToDevice, lane.stream);
+      e != cudaSuccess) {
+    return fail(CudaStatus(e, "copying activations to the device"));
   }
+  // One plan: the kernel asks for its workspace once it knows the size.
+  absl::Status ws_status;
+  const cudaError_t launched = cuda::Gemv(
+      p,
+      [&](int64_t need) -> void* {
+        ws_status = Lane::Ensure(lane.ws, lane.ws_bytes, need, true, lane.stream);
+        return ws_status.ok() ? lane.ws.p : nullptr;
+      },
+      lane.stream);
   if (!ws_status.ok()) return fail(ws_status);
-  if (e != cudaSuccess) return fail(CudaStatus(e, step));
+  if (launched != cudaSuccess) return fail(CudaStatus(launched, "launching the GEMV"));
+
+  CudaPendingGemv::CopyOut out;
+  out.y = static_cast<char*>(args.y);
+  out.batch = args.batch;
+  out.row_bytes = static_cast<size_t>(s.rows * y_elem);
+  out.stride_bytes = static_cast<size_t>(stride * y_elem);
+  cudaError_t e;
+  if (!y_direct) {
+    out.staged = h + y_off;
+    e = cudaMemcpyAsync(h + y_off, d + y_off, static_cast<size_t>(y_bytes), cudaMemcpyDeviceToHost,
+                        lane.stream);
+  } else if (stride == s.rows) {
+    e = cudaMemcpyAsync(args.y, d + y_off, static_cast<size_t>(y_bytes), cudaMemcpyDeviceToHost,
+                        lane.stream);
+  } else {  // a row shard: its rows of each result vector
+    e = cudaMemcpy2DAsync(args.y, out.stride_bytes, d + y_off, out.row_bytes, out.row_bytes,
+                          static_cast<size_t>(args.batch), cudaMemcpyDeviceToHost, lane.stream);
+  }
+  if (e != cudaSuccess) return fail(CudaStatus(e, "copying results from the device"));
   if (args.device_seconds != nullptr) {
     if (const cudaError_t r = cudaEventRecord(lane.finished, lane.stream); r != cudaSuccess) {
       return fail(CudaStatus(r, "timing the GEMV"));

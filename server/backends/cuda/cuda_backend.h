@@ -46,10 +46,6 @@ struct CudaBackendOptions {
   // buffers of whole rows (at least one row each) that take turns, one
   // filling while the other is copied to the device and quantized there.
   int64_t upload_stage_bytes = int64_t{16} << 20;
-  // Replay a GEMV that a lane has run before with exactly the same
-  // parameters as one CUDA graph (copy-in, kernels, copy-out) instead of
-  // enqueueing each step (cuda_gemv_graphs.h). Off: every step every call.
-  bool gemv_graphs = true;
 };
 
 // Number of CUDA devices usable here (0 when there is no driver or GPU).
@@ -94,8 +90,6 @@ class CudaBackend final : public Backend {
   int device_ordinal() const override { return options_.device; }
   // GEMVs whose activations and results were both in pinned buffers (tests).
   int64_t zero_copy_gemvs() const { return zero_copy_gemvs_.load(std::memory_order_relaxed); }
-  // GEMVs that ran as a replayed CUDA graph (tests).
-  int64_t graph_gemvs() const { return graph_gemvs_.load(std::memory_order_relaxed); }
 
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
   absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;
@@ -123,7 +117,6 @@ class CudaBackend final : public Backend {
   int gemv_kernel_ = 0;  // cuda::GemvKernel
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::atomic<int64_t> zero_copy_gemvs_{0};
-  std::atomic<int64_t> graph_gemvs_{0};
 };
 
 }  // namespace plume::core

@@ -17,7 +17,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/backends/cuda/cuda_backend.h"
-#include "server/backends/cuda/cuda_gemv_graphs.h"
 
 namespace plume::core {
 namespace cuda_internal {
@@ -137,8 +136,6 @@ struct CudaBackend::Lane {
   int64_t att_ws_bytes = 0;
   // Around a GEMV's copy-in, kernels and copy-out: its device time.
   cudaEvent_t started = nullptr, finished = nullptr;
-  // Graphs of the GEMVs this lane ran more than once (cuda_gemv_graphs.h).
-  cuda_internal::GemvGraphs graphs;
 
   ~Lane() {
     if (pinned != nullptr) cudaFreeHost(pinned);
