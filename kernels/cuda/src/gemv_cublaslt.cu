@@ -14,13 +14,20 @@
 //    workspace, the tail zeroed).
 //  - E4M3 NaN codes are NaN to the tensor cores, so NaN rows come out NaN
 //    with no help from nan_rows.
+//  - cuBLASLt is opened with dlopen on first use, not linked: its thread-
+//    local storage (about 92 KiB) would otherwise be part of every thread's
+//    static TLS, and threads with small stacks (civetweb's, under the metrics
+//    endpoint) could no longer be created. Without the library this path is
+//    unavailable, as on a GPU older than sm_89.
 #include <cublasLt.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 #include "plume/cuda/check.h"
@@ -50,6 +57,46 @@ cudaError_t FromCublas(cublasStatus_t s) {
 }
 
 #define PLUME_CUBLAS_TRY(expr) PLUME_CUDA_TRY(FromCublas(expr))
+
+// The cuBLASLt functions this path calls (the *_internal ones are what the
+// header's inline Init wrappers call).
+struct LtApi {
+  decltype(&cublasLtCreate) create = nullptr;
+  decltype(&cublasLtMatmulDescInit_internal) desc_init = nullptr;
+  decltype(&cublasLtMatmulDescSetAttribute) desc_set = nullptr;
+  decltype(&cublasLtMatrixLayoutInit_internal) layout_init = nullptr;
+  decltype(&cublasLtMatmulPreferenceInit_internal) pref_init = nullptr;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set = nullptr;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic = nullptr;
+  decltype(&cublasLtMatmul) matmul = nullptr;
+};
+
+template <class F>
+bool Bind(void* lib, const char* name, F* out) {
+  *out = reinterpret_cast<F>(dlsym(lib, name));
+  return *out != nullptr;
+}
+
+// The library of the cuBLAS major version this was built against, opened
+// once; null when it cannot be opened or lacks a function.
+const LtApi* Lt() {
+  static const LtApi* api = []() -> const LtApi* {
+    const std::string name = "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) return nullptr;
+    static LtApi a;
+    const bool ok = Bind(lib, "cublasLtCreate", &a.create) &&
+                    Bind(lib, "cublasLtMatmulDescInit_internal", &a.desc_init) &&
+                    Bind(lib, "cublasLtMatmulDescSetAttribute", &a.desc_set) &&
+                    Bind(lib, "cublasLtMatrixLayoutInit_internal", &a.layout_init) &&
+                    Bind(lib, "cublasLtMatmulPreferenceInit_internal", &a.pref_init) &&
+                    Bind(lib, "cublasLtMatmulPreferenceSetAttribute", &a.pref_set) &&
+                    Bind(lib, "cublasLtMatmulAlgoGetHeuristic", &a.heuristic) &&
+                    Bind(lib, "cublasLtMatmul", &a.matmul);
+    return ok ? &a : nullptr;  // the library stays open for the process
+  }();
+  return api;
+}
 
 // cuBLASLt's type for an FP8 operand; cudaErrorInvalidValue for anything
 // else.
@@ -147,7 +194,7 @@ cudaError_t HandleFor(int device, cublasLtHandle_t* out) {
     int current = 0;
     PLUME_CUDA_TRY(cudaGetDevice(&current));
     if (current != device) PLUME_CUDA_TRY(cudaSetDevice(device));
-    const cudaError_t made = FromCublas(cublasLtCreate(&g_handles[device]));
+    const cudaError_t made = FromCublas(Lt()->create(&g_handles[device]));
     if (current != device) PLUME_CUDA_TRY(cudaSetDevice(current));
     PLUME_CUDA_TRY(made);
   }
@@ -163,21 +210,21 @@ struct Descs {
 };
 
 cudaError_t MakeDescs(const Key& k, const float* a_scale, Descs* out) {
-  PLUME_CUBLAS_TRY(cublasLtMatmulDescInit(&out->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  PLUME_CUBLAS_TRY(Lt()->desc_init(&out->op, sizeof(out->op), CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   PLUME_CUBLAS_TRY(
-      cublasLtMatmulDescSetAttribute(&out->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+      Lt()->desc_set(&out->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   PLUME_CUBLAS_TRY(
-      cublasLtMatmulDescSetAttribute(&out->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+      Lt()->desc_set(&out->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   if (k.a_scale) {
-    PLUME_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(
+    PLUME_CUBLAS_TRY(Lt()->desc_set(
         &out->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
   }
-  PLUME_CUBLAS_TRY(cublasLtMatrixLayoutInit(&out->a, k.a, static_cast<uint64_t>(k.cols),
+  PLUME_CUBLAS_TRY(Lt()->layout_init(&out->a, sizeof(out->a), k.a, static_cast<uint64_t>(k.cols),
                                             static_cast<uint64_t>(k.rows), k.cols));
-  PLUME_CUBLAS_TRY(cublasLtMatrixLayoutInit(&out->b, k.b, static_cast<uint64_t>(k.cols),
+  PLUME_CUBLAS_TRY(Lt()->layout_init(&out->b, sizeof(out->b), k.b, static_cast<uint64_t>(k.cols),
                                             static_cast<uint64_t>(k.n), k.cols));
-  PLUME_CUBLAS_TRY(cublasLtMatrixLayoutInit(&out->d, k.d, static_cast<uint64_t>(k.rows),
+  PLUME_CUBLAS_TRY(Lt()->layout_init(&out->d, sizeof(out->d), k.d, static_cast<uint64_t>(k.rows),
                                             static_cast<uint64_t>(k.n), k.ldd));
   return cudaSuccess;
 }
@@ -196,9 +243,9 @@ cudaError_t AskHeuristic(const Key& k, Entry* e) {
   Descs ds;
   PLUME_CUDA_TRY(MakeDescs(k, a_scale, &ds));
   cublasLtMatmulPreferenceOpaque_t pref;
-  PLUME_CUBLAS_TRY(cublasLtMatmulPreferenceInit(&pref));
+  PLUME_CUBLAS_TRY(Lt()->pref_init(&pref, sizeof(pref)));
   const size_t max_ws = kMaxLtWorkspace;
-  PLUME_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(
+  PLUME_CUBLAS_TRY(Lt()->pref_set(
       &pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws, sizeof(max_ws)));
   const uint32_t align[4] = {uint32_t(k.align_a), uint32_t(k.align_b), uint32_t(k.align_d),
                              uint32_t(k.align_d)};
@@ -206,11 +253,11 @@ cudaError_t AskHeuristic(const Key& k, Entry* e) {
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
   for (int i = 0; i < 4; ++i) {
-    PLUME_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(&pref, attr[i], &align[i], sizeof(uint32_t)));
+    PLUME_CUBLAS_TRY(Lt()->pref_set(&pref, attr[i], &align[i], sizeof(uint32_t)));
   }
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(e->handle, &ds.op, &ds.a, &ds.b, &ds.d,
+  const cublasStatus_t s = Lt()->heuristic(e->handle, &ds.op, &ds.a, &ds.b, &ds.d,
                                                           &ds.d, &pref, 1, &result, &found);
   if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
     e->found = false;  // no algorithm for this configuration
@@ -283,7 +330,7 @@ cudaError_t MakePlan(const GemvProblem& p, int device, int cc, int64_t reserved,
   if (Fp8Type(p.x_dtype, &k.b) != cudaSuccess) return cudaErrorNotSupported;  // not W8A8
   cudaDataType_t y_type;
   PLUME_CUDA_TRY(OutType(p.y_dtype, &y_type));
-  if (!Takes(p) || !Runs(cc) || p.batch <= 0) return cudaErrorNotSupported;
+  if (!Takes(p) || !Runs(cc) || p.batch <= 0 || Lt() == nullptr) return cudaErrorNotSupported;
   k.a_scale = p.scale_mode == ScaleMode::kTensor;
   k.align_a = AlignmentOf(p.words);
   if (k.align_a < 16) return cudaErrorNotSupported;
@@ -346,7 +393,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   Descs ds;
   PLUME_CUDA_TRY(MakeDescs(e->key, p.scales, &ds));
   const float alpha = p.x_scale, beta = 0.0f;
-  PLUME_CUBLAS_TRY(cublasLtMatmul(e->handle, &ds.op, &alpha, p.words, &ds.a, b, &ds.b, &beta, d,
+  PLUME_CUBLAS_TRY(Lt()->matmul(e->handle, &ds.op, &alpha, p.words, &ds.a, b, &ds.b, &beta, d,
                                   &ds.d, d, &ds.d, &e->algo, pl.lt_bytes > 0 ? ws + pl.off_lt : nullptr,
                                   static_cast<size_t>(pl.lt_bytes), stream));
   if (!pl.staged) return cudaSuccess;
