@@ -10,6 +10,11 @@
 //   saturation, counts) and a CRC-32C over everything after the checksum
 //   field. On start every file is verified; a torn, truncated or corrupt one
 //   is moved to quarantine/ and never served.
+// - A matrix whose packed form is not in host memory (quantized by the
+//   backend, on a GPU) is written from slices of rows read back one at a
+//   time (SaveMatrixFrom; packed_matrix.h's BackendSliceSource): each goes
+//   to its place in the temp file and is checksummed in order, so the file
+//   is SaveMatrix's byte for byte while only one slice is on the host.
 // - K/V caches (AttentionService) are stored as "<name>.pkv": a header and
 //   an append-only log of page records (LoadAllKv).
 //
