@@ -47,6 +47,32 @@ struct MatrixShape {
   }
 };
 
+// Scales that rows [row0, row0 + rows) of a matrix held in `mode` (a
+// resident mode: never BLOCK128X128) carry, and where they start in its
+// scale array: ROW one per row, BLOCK128 blocks_per_row() per row, TENSOR
+// the matrix's one scale (whatever the rows), NONE none.
+inline int64_t ScalesOfRowsCount(ScaleMode mode, int64_t cols, int64_t rows) {
+  switch (mode) {
+    case ScaleMode::kNone: return 0;
+    case ScaleMode::kTensor: return 1;
+    case ScaleMode::kRow: return rows;
+    default: return rows * PackedLayout{0, cols}.blocks_per_row();
+  }
+}
+inline int64_t ScalesOfRowsStart(ScaleMode mode, int64_t cols, int64_t row0) {
+  return mode == ScaleMode::kTensor ? 0 : ScalesOfRowsCount(mode, cols, row0);
+}
+
+// OK when rows [row0, row0 + rows) are a non-empty range of a matrix of
+// `total` rows (Backend::ReadPackedRows checks its arguments with it).
+inline absl::Status CheckRowRange(int64_t total, int64_t row0, int64_t rows) {
+  if (row0 < 0 || rows < 1 || row0 > total || rows > total - row0) {
+    return absl::OutOfRangeError(
+        absl::StrCat("rows ", row0, "..", row0 + rows, " of a ", total, "-row matrix"));
+  }
+  return absl::OkStatus();
+}
+
 // The shape a backend is given: BLOCK128X128 becomes BLOCK128, with each
 // row taking its 128-row band's scales (ExpandBlockScales), so backends and
 // kernels never see the 128x128 mode. The core keeps the shape as uploaded
@@ -317,6 +343,21 @@ class Backend {
   virtual absl::Status ReadPacked(const BackendMatrix& /*m*/, uint32_t* /*words*/,
                                   float* /*scales*/) {
     return absl::UnimplementedError("this backend cannot read matrices back");
+  }
+
+  // Copies rows [row0, row0 + rows) of a matrix (within its rows; rows >= 1)
+  // to host memory: their packed words (rows * layout().words_per_row(), row
+  // row0's first) and their scales in the matrix's mode
+  // (ScalesOfRowsCount; TENSOR: the one scale; NONE: none, and `scales`
+  // may be null). What the durable store writes a matrix's file from, a
+  // bounded band of rows at a time, so that the whole packed matrix is
+  // never on the host at once. Where the words and scales are already in
+  // host memory (CPU), a copy of that band; on a GPU, a copy from the
+  // device into `words` and `scales`, which may lie in a buffer from
+  // AllocateHostBuffer (pinned). Safe alongside GEMVs on the same matrix.
+  virtual absl::Status ReadPackedRows(const BackendMatrix& /*m*/, int64_t /*row0*/,
+                                      int64_t /*rows*/, uint32_t* /*words*/, float* /*scales*/) {
+    return absl::UnimplementedError("this backend cannot read rows of matrices back");
   }
 
   // Runs y = W x. Arguments are validated by the caller.

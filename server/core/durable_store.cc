@@ -10,9 +10,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <new>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/core/crc32c.h"
 
 namespace plume::core {
 
@@ -42,6 +45,23 @@ bool WriteAll(int fd, std::string_view data) {
   return true;
 }
 
+// Checks a slice that Read(row0) gave, the file's scales up to next_scale
+// having come before it.
+absl::Status CheckSlice(const MatrixShape& shape, int64_t row0, int64_t next_scale,
+                        const MatrixSlice& sl) {
+  if (sl.row0 != row0 || sl.rows < 1 || sl.rows > shape.rows - row0 || sl.words == nullptr ||
+      sl.first_scale != next_scale || sl.num_scales < 0 ||
+      sl.num_scales > shape.num_scales() - next_scale ||
+      (sl.num_scales > 0 && sl.scales == nullptr)) {
+    return absl::InternalError(absl::StrCat(
+        "matrix file: a slice read at row ", row0, " of ", shape.rows, " holds rows ", sl.row0,
+        "..", sl.row0 + sl.rows, " and scales ", sl.first_scale, "..",
+        sl.first_scale + sl.num_scales, " (expected scales from ", next_scale, " of ",
+        shape.num_scales(), ")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadWholeFile(int dir_fd, const std::string& name, std::string* out) {
   const int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus(absl::StrCat("open ", name), errno);
@@ -65,6 +85,57 @@ absl::Status ReadWholeFile(int dir_fd, const std::string& name, std::string* out
 }
 
 }  // namespace
+
+bool PwriteAll(int fd, const void* data, int64_t n, int64_t at) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 30)), at);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (w == 0) {
+      errno = EIO;
+      return false;
+    }
+    p += w;
+    n -= w;
+    at += w;
+  }
+  return true;
+}
+
+// --------------------------------------------------------------- Persistence
+
+absl::Status Persistence::SaveMatrixFrom(const StoredMatrixMeta& meta, MatrixSliceSource& source) {
+  const MatrixShape& shape = meta.shape;
+  const int64_t wpr = shape.layout().words_per_row();
+  std::vector<uint32_t> words;
+  std::vector<float> scales;
+  try {
+    words.resize(static_cast<size_t>(shape.layout().total_words()));
+    scales.resize(static_cast<size_t>(shape.num_scales()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("cannot allocate host memory to store the matrix");
+  }
+  int64_t next_scale = 0;
+  for (int64_t row = 0; row < shape.rows;) {
+    MatrixSlice sl;
+    if (absl::Status s = source.Read(row, &sl); !s.ok()) return s;
+    if (absl::Status s = CheckSlice(shape, row, next_scale, sl); !s.ok()) return s;
+    std::memcpy(words.data() + row * wpr, sl.words, static_cast<size_t>(sl.rows * wpr) * 4);
+    if (sl.num_scales > 0) {
+      std::memcpy(scales.data() + next_scale, sl.scales, static_cast<size_t>(sl.num_scales) * 4);
+    }
+    row += sl.rows;
+    next_scale += sl.num_scales;
+  }
+  if (next_scale != shape.num_scales()) {
+    return absl::InternalError(absl::StrCat("matrix file: the slices brought ", next_scale, " of ",
+                                            shape.num_scales(), " scales"));
+  }
+  return SaveMatrix(meta, words.data(), scales.data());
+}
 
 // ------------------------------------------------------------ DirectoryStore
 
@@ -157,6 +228,73 @@ absl::Status DirectoryStore::SaveMatrix(const StoredMatrixMeta& meta, const uint
                         static_cast<size_t>(meta.shape.num_scales()) * 4),
        std::string_view(reinterpret_cast<const char*>(words),
                         static_cast<size_t>(meta.shape.layout().total_words()) * 4)});
+}
+
+absl::Status DirectoryStore::SaveMatrixFrom(const StoredMatrixMeta& meta,
+                                            MatrixSliceSource& source) {
+  const MatrixShape& shape = meta.shape;
+  const int64_t row_bytes = shape.layout().words_per_row() * 4;
+  const int64_t words_at = MatrixFileWordsOffset(meta);
+  const int64_t scales_at = words_at - shape.num_scales() * 4;
+  const int64_t file_bytes = words_at + shape.layout().code_bytes();
+  const std::string file_name = MatrixFileName(meta.name);
+  const std::string tmp = TempName(file_name);
+  const std::string what = absl::StrCat("cannot write ", dir_, "/", file_name);
+  const int fd = ::openat(dir_fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("cannot create ", dir_, "/", tmp), errno);
+  // Every way out below closes the file, and removes it unless it was renamed.
+  const auto fail = [&](absl::Status s) {
+    ::close(fd);
+    ::unlinkat(dir_fd_, tmp.c_str(), 0);
+    return s;
+  };
+  // The file's blocks up front: a full disk shows before any slice is read.
+  if (::fallocate(fd, 0, 0, file_bytes) != 0 && (errno == ENOSPC || errno == EDQUOT)) {
+    return fail(ErrnoStatus(what, errno));
+  }
+  uint32_t scales_crc = 0, words_crc = 0;
+  int64_t next_scale = 0;
+  for (int64_t row = 0; row < shape.rows;) {
+    MatrixSlice sl;
+    if (absl::Status s = source.Read(row, &sl); !s.ok()) return fail(s);
+    if (absl::Status s = CheckSlice(shape, row, next_scale, sl); !s.ok()) return fail(s);
+    const int64_t word_off = words_at + row * row_bytes;
+    const int64_t word_bytes = sl.rows * row_bytes;
+    const int64_t scale_bytes = sl.num_scales * 4;
+    if (!PwriteAll(fd, sl.words, word_bytes, word_off) ||
+        (scale_bytes > 0 && !PwriteAll(fd, sl.scales, scale_bytes, scales_at + next_scale * 4))) {
+      return fail(ErrnoStatus(what, errno));
+    }
+    words_crc = Crc32c(words_crc, sl.words, static_cast<size_t>(word_bytes));
+    if (scale_bytes > 0) scales_crc = Crc32c(scales_crc, sl.scales, static_cast<size_t>(scale_bytes));
+    // Start the writeback now (best effort): the fsync then waits for less.
+    ::sync_file_range(fd, word_off, word_bytes, SYNC_FILE_RANGE_WRITE);
+    row += sl.rows;
+    next_scale += sl.num_scales;
+  }
+  if (next_scale != shape.num_scales()) {
+    return fail(absl::InternalError(absl::StrCat("matrix file: the slices brought ", next_scale,
+                                                 " of ", shape.num_scales(), " scales")));
+  }
+  const std::string header = EncodeMatrixHeaderWithCrcs(meta, scales_crc, words_crc);
+  if (static_cast<int64_t>(header.size()) != scales_at) {
+    return fail(absl::InternalError("matrix file: the header does not end where the scales begin"));
+  }
+  if (!PwriteAll(fd, header.data(), scales_at, 0) || ::fsync(fd) != 0) {
+    return fail(ErrnoStatus(what, errno));
+  }
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlinkat(dir_fd_, tmp.c_str(), 0);
+    return ErrnoStatus(what, err);
+  }
+  if (::renameat(dir_fd_, tmp.c_str(), dir_fd_, file_name.c_str()) != 0) {
+    const int err = errno;
+    ::unlinkat(dir_fd_, tmp.c_str(), 0);
+    return ErrnoStatus(what, err);
+  }
+  if (::fsync(dir_fd_) != 0) return ErrnoStatus(absl::StrCat("cannot fsync ", dir_), errno);
+  return absl::OkStatus();
 }
 
 absl::Status DirectoryStore::RemoveMatrix(std::string_view name) {

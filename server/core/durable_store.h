@@ -10,6 +10,11 @@
 //   saturation, counts) and a CRC-32C over everything after the checksum
 //   field. On start every file is verified; a torn, truncated or corrupt one
 //   is moved to quarantine/ and never served.
+// - A matrix whose packed form is not in host memory (quantized by the
+//   backend, on a GPU) is written from slices of rows read back one at a
+//   time (SaveMatrixFrom; packed_matrix.h's BackendSliceSource): each goes
+//   to its place in the temp file and is checksummed in order, so the file
+//   is SaveMatrix's byte for byte while only one slice is on the host.
 // - K/V caches (AttentionService) are stored as "<name>.pkv": a header and
 //   an append-only log of page records (LoadAllKv).
 //
@@ -55,6 +60,34 @@ class MatrixFileWriter {
   virtual absl::Status Commit(int64_t created_unix_ms, const float* scales) = 0;
 };
 
+// A band of rows of a matrix's packed form as its file holds it
+// (MatrixSliceSource::Read).
+struct MatrixSlice {
+  int64_t row0 = 0;
+  int64_t rows = 0;
+  const uint32_t* words = nullptr;  // rows * words_per_row, row row0's first
+  // The file's scales (the meta's scale mode) these rows bring: entries
+  // [first_scale, first_scale + num_scales) of its scale array. Slices read
+  // in row order bring the scales in order: ROW and BLOCK128 those of their
+  // rows, TENSOR its one scale with the first slice, BLOCK128X128 those of
+  // the 128-row bands that start in the slice, NONE none.
+  int64_t first_scale = 0;
+  int64_t num_scales = 0;
+  const float* scales = nullptr;
+};
+
+// Hands a matrix's packed form to the store a band of rows at a time, from
+// one bounded buffer (packed_matrix.h reads it from a backend this way).
+class MatrixSliceSource {
+ public:
+  virtual ~MatrixSliceSource() = default;
+  // Rows per Read (>= 1); the last slice has what is left.
+  virtual int64_t rows_per_slice() const = 0;
+  // Rows [row0, min(row0 + rows_per_slice(), rows)); what `out` points to
+  // stays valid until the next Read.
+  virtual absl::Status Read(int64_t row0, MatrixSlice* out) = 0;
+};
+
 // The interface MatrixStore and MatrixService persist through.
 class Persistence {
  public:
@@ -62,6 +95,11 @@ class Persistence {
   // Durable when it returns OK.
   virtual absl::Status SaveMatrix(const StoredMatrixMeta& meta, const uint32_t* words,
                                   const float* scales) = 0;
+  // SaveMatrix with the words and scales read from `source` slice by slice,
+  // in row order: the same file, byte for byte. The default gathers every
+  // slice in memory and calls SaveMatrix (for stores that write whole files
+  // only); DirectoryStore writes each slice to the file as it is read.
+  virtual absl::Status SaveMatrixFrom(const StoredMatrixMeta& meta, MatrixSliceSource& source);
   // Starts the file of a matrix whose packed words (meta.shape's layout) are
   // appended in order at `words`, memory that stays valid while `keep_alive`
   // is held (meta.created_unix_ms is Commit's). Null (not an error) where the
@@ -84,6 +122,12 @@ class DirectoryStore final : public Persistence {
 
   absl::Status SaveMatrix(const StoredMatrixMeta& meta, const uint32_t* words,
                           const float* scales) override;
+  // Each slice goes to its place in a temp file as it is read, its words and
+  // scales checksummed in order, so that no more than one slice of the
+  // matrix is held here; then the header goes in front and the file is made
+  // durable as SaveMatrix does (fsync, rename, directory fsync). The file is
+  // SaveMatrix's byte for byte.
+  absl::Status SaveMatrixFrom(const StoredMatrixMeta& meta, MatrixSliceSource& source) override;
   // Matrices of at least stream_min_bytes() packed bytes (matrix_file_writer.cc).
   // The words go to disk with O_DIRECT where the file system takes it: the
   // page cache would only hold a second copy of a matrix that is resident

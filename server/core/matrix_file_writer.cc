@@ -46,26 +46,11 @@ absl::Status ErrnoStatus(const std::string& what, int err) {
   return absl::InternalError(msg);
 }
 
-bool PwriteAll(int fd, const void* data, int64_t n, int64_t at) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, p, static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 30)), at);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    if (w == 0) {
-      errno = EIO;
-      return false;
-    }
-    p += w;
-    n -= w;
-    at += w;
-  }
-  return true;
-}
-
 }  // namespace
+
+// durable_store.cc: writes n bytes at offset `at`, whatever pwrite's short
+// writes; false with errno set on failure.
+bool PwriteAll(int fd, const void* data, int64_t n, int64_t at);
 
 // What a writer and its thread share. The thread may outlive the writer (an
 // abandoned upload): it then removes the temp file, and the last of the two

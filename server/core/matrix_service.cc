@@ -15,7 +15,10 @@
 namespace plume::core {
 
 MatrixService::MatrixService(Backend* backend, MatrixStore* store, const Limits& limits)
-    : backend_(backend), store_(store), limits_(limits) {}
+    : backend_(backend),
+      store_(store),
+      limits_(limits),
+      store_slice_bytes_(BackendSliceSource::kDefaultSliceBytes) {}
 
 MatrixService::Upload::Upload(MatrixService* service, UploadPlan plan,
                               MatrixStore::PendingUpload pending)
@@ -54,13 +57,19 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
   // the quantizer's own host buffers (the CUDA backend's pinned ones), all
   // of the data otherwise (and for a host quantization its codes and
   // scales); reserved against the budget like the matrix.
-  const int64_t stage =
+  int64_t stage =
       upload->quantizer_ != nullptr
           ? upload->row_bytes_ + upload->quantizer_->host_staging_bytes()
       : upload->packer_ != nullptr ? plan->scale_bytes
       : tiled ? plan->data_bytes + plan->shape.layout().code_bytes() +
                     plan->shape.num_scales() * int64_t{sizeof(float)}
               : plan->data_bytes + plan->scale_bytes;
+  // A matrix the backend quantizes is read back for its file through one
+  // slice buffer, allocated once the quantizer and the staged data are gone
+  // (Finish): the larger of the two is what the upload holds at once.
+  if (disk != nullptr && !plan->prepacked && !tiled) {
+    stage = std::max(stage, BackendSliceSource::BufferBytes(plan->shape, store_slice_bytes_));
+  }
   const std::shared_ptr<Budget>& budget = store_->budget();
   if (!budget->TryReserve(stage)) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -195,7 +204,8 @@ absl::StatusOr<MatrixInfo> MatrixService::Upload::Finish() {
   } else {
     // The backend quantizes (on the GPU for the CUDA backend); a durable
     // store then reads the packed form back, so the file holds exactly the
-    // codes the backend serves.
+    // codes the backend serves: a slice of rows at a time (the staging
+    // reservation covers the slice buffer), never the whole matrix.
     if (quantizer_ != nullptr) {
       data = quantizer_->Finish();  // every row has arrived, so none is held back
       quantizer_.reset();
@@ -203,22 +213,6 @@ absl::StatusOr<MatrixInfo> MatrixService::Upload::Finish() {
       data = service_->backend_->Quantize(plan_.shape, data_.data(), plan_.source_dtype);
     }
     std::string().swap(data_);
-    staging_.reset();
-    if (data.ok() && disk != nullptr) {
-      try {
-        host_words.resize(static_cast<size_t>(plan_.shape.layout().total_words()));
-        host_scales.resize(static_cast<size_t>(std::max<int64_t>(plan_.shape.num_scales(), 1)));
-      } catch (const std::bad_alloc&) {
-        return absl::ResourceExhaustedError("cannot allocate host memory to store the upload");
-      }
-      if (absl::Status s = service_->backend_->ReadPacked(**data, host_words.data(),
-                                                          host_scales.data());
-          !s.ok()) {
-        return s;
-      }
-      words = host_words.data();
-      scales = host_scales.data();
-    }
   }
   if (!data.ok()) return data.status();
   const int64_t created_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -227,7 +221,14 @@ absl::StatusOr<MatrixInfo> MatrixService::Upload::Finish() {
   if (disk != nullptr) {  // acknowledged only once it is on disk
     StoredMatrixMeta meta{pending_.name(), plan_.shape, plan_.source_dtype, created_ms,
                           plan_.content_hash};
-    if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
+    if (words != nullptr) {
+      if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
+    } else {
+      auto source = BackendSliceSource::Create(service_->backend_, **data, plan_.shape,
+                                               service_->store_slice_bytes_);
+      if (!source.ok()) return source.status();
+      if (absl::Status s = disk->SaveMatrixFrom(meta, **source); !s.ok()) return s;
+    }
   }
   std::string().swap(data_);  // free the staging copy before publishing
   staging_.reset();

@@ -39,6 +39,10 @@ class MatrixService {
   // TENSOR (whose scale needs every value first) and other pre-packed
   // uploads stage the whole data. Either way the staging is reserved against
   // the memory budget for the upload's life, beside the matrix's own bytes.
+  // With a durable store, a matrix the backend quantized is read back for
+  // its file a slice of rows at a time (BackendSliceSource, at most
+  // store_slice_bytes() each) into one host buffer, which the staging
+  // reservation covers too.
   class Upload {
    public:
     absl::Status AddData(std::string_view chunk);
@@ -94,6 +98,12 @@ class MatrixService {
   const Limits& limits() const { return limits_; }
   Backend* backend() const { return backend_; }
 
+  // Bytes of packed words and scales read back per slice to write a
+  // quantized matrix's file (default BackendSliceSource::kDefaultSliceBytes;
+  // tests lower it). Set before serving.
+  void set_store_slice_bytes(int64_t n) { store_slice_bytes_ = n; }
+  int64_t store_slice_bytes() const { return store_slice_bytes_; }
+
  private:
   MatrixInfo Info(const Matrix& m) const;
   // One backend GEMV and its metrics (kernel time, batch size, bytes).
@@ -102,6 +112,7 @@ class MatrixService {
   Backend* backend_;
   MatrixStore* store_;
   Limits limits_;
+  int64_t store_slice_bytes_;
 };
 
 }  // namespace plume::core

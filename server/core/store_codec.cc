@@ -57,6 +57,12 @@ std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales
 
 std::string EncodeMatrixHeaderWithWordsCrc(const StoredMatrixMeta& meta, const float* scales,
                                            uint32_t words_crc) {
+  return EncodeMatrixHeaderWithCrcs(
+      meta, Crc32c(0, scales, static_cast<size_t>(meta.shape.num_scales()) * 4), words_crc);
+}
+
+std::string EncodeMatrixHeaderWithCrcs(const StoredMatrixMeta& meta, uint32_t scales_crc,
+                                       uint32_t words_crc) {
   const MatrixShape& sh = meta.shape;
   const int64_t num_scales = sh.num_scales();
   const int64_t num_words = sh.layout().total_words();
@@ -84,7 +90,7 @@ std::string EncodeMatrixHeaderWithWordsCrc(const StoredMatrixMeta& meta, const f
   std::memcpy(h.data() + kMatrixHeaderBytes + name_bytes, meta.content_hash.data(),
               meta.content_hash.size());
   uint32_t crc = Crc32c(0, h.data() + kCrcFrom, h.size() - kCrcFrom);
-  crc = Crc32c(crc, scales, static_cast<size_t>(num_scales) * 4);
+  crc = Crc32cCombine(crc, scales_crc, static_cast<uint64_t>(num_scales) * 4);
   crc = Crc32cCombine(crc, words_crc, static_cast<uint64_t>(num_words) * 4);
   Put<uint32_t>(&h, kCrcOffset, crc);
   return h;

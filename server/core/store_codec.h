@@ -81,6 +81,11 @@ std::string EncodeMatrixHeader(const StoredMatrixMeta& meta, const float* scales
 // a writer that checksums the words as they arrive.
 std::string EncodeMatrixHeaderWithWordsCrc(const StoredMatrixMeta& meta, const float* scales,
                                            uint32_t words_crc);
+// The same with both parts given as checksums of their own:
+// Crc32c(0, scales, their bytes) and Crc32c(0, words, their bytes), for a
+// writer that has neither whole in memory (DirectoryStore::SaveMatrixFrom).
+std::string EncodeMatrixHeaderWithCrcs(const StoredMatrixMeta& meta, uint32_t scales_crc,
+                                       uint32_t words_crc);
 // Bytes of a matrix file before its words: the header, name, content hash
 // and scales (the words then run to the end of the file).
 int64_t MatrixFileWordsOffset(const StoredMatrixMeta& meta);

@@ -1,10 +1,16 @@
 // The CUDA backend through the Backend interface, against the CPU backend and
 // the FP64 reference: quantize on the device, packed uploads, NaN codes,
-// streamed uploads through the pinned buffers, concurrent GEMVs on several
+// streamed uploads through the pinned buffers, ranged reads of packed rows
+// and the store file written from them, concurrent GEMVs on several
 // streams, BLOCK128X128 checkpoints, device memory, bad options.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <thread>
 #include <vector>
@@ -17,6 +23,7 @@
 
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/backends/cuda/cuda_backend.h"
+#include "server/core/durable_store.h"
 #include "server/core/packed_matrix.h"
 #include "tests/common/gemv_reference.h"
 
@@ -25,6 +32,11 @@ namespace {
 
 using plume::testing::ExpectedGemv;
 using plume::testing::RandomNormal;
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
 
 std::unique_ptr<CudaBackend> MakeCuda(const std::string& path = "") {
   CudaBackendOptions o;
@@ -250,6 +262,125 @@ TEST(CudaBackend, StreamedRowsThroughSmallPinnedBuffers) {
     EXPECT_EQ((*q)->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ((*q)->AddRows(rows.data(), 6).code(), absl::StatusCode::kInvalidArgument);
   }
+}
+
+TEST(CudaBackend, ReadPackedRowsReturnsExactlyTheRowsWordsAndScales) {
+  // Packed matrices made on the host (every resident scale mode, and
+  // BLOCK128X128 held as BLOCK128; both formats; ragged shapes), read back a
+  // band of rows at a time into poisoned pageable memory and into a pinned
+  // buffer of AllocateHostBuffer: exactly those rows' words and the scales
+  // they carry, nothing written past them; bands out of range are refused.
+  auto cuda = MakeCuda();
+  ASSERT_NE(cuda, nullptr);
+  for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+    for (ScaleMode mode : {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow,
+                           ScaleMode::kBlock128, ScaleMode::kBlock128x128}) {
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{300, 517}, {129, 128}, {1, 17}}) {
+        const MatrixShape shape{rows, cols, f, mode, true};
+        const MatrixShape held = ResidentShape(shape);
+        const auto w = RandomNormal(rows * cols, 41);
+        std::vector<uint32_t> words(size_t(shape.layout().total_words()));
+        std::vector<float> scales(size_t(std::max<int64_t>(shape.num_scales(), 1)));
+        ref::QuantizePack(w.data(), DType::kF32, rows, cols, {f, mode, true}, words.data(),
+                          scales.data());
+        // The scales as the backend holds them (BLOCK128X128: each row its band's).
+        std::vector<float> held_scales(size_t(std::max<int64_t>(held.num_scales(), 1)));
+        if (mode == ScaleMode::kBlock128x128) {
+          ExpandBlockScales(rows, cols, scales.data(), held_scales.data());
+        } else {
+          std::copy(scales.begin(), scales.begin() + std::max<int64_t>(shape.num_scales(), 0),
+                    held_scales.begin());
+        }
+        auto m = FromPackedAsUploaded(cuda.get(), shape, words.data(), scales.data());
+        ASSERT_TRUE(m.ok()) << m.status();
+        const int64_t wpr = shape.layout().words_per_row();
+        const int64_t most_scales = ScalesOfRowsCount(held.scale_mode, cols, rows);
+        auto pinned = cuda->AllocateHostBuffer(size_t((rows * wpr + most_scales + 8) * 4));
+        ASSERT_TRUE(pinned.ok()) << pinned.status();
+        std::vector<std::pair<int64_t, int64_t>> bands = {{0, 1}, {0, rows}, {rows - 1, 1}};
+        if (rows > 200) bands.insert(bands.end(), {{7, 50}, {128, 128}, {13, 200}, {255, 45}});
+        for (auto [row0, n] : bands) {
+          const std::string what = std::string(ScaleModeName(mode)) + " " + std::to_string(rows) +
+                                   "x" + std::to_string(cols) + " rows " + std::to_string(row0) +
+                                   "+" + std::to_string(n);
+          const int64_t ns = ScalesOfRowsCount(held.scale_mode, cols, n);
+          const int64_t s0 = ScalesOfRowsStart(held.scale_mode, cols, row0);
+          const std::vector<uint32_t> want_words(words.begin() + row0 * wpr,
+                                                 words.begin() + (row0 + n) * wpr);
+          const std::vector<float> want_scales(held_scales.begin() + s0,
+                                               held_scales.begin() + s0 + ns);
+          // Pageable memory, one poisoned word and scale past the band.
+          std::vector<uint32_t> got_words(size_t(n * wpr + 1), 0xA5A5A5A5u);
+          std::vector<float> got_scales(size_t(ns + 1), -7.0f);
+          ASSERT_TRUE(cuda->ReadPackedRows(**m, row0, n, got_words.data(), got_scales.data()).ok()) << what;
+          EXPECT_EQ(got_words.back(), 0xA5A5A5A5u) << what;
+          EXPECT_EQ(got_scales.back(), -7.0f) << what;
+          got_words.pop_back();
+          got_scales.pop_back();
+          EXPECT_EQ(got_words, want_words) << what;
+          EXPECT_EQ(got_scales, want_scales) << what;
+          // The pinned buffer: words, then the scales right after them.
+          auto* pw = static_cast<uint32_t*>((*pinned)->data());
+          std::fill(pw, pw + (rows * wpr + most_scales + 8), 0xA5A5A5A5u);
+          auto* ps = reinterpret_cast<float*>(pw + n * wpr);
+          ASSERT_TRUE(cuda->ReadPackedRows(**m, row0, n, pw, ps).ok()) << what;
+          EXPECT_TRUE(std::equal(want_words.begin(), want_words.end(), pw)) << what;
+          EXPECT_TRUE(std::equal(want_scales.begin(), want_scales.end(), ps)) << what;
+          EXPECT_EQ(pw[n * wpr + ns], 0xA5A5A5A5u) << what;
+        }
+        for (auto [row0, n] : {std::pair<int64_t, int64_t>{0, 0}, {-1, 1}, {rows, 1}, {0, rows + 1}}) {
+          EXPECT_EQ(cuda->ReadPackedRows(**m, row0, n, words.data(), scales.data()).code(),
+                    absl::StatusCode::kOutOfRange)
+              << row0 << "+" << n;
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaBackend, StoreFileFromDeviceSlicesIsTheWholeReadBacksFile) {
+  // A matrix quantized on the device, written by the durable store from
+  // slices read off the device (4 KiB, so a few rows each, and one row),
+  // in every mode the device quantizes (BLOCK128X128 from a pre-packed
+  // upload): the file SaveMatrix writes from a whole read-back, byte for
+  // byte.
+  auto cuda = MakeCuda();
+  ASSERT_NE(cuda, nullptr);
+  const std::string dir = ::testing::TempDir() + "plume_gpu_slices_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  auto whole = DirectoryStore::Open(dir + "-whole");
+  auto sliced = DirectoryStore::Open(dir + "-sliced");
+  ASSERT_TRUE(whole.ok() && sliced.ok());
+  for (ScaleMode mode : {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128,
+                         ScaleMode::kBlock128x128}) {
+    const MatrixShape shape{301, 517, Fp8Format::kE4M3, mode, true};
+    const auto w = RandomNormal(shape.rows * shape.cols, 51);
+    absl::StatusOr<std::unique_ptr<BackendMatrix>> m;
+    std::vector<uint32_t> words(size_t(shape.layout().total_words()));
+    std::vector<float> scales(size_t(std::max<int64_t>(shape.num_scales(), 1)));
+    if (mode == ScaleMode::kBlock128x128) {
+      ref::QuantizePack(w.data(), DType::kF32, shape.rows, shape.cols, {shape.format, mode, true},
+                        words.data(), scales.data());
+      m = FromPackedAsUploaded(cuda.get(), shape, words.data(), scales.data());
+    } else {
+      m = cuda->Quantize(shape, w.data(), DType::kF32);
+    }
+    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_TRUE(ReadPackedAsUploaded(cuda.get(), **m, shape, words.data(), scales.data()).ok());
+    const StoredMatrixMeta meta{std::string("m") + ScaleModeName(mode), shape, DType::kF32,
+                                1700000000000, "hash"};
+    ASSERT_TRUE((*whole)->SaveMatrix(meta, words.data(), scales.data()).ok());
+    const std::string want = ReadWhole(dir + "-whole/" + meta.name + ".pmx");
+    for (int64_t slice : {int64_t{1}, int64_t{4096}}) {
+      auto source = BackendSliceSource::Create(cuda.get(), **m, shape, slice);
+      ASSERT_TRUE(source.ok()) << source.status();
+      ASSERT_TRUE((*sliced)->SaveMatrixFrom(meta, **source).ok());
+      EXPECT_EQ(ReadWhole(dir + "-sliced/" + meta.name + ".pmx"), want)
+          << ScaleModeName(mode) << " slice " << slice;
+    }
+  }
+  std::filesystem::remove_all(dir + "-whole");
+  std::filesystem::remove_all(dir + "-sliced");
 }
 
 TEST(CudaBackend, ConcurrentGemvsOnSeveralStreams) {

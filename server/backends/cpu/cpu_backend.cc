@@ -255,6 +255,20 @@ absl::Status CpuBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, flo
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows,
+                                        uint32_t* words, float* scales) {
+  const MatrixShape& s = m.shape();
+  if (absl::Status st = CheckRowRange(s.rows, row0, rows); !st.ok()) return st;
+  const ref::MatrixView v = static_cast<const CpuMatrix&>(m).view();
+  const int64_t wpr = s.layout().words_per_row();
+  std::memcpy(words, v.words + row0 * wpr, static_cast<size_t>(rows * wpr) * sizeof(uint32_t));
+  if (const int64_t n = ScalesOfRowsCount(s.scale_mode, s.cols, rows); n > 0) {
+    std::memcpy(scales, v.scales + ScalesOfRowsStart(s.scale_mode, s.cols, row0),
+                static_cast<size_t>(n) * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CpuMatrix&>(w);
   const int64_t rows = m.shape().rows;

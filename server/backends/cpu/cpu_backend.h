@@ -31,6 +31,8 @@ class CpuBackend final : public Backend {
                                                             const uint32_t* words,
                                                             const float* scales) override;
   absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
+  absl::Status ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows, uint32_t* words,
+                              float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
   absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;

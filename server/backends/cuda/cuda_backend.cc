@@ -269,6 +269,30 @@ absl::Status CudaBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, fl
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows,
+                                         uint32_t* words, float* scales) {
+  const auto& c = static_cast<const CudaMatrix&>(m);
+  const MatrixShape& s = m.shape();
+  if (absl::Status st = CheckRowRange(s.rows, row0, rows); !st.ok()) return st;
+  const int64_t wpr = s.layout().words_per_row();
+  const int64_t n = ScalesOfRowsCount(s.scale_mode, s.cols, rows);
+  PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
+  Lane& lane = AcquireLane();
+  LaneGuard guard(lane);
+  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(words, c.words() + row0 * wpr,
+                                       static_cast<size_t>(rows * wpr) * 4, cudaMemcpyDeviceToHost,
+                                       lane.stream),
+                       "copying packed rows from the device");
+  if (n > 0) {
+    PLUME_RETURN_IF_CUDA(
+        cudaMemcpyAsync(scales, c.scales() + ScalesOfRowsStart(s.scale_mode, s.cols, row0),
+                        static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, lane.stream),
+        "copying the rows' scales from the device");
+  }
+  PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "copying packed rows from the device");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<HostBuffer>> CudaBackend::AllocateHostBuffer(size_t bytes) {
   PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
   void* p = nullptr;

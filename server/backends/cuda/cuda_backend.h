@@ -77,6 +77,11 @@ class CudaBackend final : public Backend {
                                                             const uint32_t* words,
                                                             const float* scales) override;
   absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
+  // The rows' words and scales copied from the device on a lane's stream
+  // (the durable store's bounded reads); straight by DMA when the host
+  // memory is a pinned buffer of AllocateHostBuffer.
+  absl::Status ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows, uint32_t* words,
+                              float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
   // Enqueues the copies and the kernel on a lane and returns; the lane stays
   // taken until the call is waited for.

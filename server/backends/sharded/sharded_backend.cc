@@ -625,6 +625,32 @@ absl::Status ShardedBackend::ReadPacked(const BackendMatrix& m, uint32_t* words,
   return absl::OkStatus();
 }
 
+absl::Status ShardedBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows,
+                                            uint32_t* words, float* scales) {
+  const auto& s = static_cast<const ShardedMatrix&>(m);
+  const MatrixShape& shape = s.shape();
+  if (absl::Status st = CheckRowRange(shape.rows, row0, rows); !st.ok()) return st;
+  if (s.kind() != Placement::kSharded) {  // one copy says it all
+    const Part& p = s.parts().front();
+    return children_[static_cast<size_t>(p.device)]->ReadPackedRows(*p.m, row0, rows, words, scales);
+  }
+  const int64_t wpr = shape.layout().words_per_row();
+  const int64_t end = row0 + rows;
+  for (const Part& p : s.parts()) {
+    const int64_t from = std::max(row0, p.row0);
+    const int64_t to = std::min(end, p.row0 + p.rows);
+    if (from >= to) continue;
+    // TENSOR: every shard holds the one scale, and each writes it.
+    if (absl::Status st = children_[static_cast<size_t>(p.device)]->ReadPackedRows(
+            *p.m, from - p.row0, to - from, words + (from - row0) * wpr,
+            ScalesOfRows(shape, scales, from - row0));
+        !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
 int ShardedBackend::PickReplica() const {
   const int n = num_devices();
   const int start = static_cast<int>(turn_.fetch_add(1, std::memory_order_relaxed) % n);

@@ -85,6 +85,9 @@ class ShardedBackend final : public Backend {
                                                             const uint32_t* words,
                                                             const float* scales) override;
   absl::Status ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) override;
+  // From the shards the rows lie in (kSharded), else from one copy.
+  absl::Status ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows, uint32_t* words,
+                              float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
 
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
