@@ -22,9 +22,6 @@ void KeepFreedHeapMemory() {
   // Fixed values also stop glibc adjusting them as blocks are freed.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest on 64-bit
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  // One arena: what a thread frees is reused by the next allocation of any
-  // thread, rather than kept by an arena that thread happened to use.
-  mallopt(M_ARENA_MAX, 1);
 #endif
 }
 

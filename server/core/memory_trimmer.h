@@ -24,14 +24,7 @@ namespace plume::core {
 // next (a GiB uploaded took 4-5 s of server CPU here, most of it page
 // faults; 0.6-1 s without). Blocks under 32 MiB then come from the heap and
 // are reused; the MemoryTrimmer gives free pages back on its interval
-// instead. It also holds the process to one malloc arena: with glibc's
-// default of up to 8 per core, each arena the gRPC threads allocated a
-// streamed upload's buffers from kept its own high-water mark, and a
-// 16384x16384 F32 upload (CPU backend, 2 cores, memory only) peaked 106-177
-// MiB above its resident matrix against 44-59 MiB with glibc's defaults; 86
-// with 2 arenas, 112 with 4, 48-52 with one (and 4.3 s of server CPU against
-// 10.4 s with glibc's defaults). plume-server calls it before serving (before
-// its threads start) when it runs a trimmer.
+// instead. plume-server calls it before serving when it runs a trimmer.
 void KeepFreedHeapMemory();
 
 class MemoryTrimmer {

@@ -1,12 +1,10 @@
 // MemoryTrimmer: runs its trim every interval and stops at once; with the
 // default (glibc's malloc_trim) the free pages under a live block go back to
 // the OS. KeepFreedHeapMemory: large blocks come from the heap and stay
-// there once freed, and new threads make no arenas of their own.
+// there once freed.
 #include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -76,8 +74,7 @@ TEST(MemoryTrimmer, GivesBackTheFreePagesUnderALiveBlock) {
                                        << " KiB after";
 }
 
-// Last in this file with the one below: they change the process's malloc
-// settings for good.
+// Last in this file: it changes the process's malloc settings for good.
 TEST(KeepFreedHeapMemory, LargeBlocksComeFromTheHeapAndStayThereOnceFreed) {
   KeepFreedHeapMemory();
   const struct mallinfo2 m0 = mallinfo2();
@@ -94,44 +91,6 @@ TEST(KeepFreedHeapMemory, LargeBlocksComeFromTheHeapAndStayThereOnceFreed) {
   char* again = static_cast<char*>(std::malloc(kBlock));
   EXPECT_LE(mallinfo2().arena, m2.arena);
   std::free(again);
-}
-
-// The number of arenas glibc's malloc has (malloc_info's heaps).
-int Arenas() {
-  char* text = nullptr;
-  size_t size = 0;
-  FILE* f = open_memstream(&text, &size);
-  if (f == nullptr) return -1;
-  malloc_info(0, f);
-  std::fclose(f);
-  int n = 0;
-  for (const char* p = text; (p = std::strstr(p, "<heap nr=")) != nullptr; ++p) ++n;
-  std::free(text);
-  return n;
-}
-
-// Also changes the process's malloc settings for good (ctest runs each
-// test in a process of its own).
-TEST(KeepFreedHeapMemory, NewThreadsShareOneArena) {
-  KeepFreedHeapMemory();
-  const int before = Arenas();
-  ASSERT_GE(before, 1);
-  // 8 threads, each with a block of its own held until all have one: with
-  // glibc's default each new thread's first allocation makes an arena.
-  constexpr int kThreads = 8;
-  std::atomic<int> holding{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads; ++i) {
-    threads.emplace_back([&holding] {
-      char* b = static_cast<char*>(std::malloc(256 << 10));
-      b[0] = 1;
-      ++holding;
-      while (holding.load() < kThreads) std::this_thread::sleep_for(1ms);
-      std::free(b);
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  EXPECT_EQ(Arenas(), before);
 }
 #endif
 
