@@ -6,6 +6,7 @@
 # ROW scales) from a separate process, then the server's VmHWM (its peak
 # since start). Writes upload-memory.txt and the logs to $OUT (or /tmp).
 # Usage: bench/run_upload_memory.sh [ROWS [COLS]]   (default 16384 16384)
+# PLUME_UPLOAD_SERVER_FLAGS: extra plume-server flags (e.g. --malloc_arenas=1).
 set -euo pipefail
 . "$(dirname "$0")/gpu_bench_env.sh"
 rows=${1:-16384}
@@ -20,7 +21,7 @@ for store in none disk; do
   flag=--store_dir=
   [ "$store" = disk ] && flag=--store_dir="$work/store"
   "$carry/bin/plume-server" --backend=cuda --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
-    "$flag" --ready_file="$work/ready.json" >"$out/upload-server-$store.log" 2>&1 &
+    "$flag" --ready_file="$work/ready.json" ${PLUME_UPLOAD_SERVER_FLAGS:-} >"$out/upload-server-$store.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do [ -s "$work/ready.json" ] && break; sleep 0.1; done
   [ -s "$work/ready.json" ] || { cat "$out/upload-server-$store.log"; exit 1; }

@@ -17,11 +17,14 @@ void TrimHeap() {
 
 }  // namespace
 
-void KeepFreedHeapMemory() {
+void KeepFreedHeapMemory(int max_arenas) {
 #if defined(__GLIBC__)
   // Fixed values also stop glibc adjusting them as blocks are freed.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest on 64-bit
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  if (max_arenas > 0) mallopt(M_ARENA_MAX, max_arenas);
+#else
+  (void)max_arenas;
 #endif
 }
 

@@ -25,7 +25,11 @@ namespace plume::core {
 // faults; 0.6-1 s without). Blocks under 32 MiB then come from the heap and
 // are reused; the MemoryTrimmer gives free pages back on its interval
 // instead. plume-server calls it before serving when it runs a trimmer.
-void KeepFreedHeapMemory();
+// max_arenas > 0 also caps glibc's malloc arenas (M_ARENA_MAX): with freed
+// blocks kept, each arena keeps its own high-water mark of a streamed
+// upload's buffers, so fewer arenas keep less; 0 leaves glibc's default
+// (up to 8 per core).
+void KeepFreedHeapMemory(int max_arenas = 0);
 
 class MemoryTrimmer {
  public:

@@ -92,6 +92,10 @@ ABSL_FLAG(absl::Duration, memory_trim_interval, absl::Seconds(2),
           "How often freed heap memory is given back to the OS (malloc_trim), so RSS follows what is live; glibc's own "
           "trim at each free is then off. 0: only glibc's own.");
 
+ABSL_FLAG(int32_t, malloc_arenas, 0,
+          "With the memory trimmer on: the most malloc arenas glibc may use (M_ARENA_MAX); fewer keep less "
+          "of a streamed upload's freed buffers, at a cost in allocation contention. 0: glibc's default.");
+
 namespace {
 
 int Fail(const std::string& what) {
@@ -156,7 +160,7 @@ int main(int argc, char** argv) {
   // The trimmer below gives freed memory back; glibc's trim at each free
   // would cost a page fault per 4 KiB of every message streamed in.
   if (absl::GetFlag(FLAGS_memory_trim_interval) > absl::ZeroDuration()) {
-    plume::core::KeepFreedHeapMemory();
+    plume::core::KeepFreedHeapMemory(absl::GetFlag(FLAGS_malloc_arenas));
   }
 
   // SIGINT/SIGTERM are taken by sigwait below; block them before any thread
