@@ -30,6 +30,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "plume/reference/api.h"
+#include "bench/backend_bench_io.h"
 #include "server/backends/cuda/cuda_backend.h"
 #include "server/backends/sharded/sharded_backend.h"
 
@@ -37,6 +38,10 @@ namespace {
 
 using namespace plume;
 using namespace plume::core;
+using plume::bench::Check;
+using plume::bench::Die;
+using plume::bench::Io;
+using plume::bench::MakeIo;
 
 struct Options {
   int64_t rows = 32768, cols = 16384;
@@ -47,20 +52,6 @@ struct Options {
   bool heap = false;  // also time the staging path (heap activations/results)
   std::string json;
 };
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "gpu_multi_bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <class T>
-T Check(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) Die(absl::StrCat(what, ": ", v.status().ToString()));
-  return std::move(*v);
-}
-void Check(const absl::Status& s, const char* what) {
-  if (!s.ok()) Die(absl::StrCat(what, ": ", s.ToString()));
-}
 
 Options Parse(int argc, char** argv) {
   Options o;
@@ -143,40 +134,10 @@ void Time(const Options& o, Fn fn, Result* r) {
   r->p90_us = us[us.size() * 9 / 10];
 }
 
-// Activations (F16) and results (F32) for one call, pinned or heap.
-struct Io {
-  std::unique_ptr<HostBuffer> x_pinned, y_pinned;
-  std::vector<char> x_heap, y_heap;
-  GemvArgs args;
-};
-
-Io MakeIo(Backend& b, int64_t rows, int64_t cols, int64_t batch, bool heap) {
-  Io io;
-  const size_t xb = static_cast<size_t>(batch * cols * 2), yb = static_cast<size_t>(batch * rows * 4);
-  void *x, *y;
-  if (heap) {
-    io.x_heap.resize(xb);
-    io.y_heap.resize(yb);
-    x = io.x_heap.data();
-    y = io.y_heap.data();
-  } else {
-    io.x_pinned = Check(b.AllocateHostBuffer(xb), "pinned activations");
-    io.y_pinned = Check(b.AllocateHostBuffer(yb), "pinned results");
-    x = io.x_pinned->data();
-    y = io.y_pinned->data();
-  }
-  std::vector<float> xf(static_cast<size_t>(batch * cols));
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  for (auto& v : xf) v = d(rng);
-  ref::FromFloat(xf.data(), batch * cols, DType::kF16, x);
-  io.args = GemvArgs{x, DType::kF16, 1.0f, batch, y, DType::kF32};
-  return io;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  plume::bench::g_bench_name = "gpu_multi_bench";
   const Options o = Parse(argc, argv);
   const int visible = CudaDeviceCount();
   const std::vector<int> ids = Check(ParseDeviceList(o.devices, visible), "--devices");
