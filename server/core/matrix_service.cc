@@ -66,9 +66,12 @@ absl::StatusOr<std::unique_ptr<MatrixService::Upload>> MatrixService::BeginUploa
               : plan->data_bytes + plan->scale_bytes;
   // A matrix the backend quantizes is read back for its file through one
   // slice buffer, allocated once the quantizer and the staged data are gone
-  // (Finish): the larger of the two is what the upload holds at once.
+  // (Finish). Its slices are sized to the staging reserved here, so the
+  // reservation covers it without growing (only a row wider than the
+  // staging, in tiny matrices, raises it to one row).
   if (disk != nullptr && !plan->prepacked && !tiled) {
-    stage = std::max(stage, BackendSliceSource::BufferBytes(plan->shape, store_slice_bytes_));
+    upload->slice_bytes_ = std::min(store_slice_bytes_, stage);
+    stage = std::max(stage, BackendSliceSource::BufferBytes(plan->shape, upload->slice_bytes_));
   }
   const std::shared_ptr<Budget>& budget = store_->budget();
   if (!budget->TryReserve(stage)) {
@@ -225,7 +228,7 @@ absl::StatusOr<MatrixInfo> MatrixService::Upload::Finish() {
       if (absl::Status s = disk->SaveMatrix(meta, words, scales); !s.ok()) return s;
     } else {
       auto source = BackendSliceSource::Create(service_->backend_, **data, plan_.shape,
-                                               service_->store_slice_bytes_);
+                                               slice_bytes_);
       if (!source.ok()) return source.status();
       if (absl::Status s = disk->SaveMatrixFrom(meta, **source); !s.ok()) return s;
     }

@@ -40,9 +40,10 @@ class MatrixService {
   // uploads stage the whole data. Either way the staging is reserved against
   // the memory budget for the upload's life, beside the matrix's own bytes.
   // With a durable store, a matrix the backend quantized is read back for
-  // its file a slice of rows at a time (BackendSliceSource, at most
-  // store_slice_bytes() each) into one host buffer, which the staging
-  // reservation covers too.
+  // its file a slice of rows at a time (BackendSliceSource) into one host
+  // buffer no larger than the staging already reserved (at most
+  // store_slice_bytes(), at least one row), so it adds nothing to what the
+  // upload holds against the budget.
   class Upload {
    public:
     absl::Status AddData(std::string_view chunk);
@@ -70,6 +71,7 @@ class MatrixService {
     // ... and the durable store's file of them, when it streams.
     std::unique_ptr<MatrixFileWriter> file_;
     int64_t row_bytes_ = 0;
+    int64_t slice_bytes_ = 0;  // the store's read-back slices (BeginUpload)
     std::string data_;  // streamed: the partial row held back; otherwise all of the data
     std::string scales_;
   };
