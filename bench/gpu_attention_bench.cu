@@ -2,8 +2,9 @@
 // seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256, batch 1,
 // 4, 16 and 64 (one cache, the batch's queries against it), and plume's
 // prefill at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
-// 128, 256 (and the mma.sync prefill beside the Hopper one at D = 128 on
-// sm_90). Caches are E4M3 with TOKEN_BLOCK scales (the default), random
+// 128, 256 (and the mma.sync prefill and the image-based Hopper prefill
+// beside the Hopper one at D = 128 on sm_90). --only decode|prefill runs
+// one half. Caches are E4M3 with TOKEN_BLOCK scales (the default), random
 // codes, in as many copies as keep the bytes read per launch out of L2. Each
 // launch is bracketed by CUDA events; medians over --iters launches.
 // bench/sdpa_attention.py times PyTorch SDPA (FP16 K/V) on the same shapes;
@@ -181,14 +182,18 @@ void WriteJson(const std::string& path) {
 int main(int argc, char** argv) {
   std::string json;
   int iters = 50;
+  std::string only;  // "decode" or "prefill": that half of the bench alone
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
     } else if (a == "--iters" && i + 1 < argc) {
       iters = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--only" && i + 1 < argc && (std::string(argv[i + 1]) == "decode" ||
+                                                  std::string(argv[i + 1]) == "prefill")) {
+      only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: gpu_attention_bench [--json PATH] [--iters N]\n");
+      std::fprintf(stderr, "usage: gpu_attention_bench [--json PATH] [--iters N] [--only decode|prefill]\n");
       return 2;
     }
   }
@@ -220,8 +225,9 @@ int main(int argc, char** argv) {
     cudaFree(sink);
   }
 
-  std::printf("decode (E4M3, TOKEN_BLOCK, F16 queries and outputs, causal):\n");
-  for (int64_t dim : {128, 64, 256})
+  if (only != "prefill") std::printf("decode (E4M3, TOKEN_BLOCK, F16 queries and outputs, causal):\n");
+  for (int64_t dim : {128, 64, 256}) {
+    if (only == "prefill") break;
     for (int64_t seq : {1024, 8192, 32768, 131072}) {
       Caches c;
       const int64_t one = 2 * seq * 8 * dim;
@@ -231,9 +237,10 @@ int main(int argc, char** argv) {
       for (int64_t batch : {1, 4, 16, 64})
         for (DecodePath path : paths) Run(timer, s, c, "decode", batch, 32, 1, true, path);
     }
+  }
 
-  std::printf("prefill (E4M3, TOKEN_BLOCK, F16 queries and outputs):\n");
-  {
+  if (only != "decode") std::printf("prefill (E4M3, TOKEN_BLOCK, F16 queries and outputs):\n");
+  if (only != "decode") {
     Caches c;
     MakeCaches(c, 1, 512, 8192, 1, s);
     for (DecodePath path : paths) Run(timer, s, c, "prefill", 1, 1, 8192, false, path);
@@ -241,6 +248,7 @@ int main(int argc, char** argv) {
   // 32 heads, S=4096, causal, at D = 64, 128, 256; where the Hopper kernel
   // runs (D 128 on sm_90), the mma.sync kernel beside it, same run.
   for (int64_t dim : {64, 128, 256}) {
+    if (only == "decode") break;
     Caches c;
     MakeCaches(c, 32, dim, 4096, 1, s);
     for (DecodePath path : paths) {
@@ -248,6 +256,8 @@ int main(int argc, char** argv) {
       if (cc_major == 9 && dim == 128) {
         Run(timer, s, c, "prefill-mma.sync", 1, 32, 4096, true, path,
             plume::cuda::AttentionKernel::kPrefillMmaSync);
+        Run(timer, s, c, "prefill-images", 1, 32, 4096, true, path,
+            plume::cuda::AttentionKernel::kPrefillImages);
       }
     }
   }

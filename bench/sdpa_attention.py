@@ -6,7 +6,7 @@ batch 1, 4, 16, 64 (one cache, as
 plume's batch shares its cache), GQA through enable_gqa when this PyTorch has
 it, else K/V repeated to 32 heads (more bytes; the JSON says which). Prefill:
 4-D q/k/v [1, 1, 8192, 512] and [1, 32, 4096, D] causal, D = 64, 128, 256. CUDA events,
-medians. Usage: sdpa_attention.py [ITERS] [JSON]
+medians. Usage: sdpa_attention.py [ITERS] [JSON] [decode|prefill] (the last: that half alone)
 """
 import json
 import statistics
@@ -46,11 +46,12 @@ def SupportsGqa():
 def main():
     iters = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     out = sys.argv[2] if len(sys.argv) > 2 else None
+    only = sys.argv[3] if len(sys.argv) > 3 else ""
     dev = torch.device("cuda")
     gqa = SupportsGqa()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, enable_gqa={gqa}")
     rows = []
-    for dim in (128, 64, 256):
+    for dim in (128, 64, 256) if only != "prefill" else ():
         for seq in (1024, 8192, 32768, 131072):
             k = torch.randn(1, 8, seq, dim, device=dev, dtype=torch.float16)
             v = torch.randn_like(k)
@@ -76,8 +77,8 @@ def main():
                 print(f"  sdpa decode D={dim:<3} seq={seq:<6} b={batch:<2} {us:10.2f} us "
                       f"{kv_bytes / us / 1e3:8.1f} GB/s")
             del k, v
-    for heads, seq, dim, causal in ((1, 8192, 512, False), (32, 4096, 64, True), (32, 4096, 128, True),
-                                    (32, 4096, 256, True)):
+    prefills = ((1, 8192, 512, False), (32, 4096, 64, True), (32, 4096, 128, True), (32, 4096, 256, True))
+    for heads, seq, dim, causal in prefills if only != "decode" else ():
         q = torch.randn(1, heads, seq, dim, device=dev, dtype=torch.float16)
         k = torch.randn_like(q)
         v = torch.randn_like(q)
