@@ -47,3 +47,17 @@ if(PLUME_HAVE_CUDA)
   add_test(NAME attention_emu_test COMMAND attention_emu_test)
   set_tests_properties(attention_emu_test PROPERTIES LABELS emu TIMEOUT 300)
 endif()
+
+# The Hopper flash prefill's kernels under the same emulation, with the
+# Hopper instructions (mbarriers, bulk copies, wgmma) from tests/emu/emu_sm90.h.
+if(PLUME_HAVE_CUDA)
+  add_executable(prefill_images_emu_test emu/prefill_images_emu_test.cc)
+  target_include_directories(prefill_images_emu_test PRIVATE ${PROJECT_SOURCE_DIR}
+                             ${PROJECT_SOURCE_DIR}/kernels/cuda/include
+                             ${PROJECT_SOURCE_DIR}/kernels/cuda/src
+                             ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(prefill_images_emu_test PRIVATE plume_kernels_ref GTest::gtest_main)
+  target_compile_options(prefill_images_emu_test PRIVATE -Wno-unknown-pragmas -Wno-class-memaccess)
+  add_test(NAME prefill_images_emu_test COMMAND prefill_images_emu_test)
+  set_tests_properties(prefill_images_emu_test PROPERTIES LABELS emu TIMEOUT 300)
+endif()

@@ -74,14 +74,26 @@ inline void EmuArrive(EmuBarrier& b) {
 }
 inline EmuBarrier g_block_barrier;
 inline EmuBarrier g_warp_barriers[64];
+inline EmuBarrier g_group_barriers[16];  // per warp group of 128 threads (emu_sm90.h)
+inline EmuBarrier g_named_barriers[16];  // bar.sync id, count: sized at first use (emu_sm90.h)
 inline void __syncthreads() { EmuArrive(g_block_barrier); }
 inline void WarpSync() { EmuArrive(g_warp_barriers[threadIdx.x / 32]); }
+inline void __syncwarp() { WarpSync(); }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
   const int w = threadIdx.x / 32, l = threadIdx.x % 32;
   memcpy(&g_xchg[w][l][0], &v, 4);
   WarpSync();
   float r;
   memcpy(&r, &g_xchg[w][l ^ o][0], 4);
+  WarpSync();
+  return r;
+}
+inline int __shfl_sync(unsigned, int v, int src) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  memcpy(&g_xchg[w][l][0], &v, 4);
+  WarpSync();
+  int r;
+  memcpy(&r, &g_xchg[w][src & 31][0], 4);
   WarpSync();
   return r;
 }
@@ -234,6 +246,8 @@ void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
     for (unsigned bx = 0; bx < gx; ++bx) {
       g_block_barrier = EmuBarrier{static_cast<int>(threads)};
       for (unsigned w = 0; w < threads / 32; ++w) g_warp_barriers[w] = EmuBarrier{32};
+      for (unsigned w = 0; w < threads / 128; ++w) g_group_barriers[w] = EmuBarrier{128};
+      for (EmuBarrier& b : g_named_barriers) b = EmuBarrier{};
       for (unsigned t = 0; t < threads; ++t) {
         Fiber& f = fibers[t];
         f.stack.resize(kStack);

@@ -303,6 +303,7 @@ void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed)
     EXPECT_LE(err, bound + OutputSlack(c.out_dtype));
     const std::string key = std::string(kernel == AttentionKernel::kPrefill          ? "prefill"
                                         : kernel == AttentionKernel::kPrefillMmaSync ? "prefill-mma.sync"
+                                        : kernel == AttentionKernel::kPrefillImages  ? "prefill-images"
                                                                                      : "decode") +
                             " " + PathName(path) + " out=" + DTypeStr(c.out_dtype);
     if (c.seq >= 65536) {
@@ -335,9 +336,10 @@ constexpr DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 
 // The full grid of shapes; format, scale mode and dtypes rotate with the case
 // number so that every combination of them appears across the grid.
-void Sweep(AttentionKernel kernel, std::initializer_list<int64_t> q_lens, double bound) {
+void Sweep(AttentionKernel kernel, std::initializer_list<int64_t> q_lens, double bound,
+           std::initializer_list<int64_t> dims = {64, 128, 256, 512}) {
   int idx = 0;
-  for (int64_t dim : {64, 128, 256, 512})
+  for (int64_t dim : dims)
     for (int64_t seq : {1, 63, 64, 65, 1000, 4097})
       for (int64_t q_len : q_lens)
         for (bool causal : {false, true})
@@ -442,6 +444,48 @@ TEST(GpuAttention, PrefillLongQueries) {
     RunCase(c, kernel, 2e-3, seed++);
   }
   PrintWorst("prefill");
+}
+
+// kPrefillImages, the Hopper prefill over FP16 K / V images (not yet kAuto's
+// choice): on compute capability 9.0 at head dims padding to 128 (here 128
+// and 100), the grid, every scale mode and format, long queries and the
+// benchmark's shape scaled down; refused elsewhere.
+TEST(GpuAttention, PrefillImages) {
+  int major = 0, minor = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0), cudaSuccess);
+  if (major * 10 + minor != 90) {
+    const KvLayout l{2, 128, KvScaleMode::kHead};
+    cuda::AttentionProblem p;
+    p.layout = l;
+    p.seq = 100;
+    p.batch = 1;
+    p.heads = 2;
+    p.q_len = 100;
+    p.kernel = AttentionKernel::kPrefillImages;
+    EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+    return;
+  }
+  Sweep(AttentionKernel::kPrefillImages, {16, 100, 257}, 2e-3, {128});
+  uint32_t seed = 1500;
+  for (Fp8Format f : kFormats)
+    for (KvScaleMode m : kModes)
+      for (bool causal : {false, true}) {
+        Case c{100, 333, 70, 2, 6, 1, causal, f, m, DType::kF32, DType::kF32};
+        RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
+      }
+  for (bool causal : {true, false}) {
+    Case c{128, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
+           DType::kF32};
+    RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  }
+  Case b{128, 777, 150, 2, 6, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kBF16, DType::kBF16};
+  RunCase(b, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  Case g{128, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
+  RunCase(g, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  Case c{128, 2048, 2048, 4, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16, DType::kF16};
+  RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  PrintWorst("prefill-images");
 }
 
 // kAuto: q_len <= 8 runs the decode kernel (FP32 bound), longer the prefill.

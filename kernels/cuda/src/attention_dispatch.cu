@@ -46,7 +46,8 @@ bool ValidShape(const AttentionProblem& p) {
   const bool path_ok = p.path == DecodePath::kNative || p.path == DecodePath::kSoftware;
   const bool kernel_ok = p.kernel == AttentionKernel::kAuto || p.kernel == AttentionKernel::kDecode ||
                          p.kernel == AttentionKernel::kPrefill ||
-                         p.kernel == AttentionKernel::kPrefillMmaSync;
+                         p.kernel == AttentionKernel::kPrefillMmaSync ||
+                         p.kernel == AttentionKernel::kPrefillImages;
   return q_ok && o_ok && mode_ok && format_ok && path_ok && kernel_ok && l.kv_heads > 0 &&
          l.kv_heads <= (1 << 20) && l.head_dim > 0 &&
          KernelDim(l.row_bytes()) > 0 && p.seq > 0 && p.seq < (int64_t{1} << 37) &&
@@ -59,6 +60,7 @@ struct Plan {
   bool prefill = false;
   bool fa = false;  // prefill by PrefillFa
   bool wg = false;  // prefill by PrefillWgmma
+  bool img = false;  // prefill by PrefillImages
   KernelFn decode = nullptr;
   size_t decode_smem = 0;
   PrefillPick pre;
@@ -82,7 +84,15 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   const int num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
 
   bool prefill = false;
-  const bool forced = p.kernel == AttentionKernel::kPrefill || p.kernel == AttentionKernel::kPrefillMmaSync;
+  const bool forced = p.kernel == AttentionKernel::kPrefill || p.kernel == AttentionKernel::kPrefillMmaSync ||
+                      p.kernel == AttentionKernel::kPrefillImages;
+  if (p.kernel == AttentionKernel::kPrefillImages) {  // that kernel or nothing
+    if (!PrefillImagesAvailable(kd, device)) return cudaErrorNotSupported;
+    pl.prefill = pl.img = true;
+    pl.total = std::max<int64_t>(256, PrefillImagesWorkspaceBytes(p, kd));
+    *out = pl;
+    return cudaSuccess;
+  }
   if (p.kernel != AttentionKernel::kDecode && (forced || p.q_len > kAttentionDecodeMaxQ)) {
     // The flash prefills (attention_prefill*.cu) first: Hopper's, then mma.sync.
     pl.wg = p.kernel != AttentionKernel::kPrefillMmaSync && PrefillWgmmaAvailable(kd, device);
@@ -173,6 +183,9 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   const KvLayout& l = p.layout;
   const Params k = MakeParams(p, pl.dec, pl.tile_rows, pl.row_tiles, pl.pages_per_split, pl.splits,
                               workspace, pl.off_acc);
+  if (pl.prefill && pl.img) {
+    return PrefillImages(p, KernelDim(l.row_bytes()), workspace, workspace_bytes, stream);
+  }
   if (pl.prefill && pl.wg) return PrefillWgmma(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill && pl.fa) return PrefillFa(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill) {

@@ -1,6 +1,7 @@
 // The flash-attention prefill kernels, called from the dispatch
 // (attention_dispatch.cu): the mma.sync one (src/attention_prefill.cu,
-// sm_80+) and the Hopper one (src/attention_prefill_wgmma.cu, sm_90a).
+// sm_80+) and the Hopper ones (src/attention_prefill_wgmma.cu and
+// src/attention_prefill_images.cu, sm_90a).
 // Declarations only.
 #pragma once
 
@@ -27,5 +28,21 @@ bool PrefillWgmmaAvailable(int kd, int device);
 // Runs the Hopper flash prefill for a valid problem with padded head dim kd
 // (where PrefillWgmmaAvailable said yes).
 cudaError_t PrefillWgmma(const AttentionProblem& p, int kd, cudaStream_t stream);
+
+// The Hopper flash prefill over FP16 images of K and V
+// (src/attention_prefill_images.cu): true when it runs padded head dim kd
+// (128) on `device` (compute capability 9.0, its shared memory fits; raises
+// the kernel's dynamic shared memory limit once).
+bool PrefillImagesAvailable(int kd, int device);
+
+// Bytes of device workspace it needs: the FP16 K / V images and their
+// scales, for as many kv heads at a time as a fixed budget holds.
+int64_t PrefillImagesWorkspaceBytes(const AttentionProblem& p, int kd);
+
+// Runs it for a valid problem with padded head dim kd (where
+// PrefillImagesAvailable said yes); workspace 128-byte aligned, at least
+// PrefillImagesWorkspaceBytes.
+cudaError_t PrefillImages(const AttentionProblem& p, int kd, void* workspace, int64_t workspace_bytes,
+                          cudaStream_t stream);
 
 }  // namespace plume::cuda

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "fp8_regs.cuh"
+#include "attention_device.cuh"
 #include "plume/cuda/attention.h"
 
 namespace plume::cuda {

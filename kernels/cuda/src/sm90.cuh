@@ -1,5 +1,5 @@
 // Hopper building blocks shared by the sm_90a kernels (gemv_wgmma.cu,
-// attention_prefill_wgmma.cu): mbarriers, bulk copies into shared memory,
+// attention_prefill_wgmma.cuh): mbarriers, bulk copies into shared memory,
 // the proxy fence, named barriers and the warp-group register split. Valid
 // only in code compiled for sm_90 and up.
 #pragma once
@@ -29,6 +29,12 @@ __device__ __forceinline__ void MbarWait(uint64_t* bar, unsigned parity) {
       "@!done bra WAIT_%=;\n}\n" ::"r"(SmemAddr(bar)),
       "r"(parity)
       : "memory");
+}
+
+// Makes this thread's mbarrier initializations visible to the async proxy
+// (the bulk copies that complete on them).
+__device__ __forceinline__ void FenceMbarrierInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
 // `bytes` contiguous bytes (a multiple of 16) -> shared memory, completing on bar.

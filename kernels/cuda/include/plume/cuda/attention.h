@@ -53,6 +53,10 @@ enum class AttentionKernel : uint8_t {
   kDecode = 1,   // flash-decoding with FP32-level accuracy, any q_len
   kPrefill = 2,  // FP16 tensor-core flash-attention, any q_len
   kPrefillMmaSync = 3,  // kPrefill's mma.sync kernel, even where the Hopper one runs
+  // The Hopper prefill over FP16 images of K / V made by a first pass
+  // (src/attention_prefill_images.cu): compute capability 9.0, head dims
+  // padding to 128; not kAuto's choice until measured on an H200.
+  kPrefillImages = 4,
 };
 
 struct AttentionProblem {

@@ -1,0 +1,109 @@
+// The Hopper flash prefill over FP16 images of K and V (sm_90a; this file is
+// compiled for that target only), head dims padding to 128. Selected with
+// AttentionKernel::kPrefillImages on compute capability 9.0; not yet the
+// default, which stays the prefill of attention_prefill_wgmma.cu until this
+// one is measured on an H200 (its CPU emulation passes:
+// tests/emu/prefill_images_emu_test.cc). Two launches per group of kv heads:
+//
+//  1. The image pass decodes each kv head's FP8 K and V once, exactly, into
+//     FP16 images in the workspace, two pages (a 128-token tile) per image,
+//     already in the wgmma operand layout (attention_prefill_image.h; V
+//     transposed), with the pages' K and V scales beside them. Tokens past
+//     the sequence are zero. Every query tile then reads the images instead
+//     of decoding the codes again (a query tile of a causal S = 4096 prefill
+//     would decode on average 16 pages itself).
+//  2. The flash kernel: a block takes 128 query rows of one kv head, three
+//     warp groups. The producer (one thread) bulk-copies each tile's K and V
+//     images into a ring of shared-memory stages completing on mbarriers.
+//     Two consumers, 64 rows each, run S = Q K^T (wgmma m64n128k16, Q and K
+//     from shared memory), the online softmax on S in registers (FP32), and
+//     O += P V (wgmma m64nDk16, P from registers in the accumulator's own
+//     layout, rounded to FP16). A consumer issues the next tile's Q K^T and
+//     this tile's P V together, and runs the softmax of the next tile while
+//     P V is in flight.
+// K scales multiply the scores per page; V scales are folded into P per page
+// against the tile's larger scale, and the output is kept in units of a
+// running V scale (FaVRatio), as in the other prefills.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "attention_prefill.h"
+#include "attention_prefill_images.cuh"
+#include "plume/cuda/check.h"
+
+namespace plume::cuda {
+namespace {
+
+using ImageFn = void (*)(FaArgs, WgImages);
+using WgFn = void (*)(FaArgs, WgImages);
+
+struct WgPick {
+  ImageFn image = nullptr;
+  WgFn fn = nullptr;
+  size_t smem = 0;
+};
+
+template <int kD>
+WgPick WgFor(Dec dec) {
+  const ImageFn image = dec == Dec::kE4M3Soft     ? PrefillImageKernel<kD, Dec::kE4M3Soft>
+                        : dec == Dec::kE4M3Native ? PrefillImageKernel<kD, Dec::kE4M3Native>
+                        : dec == Dec::kE5M2Soft   ? PrefillImageKernel<kD, Dec::kE5M2Soft>
+                                                  : PrefillImageKernel<kD, Dec::kE5M2Native>;
+  return {image, PrefillImagesKernel<kD>, WgShape<kD>::kSmem};
+}
+
+// nullptr members for a head dim no kernel serves.
+WgPick PickWg(int kd, Dec dec) {
+  switch (kd) {
+    case 128: return WgFor<128>(dec);
+    default: return {};
+  }
+}
+
+}  // namespace
+
+bool PrefillImagesAvailable(int kd, int device) {
+  DeviceInfo info;
+  if (GetDeviceInfo(device, &info) != cudaSuccess || info.cc != 90) return false;
+  for (Dec dec : {Dec::kE4M3Soft, Dec::kE4M3Native, Dec::kE5M2Soft, Dec::kE5M2Native}) {
+    const WgPick f = PickWg(kd, dec);
+    int blocks = 0;
+    if (f.fn == nullptr || f.smem > static_cast<size_t>(info.smem_optin) ||
+        KernelBlocksPerSm(reinterpret_cast<const void*>(f.fn), kThreads, f.smem, device, &blocks) !=
+            cudaSuccess ||
+        blocks < 1) {
+      return false;
+    }
+  }
+  return true;
+}
+
+int64_t PrefillImagesWorkspaceBytes(const AttentionProblem& p, int kd) { return Groups(p, kd).total; }
+
+cudaError_t PrefillImages(const AttentionProblem& p, int kd, void* workspace, int64_t workspace_bytes,
+                         cudaStream_t stream) {
+  const FaArgs a = MakeFaArgs(p, kBlockRows);
+  const WgPick f = PickWg(kd, a.dec);
+  const WgGroups g = Groups(p, kd);
+  if (f.fn == nullptr || a.row_bytes > kd) return cudaErrorNotSupported;
+  if (workspace == nullptr || workspace_bytes < g.total ||
+      reinterpret_cast<uintptr_t>(workspace) % 128 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (int64_t{a.row_tiles} * g.heads >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
+  cudaError_t err = cudaSuccess;
+  ForEachGroup(a, g, workspace, [&](const WgImages& w) {
+    if (err != cudaSuccess) return;
+    f.image<<<dim3(static_cast<unsigned>(g.tiles), static_cast<unsigned>(w.heads)), kImageThreads, 0,
+              stream>>>(a, w);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return;
+    f.fn<<<static_cast<unsigned>(int64_t{a.row_tiles} * w.heads), kThreads, f.smem, stream>>>(a, w);
+    err = cudaGetLastError();
+  });
+  return err;
+}
+
+}  // namespace plume::cuda

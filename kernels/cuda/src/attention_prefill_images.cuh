@@ -1,0 +1,453 @@
+// The Hopper flash prefill's kernels (sm_90a), head dims padding to 128:
+// the image pass and the flash kernel, described in
+// attention_prefill_images.cu, which launches them. A header so that the CPU
+// emulation (tests/emu/prefill_images_emu_test.cc, under tests/emu/emu_cuda.h
+// and emu_sm90.h, which stand in for the Hopper instructions) runs this very
+// code. Included by those two files only (internal linkage).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "attention_prefill_common.cuh"
+#include "attention_prefill_image.h"
+#ifndef PLUME_CUDA_EMULATION
+#include "sm90.cuh"
+#include "wgmma.cuh"
+#endif
+
+namespace plume::cuda {
+namespace {
+
+
+using prefill_image::CoreOffset;
+using prefill_image::ImageHalves;
+using prefill_image::KOffset;
+using prefill_image::StepBytes;
+using prefill_image::VOffset;
+
+constexpr int kPage = static_cast<int>(kKvPageTokens);  // tokens per page
+constexpr int kTile = prefill_image::kTileTokens;        // tokens per K / V tile (two pages)
+constexpr int kWgRows = 64;                              // query rows per consumer
+constexpr int kBlockRows = 2 * kWgRows;
+constexpr int kThreads = 3 * 128;
+constexpr int kProducerRegs = 24;
+constexpr int kConsumerRegs = 240;
+constexpr int kStages = 3;
+constexpr int kImageThreads = 256;
+// The workspace a launch group of kv heads may take for its images; more kv
+// heads than fit run in several groups.
+constexpr int64_t kImageBudget = int64_t{256} << 20;
+constexpr uint64_t kDescStrides = (uint64_t{prefill_image::kLeadingBytes >> 4} << 16) |
+                                  (uint64_t{prefill_image::kStrideBytes >> 4} << 32);
+
+template <int kD>
+struct WgShape {
+  static constexpr int kImg = ImageHalves(kD);  // halves of a K or V image
+  static constexpr int kQHalves = kBlockRows * kD;
+  static constexpr size_t kSmem = size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + 128;
+  static constexpr int kAcc = kD / 2;  // O accumulators per thread
+};
+
+// Where one launch group's images and scales are: group-local kv head hl,
+// tile j. Scales per tile: K of its two pages, then V of its two pages.
+struct WgImages {
+  __half* img;
+  float* scales;
+  int tiles;  // tiles per kv head
+  int kvh0;   // the group's first kv head
+  int heads;  // kv heads in the group
+};
+
+__device__ __forceinline__ uint64_t Desc(uint32_t addr) {
+  return uint64_t{(addr & 0x3FFFFu) >> 4} | kDescStrides;
+}
+
+__device__ __forceinline__ float Ex2(float x) {
+#ifdef PLUME_CUDA_EMULATION
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// One code word (4 codes) of token `tok` of the tile at byte column c4 of
+// the rows, or 0 past the sequence or the row.
+__device__ __forceinline__ uint32_t TileWord(const FaArgs& a, int64_t tok0, int tok, int c4,
+                                             int64_t off) {
+  const int64_t t = tok0 + tok;
+  if (t >= a.seq || c4 >= a.row_bytes) return 0;
+  const uint8_t* page = a.pages[t / kPage];
+  return *reinterpret_cast<const uint32_t*>(page + off + (t % kPage) * a.row_bytes + c4);
+}
+
+// Grid: tiles x group kv heads. The tile's K and V codes to FP16 images.
+template <int kD, Dec kDec>
+__global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs a, const WgImages w) {
+  const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y);
+  const int kvh = w.kvh0 + hl;
+  const int64_t tok0 = static_cast<int64_t>(j) * kTile;
+  __half* kimg = w.img + (static_cast<int64_t>(hl) * w.tiles + j) * 2 * ImageHalves(kD);
+  __half* vimg = kimg + ImageHalves(kD);
+  const int64_t koff = static_cast<int64_t>(kvh) * a.head_tile;
+  const int64_t voff = a.codes_bytes + koff;
+  // K: 8 dims of one token a unit, the row's words read in order.
+  for (int u = threadIdx.x; u < kTile * (kD / 8); u += kImageThreads) {
+    const int tok = u / (kD / 8), d0 = 8 * (u % (kD / 8));
+    uint32_t lo[2], hi[2];
+    DecodeNanSafe<kDec>(TileWord(a, tok0, tok, d0, koff), lo);
+    DecodeNanSafe<kDec>(TileWord(a, tok0, tok, d0 + 4, koff), hi);
+    *reinterpret_cast<uint4*>(kimg + KOffset(tok, d0)) = make_uint4(lo[0], lo[1], hi[0], hi[1]);
+  }
+  // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes.
+  for (int u = threadIdx.x; u < (kD / 4) * (kTile / 8); u += kImageThreads) {
+    const int c = u % (kD / 4), q = u / (kD / 4);
+    uint32_t wd[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) wd[i] = TileWord(a, tok0, 8 * q + i, 4 * c, voff);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint32_t sel = e | ((e + 4) << 4);
+      const uint32_t lo = __byte_perm(__byte_perm(wd[0], wd[1], sel), __byte_perm(wd[2], wd[3], sel), 0x5410);
+      const uint32_t hi = __byte_perm(__byte_perm(wd[4], wd[5], sel), __byte_perm(wd[6], wd[7], sel), 0x5410);
+      uint32_t x[2], y[2];
+      DecodeNanSafe<kDec>(lo, x);
+      DecodeNanSafe<kDec>(hi, y);
+      *reinterpret_cast<uint4*>(vimg + VOffset(kD, 4 * c + e, 8 * q)) = make_uint4(x[0], x[1], y[0], y[1]);
+    }
+  }
+  if (threadIdx.x < 4) {
+    const int pg = 2 * j + (threadIdx.x & 1);
+    const bool v = threadIdx.x >= 2;
+    w.scales[(static_cast<int64_t>(hl) * w.tiles + j) * 4 + threadIdx.x] =
+        pg < a.num_pages ? FaScale(a, a.pages[pg], kvh, v) : 0.0f;
+  }
+}
+
+// One consumer's softmax of tile j in place: s becomes P (FP32, V scales
+// folded in per page), m and l are updated, fa / fb are the factors its
+// rows' outputs take before this tile's P V.
+// s[4i + e] is row g, s[4i + 2 + e] row g + 8, token 8i + 2t + e of the tile.
+struct SoftmaxState {
+  float m_a = kFaNegInf, m_b = kFaNegInf, l_a = 0.0f, l_b = 0.0f;
+  float vref = 0.0f;  // the true output is o * vref
+};
+
+__device__ __forceinline__ void TileSoftmax(float (&s)[64], const float4 sc, float scale_log2,
+                                            bool mask, int64_t t0, int t, int64_t vis_a, int64_t vis_b,
+                                            SoftmaxState& st, float& fa, float& fb) {
+  const float k0 = sc.x * scale_log2, k1 = sc.y * scale_log2;
+  float mx_a = kFaNegInf, mx_b = kFaNegInf;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const float k = i < 8 ? k0 : k1;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float xa = s[4 * i + e] * k, xb = s[4 * i + 2 + e] * k;
+      if (mask) {
+        const int64_t tok = t0 + 8 * i + 2 * t + e;
+        xa = tok <= vis_a ? xa : kFaNegInf;
+        xb = tok <= vis_b ? xb : kFaNegInf;
+      }
+      s[4 * i + e] = xa;
+      s[4 * i + 2 + e] = xb;
+      mx_a = fmaxf(mx_a, xa);
+      mx_b = fmaxf(mx_b, xb);
+    }
+  }
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
+  }
+  float base_a, base_b, al_a, al_b;
+  FaRebase(st.m_a, mx_a, base_a, al_a);
+  FaRebase(st.m_b, mx_b, base_b, al_b);
+  float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[4 * i + e] = Ex2(s[4 * i + e] - base_a);
+      s[4 * i + 2 + e] = Ex2(s[4 * i + 2 + e] - base_b);
+      sum_a += s[4 * i + e];
+      sum_b += s[4 * i + 2 + e];
+    }
+  }
+  st.l_a = st.l_a * al_a + sum_a;
+  st.l_b = st.l_b * al_b + sum_b;
+  // V: the tile's reference is its larger page scale; the other page's P is
+  // scaled by its ratio to it (<= 1, so P stays <= 1).
+  const float vt = fmaxf(sc.z, sc.w);
+  if (sc.z != sc.w) {
+    const float f0 = vt > 0.0f ? sc.z / vt : 0.0f, f1 = vt > 0.0f ? sc.w / vt : 0.0f;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) s[i] *= i < 32 ? f0 : f1;
+  }
+  const float ratio = FaVRatio(vt, st.vref);
+  fa = al_a * ratio;
+  fb = al_b * ratio;
+}
+
+// P (FP32, the Q K^T accumulator layout) as the A fragments of P V: k-step
+// kk is tokens 16kk .. 16kk + 15.
+__device__ __forceinline__ void PackP(const float (&s)[64], uint32_t (&p)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    p[kk][0] = Half2Bits(s[8 * kk], s[8 * kk + 1]);
+    p[kk][1] = Half2Bits(s[8 * kk + 2], s[8 * kk + 3]);
+    p[kk][2] = Half2Bits(s[8 * kk + 4], s[8 * kk + 5]);
+    p[kk][3] = Half2Bits(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// Grid: group kv heads x row tiles, tile-major with the last tiles (the
+// longest under causal masks) first.
+template <int kD>
+__global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
+  using S = WgShape<kD>;
+  PLUME_DYNAMIC_SMEM(wg_smem_raw);
+  PLUME_SHARED uint64_t full_k[kStages];
+  PLUME_SHARED uint64_t full_v[kStages];
+  PLUME_SHARED uint64_t empty[kStages];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t{127});
+  __half* qs = reinterpret_cast<__half*>(smem);  // [consumer][64 rows x kD]
+  __half* ring = qs + S::kQHalves;               // [stage][K image, V image]
+
+  const int tid = threadIdx.x;
+  // The warp group, broadcast so that the compiler sees it warp-uniform (a
+  // role it thinks divergent makes it serialize the wgmma).
+  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0), wtid = tid & 127;
+  const int hl = static_cast<int>(blockIdx.x % w.heads);
+  const int kvh = w.kvh0 + hl;
+  const int tile = a.row_tiles - 1 - static_cast<int>(blockIdx.x / w.heads);
+  const int lr0 = tile * kBlockRows;
+  const int nrows = min(kBlockRows, a.rows - lr0);
+  int64_t vis_min, vis_max;
+  FaVisible(a, lr0, nrows, vis_min, vis_max);
+  const int tiles = static_cast<int>(min(static_cast<int64_t>(w.tiles), vis_max / kTile + 1));
+  const __half* img = w.img + static_cast<int64_t>(hl) * w.tiles * 2 * S::kImg;
+
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      MbarInit(&full_k[s], 1);
+      MbarInit(&full_v[s], 1);
+      MbarInit(&empty[s], 8);  // one arrival per consumer warp
+    }
+    FenceMbarrierInit();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ------------------------------------------------------------ producer
+    SetMaxRegsDec<kProducerRegs>();
+    if (wtid == 0) {
+      constexpr unsigned kBytes = static_cast<unsigned>(S::kImg * 2);
+      for (int j = 0; j < tiles; ++j) {
+        const int st = j % kStages;
+        if (j >= kStages) MbarWait(&empty[st], ((j / kStages) - 1) & 1);
+        __half* dst = ring + st * 2 * S::kImg;
+        const __half* src = img + static_cast<int64_t>(j) * 2 * S::kImg;
+        MbarExpectTx(&full_k[st], kBytes);
+        BulkLoad(dst, src, kBytes, &full_k[st]);
+        MbarExpectTx(&full_v[st], kBytes);
+        BulkLoad(dst + S::kImg, src + S::kImg, kBytes, &full_v[st]);
+      }
+    }
+  } else {
+    // ----------------------------------------------------------- consumers
+    SetMaxRegsInc<kConsumerRegs>();
+    const int cw = wg - 1;
+    const int wq = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int r0 = cw * kWgRows;  // this consumer's first row in the block
+    const int my_rows = max(0, min(kWgRows, nrows - r0));
+    __half* q_mine = qs + cw * kWgRows * kD;
+
+    // Q, rounded to FP16, 8 dims a unit; rows past the end and dims past
+    // head_dim zero.
+    for (int u = wtid; u < kWgRows * (kD / 8); u += 128) {
+      const int m = u / (kD / 8), d0 = 8 * (u % (kD / 8));
+      float x[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = 0.0f;
+      if (m < my_rows) {
+        const int64_t base = FaRow(a, kvh, lr0 + r0 + m) * a.head_dim;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          if (d0 + e < a.head_dim) x[e] = FaQ(a, base + d0 + e);
+        }
+      }
+      uint4 v;
+      v.x = Half2Bits(x[0], x[1]);
+      v.y = Half2Bits(x[2], x[3]);
+      v.z = Half2Bits(x[4], x[5]);
+      v.w = Half2Bits(x[6], x[7]);
+      *reinterpret_cast<uint4*>(q_mine + CoreOffset(kWgRows, m, d0)) = v;
+    }
+    FenceProxyAsync();
+    NamedBarrier(2 + cw, 128);
+
+    int64_t wg_vis_min = -1, wg_vis_max = -1;
+    if (my_rows > 0) FaVisible(a, lr0 + r0, my_rows, wg_vis_min, wg_vis_max);
+    // Tiles this consumer computes; it still takes part in the rest.
+    const int mine = my_rows > 0 ? static_cast<int>(min(static_cast<int64_t>(tiles), wg_vis_max / kTile + 1)) : 0;
+    const int ra = r0 + 16 * wq + g, rb = ra + 8;  // this lane's rows in the block
+    const int64_t vis_a = ra < nrows ? FaLastVisible(a, lr0 + ra) : -1;
+    const int64_t vis_b = rb < nrows ? FaLastVisible(a, lr0 + rb) : -1;
+    const float4* scales = reinterpret_cast<const float4*>(w.scales) + static_cast<int64_t>(hl) * w.tiles;
+
+    float o[S::kAcc];
+#pragma unroll
+    for (int i = 0; i < S::kAcc; ++i) o[i] = 0.0f;
+    SoftmaxState st;
+    float s[64];
+    uint32_t p[8][4];
+    const uint32_t q_addr = SmemAddr(q_mine);
+    const uint32_t ring_addr = SmemAddr(ring);
+    const auto k_addr = [&](int j) { return ring_addr + (j % kStages) * 4 * S::kImg; };
+    const auto v_addr = [&](int j) { return k_addr(j) + 2 * S::kImg; };
+    const auto issue_qk = [&](int j) {
+#pragma unroll
+      for (int k = 0; k < kD / 16; ++k) {
+        WgmmaSs128(s, Desc(q_addr + k * StepBytes(kWgRows)), Desc(k_addr(j) + k * StepBytes(kTile)),
+                   k > 0 ? 1 : 0);
+      }
+    };
+    const auto issue_pv = [&](int j) {
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) Wgmma<kD>::Run(o, p[kk], Desc(v_addr(j) + kk * StepBytes(kD)), 1);
+    };
+    const auto softmax = [&](int j, float4 sc, float& fa, float& fb) {
+      const int64_t t0 = static_cast<int64_t>(j) * kTile;
+      TileSoftmax(s, sc, a.scale_log2, t0 + kTile - 1 > wg_vis_min, t0, t, vis_a, vis_b, st, fa, fb);
+    };
+    const auto release = [&](int j) {
+      __syncwarp();
+      if (lane == 0) MbarArrive(&empty[j % kStages]);
+    };
+    const auto rescale = [&](float fa, float fb) {
+#pragma unroll
+      for (int i = 0; i < S::kAcc / 4; ++i) {
+        o[4 * i] *= fa;
+        o[4 * i + 1] *= fa;
+        o[4 * i + 2] *= fb;
+        o[4 * i + 3] *= fb;
+      }
+    };
+
+    if (mine > 0) {
+      float4 sc = scales[0];
+      float fa, fb;
+      MbarWait(&full_k[0], 0);
+      WgmmaFence();
+      issue_qk(0);
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceOperands(s);
+      softmax(0, sc, fa, fb);
+      PackP(s, p);
+      for (int j = 1; j < mine; ++j) {
+        sc = scales[j];
+        MbarWait(&full_k[j % kStages], (j / kStages) & 1);
+        WgmmaFence();
+        issue_qk(j);
+        WgmmaCommit();
+        MbarWait(&full_v[(j - 1) % kStages], ((j - 1) / kStages) & 1);
+        WgmmaFence();
+        issue_pv(j - 1);
+        WgmmaCommit();
+        WgmmaWait<1>();  // Q K^T of tile j
+        FenceOperands(s);
+        softmax(j, sc, fa, fb);
+        WgmmaWait<0>();  // P V of tile j - 1
+        FenceOperands(o);
+        FenceOperands(p);
+        release(j - 1);
+        rescale(fa, fb);
+        PackP(s, p);
+      }
+      MbarWait(&full_v[(mine - 1) % kStages], ((mine - 1) / kStages) & 1);
+      WgmmaFence();
+      issue_pv(mine - 1);
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceOperands(o);
+      FenceOperands(p);
+      release(mine - 1);
+    }
+    // Tiles the other consumer still needs: wait for their copies to land
+    // before releasing the stage.
+    for (int j = mine; j < tiles; ++j) {
+      MbarWait(&full_k[j % kStages], (j / kStages) & 1);
+      MbarWait(&full_v[j % kStages], (j / kStages) & 1);
+      release(j);
+    }
+
+    // Row sums over the four lanes of a row, then the output.
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+      st.l_a += __shfl_xor_sync(0xffffffffu, st.l_a, x);
+      st.l_b += __shfl_xor_sync(0xffffffffu, st.l_b, x);
+    }
+    const float fa = st.vref / st.l_a, fb = st.vref / st.l_b;
+    const int64_t qa_i = ra < nrows ? FaRow(a, kvh, lr0 + ra) * a.head_dim : -1;
+    const int64_t qb_i = rb < nrows ? FaRow(a, kvh, lr0 + rb) * a.head_dim : -1;
+    const bool pairs = (a.head_dim & 1) == 0;  // then two columns are one aligned store
+#pragma unroll
+    for (int i = 0; i < S::kAcc / 4; ++i) {
+      const int c = 8 * i + 2 * t;
+      if (pairs && c < a.head_dim) {
+        if (qa_i >= 0) StoreTwo(a.out, a.out_dtype, qa_i + c, o[4 * i] * fa, o[4 * i + 1] * fa);
+        if (qb_i >= 0) StoreTwo(a.out, a.out_dtype, qb_i + c, o[4 * i + 2] * fb, o[4 * i + 3] * fb);
+        continue;
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (c + e >= a.head_dim) continue;
+        if (qa_i >= 0) Store(a.out, a.out_dtype, qa_i + c + e, o[4 * i + e] * fa);
+        if (qb_i >= 0) Store(a.out, a.out_dtype, qb_i + c + e, o[4 * i + 2 + e] * fb);
+      }
+    }
+  }
+#endif
+}
+
+// The launch groups: kv heads per group and their workspace.
+struct WgGroups {
+  int tiles = 0;
+  int heads = 0;           // kv heads per group
+  int64_t image_bytes = 0; // one group's images
+  int64_t total = 0;       // images + scales, bytes
+};
+
+inline WgGroups Groups(const AttentionProblem& p, int kd, int64_t budget = kImageBudget) {
+  WgGroups g;
+  g.tiles = static_cast<int>((p.seq + kTile - 1) / kTile);
+  const int64_t per_head = int64_t{g.tiles} * 2 * ImageHalves(kd) * 2;
+  g.heads = static_cast<int>(std::clamp<int64_t>(budget / per_head, 1, p.layout.kv_heads));
+  g.image_bytes = per_head * g.heads;
+  g.total = g.image_bytes + int64_t{g.heads} * g.tiles * 4 * 4;
+  return g;
+}
+
+// Calls launch(w) for each launch group of the workspace's images, in
+// order: the launcher runs the image pass, then the flash kernel, for each.
+template <class Launch>
+void ForEachGroup(const FaArgs& a, const WgGroups& g, void* workspace, Launch launch) {
+  WgImages w;
+  w.img = static_cast<__half*>(workspace);
+  w.scales = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + g.image_bytes);
+  w.tiles = g.tiles;
+  for (int h0 = 0; h0 < a.kv_heads; h0 += g.heads) {
+    w.kvh0 = h0;
+    w.heads = std::min(g.heads, a.kv_heads - h0);
+    launch(w);
+  }
+}
+
+}  // namespace
+}  // namespace plume::cuda

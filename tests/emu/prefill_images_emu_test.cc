@@ -1,0 +1,218 @@
+// The Hopper flash prefill's own code (kernels/cuda/src/attention_prefill_images.cuh:
+// the image pass and the warp-specialized flash kernel) run on the CPU under
+// tests/emu/emu_cuda.h and emu_sm90.h, against the FP64 reference: a check
+// of the FP16 images' layout as the wgmma descriptors read it, the m64n128
+// accumulator and P fragment layouts, the mbarrier ring's phases, the
+// causal / ragged masking, GQA rows, the per-page K and V scales and the
+// launch groups, in CI without a GPU. What only hardware shows (the
+// asynchrony of wgmma and the bulk copies, timing) is for
+// tests/gpu/gpu_attention_test.cc.
+#include "tests/emu/emu_cuda.h"  // first: the CUDA built-ins the headers below use
+#include "tests/emu/emu_sm90.h"
+
+#include "attention_common.cuh"
+#include "attention_prefill_images.cuh"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "plume/reference/attention.h"
+
+namespace plume::cuda {
+namespace {
+
+std::vector<float> Normal(int64_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 r(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = d(r);
+  return v;
+}
+
+struct Case {
+  int64_t dim, seq, kv_heads, heads, q_len, batch;
+  bool causal;
+  Fp8Format format = Fp8Format::kE4M3;
+  KvScaleMode mode = KvScaleMode::kTokenBlock;
+  DecodePath path = DecodePath::kNative;
+  int64_t budget = kImageBudget;  // image bytes a launch group may take
+};
+
+template <Dec kDec>
+void ImagePass(const FaArgs& a, const WgImages& w) {
+  PrefillImageKernel<128, kDec>(a, w);
+}
+
+// Runs one problem through the image pass and the flash kernel, group by
+// group as the launcher does (output poisoned with NaN, images with FP16
+// NaN), and returns the rel. L2 error against the FP64 reference; fails if
+// an element is left unwritten. K and V rows grow with the token so that
+// TOKEN_BLOCK pages get different scales.
+double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = nullptr,
+                  std::vector<float>* got = nullptr, std::vector<double>* expected = nullptr) {
+  const KvLayout l{c.kv_heads, c.dim, c.mode};
+  ref::HostKvCache own(l, c.format, true);
+  if (given == nullptr) {
+    auto k = Normal(c.kv_heads * c.seq * c.dim, seed), v = Normal(c.kv_heads * c.seq * c.dim, seed + 1);
+    for (int64_t i = 0; i < c.kv_heads * c.seq * c.dim; ++i) {
+      const float grow = 1.0f + static_cast<float>((i / c.dim) % c.seq) / 64.0f;  // page by page
+      k[i] *= grow;
+      v[i] *= grow;
+    }
+    EXPECT_TRUE(own.Append(k.data(), v.data(), c.seq));
+  }
+  const ref::KvCacheView view = (given != nullptr ? *given : own).view();
+  const int64_t n = c.batch * c.heads * c.q_len * c.dim;
+  const auto q = Normal(n, seed + 2);
+  const ref::AttentionParams rp{c.batch, c.heads, c.q_len, 0.09f, c.causal};
+  std::vector<double> want(static_cast<size_t>(n));
+  ref::AttentionReference(view, q.data(), rp, want.data());
+
+  AttentionProblem p;
+  p.layout = l;
+  p.format = c.format;
+  p.pages = view.pages;
+  p.k_scales = view.k_scales;
+  p.v_scales = view.v_scales;
+  p.seq = c.seq;
+  p.q = q.data();
+  p.q_dtype = DType::kF32;
+  p.batch = c.batch;
+  p.heads = c.heads;
+  p.q_len = c.q_len;
+  p.scale = rp.scale;
+  p.causal = c.causal;
+  std::vector<float> out(static_cast<size_t>(n), NAN);
+  p.out = out.data();
+  p.out_dtype = DType::kF32;
+  p.path = c.path;
+  EXPECT_EQ(attn::KernelDim(l.row_bytes()), 128);
+
+  const FaArgs a = MakeFaArgs(p, kBlockRows);
+  const WgGroups g = Groups(p, 128, c.budget);
+  EXPECT_EQ(g.heads, std::min<int64_t>(c.kv_heads, std::max<int64_t>(1, c.budget / (g.image_bytes / g.heads))));
+  std::vector<uint4> ws(static_cast<size_t>((g.total + 15) / 16), make_uint4(0x7e007e00u, 0x7e007e00u, 0x7e007e00u, 0x7e007e00u));
+  int groups = 0;
+  ForEachGroup(a, g, ws.data(), [&](const WgImages& w) {
+    ++groups;
+    EmuLaunch(static_cast<unsigned>(g.tiles), static_cast<unsigned>(w.heads), kImageThreads, [&] {
+      switch (a.dec) {
+        case Dec::kE4M3Soft: ImagePass<Dec::kE4M3Soft>(a, w); break;
+        case Dec::kE4M3Native: ImagePass<Dec::kE4M3Native>(a, w); break;
+        case Dec::kE5M2Soft: ImagePass<Dec::kE5M2Soft>(a, w); break;
+        case Dec::kE5M2Native: ImagePass<Dec::kE5M2Native>(a, w); break;
+      }
+    });
+    EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, kThreads, [&] { PrefillImagesKernel<128>(a, w); });
+  });
+  EXPECT_EQ(groups, (c.kv_heads + g.heads - 1) / g.heads);
+  if (got != nullptr) {
+    *got = out;
+    *expected = want;
+    return 0.0;
+  }
+  double num = 0.0, den = 0.0;
+  int64_t unwritten = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(out[i])) ++unwritten;
+    num += (out[i] - want[i]) * (out[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  EXPECT_EQ(unwritten, 0);
+  return std::sqrt(num / den);
+}
+
+// The image layout is the one the descriptors describe.
+TEST(PrefillImagesEmu, ImageLayoutMatchesDescriptors) {
+  using namespace prefill_image;
+  for (int rows : {64, 128}) {
+    std::vector<int> seen(static_cast<size_t>(rows * 128), 0);
+    for (int r = 0; r < rows; ++r)
+      for (int k = 0; k < 128; ++k) {
+        const int off = CoreOffset(rows, r, k);
+        ASSERT_EQ(off, DescribedOffset(rows, r, k)) << rows << " " << r << " " << k;
+        ASSERT_GE(off, 0);
+        ASSERT_LT(off, rows * 128);
+        ++seen[static_cast<size_t>(off)];
+      }
+    for (int s : seen) ASSERT_EQ(s, 1);  // a bijection
+  }
+  EXPECT_EQ(KOffset(5, 37), CoreOffset(kTileTokens, 5, 37));
+  EXPECT_EQ(VOffset(128, 37, 5), CoreOffset(128, 37, 5));
+}
+
+// Causal and not, ragged sequences (a last tile with one page or a part of
+// one), query blocks that end inside a tile, GQA rows spanning heads,
+// batches, head dims padding to 128, every scale mode, both formats and
+// decode paths. Bound: 2e-3, as on the GPU.
+TEST(PrefillImagesEmu, MatchesReference) {
+  const struct {
+    int64_t dim, seq, kv_heads, heads, q_len, batch;
+    bool causal;
+  } shapes[] = {
+      {128, 200, 1, 1, 200, 1, true},  {128, 300, 2, 2, 130, 1, true}, {128, 64, 1, 4, 40, 1, false},
+      {100, 257, 1, 2, 70, 2, true},   {128, 131, 2, 4, 33, 1, false}, {72, 190, 1, 1, 190, 1, false},
+      {128, 129, 1, 1, 129, 1, true},
+  };
+  double worst = 0.0;
+  int i = 0;
+  for (const auto& s : shapes)
+    for (KvScaleMode mode : {KvScaleMode::kNone, KvScaleMode::kTensor, KvScaleMode::kHead, KvScaleMode::kTokenBlock}) {
+      const Fp8Format format = i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2;
+      const DecodePath path = i % 3 == 0 ? DecodePath::kSoftware : DecodePath::kNative;
+      const Case c{s.dim, s.seq, s.kv_heads, s.heads, s.q_len, s.batch, s.causal, format, mode, path};
+      SCOPED_TRACE(testing::Message() << "case " << i << " dim " << s.dim << " seq " << s.seq << " q_len "
+                                      << s.q_len << " causal " << s.causal << " mode " << static_cast<int>(mode));
+      const double err = RunPrefill(c, 100 + static_cast<uint32_t>(i));
+      EXPECT_LE(err, 2e-3);
+      worst = std::max(worst, err);
+      ++i;
+    }
+  std::printf("Hopper prefill (emulated): worst rel. L2 error %.3g over %d problems\n", worst, i);
+}
+
+// A budget of one kv head's images: three launch groups, same result.
+TEST(PrefillImagesEmu, LaunchGroups) {
+  Case c{128, 200, 3, 6, 90, 1, true};
+  c.budget = 2 * 2 * 128 * 128 * 2;  // two tiles' K and V images: one kv head
+  EXPECT_LE(RunPrefill(c, 7), 2e-3);
+}
+
+// An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
+// rows that see its token are NaN, as in the reference, the others finite and
+// right, on both decode paths (the software path patches NaN codes back).
+TEST(PrefillImagesEmu, NanCodeInKGivesNanRows) {
+  for (DecodePath path : {DecodePath::kNative, DecodePath::kSoftware}) {
+    const Case c{128, 203, 2, 4, 20, 1, true, Fp8Format::kE4M3, KvScaleMode::kTensor, path};
+    const KvLayout l{c.kv_heads, c.dim, c.mode};
+    ref::HostKvCache cache(l, c.format, false);
+    auto k = Normal(2 * 200 * 128, 5), v = Normal(2 * 200 * 128, 6);
+    ASSERT_TRUE(cache.Append(k.data(), v.data(), 200));
+    k = Normal(2 * 3 * 128, 7);
+    v = Normal(2 * 3 * 128, 8);
+    k[5] = 1e6f;  // kv head 0, token 200
+    ASSERT_TRUE(cache.Append(k.data(), v.data(), 3));
+    std::vector<float> got;
+    std::vector<double> want;
+    RunPrefill(c, 9, &cache, &got, &want);
+    int nan_rows = 0;
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "element " << i;
+      if (std::isnan(want[i])) {
+        if (i % c.dim == 0) ++nan_rows;
+        continue;
+      }
+      num += (got[i] - want[i]) * (got[i] - want[i]);
+      den += want[i] * want[i];
+    }
+    EXPECT_EQ(nan_rows, 2 * 3);  // heads 0 and 1 (kv head 0), queries at 200..202
+    EXPECT_LE(std::sqrt(num / den), 2e-3);
+  }
+}
+
+}  // namespace
+}  // namespace plume::cuda
