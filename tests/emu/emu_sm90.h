@@ -176,6 +176,12 @@ struct Wgmma {
   }
 };
 
+inline void WgmmaSs64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  EmuWgmma<64>(d, [&](float (*am)[16], float (*bm)[16]) {
+    EmuFillFromDesc(am, 64, desc_a);
+    EmuFillFromDesc(bm, 64, desc_b);
+  }, accumulate);
+}
 inline void WgmmaSs128(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
   EmuWgmma<128>(d, [&](float (*am)[16], float (*bm)[16]) {
     EmuFillFromDesc(am, 64, desc_a);

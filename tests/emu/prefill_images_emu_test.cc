@@ -41,9 +41,18 @@ struct Case {
   int64_t budget = kImageBudget;  // image bytes a launch group may take
 };
 
-template <Dec kDec>
-void ImagePass(const FaArgs& a, const WgImages& w) {
-  PrefillImageKernel<128, kDec>(a, w);
+// The two kernels at padded head dim kd, as the launcher picks them.
+template <int kD>
+void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w) {
+  EmuLaunch(static_cast<unsigned>(g.tiles), static_cast<unsigned>(w.heads), kImageThreads, [&] {
+    switch (a.dec) {
+      case Dec::kE4M3Soft: PrefillImageKernel<kD, Dec::kE4M3Soft>(a, w); break;
+      case Dec::kE4M3Native: PrefillImageKernel<kD, Dec::kE4M3Native>(a, w); break;
+      case Dec::kE5M2Soft: PrefillImageKernel<kD, Dec::kE5M2Soft>(a, w); break;
+      case Dec::kE5M2Native: PrefillImageKernel<kD, Dec::kE5M2Native>(a, w); break;
+    }
+  });
+  EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, kThreads, [&] { PrefillImagesKernel<kD>(a, w); });
 }
 
 // Runs one problem through the image pass and the flash kernel, group by
@@ -89,24 +98,19 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   p.out = out.data();
   p.out_dtype = DType::kF32;
   p.path = c.path;
-  EXPECT_EQ(attn::KernelDim(l.row_bytes()), 128);
+  const int kd = attn::KernelDim(l.row_bytes());
+  EXPECT_TRUE(kd == 64 || kd == 128 || kd == 256) << kd;
 
   const FaArgs a = MakeFaArgs(p, kBlockRows);
-  const WgGroups g = Groups(p, 128, c.budget);
+  const WgGroups g = Groups(p, kd, c.budget);
   EXPECT_EQ(g.heads, std::min<int64_t>(c.kv_heads, std::max<int64_t>(1, c.budget / (g.image_bytes / g.heads))));
   std::vector<uint4> ws(static_cast<size_t>((g.total + 15) / 16), make_uint4(0x7e007e00u, 0x7e007e00u, 0x7e007e00u, 0x7e007e00u));
   int groups = 0;
   ForEachGroup(a, g, ws.data(), [&](const WgImages& w) {
     ++groups;
-    EmuLaunch(static_cast<unsigned>(g.tiles), static_cast<unsigned>(w.heads), kImageThreads, [&] {
-      switch (a.dec) {
-        case Dec::kE4M3Soft: ImagePass<Dec::kE4M3Soft>(a, w); break;
-        case Dec::kE4M3Native: ImagePass<Dec::kE4M3Native>(a, w); break;
-        case Dec::kE5M2Soft: ImagePass<Dec::kE5M2Soft>(a, w); break;
-        case Dec::kE5M2Native: ImagePass<Dec::kE5M2Native>(a, w); break;
-      }
-    });
-    EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, kThreads, [&] { PrefillImagesKernel<128>(a, w); });
+    if (kd == 64) RunGroup<64>(a, g, w);
+    if (kd == 128) RunGroup<128>(a, g, w);
+    if (kd == 256) RunGroup<256>(a, g, w);
   });
   EXPECT_EQ(groups, (c.kv_heads + g.heads - 1) / g.heads);
   if (got != nullptr) {
@@ -140,14 +144,18 @@ TEST(PrefillImagesEmu, ImageLayoutMatchesDescriptors) {
       }
     for (int s : seen) ASSERT_EQ(s, 1);  // a bijection
   }
-  EXPECT_EQ(KOffset(5, 37), CoreOffset(kTileTokens, 5, 37));
-  EXPECT_EQ(VOffset(128, 37, 5), CoreOffset(128, 37, 5));
+  for (int kd : {64, 128, 256}) {
+    EXPECT_EQ(KOffset(kd, 5, 37), CoreOffset(TileTokens(kd), 5, 37));
+    EXPECT_EQ(VOffset(kd, 37, 5), CoreOffset(kd, 37, 5));
+    EXPECT_EQ(ImageHalves(kd), TileTokens(kd) * kd);
+    EXPECT_EQ(TileTokens(kd) % kKvPageTokens, 0);
+  }
 }
 
 // Causal and not, ragged sequences (a last tile with one page or a part of
 // one), query blocks that end inside a tile, GQA rows spanning heads,
-// batches, head dims padding to 128, every scale mode, both formats and
-// decode paths. Bound: 2e-3, as on the GPU.
+// batches, head dims padding to 64, 128 and 256, every scale mode, both
+// formats and decode paths. Bound: 2e-3, as on the GPU.
 TEST(PrefillImagesEmu, MatchesReference) {
   const struct {
     int64_t dim, seq, kv_heads, heads, q_len, batch;
@@ -155,7 +163,8 @@ TEST(PrefillImagesEmu, MatchesReference) {
   } shapes[] = {
       {128, 200, 1, 1, 200, 1, true},  {128, 300, 2, 2, 130, 1, true}, {128, 64, 1, 4, 40, 1, false},
       {100, 257, 1, 2, 70, 2, true},   {128, 131, 2, 4, 33, 1, false}, {72, 190, 1, 1, 190, 1, false},
-      {128, 129, 1, 1, 129, 1, true},
+      {128, 129, 1, 1, 129, 1, true},  {64, 300, 2, 2, 150, 1, true},  {40, 150, 1, 4, 60, 1, false},
+      {256, 200, 1, 2, 140, 1, true},  {200, 130, 2, 2, 65, 1, false}, {256, 64, 1, 1, 64, 1, true},
   };
   double worst = 0.0;
   int i = 0;

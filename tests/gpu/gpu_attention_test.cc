@@ -447,8 +447,8 @@ TEST(GpuAttention, PrefillLongQueries) {
 }
 
 // kPrefillImages, the Hopper prefill over FP16 K / V images (not yet kAuto's
-// choice): on compute capability 9.0 at head dims padding to 128 (here 128
-// and 100), the grid, every scale mode and format, long queries and the
+// choice): on compute capability 9.0 at head dims padding to 64, 128 and
+// 256, the grid, every scale mode and format, long queries and the
 // benchmark's shape scaled down; refused elsewhere.
 TEST(GpuAttention, PrefillImages) {
   int major = 0, minor = 0;
@@ -466,7 +466,7 @@ TEST(GpuAttention, PrefillImages) {
     EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
     return;
   }
-  Sweep(AttentionKernel::kPrefillImages, {16, 100, 257}, 2e-3, {128});
+  Sweep(AttentionKernel::kPrefillImages, {16, 100, 257}, 2e-3, {64, 128, 256});
   uint32_t seed = 1500;
   for (Fp8Format f : kFormats)
     for (KvScaleMode m : kModes)
@@ -474,15 +474,17 @@ TEST(GpuAttention, PrefillImages) {
         Case c{100, 333, 70, 2, 6, 1, causal, f, m, DType::kF32, DType::kF32};
         RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
       }
-  for (bool causal : {true, false}) {
-    Case c{128, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
-           DType::kF32};
-    RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  for (int64_t dim : {64, 128, 256}) {
+    for (bool causal : {true, false}) {
+      Case c{dim, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
+             DType::kF32};
+      RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
+    }
+    Case b{dim, 777, 150, 2, 6, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kBF16, DType::kBF16};
+    RunCase(b, AttentionKernel::kPrefillImages, 2e-3, seed++);
+    Case g{dim, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
+    RunCase(g, AttentionKernel::kPrefillImages, 2e-3, seed++);
   }
-  Case b{128, 777, 150, 2, 6, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kBF16, DType::kBF16};
-  RunCase(b, AttentionKernel::kPrefillImages, 2e-3, seed++);
-  Case g{128, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
-  RunCase(g, AttentionKernel::kPrefillImages, 2e-3, seed++);
   Case c{128, 2048, 2048, 4, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16, DType::kF16};
   RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
   PrintWorst("prefill-images");

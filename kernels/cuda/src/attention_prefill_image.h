@@ -3,11 +3,13 @@
 // Kept apart from the kernels so that tests/emu checks the mapping on the
 // CPU (prefill_image_emu_test.cc) with the functions the kernels use.
 //
-// A tile is kTileTokens consecutive token positions (two pages) of one kv
-// head. Its K image is the wgmma B operand of S = Q K^T (N = tokens,
-// K = head dims) and its V image the B operand of O += P V (N = head dims,
-// K = tokens), both K-major without swizzle: 8 x 8 core matrices of 16-byte
-// rows, [k / 16][row / 8][k % 16 / 8][row % 8][k % 8]. The shared-memory
+// A tile is TileTokens(kd) consecutive token positions of one kv head: two
+// pages at head dims up to 128, one page at 256 (where the output's
+// accumulators leave registers for no more). Its K image is the wgmma B
+// operand of S = Q K^T (N = tokens, K = head dims) and its V image the B
+// operand of O += P V (N = head dims, K = tokens), both K-major without
+// swizzle: 8 x 8 core matrices of 16-byte rows,
+// [k / 16][row / 8][k % 16 / 8][row % 8][k % 8]. The shared-memory
 // descriptor of a k16 step then has 128 bytes between its two core matrices
 // along k and 256 between groups of 8 rows, and the steps lie `rows` x 32
 // bytes apart.
@@ -19,7 +21,8 @@
 
 namespace plume::cuda::prefill_image {
 
-inline constexpr int kTileTokens = 128;
+// Tokens of a tile at padded head dim kd.
+PLUME_HD constexpr int TileTokens(int kd) { return kd <= 128 ? 128 : 64; }
 inline constexpr int kLeadingBytes = 128;  // descriptor: between core matrices along k
 inline constexpr int kStrideBytes = 256;   // descriptor: between groups of 8 rows
 
@@ -30,13 +33,13 @@ PLUME_HD constexpr int CoreOffset(int rows, int r, int k) {
 // Bytes from one k16 step of an operand of `rows` rows to the next.
 PLUME_HD constexpr int StepBytes(int rows) { return rows * 32; }
 
-// K image: token tok (0 .. kTileTokens - 1) of the tile, head dim d.
-PLUME_HD constexpr int KOffset(int tok, int d) { return CoreOffset(kTileTokens, tok, d); }
+// K image at padded head dim kd: token tok of the tile, head dim d.
+PLUME_HD constexpr int KOffset(int kd, int tok, int d) { return CoreOffset(TileTokens(kd), tok, d); }
 // V image (V transposed): head dim d of kd, token tok of the tile.
 PLUME_HD constexpr int VOffset(int kd, int d, int tok) { return CoreOffset(kd, d, tok); }
 
 // Halves of one K or V image at padded head dim kd.
-PLUME_HD constexpr int ImageHalves(int kd) { return kTileTokens * kd; }
+PLUME_HD constexpr int ImageHalves(int kd) { return TileTokens(kd) * kd; }
 
 // Where wgmma finds element (row r, column k) of that operand: the address a
 // descriptor with the strides above gives for step k / 16 of an operand

@@ -1,26 +1,27 @@
 // The Hopper flash prefill over FP16 images of K and V (sm_90a; this file is
-// compiled for that target only), head dims padding to 128. Selected with
-// AttentionKernel::kPrefillImages on compute capability 9.0; not yet the
-// default, which stays the prefill of attention_prefill_wgmma.cu until this
-// one is measured on an H200 (its CPU emulation passes:
+// compiled for that target only), head dims padding to 64, 128 and 256.
+// Selected with AttentionKernel::kPrefillImages on compute capability 9.0;
+// not yet the default, which stays the prefill of attention_prefill_wgmma.cu
+// until this one is measured on an H200 (its CPU emulation passes:
 // tests/emu/prefill_images_emu_test.cc). Two launches per group of kv heads:
 //
 //  1. The image pass decodes each kv head's FP8 K and V once, exactly, into
-//     FP16 images in the workspace, two pages (a 128-token tile) per image,
-//     already in the wgmma operand layout (attention_prefill_image.h; V
-//     transposed), with the pages' K and V scales beside them. Tokens past
-//     the sequence are zero. Every query tile then reads the images instead
-//     of decoding the codes again (a query tile of a causal S = 4096 prefill
-//     would decode on average 16 pages itself).
+//     FP16 images in the workspace, one image per tile of TileTokens(kd)
+//     tokens (two pages, one at head dim 256), already in the wgmma operand
+//     layout (attention_prefill_image.h; V transposed), with the pages' K and
+//     V scales beside them. Tokens past the sequence are zero. Every query
+//     tile then reads the images instead of decoding the codes again (a
+//     query tile of a causal S = 4096 prefill would decode on average 16
+//     pages itself).
 //  2. The flash kernel: a block takes 128 query rows of one kv head, three
 //     warp groups. The producer (one thread) bulk-copies each tile's K and V
 //     images into a ring of shared-memory stages completing on mbarriers.
-//     Two consumers, 64 rows each, run S = Q K^T (wgmma m64n128k16, Q and K
-//     from shared memory), the online softmax on S in registers (FP32), and
-//     O += P V (wgmma m64nDk16, P from registers in the accumulator's own
-//     layout, rounded to FP16). A consumer issues the next tile's Q K^T and
-//     this tile's P V together, and runs the softmax of the next tile while
-//     P V is in flight.
+//     Two consumers, 64 rows each, run S = Q K^T (wgmma m64n128k16, m64n64k16
+//     at head dim 256; Q and K from shared memory), the online softmax on S
+//     in registers (FP32), and O += P V (wgmma m64nDk16, P from registers in
+//     the accumulator's own layout, rounded to FP16). A consumer issues the
+//     next tile's Q K^T and this tile's P V together, and runs the softmax of
+//     the next tile while P V is in flight.
 // K scales multiply the scores per page; V scales are folded into P per page
 // against the tile's larger scale, and the output is kept in units of a
 // running V scale (FaVRatio), as in the other prefills.
@@ -57,7 +58,9 @@ WgPick WgFor(Dec dec) {
 // nullptr members for a head dim no kernel serves.
 WgPick PickWg(int kd, Dec dec) {
   switch (kd) {
+    case 64: return WgFor<64>(dec);
     case 128: return WgFor<128>(dec);
+    case 256: return WgFor<256>(dec);
     default: return {};
   }
 }

@@ -1,5 +1,5 @@
-// The Hopper flash prefill's kernels (sm_90a), head dims padding to 128:
-// the image pass and the flash kernel, described in
+// The Hopper flash prefill's kernels (sm_90a), head dims padding to 64, 128
+// and 256: the image pass and the flash kernel, described in
 // attention_prefill_images.cu, which launches them. A header so that the CPU
 // emulation (tests/emu/prefill_images_emu_test.cc, under tests/emu/emu_cuda.h
 // and emu_sm90.h, which stand in for the Hopper instructions) runs this very
@@ -20,21 +20,20 @@
 namespace plume::cuda {
 namespace {
 
-
 using prefill_image::CoreOffset;
 using prefill_image::ImageHalves;
 using prefill_image::KOffset;
 using prefill_image::StepBytes;
 using prefill_image::VOffset;
 
+using prefill_image::TileTokens;
+
 constexpr int kPage = static_cast<int>(kKvPageTokens);  // tokens per page
-constexpr int kTile = prefill_image::kTileTokens;        // tokens per K / V tile (two pages)
 constexpr int kWgRows = 64;                              // query rows per consumer
 constexpr int kBlockRows = 2 * kWgRows;
 constexpr int kThreads = 3 * 128;
 constexpr int kProducerRegs = 24;
 constexpr int kConsumerRegs = 240;
-constexpr int kStages = 3;
 constexpr int kImageThreads = 256;
 // The workspace a launch group of kv heads may take for its images; more kv
 // heads than fit run in several groups.
@@ -44,14 +43,19 @@ constexpr uint64_t kDescStrides = (uint64_t{prefill_image::kLeadingBytes >> 4} <
 
 template <int kD>
 struct WgShape {
+  static constexpr int kTile = TileTokens(kD);  // tokens per K / V tile
   static constexpr int kImg = ImageHalves(kD);  // halves of a K or V image
   static constexpr int kQHalves = kBlockRows * kD;
+  static constexpr int kStages = kD <= 128 ? 3 : 2;  // what the shared memory holds
   static constexpr size_t kSmem = size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + 128;
-  static constexpr int kAcc = kD / 2;  // O accumulators per thread
+  static constexpr int kAcc = kD / 2;     // O accumulators per thread
+  static constexpr int kS = kTile / 2;    // S accumulators per thread
+  static constexpr int kSteps = kTile / 16;  // k16 steps of P V
 };
 
 // Where one launch group's images and scales are: group-local kv head hl,
-// tile j. Scales per tile: K of its two pages, then V of its two pages.
+// tile j. Scales per tile: K of its first and last page, then V of them (the
+// same page twice for a one-page tile).
 struct WgImages {
   __half* img;
   float* scales;
@@ -87,6 +91,7 @@ __device__ __forceinline__ uint32_t TileWord(const FaArgs& a, int64_t tok0, int 
 // Grid: tiles x group kv heads. The tile's K and V codes to FP16 images.
 template <int kD, Dec kDec>
 __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs a, const WgImages w) {
+  constexpr int kTile = TileTokens(kD);
   const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y);
   const int kvh = w.kvh0 + hl;
   const int64_t tok0 = static_cast<int64_t>(j) * kTile;
@@ -100,7 +105,7 @@ __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs
     uint32_t lo[2], hi[2];
     DecodeNanSafe<kDec>(TileWord(a, tok0, tok, d0, koff), lo);
     DecodeNanSafe<kDec>(TileWord(a, tok0, tok, d0 + 4, koff), hi);
-    *reinterpret_cast<uint4*>(kimg + KOffset(tok, d0)) = make_uint4(lo[0], lo[1], hi[0], hi[1]);
+    *reinterpret_cast<uint4*>(kimg + KOffset(kD, tok, d0)) = make_uint4(lo[0], lo[1], hi[0], hi[1]);
   }
   // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes.
   for (int u = threadIdx.x; u < (kD / 4) * (kTile / 8); u += kImageThreads) {
@@ -120,7 +125,8 @@ __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs
     }
   }
   if (threadIdx.x < 4) {
-    const int pg = 2 * j + (threadIdx.x & 1);
+    constexpr int kPages = kTile / kPage;
+    const int pg = kPages * j + (threadIdx.x & 1) * (kPages - 1);
     const bool v = threadIdx.x >= 2;
     w.scales[(static_cast<int64_t>(hl) * w.tiles + j) * 4 + threadIdx.x] =
         pg < a.num_pages ? FaScale(a, a.pages[pg], kvh, v) : 0.0f;
@@ -136,14 +142,15 @@ struct SoftmaxState {
   float vref = 0.0f;  // the true output is o * vref
 };
 
-__device__ __forceinline__ void TileSoftmax(float (&s)[64], const float4 sc, float scale_log2,
+template <int kN>
+__device__ __forceinline__ void TileSoftmax(float (&s)[kN], const float4 sc, float scale_log2,
                                             bool mask, int64_t t0, int t, int64_t vis_a, int64_t vis_b,
                                             SoftmaxState& st, float& fa, float& fb) {
   const float k0 = sc.x * scale_log2, k1 = sc.y * scale_log2;
   float mx_a = kFaNegInf, mx_b = kFaNegInf;
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const float k = i < 8 ? k0 : k1;
+  for (int i = 0; i < kN / 4; ++i) {
+    const float k = i < 8 ? k0 : k1;  // 8-token blocks 0-7: the first page
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       float xa = s[4 * i + e] * k, xb = s[4 * i + 2 + e] * k;
@@ -168,7 +175,7 @@ __device__ __forceinline__ void TileSoftmax(float (&s)[64], const float4 sc, flo
   FaRebase(st.m_b, mx_b, base_b, al_b);
   float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
+  for (int i = 0; i < kN / 4; ++i) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       s[4 * i + e] = Ex2(s[4 * i + e] - base_a);
@@ -185,7 +192,7 @@ __device__ __forceinline__ void TileSoftmax(float (&s)[64], const float4 sc, flo
   if (sc.z != sc.w) {
     const float f0 = vt > 0.0f ? sc.z / vt : 0.0f, f1 = vt > 0.0f ? sc.w / vt : 0.0f;
 #pragma unroll
-    for (int i = 0; i < 64; ++i) s[i] *= i < 32 ? f0 : f1;
+    for (int i = 0; i < kN; ++i) s[i] *= i < 32 ? f0 : f1;
   }
   const float ratio = FaVRatio(vt, st.vref);
   fa = al_a * ratio;
@@ -194,9 +201,10 @@ __device__ __forceinline__ void TileSoftmax(float (&s)[64], const float4 sc, flo
 
 // P (FP32, the Q K^T accumulator layout) as the A fragments of P V: k-step
 // kk is tokens 16kk .. 16kk + 15.
-__device__ __forceinline__ void PackP(const float (&s)[64], uint32_t (&p)[8][4]) {
+template <int kN>
+__device__ __forceinline__ void PackP(const float (&s)[kN], uint32_t (&p)[kN / 8][4]) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
+  for (int kk = 0; kk < kN / 8; ++kk) {
     p[kk][0] = Half2Bits(s[8 * kk], s[8 * kk + 1]);
     p[kk][1] = Half2Bits(s[8 * kk + 2], s[8 * kk + 3]);
     p[kk][2] = Half2Bits(s[8 * kk + 4], s[8 * kk + 5]);
@@ -211,6 +219,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
   using S = WgShape<kD>;
   PLUME_DYNAMIC_SMEM(wg_smem_raw);
+  constexpr int kTile = S::kTile, kStages = S::kStages;
   PLUME_SHARED uint64_t full_k[kStages];
   PLUME_SHARED uint64_t full_v[kStages];
   PLUME_SHARED uint64_t empty[kStages];
@@ -304,8 +313,8 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) o[i] = 0.0f;
     SoftmaxState st;
-    float s[64];
-    uint32_t p[8][4];
+    float s[S::kS];
+    uint32_t p[S::kSteps][4];
     const uint32_t q_addr = SmemAddr(q_mine);
     const uint32_t ring_addr = SmemAddr(ring);
     const auto k_addr = [&](int j) { return ring_addr + (j % kStages) * 4 * S::kImg; };
@@ -313,13 +322,18 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
     const auto issue_qk = [&](int j) {
 #pragma unroll
       for (int k = 0; k < kD / 16; ++k) {
-        WgmmaSs128(s, Desc(q_addr + k * StepBytes(kWgRows)), Desc(k_addr(j) + k * StepBytes(kTile)),
-                   k > 0 ? 1 : 0);
+        const uint64_t qdesc = Desc(q_addr + k * StepBytes(kWgRows));
+        const uint64_t kdesc = Desc(k_addr(j) + k * StepBytes(kTile));
+        if constexpr (kTile == 128) {
+          WgmmaSs128(s, qdesc, kdesc, k > 0 ? 1 : 0);
+        } else {
+          WgmmaSs64(s, qdesc, kdesc, k > 0 ? 1 : 0);
+        }
       }
     };
     const auto issue_pv = [&](int j) {
 #pragma unroll
-      for (int kk = 0; kk < kTile / 16; ++kk) Wgmma<kD>::Run(o, p[kk], Desc(v_addr(j) + kk * StepBytes(kD)), 1);
+      for (int kk = 0; kk < S::kSteps; ++kk) Wgmma<kD>::Run(o, p[kk], Desc(v_addr(j) + kk * StepBytes(kD)), 1);
     };
     const auto softmax = [&](int j, float4 sc, float& fa, float& fb) {
       const int64_t t0 = static_cast<int64_t>(j) * kTile;
@@ -426,7 +440,7 @@ struct WgGroups {
 
 inline WgGroups Groups(const AttentionProblem& p, int kd, int64_t budget = kImageBudget) {
   WgGroups g;
-  g.tiles = static_cast<int>((p.seq + kTile - 1) / kTile);
+  g.tiles = static_cast<int>((p.seq + TileTokens(kd) - 1) / TileTokens(kd));
   const int64_t per_head = int64_t{g.tiles} * 2 * ImageHalves(kd) * 2;
   g.heads = static_cast<int>(std::clamp<int64_t>(budget / per_head, 1, p.layout.kv_heads));
   g.image_bytes = per_head * g.heads;
