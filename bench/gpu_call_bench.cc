@@ -8,9 +8,6 @@
 // memory (the staging path), on one stream (as a lone client's calls run).
 // Medians of --iters calls.
 #include <cuda_runtime.h>
-#include <execinfo.h>
-#include <signal.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -80,20 +77,10 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// A crash prints where it happened (function names need -rdynamic).
-void OnCrash(int sig) {
-  void* frames[64];
-  const int n = backtrace(frames, 64);
-  backtrace_symbols_fd(frames, n, STDERR_FILENO);
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   plume::bench::g_bench_name = "gpu_call_bench";
-  signal(SIGSEGV, OnCrash);
   setvbuf(stdout, nullptr, _IOLBF, 0);
   const Options o = Parse(argc, argv);
   MatrixShape shape{o.rows, o.cols, Fp8Format::kE4M3, ScaleMode::kRow, true};

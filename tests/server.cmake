@@ -97,7 +97,7 @@ gtest_discover_tests(store_test DISCOVERY_TIMEOUT 60)
 add_executable(store_slices_test server/store_slices_test.cc)
 target_link_libraries(store_slices_test PRIVATE plume_backends GTest::gtest_main)
 plume_tsan_test(store_slices_test)
-gtest_discover_tests(store_slices_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+gtest_discover_tests(store_slices_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)
 
 # Pre-packed uploads streamed into the resident matrix and the store's file.
 add_executable(prepacked_stream_test server/prepacked_stream_test.cc)
