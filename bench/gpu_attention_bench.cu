@@ -243,7 +243,13 @@ int main(int argc, char** argv) {
   if (only != "decode") {
     Caches c;
     MakeCaches(c, 1, 512, 8192, 1, s);
-    for (DecodePath path : paths) Run(timer, s, c, "prefill", 1, 1, 8192, false, path);
+    for (DecodePath path : paths) {
+      Run(timer, s, c, "prefill", 1, 1, 8192, false, path);
+      if (cc_major == 9) {
+        Run(timer, s, c, "prefill-images", 1, 1, 8192, false, path,
+            plume::cuda::AttentionKernel::kPrefillImages);
+      }
+    }
   }
   // 32 heads, S=4096, causal, at D = 64, 128, 256; where the Hopper kernel
   // runs (D 128 on sm_90), the mma.sync kernel beside it, same run.

@@ -176,6 +176,12 @@ struct Wgmma {
   }
 };
 
+inline void WgmmaSs32(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  EmuWgmma<32>(d, [&](float (*am)[16], float (*bm)[16]) {
+    EmuFillFromDesc(am, 64, desc_a);
+    EmuFillFromDesc(bm, 32, desc_b);
+  }, accumulate);
+}
 inline void WgmmaSs64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
   EmuWgmma<64>(d, [&](float (*am)[16], float (*bm)[16]) {
     EmuFillFromDesc(am, 64, desc_a);

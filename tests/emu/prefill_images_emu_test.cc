@@ -12,6 +12,7 @@
 
 #include "attention_common.cuh"
 #include "attention_prefill_images.cuh"
+#include "attention_prefill_wide.cuh"
 
 #include <gtest/gtest.h>
 
@@ -52,7 +53,13 @@ void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w) {
       case Dec::kE5M2Native: PrefillImageKernel<kD, Dec::kE5M2Native>(a, w); break;
     }
   });
-  EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, kThreads, [&] { PrefillImagesKernel<kD>(a, w); });
+  EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, kThreads, [&] {
+    if constexpr (kD == 512) {
+      PrefillImagesWideKernel<kD>(a, w);
+    } else {
+      PrefillImagesKernel<kD>(a, w);
+    }
+  });
 }
 
 // Runs one problem through the image pass and the flash kernel, group by
@@ -99,9 +106,9 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   p.out_dtype = DType::kF32;
   p.path = c.path;
   const int kd = attn::KernelDim(l.row_bytes());
-  EXPECT_TRUE(kd == 64 || kd == 128 || kd == 256) << kd;
+  EXPECT_TRUE(kd == 64 || kd == 128 || kd == 256 || kd == 512) << kd;
 
-  const FaArgs a = MakeFaArgs(p, kBlockRows);
+  const FaArgs a = MakeFaArgs(p, kd == 512 ? kWgRows : kBlockRows);  // as the launcher picks
   const WgGroups g = Groups(p, kd, c.budget);
   EXPECT_EQ(g.heads, std::min<int64_t>(c.kv_heads, std::max<int64_t>(1, c.budget / (g.image_bytes / g.heads))));
   std::vector<uint4> ws(static_cast<size_t>((g.total + 15) / 16), make_uint4(0x7e007e00u, 0x7e007e00u, 0x7e007e00u, 0x7e007e00u));
@@ -111,6 +118,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
     if (kd == 64) RunGroup<64>(a, g, w);
     if (kd == 128) RunGroup<128>(a, g, w);
     if (kd == 256) RunGroup<256>(a, g, w);
+    if (kd == 512) RunGroup<512>(a, g, w);
   });
   EXPECT_EQ(groups, (c.kv_heads + g.heads - 1) / g.heads);
   if (got != nullptr) {
@@ -132,7 +140,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
 // The image layout is the one the descriptors describe.
 TEST(PrefillImagesEmu, ImageLayoutMatchesDescriptors) {
   using namespace prefill_image;
-  for (int rows : {64, 128}) {
+  for (int rows : {32, 64, 128, 256, 512}) {
     std::vector<int> seen(static_cast<size_t>(rows * 128), 0);
     for (int r = 0; r < rows; ++r)
       for (int k = 0; k < 128; ++k) {
@@ -144,18 +152,19 @@ TEST(PrefillImagesEmu, ImageLayoutMatchesDescriptors) {
       }
     for (int s : seen) ASSERT_EQ(s, 1);  // a bijection
   }
-  for (int kd : {64, 128, 256}) {
+  for (int kd : {64, 128, 256, 512}) {
     EXPECT_EQ(KOffset(kd, 5, 37), CoreOffset(TileTokens(kd), 5, 37));
     EXPECT_EQ(VOffset(kd, 37, 5), CoreOffset(kd, 37, 5));
     EXPECT_EQ(ImageHalves(kd), TileTokens(kd) * kd);
-    EXPECT_EQ(TileTokens(kd) % kKvPageTokens, 0);
+    // A tile holds whole pages or lies in one (its scales are one or two pages').
+    EXPECT_TRUE(TileTokens(kd) % kKvPageTokens == 0 || kKvPageTokens % TileTokens(kd) == 0) << kd;
   }
 }
 
 // Causal and not, ragged sequences (a last tile with one page or a part of
 // one), query blocks that end inside a tile, GQA rows spanning heads,
-// batches, head dims padding to 64, 128 and 256, every scale mode, both
-// formats and decode paths. Bound: 2e-3, as on the GPU.
+// batches, head dims padding to 64, 128, 256 and 512 (the split-head-dim
+// kernel), every scale mode, both formats and decode paths. Bound: 2e-3, as on the GPU.
 TEST(PrefillImagesEmu, MatchesReference) {
   const struct {
     int64_t dim, seq, kv_heads, heads, q_len, batch;
@@ -165,6 +174,7 @@ TEST(PrefillImagesEmu, MatchesReference) {
       {100, 257, 1, 2, 70, 2, true},   {128, 131, 2, 4, 33, 1, false}, {72, 190, 1, 1, 190, 1, false},
       {128, 129, 1, 1, 129, 1, true},  {64, 300, 2, 2, 150, 1, true},  {40, 150, 1, 4, 60, 1, false},
       {256, 200, 1, 2, 140, 1, true},  {200, 130, 2, 2, 65, 1, false}, {256, 64, 1, 1, 64, 1, true},
+      {512, 150, 1, 1, 150, 1, true},  {300, 100, 1, 2, 45, 1, false}, {512, 97, 1, 1, 70, 1, false},
   };
   double worst = 0.0;
   int i = 0;

@@ -447,8 +447,8 @@ TEST(GpuAttention, PrefillLongQueries) {
 }
 
 // kPrefillImages, the Hopper prefill over FP16 K / V images (not yet kAuto's
-// choice): on compute capability 9.0 at head dims padding to 64, 128 and
-// 256, the grid, every scale mode and format, long queries and the
+// choice): on compute capability 9.0 at head dims padding to 64, 128, 256
+// and 512, the grid, every scale mode and format, long queries and the
 // benchmark's shape scaled down; refused elsewhere.
 TEST(GpuAttention, PrefillImages) {
   int major = 0, minor = 0;
@@ -466,7 +466,17 @@ TEST(GpuAttention, PrefillImages) {
     EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
     return;
   }
-  Sweep(AttentionKernel::kPrefillImages, {16, 100, 257}, 2e-3, {64, 128, 256});
+  {  // head dims past 512: refused, not run as another kernel
+    cuda::AttentionProblem p;
+    p.layout = KvLayout{2, 1000, KvScaleMode::kHead};
+    p.seq = 100;
+    p.batch = 1;
+    p.heads = 2;
+    p.q_len = 100;
+    p.kernel = AttentionKernel::kPrefillImages;
+    EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+  }
+  Sweep(AttentionKernel::kPrefillImages, {16, 100, 257}, 2e-3, {64, 128, 256, 512});
   uint32_t seed = 1500;
   for (Fp8Format f : kFormats)
     for (KvScaleMode m : kModes)
@@ -474,7 +484,7 @@ TEST(GpuAttention, PrefillImages) {
         Case c{100, 333, 70, 2, 6, 1, causal, f, m, DType::kF32, DType::kF32};
         RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
       }
-  for (int64_t dim : {64, 128, 256}) {
+  for (int64_t dim : {64, 128, 256, 512}) {
     for (bool causal : {true, false}) {
       Case c{dim, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
              DType::kF32};

@@ -31,8 +31,8 @@ cudaError_t PrefillWgmma(const AttentionProblem& p, int kd, cudaStream_t stream)
 
 // The Hopper flash prefill over FP16 images of K and V
 // (src/attention_prefill_images.cu): true when it runs padded head dim kd
-// (64, 128, 256) on `device` (compute capability 9.0, its shared memory fits; raises
-// the kernel's dynamic shared memory limit once).
+// (64, 128, 256, 512) on `device` (compute capability 9.0, its shared
+// memory fits; raises the kernel's dynamic shared memory limit once).
 bool PrefillImagesAvailable(int kd, int device);
 
 // Bytes of device workspace it needs: the FP16 K / V images and their

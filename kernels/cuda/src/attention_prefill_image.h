@@ -5,7 +5,8 @@
 //
 // A tile is TileTokens(kd) consecutive token positions of one kv head: two
 // pages at head dims up to 128, one page at 256 (where the output's
-// accumulators leave registers for no more). Its K image is the wgmma B
+// accumulators leave registers for no more), half a page at 512 (where K
+// and V of a tile take 64 KB of shared memory even so). Its K image is the wgmma B
 // operand of S = Q K^T (N = tokens, K = head dims) and its V image the B
 // operand of O += P V (N = head dims, K = tokens), both K-major without
 // swizzle: 8 x 8 core matrices of 16-byte rows,
@@ -22,7 +23,7 @@
 namespace plume::cuda::prefill_image {
 
 // Tokens of a tile at padded head dim kd.
-PLUME_HD constexpr int TileTokens(int kd) { return kd <= 128 ? 128 : 64; }
+PLUME_HD constexpr int TileTokens(int kd) { return kd <= 128 ? 128 : kd <= 256 ? 64 : 32; }
 inline constexpr int kLeadingBytes = 128;  // descriptor: between core matrices along k
 inline constexpr int kStrideBytes = 256;   // descriptor: between groups of 8 rows
 

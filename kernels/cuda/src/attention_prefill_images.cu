@@ -1,5 +1,5 @@
 // The Hopper flash prefill over FP16 images of K and V (sm_90a; this file is
-// compiled for that target only), head dims padding to 64, 128 and 256.
+// compiled for that target only), head dims padding to 64, 128, 256 and 512.
 // Selected with AttentionKernel::kPrefillImages on compute capability 9.0;
 // not yet the default, which stays the prefill of attention_prefill_wgmma.cu
 // until this one is measured on an H200 (its CPU emulation passes:
@@ -21,7 +21,9 @@
 //     in registers (FP32), and O += P V (wgmma m64nDk16, P from registers in
 //     the accumulator's own layout, rounded to FP16). A consumer issues the
 //     next tile's Q K^T and this tile's P V together, and runs the softmax of
-//     the next tile while P V is in flight.
+//     the next tile while P V is in flight. At head dim 512 a block takes 64
+//     rows and the two consumers split the head dim
+//     (attention_prefill_wide.cuh).
 // K scales multiply the scores per page; V scales are folded into P per page
 // against the tile's larger scale, and the output is kept in units of a
 // running V scale (FaVRatio), as in the other prefills.
@@ -32,6 +34,7 @@
 
 #include "attention_prefill.h"
 #include "attention_prefill_images.cuh"
+#include "attention_prefill_wide.cuh"
 #include "plume/cuda/check.h"
 
 namespace plume::cuda {
@@ -44,6 +47,7 @@ struct WgPick {
   ImageFn image = nullptr;
   WgFn fn = nullptr;
   size_t smem = 0;
+  int rows = 0;  // query rows per block
 };
 
 template <int kD>
@@ -52,7 +56,11 @@ WgPick WgFor(Dec dec) {
                         : dec == Dec::kE4M3Native ? PrefillImageKernel<kD, Dec::kE4M3Native>
                         : dec == Dec::kE5M2Soft   ? PrefillImageKernel<kD, Dec::kE5M2Soft>
                                                   : PrefillImageKernel<kD, Dec::kE5M2Native>;
-  return {image, PrefillImagesKernel<kD>, WgShape<kD>::kSmem};
+  if constexpr (kD == 512) {
+    return {image, PrefillImagesWideKernel<kD>, WideShape<kD>::kSmem, kWgRows};
+  } else {
+    return {image, PrefillImagesKernel<kD>, WgShape<kD>::kSmem, kBlockRows};
+  }
 }
 
 // nullptr members for a head dim no kernel serves.
@@ -61,6 +69,7 @@ WgPick PickWg(int kd, Dec dec) {
     case 64: return WgFor<64>(dec);
     case 128: return WgFor<128>(dec);
     case 256: return WgFor<256>(dec);
+    case 512: return WgFor<512>(dec);
     default: return {};
   }
 }
@@ -87,10 +96,11 @@ int64_t PrefillImagesWorkspaceBytes(const AttentionProblem& p, int kd) { return 
 
 cudaError_t PrefillImages(const AttentionProblem& p, int kd, void* workspace, int64_t workspace_bytes,
                          cudaStream_t stream) {
-  const FaArgs a = MakeFaArgs(p, kBlockRows);
-  const WgPick f = PickWg(kd, a.dec);
+  const WgPick f = PickWg(kd, MakeFaArgs(p, kBlockRows).dec);
+  if (f.fn == nullptr) return cudaErrorNotSupported;
+  const FaArgs a = MakeFaArgs(p, f.rows);
   const WgGroups g = Groups(p, kd);
-  if (f.fn == nullptr || a.row_bytes > kd) return cudaErrorNotSupported;
+  if (a.row_bytes > kd) return cudaErrorNotSupported;
   if (workspace == nullptr || workspace_bytes < g.total ||
       reinterpret_cast<uintptr_t>(workspace) % 128 != 0) {
     return cudaErrorInvalidValue;

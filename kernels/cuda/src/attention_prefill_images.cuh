@@ -55,7 +55,7 @@ struct WgShape {
 
 // Where one launch group's images and scales are: group-local kv head hl,
 // tile j. Scales per tile: K of its first and last page, then V of them (the
-// same page twice for a one-page tile).
+// same page twice for a tile of one page or less).
 struct WgImages {
   __half* img;
   float* scales;
@@ -125,8 +125,8 @@ __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs
     }
   }
   if (threadIdx.x < 4) {
-    constexpr int kPages = kTile / kPage;
-    const int pg = kPages * j + (threadIdx.x & 1) * (kPages - 1);
+    const int64_t t = tok0 + ((threadIdx.x & 1) ? kTile - 1 : 0);  // the tile's first or last token
+    const int pg = static_cast<int>(t / kPage);
     const bool v = threadIdx.x >= 2;
     w.scales[(static_cast<int64_t>(hl) * w.tiles + j) * 4 + threadIdx.x] =
         pg < a.num_pages ? FaScale(a, a.pages[pg], kvh, v) : 0.0f;
@@ -212,17 +212,181 @@ __device__ __forceinline__ void PackP(const float (&s)[kN], uint32_t (&p)[kN / 8
   }
 }
 
+// The ring's barriers: a stage's K and V images landed (one arrival and the
+// bytes each), the stage released (one arrival per consumer warp).
+template <int kStages>
+struct TileRing {
+  uint64_t full_k[kStages];
+  uint64_t full_v[kStages];
+  uint64_t empty[kStages];
+};
+
+template <int kStages>
+__device__ __forceinline__ void InitRing(TileRing<kStages>& r) {
+  for (int s = 0; s < kStages; ++s) {
+    MbarInit(&r.full_k[s], 1);
+    MbarInit(&r.full_v[s], 1);
+    MbarInit(&r.empty[s], 8);
+  }
+  FenceMbarrierInit();
+}
+
+// The producer (one thread): tile j's K and V images (kImg halves each, one
+// after the other at img) into stage j % kStages of `ring`.
+template <int kStages, int kImg>
+__device__ __forceinline__ void ProduceTiles(TileRing<kStages>& r, __half* ring, const __half* img, int tiles) {
+  constexpr unsigned kBytes = static_cast<unsigned>(kImg * 2);
+  for (int j = 0; j < tiles; ++j) {
+    const int st = j % kStages;
+    if (j >= kStages) MbarWait(&r.empty[st], ((j / kStages) - 1) & 1);
+    __half* dst = ring + st * 2 * kImg;
+    const __half* src = img + static_cast<int64_t>(j) * 2 * kImg;
+    MbarExpectTx(&r.full_k[st], kBytes);
+    BulkLoad(dst, src, kBytes, &r.full_k[st]);
+    MbarExpectTx(&r.full_v[st], kBytes);
+    BulkLoad(dst + kImg, src + kImg, kBytes, &r.full_v[st]);
+  }
+}
+
+// Q rows [lr0 + r0, lr0 + r0 + rows) of kv head kvh, head dims [d0, d0 +
+// kDims), rounded to FP16 into a K-major wgmma operand of 64 rows at q (8
+// dims a unit; rows past `rows` and dims past head_dim zero), by one warp
+// group (wtid its thread), fenced for the tensor cores.
+template <int kDims>
+__device__ __forceinline__ void LoadQ(const FaArgs& a, int kvh, int lr0, int r0, int rows, int d0, __half* q,
+                                      int wtid) {
+  for (int u = wtid; u < kWgRows * (kDims / 8); u += 128) {
+    const int m = u / (kDims / 8), dd = 8 * (u % (kDims / 8));
+    float x[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = 0.0f;
+    if (m < rows) {
+      const int64_t base = FaRow(a, kvh, lr0 + r0 + m) * a.head_dim;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (d0 + dd + e < a.head_dim) x[e] = FaQ(a, base + d0 + dd + e);
+      }
+    }
+    uint4 v;
+    v.x = Half2Bits(x[0], x[1]);
+    v.y = Half2Bits(x[2], x[3]);
+    v.z = Half2Bits(x[4], x[5]);
+    v.w = Half2Bits(x[6], x[7]);
+    *reinterpret_cast<uint4*>(q + CoreOffset(kWgRows, m, dd)) = v;
+  }
+  FenceProxyAsync();
+}
+
+// One consumer's pass over the tiles. It computes tiles [0, mine) and only
+// releases [mine, tiles) once their copies have landed (the other consumer
+// needs them). Per tile j: issue_qk(j) (S = Q K^T into the consumer's S
+// registers) goes out with issue_pv(j - 1) (O += P V of the tile before);
+// once Q K^T is done, scores(j, fa, fb) turns S into P (the softmax) while
+// P V runs, and after P V, next(fa, fb) rescales O and packs P. fence_s /
+// fence_o keep the compiler off the registers the tensor cores own.
+template <int kStages, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO>
+__device__ __forceinline__ void ConsumeTiles(TileRing<kStages>& r, int mine, int tiles, int lane, Qk issue_qk,
+                                             Pv issue_pv, Scores scores, Next next, FenceS fence_s,
+                                             FenceO fence_o) {
+  const auto release = [&](int j) {
+    __syncwarp();
+    if (lane == 0) MbarArrive(&r.empty[j % kStages]);
+  };
+  const auto parity = [](int j) { return static_cast<unsigned>((j / kStages) & 1); };
+  if (mine > 0) {
+    float fa, fb;
+    MbarWait(&r.full_k[0], 0);
+    WgmmaFence();
+    issue_qk(0);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    fence_s();
+    scores(0, fa, fb);
+    next(fa, fb);
+    for (int j = 1; j < mine; ++j) {
+      MbarWait(&r.full_k[j % kStages], parity(j));
+      WgmmaFence();
+      issue_qk(j);
+      WgmmaCommit();
+      MbarWait(&r.full_v[(j - 1) % kStages], parity(j - 1));
+      WgmmaFence();
+      issue_pv(j - 1);
+      WgmmaCommit();
+      WgmmaWait<1>();  // Q K^T of tile j
+      fence_s();
+      scores(j, fa, fb);
+      WgmmaWait<0>();  // P V of tile j - 1
+      fence_o();
+      release(j - 1);
+      next(fa, fb);
+    }
+    MbarWait(&r.full_v[(mine - 1) % kStages], parity(mine - 1));
+    WgmmaFence();
+    issue_pv(mine - 1);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    fence_o();
+    release(mine - 1);
+  }
+  for (int j = mine; j < tiles; ++j) {
+    MbarWait(&r.full_k[j % kStages], parity(j));
+    MbarWait(&r.full_v[j % kStages], parity(j));
+    release(j);
+  }
+}
+
+// O *= fa on row g's accumulators, fb on row g + 8's.
+template <int kAcc>
+__device__ __forceinline__ void RescaleO(float (&o)[kAcc], float fa, float fb) {
+#pragma unroll
+  for (int i = 0; i < kAcc / 4; ++i) {
+    o[4 * i] *= fa;
+    o[4 * i + 1] *= fa;
+    o[4 * i + 2] *= fb;
+    o[4 * i + 3] *= fb;
+  }
+}
+
+// The output of this lane's two rows (block rows ra, rb; nrows in the
+// block): O / l in units of vref, head dims col0 + 8i + 2t (+1).
+template <int kAcc>
+__device__ __forceinline__ void StoreO(const FaArgs& a, const float (&o)[kAcc], SoftmaxState& st, int kvh,
+                                       int lr0, int nrows, int ra, int rb, int col0, int t) {
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {  // row sums over the four lanes of a row
+    st.l_a += __shfl_xor_sync(0xffffffffu, st.l_a, x);
+    st.l_b += __shfl_xor_sync(0xffffffffu, st.l_b, x);
+  }
+  const float fa = st.vref / st.l_a, fb = st.vref / st.l_b;
+  const int64_t qa_i = ra < nrows ? FaRow(a, kvh, lr0 + ra) * a.head_dim : -1;
+  const int64_t qb_i = rb < nrows ? FaRow(a, kvh, lr0 + rb) * a.head_dim : -1;
+  const bool pairs = (a.head_dim & 1) == 0;  // then two columns are one aligned store
+#pragma unroll
+  for (int i = 0; i < kAcc / 4; ++i) {
+    const int c = col0 + 8 * i + 2 * t;
+    if (pairs && c < a.head_dim) {
+      if (qa_i >= 0) StoreTwo(a.out, a.out_dtype, qa_i + c, o[4 * i] * fa, o[4 * i + 1] * fa);
+      if (qb_i >= 0) StoreTwo(a.out, a.out_dtype, qb_i + c, o[4 * i + 2] * fb, o[4 * i + 3] * fb);
+      continue;
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (c + e >= a.head_dim) continue;
+      if (qa_i >= 0) Store(a.out, a.out_dtype, qa_i + c + e, o[4 * i + e] * fa);
+      if (qb_i >= 0) Store(a.out, a.out_dtype, qb_i + c + e, o[4 * i + 2 + e] * fb);
+    }
+  }
+}
+
 // Grid: group kv heads x row tiles, tile-major with the last tiles (the
 // longest under causal masks) first.
 template <int kD>
 __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
   using S = WgShape<kD>;
-  PLUME_DYNAMIC_SMEM(wg_smem_raw);
   constexpr int kTile = S::kTile, kStages = S::kStages;
-  PLUME_SHARED uint64_t full_k[kStages];
-  PLUME_SHARED uint64_t full_v[kStages];
-  PLUME_SHARED uint64_t empty[kStages];
+  PLUME_DYNAMIC_SMEM(wg_smem_raw);
+  PLUME_SHARED TileRing<kStages> bars;
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t{127});
   __half* qs = reinterpret_cast<__half*>(smem);  // [consumer][64 rows x kD]
   __half* ring = qs + S::kQHalves;               // [stage][K image, V image]
@@ -239,65 +403,21 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
   int64_t vis_min, vis_max;
   FaVisible(a, lr0, nrows, vis_min, vis_max);
   const int tiles = static_cast<int>(min(static_cast<int64_t>(w.tiles), vis_max / kTile + 1));
-  const __half* img = w.img + static_cast<int64_t>(hl) * w.tiles * 2 * S::kImg;
 
-  if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      MbarInit(&full_k[s], 1);
-      MbarInit(&full_v[s], 1);
-      MbarInit(&empty[s], 8);  // one arrival per consumer warp
-    }
-    FenceMbarrierInit();
-  }
+  if (tid == 0) InitRing(bars);
   __syncthreads();
 
   if (wg == 0) {
-    // ------------------------------------------------------------ producer
     SetMaxRegsDec<kProducerRegs>();
-    if (wtid == 0) {
-      constexpr unsigned kBytes = static_cast<unsigned>(S::kImg * 2);
-      for (int j = 0; j < tiles; ++j) {
-        const int st = j % kStages;
-        if (j >= kStages) MbarWait(&empty[st], ((j / kStages) - 1) & 1);
-        __half* dst = ring + st * 2 * S::kImg;
-        const __half* src = img + static_cast<int64_t>(j) * 2 * S::kImg;
-        MbarExpectTx(&full_k[st], kBytes);
-        BulkLoad(dst, src, kBytes, &full_k[st]);
-        MbarExpectTx(&full_v[st], kBytes);
-        BulkLoad(dst + S::kImg, src + S::kImg, kBytes, &full_v[st]);
-      }
-    }
+    if (wtid == 0) ProduceTiles<kStages, S::kImg>(bars, ring, w.img + static_cast<int64_t>(hl) * w.tiles * 2 * S::kImg, tiles);
   } else {
-    // ----------------------------------------------------------- consumers
     SetMaxRegsInc<kConsumerRegs>();
     const int cw = wg - 1;
     const int wq = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int r0 = cw * kWgRows;  // this consumer's first row in the block
     const int my_rows = max(0, min(kWgRows, nrows - r0));
     __half* q_mine = qs + cw * kWgRows * kD;
-
-    // Q, rounded to FP16, 8 dims a unit; rows past the end and dims past
-    // head_dim zero.
-    for (int u = wtid; u < kWgRows * (kD / 8); u += 128) {
-      const int m = u / (kD / 8), d0 = 8 * (u % (kD / 8));
-      float x[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[e] = 0.0f;
-      if (m < my_rows) {
-        const int64_t base = FaRow(a, kvh, lr0 + r0 + m) * a.head_dim;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          if (d0 + e < a.head_dim) x[e] = FaQ(a, base + d0 + e);
-        }
-      }
-      uint4 v;
-      v.x = Half2Bits(x[0], x[1]);
-      v.y = Half2Bits(x[2], x[3]);
-      v.z = Half2Bits(x[4], x[5]);
-      v.w = Half2Bits(x[6], x[7]);
-      *reinterpret_cast<uint4*>(q_mine + CoreOffset(kWgRows, m, d0)) = v;
-    }
-    FenceProxyAsync();
+    LoadQ<kD>(a, kvh, lr0, r0, my_rows, 0, q_mine, wtid);
     NamedBarrier(2 + cw, 128);
 
     int64_t wg_vis_min = -1, wg_vis_max = -1;
@@ -318,114 +438,42 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
     const uint32_t q_addr = SmemAddr(q_mine);
     const uint32_t ring_addr = SmemAddr(ring);
     const auto k_addr = [&](int j) { return ring_addr + (j % kStages) * 4 * S::kImg; };
-    const auto v_addr = [&](int j) { return k_addr(j) + 2 * S::kImg; };
-    const auto issue_qk = [&](int j) {
+    float4 sc = scales[0];
+    ConsumeTiles(
+        bars, mine, tiles, lane,
+        [&](int j) {
 #pragma unroll
-      for (int k = 0; k < kD / 16; ++k) {
-        const uint64_t qdesc = Desc(q_addr + k * StepBytes(kWgRows));
-        const uint64_t kdesc = Desc(k_addr(j) + k * StepBytes(kTile));
-        if constexpr (kTile == 128) {
-          WgmmaSs128(s, qdesc, kdesc, k > 0 ? 1 : 0);
-        } else {
-          WgmmaSs64(s, qdesc, kdesc, k > 0 ? 1 : 0);
-        }
-      }
-    };
-    const auto issue_pv = [&](int j) {
+          for (int k = 0; k < kD / 16; ++k) {
+            const uint64_t qdesc = Desc(q_addr + k * StepBytes(kWgRows));
+            const uint64_t kdesc = Desc(k_addr(j) + k * StepBytes(kTile));
+            if constexpr (kTile == 128) {
+              WgmmaSs128(s, qdesc, kdesc, k > 0 ? 1 : 0);
+            } else {
+              WgmmaSs64(s, qdesc, kdesc, k > 0 ? 1 : 0);
+            }
+          }
+        },
+        [&](int j) {
 #pragma unroll
-      for (int kk = 0; kk < S::kSteps; ++kk) Wgmma<kD>::Run(o, p[kk], Desc(v_addr(j) + kk * StepBytes(kD)), 1);
-    };
-    const auto softmax = [&](int j, float4 sc, float& fa, float& fb) {
-      const int64_t t0 = static_cast<int64_t>(j) * kTile;
-      TileSoftmax(s, sc, a.scale_log2, t0 + kTile - 1 > wg_vis_min, t0, t, vis_a, vis_b, st, fa, fb);
-    };
-    const auto release = [&](int j) {
-      __syncwarp();
-      if (lane == 0) MbarArrive(&empty[j % kStages]);
-    };
-    const auto rescale = [&](float fa, float fb) {
-#pragma unroll
-      for (int i = 0; i < S::kAcc / 4; ++i) {
-        o[4 * i] *= fa;
-        o[4 * i + 1] *= fa;
-        o[4 * i + 2] *= fb;
-        o[4 * i + 3] *= fb;
-      }
-    };
-
-    if (mine > 0) {
-      float4 sc = scales[0];
-      float fa, fb;
-      MbarWait(&full_k[0], 0);
-      WgmmaFence();
-      issue_qk(0);
-      WgmmaCommit();
-      WgmmaWait<0>();
-      FenceOperands(s);
-      softmax(0, sc, fa, fb);
-      PackP(s, p);
-      for (int j = 1; j < mine; ++j) {
-        sc = scales[j];
-        MbarWait(&full_k[j % kStages], (j / kStages) & 1);
-        WgmmaFence();
-        issue_qk(j);
-        WgmmaCommit();
-        MbarWait(&full_v[(j - 1) % kStages], ((j - 1) / kStages) & 1);
-        WgmmaFence();
-        issue_pv(j - 1);
-        WgmmaCommit();
-        WgmmaWait<1>();  // Q K^T of tile j
-        FenceOperands(s);
-        softmax(j, sc, fa, fb);
-        WgmmaWait<0>();  // P V of tile j - 1
-        FenceOperands(o);
-        FenceOperands(p);
-        release(j - 1);
-        rescale(fa, fb);
-        PackP(s, p);
-      }
-      MbarWait(&full_v[(mine - 1) % kStages], ((mine - 1) / kStages) & 1);
-      WgmmaFence();
-      issue_pv(mine - 1);
-      WgmmaCommit();
-      WgmmaWait<0>();
-      FenceOperands(o);
-      FenceOperands(p);
-      release(mine - 1);
-    }
-    // Tiles the other consumer still needs: wait for their copies to land
-    // before releasing the stage.
-    for (int j = mine; j < tiles; ++j) {
-      MbarWait(&full_k[j % kStages], (j / kStages) & 1);
-      MbarWait(&full_v[j % kStages], (j / kStages) & 1);
-      release(j);
-    }
-
-    // Row sums over the four lanes of a row, then the output.
-#pragma unroll
-    for (int x = 1; x <= 2; x <<= 1) {
-      st.l_a += __shfl_xor_sync(0xffffffffu, st.l_a, x);
-      st.l_b += __shfl_xor_sync(0xffffffffu, st.l_b, x);
-    }
-    const float fa = st.vref / st.l_a, fb = st.vref / st.l_b;
-    const int64_t qa_i = ra < nrows ? FaRow(a, kvh, lr0 + ra) * a.head_dim : -1;
-    const int64_t qb_i = rb < nrows ? FaRow(a, kvh, lr0 + rb) * a.head_dim : -1;
-    const bool pairs = (a.head_dim & 1) == 0;  // then two columns are one aligned store
-#pragma unroll
-    for (int i = 0; i < S::kAcc / 4; ++i) {
-      const int c = 8 * i + 2 * t;
-      if (pairs && c < a.head_dim) {
-        if (qa_i >= 0) StoreTwo(a.out, a.out_dtype, qa_i + c, o[4 * i] * fa, o[4 * i + 1] * fa);
-        if (qb_i >= 0) StoreTwo(a.out, a.out_dtype, qb_i + c, o[4 * i + 2] * fb, o[4 * i + 3] * fb);
-        continue;
-      }
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        if (c + e >= a.head_dim) continue;
-        if (qa_i >= 0) Store(a.out, a.out_dtype, qa_i + c + e, o[4 * i + e] * fa);
-        if (qb_i >= 0) Store(a.out, a.out_dtype, qb_i + c + e, o[4 * i + 2 + e] * fb);
-      }
-    }
+          for (int kk = 0; kk < S::kSteps; ++kk) {
+            Wgmma<kD>::Run(o, p[kk], Desc(k_addr(j) + 2 * S::kImg + kk * StepBytes(kD)), 1);
+          }
+        },
+        [&](int j, float& fa, float& fb) {
+          const int64_t t0 = static_cast<int64_t>(j) * kTile;
+          TileSoftmax(s, sc, a.scale_log2, t0 + kTile - 1 > wg_vis_min, t0, t, vis_a, vis_b, st, fa, fb);
+          sc = scales[min(j + 1, w.tiles - 1)];  // the next tile's, in flight meanwhile
+        },
+        [&](float fa, float fb) {
+          RescaleO(o, fa, fb);
+          PackP(s, p);
+        },
+        [&] { FenceOperands(s); },
+        [&] {
+          FenceOperands(o);
+          FenceOperands(p);
+        });
+    StoreO(a, o, st, kvh, lr0, nrows, ra, rb, 0, t);
   }
 #endif
 }

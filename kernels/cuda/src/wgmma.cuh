@@ -1,8 +1,8 @@
 // The Hopper warp-group MMA (wgmma, sm_90a), FP16 inputs and FP32
 // accumulators: A from registers and B from shared memory, one wrapper per N
 // the kernels use (the accumulator operand list is spelled out per shape),
-// and m64n64 / m64n128 with both operands in shared memory (the prefill's
-// Q K^T).
+// and m64n32 / m64n64 / m64n128 with both operands in shared memory (the
+// prefills' Q K^T).
 // Included by the sm_90a kernels (gemv_wgmma.cu, attention_prefill_wgmma.cuh);
 // valid only in code compiled for sm_90a.
 #pragma once
@@ -111,6 +111,20 @@ struct Wgmma<256> {
 #endif
   }
 };
+
+// d (+)= A (64 x 16, descriptor desc_a) * B (16 x 32, descriptor desc_b),
+// both operands K-major in shared memory; d is overwritten when accumulate
+// is 0.
+__device__ __forceinline__ void WgmmaSs32(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
+                                          int accumulate) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#endif
+}
 
 // d (+)= A (64 x 16, descriptor desc_a) * B (16 x 64, descriptor desc_b),
 // both operands K-major in shared memory; d is overwritten when accumulate

@@ -55,7 +55,7 @@ enum class AttentionKernel : uint8_t {
   kPrefillMmaSync = 3,  // kPrefill's mma.sync kernel, even where the Hopper one runs
   // The Hopper prefill over FP16 images of K / V made by a first pass
   // (src/attention_prefill_images.cu): compute capability 9.0, head dims
-  // padding to 64, 128 and 256; not kAuto's choice until measured on an
+  // padding to 64, 128, 256 and 512; not kAuto's choice until measured on an
   // H200. Its workspace holds the images, FP16 copies of K and V (2 bytes an
   // element against the cache's 1) for as many kv heads as fit in 256 MiB
   // (at least one).
