@@ -2,9 +2,10 @@
 // (plume/kernels/kv_layout.h), on the GPU. One launcher, one dispatch point
 // (src/attention_dispatch.cu). The kernels live by family: the decodes in
 // src/attention_decode*.cuh, the combine in src/attention_combine.cuh, the
-// flash prefills in src/attention_prefill.cu (mma.sync) and
-// src/attention_prefill_wgmma.cu (Hopper), and the older prefill in
-// src/attention_prefill_fallback.cuh.
+// flash prefills in src/attention_prefill.cu (mma.sync),
+// src/attention_prefill_wgmma.cu (Hopper) and src/attention_prefill_images.cu
+// (Hopper, over FP16 images of K / V; kPrefillImages), and the older prefill
+// in src/attention_prefill_fallback.cuh.
 // The math is the CPU reference's (plume/reference/attention.h): query head h
 // reads kv head h / (heads / kv_heads); causal queries are the last q_len
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
