@@ -84,15 +84,14 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   const int num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
 
   bool prefill = false;
-  const bool forced = p.kernel == AttentionKernel::kPrefill || p.kernel == AttentionKernel::kPrefillMmaSync ||
-                      p.kernel == AttentionKernel::kPrefillImages;
-  if (p.kernel == AttentionKernel::kPrefillImages) {  // that kernel or nothing
+  if (p.kernel == AttentionKernel::kPrefillImages) {  // that kernel or nothing, any q_len
     if (!PrefillImagesAvailable(kd, device)) return cudaErrorNotSupported;
     pl.prefill = pl.img = true;
     pl.total = std::max<int64_t>(256, PrefillImagesWorkspaceBytes(p, kd));
     *out = pl;
     return cudaSuccess;
   }
+  const bool forced = p.kernel == AttentionKernel::kPrefill || p.kernel == AttentionKernel::kPrefillMmaSync;
   if (p.kernel != AttentionKernel::kDecode && (forced || p.q_len > kAttentionDecodeMaxQ)) {
     // The flash prefills (attention_prefill*.cu) first: Hopper's, then mma.sync.
     pl.wg = p.kernel != AttentionKernel::kPrefillMmaSync && PrefillWgmmaAvailable(kd, device);

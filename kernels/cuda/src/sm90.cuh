@@ -1,5 +1,5 @@
 // Hopper building blocks shared by the sm_90a kernels (gemv_wgmma.cu,
-// attention_prefill_wgmma.cuh): mbarriers, bulk copies into shared memory,
+// attention_prefill_wgmma.cu, attention_prefill_images.cuh): mbarriers, bulk copies into shared memory,
 // the proxy fence, named barriers and the warp-group register split. Valid
 // only in code compiled for sm_90 and up.
 #pragma once
