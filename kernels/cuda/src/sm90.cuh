@@ -1,7 +1,8 @@
 // Hopper building blocks shared by the sm_90a kernels (gemv_wgmma.cu,
-// attention_prefill_wgmma.cu, attention_prefill_images.cuh): mbarriers, bulk copies into shared memory,
-// the proxy fence, named barriers and the warp-group register split. Valid
-// only in code compiled for sm_90 and up.
+// attention_prefill_wgmma.cu, attention_prefill_images.cuh): mbarriers, bulk
+// copies into shared memory, the proxy fences, named barriers and the
+// warp-group register split. Valid only in code compiled for sm_90 and up;
+// tests/emu/emu_sm90.h stands in for them on the CPU.
 #pragma once
 
 #include <cstdint>
