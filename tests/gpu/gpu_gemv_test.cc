@@ -84,7 +84,7 @@ struct TestMatrix {
   // After editing words on the host.
   bool Upload() {
     std::vector<float> tmp(static_cast<size_t>(rows * cols));
-    ref::Dequantize({words.data(), scales.data(), {rows, cols}, format, mode}, tmp.data());
+    ref::Dequantize({words.data(), scales.data(), rows, cols, format, mode}, tmp.data());
     deq.assign(tmp.begin(), tmp.end());
     return ToDevice(d_words, words) && ToDevice(d_scales, scales) &&
            cudaMemset(d_any_nan.get(), 0, sizeof(int)) == cudaSuccess &&

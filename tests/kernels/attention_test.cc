@@ -60,7 +60,7 @@ struct Built {
   HostKvCache cache;
   std::vector<float> k, v, q;  // sources
   std::vector<float> kd, vd;   // dequantized cache
-  ref::AttentionParams p;
+  AttentionQueries p;  // shape, scale and mask; q and out set per call
 };
 
 Built Build(const Case& c, int64_t piece = 0) {
@@ -85,19 +85,33 @@ Built Build(const Case& c, int64_t piece = 0) {
   b.kd.resize(b.k.size());
   b.vd.resize(b.v.size());
   ref::KvDequantize(b.cache.view(), b.kd.data(), b.vd.data());
-  b.p = {c.batch, c.heads, c.q_len, float(1.0 / std::sqrt(double(c.dim))), c.causal};
+  b.p.batch = c.batch;
+  b.p.heads = c.heads;
+  b.p.q_len = c.q_len;
+  b.p.scale = float(1.0 / std::sqrt(double(c.dim)));
+  b.p.causal = c.causal;
   return b;
+}
+
+// b's problem with queries q of qt and the output out of ot.
+AttentionProblem Problem(const Built& b, const void* q, DType qt, void* out, DType ot) {
+  AttentionProblem p{b.cache.view(), b.p};
+  p.q = q;
+  p.q_dtype = qt;
+  p.out = out;
+  p.out_dtype = ot;
+  return p;
 }
 
 std::vector<double> Reference(const Built& b) {
   std::vector<double> out(b.q.size(), std::nan(""));
-  ref::AttentionReference(b.cache.view(), b.q.data(), b.p, out.data());
+  ref::AttentionReference(Problem(b, b.q.data(), DType::kF32, nullptr, DType::kF32), out.data());
   return out;
 }
 
-std::vector<float> Fast(const Built& b) {
+std::vector<float> Fast(const Built& b, ThreadPool* pool = nullptr) {
   std::vector<float> out(b.q.size(), std::numeric_limits<float>::quiet_NaN());  // poisoned
-  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, out.data());
+  ref::Attention(Problem(b, b.q.data(), DType::kF32, out.data(), DType::kF32), pool);
   return out;
 }
 
@@ -280,12 +294,12 @@ TEST(Attention, TypedQueriesAndOutputs) {
   const int64_t n = int64_t(b.q.size());
   // F16 output.
   std::vector<uint16_t> h(static_cast<size_t>(n));
-  ref::Attention(b.cache.view(), b.q.data(), DType::kF32, b.p, h.data(), DType::kF16);
+  ref::Attention(Problem(b, b.q.data(), DType::kF32, h.data(), DType::kF16));
   std::vector<float> hf(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) hf[size_t(i)] = HalfBitsToFloat(h[size_t(i)]);
   EXPECT_LE(RelL2(hf, want), 1e-3);
   // BF16 output.
-  ref::Attention(b.cache.view(), b.q.data(), DType::kF32, b.p, h.data(), DType::kBF16);
+  ref::Attention(Problem(b, b.q.data(), DType::kF32, h.data(), DType::kBF16));
   for (int64_t i = 0; i < n; ++i) hf[size_t(i)] = Bf16BitsToFloat(h[size_t(i)]);
   EXPECT_LE(RelL2(hf, want), 8e-3);
   // F16 queries: the same as F32 queries rounded to F16.
@@ -296,7 +310,7 @@ TEST(Attention, TypedQueriesAndOutputs) {
     br.q[size_t(i)] = HalfBitsToFloat(qh[size_t(i)]);
   }
   std::vector<float> out(static_cast<size_t>(n));
-  ref::Attention(b.cache.view(), qh.data(), DType::kF16, b.p, out.data(), DType::kF32);
+  ref::Attention(Problem(b, qh.data(), DType::kF16, out.data(), DType::kF32));
   EXPECT_EQ(out, Fast(br));
 }
 
@@ -307,9 +321,7 @@ TEST(Attention, ExplicitPoolAndDefaultPoolAgree) {
   c.batch = 4;
   const Built b = Build(c);
   ThreadPool pool(3);
-  std::vector<float> a(b.q.size()), d(b.q.size());
-  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, a.data(), &pool);
-  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, d.data());
+  const std::vector<float> a = Fast(b, &pool), d = Fast(b);
   EXPECT_EQ(a, d);  // each row is computed by one task, in one order
 }
 

@@ -33,7 +33,7 @@ struct Quantized {
   std::vector<float> deq;  // rows * cols
   Fp8Format f;
   ScaleMode m;
-  ref::MatrixView view() const { return {words.data(), scales.data(), l, f, m}; }
+  MatrixView view() const { return {words.data(), scales.data(), l.rows, l.cols, f, m}; }
 };
 
 Quantized MakeMatrix(int64_t rows, int64_t cols, Fp8Format f, ScaleMode m, uint32_t seed) {
@@ -267,7 +267,7 @@ TEST(Gemv, TypedAllDtypes) {
             for (DType yt : yts) {
               const int64_t n = batch * s.rows;
               std::vector<uint8_t> yb(n * DTypeSize(yt) + 8, 0xFF);  // NaN in F32, F16 and BF16
-              ref::Gemv(q.view(), xb.data(), xt, x_scale, batch, yb.data(), yt);
+              ref::Gemv({q.view(), {xb.data(), xt, x_scale, batch, yb.data(), yt}});
               std::vector<float> y(n);
               ref::ToFloat(yb.data(), yt, 1.0f, n, y.data());
               for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(y[i])) << i;

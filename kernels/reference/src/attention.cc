@@ -132,7 +132,7 @@ const uint8_t* Row(const KvCacheView& c, bool is_v, int64_t head, int64_t token)
 }
 
 // The number of cache tokens query i may see.
-int64_t VisibleTokens(const KvCacheView& c, const AttentionParams& p, int64_t i) {
+int64_t VisibleTokens(const KvCacheView& c, const AttentionQueries& p, int64_t i) {
   return p.causal ? c.seq - p.q_len + i + 1 : c.seq;
 }
 
@@ -219,9 +219,17 @@ void KvDequantize(const KvCacheView& c, float* k, float* v) {
     }
 }
 
-void AttentionReference(const KvCacheView& c, const float* q, const AttentionParams& p,
-                        double* out) {
+void AttentionReference(const AttentionProblem& p, double* out) {
+  const KvCacheView& c = p;
   const KvLayout& l = c.layout;
+  std::vector<float> qf;
+  const float* q = static_cast<const float*>(p.q);
+  if (p.q_dtype != DType::kF32) {
+    const int64_t n = p.batch * p.heads * p.q_len * l.head_dim;
+    qf.resize(static_cast<size_t>(n));
+    ToFloat(p.q, p.q_dtype, 1.0f, n, qf.data());
+    q = qf.data();
+  }
   const int64_t dim = l.head_dim, group = p.heads / l.kv_heads;
   auto body = [&](int64_t h0, int64_t h1) {
     std::vector<double> kd(static_cast<size_t>(c.seq * dim)), vd(kd.size()), s(static_cast<size_t>(c.seq));
@@ -268,7 +276,7 @@ constexpr int64_t kRowsPerTask = 8;
 struct F32Task {
   const KvCacheView* c;
   const float* q;
-  const AttentionParams* p;
+  const AttentionQueries* p;
   float* out;
 };
 
@@ -290,7 +298,7 @@ float Dot(const float* q, const float* k, int64_t n) {
 // Rows [r0, r1) of kv head kvh's rows, ordered (batch, head in group, i).
 void RunRows(const F32Task& a, int64_t kvh, int64_t r0, int64_t r1) {
   const KvCacheView& c = *a.c;
-  const AttentionParams& p = *a.p;
+  const AttentionQueries& p = *a.p;
   const KvLayout& l = c.layout;
   const int64_t dim = l.head_dim, group = p.heads / l.kv_heads;
   const int64_t nr = r1 - r0;
@@ -357,9 +365,10 @@ void RunRows(const F32Task& a, int64_t kvh, int64_t r0, int64_t r1) {
   }
 }
 
-}  // namespace
-
-void AttentionF32(const KvCacheView& c, const float* q, const AttentionParams& p, float* out,
+// The fast path: FP32 online softmax over page tiles; each page's K/V rows are
+// decoded once per kv head for all the query rows that share it (GQA groups,
+// batch and q_len). F32 queries and outputs (Attention converts).
+void AttentionF32(const KvCacheView& c, const float* q, const AttentionQueries& p, float* out,
                   ThreadPool* pool) {
   const KvLayout& l = c.layout;
   if (p.batch <= 0 || p.heads <= 0 || p.q_len <= 0 || c.seq <= 0) return;
@@ -381,23 +390,25 @@ void AttentionF32(const KvCacheView& c, const float* q, const AttentionParams& p
   }
 }
 
-void Attention(const KvCacheView& c, const void* q, DType q_dtype, const AttentionParams& p,
-               void* out, DType out_dtype, ThreadPool* pool) {
+}  // namespace
+
+void Attention(const AttentionProblem& p, ThreadPool* pool) {
+  const KvCacheView& c = p;
   const int64_t n = p.batch * p.heads * p.q_len * c.layout.head_dim;
   std::vector<float> qf;
-  const float* qs = static_cast<const float*>(q);
-  if (q_dtype != DType::kF32) {
+  const float* qs = static_cast<const float*>(p.q);
+  if (p.q_dtype != DType::kF32) {
     qf.resize(static_cast<size_t>(n));
-    ToFloat(q, q_dtype, 1.0f, n, qf.data());
+    ToFloat(p.q, p.q_dtype, 1.0f, n, qf.data());
     qs = qf.data();
   }
-  if (out_dtype == DType::kF32) {
-    AttentionF32(c, qs, p, static_cast<float*>(out), pool);
+  if (p.out_dtype == DType::kF32) {
+    AttentionF32(c, qs, p, static_cast<float*>(p.out), pool);
     return;
   }
   std::vector<float> of(static_cast<size_t>(n));
   AttentionF32(c, qs, p, of.data(), pool);
-  FromFloat(of.data(), n, out_dtype, out);
+  FromFloat(of.data(), n, p.out_dtype, p.out);
 }
 
 }  // namespace ref

@@ -142,7 +142,7 @@ void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
 }
 
 void Dequantize(const MatrixView& w, float* out) {
-  const PackedLayout& l = w.layout;
+  const PackedLayout l = w.layout();
   for (int64_t r = 0; r < l.rows; ++r)
     for (int64_t c = 0; c < l.cols; ++c)
       out[r * l.cols + c] = fp8::Decode(CodeAt(w.words, l, r, c), w.format) *
@@ -230,7 +230,7 @@ struct KScalar {
 };
 }  // namespace
 
-void GemvRowsScalar(const GemvArgs& a, int64_t r0, int64_t r1) { DriveRows<KScalar>(a, r0, r1); }
+void GemvRowsScalar(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<KScalar>(a, r0, r1); }
 }  // namespace detail
 
 namespace internal {
@@ -283,7 +283,7 @@ Isa BestIsa() {
 
 void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
                 ThreadPool* pool) {
-  const PackedLayout& l = w.layout;
+  const PackedLayout l = w.layout();
   if (l.rows <= 0 || batch <= 0) return;
   if (w.scale_mode == ScaleMode::kBlock128x128) {
     // Served as BLOCK128 (ResidentScaleMode): each row takes its band's
@@ -299,15 +299,11 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
   // Larger batches are FMA-bound: the decode is shared by the batch tile, and
   // the shift-decode kernel keeps fewer registers live (see NOTES.md).
   if (isa == Isa::kAvx512Vbmi && batch > detail::kVbmiMaxBatch) isa = Isa::kAvx512;
-  detail::GemvArgs a;
+  detail::PaddedGemv a;
+  a.w = w;
   a.codes = reinterpret_cast<const uint8_t*>(w.words);
-  a.rows = l.rows;
-  a.cols = l.cols;
   a.pc = l.padded_cols();
   a.nblk = l.blocks_per_row();
-  a.scales = w.scales;
-  a.mode = w.scale_mode;
-  a.fmt = w.format;
   a.batch = batch;
   a.y = y;
   // Zero-padded copy of x, so kernels can read full padded rows (the padding
@@ -340,23 +336,23 @@ void GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y, Threa
   internal::GemvF32Isa(internal::BestIsa(), w, x, batch, y, pool);
 }
 
-void Gemv(const MatrixView& w, const void* x, DType x_dtype, float x_scale, int64_t batch, void* y,
-          DType y_dtype, ThreadPool* pool) {
-  const int64_t rows = w.layout.rows, cols = w.layout.cols;
+void Gemv(const GemvProblem& p, ThreadPool* pool) {
+  const MatrixView& w = p;
+  const int64_t rows = p.rows, cols = p.cols, batch = p.batch;
   std::vector<float> xf;
-  const float* xs = static_cast<const float*>(x);
-  if (x_dtype != DType::kF32) {
+  const float* xs = static_cast<const float*>(p.x);
+  if (p.x_dtype != DType::kF32) {
     xf.resize(static_cast<size_t>(batch * cols));
-    ToFloat(x, x_dtype, x_scale, batch * cols, xf.data());
+    ToFloat(p.x, p.x_dtype, p.x_scale, batch * cols, xf.data());
     xs = xf.data();
   }
-  if (y_dtype == DType::kF32) {
-    GemvF32(w, xs, batch, static_cast<float*>(y), pool);
+  if (p.y_dtype == DType::kF32) {
+    GemvF32(w, xs, batch, static_cast<float*>(p.y), pool);
     return;
   }
   std::vector<float> yf(static_cast<size_t>(batch * rows));
   GemvF32(w, xs, batch, yf.data(), pool);
-  FromFloat(yf.data(), batch * rows, y_dtype, y);
+  FromFloat(yf.data(), batch * rows, p.y_dtype, p.y);
 }
 
 const char* GemvIsa() { return internal::IsaName(internal::BestIsa()); }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "plume/kernels/layout.h"
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume {
@@ -18,15 +19,6 @@ struct QuantizeOptions {
   Fp8Format format = Fp8Format::kE4M3;
   ScaleMode scale_mode = ScaleMode::kRow;
   bool saturate = true;
-};
-
-// A packed FP8 matrix (read-only view).
-struct MatrixView {
-  const uint32_t* words = nullptr;  // layout.total_words() words
-  const float* scales = nullptr;    // NumScales(scale_mode, rows, cols) floats
-  PackedLayout layout;
-  Fp8Format format = Fp8Format::kE4M3;
-  ScaleMode scale_mode = ScaleMode::kNone;
 };
 
 // Computes the FP32 scales of a row-major float matrix for `mode`:
@@ -64,11 +56,10 @@ void Dequantize(const MatrixView& w, float* out);
 void GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y,
              ThreadPool* pool = nullptr);
 
-// The same GEMV with typed activations and outputs: x_dtype F32/F16/BF16/E4M3/E5M2
-// (FP8 inputs are multiplied by x_scale), y_dtype F32/F16/BF16 (rounded to
-// nearest-even).
-void Gemv(const MatrixView& w, const void* x, DType x_dtype, float x_scale, int64_t batch, void* y,
-          DType y_dtype, ThreadPool* pool = nullptr);
+// The same GEMV with typed activations and outputs (GemvVectors: FP8 inputs
+// are multiplied by x_scale, F16/BF16 outputs rounded to nearest-even).
+// Host memory.
+void Gemv(const GemvProblem& p, ThreadPool* pool = nullptr);
 
 // Converts n elements of `dtype` to float (FP8 codes multiplied by `scale`).
 void ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst);
