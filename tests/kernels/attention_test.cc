@@ -340,4 +340,43 @@ TEST(KvLayout, PagesAreAlignedAndSized) {
   }
 }
 
+// Values outside their enums are refused, with nothing written, rather than
+// run as another format, K/V scale mode or dtype.
+TEST(Attention, RefusesValuesItDoesNotKnow) {
+  Case c;
+  c.seq = 40;
+  const Built b = Build(c);
+  const size_t n = b.q.size();
+  std::vector<float> out(n, -7.0f);
+  ASSERT_TRUE(ref::Attention(Problem(b, b.q.data(), DType::kF32, out.data(), DType::kF32)));
+  ASSERT_NE(out[0], -7.0f);  // a baseline that writes
+  auto refused = [&](AttentionProblem p, const char* what) {
+    std::vector<float> o(n, -7.0f);
+    p.out = o.data();
+    EXPECT_FALSE(ref::Attention(p)) << what;
+    for (float v : o) ASSERT_EQ(v, -7.0f) << what;
+  };
+  const AttentionProblem good = Problem(b, b.q.data(), DType::kF32, nullptr, DType::kF32);
+  AttentionProblem p = good;
+  p.format = static_cast<Fp8Format>(9);
+  refused(p, "format 9");
+  p = good;
+  p.layout.scale_mode = static_cast<KvScaleMode>(9);
+  refused(p, "K/V scale mode 9");
+  p = good;
+  p.q_dtype = DType::kE4M3;
+  refused(p, "FP8 queries");
+  p = good;
+  p.out_dtype = DType::kE5M2;
+  refused(p, "FP8 output");
+  p = good;
+  p.out_dtype = static_cast<DType>(0);
+  refused(p, "output dtype 0");
+  std::vector<double> want(n, -7.0);
+  p = good;
+  p.format = static_cast<Fp8Format>(9);
+  EXPECT_FALSE(ref::AttentionReference(p, want.data()));
+  for (double v : want) ASSERT_EQ(v, -7.0);
+}
+
 }  // namespace

@@ -311,4 +311,65 @@ TEST(Gemv, ConcurrentCallersShareAPool) {
   EXPECT_EQ(mismatches.load(), 0);
 }
 
+// Values outside their enums are refused, with nothing written, rather than
+// run as another format, scale mode or dtype.
+TEST(Gemv, RefusesValuesItDoesNotKnow) {
+  const Quantized q = MakeMatrix(5, 40, Fp8Format::kE4M3, ScaleMode::kRow, 7);
+  const std::vector<float> x = RandomX(2 * 40, 8);
+  const GemvProblem good{q.view(), {x.data(), DType::kF32, 1.0f, 2, nullptr, DType::kF32}};
+  std::vector<float> y(2 * 5, 0.0f);
+  GemvProblem p = good;
+  p.y = y.data();
+  ASSERT_TRUE(ref::Gemv(p));
+  ASSERT_NE(y[0], 0.0f);  // a baseline that writes
+  auto refused = [&](GemvProblem bad, const char* what) {
+    std::vector<float> out(2 * 5, -7.0f);
+    bad.y = out.data();
+    EXPECT_FALSE(ref::Gemv(bad)) << what;
+    for (float v : out) ASSERT_EQ(v, -7.0f) << what;
+  };
+  p = good;
+  p.format = static_cast<Fp8Format>(9);
+  refused(p, "format 9");
+  p = good;
+  p.scale_mode = static_cast<ScaleMode>(77);
+  refused(p, "scale mode 77");
+  p = good;
+  p.x_dtype = static_cast<DType>(0);
+  refused(p, "x dtype 0");
+  p = good;
+  p.y_dtype = DType::kE4M3;
+  refused(p, "FP8 results");
+  p = good;
+  p.y_dtype = static_cast<DType>(9);
+  refused(p, "y dtype 9");
+
+  std::vector<float> out(2 * 5, -7.0f);
+  MatrixView w = q.view();
+  w.format = static_cast<Fp8Format>(9);
+  EXPECT_FALSE(ref::GemvF32(w, x.data(), 2, out.data()));
+  EXPECT_FALSE(ref::internal::GemvF32Isa(static_cast<Isa>(9), q.view(), x.data(), 2, out.data(), nullptr));
+  EXPECT_FALSE(ref::Dequantize(w, out.data()));
+  for (float v : out) ASSERT_EQ(v, -7.0f);
+
+  const std::vector<float> src = RandomX(5 * 40, 9);
+  std::vector<uint32_t> words(q.words.size(), 0xAAAAAAAAu);
+  std::vector<float> scales(5, -7.0f);
+  EXPECT_FALSE(ref::QuantizePack(src.data(), DType::kE4M3, 5, 40, {Fp8Format::kE4M3, ScaleMode::kRow, true},
+                                 words.data(), scales.data()));
+  EXPECT_FALSE(ref::QuantizePack(src.data(), DType::kF32, 5, 40, {static_cast<Fp8Format>(9), ScaleMode::kRow, true},
+                                 words.data(), scales.data()));
+  EXPECT_FALSE(ref::QuantizePack(src.data(), DType::kF32, 5, 40, {Fp8Format::kE4M3, static_cast<ScaleMode>(0), true},
+                                 words.data(), scales.data()));
+  EXPECT_FALSE(ref::ComputeScales(src.data(), 5, 40, static_cast<ScaleMode>(0), Fp8Format::kE4M3, scales.data()));
+  for (uint32_t v : words) ASSERT_EQ(v, 0xAAAAAAAAu);
+  for (float v : scales) ASSERT_EQ(v, -7.0f);
+
+  EXPECT_FALSE(ref::ToFloat(x.data(), static_cast<DType>(9), 1.0f, 4, out.data()));
+  EXPECT_FALSE(ref::FromFloat(x.data(), 4, DType::kE5M2, out.data()));
+  EXPECT_FALSE(ref::FromFloat(x.data(), 4, static_cast<DType>(9), out.data()));
+  for (float v : out) ASSERT_EQ(v, -7.0f);
+  EXPECT_STREQ(ref::internal::IsaName(static_cast<Isa>(9)), "unknown");
+}
+
 }  // namespace

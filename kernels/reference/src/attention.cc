@@ -131,6 +131,17 @@ const uint8_t* Row(const KvCacheView& c, bool is_v, int64_t head, int64_t token)
   return page + (is_v ? c.layout.v_row_offset(head, t) : c.layout.k_row_offset(head, t));
 }
 
+// Whether p holds only values the code paths here are chosen for (a cast
+// from a wire or file value may be anything).
+bool Known(const AttentionProblem& p, bool typed_out) {
+  auto wide = [](DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; };
+  const KvScaleMode m = p.layout.scale_mode;
+  return (p.format == Fp8Format::kE4M3 || p.format == Fp8Format::kE5M2) &&
+         (m == KvScaleMode::kNone || m == KvScaleMode::kTensor || m == KvScaleMode::kHead ||
+          m == KvScaleMode::kTokenBlock) &&
+         wide(p.q_dtype) && (!typed_out || wide(p.out_dtype));
+}
+
 // The number of cache tokens query i may see.
 int64_t VisibleTokens(const KvCacheView& c, const AttentionQueries& p, int64_t i) {
   return p.causal ? c.seq - p.q_len + i + 1 : c.seq;
@@ -219,7 +230,8 @@ void KvDequantize(const KvCacheView& c, float* k, float* v) {
     }
 }
 
-void AttentionReference(const AttentionProblem& p, double* out) {
+bool AttentionReference(const AttentionProblem& p, double* out) {
+  if (!Known(p, false)) return false;
   const KvCacheView& c = p;
   const KvLayout& l = c.layout;
   std::vector<float> qf;
@@ -266,6 +278,7 @@ void AttentionReference(const AttentionProblem& p, double* out) {
     }
   };
   ThreadPool::Default().ParallelFor(l.kv_heads, 1, body);
+  return true;
 }
 
 namespace {
@@ -392,7 +405,8 @@ void AttentionF32(const KvCacheView& c, const float* q, const AttentionQueries& 
 
 }  // namespace
 
-void Attention(const AttentionProblem& p, ThreadPool* pool) {
+bool Attention(const AttentionProblem& p, ThreadPool* pool) {
+  if (!Known(p, true)) return false;
   const KvCacheView& c = p;
   const int64_t n = p.batch * p.heads * p.q_len * c.layout.head_dim;
   std::vector<float> qf;
@@ -404,11 +418,11 @@ void Attention(const AttentionProblem& p, ThreadPool* pool) {
   }
   if (p.out_dtype == DType::kF32) {
     AttentionF32(c, qs, p, static_cast<float*>(p.out), pool);
-    return;
+    return true;
   }
   std::vector<float> of(static_cast<size_t>(n));
   AttentionF32(c, qs, p, of.data(), pool);
-  FromFloat(of.data(), n, p.out_dtype, p.out);
+  return FromFloat(of.data(), n, p.out_dtype, p.out);
 }
 
 }  // namespace ref

@@ -91,15 +91,20 @@ void DriveRowsT(const PaddedGemv& a, int64_t r0, int64_t r1) {
   }
 }
 
+// a.w's format and scale mode were checked by GemvF32Isa (NONE, TENSOR, ROW
+// or BLOCK128 here); a format outside the enum runs nothing.
 template <class K>
 void DriveRows(const PaddedGemv& a, int64_t r0, int64_t r1) {
   const bool block = a.w.scale_mode == ScaleMode::kBlock128;
-  if (a.w.format == Fp8Format::kE4M3) {
-    block ? DriveRowsT<K, Fp8Format::kE4M3, true>(a, r0, r1)
-          : DriveRowsT<K, Fp8Format::kE4M3, false>(a, r0, r1);
-  } else {
-    block ? DriveRowsT<K, Fp8Format::kE5M2, true>(a, r0, r1)
-          : DriveRowsT<K, Fp8Format::kE5M2, false>(a, r0, r1);
+  switch (a.w.format) {
+    case Fp8Format::kE4M3:
+      block ? DriveRowsT<K, Fp8Format::kE4M3, true>(a, r0, r1)
+            : DriveRowsT<K, Fp8Format::kE4M3, false>(a, r0, r1);
+      return;
+    case Fp8Format::kE5M2:
+      block ? DriveRowsT<K, Fp8Format::kE5M2, true>(a, r0, r1)
+            : DriveRowsT<K, Fp8Format::kE5M2, false>(a, r0, r1);
+      return;
   }
 }
 

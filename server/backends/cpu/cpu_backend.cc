@@ -19,6 +19,13 @@
 namespace plume::core {
 namespace {
 
+// A call with a value outside its enum (core validates first, so only a
+// direct caller gets here): refused, never run as another value.
+absl::Status Unknown(const char* what, const char* which) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("cpu backend: cannot ", what, ": ", which, " are not ones it knows"));
+}
+
 // Resident memory of 16 KiB or more is mapped on its own, page by page,
 // rather than taken from the malloc heap: a matrix lives long, and one
 // allocated among a request's short-lived buffers would pin the heap's top,
@@ -148,8 +155,10 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::Quantize(const Matrix
   auto m = CpuMatrix::Allocate(shape);
   if (!m.ok()) return m.status();
   ref::QuantizeOptions opts{shape.format, shape.scale_mode, shape.saturate};
-  ref::QuantizePack(src, src_dtype, shape.rows, shape.cols, opts, (*m)->words(), (*m)->scales(),
-                    pool_.get());
+  if (!ref::QuantizePack(src, src_dtype, shape.rows, shape.cols, opts, (*m)->words(),
+                         (*m)->scales(), pool_.get())) {
+    return Unknown("quantize", "the source dtype, format or scale mode");
+  }
   return std::unique_ptr<BackendMatrix>(std::move(*m));
 }
 
@@ -167,8 +176,11 @@ class CpuRowQuantizer final : public RowQuantizer {
     const int64_t words_per_row = s.layout().words_per_row();
     const int64_t scales_per_row = s.num_scales() / s.rows;
     ref::QuantizeOptions opts{s.format, s.scale_mode, s.saturate};
-    ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + row0 * words_per_row,
-                      scales_per_row > 0 ? m_->scales() + row0 * scales_per_row : nullptr, pool_);
+    if (!ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + row0 * words_per_row,
+                           scales_per_row > 0 ? m_->scales() + row0 * scales_per_row : nullptr,
+                           pool_)) {
+      return Unknown("quantize", "the source dtype, format or scale mode");
+    }
     return absl::OkStatus();
   }
 
@@ -273,7 +285,7 @@ absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const int64_t rows = m.shape().rows;
   GemvProblem p{m.view(), args};
   if (args.y_stride == 0 || args.y_stride == rows || args.batch == 1) {
-    ref::Gemv(p, pool_.get());
+    if (!ref::Gemv(p, pool_.get())) return Unknown("run a GEMV", "the dtypes, format or scale mode");
     return absl::OkStatus();
   }
   // A strided result (a row shard): packed first, then spread out.
@@ -285,7 +297,7 @@ absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
     return absl::ResourceExhaustedError("cpu backend: cannot stage the GEMV's results");
   }
   p.y = packed.data();
-  ref::Gemv(p, pool_.get());
+  if (!ref::Gemv(p, pool_.get())) return Unknown("run a GEMV", "the dtypes, format or scale mode");
   const size_t stride_bytes = static_cast<size_t>(args.y_stride * DTypeSize(args.y_dtype));
   for (int64_t b = 0; b < args.batch; ++b) {
     std::memcpy(static_cast<char*>(args.y) + b * stride_bytes, packed.data() + b * row_bytes,
@@ -308,8 +320,10 @@ absl::Status CpuBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& arg
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("cpu backend: cannot stage ", n, " K/V values"));
   }
-  ref::ToFloat(args.k, args.src_dtype, 1.0f, n, k.data());
-  ref::ToFloat(args.v, args.src_dtype, 1.0f, n, v.data());
+  if (!ref::ToFloat(args.k, args.src_dtype, 1.0f, n, k.data()) ||
+      !ref::ToFloat(args.v, args.src_dtype, 1.0f, n, v.data())) {
+    return Unknown("append to a K/V cache", "the source dtype");
+  }
   if (!c.Append(k.data(), v.data(), args.tokens)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "cpu backend: cannot allocate the pages of ", args.tokens, " more tokens"));
@@ -319,7 +333,9 @@ absl::Status CpuBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& arg
 
 absl::Status CpuBackend::Attention(const BackendKvCache& cache, const AttentionArgs& args) {
   const auto& c = static_cast<const CpuKvCache&>(cache).cache();
-  ref::Attention(AttentionProblem{c.view(), args}, pool_.get());
+  if (!ref::Attention(AttentionProblem{c.view(), args}, pool_.get())) {
+    return Unknown("run attention", "the dtypes, format or K/V scale mode");
+  }
   return absl::OkStatus();
 }
 

@@ -89,14 +89,17 @@ class HostKvCache {
 // FP64 reference: dequantizes in double, two-pass max-subtracted softmax,
 // FP64 sums. Writes doubles of p's output shape to `out`; p.out and
 // p.out_dtype are not used. Queries of any q_dtype are widened exactly.
-void AttentionReference(const AttentionProblem& p, double* out);
+// False, with nothing written, for a format, K/V scale mode or query dtype
+// outside its enum.
+bool AttentionReference(const AttentionProblem& p, double* out);
 
 // The fast path the CPU backend serves: FP32 online softmax over page tiles;
 // each page's K/V rows are decoded once per kv head for all the query rows
 // that share it (GQA groups, batch and q_len). Typed queries (F32/F16/BF16)
 // and outputs (F32/F16/BF16, RNE). Relative L2 error against
 // AttentionReference <= 1e-5 for F32 outputs (tests/kernels/attention_test.cc).
-// Host memory. pool == nullptr: ThreadPool::Default().
-void Attention(const AttentionProblem& p, ThreadPool* pool = nullptr);
+// Host memory. pool == nullptr: ThreadPool::Default(). False, with nothing
+// written, for a format, K/V scale mode or dtype outside its enum.
+bool Attention(const AttentionProblem& p, ThreadPool* pool = nullptr);
 
 }  // namespace plume::ref
