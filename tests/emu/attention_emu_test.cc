@@ -20,6 +20,7 @@
 #include <random>
 
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 
 namespace plume::cuda {
 namespace {
@@ -69,7 +70,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
   p.out = out.data();
   p.out_dtype = DType::kF32;
   std::vector<double> want(static_cast<size_t>(n));
-  ref::AttentionReference(p, want.data());
+  naive::Attention(p, want.data());
   const Dec dec = PickDec(s.format, s.path);
   const int kd = KernelDim(l.row_bytes());
   const int64_t rows = s.batch * (s.heads / s.kv_heads) * s.q_len;  // of one kv head

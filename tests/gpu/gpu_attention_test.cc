@@ -22,6 +22,7 @@
 #include "plume/cuda/attention.h"
 #include "plume/kernels/half.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/backends/cuda/cuda_backend.h"
 
@@ -105,7 +106,7 @@ float OutToFloat(const uint8_t* p, DType t, int64_t i) {
 
 // FP64 attention on the dequantized cache, the reference's definition
 // (plume/reference/attention.h), threaded over query rows so the big grid
-// stays fast. Checked against ref::AttentionReference below.
+// stays fast. Checked against naive::Attention below.
 // F32 queries [batch][heads][q_len][head_dim] at q.
 AttentionQueries F32Queries(const float* q, int64_t batch, int64_t heads, int64_t q_len, float scale,
                            bool causal) {
@@ -378,7 +379,7 @@ TEST(GpuAttention, ParallelReferenceMatchesTheLibraryReference) {
     const Queries q = MakeQueries(2 * 6 * 5 * 96, DType::kF32, 7);
     const AttentionQueries p = F32Queries(q.f.data(), 2, 6, 5, 0.1f, causal);
     std::vector<double> lib(q.f.size());
-    ref::AttentionReference({h.view(), p}, lib.data());
+    naive::Attention({h.view(), p}, lib.data());
     const auto mine = ParallelReference(h.view(), q.f, p);
     // Both accumulate in FP64, but the library rounds each dequantized K/V
     // value to FP32 first (code x scale), so they agree to ~1e-7 relative
@@ -536,7 +537,7 @@ TEST(GpuAttention, NanCodeInKGivesNanRows) {
     const Queries q = MakeQueries(n, DType::kF32, 9);
     const AttentionQueries rp = F32Queries(q.f.data(), 1, 4, q_len, 0.125f, true);
     std::vector<double> want(static_cast<size_t>(n));
-    ref::AttentionReference({host.view(), rp}, want.data());
+    naive::Attention({host.view(), rp}, want.data());
     void *d_q = nullptr, *d_out = nullptr, *ws = nullptr;
     ASSERT_EQ(cudaMalloc(&d_q, static_cast<size_t>(n) * 4), cudaSuccess);
     ASSERT_EQ(cudaMalloc(&d_out, static_cast<size_t>(n) * 4), cudaSuccess);

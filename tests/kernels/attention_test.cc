@@ -1,11 +1,12 @@
-// Attention over the paged FP8 K/V cache: KvAppend's quantization, the FP64
-// reference against a naive FP64 softmax(QK^T)V on the dequantized cache, and
-// the FP32 CPU path against the FP64 reference.
+// Attention over the paged FP8 K/V cache: KvAppend's quantization, the naive
+// reference (naive::Attention) against a test-local FP64 softmax(QK^T)V on the
+// dequantized cache, and the CPU backend's FP32 path (ref::Attention) against
+// the naive reference.
 //
 // Bounds (relative L2 over the whole output):
-//   reference vs naive FP64:      1e-6 (both FP64; the naive one reads KvDequantize's
+//   reference vs test-local FP64: 1e-6 (both FP64; the local one reads KvDequantize's
 //                                 floats, decode * scale rounded to FP32: 2^-24 relative)
-//   AttentionF32 vs reference:    1e-5 (F32 outputs); F16 outputs 1e-3, BF16 8e-3
+//   ref::Attention vs reference:  1e-5 (F32 outputs); F16 outputs 1e-3, BF16 8e-3
 //   dequantized cache vs source:  E4M3 0.05, E5M2 0.1 (FP8's own rounding)
 #include <gtest/gtest.h>
 
@@ -18,6 +19,7 @@
 #include "plume/kernels/half.h"
 #include "plume/kernels/kv_layout.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "plume/reference/thread_pool.h"
 #include "tests/common/attention_reference.h"
 #include "tests/common/gemv_reference.h"
@@ -105,7 +107,7 @@ AttentionProblem Problem(const Built& b, const void* q, DType qt, void* out, DTy
 
 std::vector<double> Reference(const Built& b) {
   std::vector<double> out(b.q.size(), std::nan(""));
-  ref::AttentionReference(Problem(b, b.q.data(), DType::kF32, nullptr, DType::kF32), out.data());
+  naive::Attention(Problem(b, b.q.data(), DType::kF32, nullptr, DType::kF32), out.data());
   return out;
 }
 
@@ -375,7 +377,7 @@ TEST(Attention, RefusesValuesItDoesNotKnow) {
   std::vector<double> want(n, -7.0);
   p = good;
   p.format = static_cast<Fp8Format>(9);
-  EXPECT_FALSE(ref::AttentionReference(p, want.data()));
+  EXPECT_FALSE(naive::Attention(p, want.data()));
   for (double v : want) ASSERT_EQ(v, -7.0);
 }
 

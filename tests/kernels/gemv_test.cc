@@ -1,5 +1,7 @@
-// GemvF32 and the typed Gemv against an FP64 reference computed on the
-// Dequantize()d matrix, on every ISA path this CPU supports.
+// GemvF32 and the typed Gemv (the CPU backend's kernels) against the naive
+// FP64 reference (naive::Gemv, which shares no code with them beyond the
+// codec), on every ISA path this CPU supports; and the naive reference itself
+// against FP64 on the Dequantize()d matrix.
 //
 // Bounds (relative L2 error over the whole output): 1e-5 for F32 outputs;
 // outputs rounded to F16 get 1e-3 (half a unit in the last place is 2^-11 ~
@@ -19,6 +21,7 @@
 #include "plume/kernels/half.h"
 #include "plume/reference/api.h"
 #include "plume/reference/internal.h"
+#include "plume/reference/naive.h"
 #include "plume/reference/thread_pool.h"
 
 namespace {
@@ -56,7 +59,15 @@ Quantized MakeMatrix(int64_t rows, int64_t cols, Fp8Format f, ScaleMode m, uint3
   return q;
 }
 
+// The naive reference: y = W x in FP64 for F32 x ([batch][cols]).
 std::vector<double> RefGemv(const Quantized& q, const std::vector<float>& x, int64_t batch) {
+  std::vector<double> y(static_cast<size_t>(batch * q.l.rows), std::nan(""));
+  EXPECT_TRUE(naive::Gemv({q.view(), {x.data(), DType::kF32, 1.0f, batch, nullptr, DType::kF32}}, y.data()));
+  return y;
+}
+
+// FP64 W x on the Dequantize()d matrix: what the naive reference is checked against.
+std::vector<double> DequantizedGemv(const Quantized& q, const std::vector<float>& x, int64_t batch) {
   const int64_t rows = q.l.rows, cols = q.l.cols;
   std::vector<double> y(batch * rows);
   for (int64_t b = 0; b < batch; ++b)
@@ -370,6 +381,50 @@ TEST(Gemv, RefusesValuesItDoesNotKnow) {
   EXPECT_FALSE(ref::FromFloat(x.data(), 4, static_cast<DType>(9), out.data()));
   for (float v : out) ASSERT_EQ(v, -7.0f);
   EXPECT_STREQ(ref::internal::IsaName(static_cast<Isa>(9)), "unknown");
+}
+
+// Relative L2 distance of two FP64 results; infinity when `want` is all zero
+// (a check that could not fail).
+double RelL2d(const std::vector<double>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : INFINITY;
+}
+
+// The naive reference against FP64 on the dequantized matrix (code x scale
+// rounded to FP32 there, so they agree to ~1e-7 relative), over every format
+// and scale mode, BLOCK128X128 included, and with FP8 activations.
+TEST(NaiveGemv, MatchesFp64OnTheDequantizedMatrix) {
+  uint32_t seed = 500;
+  for (Fp8Format f : kFormats)
+    for (ScaleMode m : {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128,
+                        ScaleMode::kBlock128x128})
+      for (Shape s : {Shape{7, 13}, Shape{33, 127}, Shape{130, 300}}) {
+        const Quantized q = MakeMatrix(s.rows, s.cols, f, m, ++seed);
+        const std::vector<float> x = RandomX(3 * s.cols, ++seed);
+        const std::vector<double> want = DequantizedGemv(q, x, 3), got = RefGemv(q, x, 3);
+        EXPECT_LE(RelL2d(got, want), 1e-6) << Name(f, m, s);
+        // FP8 activations: codes times x_scale, widened exactly.
+        const std::vector<uint8_t> xb = Encode(x, DType::kE4M3, 0.0625f);
+        std::vector<float> xf(x.size());
+        ref::ToFloat(xb.data(), DType::kE4M3, 0.0625f, static_cast<int64_t>(xf.size()), xf.data());
+        std::vector<double> y8(want.size());
+        ASSERT_TRUE(naive::Gemv({q.view(), {xb.data(), DType::kE4M3, 0.0625f, 3, nullptr, DType::kF32}},
+                                y8.data()));
+        EXPECT_LE(RelL2d(y8, DequantizedGemv(q, xf, 3)), 1e-6) << Name(f, m, s) << " e4m3 x";
+      }
+  const Quantized q = MakeMatrix(4, 16, Fp8Format::kE4M3, ScaleMode::kRow, 1);
+  const std::vector<float> x = RandomX(16, 2);
+  std::vector<double> y(4, -7.0);
+  MatrixView w = q.view();
+  w.format = static_cast<Fp8Format>(9);
+  EXPECT_FALSE(naive::Gemv({w, {x.data(), DType::kF32, 1.0f, 1, nullptr, DType::kF32}}, y.data()));
+  EXPECT_FALSE(naive::Gemv({q.view(), {x.data(), static_cast<DType>(0), 1.0f, 1, nullptr, DType::kF32}},
+                           y.data()));
+  for (double v : y) EXPECT_EQ(v, -7.0);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include "tests/common/gemv_reference.h"
 #include "plume/reference/api.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "server/core/attention_service.h"
 #include "server/core/kv_store.h"
 #include "tests/common/attention_reference.h"
@@ -570,7 +571,7 @@ class ExpectedKv {
     p.scale = scale != 0.0f ? scale : float(1.0 / std::sqrt(double(dim)));
     p.causal = causal;
     std::vector<double> want(q.size());
-    ref::AttentionReference(p, want.data());
+    naive::Attention(p, want.data());
     auto got = out.ToFloats();
     return got.ok() ? testing::RelL2(*got, want) : INFINITY;
   }

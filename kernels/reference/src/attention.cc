@@ -1,5 +1,6 @@
-// Attention over the paged FP8 K/V cache: appends (quantization), the FP64
-// reference and the FP32 CPU path. Layout: plume/kernels/kv_layout.h.
+// Attention over the paged FP8 K/V cache: appends (quantization),
+// dequantization and the FP32 CPU path (the FP64 reference is apart, in
+// naive.cc). Layout: plume/kernels/kv_layout.h.
 #include "plume/reference/attention.h"
 
 #include <algorithm>
@@ -133,13 +134,13 @@ const uint8_t* Row(const KvCacheView& c, bool is_v, int64_t head, int64_t token)
 
 // Whether p holds only values the code paths here are chosen for (a cast
 // from a wire or file value may be anything).
-bool Known(const AttentionProblem& p, bool typed_out) {
+bool Known(const AttentionProblem& p) {
   auto wide = [](DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; };
   const KvScaleMode m = p.layout.scale_mode;
   return (p.format == Fp8Format::kE4M3 || p.format == Fp8Format::kE5M2) &&
          (m == KvScaleMode::kNone || m == KvScaleMode::kTensor || m == KvScaleMode::kHead ||
           m == KvScaleMode::kTokenBlock) &&
-         wide(p.q_dtype) && (!typed_out || wide(p.out_dtype));
+         wide(p.q_dtype) && wide(p.out_dtype);
 }
 
 // The number of cache tokens query i may see.
@@ -228,57 +229,6 @@ void KvDequantize(const KvCacheView& c, float* k, float* v) {
         v[(h * c.seq + t) * dim + d] = fp8::Decode(vr[d], c.format) * vs;
       }
     }
-}
-
-bool AttentionReference(const AttentionProblem& p, double* out) {
-  if (!Known(p, false)) return false;
-  const KvCacheView& c = p;
-  const KvLayout& l = c.layout;
-  std::vector<float> qf;
-  const float* q = static_cast<const float*>(p.q);
-  if (p.q_dtype != DType::kF32) {
-    const int64_t n = p.batch * p.heads * p.q_len * l.head_dim;
-    qf.resize(static_cast<size_t>(n));
-    ToFloat(p.q, p.q_dtype, 1.0f, n, qf.data());
-    q = qf.data();
-  }
-  const int64_t dim = l.head_dim, group = p.heads / l.kv_heads;
-  auto body = [&](int64_t h0, int64_t h1) {
-    std::vector<double> kd(static_cast<size_t>(c.seq * dim)), vd(kd.size()), s(static_cast<size_t>(c.seq));
-    for (int64_t kvh = h0; kvh < h1; ++kvh) {
-      for (int64_t t = 0; t < c.seq; ++t) {
-        const double ks = KvScaleAt(l, c.pages, c.k_scales, c.v_scales, false, kvh, t);
-        const double vs = KvScaleAt(l, c.pages, c.k_scales, c.v_scales, true, kvh, t);
-        for (int64_t d = 0; d < dim; ++d) {
-          kd[t * dim + d] = double(fp8::Decode(Row(c, false, kvh, t)[d], c.format)) * ks;
-          vd[t * dim + d] = double(fp8::Decode(Row(c, true, kvh, t)[d], c.format)) * vs;
-        }
-      }
-      for (int64_t b = 0; b < p.batch; ++b)
-        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-          for (int64_t i = 0; i < p.q_len; ++i) {
-            const int64_t row = (b * p.heads + h) * p.q_len + i;
-            const float* qr = q + row * dim;
-            const int64_t n = VisibleTokens(c, p, i);
-            double m = -std::numeric_limits<double>::infinity();
-            for (int64_t t = 0; t < n; ++t) {
-              double dot = 0;
-              for (int64_t d = 0; d < dim; ++d) dot += double(qr[d]) * kd[t * dim + d];
-              s[t] = dot * double(p.scale);
-              m = std::max(m, s[t]);
-            }
-            double sum = 0;
-            for (int64_t t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - m));
-            double* o = out + row * dim;
-            std::fill(o, o + dim, 0.0);
-            for (int64_t t = 0; t < n; ++t)
-              for (int64_t d = 0; d < dim; ++d) o[d] += s[t] * vd[t * dim + d];
-            for (int64_t d = 0; d < dim; ++d) o[d] /= sum;
-          }
-    }
-  };
-  ThreadPool::Default().ParallelFor(l.kv_heads, 1, body);
-  return true;
 }
 
 namespace {
@@ -406,7 +356,7 @@ void AttentionF32(const KvCacheView& c, const float* q, const AttentionQueries& 
 }  // namespace
 
 bool Attention(const AttentionProblem& p, ThreadPool* pool) {
-  if (!Known(p, true)) return false;
+  if (!Known(p)) return false;
   const KvCacheView& c = p;
   const int64_t n = p.batch * p.heads * p.q_len * c.layout.head_dim;
   std::vector<float> qf;

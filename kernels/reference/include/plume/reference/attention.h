@@ -1,6 +1,7 @@
 // Attention over a paged FP8 K/V cache (plume/kernels/kv_layout.h): quantized
-// appends, an FP64 reference (the definition of right, for tests) and the fast
-// multithreaded FP32 path the CPU backend serves. Callers validate shapes
+// appends and the fast multithreaded FP32 path the CPU backend serves. The
+// definition of right it is tested against is naive::Attention
+// (plume/reference/naive.h), apart. Callers validate shapes
 // first (server/core does).
 //
 // For queries q [batch, heads, q_len, head_dim] against a cache of `seq`
@@ -86,18 +87,11 @@ class HostKvCache {
   int64_t seq_ = 0;
 };
 
-// FP64 reference: dequantizes in double, two-pass max-subtracted softmax,
-// FP64 sums. Writes doubles of p's output shape to `out`; p.out and
-// p.out_dtype are not used. Queries of any q_dtype are widened exactly.
-// False, with nothing written, for a format, K/V scale mode or query dtype
-// outside its enum.
-bool AttentionReference(const AttentionProblem& p, double* out);
-
 // The fast path the CPU backend serves: FP32 online softmax over page tiles;
 // each page's K/V rows are decoded once per kv head for all the query rows
 // that share it (GQA groups, batch and q_len). Typed queries (F32/F16/BF16)
 // and outputs (F32/F16/BF16, RNE). Relative L2 error against
-// AttentionReference <= 1e-5 for F32 outputs (tests/kernels/attention_test.cc).
+// naive::Attention <= 1e-5 for F32 outputs (tests/kernels/attention_test.cc).
 // Host memory. pool == nullptr: ThreadPool::Default(). False, with nothing
 // written, for a format, K/V scale mode or dtype outside its enum.
 bool Attention(const AttentionProblem& p, ThreadPool* pool = nullptr);
