@@ -75,7 +75,9 @@ DecodePath DefaultDecodePath(int device);
 int64_t GemvWorkspaceBytes(const GemvProblem& p, int device);
 
 // Runs the GEMV on `stream`. Returns cudaErrorInvalidValue for bad arguments
-// and cudaErrorNotSupported for the native path on a device older than sm_89,
+// (a format, decode path, kernel or scale mode no kernel is chosen for among
+// them: BLOCK128X128 too, which backends hold as BLOCK128) and
+// cudaErrorNotSupported for the native path on a device older than sm_89,
 // the wgmma kernel on a device other than sm_90, or the cuBLASLt path forced
 // on a problem or device it does not take (see kCublasLt).
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,
