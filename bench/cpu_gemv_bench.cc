@@ -182,8 +182,8 @@ int main(int argc, char** argv) {
       row_scales.resize(static_cast<size_t>(NumScales(ScaleMode::kBlock128, c.rows, c.cols)));
       ExpandBlockScales(c.rows, c.cols, scales.data(), row_scales.data());
     }
-    ref::MatrixView w{words_ptr, row_scales.empty() ? scales.data() : row_scales.data(), l, fmt,
-                      ResidentScaleMode(mode)};
+    MatrixView w{words_ptr, row_scales.empty() ? scales.data() : row_scales.data(), l.rows, l.cols,
+                 fmt, ResidentScaleMode(mode)};
     std::vector<float> x(static_cast<size_t>(c.batch * c.cols)), y(static_cast<size_t>(c.batch * c.rows));
     for (float& v : x) v = nd(rng);
 

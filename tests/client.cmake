@@ -41,7 +41,7 @@ if(TARGET plume-server AND TARGET plume_kernels_ref)
 
   add_executable(client_cli_e2e_test client/cli_e2e_test.cc)
   target_include_directories(client_cli_e2e_test PRIVATE ${PROJECT_SOURCE_DIR})
-  target_link_libraries(client_cli_e2e_test PRIVATE plume_io plume_kernels_ref nlohmann_json::nlohmann_json
+  target_link_libraries(client_cli_e2e_test PRIVATE plume_io plume_kernels_ref plume_kernels_naive nlohmann_json::nlohmann_json
     GTest::gtest_main)
   target_compile_definitions(client_cli_e2e_test PRIVATE
     PLUME_SERVER_BIN="$<TARGET_FILE:plume-server>"

@@ -15,7 +15,8 @@ if(PLUME_HAVE_CUDA)
 endif()
 if(TARGET plume_cuda_backend)
   plume_gpu_test(gpu_backend_test plume_cuda_backend plume_backends)
-  plume_gpu_test(gpu_attention_test plume_cuda_backend plume_backends plume_kernels_cuda plume_kernels_ref)
+  plume_gpu_test(gpu_attention_test plume_cuda_backend plume_backends plume_kernels_cuda plume_kernels_ref
+    plume_kernels_naive)
   # The pinned fast path, ShardedBackend over one CudaBackend per GPU.
   plume_gpu_test(gpu_multi_test plume_cuda_backend plume_backends plume_kernels_ref)
 endif()
@@ -42,7 +43,7 @@ if(PLUME_HAVE_CUDA)
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/include
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/src
                              ${CUDAToolkit_INCLUDE_DIRS})
-  target_link_libraries(attention_emu_test PRIVATE plume_kernels_ref GTest::gtest_main)
+  target_link_libraries(attention_emu_test PRIVATE plume_kernels_ref plume_kernels_naive GTest::gtest_main)
   target_compile_options(attention_emu_test PRIVATE -Wno-unknown-pragmas -Wno-class-memaccess)
   add_test(NAME attention_emu_test COMMAND attention_emu_test)
   set_tests_properties(attention_emu_test PROPERTIES LABELS emu TIMEOUT 300)

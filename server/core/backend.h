@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "plume/kernels/kv_layout.h"
 #include "plume/kernels/layout.h"
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume::core {
@@ -38,6 +39,10 @@ struct MatrixShape {
   Placement placement = Placement::kAuto;  // asked for at upload
 
   PackedLayout layout() const { return PackedLayout{rows, cols}; }
+  // The matrix with its codes and scales at these addresses (host or device).
+  MatrixView view(const uint32_t* words, const float* scales) const {
+    return MatrixView{words, scales, rows, cols, format, scale_mode};
+  }
   int64_t num_scales() const { return NumScales(scale_mode, rows, cols); }
   // Bytes resident for the packed codes plus the scales as a backend holds
   // them (BLOCK128X128 expanded to BLOCK128: ResidentShape).
@@ -96,14 +101,10 @@ class BackendMatrix {
   MatrixShape shape_;
 };
 
-// One GEMV call: y[b] = W . x[b] for b in [0, batch). Buffers are host memory.
-struct GemvArgs {
-  const void* x = nullptr;  // [batch][cols] of x_dtype
-  DType x_dtype = DType::kF32;
-  float x_scale = 1.0f;     // FP8 inputs only
-  int64_t batch = 0;
-  void* y = nullptr;        // [batch][rows] of y_dtype
-  DType y_dtype = DType::kF32;
+// One GEMV call on a resident matrix: the vectors of plume's GemvProblem
+// (kernels/include/plume/kernels/problem.h), host memory, and what serving
+// adds to them.
+struct GemvArgs : GemvVectors {
   // Elements from y[b] to y[b + 1]; 0 means rows (packed). A row shard of a
   // larger matrix writes its rows into the full result this way.
   int64_t y_stride = 0;
@@ -255,19 +256,10 @@ struct KvAppendArgs {
   int64_t tokens = 0;
 };
 
-// One attention call: q [batch][heads][q_len][head_dim] of q_dtype, out the
-// same shape of out_dtype; host memory. heads is a multiple of kv_heads.
-struct AttentionArgs {
-  const void* q = nullptr;
-  DType q_dtype = DType::kF32;
-  int64_t batch = 0;
-  int64_t heads = 0;
-  int64_t q_len = 0;
-  float scale = 1.0f;  // the softmax scale, resolved (never 0)
-  bool causal = false;
-  void* out = nullptr;
-  DType out_dtype = DType::kF32;
-};
+// One attention call on a resident K/V cache: the queries of plume's
+// AttentionProblem (plume/kernels/problem.h), host memory; the scale is
+// resolved (never 0).
+using AttentionArgs = AttentionQueries;
 
 // Host memory a backend moves to and from its device fastest: pinned memory
 // for the CUDA backend, plain aligned heap memory for the CPU backend. The

@@ -25,6 +25,7 @@
 #include "plume/kernels/layout.h"
 #include "plume/reference/api.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "tests/client/cli_fixture.h"
 #include "tests/common/attention_reference.h"
 #include "tests/common/gemv_reference.h"
@@ -159,7 +160,8 @@ TEST_F(E2eTest, KvUploadAppendAttendListDelete) {
   ASSERT_TRUE(cache.Append(k.data(), v.data(), seq));
   ASSERT_TRUE(cache.Append(k2.data(), v2.data(), extra));
   std::vector<double> want(q.size());
-  plume::ref::AttentionReference(cache.view(), q.data(), {1, heads, q_len, 0.1f, true}, want.data());
+  plume::naive::Attention(
+      {cache.view(), {q.data(), plume::DType::kF32, 1, heads, q_len, 0.1f, true}}, want.data());
   EXPECT_LE(plume::testing::RelL2(plume::io::ToFloats(*o), want), 1e-5);
 
   // F16 output, printed: one line per query row.

@@ -34,7 +34,7 @@ class ExpectedGemv {
     std::vector<uint32_t> words(static_cast<size_t>(PackedLayout{rows, cols}.total_words()));
     std::vector<float> scales(static_cast<size_t>(std::max<int64_t>(1, NumScales(m, rows, cols))));
     ref::QuantizePack(w.data(), DType::kF32, rows, cols, {f, m, true}, words.data(), scales.data());
-    ref::Dequantize({words.data(), scales.data(), {rows, cols}, f, m}, deq_.data());
+    ref::Dequantize({words.data(), scales.data(), rows, cols, f, m}, deq_.data());
   }
 
   // Relative L2 error of y ([batch][rows]) against FP64 W x (x: [batch][cols]);

@@ -36,7 +36,7 @@ struct Known {
   // y = W x exactly as the CPU backend computes it.
   std::vector<float> Gemv(const std::vector<float>& x) const {
     std::vector<float> y(static_cast<size_t>(rows));
-    ref::GemvF32({words.data(), scales.data(), {rows, cols}, Fp8Format::kE4M3, mode}, x.data(), 1,
+    ref::GemvF32({words.data(), scales.data(), rows, cols, Fp8Format::kE4M3, mode}, x.data(), 1,
                  y.data());
     return y;
   }

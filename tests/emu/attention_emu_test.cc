@@ -20,6 +20,7 @@
 #include <random>
 
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 
 namespace plume::cuda {
 namespace {
@@ -54,30 +55,22 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     const auto k = Normal(s.kv_heads * s.seq * s.dim, 1), v = Normal(s.kv_heads * s.seq * s.dim, 2);
     EXPECT_TRUE(own.Append(k.data(), v.data(), s.seq));
   }
-  const ref::KvCacheView view = (given != nullptr ? *given : own).view();
   const int64_t n = s.batch * s.heads * s.q_len * s.dim;
   const auto q = Normal(n, 3);
-  const ref::AttentionParams rp{s.batch, s.heads, s.q_len, 0.11f, s.causal};
-  std::vector<double> want(static_cast<size_t>(n));
-  ref::AttentionReference(view, q.data(), rp, want.data());
-
+  std::vector<float> out(static_cast<size_t>(n), NAN);
   AttentionProblem p;
-  p.layout = l;
-  p.format = s.format;
-  p.pages = view.pages;
-  p.k_scales = view.k_scales;
-  p.v_scales = view.v_scales;
-  p.seq = s.seq;
+  static_cast<KvCacheView&>(p) = (given != nullptr ? *given : own).view();
   p.q = q.data();
   p.q_dtype = DType::kF32;
   p.batch = s.batch;
   p.heads = s.heads;
   p.q_len = s.q_len;
-  p.scale = rp.scale;
+  p.scale = 0.11f;
   p.causal = s.causal;
-  std::vector<float> out(static_cast<size_t>(n), NAN);
   p.out = out.data();
   p.out_dtype = DType::kF32;
+  std::vector<double> want(static_cast<size_t>(n));
+  naive::Attention(p, want.data());
   const Dec dec = PickDec(s.format, s.path);
   const int kd = KernelDim(l.row_bytes());
   const int64_t rows = s.batch * (s.heads / s.kv_heads) * s.q_len;  // of one kv head

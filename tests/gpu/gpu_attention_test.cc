@@ -22,6 +22,7 @@
 #include "plume/cuda/attention.h"
 #include "plume/kernels/half.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/backends/cuda/cuda_backend.h"
 
@@ -105,9 +106,15 @@ float OutToFloat(const uint8_t* p, DType t, int64_t i) {
 
 // FP64 attention on the dequantized cache, the reference's definition
 // (plume/reference/attention.h), threaded over query rows so the big grid
-// stays fast. Checked against ref::AttentionReference below.
-std::vector<double> ParallelReference(const ref::KvCacheView& c, const std::vector<float>& q,
-                                      const ref::AttentionParams& p) {
+// stays fast. Checked against naive::Attention below.
+// F32 queries [batch][heads][q_len][head_dim] at q.
+AttentionQueries F32Queries(const float* q, int64_t batch, int64_t heads, int64_t q_len, float scale,
+                           bool causal) {
+  return AttentionQueries{q, DType::kF32, batch, heads, q_len, scale, causal};
+}
+
+std::vector<double> ParallelReference(const KvCacheView& c, const std::vector<float>& q,
+                                      const AttentionQueries& p) {
   const int64_t kvh = c.layout.kv_heads, dim = c.layout.head_dim, seq = c.seq;
   std::vector<float> k(static_cast<size_t>(kvh * seq * dim)), v(k.size());
   ref::KvDequantize(c, k.data(), v.data());
@@ -155,7 +162,7 @@ class DeviceKv {
   explicit DeviceKv(const ref::HostKvCache& h) {
     const KvLayout& l = h.layout();
     const int64_t pages = h.pages();
-    const ref::KvCacheView v = h.view();
+    const KvCacheView v = h.view();
     const int64_t g = std::max<int64_t>(l.global_scales(), 1);
     EXPECT_EQ(cudaMalloc(&slab_, static_cast<size_t>(pages * l.page_bytes())), cudaSuccess);
     EXPECT_EQ(cudaMalloc(&table_, static_cast<size_t>(pages) * sizeof(void*)), cudaSuccess);
@@ -250,8 +257,9 @@ void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed)
   }
   const int64_t n = c.batch * c.heads * c.q_len * c.head_dim;
   const Queries q = MakeQueries(n, c.q_dtype, seed + 2);
-  const ref::AttentionParams rp{c.batch, c.heads, c.q_len,
-                                static_cast<float>(1.0 / std::sqrt(double(c.head_dim))) * 1.3f, c.causal};
+  const AttentionQueries rp =
+      F32Queries(q.f.data(), c.batch, c.heads, c.q_len,
+                static_cast<float>(1.0 / std::sqrt(double(c.head_dim))) * 1.3f, c.causal);
   const std::vector<double> want = ParallelReference(host.view(), q.f, rp);
 
   DeviceKv dev(host);
@@ -371,9 +379,9 @@ TEST(GpuAttention, ParallelReferenceMatchesTheLibraryReference) {
     const auto k = KvValues(2, 150, 96, 5), v = KvValues(2, 150, 96, 6);
     ASSERT_TRUE(h.Append(k.data(), v.data(), 150));
     const Queries q = MakeQueries(2 * 6 * 5 * 96, DType::kF32, 7);
-    const ref::AttentionParams p{2, 6, 5, 0.1f, causal};
+    const AttentionQueries p = F32Queries(q.f.data(), 2, 6, 5, 0.1f, causal);
     std::vector<double> lib(q.f.size());
-    ref::AttentionReference(h.view(), q.f.data(), p, lib.data());
+    naive::Attention({h.view(), p}, lib.data());
     const auto mine = ParallelReference(h.view(), q.f, p);
     // Both accumulate in FP64, but the library rounds each dequantized K/V
     // value to FP32 first (code x scale), so they agree to ~1e-7 relative
@@ -583,9 +591,9 @@ TEST(GpuAttention, NanCodeInKGivesNanRows) {
     const int64_t q_len = kernel == AttentionKernel::kPrefill ? 20 : 4;
     const int64_t n = 4 * q_len * 64;
     const Queries q = MakeQueries(n, DType::kF32, 9);
-    const ref::AttentionParams rp{1, 4, q_len, 0.125f, true};
+    const AttentionQueries rp = F32Queries(q.f.data(), 1, 4, q_len, 0.125f, true);
     std::vector<double> want(static_cast<size_t>(n));
-    ref::AttentionReference(host.view(), q.f.data(), rp, want.data());
+    naive::Attention({host.view(), rp}, want.data());
     void *d_q = nullptr, *d_out = nullptr, *ws = nullptr;
     ASSERT_EQ(cudaMalloc(&d_q, static_cast<size_t>(n) * 4), cudaSuccess);
     ASSERT_EQ(cudaMalloc(&d_out, static_cast<size_t>(n) * 4), cudaSuccess);
@@ -727,7 +735,7 @@ TEST(GpuAttention, CudaBackendMatchesTheCpuBackend) {
             ASSERT_TRUE(gpu.Attention(**gc, args).ok());
             args.out = oc.data();
             ASSERT_TRUE(cpu.Attention(**cc, args).ok());
-            const auto want = ParallelReference(host.view(), q.f, {batch, heads, q_len, 0.09f, causal});
+            const auto want = ParallelReference(host.view(), q.f, args);
             std::vector<float> wf(want.begin(), want.end());
             const double bound = q_len <= 8 ? 1e-5 : 2e-3;
             EXPECT_LE(RelL2(og, wf), bound) << "seq " << host.seq() << " q_len " << q_len;

@@ -149,5 +149,27 @@ TEST(GpuFp8, LauncherRejectsBadArguments) {
             cudaErrorInvalidValue);
 }
 
+// Values outside their enums (and BLOCK128X128, which nothing quantizes to)
+// are refused, not run as another format, mode or path.
+TEST(GpuFp8, LaunchersRefuseValuesTheyDoNotKnow) {
+  DeviceBuffer<float> src(4 * 16), scales(4 * 4);
+  DeviceBuffer<uint32_t> words(4 * 4);
+  for (ScaleMode m : {ScaleMode::kBlock128x128, static_cast<ScaleMode>(0), static_cast<ScaleMode>(77)}) {
+    EXPECT_EQ(QuantizePack(src.p, DType::kF32, 4, 16, Fp8Format::kE4M3, m, true, words.p, scales.p,
+                           nullptr, nullptr),
+              cudaErrorInvalidValue)
+        << static_cast<int>(m);
+  }
+  EXPECT_EQ(QuantizePack(src.p, DType::kF32, 4, 16, static_cast<Fp8Format>(9), ScaleMode::kRow, true,
+                         words.p, scales.p, nullptr, nullptr),
+            cudaErrorInvalidValue);
+  DeviceBuffer<float> out(256);
+  EXPECT_EQ(DecodeAllCodes(static_cast<Fp8Format>(9), DecodePath::kSoftware, out.p, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(DecodeAllCodes(Fp8Format::kE4M3, static_cast<DecodePath>(9), out.p, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_STREQ(DecodePathName(static_cast<DecodePath>(9)), "unknown");
+}
+
 }  // namespace
 }  // namespace plume::cuda

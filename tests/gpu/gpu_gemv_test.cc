@@ -84,7 +84,7 @@ struct TestMatrix {
   // After editing words on the host.
   bool Upload() {
     std::vector<float> tmp(static_cast<size_t>(rows * cols));
-    ref::Dequantize({words.data(), scales.data(), {rows, cols}, format, mode}, tmp.data());
+    ref::Dequantize({words.data(), scales.data(), rows, cols, format, mode}, tmp.data());
     deq.assign(tmp.begin(), tmp.end());
     return ToDevice(d_words, words) && ToDevice(d_scales, scales) &&
            cudaMemset(d_any_nan.get(), 0, sizeof(int)) == cudaSuccess &&
@@ -399,6 +399,46 @@ TEST(GpuGemv, RejectsBadArguments) {
   EXPECT_EQ(Gemv(p, ws.get(), 1, nullptr), cudaErrorInvalidValue);  // workspace too small
   p.scales = nullptr;
   EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorInvalidValue);
+}
+
+// The dispatch refuses values it has no kernel for rather than run another:
+// a format, decode path, kernel or scale mode outside its enum, and
+// BLOCK128X128 (backends hold it as BLOCK128).
+TEST(GpuGemv, RefusesValuesItDoesNotKnow) {
+  TestMatrix m(8, 16, Fp8Format::kE4M3, ScaleMode::kRow, 1);
+  ASSERT_TRUE(m.Upload());
+  DeviceBuffer<float> x(16), y(8);
+  DeviceBuffer<uint8_t> ws(1 << 20);
+  GemvProblem good;
+  good.words = m.d_words.get();
+  good.scales = m.d_scales.get();
+  good.rows = 8;
+  good.cols = 16;
+  good.x = x.get();
+  good.y = y.get();
+  good.batch = 1;
+  good.path = DefaultDecodePath(0);
+  ASSERT_EQ(Gemv(good, ws.get(), 1 << 20, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto refused = [&](const GemvProblem& p, const char* what) {
+    EXPECT_EQ(Gemv(p, ws.get(), 1 << 20, nullptr), cudaErrorInvalidValue) << what;
+    EXPECT_EQ(GemvWorkspaceBytes(p, 0), 0) << what;
+    EXPECT_EQ(ChosenGemvKernel(p, 0), GemvKernel::kAuto) << what;
+  };
+  GemvProblem p = good;
+  p.format = static_cast<Fp8Format>(9);
+  refused(p, "format 9");
+  p = good;
+  p.path = static_cast<DecodePath>(9);
+  refused(p, "decode path 9");
+  p = good;
+  p.kernel = static_cast<GemvKernel>(9);
+  refused(p, "kernel 9");
+  for (ScaleMode mode : {ScaleMode::kBlock128x128, static_cast<ScaleMode>(0), static_cast<ScaleMode>(77)}) {
+    p = good;
+    p.scale_mode = mode;
+    refused(p, ScaleModeName(mode));
+  }
 }
 
 // The dispatcher's choice, and a forced kernel the device can't run.

@@ -1,11 +1,12 @@
-// Attention over the paged FP8 K/V cache: KvAppend's quantization, the FP64
-// reference against a naive FP64 softmax(QK^T)V on the dequantized cache, and
-// the FP32 CPU path against the FP64 reference.
+// Attention over the paged FP8 K/V cache: KvAppend's quantization, the naive
+// reference (naive::Attention) against a test-local FP64 softmax(QK^T)V on the
+// dequantized cache, and the CPU backend's FP32 path (ref::Attention) against
+// the naive reference.
 //
 // Bounds (relative L2 over the whole output):
-//   reference vs naive FP64:      1e-6 (both FP64; the naive one reads KvDequantize's
+//   reference vs test-local FP64: 1e-6 (both FP64; the local one reads KvDequantize's
 //                                 floats, decode * scale rounded to FP32: 2^-24 relative)
-//   AttentionF32 vs reference:    1e-5 (F32 outputs); F16 outputs 1e-3, BF16 8e-3
+//   ref::Attention vs reference:  1e-5 (F32 outputs); F16 outputs 1e-3, BF16 8e-3
 //   dequantized cache vs source:  E4M3 0.05, E5M2 0.1 (FP8's own rounding)
 #include <gtest/gtest.h>
 
@@ -18,6 +19,7 @@
 #include "plume/kernels/half.h"
 #include "plume/kernels/kv_layout.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "plume/reference/thread_pool.h"
 #include "tests/common/attention_reference.h"
 #include "tests/common/gemv_reference.h"
@@ -60,7 +62,7 @@ struct Built {
   HostKvCache cache;
   std::vector<float> k, v, q;  // sources
   std::vector<float> kd, vd;   // dequantized cache
-  ref::AttentionParams p;
+  AttentionQueries p;  // shape, scale and mask; q and out set per call
 };
 
 Built Build(const Case& c, int64_t piece = 0) {
@@ -85,19 +87,33 @@ Built Build(const Case& c, int64_t piece = 0) {
   b.kd.resize(b.k.size());
   b.vd.resize(b.v.size());
   ref::KvDequantize(b.cache.view(), b.kd.data(), b.vd.data());
-  b.p = {c.batch, c.heads, c.q_len, float(1.0 / std::sqrt(double(c.dim))), c.causal};
+  b.p.batch = c.batch;
+  b.p.heads = c.heads;
+  b.p.q_len = c.q_len;
+  b.p.scale = float(1.0 / std::sqrt(double(c.dim)));
+  b.p.causal = c.causal;
   return b;
+}
+
+// b's problem with queries q of qt and the output out of ot.
+AttentionProblem Problem(const Built& b, const void* q, DType qt, void* out, DType ot) {
+  AttentionProblem p{b.cache.view(), b.p};
+  p.q = q;
+  p.q_dtype = qt;
+  p.out = out;
+  p.out_dtype = ot;
+  return p;
 }
 
 std::vector<double> Reference(const Built& b) {
   std::vector<double> out(b.q.size(), std::nan(""));
-  ref::AttentionReference(b.cache.view(), b.q.data(), b.p, out.data());
+  naive::Attention(Problem(b, b.q.data(), DType::kF32, nullptr, DType::kF32), out.data());
   return out;
 }
 
-std::vector<float> Fast(const Built& b) {
+std::vector<float> Fast(const Built& b, ThreadPool* pool = nullptr) {
   std::vector<float> out(b.q.size(), std::numeric_limits<float>::quiet_NaN());  // poisoned
-  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, out.data());
+  ref::Attention(Problem(b, b.q.data(), DType::kF32, out.data(), DType::kF32), pool);
   return out;
 }
 
@@ -280,12 +296,12 @@ TEST(Attention, TypedQueriesAndOutputs) {
   const int64_t n = int64_t(b.q.size());
   // F16 output.
   std::vector<uint16_t> h(static_cast<size_t>(n));
-  ref::Attention(b.cache.view(), b.q.data(), DType::kF32, b.p, h.data(), DType::kF16);
+  ref::Attention(Problem(b, b.q.data(), DType::kF32, h.data(), DType::kF16));
   std::vector<float> hf(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) hf[size_t(i)] = HalfBitsToFloat(h[size_t(i)]);
   EXPECT_LE(RelL2(hf, want), 1e-3);
   // BF16 output.
-  ref::Attention(b.cache.view(), b.q.data(), DType::kF32, b.p, h.data(), DType::kBF16);
+  ref::Attention(Problem(b, b.q.data(), DType::kF32, h.data(), DType::kBF16));
   for (int64_t i = 0; i < n; ++i) hf[size_t(i)] = Bf16BitsToFloat(h[size_t(i)]);
   EXPECT_LE(RelL2(hf, want), 8e-3);
   // F16 queries: the same as F32 queries rounded to F16.
@@ -296,7 +312,7 @@ TEST(Attention, TypedQueriesAndOutputs) {
     br.q[size_t(i)] = HalfBitsToFloat(qh[size_t(i)]);
   }
   std::vector<float> out(static_cast<size_t>(n));
-  ref::Attention(b.cache.view(), qh.data(), DType::kF16, b.p, out.data(), DType::kF32);
+  ref::Attention(Problem(b, qh.data(), DType::kF16, out.data(), DType::kF32));
   EXPECT_EQ(out, Fast(br));
 }
 
@@ -307,9 +323,7 @@ TEST(Attention, ExplicitPoolAndDefaultPoolAgree) {
   c.batch = 4;
   const Built b = Build(c);
   ThreadPool pool(3);
-  std::vector<float> a(b.q.size()), d(b.q.size());
-  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, a.data(), &pool);
-  ref::AttentionF32(b.cache.view(), b.q.data(), b.p, d.data());
+  const std::vector<float> a = Fast(b, &pool), d = Fast(b);
   EXPECT_EQ(a, d);  // each row is computed by one task, in one order
 }
 
@@ -326,6 +340,45 @@ TEST(KvLayout, PagesAreAlignedAndSized) {
     const KvLayout h{8, dim, KvScaleMode::kHead};
     EXPECT_EQ(h.resident_bytes(1), h.page_bytes() + 2 * 8 * 4);
   }
+}
+
+// Values outside their enums are refused, with nothing written, rather than
+// run as another format, K/V scale mode or dtype.
+TEST(Attention, RefusesValuesItDoesNotKnow) {
+  Case c;
+  c.seq = 40;
+  const Built b = Build(c);
+  const size_t n = b.q.size();
+  std::vector<float> out(n, -7.0f);
+  ASSERT_TRUE(ref::Attention(Problem(b, b.q.data(), DType::kF32, out.data(), DType::kF32)));
+  ASSERT_NE(out[0], -7.0f);  // a baseline that writes
+  auto refused = [&](AttentionProblem p, const char* what) {
+    std::vector<float> o(n, -7.0f);
+    p.out = o.data();
+    EXPECT_FALSE(ref::Attention(p)) << what;
+    for (float v : o) ASSERT_EQ(v, -7.0f) << what;
+  };
+  const AttentionProblem good = Problem(b, b.q.data(), DType::kF32, nullptr, DType::kF32);
+  AttentionProblem p = good;
+  p.format = static_cast<Fp8Format>(9);
+  refused(p, "format 9");
+  p = good;
+  p.layout.scale_mode = static_cast<KvScaleMode>(9);
+  refused(p, "K/V scale mode 9");
+  p = good;
+  p.q_dtype = DType::kE4M3;
+  refused(p, "FP8 queries");
+  p = good;
+  p.out_dtype = DType::kE5M2;
+  refused(p, "FP8 output");
+  p = good;
+  p.out_dtype = static_cast<DType>(0);
+  refused(p, "output dtype 0");
+  std::vector<double> want(n, -7.0);
+  p = good;
+  p.format = static_cast<Fp8Format>(9);
+  EXPECT_FALSE(naive::Attention(p, want.data()));
+  for (double v : want) ASSERT_EQ(v, -7.0);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
-// GemvF32 and the typed Gemv against an FP64 reference computed on the
-// Dequantize()d matrix, on every ISA path this CPU supports.
+// GemvF32 and the typed Gemv (the CPU backend's kernels) against the naive
+// FP64 reference (naive::Gemv, which shares no code with them beyond the
+// codec), on every ISA path this CPU supports; and the naive reference itself
+// against FP64 on the Dequantize()d matrix.
 //
 // Bounds (relative L2 error over the whole output): 1e-5 for F32 outputs;
 // outputs rounded to F16 get 1e-3 (half a unit in the last place is 2^-11 ~
@@ -19,6 +21,7 @@
 #include "plume/kernels/half.h"
 #include "plume/reference/api.h"
 #include "plume/reference/internal.h"
+#include "plume/reference/naive.h"
 #include "plume/reference/thread_pool.h"
 
 namespace {
@@ -33,7 +36,7 @@ struct Quantized {
   std::vector<float> deq;  // rows * cols
   Fp8Format f;
   ScaleMode m;
-  ref::MatrixView view() const { return {words.data(), scales.data(), l, f, m}; }
+  MatrixView view() const { return {words.data(), scales.data(), l.rows, l.cols, f, m}; }
 };
 
 Quantized MakeMatrix(int64_t rows, int64_t cols, Fp8Format f, ScaleMode m, uint32_t seed) {
@@ -56,7 +59,15 @@ Quantized MakeMatrix(int64_t rows, int64_t cols, Fp8Format f, ScaleMode m, uint3
   return q;
 }
 
+// The naive reference: y = W x in FP64 for F32 x ([batch][cols]).
 std::vector<double> RefGemv(const Quantized& q, const std::vector<float>& x, int64_t batch) {
+  std::vector<double> y(static_cast<size_t>(batch * q.l.rows), std::nan(""));
+  EXPECT_TRUE(naive::Gemv({q.view(), {x.data(), DType::kF32, 1.0f, batch, nullptr, DType::kF32}}, y.data()));
+  return y;
+}
+
+// FP64 W x on the Dequantize()d matrix: what the naive reference is checked against.
+std::vector<double> DequantizedGemv(const Quantized& q, const std::vector<float>& x, int64_t batch) {
   const int64_t rows = q.l.rows, cols = q.l.cols;
   std::vector<double> y(batch * rows);
   for (int64_t b = 0; b < batch; ++b)
@@ -267,7 +278,7 @@ TEST(Gemv, TypedAllDtypes) {
             for (DType yt : yts) {
               const int64_t n = batch * s.rows;
               std::vector<uint8_t> yb(n * DTypeSize(yt) + 8, 0xFF);  // NaN in F32, F16 and BF16
-              ref::Gemv(q.view(), xb.data(), xt, x_scale, batch, yb.data(), yt);
+              ref::Gemv({q.view(), {xb.data(), xt, x_scale, batch, yb.data(), yt}});
               std::vector<float> y(n);
               ref::ToFloat(yb.data(), yt, 1.0f, n, y.data());
               for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(y[i])) << i;
@@ -309,6 +320,111 @@ TEST(Gemv, ConcurrentCallersShareAPool) {
     });
   for (auto& t : ts) t.join();
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+// Values outside their enums are refused, with nothing written, rather than
+// run as another format, scale mode or dtype.
+TEST(Gemv, RefusesValuesItDoesNotKnow) {
+  const Quantized q = MakeMatrix(5, 40, Fp8Format::kE4M3, ScaleMode::kRow, 7);
+  const std::vector<float> x = RandomX(2 * 40, 8);
+  const GemvProblem good{q.view(), {x.data(), DType::kF32, 1.0f, 2, nullptr, DType::kF32}};
+  std::vector<float> y(2 * 5, 0.0f);
+  GemvProblem p = good;
+  p.y = y.data();
+  ASSERT_TRUE(ref::Gemv(p));
+  ASSERT_NE(y[0], 0.0f);  // a baseline that writes
+  auto refused = [&](GemvProblem bad, const char* what) {
+    std::vector<float> out(2 * 5, -7.0f);
+    bad.y = out.data();
+    EXPECT_FALSE(ref::Gemv(bad)) << what;
+    for (float v : out) ASSERT_EQ(v, -7.0f) << what;
+  };
+  p = good;
+  p.format = static_cast<Fp8Format>(9);
+  refused(p, "format 9");
+  p = good;
+  p.scale_mode = static_cast<ScaleMode>(77);
+  refused(p, "scale mode 77");
+  p = good;
+  p.x_dtype = static_cast<DType>(0);
+  refused(p, "x dtype 0");
+  p = good;
+  p.y_dtype = DType::kE4M3;
+  refused(p, "FP8 results");
+  p = good;
+  p.y_dtype = static_cast<DType>(9);
+  refused(p, "y dtype 9");
+
+  std::vector<float> out(2 * 5, -7.0f);
+  MatrixView w = q.view();
+  w.format = static_cast<Fp8Format>(9);
+  EXPECT_FALSE(ref::GemvF32(w, x.data(), 2, out.data()));
+  EXPECT_FALSE(ref::internal::GemvF32Isa(static_cast<Isa>(9), q.view(), x.data(), 2, out.data(), nullptr));
+  EXPECT_FALSE(ref::Dequantize(w, out.data()));
+  for (float v : out) ASSERT_EQ(v, -7.0f);
+
+  const std::vector<float> src = RandomX(5 * 40, 9);
+  std::vector<uint32_t> words(q.words.size(), 0xAAAAAAAAu);
+  std::vector<float> scales(5, -7.0f);
+  EXPECT_FALSE(ref::QuantizePack(src.data(), DType::kE4M3, 5, 40, {Fp8Format::kE4M3, ScaleMode::kRow, true},
+                                 words.data(), scales.data()));
+  EXPECT_FALSE(ref::QuantizePack(src.data(), DType::kF32, 5, 40, {static_cast<Fp8Format>(9), ScaleMode::kRow, true},
+                                 words.data(), scales.data()));
+  EXPECT_FALSE(ref::QuantizePack(src.data(), DType::kF32, 5, 40, {Fp8Format::kE4M3, static_cast<ScaleMode>(0), true},
+                                 words.data(), scales.data()));
+  EXPECT_FALSE(ref::ComputeScales(src.data(), 5, 40, static_cast<ScaleMode>(0), Fp8Format::kE4M3, scales.data()));
+  for (uint32_t v : words) ASSERT_EQ(v, 0xAAAAAAAAu);
+  for (float v : scales) ASSERT_EQ(v, -7.0f);
+
+  EXPECT_FALSE(ref::ToFloat(x.data(), static_cast<DType>(9), 1.0f, 4, out.data()));
+  EXPECT_FALSE(ref::FromFloat(x.data(), 4, DType::kE5M2, out.data()));
+  EXPECT_FALSE(ref::FromFloat(x.data(), 4, static_cast<DType>(9), out.data()));
+  for (float v : out) ASSERT_EQ(v, -7.0f);
+  EXPECT_STREQ(ref::internal::IsaName(static_cast<Isa>(9)), "unknown");
+}
+
+// Relative L2 distance of two FP64 results; infinity when `want` is all zero
+// (a check that could not fail).
+double RelL2d(const std::vector<double>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : INFINITY;
+}
+
+// The naive reference against FP64 on the dequantized matrix (code x scale
+// rounded to FP32 there, so they agree to ~1e-7 relative), over every format
+// and scale mode, BLOCK128X128 included, and with FP8 activations.
+TEST(NaiveGemv, MatchesFp64OnTheDequantizedMatrix) {
+  uint32_t seed = 500;
+  for (Fp8Format f : kFormats)
+    for (ScaleMode m : {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128,
+                        ScaleMode::kBlock128x128})
+      for (Shape s : {Shape{7, 13}, Shape{33, 127}, Shape{130, 300}}) {
+        const Quantized q = MakeMatrix(s.rows, s.cols, f, m, ++seed);
+        const std::vector<float> x = RandomX(3 * s.cols, ++seed);
+        const std::vector<double> want = DequantizedGemv(q, x, 3), got = RefGemv(q, x, 3);
+        EXPECT_LE(RelL2d(got, want), 1e-6) << Name(f, m, s);
+        // FP8 activations: codes times x_scale, widened exactly.
+        const std::vector<uint8_t> xb = Encode(x, DType::kE4M3, 0.0625f);
+        std::vector<float> xf(x.size());
+        ref::ToFloat(xb.data(), DType::kE4M3, 0.0625f, static_cast<int64_t>(xf.size()), xf.data());
+        std::vector<double> y8(want.size());
+        ASSERT_TRUE(naive::Gemv({q.view(), {xb.data(), DType::kE4M3, 0.0625f, 3, nullptr, DType::kF32}},
+                                y8.data()));
+        EXPECT_LE(RelL2d(y8, DequantizedGemv(q, xf, 3)), 1e-6) << Name(f, m, s) << " e4m3 x";
+      }
+  const Quantized q = MakeMatrix(4, 16, Fp8Format::kE4M3, ScaleMode::kRow, 1);
+  const std::vector<float> x = RandomX(16, 2);
+  std::vector<double> y(4, -7.0);
+  MatrixView w = q.view();
+  w.format = static_cast<Fp8Format>(9);
+  EXPECT_FALSE(naive::Gemv({w, {x.data(), DType::kF32, 1.0f, 1, nullptr, DType::kF32}}, y.data()));
+  EXPECT_FALSE(naive::Gemv({q.view(), {x.data(), static_cast<DType>(0), 1.0f, 1, nullptr, DType::kF32}},
+                           y.data()));
+  for (double v : y) EXPECT_EQ(v, -7.0);
 }
 
 }  // namespace

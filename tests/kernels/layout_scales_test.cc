@@ -112,7 +112,7 @@ TEST(Scales, EveryModeWithSpecialRows) {
       std::vector<float> rs(rows);
       ref::QuantizePack(src.data(), DType::kF32, rows, cols, {f, ScaleMode::kRow, sat}, words.data(), rs.data());
       std::vector<float> dq(rows * cols);
-      ref::Dequantize({words.data(), rs.data(), l, f, ScaleMode::kRow}, dq.data());
+      ref::Dequantize({words.data(), rs.data(), rows, cols, f, ScaleMode::kRow}, dq.data());
       const uint8_t maxc = f == Fp8Format::kE4M3 ? 0x7E : 0x7B;
       const uint8_t nanc = f == Fp8Format::kE4M3 ? 0x7F : 0x7E;
       for (int64_t c = 0; c < cols; ++c) EXPECT_EQ(CodeAt(words.data(), l, 1, c), 0);  // all-zero row

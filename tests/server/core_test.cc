@@ -269,4 +269,64 @@ TEST(WorkQueue, FirstTasksRunAheadOfQueuedOnesInTheirOwnOrder) {
 }
 
 }  // namespace
+// The CPU backend refuses a call with a value outside its enum (the core
+// validates first; a direct caller can still pass one) with INVALID_ARGUMENT
+// rather than compute with another value.
+TEST(CpuBackend, RefusesValuesItDoesNotKnow) {
+  CpuBackend backend(1);
+  const MatrixShape shape{4, 32, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  const std::vector<float> src = RandomMatrix(4 * 32, 3);
+  auto m = backend.Quantize(shape, src.data(), DType::kF32);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(backend.Quantize(shape, src.data(), DType::kE4M3).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  MatrixShape bad_mode = shape;
+  bad_mode.scale_mode = static_cast<ScaleMode>(77);
+  EXPECT_EQ(backend.Quantize(bad_mode, src.data(), DType::kF32).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  const std::vector<float> x = RandomMatrix(2 * 32, 4);
+  std::vector<float> y(2 * 8, -7.0f);  // room for the strided calls below
+  GemvArgs args;
+  args.x = x.data();
+  args.batch = 2;
+  args.y = y.data();
+  ASSERT_TRUE(backend.Gemv(**m, args).ok());
+  ASSERT_NE(y[0], -7.0f);
+  std::fill(y.begin(), y.end(), -7.0f);
+  for (DType bad : {DType::kE4M3, static_cast<DType>(9)}) {
+    GemvArgs a = args;
+    a.y_dtype = bad;
+    EXPECT_EQ(backend.Gemv(**m, a).code(), absl::StatusCode::kInvalidArgument);
+    a.y_stride = 8;  // the strided path too
+    EXPECT_EQ(backend.Gemv(**m, a).code(), absl::StatusCode::kInvalidArgument);
+  }
+  GemvArgs a = args;
+  a.x_dtype = static_cast<DType>(0);
+  EXPECT_EQ(backend.Gemv(**m, a).code(), absl::StatusCode::kInvalidArgument);
+  for (float v : y) EXPECT_EQ(v, -7.0f);
+
+  auto kv = backend.CreateKv(KvShape{1, 16, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, true});
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  const std::vector<float> k = RandomMatrix(3 * 16, 5), v = RandomMatrix(3 * 16, 6);
+  KvAppendArgs append{k.data(), v.data(), static_cast<DType>(9), 3};
+  EXPECT_EQ(backend.AppendKv(**kv, append).code(), absl::StatusCode::kInvalidArgument);
+  append.src_dtype = DType::kF32;
+  ASSERT_TRUE(backend.AppendKv(**kv, append).ok());
+  std::vector<float> out(16, -7.0f);
+  AttentionArgs att;
+  att.q = k.data();
+  att.batch = 1;
+  att.heads = 1;
+  att.q_len = 1;
+  att.scale = 0.25f;
+  att.out = out.data();
+  att.out_dtype = DType::kE4M3;
+  EXPECT_EQ(backend.Attention(**kv, att).code(), absl::StatusCode::kInvalidArgument);
+  for (float o : out) EXPECT_EQ(o, -7.0f);
+  att.out_dtype = DType::kF32;
+  EXPECT_TRUE(backend.Attention(**kv, att).ok());
+  EXPECT_NE(out[0], -7.0f);
+}
+
 }  // namespace plume::core

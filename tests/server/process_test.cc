@@ -424,8 +424,8 @@ TEST_F(ProcessTest, KillNineDuringKvAppendsLosesNothingAcknowledged) {
     }
     ASSERT_EQ(at, seq) << "seq " << seq << " is not the end of an append";
     std::vector<float> want(q.size());
-    ref::Attention(mirror.view(), q.data(), DType::kF32, {1, 4, 2, 0.125f, false}, want.data(),
-                   DType::kF32);
+    ref::Attention({mirror.view(), {q.data(), DType::kF32, 1, 4, 2, 0.125f, false, want.data(),
+                                    DType::kF32}});
     auto got = client.Attention("kv", TensorRef::F32(q.data(), {1, 4, 2, kDim}),
                                 {.softmax_scale = 0.125f});
     ASSERT_TRUE(got.ok()) << got.status();

@@ -22,6 +22,7 @@
 #include "tests/common/gemv_reference.h"
 #include "plume/reference/api.h"
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 #include "server/core/attention_service.h"
 #include "server/core/kv_store.h"
 #include "tests/common/attention_reference.h"
@@ -562,9 +563,15 @@ class ExpectedKv {
                 const HostTensor& out, float scale = 0.0f) const {
     const int64_t dim = cache_.layout().head_dim;
     if (out.shape != std::vector<int64_t>{batch, heads, q_len, dim}) return INFINITY;
-    ref::AttentionParams p{batch, heads, q_len, scale != 0.0f ? scale : float(1.0 / std::sqrt(double(dim))), causal};
+    AttentionProblem p{cache_.view(), {}};
+    p.q = q.data();
+    p.batch = batch;
+    p.heads = heads;
+    p.q_len = q_len;
+    p.scale = scale != 0.0f ? scale : float(1.0 / std::sqrt(double(dim)));
+    p.causal = causal;
     std::vector<double> want(q.size());
-    ref::AttentionReference(cache_.view(), q.data(), p, want.data());
+    naive::Attention(p, want.data());
     auto got = out.ToFloats();
     return got.ok() ? testing::RelL2(*got, want) : INFINITY;
   }

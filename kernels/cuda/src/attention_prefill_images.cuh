@@ -378,8 +378,32 @@ __device__ __forceinline__ void StoreO(const FaArgs& a, const float (&o)[kAcc], 
   }
 }
 
-// Grid: group kv heads x row tiles, tile-major with the last tiles (the
-// longest under causal masks) first.
+// Where a block of either flash kernel is: its kv head (group-local hl),
+// its query rows [lr0, lr0 + nrows) of kBlockRows-or-fewer, the tokens they
+// see and the tiles that hold them. Blocks run tile-major, the last row
+// tiles (the longest under causal masks) first.
+struct BlockPlace {
+  int hl, kvh, lr0, nrows, tiles;
+  int64_t vis_min, vis_max;
+};
+
+__device__ __forceinline__ BlockPlace PlaceBlock(const FaArgs& a, const WgImages& w, int block_rows,
+                                                 int tile_tokens) {
+  BlockPlace b;
+  b.hl = static_cast<int>(blockIdx.x % w.heads);
+  b.kvh = w.kvh0 + b.hl;
+  b.lr0 = (a.row_tiles - 1 - static_cast<int>(blockIdx.x / w.heads)) * block_rows;
+  b.nrows = min(block_rows, a.rows - b.lr0);
+  FaVisible(a, b.lr0, b.nrows, b.vis_min, b.vis_max);
+  b.tiles = static_cast<int>(min(static_cast<int64_t>(w.tiles), b.vis_max / tile_tokens + 1));
+  return b;
+}
+
+// The warp group of this thread, broadcast so that the compiler sees it
+// warp-uniform (a role it thinks divergent makes it serialize the wgmma).
+__device__ __forceinline__ int WarpGroup() { return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0); }
+
+// Grid: group kv heads x row tiles of kBlockRows (PlaceBlock).
 template <int kD>
 __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
@@ -391,18 +415,9 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
   __half* qs = reinterpret_cast<__half*>(smem);  // [consumer][64 rows x kD]
   __half* ring = qs + S::kQHalves;               // [stage][K image, V image]
 
-  const int tid = threadIdx.x;
-  // The warp group, broadcast so that the compiler sees it warp-uniform (a
-  // role it thinks divergent makes it serialize the wgmma).
-  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0), wtid = tid & 127;
-  const int hl = static_cast<int>(blockIdx.x % w.heads);
-  const int kvh = w.kvh0 + hl;
-  const int tile = a.row_tiles - 1 - static_cast<int>(blockIdx.x / w.heads);
-  const int lr0 = tile * kBlockRows;
-  const int nrows = min(kBlockRows, a.rows - lr0);
-  int64_t vis_min, vis_max;
-  FaVisible(a, lr0, nrows, vis_min, vis_max);
-  const int tiles = static_cast<int>(min(static_cast<int64_t>(w.tiles), vis_max / kTile + 1));
+  const int tid = threadIdx.x, wg = WarpGroup(), wtid = tid & 127;
+  const BlockPlace b = PlaceBlock(a, w, kBlockRows, kTile);
+  const int hl = b.hl, kvh = b.kvh, lr0 = b.lr0, nrows = b.nrows, tiles = b.tiles;
 
   if (tid == 0) InitRing(bars);
   __syncthreads();

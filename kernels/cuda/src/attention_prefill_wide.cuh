@@ -38,8 +38,7 @@ struct WideShape {
       size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + size_t{kXchFloats} * 4 + 128;
 };
 
-// Grid: group kv heads x tiles of 64 query rows, tile-major with the last
-// tiles (the longest under causal masks) first.
+// Grid: group kv heads x row tiles of 64 (PlaceBlock).
 template <int kD>
 __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
@@ -52,17 +51,10 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaA
   __half* ring = qs + S::kQHalves;               // [stage][K image, V image]
   float* xch = reinterpret_cast<float*>(ring + kStages * 2 * S::kImg);
 
-  const int tid = threadIdx.x;
-  // The warp group, broadcast so that the compiler sees it warp-uniform.
-  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0), wtid = tid & 127;
-  const int hl = static_cast<int>(blockIdx.x % w.heads);
-  const int kvh = w.kvh0 + hl;
-  const int tile = a.row_tiles - 1 - static_cast<int>(blockIdx.x / w.heads);
-  const int lr0 = tile * kWgRows;
-  const int nrows = min(kWgRows, a.rows - lr0);
-  int64_t vis_min, vis_max;
-  FaVisible(a, lr0, nrows, vis_min, vis_max);
-  const int tiles = static_cast<int>(min(static_cast<int64_t>(w.tiles), vis_max / kTile + 1));
+  const int tid = threadIdx.x, wg = WarpGroup(), wtid = tid & 127;
+  const BlockPlace b = PlaceBlock(a, w, kWgRows, kTile);
+  const int hl = b.hl, kvh = b.kvh, lr0 = b.lr0, nrows = b.nrows, tiles = b.tiles;
+  const int64_t vis_min = b.vis_min;
 
   if (tid == 0) InitRing(bars);
   __syncthreads();

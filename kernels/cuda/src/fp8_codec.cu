@@ -337,6 +337,7 @@ cudaError_t QuantizePackTyped(const void* src, int64_t rows, int64_t cols, Fp8Fo
       Block128Kernel<kSrc><<<GridFor(NumScales(mode, rows, cols), kThreads / 8), kThreads, 0, stream>>>(
           s, format, saturate, scales, words);
       break;
+    default: return cudaErrorInvalidValue;  // QuantizePack refuses the others first
   }
   PLUME_CUDA_TRY_LAUNCH();
   return cudaSuccess;
@@ -345,14 +346,23 @@ cudaError_t QuantizePackTyped(const void* src, int64_t rows, int64_t cols, Fp8Fo
 }  // namespace
 
 const char* DecodePathName(DecodePath p) {
-  return p == DecodePath::kNative ? "native" : "software";
+  switch (p) {
+    case DecodePath::kNative: return "native";
+    case DecodePath::kSoftware: return "software";
+  }
+  return "unknown";
 }
 
 cudaError_t DecodeAllCodes(Fp8Format format, DecodePath path, float* out, cudaStream_t stream) {
-  if (path == DecodePath::kNative) {
-    DecodeAllKernel<DecodePath::kNative><<<1, 256, 0, stream>>>(format, out);
-  } else {
-    DecodeAllKernel<DecodePath::kSoftware><<<1, 256, 0, stream>>>(format, out);
+  if (format != Fp8Format::kE4M3 && format != Fp8Format::kE5M2) return cudaErrorInvalidValue;
+  switch (path) {
+    case DecodePath::kNative:
+      DecodeAllKernel<DecodePath::kNative><<<1, 256, 0, stream>>>(format, out);
+      break;
+    case DecodePath::kSoftware:
+      DecodeAllKernel<DecodePath::kSoftware><<<1, 256, 0, stream>>>(format, out);
+      break;
+    default: return cudaErrorInvalidValue;
   }
   PLUME_CUDA_TRY_LAUNCH();
   return cudaSuccess;
@@ -367,6 +377,13 @@ cudaError_t QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t
                          Fp8Format format, ScaleMode mode, bool saturate, uint32_t* words,
                          float* scales, void* workspace, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return cudaErrorInvalidValue;
+  // Formats and modes the kernels know (BLOCK128X128 checkpoints come
+  // pre-packed; nothing quantizes to it).
+  if (format != Fp8Format::kE4M3 && format != Fp8Format::kE5M2) return cudaErrorInvalidValue;
+  if (mode != ScaleMode::kNone && mode != ScaleMode::kTensor && mode != ScaleMode::kRow &&
+      mode != ScaleMode::kBlock128) {
+    return cudaErrorInvalidValue;
+  }
   switch (src_dtype) {
     case DType::kF32:
       return QuantizePackTyped<DType::kF32>(src, rows, cols, format, mode, saturate, words, scales, workspace, stream);

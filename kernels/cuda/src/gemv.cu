@@ -521,14 +521,22 @@ cudaError_t LaunchPrep(DType t, int nvec, const void* x, int64_t cols, __half* o
   });
 }
 
-// Shape and types; the workspace size depends on nothing else.
+// Shape and types; the workspace size depends on nothing else. Values no
+// kernel is chosen for fail here rather than run as another: a format or
+// decode path outside its enum, and any scale mode but the four resident
+// ones (BLOCK128X128 is held as BLOCK128; the kernels never see it).
 bool ValidShape(const GemvProblem& p) {
   const bool x_ok = p.x_dtype == DType::kF32 || p.x_dtype == DType::kF16 ||
                     p.x_dtype == DType::kBF16 || p.x_dtype == DType::kE4M3 ||
                     p.x_dtype == DType::kE5M2;
   const bool y_ok = p.y_dtype == DType::kF32 || p.y_dtype == DType::kF16 ||
                     p.y_dtype == DType::kBF16;
-  return p.rows > 0 && p.cols > 0 && x_ok && y_ok && p.rows <= (int64_t{1} << 31) / kMaxN;
+  const bool format_ok = p.format == Fp8Format::kE4M3 || p.format == Fp8Format::kE5M2;
+  const bool mode_ok = p.scale_mode == ScaleMode::kNone || p.scale_mode == ScaleMode::kTensor ||
+                       p.scale_mode == ScaleMode::kRow || p.scale_mode == ScaleMode::kBlock128;
+  const bool path_ok = p.path == DecodePath::kNative || p.path == DecodePath::kSoftware;
+  return p.rows > 0 && p.cols > 0 && x_ok && y_ok && format_ok && mode_ok && path_ok &&
+         p.rows <= (int64_t{1} << 31) / kMaxN;
 }
 
 bool ValidProblem(const GemvProblem& p) {

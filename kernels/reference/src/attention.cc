@@ -1,5 +1,6 @@
-// Attention over the paged FP8 K/V cache: appends (quantization), the FP64
-// reference and the FP32 CPU path. Layout: plume/kernels/kv_layout.h.
+// Attention over the paged FP8 K/V cache: appends (quantization),
+// dequantization and the FP32 CPU path (the FP64 reference is apart, in
+// naive.cc). Layout: plume/kernels/kv_layout.h.
 #include "plume/reference/attention.h"
 
 #include <algorithm>
@@ -131,8 +132,19 @@ const uint8_t* Row(const KvCacheView& c, bool is_v, int64_t head, int64_t token)
   return page + (is_v ? c.layout.v_row_offset(head, t) : c.layout.k_row_offset(head, t));
 }
 
+// Whether p holds only values the code paths here are chosen for (a cast
+// from a wire or file value may be anything).
+bool Known(const AttentionProblem& p) {
+  auto wide = [](DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; };
+  const KvScaleMode m = p.layout.scale_mode;
+  return (p.format == Fp8Format::kE4M3 || p.format == Fp8Format::kE5M2) &&
+         (m == KvScaleMode::kNone || m == KvScaleMode::kTensor || m == KvScaleMode::kHead ||
+          m == KvScaleMode::kTokenBlock) &&
+         wide(p.q_dtype) && wide(p.out_dtype);
+}
+
 // The number of cache tokens query i may see.
-int64_t VisibleTokens(const KvCacheView& c, const AttentionParams& p, int64_t i) {
+int64_t VisibleTokens(const KvCacheView& c, const AttentionQueries& p, int64_t i) {
   return p.causal ? c.seq - p.q_len + i + 1 : c.seq;
 }
 
@@ -219,47 +231,6 @@ void KvDequantize(const KvCacheView& c, float* k, float* v) {
     }
 }
 
-void AttentionReference(const KvCacheView& c, const float* q, const AttentionParams& p,
-                        double* out) {
-  const KvLayout& l = c.layout;
-  const int64_t dim = l.head_dim, group = p.heads / l.kv_heads;
-  auto body = [&](int64_t h0, int64_t h1) {
-    std::vector<double> kd(static_cast<size_t>(c.seq * dim)), vd(kd.size()), s(static_cast<size_t>(c.seq));
-    for (int64_t kvh = h0; kvh < h1; ++kvh) {
-      for (int64_t t = 0; t < c.seq; ++t) {
-        const double ks = KvScaleAt(l, c.pages, c.k_scales, c.v_scales, false, kvh, t);
-        const double vs = KvScaleAt(l, c.pages, c.k_scales, c.v_scales, true, kvh, t);
-        for (int64_t d = 0; d < dim; ++d) {
-          kd[t * dim + d] = double(fp8::Decode(Row(c, false, kvh, t)[d], c.format)) * ks;
-          vd[t * dim + d] = double(fp8::Decode(Row(c, true, kvh, t)[d], c.format)) * vs;
-        }
-      }
-      for (int64_t b = 0; b < p.batch; ++b)
-        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-          for (int64_t i = 0; i < p.q_len; ++i) {
-            const int64_t row = (b * p.heads + h) * p.q_len + i;
-            const float* qr = q + row * dim;
-            const int64_t n = VisibleTokens(c, p, i);
-            double m = -std::numeric_limits<double>::infinity();
-            for (int64_t t = 0; t < n; ++t) {
-              double dot = 0;
-              for (int64_t d = 0; d < dim; ++d) dot += double(qr[d]) * kd[t * dim + d];
-              s[t] = dot * double(p.scale);
-              m = std::max(m, s[t]);
-            }
-            double sum = 0;
-            for (int64_t t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - m));
-            double* o = out + row * dim;
-            std::fill(o, o + dim, 0.0);
-            for (int64_t t = 0; t < n; ++t)
-              for (int64_t d = 0; d < dim; ++d) o[d] += s[t] * vd[t * dim + d];
-            for (int64_t d = 0; d < dim; ++d) o[d] /= sum;
-          }
-    }
-  };
-  ThreadPool::Default().ParallelFor(l.kv_heads, 1, body);
-}
-
 namespace {
 
 // Query rows per task of the FP32 path: the rows that share a decoded tile.
@@ -268,7 +239,7 @@ constexpr int64_t kRowsPerTask = 8;
 struct F32Task {
   const KvCacheView* c;
   const float* q;
-  const AttentionParams* p;
+  const AttentionQueries* p;
   float* out;
 };
 
@@ -290,7 +261,7 @@ float Dot(const float* q, const float* k, int64_t n) {
 // Rows [r0, r1) of kv head kvh's rows, ordered (batch, head in group, i).
 void RunRows(const F32Task& a, int64_t kvh, int64_t r0, int64_t r1) {
   const KvCacheView& c = *a.c;
-  const AttentionParams& p = *a.p;
+  const AttentionQueries& p = *a.p;
   const KvLayout& l = c.layout;
   const int64_t dim = l.head_dim, group = p.heads / l.kv_heads;
   const int64_t nr = r1 - r0;
@@ -357,9 +328,10 @@ void RunRows(const F32Task& a, int64_t kvh, int64_t r0, int64_t r1) {
   }
 }
 
-}  // namespace
-
-void AttentionF32(const KvCacheView& c, const float* q, const AttentionParams& p, float* out,
+// The fast path: FP32 online softmax over page tiles; each page's K/V rows are
+// decoded once per kv head for all the query rows that share it (GQA groups,
+// batch and q_len). F32 queries and outputs (Attention converts).
+void AttentionF32(const KvCacheView& c, const float* q, const AttentionQueries& p, float* out,
                   ThreadPool* pool) {
   const KvLayout& l = c.layout;
   if (p.batch <= 0 || p.heads <= 0 || p.q_len <= 0 || c.seq <= 0) return;
@@ -381,23 +353,26 @@ void AttentionF32(const KvCacheView& c, const float* q, const AttentionParams& p
   }
 }
 
-void Attention(const KvCacheView& c, const void* q, DType q_dtype, const AttentionParams& p,
-               void* out, DType out_dtype, ThreadPool* pool) {
+}  // namespace
+
+bool Attention(const AttentionProblem& p, ThreadPool* pool) {
+  if (!Known(p)) return false;
+  const KvCacheView& c = p;
   const int64_t n = p.batch * p.heads * p.q_len * c.layout.head_dim;
   std::vector<float> qf;
-  const float* qs = static_cast<const float*>(q);
-  if (q_dtype != DType::kF32) {
+  const float* qs = static_cast<const float*>(p.q);
+  if (p.q_dtype != DType::kF32) {
     qf.resize(static_cast<size_t>(n));
-    ToFloat(q, q_dtype, 1.0f, n, qf.data());
+    ToFloat(p.q, p.q_dtype, 1.0f, n, qf.data());
     qs = qf.data();
   }
-  if (out_dtype == DType::kF32) {
-    AttentionF32(c, qs, p, static_cast<float*>(out), pool);
-    return;
+  if (p.out_dtype == DType::kF32) {
+    AttentionF32(c, qs, p, static_cast<float*>(p.out), pool);
+    return true;
   }
   std::vector<float> of(static_cast<size_t>(n));
   AttentionF32(c, qs, p, of.data(), pool);
-  FromFloat(of.data(), n, out_dtype, out);
+  return FromFloat(of.data(), n, p.out_dtype, p.out);
 }
 
 }  // namespace ref

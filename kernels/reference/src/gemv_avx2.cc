@@ -82,13 +82,13 @@ struct K256 {
 
 }  // namespace
 
-void GemvRowsAvx2(const GemvArgs& a, int64_t r0, int64_t r1) { DriveRows<K256>(a, r0, r1); }
+void GemvRowsAvx2(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<K256>(a, r0, r1); }
 
 }  // namespace plume::ref::detail
 
 #pragma GCC pop_options
 #else
 namespace plume::ref::detail {
-void GemvRowsAvx2(const GemvArgs&, int64_t, int64_t) { __builtin_trap(); }
+void GemvRowsAvx2(const PaddedGemv&, int64_t, int64_t) { __builtin_trap(); }
 }  // namespace plume::ref::detail
 #endif

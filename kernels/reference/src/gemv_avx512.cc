@@ -116,13 +116,13 @@ struct K512 {
 
 }  // namespace
 
-void GemvRowsAvx512(const GemvArgs& a, int64_t r0, int64_t r1) { DriveRows<K512>(a, r0, r1); }
+void GemvRowsAvx512(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<K512>(a, r0, r1); }
 
 }  // namespace plume::ref::detail
 
 #pragma GCC pop_options
 #else
 namespace plume::ref::detail {
-void GemvRowsAvx512(const GemvArgs&, int64_t, int64_t) { __builtin_trap(); }
+void GemvRowsAvx512(const PaddedGemv&, int64_t, int64_t) { __builtin_trap(); }
 }  // namespace plume::ref::detail
 #endif

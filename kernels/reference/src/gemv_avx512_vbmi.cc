@@ -180,13 +180,13 @@ struct K512Vbmi {
 
 }  // namespace
 
-void GemvRowsAvx512Vbmi(const GemvArgs& a, int64_t r0, int64_t r1) { DriveRows<K512Vbmi>(a, r0, r1); }
+void GemvRowsAvx512Vbmi(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<K512Vbmi>(a, r0, r1); }
 
 }  // namespace plume::ref::detail
 
 #pragma GCC pop_options
 #else
 namespace plume::ref::detail {
-void GemvRowsAvx512Vbmi(const GemvArgs&, int64_t, int64_t) { __builtin_trap(); }
+void GemvRowsAvx512Vbmi(const PaddedGemv&, int64_t, int64_t) { __builtin_trap(); }
 }  // namespace plume::ref::detail
 #endif

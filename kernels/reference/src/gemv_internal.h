@@ -13,22 +13,25 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume::ref::detail {
 
-struct GemvArgs {
-  const uint8_t* codes = nullptr;
-  int64_t rows = 0, cols = 0, pc = 0, nblk = 0;
-  const float* scales = nullptr;
-  ScaleMode mode = ScaleMode::kNone;
-  Fp8Format fmt = Fp8Format::kE4M3;
-  const float* xp = nullptr;  // [batch][pc], zero-padded
+// A GemvF32 call as the row kernels take it: the matrix (never
+// BLOCK128X128 here), its codes as bytes with their row pitch, and the
+// activations copied to FP32 rows zero-padded to that pitch.
+struct PaddedGemv {
+  MatrixView w;
+  const uint8_t* codes = nullptr;  // w.words as bytes
+  int64_t pc = 0;                  // w.layout().padded_cols()
+  int64_t nblk = 0;                // w.layout().blocks_per_row()
+  const float* xp = nullptr;       // [batch][pc], zero-padded
   int64_t batch = 0;
   float* y = nullptr;  // [batch][rows]
 };
 
-using RowsFn = void (*)(const GemvArgs&, int64_t, int64_t);
+using RowsFn = void (*)(const PaddedGemv&, int64_t, int64_t);
 
 inline constexpr int kMaxBatchTile = 8;
 inline constexpr int kRowGroup = 8;
@@ -40,7 +43,7 @@ inline constexpr int64_t kVbmiMaxBatch = PLUME_VBMI_MAX_BATCH;
 
 
 template <class K, Fp8Format F, int B, bool kBlock>
-void RunTileGroup(const GemvArgs& a, int64_t r, int64_t nr, int64_t b0) {
+void RunTileGroup(const PaddedGemv& a, int64_t r, int64_t nr, int64_t b0) {
   constexpr int R = K::RowsFor(B, kBlock);  // a divisor of kRowGroup
   float out[kRowGroup * kMaxBatchTile];
   const float* x = a.xp + b0 * a.pc;
@@ -49,28 +52,28 @@ void RunTileGroup(const GemvArgs& a, int64_t r, int64_t nr, int64_t b0) {
     for (int i = 0; i < nrows; ++i) {
       const int64_t row = row0 + i;
       const float s = kBlock                        ? 1.0f
-                      : a.mode == ScaleMode::kNone   ? 1.0f
-                      : a.mode == ScaleMode::kTensor ? a.scales[0]
-                                                     : a.scales[row];
-      for (int b = 0; b < B; ++b) a.y[(b0 + b) * a.rows + row] = out[i * B + b] * s;
+                      : a.w.scale_mode == ScaleMode::kNone   ? 1.0f
+                      : a.w.scale_mode == ScaleMode::kTensor ? a.w.scales[0]
+                                                             : a.w.scales[row];
+      for (int b = 0; b < B; ++b) a.y[(b0 + b) * a.w.rows + row] = out[i * B + b] * s;
     }
   };
   for (; rr + R <= nr; rr += R) {
     const int64_t row = r + rr;
     K::template Tile<F, R, B, kBlock>(a.codes + row * a.pc, a.pc, x,
-                                      kBlock ? a.scales + row * a.nblk : nullptr, a.nblk, out);
+                                      kBlock ? a.w.scales + row * a.nblk : nullptr, a.nblk, out);
     emit(row, R);
   }
   for (; rr < nr; ++rr) {
     const int64_t row = r + rr;
     K::template Tile<F, 1, B, kBlock>(a.codes + row * a.pc, a.pc, x,
-                                      kBlock ? a.scales + row * a.nblk : nullptr, a.nblk, out);
+                                      kBlock ? a.w.scales + row * a.nblk : nullptr, a.nblk, out);
     emit(row, 1);
   }
 }
 
 template <class K, Fp8Format F, bool kBlock>
-void DriveRowsT(const GemvArgs& a, int64_t r0, int64_t r1) {
+void DriveRowsT(const PaddedGemv& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r += kRowGroup) {
     const int64_t nr = std::min<int64_t>(kRowGroup, r1 - r);
     for (int64_t b0 = 0; b0 < a.batch; b0 += kMaxBatchTile) {
@@ -88,22 +91,27 @@ void DriveRowsT(const GemvArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+// a.w's format and scale mode were checked by GemvF32Isa (NONE, TENSOR, ROW
+// or BLOCK128 here); a format outside the enum runs nothing.
 template <class K>
-void DriveRows(const GemvArgs& a, int64_t r0, int64_t r1) {
-  const bool block = a.mode == ScaleMode::kBlock128;
-  if (a.fmt == Fp8Format::kE4M3) {
-    block ? DriveRowsT<K, Fp8Format::kE4M3, true>(a, r0, r1)
-          : DriveRowsT<K, Fp8Format::kE4M3, false>(a, r0, r1);
-  } else {
-    block ? DriveRowsT<K, Fp8Format::kE5M2, true>(a, r0, r1)
-          : DriveRowsT<K, Fp8Format::kE5M2, false>(a, r0, r1);
+void DriveRows(const PaddedGemv& a, int64_t r0, int64_t r1) {
+  const bool block = a.w.scale_mode == ScaleMode::kBlock128;
+  switch (a.w.format) {
+    case Fp8Format::kE4M3:
+      block ? DriveRowsT<K, Fp8Format::kE4M3, true>(a, r0, r1)
+            : DriveRowsT<K, Fp8Format::kE4M3, false>(a, r0, r1);
+      return;
+    case Fp8Format::kE5M2:
+      block ? DriveRowsT<K, Fp8Format::kE5M2, true>(a, r0, r1)
+            : DriveRowsT<K, Fp8Format::kE5M2, false>(a, r0, r1);
+      return;
   }
 }
 
 // Defined in the ISA translation units (nullptr when not built).
-void GemvRowsScalar(const GemvArgs& a, int64_t r0, int64_t r1);
-void GemvRowsAvx2(const GemvArgs& a, int64_t r0, int64_t r1);
-void GemvRowsAvx512(const GemvArgs& a, int64_t r0, int64_t r1);
-void GemvRowsAvx512Vbmi(const GemvArgs& a, int64_t r0, int64_t r1);
+void GemvRowsScalar(const PaddedGemv& a, int64_t r0, int64_t r1);
+void GemvRowsAvx2(const PaddedGemv& a, int64_t r0, int64_t r1);
+void GemvRowsAvx512(const PaddedGemv& a, int64_t r0, int64_t r1);
+void GemvRowsAvx512Vbmi(const PaddedGemv& a, int64_t r0, int64_t r1);
 
 }  // namespace plume::ref::detail

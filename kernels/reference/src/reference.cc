@@ -43,6 +43,32 @@ namespace {
 
 ThreadPool& PoolOr(ThreadPool* pool) { return pool ? *pool : ThreadPool::Default(); }
 
+// Values the code paths below are chosen for; anything else (a cast from a
+// wire or file value) is refused, never run as another.
+bool KnownFormat(Fp8Format f) { return f == Fp8Format::kE4M3 || f == Fp8Format::kE5M2; }
+bool KnownMode(ScaleMode m) {
+  switch (m) {
+    case ScaleMode::kNone:
+    case ScaleMode::kTensor:
+    case ScaleMode::kRow:
+    case ScaleMode::kBlock128:
+    case ScaleMode::kBlock128x128: return true;
+  }
+  return false;
+}
+bool KnownDType(DType t) {
+  switch (t) {
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kE4M3:
+    case DType::kE5M2: return true;
+  }
+  return false;
+}
+// Source and result dtypes: the unquantized ones.
+bool WideDType(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
 float AmaxFinite(const float* p, int64_t n) {
   float m = 0.0f;
   for (int64_t i = 0; i < n; ++i) {
@@ -72,19 +98,20 @@ const DecodeTables& Tables() {
 
 }  // namespace
 
-void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode, Fp8Format format,
+bool ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode, Fp8Format format,
                    float* scales) {
+  if (!KnownFormat(format)) return false;
   switch (mode) {
-    case ScaleMode::kNone: return;
+    case ScaleMode::kNone: return true;
     case ScaleMode::kTensor: {
       float m = 0.0f;
       for (int64_t r = 0; r < rows; ++r) m = std::max(m, AmaxFinite(src + r * cols, cols));
       scales[0] = ScaleFromAmax(m, format);
-      return;
+      return true;
     }
     case ScaleMode::kRow:
       for (int64_t r = 0; r < rows; ++r) scales[r] = ScaleFromAmax(AmaxFinite(src + r * cols, cols), format);
-      return;
+      return true;
     case ScaleMode::kBlock128: {
       const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
       for (int64_t r = 0; r < rows; ++r)
@@ -92,7 +119,7 @@ void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode,
           const int64_t c0 = b * kBlockCols, n = std::min(kBlockCols, cols - c0);
           scales[r * nb + b] = ScaleFromAmax(AmaxFinite(src + r * cols + c0, n), format);
         }
-      return;
+      return true;
     }
     case ScaleMode::kBlock128x128: {
       const int64_t nb = (cols + kBlockCols - 1) / kBlockCols;
@@ -104,13 +131,15 @@ void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode,
             m = std::max(m, AmaxFinite(src + r * cols + c0, n));
           scales[t * nb + b] = ScaleFromAmax(m, format);
         }
-      return;
+      return true;
     }
   }
+  return false;
 }
 
-void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
+bool QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
                   const QuantizeOptions& opts, uint32_t* words, float* scales, ThreadPool* pool) {
+  if (!WideDType(src_dtype) || !KnownFormat(opts.format) || !KnownMode(opts.scale_mode)) return false;
   std::vector<float> converted;
   const float* f = static_cast<const float*>(src);
   if (src_dtype != DType::kF32) {
@@ -139,19 +168,22 @@ void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
     }
   };
   PoolOr(pool).ParallelFor(rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cols)), body);
+  return true;
 }
 
-void Dequantize(const MatrixView& w, float* out) {
-  const PackedLayout& l = w.layout;
+bool Dequantize(const MatrixView& w, float* out) {
+  if (!KnownFormat(w.format) || !KnownMode(w.scale_mode)) return false;
+  const PackedLayout l = w.layout();
   for (int64_t r = 0; r < l.rows; ++r)
     for (int64_t c = 0; c < l.cols; ++c)
       out[r * l.cols + c] = fp8::Decode(CodeAt(w.words, l, r, c), w.format) *
                             ScaleAt(w.scales, w.scale_mode, l, r, c);
+  return true;
 }
 
-void ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst) {
+bool ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst) {
   switch (dtype) {
-    case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+    case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return true;
     case DType::kF16: {
       const uint8_t* p = static_cast<const uint8_t*>(src);
       for (int64_t i = 0; i < n; ++i) {
@@ -159,7 +191,7 @@ void ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst) {
         std::memcpy(&h, p + 2 * i, 2);
         dst[i] = HalfBitsToFloat(h);
       }
-      return;
+      return true;
     }
     case DType::kBF16: {
       const uint8_t* p = static_cast<const uint8_t*>(src);
@@ -168,35 +200,39 @@ void ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst) {
         std::memcpy(&h, p + 2 * i, 2);
         dst[i] = Bf16BitsToFloat(h);
       }
-      return;
+      return true;
     }
     case DType::kE4M3:
     case DType::kE5M2: {
       const uint8_t* p = static_cast<const uint8_t*>(src);
       const Fp8Format f = static_cast<Fp8Format>(dtype);
       for (int64_t i = 0; i < n; ++i) dst[i] = fp8::Decode(p[i], f) * scale;
-      return;
+      return true;
     }
   }
+  return false;
 }
 
-void FromFloat(const float* src, int64_t n, DType dtype, void* dst) {
+bool FromFloat(const float* src, int64_t n, DType dtype, void* dst) {
   uint8_t* p = static_cast<uint8_t*>(dst);
   switch (dtype) {
+    case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return true;
     case DType::kF16:
       for (int64_t i = 0; i < n; ++i) {
         const uint16_t h = FloatToHalfBits(src[i]);
         std::memcpy(p + 2 * i, &h, 2);
       }
-      return;
+      return true;
     case DType::kBF16:
       for (int64_t i = 0; i < n; ++i) {
         const uint16_t h = FloatToBf16Bits(src[i]);
         std::memcpy(p + 2 * i, &h, 2);
       }
-      return;
-    default: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+      return true;
+    case DType::kE4M3:
+    case DType::kE5M2: return false;  // results are never FP8
   }
+  return false;
 }
 
 namespace detail {
@@ -230,7 +266,7 @@ struct KScalar {
 };
 }  // namespace
 
-void GemvRowsScalar(const GemvArgs& a, int64_t r0, int64_t r1) { DriveRows<KScalar>(a, r0, r1); }
+void GemvRowsScalar(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<KScalar>(a, r0, r1); }
 }  // namespace detail
 
 namespace internal {
@@ -240,8 +276,9 @@ const char* IsaName(Isa isa) {
     case Isa::kAvx512Vbmi: return "avx512vbmi";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
-    default: return "scalar";
+    case Isa::kScalar: return "scalar";
   }
+  return "unknown";
 }
 
 // clang 14's __builtin_cpu_supports knows no "f16c" (the fuzz preset builds
@@ -281,10 +318,11 @@ Isa BestIsa() {
   return best;
 }
 
-void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
+bool GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
                 ThreadPool* pool) {
-  const PackedLayout& l = w.layout;
-  if (l.rows <= 0 || batch <= 0) return;
+  if (!KnownFormat(w.format) || !KnownMode(w.scale_mode)) return false;
+  const PackedLayout l = w.layout();
+  if (l.rows <= 0 || batch <= 0) return true;
   if (w.scale_mode == ScaleMode::kBlock128x128) {
     // Served as BLOCK128 (ResidentScaleMode): each row takes its band's
     // scales. Backends expand once at upload; a direct call does it here.
@@ -293,21 +331,16 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
     MatrixView v = w;
     v.scales = rows.data();
     v.scale_mode = ScaleMode::kBlock128;
-    GemvF32Isa(isa, v, x, batch, y, pool);
-    return;
+    return GemvF32Isa(isa, v, x, batch, y, pool);
   }
   // Larger batches are FMA-bound: the decode is shared by the batch tile, and
   // the shift-decode kernel keeps fewer registers live (see NOTES.md).
   if (isa == Isa::kAvx512Vbmi && batch > detail::kVbmiMaxBatch) isa = Isa::kAvx512;
-  detail::GemvArgs a;
+  detail::PaddedGemv a;
+  a.w = w;
   a.codes = reinterpret_cast<const uint8_t*>(w.words);
-  a.rows = l.rows;
-  a.cols = l.cols;
   a.pc = l.padded_cols();
   a.nblk = l.blocks_per_row();
-  a.scales = w.scales;
-  a.mode = w.scale_mode;
-  a.fmt = w.format;
   a.batch = batch;
   a.y = y;
   // Zero-padded copy of x, so kernels can read full padded rows (the padding
@@ -316,10 +349,14 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
   for (int64_t b = 0; b < batch; ++b)
     std::memcpy(xp.data() + b * a.pc, x + b * l.cols, static_cast<size_t>(l.cols) * 4);
   a.xp = xp.data();
-  const detail::RowsFn fn = isa == Isa::kAvx512Vbmi ? detail::GemvRowsAvx512Vbmi
-                            : isa == Isa::kAvx512   ? detail::GemvRowsAvx512
-                            : isa == Isa::kAvx2 ? detail::GemvRowsAvx2
-                                                : detail::GemvRowsScalar;
+  detail::RowsFn fn = nullptr;
+  switch (isa) {
+    case Isa::kAvx512Vbmi: fn = detail::GemvRowsAvx512Vbmi; break;
+    case Isa::kAvx512: fn = detail::GemvRowsAvx512; break;
+    case Isa::kAvx2: fn = detail::GemvRowsAvx2; break;
+    case Isa::kScalar: fn = detail::GemvRowsScalar; break;
+  }
+  if (fn == nullptr) return false;  // an Isa value outside the enum
   const int64_t groups = (l.rows + detail::kRowGroup - 1) / detail::kRowGroup;
   auto body = [&](int64_t g0, int64_t g1) {
     fn(a, g0 * detail::kRowGroup, std::min(l.rows, g1 * detail::kRowGroup));
@@ -332,31 +369,32 @@ void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
   } else {
     PoolOr(pool).ParallelFor(groups, grain, body);
   }
+  return true;
 }
 
 }  // namespace internal
 
-void GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y, ThreadPool* pool) {
-  internal::GemvF32Isa(internal::BestIsa(), w, x, batch, y, pool);
+bool GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y, ThreadPool* pool) {
+  return internal::GemvF32Isa(internal::BestIsa(), w, x, batch, y, pool);
 }
 
-void Gemv(const MatrixView& w, const void* x, DType x_dtype, float x_scale, int64_t batch, void* y,
-          DType y_dtype, ThreadPool* pool) {
-  const int64_t rows = w.layout.rows, cols = w.layout.cols;
+bool Gemv(const GemvProblem& p, ThreadPool* pool) {
+  const MatrixView& w = p;
+  if (!KnownFormat(p.format) || !KnownMode(p.scale_mode) || !KnownDType(p.x_dtype) ||
+      !WideDType(p.y_dtype)) {
+    return false;
+  }
+  const int64_t rows = p.rows, cols = p.cols, batch = p.batch;
   std::vector<float> xf;
-  const float* xs = static_cast<const float*>(x);
-  if (x_dtype != DType::kF32) {
+  const float* xs = static_cast<const float*>(p.x);
+  if (p.x_dtype != DType::kF32) {
     xf.resize(static_cast<size_t>(batch * cols));
-    ToFloat(x, x_dtype, x_scale, batch * cols, xf.data());
+    ToFloat(p.x, p.x_dtype, p.x_scale, batch * cols, xf.data());
     xs = xf.data();
   }
-  if (y_dtype == DType::kF32) {
-    GemvF32(w, xs, batch, static_cast<float*>(y), pool);
-    return;
-  }
+  if (p.y_dtype == DType::kF32) return GemvF32(w, xs, batch, static_cast<float*>(p.y), pool);
   std::vector<float> yf(static_cast<size_t>(batch * rows));
-  GemvF32(w, xs, batch, yf.data(), pool);
-  FromFloat(yf.data(), batch * rows, y_dtype, y);
+  return GemvF32(w, xs, batch, yf.data(), pool) && FromFloat(yf.data(), batch * rows, p.y_dtype, p.y);
 }
 
 const char* GemvIsa() { return internal::IsaName(internal::BestIsa()); }

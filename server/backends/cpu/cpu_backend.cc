@@ -19,6 +19,13 @@
 namespace plume::core {
 namespace {
 
+// A call with a value outside its enum (core validates first, so only a
+// direct caller gets here): refused, never run as another value.
+absl::Status Unknown(const char* what, const char* which) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("cpu backend: cannot ", what, ": ", which, " are not ones it knows"));
+}
+
 // Resident memory of 16 KiB or more is mapped on its own, page by page,
 // rather than taken from the malloc heap: a matrix lives long, and one
 // allocated among a request's short-lived buffers would pin the heap's top,
@@ -103,10 +110,9 @@ class CpuMatrix final : public BackendMatrix {
   uint32_t* words() { return static_cast<uint32_t*>(mem_.data()); }
   float* scales() { return reinterpret_cast<float*>(static_cast<char*>(mem_.data()) + word_bytes_); }
 
-  ref::MatrixView view() const {
+  MatrixView view() const {
     auto* self = const_cast<CpuMatrix*>(this);
-    return ref::MatrixView{self->words(), self->scales(), shape().layout(), shape().format,
-                           shape().scale_mode};
+    return shape().view(self->words(), self->scales());
   }
 
  private:
@@ -149,8 +155,10 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::Quantize(const Matrix
   auto m = CpuMatrix::Allocate(shape);
   if (!m.ok()) return m.status();
   ref::QuantizeOptions opts{shape.format, shape.scale_mode, shape.saturate};
-  ref::QuantizePack(src, src_dtype, shape.rows, shape.cols, opts, (*m)->words(), (*m)->scales(),
-                    pool_.get());
+  if (!ref::QuantizePack(src, src_dtype, shape.rows, shape.cols, opts, (*m)->words(),
+                         (*m)->scales(), pool_.get())) {
+    return Unknown("quantize", "the source dtype, format or scale mode");
+  }
   return std::unique_ptr<BackendMatrix>(std::move(*m));
 }
 
@@ -168,8 +176,11 @@ class CpuRowQuantizer final : public RowQuantizer {
     const int64_t words_per_row = s.layout().words_per_row();
     const int64_t scales_per_row = s.num_scales() / s.rows;
     ref::QuantizeOptions opts{s.format, s.scale_mode, s.saturate};
-    ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + row0 * words_per_row,
-                      scales_per_row > 0 ? m_->scales() + row0 * scales_per_row : nullptr, pool_);
+    if (!ref::QuantizePack(src, src_dtype_, rows, s.cols, opts, m_->words() + row0 * words_per_row,
+                           scales_per_row > 0 ? m_->scales() + row0 * scales_per_row : nullptr,
+                           pool_)) {
+      return Unknown("quantize", "the source dtype, format or scale mode");
+    }
     return absl::OkStatus();
   }
 
@@ -247,7 +258,7 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> CpuBackend::FromPacked(const Matr
 
 absl::Status CpuBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, float* scales) {
   const auto& c = static_cast<const CpuMatrix&>(m);
-  const ref::MatrixView v = c.view();
+  const MatrixView v = c.view();
   std::memcpy(words, v.words, static_cast<size_t>(m.shape().layout().total_words()) * sizeof(uint32_t));
   if (m.shape().num_scales() > 0) {
     std::memcpy(scales, v.scales, static_cast<size_t>(m.shape().num_scales()) * sizeof(float));
@@ -259,7 +270,7 @@ absl::Status CpuBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, in
                                         uint32_t* words, float* scales) {
   const MatrixShape& s = m.shape();
   if (absl::Status st = CheckRowRange(s.rows, row0, rows); !st.ok()) return st;
-  const ref::MatrixView v = static_cast<const CpuMatrix&>(m).view();
+  const MatrixView v = static_cast<const CpuMatrix&>(m).view();
   const int64_t wpr = s.layout().words_per_row();
   std::memcpy(words, v.words + row0 * wpr, static_cast<size_t>(rows * wpr) * sizeof(uint32_t));
   if (const int64_t n = ScalesOfRowsCount(s.scale_mode, s.cols, rows); n > 0) {
@@ -272,9 +283,9 @@ absl::Status CpuBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, in
 absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CpuMatrix&>(w);
   const int64_t rows = m.shape().rows;
+  GemvProblem p{m.view(), args};
   if (args.y_stride == 0 || args.y_stride == rows || args.batch == 1) {
-    ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, args.y, args.y_dtype,
-              pool_.get());
+    if (!ref::Gemv(p, pool_.get())) return Unknown("run a GEMV", "the dtypes, format or scale mode");
     return absl::OkStatus();
   }
   // A strided result (a row shard): packed first, then spread out.
@@ -285,8 +296,8 @@ absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("cpu backend: cannot stage the GEMV's results");
   }
-  ref::Gemv(m.view(), args.x, args.x_dtype, args.x_scale, args.batch, packed.data(), args.y_dtype,
-            pool_.get());
+  p.y = packed.data();
+  if (!ref::Gemv(p, pool_.get())) return Unknown("run a GEMV", "the dtypes, format or scale mode");
   const size_t stride_bytes = static_cast<size_t>(args.y_stride * DTypeSize(args.y_dtype));
   for (int64_t b = 0; b < args.batch; ++b) {
     std::memcpy(static_cast<char*>(args.y) + b * stride_bytes, packed.data() + b * row_bytes,
@@ -309,8 +320,10 @@ absl::Status CpuBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& arg
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("cpu backend: cannot stage ", n, " K/V values"));
   }
-  ref::ToFloat(args.k, args.src_dtype, 1.0f, n, k.data());
-  ref::ToFloat(args.v, args.src_dtype, 1.0f, n, v.data());
+  if (!ref::ToFloat(args.k, args.src_dtype, 1.0f, n, k.data()) ||
+      !ref::ToFloat(args.v, args.src_dtype, 1.0f, n, v.data())) {
+    return Unknown("append to a K/V cache", "the source dtype");
+  }
   if (!c.Append(k.data(), v.data(), args.tokens)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "cpu backend: cannot allocate the pages of ", args.tokens, " more tokens"));
@@ -320,15 +333,16 @@ absl::Status CpuBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& arg
 
 absl::Status CpuBackend::Attention(const BackendKvCache& cache, const AttentionArgs& args) {
   const auto& c = static_cast<const CpuKvCache&>(cache).cache();
-  const ref::AttentionParams p{args.batch, args.heads, args.q_len, args.scale, args.causal};
-  ref::Attention(c.view(), args.q, args.q_dtype, p, args.out, args.out_dtype, pool_.get());
+  if (!ref::Attention(AttentionProblem{c.view(), args}, pool_.get())) {
+    return Unknown("run attention", "the dtypes, format or K/V scale mode");
+  }
   return absl::OkStatus();
 }
 
 absl::Status CpuBackend::ReadKv(const BackendKvCache& cache, int64_t first_page,
                                int64_t num_pages, uint8_t* pages, float* k_scales,
                                float* v_scales) {
-  const ref::KvCacheView v = static_cast<const CpuKvCache&>(cache).cache().view();
+  const KvCacheView v = static_cast<const CpuKvCache&>(cache).cache().view();
   if (first_page < 0 || num_pages < 0 || first_page + num_pages > KvLayout::pages_for(v.seq)) {
     return absl::OutOfRangeError(absl::StrCat("cpu backend: pages [", first_page, ", ",
                                               first_page + num_pages, ") of a cache of ",

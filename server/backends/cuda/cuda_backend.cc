@@ -311,10 +311,7 @@ std::vector<GemvKernelChoice> CudaBackend::GemvKernels(const BackendMatrix& w) c
   const MatrixShape& s = m.shape();
   std::vector<GemvKernelChoice> out;
   cuda::GemvProblem p;
-  p.rows = s.rows;
-  p.cols = s.cols;
-  p.format = s.format;
-  p.scale_mode = s.scale_mode;
+  static_cast<MatrixView&>(p) = s.view(nullptr, nullptr);  // the shape is what counts here
   p.path = static_cast<cuda::DecodePath>(decode_path_);
   p.kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
   for (DType x : {DType::kF16, DType::kBF16, DType::kF32, DType::kE4M3, DType::kE5M2}) {
@@ -376,20 +373,12 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   char* h = static_cast<char*>(lane.pinned);
   char* d = static_cast<char*>(lane.dev.p);
 
+  // The call's problem in device memory: the vectors move to the lane's buffers.
   cuda::GemvProblem p;
-  p.words = m.words();
-  p.scales = m.scales();
-  p.nan_rows = m.nan_rows();
-  p.rows = s.rows;
-  p.cols = s.cols;
-  p.format = s.format;
-  p.scale_mode = s.scale_mode;
+  static_cast<plume::GemvProblem&>(p) = {s.view(m.words(), m.scales()), args};
   p.x = d + x_off;
-  p.x_dtype = args.x_dtype;
-  p.x_scale = args.x_scale;
-  p.batch = args.batch;
   p.y = d + y_off;
-  p.y_dtype = args.y_dtype;
+  p.nan_rows = m.nan_rows();
   p.path = static_cast<cuda::DecodePath>(decode_path_);
   p.kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
 

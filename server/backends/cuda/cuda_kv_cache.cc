@@ -269,22 +269,13 @@ absl::Status CudaBackend::Attention(const BackendKvCache& cache, const Attention
   char* h = static_cast<char*>(lane.pinned);
   char* d = static_cast<char*>(lane.dev.p);
 
+  // The call's problem in device memory: the queries and output move to the
+  // lane's buffers.
   cuda::AttentionProblem p;
-  p.layout = s.layout();
-  p.format = s.format;
-  p.pages = c.table();
-  p.k_scales = c.k_scales_dev();
-  p.v_scales = c.v_scales_dev();
-  p.seq = c.seq();
+  static_cast<plume::AttentionProblem&>(p) = {
+      KvCacheView{s.layout(), s.format, c.table(), c.k_scales_dev(), c.v_scales_dev(), c.seq()}, args};
   p.q = d + q_off;
-  p.q_dtype = args.q_dtype;
-  p.batch = args.batch;
-  p.heads = args.heads;
-  p.q_len = args.q_len;
-  p.scale = args.scale;
-  p.causal = args.causal;
   p.out = d + o_off;
-  p.out_dtype = args.out_dtype;
   p.path = static_cast<cuda::DecodePath>(decode_path_);
   p.kernel = cuda::AttentionKernel::kAuto;
   const int64_t ws_need = cuda::AttentionWorkspaceBytes(p, options_.device);

@@ -43,6 +43,7 @@
 
 #include "plume/cuda/fp8_codec.h"
 #include "plume/kernels/kv_layout.h"
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume::cuda {
@@ -63,29 +64,11 @@ enum class AttentionKernel : uint8_t {
   kPrefillImages = 4,
 };
 
-struct AttentionProblem {
-  // The cache, device memory: a device array of device page pointers
-  // (KvLayout::pages_for(seq) of them) and the cache-wide scales
-  // (layout.global_scales() floats each for K and V; unused otherwise).
-  KvLayout layout;
-  Fp8Format format = Fp8Format::kE4M3;
-  const uint8_t* const* pages = nullptr;
-  const float* k_scales = nullptr;
-  const float* v_scales = nullptr;
-  int64_t seq = 0;
-
-  // Queries [batch][heads][q_len][head_dim] and the output of the same shape,
-  // device memory.
-  const void* q = nullptr;
-  DType q_dtype = DType::kF32;  // F32, F16 or BF16
-  int64_t batch = 0;
-  int64_t heads = 0;            // a multiple of layout.kv_heads
-  int64_t q_len = 0;            // <= seq when causal
-  float scale = 1.0f;           // softmax scale
-  bool causal = false;
-  void* out = nullptr;
-  DType out_dtype = DType::kF32;  // F32, F16 or BF16
-
+// plume's AttentionProblem (plume/kernels/problem.h: the cache, the
+// queries) in device memory: `pages` is a device array of device page
+// pointers, the scales, queries and output are device memory. Plus what only
+// the GPU needs.
+struct AttentionProblem : plume::AttentionProblem {
   DecodePath path = DecodePath::kNative;
   AttentionKernel kernel = AttentionKernel::kAuto;
 };

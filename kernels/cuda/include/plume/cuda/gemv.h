@@ -25,6 +25,7 @@
 
 #include "plume/cuda/fp8_codec.h"
 #include "plume/kernels/layout.h"
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume::cuda {
@@ -45,27 +46,14 @@ const char* GemvKernelName(GemvKernel k);
 // "auto", "mma", "wgmma" or "cublaslt"; false for anything else.
 bool ParseGemvKernel(const char* name, GemvKernel* out);
 
-struct GemvProblem {
-  // The matrix, device memory.
-  const uint32_t* words = nullptr;  // layout().total_words()
-  const float* scales = nullptr;    // NumScales(scale_mode, rows, cols); unused for NONE
-  // Rows holding an E4M3 NaN code (1 byte per row), or null when there are
-  // none. The software E4M3 decode reads NaN codes as finite numbers, so these
-  // rows' results are set to NaN explicitly (see FindNanRows).
+// plume's GemvProblem (plume/kernels/problem.h: the matrix, the vectors)
+// with every pointer in device memory, plus what only the GPU needs.
+struct GemvProblem : plume::GemvProblem {
+  // Rows holding an E4M3 NaN code (1 byte per row, device memory), or null
+  // when there are none. The software E4M3 decode reads NaN codes as finite
+  // numbers, so these rows' results are set to NaN explicitly (see
+  // FindNanRows).
   const uint8_t* nan_rows = nullptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  Fp8Format format = Fp8Format::kE4M3;
-  ScaleMode scale_mode = ScaleMode::kRow;
-
-  // Activations [batch][cols] and results [batch][rows], device memory.
-  const void* x = nullptr;
-  DType x_dtype = DType::kF32;  // F32, F16, BF16, E4M3 or E5M2
-  float x_scale = 1.0f;         // FP8 activations: x = code value * x_scale
-  int64_t batch = 0;
-  void* y = nullptr;
-  DType y_dtype = DType::kF32;  // F32, F16 or BF16
-
   DecodePath path = DecodePath::kNative;
   GemvKernel kernel = GemvKernel::kAuto;
 };
@@ -87,7 +75,9 @@ DecodePath DefaultDecodePath(int device);
 int64_t GemvWorkspaceBytes(const GemvProblem& p, int device);
 
 // Runs the GEMV on `stream`. Returns cudaErrorInvalidValue for bad arguments
-// and cudaErrorNotSupported for the native path on a device older than sm_89,
+// (a format, decode path, kernel or scale mode no kernel is chosen for among
+// them: BLOCK128X128 too, which backends hold as BLOCK128) and
+// cudaErrorNotSupported for the native path on a device older than sm_89,
 // the wgmma kernel on a device other than sm_90, or the cuBLASLt path forced
 // on a problem or device it does not take (see kCublasLt).
 cudaError_t Gemv(const GemvProblem& p, void* workspace, int64_t workspace_bytes,

@@ -1,11 +1,15 @@
 // The CPU reference: the definition of right for every plume kernel, and the
 // CPU backend. Callers validate arguments first (server/core does); these
-// functions assume shapes and buffer sizes are consistent.
+// functions assume shapes and buffer sizes are consistent. Those that return
+// bool return false, having written nothing, for a value outside its enum (a
+// format, scale mode or dtype no code path is chosen for) rather than compute
+// something else.
 #pragma once
 
 #include <cstdint>
 
 #include "plume/kernels/layout.h"
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume {
@@ -18,15 +22,6 @@ struct QuantizeOptions {
   Fp8Format format = Fp8Format::kE4M3;
   ScaleMode scale_mode = ScaleMode::kRow;
   bool saturate = true;
-};
-
-// A packed FP8 matrix (read-only view).
-struct MatrixView {
-  const uint32_t* words = nullptr;  // layout.total_words() words
-  const float* scales = nullptr;    // NumScales(scale_mode, rows, cols) floats
-  PackedLayout layout;
-  Fp8Format format = Fp8Format::kE4M3;
-  ScaleMode scale_mode = ScaleMode::kNone;
 };
 
 // Computes the FP32 scales of a row-major float matrix for `mode`:
@@ -42,38 +37,37 @@ struct MatrixView {
 //  - one huge value sets the scale of its whole group, so the group's small
 //    values may flush to +-0 or FP8 subnormals (use ROW or BLOCK128 to limit
 //    the damage to one row or 128 columns).
-void ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode, Fp8Format format,
+bool ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode, Fp8Format format,
                    float* scales);
 
 // Quantizes a row-major source matrix (F32, F16 or BF16, little-endian) to
 // packed FP8: code = Encode(x / scale, format, saturate) with IEEE float
 // division. Padding codes are zero. `scales` may be null for NONE.
 // pool == nullptr: ThreadPool::Default() (the same for GemvF32 / Gemv).
-void QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
+bool QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
                   const QuantizeOptions& opts, uint32_t* words, float* scales,
                   ThreadPool* pool = nullptr);
 
 // Writes the dequantized matrix (rows * cols floats, row-major).
-void Dequantize(const MatrixView& w, float* out);
+bool Dequantize(const MatrixView& w, float* out);
 
 // y[b][r] = sum_c decode(W[r][c]) * scale(r, c) * x[b][c], FP32 accumulation
 // (TENSOR/ROW: the row's dot product times its scale; BLOCK128: per-block
 // partial sums times the block scale). NaN codes give NaN outputs.
 // x: [batch][cols] floats, y: [batch][rows] floats. Multithreaded and
 // vectorized (AVX-512 / AVX2 chosen at run time, scalar otherwise).
-void GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y,
+bool GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y,
              ThreadPool* pool = nullptr);
 
-// The same GEMV with typed activations and outputs: x_dtype F32/F16/BF16/E4M3/E5M2
-// (FP8 inputs are multiplied by x_scale), y_dtype F32/F16/BF16 (rounded to
-// nearest-even).
-void Gemv(const MatrixView& w, const void* x, DType x_dtype, float x_scale, int64_t batch, void* y,
-          DType y_dtype, ThreadPool* pool = nullptr);
+// The same GEMV with typed activations and outputs (GemvVectors: FP8 inputs
+// are multiplied by x_scale, F16/BF16 outputs rounded to nearest-even).
+// Host memory.
+bool Gemv(const GemvProblem& p, ThreadPool* pool = nullptr);
 
 // Converts n elements of `dtype` to float (FP8 codes multiplied by `scale`).
-void ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst);
-// Converts n floats to `dtype` (F32, F16 or BF16; RNE).
-void FromFloat(const float* src, int64_t n, DType dtype, void* dst);
+bool ToFloat(const void* src, DType dtype, float scale, int64_t n, float* dst);
+// Converts n floats to `dtype` (F32, F16 or BF16; RNE); false for FP8.
+bool FromFloat(const float* src, int64_t n, DType dtype, void* dst);
 
 // Which vector instruction set GemvF32 uses on this machine: "avx512", "avx2" or "scalar".
 const char* GemvIsa();

@@ -1,6 +1,7 @@
 // Attention over a paged FP8 K/V cache (plume/kernels/kv_layout.h): quantized
-// appends, an FP64 reference (the definition of right, for tests) and the fast
-// multithreaded FP32 path the CPU backend serves. Callers validate shapes
+// appends and the fast multithreaded FP32 path the CPU backend serves. The
+// definition of right it is tested against is naive::Attention
+// (plume/reference/naive.h), apart. Callers validate shapes
 // first (server/core does).
 //
 // For queries q [batch, heads, q_len, head_dim] against a cache of `seq`
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "plume/kernels/kv_layout.h"
+#include "plume/kernels/problem.h"
 #include "plume/kernels/types.h"
 
 namespace plume {
@@ -25,16 +27,6 @@ class ThreadPool;
 }
 
 namespace plume::ref {
-
-// A cache to read.
-struct KvCacheView {
-  KvLayout layout;
-  Fp8Format format = Fp8Format::kE4M3;
-  const uint8_t* const* pages = nullptr;  // KvLayout::pages_for(seq) pages
-  const float* k_scales = nullptr;        // layout.global_scales() floats (TENSOR, HEAD)
-  const float* v_scales = nullptr;
-  int64_t seq = 0;
-};
 
 // A cache to append to: `pages` cover at least seq + tokens tokens, and the
 // pages past seq's last one are zero-filled.
@@ -95,28 +87,13 @@ class HostKvCache {
   int64_t seq_ = 0;
 };
 
-struct AttentionParams {
-  int64_t batch = 0;
-  int64_t heads = 0;
-  int64_t q_len = 0;
-  float scale = 0.0f;  // softmax scale; callers pass 1/sqrt(head_dim) for the default
-  bool causal = false;
-};
-
-// FP64 reference: dequantizes in double, two-pass max-subtracted softmax,
-// FP64 sums. q: [batch][heads][q_len][head_dim] floats; out the same shape.
-void AttentionReference(const KvCacheView& cache, const float* q, const AttentionParams& p,
-                        double* out);
-
-// The fast path: FP32 online softmax over page tiles; each page's K/V rows are
-// decoded once per kv head for all the query rows that share it (GQA groups,
-// batch and q_len). Relative L2 error against AttentionReference <= 1e-5
-// (tests/kernels/attention_test.cc). pool == nullptr: ThreadPool::Default().
-void AttentionF32(const KvCacheView& cache, const float* q, const AttentionParams& p, float* out,
-                  ThreadPool* pool = nullptr);
-
-// AttentionF32 with typed queries (F32/F16/BF16) and outputs (F32/F16/BF16, RNE).
-void Attention(const KvCacheView& cache, const void* q, DType q_dtype, const AttentionParams& p,
-               void* out, DType out_dtype, ThreadPool* pool = nullptr);
+// The fast path the CPU backend serves: FP32 online softmax over page tiles;
+// each page's K/V rows are decoded once per kv head for all the query rows
+// that share it (GQA groups, batch and q_len). Typed queries (F32/F16/BF16)
+// and outputs (F32/F16/BF16, RNE). Relative L2 error against
+// naive::Attention <= 1e-5 for F32 outputs (tests/kernels/attention_test.cc).
+// Host memory. pool == nullptr: ThreadPool::Default(). False, with nothing
+// written, for a format, K/V scale mode or dtype outside its enum.
+bool Attention(const AttentionProblem& p, ThreadPool* pool = nullptr);
 
 }  // namespace plume::ref

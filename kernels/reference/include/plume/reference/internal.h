@@ -17,7 +17,7 @@ bool IsaSupported(Isa isa);
 // The ISA GemvF32 picks on this machine.
 Isa BestIsa();
 // GemvF32 with a forced ISA (must be supported).
-void GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
+bool GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
                 ThreadPool* pool);
 
 }  // namespace plume::ref::internal
