@@ -57,7 +57,7 @@ if(PLUME_HAVE_CUDA)
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/include
                              ${PROJECT_SOURCE_DIR}/kernels/cuda/src
                              ${CUDAToolkit_INCLUDE_DIRS})
-  target_link_libraries(prefill_images_emu_test PRIVATE plume_kernels_ref GTest::gtest_main)
+  target_link_libraries(prefill_images_emu_test PRIVATE plume_kernels_ref plume_kernels_naive GTest::gtest_main)
   target_compile_options(prefill_images_emu_test PRIVATE -Wno-unknown-pragmas -Wno-class-memaccess)
   add_test(NAME prefill_images_emu_test COMMAND prefill_images_emu_test)
   set_tests_properties(prefill_images_emu_test PROPERTIES LABELS emu TIMEOUT 300)

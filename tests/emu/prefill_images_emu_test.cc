@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "plume/reference/attention.h"
+#include "plume/reference/naive.h"
 
 namespace plume::cuda {
 namespace {
@@ -80,30 +81,22 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
     }
     EXPECT_TRUE(own.Append(k.data(), v.data(), c.seq));
   }
-  const ref::KvCacheView view = (given != nullptr ? *given : own).view();
   const int64_t n = c.batch * c.heads * c.q_len * c.dim;
   const auto q = Normal(n, seed + 2);
-  const ref::AttentionParams rp{c.batch, c.heads, c.q_len, 0.09f, c.causal};
-  std::vector<double> want(static_cast<size_t>(n));
-  ref::AttentionReference(view, q.data(), rp, want.data());
-
+  std::vector<float> out(static_cast<size_t>(n), NAN);
   AttentionProblem p;
-  p.layout = l;
-  p.format = c.format;
-  p.pages = view.pages;
-  p.k_scales = view.k_scales;
-  p.v_scales = view.v_scales;
-  p.seq = c.seq;
+  static_cast<KvCacheView&>(p) = (given != nullptr ? *given : own).view();
   p.q = q.data();
   p.q_dtype = DType::kF32;
   p.batch = c.batch;
   p.heads = c.heads;
   p.q_len = c.q_len;
-  p.scale = rp.scale;
+  p.scale = 0.09f;
   p.causal = c.causal;
-  std::vector<float> out(static_cast<size_t>(n), NAN);
   p.out = out.data();
   p.out_dtype = DType::kF32;
+  std::vector<double> want(static_cast<size_t>(n));
+  EXPECT_TRUE(naive::Attention(p, want.data()));
   p.path = c.path;
   const int kd = attn::KernelDim(l.row_bytes());
   EXPECT_TRUE(kd == 64 || kd == 128 || kd == 256 || kd == 512) << kd;
