@@ -1,6 +1,7 @@
 // The Hopper flash prefill's kernels (sm_90a), head dims padding to 64, 128
-// and 256: the image pass and the flash kernel, described in
-// attention_prefill_images.cu, which launches them. A header so that the CPU
+// and 256 (512: attention_prefill_wide.cuh, built from the pieces here): the
+// image pass and the flash kernel, described in attention_prefill_images.cu,
+// which launches them. A header so that the CPU
 // emulation (tests/emu/prefill_images_emu_test.cc, under tests/emu/emu_cuda.h
 // and emu_sm90.h, which stand in for the Hopper instructions) runs this very
 // code. Included by those two files only (internal linkage).
@@ -24,9 +25,8 @@ using prefill_image::CoreOffset;
 using prefill_image::ImageHalves;
 using prefill_image::KOffset;
 using prefill_image::StepBytes;
-using prefill_image::VOffset;
-
 using prefill_image::TileTokens;
+using prefill_image::VOffset;
 
 constexpr int kPage = static_cast<int>(kKvPageTokens);  // tokens per page
 constexpr int kWgRows = 64;                              // query rows per consumer
