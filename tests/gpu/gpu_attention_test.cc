@@ -430,26 +430,32 @@ TEST(GpuAttention, EveryScaleModeAndFormat) {
 
 // Long prefills, as a model's prompt: q_len = seq (ragged, many K/V pages and
 // query tiles; causal tiles skip pages), tiles that span two batches, and
-// GQA over a long cache, at every head dim the flash prefill covers.
-TEST(GpuAttention, PrefillLongQueries) {
-  uint32_t seed = 700;
+// GQA over a long cache, at every head dim the flash prefills cover.
+void LongQueries(AttentionKernel kernel, uint32_t& seed) {
   for (int64_t dim : {64, 128, 256, 512}) {
     for (bool causal : {true, false}) {
       Case c{dim, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
              DType::kF32};
-      RunCase(c, AttentionKernel::kPrefill, 2e-3, seed++);
+      RunCase(c, kernel, 2e-3, seed++);
     }
     Case b{dim, 777, 150, 2, 6, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kBF16, DType::kBF16};
-    RunCase(b, AttentionKernel::kPrefill, 2e-3, seed++);
+    RunCase(b, kernel, 2e-3, seed++);
     Case g{dim, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
-    RunCase(g, AttentionKernel::kPrefill, 2e-3, seed++);
+    RunCase(g, kernel, 2e-3, seed++);
   }
-  // The benchmark's prompt shape, scaled down (4 heads, S=2048, causal), on
-  // both prefill kernels.
+}
+
+// The benchmark's prompt shape, scaled down (4 heads, S=2048, causal).
+void BenchShapeScaledDown(AttentionKernel kernel, uint32_t& seed) {
+  Case c{128, 2048, 2048, 4, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16, DType::kF16};
+  RunCase(c, kernel, 2e-3, seed++);
+}
+
+TEST(GpuAttention, PrefillLongQueries) {
+  uint32_t seed = 700;
+  LongQueries(AttentionKernel::kPrefill, seed);
   for (AttentionKernel kernel : {AttentionKernel::kPrefill, AttentionKernel::kPrefillMmaSync}) {
-    Case c{128, 2048, 2048, 4, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
-           DType::kF16};
-    RunCase(c, kernel, 2e-3, seed++);
+    BenchShapeScaledDown(kernel, seed);
   }
   PrintWorst("prefill");
 }
@@ -462,28 +468,22 @@ TEST(GpuAttention, PrefillImages) {
   int major = 0, minor = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0), cudaSuccess);
-  if (major * 10 + minor != 90) {
-    const KvLayout l{2, 128, KvScaleMode::kHead};
+  // No workspace size: the kernel refuses the problem rather than run another.
+  const auto refused = [](int64_t head_dim) {
     cuda::AttentionProblem p;
-    p.layout = l;
+    p.layout = KvLayout{2, head_dim, KvScaleMode::kHead};
     p.seq = 100;
     p.batch = 1;
     p.heads = 2;
     p.q_len = 100;
     p.kernel = AttentionKernel::kPrefillImages;
-    EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
+    return cuda::AttentionWorkspaceBytes(p, 0) == 0;
+  };
+  if (major * 10 + minor != 90) {
+    EXPECT_TRUE(refused(128));
     return;
   }
-  {  // head dims past 512: refused, not run as another kernel
-    cuda::AttentionProblem p;
-    p.layout = KvLayout{2, 1000, KvScaleMode::kHead};
-    p.seq = 100;
-    p.batch = 1;
-    p.heads = 2;
-    p.q_len = 100;
-    p.kernel = AttentionKernel::kPrefillImages;
-    EXPECT_EQ(cuda::AttentionWorkspaceBytes(p, 0), 0);
-  }
+  EXPECT_TRUE(refused(1000));  // head dims past 512
   Sweep(AttentionKernel::kPrefillImages, {16, 100, 257}, 2e-3, {64, 128, 256, 512});
   uint32_t seed = 1500;
   for (Fp8Format f : kFormats)
@@ -492,19 +492,8 @@ TEST(GpuAttention, PrefillImages) {
         Case c{100, 333, 70, 2, 6, 1, causal, f, m, DType::kF32, DType::kF32};
         RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
       }
-  for (int64_t dim : {64, 128, 256, 512}) {
-    for (bool causal : {true, false}) {
-      Case c{dim, 1000, 1000, 1, 1, 1, causal, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16,
-             DType::kF32};
-      RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
-    }
-    Case b{dim, 777, 150, 2, 6, 2, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kBF16, DType::kBF16};
-    RunCase(b, AttentionKernel::kPrefillImages, 2e-3, seed++);
-    Case g{dim, 3001, 333, 2, 8, 1, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kF32, DType::kF16};
-    RunCase(g, AttentionKernel::kPrefillImages, 2e-3, seed++);
-  }
-  Case c{128, 2048, 2048, 4, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16, DType::kF16};
-  RunCase(c, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  LongQueries(AttentionKernel::kPrefillImages, seed);
+  BenchShapeScaledDown(AttentionKernel::kPrefillImages, seed);
   PrintWorst("prefill-images");
 }
 
