@@ -135,6 +135,7 @@ Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int6
     std::exit(1);
   }
   CHECK_CUDA(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)));
+  CHECK_CUDA(cudaMemset(ws, 0, static_cast<size_t>(ws_bytes)));  // the counters, once
   const int copies = static_cast<int>(c.tables.size());
   const double us = timer.Median([&](int i) {
     p.pages = static_cast<const uint8_t* const*>(c.tables[i % copies]);

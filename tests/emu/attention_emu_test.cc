@@ -16,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -42,10 +43,16 @@ struct Shape {
   KvScaleMode mode;
   DecodePath path;
   bool cuda_cores = false;  // decode: the CUDA-core kernel even where a tensor-core one serves
+  // Decode: the splits merged by the combine kernel (as past kFusedUnits
+  // tiles), not by each unit's last block; and the blocks run last to first.
+  bool combine_kernel = false;
+  bool reversed = false;
+  int splits = 3;  // decode: splits of the pages at most
 };
 
-// Runs one problem through the decode kernel + combine or the prefill kernel
-// (output poisoned with NaN) and returns the rel. L2 error against the FP64
+// Runs one problem through the decode kernel (its splits merged by the last
+// block of each unit, or by the combine kernel) or the prefill kernel (output
+// poisoned with NaN) and returns the rel. L2 error against the FP64
 // reference; fails if an element is left unwritten.
 double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given = nullptr,
                    std::vector<float>* got = nullptr, std::vector<double>* expected = nullptr) {
@@ -100,13 +107,15 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
                                 : kRows;
     const int tiles = static_cast<int>((rows + tile_rows - 1) / tile_rows);
     const int pages = static_cast<int>(KvLayout::pages_for(s.seq));
-    const int want_splits = std::min(pages, 3);
+    const int want_splits = std::min(pages, s.splits);
     const int pps = (pages + want_splits - 1) / want_splits;
     const int splits = (pages + pps - 1) / pps;
     const auto units = static_cast<unsigned>(s.kv_heads * tiles);
     const int64_t slots = int64_t{units} * splits * tile_rows;
     std::vector<float> ws(static_cast<size_t>(slots * (2 + s.dim)), NAN);
-    const Params k2 = MakeParams(p, dec, tile_rows, tiles, pps, splits, ws.data(), slots * 2 * 4);
+    std::vector<unsigned> counters(units, 0);
+    const Params k2 = MakeParams(p, dec, tile_rows, tiles, pps, splits, ws.data(), slots * 2 * 4,
+                                 s.combine_kernel ? nullptr : counters.data());
     // The kernel the dispatch would launch: its table for the CUDA-core decode.
     const KernelFn fn = WithDec<KernelFn>(dec, [&](auto d) -> KernelFn {
       constexpr Dec kDec = decltype(d)::value;
@@ -128,8 +137,14 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     });
     EXPECT_NE(fn, nullptr);
     if (fn == nullptr) return INFINITY;
+    g_emu_blocks_reversed = s.reversed;
     EmuLaunch(units, static_cast<unsigned>(splits), static_cast<unsigned>(DecodeThreads(kd)), [&] { fn(k2); });
-    EmuLaunch(static_cast<unsigned>(s.batch * s.heads * s.q_len), 1, kCombineThreads, [&] { CombineKernel(k2); });
+    if (s.combine_kernel) {
+      EmuLaunch(static_cast<unsigned>(s.batch * s.heads * s.q_len), 1, kCombineThreads, [&] { CombineKernel(k2); });
+    }
+    g_emu_blocks_reversed = false;
+    // Every unit's last block set its counter back for the next launch.
+    EXPECT_EQ(std::count(counters.begin(), counters.end(), 0u), static_cast<std::ptrdiff_t>(units));
   }
   if (got != nullptr) {
     *got = out;
@@ -150,6 +165,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
 constexpr KvScaleMode kModes[] = {KvScaleMode::kNone, KvScaleMode::kTensor, KvScaleMode::kHead,
                                   KvScaleMode::kTokenBlock};
 constexpr DecodePath kPaths[] = {DecodePath::kNative, DecodePath::kSoftware};
+constexpr Fp8Format kFormats[] = {Fp8Format::kE4M3, Fp8Format::kE5M2};
 
 TEST(AttentionEmu, DecodeKernel) {
   int i = 0;
@@ -163,9 +179,11 @@ TEST(AttentionEmu, DecodeKernel) {
         const bool cuda_cores = (dim == 64 || dim == 256) && i % 2 == 1;
         const Shape s{dim,        seq, 2, gqa ? 8 : 2, q_len, i % 5 == 0 ? 2 : 1, i % 2 == 0 && q_len <= seq,
                       i % 4 < 2 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 4 % 2],
-                      cuda_cores};
+                      cuda_cores, i % 3 == 2, i % 7 >= 4};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len
-                                          << " gqa=" << gqa << " cuda_cores=" << cuda_cores << " case " << i);
+                                          << " gqa=" << gqa << " cuda_cores=" << cuda_cores
+                                          << " combine_kernel=" << s.combine_kernel << " reversed="
+                                          << s.reversed << " case " << i);
         const double err = RunEmulated(s, false);
         EXPECT_LE(err, 1e-5);
         worst = std::max(worst, err);
@@ -183,7 +201,8 @@ TEST(AttentionEmu, DecodeFewRows) {
     for (int64_t seq : {1, 65, 1000})
       for (int64_t q_len : {1, 2}) {
         const Shape s{dim, seq, 2, q_len == 1 ? 8 : 4, q_len, 1, q_len <= seq,
-                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 2 % 2]};
+                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], kPaths[i / 2 % 2],
+                      false, false, i % 3 == 1};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " q_len=" << q_len << " case " << i);
         EXPECT_LE(RunEmulated(s, false), 1e-5);
         ++i;
@@ -200,8 +219,28 @@ TEST(AttentionEmu, DecodeSharedPage) {
     for (int64_t seq : {70, 1000})
       for (int64_t batch : {2, 3}) {
         const Shape s{dim, seq, 1, 8, 3, batch, i % 2 == 1,
-                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], DecodePath::kSoftware};
+                      i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, kModes[i % 4], DecodePath::kSoftware,
+                      false, false, i % 2 == 1};
         SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq << " batch=" << batch << " case " << i);
+        EXPECT_LE(RunEmulated(s, false), 1e-5);
+        ++i;
+      }
+}
+
+// More splits than a warp has lanes (the merge weighs them 32 at a time):
+// one page a split, 41 and 66 of them, merged by the last block or by the
+// combine kernel, on each decode kernel.
+TEST(AttentionEmu, DecodeManySplits) {
+  int i = 0;
+  for (int64_t seq : {2600, 4200})
+    for (int64_t dim : {64, 128, 512})
+      for (bool combine_kernel : {false, true}) {
+        // GQA group 16 at D = 64 runs the tensor-core decode, 4 at D = 128
+        // its few-rows kernel, D = 512 the CUDA-core one.
+        const Shape s{dim, seq, 1, dim == 64 ? 16 : dim == 128 ? 4 : 2, 1, 1, true, kFormats[i % 2], kModes[i % 4],
+                      kPaths[i / 2 % 2], false, combine_kernel, i % 3 == 0, 1000};
+        SCOPED_TRACE(::testing::Message() << "D=" << dim << " seq=" << seq
+                                          << " combine_kernel=" << combine_kernel << " case " << i);
         EXPECT_LE(RunEmulated(s, false), 1e-5);
         ++i;
       }

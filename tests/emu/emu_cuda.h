@@ -54,6 +54,9 @@ inline EmuDim threadIdx, blockIdx;  // of the running fiber
 inline EmuDim blockDim, gridDim;
 inline __half g_dyn_smem[227 * 1024 / 2];  // dynamic shared memory: the most a block may opt into (227 KB)
 inline uint32_t g_xchg[64][32][16];  // per warp, lane, words
+// EmuLaunch runs a grid's blocks in order, or last to first when this is set
+// (the block of a unit that finishes last changes with it).
+inline bool g_emu_blocks_reversed = false;
 
 // A barrier of `n` fibers: each arrival yields until the last one arrives.
 struct EmuBarrier {
@@ -107,6 +110,20 @@ inline float __shfl_sync(unsigned, float v, int src) {
   return r;
 }
 template <class T> T __ldg(const T* p) { return *p; }
+template <class T> T __ldcg(const T* p) { return *p; }
+// One OS thread runs every fiber, and a fiber yields only at barriers: the
+// atomics are plain read-modify-writes, and fences have nothing to order.
+inline unsigned atomicAdd(unsigned* a, unsigned v) {
+  const unsigned old = *a;
+  *a = old + v;
+  return old;
+}
+inline unsigned atomicExch(unsigned* a, unsigned v) {
+  const unsigned old = *a;
+  *a = v;
+  return old;
+}
+inline void __threadfence() {}
 inline int __all_sync(unsigned, int pred) {
   const int w = threadIdx.x / 32, l = threadIdx.x % 32;
   g_xchg[w][l][0] = pred != 0;
@@ -242,37 +259,38 @@ void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
   s_body = fn;
   gridDim = {gx, gy, 1};
   blockDim = {threads, 1, 1};
-  for (unsigned by = 0; by < gy; ++by)
-    for (unsigned bx = 0; bx < gx; ++bx) {
-      g_block_barrier = EmuBarrier{static_cast<int>(threads)};
-      for (unsigned w = 0; w < threads / 32; ++w) g_warp_barriers[w] = EmuBarrier{32};
-      for (unsigned w = 0; w < threads / 128; ++w) g_group_barriers[w] = EmuBarrier{128};
-      for (EmuBarrier& b : g_named_barriers) b = EmuBarrier{};
+  for (unsigned i = 0; i < gx * gy; ++i) {
+    const unsigned blk = g_emu_blocks_reversed ? gx * gy - 1 - i : i;
+    const unsigned bx = blk % gx, by = blk / gx;
+    g_block_barrier = EmuBarrier{static_cast<int>(threads)};
+    for (unsigned w = 0; w < threads / 32; ++w) g_warp_barriers[w] = EmuBarrier{32};
+    for (unsigned w = 0; w < threads / 128; ++w) g_group_barriers[w] = EmuBarrier{128};
+    for (EmuBarrier& b : g_named_barriers) b = EmuBarrier{};
+    for (unsigned t = 0; t < threads; ++t) {
+      Fiber& f = fibers[t];
+      f.stack.resize(kStack);
+      f.done = false;
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack.data();
+      f.ctx.uc_stack.ss_size = kStack;
+      f.ctx.uc_link = &g_sched;
+      makecontext(&f.ctx, [] {
+        s_body();
+        s_fiber->done = true;
+      }, 0);
+    }
+    blockIdx = {bx, by, 0};
+    for (bool running = true; running;) {
+      running = false;
       for (unsigned t = 0; t < threads; ++t) {
         Fiber& f = fibers[t];
-        f.stack.resize(kStack);
-        f.done = false;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack.data();
-        f.ctx.uc_stack.ss_size = kStack;
-        f.ctx.uc_link = &g_sched;
-        makecontext(&f.ctx, [] {
-          s_body();
-          s_fiber->done = true;
-        }, 0);
-      }
-      blockIdx = {bx, by, 0};
-      for (bool running = true; running;) {
-        running = false;
-        for (unsigned t = 0; t < threads; ++t) {
-          Fiber& f = fibers[t];
-          if (f.done) continue;
-          running = true;
-          threadIdx = {t, 0, 0};
-          s_fiber = &f;
-          g_cur_ctx = &f.ctx;
-          swapcontext(&g_sched, &f.ctx);
-        }
+        if (f.done) continue;
+        running = true;
+        threadIdx = {t, 0, 0};
+        s_fiber = &f;
+        g_cur_ctx = &f.ctx;
+        swapcontext(&g_sched, &f.ctx);
       }
     }
+  }
 }

@@ -291,13 +291,19 @@ void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed)
     const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
     ASSERT_GT(ws_bytes, 0) << "kernel unavailable for this shape on this device";
     ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
-    ASSERT_EQ(cudaMemset(d_out, 0xff, out_bytes), cudaSuccess);  // NaN in every dtype
-    ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(cudaMemset(ws, 0, static_cast<size_t>(ws_bytes)), cudaSuccess);  // once, as the contract says
+    // Twice on one workspace: the second launch finds the counters the first
+    // left (zero, or it would merge too early or never) and gives the same bytes.
+    std::vector<uint8_t> got(out_bytes), again(out_bytes);
+    for (std::vector<uint8_t>* dst : {&got, &again}) {
+      ASSERT_EQ(cudaMemset(d_out, 0xff, out_bytes), cudaSuccess);  // NaN in every dtype
+      ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(dst->data(), d_out, out_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    }
     cudaFree(ws);
     ws = nullptr;
-    std::vector<uint8_t> got(out_bytes);
-    ASSERT_EQ(cudaMemcpy(got.data(), d_out, out_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(got, again) << "a second launch on the same workspace differs";
     double num = 0.0, den = 0.0;
     int64_t unwritten = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -608,6 +614,7 @@ TEST(GpuAttention, NanCodeInKGivesNanRows) {
       const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
       ASSERT_GT(ws_bytes, 0);
       ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
+      ASSERT_EQ(cudaMemset(ws, 0, static_cast<size_t>(ws_bytes)), cudaSuccess);
       ASSERT_EQ(cudaMemset(d_out, 0xff, static_cast<size_t>(n) * 4), cudaSuccess);
       ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
       std::vector<float> got(static_cast<size_t>(n));
@@ -641,6 +648,15 @@ TEST(GpuAttention, DecodeManyRows) {
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4300);
   c = Case{128, 1000, 8, 2, 8, 3, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kF32, DType::kF32};
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4301);
+}
+
+// Past 16384 tiles of query rows (the fused combine's counters) the decode
+// merges its splits with the combine kernel, a second launch: head dim 512
+// (the CUDA-core decode, 8 rows a tile), 131200 rows of one kv head.
+TEST(GpuAttention, DecodeOfMoreTilesThanCountersMergesWithTheCombineKernel) {
+  const Case c{512, 300, 1, 1, 16, 8200, true, Fp8Format::kE4M3, KvScaleMode::kHead, DType::kF16,
+               DType::kF16};
+  RunCase(c, AttentionKernel::kDecode, 1e-5, 4350);
 }
 
 // At most four query rows per kv head (the operand-swapped tensor-core

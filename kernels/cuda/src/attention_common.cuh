@@ -55,6 +55,10 @@ struct Params {
   int splits;
   float* ws_ml;            // [unit][split][tile_rows][2]: running max, sum
   float* ws_acc;           // [unit][split][tile_rows][head_dim]: unnormalized output
+  // Per unit, its splits that have written their partial results: the block
+  // that completes the count merges them (FinishSplit, attention_split.cuh).
+  // Null: the combine kernel merges them instead.
+  unsigned* counters;
 };
 
 // A decode kernel, as the dispatch holds and launches it.
@@ -218,7 +222,8 @@ inline Dec PickDec(Fp8Format format, DecodePath path) {
 // The kernels' parameters for a problem; the decode split plan and its
 // workspace (unused by the prefill).
 inline Params MakeParams(const AttentionProblem& p, Dec dec, int tile_rows, int row_tiles,
-                                int pages_per_split, int splits, void* workspace, int64_t off_acc) {
+                                int pages_per_split, int splits, void* workspace, int64_t off_acc,
+                                unsigned* counters = nullptr) {
   const KvLayout& l = p.layout;
   Params k{};
   k.pages = p.pages;
@@ -249,6 +254,7 @@ inline Params MakeParams(const AttentionProblem& p, Dec dec, int tile_rows, int 
   k.splits = splits;
   k.ws_ml = static_cast<float*>(workspace);
   k.ws_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + off_acc);
+  k.counters = counters;
   return k;
 }
 

@@ -30,7 +30,7 @@ struct DecodeShape {
 // Grid: (units, splits), a unit being (kv head, tile of kRows of its query
 // rows, over the batch, the GQA group and q_len). Each block runs the online
 // softmax over its split's pages and writes its unnormalized output, max and
-// sum for the combine kernel.
+// sum, and the last split of a unit to finish merges them (FinishSplit).
 template <Dec kDec, int kD>
 __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
@@ -228,6 +228,7 @@ __global__ void __launch_bounds__(DecodeShape<kD>::kThreads, 1) DecodeKernel(con
     StoreSplitAcc(p, slot, p.tile_rows, r, d, qs[r][d]);
   }
   if (tid < nrows) StoreSplitMl(p, slot, p.tile_rows, tid, m_s[tid], l_s[tid]);
+  FinishSplit(p, unit);
 }
 
 // Threads of a decode block at padded head dim kd (every decode kernel).

@@ -296,13 +296,14 @@ __global__ void __launch_bounds__(kMmaThreads, FewMinBlocks(kD)) DecodeFewKernel
   }
   __syncthreads();
   // The warps merge in a fixed order; the block writes its rows for the
-  // combine kernel.
+  // combine (FinishSplit).
   const int64_t slot = SplitSlot(p, unit, split);
   for (int i = tid; i < nrows * kD; i += kMmaThreads) {
     const int r = i / kD, d = i % kD;
     MergeWarpsToSplit<kFewRows, kOutLd, false>(p, ob, mlb, 0, kMmaWarps, r, d, slot, kFewRows,
                                                   r);
   }
+  FinishSplit(p, unit);
 }
 
 }  // namespace plume::cuda::attn

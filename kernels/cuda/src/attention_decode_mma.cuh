@@ -408,7 +408,8 @@ __global__ void __launch_bounds__(kMmaThreads, MmaShape<kD>::kMinBlocks) DecodeM
   __syncthreads();  // the ring is free: it holds the warps' partial results now
 
   // Each warp's (m, l, O) per row; then the warps of an m-tile merge in a
-  // fixed order and the block writes the tile's rows for the combine kernel.
+  // fixed order and the block writes the tile's rows for the combine
+  // (FinishSplit).
   float* const ob = reinterpret_cast<float*>(ring);    // [warp][16][kOutLd]
   float* const mlb = ob + kMmaWarps * 16 * S::kOutLd;  // [warp][16][2]
   if (active) {
@@ -444,6 +445,7 @@ __global__ void __launch_bounds__(kMmaThreads, MmaShape<kD>::kMinBlocks) DecodeM
     MergeWarpsToSplit<16, S::kOutLd, true>(p, ob, mlb, r / 16 * wt, wt, r % 16, d, slot,
                                            p.tile_rows, r);
   }
+  FinishSplit(p, unit);
 }
 
 }  // namespace plume::cuda::attn

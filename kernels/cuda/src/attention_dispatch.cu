@@ -70,7 +70,11 @@ struct Plan {
   int64_t units = 0;
   int splits = 1;
   int pages_per_split = 0;
-  int64_t off_acc = 0, total = 0;  // workspace, bytes
+  bool fused = false;  // the decode's last split per unit merges (FinishSplit): one launch
+  // Workspace, bytes: kCounterBytes of counters lead it (every plan keeps
+  // them, so that they stay zero whichever problem used the workspace
+  // before); the decode's partial results, or the prefill's images, follow.
+  int64_t off_acc = 0, total = 0;
 };
 
 cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
@@ -87,7 +91,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   if (p.kernel == AttentionKernel::kPrefillImages) {  // that kernel or nothing, any q_len
     if (!PrefillImagesAvailable(kd, device)) return cudaErrorNotSupported;
     pl.prefill = pl.img = true;
-    pl.total = std::max<int64_t>(256, PrefillImagesWorkspaceBytes(p, kd));
+    pl.total = kCounterBytes + std::max<int64_t>(256, PrefillImagesWorkspaceBytes(p, kd));
     *out = pl;
     return cudaSuccess;
   }
@@ -110,7 +114,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.tile_rows = kPrefillRows;
     pl.row_tiles = static_cast<int>((rows + kPrefillRows - 1) / kPrefillRows);
     pl.units = p.layout.kv_heads * pl.row_tiles;
-    pl.total = 256;
+    pl.total = kCounterBytes;
   } else {
     const bool few = rows <= kFewRows;
     const int mma_rows = static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16));
@@ -150,8 +154,9 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.pages_per_split = static_cast<int>((num_pages + splits - 1) / splits);
     pl.splits = (num_pages + pl.pages_per_split - 1) / pl.pages_per_split;
     const int64_t slots = pl.units * pl.splits * pl.tile_rows;
-    pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;
-    pl.total = pl.off_acc + slots * p.layout.head_dim * 4;
+    pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;  // from the partial maxima and sums
+    pl.total = kCounterBytes + pl.off_acc + slots * p.layout.head_dim * 4;
+    pl.fused = pl.units <= kFusedUnits;
   }
   if (pl.units >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
   *out = pl;
@@ -180,10 +185,13 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   if (workspace_bytes < pl.total) return cudaErrorInvalidValue;
 
   const KvLayout& l = p.layout;
+  char* const ws = static_cast<char*>(workspace);
+  unsigned* const counters = pl.fused ? reinterpret_cast<unsigned*>(ws) : nullptr;
   const Params k = MakeParams(p, pl.dec, pl.tile_rows, pl.row_tiles, pl.pages_per_split, pl.splits,
-                              workspace, pl.off_acc);
+                              ws + kCounterBytes, pl.off_acc, counters);
   if (pl.prefill && pl.img) {
-    return PrefillImages(p, KernelDim(l.row_bytes()), workspace, workspace_bytes, stream);
+    return PrefillImages(p, KernelDim(l.row_bytes()), ws + kCounterBytes,
+                         workspace_bytes - kCounterBytes, stream);
   }
   if (pl.prefill && pl.wg) return PrefillWgmma(p, KernelDim(l.row_bytes()), stream);
   if (pl.prefill && pl.fa) return PrefillFa(p, KernelDim(l.row_bytes()), stream);
@@ -199,6 +207,7 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(pl.splits));
   pl.decode<<<grid, threads, pl.decode_smem, stream>>>(k);
   PLUME_CUDA_TRY_LAUNCH();
+  if (pl.fused) return cudaSuccess;  // its last blocks merged the splits
   return LaunchCombine(k, p.batch * p.heads * p.q_len, stream);
 }
 

@@ -132,7 +132,9 @@ struct CudaBackend::Lane {
   int64_t dev_bytes = 0;
   cuda_internal::DeviceAlloc ws;
   int64_t ws_bytes = 0;
-  cuda_internal::DeviceAlloc att_ws;  // attention's workspace (never the GEMV's, whose counters must stay zero)
+  // Attention's workspace, apart from the GEMV's: each begins with counters
+  // that must stay zero, at offsets of their own.
+  cuda_internal::DeviceAlloc att_ws;
   int64_t att_ws_bytes = 0;
   // Around a GEMV's copy-in, kernels and copy-out: its device time.
   cudaEvent_t started = nullptr, finished = nullptr;

@@ -280,7 +280,7 @@ absl::Status CudaBackend::Attention(const BackendKvCache& cache, const Attention
   p.kernel = cuda::AttentionKernel::kAuto;
   const int64_t ws_need = cuda::AttentionWorkspaceBytes(p, options_.device);
   if (ws_need <= 0) return absl::InternalError("cuda backend: attention workspace size unavailable");
-  if (absl::Status st = Lane::Ensure(lane.att_ws, lane.att_ws_bytes, ws_need, false, lane.stream);
+  if (absl::Status st = Lane::Ensure(lane.att_ws, lane.att_ws_bytes, ws_need, true, lane.stream);
       !st.ok()) {
     return st;
   }

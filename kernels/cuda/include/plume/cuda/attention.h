@@ -1,7 +1,8 @@
 // Attention over a paged FP8 K/V cache resident in device memory
 // (plume/kernels/kv_layout.h), on the GPU. One launcher, one dispatch point
 // (src/attention_dispatch.cu). The kernels live by family: the decodes in
-// src/attention_decode*.cuh, the combine in src/attention_combine.cuh, the
+// src/attention_decode*.cuh (the split epilogue in src/attention_split.cuh,
+// the combine kernel for the largest decodes in src/attention_combine.cuh), the
 // flash prefills in src/attention_prefill.cu (mma.sync),
 // src/attention_prefill_wgmma.cu (Hopper) and src/attention_prefill_images.cu
 // (Hopper, over FP16 images of K / V; kPrefillImages), and the older prefill
@@ -10,9 +11,11 @@
 // reads kv head h / (heads / kv_heads); causal queries are the last q_len
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
 //
-//  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding: the pages are
-//    split across blocks and a combine kernel merges the splits with
-//    log-sum-exp. Every query row of a kv head (over the batch, the GQA group
+//  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding, one launch: the
+//    pages are split across blocks, and the last block of each tile of rows
+//    to finish (a counter per tile in the workspace) merges the splits with
+//    log-sum-exp. Past 16384 tiles a combine kernel merges them instead, as a
+//    second launch. Every query row of a kv head (over the batch, the GQA group
 //    and q_len) reads the same K/V, so a block takes many rows at once.
 //     * Head dims padding to 128 (the common LLM shape): tensor cores. A block
 //       holds up to 64 rows of one kv head (each page is read once per 64
@@ -74,7 +77,10 @@ struct AttentionProblem : plume::AttentionProblem {
 };
 
 // Bytes of device workspace Attention needs for this problem on `device`
-// (0 for an invalid shape). Needs no zeroing; one stream at a time.
+// (0 for an invalid shape). The workspace must be zeroed once when allocated
+// (it begins with counters that each launch leaves at zero), 256-byte aligned
+// (as cudaMalloc's is), and used by one stream at a time. A workspace sized
+// for one problem serves every smaller one, whatever ran in it before.
 int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device);
 
 // Runs attention on `stream`. cudaErrorInvalidValue for bad arguments (a
