@@ -20,7 +20,8 @@ case "${PLUME_DEPS:-all}" in
   python3-grpcio python3-protobuf python3-pytest python3-tqdm  # the Python client and its tests,
   python3-venv python3-wheel  # which pip-install it into a venv
   openssl  # security tests make certificates at test time
-  clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh)
+  clang libclang-rt-14-dev  # libFuzzer targets (scripts/fuzz.sh) and the sanitizer builds
+  lld  # their linker
   prometheus python3-yaml
   docker-compose  # deploy/compose.yaml is checked with Debian's docker-compose 1.29
 ) ;;

@@ -2,7 +2,7 @@
 // of the CUDA built-ins the attention kernels use, so that their headers
 // (kernels/cuda/src/attention_*.cuh, included after this one) compile and run
 // on the CPU. It defines PLUME_CUDA_EMULATION, so attention_device.cuh leaves
-// the device helpers and the shared memory macros to it. The kernels run: one fiber (ucontext) per CUDA thread on one OS thread, blocks one
+// the device helpers and the shared memory macros to it. The kernels run: one fiber per CUDA thread on one OS thread, blocks one
 // after another, scheduled round robin; __syncthreads and the warp-collective
 // operations (shuffles, mma) are barriers at which a fiber yields until its
 // block or warp has arrived. Deterministic, and fast even on a loaded
@@ -20,7 +20,6 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
-#include <ucontext.h>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -63,9 +62,35 @@ struct EmuBarrier {
   int n = 0, arrived = 0;
   uint64_t generation = 0;
 };
-inline ucontext_t g_sched;
-inline ucontext_t* g_cur_ctx = nullptr;
-inline void EmuYield() { swapcontext(g_cur_ctx, &g_sched); }
+// Fibers switch by saving the callee-saved registers on their own stack and
+// swapping stack pointers (x86-64 System V): no system call, unlike
+// swapcontext, which sets the signal mask at every switch.
+extern "C" void plume_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .weak plume_emu_switch
+  .type plume_emu_switch, @function
+plume_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size plume_emu_switch, .-plume_emu_switch
+)");
+inline void* g_sched_sp = nullptr;  // the scheduler's, while a fiber runs
+inline void** g_cur_sp = nullptr;   // where the running fiber's is saved
+inline void EmuYield() { plume_emu_switch(g_cur_sp, g_sched_sp); }
 inline void EmuArrive(EmuBarrier& b) {
   const uint64_t gen = b.generation;
   if (++b.arrived == b.n) {
@@ -248,7 +273,7 @@ template <class F>
 void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
   constexpr size_t kStack = 256 * 1024;
   struct Fiber {
-    ucontext_t ctx;
+    void* sp = nullptr;
     std::vector<char> stack;
     bool done = false;
   };
@@ -266,18 +291,24 @@ void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
     for (unsigned w = 0; w < threads / 32; ++w) g_warp_barriers[w] = EmuBarrier{32};
     for (unsigned w = 0; w < threads / 128; ++w) g_group_barriers[w] = EmuBarrier{128};
     for (EmuBarrier& b : g_named_barriers) b = EmuBarrier{};
+    // A new fiber's stack holds what plume_emu_switch pops: six registers,
+    // then the entry as the return address, so that the entry starts as if
+    // called (rsp % 16 == 8).
+    static void (*const entry)() = [] {
+      s_body();
+      s_fiber->done = true;
+      EmuYield();  // never resumed
+    };
     for (unsigned t = 0; t < threads; ++t) {
       Fiber& f = fibers[t];
       f.stack.resize(kStack);
       f.done = false;
-      getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = f.stack.data();
-      f.ctx.uc_stack.ss_size = kStack;
-      f.ctx.uc_link = &g_sched;
-      makecontext(&f.ctx, [] {
-        s_body();
-        s_fiber->done = true;
-      }, 0);
+      const uintptr_t top = reinterpret_cast<uintptr_t>(f.stack.data() + kStack) & ~uintptr_t{15};
+      void** sp = reinterpret_cast<void**>(top - 16);
+      sp[0] = reinterpret_cast<void*>(entry);
+      sp -= 6;
+      for (int r = 0; r < 6; ++r) sp[r] = nullptr;
+      f.sp = sp;
     }
     blockIdx = {bx, by, 0};
     for (bool running = true; running;) {
@@ -288,8 +319,8 @@ void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
         running = true;
         threadIdx = {t, 0, 0};
         s_fiber = &f;
-        g_cur_ctx = &f.ctx;
-        swapcontext(&g_sched, &f.ctx);
+        g_cur_sp = &f.sp;
+        plume_emu_switch(&g_sched_sp, f.sp);
       }
     }
   }

@@ -342,7 +342,7 @@ TEST_F(DeleteUnderLoadTest, DeletesAndReuploadsOfAnotherMatrixDoNotRaiseGemvP99)
     std::ostringstream per_window;
     per_window << std::fixed << std::setprecision(1);
     for (size_t w = first; w < windows.size(); ++w) {
-      const auto [start, end] = windows[w];
+      const Clock::time_point start = windows[w].first, end = windows[w].second;
       const char k = kOrder[w - first];
       std::vector<double> lat;
       for (const auto& samples : taken) {

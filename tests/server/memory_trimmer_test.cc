@@ -17,6 +17,7 @@
 #endif
 
 #include "server/core/memory_trimmer.h"
+#include "tests/common/sanitizers.h"
 
 namespace plume::core {
 namespace {
@@ -49,7 +50,7 @@ TEST(MemoryTrimmer, TrimsEveryIntervalAndStopsAtOnce) {
   EXPECT_EQ(slow.trims(), 0);  // the first one waits for the interval
 }
 
-#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if defined(__GLIBC__) && !PLUME_SANITIZED
 TEST(MemoryTrimmer, GivesBackTheFreePagesUnderALiveBlock) {
   // 64 MiB in 32 KiB blocks (below the mmap threshold: from the heap), one
   // small block above them, then the 64 MiB freed: glibc alone cannot trim

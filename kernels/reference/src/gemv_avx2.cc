@@ -7,8 +7,12 @@
 #include "gemv_internal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__clang__)  // clang has no GCC target pragma: the same as an attribute
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#endif
 #define PLUME_TILE_AVX2
 #include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 
@@ -86,7 +90,11 @@ void GemvRowsAvx2(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<K256>
 
 }  // namespace plume::ref::detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #else
 namespace plume::ref::detail {
 void GemvRowsAvx2(const PaddedGemv&, int64_t, int64_t) { __builtin_trap(); }

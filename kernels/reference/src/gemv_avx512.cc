@@ -8,13 +8,19 @@
 #include "gemv_internal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__clang__)  // clang has no GCC target pragma: the same as an attribute
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#endif
 #define PLUME_TILE_AVX512
 #include "gemv_tile.h"  // inside the target region: its loop is compiled for it
 // GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace plume::ref::detail {
 namespace {
@@ -120,7 +126,11 @@ void GemvRowsAvx512(const PaddedGemv& a, int64_t r0, int64_t r1) { DriveRows<K51
 
 }  // namespace plume::ref::detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #else
 namespace plume::ref::detail {
 void GemvRowsAvx512(const PaddedGemv&, int64_t, int64_t) { __builtin_trap(); }
