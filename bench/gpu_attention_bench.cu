@@ -1,7 +1,8 @@
 // GPU attention benchmark, in one run: the read ceiling, plume's decode at
 // seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256, batch 1,
-// 4, 16 and 64 (one cache, the batch's queries against it), and plume's
-// prefill at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
+// 4, 16 and 64 (one cache, the batch's queries against it; `decode-2launch`
+// rows merge the splits with the combine kernel instead of the last blocks),
+// and plume's prefill at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
 // 128, 256 (on sm_90 the image-based Hopper prefill beside them, and the
 // mma.sync prefill beside the Hopper one at D = 128). --only decode|prefill
 // runs one half. Caches are E4M3 with TOKEN_BLOCK scales (the default), random
@@ -104,7 +105,8 @@ void Print(const Result& r) {
 // Times attention of [batch, heads, q_len, D] F16 queries against the caches.
 Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int64_t batch, int64_t heads,
            int64_t q_len, bool causal, DecodePath path,
-           plume::cuda::AttentionKernel kernel = plume::cuda::AttentionKernel::kAuto) {
+           plume::cuda::AttentionKernel kernel = plume::cuda::AttentionKernel::kAuto,
+           bool one_launch = true) {
   const int64_t dim = c.layout.head_dim;
   const int64_t n = batch * heads * q_len * dim;
   void *q = nullptr, *out = nullptr, *ws = nullptr;
@@ -127,6 +129,7 @@ Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int6
   p.out_dtype = DType::kF16;
   p.path = path;
   p.kernel = kernel;
+  p.one_launch = one_launch;
   int dev = 0;
   CHECK_CUDA(cudaGetDevice(&dev));
   const int64_t ws_bytes = plume::cuda::AttentionWorkspaceBytes(p, dev);
@@ -149,7 +152,7 @@ Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int6
            causal, us, static_cast<double>(c.code_bytes()),
            2.0 * static_cast<double>(batch * heads * dim) * static_cast<double>(visible2)};
   if (std::string(kind).rfind("prefill", 0) == 0) r.bytes = 0;
-  if (std::string(kind) == "decode") r.flops = 0;
+  if (std::string(kind).rfind("decode", 0) == 0) r.flops = 0;
   g_results.push_back(r);
   Print(r);
   return r;
@@ -235,8 +238,13 @@ int main(int argc, char** argv) {
       const int copies =
           static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(1, (int64_t{512} << 20) / one)));
       MakeCaches(c, 8, dim, seq, copies, s);
-      for (int64_t batch : {1, 4, 16, 64})
+      for (int64_t batch : {1, 4, 16, 64}) {
         for (DecodePath path : paths) Run(timer, s, c, "decode", batch, 32, 1, true, path);
+        // The splits merged by the combine kernel, a second launch (the
+        // decode before it merged them in its last blocks).
+        Run(timer, s, c, "decode-2launch", batch, 32, 1, true, DecodePath::kNative,
+            plume::cuda::AttentionKernel::kAuto, false);
+      }
     }
   }
 

@@ -156,7 +156,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     const int64_t slots = pl.units * pl.splits * pl.tile_rows;
     pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;  // from the partial maxima and sums
     pl.total = kCounterBytes + pl.off_acc + slots * p.layout.head_dim * 4;
-    pl.fused = pl.units <= kFusedUnits;
+    pl.fused = p.one_launch && pl.units <= kFusedUnits;
   }
   if (pl.units >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
   *out = pl;

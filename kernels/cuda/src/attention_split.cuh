@@ -111,12 +111,15 @@ __device__ __forceinline__ void FinishSplit(const Params& p, int unit) {
         e = ms == kNegInf ? 0.0f : expf(ms - mx);
         if (e != 0.0f) l += __ldcg(ml + (s0 + lane) * ml_step + 1) * e;
       }
-      const int n = min(32, p.splits - s0);  // the same in every lane
-#pragma unroll 8
-      for (int k = 0; k < n; ++k) {
+      // The chunk's 32 loads at once (latency, not bandwidth, bounds the
+      // merge); splits past the last weigh 0.
+      float a[32];
+#pragma unroll
+      for (int k = 0; k < 32; ++k) a[k] = col && s0 + k < p.splits ? __ldcg(acc + (s0 + k) * acc_step) : 0.0f;
+#pragma unroll
+      for (int k = 0; k < 32; ++k) {
         const float ek = __shfl_sync(0xffffffffu, e, k);
-        const float a = col ? __ldcg(acc + (s0 + k) * acc_step) : 0.0f;
-        o += ek != 0.0f ? a * ek : 0.0f;
+        o += ek != 0.0f ? a[k] * ek : 0.0f;
       }
     }
     l = WarpSum(l);

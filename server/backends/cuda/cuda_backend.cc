@@ -261,9 +261,11 @@ absl::Status CudaBackend::ReadPacked(const BackendMatrix& m, uint32_t* words, fl
                                        cudaMemcpyDeviceToHost, lane.stream),
                        "copying packed codes from the device");
   if (s.num_scales() > 0) {
-    PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(scales, c.scales(), static_cast<size_t>(s.num_scales()) * 4,
-                                         cudaMemcpyDeviceToHost, lane.stream),
-                         "copying scales from the device");
+    if (const cudaError_t e = cudaMemcpyAsync(scales, c.scales(), static_cast<size_t>(s.num_scales()) * 4,
+                                              cudaMemcpyDeviceToHost, lane.stream);
+        e != cudaSuccess) {
+      return CopiesDrained(lane.stream, CudaStatus(e, "copying scales from the device"));
+    }
   }
   PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "copying a matrix from the device");
   return absl::OkStatus();
@@ -284,10 +286,12 @@ absl::Status CudaBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, i
                                        lane.stream),
                        "copying packed rows from the device");
   if (n > 0) {
-    PLUME_RETURN_IF_CUDA(
-        cudaMemcpyAsync(scales, c.scales() + ScalesOfRowsStart(s.scale_mode, s.cols, row0),
-                        static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, lane.stream),
-        "copying the rows' scales from the device");
+    if (const cudaError_t e =
+            cudaMemcpyAsync(scales, c.scales() + ScalesOfRowsStart(s.scale_mode, s.cols, row0),
+                            static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, lane.stream);
+        e != cudaSuccess) {
+      return CopiesDrained(lane.stream, CudaStatus(e, "copying the rows' scales from the device"));
+    }
   }
   PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "copying packed rows from the device");
   return absl::OkStatus();
@@ -356,10 +360,7 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);
   // Copies already enqueued must finish before the lane is given back.
-  auto fail = [&](absl::Status st) {
-    cudaStreamSynchronize(lane.stream);
-    return st;
-  };
+  auto fail = [&](absl::Status st) { return CopiesDrained(lane.stream, std::move(st)); };
   if (!x_direct || !y_direct) {
     if (absl::Status st = lane.EnsurePinned(y_off + y_bytes); !st.ok()) return st;
   }

@@ -30,6 +30,14 @@ inline absl::Status CudaStatus(cudaError_t e, std::string_view what) {
                                           cudaGetErrorString(e), ")"));
 }
 
+// `st`, once the copies already enqueued on `stream` are done: a call that
+// fails part way waits for them, so that its caller may free their source
+// or destination and the lane goes back idle.
+inline absl::Status CopiesDrained(cudaStream_t stream, absl::Status st) {
+  if (cudaStreamSynchronize(stream) != cudaSuccess) cudaGetLastError();
+  return st;
+}
+
 #define PLUME_RETURN_IF_CUDA(expr, what)                     \
   do {                                                       \
     const cudaError_t plume_e_ = (expr);                     \

@@ -293,12 +293,18 @@ absl::Status CudaBackend::Attention(const BackendKvCache& cache, const Attention
                                        static_cast<size_t>(q_bytes), cudaMemcpyHostToDevice,
                                        lane.stream),
                        "copying queries to the device");
-  PLUME_RETURN_IF_CUDA(cuda::Attention(p, lane.att_ws.p, lane.att_ws_bytes, lane.stream),
-                       "launching attention");
-  PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(o_direct ? args.out : h + o_off, d + o_off,
-                                       static_cast<size_t>(o_bytes), cudaMemcpyDeviceToHost,
-                                       lane.stream),
-                       "copying attention output from the device");
+  // Past the first copy, a failure waits for what is enqueued: the caller
+  // may free the queries once it hears back.
+  if (const cudaError_t e = cuda::Attention(p, lane.att_ws.p, lane.att_ws_bytes, lane.stream);
+      e != cudaSuccess) {
+    return CopiesDrained(lane.stream, CudaStatus(e, "launching attention"));
+  }
+  if (const cudaError_t e = cudaMemcpyAsync(o_direct ? args.out : h + o_off, d + o_off,
+                                            static_cast<size_t>(o_bytes), cudaMemcpyDeviceToHost,
+                                            lane.stream);
+      e != cudaSuccess) {
+    return CopiesDrained(lane.stream, CudaStatus(e, "copying attention output from the device"));
+  }
   PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "running attention");
   if (!o_direct) std::memcpy(args.out, h + o_off, static_cast<size_t>(o_bytes));
   return absl::OkStatus();

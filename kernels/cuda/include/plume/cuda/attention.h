@@ -74,6 +74,10 @@ enum class AttentionKernel : uint8_t {
 struct AttentionProblem : plume::AttentionProblem {
   DecodePath path = DecodePath::kNative;
   AttentionKernel kernel = AttentionKernel::kAuto;
+  // Decode: the last block of each tile of rows merges the splits (one
+  // launch); false: the combine kernel merges them, as a second launch (the
+  // bench times both).
+  bool one_launch = true;
 };
 
 // Bytes of device workspace Attention needs for this problem on `device`
