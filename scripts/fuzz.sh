@@ -3,8 +3,8 @@
 # runs each for PLUME_FUZZ_SECONDS (default 20) seconds, as many at once as
 # there are cores (PLUME_JOBS), starting from the
 # committed seed corpus in fuzz/corpus/<fuzzer>/ (copied, so the tree is not
-# changed). Fails on the first crash, leak, sanitizer report or broken
-# invariant; the reproducer is left in build/fuzz/artifacts/.
+# changed). Fails on a crash, leak, sanitizer report or broken invariant in
+# any of them; the reproducer is left in build/fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${PLUME_FUZZ_SECONDS:-20}

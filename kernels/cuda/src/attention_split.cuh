@@ -13,7 +13,7 @@
 namespace plume::cuda::attn {
 
 constexpr int kCombineThreads = 128;
-constexpr int kMaxSplits = 1024;  // splits of a unit at most (the combine's shared memory)
+constexpr int kMaxSplits = 1024;  // splits of a unit at most
 // The counters of the fused combine lead every attention workspace, zeroed
 // once when it is allocated and left zero by every launch; a decode of more
 // units than they count runs the combine kernel instead.
@@ -63,14 +63,51 @@ __device__ __forceinline__ void MergeWarpsToSplit(const Params& p, const float* 
   if (d == 0) StoreSplitMl(p, slot, tile_rows, r, mx * kLn2, l);  // the combine's max is in natural units
 }
 
+// The merge of one row's splits, by one warp for 32 columns: the lane's
+// column d of out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M), summed
+// over the splits in order. `ws_row` is the row's workspace row in split 0
+// (split s is tile_rows rows further each). The lanes find M; then, in chunks
+// of 32 splits, each lane weighs one split and the warp shares the weights by
+// shuffles while every lane sums its column. Warp-collective; the value is
+// meaningful where d < head_dim.
+__device__ __forceinline__ float MergeSplitsColumn(const Params& p, int64_t ws_row, int d) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const bool col = d < p.head_dim;
+  const int64_t ml_step = int64_t{p.tile_rows} * 2;
+  const int64_t acc_step = int64_t{p.tile_rows} * p.head_dim;
+  const float* ml = p.ws_ml + ws_row * 2;  // split s at ml[s * ml_step]
+  const float* acc = p.ws_acc + ws_row * p.head_dim + (col ? d : 0);
+  float mx = kNegInf;
+  for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(ml + s * ml_step));
+  mx = WarpMax(mx);
+  float o = 0.0f, l = 0.0f;
+  for (int s0 = 0; s0 < p.splits; s0 += 32) {
+    float e = 0.0f;
+    if (s0 + lane < p.splits) {
+      const float ms = __ldcg(ml + (s0 + lane) * ml_step);
+      e = ms == kNegInf ? 0.0f : expf(ms - mx);
+      if (e != 0.0f) l += __ldcg(ml + (s0 + lane) * ml_step + 1) * e;
+    }
+    // The chunk's 32 loads at once (latency, not bandwidth, bounds the
+    // merge); splits past the last weigh 0.
+    float a[32];
+#pragma unroll
+    for (int k = 0; k < 32; ++k) a[k] = col && s0 + k < p.splits ? __ldcg(acc + (s0 + k) * acc_step) : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 32; ++k) {
+      const float ek = __shfl_sync(0xffffffffu, e, k);
+      o += ek != 0.0f ? a[k] * ek : 0.0f;
+    }
+  }
+  return o * (1.0f / WarpSum(l));
+}
+
 // Every decode block's last step, after its partial results are stored. It
 // counts itself in its unit's counter; the block that completes the count
 // (the unit's splits all stored) sets the counter back to zero and merges
-// them: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M), summed over
-// the splits in order. Each warp takes 32 columns of one row: its lanes find
-// M, then in chunks of 32 splits each lane weighs one split and the warp
-// shares the weights by shuffles while every lane sums its column. All the
-// block's threads must call it (it has barriers); a no-op without counters.
+// them, each warp taking 32 columns of a row at a time (MergeSplitsColumn).
+// All the block's threads must call it (it has barriers); a no-op without
+// counters.
 __device__ __forceinline__ void FinishSplit(const Params& p, int unit) {
   if (p.counters == nullptr) return;
   PLUME_SHARED int is_last;
@@ -88,42 +125,14 @@ __device__ __forceinline__ void FinishSplit(const Params& p, int unit) {
   const int tile = unit % p.row_tiles, kvh = unit / p.row_tiles;
   const int lr0 = tile * p.tile_rows;
   const int nrows = min(p.tile_rows, p.rows - lr0);
-  const int lane = static_cast<int>(threadIdx.x & 31);
   const int warps = static_cast<int>(blockDim.x >> 5);
   const int chunks = (p.head_dim + 31) / 32;
   const int64_t row0 = SplitSlot(p, unit, 0) * p.tile_rows;  // workspace row of split 0, row 0
-  const int64_t ml_step = int64_t{p.tile_rows} * 2;
-  const int64_t acc_step = int64_t{p.tile_rows} * p.head_dim;
   for (int item = static_cast<int>(threadIdx.x >> 5); item < nrows * chunks; item += warps) {
     const int r = item / chunks;
-    const int d = item % chunks * 32 + lane;
-    const bool col = d < p.head_dim;
-    const float* ml = p.ws_ml + (row0 + r) * 2;  // split s at ml[s * ml_step]
-    const float* acc = p.ws_acc + (row0 + r) * p.head_dim + (col ? d : 0);
-    float mx = kNegInf;
-    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(ml + s * ml_step));
-    mx = WarpMax(mx);
-    float o = 0.0f, l = 0.0f;
-    for (int s0 = 0; s0 < p.splits; s0 += 32) {
-      float e = 0.0f;
-      if (s0 + lane < p.splits) {
-        const float ms = __ldcg(ml + (s0 + lane) * ml_step);
-        e = ms == kNegInf ? 0.0f : expf(ms - mx);
-        if (e != 0.0f) l += __ldcg(ml + (s0 + lane) * ml_step + 1) * e;
-      }
-      // The chunk's 32 loads at once (latency, not bandwidth, bounds the
-      // merge); splits past the last weigh 0.
-      float a[32];
-#pragma unroll
-      for (int k = 0; k < 32; ++k) a[k] = col && s0 + k < p.splits ? __ldcg(acc + (s0 + k) * acc_step) : 0.0f;
-#pragma unroll
-      for (int k = 0; k < 32; ++k) {
-        const float ek = __shfl_sync(0xffffffffu, e, k);
-        o += ek != 0.0f ? a[k] * ek : 0.0f;
-      }
-    }
-    l = WarpSum(l);
-    if (col) Store(p.out, p.out_dtype, QueryIndex(p, kvh, lr0 + r) * p.head_dim + d, o * (1.0f / l));
+    const int d = item % chunks * 32 + static_cast<int>(threadIdx.x & 31);
+    const float v = MergeSplitsColumn(p, row0 + r, d);
+    if (d < p.head_dim) Store(p.out, p.out_dtype, QueryIndex(p, kvh, lr0 + r) * p.head_dim + d, v);
   }
 }
 
