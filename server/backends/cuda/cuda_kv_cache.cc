@@ -222,7 +222,8 @@ absl::Status CudaBackend::AppendKv(BackendKvCache& cache, const KvAppendArgs& ar
   ref::ToFloat(args.v, args.src_dtype, 1.0f, n, v.data());
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);
-  return c.Append(k.data(), v.data(), args.tokens, lane.stream);
+  absl::Status st = c.Append(k.data(), v.data(), args.tokens, lane.stream);
+  return st.ok() ? st : CopiesDrained(lane.stream, std::move(st));
 }
 
 absl::Status CudaBackend::ReadKv(const BackendKvCache& cache, int64_t first_page,
@@ -231,8 +232,9 @@ absl::Status CudaBackend::ReadKv(const BackendKvCache& cache, int64_t first_page
   PLUME_RETURN_IF_CUDA(cudaSetDevice(options_.device), "selecting the device");
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);
-  return static_cast<const CudaKvCache&>(cache).Read(first_page, num_pages, pages, k_scales,
-                                                     v_scales, lane.stream);
+  absl::Status st = static_cast<const CudaKvCache&>(cache).Read(first_page, num_pages, pages,
+                                                                k_scales, v_scales, lane.stream);
+  return st.ok() ? st : CopiesDrained(lane.stream, std::move(st));
 }
 
 absl::StatusOr<std::unique_ptr<BackendKvCache>> CudaBackend::KvFromPacked(
@@ -245,7 +247,7 @@ absl::StatusOr<std::unique_ptr<BackendKvCache>> CudaBackend::KvFromPacked(
   if (absl::Status st = static_cast<CudaKvCache&>(**c).Restore(seq, pages, k_scales, v_scales,
                                                                lane.stream);
       !st.ok()) {
-    return st;
+    return CopiesDrained(lane.stream, std::move(st));  // before the cache's pages go
   }
   return c;
 }
