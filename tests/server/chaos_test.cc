@@ -404,8 +404,12 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   // runs measured without other load (docs/testing.md), with no trend; where
   // the few MiB go (thread stacks, gRPC's caches) is not established.
   // A leak of 80 bytes per operation (some 55,000 in the run) still fails it.
+  // The settling waits up to 15 s (7 trims), ending as soon as RSS is within
+  // the bound: a clean-clone CI run once read 32% over 5 s, with quiet runs
+  // before and after it at -1% to +3% (docs/testing.md).
   const int64_t rss_bound = rss_warm + std::max<int64_t>(rss_warm / 10, 4 << 10);
-  const int64_t rss_after = SettledRssKiB(pid_, 5s, rss_bound);
+  [[maybe_unused]] const int64_t rss_settling = RssKiB(pid_);
+  const int64_t rss_after = SettledRssKiB(pid_, 15s, rss_bound);
   std::map<std::string, int> run_counts;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -415,7 +419,8 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   }
 #ifndef PLUME_CHAOS_SANITIZED
   EXPECT_LE(rss_after, rss_bound)
-      << "RSS grew from " << rss_warm << " KiB (warm) to " << rss_after << " KiB over the run";
+      << "RSS grew from " << rss_warm << " KiB (warm) to " << rss_after
+      << " KiB over the run (the least of 15 s of samples from " << rss_settling << " KiB)";
 #endif
 
   // SIGTERM while the clients run and two stalled streams are open.
