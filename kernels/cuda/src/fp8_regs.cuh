@@ -208,8 +208,8 @@ cudaError_t GetDeviceInfo(int device, DeviceInfo* info) {
 
 // Resident blocks per multiprocessor of a kernel launched with `threads`
 // threads and `smem` bytes of dynamic shared memory, asked of the runtime once
-// per (kernel, device); beyond 48 KB the kernel's dynamic shared memory limit
-// is raised first. Lookups on the request path take no lock.
+// per (kernel, device); where static and dynamic shared memory together pass
+// 48 KB, the kernel's dynamic shared memory limit is raised first. Lookups on the request path take no lock.
 cudaError_t KernelBlocksPerSm(const void* fn, int threads, size_t smem, int device, int* out) {
   struct Entry {
     std::atomic<const void*> fn{nullptr};
@@ -228,7 +228,12 @@ cudaError_t KernelBlocksPerSm(const void* fn, int threads, size_t smem, int devi
       return cudaSuccess;
     }
   }
-  if (smem > 48 * 1024) {
+  // A launch gets 48 KB of shared memory, static and dynamic together,
+  // without opting in: the few-rows decode at head dim 128 takes 48 KB
+  // dynamic plus the split merge's static word.
+  cudaFuncAttributes attr{};
+  PLUME_CUDA_TRY(cudaFuncGetAttributes(&attr, fn));
+  if (smem + attr.sharedSizeBytes > 48 * 1024) {
     PLUME_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   }
