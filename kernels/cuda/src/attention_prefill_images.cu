@@ -1,9 +1,11 @@
 // The Hopper flash prefill over FP16 images of K and V (sm_90a; this file is
 // compiled for that target only), head dims padding to 64, 128, 256 and 512.
-// Selected with AttentionKernel::kPrefillImages on compute capability 9.0;
-// not yet the default, which stays the prefill of attention_prefill_wgmma.cu
-// until this one is measured on an H200 (its CPU emulation passes:
-// tests/emu/prefill_images_emu_test.cc). Two launches per group of kv heads:
+// Selected with AttentionKernel::kPrefillImages on compute capability 9.0.
+// On an H200 it took 0.53-0.69x the time of kAuto's prefill at every head
+// dim (bench/RESULTS-gpu-attention.md), but is not yet the default: its
+// workspace of FP16 images is not counted against the server's memory budget.
+// Its CPU emulation: tests/emu/prefill_images_emu_test.cc. Two launches per
+// group of kv heads:
 //
 //  1. The image pass decodes each kv head's FP8 K and V once, exactly, into
 //     FP16 images in the workspace, one image per tile of TileTokens(kd)
