@@ -405,8 +405,8 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   // the few MiB go (thread stacks, gRPC's caches) is not established.
   // A leak of 80 bytes per operation (some 55,000 in the run) still fails it.
   // The settling waits up to 15 s (7 trims), ending as soon as RSS is within
-  // the bound: a clean-clone CI run once read 32% over 5 s, with quiet runs
-  // before and after it at -1% to +3% (docs/testing.md).
+  // the bound: a clean-clone CI run once read 32% over 5 s, with three quiet
+  // runs of the same build after it at -1% to +3% (docs/testing.md).
   const int64_t rss_bound = rss_warm + std::max<int64_t>(rss_warm / 10, 4 << 10);
   [[maybe_unused]] const int64_t rss_settling = RssKiB(pid_);
   const int64_t rss_after = SettledRssKiB(pid_, 15s, rss_bound);

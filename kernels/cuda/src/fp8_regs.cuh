@@ -209,7 +209,8 @@ cudaError_t GetDeviceInfo(int device, DeviceInfo* info) {
 // Resident blocks per multiprocessor of a kernel launched with `threads`
 // threads and `smem` bytes of dynamic shared memory, asked of the runtime once
 // per (kernel, device); where static and dynamic shared memory together pass
-// 48 KB, the kernel's dynamic shared memory limit is raised first. Lookups on the request path take no lock.
+// 48 KB, the kernel's dynamic shared memory limit is raised first. Lookups on
+// the request path take no lock.
 cudaError_t KernelBlocksPerSm(const void* fn, int threads, size_t smem, int device, int* out) {
   struct Entry {
     std::atomic<const void*> fn{nullptr};
