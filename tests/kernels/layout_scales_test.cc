@@ -174,6 +174,31 @@ TEST(Quantize, F16AndBf16SourcesAndBlockScales) {
   }
 }
 
+// F32 rows may start anywhere in a network chunk: a source one byte past
+// float alignment packs exactly as an aligned copy (the sanitizer build also
+// checks that no misaligned float is read).
+TEST(Quantize, MisalignedF32Source) {
+  const int64_t rows = 3, cols = 300;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0, 3);
+  std::vector<float> src(rows * cols);
+  for (float& v : src) v = nd(rng);
+  std::vector<uint8_t> raw(src.size() * 4 + 8);
+  uint8_t* odd = raw.data() + 1;
+  std::memcpy(odd, src.data(), src.size() * 4);
+  PackedLayout l{rows, cols};
+  for (ScaleMode m : {ScaleMode::kRow, ScaleMode::kBlock128}) {
+    std::vector<uint32_t> w1(l.total_words()), w2(l.total_words());
+    std::vector<float> s1(NumScales(m, rows, cols)), s2(s1.size());
+    ref::QuantizeOptions o{Fp8Format::kE4M3, m, true};
+    ASSERT_TRUE(ref::QuantizePack(odd, DType::kF32, rows, cols, o, w1.data(), s1.data()));
+    ASSERT_TRUE(ref::QuantizePack(src.data(), DType::kF32, rows, cols, o, w2.data(), s2.data()));
+    EXPECT_EQ(w1, w2);
+    EXPECT_EQ(s1, s2);
+    EXPECT_NE(CodeAt(w1.data(), l, 1, 17), 0);  // real codes, not an untouched buffer
+  }
+}
+
 TEST(Names, DTypeAndScaleMode) {
   EXPECT_STREQ(DTypeName(DType::kF32), "f32");
   EXPECT_STREQ(DTypeName(DType::kF16), "f16");

@@ -142,7 +142,11 @@ bool QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
   if (!WideDType(src_dtype) || !KnownFormat(opts.format) || !KnownMode(opts.scale_mode)) return false;
   std::vector<float> converted;
   const float* f = static_cast<const float*>(src);
-  if (src_dtype != DType::kF32) {
+  // A source that is not float-aligned (F32 rows from the middle of a
+  // network chunk) is copied, as F16 and BF16 are converted, rather than
+  // read through a misaligned float pointer.
+  const bool aligned = reinterpret_cast<uintptr_t>(src) % alignof(float) == 0;
+  if (src_dtype != DType::kF32 || !aligned) {
     converted.resize(static_cast<size_t>(rows * cols));
     ToFloat(src, src_dtype, 1.0f, rows * cols, converted.data());
     f = converted.data();

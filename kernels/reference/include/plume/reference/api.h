@@ -42,7 +42,8 @@ bool ComputeScales(const float* src, int64_t rows, int64_t cols, ScaleMode mode,
 
 // Quantizes a row-major source matrix (F32, F16 or BF16, little-endian) to
 // packed FP8: code = Encode(x / scale, format, saturate) with IEEE float
-// division. Padding codes are zero. `scales` may be null for NONE.
+// division. Padding codes are zero. `scales` may be null for NONE. `src`
+// need not be aligned.
 // pool == nullptr: ThreadPool::Default() (the same for GemvF32 / Gemv).
 bool QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
                   const QuantizeOptions& opts, uint32_t* words, float* scales,
