@@ -71,6 +71,7 @@
 #include "server/core/engine.h"
 #include "server/grpc/server.h"
 #include "tests/common/gemv_reference.h"
+#include "tests/common/sanitizers.h"
 #include "tests/common/test_server.h"
 
 namespace plume {
@@ -90,6 +91,10 @@ constexpr auto kWindow = 500ms;
 constexpr char kOrder[] = "FDDFFDDFFDDFFDDFFDDFFDDF";
 constexpr double kBound = 1.2;
 constexpr int kAttempts = 3;  // rounds of windows, until one is within the bound
+// Deletes a D window must hold for its p99 to say anything: a delete and
+// re-upload take about 60 ms here (8 a window), and the sanitizer builds'
+// first round measured 4 a window on the 2-core CI machine.
+constexpr int kMinDeletes = plume::testing::kSanitized ? 3 : 5;
 // What the store's disk takes more than this machine's, per matrix file
 // written or removed: a disk whose fsync takes milliseconds.
 constexpr auto kDiskDelay = 10ms;
@@ -357,7 +362,7 @@ TEST_F(DeleteUnderLoadTest, DeletesAndReuploadsOfAnotherMatrixDoNotRaiseGemvP99)
       (k == 'D' ? p99_d : p99_f).push_back(p99);
       EXPECT_GE(lat.size(), 500u) << "window " << w << ": too few GEMVs to take a p99";
       if (k == 'D') {
-        EXPECT_GE(deletes, 5) << "window " << w << ": too few deletes";
+        EXPECT_GE(deletes, kMinDeletes) << "window " << w << ": too few deletes";
       } else {
         EXPECT_EQ(deletes, 0) << "window " << w;
       }
