@@ -1,7 +1,8 @@
 // GPU attention benchmark, in one run: the read ceiling, plume's decode at
 // seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256, batch 1,
-// 4, 16 and 64 (one cache, the batch's queries against it; `decode-2launch`
-// rows merge the splits with the combine kernel instead of the last blocks),
+// 4, 16 and 64 (one cache, the batch's queries against it; `decode-1launch`
+// rows merge the splits in the decode's last blocks instead of the combine
+// kernel),
 // and plume's prefill at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
 // 128, 256 (on sm_90 the image-based Hopper prefill beside them, and the
 // mma.sync prefill beside the Hopper one at D = 128). --only decode|prefill
@@ -106,7 +107,7 @@ void Print(const Result& r) {
 Result Run(Timer& timer, cudaStream_t s, const Caches& c, const char* kind, int64_t batch, int64_t heads,
            int64_t q_len, bool causal, DecodePath path,
            plume::cuda::AttentionKernel kernel = plume::cuda::AttentionKernel::kAuto,
-           bool one_launch = true) {
+           bool one_launch = false) {
   const int64_t dim = c.layout.head_dim;
   const int64_t n = batch * heads * q_len * dim;
   void *q = nullptr, *out = nullptr, *ws = nullptr;
@@ -240,10 +241,10 @@ int main(int argc, char** argv) {
       MakeCaches(c, 8, dim, seq, copies, s);
       for (int64_t batch : {1, 4, 16, 64}) {
         for (DecodePath path : paths) Run(timer, s, c, "decode", batch, 32, 1, true, path);
-        // The splits merged by the combine kernel, a second launch (the
-        // decode before it merged them in its last blocks).
-        Run(timer, s, c, "decode-2launch", batch, 32, 1, true, DecodePath::kNative,
-            plume::cuda::AttentionKernel::kAuto, false);
+        // The splits merged by the decode's last blocks, one launch (the
+        // default merges them with the combine kernel, a second launch).
+        Run(timer, s, c, "decode-1launch", batch, 32, 1, true, DecodePath::kNative,
+            plume::cuda::AttentionKernel::kAuto, true);
       }
     }
   }

@@ -268,67 +268,75 @@ void RunCase(const Case& c, AttentionKernel kernel, double bound, uint32_t seed)
   ASSERT_EQ(cudaMalloc(&d_q, q.bytes.size()), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&d_out, out_bytes), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(d_q, q.bytes.data(), q.bytes.size(), cudaMemcpyHostToDevice), cudaSuccess);
+  // A decode runs with either merge of its splits: the combine kernel (the
+  // default) and the fused merge in the last blocks (one_launch).
+  std::vector<bool> merges{false};
+  if (kernel == AttentionKernel::kDecode) merges.push_back(true);
   for (cuda::DecodePath path : Paths()) {
-    SCOPED_TRACE(PathName(path));
-    cuda::AttentionProblem p;
-    p.layout = layout;
-    p.format = c.format;
-    p.pages = dev.table();
-    p.k_scales = dev.k_scales();
-    p.v_scales = dev.v_scales();
-    p.seq = c.seq;
-    p.q = d_q;
-    p.q_dtype = c.q_dtype;
-    p.batch = c.batch;
-    p.heads = c.heads;
-    p.q_len = c.q_len;
-    p.scale = rp.scale;
-    p.causal = c.causal;
-    p.out = d_out;
-    p.out_dtype = c.out_dtype;
-    p.path = path;
-    p.kernel = kernel;
-    const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
-    ASSERT_GT(ws_bytes, 0) << "kernel unavailable for this shape on this device";
-    ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
-    ASSERT_EQ(cudaMemset(ws, 0, static_cast<size_t>(ws_bytes)), cudaSuccess);  // once, as the contract says
-    // Twice on one workspace: the second launch finds the counters the first
-    // left (zero, or it would merge too early or never) and gives the same bytes.
-    std::vector<uint8_t> got(out_bytes), again(out_bytes);
-    for (std::vector<uint8_t>* dst : {&got, &again}) {
-      ASSERT_EQ(cudaMemset(d_out, 0xff, out_bytes), cudaSuccess);  // NaN in every dtype
-      ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      ASSERT_EQ(cudaMemcpy(dst->data(), d_out, out_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-    }
-    cudaFree(ws);
-    ws = nullptr;
-    EXPECT_EQ(got, again) << "a second launch on the same workspace differs";
-    double num = 0.0, den = 0.0;
-    int64_t unwritten = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double g = OutToFloat(got.data(), c.out_dtype, i);
-      if (!std::isfinite(g)) ++unwritten;
-      num += (g - want[i]) * (g - want[i]);
-      den += want[i] * want[i];
-    }
-    EXPECT_EQ(unwritten, 0) << "elements left NaN (unwritten) or non-finite";
-    const double err = std::sqrt(num / std::max(den, 1e-300));
-    EXPECT_LE(err, bound + OutputSlack(c.out_dtype));
-    const std::string key = std::string(kernel == AttentionKernel::kPrefill          ? "prefill"
-                                        : kernel == AttentionKernel::kPrefillMmaSync ? "prefill-mma.sync"
-                                        : kernel == AttentionKernel::kPrefillImages  ? "prefill-images"
-                                                                                     : "decode") +
-                            " " + PathName(path) + " out=" + DTypeStr(c.out_dtype);
-    if (c.seq >= 65536) {
-      std::printf("rel. L2 error at %lld tokens [%s]: %.3g (%s)\n", static_cast<long long>(c.seq),
-                  key.c_str(), err, Describe(c).c_str());
-    }
-    Worst& w = WorstErrors()[key];
-    ++w.runs;
-    if (err >= w.err) {
-      w.err = err;
-      w.where = Describe(c);
+    for (const bool one_launch : merges) {
+      SCOPED_TRACE(std::string(PathName(path)) + (one_launch ? " one launch" : " two launches"));
+      cuda::AttentionProblem p;
+      p.layout = layout;
+      p.format = c.format;
+      p.pages = dev.table();
+      p.k_scales = dev.k_scales();
+      p.v_scales = dev.v_scales();
+      p.seq = c.seq;
+      p.q = d_q;
+      p.q_dtype = c.q_dtype;
+      p.batch = c.batch;
+      p.heads = c.heads;
+      p.q_len = c.q_len;
+      p.scale = rp.scale;
+      p.causal = c.causal;
+      p.out = d_out;
+      p.out_dtype = c.out_dtype;
+      p.path = path;
+      p.kernel = kernel;
+      p.one_launch = one_launch;
+      const int64_t ws_bytes = cuda::AttentionWorkspaceBytes(p, 0);
+      ASSERT_GT(ws_bytes, 0) << "kernel unavailable for this shape on this device";
+      ASSERT_EQ(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)), cudaSuccess);
+      ASSERT_EQ(cudaMemset(ws, 0, static_cast<size_t>(ws_bytes)), cudaSuccess);  // once, as the contract says
+      // Twice on one workspace: the second launch finds the counters the first
+      // left (zero, or it would merge too early or never) and gives the same bytes.
+      std::vector<uint8_t> got(out_bytes), again(out_bytes);
+      for (std::vector<uint8_t>* dst : {&got, &again}) {
+        ASSERT_EQ(cudaMemset(d_out, 0xff, out_bytes), cudaSuccess);  // NaN in every dtype
+        ASSERT_EQ(cuda::Attention(p, ws, ws_bytes, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(dst->data(), d_out, out_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+      }
+      cudaFree(ws);
+      ws = nullptr;
+      EXPECT_EQ(got, again) << "a second launch on the same workspace differs";
+      double num = 0.0, den = 0.0;
+      int64_t unwritten = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double g = OutToFloat(got.data(), c.out_dtype, i);
+        if (!std::isfinite(g)) ++unwritten;
+        num += (g - want[i]) * (g - want[i]);
+        den += want[i] * want[i];
+      }
+      EXPECT_EQ(unwritten, 0) << "elements left NaN (unwritten) or non-finite";
+      const double err = std::sqrt(num / std::max(den, 1e-300));
+      EXPECT_LE(err, bound + OutputSlack(c.out_dtype));
+      const std::string key = std::string(kernel == AttentionKernel::kPrefill          ? "prefill"
+                                          : kernel == AttentionKernel::kPrefillMmaSync ? "prefill-mma.sync"
+                                          : kernel == AttentionKernel::kPrefillImages  ? "prefill-images"
+                                                                                       : "decode") +
+                              (one_launch ? "-1launch " : " ") + PathName(path) +
+                              " out=" + DTypeStr(c.out_dtype);
+      if (c.seq >= 65536) {
+        std::printf("rel. L2 error at %lld tokens [%s]: %.3g (%s)\n", static_cast<long long>(c.seq),
+                    key.c_str(), err, Describe(c).c_str());
+      }
+      Worst& w = WorstErrors()[key];
+      ++w.runs;
+      if (err >= w.err) {
+        w.err = err;
+        w.where = Describe(c);
+      }
     }
   }
   cudaFree(d_q);

@@ -74,10 +74,12 @@ enum class AttentionKernel : uint8_t {
 struct AttentionProblem : plume::AttentionProblem {
   DecodePath path = DecodePath::kNative;
   AttentionKernel kernel = AttentionKernel::kAuto;
-  // Decode: the last block of each tile of rows merges the splits (one
-  // launch); false: the combine kernel merges them, as a second launch (the
-  // bench times both).
-  bool one_launch = true;
+  // Decode: false (the default) merges the splits with the combine kernel,
+  // a second launch; true has the last block of each tile of rows merge
+  // them (one launch). Measured on an H100 at e44e952, the two launches
+  // took 0.18-0.97x the one launch's time at every shape the bench runs
+  // (bench/RESULTS-gpu-attention.md, "one launch or two").
+  bool one_launch = false;
 };
 
 // Bytes of device workspace Attention needs for this problem on `device`
