@@ -16,12 +16,13 @@ template <Dec kDec>
 __device__ __forceinline__ void DecodeWordNan(uint32_t w, uint32_t& lo, uint32_t& hi) {
   DecodeWord<kDec>(w, lo, hi);
   if constexpr (kDec == Dec::kE4M3Soft) {
-    if (HasE4M3Nan(w)) {
-      if ((w & 0x7fu) == 0x7fu) lo = (lo & 0xffff0000u) | 0x7e00u;
-      if ((w & 0x7f00u) == 0x7f00u) lo = (lo & 0x0000ffffu) | 0x7e000000u;
-      if ((w & 0x7f0000u) == 0x7f0000u) hi = (hi & 0xffff0000u) | 0x7e00u;
-      if ((w & 0x7f000000u) == 0x7f000000u) hi = (hi & 0x0000ffffu) | 0x7e000000u;
-    }
+    // Without a branch: byte b of n has bit 7 set exactly where code b is a
+    // NaN (0x7f or 0xff), and prmt's sign mode spreads that bit over the
+    // code's FP16 half, which then becomes 0x7e00.
+    const uint32_t n = (w & 0x7f7f7f7fu) + 0x01010101u;
+    const uint32_t mlo = Prmt(n, 0x9988), mhi = Prmt(n, 0xBBAA);
+    lo = (lo & ~mlo) | (0x7e007e00u & mlo);
+    hi = (hi & ~mhi) | (0x7e007e00u & mhi);
   }
 }
 
