@@ -3,9 +3,11 @@
 // 4, 16 and 64 (one cache, the batch's queries against it; `decode-1launch`
 // rows merge the splits in the decode's last blocks instead of the combine
 // kernel),
-// and plume's prefill at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
-// 128, 256 (on sm_90 the image-based Hopper prefill beside them, and the
-// mma.sync prefill beside the Hopper one at D = 128). --only decode|prefill
+// and plume's prefill (kAuto: on sm_90 the Hopper prefill over FP16 images)
+// at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64, 128, 256;
+// on sm_90 kPrefill beside it as `prefill-flash` (the flash prefill with no
+// images: wgmma at D = 128, mma.sync elsewhere) and the mma.sync prefill at
+// D = 128. --only decode|prefill
 // runs one half. Caches are E4M3 with TOKEN_BLOCK scales (the default), random
 // codes, in as many copies as keep the bytes read per launch out of L2. Each
 // launch is bracketed by CUDA events; medians over --iters launches.
@@ -256,13 +258,13 @@ int main(int argc, char** argv) {
     for (DecodePath path : paths) {
       Run(timer, s, c, "prefill", 1, 1, 8192, false, path);
       if (cc_major == 9) {
-        Run(timer, s, c, "prefill-images", 1, 1, 8192, false, path,
-            plume::cuda::AttentionKernel::kPrefillImages);
+        Run(timer, s, c, "prefill-flash", 1, 1, 8192, false, path,
+            plume::cuda::AttentionKernel::kPrefill);
       }
     }
   }
-  // 32 heads, S=4096, causal, at D = 64, 128, 256; where the Hopper kernel
-  // runs (D 128 on sm_90), the mma.sync kernel beside it, same run.
+  // 32 heads, S=4096, causal, at D = 64, 128, 256; on sm_90 the flash
+  // prefills with no images beside kAuto's, same run.
   for (int64_t dim : {64, 128, 256}) {
     if (only == "decode") break;
     Caches c;
@@ -274,8 +276,8 @@ int main(int argc, char** argv) {
             plume::cuda::AttentionKernel::kPrefillMmaSync);
       }
       if (cc_major == 9) {
-        Run(timer, s, c, "prefill-images", 1, 32, 4096, true, path,
-            plume::cuda::AttentionKernel::kPrefillImages);
+        Run(timer, s, c, "prefill-flash", 1, 32, 4096, true, path,
+            plume::cuda::AttentionKernel::kPrefill);
       }
     }
   }

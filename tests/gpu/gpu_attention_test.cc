@@ -474,8 +474,8 @@ TEST(GpuAttention, PrefillLongQueries) {
   PrintWorst("prefill");
 }
 
-// kPrefillImages, the Hopper prefill over FP16 K / V images (not yet kAuto's
-// choice): on compute capability 9.0 at head dims padding to 64, 128, 256
+// kPrefillImages, the Hopper prefill over FP16 K / V images (kAuto's prefill
+// there): on compute capability 9.0 at head dims padding to 64, 128, 256
 // and 512, the grid, every scale mode and format, long queries and the
 // benchmark's shape scaled down; refused elsewhere.
 TEST(GpuAttention, PrefillImages) {
@@ -511,12 +511,32 @@ TEST(GpuAttention, PrefillImages) {
   PrintWorst("prefill-images");
 }
 
-// kAuto: q_len <= 8 runs the decode kernel (FP32 bound), longer the prefill.
+// kAuto: q_len <= 8 runs the decode kernel (FP32 bound), longer the prefill:
+// kPrefillImages on compute capability 9.0 (its workspace holds the
+// images), kPrefill elsewhere.
 TEST(GpuAttention, AutoPicksByQueryLength) {
   Case c{128, 500, 8, 2, 4, 1, true, Fp8Format::kE4M3, KvScaleMode::kHead, DType::kF16, DType::kF32};
   RunCase(c, AttentionKernel::kAuto, 1e-5, 900);
   c.q_len = 9;
   RunCase(c, AttentionKernel::kAuto, 2e-3, 901);
+
+  cuda::AttentionProblem p;
+  p.layout = KvLayout{2, 128, KvScaleMode::kHead};
+  p.seq = 500;
+  p.batch = 1;
+  p.heads = 4;
+  const auto bytes = [&](int64_t q_len, AttentionKernel kernel) {
+    p.q_len = q_len;
+    p.kernel = kernel;
+    return cuda::AttentionWorkspaceBytes(p, 0);
+  };
+  EXPECT_EQ(bytes(8, AttentionKernel::kAuto), bytes(8, AttentionKernel::kDecode));
+  if (DeviceCc() == 90) {
+    EXPECT_EQ(bytes(9, AttentionKernel::kAuto), bytes(9, AttentionKernel::kPrefillImages));
+    EXPECT_GT(bytes(9, AttentionKernel::kAuto), bytes(9, AttentionKernel::kPrefill));
+  } else {
+    EXPECT_EQ(bytes(9, AttentionKernel::kAuto), bytes(9, AttentionKernel::kPrefill));
+  }
 }
 
 TEST(GpuAttention, BadArgumentsAreRefused) {

@@ -88,12 +88,20 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
   const int num_pages = static_cast<int>(KvLayout::pages_for(p.seq));
 
   bool prefill = false;
-  if (p.kernel == AttentionKernel::kPrefillImages) {  // that kernel or nothing, any q_len
-    if (!PrefillImagesAvailable(kd, device)) return cudaErrorNotSupported;
-    pl.prefill = pl.img = true;
-    pl.total = kCounterBytes + std::max<int64_t>(256, PrefillImagesWorkspaceBytes(p, kd));
-    *out = pl;
-    return cudaSuccess;
+  // kPrefillImages: that kernel or nothing, any q_len. kAuto's prefill where
+  // it runs (compute capability 9.0, head dims padding to 64-512): it took
+  // 0.53-0.69x the time of the Hopper and mma.sync flash prefills on an
+  // H200 (bench/RESULTS-gpu-attention.md, "Hopper prefill over FP16 images").
+  const bool auto_prefill = p.kernel == AttentionKernel::kAuto && p.q_len > kAttentionDecodeMaxQ;
+  if (p.kernel == AttentionKernel::kPrefillImages || auto_prefill) {
+    const bool images = PrefillImagesAvailable(kd, device);
+    if (!images && !auto_prefill) return cudaErrorNotSupported;
+    if (images) {
+      pl.prefill = pl.img = true;
+      pl.total = kCounterBytes + std::max<int64_t>(256, PrefillImagesWorkspaceBytes(p, kd));
+      *out = pl;
+      return cudaSuccess;
+    }
   }
   const bool forced = p.kernel == AttentionKernel::kPrefill || p.kernel == AttentionKernel::kPrefillMmaSync;
   if (p.kernel != AttentionKernel::kDecode && (forced || p.q_len > kAttentionDecodeMaxQ)) {

@@ -36,8 +36,11 @@ constexpr int kProducerRegs = 24;
 constexpr int kConsumerRegs = 240;
 constexpr int kImageThreads = 256;
 // The workspace a launch group of kv heads may take for its images; more kv
-// heads than fit run in several groups.
-constexpr int64_t kImageBudget = int64_t{256} << 20;
+// heads than fit run in several groups. The CUDA backend holds a workspace
+// per lane (4 by default) inside --device_reserve_bytes (1 GiB): 64 MiB
+// keeps them to a quarter of it. The benchmarked prefills take 16-64 MiB of
+// images, one group, except D = 256 at 32 kv heads (128 MiB: two groups).
+constexpr int64_t kImageBudget = int64_t{64} << 20;
 constexpr uint64_t kDescStrides = (uint64_t{prefill_image::kLeadingBytes >> 4} << 16) |
                                   (uint64_t{prefill_image::kStrideBytes >> 4} << 32);
 

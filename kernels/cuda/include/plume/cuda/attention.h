@@ -5,17 +5,18 @@
 // the combine kernel for the largest decodes in src/attention_combine.cuh), the
 // flash prefills in src/attention_prefill.cu (mma.sync),
 // src/attention_prefill_wgmma.cu (Hopper) and src/attention_prefill_images.cu
-// (Hopper, over FP16 images of K / V; kPrefillImages), and the older prefill
-// in src/attention_prefill_fallback.cuh.
+// (Hopper, over FP16 images of K / V: kAuto's prefill there), and the older
+// prefill in src/attention_prefill_fallback.cuh.
 // The math is the CPU reference's (plume/reference/attention.h): query head h
 // reads kv head h / (heads / kv_heads); causal queries are the last q_len
 // positions; masked tokens and tokens past seq are -inf scores, never zeros.
 //
-//  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding, one launch: the
-//    pages are split across blocks, and the last block of each tile of rows
-//    to finish (a counter per tile in the workspace) merges the splits with
-//    log-sum-exp. Past 16384 tiles a combine kernel merges them instead, as a
-//    second launch. Every query row of a kv head (over the batch, the GQA group
+//  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding: the pages are
+//    split across blocks, and a combine kernel merges the splits with
+//    log-sum-exp, as a second launch (AttentionProblem::one_launch: the last
+//    block of each tile of rows to finish merges them instead, through a
+//    counter per tile in the workspace, up to 16384 tiles; slower where
+//    measured). Every query row of a kv head (over the batch, the GQA group
 //    and q_len) reads the same K/V, so a block takes many rows at once.
 //     * Head dims padding to 128 (the common LLM shape): tensor cores. A block
 //       holds up to 64 rows of one kv head (each page is read once per 64
@@ -33,11 +34,14 @@
 //    tiles are decoded once into FP16 shared memory (exact: every FP8 value
 //    is an FP16), S = Q K^T and O += P V run on tensor cores with FP32
 //    accumulators, the softmax state is FP32. Q and P are rounded to FP16,
-//    so errors are FP16-sized. On Hopper (head dims padding to 128):
-//    wgmma, 128 query rows per block, a producer warp group that bulk-copies
-//    and decodes the pages while two consumer warp groups compute
-//    (src/attention_prefill_wgmma.cu). Elsewhere: mma.sync m16n8k16, 64 rows
-//    per block (src/attention_prefill.cu).
+//    so errors are FP16-sized. On Hopper (compute capability 9.0, head dims
+//    padding to 64-512) kAuto runs kPrefillImages: a first pass decodes each
+//    kv head's K and V once into FP16 images in the workspace, then a TMA +
+//    wgmma flash kernel reads them. kPrefill there is the older Hopper kernel
+//    at head dims padding to 128 (wgmma, a producer warp group that
+//    bulk-copies and decodes the pages while two consumer warp groups
+//    compute; src/attention_prefill_wgmma.cu). Elsewhere: mma.sync m16n8k16,
+//    64 rows per block (src/attention_prefill.cu).
 #pragma once
 
 #include <cstdint>
@@ -54,16 +58,17 @@ namespace plume::cuda {
 inline constexpr int64_t kAttentionDecodeMaxQ = 8;
 
 enum class AttentionKernel : uint8_t {
-  kAuto = 0,     // decode for q_len <= kAttentionDecodeMaxQ, prefill above
+  // Decode for q_len <= kAttentionDecodeMaxQ; above, kPrefillImages where
+  // it runs, else kPrefill.
+  kAuto = 0,
   kDecode = 1,   // flash-decoding with FP32-level accuracy, any q_len
-  kPrefill = 2,  // FP16 tensor-core flash-attention, any q_len
+  kPrefill = 2,  // FP16 tensor-core flash-attention (no images), any q_len
   kPrefillMmaSync = 3,  // kPrefill's mma.sync kernel, even where the Hopper one runs
   // The Hopper prefill over FP16 images of K / V made by a first pass
   // (src/attention_prefill_images.cu): compute capability 9.0, head dims
-  // padding to 64, 128, 256 and 512; not kAuto's choice until measured on an
-  // H200. Its workspace holds the images, FP16 copies of K and V (2 bytes an
-  // element against the cache's 1) for as many kv heads as fit in 256 MiB
-  // (at least one).
+  // padding to 64, 128, 256 and 512. Its workspace holds the images, FP16
+  // copies of K and V (2 bytes an element against the cache's 1) for as many
+  // kv heads as fit in 64 MiB (at least one); more run in launch groups.
   kPrefillImages = 4,
 };
 
@@ -93,8 +98,9 @@ int64_t AttentionWorkspaceBytes(const AttentionProblem& p, int device);
 // format, decode path or kernel outside its enum among them),
 // cudaErrorNotSupported for the native path before sm_89, or for
 // AttentionKernel::kPrefill where its shared memory does not fit (padded
-// head_dim over 512; over 256 on sm_86/89, over 128 on sm_75); kAuto then
-// runs the decode kernel instead.
+// head_dim over 512; over 256 on sm_86/89, over 128 on sm_75), where kAuto
+// runs the decode kernel instead, and for kPrefillImages off compute
+// capability 9.0 or past head dim 512.
 cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t workspace_bytes,
                       cudaStream_t stream);
 
