@@ -22,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "plume/build_info.h"
@@ -157,6 +158,11 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  // Debian's abseil is built without NDEBUG, so every absl::Mutex lock also
+  // records lock order in a process-wide graph under a global spin lock
+  // (GraphCycles). The tests keep that check; the server does not pay for it
+  // on every request.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // The trimmer below gives freed memory back; glibc's trim at each free
   // would cost a page fault per 4 KiB of every message streamed in.
   if (absl::GetFlag(FLAGS_memory_trim_interval) > absl::ZeroDuration()) {
