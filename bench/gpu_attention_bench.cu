@@ -2,15 +2,14 @@
 // seq 1k/8k/32k/128k with heads 32 / kv_heads 8, D = 64, 128, 256, batch 1,
 // 4, 16 and 64 (one cache, the batch's queries against it; `decode-1launch`
 // rows merge the splits in the decode's last blocks instead of the combine
-// kernel),
-// and plume's prefill (kAuto: on sm_90 the Hopper prefill over FP16 images)
-// at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64, 128, 256;
-// on sm_90 kPrefill beside it as `prefill-flash` (the flash prefill with no
-// images: wgmma at D = 128, mma.sync elsewhere) and the mma.sync prefill at
-// D = 128. --only decode|prefill
-// runs one half. Caches are E4M3 with TOKEN_BLOCK scales (the default), random
-// codes, in as many copies as keep the bytes read per launch out of L2. Each
-// launch is bracketed by CUDA events; medians over --iters launches.
+// kernel), and plume's prefill (kAuto: on sm_90 the Hopper prefill over FP16
+// images) at one head S=8192 D=512 and at S=4096 heads 32 causal, D = 64,
+// 128, 256; on sm_90 kPrefill beside it as `prefill-flash` (the flash
+// prefill with no images: wgmma at D = 128, mma.sync elsewhere) and the
+// mma.sync prefill at D = 128. --only decode|prefill runs one half. Caches
+// are E4M3 with TOKEN_BLOCK scales (the default), random codes, in as many
+// copies as keep the bytes read per launch out of L2. Each launch is
+// bracketed by CUDA events; medians over --iters launches.
 // bench/sdpa_attention.py times PyTorch SDPA (FP16 K/V) on the same shapes;
 // bench/run_gpu_attention_bench.sh runs both on a GPU machine.
 #include <cuda_fp16.h>
