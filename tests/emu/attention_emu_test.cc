@@ -327,12 +327,7 @@ TEST(AttentionEmu, WordDecodersOverEveryCode) {
         uint32_t w = static_cast<uint32_t>(rng());
         w = (w & ~(0xffu << (8 * b))) | static_cast<uint32_t>(code) << (8 * b);
         uint32_t lo = 0, hi = 0;
-        switch (dec) {
-          case Dec::kE4M3Soft: DecodeWordNan<Dec::kE4M3Soft>(w, lo, hi); break;
-          case Dec::kE4M3Native: DecodeWordNan<Dec::kE4M3Native>(w, lo, hi); break;
-          case Dec::kE5M2Soft: DecodeWordNan<Dec::kE5M2Soft>(w, lo, hi); break;
-          case Dec::kE5M2Native: DecodeWordNan<Dec::kE5M2Native>(w, lo, hi); break;
-        }
+        DecodeWordRt(dec, w, lo, hi);  // DecodeWordNan<dec>
         const uint16_t halves[4] = {static_cast<uint16_t>(lo), static_cast<uint16_t>(lo >> 16),
                                     static_cast<uint16_t>(hi), static_cast<uint16_t>(hi >> 16)};
         for (int i = 0; i < 4; ++i) {

@@ -82,8 +82,8 @@ struct AttentionProblem : plume::AttentionProblem {
   // Decode: false (the default) merges the splits with the combine kernel,
   // a second launch; true has the last block of each tile of rows merge
   // them (one launch). Measured on an H100 at e44e952, the two launches
-  // took 0.18-0.97x the one launch's time at every shape the bench runs
-  // (bench/RESULTS-gpu-attention.md, "one launch or two").
+  // took 0.18-0.97x the one launch's time at every native decode shape the
+  // bench runs (bench/RESULTS-gpu-attention.md, "one launch or two").
   bool one_launch = false;
 };
 
