@@ -71,9 +71,9 @@ PLUME_AI void Step(const uint8_t* w, int64_t pc, const float* x, int64_t c, __m2
 }
 
 struct K256 {
-  static constexpr int RowsFor(int B, bool block) {
-    return block ? (B == 1 ? 4 : B == 2 ? 2 : 1) : (B <= 2 ? 4 : B <= 4 ? 2 : 1);
-  }
+  // BLOCK128 takes as many rows as ROW: its running sums are in memory
+  // (TileColumns).
+  static constexpr int RowsFor(int B, bool /*block*/) { return B <= 2 ? 4 : B <= 4 ? 2 : 1; }
   template <Fp8Format F, int R, int B, bool kBlock>
   static void Tile(const uint8_t* w, int64_t pc, const float* x, const float* bs, int64_t nblk,
                    float* out) {
