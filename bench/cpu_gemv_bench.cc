@@ -176,7 +176,8 @@ int main(int argc, char** argv) {
     src.clear();
     src.shrink_to_fit();
     // BLOCK128X128 is timed as the server holds it: BLOCK128, each row with
-    // its band's scales (ResidentScaleMode), expanded once here.
+    // its band's scales (ResidentScaleMode), expanded once here, and the
+    // CPU backend's band hint (MatrixView::uniform_bands).
     std::vector<float> row_scales;
     if (mode == ScaleMode::kBlock128x128) {
       row_scales.resize(static_cast<size_t>(NumScales(ScaleMode::kBlock128, c.rows, c.cols)));
@@ -184,6 +185,7 @@ int main(int argc, char** argv) {
     }
     MatrixView w{words_ptr, row_scales.empty() ? scales.data() : row_scales.data(), l.rows, l.cols,
                  fmt, ResidentScaleMode(mode)};
+    w.uniform_bands = ref::BlockScalesUniformInBands(w);
     std::vector<float> x(static_cast<size_t>(c.batch * c.cols)), y(static_cast<size_t>(c.batch * c.rows));
     for (float& v : x) v = nd(rng);
 

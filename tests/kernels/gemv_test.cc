@@ -19,6 +19,7 @@
 
 #include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
+#include "plume/kernels/layout.h"
 #include "plume/reference/api.h"
 #include "plume/reference/internal.h"
 #include "plume/reference/naive.h"
@@ -104,7 +105,9 @@ const Shape kShapes[] = {{1, 1},   {1, 5},    {3, 1},    {7, 13},   {17, 33},   
                          {13, 2055}};
 const int64_t kBatches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17};
 const Fp8Format kFormats[] = {Fp8Format::kE4M3, Fp8Format::kE5M2};
-const ScaleMode kModes[] = {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128};
+// BLOCK128X128 runs as BLOCK128 with the band hint (MatrixView::uniform_bands).
+const ScaleMode kModes[] = {ScaleMode::kNone, ScaleMode::kTensor, ScaleMode::kRow, ScaleMode::kBlock128,
+                            ScaleMode::kBlock128x128};
 
 std::string Name(Fp8Format f, ScaleMode m, Shape s) {
   return std::string(DTypeName(ToDType(f))) + "/" + ScaleModeName(m) + "/" + std::to_string(s.rows) + "x" +
@@ -153,7 +156,7 @@ TEST_P(GemvIsaTest, BatchedMatchesOneAtATimeBitForBit) {
   const Shape shapes[] = {{37, 64}, {19, 200}, {64, 1024}, {9, 2055}};
   const int64_t batches[] = {2, 3, 4, 8, 17, 64};
   for (Fp8Format f : kFormats)
-    for (ScaleMode m : {ScaleMode::kRow, ScaleMode::kBlock128})
+    for (ScaleMode m : {ScaleMode::kRow, ScaleMode::kBlock128, ScaleMode::kBlock128x128})
       for (Shape s : shapes) {
         const Quantized q = MakeMatrix(s.rows, s.cols, f, m, ++seed);
         const std::vector<float> x = RandomX(64 * s.cols, ++seed);
@@ -168,6 +171,46 @@ TEST_P(GemvIsaTest, BatchedMatchesOneAtATimeBitForBit) {
               << Name(f, m, s) << " batch " << batch;
         }
       }
+}
+
+// What the backends hold for a BLOCK128X128 upload: BLOCK128 with each
+// band's scales on every row. With the hint (scaled activations per band) it
+// gives the 128x128 mode's results bit for bit, and the FP64 product's
+// within the same bound as without the hint (scaled sums per row and block).
+TEST_P(GemvIsaTest, BlockScalesUniformInBandsHint) {
+  const Isa isa = GetParam();
+  ThreadPool pool(2);
+  uint32_t seed = 1300;
+  for (Fp8Format f : kFormats)
+    for (Shape s : {Shape{300, 1000}, Shape{128, 256}, Shape{129, 130}, Shape{17, 2055}}) {
+      const Quantized q = MakeMatrix(s.rows, s.cols, f, ScaleMode::kBlock128x128, ++seed);
+      Quantized e = q;
+      e.m = ScaleMode::kBlock128;
+      e.scales.assign(static_cast<size_t>(NumScales(ScaleMode::kBlock128, s.rows, s.cols)), 0.0f);
+      ExpandBlockScales(s.rows, s.cols, q.scales.data(), e.scales.data());
+      ASSERT_TRUE(ref::BlockScalesUniformInBands(e.view())) << Name(f, e.m, s);
+      ASSERT_FALSE(ref::BlockScalesUniformInBands(q.view()));  // not BLOCK128
+      const std::vector<float> x = RandomX(11 * s.cols, ++seed);
+      const std::vector<double> yref = RefGemv(q, x, 11);
+      for (int64_t batch : {1, 3, 8, 11}) {
+        std::vector<float> direct(batch * s.rows), hinted(batch * s.rows), plain(batch * s.rows);
+        MatrixView hint = e.view();
+        hint.uniform_bands = true;
+        ref::internal::GemvF32Isa(isa, q.view(), x.data(), batch, direct.data(), &pool);
+        ref::internal::GemvF32Isa(isa, hint, x.data(), batch, hinted.data(), &pool);
+        ref::internal::GemvF32Isa(isa, e.view(), x.data(), batch, plain.data(), &pool);
+        ASSERT_EQ(0, std::memcmp(direct.data(), hinted.data(), direct.size() * sizeof(float)))
+            << Name(f, e.m, s) << " batch " << batch;
+        EXPECT_LE(RelL2(hinted, yref, hinted.size()), 1e-5) << Name(f, e.m, s) << " batch " << batch;
+        EXPECT_LE(RelL2(plain, yref, plain.size()), 1e-5) << Name(f, e.m, s) << " batch " << batch;
+      }
+      // One row of a band (not its first) differing in one block: no hint.
+      if (s.rows > 1) {
+        const int64_t r = std::min<int64_t>(s.rows - 1, 5), nb = PackedLayout{s.rows, s.cols}.blocks_per_row();
+        e.scales[r * nb + nb - 1] *= 2.0f;
+        EXPECT_FALSE(ref::BlockScalesUniformInBands(e.view())) << Name(f, e.m, s);
+      }
+    }
 }
 
 TEST_P(GemvIsaTest, EveryCodeDecodesExactly) {

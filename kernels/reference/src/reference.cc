@@ -175,6 +175,17 @@ bool QuantizePack(const void* src, DType src_dtype, int64_t rows, int64_t cols,
   return true;
 }
 
+bool BlockScalesUniformInBands(const MatrixView& w) {
+  if (w.scale_mode != ScaleMode::kBlock128 || w.scales == nullptr) return false;
+  const int64_t nblk = w.layout().blocks_per_row();
+  const size_t bytes = static_cast<size_t>(nblk) * sizeof(float);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    if (r % kBlockRows == 0) continue;
+    if (std::memcmp(w.scales + r * nblk, w.scales + (r - r % kBlockRows) * nblk, bytes) != 0) return false;
+  }
+  return true;
+}
+
 bool Dequantize(const MatrixView& w, float* out) {
   if (!KnownFormat(w.format) || !KnownMode(w.scale_mode)) return false;
   const PackedLayout l = w.layout();
@@ -322,6 +333,92 @@ Isa BestIsa() {
   return best;
 }
 
+namespace {
+
+// out[c] = x[c] * s[c / 128] over a padded row: the band path's activations.
+__attribute__((always_inline)) inline void ScaleByBlocksLoop(const float* __restrict x,
+                                                             const float* __restrict s, int64_t nblk,
+                                                             int64_t pc, float* __restrict out) {
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t c0 = blk * kBlockCols, n = std::min(pc, c0 + kBlockCols) - c0;
+    const float sb = s[blk];
+    for (int64_t i = 0; i < n; ++i) out[c0 + i] = x[c0 + i] * sb;
+  }
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same loop, vectorized by the compiler for the GEMV's instruction set.
+__attribute__((target("avx512f"))) void ScaleByBlocks512(const float* x, const float* s, int64_t nblk,
+                                                        int64_t pc, float* out) {
+  ScaleByBlocksLoop(x, s, nblk, pc, out);
+}
+__attribute__((target("avx2"))) void ScaleByBlocks256(const float* x, const float* s, int64_t nblk,
+                                                     int64_t pc, float* out) {
+  ScaleByBlocksLoop(x, s, nblk, pc, out);
+}
+#endif
+void ScaleByBlocksBase(const float* x, const float* s, int64_t nblk, int64_t pc, float* out) {
+  ScaleByBlocksLoop(x, s, nblk, pc, out);
+}
+using ScaleByBlocksFn = void (*)(const float*, const float*, int64_t, int64_t, float*);
+ScaleByBlocksFn ScaleByBlocksFor(Isa isa) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (isa == Isa::kAvx512Vbmi || isa == Isa::kAvx512) return ScaleByBlocks512;
+  if (isa == Isa::kAvx2) return ScaleByBlocks256;
+#endif
+  (void)isa;
+  return ScaleByBlocksBase;
+}
+
+// BLOCK128 whose bands share their scales (MatrixView::uniform_bands): for
+// each 128-row band and up to kMaxBatchTile vectors at a time, the
+// activations times the band's block scales, then the unscaled kernel over
+// the band's rows. That is batch x columns multiplies per 128 rows, where
+// scaling each row's block sums costs rows x blocks x batch multiply-adds
+// and keeps twice the sums. Every batch takes the same steps, so a vector's
+// result does not depend on its batch.
+void GemvBands(const detail::PaddedGemv& a, detail::RowsFn fn, ScaleByBlocksFn scale,
+               ThreadPool* pool) {
+  const int64_t rows = a.w.rows, pc = a.pc, nblk = a.nblk;
+  const int64_t bands = (rows + kBlockRows - 1) / kBlockRows;
+  auto body = [&](int64_t b0, int64_t b1) {
+    // Each thread keeps its buffer between calls, up to kKeptFloats (with a
+    // fresh one per chunk, 4096x4096 at batch 8 took 1.19x ROW's time on the
+    // development VM, 1.03x with this: bench/RESULTS-fp8-checkpoints.md).
+    // Every element used is written first.
+    constexpr size_t kKeptFloats = size_t{1} << 18;  // 1 MiB a thread
+    thread_local std::vector<float> kept;
+    const size_t need = static_cast<size_t>(std::min<int64_t>(a.batch, detail::kMaxBatchTile) * pc);
+    std::vector<float> own;
+    std::vector<float>& buf = need <= kKeptFloats ? kept : own;
+    if (buf.size() < need) buf.resize(need);
+    float* const xs = buf.data();
+    for (int64_t band = b0; band < b1; ++band) {
+      const int64_t r0 = band * kBlockRows, r1 = std::min(rows, r0 + kBlockRows);
+      const float* s = a.w.scales + r0 * nblk;
+      for (int64_t v0 = 0; v0 < a.batch; v0 += detail::kMaxBatchTile) {
+        const int64_t nv = std::min<int64_t>(detail::kMaxBatchTile, a.batch - v0);
+        for (int64_t v = 0; v < nv; ++v) scale(a.xp + (v0 + v) * pc, s, nblk, pc, xs + v * pc);
+        detail::PaddedGemv t = a;
+        t.w.scale_mode = ScaleMode::kNone;
+        t.xp = xs;
+        t.batch = nv;
+        t.y = a.y + v0 * rows;
+        fn(t, r0, r1);
+      }
+    }
+  };
+  // As GemvF32Isa's grain: chunks of at least ~256K multiply-adds.
+  const int64_t per_band = kBlockRows * pc * std::min<int64_t>(a.batch, detail::kMaxBatchTile);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_band);
+  if (bands <= grain) {
+    body(0, bands);
+  } else {
+    PoolOr(pool).ParallelFor(bands, grain, body);
+  }
+}
+
+}  // namespace
+
 bool GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, float* y,
                 ThreadPool* pool) {
   if (!KnownFormat(w.format) || !KnownMode(w.scale_mode)) return false;
@@ -335,6 +432,7 @@ bool GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
     MatrixView v = w;
     v.scales = rows.data();
     v.scale_mode = ScaleMode::kBlock128;
+    v.uniform_bands = true;
     return GemvF32Isa(isa, v, x, batch, y, pool);
   }
   // Larger batches are FMA-bound: the decode is shared by the batch tile, and
@@ -361,6 +459,10 @@ bool GemvF32Isa(Isa isa, const MatrixView& w, const float* x, int64_t batch, flo
     case Isa::kScalar: fn = detail::GemvRowsScalar; break;
   }
   if (fn == nullptr) return false;  // an Isa value outside the enum
+  if (w.scale_mode == ScaleMode::kBlock128 && w.uniform_bands) {
+    GemvBands(a, fn, ScaleByBlocksFor(isa), pool);
+    return true;
+  }
   const int64_t groups = (l.rows + detail::kRowGroup - 1) / detail::kRowGroup;
   auto body = [&](int64_t g0, int64_t g1) {
     fn(a, g0 * detail::kRowGroup, std::min(l.rows, g1 * detail::kRowGroup));

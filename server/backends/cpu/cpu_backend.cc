@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <utility>
 #include <vector>
@@ -114,6 +115,17 @@ class CpuMatrix final : public BackendMatrix {
     auto* self = const_cast<CpuMatrix*>(this);
     return shape().view(self->words(), self->scales());
   }
+  // view() for a GEMV: a BLOCK128 matrix whose 128-row bands share their
+  // scales (a BLOCK128X128 upload) says so, worked out on the first GEMV,
+  // when the matrix no longer changes.
+  MatrixView gemv_view() const {
+    MatrixView v = view();
+    if (v.scale_mode == ScaleMode::kBlock128) {
+      std::call_once(bands_once_, [&] { uniform_bands_ = ref::BlockScalesUniformInBands(v); });
+      v.uniform_bands = uniform_bands_;
+    }
+    return v;
+  }
 
  private:
   CpuMatrix(const MatrixShape& shape, HostMemory mem, int64_t word_bytes)
@@ -121,6 +133,8 @@ class CpuMatrix final : public BackendMatrix {
 
   HostMemory mem_;
   int64_t word_bytes_;
+  mutable std::once_flag bands_once_;
+  mutable bool uniform_bands_ = false;  // set once, under bands_once_
 };
 
 // A K/V cache in host pages (kernels/reference's HostKvCache).
@@ -283,7 +297,7 @@ absl::Status CpuBackend::ReadPackedRows(const BackendMatrix& m, int64_t row0, in
 absl::Status CpuBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   const auto& m = static_cast<const CpuMatrix&>(w);
   const int64_t rows = m.shape().rows;
-  GemvProblem p{m.view(), args};
+  GemvProblem p{m.gemv_view(), args};
   if (args.y_stride == 0 || args.y_stride == rows || args.batch == 1) {
     if (!ref::Gemv(p, pool_.get())) return Unknown("run a GEMV", "the dtypes, format or scale mode");
     return absl::OkStatus();

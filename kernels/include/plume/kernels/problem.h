@@ -43,6 +43,12 @@ struct MatrixView {
   int64_t cols = 0;
   Fp8Format format = Fp8Format::kE4M3;
   ScaleMode scale_mode = ScaleMode::kRow;
+  // BLOCK128 only, a hint: every row of each 128-row band (rows 128k to
+  // 128k + 127) carries the same block scales, as a BLOCK128X128 matrix held
+  // as BLOCK128 does. Set it only from ref::BlockScalesUniformInBands(); the
+  // CPU GEMV then scales the activations once per band and block instead of
+  // every row's block sums.
+  bool uniform_bands = false;
 
   PLUME_HD constexpr PackedLayout layout() const { return PackedLayout{rows, cols}; }
 };

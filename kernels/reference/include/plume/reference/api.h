@@ -60,6 +60,11 @@ bool Dequantize(const MatrixView& w, float* out);
 bool GemvF32(const MatrixView& w, const float* x, int64_t batch, float* y,
              ThreadPool* pool = nullptr);
 
+// True when w is BLOCK128 and every row of each 128-row band has the same
+// block scales as the band's first row (bit for bit): what
+// MatrixView::uniform_bands may then say.
+bool BlockScalesUniformInBands(const MatrixView& w);
+
 // The same GEMV with typed activations and outputs (GemvVectors: FP8 inputs
 // are multiplied by x_scale, F16/BF16 outputs rounded to nearest-even).
 // Host memory.
