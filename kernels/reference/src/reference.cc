@@ -381,9 +381,10 @@ void GemvBands(const detail::PaddedGemv& a, detail::RowsFn fn, ScaleByBlocksFn s
   const int64_t rows = a.w.rows, pc = a.pc, nblk = a.nblk;
   const int64_t bands = (rows + kBlockRows - 1) / kBlockRows;
   auto body = [&](int64_t b0, int64_t b1) {
-    // Each thread keeps its buffer between calls, up to kKeptFloats (with a
-    // fresh one per chunk, 4096x4096 at batch 8 took 1.19x ROW's time on the
-    // development VM, 1.03x with this: bench/RESULTS-fp8-checkpoints.md).
+    // Each thread keeps its buffer between calls, up to kKeptFloats, rather
+    // than allocating one per chunk (1.19x against 1.03x ROW's time at
+    // 4096x4096, batch 8, in one run each on the development VM, whose
+    // spread is about that large: bench/RESULTS-fp8-checkpoints.md).
     // Every element used is written first.
     constexpr size_t kKeptFloats = size_t{1} << 18;  // 1 MiB a thread
     thread_local std::vector<float> kept;
