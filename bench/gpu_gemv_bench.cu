@@ -59,6 +59,9 @@ struct Options {
   bool baselines = true;
   bool w8a8 = true;
   bool quantize = true;
+  // The quantize rows' saturate flag: off takes the software encode on
+  // every GPU (on sm_89+ saturating uploads use the hardware conversion).
+  bool quantize_saturate = true;
   std::string json;
 };
 
@@ -205,10 +208,11 @@ void BenchShape(const Options& o, int64_t rows, int64_t cols, cudaStream_t strea
         void* qws = Alloc<void>(static_cast<size_t>(std::max<int64_t>(qws_bytes, 16)));
         const double us = timer.Median([&](int i) {
           CHECK_CUDA(plume::cuda::QuantizePack(src[i % sc], src_t, rows, cols, Fp8Format::kE4M3, m,
-                                               true, words[0], scales, qws, stream));
+                                               o.quantize_saturate, words[0], scales, qws, stream));
         });
         Report(shape, 0, "quantize", std::string("e4m3 ") + plume::ScaleModeName(m) + " from " +
-                                         plume::DTypeName(src_t),
+                                         plume::DTypeName(src_t) +
+                                         (o.quantize_saturate ? "" : " non-saturating"),
                us, static_cast<double>(src_bytes + code_bytes));
         CHECK_CUDA(cudaFree(qws));
       }
@@ -455,7 +459,7 @@ void Usage() {
                "  [--paths native,software] [--kernels auto,mma,wgmma,cublaslt] [--x f16|f32]\n"
                "  [--iters N]\n"
                "  [--no-baselines] [--no-w8a8]\n"
-               "  [--no-quantize]\n"
+               "  [--no-quantize] [--quantize-saturate on|off]\n"
                "  [--json FILE]\n");
   std::exit(2);
 }
@@ -513,6 +517,10 @@ Options Parse(int argc, char** argv) {
       o.iters = std::max(10, std::stoi(next()));
     } else if (a == "--no-quantize") {
       o.quantize = false;
+    } else if (a == "--quantize-saturate") {
+      const std::string s = next();
+      if (s != "on" && s != "off") Usage();
+      o.quantize_saturate = s == "on";
     } else if (a == "--no-baselines") {
       o.baselines = false;
     } else if (a == "--no-w8a8") {

@@ -146,6 +146,17 @@ __device__ __forceinline__ float GroupAmax(const float (&v)[16]) {
   return m;
 }
 
+// fp8::Encode of v / scale, out of line: inlined, its two formats' branches
+// were unrolled 16 times per group, and up to 128 times per thread in
+// RowInRegistersKernel, for every source dtype and arch, which made this
+// file the slowest of the build to compile (about 26 s per arch against 8 s
+// out of line, sm_80). The software path pays a call per element; uploads
+// are bound by the host link, not by this kernel (bench/RESULTS-gpu.md,
+// GPU quantize-and-pack).
+__device__ __noinline__ uint32_t SoftwareEncode(float v, float scale, Fp8Format f, bool saturate) {
+  return fp8::Encode(v / scale, f, saturate);
+}
+
 // Codes of v / scale, exactly as the reference encodes them, stored as one
 // 16-byte piece of row `row`.
 __device__ __forceinline__ void StoreGroup(const float (&v)[16], float scale, Fp8Format f,
@@ -172,7 +183,7 @@ __device__ __forceinline__ void StoreGroup(const float (&v)[16], float scale, Fp
   {
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
-      w[k >> 2] |= static_cast<uint32_t>(fp8::Encode(v[k] / scale, f, saturate)) << (8 * (k & 3));
+      w[k >> 2] |= SoftwareEncode(v[k], scale, f, saturate) << (8 * (k & 3));
     }
   }
   *reinterpret_cast<uint4*>(words + row * wpr + c0 / 4) = make_uint4(w[0], w[1], w[2], w[3]);
