@@ -67,6 +67,22 @@ int64_t RssKiB(pid_t pid) {
   return at == std::string::npos ? -1 : std::atoll(status.c_str() + at + 6);
 }
 
+// What the server's memory is made of, for the RSS messages: its threads
+// and the anonymous and file-backed parts of its RSS (/proc/PID/status).
+std::string MemoryPicture(pid_t pid) {
+  const std::string status = SlurpFile("/proc/" + std::to_string(pid) + "/status");
+  std::string out;
+  for (const char* key : {"Threads:", "RssAnon:", "RssFile:", "RssShmem:"}) {
+    const size_t at = status.find(key);
+    if (at == std::string::npos) continue;
+    const size_t end = status.find('\n', at);
+    std::string line = status.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    line.erase(std::remove(line.begin(), line.end(), '\t'), line.end());
+    out += (out.empty() ? "" : ", ") + line;
+  }
+  return out;
+}
+
 // The server's RSS once its memory trimmer (--memory_trim_interval, 2 s by
 // default) has given the freed heap back: the lowest of samples 100 ms
 // apart over up to `span`, ending early once one is at most `enough`.
@@ -393,23 +409,31 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   ASSERT_NO_FATAL_FAILURE(FillGaps(200));
   const int64_t rss_warm = SettledRssKiB(pid_, 3s);
   ASSERT_GT(rss_warm, 0);
+  const std::string memory_warm = MemoryPicture(pid_);
 
   stop.store(false);
   const auto t_run = std::chrono::steady_clock::now();
   RunAll(1, std::chrono::duration_cast<std::chrono::milliseconds>(kRun), false, &stop);
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
   ASSERT_NO_FATAL_FAILURE(FillGaps(300));
-  // Growth allowed: 10% or 4 MiB, whichever is more. The server's RSS after
-  // the run moved from -0.8% to +10.2% of its ~28 MiB warm figure over the
-  // runs measured without other load (docs/testing.md), with no trend; where
-  // the few MiB go (thread stacks, gRPC's caches) is not established.
-  // A leak of 80 bytes per operation (some 55,000 in the run) still fails it.
+  // Growth allowed: 25% or 8 MiB, whichever is more. The server's RSS after
+  // the run, against its ~28 MiB warm figure, has no trend but a wide
+  // spread: -0.8% to +10.2% in the first runs measured, +32% once over a 5 s
+  // settling, and on 2026-12-06 -9.2%, -4.5% and -0.5% run alone against
+  // +16% and +22% as the first and the last test of a whole release ctest
+  // run (one of them a clean-clone CI run; docs/testing.md). Blocks under
+  // 32 MiB come from the heap and are kept for reuse (KeepFreedHeapMemory),
+  // so the batch queues' pooled buffers and heap pages holding a few live
+  // blocks stay resident; which of them make the spread is not established.
+  // A leak of 160 bytes per operation (some 55,000 in the run), or of 1 KiB
+  // per delete and re-upload or cancelled upload (some 9,500), still fails
+  // it; the ASan run's LeakSanitizer catches unreachable blocks.
   // The settling waits up to 15 s (7 trims), ending as soon as RSS is within
-  // the bound: a clean-clone CI run once read 32% over 5 s, with three quiet
-  // runs of the same build after it at -1% to +3% (docs/testing.md).
-  const int64_t rss_bound = rss_warm + std::max<int64_t>(rss_warm / 10, 4 << 10);
+  // the bound.
+  const int64_t rss_bound = rss_warm + std::max<int64_t>(rss_warm / 4, 8 << 10);
   [[maybe_unused]] const int64_t rss_settling = RssKiB(pid_);
   const int64_t rss_after = SettledRssKiB(pid_, 15s, rss_bound);
+  const std::string memory_after = MemoryPicture(pid_);
   std::map<std::string, int> run_counts;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -420,7 +444,8 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
 #ifndef PLUME_CHAOS_SANITIZED
   EXPECT_LE(rss_after, rss_bound)
       << "RSS grew from " << rss_warm << " KiB (warm) to " << rss_after
-      << " KiB over the run (the least of 15 s of samples from " << rss_settling << " KiB)";
+      << " KiB over the run (the least of 15 s of samples from " << rss_settling
+      << " KiB); warm: " << memory_warm << "; after: " << memory_after;
 #endif
 
   // SIGTERM while the clients run and two stalled streams are open.
@@ -498,7 +523,8 @@ TEST_F(ChaosTest, MixedFaultsKeepAcknowledgedMatricesMemoryAndTheDrainBound) {
   std::cout << "chaos: " << run_s << " s run, " << kClients << " clients:";
   for (const auto& [what, n] : run_counts) std::cout << " " << what << " " << n << ";";
   std::cout << "\nRSS warm " << rss_warm << " KiB, after the run " << rss_after << " KiB ("
-            << 100.0 * (rss_after - rss_warm) / rss_warm << " %)\nSIGTERM to exit " << exit_s
+            << 100.0 * (rss_after - rss_warm) / rss_warm << " %)\nwarm: " << memory_warm
+            << "\nafter the run: " << memory_after << "\nSIGTERM to exit " << exit_s
             << " s (drain timeout 3 s), code " << code << "\nafter restart: " << checked
             << " matrices bit-identical (" << uncertain << " with a change cut by SIGTERM), "
             << never_acked_.size() << " uploads cancelled half-way all absent\n";
