@@ -557,7 +557,10 @@ absl::StatusOr<std::unique_ptr<EchoSession>> Client::StartEchoSession(EchoSessio
 namespace {
 
 // One call of the callback API: owns its context and messages until gRPC
-// reports the end, then hands the output (or the status) to `done`.
+// reports the end, then frees them and hands the output (or the status) to
+// `done`. Freed first, so that nothing of the call is left to free once the
+// caller hears back: the caller may destroy the Client at once, as
+// EchoTest.AsyncCallsRoundTrip does.
 template <class Req, class Resp>
 struct AsyncCall {
   std::unique_ptr<grpc::ClientContext> ctx;
@@ -566,12 +569,12 @@ struct AsyncCall {
   Client::AsyncDone done;
 
   void Finished(const grpc::Status& s) {
-    if (s.ok()) {
-      done(FromProto(std::move(*resp.mutable_output())));
-    } else {
-      done(FromGrpcStatus(s));
-    }
+    absl::StatusOr<HostTensor> result =
+        s.ok() ? absl::StatusOr<HostTensor>(FromProto(std::move(*resp.mutable_output())))
+               : absl::StatusOr<HostTensor>(FromGrpcStatus(s));
+    Client::AsyncDone tell = std::move(done);
     delete this;
+    tell(std::move(result));
   }
 };
 
