@@ -11,7 +11,11 @@ Usage: serving_table.py --out-dir DIR [--policy P] [--device D] [--commit C]
        serving_table.py --summary POLICY=DIR... [--device D] [--commit C]
                         [--date D]
          every target of every sweep in one table: a target holds for a
-         policy only when it holds in all of its sweeps."""
+         policy only when it holds in all of its sweeps.
+       serving_table.py --before DIR... --after DIR...
+         two builds' sweeps (one DIR per sweep, as for --out-dir) side by
+         side: per call and concurrency the median over the sweeps of each
+         measure, its range, and the medians' ratio after / before."""
 import argparse
 import json
 import os
@@ -176,6 +180,62 @@ def summary(sweeps, a):
     return out
 
 
+def compare(before_dirs, after_dirs):
+    """Rows of the before/after table (see the module's usage)."""
+    import statistics
+    measures = [
+        ("vectors/s", lambda s, e: s["vectors_per_s"]),
+        ("ratio to Echo", lambda s, e: s["vectors_per_s"] / e["vectors_per_s"] if e else None),
+        ("p50 ms", lambda s, e: s["latency_ms"]["p50"]),
+        ("p99 ms", lambda s, e: s["latency_ms"]["p99"]),
+        ("mean batch", lambda s, e: server(s, "batch_mean")),
+        ("kernel µs", lambda s, e: None if server(s, "kernel_ms_mean") is None
+         else 1000 * server(s, "kernel_ms_mean")),
+        ("host µs", lambda s, e: server(s, "host_us_mean")),
+    ]
+
+    def values(dirs, kind, echo_kind, conc, fn):
+        out = []
+        for d in dirs:
+            run = by_concurrency(load(f"{d}/serving-{kind}.json"))
+            echo = by_concurrency(load(f"{d}/serving-{echo_kind}.json"))
+            if conc in run:
+                v = fn(run[conc], echo.get(conc))
+                if v is not None:
+                    out.append(v)
+        return out
+
+    def cell(vs):
+        if not vs:
+            return "n/a"
+        m = statistics.median(vs)
+        digits = 0 if m >= 1000 else 1 if m >= 10 else 3
+        lo, hi = min(vs), max(vs)
+        return f"{fmt(statistics.median(vs), digits)} [{fmt(lo, digits)}–{fmt(hi, digits)}]"
+
+    out = ["| call | concurrency | measure | before: median [range] | after: median [range] | after ÷ before |",
+           "|---|---|---|---|---|---|"]
+    for call, kind, echo_kind in [("streaming", "stream", "echo-stream"), ("unary", "unary", "echo-unary")]:
+        first = load(f"{before_dirs[0]}/serving-{kind}.json")
+        if not first:
+            continue
+        for conc in [s["concurrency"] for s in first["steps"]]:
+            for name, fn in measures:
+                b = values(before_dirs, kind, echo_kind, conc, fn)
+                a = values(after_dirs, kind, echo_kind, conc, fn)
+                ratio = (f"{statistics.median(a) / statistics.median(b):.2f}"
+                         if a and b and statistics.median(b) else "n/a")
+                out.append(f"| {call} | {conc} | {name} | {cell(b)} | {cell(a)} | {ratio} |")
+    half = [("before", before_dirs), ("after", after_dirs)]
+    out.append("")
+    for label, dirs in half:
+        runs = [load(f"{d}/serving-half-peak.json") for d in dirs]
+        cells = [f"{fmt(r['steps'][0]['requests_per_s'], 0)}/s p99 {r['steps'][0]['latency_ms']['p99']:.3f} ms"
+                 for r in runs if r and r.get("steps")]
+        out.append(f"Open loop at half the peak, {label}: " + "; ".join(cells) + ".")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir")
@@ -185,7 +245,14 @@ def main():
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--date", default="unknown")
     ap.add_argument("--commands")
+    ap.add_argument("--before", nargs="+")
+    ap.add_argument("--after", nargs="+")
     a = ap.parse_args()
+    if a.before or a.after:
+        if not (a.before and a.after):
+            sys.exit("--before and --after go together")
+        print("\n".join(compare(a.before, a.after)))
+        return
     if a.summary:
         print("\n".join(summary(a.summary, a)))
         return
