@@ -151,8 +151,9 @@ __device__ __forceinline__ float GroupAmax(const float (&v)[16]) {
 // RowInRegistersKernel, for every source dtype and arch, which made this
 // file the slowest of the build to compile (about 26 s per arch against 8 s
 // out of line, sm_80). The software path pays a call per element: 1.18-1.28x
-// the kernel's time for non-saturating uploads on an H200, at most 0.2 ms a
-// GiB of F32 (bench/RESULTS-gpu.md); saturating ones on sm_89+ do not take it.
+// the kernel's time for non-saturating uploads on an H200, 0.13-0.22 ms more
+// for a 16384² matrix (bench/RESULTS-gpu.md); saturating ones on sm_89+ do
+// not take it.
 __device__ __noinline__ uint32_t SoftwareEncode(float v, float scale, Fp8Format f, bool saturate) {
   return fp8::Encode(v / scale, f, saturate);
 }
