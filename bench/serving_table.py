@@ -19,6 +19,7 @@ Usage: serving_table.py --out-dir DIR [--policy P] [--device D] [--commit C]
 import argparse
 import json
 import os
+import statistics
 import sys
 
 
@@ -182,7 +183,6 @@ def summary(sweeps, a):
 
 def compare(before_dirs, after_dirs):
     """Rows of the before/after table (see the module's usage)."""
-    import statistics
     measures = [
         ("vectors/s", lambda s, e: s["vectors_per_s"]),
         ("ratio to Echo", lambda s, e: s["vectors_per_s"] / e["vectors_per_s"] if e else None),
@@ -194,41 +194,35 @@ def compare(before_dirs, after_dirs):
         ("host µs", lambda s, e: server(s, "host_us_mean")),
     ]
 
-    def values(dirs, kind, echo_kind, conc, fn):
-        out = []
-        for d in dirs:
-            run = by_concurrency(load(f"{d}/serving-{kind}.json"))
-            echo = by_concurrency(load(f"{d}/serving-{echo_kind}.json"))
-            if conc in run:
-                v = fn(run[conc], echo.get(conc))
-                if v is not None:
-                    out.append(v)
-        return out
+    def sweeps(dirs, kind, echo_kind):  # per sweep: its steps and Echo's, by concurrency
+        return [(by_concurrency(load(f"{d}/serving-{kind}.json")),
+                 by_concurrency(load(f"{d}/serving-{echo_kind}.json"))) for d in dirs]
+
+    def values(runs, conc, fn):
+        vs = [fn(run[conc], echo.get(conc)) for run, echo in runs if conc in run]
+        return [v for v in vs if v is not None]
 
     def cell(vs):
         if not vs:
             return "n/a"
         m = statistics.median(vs)
         digits = 0 if m >= 1000 else 1 if m >= 10 else 3
-        lo, hi = min(vs), max(vs)
-        return f"{fmt(statistics.median(vs), digits)} [{fmt(lo, digits)}–{fmt(hi, digits)}]"
+        return f"{fmt(m, digits)} [{fmt(min(vs), digits)}–{fmt(max(vs), digits)}]"
 
     out = ["| call | concurrency | measure | before: median [range] | after: median [range] | after ÷ before |",
            "|---|---|---|---|---|---|"]
     for call, kind, echo_kind in [("streaming", "stream", "echo-stream"), ("unary", "unary", "echo-unary")]:
-        first = load(f"{before_dirs[0]}/serving-{kind}.json")
-        if not first:
-            continue
-        for conc in [s["concurrency"] for s in first["steps"]]:
+        before = sweeps(before_dirs, kind, echo_kind)
+        after = sweeps(after_dirs, kind, echo_kind)
+        for conc in before[0][0]:
             for name, fn in measures:
-                b = values(before_dirs, kind, echo_kind, conc, fn)
-                a = values(after_dirs, kind, echo_kind, conc, fn)
+                b = values(before, conc, fn)
+                a = values(after, conc, fn)
                 ratio = (f"{statistics.median(a) / statistics.median(b):.2f}"
                          if a and b and statistics.median(b) else "n/a")
                 out.append(f"| {call} | {conc} | {name} | {cell(b)} | {cell(a)} | {ratio} |")
-    half = [("before", before_dirs), ("after", after_dirs)]
     out.append("")
-    for label, dirs in half:
+    for label, dirs in [("before", before_dirs), ("after", after_dirs)]:
         runs = [load(f"{d}/serving-half-peak.json") for d in dirs]
         cells = [f"{fmt(r['steps'][0]['requests_per_s'], 0)}/s p99 {r['steps'][0]['latency_ms']['p99']:.3f} ms"
                  for r in runs if r and r.get("steps")]
