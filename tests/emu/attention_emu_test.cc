@@ -140,7 +140,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     g_emu_blocks_reversed = s.reversed;
     EmuLaunch(units, static_cast<unsigned>(splits), static_cast<unsigned>(DecodeThreads(kd)), [&] { fn(k2); });
     if (s.combine_kernel) {
-      EmuLaunch(static_cast<unsigned>(s.batch * s.heads * s.q_len), 1, kCombineThreads, [&] { CombineKernel(k2); });
+      EmuLaunch(static_cast<unsigned>(s.batch * s.heads * s.q_len), 1, kCombineThreads, [&] { CombineKernel<false>(k2); });
     }
     g_emu_blocks_reversed = false;
     // Every unit's last block set its counter back for the next launch.

@@ -13,7 +13,7 @@ KernelFn PickDecodeCudaCores(Dec dec, int kd) {
 }
 
 cudaError_t LaunchCombine(const Params& k, int64_t out_rows, cudaStream_t stream) {
-  CombineKernel<<<static_cast<unsigned>(out_rows), kCombineThreads, 0, stream>>>(k);
+  CombineKernel<false><<<static_cast<unsigned>(out_rows), kCombineThreads, 0, stream>>>(k);
   PLUME_CUDA_TRY_LAUNCH();
   return cudaSuccess;
 }

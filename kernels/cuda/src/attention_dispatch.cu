@@ -71,6 +71,9 @@ struct Plan {
   int splits = 1;
   int pages_per_split = 0;
   bool fused = false;  // the decode's last split per unit merges (FinishSplit): one launch
+  // Otherwise the combine kernel merges them; on compute capability 9.0 as
+  // a programmatic dependent launch of the decode (LaunchCombineAfterDecode).
+  bool combine_after_decode = false;
   // Workspace, bytes: kCounterBytes of counters lead it (every plan keeps
   // them, so that they stay zero whichever problem used the workspace
   // before); the decode's partial results, or the prefill's images, follow.
@@ -165,6 +168,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.off_acc = (slots * 2 * 4 + 255) / 256 * 256;  // from the partial maxima and sums
     pl.total = kCounterBytes + pl.off_acc + slots * p.layout.head_dim * 4;
     pl.fused = p.one_launch && pl.units <= kFusedUnits;
+    pl.combine_after_decode = !pl.fused && info.cc == 90;
   }
   if (pl.units >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
   *out = pl;
@@ -216,7 +220,9 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
   pl.decode<<<grid, threads, pl.decode_smem, stream>>>(k);
   PLUME_CUDA_TRY_LAUNCH();
   if (pl.fused) return cudaSuccess;  // its last blocks merged the splits
-  return LaunchCombine(k, p.batch * p.heads * p.q_len, stream);
+  const int64_t rows = p.batch * p.heads * p.q_len;
+  if (pl.combine_after_decode) return LaunchCombineAfterDecode(k, rows, stream);
+  return LaunchCombine(k, rows, stream);
 }
 
 }  // namespace plume::cuda

@@ -19,6 +19,10 @@ KernelFn PickDecodeCudaCores(Dec dec, int kd);
 // attention_decode.cu: merges the splits' partial results of `k` into its
 // output, one block per output row (out_rows of them).
 cudaError_t LaunchCombine(const Params& k, int64_t out_rows, cudaStream_t stream);
+// attention_combine_sm90.cu (sm_90a; compute capability 9.0 only): the same,
+// launched as a programmatic dependent of the decode kernel just launched on
+// `stream`, so that its start-up overlaps the decode's last blocks.
+cudaError_t LaunchCombineAfterDecode(const Params& k, int64_t out_rows, cudaStream_t stream);
 
 // attention_decode_mma.cu: the tensor-core decode for padded head dim kd
 // (64, 128, 256): DecodeFewKernel where `few` (at most kFewRows rows per kv
