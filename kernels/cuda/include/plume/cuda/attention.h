@@ -13,7 +13,9 @@
 //
 //  - Decode (q_len <= kAttentionDecodeMaxQ), flash-decoding: the pages are
 //    split across blocks, and a combine kernel merges the splits with
-//    log-sum-exp, as a second launch (AttentionProblem::one_launch: the last
+//    log-sum-exp, as a second launch (on compute capability 9.0 a
+//    programmatic dependent one, which starts during the decode's last
+//    blocks; AttentionProblem::one_launch: the last
 //    block of each tile of rows to finish merges them instead, through a
 //    counter per tile in the workspace, up to 16384 tiles; slower where
 //    measured). Every query row of a kv head (over the batch, the GQA group
