@@ -240,19 +240,32 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     uint32_t a[2][kSteps][4];
     // BLOCK128: one chunk's sums, added times their scales once its MMAs are
     // done. The scales of this lane's rows are read a chunk ahead (slot b).
-    float part[kBlock ? kM : 1];
+    // At N = 8 two sets of sums take turns (slot b, as the fragments do), so
+    // chunk i's MMAs are issued before chunk i - 1's sums are read: measured
+    // on an H100, 0.72-0.86x the time of one set, which also spilled 100-144
+    // bytes there. From N = 16 one set, and chunk i - 1's MMAs finish before
+    // chunk i's start: two sets took 1.01-1.07x its time at N = 16 and 32
+    // (bench/RESULTS-fp8-checkpoints.md).
+    constexpr int kParts = kBlock && kN <= 8 ? 2 : 1;
+    float part[kParts][kBlock ? kM : 1];
 #pragma unroll
-    for (int j = 0; j < (kBlock ? kM : 1); ++j) part[j] = 0.0f;
+    for (int q = 0; q < kParts; ++q) {
+#pragma unroll
+      for (int j = 0; j < (kBlock ? kM : 1); ++j) part[q][j] = 0.0f;
+    }
     float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
     auto load_scales = [&](int i, float& da, float& db) {
       const int64_t c = chunk(i);
       da = row0 + ra < p.rows ? __ldg(p.scales + (row0 + ra) * p.blocks_per_row + c) : 0.0f;
       db = row0 + rb < p.rows ? __ldg(p.scales + (row0 + rb) * p.blocks_per_row + c) : 0.0f;
     };
+    // Adds the sums of the chunk whose scales are in slot b (its sums are in
+    // part[b] where two sets take turns).
     auto add_part = [&](auto b_c) {
       constexpr int b = decltype(b_c)::value;
+      constexpr int q = kParts == 2 ? b : 0;
 #pragma unroll
-      for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
+      for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[q][j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
     };
 
     // Chunk i with fragment buffer b (a constant: the registers are never
@@ -295,17 +308,20 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
           if constexpr (C::kSlack == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
         }
       };
-      if constexpr (kBlock) {
+      [[maybe_unused]] constexpr int pq = kParts == 2 ? b : 0;  // the sums chunk i writes
+      if constexpr (kBlock && kParts == 1) {
         // Chunk i - 1's sums are read before chunk i's MMAs are issued, so
         // no accumulator is read while an MMA that writes it is in flight.
         if (i > 0) {
           WgmmaWait<0>();
-          FenceOperands(part);
+          FenceOperands(part[0]);
           FenceOperands(a[b ^ 1]);
           release_previous();
           add_part(std::integral_constant<int, b ^ 1>{});
         }
-        FenceOperands(part);
+        FenceOperands(part[0]);
+      } else if constexpr (kBlock) {
+        FenceOperands(part[pq]);
       } else {
 #pragma unroll
         for (int q = 0; q < kSets; ++q) FenceOperands(acc2[q]);
@@ -321,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       for (int s = 0; s < kSteps; ++s) {
         const uint64_t desc = ImageDesc(image + s * StepBytes(kN), p.desc_strides);
         if constexpr (kBlock) {
-          Wgmma<kN>::Run(part, a[b][s], desc, s > 0 ? 1 : 0);
+          Wgmma<kN>::Run(part[pq], a[b][s], desc, s > 0 ? 1 : 0);
         } else {
           Wgmma<kN>::Run(acc2[s % kSets], a[b][s], desc, 1);
         }
@@ -334,6 +350,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
 #pragma unroll
         for (int q = 0; q < kSets; ++q) FenceOperands(acc2[q]);
         if (i > 0) release_previous();
+      } else if constexpr (kParts == 2) {
+        // Chunk i - 1's MMAs are done (chunk i's may still run): its sums,
+        // in the other set, go into acc.
+        WgmmaWait<1>();
+        FenceOperands(a[b ^ 1]);
+        FenceOperands(part[pq ^ 1]);
+        if (i > 0) {
+          release_previous();
+          add_part(std::integral_constant<int, b ^ 1>{});
+        }
       }
     };
     int i = 0;
@@ -346,7 +372,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     FenceOperands(a[0]);
     FenceOperands(a[1]);
     if constexpr (kBlock) {
-      FenceOperands(part);
+#pragma unroll
+      for (int q = 0; q < kParts; ++q) FenceOperands(part[q]);
       // The last chunk's scale slot: n_chunks - 1 is even -> 0.
       if (((n_chunks - 1) & 1) == 0) {
         add_part(std::integral_constant<int, 0>{});
