@@ -23,6 +23,7 @@ struct Pending {
 }  // namespace
 
 struct Batcher::Queue {
+  const void* key = nullptr;  // its entry in queues_: the target's address
   std::weak_ptr<const void> target;
   std::string name;
   BatchingOptions options;
@@ -112,9 +113,13 @@ void Batcher::Submit(std::shared_ptr<const void> target, std::string_view kind,
       // An expired queue at this address belonged to a target since freed.
       if (q == nullptr || q->target.expired()) {
         q = std::make_shared<Queue>();
+        q->key = target.get();
         q->target = target;
         q->name = std::string(kind) + " \"" + std::string(name) + "\"";
         q->options = options;
+        // A timer with no queue to look after sleeps until told (TimerLoop).
+        timer_wake_ = true;
+        timer_cv_.Signal();
       }
       if (q->waiting >= q->options.max_queue_size) {
         refused = absl::ResourceExhaustedError(absl::StrCat(
@@ -293,11 +298,12 @@ void Batcher::Run(Batch& batch) {
     if (out.ok()) ReturnBuffer(q, std::move(*out));
     for (BatchRequest* r : live) dones.push_back(std::move(r->done));
   }
+  // Let go of the targets (a deleted matrix's memory returns to the budget)
+  // before any caller hears back, and before Finished, which forgets the
+  // queue of a target gone.
+  batch.requests.clear();
   // What gathered while this batch ran goes before its callers hear back.
   Finished(batch.queue);
-  // Let go of the targets (a deleted matrix's memory returns to the budget)
-  // before any caller hears back.
-  batch.requests.clear();
   for (auto& [done, why] : dropped) done(why, 0);
   for (DoneFn& done : dones) done(s, info);
 }
@@ -310,8 +316,15 @@ void Batcher::Finished(const std::shared_ptr<Queue>& q) {
     if (q->options.policy == BatchPolicy::kAdaptive) {
       while (!q->pending.empty()) ready.push_back(TakeBatch(q, q->pending.begin()->first));
     }
+    ForgetIfGoneLocked(q);
   }
   for (auto& b : ready) Dispatch(std::move(b));
+}
+
+void Batcher::ForgetIfGoneLocked(const std::shared_ptr<Queue>& q) {
+  if (!q->pending.empty() || q->waiting != 0 || q->running != 0 || !q->target.expired()) return;
+  auto it = queues_.find(q->key);
+  if (it != queues_.end() && it->second == q) queues_.erase(it);
 }
 
 BatchClock::time_point Batcher::Poll() {
@@ -337,12 +350,10 @@ BatchClock::time_point Batcher::Poll() {
           ready.push_back(TakeBatch(q, key));
         }
       }
-      // Forget the queues of targets that are gone once nothing waits there.
-      if (q->pending.empty() && q->waiting == 0 && q->target.expired()) {
-        qit = queues_.erase(qit);
-      } else {
-        ++qit;
-      }
+      // Forget the queues of targets that are gone once nothing waits or
+      // runs there (their pooled buffers go with the last batch holding them).
+      ++qit;
+      ForgetIfGoneLocked(q);
     }
   }
   for (auto& b : ready) Dispatch(std::move(b));
@@ -356,7 +367,14 @@ void Batcher::TimerLoop() {
     if (stopping_) return;
     if (timer_wake_) continue;
     if (next == BatchClock::time_point::max()) {
-      timer_cv_.Wait(&mu_);
+      // Nothing is due; while queues exist, look again within kForgetEvery
+      // for those whose target was deleted while idle (a batch that ends
+      // after its target went forgets its queue itself).
+      if (queues_.empty()) {
+        timer_cv_.Wait(&mu_);
+      } else {
+        timer_cv_.WaitWithTimeout(&mu_, absl::FromChrono(kForgetEvery));
+      }
     } else {
       const BatchClock::duration wait = next - Now();
       if (wait > BatchClock::duration::zero()) {
@@ -378,6 +396,11 @@ int64_t Batcher::waiting() const {
 int64_t Batcher::batches_in_flight() const {
   absl::MutexLock lock(&mu_);
   return in_flight_;
+}
+
+int64_t Batcher::queues() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queues_.size());
 }
 
 }  // namespace plume::core

@@ -132,6 +132,12 @@ class Batcher {
   int64_t waiting() const;
   // Batches handed to the work queue and not yet finished.
   int64_t batches_in_flight() const;
+  // Targets with a queue here. A queue, with its pooled buffers, goes once
+  // its target is gone (a deleted matrix or K/V cache) and nothing waits or
+  // runs there: when its last batch finishes, or within kForgetEvery of the
+  // delete (the timer thread's Poll) where none ran.
+  int64_t queues() const;
+  static constexpr std::chrono::milliseconds kForgetEvery{1000};
 
  private:
   struct Queue;
@@ -146,6 +152,9 @@ class Batcher {
   // A batch of `q` finished its backend call: under the adaptive policy,
   // dispatches what gathered meanwhile.
   void Finished(const std::shared_ptr<Queue>& q);
+  // Drops `q` from queues_ when its target is gone and nothing waits or
+  // runs there.
+  void ForgetIfGoneLocked(const std::shared_ptr<Queue>& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Run(Batch& batch);
   absl::StatusOr<std::unique_ptr<HostBuffer>> TakeBuffer(Queue& q, size_t bytes, size_t typical);
   void ReturnBuffer(Queue& q, std::unique_ptr<HostBuffer> buffer);

@@ -1,7 +1,8 @@
 // The Batcher's two policies (server/core/batching_options.h BatchPolicy).
 // What both share: the queue limit, drops of expired and cancelled requests
 // before the backend, results routed to their callers under concurrency,
-// and destruction running what still waits. Then the adaptive policy: a
+// destruction running what still waits, and the queue of a deleted target
+// forgotten once nothing waits or runs there. Then the adaptive policy: a
 // lone request never waits, arrivals gather while a batch runs and launch
 // when it finishes, a full batch does not wait for the running one, and
 // max_queue_delay stays an upper bound.
@@ -216,6 +217,53 @@ TEST_P(BatcherPolicyTest, DestructionRunsWhatStillWaits) {
   EXPECT_LE(RelErr(*a), 1e-5);
 }
 
+// A deleted matrix's queue, with its pooled buffers, goes as soon as
+// nothing waits or runs there: here when its running batch ends.
+TEST_P(BatcherPolicyTest, TheQueueOfADeletedTargetGoesWhenItsLastBatchEnds) {
+  ASSERT_NO_FATAL_FAILURE(StartPolicy(64, 200us, 1024, /*fake_clock=*/true));
+  backend_.Hold();
+  Completions done;
+  auto a = MakeCall(2, 91);
+  Submit(a.get(), &done);
+  if (!adaptive()) {
+    Advance(200us);
+    batcher_->Poll();
+  }
+  backend_.WaitForGemvCalls(1);  // running, holding the matrix
+  ASSERT_TRUE(store_->Delete("w").ok());
+  EXPECT_EQ(batcher_->queues(), 1);
+  batcher_->Poll();  // the target lives on in the running batch
+  EXPECT_EQ(batcher_->queues(), 1);
+  backend_.Release();
+  done.WaitFor(1);  // the queue went before the caller heard back
+  EXPECT_EQ(batcher_->queues(), 0);
+  EXPECT_TRUE(done.statuses()[0].ok()) << done.statuses()[0];
+  EXPECT_LE(RelErr(*a), 1e-5);
+}
+
+// Deleted while idle: the next Poll forgets the queue, and never one whose
+// target lives.
+TEST_P(BatcherPolicyTest, PollForgetsTheQueueOfATargetDeletedWhileIdle) {
+  ASSERT_NO_FATAL_FAILURE(StartPolicy(64, 200us, 1024, /*fake_clock=*/true));
+  Completions done;
+  auto a = MakeCall(1, 92);
+  Submit(a.get(), &done);
+  if (!adaptive()) {
+    Advance(200us);
+    batcher_->Poll();
+  }
+  done.WaitFor(1);
+  EXPECT_LE(RelErr(*a), 1e-5);
+  EXPECT_EQ(batcher_->queues(), 1);
+  Advance(10s);
+  batcher_->Poll();
+  EXPECT_EQ(batcher_->queues(), 1);  // "w" lives: its queue and buffers stay
+  ASSERT_TRUE(store_->Delete("w").ok());
+  EXPECT_EQ(batcher_->queues(), 1);
+  batcher_->Poll();
+  EXPECT_EQ(batcher_->queues(), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Policies, BatcherPolicyTest,
                          ::testing::Values(BatchPolicy::kAdaptive, BatchPolicy::kFixed),
                          [](const ::testing::TestParamInfo<BatchPolicy>& info) {
@@ -223,6 +271,26 @@ INSTANTIATE_TEST_SUITE_P(Policies, BatcherPolicyTest,
                          });
 
 // ------------------------------------------------------------ adaptive
+
+// With the timer thread (the server's batcher), a target deleted while idle
+// loses its queue within Batcher::kForgetEvery, with no request to wake it.
+TEST_F(BatcherTest, TheTimerForgetsTheQueueOfATargetDeletedWhileIdle) {
+  Start({64, 200us, 1024, BatchPolicy::kAdaptive}, /*fake_clock=*/false);
+  Completions done;
+  auto a = MakeCall(1, 93);
+  Submit(a.get(), &done);
+  done.WaitFor(1);
+  EXPECT_LE(RelErr(*a), 1e-5);
+  EXPECT_EQ(batcher_->queues(), 1);
+  ASSERT_TRUE(store_->Delete("w").ok());
+  const auto deleted = std::chrono::steady_clock::now();
+  const auto limit = deleted + Batcher::kForgetEvery + 4s;
+  while (batcher_->queues() != 0 && std::chrono::steady_clock::now() < limit) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(batcher_->queues(), 0) << "the queue outlived its deleted target";
+  EXPECT_LE(std::chrono::steady_clock::now() - deleted, Batcher::kForgetEvery + 1s);
+}
 
 TEST_F(BatcherTest, AdaptiveLoneRequestsNeverWait) {
   // The clock stands still and nothing polls: each request launches at
