@@ -5,7 +5,7 @@
 //
 // With one GPU the sharded tests run two CudaBackends on device 0 and say so
 // (the code paths are the same; only the concurrency across devices is not
-// exercised). MultiGpu.AtLeastTwoDevices reports the device count.
+// exercised). MultiGpu.ReportsTheDeviceCount says how many there are (at least one).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -85,7 +85,7 @@ double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
   return norm > 0 ? diff / norm : INFINITY;
 }
 
-TEST(MultiGpu, AtLeastTwoDevices) {
+TEST(MultiGpu, ReportsTheDeviceCount) {
   const int n = CudaDeviceCount();
   std::printf("CUDA devices: %d\n", n);
   RecordProperty("cuda_devices", n);
