@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     // done. The scales of this lane's rows are read a chunk ahead (slot b).
     // At N = 8 two sets of sums take turns (slot b, as the fragments do), so
     // chunk i's MMAs are issued before chunk i - 1's sums are read: measured
-    // on an H100, 0.72-0.86x the time of one set, which also spilled 100-144
+    // on an H100, 0.71-0.86x the time of one set, which also spilled 100-144
     // bytes there. From N = 16 one set, and chunk i - 1's MMAs finish before
     // chunk i's start: two sets took 1.01-1.07x its time at N = 16 and 32
     // (bench/RESULTS-fp8-checkpoints.md).
