@@ -61,6 +61,16 @@ class BatcherPolicyTest : public BatcherTest, public ::testing::WithParamInterfa
     }
   }
 
+  // Submits `c` with nothing running: adaptive launches it at once; fixed:
+  // the delay passes and Poll closes its batch.
+  void SubmitAndClose(Call* c, Completions* done) {
+    Submit(c, done);
+    if (!adaptive()) {
+      Advance(delay_);
+      batcher_->Poll();
+    }
+  }
+
   // The backend's GEMV calls other than the blocker's.
   std::vector<CountingBackend::Call> Gathered() const {
     auto calls = backend_.gemv_calls();
@@ -224,11 +234,7 @@ TEST_P(BatcherPolicyTest, TheQueueOfADeletedTargetGoesWhenItsLastBatchEnds) {
   backend_.Hold();
   Completions done;
   auto a = MakeCall(2, 91);
-  Submit(a.get(), &done);
-  if (!adaptive()) {
-    Advance(200us);
-    batcher_->Poll();
-  }
+  SubmitAndClose(a.get(), &done);
   backend_.WaitForGemvCalls(1);  // running, holding the matrix
   ASSERT_TRUE(store_->Delete("w").ok());
   EXPECT_EQ(batcher_->queues(), 1);
@@ -247,11 +253,7 @@ TEST_P(BatcherPolicyTest, PollForgetsTheQueueOfATargetDeletedWhileIdle) {
   ASSERT_NO_FATAL_FAILURE(StartPolicy(64, 200us, 1024, /*fake_clock=*/true));
   Completions done;
   auto a = MakeCall(1, 92);
-  Submit(a.get(), &done);
-  if (!adaptive()) {
-    Advance(200us);
-    batcher_->Poll();
-  }
+  SubmitAndClose(a.get(), &done);
   done.WaitFor(1);
   EXPECT_LE(RelErr(*a), 1e-5);
   EXPECT_EQ(batcher_->queues(), 1);
