@@ -171,29 +171,37 @@ void AttentionService::AttentionAsync(Batcher* batcher, const AttentionCall& cal
   r.in_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->q_dtype));
   r.out_unit_bytes = static_cast<size_t>(unit_elems * DTypeSize(plan->out_dtype));
   r.max_batch_units = std::max<int64_t>(1, limits_.max_attention_rows / (plan->heads * plan->q_len));
-  r.run = [this, cache, p = *plan](const void* q, int64_t units, void* y, int64_t* seq_out) {
-    absl::ReaderMutexLock lock(&cache->mu);  // no append runs meanwhile
-    if (cache->deleted) {
-      return absl::NotFoundError(absl::StrCat("kv cache \"", cache->name, "\" not found (deleted)"));
-    }
-    const int64_t seq = cache->data->seq();
-    AttentionArgs args;
-    args.q = q;
-    args.q_dtype = p.q_dtype;
-    args.batch = units;
-    args.heads = p.heads;
-    args.q_len = p.q_len;
-    args.scale = p.scale;
-    args.causal = p.causal;
-    args.out = y;
-    args.out_dtype = p.out_dtype;
-    *seq_out = seq;
-    return RunAttention(*cache, seq, args);
+  // Attention runs on the worker (the backends' Attention returns when done).
+  r.run = [this, cache, p = *plan](const void* q, int64_t units, void* y, BatchFinishedFn finished) {
+    int64_t seq_out = 0;
+    const absl::Status s = RunBatch(*cache, p, q, units, y, &seq_out);
+    finished(s, seq_out);
   };
   r.metrics = cache->metrics.get();
   r.life = std::move(life);
   r.done = std::move(done);
   batcher->Submit(cache, "kv cache", cache->name, batcher->defaults(), std::move(r));
+}
+
+absl::Status AttentionService::RunBatch(const KvCache& cache, const AttentionPlan& p, const void* q,
+                                        int64_t units, void* y, int64_t* seq_out) {
+  absl::ReaderMutexLock lock(&cache.mu);  // no append runs meanwhile
+  if (cache.deleted) {
+    return absl::NotFoundError(absl::StrCat("kv cache \"", cache.name, "\" not found (deleted)"));
+  }
+  const int64_t seq = cache.data->seq();
+  AttentionArgs args;
+  args.q = q;
+  args.q_dtype = p.q_dtype;
+  args.batch = units;
+  args.heads = p.heads;
+  args.q_len = p.q_len;
+  args.scale = p.scale;
+  args.causal = p.causal;
+  args.out = y;
+  args.out_dtype = p.out_dtype;
+  *seq_out = seq;
+  return RunAttention(cache, seq, args);
 }
 
 absl::Status AttentionService::RunAttention(const KvCache& cache, int64_t seq,

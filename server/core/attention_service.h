@@ -65,6 +65,10 @@ class AttentionService {
 
  private:
   KvInfo Info(const KvCache& c) const;
+  // A batch of `units` query blocks at q (results to y) over the cache as it
+  // is now (its seq to *seq_out): NOT_FOUND once the cache was deleted.
+  absl::Status RunBatch(const KvCache& cache, const AttentionPlan& p, const void* q, int64_t units,
+                        void* y, int64_t* seq_out);
   // One backend attention call over `seq` tokens and its metrics; the
   // caller holds cache.mu as a reader.
   absl::Status RunAttention(const KvCache& cache, int64_t seq, const AttentionArgs& args)

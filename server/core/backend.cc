@@ -20,18 +20,6 @@ class HeapHostBuffer final : public HostBuffer {
 
 }  // namespace
 
-namespace {
-// A call that ran to completion when it was started.
-class DoneGemv final : public PendingGemv {
- public:
-  explicit DoneGemv(absl::Status s) : status_(std::move(s)) {}
-  absl::Status Wait() override { return status_; }
-
- private:
-  absl::Status status_;
-};
-}  // namespace
-
 const char* PlacementName(Placement p) {
   switch (p) {
     case Placement::kAuto: return "auto";
@@ -121,9 +109,12 @@ absl::StatusOr<std::unique_ptr<BackendMatrix>> PackedWriter::Finish(const float*
   return Take(rows.data());
 }
 
-absl::StatusOr<std::unique_ptr<PendingGemv>> Backend::StartGemv(const BackendMatrix& w,
-                                                                const GemvArgs& args) {
-  return std::unique_ptr<PendingGemv>(new DoneGemv(Gemv(w, args)));
+void Backend::GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done) {
+  double device = -1;
+  GemvArgs timed = args;
+  timed.device_seconds = &device;
+  const absl::Status s = Gemv(w, timed);
+  done(s, device);
 }
 
 absl::StatusOr<std::unique_ptr<HostBuffer>> Backend::AllocateHostBuffer(size_t bytes) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -132,13 +133,10 @@ struct GemvKernelChoice {
   bool measured = false;
 };
 
-// A GEMV started by Backend::StartGemv. Wait() returns once y is written (or
-// the call failed); destroying it without Wait() waits too.
-class PendingGemv {
- public:
-  virtual ~PendingGemv() = default;
-  virtual absl::Status Wait() = 0;
-};
+// How a GEMV started by Backend::GemvAsync ended: its status, and the
+// device's part of its time in seconds where the backend measures one (as
+// GemvArgs::device_seconds), else negative.
+using GemvDoneFn = std::function<void(const absl::Status&, double device_seconds)>;
 
 // Device memory of a GPU backend, in bytes.
 struct DeviceMemory {
@@ -355,12 +353,14 @@ class Backend {
   // Runs y = W x. Arguments are validated by the caller.
   virtual absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) = 0;
 
-  // Starts y = W x and returns before it is done where the backend can (the
-  // CUDA backend enqueues the copies and the kernel on one of its streams);
-  // the default runs Gemv at once. What args points to must stay alive until
-  // the returned call is waited for. Lets one thread drive several devices.
-  virtual absl::StatusOr<std::unique_ptr<PendingGemv>> StartGemv(const BackendMatrix& w,
-                                                                 const GemvArgs& args);
+  // Starts y = W x and calls `done` exactly once, when y is written or the
+  // call failed. The default runs Gemv and calls `done` before it returns.
+  // The CUDA backend enqueues the copies and the kernels on one of its
+  // streams and returns; its completion thread calls `done` once the
+  // stream got there, so that no caller's thread waits for the device. x and
+  // y must stay valid until `done` runs; args.device_seconds is not used
+  // (the device time comes to `done`).
+  virtual void GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done);
 
   // Where a matrix of this backend is (MatrixInfo reports it). The default:
   // a single device, device_ordinal().

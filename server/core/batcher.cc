@@ -182,13 +182,8 @@ std::unique_ptr<Batcher::Batch> Batcher::TakeBatch(const std::shared_ptr<Queue>&
 
 void Batcher::Dispatch(std::unique_ptr<Batch> batch) {
   std::shared_ptr<Batch> b = std::move(batch);
-  if (queue_->Submit([this, b] {
-        Run(*b);
-        absl::MutexLock lock(&mu_);
-        --in_flight_;
-      })) {
-    return;
-  }
+  // Run, or Complete where the run finished, counts the batch out of in_flight_.
+  if (queue_->Submit([this, b]() mutable { Run(std::move(b)); })) return;
   {
     absl::MutexLock lock(&mu_);
     waiting_ -= static_cast<int64_t>(b->requests.size());
@@ -232,22 +227,30 @@ void Batcher::ReturnBuffer(Queue& q, std::unique_ptr<HostBuffer> buffer) {
   }
 }
 
-void Batcher::Run(Batch& batch) {
-  Queue& q = *batch.queue;
+// A batch whose run was started: what Complete needs once it finished.
+struct Batcher::Launched {
+  std::shared_ptr<Batch> batch;
+  std::vector<std::pair<DoneFn, absl::Status>> dropped;
+  std::vector<BatchRequest*> live;
+  std::unique_ptr<HostBuffer> in, out;
+};
+
+void Batcher::Run(std::shared_ptr<Batch> batch) {
+  Queue& q = *batch->queue;
   const BatchClock::time_point launch = Now();
   {
     absl::MutexLock lock(&mu_);
-    waiting_ -= static_cast<int64_t>(batch.requests.size());
-    q.waiting -= static_cast<int64_t>(batch.requests.size());
+    waiting_ -= static_cast<int64_t>(batch->requests.size());
+    q.waiting -= static_cast<int64_t>(batch->requests.size());
     SetDepthLocked();
   }
+  // One allocation per batch: the run's completion may come on another thread.
+  auto l = std::make_shared<Launched>();
   // Drop what is no longer wanted before the backend sees it.
-  std::vector<std::pair<DoneFn, absl::Status>> dropped;
-  std::vector<BatchRequest*> live;
-  live.reserve(batch.requests.size());
+  l->live.reserve(batch->requests.size());
   int64_t units = 0;
-  for (size_t i = 0; i < batch.requests.size(); ++i) {
-    BatchRequest& r = batch.requests[i];
+  for (size_t i = 0; i < batch->requests.size(); ++i) {
+    BatchRequest& r = batch->requests[i];
     absl::Status drop;
     if (r.life.cancelled && r.life.cancelled()) {
       drop = absl::CancelledError("request cancelled before it ran");
@@ -256,56 +259,70 @@ void Batcher::Run(Batch& batch) {
     }
     if (!drop.ok()) {
       if (metrics_ != nullptr) metrics_->RecordDropped(drop.code());
-      dropped.emplace_back(std::move(r.done), std::move(drop));
+      l->dropped.emplace_back(std::move(r.done), std::move(drop));
       continue;
     }
-    if (r.metrics != nullptr) r.metrics->RecordQueueWait(Seconds(launch - batch.arrivals[i]));
+    if (r.metrics != nullptr) r.metrics->RecordQueueWait(Seconds(launch - batch->arrivals[i]));
     units += r.units;
-    live.push_back(&r);
+    l->live.push_back(&r);
   }
+  l->batch = std::move(batch);
+  if (l->live.empty()) return Complete(*l, absl::OkStatus(), 0);
 
-  absl::Status s;
-  int64_t info = 0;
+  const BatchRequest& first = *l->live.front();
+  const size_t in_unit = first.in_unit_bytes, out_unit = first.out_unit_bytes;
+  const size_t full = static_cast<size_t>(BatchLimit(q.options, first));
+  auto in = TakeBuffer(q, static_cast<size_t>(units) * in_unit, full * in_unit);
+  if (!in.ok()) return Complete(*l, in.status(), 0);
+  l->in = std::move(*in);
+  auto out = TakeBuffer(q, static_cast<size_t>(units) * out_unit, full * out_unit);
+  if (!out.ok()) return Complete(*l, out.status(), 0);
+  l->out = std::move(*out);
+  // One copy in: each request's input, back to back.
+  char* dst = static_cast<char*>(l->in->data());
+  for (BatchRequest* r : l->live) {
+    const size_t n = static_cast<size_t>(r->units) * in_unit;
+    std::memcpy(dst, r->in, n);
+    dst += n;
+  }
+  first.run(l->in->data(), units, l->out->data(),
+            [this, l](const absl::Status& s, int64_t info) { Complete(*l, s, info); });
+}
+
+void Batcher::Complete(Launched& l, const absl::Status& s, int64_t info) {
+  std::shared_ptr<Queue> q = l.batch->queue;
   std::vector<DoneFn> dones;
-  if (!live.empty()) {
-    const BatchRequest& first = *live.front();
-    const size_t in_unit = first.in_unit_bytes, out_unit = first.out_unit_bytes;
-    const size_t full = static_cast<size_t>(BatchLimit(q.options, first));
-    auto in = TakeBuffer(q, static_cast<size_t>(units) * in_unit, full * in_unit);
-    auto out = in.ok() ? TakeBuffer(q, static_cast<size_t>(units) * out_unit, full * out_unit)
-                       : in.status();
-    s = out.status();
-    if (s.ok()) {
-      // One copy in: each request's input, back to back.
-      char* dst = static_cast<char*>((*in)->data());
-      for (BatchRequest* r : live) {
-        const size_t n = static_cast<size_t>(r->units) * in_unit;
-        std::memcpy(dst, r->in, n);
-        dst += n;
-      }
-      s = first.run((*in)->data(), units, (*out)->data(), &info);
-    }
+  if (!l.live.empty()) {
     if (s.ok()) {
       // One copy out: straight from the output buffer into each caller's bytes.
-      const char* src = static_cast<const char*>((*out)->data());
-      for (BatchRequest* r : live) {
+      const size_t out_unit = l.live.front()->out_unit_bytes;
+      const char* src = static_cast<const char*>(l.out->data());
+      for (BatchRequest* r : l.live) {
         const size_t n = static_cast<size_t>(r->units) * out_unit;
         std::memcpy(r->out, src, n);
         src += n;
       }
     }
-    if (in.ok()) ReturnBuffer(q, std::move(*in));
-    if (out.ok()) ReturnBuffer(q, std::move(*out));
-    for (BatchRequest* r : live) dones.push_back(std::move(r->done));
+    if (l.in != nullptr) ReturnBuffer(*q, std::move(l.in));
+    if (l.out != nullptr) ReturnBuffer(*q, std::move(l.out));
+    dones.reserve(l.live.size());
+    for (BatchRequest* r : l.live) dones.push_back(std::move(r->done));
+    l.live.clear();
   }
   // Let go of the targets (a deleted matrix's memory returns to the budget)
   // before any caller hears back, and before Finished, which forgets the
   // queue of a target gone.
-  batch.requests.clear();
+  l.batch.reset();
   // What gathered while this batch ran goes before its callers hear back.
-  Finished(batch.queue);
-  for (auto& [done, why] : dropped) done(why, 0);
+  Finished(q);
+  q.reset();
+  for (auto& [done, why] : l.dropped) done(why, 0);
   for (DoneFn& done : dones) done(s, info);
+  // Nothing of the batch outlives its count: Flush returns once it is 0.
+  l.dropped.clear();
+  dones.clear();
+  absl::MutexLock lock(&mu_);
+  --in_flight_;
 }
 
 void Batcher::Finished(const std::shared_ptr<Queue>& q) {

@@ -13,8 +13,11 @@
 // WorkQueue thread: its live requests are gathered into one HostBuffer from
 // the backend's pool (one memcpy each), the target's run function makes one
 // backend call for all of them, and each result is copied from the output
-// HostBuffer straight into its caller's bytes (one memcpy each). Several
-// batches of one target may run at once.
+// HostBuffer straight into its caller's bytes (one memcpy each). The
+// worker's part ends once the call is started: the copy out and the
+// callers' callbacks run where the call finishes (the CUDA backend's
+// completion thread for a GEMV), so a worker is never held while a device
+// computes. Several batches of one target may run at once.
 //
 // A request whose deadline passed, or whose caller cancelled, is dropped
 // when its batch launches, before the backend sees it, and counted in
@@ -62,8 +65,13 @@ struct RequestLife {
 // Runs one batch: `units` units of input at `in`, results to `out` (both
 // laid out unit after unit, host memory, usually HostBuffers). `info` is
 // handed to every request's done callback (attention: the seq it ran on).
+// It calls `finished` exactly once, once the results are in `out` or the
+// call failed: before it returns (a backend call made on the calling
+// thread) or later, from any thread (a GEMV on the CUDA backend finishes on
+// its completion thread), so that no worker waits for the device.
+using BatchFinishedFn = std::function<void(const absl::Status&, int64_t info)>;
 using BatchRunFn =
-    std::function<absl::Status(const void* in, int64_t units, void* out, int64_t* info)>;
+    std::function<void(const void* in, int64_t units, void* out, BatchFinishedFn finished)>;
 
 struct BatchRequest {
   BatchKey key{};
@@ -85,8 +93,9 @@ struct BatchRequest {
   // first request's.
   BatchRunFn run;
   RequestLife life;
-  // Called exactly once: on a WorkQueue thread after the batch ran, or
-  // inline from Submit when the request is refused.
+  // Called exactly once: where the batch's run finished (a WorkQueue
+  // thread, or the backend's completion thread), or inline from Submit when
+  // the request is refused.
   std::function<void(const absl::Status&, int64_t info)> done;
 };
 
@@ -155,7 +164,11 @@ class Batcher {
   // Drops `q` from queues_ when its target is gone and nothing waits or
   // runs there.
   void ForgetIfGoneLocked(const std::shared_ptr<Queue>& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Run(Batch& batch);
+  // Drops what is no longer wanted, gathers the rest and starts the run;
+  // Complete finishes the batch where the run finished.
+  void Run(std::shared_ptr<Batch> batch);
+  struct Launched;
+  void Complete(Launched& l, const absl::Status& s, int64_t info);
   absl::StatusOr<std::unique_ptr<HostBuffer>> TakeBuffer(Queue& q, size_t bytes, size_t typical);
   void ReturnBuffer(Queue& q, std::unique_ptr<HostBuffer> buffer);
   void TimerLoop();

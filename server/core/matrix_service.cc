@@ -366,23 +366,29 @@ GemvArgs ArgsOf(const GemvPlan& plan, const void* x, int64_t batch, void* y) {
 
 }  // namespace
 
-absl::Status MatrixService::RunGemv(const Matrix& m, const GemvArgs& args) {
-  double device = -1;
-  GemvArgs timed = args;
-  timed.device_seconds = &device;
+void MatrixService::StartGemv(std::shared_ptr<const Matrix> m, const GemvArgs& args,
+                              BatchFinishedFn finished) {
   const auto k0 = std::chrono::steady_clock::now();
-  if (absl::Status s = backend_->Gemv(*m.data, timed); !s.ok()) return s;
-  if (m.metrics != nullptr) {
-    // The kernel metric is the device's part where the backend measures it;
-    // the rest of the call's wall time is the host's.
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count();
-    const double kernel = device >= 0 ? std::min(device, wall) : wall;
-    m.metrics->RecordKernel(kernel);
-    m.metrics->RecordHostPart(wall - kernel);
-    m.metrics->RecordBatch(args.batch);
-    m.metrics->RecordWork(args.batch, m.shape.resident_bytes());
-  }
-  return absl::OkStatus();
+  const int64_t batch = args.batch;
+  const BackendMatrix& data = *m->data;  // before the callback takes m
+  backend_->GemvAsync(
+      data, args,
+      [m = std::move(m), k0, batch, finished = std::move(finished)](const absl::Status& s,
+                                                                     double device) mutable {
+        if (s.ok() && m->metrics != nullptr) {
+          // The kernel metric is the device's part where the backend measures
+          // it; the rest of the call's wall time, start to finish, is the host's.
+          const double wall =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - k0).count();
+          const double kernel = device >= 0 ? std::min(device, wall) : wall;
+          m->metrics->RecordKernel(kernel);
+          m->metrics->RecordHostPart(wall - kernel);
+          m->metrics->RecordBatch(batch);
+          m->metrics->RecordWork(batch, m->shape.resident_bytes());
+        }
+        m.reset();  // a deleted matrix goes before its callers hear back
+        finished(s, 0);
+      });
 }
 
 void MatrixService::GemvAsync(Batcher* batcher, const GemvCall& call, ResultSink* out,
@@ -404,8 +410,9 @@ void MatrixService::GemvAsync(Batcher* batcher, const GemvCall& call, ResultSink
   r.out = y;
   r.in_unit_bytes = static_cast<size_t>(shape.cols * DTypeSize(plan->x_dtype));
   r.out_unit_bytes = static_cast<size_t>(shape.rows * DTypeSize(plan->y_dtype));
-  r.run = [this, matrix = *m, p = *plan](const void* x, int64_t units, void* y, int64_t*) {
-    return RunGemv(*matrix, ArgsOf(p, x, units, y));
+  r.run = [this, matrix = *m, p = *plan](const void* x, int64_t units, void* y,
+                                         BatchFinishedFn finished) {
+    StartGemv(matrix, ArgsOf(p, x, units, y), std::move(finished));
   };
   r.metrics = (*m)->metrics.get();
   r.life = std::move(life);

@@ -108,8 +108,9 @@ class MatrixService {
 
  private:
   MatrixInfo Info(const Matrix& m) const;
-  // One backend GEMV and its metrics (kernel time, batch size, bytes).
-  absl::Status RunGemv(const Matrix& m, const GemvArgs& args);
+  // Starts one backend GEMV; where it finishes, records its metrics (kernel
+  // time, host part, batch size, bytes) and calls `finished`.
+  void StartGemv(std::shared_ptr<const Matrix> m, const GemvArgs& args, BatchFinishedFn finished);
 
   Backend* backend_;
   MatrixStore* store_;

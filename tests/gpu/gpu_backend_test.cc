@@ -2,7 +2,8 @@
 // the FP64 reference: quantize on the device, packed uploads, NaN codes,
 // streamed uploads through the pinned buffers, ranged reads of packed rows
 // and the store file written from them, concurrent GEMVs on several
-// streams, BLOCK128X128 checkpoints, device memory, bad options.
+// streams, GEMVs finished by the completion thread, BLOCK128X128
+// checkpoints, device memory, bad options.
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/mutex.h"
 #include "plume/kernels/fp8.h"
 #include "plume/kernels/half.h"
 
@@ -412,6 +414,90 @@ TEST(CudaBackend, ConcurrentGemvsOnSeveralStreams) {
   for (int t = 0; t < 8; ++t) {
     EXPECT_EQ(failures[size_t(t)], 0);
     EXPECT_LE(worst[size_t(t)], 1e-5);
+  }
+}
+
+// GemvAsync returns once the call is enqueued; the completion thread copies
+// staged results out, gives the lane back and calls back, with the device
+// time. More calls than lanes from one thread, with heap and pinned
+// vectors; destroying the backend finishes what is still in flight.
+TEST(CudaBackend, GemvAsyncCallsBackFromTheCompletionThread) {
+  auto cuda = MakeCuda();
+  ASSERT_NE(cuda, nullptr);
+  const MatrixShape shape{1000, 2048, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  const auto w = RandomNormal(shape.rows * shape.cols, 9);
+  auto m = cuda->Quantize(shape, w.data(), DType::kF32);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const ExpectedGemv want(w, shape.rows, shape.cols, shape.format, shape.scale_mode);
+  constexpr int kCalls = 40;  // ten times the default lanes
+  struct Result {
+    std::vector<float> x, y;
+    std::unique_ptr<HostBuffer> xp, yp;  // pinned, for every other call
+    absl::Status status = absl::UnknownError("not called back");
+    double device_seconds = -2;
+    std::thread::id thread;
+    int calls = 0;
+  };
+  std::vector<Result> r(kCalls);
+  absl::Mutex mu;
+  int finished = 0;
+  const std::thread::id caller = std::this_thread::get_id();
+  auto start = [&](CudaBackend& b, int i) {
+    Result& c = r[size_t(i)];
+    const int64_t batch = 1 + i % 7;
+    c.x = RandomNormal(batch * shape.cols, uint32_t(500 + i));
+    c.y.assign(size_t(batch * shape.rows), NAN);
+    const float* x = c.x.data();
+    float* y = c.y.data();
+    if (i % 2 == 1) {
+      auto xp = b.AllocateHostBuffer(c.x.size() * 4);
+      auto yp = b.AllocateHostBuffer(c.y.size() * 4);
+      ASSERT_TRUE(xp.ok() && yp.ok());
+      c.xp = std::move(*xp);
+      c.yp = std::move(*yp);
+      std::memcpy(c.xp->data(), c.x.data(), c.x.size() * 4);
+      x = static_cast<const float*>(c.xp->data());
+      y = static_cast<float*>(c.yp->data());
+    }
+    b.GemvAsync(**m, {x, DType::kF32, 1.0f, batch, y, DType::kF32},
+                [&, i](const absl::Status& s, double device) {
+                  Result& d = r[size_t(i)];
+                  absl::MutexLock lock(&mu);
+                  d.status = s;
+                  d.device_seconds = device;
+                  d.thread = std::this_thread::get_id();
+                  ++d.calls;
+                  ++finished;
+                });
+  };
+  for (int i = 0; i < kCalls; ++i) start(*cuda, i);
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(+[](int* n) { return *n == kCalls; }, &finished));
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    Result& c = r[size_t(i)];
+    ASSERT_TRUE(c.status.ok()) << i << ": " << c.status;
+    EXPECT_EQ(c.calls, 1);
+    EXPECT_NE(c.thread, caller) << "call " << i << " was finished on the caller's thread";
+    EXPECT_GT(c.device_seconds, 0) << i;
+    if (c.yp != nullptr) std::memcpy(c.y.data(), c.yp->data(), c.y.size() * 4);
+    EXPECT_LE(want.RelErr(c.x, 1 + i % 7, c.y), 1e-5) << i;
+  }
+  // In flight at destruction: every call still finishes, once.
+  finished = 0;
+  for (int i = 0; i < 8; ++i) {
+    r[size_t(i)].calls = 0;
+    start(*cuda, i);
+  }
+  cuda.reset();
+  EXPECT_EQ(finished, 8);
+  for (int i = 0; i < 8; ++i) {
+    Result& c = r[size_t(i)];
+    EXPECT_EQ(c.calls, 1) << i;
+    EXPECT_TRUE(c.status.ok()) << i << ": " << c.status;
+    if (c.yp != nullptr) std::memcpy(c.y.data(), c.yp->data(), c.y.size() * 4);
+    EXPECT_LE(want.RelErr(c.x, 1 + i % 7, c.y), 1e-5) << i;
   }
 }
 

@@ -9,14 +9,17 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <prometheus/registry.h>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "server/core/batcher.h"
 #include "server/backends/cpu/cpu_backend.h"
 #include "server/core/matrix_service.h"
@@ -31,13 +34,24 @@ namespace plume::core::batcher_testing {
 
 using namespace std::chrono_literals;
 
-// A CPU backend that records every GEMV and attention call it gets.
+// A CPU backend that records every GEMV and attention call it gets. With
+// SetAsync, GemvAsync returns at once and a thread of its own runs the call
+// and calls back, as the CUDA backend's completion thread does: held calls
+// then wait there, not on a worker.
 class CountingBackend final : public Backend {
  public:
   struct Call {
     int64_t batch;
     DType x_dtype, y_dtype;
   };
+
+  ~CountingBackend() override {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (device_.joinable()) device_.join();
+  }
 
   std::string_view name() const override { return "counting-cpu"; }
   int64_t memory_capacity_bytes() const override { return int64_t{1} << 30; }
@@ -54,12 +68,21 @@ class CountingBackend final : public Backend {
     {
       absl::MutexLock lock(&mu_);
       gemv_calls_.push_back({args.batch, args.x_dtype, args.y_dtype});
-      mu_.Await(absl::Condition(+[](bool* held) { return !*held; }, &held_));
-      if (args.device_seconds != nullptr && device_seconds_ >= 0) {
-        *args.device_seconds = device_seconds_;
-      }
     }
-    return cpu_.Gemv(w, args);
+    return RunHeld(w, args);
+  }
+
+  void GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done) override {
+    if (!async_) return Backend::GemvAsync(w, args, std::move(done));
+    absl::MutexLock lock(&mu_);
+    gemv_calls_.push_back({args.batch, args.x_dtype, args.y_dtype});
+    started_.push_back({&w, args, std::move(done)});
+  }
+
+  // GemvAsync returns before the call ran (from now on; before any call).
+  void SetAsync() {
+    async_ = true;
+    device_ = std::thread([this] { DeviceLoop(); });
   }
 
   // Reports this device time for every GEMV from now on, as a GPU backend
@@ -87,6 +110,16 @@ class CountingBackend final : public Backend {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(+[](Arg* a) { return a->calls->size() >= a->n; }, &arg));
   }
+  // The same within `timeout`: whether they did.
+  bool WaitForGemvCallsFor(size_t n, absl::Duration timeout) const {
+    struct Arg {
+      const std::vector<Call>* calls;
+      size_t n;
+    } arg{&gemv_calls_, n};
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(
+        absl::Condition(+[](Arg* a) { return a->calls->size() >= a->n; }, &arg), timeout);
+  }
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override {
     return cpu_.CreateKv(shape);
   }
@@ -111,8 +144,55 @@ class CountingBackend final : public Backend {
   }
 
  private:
+  // A GEMV call that has not run yet, as in the device's queue.
+  struct Started {
+    const BackendMatrix* w;
+    GemvArgs args;
+    GemvDoneFn done;
+  };
+
+  // Waits while held, then runs the call on the CPU backend, reporting the
+  // device time set by ReportDeviceSeconds.
+  absl::Status RunHeld(const BackendMatrix& w, const GemvArgs& args) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(+[](bool* held) { return !*held; }, &held_));
+      if (args.device_seconds != nullptr && device_seconds_ >= 0) {
+        *args.device_seconds = device_seconds_;
+      }
+    }
+    return cpu_.Gemv(w, args);
+  }
+
+  // The "device": runs the started calls in order and calls back.
+  void DeviceLoop() {
+    for (;;) {
+      Started call;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](CountingBackend* b) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return !b->started_.empty() || b->stopping_;
+            },
+            this));
+        if (started_.empty()) return;
+        call = std::move(started_.front());
+        started_.pop_front();
+      }
+      double device = -1;
+      GemvArgs timed = call.args;
+      timed.device_seconds = &device;
+      const absl::Status s = RunHeld(*call.w, timed);
+      call.done(s, device);
+    }
+  }
+
   CpuBackend cpu_{2};
+  bool async_ = false;
+  std::thread device_;
   mutable absl::Mutex mu_;
+  std::deque<Started> started_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Call> gemv_calls_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> attention_batches_ ABSL_GUARDED_BY(mu_);
   bool held_ ABSL_GUARDED_BY(mu_) = false;

@@ -18,6 +18,7 @@
 #include "plume/cuda/gemv.h"
 #include "plume/reference/api.h"
 #include "plume/reference/attention.h"
+#include "server/backends/cuda/cuda_completions.h"
 #include "server/backends/cuda/cuda_internal.h"
 
 namespace plume::core {
@@ -25,9 +26,13 @@ namespace {
 
 using namespace cuda_internal;
 
+}  // namespace
+
+namespace cuda_internal {
+
 // A GEMV enqueued on a lane: Wait() synchronizes the lane's stream, copies
 // staged results out (when y is not pinned) and gives the lane back.
-class CudaPendingGemv final : public PendingGemv {
+class PendingGemv final {
  public:
   struct CopyOut {
     const char* staged = nullptr;  // null: the results went straight to y
@@ -36,11 +41,26 @@ class CudaPendingGemv final : public PendingGemv {
     size_t row_bytes = 0, stride_bytes = 0;
     double* device_seconds = nullptr;  // GemvArgs::device_seconds
   };
-  CudaPendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, CopyOut out)
-      : lane_(lane), stream_(stream), out_(out) {}
-  ~CudaPendingGemv() override { Wait().IgnoreError(); }  // dropped unwaited: nobody to tell
+  PendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, cudaEvent_t done, CopyOut out)
+      : lane_(lane), stream_(stream), done_(done), out_(out) {}
+  ~PendingGemv() { Wait().IgnoreError(); }  // dropped unwaited: nobody to tell
+  PendingGemv(const PendingGemv&) = delete;
+  PendingGemv& operator=(const PendingGemv&) = delete;
 
-  absl::Status Wait() override {
+  // Whether the device is done with the call (or failed): its event (the
+  // lane's `finished`, recorded last where the call is timed) fired.
+  // Without one, whether it was waited for.
+  bool Ready() const {
+    if (lane_ == nullptr || done_ == nullptr) return lane_ == nullptr;
+    const cudaError_t e = cudaEventQuery(done_);
+    if (e == cudaErrorNotReady) {
+      cudaGetLastError();  // not an error of anyone's
+      return false;
+    }
+    return true;  // done, or failed: Wait() reports it
+  }
+
+  absl::Status Wait() {
     if (lane_ == nullptr) return status_;
     status_ = CudaStatus(cudaStreamSynchronize(stream_), "running the GEMV");
     if (status_.ok() && out_.device_seconds != nullptr) {
@@ -65,9 +85,36 @@ class CudaPendingGemv final : public PendingGemv {
  private:
   CudaBackend::Lane* lane_;
   cudaStream_t stream_;
+  cudaEvent_t done_;  // may be null
   CopyOut out_;
   absl::Status status_;
 };
+
+}  // namespace cuda_internal
+
+namespace {
+
+// A GemvAsync call on the completion thread: its device time lives here,
+// where the call writes it, until `done` hears it.
+class AsyncGemv final : public Completions::Call {
+ public:
+  explicit AsyncGemv(GemvDoneFn done) : done_(std::move(done)) {}
+  double* device_seconds() { return &device_seconds_; }
+  GemvDoneFn TakeDone() && { return std::move(done_); }
+  void Started(std::unique_ptr<PendingGemv> call) { call_ = std::move(call); }
+  bool Ready() override { return call_->Ready(); }
+  void Finish() override {
+    const absl::Status s = call_->Wait();
+    call_.reset();
+    done_(s, device_seconds_);
+  }
+
+ private:
+  GemvDoneFn done_;
+  double device_seconds_ = -1;
+  std::unique_ptr<PendingGemv> call_;
+};
+
 }  // namespace
 
 int CudaDeviceCount() {
@@ -140,10 +187,12 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
                          "creating a stream");
     b->lanes_.push_back(std::move(lane));
   }
+  b->completions_ = std::make_unique<Completions>(options.device);
   return b;
 }
 
 CudaBackend::~CudaBackend() {
+  completions_.reset();  // finishes the calls in flight, which hold lanes
   cudaSetDevice(options_.device);
   lanes_.clear();
 }
@@ -339,6 +388,20 @@ absl::Status CudaBackend::Gemv(const BackendMatrix& w, const GemvArgs& args) {
   return (*call)->Wait();
 }
 
+void CudaBackend::GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done) {
+  auto async = std::make_unique<AsyncGemv>(std::move(done));
+  GemvArgs timed = args;
+  timed.device_seconds = async->device_seconds();
+  auto call = StartGemv(w, timed);  // timed: its `finished` event tells when it is done
+  if (!call.ok()) {
+    // Not started: its caller hears at once, on this thread.
+    GemvDoneFn failed = std::move(*async).TakeDone();
+    return failed(call.status(), -1);
+  }
+  async->Started(std::move(*call));
+  completions_->Add(std::move(async));
+}
+
 absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const BackendMatrix& w,
                                                                     const GemvArgs& args) {
   const auto& m = static_cast<const CudaMatrix&>(w);
@@ -410,7 +473,7 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   if (!ws_status.ok()) return fail(ws_status);
   if (launched != cudaSuccess) return fail(CudaStatus(launched, "launching the GEMV"));
 
-  CudaPendingGemv::CopyOut out;
+  PendingGemv::CopyOut out;
   out.y = static_cast<char*>(args.y);
   out.batch = args.batch;
   out.row_bytes = static_cast<size_t>(s.rows * y_elem);
@@ -434,7 +497,8 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
     }
     out.device_seconds = args.device_seconds;
   }
-  return std::unique_ptr<PendingGemv>(new CudaPendingGemv(guard.release(), lane.stream, out));
+  cudaEvent_t done = args.device_seconds != nullptr ? lane.finished : nullptr;
+  return std::make_unique<PendingGemv>(guard.release(), lane.stream, done, out);
 }
 
 }  // namespace plume::core

@@ -13,6 +13,8 @@
 // staging and device buffers, so that several GEMVs overlap: one call's
 // copies in, kernel and copies out are on its lane's stream, and only that
 // stream is synchronized (no device-wide sync, no lock shared by the lanes).
+// GemvAsync does not synchronize at all: one completion thread per backend
+// finishes its calls as their streams get there (cuda_completions.h).
 // Activations and results in buffers from AllocateHostBuffer (pinned) skip
 // the staging: they are copied straight between them and the device.
 // Every CUDA call is checked; errors become statuses (out of memory:
@@ -29,6 +31,11 @@
 #include "server/core/backend.h"
 
 namespace plume::core {
+
+namespace cuda_internal {
+class Completions;
+class PendingGemv;
+}  // namespace cuda_internal
 
 struct CudaBackendOptions {
   int device = 0;
@@ -83,11 +90,10 @@ class CudaBackend final : public Backend {
   absl::Status ReadPackedRows(const BackendMatrix& m, int64_t row0, int64_t rows, uint32_t* words,
                               float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
-  // Enqueues the copies and the kernel on a lane and returns; the lane stays
-  // taken until the call is waited for.
+  // Enqueues the copies and the kernels on a lane and returns; the
+  // completion thread (cuda_completions.h) calls `done` once they ran.
+  void GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done) override;
   std::vector<GemvKernelChoice> GemvKernels(const BackendMatrix& m) const override;
-  absl::StatusOr<std::unique_ptr<PendingGemv>> StartGemv(const BackendMatrix& w,
-                                                         const GemvArgs& args) override;
   // Pinned (cudaHostAlloc, portable to every device), RESOURCE_EXHAUSTED when
   // it cannot be had. A GEMV or attention call whose inputs or outputs lie in
   // such a buffer copies them straight to and from the device.
@@ -112,6 +118,11 @@ class CudaBackend final : public Backend {
  private:
   CudaBackend() = default;
   Lane& AcquireLane();
+  // Enqueues a GEMV on a lane, which stays taken until the call is waited
+  // for. A timed call (args.device_seconds) can tell when it is done
+  // without waiting (PendingGemv::Ready).
+  absl::StatusOr<std::unique_ptr<cuda_internal::PendingGemv>> StartGemv(const BackendMatrix& w,
+                                                                        const GemvArgs& args);
 
   CudaBackendOptions options_;
   int64_t capacity_ = 0;
@@ -121,6 +132,8 @@ class CudaBackend final : public Backend {
   int decode_path_ = 0;  // cuda::DecodePath
   int gemv_kernel_ = 0;  // cuda::GemvKernel
   std::vector<std::unique_ptr<Lane>> lanes_;
+  // Finishes what GemvAsync started; goes first, before the lanes.
+  std::unique_ptr<cuda_internal::Completions> completions_;
   std::atomic<int64_t> zero_copy_gemvs_{0};
 };
 
