@@ -5,6 +5,18 @@
 #include <utility>
 
 namespace plume::core::cuda_internal {
+namespace {
+
+// A short pause between polls that keeps the core.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  for (int i = 0; i < 16; ++i) asm volatile("yield" ::: "memory");
+#endif
+}
+
+}  // namespace
 
 Completions::Completions(int device) : device_(device) {
   thread_ = std::thread([this] { Loop(); });
@@ -54,7 +66,12 @@ void Completions::Loop() {
       in_flight_.fetch_sub(1, std::memory_order_acq_rel);
       finished = true;
     }
-    if (!finished) std::this_thread::yield();
+    // Spin, not yield: a yielding thread on a busy core (the server's
+    // gRPC threads under load) waited up to a scheduler slice, about 1 ms
+    // of every call (bench/RESULTS-serving.md, "Completion without a
+    // blocked worker"). While calls are in flight this holds one core, as a
+    // worker spinning in cudaStreamSynchronize did.
+    if (!finished) CpuRelax();
   }
 }
 

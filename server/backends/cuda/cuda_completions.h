@@ -3,8 +3,9 @@
 // in a stream synchronize. Each call in flight has an event recorded after
 // its last copy; the thread asks every such event in turn (cudaEventQuery)
 // and finishes each call whose event fired (its staged results copied out,
-// its lane given back, its caller's callback run), yielding the core
-// between rounds while calls are in flight and sleeping while none is.
+// its lane given back, its caller's callback run). It spins while calls are
+// in flight (one core, as a worker in a spinning cudaStreamSynchronize did)
+// and sleeps while none is.
 #pragma once
 
 #include <atomic>
