@@ -41,24 +41,13 @@ class PendingGemv final {
     size_t row_bytes = 0, stride_bytes = 0;
     double* device_seconds = nullptr;  // GemvArgs::device_seconds
   };
-  PendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, cudaEvent_t done, CopyOut out)
-      : lane_(lane), stream_(stream), done_(done), out_(out) {}
+  PendingGemv(CudaBackend::Lane* lane, cudaStream_t stream, CopyOut out)
+      : lane_(lane), stream_(stream), out_(out) {}
   ~PendingGemv() { Wait().IgnoreError(); }  // dropped unwaited: nobody to tell
   PendingGemv(const PendingGemv&) = delete;
   PendingGemv& operator=(const PendingGemv&) = delete;
 
-  // Whether the device is done with the call (or failed): its event (the
-  // lane's `finished`, recorded last where the call is timed) fired.
-  // Without one, whether it was waited for.
-  bool Ready() const {
-    if (lane_ == nullptr || done_ == nullptr) return lane_ == nullptr;
-    const cudaError_t e = cudaEventQuery(done_);
-    if (e == cudaErrorNotReady) {
-      cudaGetLastError();  // not an error of anyone's
-      return false;
-    }
-    return true;  // done, or failed: Wait() reports it
-  }
+  int lane_index() const { return lane_->index; }
 
   absl::Status Wait() {
     if (lane_ == nullptr) return status_;
@@ -85,7 +74,6 @@ class PendingGemv final {
  private:
   CudaBackend::Lane* lane_;
   cudaStream_t stream_;
-  cudaEvent_t done_;  // may be null
   CopyOut out_;
   absl::Status status_;
 };
@@ -94,15 +82,14 @@ class PendingGemv final {
 
 namespace {
 
-// A GemvAsync call on the completion thread: its device time lives here,
-// where the call writes it, until `done` hears it.
+// A GemvAsync call on its lane's completion thread: its device time lives
+// here, where the call writes it, until `done` hears it.
 class AsyncGemv final : public Completions::Call {
  public:
   explicit AsyncGemv(GemvDoneFn done) : done_(std::move(done)) {}
   double* device_seconds() { return &device_seconds_; }
   GemvDoneFn TakeDone() && { return std::move(done_); }
   void Started(std::unique_ptr<PendingGemv> call) { call_ = std::move(call); }
-  bool Ready() override { return call_->Ready(); }
   void Finish() override {
     const absl::Status s = call_->Wait();
     call_.reset();
@@ -187,12 +174,15 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
                          "creating a stream");
     b->lanes_.push_back(std::move(lane));
   }
-  b->completions_ = std::make_unique<Completions>(options.device);
+  for (int i = 0; i < options.lanes; ++i) {
+    b->lanes_[static_cast<size_t>(i)]->index = i;
+    b->completions_.push_back(std::make_unique<Completions>(options.device));
+  }
   return b;
 }
 
 CudaBackend::~CudaBackend() {
-  completions_.reset();  // finishes the calls in flight, which hold lanes
+  completions_.clear();  // finishes the calls in flight, which hold lanes
   cudaSetDevice(options_.device);
   lanes_.clear();
 }
@@ -392,14 +382,15 @@ void CudaBackend::GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDo
   auto async = std::make_unique<AsyncGemv>(std::move(done));
   GemvArgs timed = args;
   timed.device_seconds = async->device_seconds();
-  auto call = StartGemv(w, timed);  // timed: its `finished` event tells when it is done
+  auto call = StartGemv(w, timed);
   if (!call.ok()) {
     // Not started: its caller hears at once, on this thread.
     GemvDoneFn failed = std::move(*async).TakeDone();
     return failed(call.status(), -1);
   }
+  Completions& lane_thread = *completions_[static_cast<size_t>((*call)->lane_index())];
   async->Started(std::move(*call));
-  completions_->Add(std::move(async));
+  lane_thread.Add(std::move(async));
 }
 
 absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const BackendMatrix& w,
@@ -497,8 +488,7 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
     }
     out.device_seconds = args.device_seconds;
   }
-  cudaEvent_t done = args.device_seconds != nullptr ? lane.finished : nullptr;
-  return std::make_unique<PendingGemv>(guard.release(), lane.stream, done, out);
+  return std::make_unique<PendingGemv>(guard.release(), lane.stream, out);
 }
 
 }  // namespace plume::core

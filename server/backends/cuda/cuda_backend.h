@@ -13,8 +13,8 @@
 // staging and device buffers, so that several GEMVs overlap: one call's
 // copies in, kernel and copies out are on its lane's stream, and only that
 // stream is synchronized (no device-wide sync, no lock shared by the lanes).
-// GemvAsync does not synchronize at all: one completion thread per backend
-// finishes its calls as their streams get there (cuda_completions.h).
+// GemvAsync does not synchronize at all: a completion thread per lane
+// finishes its calls as the stream gets there (cuda_completions.h).
 // Activations and results in buffers from AllocateHostBuffer (pinned) skip
 // the staging: they are copied straight between them and the device.
 // Every CUDA call is checked; errors become statuses (out of memory:
@@ -91,7 +91,7 @@ class CudaBackend final : public Backend {
                               float* scales) override;
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override;
   // Enqueues the copies and the kernels on a lane and returns; the
-  // completion thread (cuda_completions.h) calls `done` once they ran.
+  // lane's completion thread (cuda_completions.h) calls `done` once they ran.
   void GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done) override;
   std::vector<GemvKernelChoice> GemvKernels(const BackendMatrix& m) const override;
   // Pinned (cudaHostAlloc, portable to every device), RESOURCE_EXHAUSTED when
@@ -119,8 +119,7 @@ class CudaBackend final : public Backend {
   CudaBackend() = default;
   Lane& AcquireLane();
   // Enqueues a GEMV on a lane, which stays taken until the call is waited
-  // for. A timed call (args.device_seconds) can tell when it is done
-  // without waiting (PendingGemv::Ready).
+  // for.
   absl::StatusOr<std::unique_ptr<cuda_internal::PendingGemv>> StartGemv(const BackendMatrix& w,
                                                                         const GemvArgs& args);
 
@@ -132,8 +131,10 @@ class CudaBackend final : public Backend {
   int decode_path_ = 0;  // cuda::DecodePath
   int gemv_kernel_ = 0;  // cuda::GemvKernel
   std::vector<std::unique_ptr<Lane>> lanes_;
-  // Finishes what GemvAsync started; goes first, before the lanes.
-  std::unique_ptr<cuda_internal::Completions> completions_;
+  // Finish what GemvAsync started, one thread per lane (each runs its
+  // calls' callbacks, so that one batch's callers are told while the next
+  // batch computes on another lane); go first, before the lanes.
+  std::vector<std::unique_ptr<cuda_internal::Completions>> completions_;
   std::atomic<int64_t> zero_copy_gemvs_{0};
 };
 

@@ -133,6 +133,7 @@ struct CudaBackend::Lane {
   // Held by one call at a time. Not a mutex: StartGemv takes the lane on one
   // thread and its PendingGemv may give it back on another.
   cuda_internal::LaneClaim busy;
+  int index = 0;  // in CudaBackend::lanes_
   cudaStream_t stream = nullptr;
   void* pinned = nullptr;
   int64_t pinned_bytes = 0;
