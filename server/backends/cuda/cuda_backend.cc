@@ -30,8 +30,9 @@ using namespace cuda_internal;
 
 namespace cuda_internal {
 
-// A GEMV enqueued on a lane: Wait() synchronizes the lane's stream, copies
-// staged results out (when y is not pinned) and gives the lane back.
+// A GEMV enqueued on a lane: Complete() synchronizes the lane's stream and
+// copies staged results out (when y is not pinned); Wait() does that and
+// gives the lane back.
 class PendingGemv final {
  public:
   struct CopyOut {
@@ -49,8 +50,10 @@ class PendingGemv final {
 
   int lane_index() const { return lane_->index; }
 
-  absl::Status Wait() {
-    if (lane_ == nullptr) return status_;
+  // The results are in y (or the call failed); the lane stays taken.
+  absl::Status Complete() {
+    if (completed_ || lane_ == nullptr) return status_;
+    completed_ = true;
     status_ = CudaStatus(cudaStreamSynchronize(stream_), "running the GEMV");
     if (status_.ok() && out_.device_seconds != nullptr) {
       float ms = 0;
@@ -67,6 +70,12 @@ class PendingGemv final {
         }
       }
     }
+    return status_;
+  }
+
+  absl::Status Wait() {
+    if (lane_ == nullptr) return status_;
+    Complete().IgnoreError();
     std::exchange(lane_, nullptr)->busy.release();
     return status_;
   }
@@ -75,6 +84,7 @@ class PendingGemv final {
   CudaBackend::Lane* lane_;
   cudaStream_t stream_;
   CopyOut out_;
+  bool completed_ = false;
   absl::Status status_;
 };
 
@@ -90,10 +100,13 @@ class AsyncGemv final : public Completions::Call {
   double* device_seconds() { return &device_seconds_; }
   GemvDoneFn TakeDone() && { return std::move(done_); }
   void Started(std::unique_ptr<PendingGemv> call) { call_ = std::move(call); }
+  // The lane is given back after the callback: a batch's next one, which
+  // the callback starts, takes another lane and so is not finished behind
+  // this batch's callers on this lane's thread.
   void Finish() override {
-    const absl::Status s = call_->Wait();
-    call_.reset();
+    const absl::Status s = call_->Complete();
     done_(s, device_seconds_);
+    call_.reset();
   }
 
  private:
