@@ -1,6 +1,7 @@
 #include "server/core/batcher.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <utility>
 
@@ -233,6 +234,14 @@ struct Batcher::Launched {
   std::vector<std::pair<DoneFn, absl::Status>> dropped;
   std::vector<BatchRequest*> live;
   std::unique_ptr<HostBuffer> in, out;
+  // The run's outcome, and who got there first: Complete runs once both the
+  // run function has returned and the run has finished, on the thread that
+  // sees the second of them (never inside the run function, whose request,
+  // and so the function itself, Complete lets go of).
+  absl::Status status;
+  int64_t info = 0;
+  std::atomic<int> stage{0};  // kRunning, then kReturned | kFinished
+  static constexpr int kReturned = 1, kFinished = 2;
 };
 
 void Batcher::Run(std::shared_ptr<Batch> batch) {
@@ -285,8 +294,16 @@ void Batcher::Run(std::shared_ptr<Batch> batch) {
     std::memcpy(dst, r->in, n);
     dst += n;
   }
-  first.run(l->in->data(), units, l->out->data(),
-            [this, l](const absl::Status& s, int64_t info) { Complete(*l, s, info); });
+  first.run(l->in->data(), units, l->out->data(), [this, l](const absl::Status& s, int64_t info) {
+    l->status = s;
+    l->info = info;
+    if (l->stage.fetch_or(Launched::kFinished, std::memory_order_acq_rel) == Launched::kReturned) {
+      Complete(*l, l->status, l->info);
+    }
+  });
+  if (l->stage.fetch_or(Launched::kReturned, std::memory_order_acq_rel) == Launched::kFinished) {
+    Complete(*l, l->status, l->info);
+  }
 }
 
 void Batcher::Complete(Launched& l, const absl::Status& s, int64_t info) {
@@ -312,6 +329,7 @@ void Batcher::Complete(Launched& l, const absl::Status& s, int64_t info) {
   // Let go of the targets (a deleted matrix's memory returns to the budget)
   // before any caller hears back, and before Finished, which forgets the
   // queue of a target gone.
+  l.batch->requests.clear();
   l.batch.reset();
   // What gathered while this batch ran goes before its callers hear back.
   Finished(q);

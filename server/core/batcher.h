@@ -165,7 +165,8 @@ class Batcher {
   // runs there.
   void ForgetIfGoneLocked(const std::shared_ptr<Queue>& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops what is no longer wanted, gathers the rest and starts the run;
-  // Complete finishes the batch where the run finished.
+  // Complete finishes the batch once the run function returned and the run
+  // finished, on whichever thread saw the later of the two.
   void Run(std::shared_ptr<Batch> batch);
   struct Launched;
   void Complete(Launched& l, const absl::Status& s, int64_t info);
