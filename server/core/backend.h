@@ -356,8 +356,8 @@ class Backend {
   // Starts y = W x and calls `done` exactly once, when y is written or the
   // call failed. The default runs Gemv and calls `done` before it returns.
   // The CUDA backend enqueues the copies and the kernels on one of its
-  // streams and returns; its completion thread calls `done` once the
-  // stream got there, so that no caller's thread waits for the device. x and
+  // streams and returns; that lane's completion thread calls `done` once
+  // the stream got there, so that no caller's thread waits for the device. x and
   // y must stay valid until `done` runs; args.device_seconds is not used
   // (the device time comes to `done`).
   virtual void GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done);

@@ -15,9 +15,9 @@
 // backend call for all of them, and each result is copied from the output
 // HostBuffer straight into its caller's bytes (one memcpy each). The
 // worker's part ends once the call is started: the copy out and the
-// callers' callbacks run where the call finishes (the CUDA backend's
-// completion thread for a GEMV), so a worker is never held while a device
-// computes. Several batches of one target may run at once.
+// callers' callbacks run where the call finishes (for a GEMV on the CUDA
+// backend, its lane's completion thread), so a worker is never held while a
+// device computes. Several batches of one target may run at once.
 //
 // A request whose deadline passed, or whose caller cancelled, is dropped
 // when its batch launches, before the backend sees it, and counted in
@@ -68,7 +68,7 @@ struct RequestLife {
 // It calls `finished` exactly once, once the results are in `out` or the
 // call failed: before it returns (a backend call made on the calling
 // thread) or later, from any thread (a GEMV on the CUDA backend finishes on
-// its completion thread), so that no worker waits for the device.
+// its lane's completion thread), so that no worker waits for the device.
 using BatchFinishedFn = std::function<void(const absl::Status&, int64_t info)>;
 using BatchRunFn =
     std::function<void(const void* in, int64_t units, void* out, BatchFinishedFn finished)>;
@@ -93,9 +93,9 @@ struct BatchRequest {
   // first request's.
   BatchRunFn run;
   RequestLife life;
-  // Called exactly once: where the batch's run finished (a WorkQueue
-  // thread, or the backend's completion thread), or inline from Submit when
-  // the request is refused.
+  // Called exactly once: where the batch completed (a WorkQueue thread, or
+  // a CUDA lane's completion thread), or inline from Submit when the
+  // request is refused.
   std::function<void(const absl::Status&, int64_t info)> done;
 };
 
