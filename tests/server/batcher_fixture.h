@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -65,18 +66,28 @@ class CountingBackend final : public Backend {
     return cpu_.FromPacked(shape, words, scales);
   }
   absl::Status Gemv(const BackendMatrix& w, const GemvArgs& args) override {
+    size_t index;
     {
       absl::MutexLock lock(&mu_);
+      index = gemv_calls_.size();
       gemv_calls_.push_back({args.batch, args.x_dtype, args.y_dtype});
     }
-    return RunHeld(w, args);
+    return RunHeld(index, w, args);
   }
 
   void GemvAsync(const BackendMatrix& w, const GemvArgs& args, GemvDoneFn done) override {
     if (!async_) return Backend::GemvAsync(w, args, std::move(done));
     absl::MutexLock lock(&mu_);
+    started_.push_back({gemv_calls_.size(), &w, args, std::move(done)});
     gemv_calls_.push_back({args.batch, args.x_dtype, args.y_dtype});
-    started_.push_back({&w, args, std::move(done)});
+  }
+
+  // GEMV call number `index` (from 0, in arrival order) fails with `s`,
+  // computing nothing.
+  void FailCall(size_t index, absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    fail_index_ = index;
+    fail_status_ = std::move(s);
   }
 
   // GemvAsync returns before the call ran (from now on; before any call).
@@ -146,6 +157,7 @@ class CountingBackend final : public Backend {
  private:
   // A GEMV call that has not run yet, as in the device's queue.
   struct Started {
+    size_t index;
     const BackendMatrix* w;
     GemvArgs args;
     GemvDoneFn done;
@@ -153,10 +165,11 @@ class CountingBackend final : public Backend {
 
   // Waits while held, then runs the call on the CPU backend, reporting the
   // device time set by ReportDeviceSeconds.
-  absl::Status RunHeld(const BackendMatrix& w, const GemvArgs& args) {
+  absl::Status RunHeld(size_t index, const BackendMatrix& w, const GemvArgs& args) {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(+[](bool* held) { return !*held; }, &held_));
+      if (index == fail_index_) return fail_status_;
       if (args.device_seconds != nullptr && device_seconds_ >= 0) {
         *args.device_seconds = device_seconds_;
       }
@@ -182,7 +195,7 @@ class CountingBackend final : public Backend {
       double device = -1;
       GemvArgs timed = call.args;
       timed.device_seconds = &device;
-      const absl::Status s = RunHeld(*call.w, timed);
+      const absl::Status s = RunHeld(call.index, *call.w, timed);
       call.done(s, device);
     }
   }
@@ -197,6 +210,8 @@ class CountingBackend final : public Backend {
   std::vector<int64_t> attention_batches_ ABSL_GUARDED_BY(mu_);
   bool held_ ABSL_GUARDED_BY(mu_) = false;
   double device_seconds_ ABSL_GUARDED_BY(mu_) = -1;
+  size_t fail_index_ ABSL_GUARDED_BY(mu_) = SIZE_MAX;
+  absl::Status fail_status_ ABSL_GUARDED_BY(mu_);
 };
 
 using testing::ReadMetric;

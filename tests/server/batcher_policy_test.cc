@@ -17,6 +17,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -253,6 +254,38 @@ TEST_P(BatcherPolicyTest, TheQueueOfADeletedTargetGoesWhenItsLastBatchEnds) {
   EXPECT_EQ(batcher_->queues(), 0);
   EXPECT_TRUE(done.statuses()[0].ok()) << done.statuses()[0];
   EXPECT_LE(RelErr(*a), 1e-5);
+}
+
+// A failed backend call: every caller of its batch hears the backend's
+// status, nothing is copied into their results, and the queue goes on
+// serving.
+TEST_P(BatcherPolicyTest, ABackendErrorReachesEveryCallerOfItsBatch) {
+  ASSERT_NO_FATAL_FAILURE(StartPolicy(64, 200us, 1024, /*fake_clock=*/true));
+  Occupy();
+  backend_.FailCall(occupied_ ? 1 : 0, absl::InternalError("the device fell over"));
+  Completions done;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(MakeCall(1 + i, 110 + i));
+    Submit(calls.back().get(), &done);
+  }
+  LaunchGathered();
+  done.WaitFor(3);
+  for (const auto& st : done.statuses()) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+    EXPECT_NE(st.message().find("fell over"), std::string_view::npos) << st;
+  }
+  for (const auto& c : calls) EXPECT_TRUE(c->out.untouched()) << "call " << c->seed;
+  ASSERT_EQ(Gathered().size(), 1u);
+  EXPECT_EQ(Gathered()[0].batch, 6);
+  Completions next;
+  auto ok = MakeCall(2, 120);
+  SubmitAndClose(ok.get(), &next);
+  next.WaitFor(1);
+  EXPECT_TRUE(next.statuses()[0].ok()) << next.statuses()[0];
+  EXPECT_LE(RelErr(*ok), 1e-5);
+  batcher_->Flush();
+  EXPECT_EQ(batcher_->batches_in_flight(), 0);
 }
 
 // Deleted while idle: the next Poll forgets the queue, and never one whose
