@@ -276,16 +276,22 @@ void Batcher::Run(std::shared_ptr<Batch> batch) {
     l->live.push_back(&r);
   }
   l->batch = std::move(batch);
-  if (l->live.empty()) return Complete(*l, absl::OkStatus(), 0);
+  if (l->live.empty()) return Complete(*l);
 
   const BatchRequest& first = *l->live.front();
   const size_t in_unit = first.in_unit_bytes, out_unit = first.out_unit_bytes;
   const size_t full = static_cast<size_t>(BatchLimit(q.options, first));
   auto in = TakeBuffer(q, static_cast<size_t>(units) * in_unit, full * in_unit);
-  if (!in.ok()) return Complete(*l, in.status(), 0);
+  if (!in.ok()) {
+    l->status = in.status();
+    return Complete(*l);
+  }
   l->in = std::move(*in);
   auto out = TakeBuffer(q, static_cast<size_t>(units) * out_unit, full * out_unit);
-  if (!out.ok()) return Complete(*l, out.status(), 0);
+  if (!out.ok()) {
+    l->status = out.status();
+    return Complete(*l);
+  }
   l->out = std::move(*out);
   // One copy in: each request's input, back to back.
   char* dst = static_cast<char*>(l->in->data());
@@ -298,15 +304,16 @@ void Batcher::Run(std::shared_ptr<Batch> batch) {
     l->status = s;
     l->info = info;
     if (l->stage.fetch_or(Launched::kFinished, std::memory_order_acq_rel) == Launched::kReturned) {
-      Complete(*l, l->status, l->info);
+      Complete(*l);
     }
   });
   if (l->stage.fetch_or(Launched::kReturned, std::memory_order_acq_rel) == Launched::kFinished) {
-    Complete(*l, l->status, l->info);
+    Complete(*l);
   }
 }
 
-void Batcher::Complete(Launched& l, const absl::Status& s, int64_t info) {
+void Batcher::Complete(Launched& l) {
+  const absl::Status& s = l.status;
   std::shared_ptr<Queue> q = l.batch->queue;
   std::vector<DoneFn> dones;
   if (!l.live.empty()) {
@@ -335,7 +342,7 @@ void Batcher::Complete(Launched& l, const absl::Status& s, int64_t info) {
   Finished(q);
   q.reset();
   for (auto& [done, why] : l.dropped) done(why, 0);
-  for (DoneFn& done : dones) done(s, info);
+  for (DoneFn& done : dones) done(s, l.info);
   // Nothing of the batch outlives its count: Flush returns once it is 0.
   l.dropped.clear();
   dones.clear();

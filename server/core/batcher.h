@@ -169,7 +169,7 @@ class Batcher {
   // finished, on whichever thread saw the later of the two.
   void Run(std::shared_ptr<Batch> batch);
   struct Launched;
-  void Complete(Launched& l, const absl::Status& s, int64_t info);
+  void Complete(Launched& l);  // with l.status and l.info
   absl::StatusOr<std::unique_ptr<HostBuffer>> TakeBuffer(Queue& q, size_t bytes, size_t typical);
   void ReturnBuffer(Queue& q, std::unique_ptr<HostBuffer> buffer);
   void TimerLoop();
