@@ -44,6 +44,17 @@ namespace plume::cuda::attn {
 // fragments live in shared memory beside the lo ones, and one block runs
 // per multiprocessor.
 constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block at most
+// Blocks per SM the registers are fitted to at kD = 64 and 128 (the macros
+// are for measurement builds, scripts/build-kernel-variant.sh). At kD = 64
+// four blocks (128 registers, 16-28 bytes spilled) against three (137-141
+// registers, no spills) took 131072 tokens batch 4 from 149 to 90 us on an
+// H100 (bench/RESULTS-gpu-attention.md, "Four blocks per SM at D = 64").
+#ifndef PLUME_MMA_MIN_BLOCKS_64
+#define PLUME_MMA_MIN_BLOCKS_64 4
+#endif
+#ifndef PLUME_MMA_MIN_BLOCKS_128
+#define PLUME_MMA_MIN_BLOCKS_128 2
+#endif
 template <int kD>
 struct MmaShape {
   using G = MmaGeom<kD>;
@@ -51,7 +62,8 @@ struct MmaShape {
   static constexpr int kOutLd = kD + kD / 32;           // epilogue row, floats (skewed)
   static constexpr int kQlo = kMmaWarps * G::kKSteps * 32 * 16;  // one set of Q fragments
   static constexpr size_t kSmem = G::kRing + kQlo * (kQInSmem ? 2 : 1);  // 32 / 64 / 160 KB
-  static constexpr int kMinBlocks = kD > 128 ? 1 : 2;
+  static constexpr int kMinBlocks =
+      kD > 128 ? 1 : kD == 64 ? PLUME_MMA_MIN_BLOCKS_64 : PLUME_MMA_MIN_BLOCKS_128;
   static_assert(kMmaWarps * 16 * kOutLd * 4 + kMmaWarps * 16 * 2 * 4 <= G::kRing);
 };
 // kShared (kD = 128 only): the page decoded once to FP16 in fragment order
