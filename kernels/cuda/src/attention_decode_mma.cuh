@@ -47,7 +47,7 @@ constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block at most
 // Blocks per SM the registers are fitted to at kD = 64 and 128 (the macros
 // are for measurement builds, scripts/build-kernel-variant.sh). At kD = 64
 // four blocks (128 registers, 16-28 bytes spilled) against three (137-141
-// registers, no spills) took 131072 tokens batch 4 from 149 to 90 us on an
+// registers, no spills) took 131072 tokens batch 4 from 150 to 90 us on an
 // H100 (bench/RESULTS-gpu-attention.md, "Four blocks per SM at D = 64").
 #ifndef PLUME_MMA_MIN_BLOCKS_64
 #define PLUME_MMA_MIN_BLOCKS_64 4

@@ -156,12 +156,12 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd),
                                      pl.decode_smem, device, &bps));
     const int64_t target = int64_t{info.sms} * std::max(bps, 1);
-    // As many splits as one wave of resident blocks holds (rounded down: a
-    // block past the wave runs its whole split after it, which measured up to
-    // 1.4x the time at 64 rows a kv head, bench/RESULTS-gpu-attention.md,
-    // "One wave"), each with at least one page; past 32 splits, at least 4
-    // pages a split: at 8k tokens batch 1 that measured 6-8% faster (same
-    // file, "split floor").
+    // As many splits as one wave of resident blocks holds, rounded down: a
+    // block past the wave runs its whole split after the wave. Rounding up
+    // had batch 64 at head dims 128 and 256 take 1.4-1.6x the time on an
+    // H100 (bench/RESULTS-gpu-attention.md, "One wave of splits"). Each
+    // split has at least one page; past 32 splits, at least 4 pages: at 8k
+    // tokens batch 1 that measured 6-8% faster (same file, "split floor").
     const int64_t most = std::max<int64_t>(32, (num_pages + 3) / 4);
     int64_t splits = std::min<int64_t>({num_pages, most, target / pl.units, kMaxSplits});
     splits = std::max<int64_t>(splits, 1);
