@@ -202,8 +202,8 @@ TEST_P(GemvIsaTest, BlockScalesUniformInBandsHint) {
         ref::internal::GemvF32Isa(isa, e.view(), x.data(), batch, plain.data(), &pool);
         ASSERT_EQ(0, std::memcmp(direct.data(), hinted.data(), direct.size() * sizeof(float)))
             << Name(f, e.m, s) << " batch " << batch;
-        // Few bands are cut into more parts the more threads there are (2,
-        // 4 or 16 parts a band here): the same bits whatever the cut.
+        // The bands are shared out over however many threads there are:
+        // the same bits with one thread or sixteen.
         for (int n : {1, 16}) {
           ThreadPool other(n);
           std::vector<float> y(batch * s.rows);

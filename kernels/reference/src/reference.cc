@@ -378,21 +378,9 @@ ScaleByBlocksFn ScaleByBlocksFor(Isa isa) {
 // result does not depend on its batch.
 void GemvBands(const detail::PaddedGemv& a, detail::RowsFn fn, ScaleByBlocksFn scale,
                ThreadPool* pool) {
-  ThreadPool& threads = PoolOr(pool);
   const int64_t rows = a.w.rows, pc = a.pc, nblk = a.nblk;
   const int64_t bands = (rows + kBlockRows - 1) / kBlockRows;
-  // Work items are bands, or equal parts of them (a power of two, 8-row
-  // groups whole) where there are fewer bands than ParallelFor's chunks
-  // (4 a thread): with 32 bands over 16 threads, two whole bands a thread
-  // left no slack to even out the threads' start and speed, and 4096x4096
-  // took 1.16-1.29x ROW's time at batch 8 (bench/RESULTS-fp8-checkpoints.md).
-  // A thread scales x once per band it enters, so a part costs at most one
-  // more scaling of x (batch x columns multiplies) per chunk.
-  const int64_t want = int64_t{threads.size()} * 4;
-  int64_t parts = 1;
-  while (parts * bands < want && parts < kBlockRows / detail::kRowGroup) parts *= 2;
-  const int64_t part_rows = kBlockRows / parts;
-  auto body = [&](int64_t i0, int64_t i1) {
+  auto body = [&](int64_t b0, int64_t b1) {
     // Each thread keeps its buffer between calls, up to kKeptFloats, rather
     // than allocating one per chunk (1.19x against 1.03x ROW's time at
     // 4096x4096, batch 8, in one run each on the development VM, whose
@@ -405,20 +393,12 @@ void GemvBands(const detail::PaddedGemv& a, detail::RowsFn fn, ScaleByBlocksFn s
     std::vector<float>& buf = need <= kKeptFloats ? kept : own;
     if (buf.size() < need) buf.resize(need);
     float* const xs = buf.data();
-    int64_t scaled_band = -1, scaled_v0 = -1;  // what xs holds in this chunk
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t band = i / parts;
-      const int64_t r0 = band * kBlockRows + i % parts * part_rows;
-      const int64_t r1 = std::min({rows, band * kBlockRows + kBlockRows, r0 + part_rows});
-      if (r0 >= r1) continue;
-      const float* s = a.w.scales + band * kBlockRows * nblk;
+    for (int64_t band = b0; band < b1; ++band) {
+      const int64_t r0 = band * kBlockRows, r1 = std::min(rows, r0 + kBlockRows);
+      const float* s = a.w.scales + r0 * nblk;
       for (int64_t v0 = 0; v0 < a.batch; v0 += detail::kMaxBatchTile) {
         const int64_t nv = std::min<int64_t>(detail::kMaxBatchTile, a.batch - v0);
-        if (band != scaled_band || v0 != scaled_v0) {
-          for (int64_t v = 0; v < nv; ++v) scale(a.xp + (v0 + v) * pc, s, nblk, pc, xs + v * pc);
-          scaled_band = band;
-          scaled_v0 = v0;
-        }
+        for (int64_t v = 0; v < nv; ++v) scale(a.xp + (v0 + v) * pc, s, nblk, pc, xs + v * pc);
         detail::PaddedGemv t = a;
         t.w.scale_mode = ScaleMode::kNone;
         t.xp = xs;
@@ -429,13 +409,12 @@ void GemvBands(const detail::PaddedGemv& a, detail::RowsFn fn, ScaleByBlocksFn s
     }
   };
   // As GemvF32Isa's grain: chunks of at least ~256K multiply-adds.
-  const int64_t items = bands * parts;
-  const int64_t per_item = part_rows * pc * std::min<int64_t>(a.batch, detail::kMaxBatchTile);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_item);
-  if (items <= grain) {
-    body(0, items);
+  const int64_t per_band = kBlockRows * pc * std::min<int64_t>(a.batch, detail::kMaxBatchTile);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_band);
+  if (bands <= grain) {
+    body(0, bands);
   } else {
-    threads.ParallelFor(items, grain, body);
+    PoolOr(pool).ParallelFor(bands, grain, body);
   }
 }
 
