@@ -42,6 +42,8 @@ struct Case {
   DecodePath path = DecodePath::kNative;
   int64_t budget = kImageBudget;  // image bytes a launch group may take
   int launch_groups = 1;          // the groups that budget should give
+  float softmax_scale = 0.09f;
+  int64_t zero_page = -1;  // a page whose K and V are all zero (scales 0 under TOKEN_BLOCK)
 };
 
 // The two kernels at padded head dim kd, as the launcher picks them.
@@ -79,6 +81,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
       const float grow = 1.0f + static_cast<float>((i / c.dim) % c.seq) / 64.0f;  // page by page
       k[i] *= grow;
       v[i] *= grow;
+      if (((i / c.dim) % c.seq) / kPage == c.zero_page) k[i] = v[i] = 0.0f;
     }
     EXPECT_TRUE(own.Append(k.data(), v.data(), c.seq));
   }
@@ -92,7 +95,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   p.batch = c.batch;
   p.heads = c.heads;
   p.q_len = c.q_len;
-  p.scale = 0.09f;
+  p.scale = c.softmax_scale;
   p.causal = c.causal;
   p.out = out.data();
   p.out_dtype = DType::kF32;
@@ -192,6 +195,22 @@ TEST(PrefillImagesEmu, LaunchGroups) {
   c.budget = 2 * 2 * 128 * 128 * 2;  // two tiles' K and V images: one kv head
   c.launch_groups = 3;
   EXPECT_LE(RunPrefill(c, 7), 2e-3);
+}
+
+// The softmax's general form, where the folded one does not hold: a
+// negative softmax scale, and a page whose K and V scales are zero (in a
+// tile beside a page with nonzero ones, and as a tile of its own at D = 256).
+TEST(PrefillImagesEmu, GeneralSoftmaxWhereTheFoldedOneDoesNotHold) {
+  for (int64_t dim : {128, 256}) {
+    Case neg{dim, 300, 2, 4, 120, 1, true};
+    neg.softmax_scale = -0.09f;
+    EXPECT_LE(RunPrefill(neg, 11), 2e-3) << "negative scale, dim " << dim;
+    for (KvScaleMode mode : {KvScaleMode::kTokenBlock, KvScaleMode::kHead}) {
+      Case zero{dim, 300, 2, 4, 120, 1, true, Fp8Format::kE4M3, mode};
+      zero.zero_page = 1;  // tokens 64..127
+      EXPECT_LE(RunPrefill(zero, 12), 2e-3) << "zero page, dim " << dim << " mode " << static_cast<int>(mode);
+    }
+  }
 }
 
 // An E4M3 NaN code in K (a non-saturating append past the TENSOR scale): the
