@@ -150,6 +150,19 @@ struct SoftmaxState {
   float vref = 0.0f;  // the true output is o * vref
 };
 
+// This lane's two rows' maxima over the row's four lanes, then their new
+// bases and the factors their old sums and outputs take.
+__device__ __forceinline__ void RebaseRows(float mx_a, float mx_b, SoftmaxState& st, float& base_a,
+                                           float& base_b, float& al_a, float& al_b) {
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
+  }
+  FaRebase(st.m_a, mx_a, base_a, al_a);
+  FaRebase(st.m_b, mx_b, base_b, al_b);
+}
+
 // The general softmax of a tile, any signs and zeros of the scales.
 template <int kN>
 __device__ __forceinline__ void TileSoftmaxAny(float (&s)[kN], const float4 sc, float scale_log2,
@@ -174,14 +187,8 @@ __device__ __forceinline__ void TileSoftmaxAny(float (&s)[kN], const float4 sc, 
       mx_b = fmaxf(mx_b, xb);
     }
   }
-#pragma unroll
-  for (int x = 1; x <= 2; x <<= 1) {
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
-  }
   float base_a, base_b, al_a, al_b;
-  FaRebase(st.m_a, mx_a, base_a, al_a);
-  FaRebase(st.m_b, mx_b, base_b, al_b);
+  RebaseRows(mx_a, mx_b, st, base_a, base_b, al_a, al_b);
   float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
   for (int i = 0; i < kN / 4; ++i) {
@@ -242,14 +249,8 @@ __device__ __forceinline__ void TileSoftmaxFolded(float (&s)[kN], const float4 s
     }
   }
   float mx_a = fmaxf(r0a * k0, r1a * k1), mx_b = fmaxf(r0b * k0, r1b * k1);  // -inf stays -inf: k > 0
-#pragma unroll
-  for (int x = 1; x <= 2; x <<= 1) {
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
-  }
   float base_a, base_b, al_a, al_b;
-  FaRebase(st.m_a, mx_a, base_a, al_a);
-  FaRebase(st.m_b, mx_b, base_b, al_b);
+  RebaseRows(mx_a, mx_b, st, base_a, base_b, al_a, al_b);
   const float vt = fmaxf(sc.z, sc.w);
   const float lg0 = log2f(sc.z / vt), lg1 = log2f(sc.w / vt);  // <= 0; 0 for the larger page
   const float b0a = base_a - lg0, b1a = base_a - lg1, b0b = base_b - lg0, b1b = base_b - lg1;
