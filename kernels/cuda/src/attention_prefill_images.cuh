@@ -150,24 +150,10 @@ struct SoftmaxState {
   float vref = 0.0f;  // the true output is o * vref
 };
 
-// This lane's two rows' maxima over the row's four lanes, then their new
-// bases and the factors their old sums and outputs take.
-__device__ __forceinline__ void RebaseRows(float mx_a, float mx_b, SoftmaxState& st, float& base_a,
-                                           float& base_b, float& al_a, float& al_b) {
-#pragma unroll
-  for (int x = 1; x <= 2; x <<= 1) {
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
-  }
-  FaRebase(st.m_a, mx_a, base_a, al_a);
-  FaRebase(st.m_b, mx_b, base_b, al_b);
-}
-
-// The general softmax of a tile, any signs and zeros of the scales.
 template <int kN>
-__device__ __forceinline__ void TileSoftmaxAny(float (&s)[kN], const float4 sc, float scale_log2,
-                                               bool mask, int64_t t0, int t, int64_t vis_a, int64_t vis_b,
-                                               SoftmaxState& st, float& fa, float& fb) {
+__device__ __forceinline__ void TileSoftmax(float (&s)[kN], const float4 sc, float scale_log2,
+                                            bool mask, int64_t t0, int t, int64_t vis_a, int64_t vis_b,
+                                            SoftmaxState& st, float& fa, float& fb) {
   const float k0 = sc.x * scale_log2, k1 = sc.y * scale_log2;
   float mx_a = kFaNegInf, mx_b = kFaNegInf;
 #pragma unroll
@@ -187,8 +173,14 @@ __device__ __forceinline__ void TileSoftmaxAny(float (&s)[kN], const float4 sc, 
       mx_b = fmaxf(mx_b, xb);
     }
   }
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, x));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, x));
+  }
   float base_a, base_b, al_a, al_b;
-  RebaseRows(mx_a, mx_b, st, base_a, base_b, al_a, al_b);
+  FaRebase(st.m_a, mx_a, base_a, al_a);
+  FaRebase(st.m_b, mx_b, base_b, al_b);
   float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
   for (int i = 0; i < kN / 4; ++i) {
@@ -213,90 +205,6 @@ __device__ __forceinline__ void TileSoftmaxAny(float (&s)[kN], const float4 sc, 
   const float ratio = FaVRatio(vt, st.vref);
   fa = al_a * ratio;
   fb = al_b * ratio;
-}
-
-// The usual case, with fewer instructions per score: both pages' K scales
-// (times the softmax scale) positive, and their V scales within 2^60 of the
-// tile's larger one. Then max(k s) = k max(s) per page, the K scale and the
-// max come off in one FMA before the exponent, and a page's V ratio f (<= 1)
-// is folded into the exponent as log2 f. The row sums add P f per page and
-// take each page's sum back by 1 / f.
-template <int kN>
-__device__ __forceinline__ void TileSoftmaxFolded(float (&s)[kN], const float4 sc, float scale_log2,
-                                                  bool mask, int64_t t0, int t, int64_t vis_a, int64_t vis_b,
-                                                  SoftmaxState& st, float& fa, float& fb) {
-  const float k0 = sc.x * scale_log2, k1 = sc.y * scale_log2;
-  float r0a = kFaNegInf, r0b = kFaNegInf, r1a = kFaNegInf, r1b = kFaNegInf;  // raw maxima per page
-#pragma unroll
-  for (int i = 0; i < kN / 4; ++i) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float xa = s[4 * i + e], xb = s[4 * i + 2 + e];
-      if (mask) {
-        const int64_t tok = t0 + 8 * i + 2 * t + e;
-        xa = tok <= vis_a ? xa : kFaNegInf;
-        xb = tok <= vis_b ? xb : kFaNegInf;
-        s[4 * i + e] = xa;
-        s[4 * i + 2 + e] = xb;
-      }
-      if (i < 8) {  // 8-token blocks 0-7: the first page
-        r0a = fmaxf(r0a, xa);
-        r0b = fmaxf(r0b, xb);
-      } else {
-        r1a = fmaxf(r1a, xa);
-        r1b = fmaxf(r1b, xb);
-      }
-    }
-  }
-  float mx_a = fmaxf(r0a * k0, r1a * k1), mx_b = fmaxf(r0b * k0, r1b * k1);  // -inf stays -inf: k > 0
-  float base_a, base_b, al_a, al_b;
-  RebaseRows(mx_a, mx_b, st, base_a, base_b, al_a, al_b);
-  const float vt = fmaxf(sc.z, sc.w);
-  const float lg0 = log2f(sc.z / vt), lg1 = log2f(sc.w / vt);  // <= 0; 0 for the larger page
-  const float b0a = base_a - lg0, b1a = base_a - lg1, b0b = base_b - lg0, b1b = base_b - lg1;
-  float s0a = 0.0f, s1a = 0.0f, s0b = 0.0f, s1b = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kN / 4; ++i) {
-    const float k = i < 8 ? k0 : k1;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const float pa = Ex2(fmaf(s[4 * i + e], k, -(i < 8 ? b0a : b1a)));
-      const float pb = Ex2(fmaf(s[4 * i + 2 + e], k, -(i < 8 ? b0b : b1b)));
-      s[4 * i + e] = pa;
-      s[4 * i + 2 + e] = pb;
-      if (i < 8) {
-        s0a += pa;
-        s0b += pb;
-      } else {
-        s1a += pa;
-        s1b += pb;
-      }
-    }
-  }
-  const float inv0 = vt / sc.z, inv1 = vt / sc.w;  // 1 / f, >= 1
-  st.l_a = st.l_a * al_a + (s0a * inv0 + s1a * inv1);
-  st.l_b = st.l_b * al_b + (s0b * inv0 + s1b * inv1);
-  const float ratio = FaVRatio(vt, st.vref);
-  fa = al_a * ratio;
-  fb = al_b * ratio;
-}
-
-// One consumer's softmax of tile j in place: the folded form where it holds
-// (kFold), else the general one. The head dim 512 kernel keeps the general
-// one: folded, it took 1.02-1.04x the time on an H100, where head dims 64,
-// 128 and 256 took 0.98-1.00x (bench/RESULTS-gpu-attention.md).
-template <bool kFold = true, int kN>
-__device__ __forceinline__ void TileSoftmax(float (&s)[kN], const float4 sc, float scale_log2,
-                                            bool mask, int64_t t0, int t, int64_t vis_a, int64_t vis_b,
-                                            SoftmaxState& st, float& fa, float& fb) {
-#ifndef PLUME_PREFILL_NO_FOLD
-  const float vt = fmaxf(sc.z, sc.w), floor = vt * 0x1p-60f;
-  if (kFold && sc.x * scale_log2 > 0.0f && sc.y * scale_log2 > 0.0f && sc.z > floor && sc.w > floor) {
-    TileSoftmaxFolded(s, sc, scale_log2, mask, t0, t, vis_a, vis_b, st, fa, fb);
-    return;
-  }
-#endif
-  TileSoftmaxAny(s, sc, scale_log2, mask, t0, t, vis_a, vis_b, st, fa, fb);
 }
 
 // P (FP32, the Q K^T accumulator layout) as the A fragments of P V: k-step

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaA
 #pragma unroll
           for (int i = 0; i < S::kS; ++i) s[i] += other[i * 128];
           const int64_t t0 = static_cast<int64_t>(j) * kTile;
-          TileSoftmax<false>(s, sc, a.scale_log2, t0 + kTile - 1 > vis_min, t0, t, vis_a, vis_b, st, fa, fb);
+          TileSoftmax(s, sc, a.scale_log2, t0 + kTile - 1 > vis_min, t0, t, vis_a, vis_b, st, fa, fb);
           sc = scales[min(j + 1, w.tiles - 1)];  // the next tile's, in flight meanwhile
         },
         [&](float fa, float fb) {
