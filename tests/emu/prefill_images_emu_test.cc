@@ -197,9 +197,10 @@ TEST(PrefillImagesEmu, LaunchGroups) {
   EXPECT_LE(RunPrefill(c, 7), 2e-3);
 }
 
-// Scales the usual inputs never give: a negative softmax scale, and a page
-// whose K and V scales are zero (in a tile beside a page with nonzero ones,
-// and as a tile of its own at D = 256).
+// Inputs the usual cases never give: a negative softmax scale, and a page
+// of zero K and V, whose scales are zero under TOKEN_BLOCK (in a tile beside
+// a page with nonzero ones, and as a tile of its own at D = 256) and nonzero
+// under HEAD.
 TEST(PrefillImagesEmu, NegativeSoftmaxScaleAndZeroScaledPage) {
   for (int64_t dim : {128, 256}) {
     Case neg{dim, 300, 2, 4, 120, 1, true};

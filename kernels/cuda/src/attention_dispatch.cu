@@ -131,11 +131,11 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.units = p.layout.kv_heads * pl.row_tiles;
     pl.total = kCounterBytes;
   } else {
-    // Up to 16 rows take the few-rows tiles too where the cache has at most
-    // PLUME_FEW_PAGES pages: at 1024 tokens batch 4 (16 rows at GQA group 4)
-    // four tiles of 4 rows took 0.69-0.79x the time of one of 16 on an H100,
-    // at 8192 tokens 1.06-1.18x (bench/RESULTS-gpu-attention.md, "Few-rows
-    // tiles for short caches").
+    // Up to 16 rows (one m-tile) take the few-rows tiles too where the cache
+    // has at most PLUME_FEW_PAGES pages: at 1024 tokens batch 4 (16 rows at
+    // GQA group 4) four tiles of 4 rows took 0.66-0.83x the time of one of
+    // 16 on an H100, at 8192 tokens 0.99-1.18x (bench/RESULTS-gpu-attention.md,
+    // "Few-rows tiles for short decodes").
     const bool few = rows <= kFewRows || (rows <= 16 && num_pages <= PLUME_FEW_PAGES);
     const int mma_rows = static_cast<int>(std::min<int64_t>(kMmaRows, (rows + 15) / 16 * 16));
     // The shared-page decode pays off where decoding costs most: measured on
