@@ -42,6 +42,7 @@ struct Case {
   DecodePath path = DecodePath::kNative;
   int64_t budget = kImageBudget;  // image bytes a launch group may take
   int launch_groups = 1;          // the groups that budget should give
+  int64_t band_budget = kBandBudget;  // image bytes an L2 band of kv heads may take
   float softmax_scale = 0.09f;
   int64_t zero_page = -1;  // a page whose K and V are all zero (scales 0 under TOKEN_BLOCK)
 };
@@ -106,7 +107,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   EXPECT_TRUE(kd == 64 || kd == 128 || kd == 256 || kd == 512) << kd;
 
   const FaArgs a = MakeFaArgs(p, kd == 512 ? kWgRows : kBlockRows);  // as the launcher picks
-  const WgGroups g = Groups(p, kd, c.budget);
+  const WgGroups g = Groups(p, kd, c.budget, c.band_budget);
   std::vector<uint4> ws(static_cast<size_t>((g.total + 15) / 16), make_uint4(0x7e007e00u, 0x7e007e00u, 0x7e007e00u, 0x7e007e00u));
   int groups = 0;
   ForEachGroup(a, g, ws.data(), [&](const WgImages& w) {
@@ -195,6 +196,56 @@ TEST(PrefillImagesEmu, LaunchGroups) {
   c.budget = 2 * 2 * 128 * 128 * 2;  // two tiles' K and V images: one kv head
   c.launch_groups = 3;
   EXPECT_LE(RunPrefill(c, 7), 2e-3);
+}
+
+// The block order: every (kv head, row tile) once; the bands' heads from
+// the last down; within a band, the row tiles from the last, heads
+// innermost. Bands of 1-4 heads over 1-9 heads, the last band short.
+TEST(PrefillImagesEmu, BandOrderCoversEveryBlockOnce) {
+  for (int heads = 1; heads <= 9; ++heads)
+    for (int band = 1; band <= std::min(heads, 4); ++band)
+      for (int row_tiles : {1, 3, 5}) {
+        SCOPED_TRACE(testing::Message() << heads << " heads, band " << band << ", " << row_tiles << " row tiles");
+        std::vector<int> seen(static_cast<size_t>(heads * row_tiles), 0);
+        int prev_h = -1, prev_t = -1, prev_band_low = heads;
+        for (int idx = 0; idx < heads * row_tiles; ++idx) {
+          int h = -1, t = -1;
+          BandPlace(idx, heads, band, row_tiles, h, t);
+          ASSERT_GE(h, 0);
+          ASSERT_LT(h, heads);
+          ASSERT_GE(t, 0);
+          ASSERT_LT(t, row_tiles);
+          ++seen[static_cast<size_t>(h * row_tiles + t)];
+          const int band_low = std::max(0, heads - band * ((heads - 1 - h) / band + 1));
+          ASSERT_LE(band_low, prev_band_low);  // bands from the last heads down
+          if (idx > 0 && band_low == prev_band_low) {
+            // Same band: row tiles do not grow; heads grow within a row tile.
+            ASSERT_TRUE(t < prev_t || (t == prev_t && h > prev_h)) << idx;
+          } else if (idx > 0) {
+            ASSERT_EQ(prev_t, 0);  // the band before was finished
+            ASSERT_EQ(t, row_tiles - 1);
+          }
+          prev_h = h;
+          prev_t = t;
+          prev_band_low = band_low;
+        }
+        for (int n : seen) ASSERT_EQ(n, 1);
+      }
+}
+
+// Bands of two kv heads over five (the last band one head), causal GQA
+// rows, and bands inside launch groups: the same results as one band.
+TEST(PrefillImagesEmu, L2Bands) {
+  const int64_t head_images = 2 * 2 * 128 * 128 * 2;  // two tiles' K and V images at D = 128, S = 200
+  Case c{128, 200, 5, 10, 90, 1, true};
+  c.band_budget = 2 * head_images;
+  EXPECT_LE(RunPrefill(c, 21), 2e-3);
+  c.budget = 3 * head_images;  // groups of 3 and 2 heads, bands of 2 and 1
+  c.launch_groups = 2;
+  EXPECT_LE(RunPrefill(c, 22), 2e-3);
+  Case wide{512, 150, 3, 3, 150, 1, true};
+  wide.band_budget = 1;  // one head a band
+  EXPECT_LE(RunPrefill(wide, 23), 2e-3);
 }
 
 // Inputs the usual cases never give: a negative softmax scale, and a page

@@ -46,6 +46,12 @@ constexpr int kImageThreads = 256;
 // keeps them to a quarter of it. The benchmarked prefills take 16-64 MiB of
 // images, one group, except D = 256 at 32 kv heads (128 MiB: two groups).
 constexpr int64_t kImageBudget = int64_t{64} << 20;
+// The images a band of kv heads may take (see BandPlace); the L2 holds
+// 50 MB on an H100 or H200. A timing build may set another size.
+#ifndef PLUME_PREFILL_BAND_MIB
+#define PLUME_PREFILL_BAND_MIB 16
+#endif
+constexpr int64_t kBandBudget = int64_t{PLUME_PREFILL_BAND_MIB} << 20;
 constexpr uint64_t kDescStrides = (uint64_t{prefill_image::kLeadingBytes >> 4} << 16) |
                                   (uint64_t{prefill_image::kStrideBytes >> 4} << 32);
 
@@ -70,6 +76,7 @@ struct WgImages {
   int tiles;  // tiles per kv head
   int kvh0;   // the group's first kv head
   int heads;  // kv heads in the group
+  int band;   // kv heads per L2 band (BandPlace)
 };
 
 __device__ __forceinline__ uint64_t Desc(uint32_t addr) {
@@ -386,10 +393,28 @@ __device__ __forceinline__ void StoreO(const FaArgs& a, const float (&o)[kAcc], 
   }
 }
 
+// Block `idx` of a flash launch over `heads` kv heads of `row_tiles` row
+// tiles each: its group-local kv head hl and row tile. The kv heads go in
+// bands of `band` (the last band may hold fewer), taken from the last heads
+// down, so that the first blocks read the images the image pass wrote last.
+// Within a band the blocks run tile-major, the last row tiles (the longest
+// under causal masks) first. A band's images fit the L2 beside the next
+// band's, so a tile's image is read from memory about once, not once per
+// block that sees it, as when every head's longest tiles run together.
+__host__ __device__ __forceinline__ void BandPlace(int idx, int heads, int band, int row_tiles, int& hl,
+                                                   int& row_tile) {
+  const int per_band = band * row_tiles;
+  const int bi = idx / per_band, rem = idx - bi * per_band;
+  const int top = heads - bi * band;            // one past the band's last head
+  const int h0 = top - band > 0 ? top - band : 0;
+  const int n = top - h0;                       // heads in this band
+  hl = h0 + rem % n;
+  row_tile = row_tiles - 1 - rem / n;
+}
+
 // Where a block of either flash kernel is: its kv head (group-local hl),
 // its query rows [lr0, lr0 + nrows) of kBlockRows-or-fewer, the tokens they
-// see and the tiles that hold them. Blocks run tile-major, the last row
-// tiles (the longest under causal masks) first.
+// see and the tiles that hold them (BandPlace orders the blocks).
 struct BlockPlace {
   int hl, kvh, lr0, nrows, tiles;
   int64_t vis_min, vis_max;
@@ -398,9 +423,10 @@ struct BlockPlace {
 __device__ __forceinline__ BlockPlace PlaceBlock(const FaArgs& a, const WgImages& w, int block_rows,
                                                  int tile_tokens) {
   BlockPlace b;
-  b.hl = static_cast<int>(blockIdx.x % w.heads);
+  int row_tile = 0;
+  BandPlace(static_cast<int>(blockIdx.x), w.heads, w.band, a.row_tiles, b.hl, row_tile);
   b.kvh = w.kvh0 + b.hl;
-  b.lr0 = (a.row_tiles - 1 - static_cast<int>(blockIdx.x / w.heads)) * block_rows;
+  b.lr0 = row_tile * block_rows;
   b.nrows = min(block_rows, a.rows - b.lr0);
   FaVisible(a, b.lr0, b.nrows, b.vis_min, b.vis_max);
   b.tiles = static_cast<int>(min(static_cast<int64_t>(w.tiles), b.vis_max / tile_tokens + 1));
@@ -511,15 +537,18 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
 struct WgGroups {
   int tiles = 0;
   int heads = 0;           // kv heads per group
+  int band = 0;            // kv heads per L2 band
   int64_t image_bytes = 0; // one group's images
   int64_t total = 0;       // images + scales, bytes
 };
 
-inline WgGroups Groups(const AttentionProblem& p, int kd, int64_t budget = kImageBudget) {
+inline WgGroups Groups(const AttentionProblem& p, int kd, int64_t budget = kImageBudget,
+                       int64_t band_budget = kBandBudget) {
   WgGroups g;
   g.tiles = static_cast<int>((p.seq + TileTokens(kd) - 1) / TileTokens(kd));
   const int64_t per_head = int64_t{g.tiles} * 2 * ImageHalves(kd) * 2;
   g.heads = static_cast<int>(std::clamp<int64_t>(budget / per_head, 1, p.layout.kv_heads));
+  g.band = static_cast<int>(std::clamp<int64_t>(band_budget / per_head, 1, g.heads));
   g.image_bytes = per_head * g.heads;
   g.total = g.image_bytes + int64_t{g.heads} * g.tiles * 4 * 4;
   return g;
@@ -533,6 +562,7 @@ void ForEachGroup(const FaArgs& a, const WgGroups& g, void* workspace, Launch la
   w.img = static_cast<__half*>(workspace);
   w.scales = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + g.image_bytes);
   w.tiles = g.tiles;
+  w.band = g.band;
   for (int h0 = 0; h0 < a.kv_heads; h0 += g.heads) {
     w.kvh0 = h0;
     w.heads = std::min(g.heads, a.kv_heads - h0);
