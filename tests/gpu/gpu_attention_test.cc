@@ -508,6 +508,13 @@ TEST(GpuAttention, PrefillImages) {
       }
   LongQueries(AttentionKernel::kPrefillImages, seed);
   BenchShapeScaledDown(AttentionKernel::kPrefillImages, seed);
+  // Several L2 bands of kv heads (16 MiB of images a band): one head a band
+  // at D = 512 over 8300 tokens, two at D = 256 over 8192 (5 kv heads: the
+  // last band one head).
+  Case w{512, 8300, 64, 3, 6, 1, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF16, DType::kF32};
+  RunCase(w, AttentionKernel::kPrefillImages, 2e-3, seed++);
+  Case d{256, 8192, 64, 5, 10, 1, true, Fp8Format::kE5M2, KvScaleMode::kTokenBlock, DType::kF32, DType::kF16};
+  RunCase(d, AttentionKernel::kPrefillImages, 2e-3, seed++);
   PrintWorst("prefill-images");
 }
 
