@@ -9,7 +9,8 @@
 // mma.sync prefill at D = 128. --only decode|prefill runs one half. Caches
 // are E4M3 with TOKEN_BLOCK scales (the default), random codes, in as many
 // copies as keep the bytes read per launch out of L2. Each launch is
-// bracketed by CUDA events; medians over --iters launches.
+// bracketed by CUDA events; medians over --iters launches. --dims, --seqs
+// and --batches (comma lists) keep those decode shapes alone, for profiling.
 // bench/sdpa_attention.py times PyTorch SDPA (FP16 K/V) on the same shapes;
 // bench/run_gpu_attention_bench.sh runs both on a GPU machine.
 #include <cuda_fp16.h>
@@ -189,6 +190,20 @@ int main(int argc, char** argv) {
   std::string json;
   int iters = 50;
   std::string only;  // "decode" or "prefill": that half of the bench alone
+  std::vector<int64_t> dims, seqs, batches;  // decode shapes kept (empty: all)
+  const auto list = [](const char* v) {
+    std::vector<int64_t> out;
+    for (const char* p = v; *p != '\0';) {
+      char* end = nullptr;
+      out.push_back(std::strtoll(p, &end, 10));
+      if (end == p || out.back() <= 0) return std::vector<int64_t>{};
+      p = *end == ',' ? end + 1 : end;
+    }
+    return out;
+  };
+  const auto keep = [](const std::vector<int64_t>& l, int64_t v) {
+    return l.empty() || std::find(l.begin(), l.end(), v) != l.end();
+  };
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) {
@@ -198,8 +213,13 @@ int main(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc && (std::string(argv[i + 1]) == "decode" ||
                                                   std::string(argv[i + 1]) == "prefill")) {
       only = argv[++i];
+    } else if ((a == "--dims" || a == "--seqs" || a == "--batches") && i + 1 < argc &&
+               !list(argv[i + 1]).empty()) {
+      (a == "--dims" ? dims : a == "--seqs" ? seqs : batches) = list(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: gpu_attention_bench [--json PATH] [--iters N] [--only decode|prefill]\n");
+      std::fprintf(stderr,
+                   "usage: gpu_attention_bench [--json PATH] [--iters N] [--only decode|prefill] "
+                   "[--dims D,..] [--seqs S,..] [--batches B,..]\n");
       return 2;
     }
   }
@@ -234,13 +254,16 @@ int main(int argc, char** argv) {
   if (only != "prefill") std::printf("decode (E4M3, TOKEN_BLOCK, F16 queries and outputs, causal):\n");
   for (int64_t dim : {128, 64, 256}) {
     if (only == "prefill") break;
+    if (!keep(dims, dim)) continue;
     for (int64_t seq : {1024, 8192, 32768, 131072}) {
+      if (!keep(seqs, seq)) continue;
       Caches c;
       const int64_t one = 2 * seq * 8 * dim;
       const int copies =
           static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(1, (int64_t{512} << 20) / one)));
       MakeCaches(c, 8, dim, seq, copies, s);
       for (int64_t batch : {1, 4, 16, 64}) {
+        if (!keep(batches, batch)) continue;
         for (DecodePath path : paths) Run(timer, s, c, "decode", batch, 32, 1, true, path);
         // The splits merged by the decode's last blocks, one launch (the
         // default merges them with the combine kernel, a second launch).

@@ -93,14 +93,47 @@ __device__ __forceinline__ float Ex2(float x) {
 #endif
 }
 
-// One code word (4 codes) of token `tok` of the tile at byte column c4 of
-// the rows, or 0 past the sequence or the row.
-__device__ __forceinline__ uint32_t TileWord(const FaArgs& a, int64_t tok0, int tok, int c4,
-                                             int64_t off) {
-  const int64_t t = tok0 + tok;
-  if (t >= a.seq || c4 >= a.row_bytes) return 0;
-  const uint8_t* page = a.pages[t / kPage];
-  return *reinterpret_cast<const uint32_t*>(page + off + (t % kPage) * a.row_bytes + c4);
+// The pages of one tile of kTile tokens from tok0 (two at most: a tile
+// holds whole pages or lies in one), read once per block, and where token
+// tok of the tile lies in them.
+template <int kTile>
+struct TilePages {
+  const uint8_t* page[2];
+  int64_t tok0;
+  int first;  // the tile's first token within its first page
+
+  __device__ __forceinline__ TilePages(const FaArgs& a, int64_t t0) : tok0(t0) {
+    const int pg = static_cast<int>(t0 / kPage);
+    first = static_cast<int>(t0 % kPage);
+    page[0] = pg < a.num_pages ? a.pages[pg] : nullptr;
+    page[1] = first + kTile > kPage && pg + 1 < a.num_pages ? a.pages[pg + 1] : nullptr;
+  }
+  // Bytes of token tok's row at byte column c of the rows, offset `off` in
+  // its page; nullptr past the sequence.
+  __device__ __forceinline__ const uint8_t* Row(const FaArgs& a, int tok, int c, int64_t off) const {
+    if (tok0 + tok >= a.seq) return nullptr;
+    const int local = first + tok;
+    return page[local / kPage] + off + static_cast<int64_t>(local % kPage) * a.row_bytes + c;
+  }
+  // One code word (4 codes) at byte column c4, or 0 past the sequence or the row.
+  __device__ __forceinline__ uint32_t Word(const FaArgs& a, int tok, int c4, int64_t off) const {
+    const uint8_t* r = c4 < a.row_bytes ? Row(a, tok, c4, off) : nullptr;
+    return r != nullptr ? *reinterpret_cast<const uint32_t*>(r) : 0u;
+  }
+  // 16 codes at byte column c16 (a multiple of 16), or 0.
+  __device__ __forceinline__ uint4 Quad(const FaArgs& a, int tok, int c16, int64_t off) const {
+    const uint8_t* r = c16 < a.row_bytes ? Row(a, tok, c16, off) : nullptr;
+    return r != nullptr ? *reinterpret_cast<const uint4*>(r) : make_uint4(0u, 0u, 0u, 0u);
+  }
+};
+
+// 8 codes (words lo, hi) to 8 FP16 values, one 16-byte store at dst.
+template <Dec kDec>
+__device__ __forceinline__ void StoreEight(__half* dst, uint32_t lo_w, uint32_t hi_w) {
+  uint32_t lo[2], hi[2];
+  DecodeNanSafe<kDec>(lo_w, lo);
+  DecodeNanSafe<kDec>(hi_w, hi);
+  *reinterpret_cast<uint4*>(dst) = make_uint4(lo[0], lo[1], hi[0], hi[1]);
 }
 
 // Grid: tiles x group kv heads. The tile's K and V codes to FP16 images.
@@ -109,38 +142,55 @@ __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs
   constexpr int kTile = TileTokens(kD);
   const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y);
   const int kvh = w.kvh0 + hl;
-  const int64_t tok0 = static_cast<int64_t>(j) * kTile;
+  const TilePages<kTile> tp(a, static_cast<int64_t>(j) * kTile);
   __half* kimg = w.img + (static_cast<int64_t>(hl) * w.tiles + j) * 2 * ImageHalves(kD);
   __half* vimg = kimg + ImageHalves(kD);
   const int64_t koff = static_cast<int64_t>(kvh) * a.head_tile;
   const int64_t voff = a.codes_bytes + koff;
-  // K: 8 dims of one token a unit, the row's words read in order.
-  for (int u = threadIdx.x; u < kTile * (kD / 8); u += kImageThreads) {
-    const int tok = u / (kD / 8), d0 = 8 * (u % (kD / 8));
-    uint32_t lo[2], hi[2];
-    DecodeNanSafe<kDec>(TileWord(a, tok0, tok, d0, koff), lo);
-    DecodeNanSafe<kDec>(TileWord(a, tok0, tok, d0 + 4, koff), hi);
-    *reinterpret_cast<uint4*>(kimg + KOffset(kD, tok, d0)) = make_uint4(lo[0], lo[1], hi[0], hi[1]);
-  }
-  // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes.
-  for (int u = threadIdx.x; u < (kD / 4) * (kTile / 8); u += kImageThreads) {
-    const int c = u % (kD / 4), q = u / (kD / 4);
-    uint32_t wd[8];
+  // K: 16 dims of one token a unit (rows are whole 16-byte units:
+  // KvLayout::row_bytes), every load of the thread issued before its first
+  // store.
+  constexpr int kUnits = kTile * (kD / 16) / kImageThreads;
+  static_assert(kUnits * kImageThreads == kTile * (kD / 16), "whole units per thread");
+  uint4 kq[kUnits];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) wd[i] = TileWord(a, tok0, 8 * q + i, 4 * c, voff);
+  for (int i = 0; i < kUnits; ++i) {
+    const int u = threadIdx.x + i * kImageThreads;
+    kq[i] = tp.Quad(a, u / (kD / 16), 16 * (u % (kD / 16)), koff);
+  }
+#pragma unroll
+  for (int i = 0; i < kUnits; ++i) {
+    const int u = threadIdx.x + i * kImageThreads;
+    const int tok = u / (kD / 16), d0 = 16 * (u % (kD / 16));
+    StoreEight<kDec>(kimg + KOffset(kD, tok, d0), kq[i].x, kq[i].y);
+    StoreEight<kDec>(kimg + KOffset(kD, tok, d0 + 8), kq[i].z, kq[i].w);
+  }
+  // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes;
+  // again every load before the first store.
+  constexpr int kVUnits = (kD / 4) * (kTile / 8) / kImageThreads;
+  static_assert(kVUnits * kImageThreads == (kD / 4) * (kTile / 8), "whole units per thread");
+  uint32_t wd[kVUnits][8];
+#pragma unroll
+  for (int i = 0; i < kVUnits; ++i) {
+    const int u = threadIdx.x + i * kImageThreads;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) wd[i][r] = tp.Word(a, 8 * (u / (kD / 4)) + r, 4 * (u % (kD / 4)), voff);
+  }
+#pragma unroll
+  for (int i = 0; i < kVUnits; ++i) {
+    const int u = threadIdx.x + i * kImageThreads;
+    const int c = u % (kD / 4), q = u / (kD / 4);
+    const uint32_t* x = wd[i];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const uint32_t sel = e | ((e + 4) << 4);
-      const uint32_t lo = __byte_perm(__byte_perm(wd[0], wd[1], sel), __byte_perm(wd[2], wd[3], sel), 0x5410);
-      const uint32_t hi = __byte_perm(__byte_perm(wd[4], wd[5], sel), __byte_perm(wd[6], wd[7], sel), 0x5410);
-      uint32_t x[2], y[2];
-      DecodeNanSafe<kDec>(lo, x);
-      DecodeNanSafe<kDec>(hi, y);
-      *reinterpret_cast<uint4*>(vimg + VOffset(kD, 4 * c + e, 8 * q)) = make_uint4(x[0], x[1], y[0], y[1]);
+      const uint32_t lo = __byte_perm(__byte_perm(x[0], x[1], sel), __byte_perm(x[2], x[3], sel), 0x5410);
+      const uint32_t hi = __byte_perm(__byte_perm(x[4], x[5], sel), __byte_perm(x[6], x[7], sel), 0x5410);
+      StoreEight<kDec>(vimg + VOffset(kD, 4 * c + e, 8 * q), lo, hi);
     }
   }
   if (threadIdx.x < 4) {
-    const int64_t t = tok0 + ((threadIdx.x & 1) ? kTile - 1 : 0);  // the tile's first or last token
+    const int64_t t = tp.tok0 + ((threadIdx.x & 1) ? kTile - 1 : 0);  // the tile's first or last token
     const int pg = static_cast<int>(t / kPage);
     const bool v = threadIdx.x >= 2;
     w.scales[(static_cast<int64_t>(hl) * w.tiles + j) * 4 + threadIdx.x] =
