@@ -137,8 +137,10 @@ __device__ __forceinline__ void StoreEight(__half* dst, uint32_t lo_w, uint32_t 
 }
 
 // Grid: tiles x group kv heads. The tile's K and V codes to FP16 images.
+// Eight blocks per SM: a grid of 1024 blocks (S = 4096, 32 kv heads at head
+// dims 128 and 256) is then one wave on 132 SMs.
 template <int kD, Dec kDec>
-__global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs a, const WgImages w) {
+__global__ void __launch_bounds__(kImageThreads, 8) PrefillImageKernel(const FaArgs a, const WgImages w) {
   constexpr int kTile = TileTokens(kD);
   const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y);
   const int kvh = w.kvh0 + hl;
@@ -165,27 +167,17 @@ __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs
     StoreEight<kDec>(kimg + KOffset(kD, tok, d0), kq[i].x, kq[i].y);
     StoreEight<kDec>(kimg + KOffset(kD, tok, d0 + 8), kq[i].z, kq[i].w);
   }
-  // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes;
-  // again every load before the first store.
-  constexpr int kVUnits = (kD / 4) * (kTile / 8) / kImageThreads;
-  static_assert(kVUnits * kImageThreads == (kD / 4) * (kTile / 8), "whole units per thread");
-  uint32_t wd[kVUnits][8];
-#pragma unroll
-  for (int i = 0; i < kVUnits; ++i) {
-    const int u = threadIdx.x + i * kImageThreads;
-#pragma unroll
-    for (int r = 0; r < 8; ++r) wd[i][r] = tp.Word(a, 8 * (u / (kD / 4)) + r, 4 * (u % (kD / 4)), voff);
-  }
-#pragma unroll
-  for (int i = 0; i < kVUnits; ++i) {
-    const int u = threadIdx.x + i * kImageThreads;
+  // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes.
+  for (int u = threadIdx.x; u < (kD / 4) * (kTile / 8); u += kImageThreads) {
     const int c = u % (kD / 4), q = u / (kD / 4);
-    const uint32_t* x = wd[i];
+    uint32_t wd[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) wd[r] = tp.Word(a, 8 * q + r, 4 * c, voff);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const uint32_t sel = e | ((e + 4) << 4);
-      const uint32_t lo = __byte_perm(__byte_perm(x[0], x[1], sel), __byte_perm(x[2], x[3], sel), 0x5410);
-      const uint32_t hi = __byte_perm(__byte_perm(x[4], x[5], sel), __byte_perm(x[6], x[7], sel), 0x5410);
+      const uint32_t lo = __byte_perm(__byte_perm(wd[0], wd[1], sel), __byte_perm(wd[2], wd[3], sel), 0x5410);
+      const uint32_t hi = __byte_perm(__byte_perm(wd[4], wd[5], sel), __byte_perm(wd[6], wd[7], sel), 0x5410);
       StoreEight<kDec>(vimg + VOffset(kD, 4 * c + e, 8 * q), lo, hi);
     }
   }
