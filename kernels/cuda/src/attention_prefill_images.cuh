@@ -98,22 +98,24 @@ __device__ __forceinline__ float Ex2(float x) {
 // tok of the tile lies in them.
 template <int kTile>
 struct TilePages {
-  const uint8_t* page[2];
+  const uint8_t* page0;  // two members, not an array: an indexed array lands in local memory
+  const uint8_t* page1;
   int64_t tok0;
   int first;  // the tile's first token within its first page
 
   __device__ __forceinline__ TilePages(const FaArgs& a, int64_t t0) : tok0(t0) {
     const int pg = static_cast<int>(t0 / kPage);
     first = static_cast<int>(t0 % kPage);
-    page[0] = pg < a.num_pages ? a.pages[pg] : nullptr;
-    page[1] = first + kTile > kPage && pg + 1 < a.num_pages ? a.pages[pg + 1] : nullptr;
+    page0 = pg < a.num_pages ? a.pages[pg] : nullptr;
+    page1 = first + kTile > kPage && pg + 1 < a.num_pages ? a.pages[pg + 1] : nullptr;
   }
   // Bytes of token tok's row at byte column c of the rows, offset `off` in
   // its page; nullptr past the sequence.
   __device__ __forceinline__ const uint8_t* Row(const FaArgs& a, int tok, int c, int64_t off) const {
     if (tok0 + tok >= a.seq) return nullptr;
     const int local = first + tok;
-    return page[local / kPage] + off + static_cast<int64_t>(local % kPage) * a.row_bytes + c;
+    const uint8_t* pg = local < kPage ? page0 : page1;
+    return pg + off + static_cast<int64_t>(local < kPage ? local : local - kPage) * a.row_bytes + c;
   }
   // One code word (4 codes) at byte column c4, or 0 past the sequence or the row.
   __device__ __forceinline__ uint32_t Word(const FaArgs& a, int tok, int c4, int64_t off) const {
@@ -137,10 +139,8 @@ __device__ __forceinline__ void StoreEight(__half* dst, uint32_t lo_w, uint32_t 
 }
 
 // Grid: tiles x group kv heads. The tile's K and V codes to FP16 images.
-// Eight blocks per SM: a grid of 1024 blocks (S = 4096, 32 kv heads at head
-// dims 128 and 256) is then one wave on 132 SMs.
 template <int kD, Dec kDec>
-__global__ void __launch_bounds__(kImageThreads, 8) PrefillImageKernel(const FaArgs a, const WgImages w) {
+__global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs a, const WgImages w) {
   constexpr int kTile = TileTokens(kD);
   const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y);
   const int kvh = w.kvh0 + hl;
@@ -150,22 +150,24 @@ __global__ void __launch_bounds__(kImageThreads, 8) PrefillImageKernel(const FaA
   const int64_t koff = static_cast<int64_t>(kvh) * a.head_tile;
   const int64_t voff = a.codes_bytes + koff;
   // K: 16 dims of one token a unit (rows are whole 16-byte units:
-  // KvLayout::row_bytes), every load of the thread issued before its first
-  // store.
+  // KvLayout::row_bytes), two units' loads issued before their stores.
   constexpr int kUnits = kTile * (kD / 16) / kImageThreads;
-  static_assert(kUnits * kImageThreads == kTile * (kD / 16), "whole units per thread");
-  uint4 kq[kUnits];
+  static_assert(kUnits % 2 == 0 && kUnits * kImageThreads == kTile * (kD / 16), "unit pairs per thread");
 #pragma unroll
-  for (int i = 0; i < kUnits; ++i) {
-    const int u = threadIdx.x + i * kImageThreads;
-    kq[i] = tp.Quad(a, u / (kD / 16), 16 * (u % (kD / 16)), koff);
-  }
+  for (int i0 = 0; i0 < kUnits; i0 += 2) {
+    uint4 kq[2];
 #pragma unroll
-  for (int i = 0; i < kUnits; ++i) {
-    const int u = threadIdx.x + i * kImageThreads;
-    const int tok = u / (kD / 16), d0 = 16 * (u % (kD / 16));
-    StoreEight<kDec>(kimg + KOffset(kD, tok, d0), kq[i].x, kq[i].y);
-    StoreEight<kDec>(kimg + KOffset(kD, tok, d0 + 8), kq[i].z, kq[i].w);
+    for (int i = 0; i < 2; ++i) {
+      const int u = threadIdx.x + (i0 + i) * kImageThreads;
+      kq[i] = tp.Quad(a, u / (kD / 16), 16 * (u % (kD / 16)), koff);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int u = threadIdx.x + (i0 + i) * kImageThreads;
+      const int tok = u / (kD / 16), d0 = 16 * (u % (kD / 16));
+      StoreEight<kDec>(kimg + KOffset(kD, tok, d0), kq[i].x, kq[i].y);
+      StoreEight<kDec>(kimg + KOffset(kD, tok, d0 + 8), kq[i].z, kq[i].w);
+    }
   }
   // V transposed: 4 dims of 8 tokens a unit, transposed by byte permutes.
   for (int u = threadIdx.x; u < (kD / 4) * (kTile / 8); u += kImageThreads) {

@@ -19,12 +19,6 @@
 
 #include "attention_prefill_images.cuh"
 
-// 1: each consumer computes the whole S (all head dims, both halves of Q)
-// instead of exchanging halves through shared memory. A timing build.
-#ifndef PLUME_WIDE_FULL_S
-#define PLUME_WIDE_FULL_S 0
-#endif
-
 namespace plume::cuda {
 namespace {
 
@@ -39,7 +33,7 @@ struct WideShape {
   static constexpr int kSteps = kTile / 16;      // k16 steps of P V
   static constexpr int kAcc = kHalf / 2;         // O accumulators per thread
   // The S exchange: [tile parity][consumer][element][thread] floats.
-  static constexpr int kXchFloats = PLUME_WIDE_FULL_S ? 0 : 2 * 2 * kS * 128;
+  static constexpr int kXchFloats = 2 * 2 * kS * 128;
   static constexpr size_t kSmem =
       size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + size_t{kXchFloats} * 4 + 128;
 };
@@ -75,7 +69,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaA
     const int wq = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
     __half* q_mine = qs + cw * kWgRows * kHalf;
     LoadQ<kHalf>(a, kvh, lr0, 0, nrows, d0, q_mine, wtid);
-    NamedBarrier(PLUME_WIDE_FULL_S ? 4 : 2 + cw, PLUME_WIDE_FULL_S ? 256 : 128);
+    NamedBarrier(2 + cw, 128);
 
     const int ra = 16 * wq + g, rb = ra + 8;  // this lane's rows in the block
     const int64_t vis_a = ra < nrows ? FaLastVisible(a, lr0 + ra) : -1;
@@ -95,16 +89,6 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaA
     ConsumeTiles(
         bars, tiles, tiles, lane,
         [&](int j) {  // this consumer's k16 steps of the K image
-          if constexpr (PLUME_WIDE_FULL_S) {
-            const uint32_t q0 = SmemAddr(qs);
-#pragma unroll
-            for (int k = 0; k < kD / 16; ++k) {
-              const int h = k / (kHalf / 16), kh = k % (kHalf / 16);
-              WgmmaSs32(s, Desc(q0 + h * kWgRows * kHalf * 2 + kh * StepBytes(kWgRows)),
-                        Desc(stage(j) + k * StepBytes(kTile)), k > 0 ? 1 : 0);
-            }
-            return;
-          }
 #pragma unroll
           for (int k = 0; k < kHalf / 16; ++k) {
             WgmmaSs32(s, Desc(q_addr + k * StepBytes(kWgRows)),
@@ -121,15 +105,13 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaA
           // S = this consumer's half + the other's (tile parity picks the
           // buffer: a consumer rewrites its half two tiles later, after the
           // other has passed the barrier of the tile between).
-          if constexpr (!PLUME_WIDE_FULL_S) {
-            float* mine = xch + ((j & 1) * 2 + cw) * S::kS * 128 + wtid;
-            const float* other = xch + ((j & 1) * 2 + (1 - cw)) * S::kS * 128 + wtid;
+          float* mine = xch + ((j & 1) * 2 + cw) * S::kS * 128 + wtid;
+          const float* other = xch + ((j & 1) * 2 + (1 - cw)) * S::kS * 128 + wtid;
 #pragma unroll
-            for (int i = 0; i < S::kS; ++i) mine[i * 128] = s[i];
-            NamedBarrier(4, 256);
+          for (int i = 0; i < S::kS; ++i) mine[i * 128] = s[i];
+          NamedBarrier(4, 256);
 #pragma unroll
-            for (int i = 0; i < S::kS; ++i) s[i] += other[i * 128];
-          }
+          for (int i = 0; i < S::kS; ++i) s[i] += other[i * 128];
           const int64_t t0 = static_cast<int64_t>(j) * kTile;
           TileSoftmax(s, sc, a.scale_log2, t0 + kTile - 1 > vis_min, t0, t, vis_a, vis_b, st, fa, fb);
           sc = scales[min(j + 1, w.tiles - 1)];  // the next tile's, in flight meanwhile
