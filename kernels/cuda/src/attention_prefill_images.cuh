@@ -47,7 +47,9 @@ constexpr int kImageThreads = 256;
 // images, one group, except D = 256 at 32 kv heads (128 MiB: two groups).
 constexpr int64_t kImageBudget = int64_t{64} << 20;
 // The images a band of kv heads may take (see BandPlace); the L2 holds
-// 50 MB on an H100 or H200. A timing build may set another size.
+// 50 MB on an H100 or H200. Of 4, 8, 16 and 32 MiB, 16 took the least time
+// on an H100 at head dims 128 and 256 (bench/RESULTS-gpu-attention.md,
+// "L2 bands of kv heads"). A timing build may set another size.
 #ifndef PLUME_PREFILL_BAND_MIB
 #define PLUME_PREFILL_BAND_MIB 16
 #endif
