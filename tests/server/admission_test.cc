@@ -259,8 +259,14 @@ TEST_F(AdmissionTest, MicrosecondDeadlinesNeverRunNorDelete) {
   // most kRaced more (above).
   EXPECT_GE(kernels, gemv_ok);
   EXPECT_LE(kernels, gemv_ok + kRaced) << "GEMVs past their deadline were computed";
+  // OKs: each late delete's GetMatrix, or for one that was done anyway its
+  // re-upload; two calls per delete answered in time; the GEMVs answered.
+  // A delete done for a client that gave up is recorded as what the server
+  // sent (reactors.h, AsSent): OK, or DEADLINE_EXCEEDED where its deadline
+  // passed between the commit and the reply (seen once in a clean-clone
+  // ASan run), so it is counted in the upper bound alone.
   const double oks = Metric("plume_requests_total", "OK") - ok_before;
-  EXPECT_GE(oks, late + late_but_done + 2 * ok + gemv_ok);
+  EXPECT_GE(oks, late + 2 * ok + gemv_ok);
   EXPECT_LE(oks, late + late_but_done + 2 * ok + gemv_ok + kRaced);
   std::cout << "1 us calls: " << 20 - gemv_ok << " of 20 GEMVs and " << late
             << " of 20 deletes DEADLINE_EXCEEDED; " << kernels - gemv_ok
