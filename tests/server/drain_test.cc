@@ -40,7 +40,10 @@ class DrainTest : public testing::ServerProcessTest {
  protected:
   void SetUp() override {
     ServerProcessTest::SetUp();
-    ASSERT_NO_FATAL_FAILURE(StartServer({"--worker_threads=1", "--store_dir=", "--drain_timeout=2s"}));
+    // A budget of 256 MiB: room for every test's data, and too little for
+    // the name probe's 16384 x 16384 matrix (see kProbeRows).
+    ASSERT_NO_FATAL_FAILURE(StartServer({"--worker_threads=1", "--store_dir=", "--drain_timeout=2s",
+                                         "--memory_budget_bytes=268435456"}));
     ClientOptions o;
     o.target = "127.0.0.1:" + std::to_string(port_);
     o.max_attempts = 1;
@@ -238,8 +241,13 @@ TEST_F(DrainTest, CallsOpenAtTheDrainTimeoutGetUnavailable) {
     d.set_data(std::string(64 * 32 * sizeof(float), '\0'));
     ASSERT_TRUE(upload->Write(d));
   }
-  // The upload is admitted once its name is taken: a header-only upload of
-  // the same name (which would store nothing) is then refused.
+  // The upload is admitted once its name is taken: a header of the same
+  // name is then refused with ALREADY_EXISTS. The probe asks for more than
+  // the budget, so while the name is free it is refused too
+  // (RESOURCE_EXHAUSTED) and never takes the name itself: a probe that fit
+  // would hold "late" if the server read it before the upload's header, and
+  // the upload would then be the one refused.
+  constexpr int64_t kProbeRows = 16384;  // 256 MiB of codes resident
   grpc::Status taken;
   for (int i = 0; i < 500; ++i) {
     grpc::ClientContext probe_ctx;
@@ -247,13 +255,14 @@ TEST_F(DrainTest, CallsOpenAtTheDrainTimeoutGetUnavailable) {
     auto probe = upload_stub->UploadMatrix(&probe_ctx, &probe_resp);
     v1::UploadMatrixRequest h;
     h.mutable_header()->set_name("late");
-    h.mutable_header()->set_rows(64);
-    h.mutable_header()->set_cols(64);
+    h.mutable_header()->set_rows(kProbeRows);
+    h.mutable_header()->set_cols(kProbeRows);
     h.mutable_header()->set_source_dtype(v1::DTYPE_F32);
     probe->Write(h);
     probe->WritesDone();
     taken = probe->Finish();
     if (taken.error_code() == grpc::StatusCode::ALREADY_EXISTS) break;
+    ASSERT_EQ(taken.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << taken.error_message();
     std::this_thread::sleep_for(20ms);
   }
   ASSERT_EQ(taken.error_code(), grpc::StatusCode::ALREADY_EXISTS) << taken.error_message();
