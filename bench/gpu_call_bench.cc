@@ -6,7 +6,9 @@
 // plume_host_duration_seconds. Random E4M3 codes with ROW scales, F16
 // activations and F32 results, in pinned buffers (the batcher's way) or heap
 // memory (the staging path), on one stream (as a lone client's calls run).
-// Medians of --iters calls.
+// Medians of --iters calls. --direct-results 0 has the results of pinned
+// calls copied out instead of stored by the kernel straight into the pinned
+// buffer (CudaBackendOptions::kernels_write_pinned_results).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -38,6 +40,7 @@ struct Options {
   int64_t rows = 8192, cols = 8192;
   std::vector<int64_t> batches = {1, 16};
   int iters = 2000;
+  bool direct_results = true;
   std::string json;
 };
 
@@ -58,6 +61,11 @@ Options Parse(int argc, char** argv) {
     else if (a == "--cols") o.cols = number();
     else if (a == "--iters") o.iters = static_cast<int>(number());
     else if (a == "--json") o.json = value();
+    else if (a == "--direct-results") {
+      const std::string v = value();
+      if (v != "0" && v != "1") Die("--direct-results: 0 or 1");
+      o.direct_results = v == "1";
+    }
     else if (a == "--batches") {
       o.batches.clear();
       for (absl::string_view b : absl::StrSplit(value(), ',')) {
@@ -66,7 +74,8 @@ Options Parse(int argc, char** argv) {
         o.batches.push_back(v);
       }
     } else {
-      Die(absl::StrCat("unknown flag ", a, "; flags: --rows --cols --batches 1,16 --iters --json PATH"));
+      Die(absl::StrCat("unknown flag ", a,
+                     "; flags: --rows --cols --batches 1,16 --iters --direct-results 0|1 --json PATH"));
     }
   }
   return o;
@@ -98,12 +107,14 @@ int main(int argc, char** argv) {
   }
   CudaBackendOptions co;
   co.lanes = 1;
+  co.kernels_write_pinned_results = o.direct_results;
   auto backend = Check(CudaBackend::Create(co), "creating a CUDA backend");
   auto matrix = Check(backend->FromPacked(shape, words.data(), scales.data()), "uploading");
   std::printf("gpu_call_bench: %s; %lldx%lld E4M3 ROW, F16 activations, F32 results; medians of %d "
-              "calls\n",
+              "calls; pinned results %s\n",
               backend->description().c_str(), static_cast<long long>(o.rows),
-              static_cast<long long>(o.cols), o.iters);
+              static_cast<long long>(o.cols), o.iters,
+              o.direct_results ? "stored by the kernel" : "copied out");
   std::string json = "{\"results\": [";
   bool first = true;
   for (int64_t batch : o.batches) {
@@ -126,7 +137,8 @@ int main(int argc, char** argv) {
                   static_cast<long long>(batch), heap ? "heap" : "pinned", Median(wall),
                   Median(device), Median(host));
       json += absl::StrCat(first ? "" : ", ", "{\"batch\": ", batch, ", \"io\": \"",
-                           heap ? "heap" : "pinned", "\", \"wall_us\": ", Median(wall),
+                           heap ? "heap" : "pinned", "\", \"direct_results\": ",
+                           o.direct_results ? "true" : "false", ", \"wall_us\": ", Median(wall),
                            ", \"device_us\": ", Median(device), ", \"host_us\": ", Median(host), "}");
       first = false;
     }

@@ -501,6 +501,85 @@ TEST(CudaBackend, GemvAsyncCallsBackFromTheCompletionThread) {
   }
 }
 
+// Results for a pinned y are stored by the kernel straight into it (no
+// copy-out): every element written, the same bits as the copied-out results
+// of a heap y, for every kernel family the device has, F32 / F16 / BF16
+// results, F32 and F16 activations, batches across the buckets. FP8
+// activations (which cuBLASLt may take) and backends with the option off
+// copy out as before.
+TEST(CudaBackend, KernelsStoreResultsStraightIntoPinnedBuffers) {
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  std::vector<std::string> kernels = {"", "mma"};
+  if (prop.major == 9 && prop.minor == 0) kernels.push_back("wgmma");
+  const MatrixShape shape{1000, 2048, Fp8Format::kE4M3, ScaleMode::kRow, true};
+  const auto w = RandomNormal(shape.rows * shape.cols, 31);
+  const ExpectedGemv want(w, shape.rows, shape.cols, shape.format, shape.scale_mode);
+  for (const std::string& kernel : kernels) {
+    for (bool direct : {true, false}) {
+      CudaBackendOptions o;
+      o.gemv_kernel = kernel;
+      o.kernels_write_pinned_results = direct;
+      auto made = CudaBackend::Create(o);
+      ASSERT_TRUE(made.ok()) << made.status();
+      CudaBackend& cuda = **made;
+      auto m = cuda.Quantize(shape, w.data(), DType::kF32);
+      ASSERT_TRUE(m.ok()) << m.status();
+      for (const int64_t batch : {1, 5, 16, 64}) {
+        for (const DType xt : {DType::kF32, DType::kF16}) {
+          for (const DType yt : {DType::kF32, DType::kF16, DType::kBF16}) {
+            const std::string what = "kernel '" + kernel + "' direct " + std::to_string(direct) +
+                                     " batch " + std::to_string(batch) + " x " +
+                                     std::to_string(int(xt)) + " y " + std::to_string(int(yt));
+            const auto xf = RandomNormal(batch * shape.cols, uint32_t(700 + batch));
+            std::vector<uint8_t> x(xf.size() * size_t(DTypeSize(xt)));
+            if (xt == DType::kF32) {
+              std::memcpy(x.data(), xf.data(), x.size());
+            } else {
+              for (size_t i = 0; i < xf.size(); ++i) {
+                const uint16_t h = FloatToHalfBits(xf[i]);
+                std::memcpy(x.data() + 2 * i, &h, 2);
+              }
+            }
+            const size_t y_bytes = size_t(batch * shape.rows * DTypeSize(yt));
+            auto xp = cuda.AllocateHostBuffer(x.size());
+            auto yp = cuda.AllocateHostBuffer(y_bytes);
+            ASSERT_TRUE(xp.ok() && yp.ok());
+            std::memcpy((*xp)->data(), x.data(), x.size());
+            std::memset((*yp)->data(), 0xff, y_bytes);  // NaN in every dtype
+            std::vector<uint8_t> heap_y(y_bytes, 0xff);
+            const int64_t before = cuda.kernel_written_gemvs();
+            ASSERT_TRUE(cuda.Gemv(**m, {(*xp)->data(), xt, 1.0f, batch, (*yp)->data(), yt}).ok()) << what;
+            EXPECT_EQ(cuda.kernel_written_gemvs(), before + (direct ? 1 : 0)) << what;
+            ASSERT_TRUE(cuda.Gemv(**m, {x.data(), xt, 1.0f, batch, heap_y.data(), yt}).ok()) << what;
+            EXPECT_EQ(cuda.kernel_written_gemvs(), before + (direct ? 1 : 0)) << what << ": heap y";
+            EXPECT_EQ(std::memcmp((*yp)->data(), heap_y.data(), y_bytes), 0) << what;
+            if (xt == DType::kF32 && yt == DType::kF32) {
+              std::vector<float> y(size_t(batch * shape.rows));
+              std::memcpy(y.data(), (*yp)->data(), y_bytes);
+              EXPECT_LE(want.RelErr(xf, batch, y), 1e-5) << what;
+            }
+          }
+        }
+      }
+      // FP8 activations: copied out whatever the option.
+      std::vector<uint8_t> x8(size_t(4 * shape.cols), 0x38);  // E4M3 1.0
+      auto xp = cuda.AllocateHostBuffer(x8.size());
+      auto yp = cuda.AllocateHostBuffer(size_t(4 * shape.rows * 4));
+      ASSERT_TRUE(xp.ok() && yp.ok());
+      std::memcpy((*xp)->data(), x8.data(), x8.size());
+      const int64_t before = cuda.kernel_written_gemvs();
+      const absl::Status s = cuda.Gemv(**m, {(*xp)->data(), DType::kE4M3, 1.0f, 4, (*yp)->data(), DType::kF32});
+      ASSERT_TRUE(s.ok()) << s;
+      EXPECT_EQ(cuda.kernel_written_gemvs(), before) << "kernel '" << kernel << "': FP8 activations";
+      std::vector<float> y8(size_t(4 * shape.rows));
+      std::memcpy(y8.data(), (*yp)->data(), y8.size() * 4);
+      EXPECT_LE(want.RelErr(std::vector<float>(x8.size(), 1.0f), 4, y8), 1e-3)  // W8A8's bound
+          << "kernel '" << kernel << "': FP8 activations";
+    }
+  }
+}
+
 TEST(CudaBackend, ReportsDeviceMemoryAndBudget) {
   auto cuda = MakeCuda();
   ASSERT_NE(cuda, nullptr);

@@ -423,6 +423,13 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   const bool y_direct =
       pinned.Contains(args.y, static_cast<size_t>(((args.batch - 1) * stride + s.rows) * y_elem));
   if (x_direct && y_direct) zero_copy_gemvs_.fetch_add(1, std::memory_order_relaxed);
+  // plume's kernels store packed results straight into a pinned y (mapped
+  // host memory: the same pointer on the device), so no copy-out follows
+  // them. cuBLASLt, which FP8 activations may take, writes through the
+  // lane's buffer as before.
+  const cuda::GemvKernel kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
+  const bool y_by_kernel = options_.kernels_write_pinned_results && y_direct && stride == s.rows &&
+                           !IsFp8(args.x_dtype) && kernel != cuda::GemvKernel::kCublasLt;
 
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);
@@ -445,10 +452,10 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   cuda::GemvProblem p;
   static_cast<plume::GemvProblem&>(p) = {s.view(m.words(), m.scales()), args};
   p.x = d + x_off;
-  p.y = d + y_off;
+  p.y = y_by_kernel ? args.y : d + y_off;
   p.nan_rows = m.nan_rows();
   p.path = static_cast<cuda::DecodePath>(decode_path_);
-  p.kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
+  p.kernel = kernel;
 
   const void* x_src = args.x;
   if (!x_direct) {
@@ -482,8 +489,10 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   out.batch = args.batch;
   out.row_bytes = static_cast<size_t>(s.rows * y_elem);
   out.stride_bytes = static_cast<size_t>(stride * y_elem);
-  cudaError_t e;
-  if (!y_direct) {
+  cudaError_t e = cudaSuccess;
+  if (y_by_kernel) {
+    // Nothing to copy: the kernel stored the results in y.
+  } else if (!y_direct) {
     out.staged = h + y_off;
     e = cudaMemcpyAsync(h + y_off, d + y_off, static_cast<size_t>(y_bytes), cudaMemcpyDeviceToHost,
                         lane.stream);
@@ -501,6 +510,7 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
     }
     out.device_seconds = args.device_seconds;
   }
+  if (y_by_kernel) kernel_written_gemvs_.fetch_add(1, std::memory_order_relaxed);
   return std::make_unique<PendingGemv>(guard.release(), lane.stream, out);
 }
 
