@@ -501,8 +501,8 @@ TEST(CudaBackend, GemvAsyncCallsBackFromTheCompletionThread) {
   }
 }
 
-// Results for a pinned y are stored by the kernel straight into it (no
-// copy-out): every element written, the same bits as the copied-out results
+// Results for a pinned y (up to 2 MiB) are stored by the kernel straight
+// into it (no copy-out): every element written, the same bits as the copied-out results
 // of a heap y, for every kernel family the device has, F32 / F16 / BF16
 // results, F32 and F16 activations, batches across the buckets. FP8
 // activations (which cuBLASLt may take) and backends with the option off
@@ -561,6 +561,25 @@ TEST(CudaBackend, KernelsStoreResultsStraightIntoPinnedBuffers) {
             }
           }
         }
+      }
+      // Over 2 MiB of results (64 x 9000 F32): copied out whatever the option.
+      {
+        const MatrixShape tall{9000, 256, Fp8Format::kE4M3, ScaleMode::kRow, true};
+        const auto wt = RandomNormal(tall.rows * tall.cols, 32);
+        auto mt = cuda.Quantize(tall, wt.data(), DType::kF32);
+        ASSERT_TRUE(mt.ok()) << mt.status();
+        const auto xf = RandomNormal(64 * tall.cols, 33);
+        auto xp = cuda.AllocateHostBuffer(xf.size() * 4);
+        auto yp = cuda.AllocateHostBuffer(size_t(64 * tall.rows * 4));
+        ASSERT_TRUE(xp.ok() && yp.ok());
+        std::memcpy((*xp)->data(), xf.data(), xf.size() * 4);
+        const int64_t before = cuda.kernel_written_gemvs();
+        ASSERT_TRUE(cuda.Gemv(**mt, {(*xp)->data(), DType::kF32, 1.0f, 64, (*yp)->data(), DType::kF32}).ok());
+        EXPECT_EQ(cuda.kernel_written_gemvs(), before) << "kernel '" << kernel << "': 2.3 MB of results";
+        std::vector<float> y(size_t(64 * tall.rows));
+        std::memcpy(y.data(), (*yp)->data(), y.size() * 4);
+        const ExpectedGemv want_tall(wt, tall.rows, tall.cols, tall.format, tall.scale_mode);
+        EXPECT_LE(want_tall.RelErr(xf, 64, y), 1e-5) << "kernel '" << kernel << "'";
       }
       // FP8 activations: copied out whatever the option.
       std::vector<uint8_t> x8(size_t(4 * shape.cols), 0x38);  // E4M3 1.0

@@ -423,13 +423,19 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   const bool y_direct =
       pinned.Contains(args.y, static_cast<size_t>(((args.batch - 1) * stride + s.rows) * y_elem));
   if (x_direct && y_direct) zero_copy_gemvs_.fetch_add(1, std::memory_order_relaxed);
-  // plume's kernels store packed results straight into a pinned y (mapped
-  // host memory: the same pointer on the device), so no copy-out follows
-  // them. cuBLASLt, which FP8 activations may take, writes through the
-  // lane's buffer as before.
+  // plume's kernels store packed results of up to kKernelWrittenResultBytes
+  // straight into a pinned y (mapped host memory: the same pointer on the
+  // device), so no copy-out follows them. On an H200 that took a backend
+  // call's device time from 35-40 to 31-32 us at 8192^2 batch 1, and 2 MiB
+  // of results (8192^2 batch 64) from 108-112 to 96-97 us; 4 MiB (16384^2
+  // batch 64) took 1.2x the copy's time (bench/RESULTS-serving.md, "Results
+  // stored by the kernel"). cuBLASLt, which FP8 activations may take, writes
+  // through the lane's buffer as before.
+  constexpr int64_t kKernelWrittenResultBytes = int64_t{2} << 20;
   const cuda::GemvKernel kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
   const bool y_by_kernel = options_.kernels_write_pinned_results && y_direct && stride == s.rows &&
-                           !IsFp8(args.x_dtype) && kernel != cuda::GemvKernel::kCublasLt;
+                           y_bytes <= kKernelWrittenResultBytes && !IsFp8(args.x_dtype) &&
+                           kernel != cuda::GemvKernel::kCublasLt;
 
   Lane& lane = AcquireLane();
   LaneGuard guard(lane);

@@ -53,10 +53,11 @@ struct CudaBackendOptions {
   // buffers of whole rows (at least one row each) that take turns, one
   // filling while the other is copied to the device and quantized there.
   int64_t upload_stage_bytes = int64_t{16} << 20;
-  // GEMV results for a pinned, packed y (AllocateHostBuffer) are stored by
-  // plume's kernels straight into it, through the device's mapping of that
-  // host memory: no copy-out. Off, they are copied out as for any other y
-  // (for measurement: bench/gpu_call_bench.cc --direct-results).
+  // GEMV results for a pinned, packed y (AllocateHostBuffer) of up to 2 MiB
+  // are stored by plume's kernels straight into it, through the device's
+  // mapping of that host memory: no copy-out. Off, they are copied out as
+  // for any other y (for measurement: bench/gpu_call_bench.cc
+  // --direct-results).
   bool kernels_write_pinned_results = true;
 };
 
