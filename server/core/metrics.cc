@@ -113,7 +113,7 @@ Metrics::Metrics(MetricsOptions options)
   auto& kernel = prometheus::BuildHistogram()
                      .Name("plume_kernel_duration_seconds")
                      .Help("Time of one backend computation (GEMV or attention), by matrix or K/V cache. "
-                           "CUDA GEMV: the device's time (copy-in, kernels, copy-out, by CUDA events); "
+                           "CUDA GEMV: the device's time (copy-in, kernels, any copy-out, by CUDA events); "
                            "otherwise the call's wall time.")
                      .Register(*registry_);
   auto& host = prometheus::BuildHistogram()
