@@ -36,7 +36,7 @@ gtest_discover_tests(convert_test DISCOVERY_TIMEOUT 60)
 
 if(TARGET plume_client)
   add_executable(server_test server/server_test.cc server/server_attention_test.cc)
-  target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_backends
+  target_link_libraries(server_test PRIVATE plume_grpc_service plume_client plume_backends plume_metrics_scrape
     plume_kernels_naive prometheus-cpp::pull GTest::gtest_main)
   plume_tsan_test(server_test)
   gtest_discover_tests(server_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS tsan TIMEOUT 120)

@@ -1,12 +1,7 @@
 // The in-process server fixture of server_test.cc and
 // server_attention_test.cc: the real server on 127.0.0.1:0 with the CPU
-// backend, driven through the real SDK, and the helpers both files use.
+// backend, driven through the real SDK, and the helper both files use.
 #pragma once
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
@@ -26,39 +21,6 @@
 namespace plume::server_test {
 
 inline std::vector<float> Random(int64_t n, uint32_t seed) { return testing::RandomNormal(n, seed); }
-
-inline std::string HttpGet(int port, const std::string& path) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
-  close(fd);
-  return out;
-}
-
-// The value of the first sample line that starts with `series`, or -1.
-inline double Sample(const std::string& text, const std::string& series) {
-  size_t pos = 0;
-  while ((pos = text.find(series, pos)) != std::string::npos) {
-    // The whole series name: plume_kv_bytes is not plume_kv_bytes_read_total.
-    if ((pos == 0 || text[pos - 1] == '\n') && text.compare(pos + series.size(), 1, " ") == 0) {
-      const size_t sp = text.find(' ', pos + series.size());
-      return std::stod(text.substr(sp + 1, text.find('\n', sp) - sp - 1));
-    }
-    pos += series.size();
-  }
-  return -1;
-}
 
 class ServerTest : public ::testing::Test {
  protected:

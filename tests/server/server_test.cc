@@ -16,6 +16,7 @@
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
+#include "metrics_scrape.h"
 #include "plume/client/client.h"
 #include "plume/reference/api.h"
 #include "plume/reference/naive.h"
@@ -34,6 +35,20 @@ namespace {
 
 using namespace server_test;
 using testing::ExpectedGemv;
+
+// The value of the first sample line that starts with `series`, or -1.
+double Sample(const std::string& text, const std::string& series) {
+  size_t pos = 0;
+  while ((pos = text.find(series, pos)) != std::string::npos) {
+    // The whole series name: plume_kv_bytes is not plume_kv_bytes_read_total.
+    if ((pos == 0 || text[pos - 1] == '\n') && text.compare(pos + series.size(), 1, " ") == 0) {
+      const size_t sp = text.find(' ', pos + series.size());
+      return std::stod(text.substr(sp + 1, text.find('\n', sp) - sp - 1));
+    }
+    pos += series.size();
+  }
+  return -1;
+}
 
 TEST_F(ServerTest, UploadInManyChunksThenGemvMatchesReference) {
   const int64_t rows = 129, cols = 1001, batch = 8;
@@ -374,8 +389,13 @@ TEST_F(ServerTest, MetricsCountTraffic) {
   // one: an Exposer takes about 2 s to stop.)
   prometheus::Exposer exposer("127.0.0.1:0");
   exposer.RegisterCollectable(metrics_->registry());
-  const std::string text = HttpGet(exposer.GetListeningPorts().front(), "/metrics");
-  ASSERT_NE(text.find("200 OK"), std::string::npos) << text;
+  cli::HttpUrl url;
+  url.host = "127.0.0.1";
+  url.port = std::to_string(exposer.GetListeningPorts().front());
+  url.path = "/metrics";
+  const absl::StatusOr<std::string> body = cli::HttpGet(url, "", absl::Seconds(10));
+  ASSERT_TRUE(body.ok()) << body.status();  // a 200 response
+  const std::string& text = *body;
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"OK\",method=\"Gemv\"}"), 3);
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"NOT_FOUND\",method=\"Gemv\"}"), 1);
   EXPECT_EQ(Sample(text, "plume_requests_total{code=\"OK\",method=\"UploadMatrix\"}"), 1);

@@ -108,7 +108,9 @@ class CudaBackend final : public Backend {
   // GEMVs whose activations and results were both in pinned buffers (tests).
   int64_t zero_copy_gemvs() const { return zero_copy_gemvs_.load(std::memory_order_relaxed); }
   // GEMVs whose kernel stored the results straight into a pinned y (tests).
-  int64_t kernel_written_gemvs() const { return kernel_written_gemvs_.load(std::memory_order_relaxed); }
+  int64_t kernel_written_gemvs() const {
+    return kernel_written_gemvs_.load(std::memory_order_relaxed);
+  }
 
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
   absl::Status AppendKv(BackendKvCache& cache, const KvAppendArgs& args) override;
