@@ -6,9 +6,13 @@
 // plume_host_duration_seconds. Random E4M3 codes with ROW scales, F16
 // activations and F32 results, in pinned buffers (the batcher's way) or heap
 // memory (the staging path), on one stream (as a lone client's calls run).
-// Medians of --iters calls. --direct-results 0 has the results of pinned
-// calls copied out instead of stored by the kernel straight into the pinned
-// buffer (CudaBackendOptions::kernels_write_pinned_results).
+// Medians of --iters calls. Then one decode step (CudaBackend::Attention,
+// q_len 1) on an E4M3 cache of --attention-seq tokens (8 kv heads, 32 heads,
+// head dim 128, F16 queries and outputs in pinned buffers), wall time only
+// (the backend measures no device time for attention); 0 skips it.
+// --direct-results 0 has the results of pinned calls copied out instead of
+// stored by the kernel straight into the pinned buffer
+// (CudaBackendOptions::kernels_write_pinned_results).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,6 +27,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "plume/kernels/half.h"
 #include "plume/reference/api.h"
 #include "bench/backend_bench_io.h"
 #include "server/backends/cuda/cuda_backend.h"
@@ -41,6 +46,7 @@ struct Options {
   std::vector<int64_t> batches = {1, 16};
   int iters = 2000;
   bool direct_results = true;
+  int64_t attention_seq = 8192;
   std::string json;
 };
 
@@ -61,7 +67,11 @@ Options Parse(int argc, char** argv) {
     else if (a == "--cols") o.cols = number();
     else if (a == "--iters") o.iters = static_cast<int>(number());
     else if (a == "--json") o.json = value();
-    else if (a == "--direct-results") {
+    else if (a == "--attention-seq") {
+      if (!absl::SimpleAtoi(value(), &o.attention_seq) || o.attention_seq < 0) {
+        Die("--attention-seq: a number of tokens, 0 to skip");
+      }
+    } else if (a == "--direct-results") {
       const std::string v = value();
       if (v != "0" && v != "1") Die("--direct-results: 0 or 1");
       o.direct_results = v == "1";
@@ -75,7 +85,8 @@ Options Parse(int argc, char** argv) {
       }
     } else {
       Die(absl::StrCat("unknown flag ", a,
-                     "; flags: --rows --cols --batches 1,16 --iters --direct-results 0|1 --json PATH"));
+                     "; flags: --rows --cols --batches 1,16 --iters --attention-seq 8192 "
+                     "--direct-results 0|1 --json PATH"));
     }
   }
   return o;
@@ -140,6 +151,35 @@ int main(int argc, char** argv) {
                            heap ? "heap" : "pinned", "\", \"direct_results\": ",
                            o.direct_results ? "true" : "false", ", \"wall_us\": ", Median(wall),
                            ", \"device_us\": ", Median(device), ", \"host_us\": ", Median(host), "}");
+      first = false;
+    }
+  }
+  if (o.attention_seq > 0) {
+    const KvShape kv{8, 128, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, true};
+    auto cache = Check(backend->CreateKv(kv), "creating a K/V cache");
+    std::vector<float> k(static_cast<size_t>(8 * o.attention_seq * 128));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& f : k) f = normal(rng);
+    Check(backend->AppendKv(*cache, {k.data(), k.data(), DType::kF32, o.attention_seq}), "appending K/V");
+    for (int64_t batch : o.batches) {
+      const int64_t n = batch * 32 * 128;
+      auto q = Check(backend->AllocateHostBuffer(static_cast<size_t>(n * 2)), "pinned queries");
+      auto out = Check(backend->AllocateHostBuffer(static_cast<size_t>(n * 2)), "pinned outputs");
+      auto* qh = static_cast<uint16_t*>(q->data());
+      for (int64_t i = 0; i < n; ++i) qh[i] = FloatToHalfBits(normal(rng) * 0.1f);
+      const AttentionArgs a{q->data(), DType::kF16, batch, 32, 1, 0.088f, true, out->data(), DType::kF16};
+      std::vector<double> wall;
+      for (int i = 0; i < 20; ++i) Check(backend->Attention(*cache, a), "attention");  // warm-up
+      for (int i = 0; i < o.iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Check(backend->Attention(*cache, a), "attention");
+        wall.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::printf("attention seq %lld batch %3lld  pinned  wall %8.2f us\n",
+                  static_cast<long long>(o.attention_seq), static_cast<long long>(batch), Median(wall));
+      json += absl::StrCat(first ? "" : ", ", "{\"attention_seq\": ", o.attention_seq, ", \"batch\": ", batch,
+                           ", \"io\": \"pinned\", \"direct_results\": ", o.direct_results ? "true" : "false",
+                           ", \"wall_us\": ", Median(wall), "}");
       first = false;
     }
   }

@@ -467,5 +467,61 @@ TEST(GpuAttention, CudaBackendMatchesTheCpuBackend) {
   }
 }
 
+// A decode's output for a pinned buffer is stored by the kernel straight
+// into it (no copy-out): every element written, the same bits as the
+// copied-out output of a heap buffer, for F32 / F16 / BF16 outputs and head
+// dims 64 and 128. Prefill outputs (q_len over kAttentionDecodeMaxQ), and
+// every output with the option off, are copied out as before.
+TEST(GpuAttention, CudaBackendStoresDecodeOutputsStraightIntoPinnedBuffers) {
+  for (bool direct : {true, false}) {
+    core::CudaBackendOptions o;
+    o.kernels_write_pinned_results = direct;
+    auto made = core::CudaBackend::Create(o);
+    ASSERT_TRUE(made.ok()) << made.status();
+    auto& gpu = **made;
+    for (int64_t dim : {64, 128}) {
+      const core::KvShape shape{2, dim, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, true};
+      auto cache = gpu.CreateKv(shape);
+      ASSERT_TRUE(cache.ok()) << cache.status();
+      const auto k = KvValues(2, 1000, dim, 300), v = KvValues(2, 1000, dim, 301);
+      ASSERT_TRUE(gpu.AppendKv(**cache, {k.data(), v.data(), DType::kF32, 1000}).ok());
+      for (int64_t q_len : {1, 4, 8, 16}) {
+        for (DType out_dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+          const std::string what = "direct " + std::to_string(direct) + " dim " + std::to_string(dim) +
+                                   " q_len " + std::to_string(q_len) + " out " + DTypeStr(out_dtype);
+          const int64_t batch = 3, heads = 8;
+          const int64_t n = batch * heads * q_len * dim;
+          const Queries q = MakeQueries(n, DType::kF32, 310 + static_cast<uint32_t>(q_len));
+          const size_t out_bytes = static_cast<size_t>(n * DTypeSize(out_dtype));
+          auto qp = gpu.AllocateHostBuffer(q.f.size() * sizeof(float));
+          auto op = gpu.AllocateHostBuffer(out_bytes);
+          ASSERT_TRUE(qp.ok() && op.ok());
+          std::memcpy((*qp)->data(), q.f.data(), q.f.size() * sizeof(float));
+          std::memset((*op)->data(), 0xff, out_bytes);  // NaN in every dtype
+          std::vector<uint8_t> heap_out(out_bytes, 0xff);
+          core::AttentionArgs args{(*qp)->data(), DType::kF32, batch, heads, q_len, 0.1f, true,
+                                   (*op)->data(), out_dtype};
+          const int64_t before = gpu.kernel_written_results();
+          ASSERT_TRUE(gpu.Attention(**cache, args).ok()) << what;
+          const bool stored = direct && q_len <= cuda::kAttentionDecodeMaxQ;
+          EXPECT_EQ(gpu.kernel_written_results(), before + (stored ? 1 : 0)) << what;
+          args.q = q.f.data();
+          args.out = heap_out.data();
+          ASSERT_TRUE(gpu.Attention(**cache, args).ok()) << what;
+          EXPECT_EQ(gpu.kernel_written_results(), before + (stored ? 1 : 0)) << what << ": heap out";
+          EXPECT_EQ(std::memcmp((*op)->data(), heap_out.data(), out_bytes), 0) << what;
+          for (int64_t i = 0; i < n; ++i) {
+            const float f = OutToFloat(static_cast<const uint8_t*>((*op)->data()), out_dtype, i);
+            if (!std::isfinite(f)) {
+              ADD_FAILURE() << what << ": element " << i << " not written";
+              break;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace plume

@@ -548,11 +548,11 @@ TEST(CudaBackend, KernelsStoreResultsStraightIntoPinnedBuffers) {
             std::memcpy((*xp)->data(), x.data(), x.size());
             std::memset((*yp)->data(), 0xff, y_bytes);  // NaN in every dtype
             std::vector<uint8_t> heap_y(y_bytes, 0xff);
-            const int64_t before = cuda.kernel_written_gemvs();
+            const int64_t before = cuda.kernel_written_results();
             ASSERT_TRUE(cuda.Gemv(**m, {(*xp)->data(), xt, 1.0f, batch, (*yp)->data(), yt}).ok()) << what;
-            EXPECT_EQ(cuda.kernel_written_gemvs(), before + (direct ? 1 : 0)) << what;
+            EXPECT_EQ(cuda.kernel_written_results(), before + (direct ? 1 : 0)) << what;
             ASSERT_TRUE(cuda.Gemv(**m, {x.data(), xt, 1.0f, batch, heap_y.data(), yt}).ok()) << what;
-            EXPECT_EQ(cuda.kernel_written_gemvs(), before + (direct ? 1 : 0)) << what << ": heap y";
+            EXPECT_EQ(cuda.kernel_written_results(), before + (direct ? 1 : 0)) << what << ": heap y";
             EXPECT_EQ(std::memcmp((*yp)->data(), heap_y.data(), y_bytes), 0) << what;
             if (xt == DType::kF32 && yt == DType::kF32) {
               std::vector<float> y(size_t(batch * shape.rows));
@@ -573,9 +573,9 @@ TEST(CudaBackend, KernelsStoreResultsStraightIntoPinnedBuffers) {
         auto yp = cuda.AllocateHostBuffer(size_t(64 * tall.rows * 4));
         ASSERT_TRUE(xp.ok() && yp.ok());
         std::memcpy((*xp)->data(), xf.data(), xf.size() * 4);
-        const int64_t before = cuda.kernel_written_gemvs();
+        const int64_t before = cuda.kernel_written_results();
         ASSERT_TRUE(cuda.Gemv(**mt, {(*xp)->data(), DType::kF32, 1.0f, 64, (*yp)->data(), DType::kF32}).ok());
-        EXPECT_EQ(cuda.kernel_written_gemvs(), before) << "kernel '" << kernel << "': 2.3 MB of results";
+        EXPECT_EQ(cuda.kernel_written_results(), before) << "kernel '" << kernel << "': 2.3 MB of results";
         std::vector<float> y(size_t(64 * tall.rows));
         std::memcpy(y.data(), (*yp)->data(), y.size() * 4);
         const ExpectedGemv want_tall(wt, tall.rows, tall.cols, tall.format, tall.scale_mode);
@@ -587,10 +587,10 @@ TEST(CudaBackend, KernelsStoreResultsStraightIntoPinnedBuffers) {
       auto yp = cuda.AllocateHostBuffer(size_t(4 * shape.rows * 4));
       ASSERT_TRUE(xp.ok() && yp.ok());
       std::memcpy((*xp)->data(), x8.data(), x8.size());
-      const int64_t before = cuda.kernel_written_gemvs();
+      const int64_t before = cuda.kernel_written_results();
       const absl::Status s = cuda.Gemv(**m, {(*xp)->data(), DType::kE4M3, 1.0f, 4, (*yp)->data(), DType::kF32});
       ASSERT_TRUE(s.ok()) << s;
-      EXPECT_EQ(cuda.kernel_written_gemvs(), before) << "kernel '" << kernel << "': FP8 activations";
+      EXPECT_EQ(cuda.kernel_written_results(), before) << "kernel '" << kernel << "': FP8 activations";
       std::vector<float> y8(size_t(4 * shape.rows));
       std::memcpy(y8.data(), (*yp)->data(), y8.size() * 4);
       EXPECT_LE(want.RelErr(std::vector<float>(x8.size(), 1.0f), 4, y8), 1e-3)  // W8A8's bound

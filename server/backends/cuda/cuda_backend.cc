@@ -425,13 +425,9 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
   if (x_direct && y_direct) zero_copy_gemvs_.fetch_add(1, std::memory_order_relaxed);
   // plume's kernels store packed results of up to kKernelWrittenResultBytes
   // straight into a pinned y (mapped host memory: the same pointer on the
-  // device), so no copy-out follows them. On an H200 that took a backend
-  // call's device time from 35-40 to 31-32 us at 8192^2 batch 1, and 2 MiB
-  // of results (8192^2 batch 64) from 108-112 to 96-97 us; 4 MiB (16384^2
-  // batch 64) took 1.2x the copy's time (bench/RESULTS-serving.md, "Results
-  // stored by the kernel"). cuBLASLt, which FP8 activations may take, writes
-  // through the lane's buffer as before.
-  constexpr int64_t kKernelWrittenResultBytes = int64_t{2} << 20;
+  // device), so no copy-out follows them: on an H200 a backend call's device
+  // time at 8192^2 batch 1 went from 35-40 to 31-32 us. cuBLASLt, which FP8
+  // activations may take, writes through the lane's buffer as before.
   const cuda::GemvKernel kernel = static_cast<cuda::GemvKernel>(gemv_kernel_);
   const bool y_by_kernel = options_.kernels_write_pinned_results && y_direct && stride == s.rows &&
                            y_bytes <= kKernelWrittenResultBytes && !IsFp8(args.x_dtype) &&
@@ -516,7 +512,7 @@ absl::StatusOr<std::unique_ptr<PendingGemv>> CudaBackend::StartGemv(const Backen
     }
     out.device_seconds = args.device_seconds;
   }
-  if (y_by_kernel) kernel_written_gemvs_.fetch_add(1, std::memory_order_relaxed);
+  if (y_by_kernel) kernel_written_results_.fetch_add(1, std::memory_order_relaxed);
   return std::make_unique<PendingGemv>(guard.release(), lane.stream, out);
 }
 

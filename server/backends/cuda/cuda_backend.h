@@ -53,11 +53,11 @@ struct CudaBackendOptions {
   // buffers of whole rows (at least one row each) that take turns, one
   // filling while the other is copied to the device and quantized there.
   int64_t upload_stage_bytes = int64_t{16} << 20;
-  // GEMV results for a pinned, packed y (AllocateHostBuffer) of up to 2 MiB
-  // are stored by plume's kernels straight into it, through the device's
-  // mapping of that host memory: no copy-out. Off, they are copied out as
-  // for any other y (for measurement: bench/gpu_call_bench.cc
-  // --direct-results).
+  // GEMV results and decode outputs of up to 2 MiB for a pinned, packed
+  // buffer (AllocateHostBuffer) are stored by plume's kernels straight into
+  // it, through the device's mapping of that host memory: no copy-out. Off,
+  // they are copied out as for any other buffer (for measurement:
+  // bench/gpu_call_bench.cc --direct-results).
   bool kernels_write_pinned_results = true;
 };
 
@@ -107,9 +107,10 @@ class CudaBackend final : public Backend {
   int device_ordinal() const override { return options_.device; }
   // GEMVs whose activations and results were both in pinned buffers (tests).
   int64_t zero_copy_gemvs() const { return zero_copy_gemvs_.load(std::memory_order_relaxed); }
-  // GEMVs whose kernel stored the results straight into a pinned y (tests).
-  int64_t kernel_written_gemvs() const {
-    return kernel_written_gemvs_.load(std::memory_order_relaxed);
+  // GEMV and attention calls whose kernels stored the results straight into
+  // a pinned buffer (tests).
+  int64_t kernel_written_results() const {
+    return kernel_written_results_.load(std::memory_order_relaxed);
   }
 
   absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKv(const KvShape& shape) override;
@@ -146,7 +147,7 @@ class CudaBackend final : public Backend {
   // batch computes on another lane); go first, before the lanes.
   std::vector<std::unique_ptr<cuda_internal::Completions>> completions_;
   std::atomic<int64_t> zero_copy_gemvs_{0};
-  std::atomic<int64_t> kernel_written_gemvs_{0};
+  std::atomic<int64_t> kernel_written_results_{0};
 };
 
 }  // namespace plume::core

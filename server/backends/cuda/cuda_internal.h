@@ -46,6 +46,13 @@ inline absl::Status CopiesDrained(cudaStream_t stream, absl::Status st) {
 
 inline int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
+// The most result bytes plume's kernels store straight into a pinned buffer
+// (CudaBackendOptions::kernels_write_pinned_results); larger results are
+// copied out. On an H200, 2 MiB (8192^2 GEMV, batch 64) stored by the kernel
+// took 0.87-0.90x the device time of the copy-out, 4 MiB (16384^2 batch 64)
+// 1.2x (bench/RESULTS-serving.md, "Results stored by the kernel").
+inline constexpr int64_t kKernelWrittenResultBytes = int64_t{2} << 20;
+
 // Device memory that frees itself.
 struct DeviceAlloc {
   void* p = nullptr;

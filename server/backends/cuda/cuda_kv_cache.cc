@@ -271,13 +271,23 @@ absl::Status CudaBackend::Attention(const BackendKvCache& cache, const Attention
   char* h = static_cast<char*>(lane.pinned);
   char* d = static_cast<char*>(lane.dev.p);
 
+  // Queries and outputs in pinned memory of ours skip the staging copy.
+  const bool q_direct = PinnedRegistry::Get().Contains(args.q, static_cast<size_t>(q_bytes));
+  const bool o_direct = PinnedRegistry::Get().Contains(args.out, static_cast<size_t>(o_bytes));
+  // A decode's output (whole rows, stored by the split merge) goes from the
+  // kernel straight into a pinned out, as GEMV results do (StartGemv); the
+  // prefills' scattered fragment stores are copied out.
+  const bool out_by_kernel = options_.kernels_write_pinned_results && o_direct &&
+                             args.q_len <= cuda::kAttentionDecodeMaxQ &&
+                             o_bytes <= kKernelWrittenResultBytes;
+
   // The call's problem in device memory: the queries and output move to the
   // lane's buffers.
   cuda::AttentionProblem p;
   static_cast<plume::AttentionProblem&>(p) = {
       KvCacheView{s.layout(), s.format, c.table(), c.k_scales_dev(), c.v_scales_dev(), c.seq()}, args};
   p.q = d + q_off;
-  p.out = d + o_off;
+  p.out = out_by_kernel ? args.out : d + o_off;
   p.path = static_cast<cuda::DecodePath>(decode_path_);
   p.kernel = cuda::AttentionKernel::kAuto;
   const int64_t ws_need = cuda::AttentionWorkspaceBytes(p, options_.device);
@@ -287,9 +297,6 @@ absl::Status CudaBackend::Attention(const BackendKvCache& cache, const Attention
     return st;
   }
 
-  // Queries and outputs in pinned memory of ours skip the staging copy.
-  const bool q_direct = PinnedRegistry::Get().Contains(args.q, static_cast<size_t>(q_bytes));
-  const bool o_direct = PinnedRegistry::Get().Contains(args.out, static_cast<size_t>(o_bytes));
   if (!q_direct) std::memcpy(h + q_off, args.q, static_cast<size_t>(q_bytes));
   PLUME_RETURN_IF_CUDA(cudaMemcpyAsync(d + q_off, q_direct ? args.q : h + q_off,
                                        static_cast<size_t>(q_bytes), cudaMemcpyHostToDevice,
@@ -301,14 +308,17 @@ absl::Status CudaBackend::Attention(const BackendKvCache& cache, const Attention
       e != cudaSuccess) {
     return CopiesDrained(lane.stream, CudaStatus(e, "launching attention"));
   }
-  if (const cudaError_t e = cudaMemcpyAsync(o_direct ? args.out : h + o_off, d + o_off,
-                                            static_cast<size_t>(o_bytes), cudaMemcpyDeviceToHost,
-                                            lane.stream);
-      e != cudaSuccess) {
-    return CopiesDrained(lane.stream, CudaStatus(e, "copying attention output from the device"));
+  if (!out_by_kernel) {
+    if (const cudaError_t e = cudaMemcpyAsync(o_direct ? args.out : h + o_off, d + o_off,
+                                              static_cast<size_t>(o_bytes), cudaMemcpyDeviceToHost,
+                                              lane.stream);
+        e != cudaSuccess) {
+      return CopiesDrained(lane.stream, CudaStatus(e, "copying attention output from the device"));
+    }
   }
   PLUME_RETURN_IF_CUDA(cudaStreamSynchronize(lane.stream), "running attention");
   if (!o_direct) std::memcpy(args.out, h + o_off, static_cast<size_t>(o_bytes));
+  if (out_by_kernel) kernel_written_results_.fetch_add(1, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 
