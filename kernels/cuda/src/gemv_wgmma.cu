@@ -49,10 +49,14 @@ using namespace wgmma_layout;
 #endif
 
 // Measurement-only overrides (NOTES.md): the blocks per multiprocessor at
-// N = 8, the deepest ring, and whether a W stage is released as soon as its
-// codes are in registers (1) or only when the chunk's MMAs are done (0).
+// N = 8, the deepest ring at N = 8 and above it, and whether a W stage is
+// released as soon as its codes are in registers (1) or only when the
+// chunk's MMAs are done (0).
 #ifndef PLUME_WGMMA_BLOCKS_N8
-#define PLUME_WGMMA_BLOCKS_N8 2
+#define PLUME_WGMMA_BLOCKS_N8 1
+#endif
+#ifndef PLUME_WGMMA_MAX_STAGES_N8
+#define PLUME_WGMMA_MAX_STAGES_N8 12
 #endif
 #ifndef PLUME_WGMMA_MAX_STAGES
 #define PLUME_WGMMA_MAX_STAGES 8
@@ -79,13 +83,18 @@ template <int kN>
 struct Cfg {
   static constexpr int kImageBytes = kN * kChunk * 2;  // a multiple of 256
   static constexpr int kSlack = PLUME_WGMMA_EARLY_RELEASE ? 2 : 0;
-  // N = 8: two blocks per multiprocessor (their registers fit), each with
-  // half the ring, so two pipelines keep the loads coming. From N = 16 the
-  // register cap of two blocks made ptxas serialize the wgmma (C7512).
+  // One block per multiprocessor. At N = 8 its ring goes as deep as shared
+  // memory allows (11 W slots): on an H100 that took 0.96-0.97x the time of
+  // two blocks with half the ring each at 16384^2, batches 1 and 8, and
+  // 0.99-1.01x at 4096^2 and 8192^2 (bench/RESULTS-gpu.md). From N = 16 the
+  // ring stays at 8 slots: 10 took 1.00-1.01x the time at 16384^2 and 1.01x
+  // at 8192^2 (batch 16), and two blocks' register cap made ptxas serialize
+  // the wgmma (C7512).
   static constexpr int kBlocksPerSm = kN <= 8 ? PLUME_WGMMA_BLOCKS_N8 : 1;
+  static constexpr int kMaxStages = kN <= 8 ? PLUME_WGMMA_MAX_STAGES_N8 : PLUME_WGMMA_MAX_STAGES;
   static constexpr int kStages =
-      std::min(PLUME_WGMMA_MAX_STAGES, (kMaxStageMemory / kBlocksPerSm - kSlack * kImageBytes) /
-                                           (kTileBytes + kImageBytes));
+      std::min(kMaxStages, (kMaxStageMemory / kBlocksPerSm - kSlack * kImageBytes) /
+                               (kTileBytes + kImageBytes));
   static constexpr int kImageSlots = kStages + kSlack;
   static constexpr int kImageRing = kStages * kTileBytes;  // offset; W tiles are 1024-aligned
   static constexpr int kSmem = kImageRing + kImageSlots * kImageBytes + 1024;  // + alignment room
@@ -242,10 +251,10 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     // done. The scales of this lane's rows are read a chunk ahead (slot b).
     // At N = 8 two sets of sums take turns (slot b, as the fragments do), so
     // chunk i's MMAs are issued before chunk i - 1's sums are read: measured
-    // on an H100, 0.71-0.86x the time of one set, which also spilled 100-144
-    // bytes there. From N = 16 one set, and chunk i - 1's MMAs finish before
-    // chunk i's start: two sets took 1.01-1.07x its time at N = 16 and 32
-    // (bench/RESULTS-fp8-checkpoints.md).
+    // on an H100 at two blocks per SM, 0.71-0.86x the time of one set, which
+    // also spilled 100-144 bytes there. From N = 16 one set, and chunk i - 1's
+    // MMAs finish before chunk i's start: two sets took 1.01-1.07x its time at
+    // N = 16 and 32 (bench/RESULTS-fp8-checkpoints.md).
     constexpr int kParts = kBlock && kN <= 8 ? 2 : 1;
     float part[kParts][kBlock ? kM : 1];
 #pragma unroll
