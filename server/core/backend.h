@@ -110,8 +110,8 @@ struct GemvArgs : GemvVectors {
   // larger matrix writes its rows into the full result this way.
   int64_t y_stride = 0;
   // Out, optional: the device time of the call (copy-in, kernels, any
-  // copy-out on the device's timeline), set by backends that measure one (CUDA);
-  // untouched by the others.
+  // copy-out on the device's timeline), set by backends that measure one
+  // (CUDA); untouched by the others.
   double* device_seconds = nullptr;
 };
 
