@@ -87,9 +87,9 @@ struct Cfg {
   // memory allows (11 W slots): on an H100 that took 0.96-0.97x the time of
   // two blocks with half the ring each at 16384^2, batches 1 and 8, and
   // 0.99-1.01x at 4096^2 and 8192^2 (bench/RESULTS-gpu.md). From N = 16 the
-  // ring stays at 8 slots: 10 took 1.00-1.01x the time at 16384^2 and 1.01x
-  // at 8192^2 (batch 16), and two blocks' register cap made ptxas serialize
-  // the wgmma (C7512).
+  // ring stays at 8 slots: 10 took 1.00x the time at 16384^2 and 1.01x at
+  // 8192^2 (batch 16), and two blocks' register cap made ptxas serialize the
+  // wgmma (C7512).
   static constexpr int kBlocksPerSm = kN <= 8 ? PLUME_WGMMA_BLOCKS_N8 : 1;
   static constexpr int kMaxStages = kN <= 8 ? PLUME_WGMMA_MAX_STAGES_N8 : PLUME_WGMMA_MAX_STAGES;
   static constexpr int kStages =
