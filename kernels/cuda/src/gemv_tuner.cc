@@ -2,12 +2,16 @@
 // over a fixed array; readers check a slot's published flag and compare its
 // key, writers take a mutex. And the measurement itself.
 #include "gemv_tuner.h"
+#include "gemv_tuner_order.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "plume/cuda/check.h"
@@ -134,14 +138,12 @@ cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
   cudaError_t err = cudaSuccess;
   for (; made < events && err == cudaSuccess; ++made) err = cudaEventCreate(&ev[made]);
   if (err != cudaSuccess) --made;  // the failed one was not created
-  for (int i = 0; i < n && err == cudaSuccess; ++i) err = launch(i);
-  for (int r = 0; r < kTuneRounds && err == cudaSuccess; ++r) {
-    for (int i = 0; i < n && err == cudaSuccess; ++i) {
-      cudaEvent_t* e = ev + 2 * (n * r + i);
-      err = cudaEventRecord(e[0], stream);
-      if (err == cudaSuccess) err = launch(i);
-      if (err == cudaSuccess) err = cudaEventRecord(e[1], stream);
-    }
+  for (const TuneLaunch& l : TuneOrder(n, kTuneRounds)) {
+    if (err != cudaSuccess) break;
+    cudaEvent_t* e = l.round >= 0 ? ev + 2 * (n * l.round + l.candidate) : nullptr;
+    if (e != nullptr) err = cudaEventRecord(e[0], stream);
+    if (err == cudaSuccess) err = launch(l.candidate);
+    if (err == cudaSuccess && e != nullptr) err = cudaEventRecord(e[1], stream);
   }
   if (err == cudaSuccess) err = cudaEventSynchronize(ev[events - 1]);
   float ms[kMaxCandidates][kTuneRounds];
@@ -173,6 +175,23 @@ cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
     last = -1;  // the check's launches wrote elsewhere
   }
   Store(key, kernels[best]);
+  // PLUME_GEMV_TUNE_LOG=1: one line per measurement on stderr, for benches.
+  static const bool log = [] {
+    const char* v = std::getenv("PLUME_GEMV_TUNE_LOG");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  if (log) {
+    std::string line = "plume gemv tuner: " + std::to_string(key.rows) + "x" +
+                       std::to_string(key.cols) + " batch bucket " +
+                       std::to_string(key.batch_bucket) + ":";
+    char buf[64];
+    for (int i = 0; i < n; ++i) {
+      std::snprintf(buf, sizeof buf, " %s %.2f us", GemvKernelName(kernels[i]), median[i] * 1e3);
+      line += buf;
+    }
+    line += std::string(" -> ") + GemvKernelName(kernels[best]) + "\n";
+    std::fputs(line.c_str(), stderr);
+  }
   return last == best ? cudaSuccess : launch(best);
 }
 

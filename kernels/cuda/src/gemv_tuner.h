@@ -54,14 +54,16 @@ struct Check {
 };
 
 // Times n candidate kernels (launch(i) runs candidate i on the call's own
-// data) and records the fastest for key: one warm-up launch each, then
-// rounds that launch all in turn, each launch between its own pair of
-// events, and the medians are compared (interleaved, so clock and L2 drift
-// hit all alike; the median, so one slow launch does not decide). A
-// cuBLASLt winner, whose accumulation is the library's, is kept only when its
-// F32 results Agree with the fastest plume kernel's on this call; else that
+// data) and records the fastest for key: rounds that run every candidate
+// twice in a row and time the second run between its own pair of events
+// (TuneOrder, gemv_tuner_order.h: each kernel meets the L2 it leaves itself;
+// the rounds interleave the candidates, so clock drift hits all alike), and
+// the medians are compared (one slow launch does not decide). A cuBLASLt
+// winner, whose accumulation is the library's, is kept only when its F32
+// results Agree with the fastest plume kernel's on this call; else that
 // kernel is recorded. The last launch is the recorded kernel's, so the
 // call's result is in place. Not for a stream being captured into a graph.
+// With PLUME_GEMV_TUNE_LOG=1 each measurement's medians go to stderr.
 cudaError_t TuneAndLaunch(const Key& key, const GemvKernel* kernels, int n,
                           const std::function<cudaError_t(int)>& launch, const Check& check,
                           cudaStream_t stream);
