@@ -26,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "plume/cuda/check.h"
 #include "plume/kernels/layout.h"
@@ -43,7 +45,8 @@ namespace {
 using namespace wgmma_layout;
 
 // Build variants for measurement only (NOTES.md): 1 runs the pipeline with
-// no math, 2 decodes but issues no MMA. 0, the default, is the kernel.
+// no math, 2 decodes but issues no MMA, 3 skips the split-K finish, 4 skips
+// the activation pre-pass. 0, the default, is the kernel.
 #ifndef PLUME_WGMMA_VARIANT
 #define PLUME_WGMMA_VARIANT 0
 #endif
@@ -63,6 +66,12 @@ using namespace wgmma_layout;
 #endif
 #ifndef PLUME_WGMMA_EARLY_RELEASE
 #define PLUME_WGMMA_EARLY_RELEASE 1
+#endif
+// Split-K finish through distributed shared memory: a row tile's splits run
+// as one cluster and the other splits' sums go into the first block's
+// shared memory (1), instead of through global memory and a counter (0).
+#ifndef PLUME_WGMMA_CLUSTER
+#define PLUME_WGMMA_CLUSTER 0
 #endif
 // The W tensor map's L2 promotion: 0 none, 1 64 B, 2 128 B, 3 256 B.
 #ifndef PLUME_WGMMA_L2_PROMOTION
@@ -97,7 +106,15 @@ struct Cfg {
                                (kTileBytes + kImageBytes));
   static constexpr int kImageSlots = kStages + kSlack;
   static constexpr int kImageRing = kStages * kTileBytes;  // offset; W tiles are 1024-aligned
-  static constexpr int kSmem = kImageRing + kImageSlots * kImageBytes + 1024;  // + alignment room
+  static constexpr int kPipeSmem = kImageRing + kImageSlots * kImageBytes + 1024;  // + alignment room
+  // After the rings, room for the sums of up to kClusterMax other splits of
+  // the tile ([split - 1][kTileRows][kN] floats), within the 227 KB a block
+  // may have (less 1 KB for the static barriers).
+  static constexpr int kSplitBytes = kTileRows * kN * 4;
+  static constexpr int kClusterMax =
+      PLUME_WGMMA_CLUSTER ? std::min(7, (227 * 1024 - 1024 - kPipeSmem) / kSplitBytes) : 0;
+  static constexpr int kReduce = kImageRing + kImageSlots * kImageBytes;  // offset
+  static constexpr int kSmem = kPipeSmem + kClusterMax * kSplitBytes;
 };
 
 struct Params {
@@ -119,6 +136,7 @@ struct Params {
   int splits;
   int64_t rows_pad;        // row_tiles * kTileRows
   float* partial;          // [splits][rows_pad][kN]
+  bool cluster;            // the splits of a row tile are one cluster (1, splits, 1)
   unsigned* counters;      // [row_tiles], zero between launches
   uint64_t desc_strides;   // descriptor bits of kLeadingBytes and kStrideBytes
 };
@@ -161,6 +179,22 @@ __device__ __forceinline__ float Finish(const Params& p, int64_t row, int col, f
   return sum;
 }
 
+// Every thread of the cluster arrives (release) / waits for all to have
+// arrived (acquire). In a launch without clusters the cluster is the block.
+__device__ __forceinline__ void ClusterArrive() {
+  asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+}
+__device__ __forceinline__ void ClusterWait() {
+  asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+}
+// Stores (a, b) at shared-memory address `addr` of the cluster's block `rank`.
+__device__ __forceinline__ void StoreToRank(uint32_t addr, unsigned rank, float a, float b) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};" ::"r"(remote), "f"(a), "f"(b)
+               : "memory");
+}
+
 // ------------------------------------------------------------------ kernel
 
 template <Dec kDec, int kN, bool kBlock>
@@ -197,6 +231,9 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
+  // This block has started: the others of its cluster may write into its
+  // shared memory once they have waited for this (the finish below).
+  if (p.cluster) ClusterArrive();
 
   float acc[kM];
   float acc2[kSets][kM];  // without block scales: one sum per k-step set, folded into acc
@@ -401,8 +438,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
 
   // ---------------------------------------------------------------- epilogue
   const bool consumer = warp < kConsumerWarps;
-  if (p.splits == 1) {
-    if (!consumer) return;
+  // A consumer lane's finished sums -> y.
+  auto store_acc = [&] {
 #pragma unroll
     for (int j = 0; j < kM; j += 2) {
       const int64_t row = row0 + wg * 64 + AccRow(warp & 3, g, j);
@@ -418,6 +455,43 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         }
       }
     }
+  };
+  if (p.splits == 1) {
+    if (consumer) store_acc();
+    return;
+  }
+
+  if (p.cluster) {
+    // The tile's splits are blocks 0 .. splits - 1 of one cluster. Splits
+    // r > 0 store their sums into block 0's shared memory (every block has
+    // started: the first barrier's phase), and block 0 adds them to its own
+    // in split order, as the global finish below adds them.
+    const unsigned rank = blockIdx.y;
+    const int split_floats = kTileRows * kN;
+    ClusterWait();
+    if (consumer && rank > 0) {
+      const uint32_t red = SmemAddr(smem + C::kReduce) + 4u * (rank - 1) * split_floats;
+#pragma unroll
+      for (int j = 0; j < kM; j += 2) {
+        const int r = wg * 64 + AccRow(warp & 3, g, j);
+        StoreToRank(red + 4u * (r * kN + AccCol(t, j)), 0, acc[j], acc[j + 1]);
+      }
+    }
+    ClusterArrive();
+    if (rank > 0 || !consumer) return;
+    ClusterWait();
+    const float* sums = reinterpret_cast<const float*>(smem + C::kReduce);
+    for (int q = 1; q < p.splits; ++q) {
+#pragma unroll
+      for (int j = 0; j < kM; j += 2) {
+        const int r = wg * 64 + AccRow(warp & 3, g, j);
+        const float2 v = *reinterpret_cast<const float2*>(
+            sums + (q - 1) * split_floats + r * kN + AccCol(t, j));
+        acc[j] += v.x;
+        acc[j + 1] += v.y;
+      }
+    }
+    store_acc();
     return;
   }
 
@@ -431,6 +505,9 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
           make_float2(acc[j], acc[j + 1]);
     }
   }
+#if PLUME_WGMMA_VARIANT == 3  // measurement only: partial sums written, never added
+  return;
+#endif
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(p.counters + blockIdx.x, 1u) == unsigned(p.splits - 1);
@@ -548,6 +625,42 @@ size_t SmemOf(int n) {
 int BlocksPerSmOf(int n) {
   return WithCfg(n, [](auto c) { return decltype(c)::kBlocksPerSm; });
 }
+int ClusterMaxOf(int n) {
+  return WithCfg(n, [](auto c) { return decltype(c)::kClusterMax; });
+}
+
+// Whether clusters of `size` blocks of fn (with smem bytes each) can run on
+// this device at all (a partitioned GPU may hold too few multiprocessors in
+// one cluster's reach); asked once per kernel and size.
+bool ClustersFit(const void* fn, int size, size_t smem, int device) {
+  struct Entry {
+    const void* fn;
+    int size, device;
+    bool fit;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> seen;
+  std::lock_guard<std::mutex> lock(mu);
+  for (const Entry& e : seen) {
+    if (e.fn == fn && e.size == size && e.device == device) return e.fit;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = static_cast<unsigned>(size);
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(1, static_cast<unsigned>(size));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  const bool fit = cudaOccupancyMaxActiveClusters(&clusters, fn, &cfg) == cudaSuccess && clusters > 0;
+  if (!fit) cudaGetLastError();  // a "no" is an answer, not the call's error
+  seen.push_back({fn, size, device, fit});
+  return fit;
+}
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
@@ -600,6 +713,7 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   }
   pl.chunks_per_split = (pl.chunks + best_s - 1) / best_s;
   pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
+  pl.cluster = pl.splits > 1 && pl.splits - 1 <= ClusterMaxOf(pl.n);
   pl.off_colmul = AlignUp(int64_t{pl.row_tiles} * 4, 256);
   pl.off_image = pl.off_colmul + AlignUp(kMaxN * 4, 256);
   pl.off_partial = pl.off_image + AlignUp(int64_t{pl.chunks} * pl.n * kChunk * 2, 256);
@@ -653,17 +767,24 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   k.partial = reinterpret_cast<float*>(ws + pl.off_partial);
   k.counters = reinterpret_cast<unsigned*>(ws);
   k.desc_strides = ((uint64_t{kLeadingBytes} >> 4) << 16) | ((uint64_t{kStrideBytes} >> 4) << 32);
+  // Where the device can't run the clusters, the global finish (the
+  // workspace always has room for its partial sums).
+  k.cluster = pl.cluster && ClustersFit(reinterpret_cast<const void*>(fn), pl.splits, pl.smem, device);
 
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = 1;
+  attr[1].val.clusterDim.y = static_cast<unsigned>(pl.splits);
+  attr[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = pl.smem;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = k.cluster ? 2 : 1;
 
   const int64_t x_elem = DTypeSize(p.x_dtype);
   const int64_t y_elem = DTypeSize(p.y_dtype);
@@ -671,16 +792,18 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   for (int64_t v0 = 0; v0 < p.batch; v0 += pl.vec_per_launch) {
     const int nvec = static_cast<int>(std::min<int64_t>(pl.vec_per_launch, p.batch - v0));
     const void* x = static_cast<const char*>(p.x) + v0 * p.cols * x_elem;
-    PLUME_CUDA_TRY(DispatchXDType(p.x_dtype, [&](auto in) {
-      constexpr DType kIn = decltype(in)::value;
-      // Chunk ranges of at least 8 chunks, where no whole-vector scale is needed.
-      const bool whole = kIn == DType::kF32 || kIn == DType::kBF16;
-      const unsigned ranges = whole ? 1u : static_cast<unsigned>(std::min(32, (pl.chunks + 7) / 8));
-      ImagePrepKernel<kIn><<<dim3(slots, ranges), kPrepThreads, 0, stream>>>(
-          x, p.cols, nvec, pl.n, pl.chunks, reinterpret_cast<__half*>(ws + pl.off_image),
-          reinterpret_cast<float*>(ws + pl.off_colmul), p.x_scale);
-      return cudaGetLastError();
-    }));
+    if (PLUME_WGMMA_VARIANT != 4) {  // 4: measurement only, no pre-pass (a stale image)
+      PLUME_CUDA_TRY(DispatchXDType(p.x_dtype, [&](auto in) {
+        constexpr DType kIn = decltype(in)::value;
+        // Chunk ranges of at least 8 chunks, where no whole-vector scale is needed.
+        const bool whole = kIn == DType::kF32 || kIn == DType::kBF16;
+        const unsigned ranges = whole ? 1u : static_cast<unsigned>(std::min(32, (pl.chunks + 7) / 8));
+        ImagePrepKernel<kIn><<<dim3(slots, ranges), kPrepThreads, 0, stream>>>(
+            x, p.cols, nvec, pl.n, pl.chunks, reinterpret_cast<__half*>(ws + pl.off_image),
+            reinterpret_cast<float*>(ws + pl.off_colmul), p.x_scale);
+        return cudaGetLastError();
+      }));
+    }
     k.nvec = nvec;
     k.y = static_cast<char*>(p.y) + v0 * p.rows * y_elem;
     PLUME_CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, map, k));

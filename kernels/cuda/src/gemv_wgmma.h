@@ -22,6 +22,7 @@ struct Plan {
   int row_tiles = 0;          // blocks of 128 rows
   int splits = 1;             // k splits per row tile
   int chunks_per_split = 0;
+  bool cluster = false;       // splits finish through a cluster's shared memory
   size_t smem = 0;            // dynamic shared memory per block
   // Workspace offsets, bytes.
   int64_t off_colmul = 0, off_image = 0, off_partial = 0, total = 0;
