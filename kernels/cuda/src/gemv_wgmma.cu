@@ -107,9 +107,9 @@ struct Cfg {
   static constexpr int kImageSlots = kStages + kSlack;
   static constexpr int kImageRing = kStages * kTileBytes;  // offset; W tiles are 1024-aligned
   static constexpr int kPipeSmem = kImageRing + kImageSlots * kImageBytes + 1024;  // + alignment room
-  // After the rings, room for the sums of up to kClusterMax other splits of
-  // the tile ([split - 1][kTileRows][kN] floats), within the 227 KB a block
-  // may have (less 1 KB for the static barriers).
+  // With PLUME_WGMMA_CLUSTER=1: after the rings, room for the sums of up to
+  // kClusterMax other splits of the tile ([split - 1][kTileRows][kN] floats),
+  // within the 227 KB a block may have (less 1 KB for the static barriers).
   static constexpr int kSplitBytes = kTileRows * kN * 4;
   static constexpr int kClusterMax =
       PLUME_WGMMA_CLUSTER ? std::min(7, (227 * 1024 - 1024 - kPipeSmem) / kSplitBytes) : 0;
@@ -629,20 +629,19 @@ int ClusterMaxOf(int n) {
   return WithCfg(n, [](auto c) { return decltype(c)::kClusterMax; });
 }
 
-// Whether clusters of `size` blocks of fn (with smem bytes each) can run on
-// this device at all (a partitioned GPU may hold too few multiprocessors in
-// one cluster's reach); asked once per kernel and size.
-bool ClustersFit(const void* fn, int size, size_t smem, int device) {
+// How many clusters of `size` blocks of fn (with smem bytes each) the device
+// runs at once (a cluster's blocks share a GPC, so fewer blocks than
+// without clusters may run); asked once per kernel and size.
+int MaxClusters(const void* fn, int size, size_t smem, int device) {
   struct Entry {
     const void* fn;
-    int size, device;
-    bool fit;
+    int size, device, clusters;
   };
   static std::mutex mu;
   static std::vector<Entry> seen;
   std::lock_guard<std::mutex> lock(mu);
   for (const Entry& e : seen) {
-    if (e.fn == fn && e.size == size && e.device == device) return e.fit;
+    if (e.fn == fn && e.size == size && e.device == device) return e.clusters;
   }
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -656,10 +655,12 @@ bool ClustersFit(const void* fn, int size, size_t smem, int device) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   int clusters = 0;
-  const bool fit = cudaOccupancyMaxActiveClusters(&clusters, fn, &cfg) == cudaSuccess && clusters > 0;
-  if (!fit) cudaGetLastError();  // a "no" is an answer, not the call's error
-  seen.push_back({fn, size, device, fit});
-  return fit;
+  if (cudaOccupancyMaxActiveClusters(&clusters, fn, &cfg) != cudaSuccess) {
+    cudaGetLastError();  // a "none" is an answer, not the call's error
+    clusters = 0;
+  }
+  seen.push_back({fn, size, device, clusters});
+  return clusters;
 }
 
 int64_t AlignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
@@ -714,6 +715,7 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   pl.chunks_per_split = (pl.chunks + best_s - 1) / best_s;
   pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
   pl.cluster = pl.splits > 1 && pl.splits - 1 <= ClusterMaxOf(pl.n);
+  pl.slots = static_cast<int>(slots);
   pl.off_colmul = AlignUp(int64_t{pl.row_tiles} * 4, 256);
   pl.off_image = pl.off_colmul + AlignUp(kMaxN * 4, 256);
   pl.off_partial = pl.off_image + AlignUp(int64_t{pl.chunks} * pl.n * kChunk * 2, 256);
@@ -769,7 +771,15 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   k.desc_strides = ((uint64_t{kLeadingBytes} >> 4) << 16) | ((uint64_t{kStrideBytes} >> 4) << 32);
   // Where the device can't run the clusters, the global finish (the
   // workspace always has room for its partial sums).
-  k.cluster = pl.cluster && ClustersFit(reinterpret_cast<const void*>(fn), pl.splits, pl.smem, device);
+  if (pl.cluster) {
+    // Clusters only where they take no more waves than the blocks alone:
+    // without this check, clusters of four at 4096^2 took 1.21-1.23x the
+    // time of the global finish on an H100 (bench/RESULTS-gpu.md).
+    const int clusters = MaxClusters(reinterpret_cast<const void*>(fn), pl.splits, pl.smem, device);
+    const int64_t blocks = int64_t{pl.row_tiles} * pl.splits;
+    k.cluster = clusters > 0 && (pl.row_tiles + clusters - 1) / clusters <=
+                                    (blocks + pl.slots - 1) / pl.slots;
+  }
 
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -22,7 +22,8 @@ struct Plan {
   int row_tiles = 0;          // blocks of 128 rows
   int splits = 1;             // k splits per row tile
   int chunks_per_split = 0;
-  bool cluster = false;       // splits finish through a cluster's shared memory
+  bool cluster = false;       // splits may finish through a cluster's shared memory
+  int slots = 0;              // blocks the device runs at once
   size_t smem = 0;            // dynamic shared memory per block
   // Workspace offsets, bytes.
   int64_t off_colmul = 0, off_image = 0, off_partial = 0, total = 0;
