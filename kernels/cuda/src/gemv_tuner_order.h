@@ -7,7 +7,7 @@
 // same matrix: the state of L2 it meets is the one it leaves itself, as when
 // a server runs it call after call. Timed straight after another candidate,
 // a kernel may find in L2 the bytes that one read last and will read soon;
-// at 16384^2 batch 1 (256 MiB, L2 50 MB) an interleaved order kept the
+// at 16384^2 batch 1 (256 MiB, five times L2) an interleaved order kept the
 // mma.sync kernel, 103.6-104.0 us in the bench, over the Hopper kernel's
 // 98.8-99.0 (bench/RESULTS-gpu.md).
 #pragma once
