@@ -106,14 +106,14 @@ struct Cfg {
                                (kTileBytes + kImageBytes));
   static constexpr int kImageSlots = kStages + kSlack;
   static constexpr int kImageRing = kStages * kTileBytes;  // offset; W tiles are 1024-aligned
-  static constexpr int kPipeSmem = kImageRing + kImageSlots * kImageBytes + 1024;  // + alignment room
+  static constexpr int kReduce = kImageRing + kImageSlots * kImageBytes;  // offset: the rings' end
+  static constexpr int kPipeSmem = kReduce + 1024;  // + alignment room
   // With PLUME_WGMMA_CLUSTER=1: after the rings, room for the sums of up to
   // kClusterMax other splits of the tile ([split - 1][kTileRows][kN] floats),
   // within the 227 KB a block may have (less 1 KB for the static barriers).
   static constexpr int kSplitBytes = kTileRows * kN * 4;
   static constexpr int kClusterMax =
       PLUME_WGMMA_CLUSTER ? std::min(7, (227 * 1024 - 1024 - kPipeSmem) / kSplitBytes) : 0;
-  static constexpr int kReduce = kImageRing + kImageSlots * kImageBytes;  // offset
   static constexpr int kSmem = kPipeSmem + kClusterMax * kSplitBytes;
 };
 
