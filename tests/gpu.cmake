@@ -62,3 +62,13 @@ if(PLUME_HAVE_CUDA)
   add_test(NAME prefill_images_emu_test COMMAND prefill_images_emu_test)
   set_tests_properties(prefill_images_emu_test PROPERTIES LABELS emu TIMEOUT 300)
 endif()
+
+# The Hopper GEMV's plan (host code of the sm_90a library): runs on the CPU,
+# labelled "emu" so that CI runs it.
+if(PLUME_HAVE_CUDA)
+  add_executable(gemv_wgmma_plan_test kernels/gemv_wgmma_plan_test.cc)
+  target_include_directories(gemv_wgmma_plan_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(gemv_wgmma_plan_test PRIVATE plume_kernels_cuda GTest::gtest_main)
+  add_test(NAME gemv_wgmma_plan_test COMMAND gemv_wgmma_plan_test)
+  set_tests_properties(gemv_wgmma_plan_test PROPERTIES LABELS emu)
+endif()

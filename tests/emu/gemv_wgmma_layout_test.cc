@@ -66,6 +66,41 @@ TEST(WgmmaLayout, SwizzleIsABijectionAndConflictFree) {
   }
 }
 
+// Paired stages: TMA writes two 64-row boxes (rows r0 .. r0 + 63 of chunks
+// 2i and 2i + 1) at the slot's start and 8 KiB in, each swizzled from its own
+// 1024-byte aligned destination; warp group h, reading the slot as rows
+// 64h + r of a 128-row tile, must find row r0 + r of chunk PairChunk(i, h).
+TEST(WgmmaLayout, PairedStageHalvesAreTheWarpGroupsChunks) {
+  constexpr int kCols = 6 * kChunk;
+  std::mt19937 rng(11);
+  std::vector<uint8_t> w(size_t(kPairRows) * kCols);
+  for (auto& c : w) c = static_cast<uint8_t>(rng());
+  for (int i = 0; i < 3; ++i) {
+    std::vector<uint8_t> slot(size_t(kTileBytes), 0xEE);
+    for (int h = 0; h < 2; ++h) {
+      const int chunk = PairChunk(i, h);
+      for (int r = 0; r < kPairRows; ++r) {
+        for (int b = 0; b < kChunk; ++b) {
+          slot[size_t(h * kTileBytes / 2 + SwizzledOffset(r, b))] =
+              w[size_t(r) * kCols + chunk * kChunk + b];
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      for (int r = 0; r < kPairRows; ++r) {
+        for (int b = 0; b < kChunk; ++b) {
+          ASSERT_EQ(slot[size_t(SwizzledOffset(h * 64 + r, b))],
+                    w[size_t(r) * kCols + PairChunk(i, h) * kChunk + b])
+              << "pair " << i << " warp group " << h << " row " << r << " byte " << b;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(PairChunk(0, 0), 0);
+  EXPECT_EQ(PairChunk(4, 1), 9);
+  EXPECT_EQ(2 * kPairRows, kTileRows);
+}
+
 // FP16-exact values: the emulation multiplies in FP64 what the tensor cores
 // multiply exactly (FP16 x FP16) and adds in FP64 what they add in FP32.
 double Fp8Value(uint8_t code, Fp8Format f) { return fp8::Decode(code, f); }

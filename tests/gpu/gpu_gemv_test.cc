@@ -269,10 +269,15 @@ TEST(GpuGemv, MatchesReferenceOverTheGrid) {
   // Split columns in the Hopper kernel's plan: 300 x 1000 takes two splits,
   // 200 x 2040 four, 129 x 4095 eight (built with PLUME_WGMMA_CLUSTER=1, up
   // to six splits at N = 8 and eight at N = 16 finish through a cluster's
-  // shared memory, two at N = 32 and 64). Columns not a multiple of 16, so
-  // that auto never serves FP8 activations with cuBLASLt (bound 1e-3).
-  const Shape shapes[] = {{1, 1, 130}, {3, 17, 130}, {17, 129, 130}, {129, 4095, 33},
-                          {4095, 3, 65}, {300, 1000, 17}, {200, 2040, 33}, {2500, 700, 33}};
+  // shared memory, two at N = 32 and 64). Up to N = 32 without block scales
+  // an even split count becomes paired stages with half the splits
+  // (tests/kernels/gemv_wgmma_plan_test.cc): 300 x 1000 none, 200 x 2040 two;
+  // 300 x 1100 (9 chunks) and 200 x 2100 (17, the last split 7) leave warp
+  // group 0 a lone last chunk. Columns not a multiple of 16, so that auto
+  // never serves FP8 activations with cuBLASLt (bound 1e-3).
+  const Shape shapes[] = {{1, 1, 130},     {3, 17, 130},    {17, 129, 130},  {129, 4095, 33},
+                          {4095, 3, 65},   {300, 1000, 17}, {200, 2040, 33}, {2500, 700, 33},
+                          {300, 1100, 17}, {200, 2100, 33}};
   const DType xs[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kE4M3, DType::kE5M2};
   const DType ys[] = {DType::kF32, DType::kF16, DType::kBF16};
   const int64_t batches[] = {1, 2, 3, 7, 8, 9, 16, 17, 31, 33, 64, 65, 130};

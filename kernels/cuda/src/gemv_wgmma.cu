@@ -19,6 +19,10 @@
 //
 // Columns are split across blocks when the row tiles alone don't fill the
 // GPU; the last block of a row tile adds the partial sums in a fixed order.
+// Where the plan would split each row tile an even number of ways, a block
+// takes 64 rows instead and its two warp groups take alternate chunks
+// (paired stages, gemv_wgmma_layout.h), adding their sums in shared memory:
+// the same number of blocks, and half the splits or none.
 #include <cuda.h>
 #include <cuda_fp16.h>
 #include <cudaTypedefs.h>
@@ -77,6 +81,11 @@ using namespace wgmma_layout;
 #ifndef PLUME_WGMMA_L2_PROMOTION
 #define PLUME_WGMMA_L2_PROMOTION 3
 #endif
+// The largest N whose plans may take paired stages (0: never). Larger N
+// would halve the ring: the paired image slot holds two chunks.
+#ifndef PLUME_WGMMA_PAIR_MAX_N
+#define PLUME_WGMMA_PAIR_MAX_N 32
+#endif
 
 constexpr int kConsumerWarps = 8;                    // two warp groups
 constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
@@ -88,9 +97,10 @@ constexpr int kMaxStageMemory = 208 * 1024;
 // are in registers, but an image slot only when the chunk's MMAs, which read
 // it, are done: about two chunks later, so the image ring has two more slots
 // and the producer never waits on it before it may refill a W slot.
-template <int kN>
+template <int kN, bool kPair = false>
 struct Cfg {
-  static constexpr int kImageBytes = kN * kChunk * 2;  // a multiple of 256
+  static constexpr int kChunkImage = kN * kChunk * 2;  // one chunk's image, a multiple of 256
+  static constexpr int kImageBytes = kChunkImage * (kPair ? 2 : 1);  // an image slot
   static constexpr int kSlack = PLUME_WGMMA_EARLY_RELEASE ? 2 : 0;
   // One block per multiprocessor. At N = 8 its ring goes as deep as shared
   // memory allows (11 W slots): on an H100 that took 0.96-0.97x the time of
@@ -134,7 +144,7 @@ struct Params {
   int chunks;
   int chunks_per_split;
   int splits;
-  int64_t rows_pad;        // row_tiles * kTileRows
+  int64_t rows_pad;        // row_tiles * the block's rows
   float* partial;          // [splits][rows_pad][kN]
   bool cluster;            // the splits of a row tile are one cluster (1, splits, 1)
   unsigned* counters;      // [row_tiles], zero between launches
@@ -197,11 +207,15 @@ __device__ __forceinline__ void StoreToRank(uint32_t addr, unsigned rank, float 
 
 // ------------------------------------------------------------------ kernel
 
-template <Dec kDec, int kN, bool kBlock>
-__global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
+template <Dec kDec, int kN, bool kBlock, bool kPair>
+__global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
     WgmmaGemvKernel(const __grid_constant__ CUtensorMap w_map, const Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Cfg<kN>;
+  static_assert(!(kPair && kBlock), "paired stages carry no block scales");
+  using C = Cfg<kN, kPair>;
+  // Rows of W this block owns; with paired stages both warp groups' sums
+  // are for the same 64 rows.
+  constexpr int kRows = kPair ? kPairRows : kTileRows;
   constexpr int kM = kN / 2;  // accumulators per thread
   // Without block scales, even and odd k-steps add into separate sums, so
   // consecutive MMAs don't wait on each other (where the registers allow:
@@ -219,7 +233,10 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   const int lane = threadIdx.x & 31;
   const int c_begin = blockIdx.y * p.chunks_per_split;
   const int n_chunks = min(p.chunks, c_begin + p.chunks_per_split) - c_begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  // Stages this block fills: a chunk each, or with paired stages two (the
+  // last may hold one).
+  const int n_loads = kPair ? (n_chunks + 1) / 2 : n_chunks;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   auto chunk = [&](int i) { return c_begin + i; };  // the i-th chunk this block takes
 
   if (threadIdx.x == 0) {
@@ -246,31 +263,35 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   const int wg = warp >> 2;
   const int g = lane >> 2;
   const int t = lane & 3;
+  const int wg_row = kPair ? 0 : wg * 64;  // this warp group's first row in the block's rows
 
   if (warp == kConsumerWarps) {
     // ---------------------------------------------------------- producer
     if (lane == 0) {
-      constexpr unsigned kTx = kTileBytes + C::kImageBytes;
+      // Chunks in stage i: one, or with paired stages two but the last.
+      auto count = [&](int i) { return kPair ? min(2, n_chunks - 2 * i) : 1; };
+      auto first = [&](int i) { return kPair ? PairChunk(i, 0) : i; };
+      auto w_load = [&](int i) {
+        const int st = i % C::kStages;
+        MbarExpectTx(&full[st], static_cast<unsigned>(count(i) * (kRows * kChunk + C::kChunkImage)));
+        for (int h = 0; h < count(i); ++h) {
+          TmaLoadTile(smem + st * kTileBytes + h * kRows * kChunk, &w_map,
+                      chunk(first(i) + h) * kChunk, static_cast<int>(row0), &full[st]);
+        }
+      };
       auto image_load = [&](int i) {
         BulkLoad(smem + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes,
-                 p.image + static_cast<int64_t>(chunk(i)) * kN * kChunk, C::kImageBytes,
-                 &full[i % C::kStages]);
+                 p.image + static_cast<int64_t>(chunk(first(i))) * kN * kChunk,
+                 static_cast<unsigned>(count(i) * C::kChunkImage), &full[i % C::kStages]);
       };
-      const int pre = min(n_chunks, C::kStages);
-      for (int i = 0; i < pre; ++i) {
-        MbarExpectTx(&full[i], kTx);
-        TmaLoadTile(smem + i * kTileBytes, &w_map, chunk(i) * kChunk,
-                    static_cast<int>(row0), &full[i]);
-      }
+      const int pre = min(n_loads, C::kStages);
+      for (int i = 0; i < pre; ++i) w_load(i);
       // The activation image is the pre-pass's output.
       asm volatile("griddepcontrol.wait;" ::: "memory");
       for (int i = 0; i < pre; ++i) image_load(i);
-      for (int i = pre; i < n_chunks; ++i) {
-        const int st = i % C::kStages;
-        MbarWait(&empty[st], ((i / C::kStages) - 1) & 1);
-        MbarExpectTx(&full[st], kTx);
-        TmaLoadTile(smem + st * kTileBytes, &w_map, chunk(i) * kChunk,
-                    static_cast<int>(row0), &full[st]);
+      for (int i = pre; i < n_loads; ++i) {
+        MbarWait(&empty[i % C::kStages], ((i / C::kStages) - 1) & 1);
+        w_load(i);
         if (i >= C::kImageSlots) {
           MbarWait(&img_empty[i % C::kImageSlots], ((i / C::kImageSlots) - 1) & 1);
         }
@@ -280,8 +301,10 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   } else {
     // --------------------------------------------------------- consumers
     const int w = warp & 3;
-    const int ra = wg * 64 + AccRow(w, g, 0);  // tile rows of this lane
+    const int ra = wg * 64 + AccRow(w, g, 0);  // the slot rows this lane reads
     const int rb = ra + 8;
+    const int64_t row_a = row0 + wg_row + AccRow(w, g, 0);  // the matrix rows they hold
+    const int64_t row_b = row_a + 8;
     const uint32_t smem_base = SmemAddr(smem);
     uint32_t a[2][kSteps][4];
     // BLOCK128: one chunk's sums, added times their scales once its MMAs are
@@ -302,8 +325,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
     auto load_scales = [&](int i, float& da, float& db) {
       const int64_t c = chunk(i);
-      da = row0 + ra < p.rows ? __ldg(p.scales + (row0 + ra) * p.blocks_per_row + c) : 0.0f;
-      db = row0 + rb < p.rows ? __ldg(p.scales + (row0 + rb) * p.blocks_per_row + c) : 0.0f;
+      da = row_a < p.rows ? __ldg(p.scales + row_a * p.blocks_per_row + c) : 0.0f;
+      db = row_b < p.rows ? __ldg(p.scales + row_b * p.blocks_per_row + c) : 0.0f;
     };
     // Adds the sums of the chunk whose scales are in slot b (its sums are in
     // part[b] where two sets take turns).
@@ -314,9 +337,10 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
       for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[q][j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
     };
 
-    // Chunk i with fragment buffer b (a constant: the registers are never
-    // indexed at run time). Its codes are decoded while the tensor cores
-    // still work on chunk i - 1.
+    // Stage i with fragment buffer b (a constant: the registers are never
+    // indexed at run time): chunk i, or with paired stages chunk
+    // PairChunk(i, wg). Its codes are decoded while the tensor cores still
+    // work on the stage before.
     auto step = [&](int i, auto b_c) {
       constexpr int b = decltype(b_c)::value;
       const int st = i % C::kStages;
@@ -344,7 +368,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         __syncwarp();
         if (lane == 0) MbarArrive(&empty[st]);
       }
-      const uint32_t image = smem_base + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes;
+      const uint32_t image = smem_base + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes +
+                             (kPair ? wg * C::kChunkImage : 0);
       // Chunk i - 1 is done: its image slot is free (and its W slot, when
       // that is released late).
       auto release_previous = [&] {
@@ -408,12 +433,22 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         }
       }
     };
+    // Stages both groups compute; with paired stages and an odd chunk count
+    // a last one holds group 0's chunk alone, and group 1 skips it (nothing
+    // waits on the barriers it would arrive on there).
+    const int n_full = kPair ? n_chunks / 2 : n_chunks;
+    const bool lone = kPair && (n_chunks & 1) != 0 && wg == 0;
     int i = 0;
-    for (; i + 1 < n_chunks; i += 2) {
+    for (; i + 1 < n_full; i += 2) {
       step(i, std::integral_constant<int, 0>{});
       step(i + 1, std::integral_constant<int, 1>{});
     }
-    if (i < n_chunks) step(i, std::integral_constant<int, 0>{});
+    if (i < n_full) {
+      step(i, std::integral_constant<int, 0>{});
+      if (lone) step(i + 1, std::integral_constant<int, 1>{});
+    } else if (lone) {
+      step(i, std::integral_constant<int, 0>{});
+    }
     WgmmaWait<0>();
     FenceOperands(a[0]);
     FenceOperands(a[1]);
@@ -434,15 +469,40 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
         for (int j = 0; j < kM; ++j) acc[j] += acc2[q][j];
       }
     }
+    if constexpr (kPair) {
+      // Warp group 1's sums go to warp group 0 through shared memory. Past
+      // the first barrier both groups' MMAs are done and every stage has
+      // landed (group 0 waited on each), so the W ring is free.
+      float* red = reinterpret_cast<float*>(smem);
+      NamedBarrier(1, kConsumerWarps * 32);
+      if (wg == 1) {
+#pragma unroll
+        for (int j = 0; j < kM; j += 2) {
+          *reinterpret_cast<float2*>(red + AccRow(w, g, j) * kN + AccCol(t, j)) =
+              make_float2(acc[j], acc[j + 1]);
+        }
+      }
+      NamedBarrier(1, kConsumerWarps * 32);
+      if (wg == 0) {
+#pragma unroll
+        for (int j = 0; j < kM; j += 2) {
+          const float2 v =
+              *reinterpret_cast<const float2*>(red + AccRow(w, g, j) * kN + AccCol(t, j));
+          acc[j] += v.x;
+          acc[j + 1] += v.y;
+        }
+      }
+    }
   }
 
   // ---------------------------------------------------------------- epilogue
-  const bool consumer = warp < kConsumerWarps;
+  // The warps holding finished sums: both groups', or with paired stages group 0's.
+  const bool consumer = warp < (kPair ? kConsumerWarps / 2 : kConsumerWarps);
   // A consumer lane's finished sums -> y.
   auto store_acc = [&] {
 #pragma unroll
     for (int j = 0; j < kM; j += 2) {
-      const int64_t row = row0 + wg * 64 + AccRow(warp & 3, g, j);
+      const int64_t row = row0 + wg_row + AccRow(warp & 3, g, j);
       const int col = AccCol(t, j);  // even: col and col + 1
       if (row >= p.rows) continue;
       if (p.split) {
@@ -467,13 +527,13 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     // started: the first barrier's phase), and block 0 adds them to its own
     // in split order, as the global finish below adds them.
     const unsigned rank = blockIdx.y;
-    const int split_floats = kTileRows * kN;
+    const int split_floats = kRows * kN;
     ClusterWait();
     if (consumer && rank > 0) {
       const uint32_t red = SmemAddr(smem + C::kReduce) + 4u * (rank - 1) * split_floats;
 #pragma unroll
       for (int j = 0; j < kM; j += 2) {
-        const int r = wg * 64 + AccRow(warp & 3, g, j);
+        const int r = wg_row + AccRow(warp & 3, g, j);
         StoreToRank(red + 4u * (r * kN + AccCol(t, j)), 0, acc[j], acc[j + 1]);
       }
     }
@@ -484,7 +544,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     for (int q = 1; q < p.splits; ++q) {
 #pragma unroll
       for (int j = 0; j < kM; j += 2) {
-        const int r = wg * 64 + AccRow(warp & 3, g, j);
+        const int r = wg_row + AccRow(warp & 3, g, j);
         const float2 v = *reinterpret_cast<const float2*>(
             sums + (q - 1) * split_floats + r * kN + AccCol(t, j));
         acc[j] += v.x;
@@ -500,7 +560,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
     float* out = p.partial + (static_cast<int64_t>(blockIdx.y) * p.rows_pad + row0) * kN;
 #pragma unroll
     for (int j = 0; j < kM; j += 2) {
-      const int r = wg * 64 + AccRow(warp & 3, g, j);
+      const int r = wg_row + AccRow(warp & 3, g, j);
       *reinterpret_cast<float2*>(out + static_cast<int64_t>(r) * kN + AccCol(t, j)) =
           make_float2(acc[j], acc[j + 1]);
     }
@@ -514,7 +574,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN>::kBlocksPerSm)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  SumSplits<kThreads, 2>(p.partial, p.rows_pad, kN, row0, kTileRows, p.rows,
+  SumSplits<kThreads, 2>(p.partial, p.rows_pad, kN, row0, kRows, p.rows,
                       p.split ? 2 * p.nvec : p.nvec, p.splits, [&](int64_t row, int col, float4 s) {
                         const float c[4] = {s.x, s.y, s.z, s.w};
 #pragma unroll
@@ -587,46 +647,62 @@ __global__ void __launch_bounds__(kPrepThreads)
 
 using KernelFn = void (*)(CUtensorMap, Params);
 
+// Whether plans of N = n may take paired stages (no block scales either).
+constexpr bool PairsAt(int n) { return n <= PLUME_WGMMA_PAIR_MAX_N; }
+
 template <Dec kDec, bool kBlock>
-KernelFn PickN(int n) {
+KernelFn PickN(int n, bool pair) {
+  // The paired kernels exist for the N that PairsAt allows, without block scales.
+  auto of = [&](auto n_c) -> KernelFn {
+    constexpr int kN = decltype(n_c)::value;
+    if constexpr (!kBlock && PairsAt(kN)) {
+      if (pair) return WgmmaGemvKernel<kDec, kN, false, true>;
+    }
+    if (pair) return nullptr;
+    return WgmmaGemvKernel<kDec, kN, kBlock, false>;
+  };
   switch (n) {
-    case 8: return WgmmaGemvKernel<kDec, 8, kBlock>;
-    case 16: return WgmmaGemvKernel<kDec, 16, kBlock>;
-    case 32: return WgmmaGemvKernel<kDec, 32, kBlock>;
-    case 64: return WgmmaGemvKernel<kDec, 64, kBlock>;
+    case 8: return of(std::integral_constant<int, 8>{});
+    case 16: return of(std::integral_constant<int, 16>{});
+    case 32: return of(std::integral_constant<int, 32>{});
+    case 64: return of(std::integral_constant<int, 64>{});
     case 128:
-      if constexpr (!kBlock) return WgmmaGemvKernel<kDec, 128, false>;
+      if constexpr (!kBlock) return of(std::integral_constant<int, 128>{});
       return nullptr;
     default: return nullptr;  // the plan never asks for another N
   }
 }
 
-KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int n) {
+KernelFn PickKernel(Fp8Format format, DecodePath path, bool block, int n, bool pair) {
   return DispatchDec<KernelFn>(format, path == DecodePath::kNative, [&](auto dec) {
     constexpr Dec kDec = decltype(dec)::value;
-    return block ? PickN<kDec, true>(n) : PickN<kDec, false>(n);
+    return block ? PickN<kDec, true>(n, pair) : PickN<kDec, false>(n, pair);
   });
 }
 
-// Calls f(Cfg<n>{}) for a plan's N.
+// Calls f(Cfg<n, pair>{}) for a plan's N and staging.
 template <typename F>
-auto WithCfg(int n, F&& f) {
+auto WithCfg(int n, bool pair, F&& f) {
+  auto with = [&](auto n_c) {
+    constexpr int kN = decltype(n_c)::value;
+    return pair ? f(Cfg<kN, true>{}) : f(Cfg<kN, false>{});
+  };
   switch (n) {
-    case 8: return f(Cfg<8>{});
-    case 16: return f(Cfg<16>{});
-    case 32: return f(Cfg<32>{});
-    case 64: return f(Cfg<64>{});
-    default: return f(Cfg<128>{});  // MakePlan's N is one of the five
+    case 8: return with(std::integral_constant<int, 8>{});
+    case 16: return with(std::integral_constant<int, 16>{});
+    case 32: return with(std::integral_constant<int, 32>{});
+    case 64: return with(std::integral_constant<int, 64>{});
+    default: return with(std::integral_constant<int, 128>{});  // MakePlan's N is one of the five
   }
 }
-size_t SmemOf(int n) {
-  return WithCfg(n, [](auto c) { return static_cast<size_t>(decltype(c)::kSmem); });
+size_t SmemOf(int n, bool pair) {
+  return WithCfg(n, pair, [](auto c) { return static_cast<size_t>(decltype(c)::kSmem); });
 }
 int BlocksPerSmOf(int n) {
-  return WithCfg(n, [](auto c) { return decltype(c)::kBlocksPerSm; });
+  return WithCfg(n, false, [](auto c) { return decltype(c)::kBlocksPerSm; });
 }
 int ClusterMaxOf(int n) {
-  return WithCfg(n, [](auto c) { return decltype(c)::kClusterMax; });
+  return WithCfg(n, false, [](auto c) { return decltype(c)::kClusterMax; });
 }
 
 // How many clusters of `size` blocks of fn (with smem bytes each) the device
@@ -691,7 +767,6 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   pl.vec_per_launch = (block ? 64 : kMaxN) / (pl.split ? 2 : 1);
   const int64_t ncols = std::min<int64_t>(p.batch, pl.vec_per_launch) * (pl.split ? 2 : 1);
   pl.n = ncols <= 8 ? 8 : ncols <= 16 ? 16 : ncols <= 32 ? 32 : ncols <= 64 ? 64 : 128;
-  pl.smem = SmemOf(pl.n);
   pl.chunks = static_cast<int>((p.cols + kChunk - 1) / kChunk);
   pl.row_tiles = static_cast<int>((p.rows + kTileRows - 1) / kTileRows);
   // Splits: one block per multiprocessor at a time, so pick the split count
@@ -712,22 +787,34 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
       best_s = s;
     }
   }
+  // An even split count: blocks of 64 rows with paired stages instead, as
+  // many blocks with half the splits (none where the plan split in two), so
+  // half the partial sums or no split-K finish at all.
+  pl.pair = !block && PairsAt(pl.n) && best_s % 2 == 0;
+  if (pl.pair) {
+    best_s /= 2;
+    pl.tile_rows = kPairRows;
+    pl.row_tiles = static_cast<int>((p.rows + kPairRows - 1) / kPairRows);
+  }
+  pl.smem = SmemOf(pl.n, pl.pair);
   pl.chunks_per_split = (pl.chunks + best_s - 1) / best_s;
+  // Paired splits start on an even chunk, so only the last may end on a lone one.
+  if (pl.pair && best_s > 1) pl.chunks_per_split += pl.chunks_per_split & 1;
   pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
-  pl.cluster = pl.splits > 1 && pl.splits - 1 <= ClusterMaxOf(pl.n);
+  pl.cluster = !pl.pair && pl.splits > 1 && pl.splits - 1 <= ClusterMaxOf(pl.n);
   pl.slots = static_cast<int>(slots);
   pl.off_colmul = AlignUp(int64_t{pl.row_tiles} * 4, 256);
   pl.off_image = pl.off_colmul + AlignUp(kMaxN * 4, 256);
   pl.off_partial = pl.off_image + AlignUp(int64_t{pl.chunks} * pl.n * kChunk * 2, 256);
   pl.total = pl.off_partial +
-             (pl.splits > 1 ? int64_t{pl.splits} * pl.row_tiles * kTileRows * pl.n * 4 : 0);
+             (pl.splits > 1 ? int64_t{pl.splits} * pl.row_tiles * pl.tile_rows * pl.n * 4 : 0);
   *out = pl;
   return cudaSuccess;
 }
 
 cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaStream_t stream) {
   const KernelFn fn =
-      PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.n);
+      PickKernel(p.format, p.path, p.scale_mode == ScaleMode::kBlock128, pl.n, pl.pair);
   const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
   if (fn == nullptr || encode == nullptr) return cudaErrorNotSupported;
   int device = 0;
@@ -740,7 +827,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(layout.padded_cols()),
                               static_cast<cuuint64_t>(p.rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(layout.padded_cols())};
-  const cuuint32_t box[2] = {kChunk, kTileRows};
+  const cuuint32_t box[2] = {kChunk, static_cast<cuuint32_t>(pl.tile_rows)};
   const cuuint32_t elem[2] = {1, 1};
   if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint32_t*>(p.words), dims, strides,
              box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -765,7 +852,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   k.chunks = pl.chunks;
   k.chunks_per_split = pl.chunks_per_split;
   k.splits = pl.splits;
-  k.rows_pad = int64_t{pl.row_tiles} * kTileRows;
+  k.rows_pad = int64_t{pl.row_tiles} * pl.tile_rows;
   k.partial = reinterpret_cast<float*>(ws + pl.off_partial);
   k.counters = reinterpret_cast<unsigned*>(ws);
   k.desc_strides = ((uint64_t{kLeadingBytes} >> 4) << 16) | ((uint64_t{kStrideBytes} >> 4) << 32);

@@ -19,7 +19,9 @@ struct Plan {
   bool split = false;         // F32: hi + lo columns per vector
   int vec_per_launch = 0;
   int chunks = 0;             // 128-column chunks of a row
-  int row_tiles = 0;          // blocks of 128 rows
+  bool pair = false;          // paired stages: blocks of 64 rows, chunks alternating between warp groups
+  int tile_rows = 128;        // rows per block: 128, or 64 with paired stages
+  int row_tiles = 0;          // blocks of tile_rows rows
   int splits = 1;             // k splits per row tile
   int chunks_per_split = 0;
   bool cluster = false;       // splits may finish through a cluster's shared memory

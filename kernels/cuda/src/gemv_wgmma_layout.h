@@ -23,6 +23,15 @@ inline constexpr int kSteps = 8;         // k16 steps per chunk
 inline constexpr int kTileRows = 128;    // rows of W per block: two warp groups of 64
 inline constexpr int kTileBytes = kTileRows * kChunk;  // one stage of W codes
 
+// Paired stages: a block of kPairRows rows whose two warp groups take
+// alternate chunks. A W stage then holds chunks 2i (rows 0 .. 63 of the
+// slot) and 2i + 1 (rows 64 .. 127), each loaded as a 64-row TMA box, so
+// warp group h reads its chunk where it reads its rows in a 128-row tile:
+// the 128-byte swizzle repeats every 8 rows, and 64-row halves of a slot
+// are 8 KiB apart (SwizzledOffset(r + 64, b) == kTileBytes / 2 + SwizzledOffset(r, b)).
+inline constexpr int kPairRows = 64;
+PLUME_HD constexpr int PairChunk(int i, int wg) { return 2 * i + wg; }
+
 // Chunk column of mma k index kk (0..15) in k-step s (0..7). The A fragment
 // gives lane t the k indices 2t, 2t+1 (codes 0, 1 of its word) and 2t+8,
 // 2t+9 (codes 2, 3).
