@@ -381,11 +381,10 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       const int64_t c = chunk(kPair ? PairChunk(i, wg) : i);
 #pragma unroll
       for (int q0 = 0; q0 < kFoldGroups; ++q0) {
-        const int q = q0 * 128 + wt;  // group: ImageOffset / 8
-        const int s = q / (2 * kN), r = q % (2 * kN);
-        const int n = (r >> 4) * 8 + (r & 7);
-        // Halves 2j, 2j + 1 of the group are chunk columns col0 + 32j, + 1 (ChunkCol).
-        const int64_t col0 = c * kChunk + 4 * s + 2 * ((r >> 3) & 1);
+        const int q = q0 * 128 + wt;
+        const int n = GroupOf(q, kN).n;
+        // Halves 2j, 2j + 1 of the group are columns col0 + 32j, + 1.
+        const int64_t col0 = c * kChunk + GroupCol(q, kN);
         const unsigned short* row =
             reinterpret_cast<const unsigned short*>(p.x) + (n < p.nvec ? n : 0) * p.x_cols;
 #pragma unroll
