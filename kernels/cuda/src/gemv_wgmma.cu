@@ -959,20 +959,29 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
                                     (blocks + pl.slots - 1) / pl.slots;
   }
 
+  // A dependent launch of the pre-pass; a folded kernel follows whatever
+  // came before it in the stream as any launch does (it waits for nothing
+  // in the kernel, so an earlier grid that lets its dependents start early
+  // must not).
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = 1;
-  attr[1].val.clusterDim.y = static_cast<unsigned>(pl.splits);
-  attr[1].val.clusterDim.z = 1;
+  unsigned n_attr = 0;
+  if (!pl.fold) {
+    attr[n_attr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n_attr++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (k.cluster) {
+    attr[n_attr].id = cudaLaunchAttributeClusterDimension;
+    attr[n_attr].val.clusterDim.x = 1;
+    attr[n_attr].val.clusterDim.y = static_cast<unsigned>(pl.splits);
+    attr[n_attr++].val.clusterDim.z = 1;
+  }
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = pl.smem;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = k.cluster ? 2 : 1;
+  cfg.numAttrs = n_attr;
 
   const int64_t x_elem = DTypeSize(p.x_dtype);
   const int64_t y_elem = DTypeSize(p.y_dtype);
