@@ -101,34 +101,6 @@ TEST(WgmmaLayout, PairedStageHalvesAreTheWarpGroupsChunks) {
   EXPECT_EQ(2 * kPairRows, kTileRows);
 }
 
-// The folded image (a kernel writing F16 x's image itself): group q's
-// halves 2j, 2j + 1, taken as GroupOf / GroupCol say, must be the values
-// ImagePrepKernel puts at ImageOffset q * 8 + 2j and + 1, every group once.
-TEST(WgmmaLayout, ImageGroupsAreTheImageInOrder) {
-  for (int n_cols : {8, 16, 32, 64, 128}) {
-    // x[n][col] as a distinct number per (n, col).
-    auto x = [](int n, int col) { return n * 1000 + col; };
-    std::vector<int> image(size_t(n_cols) * kChunk, -1);
-    for (int n = 0; n < n_cols; ++n) {
-      for (int s = 0; s < kSteps; ++s) {
-        for (int kk = 0; kk < 16; ++kk) {
-          image[size_t(ImageOffset(n_cols, n, s, kk))] = x(n, ChunkCol(s, kk));
-        }
-      }
-    }
-    for (int q = 0; q < n_cols * kChunk / 8; ++q) {
-      const ImageGroup grp = GroupOf(q, n_cols);
-      ASSERT_LT(grp.n, n_cols);
-      for (int j = 0; j < 4; ++j) {
-        for (int e = 0; e < 2; ++e) {
-          ASSERT_EQ(image[size_t(q * 8 + 2 * j + e)], x(grp.n, GroupCol(q, n_cols) + 32 * j + e))
-              << "N " << n_cols << " group " << q << " half " << 2 * j + e;
-        }
-      }
-    }
-  }
-}
-
 // FP16-exact values: the emulation multiplies in FP64 what the tensor cores
 // multiply exactly (FP16 x FP16) and adds in FP64 what they add in FP32.
 double Fp8Value(uint8_t code, Fp8Format f) { return fp8::Decode(code, f); }

@@ -16,9 +16,6 @@
 // F32/BF16 scaled per vector by a power of two, as gemv.cu). The main kernel
 // is launched with programmatic dependent launch: its producer issues the
 // first stages' W loads before it waits for the pre-pass.
-// F16 activations at N <= 32 skip the pre-pass: each consumer warp group
-// writes its chunks' images into shared memory itself, from x read a chunk
-// ahead (PLUME_WGMMA_FOLD).
 //
 // Columns are split across blocks when the row tiles alone don't fill the
 // GPU; the last block of a row tile adds the partial sums in a fixed order.
@@ -89,25 +86,11 @@ using namespace wgmma_layout;
 #ifndef PLUME_WGMMA_PAIR_MAX_N
 #define PLUME_WGMMA_PAIR_MAX_N 32
 #endif
-// F16 activations without the pre-pass: each consumer warp group writes
-// its chunk's image into shared memory itself, from x in global memory
-// (read a chunk ahead), up to N = kFoldMaxN (1), or the pre-pass and bulk
-// copies (0).
-#ifndef PLUME_WGMMA_FOLD
-#define PLUME_WGMMA_FOLD 1
-#endif
-// Measurement only: paired stages for every plan PLUME_WGMMA_PAIR_MAX_N
-// allows, whatever its split count (twice the blocks where it had one split).
-#ifndef PLUME_WGMMA_PAIR_ALWAYS
-#define PLUME_WGMMA_PAIR_ALWAYS 0
-#endif
 
 constexpr int kConsumerWarps = 8;                    // two warp groups
 constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
 constexpr int kMaxN = 128;
 constexpr int kMaxStageMemory = 208 * 1024;
-constexpr int kFoldMaxN = 32;  // the prefetched x takes N / 2 registers a thread
-constexpr int kFoldBuffers = 3;  // images a warp group keeps, chunk i in i % 3
 
 // Shared memory holds two rings: W tiles (kStages slots) and activation
 // images (kImageSlots). A consumer releases a W slot as soon as its codes
@@ -153,11 +136,7 @@ struct Params {
   const uint8_t* nan_rows;
   float decode_factor;     // 2^8 for the software E4M3 decode, else 1
   bool split;              // F32: vector v is columns 2v (hi) + 2v+1 (lo)
-  const float* colmul;     // per column factor (not with fold: F16's is 1)
-  bool fold;               // the consumers write the image from x (F16)
-  const __half* x;         // with fold: the vectors, [nvec][x_cols]
-  int64_t x_cols;
-  bool x_pairs;            // with fold: x and x_cols let 4-byte loads of column pairs
+  const float* colmul;     // per column factor
   void* y;                 // [nvec][y_ld]
   DType y_dtype;
   int64_t y_ld;
@@ -201,7 +180,7 @@ __device__ __forceinline__ uint32_t Word(const uint4& lo, const uint4& hi, int s
 
 // The finished value of (row, vector v) from its column sum(s).
 __device__ __forceinline__ float Finish(const Params& p, int64_t row, int col, float sum) {
-  if (!p.fold) sum *= p.colmul[col];
+  sum *= p.colmul[col];
   float scale = p.decode_factor;
   if (p.mode == ScaleMode::kTensor) scale *= p.scales[0];
   if (p.mode == ScaleMode::kRow) scale *= p.scales[row];
@@ -294,8 +273,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       auto first = [&](int i) { return kPair ? PairChunk(i, 0) : i; };
       auto w_load = [&](int i) {
         const int st = i % C::kStages;
-        const int image_bytes = p.fold ? 0 : C::kChunkImage;
-        MbarExpectTx(&full[st], static_cast<unsigned>(count(i) * (kRows * kChunk + image_bytes)));
+        MbarExpectTx(&full[st], static_cast<unsigned>(count(i) * (kRows * kChunk + C::kChunkImage)));
         for (int h = 0; h < count(i); ++h) {
           TmaLoadTile(smem + st * kTileBytes + h * kRows * kChunk, &w_map,
                       chunk(first(i) + h) * kChunk, static_cast<int>(row0), &full[st]);
@@ -308,15 +286,12 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       };
       const int pre = min(n_loads, C::kStages);
       for (int i = 0; i < pre; ++i) w_load(i);
-      if (!p.fold) {
-        // The activation image is the pre-pass's output.
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-        for (int i = 0; i < pre; ++i) image_load(i);
-      }
+      // The activation image is the pre-pass's output.
+      asm volatile("griddepcontrol.wait;" ::: "memory");
+      for (int i = 0; i < pre; ++i) image_load(i);
       for (int i = pre; i < n_loads; ++i) {
         MbarWait(&empty[i % C::kStages], ((i / C::kStages) - 1) & 1);
         w_load(i);
-        if (p.fold) continue;
         if (i >= C::kImageSlots) {
           MbarWait(&img_empty[i % C::kImageSlots], ((i / C::kImageSlots) - 1) & 1);
         }
@@ -362,68 +337,6 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       for (int j = 0; j < kM; ++j) acc[j] = fmaf(part[q][j], ((j >> 1) & 1) ? sb[b] : sa[b], acc[j]);
     };
 
-    // Folded image (F16 activations, N <= kFoldMaxN): this warp group writes
-    // the image of each of its chunks into its own buffers (chunk i in
-    // i % kFoldBuffers: the writes at stage i reuse the buffer of stage
-    // i - 3, whose MMAs every warp of the group has waited for before it
-    // passed stage i - 1's barrier). A lane holds kN / 8 groups of 8 halves
-    // (16 bytes of ImageOffset order), read from x a stage ahead.
-    constexpr bool kCanFold = kN <= kFoldMaxN;
-    static_assert(!kCanFold || C::kImageSlots * C::kImageBytes >= 2 * kFoldBuffers * C::kChunkImage,
-                  "the folded images live in the image ring");
-    const bool fold = kCanFold && p.fold;
-    constexpr int kFoldGroups = kCanFold ? kN / 8 : 1;
-    uint32_t xr[kFoldGroups][4];
-    const int wt = threadIdx.x & 127;  // this thread in its warp group
-    // Stages this group computes: with paired stages group 0 takes the lone last chunk.
-    const int n_mine = kPair ? (n_chunks + (wg == 0 ? 1 : 0)) / 2 : n_chunks;
-    auto x_fetch = [&](int i) {
-      const int64_t c = chunk(kPair ? PairChunk(i, wg) : i);
-#pragma unroll
-      for (int q0 = 0; q0 < kFoldGroups; ++q0) {
-        const int q = q0 * 128 + wt;
-        const int n = GroupOf(q, kN).n;
-        // Halves 2j, 2j + 1 of the group are columns col0 + 32j, + 1.
-        const int64_t col0 = c * kChunk + GroupCol(q, kN);
-        const unsigned short* row =
-            reinterpret_cast<const unsigned short*>(p.x) + (n < p.nvec ? n : 0) * p.x_cols;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int64_t col = col0 + 32 * j;
-          uint32_t v = 0;
-          if (n < p.nvec) {
-            if (p.x_pairs && col + 1 < p.x_cols) {
-              v = __ldg(reinterpret_cast<const unsigned*>(row + col));
-            } else {
-              const unsigned lo = col < p.x_cols ? __ldg(row + col) : 0u;
-              const unsigned hi = col + 1 < p.x_cols ? __ldg(row + col + 1) : 0u;
-              v = lo | (hi << 16);
-            }
-          }
-          xr[q0][j] = v;
-        }
-      }
-    };
-    auto fold_image = [&](int i) {
-      return smem_base + C::kImageRing +
-             static_cast<uint32_t>((wg * kFoldBuffers + i % kFoldBuffers) * C::kChunkImage);
-    };
-    // Stage i's image into its buffer, visible to the group's MMAs; then
-    // the next stage's x is fetched.
-    auto x_store = [&](int i) {
-      const uint32_t dst = fold_image(i);
-#pragma unroll
-      for (int q0 = 0; q0 < kFoldGroups; ++q0) {
-        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(dst + (q0 * 128 + wt) * 16),
-                     "r"(xr[q0][0]), "r"(xr[q0][1]), "r"(xr[q0][2]), "r"(xr[q0][3])
-                     : "memory");
-      }
-      FenceProxyAsync();
-      NamedBarrier(2 + wg, 128);
-      if (i + 1 < n_mine) x_fetch(i + 1);
-    };
-    if (fold && n_mine > 0) x_fetch(0);
-
     // Stage i with fragment buffer b (a constant: the registers are never
     // indexed at run time): chunk i, or with paired stages chunk
     // PairChunk(i, wg). Its codes are decoded while the tensor cores still
@@ -432,7 +345,6 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       constexpr int b = decltype(b_c)::value;
       const int st = i % C::kStages;
       if constexpr (kBlock) load_scales(i, sa[b], sb[b]);
-      if (fold) x_store(i);
       MbarWait(&full[st], (i / C::kStages) & 1);
 #if PLUME_WGMMA_VARIANT == 1  // measurement only: the pipeline alone, no math
       __syncwarp();
@@ -456,10 +368,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
         __syncwarp();
         if (lane == 0) MbarArrive(&empty[st]);
       }
-      const uint32_t image =
-          fold ? fold_image(i)
-               : smem_base + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes +
-                     (kPair ? wg * C::kChunkImage : 0);
+      const uint32_t image = smem_base + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes +
+                             (kPair ? wg * C::kChunkImage : 0);
       // Chunk i - 1 is done: its image slot is free (and its W slot, when
       // that is released late).
       auto release_previous = [&] {
@@ -880,14 +790,13 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   // An even split count: blocks of 64 rows with paired stages instead, as
   // many blocks with half the splits (none where the plan split in two), so
   // half the partial sums or no split-K finish at all.
-  pl.pair = !block && PairsAt(pl.n) && (best_s % 2 == 0 || PLUME_WGMMA_PAIR_ALWAYS);
+  pl.pair = !block && PairsAt(pl.n) && best_s % 2 == 0;
   if (pl.pair) {
-    best_s = std::max(1, best_s / 2);
+    best_s /= 2;
     pl.tile_rows = kPairRows;
     pl.row_tiles = static_cast<int>((p.rows + kPairRows - 1) / kPairRows);
   }
   pl.smem = SmemOf(pl.n, pl.pair);
-  pl.fold = PLUME_WGMMA_FOLD && p.x_dtype == DType::kF16 && pl.n <= kFoldMaxN;
   pl.chunks_per_split = (pl.chunks + best_s - 1) / best_s;
   // Paired splits start on an even chunk, so only the last may end on a lone one.
   if (pl.pair && best_s > 1) pl.chunks_per_split += pl.chunks_per_split & 1;
@@ -959,29 +868,20 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
                                     (blocks + pl.slots - 1) / pl.slots;
   }
 
-  // A dependent launch of the pre-pass; a folded kernel follows whatever
-  // came before it in the stream as any launch does (it waits for nothing
-  // in the kernel, so an earlier grid that lets its dependents start early
-  // must not).
   cudaLaunchAttribute attr[2];
-  unsigned n_attr = 0;
-  if (!pl.fold) {
-    attr[n_attr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n_attr++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (k.cluster) {
-    attr[n_attr].id = cudaLaunchAttributeClusterDimension;
-    attr[n_attr].val.clusterDim.x = 1;
-    attr[n_attr].val.clusterDim.y = static_cast<unsigned>(pl.splits);
-    attr[n_attr++].val.clusterDim.z = 1;
-  }
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = 1;
+  attr[1].val.clusterDim.y = static_cast<unsigned>(pl.splits);
+  attr[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = pl.smem;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = n_attr;
+  cfg.numAttrs = k.cluster ? 2 : 1;
 
   const int64_t x_elem = DTypeSize(p.x_dtype);
   const int64_t y_elem = DTypeSize(p.y_dtype);
@@ -989,8 +889,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   for (int64_t v0 = 0; v0 < p.batch; v0 += pl.vec_per_launch) {
     const int nvec = static_cast<int>(std::min<int64_t>(pl.vec_per_launch, p.batch - v0));
     const void* x = static_cast<const char*>(p.x) + v0 * p.cols * x_elem;
-    // F16 up to kFoldMaxN: the main kernel writes the image itself.
-    if (PLUME_WGMMA_VARIANT != 4 && !pl.fold) {  // 4: measurement only, no pre-pass (a stale image)
+    if (PLUME_WGMMA_VARIANT != 4) {  // 4: measurement only, no pre-pass (a stale image)
       PLUME_CUDA_TRY(DispatchXDType(p.x_dtype, [&](auto in) {
         constexpr DType kIn = decltype(in)::value;
         // Chunk ranges of at least 8 chunks, where no whole-vector scale is needed.
@@ -1003,10 +902,6 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
       }));
     }
     k.nvec = nvec;
-    k.fold = pl.fold;
-    k.x = static_cast<const __half*>(x);
-    k.x_cols = p.cols;
-    k.x_pairs = p.cols % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0;
     k.y = static_cast<char*>(p.y) + v0 * p.rows * y_elem;
     PLUME_CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, map, k));
   }

@@ -25,7 +25,6 @@ struct Plan {
   int splits = 1;             // k splits per row tile
   int chunks_per_split = 0;
   bool cluster = false;       // splits may finish through a cluster's shared memory
-  bool fold = false;          // F16 activations: the kernel writes their image, no pre-pass
   int slots = 0;              // blocks the device runs at once
   size_t smem = 0;            // dynamic shared memory per block
   // Workspace offsets, bytes.

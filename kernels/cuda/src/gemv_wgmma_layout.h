@@ -49,20 +49,6 @@ PLUME_HD constexpr int64_t ImageOffset(int n_cols, int n, int s, int kk) {
 // Byte strides of that layout, for the shared-memory descriptor: between
 // core matrices along k (the leading dimension) and along n (the stride
 // dimension), and between steps.
-// The image in 16-byte groups (8 halves: one column n, one step s, one k
-// half h of ImageOffset order), group q = ImageOffset / 8. A kernel that
-// writes the image itself from x (F16) stores group q's halves 2j, 2j + 1
-// as x's chunk columns GroupCol(q, n_cols) + 32j and + 1, j = 0..3.
-struct ImageGroup {
-  int n, s, h;
-};
-PLUME_HD constexpr ImageGroup GroupOf(int q, int n_cols) {
-  const int r = q % (2 * n_cols);
-  return {(r >> 4) * 8 + (r & 7), q / (2 * n_cols), (r >> 3) & 1};
-}
-PLUME_HD constexpr int GroupCol(int q, int n_cols) {
-  return 4 * GroupOf(q, n_cols).s + 2 * GroupOf(q, n_cols).h;
-}
 inline constexpr int kLeadingBytes = 128;
 inline constexpr int kStrideBytes = 256;
 PLUME_HD constexpr int StepBytes(int n_cols) { return n_cols * 32; }
