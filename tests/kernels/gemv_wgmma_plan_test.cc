@@ -41,7 +41,7 @@ TEST(WgmmaPlan, PairedStagesReplaceATwoWaySplit) {
   for (int64_t batch : {1, 8, 16, 32}) {
     const Plan pl = PlanOf(8192, 8192, batch);
     EXPECT_TRUE(pl.pair) << "batch " << batch;
-    EXPECT_EQ(pl.tile_rows, 64);
+    EXPECT_EQ(pl.tile_rows(), 64);
     EXPECT_EQ(pl.row_tiles, 128);
     EXPECT_EQ(pl.splits, 1);
     ExpectChunksCovered(pl, "8192^2");
@@ -61,7 +61,7 @@ TEST(WgmmaPlan, KeepsWholeTilesWhereNoEvenSplitIsPlanned) {
   // 16384 rows fill the device with 128-row tiles and no split.
   const Plan big = PlanOf(16384, 16384, 16);
   EXPECT_FALSE(big.pair);
-  EXPECT_EQ(big.tile_rows, 128);
+  EXPECT_EQ(big.tile_rows(), 128);
   EXPECT_EQ(big.splits, 1);
   // Block scales: the paired kernels carry none.
   EXPECT_FALSE(PlanOf(8192, 8192, 8, DType::kF16, ScaleMode::kBlock128).pair);
@@ -82,12 +82,11 @@ TEST(WgmmaPlan, WorkspaceHoldsEverySplitsSums) {
       const std::string what = std::to_string(s[0]) + "x" + std::to_string(s[1]) + " batch " +
                                std::to_string(batch);
       ExpectChunksCovered(pl, what);
-      EXPECT_EQ(pl.tile_rows, pl.pair ? 64 : 128) << what;
-      EXPECT_GE(int64_t{pl.row_tiles} * pl.tile_rows, s[0]) << what;
-      EXPECT_LT(int64_t{pl.row_tiles - 1} * pl.tile_rows, s[0]) << what;
+      EXPECT_GE(int64_t{pl.row_tiles} * pl.tile_rows(), s[0]) << what;
+      EXPECT_LT(int64_t{pl.row_tiles - 1} * pl.tile_rows(), s[0]) << what;
       if (pl.splits > 1) {
         EXPECT_GE(pl.total - pl.off_partial,
-                  int64_t{pl.splits} * pl.row_tiles * pl.tile_rows * pl.n * 4)
+                  int64_t{pl.splits} * pl.row_tiles * pl.tile_rows() * pl.n * 4)
             << what;
       }
       EXPECT_FALSE(pl.pair && pl.cluster) << what;

@@ -647,6 +647,8 @@ __global__ void __launch_bounds__(kPrepThreads)
 
 using KernelFn = void (*)(CUtensorMap, Params);
 
+static_assert(kPairRows == 64 && kTileRows == 128, "Plan::tile_rows() spells them");
+
 // Whether plans of N = n may take paired stages (no block scales either).
 constexpr bool PairsAt(int n) { return n <= PLUME_WGMMA_PAIR_MAX_N; }
 
@@ -793,7 +795,6 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   pl.pair = !block && PairsAt(pl.n) && best_s % 2 == 0;
   if (pl.pair) {
     best_s /= 2;
-    pl.tile_rows = kPairRows;
     pl.row_tiles = static_cast<int>((p.rows + kPairRows - 1) / kPairRows);
   }
   pl.smem = SmemOf(pl.n, pl.pair);
@@ -807,7 +808,7 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   pl.off_image = pl.off_colmul + AlignUp(kMaxN * 4, 256);
   pl.off_partial = pl.off_image + AlignUp(int64_t{pl.chunks} * pl.n * kChunk * 2, 256);
   pl.total = pl.off_partial +
-             (pl.splits > 1 ? int64_t{pl.splits} * pl.row_tiles * pl.tile_rows * pl.n * 4 : 0);
+             (pl.splits > 1 ? int64_t{pl.splits} * pl.row_tiles * pl.tile_rows() * pl.n * 4 : 0);
   *out = pl;
   return cudaSuccess;
 }
@@ -827,7 +828,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(layout.padded_cols()),
                               static_cast<cuuint64_t>(p.rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(layout.padded_cols())};
-  const cuuint32_t box[2] = {kChunk, static_cast<cuuint32_t>(pl.tile_rows)};
+  const cuuint32_t box[2] = {kChunk, static_cast<cuuint32_t>(pl.tile_rows())};
   const cuuint32_t elem[2] = {1, 1};
   if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint32_t*>(p.words), dims, strides,
              box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -852,7 +853,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   k.chunks = pl.chunks;
   k.chunks_per_split = pl.chunks_per_split;
   k.splits = pl.splits;
-  k.rows_pad = int64_t{pl.row_tiles} * pl.tile_rows;
+  k.rows_pad = int64_t{pl.row_tiles} * pl.tile_rows();
   k.partial = reinterpret_cast<float*>(ws + pl.off_partial);
   k.counters = reinterpret_cast<unsigned*>(ws);
   k.desc_strides = ((uint64_t{kLeadingBytes} >> 4) << 16) | ((uint64_t{kStrideBytes} >> 4) << 32);

@@ -20,13 +20,13 @@ struct Plan {
   int vec_per_launch = 0;
   int chunks = 0;             // 128-column chunks of a row
   bool pair = false;          // paired stages: blocks of 64 rows, chunks alternating between warp groups
-  int tile_rows = 128;        // rows per block: 128, or 64 with paired stages
-  int row_tiles = 0;          // blocks of tile_rows rows
+  int row_tiles = 0;          // blocks of tile_rows() rows
   int splits = 1;             // k splits per row tile
   int chunks_per_split = 0;
   bool cluster = false;       // splits may finish through a cluster's shared memory
   int slots = 0;              // blocks the device runs at once
   size_t smem = 0;            // dynamic shared memory per block
+  int tile_rows() const { return pair ? 64 : 128; }  // rows per block
   // Workspace offsets, bytes.
   int64_t off_colmul = 0, off_image = 0, off_partial = 0, total = 0;
 };
