@@ -65,10 +65,31 @@ TEST(WgmmaPlan, KeepsWholeTilesWhereNoEvenSplitIsPlanned) {
   EXPECT_EQ(big.splits, 1);
   // Block scales: the paired kernels carry none.
   EXPECT_FALSE(PlanOf(8192, 8192, 8, DType::kF16, ScaleMode::kBlock128).pair);
-  // N = 64 and 128 keep their deeper rings (batch 64 F16, 32 F32 as hi + lo).
-  EXPECT_FALSE(PlanOf(8192, 8192, 64).pair);
-  EXPECT_FALSE(PlanOf(8192, 8192, 32, DType::kF32).pair);
+  // N = 128 keeps its deeper ring (batch 64 F32 as hi + lo).
+  EXPECT_FALSE(PlanOf(8192, 8192, 64, DType::kF32).pair);
   EXPECT_TRUE(PlanOf(8192, 8192, 16, DType::kF32).pair);
+}
+
+TEST(WgmmaPlan, BatchSixtyFourPairsOnlyShortStreams) {
+  // N = 64 (batch 64 F16, 32 F32 as hi + lo): the paired ring is 3 stages,
+  // so a block pairs only where its split is at most 128 chunks long.
+  for (DType x : {DType::kF16, DType::kF32}) {
+    const int64_t batch = x == DType::kF16 ? 64 : 32;
+    const Plan square = PlanOf(8192, 8192, batch, x);  // 64 chunks a block
+    EXPECT_EQ(square.n, 64);
+    EXPECT_TRUE(square.pair);
+    EXPECT_EQ(square.splits, 1);
+    const Plan small = PlanOf(4096, 4096, batch, x);  // two splits of 16 chunks
+    EXPECT_TRUE(small.pair);
+    EXPECT_EQ(small.splits, 2);
+    ExpectChunksCovered(small, "4096^2 N = 64");
+    const Plan wide = PlanOf(8192, 28672, batch, x);  // 224 chunks: two splits of 128 rows
+    EXPECT_FALSE(wide.pair);
+    EXPECT_EQ(wide.tile_rows(), 128);
+    EXPECT_EQ(wide.splits, 2);
+  }
+  // 8192 x 16384: 128 chunks, the longest split that pairs.
+  EXPECT_TRUE(PlanOf(8192, 16384, 64).pair);
 }
 
 TEST(WgmmaPlan, WorkspaceHoldsEverySplitsSums) {

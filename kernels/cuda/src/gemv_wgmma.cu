@@ -81,11 +81,18 @@ using namespace wgmma_layout;
 #ifndef PLUME_WGMMA_L2_PROMOTION
 #define PLUME_WGMMA_L2_PROMOTION 3
 #endif
-// The largest N whose plans may take paired stages (0: never). Larger N
+// The largest N whose plans may take paired stages (0: never). N = 128
 // would halve the ring: the paired image slot holds two chunks.
 #ifndef PLUME_WGMMA_PAIR_MAX_N
-#define PLUME_WGMMA_PAIR_MAX_N 32
+#define PLUME_WGMMA_PAIR_MAX_N 64
 #endif
+// At N = 64 the paired ring is shallower: 3 stages of two 64-row chunks (48
+// KiB of W in flight) against 5 of 128 rows (80 KiB). Measured on an H100
+// (bench/RESULTS-gpu.md), pairing there took 0.92-0.94x the time at 8192^2
+// (64 chunks a block) and 0.78x at 4096^2 (16), where it saves a split-K
+// finish, but 1.013-1.017x at 8192x28672 (224 chunks), where the stream is
+// long. So N = 64 pairs only up to this many chunks a split.
+constexpr int kPairMaxChunksN64 = 128;
 
 constexpr int kConsumerWarps = 8;                    // two warp groups
 constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
@@ -792,7 +799,8 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   // An even split count: blocks of 64 rows with paired stages instead, as
   // many blocks with half the splits (none where the plan split in two), so
   // half the partial sums or no split-K finish at all.
-  pl.pair = !block && PairsAt(pl.n) && best_s % 2 == 0;
+  pl.pair = !block && PairsAt(pl.n) && best_s % 2 == 0 &&
+            (pl.n < 64 || (pl.chunks + best_s / 2 - 1) / (best_s / 2) <= kPairMaxChunksN64);
   if (pl.pair) {
     best_s /= 2;
     pl.row_tiles = static_cast<int>((p.rows + kPairRows - 1) / kPairRows);
