@@ -13,15 +13,23 @@
 // --direct-results 0 has the results of pinned calls copied out instead of
 // stored by the kernel straight into the pinned buffer
 // (CudaBackendOptions::kernels_write_pinned_results).
+// --async 1 times CudaBackend::GemvAsync instead, as the server calls it:
+// from the call to its callback on the lane's completion thread (the wall
+// time plume_host_duration_seconds is taken from). --gap-us N sleeps N us
+// between calls, as a lone client's requests come apart, and --spin-us N
+// is CudaBackendOptions::completion_spin_us (how long that thread polls
+// before it sleeps); --lanes N the backend's streams.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -48,6 +56,10 @@ struct Options {
   bool direct_results = true;
   int64_t attention_seq = 8192;
   std::string json;
+  bool async = false;
+  int64_t gap_us = 0;
+  int64_t spin_us = 500;
+  int64_t lanes = 1;
 };
 
 Options Parse(int argc, char** argv) {
@@ -71,6 +83,16 @@ Options Parse(int argc, char** argv) {
       if (!absl::SimpleAtoi(value(), &o.attention_seq) || o.attention_seq < 0) {
         Die("--attention-seq: a number of tokens, 0 to skip");
       }
+    } else if (a == "--async" || a == "--gap-us" || a == "--spin-us") {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(value(), &v) || v < 0 || (a == "--async" && v > 1)) {
+        Die(a + ": " + (a == "--async" ? "0 or 1" : "a number of microseconds, 0 or more"));
+      }
+      if (a == "--async") o.async = v == 1;
+      else if (a == "--gap-us") o.gap_us = v;
+      else o.spin_us = v;
+    } else if (a == "--lanes") {
+      o.lanes = number();
     } else if (a == "--direct-results") {
       const std::string v = value();
       if (v != "0" && v != "1") Die("--direct-results: 0 or 1");
@@ -86,7 +108,7 @@ Options Parse(int argc, char** argv) {
     } else {
       Die(absl::StrCat("unknown flag ", a,
                      "; flags: --rows --cols --batches 1,16 --iters --attention-seq 8192 "
-                     "--direct-results 0|1 --json PATH"));
+                     "--direct-results 0|1 --async 0|1 --gap-us 0 --spin-us 500 --lanes 1 --json PATH"));
     }
   }
   return o;
@@ -117,15 +139,41 @@ int main(int argc, char** argv) {
     scales[static_cast<size_t>(r)] = 1.0f / 256;
   }
   CudaBackendOptions co;
-  co.lanes = 1;
+  co.lanes = static_cast<int>(o.lanes);
+  co.completion_spin_us = static_cast<int>(o.spin_us);
   co.kernels_write_pinned_results = o.direct_results;
   auto backend = Check(CudaBackend::Create(co), "creating a CUDA backend");
   auto matrix = Check(backend->FromPacked(shape, words.data(), scales.data()), "uploading");
   std::printf("gpu_call_bench: %s; %lldx%lld E4M3 ROW, F16 activations, F32 results; medians of %d "
-              "calls; pinned results %s\n",
+              "calls; pinned results %s; %s, %lld us apart, completion spin %lld us\n",
               backend->description().c_str(), static_cast<long long>(o.rows),
               static_cast<long long>(o.cols), o.iters,
-              o.direct_results ? "stored by the kernel" : "copied out");
+              o.direct_results ? "stored by the kernel" : "copied out",
+              o.async ? "GemvAsync to its callback" : "Gemv", static_cast<long long>(o.gap_us),
+              static_cast<long long>(o.spin_us));
+  // One timed call: Gemv on this thread, or GemvAsync to its callback.
+  auto call = [&](const BackendMatrix& m, const GemvArgs& a, double* device) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!o.async) {
+      Check(backend->Gemv(m, a), "GEMV");
+      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    }
+    std::atomic<bool> done{false};
+    double wall = 0;
+    absl::Status status;
+    backend->GemvAsync(m, a, [&](const absl::Status& s, double dev) {
+      wall = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      status = s;
+      *device = dev;
+      done.store(true, std::memory_order_release);
+    });
+    while (!done.load(std::memory_order_acquire)) std::this_thread::yield();
+    Check(status, "GEMV");
+    return wall;
+  };
+  auto gap = [&] {
+    if (o.gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(o.gap_us));
+  };
   std::string json = "{\"results\": [";
   bool first = true;
   for (int64_t batch : o.batches) {
@@ -135,11 +183,10 @@ int main(int argc, char** argv) {
       double dev = 0;
       GemvArgs a = io.args;
       a.device_seconds = &dev;
-      for (int i = 0; i < 20; ++i) Check(backend->Gemv(*matrix, a), "GEMV");  // warm-up
+      for (int i = 0; i < 20; ++i) call(*matrix, a, &dev);  // warm-up
       for (int i = 0; i < o.iters; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        Check(backend->Gemv(*matrix, a), "GEMV");
-        const double w = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+        gap();
+        const double w = call(*matrix, a, &dev);
         wall.push_back(w);
         device.push_back(dev * 1e6);
         host.push_back(w - std::min(w, dev * 1e6));
@@ -148,7 +195,9 @@ int main(int argc, char** argv) {
                   static_cast<long long>(batch), heap ? "heap" : "pinned", Median(wall),
                   Median(device), Median(host));
       json += absl::StrCat(first ? "" : ", ", "{\"batch\": ", batch, ", \"io\": \"",
-                           heap ? "heap" : "pinned", "\", \"direct_results\": ",
+                           heap ? "heap" : "pinned", "\", \"async\": ", o.async ? "true" : "false",
+                           ", \"gap_us\": ", o.gap_us, ", \"spin_us\": ", o.spin_us,
+                           ", \"direct_results\": ",
                            o.direct_results ? "true" : "false", ", \"wall_us\": ", Median(wall),
                            ", \"device_us\": ", Median(device), ", \"host_us\": ", Median(host), "}");
       first = false;

@@ -19,6 +19,11 @@ if(TARGET plume_cuda_backend)
     plume_kernels_naive)
   # The pinned fast path, ShardedBackend over one CudaBackend per GPU.
   plume_gpu_test(gpu_multi_test plume_cuda_backend plume_backends plume_kernels_ref)
+  # The completion threads' queue and polling window: no device needed, so CI runs it.
+  add_executable(cuda_completions_test server/cuda_completions_test.cc)
+  target_include_directories(cuda_completions_test PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(cuda_completions_test PRIVATE plume_cuda_backend GTest::gtest_main)
+  add_test(NAME cuda_completions_test COMMAND cuda_completions_test)
 endif()
 # The delete-under-load measurement (tests/server/delete_under_load_test.cc)
 # on the CUDA backend with the serving bench's 8192 x 8192 matrix.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -136,6 +137,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
         absl::StrCat("cuda backend: device ", options.device, " does not exist (", n, " visible)"));
   }
   if (options.lanes < 1) return absl::InvalidArgumentError("cuda backend: lanes must be >= 1");
+  if (options.completion_spin_us < 0) {
+    return absl::InvalidArgumentError("cuda backend: completion_spin_us must be >= 0");
+  }
   if (options.upload_stage_bytes < 0) {
     return absl::InvalidArgumentError("cuda backend: upload_stage_bytes must be >= 0");
   }
@@ -189,7 +193,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
   }
   for (int i = 0; i < options.lanes; ++i) {
     b->lanes_[static_cast<size_t>(i)]->index = i;
-    b->completions_.push_back(std::make_unique<Completions>(options.device));
+    b->completions_.push_back(std::make_unique<Completions>(
+        options.device, std::chrono::microseconds(options.completion_spin_us)));
   }
   return b;
 }
@@ -219,13 +224,13 @@ bool CudaBackend::device_memory(DeviceMemory* out) const {
 }
 
 CudaBackend::Lane& CudaBackend::AcquireLane() {
-  static std::atomic<unsigned> next{0};
-  const unsigned start = next.fetch_add(1, std::memory_order_relaxed);
-  for (size_t i = 0; i < lanes_.size(); ++i) {
-    Lane& l = *lanes_[(start + i) % lanes_.size()];
-    if (l.busy.try_acquire()) return l;
+  // The first free lane: calls that come one at a time take the same lane,
+  // whose completion thread is still polling for them (completion_spin_us).
+  for (const auto& lane : lanes_) {
+    if (lane->busy.try_acquire()) return *lane;
   }
-  Lane& l = *lanes_[start % lanes_.size()];
+  static std::atomic<unsigned> next{0};
+  Lane& l = *lanes_[next.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
   l.busy.acquire();
   return l;
 }

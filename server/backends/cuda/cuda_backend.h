@@ -59,6 +59,10 @@ struct CudaBackendOptions {
   // they are copied out as for any other buffer (for measurement:
   // bench/gpu_call_bench.cc --direct-results).
   bool kernels_write_pinned_results = true;
+  // How long a lane's completion thread keeps polling for the next call
+  // once it has none, before it sleeps (cuda_completions.h); 0 sleeps at
+  // once. It polls on a core of its own while the lane is in use.
+  int completion_spin_us = 500;
 };
 
 // Number of CUDA devices usable here (0 when there is no driver or GPU).

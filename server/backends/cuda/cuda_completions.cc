@@ -6,11 +6,12 @@
 
 namespace plume::core::cuda_internal {
 
-Completions::Completions(int device) : device_(device) {
+Completions::Completions(int device, std::chrono::microseconds spin) : device_(device), spin_(spin) {
   thread_ = std::thread([this] { Loop(); });
 }
 
 Completions::~Completions() {
+  stop_.store(true, std::memory_order_relaxed);
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -21,21 +22,39 @@ Completions::~Completions() {
 void Completions::Add(std::unique_ptr<Call> call) {
   absl::MutexLock lock(&mu_);
   calls_.push_back(std::move(call));
+  queued_.fetch_add(1, std::memory_order_release);
+}
+
+void Completions::SpinForWork() const {
+  if (spin_.count() <= 0) return;
+  const auto until = std::chrono::steady_clock::now() + spin_;
+  for (int i = 0;; ++i) {
+    if (queued_.load(std::memory_order_acquire) > 0 || stop_.load(std::memory_order_relaxed)) return;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return;
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
 }
 
 void Completions::Loop() {
   // Nothing to report a failure to here: a call's own CUDA calls report theirs.
-  if (cudaSetDevice(device_) != cudaSuccess) cudaGetLastError();
+  if (device_ >= 0 && cudaSetDevice(device_) != cudaSuccess) cudaGetLastError();
+  bool spun = true;  // no spinning before the first call
   for (;;) {
+    if (!spun) SpinForWork();
     std::unique_ptr<Call> call;
     {
       absl::MutexLock lock(&mu_);
+      if (!HasWorkOrStops()) sleeps_.fetch_add(1, std::memory_order_relaxed);
       mu_.Await(absl::Condition(this, &Completions::HasWorkOrStops));
       if (calls_.empty()) return;  // stopping, and nothing in flight
       call = std::move(calls_.front());
       calls_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
     }
     call->Finish();
+    spun = false;
   }
 }
 
