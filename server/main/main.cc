@@ -75,6 +75,8 @@ ABSL_FLAG(int32_t, cuda_streams, 4, "cuda backend: GEMVs that run at once, each 
 ABSL_FLAG(int32_t, completion_spin_us, 500,
           "cuda backend: how long a stream's completion thread keeps polling for the next GEMV before it sleeps; "
           "0 sleeps at once (less CPU, a wake-up on a lone client's path).");
+ABSL_FLAG(std::string, cuda_sync, "auto",
+          "cuda backend: how a thread waiting for the GPU waits: auto (the driver's choice), spin, yield or block.");
 ABSL_FLAG(std::string, decode_path, "",
           "cuda backend: FP8 decode, native (sm_89+) or software; empty picks native where the GPU has it.");
 ABSL_FLAG(std::string, gemv_kernel, "auto",
@@ -205,6 +207,7 @@ int main(int argc, char** argv) {
       cuda.reserve_bytes = absl::GetFlag(FLAGS_device_reserve_bytes);
       cuda.lanes = absl::GetFlag(FLAGS_cuda_streams);
       cuda.completion_spin_us = absl::GetFlag(FLAGS_completion_spin_us);
+      cuda.sync = absl::GetFlag(FLAGS_cuda_sync);
       cuda.decode_path = absl::GetFlag(FLAGS_decode_path);
       cuda.gemv_kernel = absl::GetFlag(FLAGS_gemv_kernel);
       auto cb = plume::core::CudaBackend::Create(cuda);

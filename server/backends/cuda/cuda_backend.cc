@@ -143,9 +143,23 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
   if (options.upload_stage_bytes < 0) {
     return absl::InvalidArgumentError("cuda backend: upload_stage_bytes must be >= 0");
   }
+  unsigned sync_flag = cudaDeviceScheduleAuto;
+  if (options.sync == "spin") {
+    sync_flag = cudaDeviceScheduleSpin;
+  } else if (options.sync == "yield") {
+    sync_flag = cudaDeviceScheduleYield;
+  } else if (options.sync == "block") {
+    sync_flag = cudaDeviceScheduleBlockingSync;
+  } else if (!options.sync.empty() && options.sync != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda backend: sync must be auto, spin, yield or block, not \"", options.sync, "\""));
+  }
   auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
   b->options_ = options;
   PLUME_RETURN_IF_CUDA(cudaSetDevice(options.device), "selecting the device");
+  if (sync_flag != cudaDeviceScheduleAuto) {
+    PLUME_RETURN_IF_CUDA(cudaSetDeviceFlags(sync_flag), "setting how threads wait for the device");
+  }
   cudaDeviceProp prop{};
   PLUME_RETURN_IF_CUDA(cudaGetDeviceProperties(&prop, options.device), "reading device properties");
   b->device_name_ = prop.name;

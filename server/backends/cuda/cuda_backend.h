@@ -63,6 +63,11 @@ struct CudaBackendOptions {
   // once it has none, before it sleeps (cuda_completions.h); 0 sleeps at
   // once. It polls on a core of its own while the lane is in use.
   int completion_spin_us = 500;
+  // How a thread waiting for the device waits (cudaSetDeviceFlags): "" or
+  // "auto" (the driver's choice: spin while there are more cores than
+  // contexts), "spin", "yield" (spin, giving the core to other threads) or
+  // "block" (sleep until the device is done).
+  std::string sync;
 };
 
 // Number of CUDA devices usable here (0 when there is no driver or GPU).

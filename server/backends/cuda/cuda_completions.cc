@@ -28,9 +28,14 @@ void Completions::Add(std::unique_ptr<Call> call) {
 void Completions::SpinForWork() const {
   if (spin_.count() <= 0) return;
   const auto until = std::chrono::steady_clock::now() + spin_;
+  // Polls with pauses, and every 64 polls gives the core to any other
+  // thread that wants it (the gRPC threads under load).
   for (int i = 0;; ++i) {
     if (queued_.load(std::memory_order_acquire) > 0 || stop_.load(std::memory_order_relaxed)) return;
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return;
+    if ((i & 63) == 63) {
+      if (std::chrono::steady_clock::now() >= until) return;
+      std::this_thread::yield();
+    }
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif
