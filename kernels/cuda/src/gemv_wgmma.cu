@@ -93,13 +93,6 @@ using namespace wgmma_layout;
 // finish, but 1.013-1.017x at 8192x28672 (224 chunks), where the stream is
 // long. So N = 64 pairs only up to this many chunks a split.
 constexpr int kPairMaxChunksN64 = 128;
-// From this N up, two blocks of neighbouring rows and the same chunks run as
-// one cluster and the activation image is loaded once for both (multicast):
-// per W byte a 64-row block reads 2N/64 image bytes from L2 (at N = 64
-// twice W's), so the image, not W, fills the L2's bandwidth at large N.
-#ifndef PLUME_WGMMA_MC_MIN_N
-#define PLUME_WGMMA_MC_MIN_N 32
-#endif
 
 constexpr int kConsumerWarps = 8;                    // two warp groups
 constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
@@ -161,7 +154,6 @@ struct Params {
   int64_t rows_pad;        // row_tiles * the block's rows
   float* partial;          // [splits][rows_pad][kN]
   bool cluster;            // the splits of a row tile are one cluster (1, splits, 1)
-  bool mc;                 // blocks 2r, 2r + 1 are one cluster (2, 1, 1) sharing image loads
   unsigned* counters;      // [row_tiles], zero between launches
   uint64_t desc_strides;   // descriptor bits of kLeadingBytes and kStrideBytes
 };
@@ -176,27 +168,6 @@ __device__ __forceinline__ void TmaLoadTile(void* dst, const CUtensorMap* map, i
       " [%0], [%1, {%2, %3}], [%4];" ::"r"(SmemAddr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(SmemAddr(bar))
       : "memory");
-}
-// `bytes` contiguous bytes -> the same shared-memory offset in the cluster's
-// blocks of `mask`, completing on the barrier at bar's offset in each.
-__device__ __forceinline__ void BulkLoadMulticast(void* dst, const void* src, unsigned bytes,
-                                                  uint64_t* bar, uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1], %2, [%3], %4;" ::"r"(SmemAddr(dst)),
-      "l"(src), "r"(bytes), "r"(SmemAddr(bar)), "h"(mask)
-      : "memory");
-}
-// Arrives on the barrier at bar's offset in the cluster's block `rank`.
-__device__ __forceinline__ void MbarArriveRank(uint64_t* bar, unsigned rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(SmemAddr(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
-}
-__device__ __forceinline__ unsigned ClusterRank() {
-  unsigned r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
 }
 // The shared-memory descriptor of one k-step of an activation image: the
 // start address plus the strides (Params::desc_strides).
@@ -258,12 +229,9 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
   // not under the two-blocks-per-SM cap, where ptxas would serialize).
   constexpr int kSets = !kBlock && kN <= 64 && C::kBlocksPerSm == 1 ? 2 : 1;
   extern __shared__ uint8_t smem_raw[];
-  __shared__ uint64_t full[C::kStages];       // W tile of a stage landed
+  __shared__ uint64_t full[C::kStages];       // W tile and image of a chunk landed
   __shared__ uint64_t empty[C::kStages];      // W slot free
-  __shared__ uint64_t img_full[C::kImageSlots];   // image of a stage landed
-  // Image slot free: this block's consumers, and with p.mc in block 0 of
-  // the pair the other block's too (block 0 loads the image for both).
-  __shared__ uint64_t img_empty[C::kImageSlots];
+  __shared__ uint64_t img_empty[C::kImageSlots];  // image slot free
   __shared__ bool last;
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
@@ -277,26 +245,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
   const int n_loads = kPair ? (n_chunks + 1) / 2 : n_chunks;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   auto chunk = [&](int i) { return c_begin + i; };  // the i-th chunk this block takes
-  const unsigned mc_rank = p.mc ? ClusterRank() : 0;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
       MbarInit(&full[s], 1);
       MbarInit(&empty[s], kConsumerWarps);
     }
-    for (int s = 0; s < C::kImageSlots; ++s) {
-      MbarInit(&img_full[s], 1);
-      MbarInit(&img_empty[s], kConsumerWarps * (p.mc && mc_rank == 0 ? 2 : 1));
-    }
+    for (int s = 0; s < C::kImageSlots; ++s) MbarInit(&img_empty[s], kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
-  // Both blocks of a pair have their barriers before either arrives on the
-  // other's or loads into it.
-  if (p.mc) {
-    ClusterArrive();
-    ClusterWait();
-  }
   // This block has started: the others of its cluster may write into its
   // shared memory once they have waited for this (the finish below).
   if (p.cluster) ClusterArrive();
@@ -322,24 +280,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       auto first = [&](int i) { return kPair ? PairChunk(i, 0) : i; };
       auto w_load = [&](int i) {
         const int st = i % C::kStages;
-        MbarExpectTx(&full[st], static_cast<unsigned>(count(i) * kRows * kChunk));
+        MbarExpectTx(&full[st], static_cast<unsigned>(count(i) * (kRows * kChunk + C::kChunkImage)));
         for (int h = 0; h < count(i); ++h) {
           TmaLoadTile(smem + st * kTileBytes + h * kRows * kChunk, &w_map,
                       chunk(first(i) + h) * kChunk, static_cast<int>(row0), &full[st]);
         }
       };
-      // Each block expects its image; with p.mc block 0 loads it into both.
       auto image_load = [&](int i) {
-        const int sl = i % C::kImageSlots;
-        const unsigned bytes = static_cast<unsigned>(count(i) * C::kChunkImage);
-        MbarExpectTx(&img_full[sl], bytes);
-        void* dst = smem + C::kImageRing + sl * C::kImageBytes;
-        const __half* src = p.image + static_cast<int64_t>(chunk(first(i))) * kN * kChunk;
-        if (!p.mc) {
-          BulkLoad(dst, src, bytes, &img_full[sl]);
-        } else if (mc_rank == 0) {
-          BulkLoadMulticast(dst, src, bytes, &img_full[sl], 0x3);
-        }
+        BulkLoad(smem + C::kImageRing + (i % C::kImageSlots) * C::kImageBytes,
+                 p.image + static_cast<int64_t>(chunk(first(i))) * kN * kChunk,
+                 static_cast<unsigned>(count(i) * C::kChunkImage), &full[i % C::kStages]);
       };
       const int pre = min(n_loads, C::kStages);
       for (int i = 0; i < pre; ++i) w_load(i);
@@ -398,22 +348,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
     // indexed at run time): chunk i, or with paired stages chunk
     // PairChunk(i, wg). Its codes are decoded while the tensor cores still
     // work on the stage before.
-    // Image slot sl is free here; with p.mc block 1 tells block 0, which loads it.
-    auto release_image = [&](int sl) {
-      MbarArrive(&img_empty[sl]);
-      if (p.mc && mc_rank == 1) MbarArriveRank(&img_empty[sl], 0);
-    };
     auto step = [&](int i, auto b_c) {
       constexpr int b = decltype(b_c)::value;
       const int st = i % C::kStages;
       if constexpr (kBlock) load_scales(i, sa[b], sb[b]);
       MbarWait(&full[st], (i / C::kStages) & 1);
-      MbarWait(&img_full[i % C::kImageSlots], (i / C::kImageSlots) & 1);
 #if PLUME_WGMMA_VARIANT == 1  // measurement only: the pipeline alone, no math
       __syncwarp();
       if (lane == 0) {
         MbarArrive(&empty[st]);
-        release_image(i % C::kImageSlots);
+        MbarArrive(&img_empty[i % C::kImageSlots]);
       }
       return;
 #endif
@@ -438,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       auto release_previous = [&] {
         __syncwarp();
         if (lane == 0) {
-          release_image((i - 1) % C::kImageSlots);
+          MbarArrive(&img_empty[(i - 1) % C::kImageSlots]);
           if constexpr (C::kSlack == 0) MbarArrive(&empty[(i - 1) % C::kStages]);
         }
       };
@@ -556,13 +500,6 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
         }
       }
     }
-  }
-
-  // Neither block of a pair leaves while the other may still arrive on its
-  // barriers or wait for its loads.
-  if (p.mc) {
-    ClusterArrive();
-    ClusterWait();
   }
 
   // ---------------------------------------------------------------- epilogue
@@ -874,11 +811,6 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
   if (pl.pair && best_s > 1) pl.chunks_per_split += pl.chunks_per_split & 1;
   pl.splits = (pl.chunks + pl.chunks_per_split - 1) / pl.chunks_per_split;
   pl.cluster = !pl.pair && pl.splits > 1 && pl.splits - 1 <= ClusterMaxOf(pl.n);
-  // Image multicast: neighbouring blocks in pairs (Launch falls back to
-  // single blocks where the device runs too few pairs at once), so an even
-  // number of row tiles; a last one past the rows reads zeros and stores nothing.
-  pl.mc = pl.n >= PLUME_WGMMA_MC_MIN_N && !pl.cluster && pl.row_tiles >= 2;
-  if (pl.mc) pl.row_tiles += pl.row_tiles & 1;
   pl.slots = static_cast<int>(slots);
   pl.off_colmul = AlignUp(int64_t{pl.row_tiles} * 4, 256);
   pl.off_image = pl.off_colmul + AlignUp(kMaxN * 4, 256);
@@ -945,19 +877,12 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
                                     (blocks + pl.slots - 1) / pl.slots;
   }
 
-  if (pl.mc) {
-    // Pairs only where they take no more waves than single blocks.
-    const int clusters = MaxClusters(reinterpret_cast<const void*>(fn), 2, pl.smem, device);
-    const int64_t blocks = int64_t{pl.row_tiles} * pl.splits;
-    k.mc = clusters > 0 && (blocks / 2 + clusters - 1) / clusters <= (blocks + pl.slots - 1) / pl.slots;
-  }
-
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = k.mc ? 2 : 1;
-  attr[1].val.clusterDim.y = k.mc ? 1 : static_cast<unsigned>(pl.splits);
+  attr[1].val.clusterDim.x = 1;
+  attr[1].val.clusterDim.y = static_cast<unsigned>(pl.splits);
   attr[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(pl.row_tiles), static_cast<unsigned>(pl.splits));
@@ -965,7 +890,7 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
   cfg.dynamicSmemBytes = pl.smem;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = k.cluster || k.mc ? 2 : 1;
+  cfg.numAttrs = k.cluster ? 2 : 1;
 
   const int64_t x_elem = DTypeSize(p.x_dtype);
   const int64_t y_elem = DTypeSize(p.y_dtype);

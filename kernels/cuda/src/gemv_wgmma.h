@@ -24,7 +24,6 @@ struct Plan {
   int splits = 1;             // k splits per row tile
   int chunks_per_split = 0;
   bool cluster = false;       // splits may finish through a cluster's shared memory
-  bool mc = false;            // blocks in pairs that share the image's loads (row_tiles even)
   int slots = 0;              // blocks the device runs at once
   size_t smem = 0;            // dynamic shared memory per block
   int tile_rows() const { return pair ? 64 : 128; }  // rows per block
