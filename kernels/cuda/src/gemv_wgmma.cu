@@ -169,6 +169,17 @@ __device__ __forceinline__ void TmaLoadTile(void* dst, const CUtensorMap* map, i
       "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(SmemAddr(bar))
       : "memory");
 }
+// 16 bytes of shared memory at a shared-window address. The W tiles are
+// read this way, not through a generic pointer: generic loads of shared
+// memory waited on the long scoreboard, 30% of the consumers' stalls in
+// Nsight Compute (bench/RESULTS-gpu.md).
+__device__ __forceinline__ uint4 LdsV4(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(addr));
+  return v;
+}
 // The shared-memory descriptor of one k-step of an activation image: the
 // start address plus the strides (Params::desc_strides).
 __device__ __forceinline__ uint64_t ImageDesc(uint32_t addr, uint64_t strides) {
@@ -361,11 +372,11 @@ __global__ void __launch_bounds__(kThreads, Cfg<kN, kPair>::kBlocksPerSm)
       }
       return;
 #endif
-      const uint8_t* tile = smem + st * kTileBytes;
-      const uint4 va0 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(ra, 32 * t));
-      const uint4 va1 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(ra, 32 * t + 16));
-      const uint4 vb0 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(rb, 32 * t));
-      const uint4 vb1 = *reinterpret_cast<const uint4*>(tile + SwizzledOffset(rb, 32 * t + 16));
+      const uint32_t tile = smem_base + st * kTileBytes;
+      const uint4 va0 = LdsV4(tile + SwizzledOffset(ra, 32 * t));
+      const uint4 va1 = LdsV4(tile + SwizzledOffset(ra, 32 * t + 16));
+      const uint4 vb0 = LdsV4(tile + SwizzledOffset(rb, 32 * t));
+      const uint4 vb1 = LdsV4(tile + SwizzledOffset(rb, 32 * t + 16));
 #pragma unroll
       for (int s = 0; s < kSteps; ++s) {
         DecodeWord<kDec>(Word(va0, va1, s), a[b][s][0], a[b][s][2]);
