@@ -57,6 +57,18 @@ TEST(WgmmaPlan, PairedStagesReplaceATwoWaySplit) {
   ExpectChunksCovered(small, "4096^2");
 }
 
+TEST(WgmmaPlan, TallMatricesRunWholeTilesInTwoWavesNotManyShortBlocks) {
+  // 28672 rows: 224 tiles are 1.7 waves on 132 SMs. Splitting each in four
+  // fills the last wave better, but 896 blocks of 16 chunks' work each pay a
+  // block's fixed cost seven times over; the plan keeps whole tiles.
+  for (int64_t batch : {1, 8, 16, 32}) {
+    const Plan pl = PlanOf(28672, 8192, batch);
+    EXPECT_FALSE(pl.pair) << "batch " << batch;
+    EXPECT_EQ(pl.row_tiles, 224);
+    EXPECT_EQ(pl.splits, 1);
+  }
+}
+
 TEST(WgmmaPlan, KeepsWholeTilesWhereNoEvenSplitIsPlanned) {
   // 16384 rows fill the device with 128-row tiles and no split.
   const Plan big = PlanOf(16384, 16384, 16);

@@ -93,6 +93,15 @@ using namespace wgmma_layout;
 // finish, but 1.013-1.017x at 8192x28672 (224 chunks), where the stream is
 // long. So N = 64 pairs only up to this many chunks a split.
 constexpr int kPairMaxChunksN64 = 128;
+// What a block costs beyond its chunks (filling the ring, the first TMA's
+// latency, the epilogue), in chunks of 128 rows, when the plan weighs
+// split counts: more splits make more, shorter blocks. With 0, 28672x8192
+// took four splits (896 paired blocks, 7 waves); with 4 it takes none (224
+// blocks, 2 waves), 0.86-0.92x the time at batches 1-32 on an H100, the
+// other shapes' plans unchanged (bench/RESULTS-gpu.md).
+#ifndef PLUME_WGMMA_BLOCK_COST
+#define PLUME_WGMMA_BLOCK_COST 4
+#endif
 
 constexpr int kConsumerWarps = 8;                    // two warp groups
 constexpr int kThreads = kConsumerWarps * 32 + 32;   // + the producer warp
@@ -801,7 +810,10 @@ cudaError_t MakePlan(const GemvProblem& p, int sms, Plan* out) {
     const double blocks = double(pl.row_tiles) * s;
     const double waves = std::ceil(blocks / slots);
     const double traffic = s > 1 ? 2.0 * s * double(p.rows) * pl.n * 4 : 0.0;
-    const double cost = waves / (blocks / slots) * (1.0 + traffic / w_bytes);
+    // The waves' time over the ideal (every slot busy with chunks alone).
+    const double per_block = double(pl.chunks) / s + PLUME_WGMMA_BLOCK_COST;
+    const double cost = waves * per_block / (double(pl.row_tiles) * pl.chunks / slots) *
+                        (1.0 + traffic / w_bytes);
     if (cost < best - 1e-9) {
       best = cost;
       best_s = s;
