@@ -179,9 +179,11 @@ __device__ __forceinline__ void TmaLoadTile(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 // 16 bytes of shared memory at a shared-window address. The W tiles are
-// read this way, not through a generic pointer: generic loads of shared
-// memory waited on the long scoreboard, 30% of the consumers' stalls in
-// Nsight Compute (bench/RESULTS-gpu.md).
+// read this way, not through a generic pointer (the aligned dynamic shared
+// memory loses its address space): the generic loads waited on the long
+// scoreboard, 30% of the warps' stall cycles at 8192^2 batch 8 in Nsight
+// Compute. ROW timings moved within +-1.4% (28672x8192 batch 64: +3-4%),
+// BLOCK128 at 28672x8192 took 0.91-0.97x the time (bench/RESULTS-gpu.md).
 __device__ __forceinline__ uint4 LdsV4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"

@@ -45,9 +45,7 @@ void Completions::SpinForWork() const {
 void Completions::Loop() {
   // Nothing to report a failure to here: a call's own CUDA calls report theirs.
   if (device_ >= 0 && cudaSetDevice(device_) != cudaSuccess) cudaGetLastError();
-  bool spun = true;  // no spinning before the first call
   for (;;) {
-    if (!spun) SpinForWork();
     std::unique_ptr<Call> call;
     {
       absl::MutexLock lock(&mu_);
@@ -59,7 +57,7 @@ void Completions::Loop() {
       queued_.fetch_sub(1, std::memory_order_relaxed);
     }
     call->Finish();
-    spun = false;
+    SpinForWork();  // the next call may come soon
   }
 }
 
