@@ -162,7 +162,8 @@ TEST(PrefillImagesEmu, ImageLayoutMatchesDescriptors) {
 // Causal and not, ragged sequences (a last tile with one page or a part of
 // one), query blocks that end inside a tile, GQA rows spanning heads,
 // batches, head dims padding to 64, 128, 256 and 512 (the split-head-dim
-// kernel), every scale mode, both formats and decode paths. Bound: 2e-3, as on the GPU.
+// kernel), rings of split stages (256, 512) gone round more than once, every
+// scale mode, both formats and decode paths. Bound: 2e-3, as on the GPU.
 TEST(PrefillImagesEmu, MatchesReference) {
   const struct {
     int64_t dim, seq, kv_heads, heads, q_len, batch;
@@ -173,6 +174,7 @@ TEST(PrefillImagesEmu, MatchesReference) {
       {128, 129, 1, 1, 129, 1, true},  {64, 300, 2, 2, 150, 1, true},  {40, 150, 1, 4, 60, 1, false},
       {256, 200, 1, 2, 140, 1, true},  {200, 130, 2, 2, 65, 1, false}, {256, 64, 1, 1, 64, 1, true},
       {512, 150, 1, 1, 150, 1, true},  {300, 100, 1, 2, 45, 1, false}, {512, 97, 1, 1, 70, 1, false},
+      {64, 1100, 1, 2, 260, 1, true},  // 9 tiles: round the 6-stage ring of head dim 64
   };
   double worst = 0.0;
   int i = 0;

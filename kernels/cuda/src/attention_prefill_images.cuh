@@ -40,6 +40,7 @@ constexpr int kThreads = 3 * 128;
 constexpr int kProducerRegs = 24;
 constexpr int kConsumerRegs = 240;
 constexpr int kImageThreads = 256;
+constexpr int kSmemLimit = 227 * 1024;  // a block's shared memory on sm_90
 // The workspace a launch group of kv heads may take for its images; more kv
 // heads than fit run in several groups. The CUDA backend holds a workspace
 // per lane (4 by default) inside --device_reserve_bytes (1 GiB): 64 MiB
@@ -62,7 +63,15 @@ struct WgShape {
   static constexpr int kTile = TileTokens(kD);  // tokens per K / V tile
   static constexpr int kImg = ImageHalves(kD);  // halves of a K or V image
   static constexpr int kQHalves = kBlockRows * kD;
-  static constexpr int kStages = kD <= 128 ? 3 : 2;  // what the shared memory holds
+  // As many stages as the shared memory holds beside Q: 6 at head dim 64
+  // (0.98-1.01x the time of 3 on an H100: within two calls' spread), 3 at
+  // 128, 2 at 256.
+  static constexpr int kStages = (kSmemLimit - kQHalves * 2 - 1024) / (4 * kImg);
+  static_assert(kStages >= 2);
+  // Each stage's K image is freed once Q K^T has read it, before P V has read
+  // the V image (TileRing): 0.88-0.90x the time at head dim 256 on an H100,
+  // no gain at 64 and 128, where the rings are deeper.
+  static constexpr bool kSplit = kD >= 256;
   static constexpr size_t kSmem = size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + 128;
   static constexpr int kAcc = kD / 2;     // O accumulators per thread
   static constexpr int kS = kTile / 2;    // S accumulators per thread
@@ -274,36 +283,46 @@ __device__ __forceinline__ void PackP(const float (&s)[kN], uint32_t (&p)[kN / 8
 }
 
 // The ring's barriers: a stage's K and V images landed (one arrival and the
-// bytes each), the stage released (one arrival per consumer warp).
-template <int kStages>
+// bytes each), the stage released (one arrival per consumer warp). A split
+// ring (kSplit) releases the two images apart: empty[s] frees the K image
+// once Q K^T is done with it, empty_v[s] the V image after P V, so the next
+// K image loads while P V still reads this V.
+template <int kStages, bool kSplit>
 struct TileRing {
   uint64_t full_k[kStages];
   uint64_t full_v[kStages];
   uint64_t empty[kStages];
+  uint64_t empty_v[kSplit ? kStages : 1];
 };
 
-template <int kStages>
-__device__ __forceinline__ void InitRing(TileRing<kStages>& r) {
+template <int kStages, bool kSplit>
+__device__ __forceinline__ void InitRing(TileRing<kStages, kSplit>& r) {
   for (int s = 0; s < kStages; ++s) {
     MbarInit(&r.full_k[s], 1);
     MbarInit(&r.full_v[s], 1);
     MbarInit(&r.empty[s], 8);
+    if constexpr (kSplit) MbarInit(&r.empty_v[s], 8);
   }
   FenceMbarrierInit();
 }
 
 // The producer (one thread): tile j's K and V images (kImg halves each, one
 // after the other at img) into stage j % kStages of `ring`.
-template <int kStages, int kImg>
-__device__ __forceinline__ void ProduceTiles(TileRing<kStages>& r, __half* ring, const __half* img, int tiles) {
+template <int kStages, int kImg, bool kSplit>
+__device__ __forceinline__ void ProduceTiles(TileRing<kStages, kSplit>& r, __half* ring, const __half* img,
+                                             int tiles) {
   constexpr unsigned kBytes = static_cast<unsigned>(kImg * 2);
   for (int j = 0; j < tiles; ++j) {
     const int st = j % kStages;
-    if (j >= kStages) MbarWait(&r.empty[st], ((j / kStages) - 1) & 1);
+    const unsigned parity = ((j / kStages) - 1) & 1;
+    if (j >= kStages) MbarWait(&r.empty[st], parity);
     __half* dst = ring + st * 2 * kImg;
     const __half* src = img + static_cast<int64_t>(j) * 2 * kImg;
     MbarExpectTx(&r.full_k[st], kBytes);
     BulkLoad(dst, src, kBytes, &r.full_k[st]);
+    if constexpr (kSplit) {
+      if (j >= kStages) MbarWait(&r.empty_v[st], parity);
+    }
     MbarExpectTx(&r.full_v[st], kBytes);
     BulkLoad(dst + kImg, src + kImg, kBytes, &r.full_v[st]);
   }
@@ -345,13 +364,21 @@ __device__ __forceinline__ void LoadQ(const FaArgs& a, int kvh, int lr0, int r0,
 // once Q K^T is done, scores(j, fa, fb) turns S into P (the softmax) while
 // P V runs, and after P V, next(fa, fb) rescales O and packs P. fence_s /
 // fence_o keep the compiler off the registers the tensor cores own.
-template <int kStages, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO>
-__device__ __forceinline__ void ConsumeTiles(TileRing<kStages>& r, int mine, int tiles, int lane, Qk issue_qk,
-                                             Pv issue_pv, Scores scores, Next next, FenceS fence_s,
+template <int kStages, bool kSplit, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO>
+__device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int mine, int tiles, int lane,
+                                             Qk issue_qk, Pv issue_pv, Scores scores, Next next, FenceS fence_s,
                                              FenceO fence_o) {
+  // release_k(j): Q K^T of tile j is done (a split ring frees its K image);
+  // release(j): all of tile j is done.
+  const auto release_k = [&](int j) {
+    if constexpr (kSplit) {
+      __syncwarp();
+      if (lane == 0) MbarArrive(&r.empty[j % kStages]);
+    }
+  };
   const auto release = [&](int j) {
     __syncwarp();
-    if (lane == 0) MbarArrive(&r.empty[j % kStages]);
+    if (lane == 0) MbarArrive(kSplit ? &r.empty_v[j % kStages] : &r.empty[j % kStages]);
   };
   const auto parity = [](int j) { return static_cast<unsigned>((j / kStages) & 1); };
   if (mine > 0) {
@@ -362,6 +389,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages>& r, int mine, int
     WgmmaCommit();
     WgmmaWait<0>();
     fence_s();
+    release_k(0);
     scores(0, fa, fb);
     next(fa, fb);
     for (int j = 1; j < mine; ++j) {
@@ -375,6 +403,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages>& r, int mine, int
       WgmmaCommit();
       WgmmaWait<1>();  // Q K^T of tile j
       fence_s();
+      release_k(j);
       scores(j, fa, fb);
       WgmmaWait<0>();  // P V of tile j - 1
       fence_o();
@@ -392,6 +421,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages>& r, int mine, int
   for (int j = mine; j < tiles; ++j) {
     MbarWait(&r.full_k[j % kStages], parity(j));
     MbarWait(&r.full_v[j % kStages], parity(j));
+    release_k(j);
     release(j);
   }
 }
@@ -490,7 +520,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
   using S = WgShape<kD>;
   constexpr int kTile = S::kTile, kStages = S::kStages;
   PLUME_DYNAMIC_SMEM(wg_smem_raw);
-  PLUME_SHARED TileRing<kStages> bars;
+  PLUME_SHARED TileRing<kStages, S::kSplit> bars;
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 127) & ~uintptr_t{127});
   __half* qs = reinterpret_cast<__half*>(smem);  // [consumer][64 rows x kD]
   __half* ring = qs + S::kQHalves;               // [stage][K image, V image]
