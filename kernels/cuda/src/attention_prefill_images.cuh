@@ -69,7 +69,7 @@ struct WgShape {
   static constexpr int kStages = (kSmemLimit - kQHalves * 2 - 1024) / (4 * kImg);
   static_assert(kStages >= 2);
   // Each stage's K image is freed once Q K^T has read it, before P V has read
-  // the V image (TileRing): 0.88-0.90x the time at head dim 256 on an H100,
+  // the V image (TileRing): 0.86-0.90x the time at head dim 256 on an H100,
   // no gain at 64 and 128, where the rings are deeper.
   static constexpr bool kSplit = kD >= 256;
   static constexpr size_t kSmem = size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + 128;

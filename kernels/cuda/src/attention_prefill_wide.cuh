@@ -29,7 +29,7 @@ struct WideShape {
   static constexpr int kImg = ImageHalves(kD);
   static constexpr int kStages = 2;
   // A split ring (TileRing): tile j + 2's K image loads once Q K^T of tile j
-  // is done. 0.74-0.75x the time at S = 8192 on an H100, where the K image
+  // is done. 0.74-0.77x the time at S = 8192 on an H100, where the K image
   // waited for P V of tile j before.
   static constexpr bool kSplit = true;
   static constexpr int kQHalves = kWgRows * kD;  // both consumers' halves of Q

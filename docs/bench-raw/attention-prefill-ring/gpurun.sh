@@ -1,0 +1,19 @@
+# Sourced by callN.sh on the device machine: unpacks the carried binaries
+# into a work dir W, sets LD_LIBRARY_PATH, defines save().
+set -u
+C=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+W=$(mktemp -d /tmp/plumeW.XXXX)
+mkdir -p $W/out
+for d in bin lib var; do
+  [ -d $C/$d ] || continue
+  (cd $C && find $d -type f) | while read -r f; do
+    mkdir -p $W/$(dirname $f)
+    case $f in *.xz) xz -dc $C/$f > $W/${f%.xz};; *) cp $C/$f $W/$f;; esac
+    case $f in bin/*) chmod +x $W/${f%.xz};; esac
+  done
+done
+export LD_LIBRARY_PATH=$W/lib
+O=$W/out
+save() { (cd $W && tar czf $OUT/results.tgz out) 2>/dev/null; cp $O/call-summary.txt $O/device.txt $OUT/ 2>/dev/null; }
+trap save EXIT
+{ date -u +%Y-%m-%dT%H:%M:%SZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > $O/device.txt 2>&1
