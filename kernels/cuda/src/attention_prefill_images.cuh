@@ -65,7 +65,7 @@ struct WgShape {
   static constexpr int kQHalves = kBlockRows * kD;
   // As many stages as the shared memory holds beside Q: 6 at head dim 64
   // (0.98-1.01x the time of 3 on an H100: within two calls' spread), 3 at
-  // 128, 2 at 256.
+  // 128, 2 at 256. 1 KB stays for the alignment slack and the barriers.
   static constexpr int kStages = (kSmemLimit - kQHalves * 2 - 1024) / (4 * kImg);
   static_assert(kStages >= 2);
   // Each stage's K image is freed once Q K^T has read it, before P V has read
