@@ -407,3 +407,9 @@ cudaError_t Launch(const GemvProblem& p, const Plan& pl, void* workspace, cudaSt
 }
 
 }  // namespace plume::cuda::lt_gemv
+
+namespace plume::cuda {
+
+bool CublasLtLoadable() { return lt_gemv::Lt() != nullptr; }
+
+}  // namespace plume::cuda

@@ -197,6 +197,11 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
     return absl::FailedPreconditionError(absl::StrCat(
         "cuda backend: the cuBLASLt FP8 GEMV needs sm_89 or later; ", prop.name, " is sm_", b->cc_));
   }
+  if (kernel == cuda::GemvKernel::kCublasLt && !cuda::CublasLtLoadable()) {
+    return absl::FailedPreconditionError(
+        "cuda backend: the cuBLASLt FP8 GEMV was forced, but libcublasLt could not be opened (is "
+        "CUDA's cuBLAS on the library path?)");
+  }
   b->gemv_kernel_ = static_cast<int>(kernel);
 
   for (int i = 0; i < options.lanes; ++i) {

@@ -45,6 +45,10 @@ enum class GemvKernel : uint8_t { kAuto = 0, kMma = 1, kWgmma = 2, kCublasLt = 3
 const char* GemvKernelName(GemvKernel k);
 // "auto", "mma", "wgmma" or "cublaslt"; false for anything else.
 bool ParseGemvKernel(const char* name, GemvKernel* out);
+// Whether cuBLASLt (libcublasLt.so of the CUDA major version plume was
+// built with, opened on first use) is there: kCublasLt runs nothing without
+// it, and kAuto leaves it out.
+bool CublasLtLoadable();
 
 // plume's GemvProblem (plume/kernels/problem.h: the matrix, the vectors)
 // with every pointer in device memory, plus what only the GPU needs.
