@@ -59,7 +59,7 @@ void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w) {
       case Dec::kE5M2Native: PrefillImageKernel<kD, Dec::kE5M2Native>(a, w); break;
     }
   });
-  EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, kThreads, [&] {
+  EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, FlashThreads(kD), [&] {
     if constexpr (kD == 512) {
       PrefillImagesWideKernel<kD>(a, w);
     } else {
@@ -107,7 +107,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   const int kd = attn::KernelDim(l.row_bytes());
   EXPECT_TRUE(kd == 64 || kd == 128 || kd == 256 || kd == 512) << kd;
 
-  const FaArgs a = MakeFaArgs(p, kd == 512 ? kWgRows : kBlockRows);  // as the launcher picks
+  const FaArgs a = MakeFaArgs(p, FlashRows(kd));  // as the launcher picks
   const WgGroups g = Groups(p, kd, c.budget, c.band_budget);
   std::vector<uint4> ws(static_cast<size_t>((g.total + 15) / 16), make_uint4(0x7e007e00u, 0x7e007e00u, 0x7e007e00u, 0x7e007e00u));
   int groups = 0;

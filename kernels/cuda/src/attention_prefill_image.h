@@ -22,8 +22,17 @@
 
 namespace plume::cuda::prefill_image {
 
-// Tokens of a tile at padded head dim kd.
-PLUME_HD constexpr int TileTokens(int kd) { return kd <= 128 ? 128 : kd <= 256 ? 64 : 32; }
+// Tokens of a tile at padded head dim kd. At 64 and 128 a timing build may
+// take fewer (blocks of three or four consumers need them for registers).
+#ifndef PLUME_PREFILL_TILE_D64
+#define PLUME_PREFILL_TILE_D64 128
+#endif
+#ifndef PLUME_PREFILL_TILE_D128
+#define PLUME_PREFILL_TILE_D128 128
+#endif
+PLUME_HD constexpr int TileTokens(int kd) {
+  return kd <= 64 ? PLUME_PREFILL_TILE_D64 : kd <= 128 ? PLUME_PREFILL_TILE_D128 : kd <= 256 ? 64 : 32;
+}
 inline constexpr int kLeadingBytes = 128;  // descriptor: between core matrices along k
 inline constexpr int kStrideBytes = 256;   // descriptor: between groups of 8 rows
 

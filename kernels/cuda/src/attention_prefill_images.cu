@@ -49,7 +49,8 @@ struct WgPick {
   ImageFn image = nullptr;
   WgFn fn = nullptr;
   size_t smem = 0;
-  int rows = 0;  // query rows per block
+  int rows = 0;     // query rows per block
+  int threads = 0;  // threads per block
 };
 
 template <int kD>
@@ -59,9 +60,9 @@ WgPick WgFor(Dec dec) {
                         : dec == Dec::kE5M2Soft   ? PrefillImageKernel<kD, Dec::kE5M2Soft>
                                                   : PrefillImageKernel<kD, Dec::kE5M2Native>;
   if constexpr (kD == 512) {
-    return {image, PrefillImagesWideKernel<kD>, WideShape<kD>::kSmem, kWgRows};
+    return {image, PrefillImagesWideKernel<kD>, WideShape<kD>::kSmem, kWgRows, kThreads};
   } else {
-    return {image, PrefillImagesKernel<kD>, WgShape<kD>::kSmem, kBlockRows};
+    return {image, PrefillImagesKernel<kD>, WgShape<kD>::kSmem, WgShape<kD>::kRows, WgShape<kD>::kBlockThreads};
   }
 }
 
@@ -85,7 +86,7 @@ bool PrefillImagesAvailable(int kd, int device) {
     const WgPick f = PickWg(kd, dec);
     int blocks = 0;
     if (f.fn == nullptr || f.smem > static_cast<size_t>(info.smem_optin) ||
-        KernelBlocksPerSm(reinterpret_cast<const void*>(f.fn), kThreads, f.smem, device, &blocks) !=
+        KernelBlocksPerSm(reinterpret_cast<const void*>(f.fn), f.threads, f.smem, device, &blocks) !=
             cudaSuccess ||
         blocks < 1) {
       return false;
@@ -98,7 +99,7 @@ int64_t PrefillImagesWorkspaceBytes(const AttentionProblem& p, int kd) { return 
 
 cudaError_t PrefillImages(const AttentionProblem& p, int kd, void* workspace, int64_t workspace_bytes,
                          cudaStream_t stream) {
-  const WgPick f = PickWg(kd, MakeFaArgs(p, kBlockRows).dec);
+  const WgPick f = PickWg(kd, MakeFaArgs(p, FlashRows(kd)).dec);
   if (f.fn == nullptr) return cudaErrorNotSupported;
   const FaArgs a = MakeFaArgs(p, f.rows);
   const WgGroups g = Groups(p, kd);
@@ -115,7 +116,7 @@ cudaError_t PrefillImages(const AttentionProblem& p, int kd, void* workspace, in
               stream>>>(a, w);
     err = cudaGetLastError();
     if (err != cudaSuccess) return;
-    f.fn<<<static_cast<unsigned>(int64_t{a.row_tiles} * w.heads), kThreads, f.smem, stream>>>(a, w);
+    f.fn<<<static_cast<unsigned>(int64_t{a.row_tiles} * w.heads), f.threads, f.smem, stream>>>(a, w);
     err = cudaGetLastError();
   });
   return err;

@@ -35,10 +35,19 @@ using prefill_image::VOffset;
 
 constexpr int kPage = static_cast<int>(kKvPageTokens);  // tokens per page
 constexpr int kWgRows = 64;                              // query rows per consumer
-constexpr int kBlockRows = 2 * kWgRows;
 constexpr int kThreads = 3 * 128;
 constexpr int kProducerRegs = 24;
 constexpr int kConsumerRegs = 240;
+// Consumer warp groups of PrefillImagesKernel (64 query rows each) at head
+// dims 64 and 128; 256 keeps two (its output takes 128 registers a thread).
+// Three or four take 192 or 256 rows a block, so each tile's images are read
+// by fewer blocks, with 160 or 120 registers a consumer thread.
+#ifndef PLUME_PREFILL_CONSUMERS_D64
+#define PLUME_PREFILL_CONSUMERS_D64 2
+#endif
+#ifndef PLUME_PREFILL_CONSUMERS_D128
+#define PLUME_PREFILL_CONSUMERS_D128 2
+#endif
 constexpr int kImageThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;  // a block's shared memory on sm_90
 // The workspace a launch group of kv heads may take for its images; more kv
@@ -62,7 +71,15 @@ template <int kD>
 struct WgShape {
   static constexpr int kTile = TileTokens(kD);  // tokens per K / V tile
   static constexpr int kImg = ImageHalves(kD);  // halves of a K or V image
-  static constexpr int kQHalves = kBlockRows * kD;
+  static constexpr int kConsumers =
+      kD == 64 ? PLUME_PREFILL_CONSUMERS_D64 : kD == 128 ? PLUME_PREFILL_CONSUMERS_D128 : 2;
+  static_assert(kConsumers >= 2 && kConsumers <= 4);
+  static constexpr int kRows = kConsumers * kWgRows;          // query rows a block
+  static constexpr int kBlockThreads = (kConsumers + 1) * 128;
+  // The register file (64K) over the producer's 24 and the consumers.
+  static constexpr int kRegs = kConsumers == 4 ? 120 : kConsumers == 3 ? 160 : kConsumerRegs;
+  static_assert((kProducerRegs + kConsumers * kRegs) * 128 <= 65536);
+  static constexpr int kQHalves = kRows * kD;
   // As many stages as the shared memory holds beside Q: 6 at head dim 64
   // (0.98-1.01x the time of 3 on an H100: within two calls' spread), 3 at
   // 128, 2 at 256. 1 KB stays for the alignment slack and the barriers.
@@ -77,6 +94,18 @@ struct WgShape {
   static constexpr int kS = kTile / 2;    // S accumulators per thread
   static constexpr int kSteps = kTile / 16;  // k16 steps of P V
 };
+
+// Query rows and threads of a flash block at padded head dim kd (the wide
+// kernel's at 512), as the launcher and the emulation launch them.
+constexpr int FlashRows(int kd) {
+  return kd == 64 ? WgShape<64>::kRows : kd == 128 ? WgShape<128>::kRows : kd == 256 ? WgShape<256>::kRows : kWgRows;
+}
+constexpr int FlashThreads(int kd) {
+  return kd == 64    ? WgShape<64>::kBlockThreads
+         : kd == 128 ? WgShape<128>::kBlockThreads
+         : kd == 256 ? WgShape<256>::kBlockThreads
+                     : kThreads;
+}
 
 // Where one launch group's images and scales are: group-local kv head hl,
 // tile j. Scales per tile: K of its first and last page, then V of them (the
@@ -163,17 +192,18 @@ __global__ void __launch_bounds__(kImageThreads) PrefillImageKernel(const FaArgs
   // K: 16 dims of one token a unit (rows are whole 16-byte units:
   // KvLayout::row_bytes), two units' loads issued before their stores.
   constexpr int kUnits = kTile * (kD / 16) / kImageThreads;
-  static_assert(kUnits % 2 == 0 && kUnits * kImageThreads == kTile * (kD / 16), "unit pairs per thread");
+  constexpr int kPair = kUnits >= 2 ? 2 : 1;
+  static_assert(kUnits % kPair == 0 && kUnits * kImageThreads == kTile * (kD / 16), "unit pairs per thread");
 #pragma unroll
-  for (int i0 = 0; i0 < kUnits; i0 += 2) {
-    uint4 kq[2];
+  for (int i0 = 0; i0 < kUnits; i0 += kPair) {
+    uint4 kq[kPair];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < kPair; ++i) {
       const int u = threadIdx.x + (i0 + i) * kImageThreads;
       kq[i] = tp.Quad(a, u / (kD / 16), 16 * (u % (kD / 16)), koff);
     }
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < kPair; ++i) {
       const int u = threadIdx.x + (i0 + i) * kImageThreads;
       const int tok = u / (kD / 16), d0 = 16 * (u % (kD / 16));
       StoreEight<kDec>(kimg + KOffset(kD, tok, d0), kq[i].x, kq[i].y);
@@ -295,13 +325,14 @@ struct TileRing {
   uint64_t empty_v[kSplit ? kStages : 1];
 };
 
+// `releases`: the consumer warps, one arrival each.
 template <int kStages, bool kSplit>
-__device__ __forceinline__ void InitRing(TileRing<kStages, kSplit>& r) {
+__device__ __forceinline__ void InitRing(TileRing<kStages, kSplit>& r, unsigned releases = 8) {
   for (int s = 0; s < kStages; ++s) {
     MbarInit(&r.full_k[s], 1);
     MbarInit(&r.full_v[s], 1);
-    MbarInit(&r.empty[s], 8);
-    if constexpr (kSplit) MbarInit(&r.empty_v[s], 8);
+    MbarInit(&r.empty[s], releases);
+    if constexpr (kSplit) MbarInit(&r.empty_v[s], releases);
   }
   FenceMbarrierInit();
 }
@@ -489,7 +520,7 @@ __host__ __device__ __forceinline__ void BandPlace(int idx, int heads, int band,
 }
 
 // Where a block of either flash kernel is: its kv head (group-local hl),
-// its query rows [lr0, lr0 + nrows) of kBlockRows-or-fewer, the tokens they
+// its query rows [lr0, lr0 + nrows) of block_rows or fewer, the tokens they
 // see and the tiles that hold them (BandPlace orders the blocks).
 struct BlockPlace {
   int hl, kvh, lr0, nrows, tiles;
@@ -513,9 +544,9 @@ __device__ __forceinline__ BlockPlace PlaceBlock(const FaArgs& a, const WgImages
 // warp-uniform (a role it thinks divergent makes it serialize the wgmma).
 __device__ __forceinline__ int WarpGroup() { return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0); }
 
-// Grid: group kv heads x row tiles of kBlockRows (PlaceBlock).
+// Grid: group kv heads x row tiles of WgShape<kD>::kRows (PlaceBlock).
 template <int kD>
-__global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
+__global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
   using S = WgShape<kD>;
   constexpr int kTile = S::kTile, kStages = S::kStages;
@@ -526,17 +557,17 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
   __half* ring = qs + S::kQHalves;               // [stage][K image, V image]
 
   const int tid = threadIdx.x, wg = WarpGroup(), wtid = tid & 127;
-  const BlockPlace b = PlaceBlock(a, w, kBlockRows, kTile);
+  const BlockPlace b = PlaceBlock(a, w, S::kRows, kTile);
   const int hl = b.hl, kvh = b.kvh, lr0 = b.lr0, nrows = b.nrows, tiles = b.tiles;
 
-  if (tid == 0) InitRing(bars);
+  if (tid == 0) InitRing(bars, 4 * S::kConsumers);
   __syncthreads();
 
   if (wg == 0) {
     SetMaxRegsDec<kProducerRegs>();
     if (wtid == 0) ProduceTiles<kStages, S::kImg>(bars, ring, w.img + static_cast<int64_t>(hl) * w.tiles * 2 * S::kImg, tiles);
   } else {
-    SetMaxRegsInc<kConsumerRegs>();
+    SetMaxRegsInc<S::kRegs>();
     const int cw = wg - 1;
     const int wq = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int r0 = cw * kWgRows;  // this consumer's first row in the block
@@ -574,8 +605,10 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesKernel(const FaArgs 
             const uint64_t kdesc = Desc(k_addr(j) + k * StepBytes(kTile));
             if constexpr (kTile == 128) {
               WgmmaSs128(s, qdesc, kdesc, k > 0 ? 1 : 0);
-            } else {
+            } else if constexpr (kTile == 64) {
               WgmmaSs64(s, qdesc, kdesc, k > 0 ? 1 : 0);
+            } else {
+              WgmmaSs32(s, qdesc, kdesc, k > 0 ? 1 : 0);
             }
           }
         },
