@@ -41,7 +41,9 @@ constexpr int kConsumerRegs = 240;
 // Consumer warp groups of PrefillImagesKernel (64 query rows each) at head
 // dims 64 and 128; 256 keeps two (its output takes 128 registers a thread).
 // Three or four take 192 or 256 rows a block, so each tile's images are read
-// by fewer blocks, with 160 or 120 registers a consumer thread.
+// by fewer blocks, with 160 or 112 registers a consumer thread. Three at
+// head dim 128 (64-token tiles) took 0.96-0.99x the time of two on an H100,
+// within the call's spread (bench/RESULTS-gpu-attention.md).
 #ifndef PLUME_PREFILL_CONSUMERS_D64
 #define PLUME_PREFILL_CONSUMERS_D64 2
 #endif
@@ -76,9 +78,14 @@ struct WgShape {
   static_assert(kConsumers >= 2 && kConsumers <= 4);
   static constexpr int kRows = kConsumers * kWgRows;          // query rows a block
   static constexpr int kBlockThreads = (kConsumers + 1) * 128;
-  // The register file (64K) over the producer's 24 and the consumers.
-  static constexpr int kRegs = kConsumers == 4 ? 120 : kConsumers == 3 ? 160 : kConsumerRegs;
-  static_assert((kProducerRegs + kConsumers * kRegs) * 128 <= 65536);
+  // Registers a consumer thread takes (setmaxnreg). A block starts with what
+  // its launch bounds give every thread (168, 128 or 96); setmaxnreg.inc only
+  // hands out what the producer's setmaxnreg.dec gave back, and waits for
+  // more: four consumers asking 120 (not 112) hung on an H100.
+  static constexpr int kAlloc = (65536 / kBlockThreads) & ~7;
+  static constexpr int kRegs = (kAlloc + (kAlloc - kProducerRegs) / kConsumers) & ~7;
+  static_assert(kRegs == (kConsumers == 2 ? kConsumerRegs : kConsumers == 3 ? 160 : 112));
+  static_assert(kConsumers * (kRegs - kAlloc) <= kAlloc - kProducerRegs);
   static constexpr int kQHalves = kRows * kD;
   // As many stages as the shared memory holds beside Q: 6 at head dim 64
   // (0.98-1.01x the time of 3 on an H100: within two calls' spread), 3 at
