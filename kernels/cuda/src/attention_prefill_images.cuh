@@ -83,8 +83,7 @@ struct WgShape {
   // hands out what the producer's setmaxnreg.dec gave back, and waits for
   // more: four consumers asking 120 (not 112) hung on an H100.
   static constexpr int kAlloc = (65536 / kBlockThreads) & ~7;
-  static constexpr int kRegs = (kAlloc + (kAlloc - kProducerRegs) / kConsumers) & ~7;
-  static_assert(kRegs == (kConsumers == 2 ? kConsumerRegs : kConsumers == 3 ? 160 : 112));
+  static constexpr int kRegs = (kAlloc + (kAlloc - kProducerRegs) / kConsumers) & ~7;  // 240, 160, 112
   static_assert(kConsumers * (kRegs - kAlloc) <= kAlloc - kProducerRegs);
   static constexpr int kQHalves = kRows * kD;
   // As many stages as the shared memory holds beside Q: 6 at head dim 64
@@ -107,12 +106,7 @@ struct WgShape {
 constexpr int FlashRows(int kd) {
   return kd == 64 ? WgShape<64>::kRows : kd == 128 ? WgShape<128>::kRows : kd == 256 ? WgShape<256>::kRows : kWgRows;
 }
-constexpr int FlashThreads(int kd) {
-  return kd == 64    ? WgShape<64>::kBlockThreads
-         : kd == 128 ? WgShape<128>::kBlockThreads
-         : kd == 256 ? WgShape<256>::kBlockThreads
-                     : kThreads;
-}
+constexpr int FlashThreads(int kd) { return kd == 512 ? kThreads : (FlashRows(kd) / kWgRows + 1) * 128; }
 
 // Where one launch group's images and scales are: group-local kv head hl,
 // tile j. Scales per tile: K of its first and last page, then V of them (the
