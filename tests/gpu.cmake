@@ -66,6 +66,16 @@ if(PLUME_HAVE_CUDA)
   target_compile_options(prefill_images_emu_test PRIVATE -Wno-unknown-pragmas -Wno-class-memaccess)
   add_test(NAME prefill_images_emu_test COMMAND prefill_images_emu_test)
   set_tests_properties(prefill_images_emu_test PROPERTIES LABELS emu TIMEOUT 300)
+  # The Hopper decode, the same way.
+  add_executable(decode_wgmma_emu_test emu/decode_wgmma_emu_test.cc)
+  target_include_directories(decode_wgmma_emu_test PRIVATE ${PROJECT_SOURCE_DIR}
+                             ${PROJECT_SOURCE_DIR}/kernels/cuda/include
+                             ${PROJECT_SOURCE_DIR}/kernels/cuda/src
+                             ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(decode_wgmma_emu_test PRIVATE plume_kernels_ref plume_kernels_naive GTest::gtest_main)
+  target_compile_options(decode_wgmma_emu_test PRIVATE -Wno-unknown-pragmas -Wno-class-memaccess)
+  add_test(NAME decode_wgmma_emu_test COMMAND decode_wgmma_emu_test)
+  set_tests_properties(decode_wgmma_emu_test PROPERTIES LABELS emu TIMEOUT 300)
 endif()
 
 # The Hopper GEMV's plan (host code of the sm_90a library): runs on the CPU,

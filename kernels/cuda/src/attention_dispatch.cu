@@ -20,6 +20,11 @@
 #ifndef PLUME_FEW_PAGES
 #define PLUME_FEW_PAGES 16
 #endif
+// 0: the Hopper decode is never chosen (a measurement build's baseline,
+// scripts/build-kernel-variant.sh).
+#ifndef PLUME_DECODE_WGMMA
+#define PLUME_DECODE_WGMMA 1
+#endif
 
 namespace plume::cuda {
 
@@ -67,6 +72,7 @@ struct Plan {
   bool img = false;  // prefill by PrefillImages
   KernelFn decode = nullptr;
   size_t decode_smem = 0;
+  int decode_threads = 0;
   PrefillPick pre;
   Dec dec = Dec::kE4M3Soft;
   int tile_rows = 0;
@@ -148,9 +154,20 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     // have it, the sm_86 / sm_89 GPUs (99 KB) run the CUDA-core decode there.
     const size_t mma_smem = !MmaDim(kd) ? 0 : few ? FewDecodeSmem(kd) : MmaDecodeSmem(kd, shared);
     const bool mma = MmaDim(kd) && mma_smem <= optin;
-    pl.decode = PickDecode(pl.dec, kd, mma, few, shared);
+    // On Hopper, head dims 64 and 128 with more than two m-tiles of rows
+    // take the warp-group decode: each page decoded once a block, wgmma for
+    // both products (attention_decode_wgmma.cuh).
+    const bool wgmma = PLUME_DECODE_WGMMA && (kd == 64 || kd == 128) && !few && mma_rows > 32 &&
+                       info.cc == 90 && DecodeWgmmaAvailable(kd, device);
+    const DecodeWgmmaPick wp = wgmma ? PickDecodeWgmma(pl.dec, kd) : DecodeWgmmaPick{};
+    pl.decode = wgmma ? wp.fn : PickDecode(pl.dec, kd, mma, few, shared);
     if (pl.decode == nullptr) return cudaErrorInvalidValue;
-    if (mma && few) {  // tensor cores, operands swapped
+    pl.decode_threads = DecodeThreads(kd);
+    if (wgmma) {  // tiles of 64 rows, three warp groups
+      pl.decode_smem = wp.smem;
+      pl.decode_threads = wp.threads;
+      pl.tile_rows = wp.rows;
+    } else if (mma && few) {  // tensor cores, operands swapped
       pl.decode_smem = mma_smem;
       pl.tile_rows = kFewRows;
     } else if (mma) {  // tensor cores: tiles of up to 64 rows, rounded to 16
@@ -162,7 +179,7 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     pl.row_tiles = static_cast<int>((rows + pl.tile_rows - 1) / pl.tile_rows);
     pl.units = p.layout.kv_heads * pl.row_tiles;
     int bps = 1;
-    PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), DecodeThreads(kd),
+    PLUME_CUDA_TRY(KernelBlocksPerSm(reinterpret_cast<const void*>(pl.decode), pl.decode_threads,
                                      pl.decode_smem, device, &bps));
     const int64_t target = int64_t{info.sms} * std::max(bps, 1);
     // As many splits as one wave of resident blocks holds, rounded down: a
@@ -226,10 +243,8 @@ cudaError_t Attention(const AttentionProblem& p, void* workspace, int64_t worksp
     PLUME_CUDA_TRY_LAUNCH();
     return cudaSuccess;
   }
-  const int kd = KernelDim(l.row_bytes());
-  const int threads = DecodeThreads(kd);
   const dim3 grid(static_cast<unsigned>(pl.units), static_cast<unsigned>(pl.splits));
-  pl.decode<<<grid, threads, pl.decode_smem, stream>>>(k);
+  pl.decode<<<grid, pl.decode_threads, pl.decode_smem, stream>>>(k);
   PLUME_CUDA_TRY_LAUNCH();
   if (pl.fused) return cudaSuccess;  // its last blocks merged the splits
   const int64_t rows = p.batch * p.heads * p.q_len;

@@ -31,6 +31,20 @@ cudaError_t LaunchCombineAfterDecode(const Params& k, int64_t out_rows, cudaStre
 // decoder or `shared` at another head dim.
 KernelFn PickDecodeMma(Dec dec, int kd, bool few, bool shared);
 
+// attention_decode_wgmma.cu (sm_90a; compute capability 9.0 only): the
+// Hopper decode for padded head dim kd, 64 or 128 (DecodeWgmmaKernel), and
+// how it is launched; fn nullptr for another head dim or an unknown decoder.
+struct DecodeWgmmaPick {
+  KernelFn fn = nullptr;
+  size_t smem = 0;  // dynamic shared memory, bytes
+  int threads = 0;
+  int rows = 0;     // query rows a tile (Params::tile_rows)
+};
+DecodeWgmmaPick PickDecodeWgmma(Dec dec, int kd);
+// Whether it runs at padded head dim kd on `device` (compute capability 9.0,
+// its shared memory).
+bool DecodeWgmmaAvailable(int kd, int device);
+
 using PrefillFn = void (*)(Params, Dec);
 
 struct PrefillPick {

@@ -9,9 +9,9 @@
 //  - The producer streams each page's K and V codes (two contiguous tiles)
 //    into a ring of shared-memory stages with bulk copies that complete on
 //    mbarriers, and decodes them to FP16 into one of two tile buffers in the
-//    wgmma operand layout (K-major, 8 x 8 core matrices, no swizzle): K as
-//    [token][dim], V transposed to [dim][token] so that both products read
-//    K-major operands.
+//    wgmma operand layout (attention_wgmma_page.cuh: K-major, 8 x 8 core
+//    matrices, no swizzle): K as [token][dim], V transposed to [dim][token]
+//    so that both products read K-major operands.
 //  - Two consumers, 64 rows each, run S = Q K^T (wgmma m64n64k16, Q and K
 //    from shared memory), the softmax on S in registers, and O += P V
 //    (wgmma m64nDk16, P from registers in the accumulator's own layout, V
@@ -30,6 +30,7 @@
 
 #include "attention_prefill.h"
 #include "attention_prefill_common.cuh"
+#include "attention_wgmma_page.cuh"
 #include "plume/cuda/check.h"
 #include "sm90.cuh"
 #include "wgmma.cuh"
@@ -44,9 +45,6 @@ constexpr int kThreads = 3 * 128;
 constexpr int kProducerRegs = 56;
 constexpr int kConsumerRegs = 224;
 constexpr int kRawStages = 4;
-// Descriptor strides of the no-swizzle K-major layout: 128 bytes between
-// the two core matrices of a k16 step, 256 between groups of 8 rows.
-constexpr uint64_t kDescStrides = (uint64_t{128 >> 4} << 16) | (uint64_t{256 >> 4} << 32);
 // Measurement builds only (scripts/build-kernel-variant.sh; wrong results):
 // 1 the producer skips the FP8 decode, 2 the consumers skip all math, 3 the
 // consumers skip the softmax (P is S rounded to FP16).
@@ -65,68 +63,8 @@ struct WgShape {
   static constexpr int kAcc = kD / 2;  // O accumulators per thread
 };
 
-__device__ __forceinline__ uint64_t Desc(uint32_t addr) {
-  return uint64_t{(addr & 0x3FFFFu) >> 4} | kDescStrides;
-}
-
-// Offset in halves of (row r, column k) of a K-major operand of `rows` rows
-// in 8 x 8 core matrices: [k / 16][r / 8][k % 16 / 8][r % 8][k % 8].
-__device__ __forceinline__ int CoreOffset(int rows, int r, int k) {
-  return (k >> 4) * rows * 16 + (r >> 3) * 128 + ((k >> 3) & 1) * 64 + (r & 7) * 8 + (k & 7);
-}
-
-// The page's K codes (rows of row_bytes) to FP16 [token][dim]. A unit is 16
-// codes of one token (one k16 step): the eight lanes of a quarter warp take
-// eight tokens and eight different steps, so neither the reads nor the
-// writes conflict on a bank. kRowBytes: row_bytes known at compile time (the
-// loop unrolls, its loads issue together), or 0.
-template <Dec kDec, int kRowBytes>
-__device__ __forceinline__ void DecodeK(const uint8_t* raw, __half* kh, int row_bytes_rt, int ptid) {
-  const int row_bytes = kRowBytes > 0 ? kRowBytes : row_bytes_rt;
-  const int steps = row_bytes >> 4;
-#pragma unroll
-  for (int u = ptid; u < kTok * steps; u += 128) {
-    const int i = u & 7, rest = u >> 3;
-    const int tok = 8 * (rest & 7) + i;
-    const int j = ((rest >> 3) + i) % steps;
-    const uint4 w = *reinterpret_cast<const uint4*>(raw + tok * row_bytes + 16 * j);
-    uint32_t h[4][2];
-    DecodeNanSafe<kDec>(w.x, h[0]);
-    DecodeNanSafe<kDec>(w.y, h[1]);
-    DecodeNanSafe<kDec>(w.z, h[2]);
-    DecodeNanSafe<kDec>(w.w, h[3]);
-    uint4* d = reinterpret_cast<uint4*>(kh + CoreOffset(kTok, tok, 16 * j));
-    d[0] = make_uint4(h[0][0], h[0][1], h[1][0], h[1][1]);
-    d[8] = make_uint4(h[2][0], h[2][1], h[3][0], h[3][1]);  // the step's upper 8 dims
-  }
-}
-
-// The page's V codes to FP16 [dim][token]: a unit is one word (4 dims) of 8
-// consecutive tokens, transposed by byte permutes; a lane starts at dim
-// (c / 2) % 4 of its four so that a quarter warp's stores hit 8 banks.
-template <Dec kDec, int kD, int kRowBytes>
-__device__ __forceinline__ void DecodeV(const uint8_t* raw, __half* vt, int row_bytes_rt, int ptid) {
-  const int row_bytes = kRowBytes > 0 ? kRowBytes : row_bytes_rt;
-  const int words = row_bytes >> 2;
-#pragma unroll
-  for (int u = ptid; u < 8 * words; u += 128) {
-    const int c = u % words, q = u / words;
-    uint32_t w[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) w[i] = *reinterpret_cast<const uint32_t*>(raw + (8 * q + i) * row_bytes + 4 * c);
-#pragma unroll
-    for (int e0 = 0; e0 < 4; ++e0) {
-      const uint32_t e = (e0 + (c >> 1)) & 3;
-      const uint32_t sel = e | ((e + 4) << 4);
-      const uint32_t lo = __byte_perm(__byte_perm(w[0], w[1], sel), __byte_perm(w[2], w[3], sel), 0x5410);
-      const uint32_t hi = __byte_perm(__byte_perm(w[4], w[5], sel), __byte_perm(w[6], w[7], sel), 0x5410);
-      uint32_t a[2], b[2];
-      DecodeNanSafe<kDec>(lo, a);
-      DecodeNanSafe<kDec>(hi, b);
-      *reinterpret_cast<uint4*>(vt + CoreOffset(kD, 4 * c + e, 8 * q)) = make_uint4(a[0], a[1], b[0], b[1]);
-    }
-  }
-}
+using attn::CoreDesc;
+using attn::CoreOffset;
 
 // Grid: kv_heads x row tiles, tile-major with the last tiles (the longest
 // under causal masks) first.
@@ -192,11 +130,11 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
       __half* kh = tiles + b * 2 * S::kTileHalves;
       if constexpr (kVariant != 1) {
         if (a.row_bytes == kD) {  // the common case: head_dim a multiple of 16 near kD
-          DecodeK<kDec, kD>(st, kh, kD, wtid);
-          DecodeV<kDec, kD, kD>(st + kTok * kD, kh + S::kTileHalves, kD, wtid);
+          attn::DecodeKPage<kDec, kD>(st, kh, kD, wtid);
+          attn::DecodeVPage<kDec, kD, kD>(st + kTok * kD, kh + S::kTileHalves, kD, wtid);
         } else {
-          DecodeK<kDec, 0>(st, kh, a.row_bytes, wtid);
-          DecodeV<kDec, kD, 0>(st + kTok * kD, kh + S::kTileHalves, a.row_bytes, wtid);
+          attn::DecodeKPage<kDec, 0>(st, kh, a.row_bytes, wtid);
+          attn::DecodeVPage<kDec, kD, 0>(st + kTok * kD, kh + S::kTileHalves, a.row_bytes, wtid);
         }
       }
       FenceProxyAsync();
@@ -274,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         WgmmaFence();
 #pragma unroll
         for (int k = 0; k < kD / 16; ++k) {
-          WgmmaSs64(s, Desc(q_addr + k * kWgRows * 32), Desc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
+          WgmmaSs64(s, CoreDesc(q_addr + k * kWgRows * 32), CoreDesc(k_addr + k * kTok * 32), k > 0 ? 1 : 0);
         }
         WgmmaCommit();
         WgmmaWait<0>();
@@ -343,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const FaArgs a
         }
         WgmmaFence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) Wgmma<kD>::Run(o, pa[kk], Desc(v_addr + kk * kD * 32), 1);
+        for (int kk = 0; kk < 4; ++kk) Wgmma<kD>::Run(o, pa[kk], CoreDesc(v_addr + kk * kD * 32), 1);
         WgmmaCommit();
         WgmmaWait<0>();
         FenceOperands(o);

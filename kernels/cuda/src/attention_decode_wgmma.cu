@@ -1,0 +1,49 @@
+// Instantiates the Hopper decode (attention_decode_wgmma.cuh) for the
+// dispatch. Built for sm_90a alone (kernels/cuda/CMakeLists.txt); the
+// dispatch runs it on compute capability 9.0 only.
+#include "attention_decode_wgmma.cuh"
+#include "attention_kernels.cuh"
+#include "plume/cuda/check.h"
+
+namespace plume::cuda::attn {
+
+namespace {
+
+template <int kD>
+DecodeWgmmaPick PickAt(Dec dec) {
+  using W = WgDecode<kD>;
+  DecodeWgmmaPick f;
+  f.fn = WithDec<KernelFn>(dec, [](auto d) -> KernelFn { return DecodeWgmmaKernel<kD, decltype(d)::value>; });
+  f.smem = W::kSmem;
+  f.threads = W::kThreads;
+  f.rows = W::kRows;
+  return f;
+}
+
+}  // namespace
+
+DecodeWgmmaPick PickDecodeWgmma(Dec dec, int kd) {
+  switch (kd) {
+    case 64: return PickAt<64>(dec);
+    case 128: return PickAt<128>(dec);
+    default: return {};
+  }
+}
+
+bool DecodeWgmmaAvailable(int kd, int device) {
+  DeviceInfo info;
+  if (GetDeviceInfo(device, &info) != cudaSuccess || info.cc != 90) return false;
+  for (Dec dec : {Dec::kE4M3Soft, Dec::kE4M3Native, Dec::kE5M2Soft, Dec::kE5M2Native}) {
+    const DecodeWgmmaPick f = PickDecodeWgmma(dec, kd);
+    int blocks = 0;
+    if (f.fn == nullptr || f.smem > static_cast<size_t>(info.smem_optin) ||
+        KernelBlocksPerSm(reinterpret_cast<const void*>(f.fn), f.threads, f.smem, device, &blocks) !=
+            cudaSuccess ||
+        blocks < 1) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace plume::cuda::attn
