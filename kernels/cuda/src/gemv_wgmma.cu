@@ -28,10 +28,10 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <mutex>
-#include <vector>
 
 #include "plume/cuda/check.h"
 #include "plume/kernels/layout.h"
@@ -738,18 +738,34 @@ int ClusterMaxOf(int n) {
 
 // How many clusters of `size` blocks of fn (with smem bytes each) the device
 // runs at once (a cluster's blocks share a GPC, so fewer blocks than
-// without clusters may run); asked once per kernel and size.
+// without clusters may run); asked once per kernel, size and device. Lookups
+// on the launch path take no lock: an entry is published by the release
+// store of `used` after its fields are written.
 int MaxClusters(const void* fn, int size, size_t smem, int device) {
   struct Entry {
-    const void* fn;
-    int size, device, clusters;
+    std::atomic<const void*> fn{nullptr};
+    std::atomic<int> size{0}, device{-1}, clusters{0};
   };
-  static std::mutex mu;
-  static std::vector<Entry> seen;
+  static constexpr int kMaxEntries = 256;
+  static Entry table[kMaxEntries];
+  static std::atomic<int> used{0};
+  static std::mutex mu;  // writers only
+  const auto find = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      if (table[i].fn.load(std::memory_order_relaxed) == fn &&
+          table[i].size.load(std::memory_order_relaxed) == size &&
+          table[i].device.load(std::memory_order_relaxed) == device) {
+        return i;
+      }
+    }
+    return -1;
+  };
+  int hit = find(used.load(std::memory_order_acquire));
+  if (hit >= 0) return table[hit].clusters.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu);
-  for (const Entry& e : seen) {
-    if (e.fn == fn && e.size == size && e.device == device) return e.clusters;
-  }
+  const int n = used.load(std::memory_order_relaxed);
+  hit = find(n);
+  if (hit >= 0) return table[hit].clusters.load(std::memory_order_relaxed);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
@@ -766,7 +782,13 @@ int MaxClusters(const void* fn, int size, size_t smem, int device) {
     cudaGetLastError();  // a "none" is an answer, not the call's error
     clusters = 0;
   }
-  seen.push_back({fn, size, device, clusters});
+  if (n < kMaxEntries) {  // past that, asked again each time (never seen: a few kernels and sizes)
+    table[n].fn.store(fn, std::memory_order_relaxed);
+    table[n].size.store(size, std::memory_order_relaxed);
+    table[n].device.store(device, std::memory_order_relaxed);
+    table[n].clusters.store(clusters, std::memory_order_relaxed);
+    used.store(n + 1, std::memory_order_release);
+  }
   return clusters;
 }
 
