@@ -1,5 +1,6 @@
-// Hopper building blocks shared by the sm_90a kernels (gemv_wgmma.cu,
-// attention_prefill_wgmma.cu, attention_prefill_images.cuh): mbarriers, bulk
+// Hopper building blocks shared by the sm_90a kernels (gemv_wgmma_kernel.cuh,
+// attention_prefill_wgmma.cu, attention_prefill_images.cuh,
+// attention_decode_wgmma.cuh): mbarriers, bulk
 // copies into shared memory, the proxy fences, named barriers and the
 // warp-group register split. Valid only in code compiled for sm_90 and up;
 // tests/emu/emu_sm90.h stands in for them on the CPU.

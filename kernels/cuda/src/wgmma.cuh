@@ -2,9 +2,10 @@
 // accumulators: A from registers and B from shared memory, one wrapper per N
 // the kernels use (the accumulator operand list is spelled out per shape),
 // and m64n32 / m64n64 / m64n128 with both operands in shared memory (the
-// prefills' Q K^T).
-// Included by the sm_90a kernels (gemv_wgmma.cu, attention_prefill_wgmma.cuh);
-// valid only in code compiled for sm_90a.
+// prefills' and the decode's Q K^T).
+// Included by the sm_90a kernels (gemv_wgmma_kernel.cuh,
+// attention_prefill_wgmma.cu, attention_prefill_images.cuh,
+// attention_decode_wgmma.cuh); valid only in code compiled for sm_90a.
 #pragma once
 
 #include <cstdint>
