@@ -6,6 +6,7 @@
 // tests/gpu/gpu_attention_test.cc runs the kernels for real. The flash
 // prefill (attention_prefill.cu) is not emulated.
 #include "tests/emu/emu_cuda.h"  // first: the CUDA built-ins the headers below use
+#include "tests/emu/emu_reference.h"
 
 #include "attention_combine.cuh"
 #include "attention_common.cuh"
@@ -26,15 +27,9 @@
 namespace plume::cuda {
 namespace {
 
-using namespace attn;
+using emu::Normal;
 
-std::vector<float> Normal(int64_t n, uint32_t seed) {
-  std::mt19937 r(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(r);
-  return v;
-}
+using namespace attn;
 
 struct Shape {
   int64_t dim, seq, kv_heads, heads, q_len, batch;
@@ -151,15 +146,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
     *expected = want;
     return 0.0;
   }
-  double num = 0.0, den = 0.0;
-  int64_t unwritten = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(out[i])) ++unwritten;
-    num += (out[i] - want[i]) * (out[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  EXPECT_EQ(unwritten, 0);
-  return std::sqrt(num / den);
+  return emu::WrittenRelL2(out, want);
 }
 
 constexpr KvScaleMode kModes[] = {KvScaleMode::kNone, KvScaleMode::kTensor, KvScaleMode::kHead,

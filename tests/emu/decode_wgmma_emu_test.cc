@@ -7,6 +7,7 @@
 // hardware shows (the asynchrony of wgmma and of the bulk copies, the
 // register split, timing) is for tests/gpu/gpu_attention_test.cc.
 #include "tests/emu/emu_cuda.h"  // first: the CUDA built-ins the headers below use
+#include "tests/emu/emu_reference.h"
 #include "tests/emu/emu_sm90.h"
 
 #include "attention_combine.cuh"
@@ -27,15 +28,9 @@
 namespace plume::cuda {
 namespace {
 
-using namespace attn;
+using emu::Normal;
 
-std::vector<float> Normal(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 r(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(r);
-  return v;
-}
+using namespace attn;
 
 struct Case {
   int64_t dim, seq, kv_heads, heads, q_len, batch;
@@ -116,15 +111,7 @@ double RunDecode(const Case& c) {
   }
   g_emu_blocks_reversed = false;
   EXPECT_EQ(std::count(counters.begin(), counters.end(), 0u), static_cast<std::ptrdiff_t>(units));
-  double num = 0.0, den = 0.0;
-  int64_t unwritten = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(out[i])) ++unwritten;
-    num += (out[i] - want[i]) * (out[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  EXPECT_EQ(unwritten, 0);
-  return std::sqrt(num / den);
+  return emu::WrittenRelL2(out, want);
 }
 
 constexpr KvScaleMode kModes[] = {KvScaleMode::kNone, KvScaleMode::kTensor, KvScaleMode::kHead,

@@ -8,6 +8,7 @@
 // asynchrony of wgmma and the bulk copies, timing) is for
 // tests/gpu/gpu_attention_test.cc.
 #include "tests/emu/emu_cuda.h"  // first: the CUDA built-ins the headers below use
+#include "tests/emu/emu_reference.h"
 #include "tests/emu/emu_sm90.h"
 
 #include "attention_common.cuh"
@@ -27,13 +28,7 @@
 namespace plume::cuda {
 namespace {
 
-std::vector<float> Normal(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 r(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(r);
-  return v;
-}
+using emu::Normal;
 
 struct Case {
   int64_t dim, seq, kv_heads, heads, q_len, batch;
@@ -124,15 +119,7 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
     *expected = want;
     return 0.0;
   }
-  double num = 0.0, den = 0.0;
-  int64_t unwritten = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(out[i])) ++unwritten;
-    num += (out[i] - want[i]) * (out[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  EXPECT_EQ(unwritten, 0);
-  return std::sqrt(num / den);
+  return emu::WrittenRelL2(out, want);
 }
 
 // The image layout is the one the descriptors describe.

@@ -80,19 +80,10 @@ WgPick PickWg(int kd, Dec dec) {
 }  // namespace
 
 bool PrefillImagesAvailable(int kd, int device) {
-  DeviceInfo info;
-  if (GetDeviceInfo(device, &info) != cudaSuccess || info.cc != 90) return false;
-  for (Dec dec : {Dec::kE4M3Soft, Dec::kE4M3Native, Dec::kE5M2Soft, Dec::kE5M2Native}) {
+  return Sm90RunsEveryDecoder(device, [&](Dec dec) {
     const WgPick f = PickWg(kd, dec);
-    int blocks = 0;
-    if (f.fn == nullptr || f.smem > static_cast<size_t>(info.smem_optin) ||
-        KernelBlocksPerSm(reinterpret_cast<const void*>(f.fn), f.threads, f.smem, device, &blocks) !=
-            cudaSuccess ||
-        blocks < 1) {
-      return false;
-    }
-  }
-  return true;
+    return KernelFit{reinterpret_cast<const void*>(f.fn), f.smem, f.threads};
+  });
 }
 
 int64_t PrefillImagesWorkspaceBytes(const AttentionProblem& p, int kd) { return Groups(p, kd).total; }

@@ -253,5 +253,30 @@ cudaError_t KernelBlocksPerSm(const void* fn, int threads, size_t smem, int devi
   return cudaSuccess;
 }
 
+// A kernel as its launcher runs it; fn nullptr where none serves.
+struct KernelFit {
+  const void* fn = nullptr;
+  size_t smem = 0;  // dynamic shared memory, bytes
+  int threads = 0;
+};
+
+// Whether `device` has compute capability 9.0 and runs, for every FP8
+// decoder, the kernel pick(dec) gives (a KernelFit): it exists, its shared
+// memory fits and a block is resident. The sm_90a kernels' availability.
+template <class Pick>
+bool Sm90RunsEveryDecoder(int device, Pick pick) {
+  DeviceInfo info;
+  if (GetDeviceInfo(device, &info) != cudaSuccess || info.cc != 90) return false;
+  for (Dec dec : {Dec::kE4M3Soft, Dec::kE4M3Native, Dec::kE5M2Soft, Dec::kE5M2Native}) {
+    const KernelFit f = pick(dec);
+    int blocks = 0;
+    if (f.fn == nullptr || f.smem > static_cast<size_t>(info.smem_optin) ||
+        KernelBlocksPerSm(f.fn, f.threads, f.smem, device, &blocks) != cudaSuccess || blocks < 1) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 }  // namespace plume::cuda
