@@ -333,9 +333,10 @@ TEST(GpuAttention, DecodeManyRows) {
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4300);
   c = Case{128, 1000, 8, 2, 8, 3, true, Fp8Format::kE5M2, KvScaleMode::kHead, DType::kF32, DType::kF32};
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4301);
-  // On compute capability 9.0 these take the Hopper decode too: 40 rows of
-  // a ragged head dim (rows of 112 bytes) with BF16 queries, and 128k tokens
-  // at batch 16 with FP32 queries (many pages a split).
+  // 40 rows of a ragged head dim (rows of 112 bytes) with BF16 queries, and
+  // 128k tokens at batch 16 with FP32 queries (many pages a split): on
+  // compute capability 9.0, with the Hopper decode built in
+  // (PLUME_DECODE_WGMMA), these take it too.
   c = Case{100, 3000, 1, 2, 16, 5, false, Fp8Format::kE4M3, KvScaleMode::kTensor, DType::kBF16, DType::kF32};
   RunCase(c, AttentionKernel::kDecode, 1e-5, 4302);
   c = Case{128, 131072, 1, 8, 32, 16, true, Fp8Format::kE4M3, KvScaleMode::kTokenBlock, DType::kF32,

@@ -20,10 +20,14 @@
 #ifndef PLUME_FEW_PAGES
 #define PLUME_FEW_PAGES 16
 #endif
-// 0: the Hopper decode is never chosen (a measurement build's baseline,
-// scripts/build-kernel-variant.sh).
+// 1: the Hopper decode (attention_decode_wgmma.cuh) is chosen where it
+// serves. Off until it has passed the GPU tests on a Hopper GPU: it has run
+// only under the CPU emulation (decode_wgmma_emu_test). A variant library
+// built with -DPLUME_DECODE_WGMMA=1 (scripts/build-kernel-variant.sh,
+// PLUME_VARIANT_SRCS=attention_dispatch.cu) turns it on for that test and
+// its timing.
 #ifndef PLUME_DECODE_WGMMA
-#define PLUME_DECODE_WGMMA 1
+#define PLUME_DECODE_WGMMA 0
 #endif
 
 namespace plume::cuda {
@@ -155,8 +159,8 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     const size_t mma_smem = !MmaDim(kd) ? 0 : few ? FewDecodeSmem(kd) : MmaDecodeSmem(kd, shared);
     const bool mma = MmaDim(kd) && mma_smem <= optin;
     // On Hopper, head dims 64 and 128 with more than two m-tiles of rows
-    // take the warp-group decode: each page decoded once a block, wgmma for
-    // both products (attention_decode_wgmma.cuh).
+    // take the warp-group decode where it is built in (PLUME_DECODE_WGMMA):
+    // each page decoded once a block, wgmma for both products.
     const bool wgmma = PLUME_DECODE_WGMMA && (kd == 64 || kd == 128) && !few && mma_rows > 32 &&
                        info.cc == 90 && DecodeWgmmaAvailable(kd, device);
     const DecodeWgmmaPick wp = wgmma ? PickDecodeWgmma(pl.dec, kd) : DecodeWgmmaPick{};

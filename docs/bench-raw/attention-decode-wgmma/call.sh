@@ -1,0 +1,34 @@
+# The device call that tests and times the Hopper decode (kernels/cuda/src/attention_decode_wgmma.cuh)
+# against the mma.sync decode. Prepared on 2026-12-07 and not yet run: no device machine was had.
+# Carry (.gpu-carry, xz the libraries to stay under the 64 MiB carry limit):
+#   scripts/pack-for-gpu.sh build/gpu90, keeping bin/gpu_attention_test, gpu_attention_bench, gpu_gemv_test
+#     and the libraries they load (lib/: the default library, the Hopper decode off);
+#   PLUME_VARIANT_SRCS=attention_dispatch.cu scripts/build-kernel-variant.sh build/gpu90 .gpu-carry/var/on \
+#     -DPLUME_DECODE_WGMMA=1   (the same library with it on);
+#   cp docs/bench-raw/attention-prefill-ring/gpurun.sh docs/bench-raw/attention-decode-wgmma/call.sh .gpu-carry/
+# Run: bash .gpu-carry/call.sh; then python3 decode_ab.py OUT base on.
+source .gpu-carry/gpurun.sh
+cp -r bench $W/benchsrc
+B=$W/bin; cd $O
+libdir() { [ $1 = base ] && echo $W/lib || echo $W/var/$1:$W/lib; }
+T0=$(date +%s)
+nvidia-smi > nvidia-smi-start.txt 2>&1
+( LD_LIBRARY_PATH=$(libdir on) timeout 150 $B/gpu_gemv_test > test-gemv-on.log 2>&1
+  echo "test gemv on rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt ) &
+LD_LIBRARY_PATH=$(libdir on) timeout 150 $B/gpu_attention_test > test-on.log 2>&1
+echo "test on rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+wait
+save
+for r in 1 2 3; do for v in base on; do
+  { echo "## decode-$v-r$r: gpu_attention_bench --only decode --iters 100 --json decode-$v-r$r.json (lib $v)"; date -u +%FT%TZ; } > decode-$v-r$r.log
+  LD_LIBRARY_PATH=$(libdir $v) timeout 60 $B/gpu_attention_bench --only decode --iters 100 --json decode-$v-r$r.json >> decode-$v-r$r.log 2>&1
+  echo "bench decode-$v-r$r rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+done; done
+save
+LD_LIBRARY_PATH= timeout 60 python3 $W/benchsrc/sdpa_attention.py 50 sdpa-decode.json decode > sdpa-decode.log 2>&1
+echo "sdpa decode rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+save
+LD_LIBRARY_PATH=$(libdir on) timeout 40 ncu --kernel-name regex:'DecodeWgmmaKernel' --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section LaunchStats $B/gpu_attention_bench --only decode --dims 128 --seqs 131072 --batches 16 --iters 5 > ncu-on-b16-131072.txt 2>&1
+echo "ncu on rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+nvidia-smi > nvidia-smi.txt 2>&1
+rm -f $O/*.json.tmp
