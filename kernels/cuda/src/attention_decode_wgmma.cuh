@@ -19,7 +19,8 @@
 // FP32 accuracy from FP16 tensor cores, as DecodeMmaKernel: each query row
 // is scaled by a power of two to max |q| < 1 and split into FP16 hi + lo
 // (lo only for FP32 queries), and P (times kPScale) is split the same way;
-// the K/V side is exact FP16. So S takes 8 or 16 MMAs a page and P V 8.
+// the K/V side is exact FP16. So S takes D / 16 MMAs a page (twice that for
+// FP32 queries) and P V 8.
 #pragma once
 
 #include <cstdint>
