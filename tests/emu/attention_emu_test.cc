@@ -102,9 +102,7 @@ double RunEmulated(const Shape& s, bool prefill, const ref::HostKvCache* given =
                                 : kRows;
     const int tiles = static_cast<int>((rows + tile_rows - 1) / tile_rows);
     const int pages = static_cast<int>(KvLayout::pages_for(s.seq));
-    const int want_splits = std::min(pages, s.splits);
-    const int pps = (pages + want_splits - 1) / want_splits;
-    const int splits = (pages + pps - 1) / pps;
+    const auto [pps, splits] = emu::SplitPages(pages, s.splits);
     const auto units = static_cast<unsigned>(s.kv_heads * tiles);
     const int64_t slots = int64_t{units} * splits * tile_rows;
     std::vector<float> ws(static_cast<size_t>(slots * (2 + s.dim)), NAN);

@@ -18,8 +18,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <random>
-#include <type_traits>
 #include <vector>
 
 #include "plume/reference/attention.h"
@@ -79,9 +77,7 @@ double RunDecode(const Case& c) {
   const int64_t rows = c.batch * (c.heads / c.kv_heads) * c.q_len;
   const int tiles = static_cast<int>((rows + kRows - 1) / kRows);
   const int pages = static_cast<int>(KvLayout::pages_for(c.seq));
-  const int want_splits = std::min(pages, c.splits);
-  const int pps = (pages + want_splits - 1) / want_splits;
-  const int splits = (pages + pps - 1) / pps;
+  const auto [pps, splits] = emu::SplitPages(pages, c.splits);
   const auto units = static_cast<unsigned>(c.kv_heads * tiles);
   const int64_t slots = int64_t{units} * splits * kRows;
   std::vector<float> ws(static_cast<size_t>(slots * (2 + c.dim)), NAN);
@@ -89,22 +85,12 @@ double RunDecode(const Case& c) {
   const Params k2 = MakeParams(p, dec, kRows, tiles, pps, splits, ws.data(), slots * 2 * 4,
                                c.combine_kernel ? nullptr : counters.data());
   g_emu_blocks_reversed = c.reversed;
-  const auto run = [&](auto dim) {
-    constexpr int kD = decltype(dim)::value;
-    switch (dec) {
-      case Dec::kE4M3Soft: DecodeWgmmaKernel<kD, Dec::kE4M3Soft>(k2); break;
-      case Dec::kE4M3Native: DecodeWgmmaKernel<kD, Dec::kE4M3Native>(k2); break;
-      case Dec::kE5M2Soft: DecodeWgmmaKernel<kD, Dec::kE5M2Soft>(k2); break;
-      case Dec::kE5M2Native: DecodeWgmmaKernel<kD, Dec::kE5M2Native>(k2); break;
-    }
-  };
-  EmuLaunch(units, static_cast<unsigned>(splits), kThreads, [&] {
-    if (kd == 64) {
-      run(std::integral_constant<int, 64>{});
-    } else {
-      run(std::integral_constant<int, 128>{});
-    }
+  // The kernel as attention_decode_wgmma.cu picks it.
+  const KernelFn fn = WithDec<KernelFn>(dec, [&](auto d) -> KernelFn {
+    constexpr Dec kDec = decltype(d)::value;
+    return kd == 64 ? DecodeWgmmaKernel<64, kDec> : DecodeWgmmaKernel<128, kDec>;
   });
+  EmuLaunch(units, static_cast<unsigned>(splits), kThreads, [&] { fn(k2); });
   if (c.combine_kernel) {
     EmuLaunch(static_cast<unsigned>(c.batch * c.heads * c.q_len), 1, kCombineThreads,
               [&] { CombineKernel<false>(k2); });

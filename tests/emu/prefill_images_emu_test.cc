@@ -19,7 +19,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "plume/reference/attention.h"

@@ -3,7 +3,6 @@
 // dispatch runs it on compute capability 9.0 only.
 #include "attention_decode_wgmma.cuh"
 #include "attention_kernels.cuh"
-#include "plume/cuda/check.h"
 
 namespace plume::cuda::attn {
 

@@ -46,7 +46,7 @@ struct WgDecode {
   static constexpr int kBuffers = 4;  // FP16 pages, two per consumer
   // Registers a thread (setmaxnreg): 384 threads start at 168; the producer
   // gives back what the consumers take, and all return to 168 for the end.
-  static constexpr int kBaseRegs = 168;
+  static constexpr int kBaseRegs = (65536 / kThreads) & ~7;  // 168
   static constexpr int kProducerRegs = 72;
   static constexpr int kConsumerRegs = 216;
   static_assert(2 * (kConsumerRegs - kBaseRegs) <= kBaseRegs - kProducerRegs);
