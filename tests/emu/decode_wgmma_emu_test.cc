@@ -103,7 +103,8 @@ double RunDecode(const Case& c) {
 constexpr KvScaleMode kModes[] = {KvScaleMode::kNone, KvScaleMode::kTensor, KvScaleMode::kHead,
                                   KvScaleMode::kTokenBlock};
 
-// 33 to 128 query rows per kv head (one or two tiles, the last ragged), head
+// 16 to 128 query rows per kv head (one or two tiles, the last ragged; the
+// dispatch takes the kernel over 32 rows, PLUME_DECODE_WGMMA_MIN_ROWS), head
 // dims whose rows pad to 64 and 128 bytes (the zeroed columns past a shorter
 // row too), both formats and decode paths, every scale mode, FP32 and FP16
 // queries, causal rows at distinct positions, one page to many, both split
@@ -113,10 +114,11 @@ TEST(DecodeWgmmaEmu, MatchesReference) {
   double worst = 0.0;
   for (int64_t dim : {128, 100, 120, 64, 40})
     for (int64_t seq : {1, 64, 65, 700})
-      for (int rows_case = 0; rows_case < 3; ++rows_case) {
-        // (heads, kv_heads, q_len, batch): 64 rows; 40 rows; 108 rows (causal q_len 3).
+      for (int rows_case = 0; rows_case < 4; ++rows_case) {
+        // (heads, kv_heads, q_len, batch): 64 rows; 40 rows; 108 rows (causal
+        // q_len 3); 16 rows.
         const int64_t heads = rows_case == 1 ? 8 : 4, q_len = rows_case == 2 ? 3 : 1;
-        const int64_t batch = rows_case == 0 ? 16 : rows_case == 1 ? 5 : 9;
+        const int64_t batch = rows_case == 0 ? 16 : rows_case == 1 ? 5 : rows_case == 2 ? 9 : 4;
         Case c{dim, seq, 1, heads, q_len, batch, rows_case == 2 && q_len <= seq};
         c.format = i % 2 == 0 ? Fp8Format::kE4M3 : Fp8Format::kE5M2;
         c.mode = kModes[i % 4];

@@ -5,8 +5,10 @@
 #     and the libraries they load (lib/: the default library, the Hopper decode off);
 #   PLUME_VARIANT_SRCS=attention_dispatch.cu scripts/build-kernel-variant.sh build/gpu90 .gpu-carry/var/on \
 #     -DPLUME_DECODE_WGMMA=1   (the same library with it on);
+#   the same into .gpu-carry/var/all with -DPLUME_DECODE_WGMMA=1 -DPLUME_DECODE_WGMMA_MIN_ROWS=0
+#     (it on for every tile that is not a few-rows one: batch 4's 16 rows too);
 #   cp docs/bench-raw/attention-prefill-ring/gpurun.sh docs/bench-raw/attention-decode-wgmma/call.sh .gpu-carry/
-# Run: bash .gpu-carry/call.sh; then python3 decode_ab.py OUT base on.
+# Run: bash .gpu-carry/call.sh; then python3 decode_ab.py OUT base on (and base all).
 source .gpu-carry/gpurun.sh
 cp -r bench $W/benchsrc
 B=$W/bin; cd $O
@@ -18,8 +20,10 @@ nvidia-smi > nvidia-smi-start.txt 2>&1
 LD_LIBRARY_PATH=$(libdir on) timeout 150 $B/gpu_attention_test > test-on.log 2>&1
 echo "test on rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
 wait
+LD_LIBRARY_PATH=$(libdir all) timeout 100 $B/gpu_attention_test --gtest_filter='*Decode*:*EveryScaleModeAndFormat*' > test-all.log 2>&1
+echo "test all rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
 save
-for r in 1 2 3; do for v in base on; do
+for r in 1 2 3; do for v in base on all; do
   { echo "## decode-$v-r$r: gpu_attention_bench --only decode --iters 100 --json decode-$v-r$r.json (lib $v)"; date -u +%FT%TZ; } > decode-$v-r$r.log
   LD_LIBRARY_PATH=$(libdir $v) timeout 60 $B/gpu_attention_bench --only decode --iters 100 --json decode-$v-r$r.json >> decode-$v-r$r.log 2>&1
   echo "bench decode-$v-r$r rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt

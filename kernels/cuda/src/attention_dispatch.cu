@@ -29,6 +29,11 @@
 #ifndef PLUME_DECODE_WGMMA
 #define PLUME_DECODE_WGMMA 0
 #endif
+// The Hopper decode takes tiles of more than this many rows (rounded up to
+// 16); fewer stay on the mma.sync decode, whose tiles fit them.
+#ifndef PLUME_DECODE_WGMMA_MIN_ROWS
+#define PLUME_DECODE_WGMMA_MIN_ROWS 32
+#endif
 
 namespace plume::cuda {
 
@@ -161,7 +166,8 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     // On Hopper, head dims 64 and 128 with more than two m-tiles of rows
     // take the warp-group decode where it is built in (PLUME_DECODE_WGMMA):
     // each page decoded once a block, wgmma for both products.
-    const bool wgmma = PLUME_DECODE_WGMMA && (kd == 64 || kd == 128) && !few && mma_rows > 32 &&
+    const bool wgmma = PLUME_DECODE_WGMMA && (kd == 64 || kd == 128) && !few &&
+                       mma_rows > PLUME_DECODE_WGMMA_MIN_ROWS &&
                        info.cc == 90 && DecodeWgmmaAvailable(kd, device);
     const DecodeWgmmaPick wp = wgmma ? PickDecodeWgmma(pl.dec, kd) : DecodeWgmmaPick{};
     pl.decode = wgmma ? wp.fn : PickDecode(pl.dec, kd, mma, few, shared);
