@@ -1,5 +1,5 @@
 # The device call that tests and times the Hopper decode (kernels/cuda/src/attention_decode_wgmma.cuh)
-# against the mma.sync decode. Prepared on 2026-12-07 and not yet run: no device machine was had.
+# against the mma.sync decode. Run once on 2026-12-07 (H100): the tests passed, the timings were lost (2026-12-07-h100/).
 # Carry (.gpu-carry, xz the libraries to stay under the 64 MiB carry limit):
 #   scripts/pack-for-gpu.sh build/gpu90, keeping bin/gpu_attention_test, gpu_attention_bench, gpu_gemv_test
 #     and the libraries they load (lib/: the default library, the Hopper decode off);

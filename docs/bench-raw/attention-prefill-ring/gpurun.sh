@@ -14,6 +14,11 @@ for d in bin lib var; do
 done
 export LD_LIBRARY_PATH=$W/lib
 O=$W/out
-save() { (cd $W && tar czf $OUT/results.tgz out) 2>/dev/null; cp $O/call-summary.txt $O/device.txt $OUT/ 2>/dev/null; }
+# Written beside and renamed, so that a call stopped at its limit mid-save
+# keeps the last whole archive.
+save() {
+  (cd $W && tar czf $OUT/results.tgz.part out && mv $OUT/results.tgz.part $OUT/results.tgz) 2>/dev/null
+  cp $O/call-summary.txt $O/device.txt $OUT/ 2>/dev/null
+}
 trap save EXIT
 { date -u +%Y-%m-%dT%H:%M:%SZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > $O/device.txt 2>&1
