@@ -21,8 +21,8 @@
 #define PLUME_FEW_PAGES 16
 #endif
 // 1: the Hopper decode (attention_decode_wgmma.cuh) is chosen where it
-// serves. Off until it has passed the GPU tests on a Hopper GPU: it has run
-// only under the CPU emulation (decode_wgmma_emu_test). A variant library
+// serves. Off until it is shown to be faster: it has passed the GPU tests
+// on an H100 but has not been timed (kernels/cuda/NOTES.md). A variant library
 // built with -DPLUME_DECODE_WGMMA=1 (scripts/build-kernel-variant.sh,
 // PLUME_VARIANT_SRCS=attention_dispatch.cu) turns it on for that test and
 // its timing.
