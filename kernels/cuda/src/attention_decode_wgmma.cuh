@@ -30,6 +30,7 @@
 #include "attention_pages.cuh"
 #include "attention_split.cuh"
 #include "attention_wgmma_page.cuh"
+#include "sm90_limits.h"
 #ifndef PLUME_CUDA_EMULATION
 #include "sm90.cuh"
 #include "wgmma.cuh"
@@ -56,6 +57,7 @@ struct WgDecode {
   static constexpr int kOutLd = kD + kD / 32;        // the end's rows, floats (skewed)
   static constexpr size_t kSmem = 2 * size_t{kQBytes} + size_t{kBuffers} * 2 * kTileBytes +
                                   size_t{kStages} * kRawBytes;
+  static_assert(kSmem <= size_t{kSm90BlockSmemBytes});
   static_assert(2 * kRows * kOutLd * 4 + 2 * kRows * 2 * 4 <= kBuffers * 2 * kTileBytes);
 };
 

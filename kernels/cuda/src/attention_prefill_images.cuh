@@ -17,6 +17,7 @@
 #include "sm90.cuh"
 #include "wgmma.cuh"
 #endif
+#include "sm90_limits.h"
 // Timing builds of PrefillImagesKernel, wrong results: 1 skips the softmax
 // (P is S as FP16), 2 every MMA and the softmax (the ring and its waits).
 #ifndef PLUME_PREFILL_VARIANT
@@ -51,7 +52,7 @@ constexpr int kConsumerRegs = 240;
 #define PLUME_PREFILL_CONSUMERS_D128 2
 #endif
 constexpr int kImageThreads = 256;
-constexpr int kSmemLimit = 227 * 1024;  // a block's shared memory on sm_90
+constexpr int kSmemLimit = kSm90BlockSmemBytes;
 // The workspace a launch group of kv heads may take for its images; more kv
 // heads than fit run in several groups. The CUDA backend holds a workspace
 // per lane (4 by default) inside --device_reserve_bytes (1 GiB): 64 MiB

@@ -33,6 +33,7 @@
 #include "attention_wgmma_page.cuh"
 #include "plume/cuda/check.h"
 #include "sm90.cuh"
+#include "sm90_limits.h"
 #include "wgmma.cuh"
 
 namespace plume::cuda {
@@ -60,6 +61,7 @@ struct WgShape {
   static constexpr int kRawBytes = 2 * kTok * kD;  // K and V codes (row_bytes <= kD)
   static constexpr size_t kSmem =
       size_t{kQHalves} * 2 + size_t{2} * 2 * kTileHalves * 2 + size_t{kRawStages} * kRawBytes + 128;
+  static_assert(kSmem <= size_t{kSm90BlockSmemBytes});
   static constexpr int kAcc = kD / 2;  // O accumulators per thread
 };
 

@@ -17,6 +17,7 @@
 #include "gemv_wgmma.h"
 #include "gemv_wgmma_layout.h"
 #include "sm90.cuh"
+#include "sm90_limits.h"
 #include "wgmma.cuh"
 
 namespace plume::cuda::wgmma_gemv {
@@ -112,10 +113,11 @@ struct Cfg {
   static constexpr int kPipeSmem = kReduce + 1024;  // + alignment room
   // With PLUME_WGMMA_CLUSTER=1: after the rings, room for the sums of up to
   // kClusterMax other splits of the tile ([split - 1][kTileRows][kN] floats),
-  // within the 227 KB a block may have (less 1 KB for the static barriers).
+  // within the shared memory a block may have (kSm90BlockSmemBytes, less
+  // 1 KB for the static barriers).
   static constexpr int kSplitBytes = kTileRows * kN * 4;
   static constexpr int kClusterMax =
-      PLUME_WGMMA_CLUSTER ? std::min(7, (227 * 1024 - 1024 - kPipeSmem) / kSplitBytes) : 0;
+      PLUME_WGMMA_CLUSTER ? std::min(7, (kSm90BlockSmemBytes - 1024 - kPipeSmem) / kSplitBytes) : 0;
   static constexpr int kSmem = kPipeSmem + kClusterMax * kSplitBytes;
 };
 
