@@ -1,13 +1,6 @@
 # The device call that tests and times the Hopper decode (kernels/cuda/src/attention_decode_wgmma.cuh)
 # against the mma.sync decode. Run once on 2026-12-07 (H100): the tests passed, the timings were lost (2026-12-07-h100/).
-# Carry (.gpu-carry, xz the libraries to stay under the 64 MiB carry limit):
-#   scripts/pack-for-gpu.sh build/gpu90, keeping bin/gpu_attention_test, gpu_attention_bench, gpu_gemv_test
-#     and the libraries they load (lib/: the default library, the Hopper decode off);
-#   PLUME_VARIANT_SRCS=attention_dispatch.cu scripts/build-kernel-variant.sh build/gpu90 .gpu-carry/var/on \
-#     -DPLUME_DECODE_WGMMA=1   (the same library with it on);
-#   the same into .gpu-carry/var/all with -DPLUME_DECODE_WGMMA=1 -DPLUME_DECODE_WGMMA_MIN_ROWS=0
-#     (it on for every tile that is not a few-rows one: batch 4's 16 rows too);
-#   cp docs/bench-raw/attention-prefill-ring/gpurun.sh docs/bench-raw/attention-decode-wgmma/call.sh .gpu-carry/
+# Carry: docs/bench-raw/attention-decode-wgmma/make-carry.sh (base, on, all; about 21 MB).
 # Run: bash .gpu-carry/call.sh; then python3 decode_ab.py OUT base on (and base all).
 source .gpu-carry/gpurun.sh
 cp -r bench $W/benchsrc
