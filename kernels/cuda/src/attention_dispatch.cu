@@ -163,8 +163,9 @@ cudaError_t MakePlan(const AttentionProblem& p, int device, Plan* out) {
     // have it, the sm_86 / sm_89 GPUs (99 KB) run the CUDA-core decode there.
     const size_t mma_smem = !MmaDim(kd) ? 0 : few ? FewDecodeSmem(kd) : MmaDecodeSmem(kd, shared);
     const bool mma = MmaDim(kd) && mma_smem <= optin;
-    // On Hopper, head dims 64 and 128 with more than two m-tiles of rows
-    // take the warp-group decode where it is built in (PLUME_DECODE_WGMMA):
+    // On Hopper, head dims 64 and 128 with more than
+    // PLUME_DECODE_WGMMA_MIN_ROWS rows (two m-tiles by default) take the
+    // warp-group decode where it is built in (PLUME_DECODE_WGMMA):
     // each page decoded once a block, wgmma for both products.
     const bool wgmma = PLUME_DECODE_WGMMA && (kd == 64 || kd == 128) && !few &&
                        mma_rows > PLUME_DECODE_WGMMA_MIN_ROWS &&
