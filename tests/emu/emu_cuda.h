@@ -323,5 +323,10 @@ void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F fn) {
         plume_emu_switch(&g_sched_sp, f.sp);
       }
     }
+    // A named barrier left part-arrived had an arrival (bar.arrive) that no
+    // wait took, or a wait that never came.
+    for (int id = 0; id < 16; ++id) {
+      EXPECT_EQ(g_named_barriers[id].arrived, 0) << "named barrier " << id << " left part-arrived, block " << blk;
+    }
   }
 }

@@ -5,7 +5,8 @@
 //    in the barrier's own 8 bytes; a wait yields until the phase of the
 //    given parity has completed.
 //  - Bulk copies happen at once and complete their bytes on the barrier.
-//  - Named barriers (bar.sync id, count) are barriers of `count` fibers.
+//  - Named barriers (bar.sync id, count) are barriers of `count` fibers;
+//    bar.arrive counts one arrival and does not wait.
 //  - wgmma (m64nNk16, FP16 in, FP32 accumulators) is computed when issued,
 //    so fence / commit / wait do nothing. Shared-memory operands are read
 //    through their descriptors as the hardware reads the K-major layout
@@ -97,6 +98,15 @@ inline void NamedBarrier(int id, int threads) {
   if (b.n == 0) b.n = threads;
   EXPECT_EQ(b.n, threads) << "named barrier " << id << " used with two counts";
   EmuArrive(b);
+}
+inline void NamedBarrierArrive(int id, int threads) {
+  EmuBarrier& b = g_named_barriers[id];
+  if (b.n == 0) b.n = threads;
+  EXPECT_EQ(b.n, threads) << "named barrier " << id << " used with two counts";
+  if (++b.arrived == b.n) {  // the last arrival: release the waiters, wait for nothing
+    b.arrived = 0;
+    ++b.generation;
+  }
 }
 template <int kRegs> inline void SetMaxRegsDec() {}
 template <int kRegs> inline void SetMaxRegsInc() {}

@@ -40,11 +40,12 @@ struct Case {
   int64_t band_budget = kBandBudget;  // image bytes an L2 band of kv heads may take
   float softmax_scale = 0.09f;
   int64_t zero_page = -1;  // a page whose K and V are all zero (scales 0 under TOKEN_BLOCK)
+  bool turns = PLUME_PREFILL_PINGPONG != 0;  // the consumers take turns issuing their MMAs
 };
 
 // The two kernels at padded head dim kd, as the launcher picks them.
 template <int kD>
-void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w) {
+void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w, bool turns) {
   EmuLaunch(static_cast<unsigned>(g.tiles), static_cast<unsigned>(w.heads), kImageThreads, [&] {
     switch (a.dec) {
       case Dec::kE4M3Soft: PrefillImageKernel<kD, Dec::kE4M3Soft>(a, w); break;
@@ -56,8 +57,10 @@ void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w) {
   EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, FlashThreads(kD), [&] {
     if constexpr (kD == 512) {
       PrefillImagesWideKernel<kD>(a, w);
+    } else if (turns) {
+      PrefillImagesKernel<kD, true>(a, w);
     } else {
-      PrefillImagesKernel<kD>(a, w);
+      PrefillImagesKernel<kD, false>(a, w);
     }
   });
 }
@@ -107,10 +110,10 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   int groups = 0;
   ForEachGroup(a, g, ws.data(), [&](const WgImages& w) {
     ++groups;
-    if (kd == 64) RunGroup<64>(a, g, w);
-    if (kd == 128) RunGroup<128>(a, g, w);
-    if (kd == 256) RunGroup<256>(a, g, w);
-    if (kd == 512) RunGroup<512>(a, g, w);
+    if (kd == 64) RunGroup<64>(a, g, w, c.turns);
+    if (kd == 128) RunGroup<128>(a, g, w, c.turns);
+    if (kd == 256) RunGroup<256>(a, g, w, c.turns);
+    if (kd == 512) RunGroup<512>(a, g, w, c.turns);
   });
   EXPECT_EQ(groups, c.launch_groups);
   if (got != nullptr) {
@@ -177,6 +180,38 @@ TEST(PrefillImagesEmu, MatchesReference) {
       ++i;
     }
   std::printf("Hopper prefill (emulated): worst rel. L2 error %.3g over %d problems\n", worst, i);
+}
+
+// The two consumers taking turns to issue their MMAs (PingPong) change no
+// arithmetic: the same bits as without, where both compute the same tiles,
+// where one computes more (rows past an offset that is no multiple of the
+// tile), where one has no rows, over rings gone round more than once.
+// Turns that do not pair (a wait with no pass) hang the emulation.
+TEST(PrefillImagesEmu, ConsumersTakingTurnsGiveTheSameBits) {
+  const struct {
+    int64_t dim, seq, kv_heads, heads, q_len, batch;
+    bool causal;
+  } shapes[] = {
+      {128, 300, 2, 2, 130, 1, true},  {128, 200, 1, 1, 200, 1, true}, {128, 64, 1, 4, 40, 1, false},
+      {100, 257, 1, 2, 70, 2, true},   {64, 1100, 1, 2, 260, 1, true}, {64, 300, 2, 2, 150, 1, true},
+      {256, 200, 1, 2, 140, 1, true},  {200, 130, 2, 2, 65, 1, false}, {128, 90, 1, 1, 50, 1, true},
+  };
+  int i = 0;
+  for (const auto& s : shapes) {
+    Case c{s.dim, s.seq, s.kv_heads, s.heads, s.q_len, s.batch, s.causal};
+    c.path = i % 2 == 0 ? DecodePath::kNative : DecodePath::kSoftware;
+    SCOPED_TRACE(testing::Message() << "dim " << s.dim << " seq " << s.seq << " q_len " << s.q_len);
+    std::vector<float> with, without;
+    std::vector<double> want;
+    c.turns = true;
+    RunPrefill(c, 300 + static_cast<uint32_t>(i), nullptr, &with, &want);
+    c.turns = false;
+    RunPrefill(c, 300 + static_cast<uint32_t>(i), nullptr, &without, &want);
+    ASSERT_EQ(with.size(), without.size());
+    EXPECT_EQ(std::memcmp(with.data(), without.data(), with.size() * sizeof(float)), 0);
+    EXPECT_LE(emu::WrittenRelL2(with, want), 2e-3);
+    ++i;
+  }
 }
 
 // A budget of one kv head's images: three launch groups, same result.

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "attention_prefill_common.cuh"
 #include "attention_prefill_image.h"
@@ -22,6 +23,11 @@
 // (P is S as FP16), 2 every MMA and the softmax (the ring and its waits).
 #ifndef PLUME_PREFILL_VARIANT
 #define PLUME_PREFILL_VARIANT 0
+#endif
+// 1: the two consumers of PrefillImagesKernel take turns issuing their MMAs
+// (PingPong). Not timed on a GPU yet, so off.
+#ifndef PLUME_PREFILL_PINGPONG
+#define PLUME_PREFILL_PINGPONG 0
 #endif
 
 namespace plume::cuda {
@@ -397,10 +403,40 @@ __device__ __forceinline__ void LoadQ(const FaArgs& a, int kvh, int lr0, int r0,
 // once Q K^T is done, scores(j, fa, fb) turns S into P (the softmax) while
 // P V runs, and after P V, next(fa, fb) rescales O and packs P. fence_s /
 // fence_o keep the compiler off the registers the tensor cores own.
-template <int kStages, bool kSplit, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO>
+// turns.Take(j) and turns.Pass(j) bracket tile j's issues (PingPong).
+struct NoTurns {
+  NoTurns() = default;
+  template <class T>
+  __device__ __forceinline__ explicit NoTurns(const T&) {}
+  __device__ __forceinline__ void Take(int) const {}
+  __device__ __forceinline__ void Pass(int) const {}
+};
+
+// Two consumers take turns to issue their tiles' MMAs (FlashAttention-3's
+// ping-pong): consumer c waits at barrier kBar + c before it issues tile j
+// and, having issued, lets the other go, so that one's softmax runs while
+// the other's MMAs do. Only the first `paired` tiles, which both compute,
+// take turns; consumer 1 opens consumer 0's first turn and skips the last
+// pass, so every wait meets exactly one pass.
+struct PingPong {
+  static constexpr int kBar = 6;  // barriers 6 and 7 (2, 3: LoadQ)
+  int cw, paired;
+  __device__ __forceinline__ void Open() const {
+    if (cw == 1 && paired > 0) NamedBarrierArrive(kBar, 256);
+  }
+  __device__ __forceinline__ void Take(int j) const {
+    if (j < paired) NamedBarrier(kBar + cw, 256);
+  }
+  __device__ __forceinline__ void Pass(int j) const {
+    if (j < paired && !(cw == 1 && j == paired - 1)) NamedBarrierArrive(kBar + (cw ^ 1), 256);
+  }
+};
+
+template <int kStages, bool kSplit, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO,
+          class Turns = NoTurns>
 __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int mine, int tiles, int lane,
                                              Qk issue_qk, Pv issue_pv, Scores scores, Next next, FenceS fence_s,
-                                             FenceO fence_o) {
+                                             FenceO fence_o, Turns turns = Turns()) {
   // release_k(j): Q K^T of tile j is done (a split ring frees its K image);
   // release(j): all of tile j is done.
   const auto release_k = [&](int j) {
@@ -417,9 +453,11 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int m
   if (mine > 0) {
     float fa, fb;
     MbarWait(&r.full_k[0], 0);
+    turns.Take(0);
     WgmmaFence();
     issue_qk(0);
     WgmmaCommit();
+    turns.Pass(0);
     WgmmaWait<0>();
     fence_s();
     release_k(0);
@@ -427,6 +465,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int m
     next(fa, fb);
     for (int j = 1; j < mine; ++j) {
       MbarWait(&r.full_k[j % kStages], parity(j));
+      turns.Take(j);
       WgmmaFence();
       issue_qk(j);
       WgmmaCommit();
@@ -434,6 +473,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int m
       WgmmaFence();
       issue_pv(j - 1);
       WgmmaCommit();
+      turns.Pass(j);
       WgmmaWait<1>();  // Q K^T of tile j
       fence_s();
       release_k(j);
@@ -542,12 +582,24 @@ __device__ __forceinline__ BlockPlace PlaceBlock(const FaArgs& a, const WgImages
   return b;
 }
 
+// The tiles that consumer rows [r0, r0 + 64) of a block compute (0 for a
+// consumer with no rows), and the tokens those rows see.
+__device__ __forceinline__ int ConsumerTiles(const FaArgs& a, int lr0, int nrows, int r0, int tiles, int tile_tokens,
+                                             int64_t& vis_min, int64_t& vis_max) {
+  const int rows = max(0, min(kWgRows, nrows - r0));
+  vis_min = vis_max = -1;
+  if (rows == 0) return 0;
+  FaVisible(a, lr0 + r0, rows, vis_min, vis_max);
+  return static_cast<int>(min(static_cast<int64_t>(tiles), vis_max / tile_tokens + 1));
+}
+
 // The warp group of this thread, broadcast so that the compiler sees it
 // warp-uniform (a role it thinks divergent makes it serialize the wgmma).
 __device__ __forceinline__ int WarpGroup() { return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0); }
 
 // Grid: group kv heads x row tiles of WgShape<kD>::kRows (PlaceBlock).
-template <int kD>
+// kTurns: two consumers take turns issuing their MMAs (PingPong).
+template <int kD, bool kTurns = PLUME_PREFILL_PINGPONG != 0>
 __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
   using S = WgShape<kD>;
@@ -579,9 +631,8 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
     NamedBarrier(2 + cw, 128);
 
     int64_t wg_vis_min = -1, wg_vis_max = -1;
-    if (my_rows > 0) FaVisible(a, lr0 + r0, my_rows, wg_vis_min, wg_vis_max);
     // Tiles this consumer computes; it still takes part in the rest.
-    const int mine = my_rows > 0 ? static_cast<int>(min(static_cast<int64_t>(tiles), wg_vis_max / kTile + 1)) : 0;
+    const int mine = ConsumerTiles(a, lr0, nrows, r0, tiles, kTile, wg_vis_min, wg_vis_max);
     const int ra = r0 + 16 * wq + g, rb = ra + 8;  // this lane's rows in the block
     const int64_t vis_a = ra < nrows ? FaLastVisible(a, lr0 + ra) : -1;
     const int64_t vis_b = rb < nrows ? FaLastVisible(a, lr0 + rb) : -1;
@@ -597,6 +648,11 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
     const uint32_t ring_addr = SmemAddr(ring);
     const auto k_addr = [&](int j) { return ring_addr + (j % kStages) * 4 * S::kImg; };
     float4 sc = scales[0];
+    int64_t other_min, other_max;
+    const PingPong turns{cw, min(mine, ConsumerTiles(a, lr0, nrows, (cw ^ 1) * kWgRows, tiles, kTile, other_min,
+                                                      other_max))};
+    constexpr bool kPingPong = kTurns && S::kConsumers == 2;
+    if constexpr (kPingPong) turns.Open();
     ConsumeTiles(
         bars, mine, tiles, lane,
         [&](int j) {
@@ -638,7 +694,8 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
         [&] {
           FenceOperands(o);
           FenceOperands(p);
-        });
+        },
+        std::conditional_t<kPingPong, PingPong, NoTurns>(turns));
     StoreO(a, o, st, kvh, lr0, nrows, ra, rb, 0, t);
   }
 #endif

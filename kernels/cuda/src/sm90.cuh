@@ -60,6 +60,12 @@ __device__ __forceinline__ void NamedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Arrives at barrier `id` among `threads` threads without waiting for it
+// (the threads that wait on it call NamedBarrier).
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // The warp group's register budget per thread from here on (sm_90a; the
 // kernel needs a register cap at entry, __launch_bounds__(threads, 1)).
 template <int kRegs>
