@@ -41,11 +41,12 @@ struct Case {
   float softmax_scale = 0.09f;
   int64_t zero_page = -1;  // a page whose K and V are all zero (scales 0 under TOKEN_BLOCK)
   bool turns = PLUME_PREFILL_PINGPONG != 0;  // the consumers take turns issuing their MMAs
+  bool early_rescale = PLUME_PREFILL_EARLY_RESCALE != 0;  // O rescaled before P V is issued
 };
 
 // The two kernels at padded head dim kd, as the launcher picks them.
 template <int kD>
-void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w, bool turns) {
+void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w, bool turns, bool early) {
   EmuLaunch(static_cast<unsigned>(g.tiles), static_cast<unsigned>(w.heads), kImageThreads, [&] {
     switch (a.dec) {
       case Dec::kE4M3Soft: PrefillImageKernel<kD, Dec::kE4M3Soft>(a, w); break;
@@ -58,9 +59,9 @@ void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w, bool turns)
     if constexpr (kD == 512) {
       PrefillImagesWideKernel<kD>(a, w);
     } else if (turns) {
-      PrefillImagesKernel<kD, true>(a, w);
+      early ? PrefillImagesKernel<kD, true, true>(a, w) : PrefillImagesKernel<kD, true, false>(a, w);
     } else {
-      PrefillImagesKernel<kD, false>(a, w);
+      early ? PrefillImagesKernel<kD, false, true>(a, w) : PrefillImagesKernel<kD, false, false>(a, w);
     }
   });
 }
@@ -110,10 +111,10 @@ double RunPrefill(const Case& c, uint32_t seed, const ref::HostKvCache* given = 
   int groups = 0;
   ForEachGroup(a, g, ws.data(), [&](const WgImages& w) {
     ++groups;
-    if (kd == 64) RunGroup<64>(a, g, w, c.turns);
-    if (kd == 128) RunGroup<128>(a, g, w, c.turns);
-    if (kd == 256) RunGroup<256>(a, g, w, c.turns);
-    if (kd == 512) RunGroup<512>(a, g, w, c.turns);
+    if (kd == 64) RunGroup<64>(a, g, w, c.turns, c.early_rescale);
+    if (kd == 128) RunGroup<128>(a, g, w, c.turns, c.early_rescale);
+    if (kd == 256) RunGroup<256>(a, g, w, c.turns, c.early_rescale);
+    if (kd == 512) RunGroup<512>(a, g, w, c.turns, c.early_rescale);
   });
   EXPECT_EQ(groups, c.launch_groups);
   if (got != nullptr) {
@@ -182,12 +183,14 @@ TEST(PrefillImagesEmu, MatchesReference) {
   std::printf("Hopper prefill (emulated): worst rel. L2 error %.3g over %d problems\n", worst, i);
 }
 
-// The two consumers taking turns to issue their MMAs (PingPong) change no
-// arithmetic: the same bits as without, where both compute the same tiles,
-// where one computes more (rows past an offset that is no multiple of the
-// tile), where one has no rows, over rings gone round more than once.
-// Turns that do not pair (a wait with no pass) hang the emulation.
-TEST(PrefillImagesEmu, ConsumersTakingTurnsGiveTheSameBits) {
+// The two consumers taking turns to issue their MMAs (PingPong), and O
+// rescaled before P V is issued rather than after the P V before it, change
+// no arithmetic: the same bits as neither, where both consumers compute the
+// same tiles, where one computes more (rows past an offset that is no
+// multiple of the tile), where one has no rows, over rings gone round more
+// than once. Turns that do not pair hang the emulation or leave a barrier
+// part-arrived (EmuLaunch checks).
+TEST(PrefillImagesEmu, TurnsAndEarlyRescaleGiveTheSameBits) {
   const struct {
     int64_t dim, seq, kv_heads, heads, q_len, batch;
     bool causal;
@@ -201,15 +204,19 @@ TEST(PrefillImagesEmu, ConsumersTakingTurnsGiveTheSameBits) {
     Case c{s.dim, s.seq, s.kv_heads, s.heads, s.q_len, s.batch, s.causal};
     c.path = i % 2 == 0 ? DecodePath::kNative : DecodePath::kSoftware;
     SCOPED_TRACE(testing::Message() << "dim " << s.dim << " seq " << s.seq << " q_len " << s.q_len);
-    std::vector<float> with, without;
+    std::vector<float> plain, other;
     std::vector<double> want;
-    c.turns = true;
-    RunPrefill(c, 300 + static_cast<uint32_t>(i), nullptr, &with, &want);
-    c.turns = false;
-    RunPrefill(c, 300 + static_cast<uint32_t>(i), nullptr, &without, &want);
-    ASSERT_EQ(with.size(), without.size());
-    EXPECT_EQ(std::memcmp(with.data(), without.data(), with.size() * sizeof(float)), 0);
-    EXPECT_LE(emu::WrittenRelL2(with, want), 2e-3);
+    c.turns = c.early_rescale = false;
+    RunPrefill(c, 300 + static_cast<uint32_t>(i), nullptr, &plain, &want);
+    EXPECT_LE(emu::WrittenRelL2(plain, want), 2e-3);
+    for (int v = 1; v < 4; ++v) {
+      c.turns = (v & 1) != 0;
+      c.early_rescale = (v & 2) != 0;
+      RunPrefill(c, 300 + static_cast<uint32_t>(i), nullptr, &other, &want);
+      ASSERT_EQ(plain.size(), other.size());
+      EXPECT_EQ(std::memcmp(plain.data(), other.data(), plain.size() * sizeof(float)), 0)
+          << "turns " << c.turns << " early rescale " << c.early_rescale;
+    }
     ++i;
   }
 }

@@ -4,7 +4,8 @@
 # the libraries they load (lib/: the default kernels library, the Hopper
 # decode off), the same library with it on (var/on) and on for every tile
 # that is not a few-rows one (var/all: batch 4's 16 rows too), the prefill
-# whose consumers take turns (var/pp, for call-pp.sh), the kernels
+# variants of call-pp.sh (var/pp: consumers taking turns; var/ro: O rescaled
+# early; var/ppro: both), the kernels
 # libraries xz-packed to stay under the 64 MiB carry limit, gpurun.sh and
 # call.sh. Run from anywhere: docs/bench-raw/attention-decode-wgmma/make-carry.sh [BUILD_DIR]
 set -euo pipefail
@@ -26,9 +27,13 @@ variant() {
 }
 variant on -DPLUME_DECODE_WGMMA=1
 variant all -DPLUME_DECODE_WGMMA=1 -DPLUME_DECODE_WGMMA_MIN_ROWS=0
-PLUME_VARIANT_SRCS=attention_prefill_images.cu "$root/scripts/build-kernel-variant.sh" "$build" "$carry/var/pp" \
-  -DPLUME_PREFILL_PINGPONG=1
-rm -f "$carry/var/pp"/*.o
+prefill() {
+  PLUME_VARIANT_SRCS=attention_prefill_images.cu "$root/scripts/build-kernel-variant.sh" "$build" "$carry/var/$1" "${@:2}"
+  rm -f "$carry/var/$1"/*.o
+}
+prefill pp -DPLUME_PREFILL_PINGPONG=1
+prefill ro -DPLUME_PREFILL_EARLY_RESCALE=1
+prefill ppro -DPLUME_PREFILL_PINGPONG=1 -DPLUME_PREFILL_EARLY_RESCALE=1
 xz -6 -T0 "$carry/lib/libplume_kernels_cuda.so" "$carry"/var/*/libplume_kernels_cuda.so
 cp "$root/docs/bench-raw/attention-prefill-ring/gpurun.sh" "$root/docs/bench-raw/attention-decode-wgmma/call.sh" "$carry/"
 cp "$root/docs/bench-raw/attention-prefill-pingpong/call.sh" "$carry/call-pp.sh"

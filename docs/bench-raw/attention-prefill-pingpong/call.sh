@@ -1,7 +1,9 @@
-# The device call that tests and times the two consumers' turns at issuing
-# their MMAs (PingPong in kernels/cuda/src/attention_prefill_images.cuh, the
-# `pp` library: -DPLUME_PREFILL_PINGPONG=1) against the library without them
-# (`base`). Table: python3 docs/bench-raw/attention-prefill-ring/ab_table.py DIR base pp.
+# The device call that tests and times two changes to the Hopper prefill's
+# consumers (kernels/cuda/src/attention_prefill_images.cuh) against the
+# default library (`base`): `pp`, the two consumers taking turns at issuing
+# their MMAs (PingPong, -DPLUME_PREFILL_PINGPONG=1); `ro`, O rescaled while
+# the next Q K^T runs (-DPLUME_PREFILL_EARLY_RESCALE=1); `ppro`, both.
+# Table: python3 docs/bench-raw/attention-prefill-ring/ab_table.py DIR base pp ro ppro.
 # Carry: docs/bench-raw/attention-decode-wgmma/make-carry.sh. Run
 # after the decode's call.sh in the same command (timeout_s 590), its files
 # moved aside:
@@ -12,10 +14,15 @@ cp -r bench $W/benchsrc
 B=$W/bin; cd $O
 libdir() { [ $1 = base ] && echo $W/lib || echo $W/var/$1:$W/lib; }
 T0=$(date +%s)
-LD_LIBRARY_PATH=$(libdir pp) timeout 120 $B/gpu_attention_test --gtest_filter='*Prefill*:*Auto*:*EveryScaleModeAndFormat*' > test-pp.log 2>&1
-rc=$?; echo "test pp rc=$rc t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+# The tests run side by side (correctness only; the timings come after, alone).
+for v in pp ro ppro; do
+  ( LD_LIBRARY_PATH=$(libdir $v) timeout 150 $B/gpu_attention_test --gtest_filter='*Prefill*:*Auto*:*EveryScaleModeAndFormat*' > test-$v.log 2>&1
+    echo "test $v rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt ) &
+done
+wait
 save
-libs="base pp"; [ $rc = 0 ] || libs=base  # a failure or a hang: time nothing of it
+libs=base  # a failure or a hang: time nothing of it
+for v in pp ro ppro; do grep -q "^test $v rc=0 " call-summary.txt && libs="$libs $v"; done
 for r in 1 2 3 4 5; do for v in $libs; do
   { echo "## prefill-$v-r$r: gpu_attention_bench --only prefill --iters 50 --json prefill-$v-r$r.json (lib $v)"; date -u +%FT%TZ; } > prefill-$v-r$r.log
   LD_LIBRARY_PATH=$(libdir $v) timeout 40 $B/gpu_attention_bench --only prefill --iters 50 --json prefill-$v-r$r.json >> prefill-$v-r$r.log 2>&1

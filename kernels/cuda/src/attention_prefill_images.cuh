@@ -29,6 +29,12 @@
 #ifndef PLUME_PREFILL_PINGPONG
 #define PLUME_PREFILL_PINGPONG 0
 #endif
+// 1: PrefillImagesKernel rescales O for a tile while the next tile's Q K^T
+// runs, before its P V is issued, not after the P V before it (ConsumeTiles'
+// pre_pv). Not timed on a GPU yet, so off.
+#ifndef PLUME_PREFILL_EARLY_RESCALE
+#define PLUME_PREFILL_EARLY_RESCALE 0
+#endif
 
 namespace plume::cuda {
 namespace {
@@ -403,7 +409,12 @@ __device__ __forceinline__ void LoadQ(const FaArgs& a, int kvh, int lr0, int r0,
 // once Q K^T is done, scores(j, fa, fb) turns S into P (the softmax) while
 // P V runs, and after P V, next(fa, fb) rescales O and packs P. fence_s /
 // fence_o keep the compiler off the registers the tensor cores own.
+// pre_pv(fa, fb) runs just before P V of a tile is issued, with the factors
+// of that tile's softmax (a kernel may rescale O there instead of in next).
 // turns.Take(j) and turns.Pass(j) bracket tile j's issues (PingPong).
+struct NoPrePv {
+  __device__ __forceinline__ void operator()(float, float) const {}
+};
 struct NoTurns {
   NoTurns() = default;
   template <class T>
@@ -433,10 +444,10 @@ struct PingPong {
 };
 
 template <int kStages, bool kSplit, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO,
-          class Turns = NoTurns>
+          class PrePv = NoPrePv, class Turns = NoTurns>
 __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int mine, int tiles, int lane,
                                              Qk issue_qk, Pv issue_pv, Scores scores, Next next, FenceS fence_s,
-                                             FenceO fence_o, Turns turns = Turns()) {
+                                             FenceO fence_o, PrePv pre_pv = PrePv(), Turns turns = Turns()) {
   // release_k(j): Q K^T of tile j is done (a split ring frees its K image);
   // release(j): all of tile j is done.
   const auto release_k = [&](int j) {
@@ -469,6 +480,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int m
       WgmmaFence();
       issue_qk(j);
       WgmmaCommit();
+      pre_pv(fa, fb);
       MbarWait(&r.full_v[(j - 1) % kStages], parity(j - 1));
       WgmmaFence();
       issue_pv(j - 1);
@@ -483,6 +495,7 @@ __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int m
       release(j - 1);
       next(fa, fb);
     }
+    pre_pv(fa, fb);
     MbarWait(&r.full_v[(mine - 1) % kStages], parity(mine - 1));
     WgmmaFence();
     issue_pv(mine - 1);
@@ -598,8 +611,9 @@ __device__ __forceinline__ int ConsumerTiles(const FaArgs& a, int lr0, int nrows
 __device__ __forceinline__ int WarpGroup() { return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) >> 7, 0); }
 
 // Grid: group kv heads x row tiles of WgShape<kD>::kRows (PlaceBlock).
-// kTurns: two consumers take turns issuing their MMAs (PingPong).
-template <int kD, bool kTurns = PLUME_PREFILL_PINGPONG != 0>
+// kTurns: two consumers take turns issuing their MMAs (PingPong);
+// kEarlyRescale: O is rescaled in ConsumeTiles' pre_pv, not in its next.
+template <int kD, bool kTurns = PLUME_PREFILL_PINGPONG != 0, bool kEarlyRescale = PLUME_PREFILL_EARLY_RESCALE != 0>
 __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
   using S = WgShape<kD>;
@@ -687,13 +701,16 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
           sc = scales[min(j + 1, w.tiles - 1)];  // the next tile's, in flight meanwhile
         },
         [&](float fa, float fb) {
-          RescaleO(o, fa, fb);
+          if constexpr (!kEarlyRescale) RescaleO(o, fa, fb);
           PackP(s, p);
         },
         [&] { FenceOperands(s); },
         [&] {
           FenceOperands(o);
           FenceOperands(p);
+        },
+        [&](float fa, float fb) {
+          if constexpr (kEarlyRescale) RescaleO(o, fa, fb);
         },
         std::conditional_t<kPingPong, PingPong, NoTurns>(turns));
     StoreO(a, o, st, kvh, lr0, nrows, ra, rb, 0, t);
