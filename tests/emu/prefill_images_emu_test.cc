@@ -44,6 +44,12 @@ struct Case {
   bool early_rescale = PLUME_PREFILL_EARLY_RESCALE != 0;  // O rescaled before P V is issued
 };
 
+// A problem's shape: K/V rows of `seq` tokens, `q_len` query rows per head.
+struct Shape {
+  int64_t dim, seq, kv_heads, heads, q_len, batch;
+  bool causal;
+};
+
 // The two kernels at padded head dim kd, as the launcher picks them.
 template <int kD>
 void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w, bool turns, bool early) {
@@ -155,10 +161,7 @@ TEST(PrefillImagesEmu, ImageLayoutMatchesDescriptors) {
 // kernel), rings of split stages (256, 512) gone round more than once, every
 // scale mode, both formats and decode paths. Bound: 2e-3, as on the GPU.
 TEST(PrefillImagesEmu, MatchesReference) {
-  const struct {
-    int64_t dim, seq, kv_heads, heads, q_len, batch;
-    bool causal;
-  } shapes[] = {
+  const Shape shapes[] = {
       {128, 200, 1, 1, 200, 1, true},  {128, 300, 2, 2, 130, 1, true}, {128, 64, 1, 4, 40, 1, false},
       {100, 257, 1, 2, 70, 2, true},   {128, 131, 2, 4, 33, 1, false}, {72, 190, 1, 1, 190, 1, false},
       {128, 129, 1, 1, 129, 1, true},  {64, 300, 2, 2, 150, 1, true},  {40, 150, 1, 4, 60, 1, false},
@@ -191,10 +194,7 @@ TEST(PrefillImagesEmu, MatchesReference) {
 // than once. Turns that do not pair hang the emulation or leave a barrier
 // part-arrived (EmuLaunch checks).
 TEST(PrefillImagesEmu, TurnsAndEarlyRescaleGiveTheSameBits) {
-  const struct {
-    int64_t dim, seq, kv_heads, heads, q_len, batch;
-    bool causal;
-  } shapes[] = {
+  const Shape shapes[] = {
       {128, 300, 2, 2, 130, 1, true},  {128, 200, 1, 1, 200, 1, true}, {128, 64, 1, 4, 40, 1, false},
       {100, 257, 1, 2, 70, 2, true},   {64, 1100, 1, 2, 260, 1, true}, {64, 300, 2, 2, 150, 1, true},
       {256, 200, 1, 2, 140, 1, true},  {200, 130, 2, 2, 65, 1, false}, {128, 90, 1, 1, 50, 1, true},

@@ -13,23 +13,18 @@ source .gpu-carry/gpurun.sh
 cp -r bench $W/benchsrc
 B=$W/bin; cd $O
 libdir() { [ $1 = base ] && echo $W/lib || echo $W/var/$1:$W/lib; }
-T0=$(date +%s)
 # The tests run side by side (correctness only; the timings come after, alone).
 for v in pp ro ppro; do
-  ( LD_LIBRARY_PATH=$(libdir $v) timeout 150 $B/gpu_attention_test --gtest_filter='*Prefill*:*Auto*:*EveryScaleModeAndFormat*' > test-$v.log 2>&1
-    echo "test $v rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt ) &
+  logged test-$v "$(libdir $v)" 150 $B/gpu_attention_test --gtest_filter='*Prefill*:*Auto*:*EveryScaleModeAndFormat*' &
 done
 wait
 save
 libs=base  # a failure or a hang: time nothing of it
-for v in pp ro ppro; do grep -q "^test $v rc=0 " call-summary.txt && libs="$libs $v"; done
+for v in pp ro ppro; do grep -q "^test-$v rc=0 " call-summary.txt && libs="$libs $v"; done
 for r in 1 2 3 4 5; do for v in $libs; do
-  { echo "## prefill-$v-r$r: gpu_attention_bench --only prefill --iters 50 --json prefill-$v-r$r.json (lib $v)"; date -u +%FT%TZ; } > prefill-$v-r$r.log
-  LD_LIBRARY_PATH=$(libdir $v) timeout 40 $B/gpu_attention_bench --only prefill --iters 50 --json prefill-$v-r$r.json >> prefill-$v-r$r.log 2>&1
-  echo "bench prefill-$v-r$r rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+  logged prefill-$v-r$r "$(libdir $v)" 40 $B/gpu_attention_bench --only prefill --iters 50 --json prefill-$v-r$r.json
 done; done
 save
-LD_LIBRARY_PATH= timeout 100 python3 $W/benchsrc/sdpa_attention.py 50 sdpa-prefill.json prefill > sdpa-prefill.log 2>&1
-echo "sdpa prefill rc=$? t=$(( $(date +%s)-T0 ))" >> call-summary.txt
+logged sdpa-prefill "" 100 python3 $W/benchsrc/sdpa_attention.py 50 sdpa-prefill.json prefill
 nvidia-smi > nvidia-smi.txt 2>&1
 rm -f $O/*.json.tmp

@@ -22,3 +22,14 @@ save() {
 }
 trap save EXIT
 { date -u +%Y-%m-%dT%H:%M:%SZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > $O/device.txt 2>&1
+T0=$(date +%s)
+# logged NAME LIBS LIMIT CMD...: CMD run in $O with LD_LIBRARY_PATH=LIBS for at
+# most LIMIT seconds, its output in NAME.log under a header line and the
+# start time, its exit status and the call's seconds so far in call-summary.txt.
+logged() {
+  local name=$1 libs=$2 limit=$3
+  shift 3
+  { echo "## $name: $* (LD_LIBRARY_PATH=$libs)"; date -u +%FT%TZ; } > $O/$name.log
+  (cd $O && LD_LIBRARY_PATH=$libs timeout $limit "$@" >> $O/$name.log 2>&1)
+  echo "$name rc=$? t=$(( $(date +%s)-T0 ))" >> $O/call-summary.txt
+}
