@@ -63,7 +63,7 @@ void RunGroup(const FaArgs& a, const WgGroups& g, const WgImages& w, bool turns,
   });
   EmuLaunch(static_cast<unsigned>(a.row_tiles * w.heads), 1, FlashThreads(kD), [&] {
     if constexpr (kD == 512) {
-      PrefillImagesWideKernel<kD>(a, w);
+      early ? PrefillImagesWideKernel<kD, true>(a, w) : PrefillImagesWideKernel<kD, false>(a, w);
     } else if (turns) {
       early ? PrefillImagesKernel<kD, true, true>(a, w) : PrefillImagesKernel<kD, true, false>(a, w);
     } else {
@@ -191,13 +191,15 @@ TEST(PrefillImagesEmu, MatchesReference) {
 // no arithmetic: the same bits as neither, where both consumers compute the
 // same tiles, where one computes more (rows past an offset that is no
 // multiple of the tile), where one has no rows, over rings gone round more
-// than once. Turns that do not pair hang the emulation or leave a barrier
-// part-arrived (EmuLaunch checks).
+// than once, and in the head-dim-512 kernel (early rescale only). Turns that
+// do not pair hang the emulation or leave a barrier part-arrived (EmuLaunch
+// checks).
 TEST(PrefillImagesEmu, TurnsAndEarlyRescaleGiveTheSameBits) {
   const Shape shapes[] = {
       {128, 300, 2, 2, 130, 1, true},  {128, 200, 1, 1, 200, 1, true}, {128, 64, 1, 4, 40, 1, false},
       {100, 257, 1, 2, 70, 2, true},   {64, 1100, 1, 2, 260, 1, true}, {64, 300, 2, 2, 150, 1, true},
       {256, 200, 1, 2, 140, 1, true},  {200, 130, 2, 2, 65, 1, false}, {128, 90, 1, 1, 50, 1, true},
+      {512, 150, 1, 1, 150, 1, true},  {300, 100, 1, 2, 45, 1, false},  // the wide kernel: no turns
   };
   int i = 0;
   for (const auto& s : shapes) {

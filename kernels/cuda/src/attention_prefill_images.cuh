@@ -29,9 +29,9 @@
 #ifndef PLUME_PREFILL_PINGPONG
 #define PLUME_PREFILL_PINGPONG 0
 #endif
-// 1: PrefillImagesKernel rescales O for a tile while the next tile's Q K^T
-// runs, before its P V is issued, not after the P V before it (ConsumeTiles'
-// pre_pv). Not timed on a GPU yet, so off.
+// 1: PrefillImagesKernel and PrefillImagesWideKernel rescale O for a tile
+// while the next tile's Q K^T runs, before its P V is issued, not after the
+// P V before it (ConsumeTiles' pre_pv). Not timed on a GPU yet, so off.
 #ifndef PLUME_PREFILL_EARLY_RESCALE
 #define PLUME_PREFILL_EARLY_RESCALE 0
 #endif

@@ -42,8 +42,9 @@ struct WideShape {
       size_t{kQHalves} * 2 + size_t{kStages} * 2 * kImg * 2 + size_t{kXchFloats} * 4 + 128;
 };
 
-// Grid: group kv heads x row tiles of 64 (PlaceBlock).
-template <int kD>
+// Grid: group kv heads x row tiles of 64 (PlaceBlock). kEarlyRescale: O is
+// rescaled in ConsumeTiles' pre_pv, not in its next.
+template <int kD, bool kEarlyRescale = PLUME_PREFILL_EARLY_RESCALE != 0>
 __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaArgs a, const WgImages w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(PLUME_CUDA_EMULATION)
   using S = WideShape<kD>;
@@ -121,13 +122,16 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillImagesWideKernel(const FaA
           sc = scales[min(j + 1, w.tiles - 1)];  // the next tile's, in flight meanwhile
         },
         [&](float fa, float fb) {
-          RescaleO(o, fa, fb);
+          if constexpr (!kEarlyRescale) RescaleO(o, fa, fb);
           PackP(s, p);
         },
         [&] { FenceOperands(s); },
         [&] {
           FenceOperands(o);
           FenceOperands(p);
+        },
+        [&](float fa, float fb) {
+          if constexpr (kEarlyRescale) RescaleO(o, fa, fb);
         });
     StoreO(a, o, st, kvh, lr0, nrows, ra, rb, d0, t);
   }
