@@ -21,19 +21,15 @@ needed=$(for b in "$carry"/bin/*; do LD_LIBRARY_PATH=$carry/lib ldd "$b" | awk '
 for lib in "$carry"/lib/*; do
   grep -qxF "$(basename "$lib")" <<< "$needed" || rm -f "$lib"
 done
-variant() {
-  PLUME_VARIANT_SRCS=attention_dispatch.cu "$root/scripts/build-kernel-variant.sh" "$build" "$carry/var/$1" "${@:2}"
-  rm -f "$carry/var/$1"/*.o
+variant() {  # variant SOURCE NAME FLAGS...: var/NAME, SOURCE built with FLAGS
+  PLUME_VARIANT_SRCS=$1 "$root/scripts/build-kernel-variant.sh" "$build" "$carry/var/$2" "${@:3}"
+  rm -f "$carry/var/$2"/*.o
 }
-variant on -DPLUME_DECODE_WGMMA=1
-variant all -DPLUME_DECODE_WGMMA=1 -DPLUME_DECODE_WGMMA_MIN_ROWS=0
-prefill() {
-  PLUME_VARIANT_SRCS=attention_prefill_images.cu "$root/scripts/build-kernel-variant.sh" "$build" "$carry/var/$1" "${@:2}"
-  rm -f "$carry/var/$1"/*.o
-}
-prefill pp -DPLUME_PREFILL_PINGPONG=1
-prefill ro -DPLUME_PREFILL_EARLY_RESCALE=1
-prefill ppro -DPLUME_PREFILL_PINGPONG=1 -DPLUME_PREFILL_EARLY_RESCALE=1
+variant attention_dispatch.cu on -DPLUME_DECODE_WGMMA=1
+variant attention_dispatch.cu all -DPLUME_DECODE_WGMMA=1 -DPLUME_DECODE_WGMMA_MIN_ROWS=0
+variant attention_prefill_images.cu pp -DPLUME_PREFILL_PINGPONG=1
+variant attention_prefill_images.cu ro -DPLUME_PREFILL_EARLY_RESCALE=1
+variant attention_prefill_images.cu ppro -DPLUME_PREFILL_PINGPONG=1 -DPLUME_PREFILL_EARLY_RESCALE=1
 xz -6 -T0 "$carry/lib/libplume_kernels_cuda.so" "$carry"/var/*/libplume_kernels_cuda.so
 cp "$root/docs/bench-raw/attention-prefill-ring/gpurun.sh" "$root/docs/bench-raw/attention-decode-wgmma/call.sh" "$carry/"
 cp "$root/docs/bench-raw/attention-prefill-pingpong/call.sh" "$carry/call-pp.sh"
