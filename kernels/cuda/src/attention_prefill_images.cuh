@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "attention_prefill_common.cuh"
 #include "attention_prefill_image.h"
@@ -64,7 +63,6 @@ constexpr int kConsumerRegs = 240;
 #define PLUME_PREFILL_CONSUMERS_D128 2
 #endif
 constexpr int kImageThreads = 256;
-constexpr int kSmemLimit = kSm90BlockSmemBytes;
 // The workspace a launch group of kv heads may take for its images; more kv
 // heads than fit run in several groups. The CUDA backend holds a workspace
 // per lane (4 by default) inside --device_reserve_bytes (1 GiB): 64 MiB
@@ -102,7 +100,7 @@ struct WgShape {
   // As many stages as the shared memory holds beside Q: 6 at head dim 64
   // (0.98-1.01x the time of 3 on an H100: within two calls' spread), 3 at
   // 128, 2 at 256. 1 KB stays for the alignment slack and the barriers.
-  static constexpr int kStages = (kSmemLimit - kQHalves * 2 - 1024) / (4 * kImg);
+  static constexpr int kStages = (kSm90BlockSmemBytes - kQHalves * 2 - 1024) / (4 * kImg);
   static_assert(kStages >= 2);
   // Each stage's K image is freed once Q K^T has read it, before P V has read
   // the V image (TileRing): 0.86-0.90x the time at head dim 256 on an H100,
@@ -412,42 +410,34 @@ __device__ __forceinline__ void LoadQ(const FaArgs& a, int kvh, int lr0, int r0,
 // pre_pv(fa, fb) runs just before P V of a tile is issued, with the factors
 // of that tile's softmax (a kernel may rescale O there instead of in next).
 // turns.Take(j) and turns.Pass(j) bracket tile j's issues (PingPong).
-struct NoPrePv {
-  __device__ __forceinline__ void operator()(float, float) const {}
-};
-struct NoTurns {
-  NoTurns() = default;
-  template <class T>
-  __device__ __forceinline__ explicit NoTurns(const T&) {}
-  __device__ __forceinline__ void Take(int) const {}
-  __device__ __forceinline__ void Pass(int) const {}
-};
-
-// Two consumers take turns to issue their tiles' MMAs (FlashAttention-3's
-// ping-pong): consumer c waits at barrier kBar + c before it issues tile j
-// and, having issued, lets the other go, so that one's softmax runs while
-// the other's MMAs do. Only the first `paired` tiles, which both compute,
-// take turns; consumer 1 opens consumer 0's first turn and skips the last
-// pass, so every wait meets exactly one pass.
+//
+// PingPong<true>: two consumers take turns to issue their tiles' MMAs
+// (FlashAttention-3's ping-pong): consumer c waits at barrier kBar + c
+// before it issues tile j and, having issued, lets the other go, so that
+// one's softmax runs while the other's MMAs do. Only the first `paired`
+// tiles, which both compute, take turns; consumer 1 opens consumer 0's
+// first turn and skips the last pass, so every wait meets exactly one pass.
+// PingPong<false> does nothing.
+template <bool kOn>
 struct PingPong {
   static constexpr int kBar = 6;  // barriers 6 and 7 (2, 3: LoadQ)
-  int cw, paired;
+  int cw = 0, paired = 0;
   __device__ __forceinline__ void Open() const {
-    if (cw == 1 && paired > 0) NamedBarrierArrive(kBar, 256);
+    if (kOn && cw == 1 && paired > 0) NamedBarrierArrive(kBar, 256);
   }
   __device__ __forceinline__ void Take(int j) const {
-    if (j < paired) NamedBarrier(kBar + cw, 256);
+    if (kOn && j < paired) NamedBarrier(kBar + cw, 256);
   }
   __device__ __forceinline__ void Pass(int j) const {
-    if (j < paired && !(cw == 1 && j == paired - 1)) NamedBarrierArrive(kBar + (cw ^ 1), 256);
+    if (kOn && j < paired && !(cw == 1 && j == paired - 1)) NamedBarrierArrive(kBar + (cw ^ 1), 256);
   }
 };
 
 template <int kStages, bool kSplit, class Qk, class Pv, class Scores, class Next, class FenceS, class FenceO,
-          class PrePv = NoPrePv, class Turns = NoTurns>
+          class PrePv, class Turns = PingPong<false>>
 __device__ __forceinline__ void ConsumeTiles(TileRing<kStages, kSplit>& r, int mine, int tiles, int lane,
                                              Qk issue_qk, Pv issue_pv, Scores scores, Next next, FenceS fence_s,
-                                             FenceO fence_o, PrePv pre_pv = PrePv(), Turns turns = Turns()) {
+                                             FenceO fence_o, PrePv pre_pv, Turns turns = Turns()) {
   // release_k(j): Q K^T of tile j is done (a split ring frees its K image);
   // release(j): all of tile j is done.
   const auto release_k = [&](int j) {
@@ -644,7 +634,7 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
     LoadQ<kD>(a, kvh, lr0, r0, my_rows, 0, q_mine, wtid);
     NamedBarrier(2 + cw, 128);
 
-    int64_t wg_vis_min = -1, wg_vis_max = -1;
+    int64_t wg_vis_min, wg_vis_max;
     // Tiles this consumer computes; it still takes part in the rest.
     const int mine = ConsumerTiles(a, lr0, nrows, r0, tiles, kTile, wg_vis_min, wg_vis_max);
     const int ra = r0 + 16 * wq + g, rb = ra + 8;  // this lane's rows in the block
@@ -662,11 +652,14 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
     const uint32_t ring_addr = SmemAddr(ring);
     const auto k_addr = [&](int j) { return ring_addr + (j % kStages) * 4 * S::kImg; };
     float4 sc = scales[0];
-    int64_t other_min, other_max;
-    const PingPong turns{cw, min(mine, ConsumerTiles(a, lr0, nrows, (cw ^ 1) * kWgRows, tiles, kTile, other_min,
-                                                      other_max))};
     constexpr bool kPingPong = kTurns && S::kConsumers == 2;
-    if constexpr (kPingPong) turns.Open();
+    PingPong<kPingPong> turns;
+    if constexpr (kPingPong) {
+      int64_t other_min, other_max;
+      turns.cw = cw;
+      turns.paired = min(mine, ConsumerTiles(a, lr0, nrows, (cw ^ 1) * kWgRows, tiles, kTile, other_min, other_max));
+      turns.Open();
+    }
     ConsumeTiles(
         bars, mine, tiles, lane,
         [&](int j) {
@@ -712,7 +705,7 @@ __global__ void __launch_bounds__(WgShape<kD>::kBlockThreads, 1) PrefillImagesKe
         [&](float fa, float fb) {
           if constexpr (kEarlyRescale) RescaleO(o, fa, fb);
         },
-        std::conditional_t<kPingPong, PingPong, NoTurns>(turns));
+        turns);
     StoreO(a, o, st, kvh, lr0, nrows, ra, rb, 0, t);
   }
 #endif
