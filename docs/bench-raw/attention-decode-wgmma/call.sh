@@ -1,6 +1,7 @@
 # The device call that tests and times the Hopper decode (kernels/cuda/src/attention_decode_wgmma.cuh)
 # against the mma.sync decode. Run once on 2026-12-07 (H100): the tests passed, the timings were lost (2026-12-07-h100/).
-# Carry: docs/bench-raw/attention-decode-wgmma/make-carry.sh (base, on, all; about 21 MB).
+# Carry: docs/bench-raw/attention-decode-wgmma/make-carry.sh (base, on, all, and the prefill variants of
+# ../attention-prefill-pingpong/call.sh, which runs after this one; about 36 MB).
 # Run: bash .gpu-carry/call.sh; then python3 decode_ab.py OUT base on (and base all).
 source .gpu-carry/gpurun.sh
 cp -r bench $W/benchsrc
